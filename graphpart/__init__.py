@@ -1,0 +1,1 @@
+"""graphpart: train neural networks across devices by partitioning their computational graph."""

@@ -1,0 +1,21 @@
+"""User-facing errors: one line that names the bad value and what would be valid."""
+
+
+class GraphpartError(ValueError):
+    """Base class for errors caused by user input; the CLI prints them without a traceback."""
+
+
+class GraphError(GraphpartError):
+    """The graph is malformed (cycle, dangling input, shape mismatch, unknown op)."""
+
+
+class ConfigError(GraphpartError):
+    """A configuration value or key is invalid."""
+
+
+class DataError(GraphpartError):
+    """A dataset is malformed (shape, dtype, NaN, labels out of range)."""
+
+
+class PlanError(GraphpartError):
+    """A partition or schedule cannot be made as asked."""
