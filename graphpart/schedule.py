@@ -1,0 +1,251 @@
+"""Pipeline schedules (GPipe, 1F1B) as per-stage action lists, and an event-driven simulator."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from graphpart.errors import PlanError
+
+KINDS = ("gpipe", "1f1b")
+
+
+@dataclass(frozen=True)
+class Action:
+    """One step of a stage: the forward ("F") or backward ("B") pass of micro-batch `mb`."""
+
+    kind: str
+    mb: int
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("F", "B"):
+            raise PlanError(f"action kind {self.kind!r} is unknown; use 'F' or 'B'")
+        if self.mb < 0:
+            raise PlanError(f"micro-batch {self.mb} is negative; use 0 or more")
+
+    def __str__(self) -> str:
+        return f"{self.kind}{self.mb}"
+
+
+Schedule = list[list[Action]]
+
+
+def _check(stages: int, microbatches: int) -> None:
+    if stages < 1:
+        raise PlanError(f"stages={stages} is not positive; use 1 or more")
+    if microbatches < 1:
+        raise PlanError(f"microbatches={microbatches} is not positive; use 1 or more")
+
+
+# GPipe (fill-drain). Every stage runs all forwards in micro-batch order, then all backwards in
+# REVERSE micro-batch order (the torchgpipe convention): the last stage starts the backward of
+# the micro-batch it has just finished, and activations are freed last-in first-out. Every
+# stage holds the activations of all M micro-batches at its peak. K=4 stages, M=4 micro-batches,
+# unit forward and backward times (digits: forward of micro-batch m; letters: backward, a=0):
+#
+#   stage 0 |0123......dcba|
+#   stage 1 |.0123....dcba.|
+#   stage 2 |..0123..dcba..|
+#   stage 3 |...0123dcba...|
+#
+# bubble = (K-1)/(M+K-1) = 3/7 of every stage's time.
+def gpipe(stages: int, microbatches: int) -> Schedule:
+    """GPipe fill-drain schedule: F0..F(M-1), then B(M-1)..B0, on every stage."""
+    _check(stages, microbatches)
+    fwd = [Action("F", m) for m in range(microbatches)]
+    bwd = [Action("B", m) for m in reversed(range(microbatches))]
+    return [fwd + bwd for _ in range(stages)]
+
+
+# 1F1B (PipeDream-flush). Stage k runs warmup = min(K-k-1, M) forwards, then alternates one
+# forward and one backward while forwards remain, then drains the remaining backwards; all in
+# micro-batch order. The bubble equals GPipe's, but stage k only ever holds min(K-k, M)
+# micro-batches of activations instead of M. K=4, M=6, unit times:
+#
+#   stage 0 |0123...a4b5c.d.e.f|
+#   stage 1 |.012..a3b4c5d.e.f.|
+#   stage 2 |..01.a2b3c4d5e.f..|
+#   stage 3 |...0a1b2c3d4e5f...|
+#
+# bubble = (K-1)/(M+K-1) = 3/9, as for GPipe with the same K and M.
+def one_f_one_b(stages: int, microbatches: int) -> Schedule:
+    """1F1B schedule: warmup forwards, steady one-forward-one-backward, then drain backwards."""
+    _check(stages, microbatches)
+    schedule: Schedule = []
+    for k in range(stages):
+        warmup = min(stages - k - 1, microbatches)
+        actions = [Action("F", m) for m in range(warmup)]
+        for i in range(microbatches - warmup):
+            actions += [Action("F", warmup + i), Action("B", i)]
+        actions += [Action("B", m) for m in range(microbatches - warmup, microbatches)]
+        schedule.append(actions)
+    return schedule
+
+
+def make(kind: str, stages: int, microbatches: int) -> Schedule:
+    """Build the schedule named `kind` ("gpipe" or "1f1b")."""
+    if kind == "gpipe":
+        return gpipe(stages, microbatches)
+    if kind == "1f1b":
+        return one_f_one_b(stages, microbatches)
+    raise PlanError(f"schedule {kind!r} is unknown; use one of {', '.join(KINDS)}")
+
+
+def peak_in_flight(actions: Sequence[Action]) -> int:
+    """Most micro-batches forwarded but not yet backwarded at any point of one stage's list."""
+    live = peak = 0
+    for action in actions:
+        live += 1 if action.kind == "F" else -1
+        peak = max(peak, live)
+    return peak
+
+
+@dataclass(frozen=True)
+class Event:
+    """One action as simulated: it ran on `stage` from `start` to `end`."""
+
+    stage: int
+    action: Action
+    start: float
+    end: float
+
+
+LEGEND = "legend: 0-9 forward of micro-batch m mod 10, a-j its backward (a=0..j=9), . idle"
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Result of `simulate`: every event plus per-stage busy time and peak activations."""
+
+    events: tuple[Event, ...]
+    makespan: float
+    busy: tuple[float, ...]
+    bubble: float
+    peak_in_flight: tuple[int, ...]
+
+    def ascii(self, width: int = 80) -> str:
+        """Draw one row per stage, time left to right, scaled to `width` characters per row."""
+        stages = len(self.busy)
+        label = len(f"stage {stages - 1} |")
+        cols = width - label - 1
+        if cols < 1:
+            raise PlanError(f"width={width} leaves no room for the timeline; use {label + 2}+")
+        rows = [["."] * cols for _ in range(stages)]
+        scale = cols / self.makespan if self.makespan > 0 else 0.0
+        for ev in self.events:
+            digit = ev.action.mb % 10
+            char = str(digit) if ev.action.kind == "F" else "abcdefghij"[digit]
+            # a cell shows the event that covers its midpoint
+            first = max(0, math.ceil(ev.start * scale - 0.5))
+            last = min(cols, math.ceil(ev.end * scale - 0.5))
+            for c in range(first, last):
+                rows[ev.stage][c] = char
+        lines = [f"{f'stage {k}':<{label - 2}} |{''.join(row)}|" for k, row in enumerate(rows)]
+        lines.append(f"makespan {self.makespan:.4g}, bubble {self.bubble:.1%}")
+        lines.append(LEGEND)
+        return "\n".join(lines)
+
+
+def _per_stage(name: str, value: float | Sequence[float], stages: int) -> list[float]:
+    if not hasattr(value, "__len__"):  # a single number (numpy scalars included)
+        values = [float(value)] * stages  # type: ignore[arg-type]
+    else:
+        values = [float(v) for v in value]  # type: ignore[union-attr]
+        if len(values) != stages:
+            raise PlanError(
+                f"{name} has {len(values)} entries for {stages} stages; "
+                "give one per stage or a single number"
+            )
+    for k, v in enumerate(values):
+        if not math.isfinite(v) or v < 0:
+            raise PlanError(f"{name} time {v} of stage {k} is invalid; use a finite number >= 0")
+    return values
+
+
+def simulate(
+    schedule: Sequence[Sequence[Action]],
+    fwd: float | Sequence[float],
+    bwd: float | Sequence[float],
+    comm: float = 0.0,
+) -> Timeline:
+    """Run `schedule` with per-stage forward/backward times and a stage-to-stage `comm` delay.
+
+    F(k, m) starts once F(k-1, m) ended plus `comm`; B(k, m) once B(k+1, m) ended plus `comm`;
+    B(K-1, m) once F(K-1, m) ended. Each stage runs its list strictly in order, one action at a
+    time, each as early as allowed. Raises PlanError if the schedule deadlocks or repeats an
+    action on a stage.
+    """
+    stages = len(schedule)
+    if stages < 1:
+        raise PlanError("schedule has 0 stages; give at least one action list")
+    times = {"F": _per_stage("fwd", fwd, stages), "B": _per_stage("bwd", bwd, stages)}
+    if not math.isfinite(comm) or comm < 0:
+        raise PlanError(f"comm={comm} is invalid; use a finite number >= 0")
+    for k, actions in enumerate(schedule):
+        seen: set[Action] = set()
+        for action in actions:
+            if action in seen:
+                raise PlanError(f"stage {k} runs {action} twice; each action must appear once")
+            seen.add(action)
+
+    done: dict[tuple[int, Action], float] = {}  # (stage, action) -> end time
+    free = [0.0] * stages
+    pos = [0] * stages
+    events: list[Event] = []
+
+    def dependency(k: int, action: Action) -> tuple[int, Action, float] | None:
+        """The (stage, action, delay) that must end before `action` may start on stage k."""
+        if action.kind == "F":
+            return None if k == 0 else (k - 1, action, comm)
+        if k == stages - 1:
+            return (k, Action("F", action.mb), 0.0)
+        return (k + 1, action, comm)
+
+    progress = True
+    while progress:
+        progress = False
+        for k in range(stages):
+            while pos[k] < len(schedule[k]):
+                action = schedule[k][pos[k]]
+                dep = dependency(k, action)
+                ready = 0.0
+                if dep is not None:
+                    if (dep[0], dep[1]) not in done:
+                        break
+                    ready = done[dep[0], dep[1]] + dep[2]
+                start = max(free[k], ready)
+                end = start + times[action.kind][k]
+                done[k, action] = free[k] = end
+                events.append(Event(k, action, start, end))
+                pos[k] += 1
+                progress = True
+
+    stuck = []
+    for k in range(stages):
+        if pos[k] < len(schedule[k]):
+            action = schedule[k][pos[k]]
+            dep = dependency(k, action)
+            assert dep is not None  # only stage 0's forwards have no dependency, and never block
+            dep_k, dep_action, _ = dep
+            never = "" if dep_action in schedule[dep_k] else f", which stage {dep_k} never runs"
+            stuck.append(
+                f"schedule deadlocks: stage {k} is stuck at {action} "
+                f"(step {pos[k]}), waiting for {dep_action} on stage {dep_k}{never}"
+            )
+    if stuck:  # name a missing action if that is the cause, else the first stuck stage
+        raise PlanError(next((s for s in stuck if "never runs" in s), stuck[0]))
+
+    events.sort(key=lambda ev: (ev.start, ev.stage))
+    busy = tuple(
+        math.fsum(ev.end - ev.start for ev in events if ev.stage == k) for k in range(stages)
+    )
+    makespan = max((ev.end for ev in events), default=0.0)
+    bubble = 1.0 - math.fsum(busy) / (stages * makespan) if makespan > 0 else 0.0
+    return Timeline(
+        events=tuple(events),
+        makespan=makespan,
+        busy=busy,
+        bubble=bubble,
+        peak_in_flight=tuple(peak_in_flight(actions) for actions in schedule),
+    )
