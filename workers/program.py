@@ -1,0 +1,342 @@
+"""The executor: runs a (sub)graph forward and backward with a backend's kernels, in place.
+
+Design (departs from a plain interpreter, for speed and for exact memory accounting):
+
+- Buffers are allocated once and reused every step (`out=` everywhere). A tensor some op
+  declares as saved for backward lives in a per-micro-batch *slot* (category "activation");
+  slots are taken in forward and given back when that micro-batch's backward is done, and
+  the number of slots a stage ever needs is the schedule's peak in-flight count. Tensors no
+  backward reads live in one shared buffer ("workspace"), and so do the cotangents of
+  intermediate values, which alias along an activation -> bias -> matmul chain.
+- The stage input is copied into its slot (it is what the first matmul saves); the gradient of
+  the stage input, sent to the previous stage, has its own buffer ("boundary").
+- bias_add followed by its activation runs as one fused kernel; softmax cross-entropy writes
+  its probabilities over the saved logits (same bytes as declared: the logits are saved).
+- The regulariser s = lambda/2 sum ||W||^2 is evaluated once per step (`regularize`), not per
+  micro-batch: its gradient lambda W must be counted exactly once however the batch is split.
+- With `recompute`, forward keeps only the stage input (and labels) per micro-batch and
+  backward reruns the stage's forward into workspace buffers before differentiating.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from graphpart.ir.graph import BATCH, Graph, Op
+from graphpart.ops import ACTIVATIONS, get
+from workers.ledger import Ledger
+
+ACT_CODE = {name: i for i, name in enumerate(("identity", "relu", "sigmoid", "tanh"))}
+
+
+@dataclass
+class _Step:
+    kind: str  # "matmul" | "bias" | "bias_act" | "act" | "loss"
+    op: Op
+    act: Op | None = None  # the fused activation of a "bias_act" step
+
+
+class Program:
+    """Forward/backward of one stage's graph for micro-batches of at most `max_rows` rows."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        params: Mapping[str, np.ndarray],
+        backend: Any,
+        max_rows: int,
+        ledger: Ledger | None = None,
+        output: str | None = None,
+        recompute: bool = False,
+        input_grad: bool = False,
+        name: str = "",
+    ) -> None:
+        self.graph = graph
+        self.bk = backend
+        self.max_rows = int(max_rows)
+        self.ledger = ledger if ledger is not None else Ledger(keep_events=False)
+        self.recompute = recompute
+        self.name = name
+        (self.input,) = [v.name for v in graph.inputs]
+        self.labels = [v.name for v in graph.labels]
+        self.output = output  # boundary value sent to the next stage; None on the last stage
+        self.input_grad = input_grad  # send dJ/d(input) back (every stage but the first)
+        dtypes = {np.asarray(p).dtype for p in params.values()}
+        self.dtype = next(iter(dtypes)) if dtypes else np.dtype(np.float64)
+
+        self.params: dict[str, Any] = {}
+        self.grads: dict[str, Any] = {}
+        for v in graph.params:
+            self.params[v.name] = self._alloc(f"param:{v.name}", "parameter", v.shape)
+            self.bk.from_host(np.asarray(params[v.name], dtype=self.dtype), self.params[v.name])
+            self.grads[v.name] = self._alloc(f"grad:{v.name}", "gradient", v.shape, zero=True)
+
+        self.steps = self._plan_steps()
+        self.loss_op = next((s.op for s in self.steps if s.kind == "loss"), None)
+        self.reg_ops = [o for o in graph.ops if o.op == "l2"]
+        self.saved = self._saved_names()
+        self.fresh = dict.fromkeys(self.params, True)  # grad buffer holds no value yet this step
+        self.slots: list[dict[str, Any]] = []
+        self.free_slots: list[int] = []
+        self.slot_of: dict[int, int] = {}
+        self.rows_of: dict[int, int] = {}
+        self.loss_sum = 0.0
+        self._shared: dict[str, Any] = {}
+        self._gbuf: dict[str, Any] = {}
+        self._alias = self._grad_aliases()
+        self._tmp: dict[tuple, Any] = {}
+
+    # -- construction -------------------------------------------------------------------------
+    def _alloc(self, key: str, category: str, shape: tuple, zero: bool = False,
+               dtype: Any = None) -> Any:
+        shape = tuple(self.max_rows if d == BATCH else int(d) for d in shape)
+        dtype = self.dtype if dtype is None else dtype
+        a = self.bk.zeros(shape, dtype) if zero else self.bk.empty(shape, dtype)
+        self.ledger.add(key, category, int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
+        return a
+
+    def _plan_steps(self) -> list[_Step]:
+        ops = [o for o in self.graph.ops if get(o.op).kind != "scalar"]
+        steps: list[_Step] = []
+        i = 0
+        while i < len(ops):
+            o = ops[i]
+            nxt = ops[i + 1] if i + 1 < len(ops) else None
+            if o.op == "matmul":
+                steps.append(_Step("matmul", o))
+            elif o.op == "bias_add":
+                if (nxt is not None and nxt.op in ACTIVATIONS and nxt.inputs == (o.output,)
+                        and len(self.graph.consumers(o.output)) == 1):
+                    steps.append(_Step("bias_act", o, nxt))
+                    i += 1
+                else:
+                    steps.append(_Step("bias", o))
+            elif o.op in ACTIVATIONS:
+                steps.append(_Step("act", o))
+            elif get(o.op).kind == "loss":
+                steps.append(_Step("loss", o))
+            else:
+                raise NotImplementedError(f"the executor cannot run op {o.op!r} ({o})")
+            i += 1
+        return steps
+
+    def _saved_names(self) -> list[str]:
+        """Values kept per micro-batch: what some op's VJP reads, excluding parameters."""
+        if self.recompute:
+            return [self.input, *self.labels]
+        keep: list[str] = []
+        for o in self.graph.ops:
+            d = get(o.op)
+            if d.kind == "scalar":
+                continue
+            names = [o.inputs[i] for i in d.saved_inputs(len(o.inputs))]
+            if d.saves_output:
+                names.append(o.output)
+            for n in names:
+                if n not in keep and self.graph.var(n).role != "param":
+                    keep.append(n)
+        return keep
+
+    def _grad_aliases(self) -> dict[str, str]:
+        """Cotangent buffers that may share storage: dz = dh (in place), dm = dz."""
+        alias: dict[str, str] = {}
+        for s in self.steps:
+            if s.kind == "bias_act":
+                h = s.act.output
+                root = alias.get(h, h)
+                if h != self.output:  # a received cotangent is read-only; give dz its own buffer
+                    alias[s.act.inputs[0]] = root
+                    alias[s.op.inputs[0]] = root
+                else:
+                    alias[s.op.inputs[0]] = s.act.inputs[0]
+            elif s.kind == "bias":
+                alias[s.op.inputs[0]] = alias.get(s.op.output, s.op.output)
+            elif s.kind == "act" and s.op.output != self.output:
+                alias[s.op.inputs[0]] = alias.get(s.op.output, s.op.output)
+        return alias
+
+    # -- buffers ------------------------------------------------------------------------------
+    def _slot(self, mb: int) -> dict[str, Any]:
+        if mb in self.slot_of:
+            raise RuntimeError(f"{self.name}: forward of micro-batch {mb} twice before backward")
+        if self.free_slots:
+            k = self.free_slots.pop()
+        else:
+            k = len(self.slots)
+            slot = {}
+            for n in self.saved:
+                v = self.graph.var(n)
+                dtype = np.int64 if (v.role == "label" and v.shape == (BATCH,)) else None
+                slot[n] = self._alloc(f"act[{k}]:{n}", "activation", v.shape, dtype=dtype)
+            self.slots.append(slot)
+        self.slot_of[mb] = k
+        return self.slots[k]
+
+    def _value(self, slot: dict, name: str) -> Any:
+        if name in slot:
+            return slot[name]
+        if name in self.params:
+            return self.params[name]
+        if name not in self._shared:
+            v = self.graph.var(name)
+            dtype = np.int64 if (v.role == "label" and v.shape == (BATCH,)) else None
+            self._shared[name] = self._alloc(f"work:{name}", "workspace", v.shape, dtype=dtype)
+        return self._shared[name]
+
+    def _grad(self, name: str) -> Any:
+        root = name
+        while root in self._alias:
+            root = self._alias[root]
+        if root not in self._gbuf:
+            cat = "boundary" if root == self.input else "workspace"
+            self._gbuf[root] = self._alloc(f"dgrad:{root}", cat, self.graph.var(root).shape)
+        return self._gbuf[root]
+
+    def _temp(self, shape: tuple) -> Any:
+        if shape not in self._tmp:
+            self._tmp[shape] = self._alloc(f"work:tmp{len(self._tmp)}", "workspace", shape)
+        return self._tmp[shape]
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(self, mb: int, x: Any, y: Any = None, scale: float = 1.0) -> Any:
+        """Run micro-batch `mb`; return the boundary output (a view, valid until reused)."""
+        n = int(x.shape[0])
+        if n > self.max_rows:
+            raise ValueError(f"{self.name}: micro-batch of {n} rows exceeds max_rows={self.max_rows}")
+        self.ledger.mark("F", str(mb))
+        slot = self._slot(mb)
+        self.rows_of[mb] = n
+        self.bk.from_host(x, self._value(slot, self.input)[:n])
+        if self.labels:
+            if y is None:
+                raise ValueError(f"{self.name}: the last stage needs labels for micro-batch {mb}")
+            self.bk.from_host(y, self._value(slot, self.labels[0])[:n])
+        out = self._run_forward(slot, n, scale)
+        self.ledger.mark("F_end", str(mb))
+        return out
+
+    def _run_forward(self, slot: dict, n: int, scale: float) -> Any:
+        bk = self.bk
+        val = lambda name: self._value(slot, name)[:n]  # noqa: E731
+        for s in self.steps:
+            o = s.op
+            if s.kind == "matmul":
+                bk.matmul_nt(val(o.inputs[0]), self.params[o.inputs[1]], val(o.output))
+            elif s.kind == "bias_act":
+                bk.bias_act_forward(val(o.inputs[0]), self.params[o.inputs[1]], val(o.output),
+                                    val(s.act.output), ACT_CODE[s.act.op])
+            elif s.kind == "bias":
+                bk.bias_add(val(o.inputs[0]), self.params[o.inputs[1]], val(o.output))
+            elif s.kind == "act":
+                bk.act_forward(val(o.inputs[0]), val(o.output), ACT_CODE[o.op])
+            elif s.kind == "loss":
+                logits, target = val(o.inputs[0]), val(o.inputs[1])
+                if o.op == "cross_entropy":
+                    self.loss_sum += bk.softmax_xent_forward(logits, target, scale, logits)
+                else:
+                    self.loss_sum += bk.mse_forward(logits, target, scale)
+        return val(self.output) if self.output is not None else None
+
+    # -- backward -----------------------------------------------------------------------------
+    def backward(self, mb: int, g: Any = None, scale: float = 1.0) -> Any:
+        """Backward of micro-batch `mb` given dJ/d(output); returns dJ/d(input) or None."""
+        if mb not in self.slot_of:
+            raise RuntimeError(f"{self.name}: backward of micro-batch {mb} before its forward")
+        self.ledger.mark("B", str(mb))
+        slot = self.slots[self.slot_of[mb]]
+        n = self.rows_of[mb]
+        if self.recompute:  # everything but input and labels lives in workspace: rebuild it
+            saved_loss = self.loss_sum
+            self._run_forward(slot, n, scale)
+            self.loss_sum = saved_loss
+        bk = self.bk
+        val = lambda name: self._value(slot, name)[:n]  # noqa: E731
+        grad = lambda name: self._grad(name)[:n]  # noqa: E731
+        received = {}
+        if self.output is not None:
+            if g is None:
+                raise ValueError(f"{self.name}: backward of micro-batch {mb} needs dJ/d{self.output}")
+            received[self.output] = g
+        din = None
+        for s in reversed(self.steps):
+            o = s.op
+            if s.kind == "loss":
+                logits, target = val(o.inputs[0]), val(o.inputs[1])
+                if o.op == "cross_entropy":
+                    bk.softmax_xent_backward(logits, target, scale, grad(o.inputs[0]))
+                else:
+                    bk.mse_backward(logits, target, scale, grad(o.inputs[0]))
+                continue
+            if s.kind in ("act", "bias_act"):
+                a = s.act if s.kind == "bias_act" else o
+                dh = received.get(a.output)
+                dh = grad(a.output) if dh is None else dh
+                bk.act_backward(dh, val(a.output), grad(a.inputs[0]), ACT_CODE[a.op])
+            if s.kind in ("bias", "bias_act"):
+                b = o.inputs[1]
+                bk.sum_rows(grad(o.output), self.grads[b], not self.fresh[b])
+                self.fresh[b] = False
+            if s.kind == "matmul":
+                x_name, w = o.inputs
+                dz = received.get(o.output)
+                dz = grad(o.output) if dz is None else dz
+                if self.fresh[w]:
+                    bk.matmul_tn(dz, val(x_name), self.grads[w])
+                    self.fresh[w] = False
+                else:
+                    tmp = self._temp(self.params[w].shape)
+                    bk.matmul_tn(dz, val(x_name), tmp)
+                    bk.accumulate(bk.flat(self.grads[w]), bk.flat(tmp))
+                if x_name != self.input or self.input_grad:
+                    bk.matmul_nn(dz, self.params[w], grad(x_name))
+                    if x_name == self.input:
+                        din = grad(x_name)
+        self.free_slots.append(self.slot_of.pop(mb))
+        del self.rows_of[mb]
+        self.ledger.mark("B_end", str(mb))
+        return din
+
+    # -- per step -----------------------------------------------------------------------------
+    def regularize(self) -> float:
+        """Add lambda W to each regularised weight's gradient, once per step; return s."""
+        s = 0.0
+        for o in self.reg_ops:
+            lam = float(o.attr("weight_decay", 0.0))
+            if lam == 0.0:
+                continue
+            for w in o.inputs:
+                s += 0.5 * lam * float(self.bk.sq_norm(self.bk.flat(self.params[w])))
+                if self.fresh[w]:
+                    self.bk.scale_into(self.bk.flat(self.grads[w]), self.bk.flat(self.params[w]),
+                                       lam)
+                    self.fresh[w] = False
+                else:
+                    self.bk.axpy(self.bk.flat(self.grads[w]), self.bk.flat(self.params[w]), lam)
+        return s
+
+    def zero_grad(self) -> None:
+        """Start a new step: the next gradient written to each buffer overwrites it."""
+        for name in self.fresh:
+            self.fresh[name] = True
+        self.loss_sum = 0.0
+
+    def finish_grads(self) -> None:
+        """Zero the gradient of any parameter that received none this step (e.g. M=0 paths)."""
+        for name, fresh in self.fresh.items():
+            if fresh:
+                self.bk.flat(self.grads[name])[:] = 0
+                self.fresh[name] = False
+
+    def get_params(self) -> dict[str, np.ndarray]:
+        return {k: np.array(self.bk.to_host(v)) for k, v in self.params.items()}
+
+    def get_grads(self) -> dict[str, np.ndarray]:
+        return {k: np.array(self.bk.to_host(v)) for k, v in self.grads.items()}
+
+    def set_params(self, params: Mapping[str, np.ndarray]) -> None:
+        for k, v in params.items():
+            self.bk.from_host(np.asarray(v, dtype=self.dtype), self.params[k])
