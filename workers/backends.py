@@ -53,6 +53,12 @@ class CpuBackend:
     def matmul_tn(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
         np.matmul(a.T, b, out=out)
 
+    def scale_into(self, dst: np.ndarray, src: np.ndarray, a: float) -> None:
+        np.multiply(src, a, out=dst)
+
+    def axpy(self, dst: np.ndarray, src: np.ndarray, a: float) -> None:
+        dst += a * src  # once per step per weight
+
     # elementwise kernels
     def __getattr__(self, name: str) -> Any:
         return getattr(self.k, name)

@@ -1,0 +1,148 @@
+"""The stage worker: one stage's parameters, optimizer state, activation cache and step (no Ray)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from graphpart.ir.graph import Graph
+from graphpart.optim import SGD, Adam, Optimizer
+from workers.backends import get_backend
+from workers.ledger import Ledger
+from workers.program import Program
+
+
+class StageWorker:
+    """Runs forward/backward of micro-batches for one stage and applies the optimizer.
+
+    Everything it holds is in its ledger, by category. Arrays it returns are host arrays
+    that stay valid until the next call of the same kind (copy them to keep them).
+    """
+
+    def __init__(
+        self,
+        graph: Graph,
+        params: Mapping[str, np.ndarray],
+        optimizer: Optimizer,
+        *,
+        output: str | None,
+        input_grad: bool,
+        max_rows: int,
+        index: int = 0,
+        device: str = "cpu",
+        recompute: bool = False,
+        keep_events: bool = True,
+    ) -> None:
+        self.index = index
+        self.opt = optimizer
+        self.ledger = Ledger(keep_events=keep_events)
+        self.bk = get_backend(device)
+        self.prog = Program(graph, params, self.bk, max_rows, self.ledger, output=output,
+                            recompute=recompute, input_grad=input_grad, name=f"stage {index}")
+        self.state: dict[str, list[Any]] = {}
+        for name, w in self.prog.params.items():
+            self.state[name] = [self.prog._alloc(f"opt[{i}]:{name}", "optimizer", w.shape,
+                                                 zero=True) for i in range(optimizer.state_slots)]
+        self.steps = 0
+        self.busy = {"F": 0.0, "B": 0.0, "step": 0.0}
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.pid = os.getpid()
+
+    # -- one micro-batch ------------------------------------------------------------------------
+    def forward(self, mb: int, x: np.ndarray, y: np.ndarray | None = None,
+                scale: float = 1.0) -> np.ndarray | None:
+        t = time.perf_counter()
+        self.bytes_received += x.nbytes if self.index > 0 else 0
+        out = self.prog.forward(mb, x, y, scale)
+        if out is not None:
+            out = self.bk.to_host(out)
+            self.bytes_sent += out.nbytes
+        self.busy["F"] += time.perf_counter() - t
+        return out
+
+    def backward(self, mb: int, g: np.ndarray | None = None,
+                 scale: float = 1.0) -> np.ndarray | None:
+        t = time.perf_counter()
+        if g is not None:
+            self.bytes_received += g.nbytes
+            g = self.bk.from_host(g) if self.bk.name != "cpu" else g
+        din = self.prog.backward(mb, g, scale)
+        if din is not None:
+            din = self.bk.to_host(din)
+            self.bytes_sent += din.nbytes
+        self.busy["B"] += time.perf_counter() - t
+        return din
+
+    # -- one step -------------------------------------------------------------------------------
+    def finish(self, update: bool = True) -> dict[str, float]:
+        """End a step: add the regulariser's gradient, then (if `update`) the optimizer step.
+
+        Returns this stage's data loss (summed over its micro-batches, already scaled) and
+        its part of the regulariser s.
+        """
+        t = time.perf_counter()
+        s = self.prog.regularize()
+        self.prog.finish_grads()
+        loss = self.prog.loss_sum
+        if update:
+            self.steps += 1
+            self._update()
+            self.prog.zero_grad()
+            self.ledger.mark("step", str(self.steps))
+        self.busy["step"] += time.perf_counter() - t
+        return {"loss": float(loss), "s": float(s)}
+
+    def _update(self) -> None:
+        bk, opt = self.bk, self.opt
+        for name, w in self.prog.params.items():
+            g, st = bk.flat(self.prog.grads[name]), [bk.flat(a) for a in self.state[name]]
+            if isinstance(opt, SGD):
+                v = st[0] if st else g  # not read when momentum == 0
+                bk.sgd_update(bk.flat(w), g, v, opt.lr, opt.momentum, opt.weight_decay)
+            elif isinstance(opt, Adam):
+                bk.adam_update(bk.flat(w), g, st[0], st[1], opt.lr, opt.beta1, opt.beta2,
+                               opt.eps, self.steps, opt.weight_decay)
+
+    # -- state ----------------------------------------------------------------------------------
+    def get_params(self) -> dict[str, np.ndarray]:
+        return self.prog.get_params()
+
+    def get_grads(self) -> dict[str, np.ndarray]:
+        return self.prog.get_grads()
+
+    def get_state(self) -> dict[str, Any]:
+        """Parameters, optimizer state and step count (for checkpoints)."""
+        return {
+            "params": self.get_params(),
+            "opt": {k: [np.array(self.bk.to_host(a)) for a in v] for k, v in self.state.items()},
+            "steps": self.steps,
+        }
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        self.prog.set_params(state["params"])
+        for k, arrays in state.get("opt", {}).items():
+            for dst, src in zip(self.state[k], arrays, strict=True):
+                self.bk.from_host(np.asarray(src, dtype=self.prog.dtype), dst)
+        self.steps = int(state.get("steps", 0))
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "stage": self.index,
+            "pid": self.pid,
+            "busy_s": dict(self.busy),
+            "bytes_sent": self.bytes_sent,
+            "bytes_received": self.bytes_received,
+            "slots": len(self.prog.slots),
+            "memory": self.ledger.snapshot(),
+        }
+
+    def events(self) -> list:
+        return list(self.ledger.events)
+
+    def ping(self) -> int:
+        return self.pid
