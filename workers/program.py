@@ -219,11 +219,25 @@ class Program:
         self.ledger.mark("F_end", str(mb))
         return out
 
-    def _run_forward(self, slot: dict, n: int, scale: float) -> Any:
+    def infer(self, x: Any) -> Any:
+        """Forward without caching or loss (inference): the boundary output, or the logits o."""
+        n = int(x.shape[0])
+        if n > self.max_rows:
+            raise ValueError(f"{self.name}: {n} rows exceed max_rows={self.max_rows}")
+        slot = self._slot(-1)  # borrow a training slot: inference adds no memory of its own
+        try:
+            self.bk.from_host(x, self._value(slot, self.input)[:n])
+            return self._run_forward(slot, n, 0.0, loss=False)
+        finally:
+            self.free_slots.append(self.slot_of.pop(-1))
+
+    def _run_forward(self, slot: dict, n: int, scale: float, loss: bool = True) -> Any:
         bk = self.bk
         val = lambda name: self._value(slot, name)[:n]  # noqa: E731
         for s in self.steps:
             o = s.op
+            if s.kind == "loss" and not loss:
+                return val(o.inputs[0])
             if s.kind == "matmul":
                 bk.matmul_nt(val(o.inputs[0]), self.params[o.inputs[1]], val(o.output))
             elif s.kind == "bias_act":

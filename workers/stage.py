@@ -78,6 +78,11 @@ class StageWorker:
         self.busy["B"] += time.perf_counter() - t
         return din
 
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """Inference forward of up to max_rows rows (no cache, no loss); a host array copy."""
+        out = self.prog.infer(x)
+        return np.array(self.bk.to_host(out))
+
     # -- one step -------------------------------------------------------------------------------
     def finish(self, update: bool = True) -> dict[str, float]:
         """End a step: add the regulariser's gradient, then (if `update`) the optimizer step.
@@ -96,6 +101,10 @@ class StageWorker:
             self.ledger.mark("step", str(self.steps))
         self.busy["step"] += time.perf_counter() - t
         return {"loss": float(loss), "s": float(s)}
+
+    def zero_grad(self) -> None:
+        """Drop this step's gradients and loss without updating (after `finish(update=False)`)."""
+        self.prog.zero_grad()
 
     def _update(self) -> None:
         bk, opt = self.bk, self.opt
