@@ -24,6 +24,7 @@ DTYPES = ("float32", "float64")
 SCHEDULES = ("gpipe", "1f1b")
 STRATEGIES = ("uniform", "balanced", "memory")
 DEVICES = ("cpu", "cuda")
+RUNTIMES = ("auto", "local", "ray")
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class PipelineConfig:
     address: str = ""
     device: str = "cpu"
     recompute: bool = False
+    runtime: str = "auto"  # auto: in-process for one stage, Ray actors otherwise (or with address)
 
 
 @dataclass(frozen=True)
@@ -335,6 +337,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "pipeline.strategy": _choice(STRATEGIES),
     "pipeline.address": _address,
     "pipeline.device": _choice(DEVICES),
+    "pipeline.runtime": _choice(RUNTIMES),
     "run.dir": _nonempty,
     "run.name": _run_name,
 }

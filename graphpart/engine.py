@@ -70,7 +70,9 @@ class Engine:
                 g = None if k == last else bwd.pop((k + 1, m))
                 bwd[(k, m)] = self._call(k, "backward", m, g, scale)
         done = [self._call(k, "finish", update) for k in range(self.plan.k)]
-        res = self._get(done)
+        # wait on the leaves too (last stage's forwards, first stage's backwards): a failure
+        # there must surface here, not be dropped
+        res = self._get([*fwd.values(), *bwd.values(), *done])[-self.plan.k:]
         loss = sum(r["loss"] for r in res)
         s = sum(r["s"] for r in res)
         return {"J": loss + s, "L": loss, "s": s}

@@ -19,3 +19,7 @@ class DataError(GraphpartError):
 
 class PlanError(GraphpartError):
     """A partition or schedule cannot be made as asked."""
+
+
+class StageFailure(RuntimeError):
+    """A worker failed while running the pipeline; the message names the stage and micro-batch."""

@@ -146,16 +146,10 @@ class Program:
         alias: dict[str, str] = {}
         for s in self.steps:
             if s.kind == "bias_act":
-                h = s.act.output
-                root = alias.get(h, h)
-                if h != self.output:  # a received cotangent is read-only; give dz its own buffer
-                    alias[s.act.inputs[0]] = root
-                    alias[s.op.inputs[0]] = root
-                else:
-                    alias[s.op.inputs[0]] = s.act.inputs[0]
-            elif s.kind == "bias":
-                alias[s.op.inputs[0]] = alias.get(s.op.output, s.op.output)
-            elif s.kind == "act" and s.op.output != self.output:
+                root = alias.get(s.act.output, s.act.output)
+                alias[s.act.inputs[0]] = root
+                alias[s.op.inputs[0]] = root
+            elif s.kind in ("bias", "act"):
                 alias[s.op.inputs[0]] = alias.get(s.op.output, s.op.output)
         return alias
 
@@ -192,7 +186,7 @@ class Program:
         while root in self._alias:
             root = self._alias[root]
         if root not in self._gbuf:
-            cat = "boundary" if root == self.input else "workspace"
+            cat = "boundary" if root in (self.input, self.output) else "workspace"
             self._gbuf[root] = self._alloc(f"dgrad:{root}", cat, self.graph.var(root).shape)
         return self._gbuf[root]
 
@@ -270,11 +264,10 @@ class Program:
         bk = self.bk
         val = lambda name: self._value(slot, name)[:n]  # noqa: E731
         grad = lambda name: self._grad(name)[:n]  # noqa: E731
-        received = {}
-        if self.output is not None:
+        if self.output is not None:  # the received cotangent, copied into our boundary buffer
             if g is None:
                 raise ValueError(f"{self.name}: backward of micro-batch {mb} needs dJ/d{self.output}")
-            received[self.output] = g
+            bk.from_host(g, grad(self.output))
         din = None
         for s in reversed(self.steps):
             o = s.op
@@ -287,17 +280,14 @@ class Program:
                 continue
             if s.kind in ("act", "bias_act"):
                 a = s.act if s.kind == "bias_act" else o
-                dh = received.get(a.output)
-                dh = grad(a.output) if dh is None else dh
-                bk.act_backward(dh, val(a.output), grad(a.inputs[0]), ACT_CODE[a.op])
+                bk.act_backward(grad(a.output), val(a.output), grad(a.inputs[0]), ACT_CODE[a.op])
             if s.kind in ("bias", "bias_act"):
                 b = o.inputs[1]
                 bk.sum_rows(grad(o.output), self.grads[b], not self.fresh[b])
                 self.fresh[b] = False
             if s.kind == "matmul":
                 x_name, w = o.inputs
-                dz = received.get(o.output)
-                dz = grad(o.output) if dz is None else dz
+                dz = grad(o.output)
                 if self.fresh[w]:
                     bk.matmul_tn(dz, val(x_name), self.grads[w])
                     self.fresh[w] = False

@@ -70,7 +70,6 @@ class StageWorker:
         t = time.perf_counter()
         if g is not None:
             self.bytes_received += g.nbytes
-            g = self.bk.from_host(g) if self.bk.name != "cpu" else g
         din = self.prog.backward(mb, g, scale)
         if din is not None:
             din = self.bk.to_host(din)

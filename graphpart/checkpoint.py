@@ -1,0 +1,146 @@
+"""Run directories and checkpoints, written atomically so nothing a user saved is ever corrupted.
+
+Every file is written to a temporary name in the same folder, flushed to disk and renamed over
+its target (os.replace is atomic), so a crash leaves the old file or the new one, never half of
+one. A run directory is created exclusively: an existing one is never reused or overwritten
+(only `--resume` reopens it, and then only appends). Checkpoints store parameters and optimizer
+state by parameter name, not by stage, so a run can resume under a different partition.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from graphpart.errors import ConfigError
+from graphpart.ir.graph import Graph
+
+FORMAT = "graphpart-checkpoint-1"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+class RunDir:
+    """A run's folder: config.toml, plan.json, metrics.jsonl, checkpoint.npz, params.npz."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def create(cls, root: str | Path, name: str = "") -> RunDir:
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        if name:
+            path = root / name
+            try:
+                path.mkdir()
+            except FileExistsError:
+                raise ConfigError(
+                    f"run directory {path} already exists; choose another run.name, or continue "
+                    f"it with --resume {path}") from None
+            return cls(path)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for i in range(1000):
+            path = root / (stamp if i == 0 else f"{stamp}-{i + 1}")
+            try:
+                path.mkdir()
+                return cls(path)
+            except FileExistsError:
+                continue
+        raise ConfigError(f"cannot create a new run directory under {root}")  # pragma: no cover
+
+    @classmethod
+    def open_existing(cls, path: str | Path) -> RunDir:
+        path = Path(path)
+        if not (path / "checkpoint.npz").is_file():
+            raise ConfigError(f"--resume {path}: no checkpoint.npz there; give a run directory "
+                              "written by `graphpart train`")
+        return cls(path)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / "checkpoint.npz"
+
+    def write_text(self, name: str, text: str) -> None:
+        atomic_write(self.path / name, text.encode())
+
+    def append_metrics(self, row: Mapping[str, Any]) -> None:
+        with open(self.path / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(dict(row)) + "\n")
+            f.flush()
+
+    def save_params(self, params: Mapping[str, np.ndarray]) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, **params)
+        atomic_write(self.path / "params.npz", buf.getvalue())
+
+
+def save_checkpoint(path: Path, stage_states: list[Mapping[str, Any]], plan: Any, *, epoch: int,
+                    steps: int) -> None:
+    """Parameters and optimizer state of every stage, by parameter name, plus progress."""
+    arrays: dict[str, np.ndarray] = {}
+    for st in stage_states:
+        for name, w in st["params"].items():
+            arrays[f"param/{name}"] = w
+        for name, bufs in st["opt"].items():
+            for i, b in enumerate(bufs):
+                arrays[f"opt/{name}/{i}"] = b
+    meta = {"format": FORMAT, "epoch": epoch, "steps": steps,
+            "stage_steps": [int(st["steps"]) for st in stage_states]}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write(Path(path), buf.getvalue())
+
+
+def load_checkpoint(path: Path, graph: Graph) -> dict[str, Any]:
+    """Read a checkpoint and check it against `graph`; `stages(plan)` regroups it per stage."""
+    path = Path(path)
+    try:
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+        meta = json.loads(arrays.pop("meta").tobytes().decode())
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line answer
+        raise ConfigError(f"{path}: not a readable graphpart checkpoint ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise ConfigError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    params = {k[6:]: v for k, v in arrays.items() if k.startswith("param/")}
+    for v in graph.params:
+        if v.name not in params:
+            raise ConfigError(f"{path}: has no parameter {v.name!r}; it was written for a "
+                              "different model")
+        if tuple(params[v.name].shape) != v.shape:
+            raise ConfigError(f"{path}: parameter {v.name!r} has shape {params[v.name].shape}, "
+                              f"the model needs {v.shape}; it was written for a different model")
+    opt: dict[str, list[np.ndarray]] = {}
+    for k in sorted(a for a in arrays if a.startswith("opt/")):
+        _, name, i = k.split("/")
+        opt.setdefault(name, []).append(arrays[k])
+    steps = int(meta["steps"])
+
+    def stages(plan: Any) -> list[dict[str, Any]]:
+        return [{"params": {p: params[p] for p in st.params},
+                 "opt": {p: opt.get(p, []) for p in st.params}, "steps": steps}
+                for st in plan.stages]
+
+    out: dict[str, Any] = {"params": params, "epoch": int(meta["epoch"]), "steps": steps}
+    out["stages"] = stages  # type: Callable[[Any], list[dict[str, Any]]]
+    return out

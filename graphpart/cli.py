@@ -1,0 +1,215 @@
+"""The `graphpart` command line: train, plan, graph, bench, profile, compare."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from graphpart.errors import GraphpartError
+
+DEFAULT_CONFIG = "digits.toml"
+
+# flag -> (dotted config key, type, help)
+FLAGS: dict[str, tuple[str, Any, str]] = {
+    "--data": ("data.source", str, "digits | synthetic | path/to/data.npz (arrays X and y)"),
+    "--n-samples": ("data.n_samples", int, "synthetic data: number of samples"),
+    "--n-features": ("data.n_features", int, "synthetic data: input features"),
+    "--n-classes": ("data.n_classes", int, "synthetic data: classes"),
+    "--hidden": ("model.hidden", str, "hidden layer sizes, e.g. 256,256"),
+    "--activation": ("model.activation", str, "identity | relu | sigmoid | tanh"),
+    "--loss": ("model.loss", str, "cross_entropy | mse"),
+    "--weight-decay": ("model.weight_decay", float, "lambda of the l2 regulariser s"),
+    "--bias": ("model.bias", str, "true | false"),
+    "--epochs": ("train.epochs", int, "epochs"),
+    "--batch-size": ("train.batch_size", int, "minibatch size (split into micro-batches)"),
+    "--optimizer": ("train.optimizer", str, "sgd | adam"),
+    "--lr": ("train.lr", float, "learning rate"),
+    "--momentum": ("train.momentum", float, "SGD momentum"),
+    "--seed": ("train.seed", int, "seed for initialisation, shuffling and the data split"),
+    "--dtype": ("train.dtype", str, "float32 | float64"),
+    "--log-every": ("train.log_every", int, "also log every N steps to metrics.jsonl"),
+    "--stages": ("pipeline.stages", int, "pipeline stages (devices)"),
+    "--microbatches": ("pipeline.microbatches", int, "micro-batches per minibatch"),
+    "--schedule": ("pipeline.schedule", str, "gpipe | 1f1b"),
+    "--strategy": ("pipeline.strategy", str, "uniform | balanced | memory"),
+    "--address": ("pipeline.address", str, "join a Ray cluster: auto | ray://host:port"),
+    "--device": ("pipeline.device", str, "cpu | cuda"),
+    "--runtime": ("pipeline.runtime", str, "auto | local | ray"),
+    "--recompute": ("pipeline.recompute", str, "true | false: recompute activations in backward"),
+    "--run-dir": ("run.dir", str, "folder for run directories"),
+    "--name": ("run.name", str, "run directory name (default: a timestamp)"),
+}
+
+
+def _add_config_args(p: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+    p.add_argument("config", nargs="?", default=None,
+                   help=f"TOML config (default: the embedded {DEFAULT_CONFIG}, as in examples/)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override any config key, e.g. --set train.lr=0.01")
+    for flag, (key, typ, helptext) in FLAGS.items():
+        if only is None or key.split(".")[0] in only:
+            p.add_argument(flag, dest=key, type=typ, default=None, help=helptext)
+
+
+def load_cli_config(args: argparse.Namespace) -> Any:
+    from graphpart.config import load_config
+
+    overrides: dict[str, Any] = {}
+    for item in args.set:
+        if "=" not in item:
+            raise GraphpartError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. train.lr=0.01")
+        k, v = item.split("=", 1)
+        overrides[k.strip()] = v.strip()
+    for flag, (key, _, _) in FLAGS.items():
+        v = getattr(args, key, None)
+        if v is not None:
+            overrides[key] = v if not isinstance(v, str) else v
+    path = args.config
+    if path is None:
+        with resources.as_file(resources.files("graphpart") / "configs" / DEFAULT_CONFIG) as p:
+            return load_config(str(p), overrides)
+    return load_config(path, overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from graphpart.train import train
+
+    if args.resume:
+        from graphpart.config import load_config
+
+        cfg_path = Path(args.resume) / "config.toml"
+        if not cfg_path.is_file():
+            raise GraphpartError(f"--resume {args.resume}: no config.toml there; give a run "
+                                 "directory written by `graphpart train`")
+        extra = {"train.epochs": args.__dict__["train.epochs"]} if args.__dict__.get(
+            "train.epochs") else {}
+        cfg = load_config(str(cfg_path), extra)
+    else:
+        cfg = load_cli_config(args)
+    quiet = args.json or args.no_progress or not sys.stderr.isatty()
+    summary = train(cfg, progress=not quiet, resume=args.resume)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        acc = summary["test_accuracy"]
+        print(f"done: {summary['steps']} steps in {summary['wall_s']:.1f} s "
+              f"({summary['samples_per_s']:.0f} samples/s), final loss {summary['final_loss']:.4f}"
+              + (f", test accuracy {acc:.4f}" if acc is not None else "")
+              + f"\nrun directory: {summary['run_dir']}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from graphpart.report import plan_report
+    from graphpart.train import setup
+
+    cfg = load_cli_config(args)
+    s = setup(cfg)
+    rep = plan_report(s, cfg)
+    print(json.dumps(rep["data"]) if args.json else rep["text"])
+    return 0
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from graphpart.ir import write_graph
+    from graphpart.train import setup
+
+    cfg = load_cli_config(args)
+    s = setup(cfg)
+    stage_of = s.plan.stage_of() if cfg.pipeline.stages > 1 else None
+    if args.out is None or args.out == "-":
+        print(s.graph.to_dot(stage_of), end="")
+    else:
+        out = write_graph(s.graph, args.out, stage_of)
+        print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from graphpart import bench
+
+    argv = ["--json"] if args.json else []
+    return bench.main(argv + list(args.rest)) or 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from graphpart.profile import run_profile
+
+    cfg = load_cli_config(args)
+    return run_profile(cfg, steps=args.steps, out=args.out, inference=args.inference,
+                       as_json=args.json)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from graphpart.compare import run_compare
+
+    cfg = load_cli_config(args)
+    return run_compare(cfg, args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="graphpart",
+        description="Train neural networks across devices by partitioning their computational "
+                    "graph.")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model (one process, or a pipeline on Ray)")
+    _add_config_args(p)
+    p.add_argument("--json", action="store_true", help="print one final JSON summary line")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--resume", metavar="RUN_DIR", default=None,
+                   help="continue a run from its last checkpoint (optionally with --epochs)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("plan", help="show how the model would be partitioned (no Ray)")
+    _add_config_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("graph", help="draw the computational graph (DOT, or SVG/PNG via Graphviz)")
+    _add_config_args(p)
+    p.add_argument("--out", default=None, help="graph.dot | graph.svg | graph.png (default: DOT "
+                                               "on stdout)")
+    p.set_defaults(func=cmd_graph)
+
+    p = sub.add_parser("bench", help="one training step vs hand-written NumPy vs matmul peak")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("profile", help="run a few steps; predicted vs measured memory per device")
+    _add_config_args(p)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--out", default="profile", help="folder for the table, PNGs and trace.json")
+    p.add_argument("--inference", action="store_true", help="also compare with inference")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("compare", help="partition the model, or train on a smaller minibatch?")
+    _add_config_args(p)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--out", default="compare", help="folder for the report")
+    p.set_defaults(func=cmd_compare)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except GraphpartError as e:
+        print(f"graphpart: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("graphpart: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Text and JSON reports of a plan: stages, costs, boundary tensors, predicted bubble."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from graphpart import schedule as sch
+from graphpart.partition import split_batch
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} GiB"  # pragma: no cover
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [headers] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    line = lambda r: "  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True))  # noqa: E731
+    return "\n".join([line(cells[0]), line(["-" * w for w in widths])] + [line(r) for r in cells[1:]])
+
+
+def plan_report(s: Any, cfg: Any) -> dict[str, Any]:
+    """The plan as a table and as data; memory columns come from the analytic model."""
+    from graphpart.train import plan_dict
+
+    plan, p, t = s.plan, cfg.pipeline, cfg.train
+    data = plan_dict(plan, cfg)
+    B, M, K = t.batch_size, p.microbatches, plan.k
+    mb = max(r.stop - r.start for r in split_batch(B, M))
+    itemsize = np.dtype(t.dtype).itemsize
+    actions = sch.make(p.schedule, K, M)
+    fwd = [st.flops_fwd * mb for st in plan.stages]
+    bwd = [st.flops_bwd * mb for st in plan.stages]
+    tl = sch.simulate(actions, fwd, bwd)
+    mem = None
+    try:
+        from graphpart.memory import predict
+
+        mem = predict(plan, batch=B, microbatches=M, schedule=p.schedule,
+                      optimizer=t.optimizer, momentum=t.momentum, dtype=t.dtype,
+                      recompute=p.recompute)
+    except ImportError:
+        pass
+    rows = []
+    for st, d in zip(plan.stages, data["stages"], strict=True):
+        row = [st.index, ",".join(map(str, st.layers)), " ".join(st.params),
+               human_bytes(d["param_bytes"]),
+               f"{(st.flops_fwd + st.flops_bwd) * B / 1e9:.3f}",
+               human_bytes(st.input_width * itemsize * mb) if st.index else "-",
+               human_bytes(st.output_width * itemsize * mb) if st.output else "-",
+               sch.peak_in_flight(actions[st.index])]
+        if mem is not None:
+            row.append(human_bytes(mem.stages[st.index].total))
+        rows.append(row)
+    headers = ["stage", "layers", "params", "param bytes", "GFLOP/step", "recv/mb", "send/mb",
+               "in-flight"]
+    if mem is not None:
+        headers.append("peak memory")
+    data.update({
+        "batch": B, "microbatches": M, "schedule": p.schedule,
+        "predicted_bubble": tl.bubble,
+        "peak_in_flight": list(tl.peak_in_flight),
+    })
+    if mem is not None:
+        data["memory"] = mem.to_dict()
+    text = (f"plan: {K} stage(s), strategy {plan.strategy}, schedule {p.schedule}, batch {B} "
+            f"in {M} micro-batch(es) of <= {mb} rows, {t.dtype}\n"
+            + table(headers, rows)
+            + f"\npredicted bubble (FLOP-proportional stage times): {tl.bubble:.1%}\n"
+            + tl.ascii())
+    return {"text": text, "data": data}

@@ -1,0 +1,234 @@
+"""The training driver: config -> data, graph, plan, engine -> epochs of steps -> run directory."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from graphpart import data as gdata
+from graphpart.checkpoint import RunDir, load_checkpoint, save_checkpoint
+from graphpart.config import Config, dump_toml
+from graphpart.engine import Engine, LocalEngine
+from graphpart.errors import ConfigError
+from graphpart.ir import Graph, mlp
+from graphpart.optim import Optimizer, make_optimizer
+from graphpart.params import init_params
+from graphpart.partition import Plan, partition
+
+
+@dataclass
+class Setup:
+    config: Config
+    dataset: gdata.Dataset
+    graph: Graph
+    plan: Plan
+    optimizer: Optimizer
+
+
+def load_dataset(cfg: Config) -> gdata.Dataset:
+    d, t = cfg.data, cfg.train
+    task = "regression" if cfg.model.loss == "mse" else "classification"
+    kw: dict[str, Any] = dict(dtype=t.dtype, test_fraction=d.test_fraction, seed=t.seed)
+    if d.source == "synthetic":
+        kw.update(n_samples=d.n_samples, n_features=d.n_features, n_classes=d.n_classes, task=task)
+    elif d.source.endswith(".npz"):
+        kw.update(task=task)
+    return gdata.load(d.source, **kw)
+
+
+def setup(cfg: Config) -> Setup:
+    """Everything decided before a run starts (pure: no Ray, no training)."""
+    ds = load_dataset(cfg)
+    m = cfg.model
+    if m.loss == "cross_entropy" and ds.n_classes is None:
+        raise ConfigError(f"model.loss='cross_entropy' needs class labels, but {ds.name} has "
+                          "real-valued targets; use model.loss='mse'")
+    graph = mlp([ds.n_features, *m.hidden, ds.n_outputs], activation=m.activation, bias=m.bias,
+                loss=m.loss, weight_decay=m.weight_decay)
+    p = cfg.pipeline
+    plan = partition(graph, p.stages, p.strategy) if p.strategy != "memory" else _memory_plan(
+        cfg, graph)
+    t = cfg.train
+    opt = make_optimizer(t.optimizer, lr=t.lr, momentum=t.momentum, beta1=t.beta1,
+                         beta2=t.beta2, eps=t.eps)
+    return Setup(cfg, ds, graph, plan, opt)
+
+
+def _memory_plan(cfg: Config, graph: Graph) -> Plan:
+    from graphpart.memory import stage_memory_cost
+
+    p, t = cfg.pipeline, cfg.train
+    cost = stage_memory_cost(graph, p.stages, batch=t.batch_size, microbatches=p.microbatches,
+                             schedule=p.schedule, optimizer=t.optimizer, dtype=t.dtype,
+                             recompute=p.recompute)
+    return partition(graph, p.stages, "memory", memory_cost=cost)
+
+
+def uses_ray(cfg: Config) -> bool:
+    p = cfg.pipeline
+    if p.runtime == "auto":
+        return p.stages > 1 or bool(p.address)
+    return p.runtime == "ray"
+
+
+def make_engine(s: Setup, params: dict[str, np.ndarray], keep_events: bool = True) -> Engine:
+    p, t = s.config.pipeline, s.config.train
+    kw = dict(microbatches=p.microbatches, schedule=p.schedule, max_rows=t.batch_size,
+              device=p.device, recompute=p.recompute, keep_events=keep_events)
+    if uses_ray(s.config):
+        from graphpart.runtime import RayEngine
+
+        return RayEngine(s.plan, params, s.optimizer, address=p.address, **kw)
+    return LocalEngine(s.plan, params, s.optimizer, **kw)
+
+
+def evaluate(engine: Engine, ds: gdata.Dataset, X: np.ndarray, y: np.ndarray,
+             loss: str) -> dict[str, float]:
+    """Test loss (and accuracy for classification) from inference logits."""
+    o = engine.predict(X).astype(np.float64)
+    if loss == "cross_entropy":
+        m = o.max(axis=1, keepdims=True)
+        lse = (m + np.log(np.exp(o - m).sum(axis=1, keepdims=True)))[:, 0]
+        nll = float(np.mean(lse - o[np.arange(len(y)), y]))
+        return {"test_loss": nll, "test_accuracy": float(np.mean(o.argmax(axis=1) == y))}
+    return {"test_loss": float(0.5 * np.mean(((o - y) ** 2).sum(axis=1)))}
+
+
+def train(
+    cfg: Config,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    resume: str | Path | None = None,
+) -> dict[str, Any]:
+    """Train as `cfg` says; write the run directory; return the summary."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    s = setup(cfg)
+    t, p = cfg.train, cfg.pipeline
+    run = RunDir.open_existing(resume) if resume else RunDir.create(cfg.run.dir, cfg.run.name)
+    start_epoch, step = 0, 0
+    if resume:
+        ck = load_checkpoint(run.checkpoint_path, s.graph)
+        params, start_epoch, step = ck["params"], ck["epoch"], ck["steps"]
+    else:
+        params = init_params(s.graph, t.seed, t.dtype)
+        run.write_text("config.toml", dump_toml(cfg))
+        run.write_text("plan.json", json.dumps(plan_dict(s.plan, cfg), indent=2))
+    ds = s.dataset
+    n = len(ds.X_train)
+    wall0 = time.perf_counter()
+    train_time = 0.0
+    samples = 0
+    epoch_metrics: dict[str, Any] = {}
+    with make_engine(s, params) as engine:
+        if resume:
+            engine.set_state(ck["stages"](s.plan))
+        bar = _progress(progress, (t.epochs - start_epoch) * _steps_per_epoch(n, t.batch_size))
+        try:
+            for epoch in range(start_epoch, t.epochs):
+                t0 = time.perf_counter()
+                total, count = 0.0, 0
+                for idx in gdata.batches(n, t.batch_size, t.seed, epoch):
+                    r = engine.step(ds.X_train[idx], ds.y_train[idx])
+                    if not math.isfinite(r["J"]):
+                        raise FloatingPointError(
+                            f"objective J became {r['J']} at step {step + 1} (epoch {epoch + 1}); "
+                            f"lower train.lr (now {t.lr})")
+                    step += 1
+                    samples += len(idx)
+                    total += r["J"] * len(idx)
+                    count += len(idx)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(epoch=epoch + 1, loss=f"{r['J']:.4f}", refresh=False)
+                    if t.log_every and step % t.log_every == 0:
+                        run.append_metrics({"step": step, "epoch": epoch + 1, "loss": r["J"],
+                                            "L": r["L"], "s": r["s"]})
+                train_time += time.perf_counter() - t0
+                epoch_metrics = {"epoch": epoch + 1, "step": step, "train_loss": total / count,
+                                 **evaluate(engine, ds, ds.X_test, ds.y_test, cfg.model.loss),
+                                 "epoch_s": time.perf_counter() - t0}
+                run.append_metrics(epoch_metrics)
+                save_checkpoint(run.checkpoint_path, engine.get_state(), s.plan,
+                                epoch=epoch + 1, steps=step)
+                msg = (f"epoch {epoch + 1:3d}/{t.epochs}  loss {epoch_metrics['train_loss']:.4f}"
+                       f"  test loss {epoch_metrics['test_loss']:.4f}")
+                if "test_accuracy" in epoch_metrics:
+                    msg += f"  test acc {epoch_metrics['test_accuracy']:.4f}"
+                (bar.write if bar is not None else log)(msg)
+        finally:
+            if bar is not None:
+                bar.close()
+        final = engine.get_params()
+        stats = engine.stats()
+    run.save_params(final)
+    wall = time.perf_counter() - wall0
+    summary = {
+        "run_dir": str(run.path),
+        "final_loss": epoch_metrics.get("train_loss"),
+        "test_loss": epoch_metrics.get("test_loss"),
+        "test_accuracy": epoch_metrics.get("test_accuracy"),
+        "epochs": t.epochs,
+        "steps": step,
+        "wall_s": wall,
+        "train_s": train_time,
+        "samples_per_s": samples / train_time if train_time > 0 else None,
+        "stages": p.stages,
+        "microbatches": p.microbatches,
+        "schedule": p.schedule,
+        "runtime": "ray" if uses_ray(cfg) else "local",
+        "stage_stats": [_stage_summary(x) for x in stats],
+    }
+    run.write_text("summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def _stage_summary(st: dict) -> dict:
+    return {"stage": st["stage"], "busy_s": round(sum(st["busy_s"].values()), 6),
+            "forward_s": round(st["busy_s"]["F"], 6), "backward_s": round(st["busy_s"]["B"], 6),
+            "bytes_sent": st["bytes_sent"], "bytes_received": st["bytes_received"],
+            "peak_bytes": st["memory"]["peak_total"]}
+
+
+def _steps_per_epoch(n: int, batch: int) -> int:
+    return -(-n // batch)
+
+
+def _progress(enabled: bool, total: int) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="step", dynamic_ncols=True, file=sys.stderr, leave=False)
+
+
+def plan_dict(plan: Plan, cfg: Config | None = None) -> dict[str, Any]:
+    """The plan as plain data (for plan.json and `graphpart plan --json`)."""
+    itemsize = np.dtype(cfg.train.dtype if cfg else "float32").itemsize
+    out = {
+        "strategy": plan.strategy,
+        "stages": [
+            {
+                "stage": st.index,
+                "layers": list(st.layers),
+                "params": list(st.params),
+                "param_count": st.param_count(),
+                "param_bytes": st.param_count() * itemsize,
+                "flops_per_sample": {"forward": st.flops_fwd, "backward": st.flops_bwd},
+                "input": st.input,
+                "output": st.output,
+                "boundary_in_bytes_per_sample": st.input_width * itemsize,
+                "boundary_out_bytes_per_sample": st.output_width * itemsize,
+            }
+            for st in plan.stages
+        ],
+    }
+    return out
