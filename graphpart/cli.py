@@ -1,4 +1,4 @@
-"""The `graphpart` command line: train, plan, graph, bench, profile, compare."""
+"""The `graphpart` command line: train, plan, graph, bench, profile."""
 
 from __future__ import annotations
 
@@ -144,13 +144,6 @@ def cmd_profile(args: argparse.Namespace) -> int:
                        as_json=args.json)
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
-    from graphpart.compare import run_compare
-
-    cfg = load_cli_config(args)
-    return run_compare(cfg, args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="graphpart",
@@ -189,12 +182,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inference", action="store_true", help="also compare with inference")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_profile)
-
-    p = sub.add_parser("compare", help="partition the model, or train on a smaller minibatch?")
-    _add_config_args(p)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--out", default="compare", help="folder for the report")
-    p.set_defaults(func=cmd_compare)
     return ap
 
 

@@ -44,6 +44,14 @@ class Engine:
         self.order = submission_order(self.actions)
         self.peak_in_flight = [sch.peak_in_flight(a) for a in self.actions]
 
+    def reschedule(self, kind: str, microbatches: int) -> None:
+        """Use another schedule or micro-batch count from the next step on (same workers).
+
+        Workers hold buffers for micro-batches of up to their `max_rows` rows, so the new
+        count must not make micro-batches larger than the engine was built for.
+        """
+        self._setup_schedule(kind, microbatches)
+
     def _call(self, k: int, method: str, *args: Any) -> Any:
         raise NotImplementedError
 
