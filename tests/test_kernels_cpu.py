@@ -287,8 +287,8 @@ def test_adam_update_matches_torch_semantics(dtype, wd):
         g = rand(257, dtype, 200 + step)
         cpu.adam_update(w, g, m, v, 1e-2, 0.9, 0.999, 1e-8, step, wd)
         w_ref = adam_ref(w_ref, g, m_ref, v_ref, 1e-2, 0.9, 0.999, 1e-8, step, wd)
-    np.testing.assert_allclose(w, w_ref, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=0)
-    np.testing.assert_allclose(m, m_ref, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=0)
+    np.testing.assert_allclose(w, w_ref, **tol(dtype, 16))  # |w| ~ 1: eps-scale absolute error
+    np.testing.assert_allclose(m, m_ref, **tol(dtype, 64))  # |g| ~ 3, and m may cancel
     with pytest.raises(ValueError, match="step"):
         cpu.adam_update(w, g, m, v, 1e-2, 0.9, 0.999, 1e-8, 0, wd)
 
