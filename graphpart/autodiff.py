@@ -56,6 +56,8 @@ def check_batch(graph: Graph, batch: Mapping[str, np.ndarray], dtype: np.dtype) 
             raise GraphpartError(
                 f"batch[{v.name!r}] has shape {a.shape}; the graph expects {v.shape} (B = batch)"
             )
+        if a.shape[0] == 0:
+            raise GraphpartError(f"batch[{v.name!r}] is empty; a batch needs at least one row")
         if n is None:
             n = a.shape[0]
         elif a.shape[0] != n:
@@ -63,10 +65,24 @@ def check_batch(graph: Graph, batch: Mapping[str, np.ndarray], dtype: np.dtype) 
         if v.role == "label" and graph.var(v.name).shape == ("B",):
             if not np.issubdtype(a.dtype, np.integer):
                 raise GraphpartError(f"batch[{v.name!r}] has dtype {a.dtype}; labels are integers")
+            q = _classes(graph, v.name)
+            bad = np.flatnonzero((a < 0) | (a >= q))
+            if bad.size:
+                i = int(bad[0])
+                raise GraphpartError(f"batch[{v.name!r}][{i}] = {a[i]} is out of range; labels "
+                                     f"must be in 0..{q - 1}")
             out[v.name] = a.astype(np.int64, copy=False)
         else:
             out[v.name] = np.ascontiguousarray(a, dtype=dtype)
     return out
+
+
+def _classes(graph: Graph, label: str) -> int:
+    """Number of classes: the width of the logits a label is compared with."""
+    for op in graph.ops:
+        if label in op.inputs:
+            return int(graph.var(op.inputs[0]).shape[-1])
+    raise GraphpartError(f"label {label!r} is read by no operator")  # pragma: no cover
 
 
 def forward(

@@ -64,10 +64,10 @@ def load_cli_config(args: argparse.Namespace) -> Any:
             raise GraphpartError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. train.lr=0.01")
         k, v = item.split("=", 1)
         overrides[k.strip()] = v.strip()
-    for flag, (key, _, _) in FLAGS.items():
+    for key, _, _ in FLAGS.values():
         v = getattr(args, key, None)
         if v is not None:
-            overrides[key] = v if not isinstance(v, str) else v
+            overrides[key] = v
     path = args.config
     if path is None:
         with resources.as_file(resources.files("graphpart") / "configs" / DEFAULT_CONFIG) as p:

@@ -99,6 +99,7 @@ class Engine:
 
     def predict(self, x: np.ndarray, chunk: int) -> np.ndarray:
         """Logits for every row of x (inference forward, `chunk` rows at a time)."""
+        chunk = max(1, min(chunk, self.chunk))  # workers hold buffers for `self.chunk` rows
         outs = []
         for start in range(0, len(x), chunk):
             h: Any = x[start:start + chunk]

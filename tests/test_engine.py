@@ -216,9 +216,6 @@ def test_predict_matches_autodiff_logits(k, chunk):
     np.testing.assert_allclose(eng.predict(X[:5]), after[:5], rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.xfail(strict=True, reason="LocalEngine.predict passes any `chunk` to workers "
-                   "whose buffers hold only ceil(max_rows / microbatches) rows: a bare "
-                   "ValueError from stage 0 instead of clamping (or a GraphpartError)")
 def test_predict_with_chunk_of_a_whole_minibatch():
     g, p0, X, Y = PROBLEM
     eng = LocalEngine(partition(g, 2, "uniform"), p0, OPTS["adam"], microbatches=2,

@@ -286,8 +286,6 @@ def test_other_misuse_raises_value_error():
         ws[1].forward(0, h, None, 1 / N)
 
 
-@pytest.mark.xfail(strict=True, reason="Program.forward takes the slot before checking the "
-                   "labels, so a refused forward leaves the micro-batch marked in flight")
 def test_refused_forward_leaves_no_state():
     g, params, x, y = problem(seed=9)
     plan = partition(g, 1, "uniform")

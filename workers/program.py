@@ -96,7 +96,8 @@ class Program:
         shape = tuple(self.max_rows if d == BATCH else int(d) for d in shape)
         dtype = self.dtype if dtype is None else dtype
         a = self.bk.zeros(shape, dtype) if zero else self.bk.empty(shape, dtype)
-        self.ledger.add(key, category, int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        self.ledger.add(key, category, nbytes)
         return a
 
     def _plan_steps(self) -> list[_Step]:
@@ -200,14 +201,15 @@ class Program:
         """Run micro-batch `mb`; return the boundary output (a view, valid until reused)."""
         n = int(x.shape[0])
         if n > self.max_rows:
-            raise ValueError(f"{self.name}: micro-batch of {n} rows exceeds max_rows={self.max_rows}")
+            raise ValueError(f"{self.name}: micro-batch of {n} rows exceeds "
+                             f"max_rows={self.max_rows}")
+        if self.labels and y is None:
+            raise ValueError(f"{self.name}: the last stage needs labels for micro-batch {mb}")
         self.ledger.mark("F", str(mb))
         slot = self._slot(mb)
         self.rows_of[mb] = n
         self.bk.from_host(x, self._value(slot, self.input)[:n])
         if self.labels:
-            if y is None:
-                raise ValueError(f"{self.name}: the last stage needs labels for micro-batch {mb}")
             self.bk.from_host(y, self._value(slot, self.labels[0])[:n])
         out = self._run_forward(slot, n, scale)
         self.ledger.mark("F_end", str(mb))
@@ -266,7 +268,8 @@ class Program:
         grad = lambda name: self._grad(name)[:n]  # noqa: E731
         if self.output is not None:  # the received cotangent, copied into our boundary buffer
             if g is None:
-                raise ValueError(f"{self.name}: backward of micro-batch {mb} needs dJ/d{self.output}")
+                raise ValueError(f"{self.name}: backward of micro-batch {mb} needs "
+                                 f"dJ/d{self.output}")
             bk.from_host(g, grad(self.output))
         din = None
         for s in reversed(self.steps):

@@ -34,11 +34,13 @@ def to_dot(graph: Graph, stage_of: Mapping[str, int] | None = None) -> str:
     for v in graph.vars:
         bold = ', penwidth=2' if v.role == "param" else ""
         label = f"{v.name}\\n{_shape(v.shape)}"
-        lines.append(f'  "{v.name}" [shape=box, style=filled, fillcolor="{fill(v.name, ROLE_STYLE[v.role])}", '
+        colour = fill(v.name, ROLE_STYLE[v.role])
+        lines.append(f'  "{v.name}" [shape=box, style=filled, fillcolor="{colour}", '
                      f'label="{label}"{bold}];')
     for o in graph.ops:
         op_id = f"op:{o.name}"
-        lines.append(f'  "{op_id}" [shape=circle, style=filled, fillcolor="{fill(o.name, "#ffffff")}", '
+        colour = fill(o.name, "#ffffff")
+        lines.append(f'  "{op_id}" [shape=circle, style=filled, fillcolor="{colour}", '
                      f'label="{o.op}", fontsize=10];')
         for i in o.inputs:
             lines.append(f'  "{i}" -> "{op_id}";')
@@ -47,8 +49,9 @@ def to_dot(graph: Graph, stage_of: Mapping[str, int] | None = None) -> str:
         stages = sorted(set(stage_of.values()))
         lines.append('  subgraph cluster_legend { label="stages"; style=dashed;')
         for k in stages:
-            lines.append(f'    "legend{k}" [shape=box, style=filled, '
-                         f'fillcolor="{STAGE_COLOURS[k % len(STAGE_COLOURS)]}", label="stage {k}"];')
+            colour = STAGE_COLOURS[k % len(STAGE_COLOURS)]
+            lines.append(f'    "legend{k}" [shape=box, style=filled, fillcolor="{colour}", '
+                         f'label="stage {k}"];')
         lines.append("  }")
     lines.append("}")
     return "\n".join(lines) + "\n"

@@ -155,7 +155,7 @@ class Graph:
                 raise GraphError(f"operator {o.name!r} writes undeclared variable {o.output!r}")
             if seen[o.output].role != "value":
                 raise GraphError(
-                    f"operator {o.name!r} writes {o.output!r}, a {seen[o.output].role}; "
+                    f"operator {o.name!r} writes {o.output!r}, {_article(seen[o.output].role)}; "
                     "operators may only write values"
                 )
             if o.output in produced:
@@ -196,6 +196,10 @@ class Graph:
         from graphpart.ir.dot import to_dot
 
         return to_dot(self, stage_of)
+
+
+def _article(word: str) -> str:
+    return ("an " if word[:1] in "aeiou" else "a ") + word
 
 
 def _fmt(shape: Iterable[Dim]) -> str:

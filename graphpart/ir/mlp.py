@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from graphpart.errors import GraphError
 from graphpart.ir.graph import BATCH, Graph, Op, Var
 from graphpart.ops import ACTIVATIONS, LOSSES
@@ -24,7 +26,7 @@ def mlp(
     parameters from every layer, and a partition splits s into per-stage parts.
     With bias, the matmul output is m_i and z_i = m_i + b_i; without, z_i = x W_i^T directly.
     """
-    sizes = list(sizes)
+    sizes = [int(s) if isinstance(s, np.integer) else s for s in sizes]
     if len(sizes) < 2:
         raise GraphError(f"sizes={sizes}: need at least [inputs, outputs], e.g. [64, 32, 10]")
     for s in sizes:
@@ -34,7 +36,7 @@ def mlp(
         raise GraphError(f"activation={activation!r}; valid: {', '.join(ACTIVATIONS)}")
     if loss not in LOSSES:
         raise GraphError(f"loss={loss!r}; valid: {', '.join(LOSSES)}")
-    if not isinstance(weight_decay, int | float) or weight_decay < 0 or weight_decay != weight_decay:
+    if not isinstance(weight_decay, int | float) or not weight_decay >= 0:
         raise GraphError(f"weight_decay={weight_decay!r}; must be a number >= 0")
 
     n = len(sizes) - 1

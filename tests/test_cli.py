@@ -1,0 +1,163 @@
+"""The `graphpart` command line, as a user runs it.
+
+Contract: `graphpart train` on the embedded default reaches >= 95% test accuracy on digits and
+`--json` prints one final JSON line with final_loss, test_accuracy, steps, wall_s,
+samples_per_s; a pipeline run on a local Ray (3 stages) reaches the same accuracy as one
+process and leaves no Ray process behind; bad input (config keys and values, a user's .npz with
+wrong shapes, NaN, labels out of range, non-numeric dtype) is a one-line error naming the value,
+exit code 2, no traceback; `plan` and `graph` work without Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from graphpart.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "graphpart.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _ray_pids() -> set[int]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    keys = ("raylet", "gcs_server", "ray::", "default_worker.py", "plasma_store")
+    return {int(line.split()[0]) for line in out.splitlines()[1:] if any(k in line for k in keys)}
+
+
+def test_train_default_json(tmp_path):
+    r = _run("train", "--json", "--run-dir", str(tmp_path), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 1
+    s = json.loads(lines[0])
+    for key in ("final_loss", "test_accuracy", "steps", "wall_s", "samples_per_s"):
+        assert key in s
+    assert s["test_accuracy"] >= 0.95
+    assert s["steps"] == 30 * 23  # 30 epochs of ceil(1438 / 64) steps
+    run = Path(s["run_dir"])
+    assert {"config.toml", "plan.json", "metrics.jsonl", "params.npz", "checkpoint.npz",
+            "summary.json"} <= {p.name for p in run.iterdir()}
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, 31))
+    assert "Traceback" not in r.stderr
+
+
+def test_pipeline_cli_matches_single_process_and_cleans_up(tmp_path):
+    before = _ray_pids()
+    common = ("--json", "--epochs", "4", "--run-dir", str(tmp_path))
+    one = _run("train", *common, cwd=tmp_path)
+    three = _run("train", *common, "--stages", "3", "--hidden", "48,32", cwd=tmp_path)
+    one3 = _run("train", *common, "--hidden", "48,32", cwd=tmp_path)
+    assert one.returncode == 0 and three.returncode == 0 and one3.returncode == 0, three.stderr
+    a, b = json.loads(one3.stdout), json.loads(three.stdout)
+    assert b["runtime"] == "ray" and b["stages"] == 3 and a["runtime"] == "local"
+    assert b["test_accuracy"] == a["test_accuracy"]
+    assert abs(b["final_loss"] - a["final_loss"]) < 1e-5
+    assert len(b["stage_stats"]) == 3 and b["stage_stats"][0]["bytes_sent"] > 0
+    assert not (_ray_pids() - before), "ray processes left behind"
+
+
+def _err(capsys, argv: list[str]) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("graphpart: error: "), err
+    return err
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--activation", "gelu"], "gelu"),
+        (["--hidden", "64,-3"], "-3"),
+        (["--hidden", "0"], "0"),
+        (["--set", "train.epoch=3"], "train.epoch"),
+        (["--set", "trian.epochs=3"], "trian"),
+        (["--loss", "hinge"], "hinge"),
+        (["--dtype", "float16"], "float16"),
+        (["--batch-size", "0"], "batch_size=0"),
+        (["--stages", "9"], "stages=9"),
+        (["--schedule", "zigzag"], "zigzag"),
+        (["--data", "nope.csv"], "nope.csv"),
+        (["--microbatches", "100"], "microbatches=100"),
+    ],
+)
+def test_bad_flags(capsys, tmp_path, argv, needle):
+    err = _err(capsys, ["train", "--run-dir", str(tmp_path), *argv])
+    assert needle in err
+
+
+def _npz(tmp_path: Path, name: str, **arrays) -> str:
+    path = tmp_path / name
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def test_bad_npz(capsys, tmp_path):
+    rng = np.random.default_rng(0)
+    X, y = rng.random((20, 4)), np.arange(20) % 3
+    cases = {
+        "shape.npz": (dict(X=X[:, 0], y=y), "X has shape (20,)"),
+        "count.npz": (dict(X=X, y=y[:19]), "19"),
+        "nan.npz": (dict(X=np.where(X > 0.9, np.nan, X), y=y), "NaN"),
+        "neg.npz": (dict(X=X, y=y - 1), "-1"),
+        "float.npz": (dict(X=X, y=y + 0.5), "0.5"),
+        "dtype.npz": (dict(X=X.astype(str), y=y), "dtype"),
+        "missing.npz": (dict(X=X), "missing array 'y'"),
+    }
+    for name, (arrays, needle) in cases.items():
+        path = _npz(tmp_path, name, **arrays)
+        err = _err(capsys, ["train", "--data", path, "--run-dir", str(tmp_path)])
+        assert needle in err and name in err, err
+
+
+def test_user_npz_trains(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 5))
+    y = (X[:, 0] > 0).astype(int)
+    path = _npz(tmp_path, "mine.npz", X=X, y=y)
+    code = main(["train", "--data", path, "--epochs", "3", "--hidden", "8", "--no-progress",
+                 "--run-dir", str(tmp_path), "--json"])
+    assert code == 0
+
+
+def test_console_script_error_has_no_traceback(tmp_path):
+    r = _run("train", "--activation", "softsign", "--run-dir", str(tmp_path), cwd=tmp_path)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and "softsign" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_existing_run_dir_is_never_reused(capsys, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "precious.txt").write_text("keep me")
+    err = _err(capsys, ["train", "--run-dir", str(tmp_path), "--name", "mine", "--epochs", "1"])
+    assert "already exists" in err
+    assert (tmp_path / "mine" / "precious.txt").read_text() == "keep me"
+
+
+def test_plan_and_graph(capsys, tmp_path):
+    assert main(["plan", "--stages", "2", "--hidden", "32,32", "--microbatches", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "stage" in out and "bubble" in out
+    assert main(["plan", "--stages", "2", "--hidden", "32,32", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [s["stage"] for s in data["stages"]] == [0, 1]
+    assert main(["graph", "--out", str(tmp_path / "g.dot")]) == 0
+    dot = (tmp_path / "g.dot").read_text()
+    for name in ("x", "W1", "z1", "h1", "W2", "o", "y", "L", "s", "J"):
+        assert f'"{name}"' in dot
+    assert main(["graph", "--stages", "2", "--hidden", "32,32"]) == 0
+    assert "stage 1" in capsys.readouterr().out
