@@ -39,6 +39,7 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
     "--address": ("pipeline.address", str, "join a Ray cluster: auto | ray://host:port"),
     "--device": ("pipeline.device", str, "cpu | cuda"),
     "--runtime": ("pipeline.runtime", str, "auto | local | ray"),
+    "--cost": ("pipeline.cost", str, "flops | measured: what the balanced strategy balances"),
     "--recompute": ("pipeline.recompute", str, "true | false: recompute activations in backward"),
     "--run-dir": ("run.dir", str, "folder for run directories"),
     "--name": ("run.name", str, "run directory name (default: a timestamp)"),

@@ -78,6 +78,7 @@ class PipelineConfig:
     device: str = "cpu"
     recompute: bool = False
     runtime: str = "auto"  # auto: in-process for one stage, Ray actors otherwise (or with address)
+    cost: str = "flops"  # what `balanced` balances: "flops" or "measured" (a short profiling pass)
 
 
 @dataclass(frozen=True)
@@ -338,6 +339,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "pipeline.address": _address,
     "pipeline.device": _choice(DEVICES),
     "pipeline.runtime": _choice(RUNTIMES),
+    "pipeline.cost": _choice(("flops", "measured")),
     "run.dir": _nonempty,
     "run.name": _run_name,
 }

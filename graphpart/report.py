@@ -36,9 +36,14 @@ def plan_report(s: Any, cfg: Any) -> dict[str, Any]:
     mb = max(r.stop - r.start for r in split_batch(B, M))
     itemsize = np.dtype(t.dtype).itemsize
     actions = sch.make(p.schedule, K, M)
-    fwd = [st.flops_fwd * mb for st in plan.stages]
-    bwd = [st.flops_bwd * mb for st in plan.stages]
+    # stage time = the plan's layer costs (FLOPs or measured), split F/B in the FLOP ratio
+    layers = plan.graph.layers
+    cost = [sum(plan.layer_costs[layers.index(x)] for x in st.layers) for st in plan.stages]
+    share = [st.flops_fwd / max(1, st.flops_fwd + st.flops_bwd) for st in plan.stages]
+    fwd = [c * s for c, s in zip(cost, share, strict=True)]
+    bwd = [c * (1 - s) for c, s in zip(cost, share, strict=True)]
     tl = sch.simulate(actions, fwd, bwd)
+    basis = "measured" if "measured" in plan.strategy else "FLOP-proportional"
     mem = None
     try:
         from graphpart.memory import predict
@@ -73,6 +78,6 @@ def plan_report(s: Any, cfg: Any) -> dict[str, Any]:
     text = (f"plan: {K} stage(s), strategy {plan.strategy}, schedule {p.schedule}, batch {B} "
             f"in {M} micro-batch(es) of <= {mb} rows, {t.dtype}\n"
             + table(headers, rows)
-            + f"\npredicted bubble (FLOP-proportional stage times): {tl.bubble:.1%}\n"
+            + f"\npredicted bubble ({basis} stage times): {tl.bubble:.1%}\n"
             + tl.ascii())
     return {"text": text, "data": data}

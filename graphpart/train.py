@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -54,8 +55,17 @@ def setup(cfg: Config) -> Setup:
     graph = mlp([ds.n_features, *m.hidden, ds.n_outputs], activation=m.activation, bias=m.bias,
                 loss=m.loss, weight_decay=m.weight_decay)
     p = cfg.pipeline
-    plan = partition(graph, p.stages, p.strategy) if p.strategy != "memory" else _memory_plan(
-        cfg, graph)
+    if p.strategy == "memory":
+        plan = _memory_plan(cfg, graph)
+    elif p.cost == "measured" and p.strategy == "balanced" and p.stages > 1:
+        from graphpart.costs import measured_costs
+
+        rows = -(-cfg.train.batch_size // p.microbatches)
+        times = measured_costs(graph, rows, cfg.train.dtype)
+        plan = dataclasses.replace(partition(graph, p.stages, "balanced", layer_costs=times),
+                                   strategy="balanced (measured layer times)")
+    else:
+        plan = partition(graph, p.stages, p.strategy)
     t = cfg.train
     opt = make_optimizer(t.optimizer, lr=t.lr, momentum=t.momentum, beta1=t.beta1,
                          beta2=t.beta2, eps=t.eps)

@@ -161,3 +161,29 @@ def test_plan_and_graph(capsys, tmp_path):
         assert f'"{name}"' in dot
     assert main(["graph", "--stages", "2", "--hidden", "32,32"]) == 0
     assert "stage 1" in capsys.readouterr().out
+
+
+def test_ctrl_c_stops_a_pipeline_cleanly(tmp_path):
+    import signal
+    import time
+
+    before = _ray_pids()
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    p = subprocess.Popen(
+        [sys.executable, "-m", "graphpart.cli", "train", "--stages", "2", "--hidden", "64,64",
+         "--epochs", "200", "--no-progress", "--run-dir", str(tmp_path)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until the stage actors exist
+        out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        if out.count("StageActor") >= 2:
+            break
+        time.sleep(0.5)
+    time.sleep(2)
+    p.send_signal(signal.SIGINT)
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 130, out
+    assert "interrupted" in out and "Traceback" not in out
+    time.sleep(1)
+    assert not (_ray_pids() - before), "ray processes left behind"
