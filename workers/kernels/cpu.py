@@ -217,7 +217,7 @@ def _bias_add(m, b, out):
 
 
 @njit(fastmath=_FM, **_KW)
-def bias_add(m, b, out):
+def bias_add(m: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     """out[i, j] = m[i, j] + b[j]. out may alias m."""
     if _same(m, out):
         _bias_add(m, b, m)
@@ -247,7 +247,7 @@ def _act_forward(z, out, act):
 
 
 @njit(fastmath=_FM, **_KW)
-def act_forward(z, out, act):
+def act_forward(z: np.ndarray, out: np.ndarray, act: int) -> None:
     """out = phi_act(z) elementwise. out should not alias z: that is correct but not vectorised
     (the layers keep z for the backward pass, so it has no in-place fast path)."""
     _check_act(act)
@@ -283,7 +283,9 @@ def _bias_act_forward(m, b, z_out, h_out, act):
 
 
 @njit(fastmath=_FM, **_KW)
-def bias_act_forward(m, b, z_out, h_out, act):
+def bias_act_forward(
+    m: np.ndarray, b: np.ndarray, z_out: np.ndarray, h_out: np.ndarray, act: int
+) -> None:
     """Fused z = m + b (into z_out, which may alias m) and h = phi_act(z) (into h_out)."""
     _check_act(act)
     if _same(m, z_out):
@@ -315,7 +317,7 @@ def _act_backward(dh, h, out, act):
 
 
 @njit(fastmath=_FM, **_KW)
-def act_backward(dh, h, out, act):
+def act_backward(dh: np.ndarray, h: np.ndarray, out: np.ndarray, act: int) -> None:
     """out = dh * phi_act'(z), from the output h = phi(z). out may alias dh.
 
     relu: h > 0 (a select: 0 where h <= 0 even if dh is inf/NaN); sigmoid: h (1 - h);
@@ -372,7 +374,9 @@ def _softmax_xent_forward(o, y, scale, probs_out):
 
 
 @njit(fastmath=_FM, **_KW)
-def softmax_xent_forward(o, y, scale, probs_out):
+def softmax_xent_forward(
+    o: np.ndarray, y: np.ndarray, scale: float, probs_out: np.ndarray
+) -> float:
     """probs_out = softmax(o) row-wise; returns scale * sum_i (logsumexp(o_i) - o_i[y_i]).
 
     o is (B, C), y int64 (B,) with labels in [0, C). probs_out may alias o. The loss is
@@ -398,7 +402,9 @@ def _softmax_xent_backward(probs, y, scale, do_out):
 
 
 @njit(fastmath=_FM, **_KW)
-def softmax_xent_backward(probs, y, scale, do_out):
+def softmax_xent_backward(
+    probs: np.ndarray, y: np.ndarray, scale: float, do_out: np.ndarray
+) -> None:
     """do_out = scale * (probs - onehot(y)). do_out may alias probs."""
     if _same(probs, do_out):
         _softmax_xent_backward(probs, y, scale, probs)
@@ -407,7 +413,7 @@ def softmax_xent_backward(probs, y, scale, do_out):
 
 
 @njit(fastmath=_FM_SUM, **_KW)
-def mse_forward(o, t, scale):
+def mse_forward(o: np.ndarray, t: np.ndarray, scale: float) -> float:
     """scale * sum 0.5 (o - t)^2 over all elements, accumulated in float64."""
     rows, cols = o.shape
     total = 0.0
@@ -428,7 +434,7 @@ def _mse_backward(o, t, scale, do_out):
 
 
 @njit(fastmath=_FM, **_KW)
-def mse_backward(o, t, scale, do_out):
+def mse_backward(o: np.ndarray, t: np.ndarray, scale: float, do_out: np.ndarray) -> None:
     """do_out = scale * (o - t). do_out may alias o or t."""
     if _same(o, do_out):
         _mse_backward(o, t, scale, o)
@@ -442,7 +448,7 @@ def mse_backward(o, t, scale, do_out):
 
 
 @njit(fastmath=_FM, **_KW)
-def sum_rows(g, out, accumulate=False):
+def sum_rows(g: np.ndarray, out: np.ndarray, accumulate: bool = False) -> None:
     """out[j] = sum_i g[i, j] in the array dtype (bias gradient); accumulate=True adds to out."""
     rows, cols = g.shape
     if not accumulate:
@@ -454,7 +460,7 @@ def sum_rows(g, out, accumulate=False):
 
 
 @njit(fastmath=_FM_SUM, **_KW)
-def sq_norm(w):
+def sq_norm(w: np.ndarray) -> float:
     """Sum of squares of a 1-D or 2-D contiguous array, accumulated in float64."""
     flat = w.reshape(-1)
     total = 0.0
@@ -468,14 +474,16 @@ def sq_norm(w):
 
 
 @njit(fastmath=_FM, **_KW)
-def accumulate(dst, src):
+def accumulate(dst: np.ndarray, src: np.ndarray) -> None:
     """dst += src (1-D)."""
     for k in range(dst.size):
         dst[k] += src[k]
 
 
 @njit(fastmath=_FM, **_KW)
-def sgd_update(w, g, v, lr, momentum, weight_decay):
+def sgd_update(
+    w: np.ndarray, g: np.ndarray, v: np.ndarray, lr: float, momentum: float, weight_decay: float
+) -> None:
     """torch.optim.SGD step (dampening 0, no Nesterov), in place on 1-D views.
 
     d = g + weight_decay * w; if momentum != 0: v = momentum * v + d, d = v; w -= lr * d.
@@ -494,7 +502,18 @@ def sgd_update(w, g, v, lr, momentum, weight_decay):
 
 
 @njit(fastmath=_FM, **_KW)
-def adam_update(w, g, m, v, lr, beta1, beta2, eps, step, weight_decay):
+def adam_update(
+    w: np.ndarray,
+    g: np.ndarray,
+    m: np.ndarray,
+    v: np.ndarray,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    step: int,
+    weight_decay: float,
+) -> None:
     """torch.optim.Adam step (L2 weight decay, no amsgrad), in place on 1-D views.
 
     step counts from 1 (the first update). m and v start at zero.

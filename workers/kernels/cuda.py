@@ -17,11 +17,15 @@ import contextlib
 import functools
 import math
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numba import cuda, float64, from_dtype, types
 
 from workers.kernels.cpu import ACTIVATIONS, IDENTITY, RELU, SIGMOID, TANH
+
+if TYPE_CHECKING:
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray as Dev
 
 __all__ = [
     "ACTIVATIONS",
@@ -369,34 +373,36 @@ def _check(ok: bool, what: str) -> None:
 # --- wrappers (same names and argument order as workers.kernels.cpu) -----------------------
 
 
-def bias_add(m, b, out, stream=0) -> None:
+def bias_add(m: Dev, b: Dev, out: Dev, stream=0) -> None:
     """out[i, j] = m[i, j] + b[j]. out may alias m."""
     grid, block = _grid_2d(*m.shape)
     _bias_add_k[grid, block, stream](m, b, out)
 
 
-def act_forward(z, out, act: int, stream=0) -> None:
+def act_forward(z: Dev, out: Dev, act: int, stream=0) -> None:
     """out = phi_act(z) elementwise (out may alias z)."""
     _check(IDENTITY <= act <= TANH, f"unknown activation code {act}")
     grid, block = _grid_2d(*z.shape)
     _act_forward_k[grid, block, stream](z, out, act)
 
 
-def bias_act_forward(m, b, z_out, h_out, act: int, stream=0) -> None:
+def bias_act_forward(m: Dev, b: Dev, z_out: Dev, h_out: Dev, act: int, stream=0) -> None:
     """Fused z = m + b (into z_out, which may alias m) and h = phi_act(z) (into h_out)."""
     _check(IDENTITY <= act <= TANH, f"unknown activation code {act}")
     grid, block = _grid_2d(*m.shape)
     _bias_act_forward_k[grid, block, stream](m, b, z_out, h_out, act)
 
 
-def act_backward(dh, h, out, act: int, stream=0) -> None:
+def act_backward(dh: Dev, h: Dev, out: Dev, act: int, stream=0) -> None:
     """out = dh * phi_act'(z) from the output h (relu: a select on h > 0). out may alias dh."""
     _check(IDENTITY <= act <= TANH, f"unknown activation code {act}")
     grid, block = _grid_2d(*dh.shape)
     _act_backward_k[grid, block, stream](dh, h, out, act)
 
 
-def softmax_xent_forward(o, y, scale: float, probs_out, loss_buf, stream=0) -> float:
+def softmax_xent_forward(
+    o: Dev, y: Dev, scale: float, probs_out: Dev, loss_buf: Dev, stream=0
+) -> float:
     """probs_out = softmax(o) row-wise; returns scale * sum_i (logsumexp(o_i) - o_i[y_i]).
 
     y is an int64 device array of labels; loss_buf a float64 device array of at least B
@@ -413,13 +419,13 @@ def softmax_xent_forward(o, y, scale: float, probs_out, loss_buf, stream=0) -> f
     return _host_sum(loss_buf, rows, stream)
 
 
-def softmax_xent_backward(probs, y, scale: float, do_out, stream=0) -> None:
+def softmax_xent_backward(probs: Dev, y: Dev, scale: float, do_out: Dev, stream=0) -> None:
     """do_out = scale * (probs - onehot(y)). do_out may alias probs."""
     grid, block = _grid_2d(*probs.shape)
     _softmax_xent_backward_k[grid, block, stream](probs, y, _scalar(probs, scale), do_out)
 
 
-def mse_forward(o, t, scale: float, loss_buf, stream=0) -> float:
+def mse_forward(o: Dev, t: Dev, scale: float, loss_buf: Dev, stream=0) -> float:
     """scale * sum 0.5 (o - t)^2 (float64); per-row sums go to loss_buf (>= B entries)."""
     rows, cols = o.shape
     _check(loss_buf.shape[0] >= rows, f"loss_buf has {loss_buf.shape[0]} entries, need {rows}")
@@ -429,19 +435,19 @@ def mse_forward(o, t, scale: float, loss_buf, stream=0) -> float:
     return _host_sum(loss_buf, rows, stream)
 
 
-def mse_backward(o, t, scale: float, do_out, stream=0) -> None:
+def mse_backward(o: Dev, t: Dev, scale: float, do_out: Dev, stream=0) -> None:
     """do_out = scale * (o - t). do_out may alias o or t."""
     grid, block = _grid_2d(*o.shape)
     _mse_backward_k[grid, block, stream](o, t, _scalar(o, scale), do_out)
 
 
-def sum_rows(g, out, accumulate: bool = False, stream=0) -> None:
+def sum_rows(g: Dev, out: Dev, accumulate: bool = False, stream=0) -> None:
     """out[j] = sum_i g[i, j] in the array dtype; accumulate=True adds into out."""
     grid, block = _grid_1d(g.shape[1])
     _sum_rows_k[grid, block, stream](g, out, bool(accumulate))
 
 
-def sq_norm(w, partial_buf, stream=0) -> float:
+def sq_norm(w: Dev, partial_buf: Dev, stream=0) -> float:
     """Sum of squares of a contiguous 1-D or 2-D w, accumulated in float64.
 
     partial_buf is a float64 device array; its length caps the number of blocks launched.
@@ -454,20 +460,34 @@ def sq_norm(w, partial_buf, stream=0) -> float:
     return _host_sum(partial_buf, blocks, stream)
 
 
-def accumulate(dst, src, stream=0) -> None:
+def accumulate(dst: Dev, src: Dev, stream=0) -> None:
     """dst += src (1-D views)."""
     grid, block = _grid_1d(dst.size)
     _accumulate_k[grid, block, stream](dst, src)
 
 
-def sgd_update(w, g, v, lr, momentum, weight_decay, stream=0) -> None:
+def sgd_update(
+    w: Dev, g: Dev, v: Dev, lr: float, momentum: float, weight_decay: float, stream=0
+) -> None:
     """torch.optim.SGD step on 1-D views, as workers.kernels.cpu.sgd_update."""
     grid, block = _grid_1d(w.size)
     s = functools.partial(_scalar, w)
     _sgd_update_k[grid, block, stream](w, g, v, s(lr), s(momentum), s(weight_decay))
 
 
-def adam_update(w, g, m, v, lr, beta1, beta2, eps, step: int, weight_decay, stream=0) -> None:
+def adam_update(
+    w: Dev,
+    g: Dev,
+    m: Dev,
+    v: Dev,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    step: int,
+    weight_decay: float,
+    stream=0,
+) -> None:
     """torch.optim.Adam step on 1-D views (step counts from 1), as the CPU kernel."""
     _check(step >= 1, f"adam step counts from 1, got {step}")
     s = functools.partial(_scalar, w)
@@ -480,7 +500,16 @@ def adam_update(w, g, m, v, lr, beta1, beta2, eps, step: int, weight_decay, stre
     )  # fmt: skip
 
 
-def gemm(a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, stream=0) -> None:
+def gemm(
+    a: Dev,
+    b: Dev,
+    out: Dev,
+    trans_a: bool = False,
+    trans_b: bool = False,
+    alpha: float = 1.0,
+    beta: float = 0.0,
+    stream=0,
+) -> None:
     """out = alpha * op(a) @ op(b) + beta * out, op = transpose where asked.
 
     With beta == 0 out is only written, never read.
@@ -494,17 +523,17 @@ def gemm(a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, stream=0)
     kernel[grid, (TILE, TILE), stream](a, b, out, _scalar(out, alpha), _scalar(out, beta))
 
 
-def matmul_nt(a, b, out, alpha=1.0, beta=0.0, stream=0) -> None:
+def matmul_nt(a: Dev, b: Dev, out: Dev, alpha: float = 1.0, beta: float = 0.0, stream=0) -> None:
     """out = a @ b.T (the forward z = x W^T)."""
     gemm(a, b, out, False, True, alpha, beta, stream)
 
 
-def matmul_nn(a, b, out, alpha=1.0, beta=0.0, stream=0) -> None:
+def matmul_nn(a: Dev, b: Dev, out: Dev, alpha: float = 1.0, beta: float = 0.0, stream=0) -> None:
     """out = a @ b (the input gradient dx = dz W)."""
     gemm(a, b, out, False, False, alpha, beta, stream)
 
 
-def matmul_tn(a, b, out, alpha=1.0, beta=0.0, stream=0) -> None:
+def matmul_tn(a: Dev, b: Dev, out: Dev, alpha: float = 1.0, beta: float = 0.0, stream=0) -> None:
     """out = a.T @ b (the weight gradient dW = dz^T x; beta=1 accumulates)."""
     gemm(a, b, out, True, False, alpha, beta, stream)
 
@@ -512,7 +541,9 @@ def matmul_tn(a, b, out, alpha=1.0, beta=0.0, stream=0) -> None:
 # --- ahead-of-time check -------------------------------------------------------------------
 
 
-def compile_ptx(dtype=np.float32, cc: tuple[int, int] = (9, 0)) -> dict[str, str]:
+def compile_ptx(
+    dtype: np.dtype | type = np.float32, cc: tuple[int, int] = (9, 0)
+) -> dict[str, str]:
     """PTX of every kernel for arrays of `dtype`, compiled for compute capability `cc`.
 
     Needs libNVVM (the CUDA toolkit) but no GPU: a typing or lowering error in any kernel
