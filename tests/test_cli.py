@@ -31,7 +31,7 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def _ray_pids() -> set[int]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
     keys = ("raylet", "gcs_server", "ray::", "default_worker.py", "plasma_store")
     return {int(line.split()[0]) for line in out.splitlines()[1:] if any(k in line for k in keys)}
 
@@ -176,7 +176,7 @@ def test_ctrl_c_stops_a_pipeline_cleanly(tmp_path):
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until the stage actors exist
-        out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        out = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
         if out.count("StageActor") >= 2:
             break
         time.sleep(0.5)
@@ -187,3 +187,50 @@ def test_ctrl_c_stops_a_pipeline_cleanly(tmp_path):
     assert "interrupted" in out and "Traceback" not in out
     time.sleep(1)
     assert not (_ray_pids() - before), "ray processes left behind"
+
+
+def test_join_existing_cluster_and_bad_addresses(tmp_path):
+    """--address auto joins a cluster started with `ray start`; dead addresses fail fast."""
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    # auth off on both sides: the test must not depend on a token in ~/.ray
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled"}
+    bad = _run("train", "--stages", "2", "--address", "127.0.0.1:9", "--run-dir", str(tmp_path),
+               cwd=tmp_path)
+    assert bad.returncode == 2 and "127.0.0.1:9" in bad.stderr and "Traceback" not in bad.stderr
+    import shutil
+    import tempfile
+
+    tmp_ray = Path(tempfile.mkdtemp(prefix="gp-ray-", dir="/tmp"))  # AF_UNIX paths are short
+    start = subprocess.run([ray_bin, "start", "--head", "--num-cpus", "2", "--port", "6390",
+                            "--include-dashboard=false", "--disable-usage-stats",
+                            f"--temp-dir={tmp_ray}"], env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert start.returncode == 0, start.stderr
+    try:
+        r = subprocess.run([sys.executable, "-m", "graphpart.cli", "train", "--stages", "2",
+                            "--address", "127.0.0.1:6390", "--epochs", "2", "--json",
+                            "--run-dir", str(tmp_path)], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        s = json.loads(r.stdout)
+        assert s["runtime"] == "ray" and s["stages"] == 2 and s["test_accuracy"] > 0.5
+    finally:  # stop only this cluster (`ray stop` would stop every Ray on the machine)
+        _kill_matching(str(tmp_ray))
+        shutil.rmtree(tmp_ray, ignore_errors=True)
+
+
+def _kill_matching(tag: str) -> None:
+    import signal
+    import time
+
+    def pids() -> list[int]:
+        out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
+        return [int(x.split()[0]) for x in out.splitlines()[1:] if tag in x]
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        time.sleep(2)
