@@ -30,10 +30,15 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-def _ray_pids() -> set[int]:
+def _ps() -> list[str]:
+    """'pid args' of every process, command lines untruncated."""
     out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return out.splitlines()[1:]
+
+
+def _ray_pids() -> set[int]:
     keys = ("raylet", "gcs_server", "ray::", "default_worker.py", "plasma_store")
-    return {int(line.split()[0]) for line in out.splitlines()[1:] if any(k in line for k in keys)}
+    return {int(line.split()[0]) for line in _ps() if any(k in line for k in keys)}
 
 
 def test_train_default_json(tmp_path):
@@ -176,8 +181,7 @@ def test_ctrl_c_stops_a_pipeline_cleanly(tmp_path):
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until the stage actors exist
-        out = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
-        if out.count("StageActor") >= 2:
+        if sum("StageActor" in line for line in _ps()) >= 2:
             break
         time.sleep(0.5)
     time.sleep(2)
@@ -224,8 +228,7 @@ def _kill_matching(tag: str) -> None:
     import time
 
     def pids() -> list[int]:
-        out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
-        return [int(x.split()[0]) for x in out.splitlines()[1:] if tag in x]
+        return [int(x.split()[0]) for x in _ps() if tag in x]
 
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids():
