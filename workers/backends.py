@@ -53,12 +53,6 @@ class CpuBackend:
     def matmul_tn(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
         np.matmul(a.T, b, out=out)
 
-    def scale_into(self, dst: np.ndarray, src: np.ndarray, a: float) -> None:
-        np.multiply(src, a, out=dst)
-
-    def axpy(self, dst: np.ndarray, src: np.ndarray, a: float) -> None:
-        dst += a * src  # once per step per weight
-
     # elementwise kernels
     def __getattr__(self, name: str) -> Any:
         return getattr(self.k, name)
@@ -95,6 +89,21 @@ class CudaBackend:
 
     def flat(self, a: Any) -> Any:
         return a.reshape(a.size)
+
+    # the losses and the norm reduce through a caller-owned float64 buffer, grown on demand
+    def _buf(self, n: int) -> Any:
+        if getattr(self, "_red", None) is None or self._red.size < n:
+            self._red = self.cuda.device_array(max(n, 1024), np.float64)
+        return self._red
+
+    def softmax_xent_forward(self, o: Any, y: Any, scale: float, probs_out: Any) -> float:
+        return self.k.softmax_xent_forward(o, y, scale, probs_out, self._buf(o.shape[0]))
+
+    def mse_forward(self, o: Any, t: Any, scale: float) -> float:
+        return self.k.mse_forward(o, t, scale, self._buf(o.shape[0]))
+
+    def sq_norm(self, w: Any) -> float:
+        return self.k.sq_norm(w, self._buf(1024))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.k, name)

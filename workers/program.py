@@ -317,12 +317,9 @@ class Program:
                 continue
             for w in o.inputs:
                 s += 0.5 * lam * float(self.bk.sq_norm(self.bk.flat(self.params[w])))
-                if self.fresh[w]:
-                    self.bk.scale_into(self.bk.flat(self.grads[w]), self.bk.flat(self.params[w]),
-                                       lam)
-                    self.fresh[w] = False
-                else:
-                    self.bk.axpy(self.bk.flat(self.grads[w]), self.bk.flat(self.params[w]), lam)
+                self.bk.axpy(self.bk.flat(self.grads[w]), self.bk.flat(self.params[w]), lam,
+                             not self.fresh[w])
+                self.fresh[w] = False
         return s
 
     def zero_grad(self) -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "act_backward",
     "act_forward",
     "adam_update",
+    "axpy",
     "bias_act_forward",
     "bias_add",
     "mse_backward",
@@ -478,6 +479,18 @@ def accumulate(dst: np.ndarray, src: np.ndarray) -> None:
     """dst += src (1-D)."""
     for k in range(dst.size):
         dst[k] += src[k]
+
+
+@njit(fastmath=_FM, **_KW)
+def axpy(dst: np.ndarray, src: np.ndarray, a: float, accumulate: bool) -> None:
+    """dst = a * src, or dst += a * src when `accumulate` (1-D): the regulariser's lambda W."""
+    a_ = dst.dtype.type(a)
+    if accumulate:
+        for k in range(dst.size):
+            dst[k] += a_ * src[k]
+    else:
+        for k in range(dst.size):
+            dst[k] = a_ * src[k]
 
 
 @njit(fastmath=_FM, **_KW)

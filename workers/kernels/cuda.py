@@ -41,6 +41,7 @@ __all__ = [
     "act_forward",
     "adam_update",
     "available",
+    "axpy",
     "bias_act_forward",
     "bias_add",
     "compile_ptx",
@@ -261,6 +262,16 @@ def _accumulate_k(dst, src):
 
 
 @cuda.jit
+def _axpy_k(dst, src, a, accumulate):
+    k = cuda.grid(1)
+    if k < dst.size:
+        if accumulate:
+            dst[k] += a * src[k]
+        else:
+            dst[k] = a * src[k]
+
+
+@cuda.jit
 def _sgd_update_k(w, g, v, lr, momentum, weight_decay):
     k = cuda.grid(1)
     if k < w.size:
@@ -464,6 +475,12 @@ def accumulate(dst: Dev, src: Dev, stream=0) -> None:
     """dst += src (1-D views)."""
     grid, block = _grid_1d(dst.size)
     _accumulate_k[grid, block, stream](dst, src)
+
+
+def axpy(dst: Dev, src: Dev, a: float, accumulate: bool, stream=0) -> None:
+    """dst = a * src, or dst += a * src when `accumulate` (1-D views)."""
+    grid, block = _grid_1d(dst.size)
+    _axpy_k[grid, block, stream](dst, src, _scalar(dst, a), bool(accumulate))
 
 
 def sgd_update(

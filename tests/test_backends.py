@@ -1,0 +1,78 @@
+"""Backends behind the executor: the CUDA backend trains exactly like the oracle.
+
+Contract: a 2-stage, 2-micro-batch pipeline whose stages run on the CUDA backend (under Numba's
+CUDA simulator here; on a real GPU where one is lent) gives, after optimizer steps, the
+parameters of the reference autodiff + reference optimizer to 1e-10 relative in float64, and
+inference logits equal to the reference forward. The CPU backend is covered by test_stage and
+test_engine; unknown device names are a one-line ConfigError.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from graphpart.errors import ConfigError
+from workers.backends import get_backend
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run_on_cuda() -> dict:
+    import numpy as np
+
+    from graphpart.autodiff import forward, value_and_grad
+    from graphpart.engine import LocalEngine
+    from graphpart.ir import mlp
+    from graphpart.optim import init_state, make_optimizer, reference_step
+    from graphpart.partition import partition
+
+    rng = np.random.default_rng(0)
+    g = mlp([5, 4, 6, 3], activation="relu", bias=True, weight_decay=0.1)
+    p0 = {v.name: rng.standard_normal(v.shape) for v in g.params}
+    X, Y = rng.standard_normal((8, 5)), rng.integers(0, 3, 8)
+    opt = make_optimizer("adam", lr=0.05)
+    ref = {k: v.copy() for k, v in p0.items()}
+    state = init_state(opt, ref)
+    _, gr = value_and_grad(g, ref, {"x": X, "y": Y})
+    reference_step(opt, ref, gr, state, 1)
+    eng = LocalEngine(partition(g, 2), p0, opt, microbatches=2, schedule="1f1b", max_rows=8,
+                      device="cuda")
+    eng.step(X, Y)
+    got = eng.get_params()
+    logits = eng.predict(X)
+    want = forward(g, got, {"x": X, "y": Y})["o"]
+    return {
+        "param_err": max(float(np.abs(ref[k] - got[k]).max() / np.abs(ref[k]).max())
+                         for k in ref),
+        "logit_err": float(np.abs(logits - want).max() / np.abs(want).max()),
+    }
+
+
+def test_cuda_backend_matches_oracle():
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "PYTHONPATH": str(ROOT),
+           "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, __file__], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["param_err"] < 1e-10
+    assert report["logit_err"] < 1e-10
+
+
+def test_unknown_device():
+    with pytest.raises(ConfigError, match="tpu"):
+        get_backend("tpu")
+
+
+if __name__ == "__main__":  # the simulator subprocess
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_kernels_cuda import speed_up_simulator
+
+    speed_up_simulator()
+    print(json.dumps(_run_on_cuda()))
