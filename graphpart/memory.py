@@ -1,0 +1,425 @@
+"""Analytic memory model: bytes per stage by category, for training and for inference."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from graphpart import schedule as sch
+from graphpart.ir.graph import BATCH, Graph, Shape
+from graphpart.ops import ACTIVATIONS, get
+from graphpart.optim import Optimizer, make_optimizer
+from graphpart.partition import Plan, Stage, _stage, layer_flops, split_batch
+
+# The ledger's categories (workers/ledger.py CATEGORIES), repeated here so that planning never
+# imports worker code; tests check the two tuples agree.
+CATEGORIES = ("parameter", "gradient", "optimizer", "activation", "boundary", "workspace")
+LABEL_DTYPE = np.dtype(np.int64)  # class labels (B,) are int64; mse targets take the model dtype
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """One buffer the executor will allocate, named exactly as the worker's ledger names it."""
+
+    name: str
+    category: str
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class StageMemory:
+    """Predicted peak bytes of one stage, by category, and the buffers that make them up."""
+
+    index: int
+    rows: int  # rows per micro-batch buffer (ceil(batch / microbatches))
+    in_flight: int  # activation slots: the schedule's peak in-flight micro-batches
+    buffers: tuple[Buffer, ...]
+    bytes: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        by = dict.fromkeys(CATEGORIES, 0)
+        for b in self.buffers:
+            by[b.category] += b.nbytes
+        object.__setattr__(self, "bytes", by)
+
+    @property
+    def total(self) -> int:
+        return sum(self.bytes.values())
+
+    def entries(self) -> dict[str, tuple[str, int]]:
+        """{buffer name: (category, bytes)}, comparable with Ledger.snapshot()["entries"]."""
+        return {b.name: (b.category, b.nbytes) for b in self.buffers}
+
+
+@dataclass(frozen=True)
+class MemoryPrediction:
+    """Per-stage predicted peak memory of a training run (see `predict`)."""
+
+    stages: tuple[StageMemory, ...]
+    batch: int
+    microbatches: int
+    schedule: str
+    optimizer: str
+    dtype: str
+    recompute: bool
+
+    @property
+    def total(self) -> int:
+        return sum(s.total for s in self.stages)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "batch": self.batch, "microbatches": self.microbatches, "schedule": self.schedule,
+            "optimizer": self.optimizer, "dtype": self.dtype, "recompute": self.recompute,
+            "total": self.total,
+            "stages": [{"stage": s.index, "rows": s.rows, "in_flight": s.in_flight,
+                        "bytes": dict(s.bytes), "total": s.total} for s in self.stages],
+        }
+
+    def table(self) -> str:
+        from graphpart.report import human_bytes, table
+
+        headers = ["category", *(f"stage {s.index}" for s in self.stages)]
+        rows = [[c, *(human_bytes(s.bytes[c]) for s in self.stages)] for c in CATEGORIES]
+        rows.append(["total", *(human_bytes(s.total) for s in self.stages)])
+        rows.append(["in-flight", *(str(s.in_flight) for s in self.stages)])
+        head = (f"predicted peak memory: batch {self.batch} in {self.microbatches} micro-batch(es)"
+                f" of <= {self.stages[0].rows} rows, {self.schedule}, {self.optimizer}, "
+                f"{self.dtype}" + (", recompute" if self.recompute else ""))
+        return head + "\n" + table(headers, rows)
+
+
+# -- the executor's allocation rules, derived from the IR ----------------------------------------
+def _steps(graph: Graph) -> list[tuple[str, Any, Any]]:
+    """(kind, op, fused activation) as workers/program.py plans them (bias+activation fused)."""
+    ops = [o for o in graph.ops if get(o.op).kind != "scalar"]
+    steps: list[tuple[str, Any, Any]] = []
+    i = 0
+    while i < len(ops):
+        o = ops[i]
+        nxt = ops[i + 1] if i + 1 < len(ops) else None
+        if o.op == "matmul":
+            steps.append(("matmul", o, None))
+        elif o.op == "bias_add":
+            if (nxt is not None and nxt.op in ACTIVATIONS and nxt.inputs == (o.output,)
+                    and len(graph.consumers(o.output)) == 1):
+                steps.append(("bias_act", o, nxt))
+                i += 1
+            else:
+                steps.append(("bias", o, None))
+        elif o.op in ACTIVATIONS:
+            steps.append(("act", o, None))
+        elif get(o.op).kind == "loss":
+            steps.append(("loss", o, None))
+        else:
+            raise NotImplementedError(f"the memory model does not know op {o.op!r} ({o})")
+        i += 1
+    return steps
+
+
+def saved_values(graph: Graph, recompute: bool = False) -> list[str]:
+    """Values one micro-batch keeps until its backward: what some VJP reads (ops' `saves`).
+
+    Parameters are excluded (they are held once, not per micro-batch); with recompute only the
+    stage input and the labels are kept.
+    """
+    if recompute:
+        return [v.name for v in graph.inputs] + [v.name for v in graph.labels]
+    keep: list[str] = []
+    for o in graph.ops:
+        d = get(o.op)
+        if d.kind == "scalar":
+            continue
+        names = [o.inputs[i] for i in d.saved_inputs(len(o.inputs))]
+        if d.saves_output:
+            names.append(o.output)
+        for n in names:
+            if n not in keep and graph.var(n).role != "param":
+                keep.append(n)
+    return keep
+
+
+def _touched(steps: list[tuple[str, Any, Any]]) -> list[str]:
+    """Values the forward pass reads or writes, in order (the loss's scalar output excluded)."""
+    names: list[str] = []
+    for kind, o, act in steps:
+        here = list(o.inputs) if kind == "loss" else [*o.inputs, o.output]
+        if act is not None:
+            here.append(act.output)
+        for n in here:
+            if n not in names:
+                names.append(n)
+    return names
+
+
+def _aliases(steps: list[tuple[str, Any, Any]]) -> dict[str, str]:
+    """Cotangents computed in place: dz = dh through an activation, dm = dz through a bias."""
+    alias: dict[str, str] = {}
+    for kind, o, act in steps:
+        if kind == "bias_act":
+            root = alias.get(act.output, act.output)
+            alias[act.inputs[0]] = root
+            alias[o.inputs[0]] = root
+        elif kind in ("bias", "act"):
+            alias[o.inputs[0]] = alias.get(o.output, o.output)
+    return alias
+
+
+def _nbytes(shape: Shape, rows: int, dtype: np.dtype) -> int:
+    dims = [rows if d == BATCH else int(d) for d in shape]
+    return int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+
+
+def _value_dtype(graph: Graph, name: str, dtype: np.dtype) -> np.dtype:
+    v = graph.var(name)
+    return LABEL_DTYPE if (v.role == "label" and tuple(v.shape) == (BATCH,)) else dtype
+
+
+def stage_buffers(
+    graph: Graph,
+    *,
+    output: str | None,
+    input_grad: bool,
+    rows: int,
+    in_flight: int,
+    microbatches: int,
+    optimizer_slots: int,
+    dtype: Any = "float32",
+    recompute: bool = False,
+) -> list[Buffer]:
+    """Every buffer a stage worker allocates over a run, with the ledger's names and categories.
+
+    `graph` is the stage's sub-graph (Stage.graph). Mirrors workers/program.py: parameters and
+    their gradients; `optimizer_slots` state buffers per parameter; `in_flight` slots of the
+    saved values; one shared workspace buffer per other value the forward touches; one
+    cotangent buffer per alias root (boundary for the stage input and output, workspace
+    otherwise); and with several micro-batches a dW temporary per distinct weight shape.
+    """
+    dt = np.dtype(dtype)
+    out: list[Buffer] = []
+    params = graph.params
+    for v in params:
+        out.append(Buffer(f"param:{v.name}", "parameter", _nbytes(v.shape, rows, dt)))
+        out.append(Buffer(f"grad:{v.name}", "gradient", _nbytes(v.shape, rows, dt)))
+    for v in params:
+        for i in range(optimizer_slots):
+            out.append(Buffer(f"opt[{i}]:{v.name}", "optimizer", _nbytes(v.shape, rows, dt)))
+
+    steps = _steps(graph)
+    saved = saved_values(graph, recompute)
+    for k in range(in_flight):
+        for n in saved:
+            nb = _nbytes(graph.var(n).shape, rows, _value_dtype(graph, n, dt))
+            out.append(Buffer(f"act[{k}]:{n}", "activation", nb))
+    param_names = {v.name for v in params}
+    for n in _touched(steps):
+        if n not in saved and n not in param_names:
+            nb = _nbytes(graph.var(n).shape, rows, _value_dtype(graph, n, dt))
+            out.append(Buffer(f"work:{n}", "workspace", nb))
+
+    (inp,) = [v.name for v in graph.inputs]
+    alias = _aliases(steps)
+    roots: list[str] = []
+
+    def grad(name: str) -> None:
+        while name in alias:
+            name = alias[name]
+        if name not in roots:
+            roots.append(name)
+
+    uses: dict[str, int] = {}
+    for _, o, _ in steps:
+        if o.op == "matmul":
+            uses[o.inputs[1]] = uses.get(o.inputs[1], 0) + microbatches
+    temps: list[tuple[int, ...]] = []
+    if output is not None:
+        grad(output)
+    for kind, o, act in reversed(steps):
+        if kind == "loss":
+            grad(o.inputs[0])
+            continue
+        if kind in ("act", "bias_act"):
+            a = act if kind == "bias_act" else o
+            grad(a.output)
+            grad(a.inputs[0])
+        if kind in ("bias", "bias_act"):
+            grad(o.output)
+        if kind == "matmul":
+            x_name, w = o.inputs
+            grad(o.output)
+            shape = tuple(int(d) for d in graph.var(w).shape)
+            if uses[w] > 1 and shape not in temps:
+                temps.append(shape)
+            if x_name != inp or input_grad:
+                grad(x_name)
+    for r in roots:
+        cat = "boundary" if r in (inp, output) else "workspace"
+        out.append(Buffer(f"dgrad:{r}", cat, _nbytes(graph.var(r).shape, rows, dt)))
+    for i, shape in enumerate(temps):
+        out.append(Buffer(f"work:tmp{i}", "workspace", _nbytes(shape, rows, dt)))
+    return out
+
+
+def optimizer_slots(optimizer: str | Optimizer, momentum: float = 0.9) -> int:
+    """State buffers per parameter: SGD 0 (1 with momentum), Adam 2 (from graphpart.optim)."""
+    if isinstance(optimizer, str):
+        return make_optimizer(optimizer, lr=1.0, momentum=momentum).state_slots
+    return int(optimizer.state_slots)
+
+
+def _rows(batch: int, microbatches: int) -> int:
+    split_batch(batch, microbatches)  # validates 1 <= microbatches <= batch
+    return -(-int(batch) // int(microbatches))
+
+
+def stage_memory(
+    stage: Stage,
+    n_stages: int,
+    *,
+    batch: int,
+    microbatches: int,
+    schedule: str,
+    optimizer: str | Optimizer = "adam",
+    momentum: float = 0.9,
+    dtype: Any = "float32",
+    recompute: bool = False,
+) -> StageMemory:
+    """Predicted peak bytes of `stage` when it is stage `stage.index` of `n_stages`."""
+    rows = _rows(batch, microbatches)
+    in_flight = sch.peak_in_flight(sch.make(schedule, n_stages, microbatches)[stage.index])
+    bufs = stage_buffers(stage.graph, output=stage.output, input_grad=stage.index > 0, rows=rows,
+                         in_flight=in_flight, microbatches=microbatches,
+                         optimizer_slots=optimizer_slots(optimizer, momentum), dtype=dtype,
+                         recompute=recompute)
+    return StageMemory(stage.index, rows, in_flight, tuple(bufs))
+
+
+def predict(
+    plan: Plan,
+    *,
+    batch: int,
+    microbatches: int,
+    schedule: str,
+    optimizer: str | Optimizer = "adam",
+    momentum: float = 0.9,
+    dtype: Any = "float32",
+    recompute: bool = False,
+) -> MemoryPrediction:
+    """Peak bytes per stage and category of training `plan` (no workers are started).
+
+    parameter, gradient: the stage's parameter bytes each; optimizer: state slots x parameter
+    bytes; activation: the saved values of one micro-batch x the schedule's peak in-flight
+    count; boundary: dJ/d(stage input) (stages > 0) and the received dJ/d(stage output) (all
+    but the last); workspace: shared buffers of unsaved values and cotangents, and dW
+    temporaries when micro-batches accumulate. Buffers hold ceil(batch / microbatches) rows.
+    """
+    stages = tuple(
+        stage_memory(st, plan.k, batch=batch, microbatches=microbatches, schedule=schedule,
+                     optimizer=optimizer, momentum=momentum, dtype=dtype, recompute=recompute)
+        for st in plan.stages)
+    name = optimizer if isinstance(optimizer, str) else optimizer.name
+    return MemoryPrediction(stages, int(batch), int(microbatches), schedule, name,
+                            np.dtype(dtype).name, bool(recompute))
+
+
+# -- inference ----------------------------------------------------------------------------------
+def predict_inference(graph: Graph, batch: int, dtype: Any = "float32") -> int:
+    """Bytes of an inference forward pass: parameters plus the most activations alive at once.
+
+    Walks the tensor ops in order (the loss is not evaluated): an op's output is allocated
+    while its inputs are still alive, and a value is freed after its last consumer; the
+    input x is alive from the start, the final output until the end.
+    """
+    dt = np.dtype(dtype)
+    params = sum(_nbytes(v.shape, batch, dt) for v in graph.params)
+    ops = [o for o in graph.ops if get(o.op).kind == "tensor"]
+    last_use: dict[str, int] = {}
+    for i, o in enumerate(ops):
+        for n in o.inputs:
+            last_use[n] = i
+    size = {v.name: _nbytes(v.shape, batch, dt) for v in graph.vars if v.role in ("input",
+                                                                                    "value")}
+    live = {v.name for v in graph.inputs}
+    peak = cur = sum(size[n] for n in live)
+    for i, o in enumerate(ops):
+        live.add(o.output)
+        cur += size[o.output]
+        peak = max(peak, cur)
+        for n in o.inputs:
+            if n in live and last_use.get(n) == i:
+                live.discard(n)
+                cur -= size[n]
+    return params + peak
+
+
+def training_vs_inference(
+    plan: Plan,
+    *,
+    batch: int,
+    microbatches: int = 1,
+    schedule: str = "1f1b",
+    optimizer: str | Optimizer = "adam",
+    momentum: float = 0.9,
+    dtype: Any = "float32",
+    recompute: bool = False,
+) -> str:
+    """One line: how many times the memory of inference training needs (all stages summed)."""
+    train = predict(plan, batch=batch, microbatches=microbatches, schedule=schedule,
+                    optimizer=optimizer, momentum=momentum, dtype=dtype,
+                    recompute=recompute).total
+    infer = predict_inference(plan.graph, batch, dtype)
+    return (f"training needs {train / infer:.1f}x the memory of inference for this model and "
+            f"batch ({train / 2**20:.2f} MiB vs {infer / 2**20:.2f} MiB)")
+
+
+# -- partitioning by memory ---------------------------------------------------------------------
+def stage_memory_cost(
+    graph: Graph,
+    stages: int,
+    *,
+    batch: int = 64,
+    microbatches: int = 1,
+    schedule: str = "1f1b",
+    optimizer: str | Optimizer = "adam",
+    momentum: float = 0.9,
+    dtype: Any = "float32",
+    recompute: bool = False,
+) -> Callable[[int, int, int], float]:
+    """cost(start, stop, k): predicted bytes of stage k of `stages` holding layers[start:stop].
+
+    For graphpart.partition.partition(graph, stages, "memory", memory_cost=...); the stage
+    index matters because under 1F1B stage k holds min(stages - k, microbatches) micro-batches.
+    """
+    layers = graph.layers
+    flops = layer_flops(graph)
+    slots = optimizer_slots(optimizer, momentum)
+    rows = _rows(batch, microbatches)
+    actions = sch.make(schedule, stages, microbatches)
+    in_flight = [sch.peak_in_flight(a) for a in actions]
+    built: dict[tuple[int, int], Stage] = {}
+    cache: dict[tuple[int, int, int], float] = {}
+
+    def boundary_in(start: int) -> str | None:
+        if start == 0:
+            return None
+        prev = layers[start - 1]
+        return [o for o in graph.ops if o.layer == prev][-1].output
+
+    def cost(start: int, stop: int, k: int) -> float:
+        key = (start, stop, k)
+        if key not in cache:
+            if (start, stop) not in built:
+                built[start, stop] = _stage(graph, k, tuple(layers[start:stop]),
+                                            boundary_in(start), stop == len(layers), flops)
+            st = built[start, stop]
+            bufs = stage_buffers(st.graph, output=st.output, input_grad=start > 0, rows=rows,
+                                 in_flight=in_flight[k], microbatches=microbatches,
+                                 optimizer_slots=slots, dtype=dtype, recompute=recompute)
+            cache[key] = float(sum(b.nbytes for b in bufs))
+        return cache[key]
+
+    return cost
+

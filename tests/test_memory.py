@@ -1,0 +1,256 @@
+"""Contract of the analytic memory model (graphpart/memory.py) against the workers' ledgers.
+
+predict(plan, ...) names every buffer a stage worker allocates, with the ledger's name,
+category and size, so for K in {1, 2, 4}, both schedules, M in {1, 2, 4, 8}, SGD with and
+without momentum and Adam, bias on and off, recompute on and off, the predicted bytes equal
+the ledger's measured peak EXACTLY in every category (and buffer by buffer), in float32 and
+float64, whatever the activation and loss. With M >= K, stage 0's activation peak under 1F1B
+is K/M of GPipe's. Recompute lowers predicted and measured activation bytes and leaves the
+gradients unchanged. predict_inference is parameters plus the largest set of simultaneously
+live forward values. stage_memory_cost(start, stop, k) equals the prediction for the stage
+make_plan builds; partition(graph, K, "memory") minimises the largest predicted stage total
+(brute force over every split), and with budgets that no split fits raises PlanError naming
+the missing amount.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from graphpart import memory
+from graphpart.engine import LocalEngine
+from graphpart.errors import PlanError
+from graphpart.ir import mlp
+from graphpart.optim import SGD, Adam
+from graphpart.params import init_params
+from graphpart.partition import make_plan, partition
+from workers.ledger import CATEGORIES as LEDGER_CATEGORIES
+
+SIZES = [16, 32, 24, 20, 10]
+BATCH = 16
+OPTIMIZERS = {"sgd": SGD(lr=0.01), "momentum": SGD(lr=0.01, momentum=0.9), "adam": Adam()}
+
+
+def _data(sizes, loss="cross_entropy", dtype="float32", n=BATCH * 2, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, sizes[0])).astype(dtype)
+    if loss == "cross_entropy":
+        y = rng.integers(0, sizes[-1], n)
+    else:
+        y = rng.standard_normal((n, sizes[-1])).astype(dtype)
+    return x, y
+
+
+def _engine(plan, opt, M, schedule, recompute=False, dtype="float32", steps=2, loss="cross_entropy",
+            sizes=SIZES):
+    e = LocalEngine(plan, init_params(plan.graph, 0, dtype), opt, microbatches=M,
+                    schedule=schedule, max_rows=BATCH, recompute=recompute, keep_events=False)
+    x, y = _data(sizes, loss, dtype)
+    for s in range(steps):
+        e.step(x[s * BATCH:(s + 1) * BATCH], y[s * BATCH:(s + 1) * BATCH])
+    return e
+
+
+def _assert_exact(e, pred):
+    for k, w in enumerate(e.workers):
+        snap = w.ledger.snapshot()
+        st = pred.stages[k]
+        assert snap["peak"] == st.bytes, f"stage {k}"
+        assert snap["peak_total"] == st.total
+        assert snap["entries"] == st.entries(), f"stage {k}: buffers differ"
+        assert len(w.prog.slots) == st.in_flight
+
+
+def test_categories_are_the_ledgers():
+    assert memory.CATEGORIES == LEDGER_CATEGORIES
+
+
+@pytest.mark.parametrize("K", [1, 2, 4])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("recompute", [False, True])
+def test_prediction_equals_measured_peak(K, bias, recompute):
+    g = mlp(SIZES, bias=bias, weight_decay=0.01)
+    plan = partition(g, K, "uniform")
+    for schedule in ("gpipe", "1f1b"):
+        for M in (1, 2, 4, 8):
+            for name, opt in OPTIMIZERS.items():
+                e = _engine(plan, opt, M, schedule, recompute)
+                pred = memory.predict(plan, batch=BATCH, microbatches=M, schedule=schedule,
+                                      optimizer=opt, recompute=recompute)
+                _assert_exact(e, pred)
+                # the optimizer given by name predicts the same
+                by_name = memory.predict(plan, batch=BATCH, microbatches=M, schedule=schedule,
+                                         optimizer=opt.name, momentum=getattr(opt, "momentum",
+                                                                              0.0),
+                                         recompute=recompute)
+                assert [s.bytes for s in by_name.stages] == [s.bytes for s in pred.stages], name
+
+
+@pytest.mark.parametrize("activation,loss", [("tanh", "mse"), ("sigmoid", "cross_entropy"),
+                                             ("identity", "mse")])
+def test_exact_for_other_activations_losses_and_float64(activation, loss):
+    sizes = [7, 9, 5, 4]
+    g = mlp(sizes, activation=activation, bias=True, loss=loss, weight_decay=0.0)
+    for K in (1, 3):
+        plan = partition(g, K, "uniform")
+        for M, schedule in ((3, "1f1b"), (5, "gpipe")):
+            e = _engine(plan, Adam(), M, schedule, dtype="float64", loss=loss, sizes=sizes)
+            pred = memory.predict(plan, batch=BATCH, microbatches=M, schedule=schedule,
+                                  optimizer="adam", dtype="float64")
+            _assert_exact(e, pred)
+
+
+def test_categories_follow_the_rules():
+    """Parameters, gradients and optimizer state from parameter counts; activations by slot."""
+    g = mlp(SIZES, bias=True)
+    plan = partition(g, 2, "uniform")
+    pred = memory.predict(plan, batch=BATCH, microbatches=4, schedule="gpipe", optimizer="adam")
+    for st, sp in zip(plan.stages, pred.stages, strict=True):
+        pbytes = st.param_count() * 4
+        assert sp.bytes["parameter"] == sp.bytes["gradient"] == pbytes
+        assert sp.bytes["optimizer"] == 2 * pbytes
+        assert sp.in_flight == 4 and sp.rows == BATCH // 4
+        assert sp.bytes["activation"] % sp.in_flight == 0
+    first, last = pred.stages
+    assert first.bytes["boundary"] == 4 * 4 * SIZES[2]  # received dJ/dh2 only
+    assert last.bytes["boundary"] == 4 * 4 * SIZES[2]  # sent dJ/dh2 only
+    sgd = memory.predict(plan, batch=BATCH, microbatches=4, schedule="gpipe", optimizer="sgd",
+                         momentum=0.0)
+    assert all(s.bytes["optimizer"] == 0 for s in sgd.stages)
+    assert memory.optimizer_slots("sgd", 0.9) == 1
+    assert memory.optimizer_slots("sgd", 0.0) == 0
+    assert memory.optimizer_slots("adam") == 2
+
+
+@pytest.mark.parametrize("K,M", [(2, 4), (2, 8), (4, 4), (4, 8)])
+def test_1f1b_holds_at_most_k_over_m_of_gpipe_on_stage0(K, M):
+    g = mlp(SIZES, bias=True)
+    plan = partition(g, K, "uniform")
+    peaks = {}
+    for schedule in ("gpipe", "1f1b"):
+        e = _engine(plan, Adam(), M, schedule)
+        peaks[schedule] = e.workers[0].ledger.peak["activation"]
+        pred = memory.predict(plan, batch=BATCH, microbatches=M, schedule=schedule)
+        assert pred.stages[0].bytes["activation"] == peaks[schedule]
+    assert peaks["1f1b"] > 0
+    assert peaks["1f1b"] <= K / M * peaks["gpipe"]
+
+
+def test_recompute_saves_activations_and_keeps_gradients():
+    g = mlp(SIZES, bias=True, weight_decay=0.01)
+    plan = partition(g, 2, "uniform")
+    params = init_params(g, 0, "float64")
+    x, y = _data(SIZES, dtype="float64")
+    grads, measured, predicted = {}, {}, {}
+    for rc in (False, True):
+        e = LocalEngine(plan, params, Adam(), microbatches=4, schedule="gpipe", max_rows=BATCH,
+                        recompute=rc)
+        J, grads[rc] = e.value_and_grad(x[:BATCH], y[:BATCH])
+        measured[rc] = [w.ledger.peak["activation"] for w in e.workers]
+        predicted[rc] = [s.bytes["activation"] for s in memory.predict(
+            plan, batch=BATCH, microbatches=4, schedule="gpipe", dtype="float64",
+            recompute=rc).stages]
+    assert predicted[True] == measured[True] and predicted[False] == measured[False]
+    for k in range(plan.k):
+        assert measured[True][k] < measured[False][k]
+    for name, g0 in grads[False].items():
+        np.testing.assert_allclose(grads[True][name], g0, rtol=1e-12, atol=0)
+
+
+def test_prediction_reports():
+    plan = partition(mlp(SIZES, bias=True), 2, "uniform")
+    pred = memory.predict(plan, batch=BATCH, microbatches=2, schedule="1f1b")
+    d = pred.to_dict()
+    assert d["total"] == pred.total == sum(s["total"] for s in d["stages"])
+    assert [s["in_flight"] for s in d["stages"]] == [2, 1]
+    text = pred.table()
+    for c in (*memory.CATEGORIES, "total", "in-flight", "stage 0", "stage 1"):
+        assert c in text
+
+
+def test_microbatches_beyond_batch_is_a_plan_error():
+    plan = partition(mlp(SIZES), 2, "uniform")
+    with pytest.raises(PlanError, match="microbatches=20 exceeds"):
+        memory.predict(plan, batch=BATCH, microbatches=20, schedule="1f1b")
+
+
+def test_inference_memory_is_params_plus_largest_live_set():
+    g = mlp([4, 8, 6, 3], bias=False)
+    B = 5
+    params = (8 * 4 + 6 * 8 + 3 * 6) * 4
+    # x->z1 (x, z1 live: 12), z1->h1 (16), h1->z2 (14), z2->h2 (12), h2->o (9) features/row
+    assert memory.predict_inference(g, B, "float32") == params + B * 16 * 4
+    gb = mlp([4, 8, 6, 3], bias=True)
+    # m1 alive with x (12), then m1 + z1 (16), z1 + h1 (16): the peak stays 16 features/row
+    bparams = params + (8 + 6 + 3) * 4
+    assert memory.predict_inference(gb, B, "float64") == 2 * bparams + B * 16 * 8
+    plan = partition(g, 1, "uniform")
+    line = memory.training_vs_inference(plan, batch=B)
+    m = re.fullmatch(r"training needs (\d+\.\d)x the memory of inference for this model and "
+                     r"batch \((\d+\.\d+) MiB vs (\d+\.\d+) MiB\)", line)
+    assert m is not None, line
+    train = memory.predict(plan, batch=B, microbatches=1, schedule="1f1b").total
+    assert float(m.group(1)) == pytest.approx(train / memory.predict_inference(g, B), abs=0.05)
+    assert float(m.group(1)) > 1
+
+
+def _compositions(n, k):
+    if k == 1:
+        return [(n,)]
+    return [(a, *rest) for a in range(1, n - k + 2) for rest in _compositions(n - a, k - 1)]
+
+
+@pytest.mark.parametrize("schedule,M", [("1f1b", 4), ("gpipe", 2), ("1f1b", 1)])
+def test_stage_cost_matches_prediction_of_built_plans(schedule, M):
+    g = mlp([12, 40, 8, 30, 6, 5], bias=True)
+    n = len(g.layers)
+    for K in (1, 2, 3):
+        cost = memory.stage_memory_cost(g, K, batch=BATCH, microbatches=M, schedule=schedule,
+                                        optimizer="sgd", momentum=0.9, recompute=M == 2)
+        for sizes in _compositions(n, K):
+            pred = memory.predict(make_plan(g, sizes), batch=BATCH, microbatches=M,
+                                  schedule=schedule, optimizer="sgd", momentum=0.9,
+                                  recompute=M == 2)
+            start = 0
+            for k, size in enumerate(sizes):
+                assert cost(start, start + size, k) == pred.stages[k].total
+                start += size
+
+
+@pytest.mark.parametrize("K", [2, 3])
+def test_memory_partition_minimises_the_largest_stage(K):
+    g = mlp([12, 40, 8, 30, 6, 5], bias=True)
+    kw = dict(batch=BATCH, microbatches=4, schedule="1f1b", optimizer="adam")
+    best = min(max(s.total for s in memory.predict(make_plan(g, sizes), **kw).stages)
+               for sizes in _compositions(len(g.layers), K))
+    plan = partition(g, K, "memory", memory_cost=memory.stage_memory_cost(g, K, **kw))
+    assert max(s.total for s in memory.predict(plan, **kw).stages) == best
+    # the default cost (batch 64, one micro-batch, 1F1B, Adam) is the same model
+    dflt = dict(batch=64, microbatches=1, schedule="1f1b", optimizer="adam")
+    plan = partition(g, K, "memory")
+    best = min(max(s.total for s in memory.predict(make_plan(g, sizes), **dflt).stages)
+               for sizes in _compositions(len(g.layers), K))
+    assert max(s.total for s in memory.predict(plan, **dflt).stages) == best
+
+
+def test_memory_partition_with_budgets():
+    g = mlp([256, 512, 512, 512, 10], bias=True)
+    K = 2
+    kw = dict(batch=64, microbatches=2, schedule="1f1b", optimizer="adam")
+    cost = memory.stage_memory_cost(g, K, **kw)
+    totals = {sizes: [s.total for s in memory.predict(make_plan(g, sizes), **kw).stages]
+              for sizes in _compositions(len(g.layers), K)}
+    roomy = [float(max(max(t) for t in totals.values()))] * K
+    plan = partition(g, K, "memory", memory_cost=cost, budgets=roomy)
+    assert all(s.total <= roomy[0] for s in memory.predict(plan, **kw).stages)
+    budget = 2 * 2**20
+    # the split minimising the worst excess, and that excess (what the error must name)
+    excess = min(max(t - budget for t in ts) for ts in totals.values())
+    assert excess > 0
+    with pytest.raises(PlanError) as err:
+        partition(g, K, "memory", memory_cost=cost, budgets=[budget] * K)
+    msg = str(err.value)
+    assert f"needs {excess / 2**20:.2f} MiB more than its {budget / 2**20:.2f} MiB budget" in msg

@@ -1,0 +1,136 @@
+"""Contract of graphpart/profile.py (`graphpart profile`): measure, compare, plot, trace.
+
+run_profile(cfg, steps, out) runs `steps` training steps and prints, per stage, predicted vs
+measured peak bytes by category with their ratio (1.000 everywhere: the model is exact), the
+resident memory of each process and the measurement overhead; with inference=True also the
+predicted inference memory and the "training needs N.Nx the memory of inference" line; with
+as_json=True the same as one JSON object. It writes out/memory_stage{k}.png for every stage
+and out/trace.json, a Chrome trace whose traceEvents hold one "X" span per forward and backward
+of every micro-batch on every stage (pid = stage) and "C" memory counters. On the in-process
+engine, the process's resident-memory growth for a model whose state is at least 200 MB is
+within 25% of the predicted total. spans() pairs F/F_end and B/B_end marks per micro-batch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from graphpart import profile
+from graphpart.config import Config
+from graphpart.memory import CATEGORIES, predict
+from graphpart.train import setup
+
+
+def _cfg(**pipeline) -> Config:
+    return Config.from_dict({
+        "model": {"hidden": [24, 16], "bias": True, "weight_decay": 1e-4},
+        "data": {"source": "digits"},
+        "train": {"batch_size": 32, "optimizer": "adam"},
+        "pipeline": {"stages": 2, "microbatches": 4, "schedule": "1f1b", "runtime": "local",
+                     **pipeline},
+    })
+
+
+def _check_outputs(out: Path, stages: int, steps: int, microbatches: int) -> dict:
+    for k in range(stages):
+        png = out / f"memory_stage{k}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    trace = json.loads((out / "trace.json").read_text())
+    ev = trace["traceEvents"]
+    xs = [e for e in ev if e["ph"] == "X"]
+    assert len(xs) == stages * steps * microbatches * 2
+    for k in range(stages):
+        mine = [e for e in xs if e["pid"] == k]
+        assert sorted(e["name"] for e in mine if e["cat"] == "forward") == sorted(
+            f"F{m}" for m in range(microbatches) for _ in range(steps))
+        assert all(e["dur"] >= 0 for e in mine)
+        counters = [e for e in ev if e["ph"] == "C" and e["pid"] == k
+                    and e["name"] == "memory (bytes)"]
+        assert counters and set(counters[-1]["args"]) == set(CATEGORIES)
+    return trace
+
+
+def test_run_profile_writes_table_pngs_and_trace(tmp_path, capsys):
+    cfg = _cfg()
+    assert profile.run_profile(cfg, steps=2, out=tmp_path, inference=True) == 0
+    text = capsys.readouterr().out
+    for k in range(2):
+        assert f"stage {k} (pid" in text
+    assert "measured peak" in text and "ratio" in text
+    assert text.count(" 1.000") >= 2 * 6  # every non-empty category, both stages
+    assert "resident memory" in text and "measurement overhead" in text
+    assert "training needs" in text and "x the memory of inference" in text
+    _check_outputs(tmp_path, stages=2, steps=2, microbatches=4)
+
+
+def test_run_profile_json_is_exact(tmp_path, capsys):
+    cfg = _cfg(schedule="gpipe", recompute=True)
+    assert profile.run_profile(cfg, steps=2, out=tmp_path, as_json=True) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["runtime"] == "local" and len(res["step_s"]) == 2
+    for st in res["comparison"]:
+        for c, v in st["categories"].items():
+            assert v["predicted"] == v["measured"], (st["stage"], c)
+    assert res["rss"] and res["rss"][0]["stages"] == [0, 1]
+    assert res["overhead"]["events_per_step"] > 0
+    assert res["files"]["trace"].endswith("trace.json")
+
+
+def test_measure_matches_prediction_and_resident_growth():
+    """A model whose state is >= 200 MB: RSS growth within 25% of the predicted total."""
+    cfg = Config.from_dict({
+        "model": {"hidden": [3072, 3072], "bias": True, "weight_decay": 0.0},
+        "data": {"source": "synthetic", "n_samples": 160, "n_features": 1024},
+        "train": {"batch_size": 64, "optimizer": "adam"},
+        "pipeline": {"stages": 2, "microbatches": 2, "runtime": "local"},
+    })
+    s = setup(cfg)
+    pred = predict(s.plan, batch=64, microbatches=2, schedule="1f1b", optimizer=s.optimizer)
+    assert pred.total - sum(st.bytes["activation"] + st.bytes["workspace"] + st.bytes["boundary"]
+                            for st in pred.stages) >= 200e6
+    m = profile.measure(s, steps=2)
+    for st, sp in zip(m.stats, pred.stages, strict=True):
+        assert st["memory"]["peak"] == sp.bytes
+    (row,) = m.rss
+    assert row["growth"] == pytest.approx(pred.total, rel=0.25)
+
+
+def test_spans_and_trace_from_events():
+    zero = (0,) * len(CATEGORIES)
+    act = (10, 10, 20, 8, 0, 4)
+    events = [(0.0, "alloc", "param:W1", zero), (0.1, "F", "0", act), (0.2, "F_end", "0", act),
+              (0.3, "F", "1", act), (0.4, "F_end", "1", act), (0.5, "B", "1", act),
+              (0.6, "B_end", "1", act), (0.7, "B", "0", act), (0.8, "B_end", "0", act),
+              (0.9, "step", "1", act), (1.0, "F", "0", act), (1.1, "F_end", "0", act)]
+    sp = profile.spans(events)
+    assert [(s["kind"], s["mb"], s["step"]) for s in sp] == [
+        ("F", 0, 1), ("F", 1, 1), ("B", 1, 1), ("B", 0, 1), ("F", 0, 2)]
+    assert sp[2]["start"] == 0.5 and sp[2]["end"] == 0.6
+    m = profile.Measurement("ray", [{}], [events], [0.0], False, [1.0])
+    tr = profile.chrome_trace(m)
+    xs = [e for e in tr["traceEvents"] if e["ph"] == "X"]
+    assert [e["ts"] for e in xs] == pytest.approx([1e5, 3e5, 5e5, 7e5, 1e6])
+    assert sum(e["ph"] == "C" for e in tr["traceEvents"]) >= len(events)
+    assert "own ledger" in tr["otherData"]["alignment"]
+
+
+def test_steps_must_be_positive(tmp_path):
+    from graphpart.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="steps=0"):
+        profile.run_profile(_cfg(), steps=0, out=tmp_path)
+
+
+def test_run_profile_on_ray(ray_session, tmp_path, capsys):
+    cfg = _cfg(runtime="ray", microbatches=2)
+    assert profile.run_profile(cfg, steps=2, out=tmp_path, as_json=True) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["runtime"] == "ray"
+    for st in res["comparison"]:
+        assert all(v["predicted"] == v["measured"] for v in st["categories"].values())
+    assert {r["pid"] for r in res["rss"]} == {st["pid"] for st in res["comparison"]}
+    trace = _check_outputs(tmp_path, stages=2, steps=2, microbatches=2)
+    assert "own ledger" in trace["otherData"]["alignment"]
