@@ -20,6 +20,7 @@ from graphpart import balance as bal
 from graphpart.errors import PlanError
 from graphpart.ir.graph import BATCH, Graph, Op, Var
 from graphpart.ops import get
+from graphpart.units import human_bytes
 
 STRATEGIES = ("uniform", "balanced", "memory")
 
@@ -141,7 +142,7 @@ def partition(
             raise PlanError(f"{len(budgets)} budgets given for {stages} stages; give one per stage")
         limit = None if budgets is None else (lambda k: float(budgets[k]))
         sizes = bal.split(len(layers), stages, memory_cost, limit, item="layer", part="stage",
-                          fmt=lambda b: f"{b / 2**20:.2f} MiB")
+                          fmt=human_bytes)
     return make_plan(graph, sizes, strategy, costs)
 
 

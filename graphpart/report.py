@@ -8,14 +8,7 @@ import numpy as np
 
 from graphpart import schedule as sch
 from graphpart.partition import split_batch
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n:.2f} GiB"  # pragma: no cover
+from graphpart.units import human_bytes
 
 
 def table(headers: list[str], rows: list[list[Any]]) -> str:

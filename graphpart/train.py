@@ -77,7 +77,8 @@ def _memory_plan(cfg: Config, graph: Graph) -> Plan:
 
     p, t = cfg.pipeline, cfg.train
     cost = stage_memory_cost(graph, p.stages, batch=t.batch_size, microbatches=p.microbatches,
-                             schedule=p.schedule, optimizer=t.optimizer, dtype=t.dtype,
+                             schedule=p.schedule, optimizer=t.optimizer, momentum=t.momentum,
+                             dtype=t.dtype,
                              recompute=p.recompute)
     return partition(graph, p.stages, "memory", memory_cost=cost)
 

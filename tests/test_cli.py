@@ -30,15 +30,62 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+def _run_tracked(*args: str, cwd: Path, interrupt_when_actors: int = 0):
+    """Run the CLI, polling the processes it starts (Ray's included, all its descendants).
+
+    With `interrupt_when_actors`, send SIGINT once that many stage actors run. Returns the
+    finished Popen, its output, and every descendant pid seen; robust to other Ray sessions
+    on the machine, which are not our descendants.
+    """
+    import signal
+    import time
+
+    import psutil
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    p = subprocess.Popen([sys.executable, "-m", "graphpart.cli", *args], cwd=cwd, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    seen: set[int] = set()
+    parent = psutil.Process(p.pid)
+    sent = False
+    deadline = time.time() + 300
+    while p.poll() is None and time.time() < deadline:
+        try:
+            kids = parent.children(recursive=True)
+        except psutil.NoSuchProcess:
+            break
+        seen |= {k.pid for k in kids}
+        if interrupt_when_actors and not sent:
+            actors = 0
+            for k in kids:
+                try:
+                    actors += "StageActor" in " ".join(k.cmdline())
+                except psutil.Error:
+                    pass
+            if actors >= interrupt_when_actors:
+                time.sleep(2)
+                p.send_signal(signal.SIGINT)
+                sent = True
+        time.sleep(0.2)
+    out, err = p.communicate(timeout=120)
+    return p, out, err, seen
+
+
+def _alive(pids: set[int]) -> set[int]:
+    import time
+
+    import psutil
+
+    time.sleep(2)
+    return {pid for pid in pids if psutil.pid_exists(pid)
+            and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE}
+
+
 def _ps() -> list[str]:
     """'pid args' of every process, command lines untruncated."""
     out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
     return out.splitlines()[1:]
-
-
-def _ray_pids() -> set[int]:
-    keys = ("raylet", "gcs_server", "ray::", "default_worker.py", "plasma_store")
-    return {int(line.split()[0]) for line in _ps() if any(k in line for k in keys)}
 
 
 def test_train_default_json(tmp_path):
@@ -60,18 +107,18 @@ def test_train_default_json(tmp_path):
 
 
 def test_pipeline_cli_matches_single_process_and_cleans_up(tmp_path):
-    before = _ray_pids()
     common = ("--json", "--epochs", "4", "--run-dir", str(tmp_path))
-    one = _run("train", *common, cwd=tmp_path)
-    three = _run("train", *common, "--stages", "3", "--hidden", "48,32", cwd=tmp_path)
+    three, out3, err3, seen = _run_tracked("train", *common, "--stages", "3", "--hidden", "48,32",
+                                           cwd=tmp_path)
     one3 = _run("train", *common, "--hidden", "48,32", cwd=tmp_path)
-    assert one.returncode == 0 and three.returncode == 0 and one3.returncode == 0, three.stderr
-    a, b = json.loads(one3.stdout), json.loads(three.stdout)
+    assert three.returncode == 0 and one3.returncode == 0, err3
+    a, b = json.loads(one3.stdout), json.loads(out3)
     assert b["runtime"] == "ray" and b["stages"] == 3 and a["runtime"] == "local"
     assert b["test_accuracy"] == a["test_accuracy"]
     assert abs(b["final_loss"] - a["final_loss"]) < 1e-5
     assert len(b["stage_stats"]) == 3 and b["stage_stats"][0]["bytes_sent"] > 0
-    assert not (_ray_pids() - before), "ray processes left behind"
+    assert seen, "the pipeline started no processes"
+    assert not _alive(seen), "processes left behind"
 
 
 def _err(capsys, argv: list[str]) -> str:
@@ -169,28 +216,12 @@ def test_plan_and_graph(capsys, tmp_path):
 
 
 def test_ctrl_c_stops_a_pipeline_cleanly(tmp_path):
-    import signal
-    import time
-
-    before = _ray_pids()
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    p = subprocess.Popen(
-        [sys.executable, "-m", "graphpart.cli", "train", "--stages", "2", "--hidden", "64,64",
-         "--epochs", "200", "--no-progress", "--run-dir", str(tmp_path)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 120
-    while time.time() < deadline:  # wait until the stage actors exist
-        if sum("StageActor" in line for line in _ps()) >= 2:
-            break
-        time.sleep(0.5)
-    time.sleep(2)
-    p.send_signal(signal.SIGINT)
-    out, _ = p.communicate(timeout=60)
-    assert p.returncode == 130, out
-    assert "interrupted" in out and "Traceback" not in out
-    time.sleep(1)
-    assert not (_ray_pids() - before), "ray processes left behind"
+    p, out, err, seen = _run_tracked("train", "--stages", "2", "--hidden", "64,64", "--epochs",
+                                     "200", "--no-progress", "--run-dir", str(tmp_path),
+                                     cwd=tmp_path, interrupt_when_actors=2)
+    assert p.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert not _alive(seen), "processes left behind"
 
 
 def test_join_existing_cluster_and_bad_addresses(tmp_path):

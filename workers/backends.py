@@ -90,11 +90,14 @@ class CudaBackend:
     def flat(self, a: Any) -> Any:
         return a.reshape(a.size)
 
-    # the losses and the norm reduce through a caller-owned float64 buffer, grown on demand
+    # the losses and the norm reduce through a float64 buffer that the executor allocates
+    # (so its ledger counts it) and sets here; at least max(rows, 1024) long
+    reduction: Any = None
+
     def _buf(self, n: int) -> Any:
-        if getattr(self, "_red", None) is None or self._red.size < n:
-            self._red = self.cuda.device_array(max(n, 1024), np.float64)
-        return self._red
+        if self.reduction is None or self.reduction.size < n:
+            self.reduction = self.cuda.device_array(max(n, 1024), np.float64)
+        return self.reduction
 
     def softmax_xent_forward(self, o: Any, y: Any, scale: float, probs_out: Any) -> float:
         return self.k.softmax_xent_forward(o, y, scale, probs_out, self._buf(o.shape[0]))

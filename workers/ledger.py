@@ -68,5 +68,6 @@ class Ledger:
             "current": dict(self.current),
             "peak": dict(self.peak),
             "peak_total": self.peak_total,
+            "t0": self.t0,  # perf_counter is system-wide monotonic on Linux: aligns processes
             "entries": {e.name: (e.category, e.nbytes) for e in self.entries.values()},
         }

@@ -75,6 +75,9 @@ class Program:
             self.bk.from_host(np.asarray(params[v.name], dtype=self.dtype), self.params[v.name])
             self.grads[v.name] = self._alloc(f"grad:{v.name}", "gradient", v.shape, zero=True)
 
+        if getattr(self.bk, "reduction", False) is None:  # CUDA: the losses' and norms' buffer
+            self.bk.reduction = self._alloc("work:reduction", "workspace",
+                                            (max(self.max_rows, 1024),), dtype=np.float64)
         self.steps = self._plan_steps()
         self.loss_op = next((s.op for s in self.steps if s.kind == "loss"), None)
         self.reg_ops = [o for o in graph.ops if o.op == "l2"]

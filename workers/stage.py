@@ -8,8 +8,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import psutil
 
-from graphpart.ir.graph import Graph
+from graphpart.ir.graph import BATCH, Graph, Var
 from graphpart.optim import SGD, Adam, Optimizer
 from workers.backends import get_backend
 from workers.ledger import Ledger
@@ -41,6 +42,11 @@ class StageWorker:
         self.opt = optimizer
         self.ledger = Ledger(keep_events=keep_events)
         self.bk = get_backend(device)
+        if device == "cpu":
+            _warm_up(graph, self.bk, optimizer, np.asarray(next(iter(params.values()))).dtype,
+                     output, input_grad)
+        self._proc = psutil.Process()
+        self.rss_baseline = self.rss_peak = self._proc.memory_info().rss
         self.prog = Program(graph, params, self.bk, max_rows, self.ledger, output=output,
                             recompute=recompute, input_grad=input_grad, name=f"stage {index}")
         self.state: dict[str, list[Any]] = {}
@@ -63,6 +69,7 @@ class StageWorker:
             out = self.bk.to_host(out)
             self.bytes_sent += out.nbytes
         self.busy["F"] += time.perf_counter() - t
+        self._sample_rss()
         return out
 
     def backward(self, mb: int, g: np.ndarray | None = None,
@@ -75,6 +82,7 @@ class StageWorker:
             din = self.bk.to_host(din)
             self.bytes_sent += din.nbytes
         self.busy["B"] += time.perf_counter() - t
+        self._sample_rss()
         return din
 
     def infer(self, x: np.ndarray) -> np.ndarray:
@@ -99,7 +107,17 @@ class StageWorker:
             self.prog.zero_grad()
             self.ledger.mark("step", str(self.steps))
         self.busy["step"] += time.perf_counter() - t
+        self._sample_rss()
         return {"loss": float(loss), "s": float(s)}
+
+    def _sample_rss(self) -> None:
+        self.rss_peak = max(self.rss_peak, self._proc.memory_info().rss)
+
+    def rss(self) -> dict[str, int]:
+        """Resident memory of this process: before the stage allocated, peak since, now."""
+        self._sample_rss()
+        return {"baseline": self.rss_baseline, "peak": self.rss_peak,
+                "current": self._proc.memory_info().rss, "hwm": _vm_hwm()}
 
     def zero_grad(self) -> None:
         """Drop this step's gradients and loss without updating (after `finish(update=False)`)."""
@@ -147,10 +165,56 @@ class StageWorker:
             "bytes_received": self.bytes_received,
             "slots": len(self.prog.slots),
             "memory": self.ledger.snapshot(),
+            "rss": self.rss(),
+            "device_memory": self._device_memory(),
         }
+
+    def _device_memory(self) -> dict[str, int] | None:
+        """On CUDA: free and total device memory as Numba reports them."""
+        if self.bk.name != "cuda":
+            return None
+        free, total = self.bk.cuda.current_context().get_memory_info()
+        return {"free": int(free), "total": int(total), "used": int(total - free)}
 
     def events(self) -> list:
         return list(self.ledger.events)
 
     def ping(self) -> int:
         return self.pid
+
+
+def _vm_hwm() -> int | None:
+    """The kernel's resident high-water mark for this process (Linux), in bytes."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _warm_up(graph: Graph, bk: Any, opt: Optimizer, dtype: np.dtype, output: str | None,
+             input_grad: bool) -> None:
+    """Compile (or load from cache) every kernel this stage uses, on a 2-wide copy of its
+    graph, so the resident-memory baseline taken afterwards excludes the compiler's memory."""
+    small = Graph(tuple(Var(v.name, v.role, tuple(d if d == BATCH else 2 for d in v.shape),
+                            v.layer) for v in graph.vars), graph.ops, graph.output, graph.loss)
+    params = {v.name: np.full(v.concrete_shape(2), 0.5, dtype) for v in small.params}
+    prog = Program(small, params, bk, 2, Ledger(keep_events=False), output=output,
+                   input_grad=input_grad)
+    x = np.ones(small.var(prog.input).concrete_shape(2), dtype)
+    y = None
+    if prog.labels:
+        lab = small.var(prog.labels[0])
+        y = np.zeros(2, np.int64) if lab.shape == (BATCH,) else np.ones((2, 2), dtype)
+    g = None if output is None else np.ones(small.var(output).concrete_shape(2), dtype)
+    for mb in (0, 1):  # the second micro-batch takes the accumulating paths
+        prog.forward(mb, x, y, 0.5)
+        prog.backward(mb, g, 0.5)
+    prog.regularize()
+    w, gr = np.ones(4, dtype), np.ones(4, dtype)
+    bk.sgd_update(w, gr, np.zeros(4, dtype), 0.1, 0.9, 0.0)
+    bk.adam_update(w, gr, np.zeros(4, dtype), np.zeros(4, dtype), 0.1, 0.9, 0.999, 1e-8, 1, 0.0)
+    prog.infer(x)
