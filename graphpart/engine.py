@@ -16,6 +16,7 @@ import numpy as np
 from graphpart import schedule as sch
 from graphpart.errors import PlanError
 from graphpart.optim import Optimizer
+from graphpart.params import Params, stage_params
 from graphpart.partition import Plan, split_batch
 
 
@@ -148,7 +149,7 @@ class LocalEngine(Engine):
     def __init__(
         self,
         plan: Plan,
-        params: Mapping[str, np.ndarray],
+        params: Params,
         optimizer: Optimizer,
         *,
         microbatches: int = 1,
@@ -164,7 +165,7 @@ class LocalEngine(Engine):
         self._setup_schedule(schedule, microbatches)
         rows = -(-max_rows // self.microbatches)
         self.workers = [
-            StageWorker(st.graph, {p: params[p] for p in st.params}, optimizer,
+            StageWorker(st.graph, stage_params(st.graph, params), optimizer,
                         keep_events=keep_events,
                         **stage_kwargs(plan, st.index, max(rows, 1), device, recompute))
             for st in plan.stages

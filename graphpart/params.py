@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -27,3 +29,31 @@ def init_params(graph: Graph, seed: int = 0, dtype: str | np.dtype = "float32") 
         else:
             out[v.name] = np.zeros(v.shape, dtype)
     return out
+
+
+@dataclass(frozen=True)
+class Init:
+    """Parameters still to be made: each worker makes its own stage's from (seed, dtype).
+
+    Passing this instead of arrays means no parameter crosses the network at start-up, and
+    the values are those of init_params on the whole graph, since each parameter's draw
+    depends only on its name.
+    """
+
+    seed: int = 0
+    dtype: str = "float32"
+
+
+Params = Mapping[str, np.ndarray] | Init
+
+
+def stage_params(graph: Graph, params: Params) -> dict[str, np.ndarray] | Init:
+    """The part of `params` that `graph` (a stage's sub-graph) holds; an Init passes through."""
+    if isinstance(params, Init):
+        return params
+    return {v.name: params[v.name] for v in graph.params}
+
+
+def materialize(graph: Graph, params: Params) -> dict[str, np.ndarray]:
+    return init_params(graph, params.seed, params.dtype) if isinstance(params, Init) else dict(
+        params)

@@ -168,16 +168,17 @@ def measure(s: Any, steps: int = 3, *, keep_events: bool = True, sample_rss: boo
 
     Ray is used as graphpart.train.make_engine decides (stages > 1). Resident memory: for the
     in-process engine, this process, baseline taken after a JIT warm-up and before the engine
-    allocates anything; for Ray, each actor's process as seen from here (same node only),
-    baseline taken once the actor exists, i.e. after it allocated its parameters.
+    allocates anything; for Ray, each stage worker measures its own process (baseline after
+    its JIT warm-up and before it allocates anything, peak sampled at every forward, backward
+    and step), so it works on any node.
     """
-    from graphpart.params import init_params
+    from graphpart.params import Init
     from graphpart.train import make_engine, uses_ray
 
     cfg = s.config
     t = cfg.train
     batches = batches if batches is not None else _batches(s.dataset, t.batch_size, t.seed, steps)
-    params = init_params(s.graph, t.seed, t.dtype)
+    params = Init(t.seed, t.dtype)  # as training does: each worker makes its own
     ray_run = uses_ray(cfg)
     sampler: RssSampler | None = None
     if sample_rss and not ray_run:
@@ -188,14 +189,6 @@ def measure(s: Any, steps: int = 3, *, keep_events: bool = True, sample_rss: boo
     step_s: list[float] = []
     try:
         engine = make_engine(s, params, keep_events=keep_events)
-        if ray_run:
-            stats0 = engine.stats()
-            here = os.uname().nodename
-            info = getattr(engine, "info", None) or [{"node": here}] * len(stats0)
-            groups = {st["pid"]: [st["stage"]] for st, i in zip(stats0, info, strict=True)
-                      if i["node"] == here}
-            if sample_rss and groups:  # baseline: the actors exist, their parameters too
-                sampler = RssSampler(list(groups)).__enter__()
         for idx in batches:
             x, y = s.dataset.X_train[idx], s.dataset.y_train[idx]
             t1 = time.perf_counter()
@@ -220,6 +213,12 @@ def measure(s: Any, steps: int = 3, *, keep_events: bool = True, sample_rss: boo
         if engine is not None:
             engine.close()
     rss_rows = []
+    if ray_run and sample_rss:  # the workers' own figures
+        for st in stats:
+            r = st["rss"]
+            rss_rows.append({"pid": st["pid"], "stages": [st["stage"]], "baseline": r["baseline"],
+                             "peak": r["peak"], "growth": r["peak"] - r["baseline"],
+                             "peak_from": "worker samples"})
     if sampler is not None:
         for pid, stages in groups.items():
             samples = sampler.samples.get(pid)
@@ -255,10 +254,10 @@ def ledger_mark_cost(n: int = 20000) -> float:
 
 def _ab_local(s: Any, batches: list[np.ndarray], rounds: int) -> tuple[float, float]:
     """Median step time of two in-process engines, events on and off, stepped alternately."""
-    from graphpart.params import init_params
+    from graphpart.params import Init
     from graphpart.train import make_engine
 
-    params = init_params(s.graph, s.config.train.seed, s.config.train.dtype)
+    params = Init(s.config.train.seed, s.config.train.dtype)
     engines = [make_engine(s, params, keep_events=True), make_engine(s, params, keep_events=False)]
     times: list[list[float]] = [[], []]
     data = [(s.dataset.X_train[idx], s.dataset.y_train[idx]) for idx in batches]
@@ -352,16 +351,13 @@ def rss_table(m: Measurement, pred: MemoryPrediction) -> str:
                      f"{r['growth'] / expect:.2f}" if expect else "-", r["peak_from"]])
     note = ("baseline: this process after a JIT warm-up, before the engine allocated anything"
             if m.runtime == "local" else
-            "baseline: each actor once started (its parameters already allocated; gradients "
-            "and optimizer state are zero pages until first written; includes the actor's JIT)")
+            "baseline: each stage worker after its JIT warm-up, before it allocated anything")
     headers = ["pid", "stages", "baseline", "peak", "growth", "predicted", "ratio", "peak from"]
     return "resident memory (psutil RSS; " + note + ")\n" + table(headers, body)
 
 
 def _expected_growth(m: Measurement, pred: MemoryPrediction, stages: Sequence[int]) -> int:
-    if m.runtime == "local":
-        return sum(pred.stages[k].total for k in stages)
-    return sum(pred.stages[k].total - pred.stages[k].bytes["parameter"] for k in stages)
+    return sum(pred.stages[k].total for k in stages)
 
 
 # -- timelines ----------------------------------------------------------------------------------

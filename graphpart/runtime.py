@@ -10,7 +10,6 @@ arguments, which makes the submitted order the executed order.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -18,6 +17,7 @@ import numpy as np
 from graphpart.engine import Engine, stage_kwargs
 from graphpart.errors import ConfigError, StageFailure
 from graphpart.optim import Optimizer
+from graphpart.params import Params, stage_params
 from graphpart.partition import Plan
 
 
@@ -69,7 +69,7 @@ class RayEngine(Engine):
     def __init__(
         self,
         plan: Plan,
-        params: Mapping[str, np.ndarray],
+        params: Params,
         optimizer: Optimizer,
         *,
         address: str = "",
@@ -101,7 +101,7 @@ class RayEngine(Engine):
                 opts["num_gpus"] = 1
             for st in plan.stages:
                 a = StageActor.options(**opts).remote(
-                    threads, st.graph, {p: params[p] for p in st.params}, optimizer,
+                    threads, st.graph, stage_params(st.graph, params), optimizer,
                     keep_events=keep_events,
                     **stage_kwargs(plan, st.index, rows, device, recompute))
                 self.actors.append(a)

@@ -21,7 +21,7 @@ from graphpart.engine import Engine, LocalEngine
 from graphpart.errors import ConfigError
 from graphpart.ir import Graph, mlp
 from graphpart.optim import Optimizer, make_optimizer
-from graphpart.params import init_params
+from graphpart.params import Init, Params
 from graphpart.partition import Plan, partition
 
 
@@ -90,7 +90,7 @@ def uses_ray(cfg: Config) -> bool:
     return p.runtime == "ray"
 
 
-def make_engine(s: Setup, params: dict[str, np.ndarray], keep_events: bool = True) -> Engine:
+def make_engine(s: Setup, params: Params, keep_events: bool = True) -> Engine:
     p, t = s.config.pipeline, s.config.train
     kw = dict(microbatches=p.microbatches, schedule=p.schedule, max_rows=t.batch_size,
               device=p.device, recompute=p.recompute, keep_events=keep_events)
@@ -126,11 +126,11 @@ def train(
     t, p = cfg.train, cfg.pipeline
     run = RunDir.open_existing(resume) if resume else RunDir.create(cfg.run.dir, cfg.run.name)
     start_epoch, step = 0, 0
-    if resume:
+    params = Init(t.seed, t.dtype)  # each worker makes its own stage's parameters
+    if resume:  # ... which set_state then overwrites with the checkpoint's
         ck = load_checkpoint(run.checkpoint_path, s.graph)
-        params, start_epoch, step = ck["params"], ck["epoch"], ck["steps"]
+        start_epoch, step = ck["epoch"], ck["steps"]
     else:
-        params = init_params(s.graph, t.seed, t.dtype)
         run.write_text("config.toml", dump_toml(cfg))
         run.write_text("plan.json", json.dumps(plan_dict(s.plan, cfg), indent=2))
     ds = s.dataset

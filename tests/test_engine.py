@@ -272,3 +272,18 @@ def test_float32_training_tracks_float64_oracle(kind):
         assert got[name].dtype == np.float32, name
         assert rel_err(got[name], want[name]) < 1e-4, name
     assert eng.predict(X[:3]).dtype == np.float32
+
+
+def test_workers_make_their_own_parameters_from_init():
+    """params=Init(seed, dtype): each stage makes its own, equal to init_params of the graph."""
+    from graphpart.params import Init, init_params
+
+    g = mlp([5, 4, 6, 3, 3], activation="relu", bias=True)
+    want = init_params(g, 7, "float64")
+    for k in (1, 2, 4):
+        eng = LocalEngine(partition(g, k), Init(7, "float64"), SGD(lr=0.1),
+                          max_rows=8)
+        got = eng.get_params()
+        assert set(got) == set(want)
+        assert all(np.array_equal(got[n], want[n]) and got[n].dtype == want[n].dtype
+                   for n in want)

@@ -7,8 +7,9 @@ predicted inference memory and the "training needs N.Nx the memory of inference"
 as_json=True the same as one JSON object. It writes out/memory_stage{k}.png for every stage
 and out/trace.json, a Chrome trace whose traceEvents hold one "X" span per forward and backward
 of every micro-batch on every stage (pid = stage) and "C" memory counters. On the in-process
-engine, the process's resident-memory growth for a model whose state is at least 200 MB is
-within 25% of the predicted total. spans() pairs F/F_end and B/B_end marks per micro-batch.
+engine and on every Ray actor (each worker measures its own process), resident-memory growth
+for a model whose state is at least 200 MB is within 25% of the predicted total.
+spans() pairs F/F_end and B/B_end marks per micro-batch.
 """
 
 from __future__ import annotations
@@ -122,6 +123,24 @@ def test_steps_must_be_positive(tmp_path):
 
     with pytest.raises(ConfigError, match="steps=0"):
         profile.run_profile(_cfg(), steps=0, out=tmp_path)
+
+
+def test_resident_growth_on_ray_actors(ray_session):
+    """Two actors, each holding >= 200 MB of state: each worker's RSS growth within 25%."""
+    cfg = Config.from_dict({
+        "model": {"hidden": [4096, 4096, 4096], "bias": True, "weight_decay": 0.0},
+        "data": {"source": "synthetic", "n_samples": 300, "n_features": 64},
+        "train": {"batch_size": 128, "optimizer": "adam"},
+        "pipeline": {"stages": 2, "microbatches": 2, "runtime": "ray"},
+    })
+    s = setup(cfg)
+    pred = predict(s.plan, batch=128, microbatches=2, schedule="1f1b", optimizer=s.optimizer)
+    assert all(st.bytes["parameter"] * 4 >= 200 * 2**20 for st in pred.stages)
+    m = profile.measure(s, steps=2)
+    assert len(m.rss) == 2
+    for row in m.rss:
+        (k,) = row["stages"]
+        assert row["growth"] == pytest.approx(pred.stages[k].total, rel=0.25), row
 
 
 def test_run_profile_on_ray(ray_session, tmp_path, capsys):

@@ -38,15 +38,19 @@ class StageWorker:
         recompute: bool = False,
         keep_events: bool = True,
     ) -> None:
+        from graphpart.params import materialize
+
         self.index = index
         self.opt = optimizer
         self.ledger = Ledger(keep_events=keep_events)
         self.bk = get_backend(device)
         if device == "cpu":
-            _warm_up(graph, self.bk, optimizer, np.asarray(next(iter(params.values()))).dtype,
-                     output, input_grad)
+            dtype = np.dtype(params.dtype if hasattr(params, "seed") else
+                             np.asarray(next(iter(params.values()))).dtype)
+            _warm_up(graph, self.bk, optimizer, dtype, output, input_grad)
         self._proc = psutil.Process()
         self.rss_baseline = self.rss_peak = self._proc.memory_info().rss
+        params = materialize(graph, params)
         self.prog = Program(graph, params, self.bk, max_rows, self.ledger, output=output,
                             recompute=recompute, input_grad=input_grad, name=f"stage {index}")
         self.state: dict[str, list[Any]] = {}
