@@ -97,9 +97,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         acc = summary["test_accuracy"]
-        print(f"done: {summary['steps']} steps in {summary['wall_s']:.1f} s "
-              f"({summary['samples_per_s']:.0f} samples/s), final loss {summary['final_loss']:.4f}"
+        print(f"done: {summary['steps']} steps, final loss {summary['final_loss']:.4f}"
               + (f", test accuracy {acc:.4f}" if acc is not None else "")
+              + f"\ntime: {summary['wall_s']:.1f} s in all; training steps "
+              f"{summary['train_s']:.2f} s ({summary['samples_per_s']:,.0f} samples/s); start-up "
+              f"{summary['startup_s']:.1f} s (workers, kernel compile or cache load)"
               + f"\nrun directory: {summary['run_dir']}")
     return 0
 

@@ -140,6 +140,7 @@ def train(
     samples = 0
     epoch_metrics: dict[str, Any] = {}
     with make_engine(s, params) as engine:
+        startup = time.perf_counter() - wall0  # Ray, workers, kernel compile or cache load
         if resume:
             engine.set_state(ck["stages"](s.plan))
         bar = _progress(progress, (t.epochs - start_epoch) * _steps_per_epoch(n, t.batch_size))
@@ -191,6 +192,7 @@ def train(
         "steps": step,
         "wall_s": wall,
         "train_s": train_time,
+        "startup_s": startup,
         "samples_per_s": samples / train_time if train_time > 0 else None,
         "stages": p.stages,
         "microbatches": p.microbatches,
