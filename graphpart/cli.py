@@ -133,10 +133,14 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from graphpart import bench
+    if args.pipeline:
+        from graphpart import bench_pipeline as bench
+    else:
+        from graphpart import bench  # type: ignore[no-redef]
 
     argv = ["--json"] if args.json else []
-    return bench.main(argv + list(args.rest)) or 0
+    rest = list(args.rest)
+    return bench.main(argv + (rest[1:] if rest[:1] == ["--"] else rest)) or 0
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -173,8 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                "on stdout)")
     p.set_defaults(func=cmd_graph)
 
-    p = sub.add_parser("bench", help="one training step vs hand-written NumPy vs matmul peak")
+    p = sub.add_parser("bench", help="one training step vs hand-written NumPy vs matmul peak; "
+                                     "with --pipeline: K=2 pipeline, transfers, simulator")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--pipeline", action="store_true",
+                   help="the pipeline benchmark (graphpart.bench_pipeline) instead")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark")
     p.set_defaults(func=cmd_bench)
 

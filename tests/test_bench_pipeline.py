@@ -1,0 +1,64 @@
+"""The pipeline benchmark measures what it says and feeds the simulator consistently.
+
+Contract: `call_overhead_s` spreads a stage's CPU time beyond its busy time over its 2M + 1
+calls and never goes negative; `predict_step` is the schedule simulator's makespan plus each
+stage's finish after its last action (GPipe on equal stages: (M + K - 1)(f + b) + finish,
+bubble (K - 1)/(M + K - 1)); a tiny `run` on the test session's Ray returns every figure for
+both engines, the compiled engine really ran compiled steps, the prediction with per-call cost
+is never below the kernels-only one, and the report prints a row per configuration.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+
+import pytest
+
+from graphpart import bench_pipeline as bp
+
+
+def test_call_overhead_spreads_cpu_beyond_busy_time_over_the_calls():
+    timed = {"steps": 4, "stage_cpu_ms_per_step": [30.0, 10.0],
+             "busy_s": [{"F": 0.040, "B": 0.060, "step": 0.004},   # 26 ms a step of work
+                        {"F": 0.020, "B": 0.030, "step": 0.002}]}  # 13 ms: more than its CPU
+    over = bp.call_overhead_s(timed, microbatches=3)  # 7 calls a step
+    assert over[0] == pytest.approx((30.0 - 26.0) / 1e3 / 7)
+    assert over[1] == 0.0
+
+
+@pytest.mark.parametrize("k,m", [(2, 1), (2, 4), (3, 2), (4, 8)])
+def test_predict_step_gpipe_equal_stages(k, m):
+    f, b, fin = 1.0, 2.0, 0.5
+    pred = bp.predict_step("gpipe", m, [f] * k, [b] * k, [fin] * k, comm=0.0)
+    assert pred["makespan_s"] == pytest.approx((m + k - 1) * (f + b))
+    assert pred["step_s"] == pytest.approx((m + k - 1) * (f + b) + fin)
+    assert pred["bubble"] == pytest.approx((k - 1) / (m + k - 1))
+
+
+def test_tiny_run_returns_every_figure(ray_session):
+    res = bp.run(sizes=(16, 32, 32, 8), batch=16, dtype="float32", microbatches=(1, 2),
+                 schedules=("1f1b", "gpipe"), warmup=1, steps=3, transfer_n=10)
+    t = res["transfer"]
+    for key in ("empty_call_ms", "tasks_round_trip_ms", "tasks_pipelined_per_item_ms",
+                "compiled_round_trip_ms", "compiled_round_trip_small_ms"):
+        assert t[key] > 0 and math.isfinite(t[key]), key
+    assert t["bytes"] == 256 * 1024 * 4
+    assert [r["threads"] for r in res["single"]] == [os.cpu_count() or 1, 1]
+    rows = res["pipeline"]
+    assert {(r["engine"], r["schedule"], r["microbatches"]) for r in rows} == {
+        (e, s, m) for e in ("ray", "compiled") for s in ("1f1b", "gpipe") for m in (1, 2)}
+    for r in rows:
+        assert r["step_s_median"] > 0 and r["samples_per_s"] > 0
+        assert r["predicted_step_s"] >= r["predicted_kernels_step_s"] > 0
+        assert 0.0 <= r["predicted_bubble"] < 1.0
+        assert len(r["call_overhead_ms"]) == 2 and min(r["call_overhead_ms"]) >= 0.0
+        if r["engine"] == "compiled":
+            assert r["compiled_steps"] > 0 and r["compile_errors"] == {}
+            assert r["call_overhead_ms"] == [0.0, 0.0]
+    assert len(res["targets"]["throughput_within_10pct_of_simulator"]) == len(rows)
+    report = bp.format_report(res)
+    for engine in ("ray", "compiled"):
+        assert len(re.findall(rf"^  {engine} +(1f1b|gpipe) +[12] ", report, re.M)) == 4
+    assert "transfer under 1 ms:" in report
