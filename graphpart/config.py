@@ -31,7 +31,7 @@ RUNTIMES = ("auto", "local", "ray")
 class ModelConfig:
     """[model]: layer sizes, activation, loss and the l2 weight-decay lambda."""
 
-    hidden: tuple[int, ...] = (64,)
+    hidden: tuple[int, ...] = (64, 64, 64)
     activation: str = "relu"
     bias: bool = True
     loss: str = "cross_entropy"

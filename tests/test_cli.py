@@ -213,6 +213,10 @@ def test_plan_and_graph(capsys, tmp_path):
         assert f'"{name}"' in dot
     assert main(["graph", "--stages", "2", "--hidden", "32,32"]) == 0
     assert "stage 1" in capsys.readouterr().out
+    # the default model splits four ways, as `graphpart plan --stages 4` promises
+    assert main(["plan", "--stages", "4", "--strategy", "balanced", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [s["stage"] for s in data["stages"]] == [0, 1, 2, 3]
 
 
 def test_ctrl_c_stops_a_pipeline_cleanly(tmp_path):

@@ -39,7 +39,7 @@ def _toml(tmp_path, text: str, name: str = "c.toml") -> str:
 def test_defaults_match_the_documented_values():
     c = load_config(None)
     assert c == Config()
-    assert c.model.hidden == (64,) and c.model.activation == "relu" and c.model.bias is True
+    assert c.model.hidden == (64, 64, 64) and c.model.activation == "relu" and c.model.bias is True
     assert c.model.loss == "cross_entropy" and c.model.weight_decay == 0.0
     assert c.data.source == "digits" and c.data.test_fraction == 0.2
     assert (c.train.epochs, c.train.batch_size, c.train.optimizer) == (20, 64, "adam")
@@ -131,7 +131,7 @@ def test_round_trip_unusual_values(tmp_path):
 
 def test_examples_load_and_round_trip(tmp_path):
     digits = load_config(str(EXAMPLES / "digits.toml"))
-    assert digits.data.source == "digits" and digits.model.hidden == (64,)
+    assert digits.data.source == "digits" and digits.model.hidden == (64, 64, 64)
     assert digits.model.weight_decay == 1e-4
     synthetic = load_config(str(EXAMPLES / "synthetic.toml"))
     assert synthetic.data.source == "synthetic" and synthetic.model.hidden == (256, 256)
