@@ -218,7 +218,7 @@ def measure(s: Any, steps: int = 3, *, keep_events: bool = True, sample_rss: boo
             r = st["rss"]
             rss_rows.append({"pid": st["pid"], "stages": [st["stage"]], "baseline": r["baseline"],
                              "peak": r["peak"], "growth": r["peak"] - r["baseline"],
-                             "peak_from": "worker samples"})
+                             "peak_from": "worker " + r.get("peak_from", "samples")})
     if sampler is not None:
         for pid, stages in groups.items():
             samples = sampler.samples.get(pid)

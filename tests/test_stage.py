@@ -14,6 +14,8 @@ per step and applies the optimizer; `zero_grad` starts a fresh step; state round
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -469,3 +471,24 @@ def test_received_arrays_are_only_read(bias, recompute):
         got.update(w.get_grads())
     for name in grads:
         assert rel_err(got[name], grads[name]) < 1e-10, name
+
+
+def test_resident_peak_catches_what_no_call_sampled():
+    """The peak resident memory a worker reports is the process's peak since its baseline:
+    memory taken and given back between two calls (no call of the worker saw it) counts."""
+    g, params, x, y = problem("tanh", "cross_entropy", True, seed=16)
+    plan = partition(g, 1)
+    (w,) = workers_for(plan, params)
+    run_step([w], plan, x, y, 1)
+    before = w.rss()
+    assert before["baseline"] > 0 and before["peak"] >= before["baseline"]
+    can_reset = os.access("/proc/self/clear_refs", os.W_OK)
+    assert before["peak_from"] == ("VmHWM" if can_reset else "samples")
+    big = np.ones(64 << 20, np.uint8)  # 64 MiB, touched, then freed before the next call
+    del big
+    run_step([w], plan, x, y, 1)
+    after = w.rss()
+    if after["peak_from"] == "VmHWM":  # Linux: the kernel's mark, reset at the baseline
+        assert after["peak"] >= before["current"] + (60 << 20)
+    else:  # elsewhere one sample per step: at least the current figure
+        assert after["peak"] >= after["current"] - (4 << 20)

@@ -50,6 +50,9 @@ class StageWorker:
             _warm_up(graph, self.bk, optimizer, dtype, output, input_grad)
         self._proc = psutil.Process()
         self.rss_baseline = self.rss_peak = self._proc.memory_info().rss
+        # the kernel keeps the peak from here on (VmHWM), so no call needs to sample it; where
+        # the mark cannot be reset, `finish` samples once a step
+        self._hwm = _reset_vm_hwm()
         params = materialize(graph, params)
         self.prog = Program(graph, params, self.bk, max_rows, self.ledger, output=output,
                             recompute=recompute, input_grad=input_grad, name=f"stage {index}")
@@ -73,7 +76,6 @@ class StageWorker:
             out = self.bk.to_host(out)
             self.bytes_sent += out.nbytes
         self.busy["F"] += time.perf_counter() - t
-        self._sample_rss()
         return out
 
     def backward(self, mb: int, g: np.ndarray | None = None,
@@ -86,7 +88,6 @@ class StageWorker:
             din = self.bk.to_host(din)
             self.bytes_sent += din.nbytes
         self.busy["B"] += time.perf_counter() - t
-        self._sample_rss()
         return din
 
     def infer(self, x: np.ndarray) -> np.ndarray:
@@ -111,17 +112,23 @@ class StageWorker:
             self.prog.zero_grad()
             self.ledger.mark("step", str(self.steps))
         self.busy["step"] += time.perf_counter() - t
-        self._sample_rss()
+        if not self._hwm:
+            self._sample_rss()
         return {"loss": float(loss), "s": float(s)}
 
     def _sample_rss(self) -> None:
         self.rss_peak = max(self.rss_peak, self._proc.memory_info().rss)
+        if self._hwm:
+            self.rss_peak = max(self.rss_peak, _vm_hwm() or 0)
 
-    def rss(self) -> dict[str, int]:
-        """Resident memory of this process: before the stage allocated, peak since, now."""
+    def rss(self) -> dict[str, Any]:
+        """Resident memory of this process: before the stage allocated, peak since, now, and
+        where the peak comes from ("VmHWM": the kernel's mark, reset at the baseline, exact;
+        "samples": one reading per step)."""
         self._sample_rss()
         return {"baseline": self.rss_baseline, "peak": self.rss_peak,
-                "current": self._proc.memory_info().rss, "hwm": _vm_hwm()}
+                "current": self._proc.memory_info().rss, "hwm": _vm_hwm(),
+                "peak_from": "VmHWM" if self._hwm else "samples"}
 
     def zero_grad(self) -> None:
         """Drop this step's gradients and loss without updating (after `finish(update=False)`)."""
@@ -197,6 +204,17 @@ def _vm_hwm() -> int | None:
     except OSError:
         pass
     return None
+
+
+def _reset_vm_hwm() -> bool:
+    """Reset this process's resident high-water mark to its current RSS (Linux); False where
+    that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return _vm_hwm() is not None
 
 
 def _warm_up(graph: Graph, bk: Any, opt: Optimizer, dtype: np.dtype, output: str | None,
