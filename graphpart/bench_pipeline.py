@@ -44,6 +44,14 @@ class _Peer:
     def recv(self, a: np.ndarray, tick: Any = None) -> float:
         return float(a[0, 0])
 
+    def relay(self, i: int, other: Any) -> float:
+        """Push the boundary array to `other` as a direct actor call, as a PushStageActor does,
+        and wait for its answer."""
+        import ray
+
+        self.big[0, 0] = i
+        return ray.get(other.recv.remote(self.big))
+
     def cpu_s(self) -> float:
         return time.process_time()
 
@@ -94,6 +102,8 @@ def measure_transfer(n: int = 200, shape: tuple[int, int] = TRANSFER_SHAPE) -> d
             ray.get([b.recv.remote(a.send.remote(i)) for i in range(n // 5)])
             per_item.append((time.perf_counter() - t) / (n // 5))
         out["tasks_pipelined_per_item_ms"] = statistics.median(per_item) * 1e3
+        out["push_round_trip_ms"] = _median_ms(lambda i: ray.get(a.relay.remote(i, b)), n)
+        out["push_hop_ms"] = max(0.0, out["push_round_trip_ms"] - out["empty_call_ms"])
         for name, method in (("compiled_round_trip_ms", "send"),
                              ("compiled_round_trip_small_ms", "send_small")):
             with InputNode() as inp:  # b reads the input too: teardown then never hangs
@@ -198,10 +208,11 @@ def predict_step(kind: str, microbatches: int, fwd: Sequence[float], bwd: Sequen
 def call_overhead_s(timed: dict[str, Any], microbatches: int) -> list[float]:
     """Per stage, the CPU seconds its process spends per call outside the stage's own work.
 
-    Each stage answers 2M + 1 calls a step (M forwards, M backwards, finish). Its process's CPU
+    Each stage runs 2M + 1 actions a step (M forwards, M backwards, finish), each its own call
+    on RayEngine (on PushRayEngine one call, plus the tensors it sends and receives). Its CPU
     time per step (all threads: Ray's argument fetch, result store, task bookkeeping) less its
     busy time (the work inside the calls), spread over those calls, is what each call costs on
-    top of the work. Valid for ordinary tasks, where a stage waiting for input sleeps; not for
+    top of the work. Valid where a stage waiting for input sleeps (ray, push); not for
     a compiled graph, whose waiting actors spin and so burn CPU for the whole step.
     """
     calls = 2 * microbatches + 1
@@ -213,17 +224,19 @@ def call_overhead_s(timed: dict[str, Any], microbatches: int) -> list[float]:
 def measure_pipeline(sizes: Sequence[int], batch: int, dtype: str, microbatches: Sequence[int],
                      schedules: Sequence[str], warmup: int, steps: int,
                      comm_s: dict[str, float]) -> list[dict[str, Any]]:
-    """K=2 pipeline on RayEngine and CompiledRayEngine, each (schedule, M) measured and
-    compared with the simulator fed the stage times measured in the same window: the work
-    inside each call alone ('kernels'), and that plus each stage's per-call cost."""
+    """K=2 pipeline on RayEngine, PushRayEngine and CompiledRayEngine, each (schedule, M)
+    measured and compared with the simulator fed the stage times measured in the same window:
+    the work inside each call alone ('kernels'), and that plus each stage's per-call cost."""
     from graphpart.compiled import CompiledRayEngine
     from graphpart.partition import partition
+    from graphpart.push_engine import PushRayEngine
     from graphpart.runtime import RayEngine
 
     g, params, X, y, opt = _problem(sizes, batch, dtype)
     plan = partition(g, 2, "balanced")
     rows = []
-    for name, cls in (("ray", RayEngine), ("compiled", CompiledRayEngine)):
+    for name, cls in (("ray", RayEngine), ("push", PushRayEngine),
+                      ("compiled", CompiledRayEngine)):
         with cls(plan, params, opt, max_rows=batch, keep_events=False) as eng:
             for kind in schedules:
                 for m in microbatches:
@@ -235,7 +248,8 @@ def measure_pipeline(sizes: Sequence[int], batch: int, dtype: str, microbatches:
                     bwd = [b["B"] / per for b in r["busy_s"]]
                     fin = [b["step"] / steps for b in r["busy_s"]]
                     pred = predict_step(kind, m, fwd, bwd, fin, comm_s[name])
-                    over = call_overhead_s(r, m) if name == "ray" else [0.0] * len(fwd)
+                    over = (call_overhead_s(r, m) if name != "compiled"
+                            else [0.0] * len(fwd))
                     cal = predict_step(kind, m, [f + o for f, o in zip(fwd, over, strict=True)],
                                        [b + o for b, o in zip(bwd, over, strict=True)],
                                        [f + o for f, o in zip(fin, over, strict=True)],
@@ -299,6 +313,7 @@ def run(sizes: Sequence[int] = SIZES, batch: int = 256, dtype: str = "float32",
         }
         res["transfer"] = t = measure_transfer(transfer_n)
         comm = {"ray": t["tasks_pipelined_per_item_ms"] / 1e3,
+                "push": t["push_hop_ms"] / 1e3,
                 "compiled": t["compiled_round_trip_ms"] / 1e3}
         res["single"] = measure_single(sizes, batch, dtype, warmup, steps)
         res["pipeline"] = measure_pipeline(sizes, batch, dtype, microbatches, schedules, warmup,
@@ -330,6 +345,8 @@ def format_report(res: dict[str, Any]) -> str:
              f"(1-float array: {t['tasks_round_trip_small_ms']:.3f} ms)",
              f"  tasks + object refs, pipelined       {t['tasks_pipelined_per_item_ms']:7.3f} ms"
              " per item",
+             f"  push: actor a calls actor b with it  {t['push_hop_ms']:7.3f} ms "
+             f"(driver->a->b->a->driver {t['push_round_trip_ms']:.3f} ms, less an empty call)",
              f"  compiled graph, driver->a->b->driver {t['compiled_round_trip_ms']:7.3f} ms "
              f"(1-float array: {t['compiled_round_trip_small_ms']:.3f} ms; "
              f"1 MiB adds {t['compiled_marginal_ms']:.3f} ms)",
@@ -347,7 +364,7 @@ def format_report(res: dict[str, Any]) -> str:
     lines.append("  K=2 split " + str(res["pipeline"][0]["stage_split"]) + " layers; (c) "
                  "simulator fed this run's stage times (+ transfer as comm, + finish): "
                  "'kern' the work inside each call alone, 'pred' that plus each stage's "
-                 "measured per-call cost (ordinary tasks only; see call_overhead_s)")
+                 "measured per-call cost (not for compiled; see call_overhead_s)")
     lines.append(f"  {'engine':9}{'sched':6}{'M':>3}{'samples/s':>11}{'vs 1proc':>9}"
                  f"{'step ms':>9}{'kern ms':>9}{'ratio':>7}{'pred ms':>9}{'ratio':>7}"
                  f"{'bubble':>8}  F/B ms per mb (stage 0 | stage 1); per-call ms; CPU ms/step: "

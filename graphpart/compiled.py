@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from graphpart.errors import PlanError, StageFailure
 from graphpart.optim import Optimizer
+from graphpart.params import Init, Params
 from graphpart.partition import Plan, split_batch
 from graphpart.runtime import RayEngine, _first_line
 
@@ -67,7 +67,7 @@ class CompiledRayEngine(RayEngine):
     def __init__(
         self,
         plan: Plan,
-        params: Mapping[str, np.ndarray],
+        params: Params,
         optimizer: Optimizer,
         **kwargs: Any,
     ) -> None:
@@ -80,7 +80,9 @@ class CompiledRayEngine(RayEngine):
         self.compile_errors: dict[tuple, str] = {}
         self.compiled_steps = 0
         self.compiles = 0
-        self._itemsize = max([np.asarray(v).dtype.itemsize for v in params.values()] + [4])
+        dtypes = ([np.dtype(params.dtype)] if isinstance(params, Init)
+                  else [np.asarray(v).dtype for v in params.values()])
+        self._itemsize = max([d.itemsize for d in dtypes] + [4])
         super().__init__(plan, params, optimizer, **kwargs)
 
     # -- stepping -------------------------------------------------------------------------------

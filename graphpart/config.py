@@ -25,6 +25,7 @@ SCHEDULES = ("gpipe", "1f1b")
 STRATEGIES = ("uniform", "balanced", "memory")
 DEVICES = ("cpu", "cuda")
 RUNTIMES = ("auto", "local", "ray")
+TRANSPORTS = ("tasks", "push", "compiled")
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,10 @@ class PipelineConfig:
     device: str = "cpu"
     recompute: bool = False
     runtime: str = "auto"  # auto: in-process for one stage, Ray actors otherwise (or with address)
+    # how Ray actors exchange boundary tensors: "tasks" (a task per action, object references
+    # through the driver), "push" (a call per stage a step, stage to stage), "compiled" (Ray
+    # Compiled Graph channels); see docs/architecture.md
+    transport: str = "tasks"
     cost: str = "flops"  # what `balanced` balances: "flops" or "measured" (a short profiling pass)
 
 
@@ -339,6 +344,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "pipeline.address": _address,
     "pipeline.device": _choice(DEVICES),
     "pipeline.runtime": _choice(RUNTIMES),
+    "pipeline.transport": _choice(TRANSPORTS),
     "pipeline.cost": _choice(("flops", "measured")),
     "run.dir": _nonempty,
     "run.name": _run_name,

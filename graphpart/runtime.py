@@ -66,6 +66,8 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 class RayEngine(Engine):
     """One Ray actor per stage; the step logic is Engine.step, with object references."""
 
+    actor_class = "StageActor"  # in workers/actor.py
+
     def __init__(
         self,
         plan: Plan,
@@ -83,7 +85,7 @@ class RayEngine(Engine):
     ) -> None:
         import ray
 
-        from workers.actor import StageActor, blas_env
+        from workers import actor as actors
 
         self.plan = plan
         self._setup_schedule(schedule, microbatches)
@@ -96,11 +98,12 @@ class RayEngine(Engine):
             rows = max(1, -(-max_rows // self.microbatches))
             self.chunk = rows
             opts: dict[str, Any] = dict(num_cpus=per,
-                                        runtime_env={"env_vars": blas_env(threads)})
+                                        runtime_env={"env_vars": actors.blas_env(threads)})
             if device == "cuda":
                 opts["num_gpus"] = 1
+            cls = getattr(actors, self.actor_class)
             for st in plan.stages:
-                a = StageActor.options(**opts).remote(
+                a = cls.options(**opts).remote(
                     threads, st.graph, stage_params(st.graph, params), optimizer,
                     keep_events=keep_events,
                     **stage_kwargs(plan, st.index, rows, device, recompute))

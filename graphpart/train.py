@@ -95,9 +95,14 @@ def make_engine(s: Setup, params: Params, keep_events: bool = True) -> Engine:
     kw = dict(microbatches=p.microbatches, schedule=p.schedule, max_rows=t.batch_size,
               device=p.device, recompute=p.recompute, keep_events=keep_events)
     if uses_ray(s.config):
-        from graphpart.runtime import RayEngine
+        if p.transport == "push":
+            from graphpart.push_engine import PushRayEngine as Ray
+        elif p.transport == "compiled":
+            from graphpart.compiled import CompiledRayEngine as Ray
+        else:
+            from graphpart.runtime import RayEngine as Ray
 
-        return RayEngine(s.plan, params, s.optimizer, address=p.address, **kw)
+        return Ray(s.plan, params, s.optimizer, address=p.address, **kw)
     return LocalEngine(s.plan, params, s.optimizer, **kw)
 
 
@@ -198,6 +203,7 @@ def train(
         "microbatches": p.microbatches,
         "schedule": p.schedule,
         "runtime": "ray" if uses_ray(cfg) else "local",
+        "transport": cfg.pipeline.transport if uses_ray(cfg) else None,
         "stage_stats": [_stage_summary(x) for x in stats],
     }
     run.write_text("summary.json", json.dumps(summary, indent=2))

@@ -121,6 +121,20 @@ def test_pipeline_cli_matches_single_process_and_cleans_up(tmp_path):
     assert not _alive(seen), "processes left behind"
 
 
+@pytest.mark.parametrize("transport", ["push", "compiled"])
+def test_other_transports_train_the_same_and_clean_up(tmp_path, transport):
+    common = ("--json", "--epochs", "2", "--run-dir", str(tmp_path), "--hidden", "32,32")
+    two, out2, err2, seen = _run_tracked("train", *common, "--stages", "2", "--microbatches", "4",
+                                         "--transport", transport, cwd=tmp_path)
+    one = _run("train", *common, cwd=tmp_path)
+    assert two.returncode == 0 and one.returncode == 0, err2
+    a, b = json.loads(one.stdout), json.loads(out2)
+    assert b["runtime"] == "ray" and b["transport"] == transport and a["transport"] is None
+    assert b["test_accuracy"] == a["test_accuracy"]
+    assert abs(b["final_loss"] - a["final_loss"]) < 1e-5
+    assert seen and not _alive(seen), "processes left behind"
+
+
 def _err(capsys, argv: list[str]) -> str:
     code = main(argv)
     err = capsys.readouterr().err.strip()
@@ -142,6 +156,7 @@ def _err(capsys, argv: list[str]) -> str:
         (["--batch-size", "0"], "batch_size=0"),
         (["--stages", "9"], "stages=9"),
         (["--schedule", "zigzag"], "zigzag"),
+        (["--transport", "carrier-pigeon"], "carrier-pigeon"),
         (["--data", "nope.csv"], "nope.csv"),
         (["--microbatches", "100"], "microbatches=100"),
     ],

@@ -1,10 +1,12 @@
 """Pipelines on real Ray actors equal single-process training (the autodiff oracle).
 
-Contract: for K in {1, 2, 3, 4} stages, M in {1, 2, 3, 4, 8} micro-batches, both schedules and
+Contract, for both Ray engines (RayEngine: one task per action, tensors handed on through the
+driver's object references; PushRayEngine: one call per stage a step, tensors pushed stage
+to stage): for K in {1, 2, 3, 4} stages, M in {1, 2, 3, 4, 8} micro-batches, both schedules and
 every distinct split the strategies produce, the parameters after several optimizer steps equal
 the oracle (reference autodiff + reference optimizer) to 1e-10 relative in float64; boundary
-tensors move between actors as object references; a failure in any worker is re-raised with its
-stage and micro-batch; actors are gone after close.
+a failure in any worker is re-raised with its stage and micro-batch (on the push engine: that
+failure, not the neighbours' stops it caused); actors are gone after close.
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ from graphpart.errors import StageFailure
 from graphpart.ir import mlp
 from graphpart.optim import init_state, make_optimizer, reference_step
 from graphpart.partition import partition
+from graphpart.push_engine import PushRayEngine
 from graphpart.runtime import RayEngine
+
+ENGINES = pytest.mark.parametrize("engine", [RayEngine, PushRayEngine],
+                                  ids=["tasks", "push"])
 
 SIZES = [6, 5, 7, 4, 3]
 BATCH, STEPS = 8, 3
@@ -48,15 +54,16 @@ def _rel(a: dict, b: dict) -> float:
     return max(float(np.abs(a[k] - b[k]).max() / np.abs(a[k]).max()) for k in a)
 
 
+@ENGINES
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
-def test_pipeline_equals_oracle(ray_session, k):
+def test_pipeline_equals_oracle(ray_session, k, engine):
     g, p0, X, y = _problem()
     opt = make_optimizer("adam", lr=0.05)
     want = _oracle(g, p0, X, y, opt)
     splits = {tuple(partition(g, k, s).sizes()): partition(g, k, s)
               for s in ("uniform", "balanced", "memory")}
     for plan in splits.values():
-        with RayEngine(plan, p0, opt, microbatches=1, max_rows=BATCH) as eng:
+        with engine(plan, p0, opt, microbatches=1, max_rows=BATCH) as eng:
             initial = eng.get_state()
             for m in (1, 2, 3, 4, 8):
                 for kind in ("gpipe", "1f1b"):
@@ -69,11 +76,12 @@ def test_pipeline_equals_oracle(ray_session, k):
                     assert err < 1e-10, (plan.sizes(), m, kind, err)
 
 
-def test_value_and_grad_through_actors(ray_session):
+@ENGINES
+def test_value_and_grad_through_actors(ray_session, engine):
     g, p0, X, y = _problem(1)
     J, grads = value_and_grad(g, p0, {"x": X[:BATCH], "y": y[:BATCH]})
-    with RayEngine(partition(g, 3), p0, make_optimizer("sgd", lr=0.1), microbatches=4,
-                   max_rows=BATCH) as eng:
+    with engine(partition(g, 3), p0, make_optimizer("sgd", lr=0.1), microbatches=4,
+                max_rows=BATCH) as eng:
         J2, grads2 = eng.value_and_grad(X[:BATCH], y[:BATCH])
         assert abs(J - J2) / abs(J) < 1e-12
         assert _rel(grads, grads2) < 1e-12
@@ -85,21 +93,24 @@ def test_value_and_grad_through_actors(ray_session):
     assert stats[0]["bytes_sent"] > 0 and stats[2]["bytes_received"] > 0
 
 
-def test_worker_failure_names_stage_and_microbatch(ray_session):
+@ENGINES
+@pytest.mark.parametrize("k", [2, 3])
+def test_worker_failure_names_stage_and_microbatch(ray_session, engine, k):
     g, p0, X, y = _problem(2)
-    with RayEngine(partition(g, 2), p0, make_optimizer("sgd", lr=0.1), microbatches=2,
-                   max_rows=BATCH) as eng:
+    with engine(partition(g, k), p0, make_optimizer("sgd", lr=0.1), microbatches=2,
+                max_rows=BATCH) as eng:
         bad = y[:BATCH].copy()
         bad[-1] = 99  # a label out of range makes the last stage's loss kernel fail
-        with pytest.raises(StageFailure, match=r"stage 1 .* micro-batch 1"):
+        with pytest.raises(StageFailure, match=rf"stage {k - 1} .* micro-batch 1"):
             eng.step(X[:BATCH], bad)
 
 
-def test_actors_are_gone_after_close(ray_session):
+@ENGINES
+def test_actors_are_gone_after_close(ray_session, engine):
     import ray
 
     g, p0, _, _ = _problem(3)
-    eng = RayEngine(partition(g, 2), p0, make_optimizer("sgd", lr=0.1), max_rows=BATCH)
+    eng = engine(partition(g, 2), p0, make_optimizer("sgd", lr=0.1), max_rows=BATCH)
     handles = list(eng.actors)
     assert ray.get(handles[0].info.remote())["pid"] > 0
     eng.close()

@@ -1,0 +1,145 @@
+"""Stages that run a whole step each and push tensors to each other (workers/push.py), no Ray.
+
+Contract: K stage workers, each running `run_step` on its own thread with its schedule's
+actions (GPipe or 1F1B, any M), wired inbox to inbox, give the same J and gradients as the
+autodiff oracle (float64, 1e-12 relative) and the same parameters after optimizer steps as the
+reference optimizer; a failing action raises ActionFailed naming the action, and the
+neighbours waiting on the failed stage stop with NeighbourFailed when told (Inbox.fail) rather
+than wait out their timeout; a missing tensor raises TimeoutError naming it; what an aborted
+step left in an inbox does not leak into the next step.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from graphpart import schedule as sch
+from graphpart.autodiff import value_and_grad
+from graphpart.ir import mlp
+from graphpart.optim import SGD, init_state, reference_step
+from graphpart.partition import partition, split_batch
+from workers.push import ActionFailed, Inbox, NeighbourFailed, run_step
+from workers.stage import StageWorker
+
+SIZES = [5, 6, 4, 7, 3]
+N = 8
+
+
+def _problem(seed=0):
+    g = mlp(SIZES, activation="tanh", bias=True, weight_decay=0.1)
+    rng = np.random.default_rng(seed)
+    params = {v.name: rng.standard_normal(v.shape) for v in g.params}
+    x = rng.standard_normal((N, SIZES[0]))
+    y = rng.integers(0, SIZES[-1], N)
+    return g, params, x, y
+
+
+def _workers(plan, params, opt):
+    return [StageWorker(st.graph, {p: params[p].copy() for p in st.params}, opt,
+                        output=st.output, input_grad=st.index > 0, max_rows=N, index=st.index)
+            for st in plan.stages]
+
+
+def _step(ws, inboxes, kind, m, x, y, step, update=True, timeout_s=30.0):
+    """Every stage's run_step on its own thread; returns the results (or raised errors)."""
+    k = len(ws)
+    acts = [[(a.kind, a.mb) for a in stage] for stage in sch.make(kind, k, m)]
+    rows = split_batch(len(x), m)
+    out: list = [None] * k
+
+    def run(i):
+        try:
+            out[i] = run_step(
+                ws[i], step, acts[i], inboxes[i], x=x if i == 0 else None,
+                y=y if i == k - 1 else None, rows=rows, scale=1.0 / len(x), update=update,
+                send_forward=None if i == k - 1 else
+                (lambda key, a, i=i: inboxes[i + 1].put(key, a.copy())),
+                send_backward=None if i == 0 else
+                (lambda key, a, i=i: inboxes[i - 1].put(key, a.copy())),
+                timeout_s=timeout_s)
+        except Exception as e:  # noqa: BLE001 - returned for the test to inspect
+            out[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(k)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return out
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+@pytest.mark.parametrize("kind", ["gpipe", "1f1b"])
+@pytest.mark.parametrize("m", [1, 3, 8])
+def test_pushed_step_equals_oracle(k, kind, m):
+    g, params, x, y = _problem()
+    J, grads = value_and_grad(g, params, {"x": x, "y": y})
+    plan = partition(g, k, "uniform")
+    ws = _workers(plan, params, SGD(lr=0.1))
+    res = _step(ws, [Inbox() for _ in ws], kind, m, x, y, step=1, update=False)
+    assert sum(r["loss"] + r["s"] for r in res) == pytest.approx(J, rel=1e-12)
+    for w in ws:
+        for name, gw in w.get_grads().items():
+            np.testing.assert_allclose(gw, grads[name], rtol=1e-12, atol=1e-14)
+
+
+def test_pushed_steps_update_like_the_reference_optimizer():
+    g, params, x, y = _problem(1)
+    opt = SGD(lr=0.1, momentum=0.9)
+    ref = {k: v.copy() for k, v in params.items()}
+    st = init_state(opt, ref)
+    plan = partition(g, 3, "uniform")
+    ws = _workers(plan, params, opt)
+    inboxes = [Inbox() for _ in ws]
+    for t in range(1, 4):
+        _, gr = value_and_grad(g, ref, {"x": x, "y": y})
+        reference_step(opt, ref, gr, st, t)
+        _step(ws, inboxes, "1f1b", 4, x, y, step=t)
+    for w in ws:
+        for name, p in w.get_params().items():
+            np.testing.assert_allclose(p, ref[name], rtol=1e-12)
+    assert all(len(ib) == 0 for ib in inboxes)  # every tensor sent was taken
+
+
+def test_failure_names_the_action_and_neighbours_stop_when_told():
+    g, params, x, y = _problem(2)
+    plan = partition(g, 2, "uniform")
+    ws = _workers(plan, params, SGD(lr=0.1))
+    inboxes = [Inbox() for _ in ws]
+    bad = y.copy()
+    bad[-1] = 99  # out of range: the last stage's loss fails on the last micro-batch
+
+    # the driver's part: once a stage fails, tell the others (PushRayEngine does this)
+    t0 = time.monotonic()
+    timer = threading.Timer(0.5, lambda: inboxes[0].fail(7, "stage 1 failed"))
+    timer.start()
+    res = _step(ws, inboxes, "gpipe", 2, x, bad, step=7, timeout_s=30)
+    timer.cancel()
+    assert isinstance(res[1], ActionFailed) and res[1].what == "forward of micro-batch 1"
+    assert "label" in str(res[1].cause)
+    assert isinstance(res[0], NeighbourFailed) and "stage 1 failed" in str(res[0])
+    assert time.monotonic() - t0 < 10  # woken, not timed out
+
+
+def test_missing_tensor_times_out_naming_it():
+    g, params, x, y = _problem(3)
+    plan = partition(g, 2, "uniform")
+    (_, w1) = _workers(plan, params, SGD(lr=0.1))
+    with pytest.raises(TimeoutError, match="F tensor of micro-batch 0"):
+        run_step(w1, 1, [("F", 0), ("B", 0)], Inbox(), x=None, y=y, rows=[slice(0, N)],
+                 scale=1.0 / N, update=False, send_forward=None,
+                 send_backward=lambda key, a: None, timeout_s=0.2)
+
+
+def test_an_aborted_steps_leftovers_do_not_leak():
+    ib = Inbox()
+    ib.put((1, "F", 0), "stale")
+    ib.fail(1, "aborted")
+    ib.clear_before(2)
+    assert len(ib) == 0
+    ib.put((2, "F", 0), "fresh")
+    assert ib.take((2, "F", 0), timeout_s=1) == "fresh"

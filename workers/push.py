@@ -1,0 +1,120 @@
+"""One stage's whole step, with boundary tensors pushed to and from its neighbours (no Ray).
+
+The driver-mediated engine submits every forward and backward as its own call and routes each
+boundary tensor through the driver's object references. Here a stage runs its schedule's
+action list in one call and its neighbours push tensors into its `Inbox` directly, so the
+driver makes K calls a step instead of 2MK + K and stays off the critical path. What carries
+a tensor from one stage to the next (`send_forward`, `send_backward`) is the caller's: a Ray
+actor call in workers/actor.py, a plain function in tests.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+Key = tuple[int, str, int]  # (step, "F" | "B", micro-batch)
+
+
+class NeighbourFailed(RuntimeError):
+    """A neighbouring stage failed this step; this stage stopped waiting for it."""
+
+
+class ActionFailed(RuntimeError):
+    """An action of this stage failed; `what` names it ("forward of micro-batch 3")."""
+
+    def __init__(self, what: str, cause: BaseException) -> None:
+        super().__init__(f"{what}: {type(cause).__name__}: {cause}")
+        self.what, self.cause = what, cause
+
+
+class Inbox:
+    """Tensors delivered by neighbours, keyed by (step, kind, micro-batch); thread-safe."""
+
+    def __init__(self) -> None:
+        self._items: dict[Key, Any] = {}
+        self._failed: dict[int, str] = {}  # step -> why
+        self._cv = threading.Condition()
+
+    def put(self, key: Key, value: Any) -> None:
+        with self._cv:
+            self._items[key] = value
+            self._cv.notify_all()
+
+    def fail(self, step: int, why: str) -> None:
+        """Wake every wait of `step` with NeighbourFailed(why) (the first reason is kept)."""
+        with self._cv:
+            self._failed.setdefault(step, why)
+            self._cv.notify_all()
+
+    def take(self, key: Key, timeout_s: float) -> Any:
+        deadline = time.monotonic() + timeout_s
+        with self._cv:
+            while key not in self._items:
+                if key[0] in self._failed:
+                    raise NeighbourFailed(self._failed[key[0]])
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no {key[1]} tensor of micro-batch {key[2]} arrived "
+                                       f"in {timeout_s:.0f} s")
+                self._cv.wait(left)
+            return self._items.pop(key)
+
+    def clear_before(self, step: int) -> None:
+        """Forget whatever an earlier, aborted step left behind."""
+        with self._cv:
+            self._items = {k: v for k, v in self._items.items() if k[0] >= step}
+            self._failed = {s: w for s, w in self._failed.items() if s >= step}
+
+    def __len__(self) -> int:
+        with self._cv:
+            return len(self._items)
+
+
+def run_step(
+    worker: Any,
+    step: int,
+    actions: Sequence[tuple[str, int]],
+    inbox: Inbox,
+    *,
+    x: np.ndarray | None,
+    y: np.ndarray | None,
+    rows: Sequence[slice],
+    scale: float,
+    update: bool,
+    send_forward: Callable[[Key, np.ndarray], None] | None,
+    send_backward: Callable[[Key, np.ndarray], None] | None,
+    timeout_s: float = 600.0,
+) -> dict[str, float]:
+    """Run one stage's actions of one step, then its `finish`; returns finish's result.
+
+    The first stage reads its micro-batches from `x`, the last its labels from `y`; the others
+    take their inputs from `inbox`. `send_forward` (absent on the last stage) and
+    `send_backward` (absent on the first) must have copied or serialised the array when they
+    return: the worker reuses its buffers.
+    """
+    inbox.clear_before(step)
+    for kind, m in actions:
+        if kind == "F":
+            inp = x[rows[m]] if send_backward is None else inbox.take((step, "F", m), timeout_s)
+            lab = y[rows[m]] if send_forward is None and y is not None else None
+            out = _act(worker.forward, f"forward of micro-batch {m}", m, inp, lab, scale)
+            if send_forward is not None:
+                send_forward((step, "F", m), out)
+        else:
+            g = None if send_forward is None else inbox.take((step, "B", m), timeout_s)
+            din = _act(worker.backward, f"backward of micro-batch {m}", m, g, scale)
+            if send_backward is not None:
+                send_backward((step, "B", m), din)
+    return _act(worker.finish, "finish", update)
+
+
+def _act(fn: Callable[..., Any], what: str, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except Exception as e:
+        raise ActionFailed(what, e) from e
