@@ -4,8 +4,9 @@ Contract: `call_overhead_s` spreads a stage's CPU time beyond its busy time over
 calls and never goes negative; `predict_step` is the schedule simulator's makespan plus each
 stage's finish after its last action (GPipe on equal stages: (M + K - 1)(f + b) + finish,
 bubble (K - 1)/(M + K - 1)); a tiny `run` on the test session's Ray returns every figure for
-both engines, the compiled engine really ran compiled steps, the prediction with per-call cost
-is never below the kernels-only one, and the report prints a row per configuration.
+every engine (tasks, push, compiled), the compiled engine really ran compiled steps, the
+prediction with per-call cost is never below the kernels-only one, and the report prints a
+row per configuration.
 """
 
 from __future__ import annotations
@@ -42,13 +43,14 @@ def test_tiny_run_returns_every_figure(ray_session):
                  schedules=("1f1b", "gpipe"), warmup=1, steps=3, transfer_n=10)
     t = res["transfer"]
     for key in ("empty_call_ms", "tasks_round_trip_ms", "tasks_pipelined_per_item_ms",
-                "compiled_round_trip_ms", "compiled_round_trip_small_ms"):
+                "compiled_round_trip_ms", "compiled_round_trip_small_ms", "push_round_trip_ms"):
         assert t[key] > 0 and math.isfinite(t[key]), key
     assert t["bytes"] == 256 * 1024 * 4
     assert [r["threads"] for r in res["single"]] == [os.cpu_count() or 1, 1]
     rows = res["pipeline"]
     assert {(r["engine"], r["schedule"], r["microbatches"]) for r in rows} == {
-        (e, s, m) for e in ("ray", "compiled") for s in ("1f1b", "gpipe") for m in (1, 2)}
+        (e, s, m) for e in ("ray", "push", "compiled") for s in ("1f1b", "gpipe")
+        for m in (1, 2)}
     for r in rows:
         assert r["step_s_median"] > 0 and r["samples_per_s"] > 0
         assert r["predicted_step_s"] >= r["predicted_kernels_step_s"] > 0
@@ -59,6 +61,6 @@ def test_tiny_run_returns_every_figure(ray_session):
             assert r["call_overhead_ms"] == [0.0, 0.0]
     assert len(res["targets"]["throughput_within_10pct_of_simulator"]) == len(rows)
     report = bp.format_report(res)
-    for engine in ("ray", "compiled"):
+    for engine in ("ray", "push", "compiled"):
         assert len(re.findall(rf"^  {engine} +(1f1b|gpipe) +[12] ", report, re.M)) == 4
     assert "transfer under 1 ms:" in report

@@ -46,7 +46,9 @@ class _Shell:
                 "blas": [(i.get("internal_api"), i.get("num_threads")) for i in threadpool_info()]}
 
 
-StageActor = ray.remote(_Shell)
+@ray.remote
+class StageActor(_Shell):
+    """A stage answering one call per action (`call("forward", m, ...)`): RayEngine's."""
 
 
 @ray.remote(concurrency_groups={"inbox": 1})
