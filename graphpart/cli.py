@@ -39,7 +39,7 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
     "--address": ("pipeline.address", str, "join a Ray cluster: auto | ray://host:port"),
     "--device": ("pipeline.device", str, "cpu | cuda"),
     "--runtime": ("pipeline.runtime", str, "auto | local | ray"),
-    "--transport": ("pipeline.transport", str, "tasks | push | compiled: how Ray stages pass "
+    "--transport": ("pipeline.transport", str, "push | tasks | compiled: how Ray stages pass "
                     "boundary tensors"),
     "--cost": ("pipeline.cost", str, "flops | measured: what the balanced strategy balances"),
     "--recompute": ("pipeline.recompute", str, "true | false: recompute activations in backward"),

@@ -25,7 +25,7 @@ SCHEDULES = ("gpipe", "1f1b")
 STRATEGIES = ("uniform", "balanced", "memory")
 DEVICES = ("cpu", "cuda")
 RUNTIMES = ("auto", "local", "ray")
-TRANSPORTS = ("tasks", "push", "compiled")
+TRANSPORTS = ("push", "tasks", "compiled")
 
 
 @dataclass(frozen=True)
@@ -79,10 +79,10 @@ class PipelineConfig:
     device: str = "cpu"
     recompute: bool = False
     runtime: str = "auto"  # auto: in-process for one stage, Ray actors otherwise (or with address)
-    # how Ray actors exchange boundary tensors: "tasks" (a task per action, object references
-    # through the driver), "push" (a call per stage a step, stage to stage), "compiled" (Ray
-    # Compiled Graph channels); see docs/architecture.md
-    transport: str = "tasks"
+    # how Ray actors exchange boundary tensors: "push" (a call per stage a step, tensors sent
+    # stage to stage), "tasks" (a task per action, object references through the driver),
+    # "compiled" (Ray Compiled Graph channels); see docs/architecture.md
+    transport: str = "push"
     cost: str = "flops"  # what `balanced` balances: "flops" or "measured" (a short profiling pass)
 
 
