@@ -562,12 +562,14 @@ def run_profile(cfg: Any, steps: int = 3, out: str | Path = "profile", inference
     print()
     print(rss_table(m, pred))
     print()
-    print(f"measurement overhead: step {ovh['step_s_on'] * 1e3:.2f} ms with events, "
-          f"{ovh['step_s_off'] * 1e3:.2f} ms without ({ovh['ab_fraction']:+.1%}); ledger: "
-          f"{ovh['events_per_step']} events/step x {ovh['event_cost_s'] * 1e6:.2f} us = "
-          f"{ovh['estimate_fraction']:.2%} of a step; RSS sampling: "
-          f"{ovh['rss_sample_s'] * 1e6:.0f} us every {ovh['rss_interval_s'] * 1e3:.0f} ms "
-          f"({ovh['rss_duty_fraction']:.1%} of one core)")
+    print(f"measurement overhead: ledger {ovh['events_per_step']} events/step x "
+          f"{ovh['event_cost_s'] * 1e6:.2f} us = {ovh['estimate_fraction']:.2%} of a step; RSS "
+          f"sampling {ovh['rss_sample_s'] * 1e6:.0f} us every {ovh['rss_interval_s'] * 1e3:.0f}"
+          f" ms ({ovh['rss_duty_fraction']:.1%} of one core); A/B, "
+          + ("alternate steps of two engines" if m.runtime == "local" else
+             f"two separate runs of {steps} step(s) (mostly noise at this length)")
+          + f": {ovh['step_s_on'] * 1e3:.2f} ms a step with events, "
+          f"{ovh['step_s_off'] * 1e3:.2f} ms without ({ovh['ab_fraction']:+.1%})")
     if inference:
         inf_b = human_bytes(result["inference"]["predicted_bytes"])
         print(f"inference (batch {t.batch_size}): {inf_b}"
