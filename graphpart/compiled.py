@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from graphpart.errors import PlanError, StageFailure
+from graphpart.errors import StageFailure
 from graphpart.optim import Optimizer
 from graphpart.params import Init, Params
 from graphpart.partition import Plan, split_batch
@@ -88,8 +88,7 @@ class CompiledRayEngine(RayEngine):
     # -- stepping -------------------------------------------------------------------------------
     def step(self, x: np.ndarray, y: np.ndarray, update: bool = True) -> dict[str, float]:
         n = len(x)
-        if self.microbatches > n:
-            raise PlanError(f"microbatches={self.microbatches} exceeds the minibatch of {n} rows")
+        self._rows(n)  # refuses more micro-batches than rows
         key = (self.kind, self.microbatches, n, np.asarray(x).dtype.str, np.asarray(y).dtype.str,
                tuple(np.shape(x)[1:]), tuple(np.shape(y)[1:]))
         if self._dag is not None and self._dag_key == key:
@@ -129,10 +128,7 @@ class CompiledRayEngine(RayEngine):
             self._step_estimate = took if est is None else 0.7 * est + 0.3 * took
         self._dag_runs += 1
         self.compiled_steps += 1
-        res = out[-self.plan.k:]
-        loss = sum(r["loss"] for r in res)
-        s = sum(r["s"] for r in res)
-        return {"J": loss + s, "L": loss, "s": s}
+        return self._totals(out[-self.plan.k:])
 
     # -- building the graph ---------------------------------------------------------------------
     def _compile(self, key: tuple, x: np.ndarray, y: np.ndarray) -> bool:

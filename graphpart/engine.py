@@ -62,9 +62,7 @@ class Engine:
     def step(self, x: np.ndarray, y: np.ndarray, update: bool = True) -> dict[str, float]:
         """One minibatch through the pipeline; returns J, L and s (L, s summed over stages)."""
         n = len(x)
-        if self.microbatches > n:
-            raise PlanError(f"microbatches={self.microbatches} exceeds the minibatch of {n} rows")
-        rows = split_batch(n, self.microbatches)
+        rows = self._rows(n)
         scale = 1.0 / n
         last = self.plan.k - 1
         fwd: dict[tuple[int, int], Any] = {}
@@ -81,9 +79,19 @@ class Engine:
         done = [self._call(k, "finish", update) for k in range(self.plan.k)]
         # wait on the leaves too (last stage's forwards, first stage's backwards): a failure
         # there must surface here, not be dropped
-        res = self._get([*fwd.values(), *bwd.values(), *done])[-self.plan.k:]
-        loss = sum(r["loss"] for r in res)
-        s = sum(r["s"] for r in res)
+        return self._totals(self._get([*fwd.values(), *bwd.values(), *done])[-self.plan.k:])
+
+    def _rows(self, n: int) -> list[slice]:
+        """Row ranges of this step's micro-batches in an n-row minibatch."""
+        if self.microbatches > n:
+            raise PlanError(f"microbatches={self.microbatches} exceeds the minibatch of {n} rows")
+        return split_batch(n, self.microbatches)
+
+    @staticmethod
+    def _totals(finished: list[dict[str, float]]) -> dict[str, float]:
+        """J, L and s of a step from every stage's `finish` result."""
+        loss = sum(r["loss"] for r in finished)
+        s = sum(r["s"] for r in finished)
         return {"J": loss + s, "L": loss, "s": s}
 
     def _feed(self, x: np.ndarray) -> Any:

@@ -19,6 +19,7 @@ from graphpart import data as gdata
 from graphpart.errors import ConfigError
 from graphpart.memory import CATEGORIES, MemoryPrediction, predict, predict_inference
 from graphpart.report import human_bytes, table
+from workers.hwm import read_hwm, reset_hwm
 
 COLORS = {"parameter": "#4c72b0", "gradient": "#dd8452", "optimizer": "#55a868",
           "activation": "#c44e52", "boundary": "#8172b3", "workspace": "#937860"}
@@ -64,7 +65,7 @@ class RssSampler:
 
     def __enter__(self) -> RssSampler:
         for pid in self.procs:
-            self.hwm[pid] = _reset_hwm(pid)
+            self.hwm[pid] = reset_hwm(pid)
         self.sample()
         self._thread.start()
         return self
@@ -76,32 +77,11 @@ class RssSampler:
         self.sample()
         for pid in self.procs:
             if self.hwm[pid]:
-                hwm = _read_hwm(pid)
+                hwm = read_hwm(pid)
                 if hwm is None:
                     self.hwm[pid] = False
                 else:
                     self.peak[pid] = max(self.peak[pid], hwm)
-
-
-def _reset_hwm(pid: int) -> bool:
-    """Reset the peak-RSS mark of a process to its current RSS (Linux); False if not possible."""
-    try:
-        with open(f"/proc/{pid}/clear_refs", "w") as f:
-            f.write("5")
-        return _read_hwm(pid) is not None
-    except OSError:
-        return False
-
-
-def _read_hwm(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 # -- measuring a run ----------------------------------------------------------------------------

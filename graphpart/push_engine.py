@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from graphpart.errors import PlanError, StageFailure
-from graphpart.partition import split_batch
+from graphpart.errors import StageFailure
 from graphpart.runtime import RayEngine, _first_line
 
 
@@ -44,9 +43,7 @@ class PushRayEngine(RayEngine):
 
     def step(self, x: np.ndarray, y: np.ndarray, update: bool = True) -> dict[str, float]:
         n = len(x)
-        if self.microbatches > n:
-            raise PlanError(f"microbatches={self.microbatches} exceeds the minibatch of {n} rows")
-        rows = split_batch(n, self.microbatches)
+        rows = self._rows(n)
         self._step_id += 1
         step, last = self._step_id, self.plan.k - 1
         x = np.ascontiguousarray(x)
@@ -54,10 +51,7 @@ class PushRayEngine(RayEngine):
                                   y if k == last else None, rows, 1.0 / n, update,
                                   self.step_timeout_s)
                 for k, a in enumerate(self.actors)]
-        res = self._get_step(refs, step)
-        loss = sum(r["loss"] for r in res)
-        s = sum(r["s"] for r in res)
-        return {"J": loss + s, "L": loss, "s": s}
+        return self._totals(self._get_step(refs, step))
 
     def _get_step(self, refs: list[Any], step: int) -> list[dict[str, float]]:
         """The stages' results; on a failure, wake every stage of the step and re-raise the

@@ -13,6 +13,7 @@ import psutil
 from graphpart.ir.graph import BATCH, Graph, Var
 from graphpart.optim import SGD, Adam, Optimizer
 from workers.backends import get_backend
+from workers.hwm import read_hwm, reset_hwm
 from workers.ledger import Ledger
 from workers.program import Program
 
@@ -52,7 +53,7 @@ class StageWorker:
         self.rss_baseline = self.rss_peak = self._proc.memory_info().rss
         # the kernel keeps the peak from here on (VmHWM), so no call needs to sample it; where
         # the mark cannot be reset, `finish` samples once a step
-        self._hwm = _reset_vm_hwm()
+        self._hwm = reset_hwm()
         params = materialize(graph, params)
         self.prog = Program(graph, params, self.bk, max_rows, self.ledger, output=output,
                             recompute=recompute, input_grad=input_grad, name=f"stage {index}")
@@ -119,7 +120,7 @@ class StageWorker:
     def _sample_rss(self) -> None:
         self.rss_peak = max(self.rss_peak, self._proc.memory_info().rss)
         if self._hwm:
-            self.rss_peak = max(self.rss_peak, _vm_hwm() or 0)
+            self.rss_peak = max(self.rss_peak, read_hwm() or 0)
 
     def rss(self) -> dict[str, Any]:
         """Resident memory of this process: before the stage allocated, peak since, now, and
@@ -127,7 +128,7 @@ class StageWorker:
         "samples": one reading per step)."""
         self._sample_rss()
         return {"baseline": self.rss_baseline, "peak": self.rss_peak,
-                "current": self._proc.memory_info().rss, "hwm": _vm_hwm(),
+                "current": self._proc.memory_info().rss, "hwm": read_hwm(),
                 "peak_from": "VmHWM" if self._hwm else "samples"}
 
     def zero_grad(self) -> None:
@@ -192,29 +193,6 @@ class StageWorker:
 
     def ping(self) -> int:
         return self.pid
-
-
-def _vm_hwm() -> int | None:
-    """The kernel's resident high-water mark for this process (Linux), in bytes."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _reset_vm_hwm() -> bool:
-    """Reset this process's resident high-water mark to its current RSS (Linux); False where
-    that is not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return _vm_hwm() is not None
 
 
 def _warm_up(graph: Graph, bk: Any, opt: Optimizer, dtype: np.dtype, output: str | None,
