@@ -6,6 +6,16 @@ from graphpart.ir import Graph, Op, Var, mlp
 from graphpart.params import init_params
 from graphpart.partition import Plan, partition
 
-__all__ = ["Graph", "GraphpartError", "Op", "Plan", "Var", "forward", "init_params", "mlp",
-           "partition", "value_and_grad"]
+__all__ = [
+    "Graph",
+    "GraphpartError",
+    "Op",
+    "Plan",
+    "Var",
+    "forward",
+    "init_params",
+    "mlp",
+    "partition",
+    "value_and_grad",
+]
 __version__ = "0.1.0"

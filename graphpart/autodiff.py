@@ -69,8 +69,9 @@ def check_batch(graph: Graph, batch: Mapping[str, np.ndarray], dtype: np.dtype) 
             bad = np.flatnonzero((a < 0) | (a >= q))
             if bad.size:
                 i = int(bad[0])
-                raise GraphpartError(f"batch[{v.name!r}][{i}] = {a[i]} is out of range; labels "
-                                     f"must be in 0..{q - 1}")
+                raise GraphpartError(
+                    f"batch[{v.name!r}][{i}] = {a[i]} is out of range; labels must be in 0..{q - 1}"
+                )
             out[v.name] = a.astype(np.int64, copy=False)
         else:
             out[v.name] = np.ascontiguousarray(a, dtype=dtype)

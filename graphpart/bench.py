@@ -52,12 +52,16 @@ def matmul_gflops(n: int = 2048, dtype: str = "float32", repeats: int = 5) -> di
         np.matmul(a, b, out=out)
         times.append(time.perf_counter() - t)
     flop = 2.0 * n**3
-    return {"n": n, "gflops": flop / min(times) / 1e9,
-            "gflops_median": flop / statistics.median(times) / 1e9}
+    return {
+        "n": n,
+        "gflops": flop / min(times) / 1e9,
+        "gflops_median": flop / statistics.median(times) / 1e9,
+    }
 
 
-def step_matmul_times(sizes: Sequence[int], batch: int, dtype: str = "float32",
-                      repeats: int = 30) -> dict[str, float]:
+def step_matmul_times(
+    sizes: Sequence[int], batch: int, dtype: str = "float32", repeats: int = 30
+) -> dict[str, float]:
     """Time only the step's own matrix products (NumPy, `out=`, the executor's transposes).
 
     This is what the step would cost if everything but the matmuls were free, at the shapes
@@ -91,23 +95,35 @@ def step_matmul_times(sizes: Sequence[int], batch: int, dtype: str = "float32",
 # -- the contenders -------------------------------------------------------------------------
 
 
-def make_graphpart(params: Mapping[str, np.ndarray], sizes: Sequence[int], batch: int,
-                   activation: str, bias: bool, optimizer: str) -> Any:
+def make_graphpart(
+    params: Mapping[str, np.ndarray],
+    sizes: Sequence[int],
+    batch: int,
+    activation: str,
+    bias: bool,
+    optimizer: str,
+) -> Any:
     """graphpart's in-process engine on one stage, with a copy of `params`."""
     from graphpart.engine import LocalEngine
     from graphpart.ir import mlp
     from graphpart.optim import make_optimizer
     from graphpart.partition import partition
 
-    g = mlp(list(sizes), activation=activation, bias=bias, loss="cross_entropy",
-            weight_decay=0.0)
-    return LocalEngine(partition(g, 1), {k: v.copy() for k, v in params.items()},
-                       make_optimizer(optimizer, **OPTIMIZER_KW[optimizer]), microbatches=1,
-                       schedule="1f1b", max_rows=batch, keep_events=False)
+    g = mlp(list(sizes), activation=activation, bias=bias, loss="cross_entropy", weight_decay=0.0)
+    return LocalEngine(
+        partition(g, 1),
+        {k: v.copy() for k, v in params.items()},
+        make_optimizer(optimizer, **OPTIMIZER_KW[optimizer]),
+        microbatches=1,
+        schedule="1f1b",
+        max_rows=batch,
+        keep_events=False,
+    )
 
 
-def init_mlp_params(sizes: Sequence[int], activation: str, bias: bool, dtype: str,
-                    seed: int = 0) -> dict[str, np.ndarray]:
+def init_mlp_params(
+    sizes: Sequence[int], activation: str, bias: bool, dtype: str, seed: int = 0
+) -> dict[str, np.ndarray]:
     """graphpart's own initial parameters for the MLP (W1, b1, ..., by name)."""
     from graphpart.ir import mlp
     from graphpart.params import init_params
@@ -144,8 +160,14 @@ class NumpyMLP:
     (the ones graphpart's kernels implement). Parameters are named as graphpart names them.
     """
 
-    def __init__(self, params: Mapping[str, np.ndarray], activation: str, bias: bool,
-                 optimizer: str, **opt_kw: float) -> None:
+    def __init__(
+        self,
+        params: Mapping[str, np.ndarray],
+        activation: str,
+        bias: bool,
+        optimizer: str,
+        **opt_kw: float,
+    ) -> None:
         self.p = {k: np.array(v) for k, v in params.items()}
         self.layers = sum(1 for k in self.p if k.startswith("W"))
         self.activation = activation
@@ -156,8 +178,9 @@ class NumpyMLP:
         self.state = {k: [np.zeros_like(v) for _ in range(slots)] for k, v in self.p.items()}
         self.t = 0
 
-    def loss_and_grads(self, x: np.ndarray, y: np.ndarray,
-                       phases: dict[str, float] | None = None) -> tuple[float, dict]:
+    def loss_and_grads(
+        self, x: np.ndarray, y: np.ndarray, phases: dict[str, float] | None = None
+    ) -> tuple[float, dict]:
         t0 = time.perf_counter()
         p, n, act = self.p, self.layers, self.activation
         hs = [x]
@@ -211,8 +234,7 @@ class NumpyMLP:
             else:
                 w -= hp["lr"] * g
 
-    def step(self, x: np.ndarray, y: np.ndarray,
-             phases: dict[str, float] | None = None) -> float:
+    def step(self, x: np.ndarray, y: np.ndarray, phases: dict[str, float] | None = None) -> float:
         loss, grads = self.loss_and_grads(x, y, phases)
         t = time.perf_counter()
         self.update(grads)
@@ -221,23 +243,34 @@ class NumpyMLP:
         return loss
 
 
-def make_torch_step(params: Mapping[str, np.ndarray], sizes: Sequence[int], activation: str,
-                    bias: bool, optimizer: str, x: np.ndarray,
-                    y: np.ndarray) -> tuple[Callable[[], None], Any] | None:
+def make_torch_step(
+    params: Mapping[str, np.ndarray],
+    sizes: Sequence[int],
+    activation: str,
+    bias: bool,
+    optimizer: str,
+    x: np.ndarray,
+    y: np.ndarray,
+) -> tuple[Callable[[], None], Any] | None:
     """(step, model): a PyTorch (CPU) training step of the same model on (x, y), starting
     from `params`; None when torch is not importable."""
     try:
         import torch
     except ImportError:
         return None
-    acts = {"relu": torch.nn.ReLU, "sigmoid": torch.nn.Sigmoid, "tanh": torch.nn.Tanh,
-            "identity": torch.nn.Identity}
+    acts = {
+        "relu": torch.nn.ReLU,
+        "sigmoid": torch.nn.Sigmoid,
+        "tanh": torch.nn.Tanh,
+        "identity": torch.nn.Identity,
+    }
     n = len(sizes) - 1
     layers: list[Any] = []
     with torch.no_grad():
         for i in range(1, n + 1):
-            lin = torch.nn.Linear(sizes[i - 1], sizes[i], bias=bias,
-                                  dtype=torch.from_numpy(x[:1]).dtype)
+            lin = torch.nn.Linear(
+                sizes[i - 1], sizes[i], bias=bias, dtype=torch.from_numpy(x[:1]).dtype
+            )
             lin.weight.copy_(torch.from_numpy(params[f"W{i}"]))
             if bias:
                 lin.bias.copy_(torch.from_numpy(params[f"b{i}"]))
@@ -248,8 +281,9 @@ def make_torch_step(params: Mapping[str, np.ndarray], sizes: Sequence[int], acti
     crit = torch.nn.CrossEntropyLoss()
     hp = OPTIMIZER_KW[optimizer]
     if optimizer == "adam":
-        opt: Any = torch.optim.Adam(model.parameters(), lr=hp["lr"],
-                                    betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"])
+        opt: Any = torch.optim.Adam(
+            model.parameters(), lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"]
+        )
     else:
         opt = torch.optim.SGD(model.parameters(), lr=hp["lr"], momentum=hp["momentum"])
     xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
@@ -385,17 +419,32 @@ CLEAN = 0.05  # a step is "clean" when it waited for a CPU less than 5% of its t
 def _summary(times: list[float], delays: list[float | None], batch: int) -> dict[str, Any]:
     med = statistics.median(times)
     clean = [t for t, d in zip(times, delays, strict=True) if d is not None and d < CLEAN * t]
-    return {"median_ms": 1e3 * med, "best_ms": 1e3 * min(times),
-            "mean_ms": 1e3 * statistics.fmean(times), "samples_per_s": batch / med,
-            "clean_steps": len(clean),
-            "clean_median_ms": 1e3 * statistics.median(clean) if len(clean) >= 3 else None,
-            "times_ms": [1e3 * t for t in times],
-            "run_delay_ms": [None if d is None else 1e3 * d for d in delays]}
+    return {
+        "median_ms": 1e3 * med,
+        "best_ms": 1e3 * min(times),
+        "mean_ms": 1e3 * statistics.fmean(times),
+        "samples_per_s": batch / med,
+        "clean_steps": len(clean),
+        "clean_median_ms": 1e3 * statistics.median(clean) if len(clean) >= 3 else None,
+        "times_ms": [1e3 * t for t in times],
+        "run_delay_ms": [None if d is None else 1e3 * d for d in delays],
+    }
 
 
-def _run_case(sizes: Sequence[int], batch: int, dtype: str, activation: str, bias: bool,
-              optimizer: str, repeats: int, warmup: int, use_torch: bool, seed: int,
-              rounds: int, pause: float) -> dict[str, Any]:
+def _run_case(
+    sizes: Sequence[int],
+    batch: int,
+    dtype: str,
+    activation: str,
+    bias: bool,
+    optimizer: str,
+    repeats: int,
+    warmup: int,
+    use_torch: bool,
+    seed: int,
+    rounds: int,
+    pause: float,
+) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, sizes[0])).astype(dtype)
     y = rng.integers(0, sizes[-1], batch).astype(np.int64)
@@ -465,9 +514,13 @@ def _run_case(sizes: Sequence[int], batch: int, dtype: str, activation: str, bia
                 timed(name)
                 round_of[name].append(r)
 
-    out: dict[str, Any] = {"optimizer": optimizer, "bias": bias,
-                           "graphpart_build_s": build, "graphpart_first_step_s": first_step,
-                           "foreign_load": load.stop()}
+    out: dict[str, Any] = {
+        "optimizer": optimizer,
+        "bias": bias,
+        "graphpart_build_s": build,
+        "graphpart_first_step_s": first_step,
+        "foreign_load": load.stop(),
+    }
     for name in CONTENDERS:
         out[name] = _summary(times[name], delays[name], batch) if name in times else None
     for name, ph in phases.items():  # "other": step time outside the phases, step by step
@@ -479,10 +532,14 @@ def _run_case(sizes: Sequence[int], batch: int, dtype: str, activation: str, bia
         out[f"ratio_{name}"] = None if r is None else gp["median_ms"] / r["median_ms"]
         out[f"ratio_{name}_best"] = None if r is None else gp["best_ms"] / r["best_ms"]
         both = r is not None and None not in (gp["clean_median_ms"], r["clean_median_ms"])
-        out[f"ratio_{name}_clean"] = (gp["clean_median_ms"] / r["clean_median_ms"]
-                                      if both else None)
-        out[f"ratio_{name}_paired"] = None if r is None else _paired_ratio(
-            times["graphpart"], round_of["graphpart"], times[name], round_of[name])
+        out[f"ratio_{name}_clean"] = gp["clean_median_ms"] / r["clean_median_ms"] if both else None
+        out[f"ratio_{name}_paired"] = (
+            None
+            if r is None
+            else _paired_ratio(
+                times["graphpart"], round_of["graphpart"], times[name], round_of[name]
+            )
+        )
     return out
 
 
@@ -497,8 +554,13 @@ def _paired_ratio(a: list[float], ra: list[int], b: list[float], rb: list[int]) 
     return statistics.median(ratios)
 
 
-def measure_startup(sizes: Sequence[int] = SIZES, batch: int = 256, dtype: str = "float32",
-                    activation: str = "relu", runs: int = 2) -> list[dict[str, float]]:
+def measure_startup(
+    sizes: Sequence[int] = SIZES,
+    batch: int = 256,
+    dtype: str = "float32",
+    activation: str = "relu",
+    runs: int = 2,
+) -> list[dict[str, float]]:
     """First-step cost in fresh processes sharing a fresh, empty NUMBA_CACHE_DIR.
 
     Run 1 compiles the kernels (and writes the cache); later runs load them from the cache.
@@ -525,13 +587,22 @@ def measure_startup(sizes: Sequence[int] = SIZES, batch: int = 256, dtype: str =
     root = str(Path(__file__).resolve().parent.parent)
     out = []
     with tempfile.TemporaryDirectory(prefix="graphpart-numba-cache-") as cache:
-        env = {**os.environ, "NUMBA_CACHE_DIR": cache,
-               "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        env = {
+            **os.environ,
+            "NUMBA_CACHE_DIR": cache,
+            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+        }
         arg = json.dumps([list(sizes), batch, dtype, activation])
         for _ in range(runs):
             t = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-c", code, arg], env=env, cwd=root,
-                                  capture_output=True, text=True, check=True)
+            proc = subprocess.run(
+                [sys.executable, "-c", code, arg],
+                env=env,
+                cwd=root,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             rec = json.loads(proc.stdout.strip().splitlines()[-1])
             rec["process_s"] = time.perf_counter() - t
             out.append(rec)
@@ -590,8 +661,13 @@ def run_step_benchmark(
         env["blas"] = _blas_info()  # as limited for the run
         peak = matmul_gflops(matmul_n, dtype, matmul_repeats)
         mm = step_matmul_times(sizes, batch, dtype, repeats)
-        cases = [_run_case(sizes, batch, dtype, activation, b, o, repeats, warmup, torch, seed,
-                           rounds, pause) for o in optimizers for b in biases]
+        cases = [
+            _run_case(
+                sizes, batch, dtype, activation, b, o, repeats, warmup, torch, seed, rounds, pause
+            )
+            for o in optimizers
+            for b in biases
+        ]
         after = matmul_gflops(matmul_n, dtype, matmul_repeats)  # the machine's speed drifts:
         if after["gflops"] > peak["gflops"]:  # the peak is the better of before and after
             peak = after
@@ -603,10 +679,19 @@ def run_step_benchmark(
     env["loadavg_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     env["foreign_load"] = load.stop()
     return {
-        "config": {"sizes": sizes, "batch": batch, "dtype": dtype, "activation": activation,
-                   "loss": "cross_entropy", "repeats": repeats, "warmup": warmup,
-                   "threads": n, "rounds": rounds, "pause_s": pause,
-                   "optimizers": OPTIMIZER_KW},
+        "config": {
+            "sizes": sizes,
+            "batch": batch,
+            "dtype": dtype,
+            "activation": activation,
+            "loss": "cross_entropy",
+            "repeats": repeats,
+            "warmup": warmup,
+            "threads": n,
+            "rounds": rounds,
+            "pause_s": pause,
+            "optimizers": OPTIMIZER_KW,
+        },
         "env": env,
         "flops_per_step": flops,
         "matmul": {**peak, "dtype": dtype, "floor_ms": floor_ms},
@@ -627,8 +712,14 @@ def _f(v: float | None, fmt: str) -> str:
 def format_report(result: Mapping[str, Any]) -> str:
     """A plain-text report of a run_step_benchmark result."""
     c, env, mm = result["config"], result["env"], result["matmul"]
-    blas = ", ".join(f"{b['internal_api']} {b['version']} ({b['num_threads']} threads, "
-                     f"{b['threading_layer']}, {b['architecture']})" for b in env["blas"]) or "?"
+    blas = (
+        ", ".join(
+            f"{b['internal_api']} {b['version']} ({b['num_threads']} threads, "
+            f"{b['threading_layer']}, {b['architecture']})"
+            for b in env["blas"]
+        )
+        or "?"
+    )
     lines = [
         f"MLP {'-'.join(map(str, c['sizes']))}, batch {c['batch']}, {c['dtype']}, "
         f"{c['activation']}, softmax cross-entropy; {c['repeats']} timed steps after "
@@ -655,21 +746,33 @@ def format_report(result: Mapping[str, Any]) -> str:
     for case in result["cases"]:
         label = f"{case['optimizer']} {'bias' if case['bias'] else 'no bias'}"
         if case.get("foreign_load") is not None:
-            lines.append(f"{label}: other processes took {100 * case['foreign_load']:.0f}% "
-                         "of the CPUs meanwhile")
+            lines.append(
+                f"{label}: other processes took {100 * case['foreign_load']:.0f}% "
+                "of the CPUs meanwhile"
+            )
         for name in CONTENDERS:
             r = case[name]
             if r is None:
                 continue
-            ratio = "" if name == "graphpart" else (
-                f"{case[f'ratio_{name}']:.3f} {case[f'ratio_{name}_paired']:.3f} "
-                f"[{case[f'ratio_{name}_best']:.3f}]")
+            ratio = (
+                ""
+                if name == "graphpart"
+                else (
+                    f"{case[f'ratio_{name}']:.3f} {case[f'ratio_{name}_paired']:.3f} "
+                    f"[{case[f'ratio_{name}_best']:.3f}]"
+                )
+            )
             ph = r.get("phases_median_ms")
-            cols = "".join(f"{ph[k]:>7.2f}" for k in ("forward", "backward", "update", "other")) \
-                if ph else ""
+            cols = (
+                "".join(f"{ph[k]:>7.2f}" for k in ("forward", "backward", "update", "other"))
+                if ph
+                else ""
+            )
             clean = f"{_f(r['clean_median_ms'], '.2f')} ({r['clean_steps']})"
-            lines.append(f"{label:<14}{name:<11}{r['median_ms']:>10.2f}{clean:>14}"
-                         f"{r['best_ms']:>9.2f}{r['samples_per_s']:>11.0f}{ratio:>24}{cols}")
+            lines.append(
+                f"{label:<14}{name:<11}{r['median_ms']:>10.2f}{clean:>14}"
+                f"{r['best_ms']:>9.2f}{r['samples_per_s']:>11.0f}{ratio:>24}{cols}"
+            )
             label = ""
     h = result["headline"]
     lines += [
@@ -692,10 +795,12 @@ def format_report(result: Mapping[str, Any]) -> str:
     if result.get("startup"):
         for i, s in enumerate(result["startup"]):
             kind = "empty cache (compile)" if i == 0 else "cached kernels"
-            lines.append(f"fresh process {i + 1}, {kind}: import {s['import_s']:.2f} s, "
-                         f"engine build {s['build_s']:.2f} s, "
-                         f"first step {s['first_step_s']:.2f} s, second step "
-                         f"{1e3 * s['second_step_s']:.1f} ms, process {s['process_s']:.2f} s")
+            lines.append(
+                f"fresh process {i + 1}, {kind}: import {s['import_s']:.2f} s, "
+                f"engine build {s['build_s']:.2f} s, "
+                f"first step {s['first_step_s']:.2f} s, second step "
+                f"{1e3 * s['second_step_s']:.1f} ms, process {s['process_s']:.2f} s"
+            )
     return "\n".join(lines)
 
 
@@ -704,8 +809,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="layer widths, d,h1,..,q")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    ap.add_argument("--activation", default="relu",
-                    choices=("relu", "sigmoid", "tanh", "identity"))
+    ap.add_argument("--activation", default="relu", choices=("relu", "sigmoid", "tanh", "identity"))
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--optimizers", default="adam,sgd", help="comma list of adam, sgd")
@@ -713,21 +817,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="default: the usable cores")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     ap.add_argument("--matmul-n", type=int, default=2048)
-    ap.add_argument("--rounds", type=int, default=10,
-                    help="blocks of back-to-back steps per contender (order rotated)")
-    ap.add_argument("--pause", type=float, default=0.15,
-                    help="seconds of rest before each block (lets thread pools go idle)")
-    ap.add_argument("--startup", action="store_true",
-                    help="also time the first step in fresh processes (compile vs cache)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=10,
+        help="blocks of back-to-back steps per contender (order rotated)",
+    )
+    ap.add_argument(
+        "--pause",
+        type=float,
+        default=0.15,
+        help="seconds of rest before each block (lets thread pools go idle)",
+    )
+    ap.add_argument(
+        "--startup",
+        action="store_true",
+        help="also time the first step in fresh processes (compile vs cache)",
+    )
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     args = list(sys.argv[1:] if argv is None else argv)
     a = ap.parse_args(args[1:] if args[:1] == ["--"] else args)  # `graphpart bench -- ...`
     res = run_step_benchmark(
-        [int(s) for s in a.sizes.split(",")], a.batch, a.dtype, a.activation, a.repeats,
-        a.warmup, optimizers=[s.strip() for s in a.optimizers.split(",") if s.strip()],
+        [int(s) for s in a.sizes.split(",")],
+        a.batch,
+        a.dtype,
+        a.activation,
+        a.repeats,
+        a.warmup,
+        optimizers=[s.strip() for s in a.optimizers.split(",") if s.strip()],
         biases={"both": (True, False), "yes": (True,), "no": (False,)}[a.bias],
-        threads=a.threads, torch=False if a.no_torch else None, matmul_n=a.matmul_n,
-        rounds=a.rounds, pause=a.pause, startup=a.startup)
+        threads=a.threads,
+        torch=False if a.no_torch else None,
+        matmul_n=a.matmul_n,
+        rounds=a.rounds,
+        pause=a.pause,
+        startup=a.startup,
+    )
     print(json.dumps(res, indent=1) if a.json else format_report(res))
     return 0
 

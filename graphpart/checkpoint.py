@@ -55,7 +55,8 @@ class RunDir:
             except FileExistsError:
                 raise ConfigError(
                     f"run directory {path} already exists; choose another run.name, or continue "
-                    f"it with --resume {path}") from None
+                    f"it with --resume {path}"
+                ) from None
             return cls(path)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for i in range(1000):
@@ -71,8 +72,10 @@ class RunDir:
     def open_existing(cls, path: str | Path) -> RunDir:
         path = Path(path)
         if not (path / "checkpoint.npz").is_file():
-            raise ConfigError(f"--resume {path}: no checkpoint.npz there; give a run directory "
-                              "written by `graphpart train`")
+            raise ConfigError(
+                f"--resume {path}: no checkpoint.npz there; give a run directory "
+                "written by `graphpart train`"
+            )
         return cls(path)
 
     @property
@@ -93,8 +96,9 @@ class RunDir:
         atomic_write(self.path / "params.npz", buf.getvalue())
 
 
-def save_checkpoint(path: Path, stage_states: list[Mapping[str, Any]], plan: Any, *, epoch: int,
-                    steps: int) -> None:
+def save_checkpoint(
+    path: Path, stage_states: list[Mapping[str, Any]], plan: Any, *, epoch: int, steps: int
+) -> None:
     """Parameters and optimizer state of every stage, by parameter name, plus progress."""
     arrays: dict[str, np.ndarray] = {}
     for st in stage_states:
@@ -103,8 +107,12 @@ def save_checkpoint(path: Path, stage_states: list[Mapping[str, Any]], plan: Any
         for name, bufs in st["opt"].items():
             for i, b in enumerate(bufs):
                 arrays[f"opt/{name}/{i}"] = b
-    meta = {"format": FORMAT, "epoch": epoch, "steps": steps,
-            "stage_steps": [int(st["steps"]) for st in stage_states]}
+    meta = {
+        "format": FORMAT,
+        "epoch": epoch,
+        "steps": steps,
+        "stage_steps": [int(st["steps"]) for st in stage_states],
+    }
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
@@ -125,11 +133,14 @@ def load_checkpoint(path: Path, graph: Graph) -> dict[str, Any]:
     params = {k[6:]: v for k, v in arrays.items() if k.startswith("param/")}
     for v in graph.params:
         if v.name not in params:
-            raise ConfigError(f"{path}: has no parameter {v.name!r}; it was written for a "
-                              "different model")
+            raise ConfigError(
+                f"{path}: has no parameter {v.name!r}; it was written for a different model"
+            )
         if tuple(params[v.name].shape) != v.shape:
-            raise ConfigError(f"{path}: parameter {v.name!r} has shape {params[v.name].shape}, "
-                              f"the model needs {v.shape}; it was written for a different model")
+            raise ConfigError(
+                f"{path}: parameter {v.name!r} has shape {params[v.name].shape}, "
+                f"the model needs {v.shape}; it was written for a different model"
+            )
     opt: dict[str, list[np.ndarray]] = {}
     for k in sorted(a for a in arrays if a.startswith("opt/")):
         _, name, i = k.split("/")
@@ -137,9 +148,14 @@ def load_checkpoint(path: Path, graph: Graph) -> dict[str, Any]:
     steps = int(meta["steps"])
 
     def stages(plan: Any) -> list[dict[str, Any]]:
-        return [{"params": {p: params[p] for p in st.params},
-                 "opt": {p: opt.get(p, []) for p in st.params}, "steps": steps}
-                for st in plan.stages]
+        return [
+            {
+                "params": {p: params[p] for p in st.params},
+                "opt": {p: opt.get(p, []) for p in st.params},
+                "steps": steps,
+            }
+            for st in plan.stages
+        ]
 
     out: dict[str, Any] = {"params": params, "epoch": int(meta["epoch"]), "steps": steps}
     out["stages"] = stages  # type: Callable[[Any], list[dict[str, Any]]]

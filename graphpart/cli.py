@@ -39,8 +39,11 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
     "--address": ("pipeline.address", str, "join a Ray cluster: auto | ray://host:port"),
     "--device": ("pipeline.device", str, "cpu | cuda"),
     "--runtime": ("pipeline.runtime", str, "auto | local | ray"),
-    "--transport": ("pipeline.transport", str, "push | tasks | compiled: how Ray stages pass "
-                    "boundary tensors"),
+    "--transport": (
+        "pipeline.transport",
+        str,
+        "push | tasks | compiled: how Ray stages pass boundary tensors",
+    ),
     "--cost": ("pipeline.cost", str, "flops | measured: what the balanced strategy balances"),
     "--recompute": ("pipeline.recompute", str, "true | false: recompute activations in backward"),
     "--run-dir": ("run.dir", str, "folder for run directories"),
@@ -49,10 +52,19 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
 
 
 def _add_config_args(p: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
-    p.add_argument("config", nargs="?", default=None,
-                   help=f"TOML config (default: the embedded {DEFAULT_CONFIG}, as in examples/)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override any config key, e.g. --set train.lr=0.01")
+    p.add_argument(
+        "config",
+        nargs="?",
+        default=None,
+        help=f"TOML config (default: the embedded {DEFAULT_CONFIG}, as in examples/)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override any config key, e.g. --set train.lr=0.01",
+    )
     for flag, (key, typ, helptext) in FLAGS.items():
         if only is None or key.split(".")[0] in only:
             p.add_argument(flag, dest=key, type=typ, default=None, help=helptext)
@@ -86,10 +98,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         cfg_path = Path(args.resume) / "config.toml"
         if not cfg_path.is_file():
-            raise GraphpartError(f"--resume {args.resume}: no config.toml there; give a run "
-                                 "directory written by `graphpart train`")
-        extra = {"train.epochs": args.__dict__["train.epochs"]} if args.__dict__.get(
-            "train.epochs") else {}
+            raise GraphpartError(
+                f"--resume {args.resume}: no config.toml there; give a run "
+                "directory written by `graphpart train`"
+            )
+        extra = (
+            {"train.epochs": args.__dict__["train.epochs"]}
+            if args.__dict__.get("train.epochs")
+            else {}
+        )
         cfg = load_config(str(cfg_path), extra)
     else:
         cfg = load_cli_config(args)
@@ -99,12 +116,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         acc = summary["test_accuracy"]
-        print(f"done: {summary['steps']} steps, final loss {summary['final_loss']:.4f}"
-              + (f", test accuracy {acc:.4f}" if acc is not None else "")
-              + f"\ntime: {summary['wall_s']:.1f} s in all; training steps "
-              f"{summary['train_s']:.2f} s ({summary['samples_per_s']:,.0f} samples/s); start-up "
-              f"{summary['startup_s']:.1f} s (workers, kernel compile or cache load)"
-              + f"\nrun directory: {summary['run_dir']}")
+        print(
+            f"done: {summary['steps']} steps, final loss {summary['final_loss']:.4f}"
+            + (f", test accuracy {acc:.4f}" if acc is not None else "")
+            + f"\ntime: {summary['wall_s']:.1f} s in all; training steps "
+            f"{summary['train_s']:.2f} s ({summary['samples_per_s']:,.0f} samples/s); start-up "
+            f"{summary['startup_s']:.1f} s (workers, kernel compile or cache load)"
+            + f"\nrun directory: {summary['run_dir']}"
+        )
     return 0
 
 
@@ -149,23 +168,29 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from graphpart.profile import run_profile
 
     cfg = load_cli_config(args)
-    return run_profile(cfg, steps=args.steps, out=args.out, inference=args.inference,
-                       as_json=args.json)
+    return run_profile(
+        cfg, steps=args.steps, out=args.out, inference=args.inference, as_json=args.json
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="graphpart",
         description="Train neural networks across devices by partitioning their computational "
-                    "graph.")
+        "graph.",
+    )
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model (one process, or a pipeline on Ray)")
     _add_config_args(p)
     p.add_argument("--json", action="store_true", help="print one final JSON summary line")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--resume", metavar="RUN_DIR", default=None,
-                   help="continue a run from its last checkpoint (optionally with --epochs)")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        default=None,
+        help="continue a run from its last checkpoint (optionally with --epochs)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("plan", help="show how the model would be partitioned (no Ray)")
@@ -175,15 +200,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("graph", help="draw the computational graph (DOT, or SVG/PNG via Graphviz)")
     _add_config_args(p)
-    p.add_argument("--out", default=None, help="graph.dot | graph.svg | graph.png (default: DOT "
-                                               "on stdout)")
+    p.add_argument(
+        "--out", default=None, help="graph.dot | graph.svg | graph.png (default: DOT on stdout)"
+    )
     p.set_defaults(func=cmd_graph)
 
-    p = sub.add_parser("bench", help="one training step vs hand-written NumPy vs matmul peak; "
-                                     "with --pipeline: K=2 pipeline, transfers, simulator")
+    p = sub.add_parser(
+        "bench",
+        help="one training step vs hand-written NumPy vs matmul peak; "
+        "with --pipeline: K=2 pipeline, transfers, simulator",
+    )
     p.add_argument("--json", action="store_true")
-    p.add_argument("--pipeline", action="store_true",
-                   help="the pipeline benchmark (graphpart.bench_pipeline) instead")
+    p.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="the pipeline benchmark (graphpart.bench_pipeline) instead",
+    )
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark")
     p.set_defaults(func=cmd_bench)
 

@@ -80,8 +80,11 @@ class CompiledRayEngine(RayEngine):
         self.compile_errors: dict[tuple, str] = {}
         self.compiled_steps = 0
         self.compiles = 0
-        dtypes = ([np.dtype(params.dtype)] if isinstance(params, Init)
-                  else [np.asarray(v).dtype for v in params.values()])
+        dtypes = (
+            [np.dtype(params.dtype)]
+            if isinstance(params, Init)
+            else [np.asarray(v).dtype for v in params.values()]
+        )
         self._itemsize = max([d.itemsize for d in dtypes] + [4])
         super().__init__(plan, params, optimizer, **kwargs)
 
@@ -89,8 +92,15 @@ class CompiledRayEngine(RayEngine):
     def step(self, x: np.ndarray, y: np.ndarray, update: bool = True) -> dict[str, float]:
         n = len(x)
         self._rows(n)  # refuses more micro-batches than rows
-        key = (self.kind, self.microbatches, n, np.asarray(x).dtype.str, np.asarray(y).dtype.str,
-               tuple(np.shape(x)[1:]), tuple(np.shape(y)[1:]))
+        key = (
+            self.kind,
+            self.microbatches,
+            n,
+            np.asarray(x).dtype.str,
+            np.asarray(y).dtype.str,
+            tuple(np.shape(x)[1:]),
+            tuple(np.shape(y)[1:]),
+        )
         if self._dag is not None and self._dag_key == key:
             return self._compiled_step(x, y, update)
         self._seen = self._seen + 1 if key == self._seen_key else 1
@@ -102,8 +112,12 @@ class CompiledRayEngine(RayEngine):
 
     def _inputs(self, x: np.ndarray, y: np.ndarray, update: bool) -> list[Any]:
         rows = split_batch(len(x), self.microbatches)
-        return [1.0 / len(x), bool(update),
-                *(self._feed(x[r]) for r in rows), *(y[r] for r in rows)]
+        return [
+            1.0 / len(x),
+            bool(update),
+            *(self._feed(x[r]) for r in rows),
+            *(y[r] for r in rows),
+        ]
 
     def _compiled_step(self, x: np.ndarray, y: np.ndarray, update: bool) -> dict[str, float]:
         import ray
@@ -113,22 +127,25 @@ class CompiledRayEngine(RayEngine):
             refs = self._dag.execute(*self._inputs(x, y, update))
             if self._step_estimate is not None and self.presleep > 0:
                 # a driver blocked on a channel spins a core (Ray 2.60): sleep most of the step
-                time.sleep(max(0.0, self.presleep * self._step_estimate
-                               - (time.perf_counter() - t0)))
+                time.sleep(
+                    max(0.0, self.presleep * self._step_estimate - (time.perf_counter() - t0))
+                )
             out = ray.get(refs, timeout=self.step_timeout_s)
         except ray.exceptions.RayTaskError as e:  # a stage raised: the graph is still usable
             raise StageFailure(_first_line(e)) from None
         except Exception as e:  # noqa: BLE001 - channel timeout, dead actor: the graph is gone
             self._discard_broken()
-            raise StageFailure(f"compiled pipeline step failed ({type(e).__name__}: "
-                               f"{_first_line(e)}); the stage actors were stopped") from None
+            raise StageFailure(
+                f"compiled pipeline step failed ({type(e).__name__}: "
+                f"{_first_line(e)}); the stage actors were stopped"
+            ) from None
         took = time.perf_counter() - t0
         if self._dag_runs > 0:  # the first run of a graph includes its start-up
             est = self._step_estimate
             self._step_estimate = took if est is None else 0.7 * est + 0.3 * took
         self._dag_runs += 1
         self.compiled_steps += 1
-        return self._totals(out[-self.plan.k:])
+        return self._totals(out[-self.plan.k :])
 
     # -- building the graph ---------------------------------------------------------------------
     def _compile(self, key: tuple, x: np.ndarray, y: np.ndarray) -> bool:
@@ -137,8 +154,9 @@ class CompiledRayEngine(RayEngine):
         try:
             dag, expected = self._build()
             inputs = self._inputs(x, y, True)
-            cdag = dag.experimental_compile(_buffer_size_bytes=self._buffer_bytes(x, inputs),
-                                            _max_inflight_executions=1)
+            cdag = dag.experimental_compile(
+                _buffer_size_bytes=self._buffer_bytes(x, inputs), _max_inflight_executions=1
+            )
         except Exception as e:  # noqa: BLE001 - anything Ray refuses: stay on ordinary tasks
             self.compile_errors[key] = f"{type(e).__name__}: {e}"
             return False
@@ -168,8 +186,9 @@ class CompiledRayEngine(RayEngine):
                 m = a.mb
                 if a.kind == "F":
                     src = xs[m] if k == 0 else fwd[(k - 1, m)]
-                    node = self.actors[k].call.bind("forward", m, src,
-                                                    ys[m] if k == last else None, scale)
+                    node = self.actors[k].call.bind(
+                        "forward", m, src, ys[m] if k == last else None, scale
+                    )
                     fwd[(k, m)] = node
                 else:
                     g = fwd[(k, m)] if k == last else bwd[(k + 1, m)]
@@ -213,13 +232,17 @@ class CompiledRayEngine(RayEngine):
             want = [b for b, _ in expected[k]]
             if got != want:
                 names = dict(expected[k])
-                return (f"stage {k}: Ray's order {[names.get(b, b) for b in got]} is not the "
-                        f"schedule's {[a for _, a in expected[k]]}")
+                return (
+                    f"stage {k}: Ray's order {[names.get(b, b) for b in got]} is not the "
+                    f"schedule's {[a for _, a in expected[k]]}"
+                )
             pos = {(op.exec_task_idx, op.type): i for i, op in enumerate(ops)}
             for i, j in zip(computes, computes[1:], strict=False):
                 if pos[(i, Op.WRITE)] > pos[(j, Op.COMPUTE)]:
-                    return (f"stage {k}: the result of {dict(expected[k])[by_idx[i].bind_index]} "
-                            "would be written after the next action ran")
+                    return (
+                        f"stage {k}: the result of {dict(expected[k])[by_idx[i].bind_index]} "
+                        "would be written after the next action ran"
+                    )
         if seen != set(range(self.plan.k)):
             return f"Ray scheduled stages {sorted(seen)}, not all {self.plan.k}"
         return ""
@@ -242,8 +265,10 @@ class CompiledRayEngine(RayEngine):
         if t.is_alive():
             self._kill_actors()
             _kill_proxy(dag)
-            raise StageFailure(f"compiled graph teardown did not finish in "
-                               f"{self.teardown_timeout_s:.0f} s; the stage actors were stopped")
+            raise StageFailure(
+                f"compiled graph teardown did not finish in "
+                f"{self.teardown_timeout_s:.0f} s; the stage actors were stopped"
+            )
         _kill_proxy(dag)
 
     def _discard_broken(self) -> None:

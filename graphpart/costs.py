@@ -17,8 +17,9 @@ def flop_costs(graph: Graph) -> list[float]:
     return [float(sum(v)) for _, v in sorted(layer_flops(graph).items())]
 
 
-def measured_costs(graph: Graph, batch: int, dtype: str = "float32", repeats: int = 5,
-                   seed: int = 0) -> list[float]:
+def measured_costs(
+    graph: Graph, batch: int, dtype: str = "float32", repeats: int = 5, seed: int = 0
+) -> list[float]:
     """Seconds per forward + backward of each layer, measured with the real kernels.
 
     Each layer runs as its own one-layer stage in this process on random data of the right
@@ -32,18 +33,31 @@ def measured_costs(graph: Graph, batch: int, dtype: str = "float32", repeats: in
     rng = np.random.default_rng(seed)
     out = []
     for st in plan.stages:
-        w = StageWorker(st.graph, {p: params[p] for p in st.params}, SGD(lr=1e-3),
-                        output=st.output, input_grad=st.index > 0, max_rows=batch,
-                        index=st.index, keep_events=False)
+        w = StageWorker(
+            st.graph,
+            {p: params[p] for p in st.params},
+            SGD(lr=1e-3),
+            output=st.output,
+            input_grad=st.index > 0,
+            max_rows=batch,
+            index=st.index,
+            keep_events=False,
+        )
         x = rng.standard_normal(st.graph.var(st.input).concrete_shape(batch)).astype(dtype)
         y = None
         if st.is_last:
             lab = st.graph.labels[0]
             q = st.graph.var("o").shape[-1]
-            y = (rng.integers(0, q, batch) if lab.shape == ("B",)
-                 else rng.standard_normal((batch, q)).astype(dtype))
-        g = None if st.is_last else rng.standard_normal(
-            st.graph.var(st.output).concrete_shape(batch)).astype(dtype)
+            y = (
+                rng.integers(0, q, batch)
+                if lab.shape == ("B",)
+                else rng.standard_normal((batch, q)).astype(dtype)
+            )
+        g = (
+            None
+            if st.is_last
+            else rng.standard_normal(st.graph.var(st.output).concrete_shape(batch)).astype(dtype)
+        )
         times = []
         for i in range(repeats + 1):
             t = time.perf_counter()

@@ -79,7 +79,7 @@ class Engine:
         done = [self._call(k, "finish", update) for k in range(self.plan.k)]
         # wait on the leaves too (last stage's forwards, first stage's backwards): a failure
         # there must surface here, not be dropped
-        return self._totals(self._get([*fwd.values(), *bwd.values(), *done])[-self.plan.k:])
+        return self._totals(self._get([*fwd.values(), *bwd.values(), *done])[-self.plan.k :])
 
     def _rows(self, n: int) -> list[slice]:
         """Row ranges of this step's micro-batches in an n-row minibatch."""
@@ -111,7 +111,7 @@ class Engine:
         chunk = max(1, min(chunk, self.chunk))  # workers hold buffers for `self.chunk` rows
         outs = []
         for start in range(0, len(x), chunk):
-            h: Any = x[start:start + chunk]
+            h: Any = x[start : start + chunk]
             for k in range(self.plan.k):
                 h = self._call(k, "infer", h)
             outs.append(h)
@@ -147,8 +147,14 @@ class Engine:
 
 def stage_kwargs(plan: Plan, k: int, max_rows: int, device: str, recompute: bool) -> dict:
     st = plan.stages[k]
-    return dict(output=st.output, input_grad=k > 0, max_rows=max_rows, index=k, device=device,
-                recompute=recompute)
+    return dict(
+        output=st.output,
+        input_grad=k > 0,
+        max_rows=max_rows,
+        index=k,
+        device=device,
+        recompute=recompute,
+    )
 
 
 class LocalEngine(Engine):
@@ -173,9 +179,13 @@ class LocalEngine(Engine):
         self._setup_schedule(schedule, microbatches)
         rows = -(-max_rows // self.microbatches)
         self.workers = [
-            StageWorker(st.graph, stage_params(st.graph, params), optimizer,
-                        keep_events=keep_events,
-                        **stage_kwargs(plan, st.index, max(rows, 1), device, recompute))
+            StageWorker(
+                st.graph,
+                stage_params(st.graph, params),
+                optimizer,
+                keep_events=keep_events,
+                **stage_kwargs(plan, st.index, max(rows, 1), device, recompute),
+            )
             for st in plan.stages
         ]
         self.chunk = max(rows, 1)

@@ -72,11 +72,23 @@ class MemoryPrediction:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "batch": self.batch, "microbatches": self.microbatches, "schedule": self.schedule,
-            "optimizer": self.optimizer, "dtype": self.dtype, "recompute": self.recompute,
+            "batch": self.batch,
+            "microbatches": self.microbatches,
+            "schedule": self.schedule,
+            "optimizer": self.optimizer,
+            "dtype": self.dtype,
+            "recompute": self.recompute,
             "total": self.total,
-            "stages": [{"stage": s.index, "rows": s.rows, "in_flight": s.in_flight,
-                        "bytes": dict(s.bytes), "total": s.total} for s in self.stages],
+            "stages": [
+                {
+                    "stage": s.index,
+                    "rows": s.rows,
+                    "in_flight": s.in_flight,
+                    "bytes": dict(s.bytes),
+                    "total": s.total,
+                }
+                for s in self.stages
+            ],
         }
 
     def table(self) -> str:
@@ -86,9 +98,11 @@ class MemoryPrediction:
         rows = [[c, *(human_bytes(s.bytes[c]) for s in self.stages)] for c in CATEGORIES]
         rows.append(["total", *(human_bytes(s.total) for s in self.stages)])
         rows.append(["in-flight", *(str(s.in_flight) for s in self.stages)])
-        head = (f"predicted peak memory: batch {self.batch} in {self.microbatches} micro-batch(es)"
-                f" of <= {self.stages[0].rows} rows, {self.schedule}, {self.optimizer}, "
-                f"{self.dtype}" + (", recompute" if self.recompute else ""))
+        head = (
+            f"predicted peak memory: batch {self.batch} in {self.microbatches} micro-batch(es)"
+            f" of <= {self.stages[0].rows} rows, {self.schedule}, {self.optimizer}, "
+            f"{self.dtype}" + (", recompute" if self.recompute else "")
+        )
         return head + "\n" + table(headers, rows)
 
 
@@ -104,8 +118,12 @@ def _steps(graph: Graph) -> list[tuple[str, Any, Any]]:
         if o.op == "matmul":
             steps.append(("matmul", o, None))
         elif o.op == "bias_add":
-            if (nxt is not None and nxt.op in ACTIVATIONS and nxt.inputs == (o.output,)
-                    and len(graph.consumers(o.output)) == 1):
+            if (
+                nxt is not None
+                and nxt.op in ACTIVATIONS
+                and nxt.inputs == (o.output,)
+                and len(graph.consumers(o.output)) == 1
+            ):
                 steps.append(("bias_act", o, nxt))
                 i += 1
             else:
@@ -290,10 +308,17 @@ def stage_memory(
     """Predicted peak bytes of `stage` when it is stage `stage.index` of `n_stages`."""
     rows = _rows(batch, microbatches)
     in_flight = sch.peak_in_flight(sch.make(schedule, n_stages, microbatches)[stage.index])
-    bufs = stage_buffers(stage.graph, output=stage.output, input_grad=stage.index > 0, rows=rows,
-                         in_flight=in_flight, microbatches=microbatches,
-                         optimizer_slots=optimizer_slots(optimizer, momentum), dtype=dtype,
-                         recompute=recompute)
+    bufs = stage_buffers(
+        stage.graph,
+        output=stage.output,
+        input_grad=stage.index > 0,
+        rows=rows,
+        in_flight=in_flight,
+        microbatches=microbatches,
+        optimizer_slots=optimizer_slots(optimizer, momentum),
+        dtype=dtype,
+        recompute=recompute,
+    )
     return StageMemory(stage.index, rows, in_flight, tuple(bufs))
 
 
@@ -317,12 +342,23 @@ def predict(
     temporaries when micro-batches accumulate. Buffers hold ceil(batch / microbatches) rows.
     """
     stages = tuple(
-        stage_memory(st, plan.k, batch=batch, microbatches=microbatches, schedule=schedule,
-                     optimizer=optimizer, momentum=momentum, dtype=dtype, recompute=recompute)
-        for st in plan.stages)
+        stage_memory(
+            st,
+            plan.k,
+            batch=batch,
+            microbatches=microbatches,
+            schedule=schedule,
+            optimizer=optimizer,
+            momentum=momentum,
+            dtype=dtype,
+            recompute=recompute,
+        )
+        for st in plan.stages
+    )
     name = optimizer if isinstance(optimizer, str) else optimizer.name
-    return MemoryPrediction(stages, int(batch), int(microbatches), schedule, name,
-                            np.dtype(dtype).name, bool(recompute))
+    return MemoryPrediction(
+        stages, int(batch), int(microbatches), schedule, name, np.dtype(dtype).name, bool(recompute)
+    )
 
 
 # -- inference ----------------------------------------------------------------------------------
@@ -340,8 +376,7 @@ def predict_inference(graph: Graph, batch: int, dtype: Any = "float32") -> int:
     for i, o in enumerate(ops):
         for n in o.inputs:
             last_use[n] = i
-    size = {v.name: _nbytes(v.shape, batch, dt) for v in graph.vars if v.role in ("input",
-                                                                                    "value")}
+    size = {v.name: _nbytes(v.shape, batch, dt) for v in graph.vars if v.role in ("input", "value")}
     live = {v.name for v in graph.inputs}
     peak = cur = sum(size[n] for n in live)
     for i, o in enumerate(ops):
@@ -367,12 +402,21 @@ def training_vs_inference(
     recompute: bool = False,
 ) -> str:
     """One line: how many times the memory of inference training needs (all stages summed)."""
-    train = predict(plan, batch=batch, microbatches=microbatches, schedule=schedule,
-                    optimizer=optimizer, momentum=momentum, dtype=dtype,
-                    recompute=recompute).total
+    train = predict(
+        plan,
+        batch=batch,
+        microbatches=microbatches,
+        schedule=schedule,
+        optimizer=optimizer,
+        momentum=momentum,
+        dtype=dtype,
+        recompute=recompute,
+    ).total
     infer = predict_inference(plan.graph, batch, dtype)
-    return (f"training needs {train / infer:.1f}x the memory of inference for this model and "
-            f"batch ({train / 2**20:.2f} MiB vs {infer / 2**20:.2f} MiB)")
+    return (
+        f"training needs {train / infer:.1f}x the memory of inference for this model and "
+        f"batch ({train / 2**20:.2f} MiB vs {infer / 2**20:.2f} MiB)"
+    )
 
 
 # -- partitioning by memory ---------------------------------------------------------------------
@@ -412,14 +456,27 @@ def stage_memory_cost(
         key = (start, stop, k)
         if key not in cache:
             if (start, stop) not in built:
-                built[start, stop] = _stage(graph, k, tuple(layers[start:stop]),
-                                            boundary_in(start), stop == len(layers), flops)
+                built[start, stop] = _stage(
+                    graph,
+                    k,
+                    tuple(layers[start:stop]),
+                    boundary_in(start),
+                    stop == len(layers),
+                    flops,
+                )
             st = built[start, stop]
-            bufs = stage_buffers(st.graph, output=st.output, input_grad=start > 0, rows=rows,
-                                 in_flight=in_flight[k], microbatches=microbatches,
-                                 optimizer_slots=slots, dtype=dtype, recompute=recompute)
+            bufs = stage_buffers(
+                st.graph,
+                output=st.output,
+                input_grad=start > 0,
+                rows=rows,
+                in_flight=in_flight[k],
+                microbatches=microbatches,
+                optimizer_slots=slots,
+                dtype=dtype,
+                recompute=recompute,
+            )
             cache[key] = float(sum(b.nbytes for b in bufs))
         return cache[key]
 
     return cost
-

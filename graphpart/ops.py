@@ -97,13 +97,17 @@ def _matmul_vjp(g, ins, out, attrs, needs):
     return [g @ w if needs[0] else None, g.T @ x if needs[1] else None]
 
 
-register(OpDef(
-    "matmul", 2, _matmul_shape,
-    forward=lambda ins, a: ins[0] @ ins[1].T,
-    vjp=_matmul_vjp,
-    flops=lambda s, o: (2 * s[0][0] * s[0][1] * o[1], 4 * s[0][0] * s[0][1] * o[1]),
-    saves=("in0", "in1"),
-))
+register(
+    OpDef(
+        "matmul",
+        2,
+        _matmul_shape,
+        forward=lambda ins, a: ins[0] @ ins[1].T,
+        vjp=_matmul_vjp,
+        flops=lambda s, o: (2 * s[0][0] * s[0][1] * o[1], 4 * s[0][0] * s[0][1] * o[1]),
+        saves=("in0", "in1"),
+    )
+)
 
 
 # -- bias_add -----------------------------------------------------------------------------------
@@ -114,14 +118,20 @@ def _bias_shape(s: list[Shape], attrs: dict) -> Shape:
     return m
 
 
-register(OpDef(
-    "bias_add", 2, _bias_shape,
-    forward=lambda ins, a: ins[0] + ins[1],
-    vjp=lambda g, ins, out, a, needs: [g if needs[0] else None,
-                                       g.sum(axis=0) if needs[1] else None],
-    flops=lambda s, o: (_numel(o), _numel(o)),
-    saves=(),
-))
+register(
+    OpDef(
+        "bias_add",
+        2,
+        _bias_shape,
+        forward=lambda ins, a: ins[0] + ins[1],
+        vjp=lambda g, ins, out, a, needs: [
+            g if needs[0] else None,
+            g.sum(axis=0) if needs[1] else None,
+        ],
+        flops=lambda s, o: (_numel(o), _numel(o)),
+        saves=(),
+    )
+)
 
 
 # -- activations (VJP from the output, so only h is cached) --------------------------------------
@@ -148,21 +158,26 @@ _ACT_DERIV: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 _ACT_FLOPS = {"identity": 0, "relu": 1, "sigmoid": 4, "tanh": 4}
 
 for _act in ACTIVATIONS:
-    register(OpDef(
-        _act, 1, _same_shape,
-        forward=(lambda f: lambda ins, a: f(ins[0]))(_ACT_FWD[_act]),
-        vjp=(lambda d: lambda g, ins, out, a, needs: [g * d(out)])(_ACT_DERIV[_act]),
-        flops=(lambda c: lambda s, o: (c * _numel(o), (c + 1) * _numel(o)))(_ACT_FLOPS[_act]),
-        saves=("out",),
-    ))
+    register(
+        OpDef(
+            _act,
+            1,
+            _same_shape,
+            forward=(lambda f: lambda ins, a: f(ins[0]))(_ACT_FWD[_act]),
+            vjp=(lambda d: lambda g, ins, out, a, needs: [g * d(out)])(_ACT_DERIV[_act]),
+            flops=(lambda c: lambda s, o: (c * _numel(o), (c + 1) * _numel(o)))(_ACT_FLOPS[_act]),
+            saves=("out",),
+        )
+    )
 
 
 # -- losses -------------------------------------------------------------------------------------
 def _xent_shape(s: list[Shape], attrs: dict) -> Shape:
     o, y = s
     if len(o) != 2 or len(y) != 1 or o[0] != y[0]:
-        raise GraphError(f"cross_entropy needs logits (B, q) and labels (B,), got {_fmt(o)} "
-                         f"and {_fmt(y)}")
+        raise GraphError(
+            f"cross_entropy needs logits (B, q) and labels (B,), got {_fmt(o)} and {_fmt(y)}"
+        )
     return ()
 
 
@@ -184,32 +199,46 @@ def _xent_vjp(g, ins, out, a, needs):
     return [g * a.get("scale", 1.0 / len(y)) * p, None]
 
 
-register(OpDef(
-    "cross_entropy", 2, _xent_shape, _xent_forward, _xent_vjp,
-    flops=lambda s, o: (5 * _numel(s[0]), 2 * _numel(s[0])),
-    saves=("in0", "in1"),
-    kind="loss",
-))
+register(
+    OpDef(
+        "cross_entropy",
+        2,
+        _xent_shape,
+        _xent_forward,
+        _xent_vjp,
+        flops=lambda s, o: (5 * _numel(s[0]), 2 * _numel(s[0])),
+        saves=("in0", "in1"),
+        kind="loss",
+    )
+)
 
 
 def _mse_shape(s: list[Shape], attrs: dict) -> Shape:
     o, y = s
     if tuple(o) != tuple(y) or len(o) != 2:
-        raise GraphError(f"mse needs outputs and targets of the same (B, q) shape, got {_fmt(o)} "
-                         f"and {_fmt(y)}")
+        raise GraphError(
+            f"mse needs outputs and targets of the same (B, q) shape, got {_fmt(o)} and {_fmt(y)}"
+        )
     return ()
 
 
-register(OpDef(
-    "mse", 2, _mse_shape,
-    forward=lambda ins, a: a.get("scale", 1.0 / len(ins[0]))
-    * 0.5 * float(((ins[0] - ins[1]) ** 2).sum()),
-    vjp=lambda g, ins, out, a, needs: [g * a.get("scale", 1.0 / len(ins[0])) * (ins[0] - ins[1]),
-                                       None],
-    flops=lambda s, o: (3 * _numel(s[0]), 2 * _numel(s[0])),
-    saves=("in0", "in1"),
-    kind="loss",
-))
+register(
+    OpDef(
+        "mse",
+        2,
+        _mse_shape,
+        forward=lambda ins, a: (
+            a.get("scale", 1.0 / len(ins[0])) * 0.5 * float(((ins[0] - ins[1]) ** 2).sum())
+        ),
+        vjp=lambda g, ins, out, a, needs: [
+            g * a.get("scale", 1.0 / len(ins[0])) * (ins[0] - ins[1]),
+            None,
+        ],
+        flops=lambda s, o: (3 * _numel(s[0]), 2 * _numel(s[0])),
+        saves=("in0", "in1"),
+        kind="loss",
+    )
+)
 
 
 # -- regulariser and sum ------------------------------------------------------------------------
@@ -220,16 +249,25 @@ def _l2_shape(s: list[Shape], attrs: dict) -> Shape:
     return ()
 
 
-register(OpDef(
-    "l2", None, _l2_shape,
-    forward=lambda ins, a: 0.5 * a.get("weight_decay", 0.0)
-    * float(sum(float((w.astype(np.float64) ** 2).sum()) for w in ins)),
-    vjp=lambda g, ins, out, a, needs: [g * a.get("weight_decay", 0.0) * w if n else None
-                                       for w, n in zip(ins, needs, strict=True)],
-    flops=lambda s, o: (2 * sum(_numel(x) for x in s), 2 * sum(_numel(x) for x in s)),
-    saves=("in*",),
-    kind="scalar",
-))
+register(
+    OpDef(
+        "l2",
+        None,
+        _l2_shape,
+        forward=lambda ins, a: (
+            0.5
+            * a.get("weight_decay", 0.0)
+            * float(sum(float((w.astype(np.float64) ** 2).sum()) for w in ins))
+        ),
+        vjp=lambda g, ins, out, a, needs: [
+            g * a.get("weight_decay", 0.0) * w if n else None
+            for w, n in zip(ins, needs, strict=True)
+        ],
+        flops=lambda s, o: (2 * sum(_numel(x) for x in s), 2 * sum(_numel(x) for x in s)),
+        saves=("in*",),
+        kind="scalar",
+    )
+)
 
 
 def _add_shape(s: list[Shape], attrs: dict) -> Shape:
@@ -238,11 +276,15 @@ def _add_shape(s: list[Shape], attrs: dict) -> Shape:
     return s[0]
 
 
-register(OpDef(
-    "add", None, _add_shape,
-    forward=lambda ins, a: sum(ins[1:], ins[0]),
-    vjp=lambda g, ins, out, a, needs: [g if n else None for n in needs],
-    flops=lambda s, o: ((len(s) - 1) * _numel(o), 0),
-    saves=(),
-    kind="scalar",
-))
+register(
+    OpDef(
+        "add",
+        None,
+        _add_shape,
+        forward=lambda ins, a: sum(ins[1:], ins[0]),
+        vjp=lambda g, ins, out, a, needs: [g if n else None for n in needs],
+        flops=lambda s, o: ((len(s) - 1) * _numel(o), 0),
+        saves=(),
+        kind="scalar",
+    )
+)

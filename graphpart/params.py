@@ -55,5 +55,6 @@ def stage_params(graph: Graph, params: Params) -> dict[str, np.ndarray] | Init:
 
 
 def materialize(graph: Graph, params: Params) -> dict[str, np.ndarray]:
-    return init_params(graph, params.seed, params.dtype) if isinstance(params, Init) else dict(
-        params)
+    return (
+        init_params(graph, params.seed, params.dtype) if isinstance(params, Init) else dict(params)
+    )

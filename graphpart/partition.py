@@ -123,8 +123,9 @@ def partition(
     if layer_costs is not None:
         costs = [float(c) for c in layer_costs]
         if len(costs) != len(layers):
-            raise PlanError(f"layer_costs has {len(costs)} entries; the model has {len(layers)} "
-                            "layers")
+            raise PlanError(
+                f"layer_costs has {len(costs)} entries; the model has {len(layers)} layers"
+            )
     else:
         costs = [float(sum(flops[layer])) for layer in layers]
     if budgets is not None and strategy != "memory":
@@ -141,21 +142,27 @@ def partition(
         if budgets is not None and len(budgets) != stages:
             raise PlanError(f"{len(budgets)} budgets given for {stages} stages; give one per stage")
         limit = None if budgets is None else (lambda k: float(budgets[k]))
-        sizes = bal.split(len(layers), stages, memory_cost, limit, item="layer", part="stage",
-                          fmt=human_bytes)
+        sizes = bal.split(
+            len(layers), stages, memory_cost, limit, item="layer", part="stage", fmt=human_bytes
+        )
     return make_plan(graph, sizes, strategy, costs)
 
 
-def make_plan(graph: Graph, sizes: Sequence[int], strategy: str = "manual",
-              costs: Sequence[float] | None = None) -> Plan:
+def make_plan(
+    graph: Graph,
+    sizes: Sequence[int],
+    strategy: str = "manual",
+    costs: Sequence[float] | None = None,
+) -> Plan:
     """A Plan from explicit stage sizes (layers per stage)."""
     layers = graph.layers
     if sum(sizes) != len(layers) or any(s < 1 for s in sizes):
-        raise PlanError(f"stage sizes {list(sizes)} must be positive and sum to the "
-                        f"{len(layers)} layers")
+        raise PlanError(
+            f"stage sizes {list(sizes)} must be positive and sum to the {len(layers)} layers"
+        )
     groups, start = [], 0
     for s in sizes:
-        groups.append(tuple(layers[start:start + s]))
+        groups.append(tuple(layers[start : start + s]))
         start += s
     flops = layer_flops(graph)
     built = []
@@ -168,8 +175,14 @@ def make_plan(graph: Graph, sizes: Sequence[int], strategy: str = "manual",
     return Plan(graph, tuple(built), strategy, costs)
 
 
-def _stage(graph: Graph, k: int, layers: tuple[int, ...], input_name: str | None, last: bool,
-           flops: Mapping[int, tuple[int, int]]) -> Stage:
+def _stage(
+    graph: Graph,
+    k: int,
+    layers: tuple[int, ...],
+    input_name: str | None,
+    last: bool,
+    flops: Mapping[int, tuple[int, int]],
+) -> Stage:
     ops = [o for o in graph.ops if o.layer in layers]
     produced = {o.output for o in ops}
     names: list[str] = []
@@ -182,8 +195,10 @@ def _stage(graph: Graph, k: int, layers: tuple[int, ...], input_name: str | None
         for n in o.inputs:
             v = graph.var(n)
             if v.role == "value" and n not in produced and n != inp:
-                raise PlanError(f"stage {k} reads {n!r} from a stage other than the one before it; "
-                                "only chains of layers can be pipelined")
+                raise PlanError(
+                    f"stage {k} reads {n!r} from a stage other than the one before it; "
+                    "only chains of layers can be pipelined"
+                )
     vars_: list[Var] = []
     for n in names:
         v = graph.var(n)
@@ -192,25 +207,28 @@ def _stage(graph: Graph, k: int, layers: tuple[int, ...], input_name: str | None
         vars_.append(v)
     reg = next((o for o in graph.ops if o.op == "l2"), None)
     weights = tuple(n for n in (reg.inputs if reg else ()) if graph.var(n).layer in layers)
-    s_name, j_name = (("s", "J") if k == 0 and last else (f"s@{k}", f"J@{k}"))
+    s_name, j_name = ("s", "J") if k == 0 and last else (f"s@{k}", f"J@{k}")
     lam = reg.attr("weight_decay", 0.0) if reg else 0.0
     vars_.append(Var(s_name, "value", (), 0))
-    ops.append(Op("l2" if s_name == "s" else f"l2@{k}", "l2", weights, s_name, 0,
-                  (("weight_decay", lam),)))
+    ops.append(
+        Op("l2" if s_name == "s" else f"l2@{k}", "l2", weights, s_name, 0, (("weight_decay", lam),))
+    )
     vars_.append(Var(j_name, "value", (), 0))
     j_in = (graph.loss, s_name) if last else (s_name,)
     ops.append(Op("objective" if j_name == "J" else f"objective@{k}", "add", j_in, j_name, 0))
     output = None
     if not last:
         output = [o for o in ops if o.layer in layers][-1].output
-    sub = Graph(tuple(vars_), tuple(ops), output=j_name, loss=graph.loss if last else "",
-                info=graph.info).validate()
+    sub = Graph(
+        tuple(vars_), tuple(ops), output=j_name, loss=graph.loss if last else "", info=graph.info
+    ).validate()
     params = tuple(v.name for v in sub.params)
     f = sum(flops[x][0] for x in layers)
     b = sum(flops[x][1] for x in layers)
     in_w = 0 if k == 0 else int(np.prod([d for d in graph.var(inp).shape if d != BATCH]))
-    out_w = 0 if output is None else int(np.prod([d for d in graph.var(output).shape
-                                                  if d != BATCH]))
+    out_w = (
+        0 if output is None else int(np.prod([d for d in graph.var(output).shape if d != BATCH]))
+    )
     return Stage(k, layers, sub, inp, output, params, f, b, in_w, out_w)
 
 
@@ -219,8 +237,7 @@ def split_batch(n: int, microbatches: int) -> list[slice]:
     if microbatches < 1:
         raise PlanError(f"microbatches={microbatches}: must be a positive integer")
     if microbatches > n:
-        raise PlanError(f"microbatches={microbatches} exceeds the batch of {n} rows; "
-                        f"use 1..{n}")
+        raise PlanError(f"microbatches={microbatches} exceeds the batch of {n} rows; use 1..{n}")
     bounds = np.linspace(0, n, microbatches + 1).round().astype(int)
     return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 

@@ -21,8 +21,14 @@ from graphpart.memory import CATEGORIES, MemoryPrediction, predict, predict_infe
 from graphpart.report import human_bytes, table
 from workers.hwm import read_hwm, reset_hwm
 
-COLORS = {"parameter": "#4c72b0", "gradient": "#dd8452", "optimizer": "#55a868",
-          "activation": "#c44e52", "boundary": "#8172b3", "workspace": "#937860"}
+COLORS = {
+    "parameter": "#4c72b0",
+    "gradient": "#dd8452",
+    "optimizer": "#55a868",
+    "activation": "#c44e52",
+    "boundary": "#8172b3",
+    "workspace": "#937860",
+}
 
 
 # -- resident memory ----------------------------------------------------------------------------
@@ -128,22 +134,39 @@ def _warm_up(s: Any) -> None:
     if p.device != "cpu":
         return
     q = s.graph.get_info("sizes")[-1]
-    g = mlp([3, 3, 3, q], activation=m.activation, bias=m.bias, loss=m.loss,
-            weight_decay=m.weight_decay)
+    g = mlp(
+        [3, 3, 3, q], activation=m.activation, bias=m.bias, loss=m.loss, weight_decay=m.weight_decay
+    )
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4, 3)).astype(t.dtype)
-    y = (rng.integers(0, q, 4) if m.loss == "cross_entropy"
-         else rng.standard_normal((4, q)).astype(t.dtype))
+    y = (
+        rng.integers(0, q, 4)
+        if m.loss == "cross_entropy"
+        else rng.standard_normal((4, q)).astype(t.dtype)
+    )
     for k in (1, 2):
-        e = LocalEngine(partition(g, k, "uniform"), init_params(g, 0, t.dtype), s.optimizer,
-                        microbatches=2, schedule=p.schedule, max_rows=4,
-                        recompute=p.recompute, keep_events=False)
+        e = LocalEngine(
+            partition(g, k, "uniform"),
+            init_params(g, 0, t.dtype),
+            s.optimizer,
+            microbatches=2,
+            schedule=p.schedule,
+            max_rows=4,
+            recompute=p.recompute,
+            keep_events=False,
+        )
         e.step(x, y)
         e.predict(x)
 
 
-def measure(s: Any, steps: int = 3, *, keep_events: bool = True, sample_rss: bool = True,
-            batches: list[np.ndarray] | None = None) -> Measurement:
+def measure(
+    s: Any,
+    steps: int = 3,
+    *,
+    keep_events: bool = True,
+    sample_rss: bool = True,
+    batches: list[np.ndarray] | None = None,
+) -> Measurement:
     """Run `steps` training steps of setup `s` (graphpart.train.setup) and collect measurements.
 
     Ray is used as graphpart.train.make_engine decides (stages > 1). Resident memory: for the
@@ -196,20 +219,42 @@ def measure(s: Any, steps: int = 3, *, keep_events: bool = True, sample_rss: boo
     if ray_run and sample_rss:  # the workers' own figures
         for st in stats:
             r = st["rss"]
-            rss_rows.append({"pid": st["pid"], "stages": [st["stage"]], "baseline": r["baseline"],
-                             "peak": r["peak"], "growth": r["peak"] - r["baseline"],
-                             "peak_from": "worker " + r.get("peak_from", "samples")})
+            rss_rows.append(
+                {
+                    "pid": st["pid"],
+                    "stages": [st["stage"]],
+                    "baseline": r["baseline"],
+                    "peak": r["peak"],
+                    "growth": r["peak"] - r["baseline"],
+                    "peak_from": "worker " + r.get("peak_from", "samples"),
+                }
+            )
     if sampler is not None:
         for pid, stages in groups.items():
             samples = sampler.samples.get(pid)
             if samples:
                 base = samples[0][1]
-                rss_rows.append({"pid": pid, "stages": stages, "baseline": int(base),
-                                 "peak": int(sampler.peak[pid]),
-                                 "growth": int(sampler.peak[pid] - base),
-                                 "peak_from": "VmHWM" if sampler.hwm[pid] else "samples"})
-    return Measurement("ray" if ray_run else "local", stats, events, offsets, aligned, step_s,
-                       rss_rows, sampler.samples if sampler is not None else {}, t0)
+                rss_rows.append(
+                    {
+                        "pid": pid,
+                        "stages": stages,
+                        "baseline": int(base),
+                        "peak": int(sampler.peak[pid]),
+                        "growth": int(sampler.peak[pid] - base),
+                        "peak_from": "VmHWM" if sampler.hwm[pid] else "samples",
+                    }
+                )
+    return Measurement(
+        "ray" if ray_run else "local",
+        stats,
+        events,
+        offsets,
+        aligned,
+        step_s,
+        rss_rows,
+        sampler.samples if sampler is not None else {},
+        t0,
+    )
 
 
 def _typical(step_s: Sequence[float]) -> float:
@@ -245,7 +290,7 @@ def _ab_local(s: Any, batches: list[np.ndarray], rounds: int) -> tuple[float, fl
         e.step(*data[0])
     for r in range(rounds):
         x, y = data[r % len(data)]
-        for which in ((0, 1) if r % 2 == 0 else (1, 0)):
+        for which in (0, 1) if r % 2 == 0 else (1, 0):
             t = time.perf_counter()
             engines[which].step(x, y)
             times[which].append(time.perf_counter() - t)
@@ -271,7 +316,7 @@ def overhead(s: Any, m: Measurement, batches: list[np.ndarray]) -> dict[str, Any
     per_step = []
     for ev in m.events:
         first = next((i for i, e in enumerate(ev) if e[1] == "step"), len(ev))
-        rest = ev[first + 1:] if len(batches) > 1 else ev
+        rest = ev[first + 1 :] if len(batches) > 1 else ev
         per_step.append(len(rest) / steps_after_first)
     events_per_step = int(round(max(per_step, default=0)))
     sampler = RssSampler([os.getpid()])
@@ -279,12 +324,17 @@ def overhead(s: Any, m: Measurement, batches: list[np.ndarray]) -> dict[str, Any
     for _ in range(200):
         sampler.sample()
     sample_cost = (time.perf_counter() - t) / 200
-    return {"step_s_on": on_s, "step_s_off": off_s,
-            "ab_fraction": (on_s - off_s) / off_s if off_s > 0 else 0.0,
-            "events_per_step": events_per_step, "event_cost_s": per_event,
-            "estimate_fraction": events_per_step * per_event / on_s if on_s > 0 else 0.0,
-            "rss_sample_s": sample_cost, "rss_interval_s": sampler.interval,
-            "rss_duty_fraction": sample_cost / sampler.interval}
+    return {
+        "step_s_on": on_s,
+        "step_s_off": off_s,
+        "ab_fraction": (on_s - off_s) / off_s if off_s > 0 else 0.0,
+        "events_per_step": events_per_step,
+        "event_cost_s": per_event,
+        "estimate_fraction": events_per_step * per_event / on_s if on_s > 0 else 0.0,
+        "rss_sample_s": sample_cost,
+        "rss_interval_s": sampler.interval,
+        "rss_duty_fraction": sample_cost / sampler.interval,
+    }
 
 
 # -- comparing ----------------------------------------------------------------------------------
@@ -297,23 +347,41 @@ def compare(pred: MemoryPrediction, m: Measurement) -> list[dict[str, Any]]:
         for c in (*CATEGORIES, "total"):
             p = sp.total if c == "total" else sp.bytes[c]
             meas = st["memory"]["peak_total"] if c == "total" else peak[c]
-            rows[c] = {"predicted": p, "measured": meas,
-                       "ratio": (meas / p) if p else (1.0 if meas == 0 else float("inf"))}
-        out.append({"stage": sp.index, "pid": st.get("pid"), "in_flight": sp.in_flight,
-                    "slots": st.get("slots"), "categories": rows})
+            rows[c] = {
+                "predicted": p,
+                "measured": meas,
+                "ratio": (meas / p) if p else (1.0 if meas == 0 else float("inf")),
+            }
+        out.append(
+            {
+                "stage": sp.index,
+                "pid": st.get("pid"),
+                "in_flight": sp.in_flight,
+                "slots": st.get("slots"),
+                "categories": rows,
+            }
+        )
     return out
 
 
 def comparison_table(cmp: list[dict[str, Any]], pred: MemoryPrediction) -> str:
     lines = []
     for row, sp in zip(cmp, pred.stages, strict=True):
-        lines.append(f"stage {row['stage']} (pid {row['pid']}): {sp.in_flight} micro-batch(es) "
-                     f"in flight predicted, {row['slots']} activation slot(s) measured, "
-                     f"{sp.rows} rows per micro-batch")
+        lines.append(
+            f"stage {row['stage']} (pid {row['pid']}): {sp.in_flight} micro-batch(es) "
+            f"in flight predicted, {row['slots']} activation slot(s) measured, "
+            f"{sp.rows} rows per micro-batch"
+        )
         body = []
         for c, v in row["categories"].items():
-            body.append([c, human_bytes(v["predicted"]), human_bytes(v["measured"]),
-                         f"{v['ratio']:.3f}" if v["predicted"] else "-"])
+            body.append(
+                [
+                    c,
+                    human_bytes(v["predicted"]),
+                    human_bytes(v["measured"]),
+                    f"{v['ratio']:.3f}" if v["predicted"] else "-",
+                ]
+            )
         lines.append(table(["category", "predicted", "measured peak", "ratio"], body))
         lines.append("")
     return "\n".join(lines).rstrip()
@@ -326,12 +394,23 @@ def rss_table(m: Measurement, pred: MemoryPrediction) -> str:
     body = []
     for r in m.rss:
         expect = _expected_growth(m, pred, r["stages"])
-        body.append([r["pid"], ",".join(map(str, r["stages"])), human_bytes(r["baseline"]),
-                     human_bytes(r["peak"]), human_bytes(r["growth"]), human_bytes(expect),
-                     f"{r['growth'] / expect:.2f}" if expect else "-", r["peak_from"]])
-    note = ("baseline: this process after a JIT warm-up, before the engine allocated anything"
-            if m.runtime == "local" else
-            "baseline: each stage worker after its JIT warm-up, before it allocated anything")
+        body.append(
+            [
+                r["pid"],
+                ",".join(map(str, r["stages"])),
+                human_bytes(r["baseline"]),
+                human_bytes(r["peak"]),
+                human_bytes(r["growth"]),
+                human_bytes(expect),
+                f"{r['growth'] / expect:.2f}" if expect else "-",
+                r["peak_from"],
+            ]
+        )
+    note = (
+        "baseline: this process after a JIT warm-up, before the engine allocated anything"
+        if m.runtime == "local"
+        else "baseline: each stage worker after its JIT warm-up, before it allocated anything"
+    )
     headers = ["pid", "stages", "baseline", "peak", "growth", "predicted", "ratio", "peak from"]
     return "resident memory (psutil RSS; " + note + ")\n" + table(headers, body)
 
@@ -353,8 +432,7 @@ def spans(events: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
             k = kind[0]
             start = open_.pop((k, detail), None)
             if start is not None:
-                out.append({"kind": k, "mb": int(detail), "step": step, "start": start,
-                            "end": t})
+                out.append({"kind": k, "mb": int(detail), "step": step, "start": start, "end": t})
         elif kind == "step":
             step += 1
     return out
@@ -366,40 +444,82 @@ def chrome_trace(m: Measurement, pred: MemoryPrediction | None = None) -> dict[s
     us = 1e6
     for k, events in enumerate(m.events):
         off = m.offsets[k]
-        ev.append({"name": "process_name", "ph": "M", "pid": k, "tid": 0,
-                   "args": {"name": f"stage {k}"}})
-        ev.append({"name": "thread_name", "ph": "M", "pid": k, "tid": 0,
-                   "args": {"name": "compute"}})
+        ev.append(
+            {"name": "process_name", "ph": "M", "pid": k, "tid": 0, "args": {"name": f"stage {k}"}}
+        )
+        ev.append(
+            {"name": "thread_name", "ph": "M", "pid": k, "tid": 0, "args": {"name": "compute"}}
+        )
         for sp in spans(events):
-            ev.append({"name": f"{sp['kind']}{sp['mb']}",
-                       "cat": "forward" if sp["kind"] == "F" else "backward", "ph": "X",
-                       "ts": (sp["start"] + off) * us, "dur": (sp["end"] - sp["start"]) * us,
-                       "pid": k, "tid": 0, "args": {"micro_batch": sp["mb"], "step": sp["step"]}})
+            ev.append(
+                {
+                    "name": f"{sp['kind']}{sp['mb']}",
+                    "cat": "forward" if sp["kind"] == "F" else "backward",
+                    "ph": "X",
+                    "ts": (sp["start"] + off) * us,
+                    "dur": (sp["end"] - sp["start"]) * us,
+                    "pid": k,
+                    "tid": 0,
+                    "args": {"micro_batch": sp["mb"], "step": sp["step"]},
+                }
+            )
         slot = 0
         if pred is not None and pred.stages[k].in_flight:
             slot = pred.stages[k].bytes["activation"] // pred.stages[k].in_flight
         live = 0
         for t, kind, detail, by in events:
             ts = (t + off) * us
-            ev.append({"name": "memory (bytes)", "ph": "C", "ts": ts, "pid": k,
-                       "args": dict(zip(CATEGORIES, by, strict=True))})
+            ev.append(
+                {
+                    "name": "memory (bytes)",
+                    "ph": "C",
+                    "ts": ts,
+                    "pid": k,
+                    "args": dict(zip(CATEGORIES, by, strict=True)),
+                }
+            )
             if kind in ("F", "B_end") and detail != "-1":
                 live += 1 if kind == "F" else -1
-                ev.append({"name": "activations in use (bytes)", "ph": "C", "ts": ts, "pid": k,
-                           "args": {"in use": live * slot}})
+                ev.append(
+                    {
+                        "name": "activations in use (bytes)",
+                        "ph": "C",
+                        "ts": ts,
+                        "pid": k,
+                        "args": {"in use": live * slot},
+                    }
+                )
             if kind == "step":
-                ev.append({"name": f"step {detail}", "ph": "i", "s": "p", "ts": ts, "pid": k,
-                           "tid": 0})
+                ev.append(
+                    {"name": f"step {detail}", "ph": "i", "s": "p", "ts": ts, "pid": k, "tid": 0}
+                )
     if m.runtime == "local":
         for pid, samples in m.rss_samples.items():
             for t, r in samples:
-                ev.append({"name": f"process RSS (pid {pid}, bytes)", "ph": "C",
-                           "ts": (t - m.t0) * us, "pid": len(m.events), "args": {"rss": r}})
+                ev.append(
+                    {
+                        "name": f"process RSS (pid {pid}, bytes)",
+                        "ph": "C",
+                        "ts": (t - m.t0) * us,
+                        "pid": len(m.events),
+                        "args": {"rss": r},
+                    }
+                )
         if m.rss_samples:
-            ev.append({"name": "process_name", "ph": "M", "pid": len(m.events), "tid": 0,
-                       "args": {"name": "process"}})
-    note = ("one process: stage clocks aligned exactly" if m.aligned else
-            "one actor per stage: each stage's times count from its own ledger's creation")
+            ev.append(
+                {
+                    "name": "process_name",
+                    "ph": "M",
+                    "pid": len(m.events),
+                    "tid": 0,
+                    "args": {"name": "process"},
+                }
+            )
+    note = (
+        "one process: stage clocks aligned exactly"
+        if m.aligned
+        else "one actor per stage: each stage's times count from its own ledger's creation"
+    )
     return {"traceEvents": ev, "displayTimeUnit": "ms", "otherData": {"alignment": note}}
 
 
@@ -431,8 +551,15 @@ def _draw_memory(ax: Any, gantt: Any, events: Sequence[Sequence[Any]], slot_byte
         if xs:
             xs.append(t[-1])
             ys.append(ys[-1])
-            ax.step(xs, ys, where="post", color="black", lw=1, ls="--",
-                    label="top of activations in use")
+            ax.step(
+                xs,
+                ys,
+                where="post",
+                color="black",
+                lw=1,
+                ls="--",
+                label="top of activations in use",
+            )
     for e in events:
         if e[1] == "step":
             ax.axvline(e[0] * 1e3, color="grey", lw=0.8, ls=":")
@@ -444,14 +571,22 @@ def _draw_memory(ax: Any, gantt: Any, events: Sequence[Sequence[Any]], slot_byte
         start, dur = s["start"] * 1e3, (s["end"] - s["start"]) * 1e3
         gantt.broken_barh([(start, dur)], (y, 0.8), color=color)
         if dur > 0.02 * width:
-            gantt.text(start + dur / 2, y + 0.4, str(s["mb"]), ha="center", va="center",
-                       fontsize=6, color="white")
+            gantt.text(
+                start + dur / 2,
+                y + 0.4,
+                str(s["mb"]),
+                ha="center",
+                va="center",
+                fontsize=6,
+                color="white",
+            )
     gantt.set_yticks([0.4, 1.4], ["B", "F"])
     gantt.set_ylim(0, 2)
 
 
-def plot_stage(events: Sequence[Sequence[Any]], k: int, path: str | Path,
-               slot_bytes: int = 0) -> None:
+def plot_stage(
+    events: Sequence[Sequence[Any]], k: int, path: str | Path, slot_bytes: int = 0
+) -> None:
     """PNG of stage k's memory over time, stacked by category, with F/B spans underneath.
 
     Two panels side by side when there are several steps: the first step (where the buffers
@@ -463,29 +598,45 @@ def plot_stage(events: Sequence[Sequence[Any]], k: int, path: str | Path,
     import matplotlib.pyplot as plt
 
     parts = _split_first_step(events) or [[]]
-    fig, axes = plt.subplots(2, len(parts), figsize=(11, 5.5), squeeze=False, sharey="row",
-                             gridspec_kw={"height_ratios": [4, 1],
-                                          "width_ratios": [1, 2][:len(parts)]})
+    fig, axes = plt.subplots(
+        2,
+        len(parts),
+        figsize=(11, 5.5),
+        squeeze=False,
+        sharey="row",
+        gridspec_kw={"height_ratios": [4, 1], "width_ratios": [1, 2][: len(parts)]},
+    )
     for col, part in enumerate(parts):
         ax, gantt = axes[0][col], axes[1][col]
         if part:
             _draw_memory(ax, gantt, part, slot_bytes)
         gantt.set_xlabel("ms since the stage's ledger was created")
-        ax.set_title("first step (allocations)" if col == 0 and len(parts) > 1 else
-                     "later steps" if col else "")
+        ax.set_title(
+            "first step (allocations)"
+            if col == 0 and len(parts) > 1
+            else "later steps"
+            if col
+            else ""
+        )
         gantt.sharex(ax)
     axes[0][0].set_ylabel("MiB held (ledger)")
     axes[0][0].legend(loc="upper left", fontsize=7, ncol=2)
-    fig.suptitle(f"stage {k}: memory over time by category, forward (F) and backward (B) "
-                 "of each micro-batch")
+    fig.suptitle(
+        f"stage {k}: memory over time by category, forward (F) and backward (B) of each micro-batch"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 # -- the command --------------------------------------------------------------------------------
-def run_profile(cfg: Any, steps: int = 3, out: str | Path = "profile", inference: bool = False,
-                as_json: bool = False) -> int:
+def run_profile(
+    cfg: Any,
+    steps: int = 3,
+    out: str | Path = "profile",
+    inference: bool = False,
+    as_json: bool = False,
+) -> int:
     """`graphpart profile`: a few steps; predicted vs measured memory per stage; PNGs, trace."""
     from graphpart.memory import training_vs_inference
     from graphpart.train import setup, uses_ray
@@ -494,8 +645,14 @@ def run_profile(cfg: Any, steps: int = 3, out: str | Path = "profile", inference
         raise ConfigError(f"steps={steps!r}: must be a positive integer")
     s = setup(cfg)
     t, p = cfg.train, cfg.pipeline
-    kw = dict(batch=t.batch_size, microbatches=p.microbatches, schedule=p.schedule,
-              optimizer=s.optimizer, dtype=t.dtype, recompute=p.recompute)
+    kw = dict(
+        batch=t.batch_size,
+        microbatches=p.microbatches,
+        schedule=p.schedule,
+        optimizer=s.optimizer,
+        dtype=t.dtype,
+        recompute=p.recompute,
+    )
     pred = predict(s.plan, **kw)
     batches = _batches(s.dataset, t.batch_size, t.seed, steps)
     started = False
@@ -523,8 +680,13 @@ def run_profile(cfg: Any, steps: int = 3, out: str | Path = "profile", inference
     trace_path = outdir / "trace.json"
     trace_path.write_text(json.dumps(chrome_trace(m, pred)))
     result: dict[str, Any] = {
-        "runtime": m.runtime, "steps": steps, "step_s": m.step_s,
-        "prediction": pred.to_dict(), "comparison": cmp, "rss": m.rss, "overhead": ovh,
+        "runtime": m.runtime,
+        "steps": steps,
+        "step_s": m.step_s,
+        "prediction": pred.to_dict(),
+        "comparison": cmp,
+        "rss": m.rss,
+        "overhead": ovh,
         "files": {"png": pngs, "trace": str(trace_path)},
     }
     if inference:
@@ -534,28 +696,39 @@ def run_profile(cfg: Any, steps: int = 3, out: str | Path = "profile", inference
     if as_json:
         print(json.dumps(result))
         return 0
-    head = (f"profile: {steps} step(s), {p.stages} stage(s) ({m.runtime}), schedule {p.schedule}, "
-            f"batch {t.batch_size} in {p.microbatches} micro-batch(es), {t.optimizer}, {t.dtype}"
-            + (", recompute" if p.recompute else ""))
+    head = (
+        f"profile: {steps} step(s), {p.stages} stage(s) ({m.runtime}), schedule {p.schedule}, "
+        f"batch {t.batch_size} in {p.microbatches} micro-batch(es), {t.optimizer}, {t.dtype}"
+        + (", recompute" if p.recompute else "")
+    )
     print(head)
     print(comparison_table(cmp, pred))
     print()
     print(rss_table(m, pred))
     print()
-    print(f"measurement overhead: ledger {ovh['events_per_step']} events/step x "
-          f"{ovh['event_cost_s'] * 1e6:.2f} us = {ovh['estimate_fraction']:.2%} of a step; RSS "
-          f"sampling {ovh['rss_sample_s'] * 1e6:.0f} us every {ovh['rss_interval_s'] * 1e3:.0f}"
-          f" ms ({ovh['rss_duty_fraction']:.1%} of one core); A/B, "
-          + ("alternate steps of two engines" if m.runtime == "local" else
-             f"two separate runs of {steps} step(s) (mostly noise at this length)")
-          + f": {ovh['step_s_on'] * 1e3:.2f} ms a step with events, "
-          f"{ovh['step_s_off'] * 1e3:.2f} ms without ({ovh['ab_fraction']:+.1%})")
+    print(
+        f"measurement overhead: ledger {ovh['events_per_step']} events/step x "
+        f"{ovh['event_cost_s'] * 1e6:.2f} us = {ovh['estimate_fraction']:.2%} of a step; RSS "
+        f"sampling {ovh['rss_sample_s'] * 1e6:.0f} us every {ovh['rss_interval_s'] * 1e3:.0f}"
+        f" ms ({ovh['rss_duty_fraction']:.1%} of one core); A/B, "
+        + (
+            "alternate steps of two engines"
+            if m.runtime == "local"
+            else f"two separate runs of {steps} step(s) (mostly noise at this length)"
+        )
+        + f": {ovh['step_s_on'] * 1e3:.2f} ms a step with events, "
+        f"{ovh['step_s_off'] * 1e3:.2f} ms without ({ovh['ab_fraction']:+.1%})"
+    )
     if inference:
         inf_b = human_bytes(result["inference"]["predicted_bytes"])
-        print(f"inference (batch {t.batch_size}): {inf_b}"
-              " predicted (parameters + largest set of live activations)")
+        print(
+            f"inference (batch {t.batch_size}): {inf_b}"
+            " predicted (parameters + largest set of live activations)"
+        )
         print(result["inference"]["line"])
-    print(f"wrote {', '.join(pngs)}, {trace_path}"
-          + ("" if m.aligned else " (stage clocks aligned by each stage's own start)"),
-          file=sys.stderr)
+    print(
+        f"wrote {', '.join(pngs)}, {trace_path}"
+        + ("" if m.aligned else " (stage clocks aligned by each stage's own start)"),
+        file=sys.stderr,
+    )
     return 0

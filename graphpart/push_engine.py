@@ -30,9 +30,15 @@ class PushRayEngine(RayEngine):
         super().__init__(*args, **kwargs)
         try:
             k = len(self.actors)
-            self._get([a.connect.remote(self.actors[i - 1] if i > 0 else None,
-                                        self.actors[i + 1] if i < k - 1 else None)
-                       for i, a in enumerate(self.actors)])
+            self._get(
+                [
+                    a.connect.remote(
+                        self.actors[i - 1] if i > 0 else None,
+                        self.actors[i + 1] if i < k - 1 else None,
+                    )
+                    for i, a in enumerate(self.actors)
+                ]
+            )
         except BaseException:
             self.close()
             raise
@@ -47,10 +53,19 @@ class PushRayEngine(RayEngine):
         self._step_id += 1
         step, last = self._step_id, self.plan.k - 1
         x = np.ascontiguousarray(x)
-        refs = [a.run_step.remote(step, self._acts[k], x if k == 0 else None,
-                                  y if k == last else None, rows, 1.0 / n, update,
-                                  self.step_timeout_s)
-                for k, a in enumerate(self.actors)]
+        refs = [
+            a.run_step.remote(
+                step,
+                self._acts[k],
+                x if k == 0 else None,
+                y if k == last else None,
+                rows,
+                1.0 / n,
+                update,
+                self.step_timeout_s,
+            )
+            for k, a in enumerate(self.actors)
+        ]
         return self._totals(self._get_step(refs, step))
 
     def _get_step(self, refs: list[Any], step: int) -> list[dict[str, float]]:

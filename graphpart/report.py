@@ -41,36 +41,61 @@ def plan_report(s: Any, cfg: Any) -> dict[str, Any]:
     try:
         from graphpart.memory import predict
 
-        mem = predict(plan, batch=B, microbatches=M, schedule=p.schedule,
-                      optimizer=t.optimizer, momentum=t.momentum, dtype=t.dtype,
-                      recompute=p.recompute)
+        mem = predict(
+            plan,
+            batch=B,
+            microbatches=M,
+            schedule=p.schedule,
+            optimizer=t.optimizer,
+            momentum=t.momentum,
+            dtype=t.dtype,
+            recompute=p.recompute,
+        )
     except ImportError:
         pass
     rows = []
     for st, d in zip(plan.stages, data["stages"], strict=True):
-        row = [st.index, ",".join(map(str, st.layers)), " ".join(st.params),
-               human_bytes(d["param_bytes"]),
-               f"{(st.flops_fwd + st.flops_bwd) * B / 1e9:.3f}",
-               human_bytes(st.input_width * itemsize * mb) if st.index else "-",
-               human_bytes(st.output_width * itemsize * mb) if st.output else "-",
-               sch.peak_in_flight(actions[st.index])]
+        row = [
+            st.index,
+            ",".join(map(str, st.layers)),
+            " ".join(st.params),
+            human_bytes(d["param_bytes"]),
+            f"{(st.flops_fwd + st.flops_bwd) * B / 1e9:.3f}",
+            human_bytes(st.input_width * itemsize * mb) if st.index else "-",
+            human_bytes(st.output_width * itemsize * mb) if st.output else "-",
+            sch.peak_in_flight(actions[st.index]),
+        ]
         if mem is not None:
             row.append(human_bytes(mem.stages[st.index].total))
         rows.append(row)
-    headers = ["stage", "layers", "params", "param bytes", "GFLOP/step", "recv/mb", "send/mb",
-               "in-flight"]
+    headers = [
+        "stage",
+        "layers",
+        "params",
+        "param bytes",
+        "GFLOP/step",
+        "recv/mb",
+        "send/mb",
+        "in-flight",
+    ]
     if mem is not None:
         headers.append("peak memory")
-    data.update({
-        "batch": B, "microbatches": M, "schedule": p.schedule,
-        "predicted_bubble": tl.bubble,
-        "peak_in_flight": list(tl.peak_in_flight),
-    })
+    data.update(
+        {
+            "batch": B,
+            "microbatches": M,
+            "schedule": p.schedule,
+            "predicted_bubble": tl.bubble,
+            "peak_in_flight": list(tl.peak_in_flight),
+        }
+    )
     if mem is not None:
         data["memory"] = mem.to_dict()
-    text = (f"plan: {K} stage(s), strategy {plan.strategy}, schedule {p.schedule}, batch {B} "
-            f"in {M} micro-batch(es) of <= {mb} rows, {t.dtype}\n"
-            + table(headers, rows)
-            + f"\npredicted bubble ({basis} stage times): {tl.bubble:.1%}\n"
-            + tl.ascii())
+    text = (
+        f"plan: {K} stage(s), strategy {plan.strategy}, schedule {p.schedule}, batch {B} "
+        f"in {M} micro-batch(es) of <= {mb} rows, {t.dtype}\n"
+        + table(headers, rows)
+        + f"\npredicted bubble ({basis} stage times): {tl.bubble:.1%}\n"
+        + tl.ascii()
+    )
     return {"text": text, "data": data}

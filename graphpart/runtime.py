@@ -27,8 +27,7 @@ def start_ray(address: str = "", num_cpus: int | None = None) -> bool:
 
     if ray.is_initialized():
         return False
-    kw: dict[str, Any] = dict(include_dashboard=False, logging_level="WARNING",
-                              log_to_driver=True)
+    kw: dict[str, Any] = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
     if address:
         _check_reachable(address)
         try:
@@ -36,10 +35,14 @@ def start_ray(address: str = "", num_cpus: int | None = None) -> bool:
         except (ConnectionError, ValueError, RuntimeError) as e:
             hint = "start one with `ray start --head` or leave the address empty for a local Ray"
             if address != "auto" and not os.environ.get("RAY_AUTH_MODE"):
-                hint = ("if the cluster uses token authentication, set RAY_AUTH_MODE=token "
-                        "(Ray enables it only for address 'auto'); " + hint)
-            raise ConfigError(f"pipeline.address={address!r}: cannot join a Ray cluster there "
-                              f"({str(e).splitlines()[0]}); {hint}") from None
+                hint = (
+                    "if the cluster uses token authentication, set RAY_AUTH_MODE=token "
+                    "(Ray enables it only for address 'auto'); " + hint
+                )
+            raise ConfigError(
+                f"pipeline.address={address!r}: cannot join a Ray cluster there "
+                f"({str(e).splitlines()[0]}); {hint}"
+            ) from None
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kw)
     return True
@@ -54,13 +57,16 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
     hostport = address.removeprefix("ray://")
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
-        raise ConfigError(f"pipeline.address={address!r}: expected auto, host:port or "
-                          "ray://host:port")
+        raise ConfigError(
+            f"pipeline.address={address!r}: expected auto, host:port or ray://host:port"
+        )
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as e:
-        raise ConfigError(f"pipeline.address={address!r}: nothing answers at {host}:{port} "
-                          f"({e.strerror or e}); is the cluster up (`ray start --head`)?") from None
+        raise ConfigError(
+            f"pipeline.address={address!r}: nothing answers at {host}:{port} "
+            f"({e.strerror or e}); is the cluster up (`ray start --head`)?"
+        ) from None
 
 
 class RayEngine(Engine):
@@ -97,16 +103,21 @@ class RayEngine(Engine):
             threads = max(1, int(cpus // plan.k))
             rows = max(1, -(-max_rows // self.microbatches))
             self.chunk = rows
-            opts: dict[str, Any] = dict(num_cpus=per,
-                                        runtime_env={"env_vars": actors.blas_env(threads)})
+            opts: dict[str, Any] = dict(
+                num_cpus=per, runtime_env={"env_vars": actors.blas_env(threads)}
+            )
             if device == "cuda":
                 opts["num_gpus"] = 1
             cls = getattr(actors, self.actor_class)
             for st in plan.stages:
                 a = cls.options(**opts).remote(
-                    threads, st.graph, stage_params(st.graph, params), optimizer,
+                    threads,
+                    st.graph,
+                    stage_params(st.graph, params),
+                    optimizer,
                     keep_events=keep_events,
-                    **stage_kwargs(plan, st.index, rows, device, recompute))
+                    **stage_kwargs(plan, st.index, rows, device, recompute),
+                )
                 self.actors.append(a)
             self.info = self._get([a.info.remote() for a in self.actors])
         except BaseException:
@@ -151,6 +162,6 @@ def _first_line(e: BaseException) -> str:
     text = str(e)
     for line in text.splitlines():
         if line.startswith("RuntimeError: stage "):
-            return line[len("RuntimeError: "):]
+            return line[len("RuntimeError: ") :]
     cause = getattr(e, "cause", None)
     return str(cause) if cause is not None else text.splitlines()[-1]

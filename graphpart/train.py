@@ -50,10 +50,17 @@ def setup(cfg: Config) -> Setup:
     ds = load_dataset(cfg)
     m = cfg.model
     if m.loss == "cross_entropy" and ds.n_classes is None:
-        raise ConfigError(f"model.loss='cross_entropy' needs class labels, but {ds.name} has "
-                          "real-valued targets; use model.loss='mse'")
-    graph = mlp([ds.n_features, *m.hidden, ds.n_outputs], activation=m.activation, bias=m.bias,
-                loss=m.loss, weight_decay=m.weight_decay)
+        raise ConfigError(
+            f"model.loss='cross_entropy' needs class labels, but {ds.name} has "
+            "real-valued targets; use model.loss='mse'"
+        )
+    graph = mlp(
+        [ds.n_features, *m.hidden, ds.n_outputs],
+        activation=m.activation,
+        bias=m.bias,
+        loss=m.loss,
+        weight_decay=m.weight_decay,
+    )
     p = cfg.pipeline
     if p.strategy == "memory":
         plan = _memory_plan(cfg, graph)
@@ -62,13 +69,16 @@ def setup(cfg: Config) -> Setup:
 
         rows = -(-cfg.train.batch_size // p.microbatches)
         times = measured_costs(graph, rows, cfg.train.dtype)
-        plan = dataclasses.replace(partition(graph, p.stages, "balanced", layer_costs=times),
-                                   strategy="balanced (measured layer times)")
+        plan = dataclasses.replace(
+            partition(graph, p.stages, "balanced", layer_costs=times),
+            strategy="balanced (measured layer times)",
+        )
     else:
         plan = partition(graph, p.stages, p.strategy)
     t = cfg.train
-    opt = make_optimizer(t.optimizer, lr=t.lr, momentum=t.momentum, beta1=t.beta1,
-                         beta2=t.beta2, eps=t.eps)
+    opt = make_optimizer(
+        t.optimizer, lr=t.lr, momentum=t.momentum, beta1=t.beta1, beta2=t.beta2, eps=t.eps
+    )
     return Setup(cfg, ds, graph, plan, opt)
 
 
@@ -76,10 +86,17 @@ def _memory_plan(cfg: Config, graph: Graph) -> Plan:
     from graphpart.memory import stage_memory_cost
 
     p, t = cfg.pipeline, cfg.train
-    cost = stage_memory_cost(graph, p.stages, batch=t.batch_size, microbatches=p.microbatches,
-                             schedule=p.schedule, optimizer=t.optimizer, momentum=t.momentum,
-                             dtype=t.dtype,
-                             recompute=p.recompute)
+    cost = stage_memory_cost(
+        graph,
+        p.stages,
+        batch=t.batch_size,
+        microbatches=p.microbatches,
+        schedule=p.schedule,
+        optimizer=t.optimizer,
+        momentum=t.momentum,
+        dtype=t.dtype,
+        recompute=p.recompute,
+    )
     return partition(graph, p.stages, "memory", memory_cost=cost)
 
 
@@ -92,8 +109,14 @@ def uses_ray(cfg: Config) -> bool:
 
 def make_engine(s: Setup, params: Params, keep_events: bool = True) -> Engine:
     p, t = s.config.pipeline, s.config.train
-    kw = dict(microbatches=p.microbatches, schedule=p.schedule, max_rows=t.batch_size,
-              device=p.device, recompute=p.recompute, keep_events=keep_events)
+    kw = dict(
+        microbatches=p.microbatches,
+        schedule=p.schedule,
+        max_rows=t.batch_size,
+        device=p.device,
+        recompute=p.recompute,
+        keep_events=keep_events,
+    )
     if uses_ray(s.config):
         if p.transport == "push":
             from graphpart.push_engine import PushRayEngine as Ray
@@ -106,8 +129,9 @@ def make_engine(s: Setup, params: Params, keep_events: bool = True) -> Engine:
     return LocalEngine(s.plan, params, s.optimizer, **kw)
 
 
-def evaluate(engine: Engine, ds: gdata.Dataset, X: np.ndarray, y: np.ndarray,
-             loss: str) -> dict[str, float]:
+def evaluate(
+    engine: Engine, ds: gdata.Dataset, X: np.ndarray, y: np.ndarray, loss: str
+) -> dict[str, float]:
     """Test loss (and accuracy for classification) from inference logits."""
     o = engine.predict(X).astype(np.float64)
     if loss == "cross_entropy":
@@ -158,7 +182,8 @@ def train(
                     if not math.isfinite(r["J"]):
                         raise FloatingPointError(
                             f"objective J became {r['J']} at step {step + 1} (epoch {epoch + 1}); "
-                            f"lower train.lr (now {t.lr})")
+                            f"lower train.lr (now {t.lr})"
+                        )
                     step += 1
                     samples += len(idx)
                     total += r["J"] * len(idx)
@@ -167,17 +192,31 @@ def train(
                         bar.update(1)
                         bar.set_postfix(epoch=epoch + 1, loss=f"{r['J']:.4f}", refresh=False)
                     if t.log_every and step % t.log_every == 0:
-                        run.append_metrics({"step": step, "epoch": epoch + 1, "loss": r["J"],
-                                            "L": r["L"], "s": r["s"]})
+                        run.append_metrics(
+                            {
+                                "step": step,
+                                "epoch": epoch + 1,
+                                "loss": r["J"],
+                                "L": r["L"],
+                                "s": r["s"],
+                            }
+                        )
                 train_time += time.perf_counter() - t0
-                epoch_metrics = {"epoch": epoch + 1, "step": step, "train_loss": total / count,
-                                 **evaluate(engine, ds, ds.X_test, ds.y_test, cfg.model.loss),
-                                 "epoch_s": time.perf_counter() - t0}
+                epoch_metrics = {
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "train_loss": total / count,
+                    **evaluate(engine, ds, ds.X_test, ds.y_test, cfg.model.loss),
+                    "epoch_s": time.perf_counter() - t0,
+                }
                 run.append_metrics(epoch_metrics)
-                save_checkpoint(run.checkpoint_path, engine.get_state(), s.plan,
-                                epoch=epoch + 1, steps=step)
-                msg = (f"epoch {epoch + 1:3d}/{t.epochs}  loss {epoch_metrics['train_loss']:.4f}"
-                       f"  test loss {epoch_metrics['test_loss']:.4f}")
+                save_checkpoint(
+                    run.checkpoint_path, engine.get_state(), s.plan, epoch=epoch + 1, steps=step
+                )
+                msg = (
+                    f"epoch {epoch + 1:3d}/{t.epochs}  loss {epoch_metrics['train_loss']:.4f}"
+                    f"  test loss {epoch_metrics['test_loss']:.4f}"
+                )
                 if "test_accuracy" in epoch_metrics:
                     msg += f"  test acc {epoch_metrics['test_accuracy']:.4f}"
                 (bar.write if bar is not None else log)(msg)
@@ -211,10 +250,15 @@ def train(
 
 
 def _stage_summary(st: dict) -> dict:
-    return {"stage": st["stage"], "busy_s": round(sum(st["busy_s"].values()), 6),
-            "forward_s": round(st["busy_s"]["F"], 6), "backward_s": round(st["busy_s"]["B"], 6),
-            "bytes_sent": st["bytes_sent"], "bytes_received": st["bytes_received"],
-            "peak_bytes": st["memory"]["peak_total"]}
+    return {
+        "stage": st["stage"],
+        "busy_s": round(sum(st["busy_s"].values()), 6),
+        "forward_s": round(st["busy_s"]["F"], 6),
+        "backward_s": round(st["busy_s"]["B"], 6),
+        "bytes_sent": st["bytes_sent"],
+        "bytes_received": st["bytes_received"],
+        "peak_bytes": st["memory"]["peak_total"],
+    }
 
 
 def _steps_per_epoch(n: int, batch: int) -> int:

@@ -17,8 +17,12 @@ def ray_session():
     from workers.actor import blas_env
 
     if not ray.is_initialized():
-        ray.init(num_cpus=NUM_CPUS, include_dashboard=False, logging_level="WARNING",
-                 runtime_env={"env_vars": blas_env(1)})
+        ray.init(
+            num_cpus=NUM_CPUS,
+            include_dashboard=False,
+            logging_level="WARNING",
+            runtime_env={"env_vars": blas_env(1)},
+        )
     yield ray
     ray.shutdown()
 

@@ -235,8 +235,11 @@ def test_check_params_returns_dtype():
 
 def test_check_batch_casts_inputs():
     graph = mlp([4, 3, 2])
-    out = check_batch(graph, {"x": np.ones((3, 4), np.int32), "y": np.array([0, 1, 1], np.int8)},
-                      np.dtype(np.float32))
+    out = check_batch(
+        graph,
+        {"x": np.ones((3, 4), np.int32), "y": np.array([0, 1, 1], np.int8)},
+        np.dtype(np.float32),
+    )
     assert out["x"].dtype == np.float32 and out["y"].dtype == np.int64
     assert out["x"].flags.c_contiguous
 
@@ -276,8 +279,9 @@ def test_wrong_param_shape(good):
         forward(graph, params, batch)
 
 
-@pytest.mark.parametrize("dtypes", [("float32", "float64"), ("int64", "int64"),
-                                    ("float16", "float16")])
+@pytest.mark.parametrize(
+    "dtypes", [("float32", "float64"), ("int64", "int64"), ("float16", "float16")]
+)
 def test_bad_param_dtypes(good, dtypes):
     graph, params, batch = good
     params = {k: v.astype(dtypes[i % 2]) for i, (k, v) in enumerate(params.items())}
@@ -329,9 +333,10 @@ def test_mse_targets_must_match_outputs():
 @pytest.mark.parametrize("strategy", ["uniform", "balanced"])
 @pytest.mark.parametrize("microbatches", [1, 2, 3])
 @pytest.mark.parametrize("stages", [1, 2, 3, 4])
-@pytest.mark.parametrize(("activation", "bias", "loss"),
-                         [("relu", False, "cross_entropy"), ("tanh", True, "mse"),
-                          ("sigmoid", True, "cross_entropy")])
+@pytest.mark.parametrize(
+    ("activation", "bias", "loss"),
+    [("relu", False, "cross_entropy"), ("tanh", True, "mse"), ("sigmoid", True, "cross_entropy")],
+)
 def test_pipelined_equals_plain(stages, microbatches, strategy, activation, bias, loss):
     graph, params, batch = setup([5, 4, 3, 5, 3], activation, bias, loss, seed=11, n=7)
     J, grads = value_and_grad(graph, params, batch)

@@ -41,24 +41,29 @@ def _run_on_cuda() -> dict:
     state = init_state(opt, ref)
     _, gr = value_and_grad(g, ref, {"x": X, "y": Y})
     reference_step(opt, ref, gr, state, 1)
-    eng = LocalEngine(partition(g, 2), p0, opt, microbatches=2, schedule="1f1b", max_rows=8,
-                      device="cuda")
+    eng = LocalEngine(
+        partition(g, 2), p0, opt, microbatches=2, schedule="1f1b", max_rows=8, device="cuda"
+    )
     eng.step(X, Y)
     got = eng.get_params()
     logits = eng.predict(X)
     want = forward(g, got, {"x": X, "y": Y})["o"]
     return {
-        "param_err": max(float(np.abs(ref[k] - got[k]).max() / np.abs(ref[k]).max())
-                         for k in ref),
+        "param_err": max(float(np.abs(ref[k] - got[k]).max() / np.abs(ref[k]).max()) for k in ref),
         "logit_err": float(np.abs(logits - want).max() / np.abs(want).max()),
     }
 
 
 def test_cuda_backend_matches_oracle():
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "PYTHONPATH": str(ROOT),
-           "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, __file__], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
+    env = {
+        **os.environ,
+        "NUMBA_ENABLE_CUDASIM": "1",
+        "PYTHONPATH": str(ROOT),
+        "PYTHONWARNINGS": "ignore",
+    }
+    proc = subprocess.run(
+        [sys.executable, __file__], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["param_err"] < 1e-10

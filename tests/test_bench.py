@@ -40,10 +40,19 @@ def _timing_ok(r: dict) -> None:
 
 
 def test_tiny_benchmark_returns_every_key():
-    res = bench.run_step_benchmark(TINY, batch=8, repeats=2, warmup=1, matmul_n=64,
-                                   matmul_repeats=1, pause=0.0)
-    assert set(res) == {"config", "env", "flops_per_step", "matmul", "step_matmuls", "cases",
-                        "headline", "startup"}
+    res = bench.run_step_benchmark(
+        TINY, batch=8, repeats=2, warmup=1, matmul_n=64, matmul_repeats=1, pause=0.0
+    )
+    assert set(res) == {
+        "config",
+        "env",
+        "flops_per_step",
+        "matmul",
+        "step_matmuls",
+        "cases",
+        "headline",
+        "startup",
+    }
     assert res["flops_per_step"] == bench.step_flops(TINY, 8) > 0
     assert res["matmul"]["gflops"] > 0 and res["matmul"]["floor_ms"] > 0
     assert res["step_matmuls"]["best_ms"] > 0
@@ -52,7 +61,11 @@ def test_tiny_benchmark_returns_every_key():
         assert key in res["env"]
     has_torch = res["env"]["torch"] is not None
     assert [(c["optimizer"], c["bias"]) for c in res["cases"]] == [
-        ("adam", True), ("adam", False), ("sgd", True), ("sgd", False)]
+        ("adam", True),
+        ("adam", False),
+        ("sgd", True),
+        ("sgd", False),
+    ]
     assert res["headline"] is res["cases"][0]
     for c in res["cases"]:
         for name in ("graphpart", "numpy"):
@@ -64,24 +77,75 @@ def test_tiny_benchmark_returns_every_key():
             assert c["ratio_torch"] > 0
         else:
             assert c["ratio_torch"] is None
-        for key in ("ratio_numpy", "ratio_numpy_best", "ratio_numpy_paired", "peak_fraction",
-                    "peak_fraction_best", "graphpart_build_s", "graphpart_first_step_s"):
+        for key in (
+            "ratio_numpy",
+            "ratio_numpy_best",
+            "ratio_numpy_paired",
+            "peak_fraction",
+            "peak_fraction_best",
+            "graphpart_build_s",
+            "graphpart_first_step_s",
+        ):
             assert math.isfinite(c[key]) and c[key] > 0, key
     text = bench.format_report(res)
     assert "graphpart" in text and "numpy" in text and "GFLOP/s" in text
 
 
 def test_main_json(capsys):
-    assert bench.main(["--sizes", "6,5,3", "--batch", "4", "--repeats", "1", "--warmup", "0",
-                       "--matmul-n", "32", "--optimizers", "sgd", "--bias", "no", "--no-torch",
-                       "--pause", "0", "--json"]) == 0
+    assert (
+        bench.main(
+            [
+                "--sizes",
+                "6,5,3",
+                "--batch",
+                "4",
+                "--repeats",
+                "1",
+                "--warmup",
+                "0",
+                "--matmul-n",
+                "32",
+                "--optimizers",
+                "sgd",
+                "--bias",
+                "no",
+                "--no-torch",
+                "--pause",
+                "0",
+                "--json",
+            ]
+        )
+        == 0
+    )
     res = json.loads(capsys.readouterr().out)
     assert res["config"]["sizes"] == [6, 5, 3]
     assert len(res["cases"]) == 1 and res["cases"][0]["torch"] is None
     # a leading "--" (what `graphpart bench -- --sizes ...` passes through) is accepted
-    assert bench.main(["--", "--sizes", "6,3", "--batch", "2", "--repeats", "1", "--warmup", "0",
-                       "--matmul-n", "16", "--optimizers", "adam", "--bias", "yes",
-                       "--no-torch", "--pause", "0"]) == 0
+    assert (
+        bench.main(
+            [
+                "--",
+                "--sizes",
+                "6,3",
+                "--batch",
+                "2",
+                "--repeats",
+                "1",
+                "--warmup",
+                "0",
+                "--matmul-n",
+                "16",
+                "--optimizers",
+                "adam",
+                "--bias",
+                "yes",
+                "--no-torch",
+                "--pause",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert "graphpart" in capsys.readouterr().out
 
 
@@ -134,10 +198,12 @@ def test_torch_step_equals_numpy(optimizer):
         ref.step(x, y)
     linears = [m for m in model if isinstance(m, torch.nn.Linear)]
     for i, lin in enumerate(linears, 1):
-        np.testing.assert_allclose(lin.weight.detach().numpy(), ref.p[f"W{i}"], rtol=1e-10,
-                                   atol=1e-10)
-        np.testing.assert_allclose(lin.bias.detach().numpy(), ref.p[f"b{i}"], rtol=1e-10,
-                                   atol=1e-10)
+        np.testing.assert_allclose(
+            lin.weight.detach().numpy(), ref.p[f"W{i}"], rtol=1e-10, atol=1e-10
+        )
+        np.testing.assert_allclose(
+            lin.bias.detach().numpy(), ref.p[f"b{i}"], rtol=1e-10, atol=1e-10
+        )
 
 
 def test_measure_startup_fresh_processes():

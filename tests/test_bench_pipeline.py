@@ -21,9 +21,14 @@ from graphpart import bench_pipeline as bp
 
 
 def test_call_overhead_spreads_cpu_beyond_busy_time_over_the_calls():
-    timed = {"steps": 4, "stage_cpu_ms_per_step": [30.0, 10.0],
-             "busy_s": [{"F": 0.040, "B": 0.060, "step": 0.004},   # 26 ms a step of work
-                        {"F": 0.020, "B": 0.030, "step": 0.002}]}  # 13 ms: more than its CPU
+    timed = {
+        "steps": 4,
+        "stage_cpu_ms_per_step": [30.0, 10.0],
+        "busy_s": [
+            {"F": 0.040, "B": 0.060, "step": 0.004},  # 26 ms a step of work
+            {"F": 0.020, "B": 0.030, "step": 0.002},
+        ],
+    }  # 13 ms: more than its CPU
     over = bp.call_overhead_s(timed, microbatches=3)  # 7 calls a step
     assert over[0] == pytest.approx((30.0 - 26.0) / 1e3 / 7)
     assert over[1] == 0.0
@@ -39,18 +44,32 @@ def test_predict_step_gpipe_equal_stages(k, m):
 
 
 def test_tiny_run_returns_every_figure(ray_session):
-    res = bp.run(sizes=(16, 32, 32, 8), batch=16, dtype="float32", microbatches=(1, 2),
-                 schedules=("1f1b", "gpipe"), warmup=1, steps=3, transfer_n=10)
+    res = bp.run(
+        sizes=(16, 32, 32, 8),
+        batch=16,
+        dtype="float32",
+        microbatches=(1, 2),
+        schedules=("1f1b", "gpipe"),
+        warmup=1,
+        steps=3,
+        transfer_n=10,
+    )
     t = res["transfer"]
-    for key in ("empty_call_ms", "tasks_round_trip_ms", "tasks_pipelined_per_item_ms",
-                "compiled_round_trip_ms", "compiled_round_trip_small_ms", "push_round_trip_ms"):
+    for key in (
+        "empty_call_ms",
+        "tasks_round_trip_ms",
+        "tasks_pipelined_per_item_ms",
+        "compiled_round_trip_ms",
+        "compiled_round_trip_small_ms",
+        "push_round_trip_ms",
+    ):
         assert t[key] > 0 and math.isfinite(t[key]), key
     assert t["bytes"] == 256 * 1024 * 4
     assert [r["threads"] for r in res["single"]] == [os.cpu_count() or 1, 1]
     rows = res["pipeline"]
     assert {(r["engine"], r["schedule"], r["microbatches"]) for r in rows} == {
-        (e, s, m) for e in ("ray", "push", "compiled") for s in ("1f1b", "gpipe")
-        for m in (1, 2)}
+        (e, s, m) for e in ("ray", "push", "compiled") for s in ("1f1b", "gpipe") for m in (1, 2)
+    }
     for r in rows:
         assert r["step_s_median"] > 0 and r["samples_per_s"] > 0
         assert r["predicted_step_s"] >= r["predicted_kernels_step_s"] > 0

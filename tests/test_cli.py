@@ -26,8 +26,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "graphpart.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "graphpart.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _run_tracked(*args: str, cwd: Path, interrupt_when_actors: int = 0):
@@ -43,9 +49,15 @@ def _run_tracked(*args: str, cwd: Path, interrupt_when_actors: int = 0):
     import psutil
 
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    p = subprocess.Popen([sys.executable, "-m", "graphpart.cli", *args], cwd=cwd, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    p = subprocess.Popen(
+        [sys.executable, "-m", "graphpart.cli", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     seen: set[int] = set()
     parent = psutil.Process(p.pid)
     sent = False
@@ -78,8 +90,11 @@ def _alive(pids: set[int]) -> set[int]:
     import psutil
 
     time.sleep(2)
-    return {pid for pid in pids if psutil.pid_exists(pid)
-            and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE}
+    return {
+        pid
+        for pid in pids
+        if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    }
 
 
 def _ps() -> list[str]:
@@ -99,8 +114,14 @@ def test_train_default_json(tmp_path):
     assert s["test_accuracy"] >= 0.95
     assert s["steps"] == 30 * 23  # 30 epochs of ceil(1438 / 64) steps
     run = Path(s["run_dir"])
-    assert {"config.toml", "plan.json", "metrics.jsonl", "params.npz", "checkpoint.npz",
-            "summary.json"} <= {p.name for p in run.iterdir()}
+    assert {
+        "config.toml",
+        "plan.json",
+        "metrics.jsonl",
+        "params.npz",
+        "checkpoint.npz",
+        "summary.json",
+    } <= {p.name for p in run.iterdir()}
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == list(range(1, 31))
     assert "Traceback" not in r.stderr
@@ -108,8 +129,9 @@ def test_train_default_json(tmp_path):
 
 def test_pipeline_cli_matches_single_process_and_cleans_up(tmp_path):
     common = ("--json", "--epochs", "4", "--run-dir", str(tmp_path))
-    three, out3, err3, seen = _run_tracked("train", *common, "--stages", "3", "--hidden", "48,32",
-                                           cwd=tmp_path)
+    three, out3, err3, seen = _run_tracked(
+        "train", *common, "--stages", "3", "--hidden", "48,32", cwd=tmp_path
+    )
     one3 = _run("train", *common, "--hidden", "48,32", cwd=tmp_path)
     assert three.returncode == 0 and one3.returncode == 0, err3
     a, b = json.loads(one3.stdout), json.loads(out3)
@@ -125,8 +147,17 @@ def test_pipeline_cli_matches_single_process_and_cleans_up(tmp_path):
 @pytest.mark.parametrize("transport", ["tasks", "compiled"])
 def test_other_transports_train_the_same_and_clean_up(tmp_path, transport):
     common = ("--json", "--epochs", "2", "--run-dir", str(tmp_path), "--hidden", "32,32")
-    two, out2, err2, seen = _run_tracked("train", *common, "--stages", "2", "--microbatches", "4",
-                                         "--transport", transport, cwd=tmp_path)
+    two, out2, err2, seen = _run_tracked(
+        "train",
+        *common,
+        "--stages",
+        "2",
+        "--microbatches",
+        "4",
+        "--transport",
+        transport,
+        cwd=tmp_path,
+    )
     one = _run("train", *common, cwd=tmp_path)
     assert two.returncode == 0 and one.returncode == 0, err2
     a, b = json.loads(one.stdout), json.loads(out2)
@@ -196,8 +227,21 @@ def test_user_npz_trains(tmp_path):
     X = rng.standard_normal((200, 5))
     y = (X[:, 0] > 0).astype(int)
     path = _npz(tmp_path, "mine.npz", X=X, y=y)
-    code = main(["train", "--data", path, "--epochs", "3", "--hidden", "8", "--no-progress",
-                 "--run-dir", str(tmp_path), "--json"])
+    code = main(
+        [
+            "train",
+            "--data",
+            path,
+            "--epochs",
+            "3",
+            "--hidden",
+            "8",
+            "--no-progress",
+            "--run-dir",
+            str(tmp_path),
+            "--json",
+        ]
+    )
     assert code == 0
 
 
@@ -236,9 +280,20 @@ def test_plan_and_graph(capsys, tmp_path):
 
 
 def test_ctrl_c_stops_a_pipeline_cleanly(tmp_path):
-    p, out, err, seen = _run_tracked("train", "--stages", "2", "--hidden", "64,64", "--epochs",
-                                     "200", "--no-progress", "--run-dir", str(tmp_path),
-                                     cwd=tmp_path, interrupt_when_actors=2)
+    p, out, err, seen = _run_tracked(
+        "train",
+        "--stages",
+        "2",
+        "--hidden",
+        "64,64",
+        "--epochs",
+        "200",
+        "--no-progress",
+        "--run-dir",
+        str(tmp_path),
+        cwd=tmp_path,
+        interrupt_when_actors=2,
+    )
     assert p.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert not _alive(seen), "processes left behind"
@@ -249,23 +304,63 @@ def test_join_existing_cluster_and_bad_addresses(tmp_path):
     ray_bin = str(Path(sys.executable).with_name("ray"))
     # auth off on both sides: the test must not depend on a token in ~/.ray
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled"}
-    bad = _run("train", "--stages", "2", "--address", "127.0.0.1:9", "--run-dir", str(tmp_path),
-               cwd=tmp_path)
+    bad = _run(
+        "train",
+        "--stages",
+        "2",
+        "--address",
+        "127.0.0.1:9",
+        "--run-dir",
+        str(tmp_path),
+        cwd=tmp_path,
+    )
     assert bad.returncode == 2 and "127.0.0.1:9" in bad.stderr and "Traceback" not in bad.stderr
     import shutil
     import tempfile
 
     tmp_ray = Path(tempfile.mkdtemp(prefix="gp-ray-", dir="/tmp"))  # AF_UNIX paths are short
-    start = subprocess.run([ray_bin, "start", "--head", "--num-cpus", "2", "--port", "6390",
-                            "--include-dashboard=false", "--disable-usage-stats",
-                            f"--temp-dir={tmp_ray}"], env=env, capture_output=True, text=True,
-                           timeout=120)
+    start = subprocess.run(
+        [
+            ray_bin,
+            "start",
+            "--head",
+            "--num-cpus",
+            "2",
+            "--port",
+            "6390",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={tmp_ray}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert start.returncode == 0, start.stderr
     try:
-        r = subprocess.run([sys.executable, "-m", "graphpart.cli", "train", "--stages", "2",
-                            "--address", "127.0.0.1:6390", "--epochs", "2", "--json",
-                            "--run-dir", str(tmp_path)], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "graphpart.cli",
+                "train",
+                "--stages",
+                "2",
+                "--address",
+                "127.0.0.1:6390",
+                "--epochs",
+                "2",
+                "--json",
+                "--run-dir",
+                str(tmp_path),
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert r.returncode == 0, r.stderr
         s = json.loads(r.stdout)
         assert s["runtime"] == "ray" and s["stages"] == 2 and s["test_accuracy"] > 0.5

@@ -29,8 +29,7 @@ from graphpart.runtime import RayEngine
 
 SIZES = [6, 5, 7, 4, 3]
 BATCH, STEPS = 8, 4
-COMBOS = {2: [(1, "gpipe"), (3, "1f1b"), (4, "gpipe")],
-          3: [(1, "1f1b"), (3, "gpipe"), (4, "1f1b")]}
+COMBOS = {2: [(1, "gpipe"), (3, "1f1b"), (4, "gpipe")], 3: [(1, "1f1b"), (3, "gpipe"), (4, "1f1b")]}
 
 
 def _problem(seed: int = 0):
@@ -43,7 +42,7 @@ def _problem(seed: int = 0):
 
 
 def _batches(X, y):
-    return [(X[t * BATCH:(t + 1) * BATCH], y[t * BATCH:(t + 1) * BATCH]) for t in range(STEPS)]
+    return [(X[t * BATCH : (t + 1) * BATCH], y[t * BATCH : (t + 1) * BATCH]) for t in range(STEPS)]
 
 
 def _oracle(g, p0, X, y, opt):
@@ -105,7 +104,8 @@ def _cannot_build():
 
 
 def test_fallback_then_stage_failure_in_compiled_step_then_close_leaves_no_actors(
-        ray_session, monkeypatch):
+    ray_session, monkeypatch
+):
     ray = ray_session
     g, p0, X, y = _problem(2)
     opt = make_optimizer("sgd", lr=0.1)
@@ -182,7 +182,9 @@ def test_order_check_refuses_a_schedule_ray_would_run_differently():
 
     R, C, W = T.READ, T.COMPUTE, T.WRITE
     assert check((0, R), (0, C), (0, W), (1, R), (1, C), (1, W), (2, R), (2, C), (2, W)) == ""
-    assert "not the schedule's" in check((1, R), (1, C), (1, W), (0, R), (0, C), (0, W),
-                                         (2, R), (2, C), (2, W))
-    assert "written after" in check((0, R), (0, C), (1, R), (1, C), (0, W), (1, W),
-                                    (2, R), (2, C), (2, W))
+    assert "not the schedule's" in check(
+        (1, R), (1, C), (1, W), (0, R), (0, C), (0, W), (2, R), (2, C), (2, W)
+    )
+    assert "written after" in check(
+        (0, R), (0, C), (1, R), (1, C), (0, W), (1, W), (2, R), (2, C), (2, W)
+    )

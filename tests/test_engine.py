@@ -48,7 +48,7 @@ def make_problem(activation="tanh", bias=True, loss="cross_entropy", seed=0):
 
 def batches(X, Y):
     for t in range(STEPS):
-        yield X[t * BATCH:(t + 1) * BATCH], Y[t * BATCH:(t + 1) * BATCH]
+        yield X[t * BATCH : (t + 1) * BATCH], Y[t * BATCH : (t + 1) * BATCH]
 
 
 def oracle(g, p0, X, Y, opt):
@@ -80,8 +80,9 @@ def test_training_matches_oracle(opt_name, k, microbatches, kind, strategy):
     g, p0, X, Y = PROBLEM
     opt = OPTS[opt_name]
     Js, want = ORACLE[opt_name]
-    eng = LocalEngine(partition(g, k, strategy), p0, opt, microbatches=microbatches,
-                      schedule=kind, max_rows=BATCH)
+    eng = LocalEngine(
+        partition(g, k, strategy), p0, opt, microbatches=microbatches, schedule=kind, max_rows=BATCH
+    )
     for t, (x, y) in enumerate(batches(X, Y)):
         r = eng.step(x, y)
         assert abs(r["J"] - Js[t]) <= 1e-10 * abs(Js[t]), t
@@ -97,17 +98,21 @@ def test_training_matches_oracle(opt_name, k, microbatches, kind, strategy):
     eng.close()
 
 
-@pytest.mark.parametrize(("activation", "bias", "loss"),
-                         [("relu", False, "mse"), ("sigmoid", True, "mse"),
-                          ("identity", False, "cross_entropy")])
-@pytest.mark.parametrize("opt", [SGD(lr=0.1), SGD(lr=0.05, momentum=0.5, weight_decay=0.01),
-                                 Adam(lr=0.01, weight_decay=0.02)],
-                         ids=["sgd", "momentum-wd", "adam-wd"])
+@pytest.mark.parametrize(
+    ("activation", "bias", "loss"),
+    [("relu", False, "mse"), ("sigmoid", True, "mse"), ("identity", False, "cross_entropy")],
+)
+@pytest.mark.parametrize(
+    "opt",
+    [SGD(lr=0.1), SGD(lr=0.05, momentum=0.5, weight_decay=0.01), Adam(lr=0.01, weight_decay=0.02)],
+    ids=["sgd", "momentum-wd", "adam-wd"],
+)
 def test_other_models_and_optimizer_settings(activation, bias, loss, opt):
     g, p0, X, Y = make_problem(activation, bias, loss, seed=1)
     Js, want = oracle(g, p0, X, Y, opt)
-    with LocalEngine(partition(g, 3, "balanced"), p0, opt, microbatches=3, schedule="1f1b",
-                     max_rows=BATCH) as eng:
+    with LocalEngine(
+        partition(g, 3, "balanced"), p0, opt, microbatches=3, schedule="1f1b", max_rows=BATCH
+    ) as eng:
         for t, (x, y) in enumerate(batches(X, Y)):
             assert abs(eng.step(x, y)["J"] - Js[t]) <= 1e-10 * abs(Js[t])
         got = eng.get_params()
@@ -118,8 +123,7 @@ def test_other_models_and_optimizer_settings(activation, bias, loss, opt):
 def test_engine_does_not_modify_initial_params():
     g, p0, X, Y = make_problem(seed=2)
     copy = {k: v.copy() for k, v in p0.items()}
-    eng = LocalEngine(partition(g, 2, "uniform"), p0, OPTS["adam"], microbatches=2,
-                      max_rows=BATCH)
+    eng = LocalEngine(partition(g, 2, "uniform"), p0, OPTS["adam"], microbatches=2, max_rows=BATCH)
     eng.step(X[:BATCH], Y[:BATCH])
     for k in p0:
         np.testing.assert_array_equal(p0[k], copy[k])
@@ -131,8 +135,14 @@ def test_value_and_grad_matches_oracle_without_updating(k, microbatches):
     g, p0, X, Y = PROBLEM
     x, y = X[:BATCH], Y[:BATCH]
     J, grads = value_and_grad(g, p0, {"x": x, "y": y})
-    eng = LocalEngine(partition(g, k, "balanced"), p0, OPTS["momentum"],
-                      microbatches=microbatches, schedule="gpipe", max_rows=BATCH)
+    eng = LocalEngine(
+        partition(g, k, "balanced"),
+        p0,
+        OPTS["momentum"],
+        microbatches=microbatches,
+        schedule="gpipe",
+        max_rows=BATCH,
+    )
     for _ in range(2):  # twice: no gradient left over from the first call
         Je, ge = eng.value_and_grad(x, y)
         assert abs(Je - J) <= 1e-10 * abs(J)
@@ -184,18 +194,31 @@ def test_submission_order_respects_dependencies(kind, k, m):
 
 def test_engine_schedule_setup():
     g = PROBLEM[0]
-    eng = LocalEngine(partition(g, 4, "uniform"), PROBLEM[1], OPTS["adam"], microbatches=6,
-                      schedule="1f1b", max_rows=BATCH)
+    eng = LocalEngine(
+        partition(g, 4, "uniform"),
+        PROBLEM[1],
+        OPTS["adam"],
+        microbatches=6,
+        schedule="1f1b",
+        max_rows=BATCH,
+    )
     assert eng.kind == "1f1b" and eng.microbatches == 6
     assert eng.actions == sch.one_f_one_b(4, 6)
     assert eng.peak_in_flight == [4, 3, 2, 1]
     assert eng.order == submission_order(eng.actions)
-    gp = LocalEngine(partition(g, 4, "uniform"), PROBLEM[1], OPTS["adam"], microbatches=6,
-                     schedule="gpipe", max_rows=BATCH)
+    gp = LocalEngine(
+        partition(g, 4, "uniform"),
+        PROBLEM[1],
+        OPTS["adam"],
+        microbatches=6,
+        schedule="gpipe",
+        max_rows=BATCH,
+    )
     assert gp.peak_in_flight == [6, 6, 6, 6]
     with pytest.raises(PlanError, match=r"schedule 'zigzag' is unknown"):
-        LocalEngine(partition(g, 2, "uniform"), PROBLEM[1], OPTS["adam"], schedule="zigzag",
-                    max_rows=BATCH)
+        LocalEngine(
+            partition(g, 2, "uniform"), PROBLEM[1], OPTS["adam"], schedule="zigzag", max_rows=BATCH
+        )
 
 
 # -- inference and errors -------------------------------------------------------------------------
@@ -205,8 +228,7 @@ def test_engine_schedule_setup():
 @pytest.mark.parametrize("chunk", [None, 1, 3, 4])
 def test_predict_matches_autodiff_logits(k, chunk):
     g, p0, X, Y = PROBLEM
-    eng = LocalEngine(partition(g, k, "uniform"), p0, OPTS["adam"], microbatches=2,
-                      max_rows=BATCH)
+    eng = LocalEngine(partition(g, k, "uniform"), p0, OPTS["adam"], microbatches=2, max_rows=BATCH)
     want = forward(g, p0, {"x": X, "y": Y})["o"]
     got = eng.predict(X) if chunk is None else eng.predict(X, chunk)
     assert got.shape == (len(X), SIZES[-1])
@@ -218,16 +240,14 @@ def test_predict_matches_autodiff_logits(k, chunk):
 
 def test_predict_with_chunk_of_a_whole_minibatch():
     g, p0, X, Y = PROBLEM
-    eng = LocalEngine(partition(g, 2, "uniform"), p0, OPTS["adam"], microbatches=2,
-                      max_rows=BATCH)
+    eng = LocalEngine(partition(g, 2, "uniform"), p0, OPTS["adam"], microbatches=2, max_rows=BATCH)
     want = forward(g, p0, {"x": X, "y": Y})["o"]
     np.testing.assert_allclose(eng.predict(X, BATCH), want, rtol=1e-12, atol=1e-14)
 
 
 def test_microbatches_exceeding_rows():
     g, p0, X, Y = PROBLEM
-    eng = LocalEngine(partition(g, 2, "uniform"), p0, OPTS["adam"], microbatches=8,
-                      max_rows=BATCH)
+    eng = LocalEngine(partition(g, 2, "uniform"), p0, OPTS["adam"], microbatches=8, max_rows=BATCH)
     with pytest.raises(PlanError, match=r"microbatches=8 exceeds the minibatch of 5 rows"):
         eng.step(X[:5], Y[:5])
     before = eng.get_params()
@@ -243,8 +263,14 @@ def test_state_round_trip_between_engines():
     a = LocalEngine(plan, p0, opt, microbatches=2, max_rows=BATCH)
     steps = list(batches(X, Y))
     a.step(*steps[0])
-    b = LocalEngine(plan, {k: np.zeros_like(v) for k, v in p0.items()}, opt, microbatches=4,
-                    schedule="gpipe", max_rows=BATCH)
+    b = LocalEngine(
+        plan,
+        {k: np.zeros_like(v) for k, v in p0.items()},
+        opt,
+        microbatches=4,
+        schedule="gpipe",
+        max_rows=BATCH,
+    )
     b.set_state(a.get_state())
     for x, y in steps[1:]:
         b.step(x, y)
@@ -262,8 +288,9 @@ def test_float32_training_tracks_float64_oracle(kind):
     opt = OPTS["momentum"]
     p32 = {k: v.astype(np.float32) for k, v in p0.items()}
     _, want = oracle(g, {k: v.astype(np.float64) for k, v in p32.items()}, X, Y, opt)
-    eng = LocalEngine(partition(g, 3, "uniform"), p32, opt, microbatches=4, schedule=kind,
-                      max_rows=BATCH)
+    eng = LocalEngine(
+        partition(g, 3, "uniform"), p32, opt, microbatches=4, schedule=kind, max_rows=BATCH
+    )
     for x, y in batches(X, Y):
         r = eng.step(x.astype(np.float32), y)
         assert np.isfinite(r["J"])
@@ -281,9 +308,7 @@ def test_workers_make_their_own_parameters_from_init():
     g = mlp([5, 4, 6, 3, 3], activation="relu", bias=True)
     want = init_params(g, 7, "float64")
     for k in (1, 2, 4):
-        eng = LocalEngine(partition(g, k), Init(7, "float64"), SGD(lr=0.1),
-                          max_rows=8)
+        eng = LocalEngine(partition(g, k), Init(7, "float64"), SGD(lr=0.1), max_rows=8)
         got = eng.get_params()
         assert set(got) == set(want)
-        assert all(np.array_equal(got[n], want[n]) and got[n].dtype == want[n].dtype
-                   for n in want)
+        assert all(np.array_equal(got[n], want[n]) and got[n].dtype == want[n].dtype for n in want)

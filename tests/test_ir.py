@@ -41,10 +41,30 @@ def test_one_hidden_layer_names_without_bias():
 def test_one_hidden_layer_names_with_bias():
     g = mlp([4, 3, 2], bias=True)
     assert g.names == [
-        "x", "W1", "m1", "b1", "z1", "h1", "W2", "m2", "b2", "o", "y", "L", "s", "J",
+        "x",
+        "W1",
+        "m1",
+        "b1",
+        "z1",
+        "h1",
+        "W2",
+        "m2",
+        "b2",
+        "o",
+        "y",
+        "L",
+        "s",
+        "J",
     ]
     assert [o.name for o in g.ops] == [
-        "matmul1", "bias1", "relu1", "matmul2", "bias2", "loss", "l2", "objective",
+        "matmul1",
+        "bias1",
+        "relu1",
+        "matmul2",
+        "bias2",
+        "loss",
+        "l2",
+        "objective",
     ]
 
 
@@ -52,9 +72,20 @@ def test_shapes_are_batch_major_with_symbolic_batch():
     d, h, q = 7, 5, 3
     g = mlp([d, h, q], bias=True)
     want = {
-        "x": (BATCH, d), "W1": (h, d), "m1": (BATCH, h), "b1": (h,), "z1": (BATCH, h),
-        "h1": (BATCH, h), "W2": (q, h), "m2": (BATCH, q), "b2": (q,), "o": (BATCH, q),
-        "y": (BATCH,), "L": (), "s": (), "J": (),
+        "x": (BATCH, d),
+        "W1": (h, d),
+        "m1": (BATCH, h),
+        "b1": (h,),
+        "z1": (BATCH, h),
+        "h1": (BATCH, h),
+        "W2": (q, h),
+        "m2": (BATCH, q),
+        "b2": (q,),
+        "o": (BATCH, q),
+        "y": (BATCH,),
+        "L": (),
+        "s": (),
+        "J": (),
     }
     assert {v.name: v.shape for v in g.vars} == want
     assert BATCH == "B"
@@ -352,8 +383,14 @@ def test_bad_op_shape_rule_names_op():
 
 @pytest.mark.parametrize(
     ("sizes", "bad"),
-    [([4, 0, 2], "0"), ([4, -3, 2], "-3"), ([0, 2], "0"), ([4, 2.5, 2], "2.5"),
-     ([4, "3", 2], "'3'"), ([4, True, 2], "True")],
+    [
+        ([4, 0, 2], "0"),
+        ([4, -3, 2], "-3"),
+        ([0, 2], "0"),
+        ([4, 2.5, 2], "2.5"),
+        ([4, "3", 2], "'3'"),
+        ([4, True, 2], "True"),
+    ],
 )
 def test_mlp_rejects_non_positive_sizes(sizes, bad):
     with pytest.raises(GraphError, match=rf"size {re.escape(bad)} is not a positive integer"):
@@ -418,7 +455,7 @@ def test_dot_boxes_circles_and_every_edge(bias):
     nodes, edges = _parse(text)
     for v in g.vars:
         assert "shape=box" in nodes[v.name], v.name
-        assert f"label=\"{v.name}\\n" in nodes[v.name]
+        assert f'label="{v.name}\\n' in nodes[v.name]
         assert ("penwidth=2" in nodes[v.name]) == v.is_param
     for o in g.ops:
         attrs = nodes[f"op:{o.name}"]
@@ -502,8 +539,9 @@ def test_write_graph_renders_with_dot(tmp_path, monkeypatch, fmt):
     g = mlp([4, 3, 2])
     out = tmp_path / f"graph.{fmt.upper()}"  # the suffix is matched case-insensitively
     assert write_graph(g, out, {"x": 0}) == out
-    assert calls == [(["/opt/bin/dot", f"-T{fmt}", "-o", str(out)],
-                      to_dot(g, {"x": 0}).encode(), True)]
+    assert calls == [
+        (["/opt/bin/dot", f"-T{fmt}", "-o", str(out)], to_dot(g, {"x": 0}).encode(), True)
+    ]
 
 
 def test_write_graph_unknown_format(tmp_path):

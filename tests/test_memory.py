@@ -44,13 +44,30 @@ def _data(sizes, loss="cross_entropy", dtype="float32", n=BATCH * 2, seed=0):
     return x, y
 
 
-def _engine(plan, opt, M, schedule, recompute=False, dtype="float32", steps=2, loss="cross_entropy",
-            sizes=SIZES):
-    e = LocalEngine(plan, init_params(plan.graph, 0, dtype), opt, microbatches=M,
-                    schedule=schedule, max_rows=BATCH, recompute=recompute, keep_events=False)
+def _engine(
+    plan,
+    opt,
+    M,
+    schedule,
+    recompute=False,
+    dtype="float32",
+    steps=2,
+    loss="cross_entropy",
+    sizes=SIZES,
+):
+    e = LocalEngine(
+        plan,
+        init_params(plan.graph, 0, dtype),
+        opt,
+        microbatches=M,
+        schedule=schedule,
+        max_rows=BATCH,
+        recompute=recompute,
+        keep_events=False,
+    )
     x, y = _data(sizes, loss, dtype)
     for s in range(steps):
-        e.step(x[s * BATCH:(s + 1) * BATCH], y[s * BATCH:(s + 1) * BATCH])
+        e.step(x[s * BATCH : (s + 1) * BATCH], y[s * BATCH : (s + 1) * BATCH])
     return e
 
 
@@ -78,19 +95,31 @@ def test_prediction_equals_measured_peak(K, bias, recompute):
         for M in (1, 2, 4, 8):
             for name, opt in OPTIMIZERS.items():
                 e = _engine(plan, opt, M, schedule, recompute)
-                pred = memory.predict(plan, batch=BATCH, microbatches=M, schedule=schedule,
-                                      optimizer=opt, recompute=recompute)
+                pred = memory.predict(
+                    plan,
+                    batch=BATCH,
+                    microbatches=M,
+                    schedule=schedule,
+                    optimizer=opt,
+                    recompute=recompute,
+                )
                 _assert_exact(e, pred)
                 # the optimizer given by name predicts the same
-                by_name = memory.predict(plan, batch=BATCH, microbatches=M, schedule=schedule,
-                                         optimizer=opt.name, momentum=getattr(opt, "momentum",
-                                                                              0.0),
-                                         recompute=recompute)
+                by_name = memory.predict(
+                    plan,
+                    batch=BATCH,
+                    microbatches=M,
+                    schedule=schedule,
+                    optimizer=opt.name,
+                    momentum=getattr(opt, "momentum", 0.0),
+                    recompute=recompute,
+                )
                 assert [s.bytes for s in by_name.stages] == [s.bytes for s in pred.stages], name
 
 
-@pytest.mark.parametrize("activation,loss", [("tanh", "mse"), ("sigmoid", "cross_entropy"),
-                                             ("identity", "mse")])
+@pytest.mark.parametrize(
+    "activation,loss", [("tanh", "mse"), ("sigmoid", "cross_entropy"), ("identity", "mse")]
+)
 def test_exact_for_other_activations_losses_and_float64(activation, loss):
     sizes = [7, 9, 5, 4]
     g = mlp(sizes, activation=activation, bias=True, loss=loss, weight_decay=0.0)
@@ -98,8 +127,14 @@ def test_exact_for_other_activations_losses_and_float64(activation, loss):
         plan = partition(g, K, "uniform")
         for M, schedule in ((3, "1f1b"), (5, "gpipe")):
             e = _engine(plan, Adam(), M, schedule, dtype="float64", loss=loss, sizes=sizes)
-            pred = memory.predict(plan, batch=BATCH, microbatches=M, schedule=schedule,
-                                  optimizer="adam", dtype="float64")
+            pred = memory.predict(
+                plan,
+                batch=BATCH,
+                microbatches=M,
+                schedule=schedule,
+                optimizer="adam",
+                dtype="float64",
+            )
             _assert_exact(e, pred)
 
 
@@ -117,8 +152,9 @@ def test_categories_follow_the_rules():
     first, last = pred.stages
     assert first.bytes["boundary"] == 4 * 4 * SIZES[2]  # received dJ/dh2 only
     assert last.bytes["boundary"] == 4 * 4 * SIZES[2]  # sent dJ/dh2 only
-    sgd = memory.predict(plan, batch=BATCH, microbatches=4, schedule="gpipe", optimizer="sgd",
-                         momentum=0.0)
+    sgd = memory.predict(
+        plan, batch=BATCH, microbatches=4, schedule="gpipe", optimizer="sgd", momentum=0.0
+    )
     assert all(s.bytes["optimizer"] == 0 for s in sgd.stages)
     assert memory.optimizer_slots("sgd", 0.9) == 1
     assert memory.optimizer_slots("sgd", 0.0) == 0
@@ -146,13 +182,17 @@ def test_recompute_saves_activations_and_keeps_gradients():
     x, y = _data(SIZES, dtype="float64")
     grads, measured, predicted = {}, {}, {}
     for rc in (False, True):
-        e = LocalEngine(plan, params, Adam(), microbatches=4, schedule="gpipe", max_rows=BATCH,
-                        recompute=rc)
+        e = LocalEngine(
+            plan, params, Adam(), microbatches=4, schedule="gpipe", max_rows=BATCH, recompute=rc
+        )
         J, grads[rc] = e.value_and_grad(x[:BATCH], y[:BATCH])
         measured[rc] = [w.ledger.peak["activation"] for w in e.workers]
-        predicted[rc] = [s.bytes["activation"] for s in memory.predict(
-            plan, batch=BATCH, microbatches=4, schedule="gpipe", dtype="float64",
-            recompute=rc).stages]
+        predicted[rc] = [
+            s.bytes["activation"]
+            for s in memory.predict(
+                plan, batch=BATCH, microbatches=4, schedule="gpipe", dtype="float64", recompute=rc
+            ).stages
+        ]
     assert predicted[True] == measured[True] and predicted[False] == measured[False]
     for k in range(plan.k):
         assert measured[True][k] < measured[False][k]
@@ -189,8 +229,11 @@ def test_inference_memory_is_params_plus_largest_live_set():
     assert memory.predict_inference(gb, B, "float64") == 2 * bparams + B * 16 * 8
     plan = partition(g, 1, "uniform")
     line = memory.training_vs_inference(plan, batch=B)
-    m = re.fullmatch(r"training needs (\d+\.\d)x the memory of inference for this model and "
-                     r"batch \((\d+\.\d+) MiB vs (\d+\.\d+) MiB\)", line)
+    m = re.fullmatch(
+        r"training needs (\d+\.\d)x the memory of inference for this model and "
+        r"batch \((\d+\.\d+) MiB vs (\d+\.\d+) MiB\)",
+        line,
+    )
     assert m is not None, line
     train = memory.predict(plan, batch=B, microbatches=1, schedule="1f1b").total
     assert float(m.group(1)) == pytest.approx(train / memory.predict_inference(g, B), abs=0.05)
@@ -208,12 +251,26 @@ def test_stage_cost_matches_prediction_of_built_plans(schedule, M):
     g = mlp([12, 40, 8, 30, 6, 5], bias=True)
     n = len(g.layers)
     for K in (1, 2, 3):
-        cost = memory.stage_memory_cost(g, K, batch=BATCH, microbatches=M, schedule=schedule,
-                                        optimizer="sgd", momentum=0.9, recompute=M == 2)
+        cost = memory.stage_memory_cost(
+            g,
+            K,
+            batch=BATCH,
+            microbatches=M,
+            schedule=schedule,
+            optimizer="sgd",
+            momentum=0.9,
+            recompute=M == 2,
+        )
         for sizes in _compositions(n, K):
-            pred = memory.predict(make_plan(g, sizes), batch=BATCH, microbatches=M,
-                                  schedule=schedule, optimizer="sgd", momentum=0.9,
-                                  recompute=M == 2)
+            pred = memory.predict(
+                make_plan(g, sizes),
+                batch=BATCH,
+                microbatches=M,
+                schedule=schedule,
+                optimizer="sgd",
+                momentum=0.9,
+                recompute=M == 2,
+            )
             start = 0
             for k, size in enumerate(sizes):
                 assert cost(start, start + size, k) == pred.stages[k].total
@@ -224,15 +281,19 @@ def test_stage_cost_matches_prediction_of_built_plans(schedule, M):
 def test_memory_partition_minimises_the_largest_stage(K):
     g = mlp([12, 40, 8, 30, 6, 5], bias=True)
     kw = dict(batch=BATCH, microbatches=4, schedule="1f1b", optimizer="adam")
-    best = min(max(s.total for s in memory.predict(make_plan(g, sizes), **kw).stages)
-               for sizes in _compositions(len(g.layers), K))
+    best = min(
+        max(s.total for s in memory.predict(make_plan(g, sizes), **kw).stages)
+        for sizes in _compositions(len(g.layers), K)
+    )
     plan = partition(g, K, "memory", memory_cost=memory.stage_memory_cost(g, K, **kw))
     assert max(s.total for s in memory.predict(plan, **kw).stages) == best
     # the default cost (batch 64, one micro-batch, 1F1B, Adam) is the same model
     dflt = dict(batch=64, microbatches=1, schedule="1f1b", optimizer="adam")
     plan = partition(g, K, "memory")
-    best = min(max(s.total for s in memory.predict(make_plan(g, sizes), **dflt).stages)
-               for sizes in _compositions(len(g.layers), K))
+    best = min(
+        max(s.total for s in memory.predict(make_plan(g, sizes), **dflt).stages)
+        for sizes in _compositions(len(g.layers), K)
+    )
     assert max(s.total for s in memory.predict(plan, **dflt).stages) == best
 
 
@@ -241,8 +302,10 @@ def test_memory_partition_with_budgets():
     K = 2
     kw = dict(batch=64, microbatches=2, schedule="1f1b", optimizer="adam")
     cost = memory.stage_memory_cost(g, K, **kw)
-    totals = {sizes: [s.total for s in memory.predict(make_plan(g, sizes), **kw).stages]
-              for sizes in _compositions(len(g.layers), K)}
+    totals = {
+        sizes: [s.total for s in memory.predict(make_plan(g, sizes), **kw).stages]
+        for sizes in _compositions(len(g.layers), K)
+    }
     roomy = [float(max(max(t) for t in totals.values()))] * K
     plan = partition(g, K, "memory", memory_cost=cost, budgets=roomy)
     assert all(s.total <= roomy[0] for s in memory.predict(plan, **kw).stages)

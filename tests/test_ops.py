@@ -37,21 +37,29 @@ def _away_from_zero(rng, shape):
 
 
 CASES: dict[str, Case] = {
-    "matmul": Case(lambda r: [r.standard_normal((B_, 4)), r.standard_normal((3, 4))],
-                   (True, True)),
+    "matmul": Case(lambda r: [r.standard_normal((B_, 4)), r.standard_normal((3, 4))], (True, True)),
     "bias_add": Case(lambda r: [r.standard_normal((B_, 3)), r.standard_normal(3)], (True, True)),
     "identity": Case(lambda r: [r.standard_normal((B_, 3))], (True,)),
     "relu": Case(lambda r: [_away_from_zero(r, (B_, 3))], (True,)),
     "sigmoid": Case(lambda r: [2 * r.standard_normal((B_, 3))], (True,)),
     "tanh": Case(lambda r: [r.standard_normal((B_, 3))], (True,)),
-    "cross_entropy": Case(lambda r: [2 * r.standard_normal((B_, 4)), r.integers(0, 4, B_)],
-                          (True, False)),
-    "mse": Case(lambda r: [r.standard_normal((B_, 3)), r.standard_normal((B_, 3))],
-                (True, False)),
-    "l2": Case(lambda r: [r.standard_normal((3, 4)), r.standard_normal((2, 3)),
-                          r.standard_normal(2)], (True, True, True), {"weight_decay": 0.3}),
-    "add": Case(lambda r: [np.float64(r.standard_normal()), np.float64(r.standard_normal()),
-                           np.float64(r.standard_normal())], (True, True, True)),
+    "cross_entropy": Case(
+        lambda r: [2 * r.standard_normal((B_, 4)), r.integers(0, 4, B_)], (True, False)
+    ),
+    "mse": Case(lambda r: [r.standard_normal((B_, 3)), r.standard_normal((B_, 3))], (True, False)),
+    "l2": Case(
+        lambda r: [r.standard_normal((3, 4)), r.standard_normal((2, 3)), r.standard_normal(2)],
+        (True, True, True),
+        {"weight_decay": 0.3},
+    ),
+    "add": Case(
+        lambda r: [
+            np.float64(r.standard_normal()),
+            np.float64(r.standard_normal()),
+            np.float64(r.standard_normal()),
+        ],
+        (True, True, True),
+    ),
 }
 
 
@@ -216,8 +224,11 @@ def test_identity_returns_a_copy():
 def test_sigmoid_and_losses_are_stable_for_large_inputs():
     with np.errstate(over="raise", invalid="raise", divide="raise"):  # underflow to 0 is fine
         z = np.array([[-1000.0, -50.0, 0.0, 50.0, 1000.0]])
-        np.testing.assert_allclose(REGISTRY["sigmoid"].forward([z], {}),
-                                   [[0.0, _sigmoid(-50.0), 0.5, _sigmoid(50.0), 1.0]], atol=1e-15)
+        np.testing.assert_allclose(
+            REGISTRY["sigmoid"].forward([z], {}),
+            [[0.0, _sigmoid(-50.0), 0.5, _sigmoid(50.0), 1.0]],
+            atol=1e-15,
+        )
         o = np.array([[1000.0, 0.0, -1000.0], [0.0, 0.0, 0.0]])
         y = np.array([0, 2])
         loss = REGISTRY["cross_entropy"].forward([o, y], {})
@@ -319,8 +330,9 @@ def test_vjp_closed_forms():
     do = _vjp("cross_entropy", np.float64(1.0), [o, y], {})[0]
     np.testing.assert_allclose(do, (p - np.eye(4)[y]) / B_, rtol=1e-12, atol=1e-15)
     t = rng.standard_normal((B_, 4))
-    np.testing.assert_allclose(_vjp("mse", np.float64(1.0), [o, t], {})[0], (o - t) / B_,
-                               rtol=1e-14)
+    np.testing.assert_allclose(
+        _vjp("mse", np.float64(1.0), [o, t], {})[0], (o - t) / B_, rtol=1e-14
+    )
     ws = [rng.standard_normal((3, 4)), rng.standard_normal((2, 3))]
     dws = _vjp("l2", np.float64(2.0), ws, {"weight_decay": 0.3}, needs=[True, True])
     for dwi, wi in zip(dws, ws, strict=True):
@@ -389,6 +401,7 @@ def test_flops_are_non_negative_integers_linear_in_batch(name):
     def at(batch):
         def resize(s):
             return (batch, *s[1:]) if len(s) and s[0] == B_ and name not in ("l2",) else s
+
         in_shapes = [resize(np.shape(a)) for a in ins]
         return opdef.flops(in_shapes, resize(out_shape))
 

@@ -122,7 +122,8 @@ def test_every_parameter_in_exactly_one_stage(depth, k, strategy, bias):
         assert set(st.params) == {v.name for v in st.graph.params}
         assert st.param_count() == sum(int(np.prod(g[p].shape)) for p in st.params)
     assert sum(st.param_count() for st in plan.stages) == sum(
-        int(np.prod(v.shape)) for v in g.params)
+        int(np.prod(v.shape)) for v in g.params
+    )
 
 
 @pytest.mark.parametrize(("depth", "k", "strategy", "bias"), CASES)
@@ -199,16 +200,22 @@ def test_uniform_sizes_remainder_first():
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 6])
-@pytest.mark.parametrize("sizes", [[20, 3, 40, 2, 30, 5, 10], [8, 64, 64, 4, 4, 4, 2],
-                                   [30, 3, 3, 3, 3, 3, 40]])
+@pytest.mark.parametrize(
+    "sizes", [[20, 3, 40, 2, 30, 5, 10], [8, 64, 64, 4, 4, 4, 2], [30, 3, 3, 3, 3, 3, 40]]
+)
 def test_balanced_minimises_max_stage_flops(sizes, k):
     g = mlp(sizes, activation="relu", bias=True)
     lf = layer_flops(g)
     costs = [sum(lf[x]) for x in g.layers]
     plan = partition(g, k, "balanced")
     got = max(st.flops_fwd + st.flops_bwd for st in plan.stages)
-    best = min(max(sum(costs[a:a + s]) for a, s in zip(
-        itertools.accumulate([0, *c[:-1]]), c, strict=True)) for c in compositions(len(costs), k))
+    best = min(
+        max(
+            sum(costs[a : a + s])
+            for a, s in zip(itertools.accumulate([0, *c[:-1]]), c, strict=True)
+        )
+        for c in compositions(len(costs), k)
+    )
     assert got == best
     assert plan.layer_costs == tuple(float(c) for c in costs)
     uni = partition(g, k, "uniform")
@@ -234,8 +241,15 @@ def test_stage_flops_are_layer_sums():
     assert sum(lf[1]) >= 2 * 6 * 5 + 4 * 6 * 5  # layer 1 includes its matmul
 
 
-@pytest.mark.parametrize(("costs", "sizes"), [([100, 1, 1, 1], [1, 3]), ([1, 1, 1, 100], [3, 1]),
-                                              ([1, 1, 1, 1], [2, 2]), ([5, 1, 1, 5], [2, 2])])
+@pytest.mark.parametrize(
+    ("costs", "sizes"),
+    [
+        ([100, 1, 1, 1], [1, 3]),
+        ([1, 1, 1, 100], [3, 1]),
+        ([1, 1, 1, 1], [2, 2]),
+        ([5, 1, 1, 5], [2, 2]),
+    ],
+)
 def test_layer_costs_override(costs, sizes):
     g = mlp([16, 16, 16, 16, 2])
     plan = partition(g, 2, "balanced", layer_costs=costs)

@@ -26,13 +26,20 @@ from graphpart.train import setup
 
 
 def _cfg(**pipeline) -> Config:
-    return Config.from_dict({
-        "model": {"hidden": [24, 16], "bias": True, "weight_decay": 1e-4},
-        "data": {"source": "digits"},
-        "train": {"batch_size": 32, "optimizer": "adam"},
-        "pipeline": {"stages": 2, "microbatches": 4, "schedule": "1f1b", "runtime": "local",
-                     **pipeline},
-    })
+    return Config.from_dict(
+        {
+            "model": {"hidden": [24, 16], "bias": True, "weight_decay": 1e-4},
+            "data": {"source": "digits"},
+            "train": {"batch_size": 32, "optimizer": "adam"},
+            "pipeline": {
+                "stages": 2,
+                "microbatches": 4,
+                "schedule": "1f1b",
+                "runtime": "local",
+                **pipeline,
+            },
+        }
+    )
 
 
 def _check_outputs(out: Path, stages: int, steps: int, microbatches: int) -> dict:
@@ -46,10 +53,12 @@ def _check_outputs(out: Path, stages: int, steps: int, microbatches: int) -> dic
     for k in range(stages):
         mine = [e for e in xs if e["pid"] == k]
         assert sorted(e["name"] for e in mine if e["cat"] == "forward") == sorted(
-            f"F{m}" for m in range(microbatches) for _ in range(steps))
+            f"F{m}" for m in range(microbatches) for _ in range(steps)
+        )
         assert all(e["dur"] >= 0 for e in mine)
-        counters = [e for e in ev if e["ph"] == "C" and e["pid"] == k
-                    and e["name"] == "memory (bytes)"]
+        counters = [
+            e for e in ev if e["ph"] == "C" and e["pid"] == k and e["name"] == "memory (bytes)"
+        ]
         assert counters and set(counters[-1]["args"]) == set(CATEGORIES)
     return trace
 
@@ -82,16 +91,24 @@ def test_run_profile_json_is_exact(tmp_path, capsys):
 
 def test_measure_matches_prediction_and_resident_growth():
     """A model whose state is >= 200 MB: RSS growth within 25% of the predicted total."""
-    cfg = Config.from_dict({
-        "model": {"hidden": [3072, 3072], "bias": True, "weight_decay": 0.0},
-        "data": {"source": "synthetic", "n_samples": 160, "n_features": 1024},
-        "train": {"batch_size": 64, "optimizer": "adam"},
-        "pipeline": {"stages": 2, "microbatches": 2, "runtime": "local"},
-    })
+    cfg = Config.from_dict(
+        {
+            "model": {"hidden": [3072, 3072], "bias": True, "weight_decay": 0.0},
+            "data": {"source": "synthetic", "n_samples": 160, "n_features": 1024},
+            "train": {"batch_size": 64, "optimizer": "adam"},
+            "pipeline": {"stages": 2, "microbatches": 2, "runtime": "local"},
+        }
+    )
     s = setup(cfg)
     pred = predict(s.plan, batch=64, microbatches=2, schedule="1f1b", optimizer=s.optimizer)
-    assert pred.total - sum(st.bytes["activation"] + st.bytes["workspace"] + st.bytes["boundary"]
-                            for st in pred.stages) >= 200e6
+    assert (
+        pred.total
+        - sum(
+            st.bytes["activation"] + st.bytes["workspace"] + st.bytes["boundary"]
+            for st in pred.stages
+        )
+        >= 200e6
+    )
     m = profile.measure(s, steps=2)
     for st, sp in zip(m.stats, pred.stages, strict=True):
         assert st["memory"]["peak"] == sp.bytes
@@ -102,13 +119,28 @@ def test_measure_matches_prediction_and_resident_growth():
 def test_spans_and_trace_from_events():
     zero = (0,) * len(CATEGORIES)
     act = (10, 10, 20, 8, 0, 4)
-    events = [(0.0, "alloc", "param:W1", zero), (0.1, "F", "0", act), (0.2, "F_end", "0", act),
-              (0.3, "F", "1", act), (0.4, "F_end", "1", act), (0.5, "B", "1", act),
-              (0.6, "B_end", "1", act), (0.7, "B", "0", act), (0.8, "B_end", "0", act),
-              (0.9, "step", "1", act), (1.0, "F", "0", act), (1.1, "F_end", "0", act)]
+    events = [
+        (0.0, "alloc", "param:W1", zero),
+        (0.1, "F", "0", act),
+        (0.2, "F_end", "0", act),
+        (0.3, "F", "1", act),
+        (0.4, "F_end", "1", act),
+        (0.5, "B", "1", act),
+        (0.6, "B_end", "1", act),
+        (0.7, "B", "0", act),
+        (0.8, "B_end", "0", act),
+        (0.9, "step", "1", act),
+        (1.0, "F", "0", act),
+        (1.1, "F_end", "0", act),
+    ]
     sp = profile.spans(events)
     assert [(s["kind"], s["mb"], s["step"]) for s in sp] == [
-        ("F", 0, 1), ("F", 1, 1), ("B", 1, 1), ("B", 0, 1), ("F", 0, 2)]
+        ("F", 0, 1),
+        ("F", 1, 1),
+        ("B", 1, 1),
+        ("B", 0, 1),
+        ("F", 0, 2),
+    ]
     assert sp[2]["start"] == 0.5 and sp[2]["end"] == 0.6
     m = profile.Measurement("ray", [{}], [events], [0.0], False, [1.0])
     tr = profile.chrome_trace(m)
@@ -127,12 +159,14 @@ def test_steps_must_be_positive(tmp_path):
 
 def test_resident_growth_on_ray_actors(ray_session):
     """Two actors, each holding >= 200 MB of state: each worker's RSS growth within 25%."""
-    cfg = Config.from_dict({
-        "model": {"hidden": [4096, 4096, 4096], "bias": True, "weight_decay": 0.0},
-        "data": {"source": "synthetic", "n_samples": 300, "n_features": 64},
-        "train": {"batch_size": 128, "optimizer": "adam"},
-        "pipeline": {"stages": 2, "microbatches": 2, "runtime": "ray"},
-    })
+    cfg = Config.from_dict(
+        {
+            "model": {"hidden": [4096, 4096, 4096], "bias": True, "weight_decay": 0.0},
+            "data": {"source": "synthetic", "n_samples": 300, "n_features": 64},
+            "train": {"batch_size": 128, "optimizer": "adam"},
+            "pipeline": {"stages": 2, "microbatches": 2, "runtime": "ray"},
+        }
+    )
     s = setup(cfg)
     pred = predict(s.plan, batch=128, microbatches=2, schedule="1f1b", optimizer=s.optimizer)
     assert all(st.bytes["parameter"] * 4 >= 200 * 2**20 for st in pred.stages)

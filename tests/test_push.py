@@ -39,9 +39,18 @@ def _problem(seed=0):
 
 
 def _workers(plan, params, opt):
-    return [StageWorker(st.graph, {p: params[p].copy() for p in st.params}, opt,
-                        output=st.output, input_grad=st.index > 0, max_rows=N, index=st.index)
-            for st in plan.stages]
+    return [
+        StageWorker(
+            st.graph,
+            {p: params[p].copy() for p in st.params},
+            opt,
+            output=st.output,
+            input_grad=st.index > 0,
+            max_rows=N,
+            index=st.index,
+        )
+        for st in plan.stages
+    ]
 
 
 def _step(ws, inboxes, kind, m, x, y, step, update=True, timeout_s=30.0):
@@ -54,13 +63,23 @@ def _step(ws, inboxes, kind, m, x, y, step, update=True, timeout_s=30.0):
     def run(i):
         try:
             out[i] = run_step(
-                ws[i], step, acts[i], inboxes[i], x=x if i == 0 else None,
-                y=y if i == k - 1 else None, rows=rows, scale=1.0 / len(x), update=update,
-                send_forward=None if i == k - 1 else
-                (lambda key, a, i=i: inboxes[i + 1].put(key, a.copy())),
-                send_backward=None if i == 0 else
-                (lambda key, a, i=i: inboxes[i - 1].put(key, a.copy())),
-                timeout_s=timeout_s)
+                ws[i],
+                step,
+                acts[i],
+                inboxes[i],
+                x=x if i == 0 else None,
+                y=y if i == k - 1 else None,
+                rows=rows,
+                scale=1.0 / len(x),
+                update=update,
+                send_forward=None
+                if i == k - 1
+                else (lambda key, a, i=i: inboxes[i + 1].put(key, a.copy())),
+                send_backward=None
+                if i == 0
+                else (lambda key, a, i=i: inboxes[i - 1].put(key, a.copy())),
+                timeout_s=timeout_s,
+            )
         except Exception as e:  # noqa: BLE001 - returned for the test to inspect
             out[i] = e
 
@@ -130,9 +149,20 @@ def test_missing_tensor_times_out_naming_it():
     plan = partition(g, 2, "uniform")
     (_, w1) = _workers(plan, params, SGD(lr=0.1))
     with pytest.raises(TimeoutError, match="F tensor of micro-batch 0"):
-        run_step(w1, 1, [("F", 0), ("B", 0)], Inbox(), x=None, y=y, rows=[slice(0, N)],
-                 scale=1.0 / N, update=False, send_forward=None,
-                 send_backward=lambda key, a: None, timeout_s=0.2)
+        run_step(
+            w1,
+            1,
+            [("F", 0), ("B", 0)],
+            Inbox(),
+            x=None,
+            y=y,
+            rows=[slice(0, N)],
+            scale=1.0 / N,
+            update=False,
+            send_forward=None,
+            send_backward=lambda key, a: None,
+            timeout_s=0.2,
+        )
 
 
 def test_an_aborted_steps_leftovers_do_not_leak():

@@ -24,8 +24,7 @@ from graphpart.partition import partition
 from graphpart.push_engine import PushRayEngine
 from graphpart.runtime import RayEngine
 
-ENGINES = pytest.mark.parametrize("engine", [RayEngine, PushRayEngine],
-                                  ids=["tasks", "push"])
+ENGINES = pytest.mark.parametrize("engine", [RayEngine, PushRayEngine], ids=["tasks", "push"])
 
 SIZES = [6, 5, 7, 4, 3]
 BATCH, STEPS = 8, 3
@@ -60,8 +59,10 @@ def test_pipeline_equals_oracle(ray_session, k, engine):
     g, p0, X, y = _problem()
     opt = make_optimizer("adam", lr=0.05)
     want = _oracle(g, p0, X, y, opt)
-    splits = {tuple(partition(g, k, s).sizes()): partition(g, k, s)
-              for s in ("uniform", "balanced", "memory")}
+    splits = {
+        tuple(partition(g, k, s).sizes()): partition(g, k, s)
+        for s in ("uniform", "balanced", "memory")
+    }
     for plan in splits.values():
         with engine(plan, p0, opt, microbatches=1, max_rows=BATCH) as eng:
             initial = eng.get_state()
@@ -80,8 +81,9 @@ def test_pipeline_equals_oracle(ray_session, k, engine):
 def test_value_and_grad_through_actors(ray_session, engine):
     g, p0, X, y = _problem(1)
     J, grads = value_and_grad(g, p0, {"x": X[:BATCH], "y": y[:BATCH]})
-    with engine(partition(g, 3), p0, make_optimizer("sgd", lr=0.1), microbatches=4,
-                max_rows=BATCH) as eng:
+    with engine(
+        partition(g, 3), p0, make_optimizer("sgd", lr=0.1), microbatches=4, max_rows=BATCH
+    ) as eng:
         J2, grads2 = eng.value_and_grad(X[:BATCH], y[:BATCH])
         assert abs(J - J2) / abs(J) < 1e-12
         assert _rel(grads, grads2) < 1e-12
@@ -97,8 +99,9 @@ def test_value_and_grad_through_actors(ray_session, engine):
 @pytest.mark.parametrize("k", [2, 3])
 def test_worker_failure_names_stage_and_microbatch(ray_session, engine, k):
     g, p0, X, y = _problem(2)
-    with engine(partition(g, k), p0, make_optimizer("sgd", lr=0.1), microbatches=2,
-                max_rows=BATCH) as eng:
+    with engine(
+        partition(g, k), p0, make_optimizer("sgd", lr=0.1), microbatches=2, max_rows=BATCH
+    ) as eng:
         bad = y[:BATCH].copy()
         bad[-1] = 99  # a label out of range makes the last stage's loss kernel fail
         with pytest.raises(StageFailure, match=rf"stage {k - 1} .* micro-batch 1"):

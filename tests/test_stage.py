@@ -45,9 +45,16 @@ def problem(activation="tanh", loss="cross_entropy", bias=True, wd=0.1, seed=0, 
 def workers_for(plan, params, *, dtype=np.float64, max_rows=N, recompute=False, opt=None):
     opt = opt if opt is not None else SGD(lr=0.1)
     return [
-        StageWorker(st.graph, {p: params[p].astype(dtype) for p in st.params}, opt,
-                    output=st.output, input_grad=st.index > 0, max_rows=max_rows,
-                    index=st.index, recompute=recompute)
+        StageWorker(
+            st.graph,
+            {p: params[p].astype(dtype) for p in st.params},
+            opt,
+            output=st.output,
+            input_grad=st.index > 0,
+            max_rows=max_rows,
+            index=st.index,
+            recompute=recompute,
+        )
         for st in plan.stages
     ]
 
@@ -165,8 +172,9 @@ def test_recompute_gives_identical_gradients(k, loss):
 def test_float32(k, loss):
     g, params, x, y = problem("tanh", loss, True, seed=4)
     p32 = {n: v.astype(np.float32) for n, v in params.items()}
-    J, grads = value_and_grad(g, {n: v.astype(np.float64) for n, v in p32.items()},
-                              {"x": x, "y": y})
+    J, grads = value_and_grad(
+        g, {n: v.astype(np.float64) for n, v in p32.items()}, {"x": x, "y": y}
+    )
     plan = partition(g, k, "uniform")
     ws = workers_for(plan, params, dtype=np.float32)
     out = ws[0].forward(0, x[:3].astype(np.float32), y[:3] if k == 1 else None, 1 / N)
@@ -347,8 +355,11 @@ def test_infer_during_training_uses_no_new_slot_and_keeps_gradients():
 # -- steps, optimizer and state -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("opt", [SGD(lr=0.1), SGD(lr=0.05, momentum=0.9, weight_decay=0.01),
-                                 Adam(lr=0.01)], ids=["sgd", "momentum", "adam"])
+@pytest.mark.parametrize(
+    "opt",
+    [SGD(lr=0.1), SGD(lr=0.05, momentum=0.9, weight_decay=0.01), Adam(lr=0.01)],
+    ids=["sgd", "momentum", "adam"],
+)
 def test_finish_applies_optimizer_like_reference(opt):
     g, params, x, y = problem("tanh", "cross_entropy", True, seed=12)
     plan = partition(g, 2, "uniform")

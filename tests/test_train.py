@@ -21,8 +21,12 @@ from graphpart.train import train
 
 
 def _cfg(tmp_path: Path, **over):
-    base = {"train.epochs": 2, "model.hidden": [16], "run.dir": str(tmp_path),
-            "train.dtype": "float64"}
+    base = {
+        "train.epochs": 2,
+        "model.hidden": [16],
+        "run.dir": str(tmp_path),
+        "train.dtype": "float64",
+    }
     base.update(over)
     return load_config(None, base)
 
@@ -39,8 +43,7 @@ def test_same_seed_same_params(tmp_path):
 
 
 def test_resume_equals_uninterrupted(tmp_path):
-    full = _params(train(_cfg(tmp_path, **{"train.epochs": 3}), progress=False,
-                         log=lambda m: None))
+    full = _params(train(_cfg(tmp_path, **{"train.epochs": 3}), progress=False, log=lambda m: None))
     part = train(_cfg(tmp_path, **{"train.epochs": 1}), progress=False, log=lambda m: None)
     cfg = load_config(str(Path(part["run_dir"]) / "config.toml"), {"train.epochs": 3})
     resumed = train(cfg, progress=False, log=lambda m: None, resume=part["run_dir"])

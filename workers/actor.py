@@ -28,7 +28,8 @@ class _Shell:
     def _failure(self, what: str, e: BaseException) -> RuntimeError:
         return RuntimeError(
             f"stage {self.worker.index} ({os.uname().nodename}, pid {os.getpid()}) failed in "
-            f"{what}: {type(e).__name__}: {e}")
+            f"{what}: {type(e).__name__}: {e}"
+        )
 
     def call(self, method: str, *args: Any) -> Any:
         try:
@@ -42,8 +43,12 @@ class _Shell:
     def info(self) -> dict[str, Any]:
         from threadpoolctl import threadpool_info
 
-        return {"pid": os.getpid(), "node": os.uname().nodename, "threads": self.threads,
-                "blas": [(i.get("internal_api"), i.get("num_threads")) for i in threadpool_info()]}
+        return {
+            "pid": os.getpid(),
+            "node": os.uname().nodename,
+            "threads": self.threads,
+            "blas": [(i.get("internal_api"), i.get("num_threads")) for i in threadpool_info()],
+        }
 
 
 @ray.remote
@@ -76,18 +81,35 @@ class PushStageActor(_Shell):
     def abort(self, step: int, why: str) -> None:
         self.inbox.fail(step, why)
 
-    def run_step(self, step: int, actions: list[tuple[str, int]], x: Any, y: Any,
-                 rows: list[slice], scale: float, update: bool,
-                 timeout_s: float = 600.0) -> dict[str, float]:
+    def run_step(
+        self,
+        step: int,
+        actions: list[tuple[str, int]],
+        x: Any,
+        y: Any,
+        rows: list[slice],
+        scale: float,
+        update: bool,
+        timeout_s: float = 600.0,
+    ) -> dict[str, float]:
         from workers.push import ActionFailed, NeighbourFailed, run_step
 
         nxt, prev = self.next, self.prev
         try:
             return run_step(
-                self.worker, step, actions, self.inbox, x=x, y=y, rows=rows, scale=scale,
-                update=update, timeout_s=timeout_s,
+                self.worker,
+                step,
+                actions,
+                self.inbox,
+                x=x,
+                y=y,
+                rows=rows,
+                scale=scale,
+                update=update,
+                timeout_s=timeout_s,
                 send_forward=None if nxt is None else lambda k, a: nxt.deliver.remote(k, a),
-                send_backward=None if prev is None else lambda k, a: prev.deliver.remote(k, a))
+                send_backward=None if prev is None else lambda k, a: prev.deliver.remote(k, a),
+            )
         except NeighbourFailed as e:
             raise RuntimeError(f"stage {self.worker.index} stopped: {e}") from None
         except Exception as e:

@@ -76,8 +76,9 @@ class Program:
             self.grads[v.name] = self._alloc(f"grad:{v.name}", "gradient", v.shape, zero=True)
 
         if getattr(self.bk, "reduction", False) is None:  # CUDA: the losses' and norms' buffer
-            self.bk.reduction = self._alloc("work:reduction", "workspace",
-                                            (max(self.max_rows, 1024),), dtype=np.float64)
+            self.bk.reduction = self._alloc(
+                "work:reduction", "workspace", (max(self.max_rows, 1024),), dtype=np.float64
+            )
         self.steps = self._plan_steps()
         self.loss_op = next((s.op for s in self.steps if s.kind == "loss"), None)
         self.reg_ops = [o for o in graph.ops if o.op == "l2"]
@@ -94,8 +95,9 @@ class Program:
         self._tmp: dict[tuple, Any] = {}
 
     # -- construction -------------------------------------------------------------------------
-    def _alloc(self, key: str, category: str, shape: tuple, zero: bool = False,
-               dtype: Any = None) -> Any:
+    def _alloc(
+        self, key: str, category: str, shape: tuple, zero: bool = False, dtype: Any = None
+    ) -> Any:
         shape = tuple(self.max_rows if d == BATCH else int(d) for d in shape)
         dtype = self.dtype if dtype is None else dtype
         a = self.bk.zeros(shape, dtype) if zero else self.bk.empty(shape, dtype)
@@ -113,8 +115,12 @@ class Program:
             if o.op == "matmul":
                 steps.append(_Step("matmul", o))
             elif o.op == "bias_add":
-                if (nxt is not None and nxt.op in ACTIVATIONS and nxt.inputs == (o.output,)
-                        and len(self.graph.consumers(o.output)) == 1):
+                if (
+                    nxt is not None
+                    and nxt.op in ACTIVATIONS
+                    and nxt.inputs == (o.output,)
+                    and len(self.graph.consumers(o.output)) == 1
+                ):
                     steps.append(_Step("bias_act", o, nxt))
                     i += 1
                 else:
@@ -204,8 +210,9 @@ class Program:
         """Run micro-batch `mb`; return the boundary output (a view, valid until reused)."""
         n = int(x.shape[0])
         if n > self.max_rows:
-            raise ValueError(f"{self.name}: micro-batch of {n} rows exceeds "
-                             f"max_rows={self.max_rows}")
+            raise ValueError(
+                f"{self.name}: micro-batch of {n} rows exceeds max_rows={self.max_rows}"
+            )
         if self.labels and y is None:
             raise ValueError(f"{self.name}: the last stage needs labels for micro-batch {mb}")
         self.ledger.mark("F", str(mb))
@@ -240,8 +247,13 @@ class Program:
             if s.kind == "matmul":
                 bk.matmul_nt(val(o.inputs[0]), self.params[o.inputs[1]], val(o.output))
             elif s.kind == "bias_act":
-                bk.bias_act_forward(val(o.inputs[0]), self.params[o.inputs[1]], val(o.output),
-                                    val(s.act.output), ACT_CODE[s.act.op])
+                bk.bias_act_forward(
+                    val(o.inputs[0]),
+                    self.params[o.inputs[1]],
+                    val(o.output),
+                    val(s.act.output),
+                    ACT_CODE[s.act.op],
+                )
             elif s.kind == "bias":
                 bk.bias_add(val(o.inputs[0]), self.params[o.inputs[1]], val(o.output))
             elif s.kind == "act":
@@ -271,8 +283,9 @@ class Program:
         grad = lambda name: self._grad(name)[:n]  # noqa: E731
         if self.output is not None:  # the received cotangent, copied into our boundary buffer
             if g is None:
-                raise ValueError(f"{self.name}: backward of micro-batch {mb} needs "
-                                 f"dJ/d{self.output}")
+                raise ValueError(
+                    f"{self.name}: backward of micro-batch {mb} needs dJ/d{self.output}"
+                )
             bk.from_host(g, grad(self.output))
         din = None
         for s in reversed(self.steps):
@@ -320,8 +333,12 @@ class Program:
                 continue
             for w in o.inputs:
                 s += 0.5 * lam * float(self.bk.sq_norm(self.bk.flat(self.params[w])))
-                self.bk.axpy(self.bk.flat(self.grads[w]), self.bk.flat(self.params[w]), lam,
-                             not self.fresh[w])
+                self.bk.axpy(
+                    self.bk.flat(self.grads[w]),
+                    self.bk.flat(self.params[w]),
+                    lam,
+                    not self.fresh[w],
+                )
                 self.fresh[w] = False
         return s
 

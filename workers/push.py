@@ -59,8 +59,9 @@ class Inbox:
                     raise NeighbourFailed(self._failed[key[0]])
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError(f"no {key[1]} tensor of micro-batch {key[2]} arrived "
-                                       f"in {timeout_s:.0f} s")
+                    raise TimeoutError(
+                        f"no {key[1]} tensor of micro-batch {key[2]} arrived in {timeout_s:.0f} s"
+                    )
                 self._cv.wait(left)
             return self._items.pop(key)
 

@@ -46,8 +46,11 @@ class StageWorker:
         self.ledger = Ledger(keep_events=keep_events)
         self.bk = get_backend(device)
         if device == "cpu":
-            dtype = np.dtype(params.dtype if hasattr(params, "seed") else
-                             np.asarray(next(iter(params.values()))).dtype)
+            dtype = np.dtype(
+                params.dtype
+                if hasattr(params, "seed")
+                else np.asarray(next(iter(params.values()))).dtype
+            )
             _warm_up(graph, self.bk, optimizer, dtype, output, input_grad)
         self._proc = psutil.Process()
         self.rss_baseline = self.rss_peak = self._proc.memory_info().rss
@@ -55,12 +58,23 @@ class StageWorker:
         # the mark cannot be reset, `finish` samples once a step
         self._hwm = reset_hwm()
         params = materialize(graph, params)
-        self.prog = Program(graph, params, self.bk, max_rows, self.ledger, output=output,
-                            recompute=recompute, input_grad=input_grad, name=f"stage {index}")
+        self.prog = Program(
+            graph,
+            params,
+            self.bk,
+            max_rows,
+            self.ledger,
+            output=output,
+            recompute=recompute,
+            input_grad=input_grad,
+            name=f"stage {index}",
+        )
         self.state: dict[str, list[Any]] = {}
         for name, w in self.prog.params.items():
-            self.state[name] = [self.prog._alloc(f"opt[{i}]:{name}", "optimizer", w.shape,
-                                                 zero=True) for i in range(optimizer.state_slots)]
+            self.state[name] = [
+                self.prog._alloc(f"opt[{i}]:{name}", "optimizer", w.shape, zero=True)
+                for i in range(optimizer.state_slots)
+            ]
         self.steps = 0
         self.busy = {"F": 0.0, "B": 0.0, "step": 0.0}
         self.bytes_sent = 0
@@ -68,8 +82,9 @@ class StageWorker:
         self.pid = os.getpid()
 
     # -- one micro-batch ------------------------------------------------------------------------
-    def forward(self, mb: int, x: np.ndarray, y: np.ndarray | None = None,
-                scale: float = 1.0) -> np.ndarray | None:
+    def forward(
+        self, mb: int, x: np.ndarray, y: np.ndarray | None = None, scale: float = 1.0
+    ) -> np.ndarray | None:
         t = time.perf_counter()
         self.bytes_received += x.nbytes if self.index > 0 else 0
         out = self.prog.forward(mb, x, y, scale)
@@ -79,8 +94,9 @@ class StageWorker:
         self.busy["F"] += time.perf_counter() - t
         return out
 
-    def backward(self, mb: int, g: np.ndarray | None = None,
-                 scale: float = 1.0) -> np.ndarray | None:
+    def backward(
+        self, mb: int, g: np.ndarray | None = None, scale: float = 1.0
+    ) -> np.ndarray | None:
         t = time.perf_counter()
         if g is not None:
             self.bytes_received += g.nbytes
@@ -127,9 +143,13 @@ class StageWorker:
         where the peak comes from ("VmHWM": the kernel's mark, reset at the baseline, exact;
         "samples": one reading per step)."""
         self._sample_rss()
-        return {"baseline": self.rss_baseline, "peak": self.rss_peak,
-                "current": self._proc.memory_info().rss, "hwm": read_hwm(),
-                "peak_from": "VmHWM" if self._hwm else "samples"}
+        return {
+            "baseline": self.rss_baseline,
+            "peak": self.rss_peak,
+            "current": self._proc.memory_info().rss,
+            "hwm": read_hwm(),
+            "peak_from": "VmHWM" if self._hwm else "samples",
+        }
 
     def zero_grad(self) -> None:
         """Drop this step's gradients and loss without updating (after `finish(update=False)`)."""
@@ -143,8 +163,18 @@ class StageWorker:
                 v = st[0] if st else g  # not read when momentum == 0
                 bk.sgd_update(bk.flat(w), g, v, opt.lr, opt.momentum, opt.weight_decay)
             elif isinstance(opt, Adam):
-                bk.adam_update(bk.flat(w), g, st[0], st[1], opt.lr, opt.beta1, opt.beta2,
-                               opt.eps, self.steps, opt.weight_decay)
+                bk.adam_update(
+                    bk.flat(w),
+                    g,
+                    st[0],
+                    st[1],
+                    opt.lr,
+                    opt.beta1,
+                    opt.beta2,
+                    opt.eps,
+                    self.steps,
+                    opt.weight_decay,
+                )
 
     # -- state ----------------------------------------------------------------------------------
     def get_params(self) -> dict[str, np.ndarray]:
@@ -195,15 +225,24 @@ class StageWorker:
         return self.pid
 
 
-def _warm_up(graph: Graph, bk: Any, opt: Optimizer, dtype: np.dtype, output: str | None,
-             input_grad: bool) -> None:
+def _warm_up(
+    graph: Graph, bk: Any, opt: Optimizer, dtype: np.dtype, output: str | None, input_grad: bool
+) -> None:
     """Compile (or load from cache) every kernel this stage uses, on a 2-wide copy of its
     graph, so the resident-memory baseline taken afterwards excludes the compiler's memory."""
-    small = Graph(tuple(Var(v.name, v.role, tuple(d if d == BATCH else 2 for d in v.shape),
-                            v.layer) for v in graph.vars), graph.ops, graph.output, graph.loss)
+    small = Graph(
+        tuple(
+            Var(v.name, v.role, tuple(d if d == BATCH else 2 for d in v.shape), v.layer)
+            for v in graph.vars
+        ),
+        graph.ops,
+        graph.output,
+        graph.loss,
+    )
     params = {v.name: np.full(v.concrete_shape(2), 0.5, dtype) for v in small.params}
-    prog = Program(small, params, bk, 2, Ledger(keep_events=False), output=output,
-                   input_grad=input_grad)
+    prog = Program(
+        small, params, bk, 2, Ledger(keep_events=False), output=output, input_grad=input_grad
+    )
     x = np.ones(small.var(prog.input).concrete_shape(2), dtype)
     y = None
     if prog.labels:

@@ -13,8 +13,16 @@ from graphpart.errors import GraphpartError
 if TYPE_CHECKING:
     from graphpart.ir.graph import Graph
 
-STAGE_COLOURS = ("#cfe2f3", "#d9ead3", "#fff2cc", "#f4cccc", "#d9d2e9", "#fce5cd", "#d0e0e3",
-                 "#ead1dc")
+STAGE_COLOURS = (
+    "#cfe2f3",
+    "#d9ead3",
+    "#fff2cc",
+    "#f4cccc",
+    "#d9d2e9",
+    "#fce5cd",
+    "#d0e0e3",
+    "#ead1dc",
+)
 ROLE_STYLE = {"input": "#ffffff", "label": "#ffffff", "param": "#eeeeee", "value": "#ffffff"}
 
 
@@ -32,16 +40,19 @@ def to_dot(graph: Graph, stage_of: Mapping[str, int] | None = None) -> str:
 
     lines = ["digraph graphpart {", "  rankdir=LR;", '  node [fontname="Helvetica"];']
     for v in graph.vars:
-        bold = ', penwidth=2' if v.role == "param" else ""
+        bold = ", penwidth=2" if v.role == "param" else ""
         label = f"{v.name}\\n{_shape(v.shape)}"
         colour = fill(v.name, ROLE_STYLE[v.role])
-        lines.append(f'  "{v.name}" [shape=box, style=filled, fillcolor="{colour}", '
-                     f'label="{label}"{bold}];')
+        lines.append(
+            f'  "{v.name}" [shape=box, style=filled, fillcolor="{colour}", label="{label}"{bold}];'
+        )
     for o in graph.ops:
         op_id = f"op:{o.name}"
         colour = fill(o.name, "#ffffff")
-        lines.append(f'  "{op_id}" [shape=circle, style=filled, fillcolor="{colour}", '
-                     f'label="{o.op}", fontsize=10];')
+        lines.append(
+            f'  "{op_id}" [shape=circle, style=filled, fillcolor="{colour}", '
+            f'label="{o.op}", fontsize=10];'
+        )
         for i in o.inputs:
             lines.append(f'  "{i}" -> "{op_id}";')
         lines.append(f'  "{op_id}" -> "{o.output}";')
@@ -50,8 +61,10 @@ def to_dot(graph: Graph, stage_of: Mapping[str, int] | None = None) -> str:
         lines.append('  subgraph cluster_legend { label="stages"; style=dashed;')
         for k in stages:
             colour = STAGE_COLOURS[k % len(STAGE_COLOURS)]
-            lines.append(f'    "legend{k}" [shape=box, style=filled, fillcolor="{colour}", '
-                         f'label="stage {k}"];')
+            lines.append(
+                f'    "legend{k}" [shape=box, style=filled, fillcolor="{colour}", '
+                f'label="stage {k}"];'
+            )
         lines.append("  }")
     lines.append("}")
     return "\n".join(lines) + "\n"
