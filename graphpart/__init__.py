@@ -4,7 +4,7 @@ from graphpart.autodiff import forward, value_and_grad
 from graphpart.errors import GraphpartError
 from graphpart.ir import Graph, Op, Var, mlp
 from graphpart.params import init_params
-from graphpart.partition import Plan, partition
+from graphpart.plan.partition import Plan, partition
 
 __all__ = [
     "Graph",

@@ -9,10 +9,10 @@ import numpy as np
 
 from graphpart.errors import GraphpartError
 from graphpart.ir.graph import Graph
-from graphpart.ops import get
+from graphpart.ir.ops import get
 
 if TYPE_CHECKING:
-    from graphpart.partition import Plan
+    from graphpart.plan.partition import Plan
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -153,7 +153,7 @@ def value_and_grad(
     passed between stages, parameter gradients accumulated over micro-batches.
     """
     if plan is not None or stages is not None or microbatches != 1:
-        from graphpart.partition import partition, pipelined_value_and_grad
+        from graphpart.plan.partition import partition, pipelined_value_and_grad
 
         if plan is None:
             plan = partition(graph, stages or 1)

@@ -71,7 +71,7 @@ def _add_config_args(p: argparse.ArgumentParser, only: tuple[str, ...] | None = 
 
 
 def load_cli_config(args: argparse.Namespace) -> Any:
-    from graphpart.config import load_config
+    from graphpart.run.config import load_config
 
     overrides: dict[str, Any] = {}
     for item in args.set:
@@ -91,10 +91,10 @@ def load_cli_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from graphpart.train import train
+    from graphpart.run.train import train
 
     if args.resume:
-        from graphpart.config import load_config
+        from graphpart.run.config import load_config
 
         cfg_path = Path(args.resume) / "config.toml"
         if not cfg_path.is_file():
@@ -128,8 +128,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from graphpart.report import plan_report
-    from graphpart.train import setup
+    from graphpart.run.report import plan_report
+    from graphpart.run.train import setup
 
     cfg = load_cli_config(args)
     s = setup(cfg)
@@ -140,7 +140,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_graph(args: argparse.Namespace) -> int:
     from graphpart.ir import write_graph
-    from graphpart.train import setup
+    from graphpart.run.train import setup
 
     cfg = load_cli_config(args)
     s = setup(cfg)
@@ -155,9 +155,9 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.pipeline:
-        from graphpart import bench_pipeline as bench
+        from graphpart.tools import bench_pipeline as bench
     else:
-        from graphpart import bench  # type: ignore[no-redef]
+        from graphpart.tools import bench  # type: ignore[no-redef]
 
     argv = ["--json"] if args.json else []
     rest = list(args.rest)
@@ -165,7 +165,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from graphpart.profile import run_profile
+    from graphpart.tools.profile import run_profile
 
     cfg = load_cli_config(args)
     return run_profile(
@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pipeline",
         action="store_true",
-        help="the pipeline benchmark (graphpart.bench_pipeline) instead",
+        help="the pipeline benchmark (graphpart.tools.bench_pipeline) instead",
     )
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark")
     p.set_defaults(func=cmd_bench)

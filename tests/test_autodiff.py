@@ -20,8 +20,8 @@ import pytest
 from graphpart.autodiff import backward, check_batch, check_params, forward, value_and_grad
 from graphpart.errors import GraphpartError
 from graphpart.ir import mlp
-from graphpart.ops import ACTIVATIONS, LOSSES
-from graphpart.partition import partition
+from graphpart.ir.ops import ACTIVATIONS, LOSSES
+from graphpart.plan.partition import partition
 
 WD = 0.07
 SIZES = {  # depth -> sizes (widths 3-5)

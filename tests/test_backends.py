@@ -27,10 +27,10 @@ def _run_on_cuda() -> dict:
     import numpy as np
 
     from graphpart.autodiff import forward, value_and_grad
-    from graphpart.engine import LocalEngine
+    from graphpart.engines.engine import LocalEngine
     from graphpart.ir import mlp
     from graphpart.optim import init_state, make_optimizer, reference_step
-    from graphpart.partition import partition
+    from graphpart.plan.partition import partition
 
     rng = np.random.default_rng(0)
     g = mlp([5, 4, 6, 3], activation="relu", bias=True, weight_decay=0.1)

@@ -1,4 +1,4 @@
-"""Contract of graphpart.balance.
+"""Contract of graphpart.plan.balance.
 
 `balance` returns the sizes of n non-empty contiguous parts whose largest sum is minimal, and
 among those the one whose descending-sorted part sums are lexicographically smallest (then
@@ -15,7 +15,7 @@ import re
 
 import pytest
 
-from graphpart.balance import balance, split, uniform
+from graphpart.plan.balance import balance, split, uniform
 from graphpart.errors import PlanError
 
 

@@ -1,4 +1,4 @@
-"""Tests for graphpart.bench, the training-step benchmark.
+"""Tests for graphpart.tools.bench, the training-step benchmark.
 
 Contract:
 - run_step_benchmark on a tiny MLP returns every documented key, with positive finite times
@@ -20,7 +20,7 @@ import math
 import numpy as np
 import pytest
 
-from graphpart import bench
+from graphpart.tools import bench
 
 TINY = (20, 16, 16, 4)
 

@@ -17,7 +17,7 @@ import re
 
 import pytest
 
-from graphpart import bench_pipeline as bp
+from graphpart.tools import bench_pipeline as bp
 
 
 def test_call_overhead_spreads_cpu_beyond_busy_time_over_the_calls():

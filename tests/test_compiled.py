@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 
 from graphpart.autodiff import value_and_grad
-from graphpart.compiled import CompiledRayEngine
-from graphpart.engine import LocalEngine
+from graphpart.engines.compiled import CompiledRayEngine
+from graphpart.engines.engine import LocalEngine
 from graphpart.errors import StageFailure
 from graphpart.ir import mlp
 from graphpart.optim import init_state, make_optimizer, reference_step
-from graphpart.partition import partition
-from graphpart.runtime import RayEngine
+from graphpart.plan.partition import partition
+from graphpart.engines.tasks import RayEngine
 
 SIZES = [6, 5, 7, 4, 3]
 BATCH, STEPS = 8, 4

@@ -1,4 +1,4 @@
-"""Contract of graphpart.config.
+"""Contract of graphpart.run.config.
 
 load_config merges defaults, a TOML file and dotted overrides (typed, or command-line strings
 coerced to the field's type) into frozen dataclasses; every invalid input raises a one-line
@@ -13,7 +13,7 @@ import pathlib
 
 import pytest
 
-from graphpart.config import Config, dump_toml, load_config
+from graphpart.run.config import Config, dump_toml, load_config
 from graphpart.errors import ConfigError
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"

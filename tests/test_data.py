@@ -1,4 +1,4 @@
-"""Contract of graphpart.data.
+"""Contract of graphpart.run.data.
 
 Loaders return a Dataset with the documented shapes and dtypes; the train/test split and the
 batch order are fixed by the seed (and epoch); synthetic data does not depend on chunking; every
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from graphpart import data
+from graphpart.run import data
 from graphpart.errors import ConfigError, DataError
 
 

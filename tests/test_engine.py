@@ -1,4 +1,4 @@
-"""Contract of graphpart.engine (LocalEngine: every stage in this process, no Ray).
+"""Contract of graphpart.engines.engine (LocalEngine: every stage in this process, no Ray).
 
 After several optimizer steps (SGD with momentum, Adam), a LocalEngine's parameters equal the
 oracle's (autodiff.value_and_grad + optim.reference_step) to 1e-10 relative in float64, for
@@ -17,13 +17,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from graphpart import schedule as sch
+from graphpart.plan import schedule as sch
 from graphpart.autodiff import forward, value_and_grad
-from graphpart.engine import LocalEngine, submission_order
+from graphpart.engines.engine import LocalEngine, submission_order
 from graphpart.errors import PlanError
 from graphpart.ir import mlp
 from graphpart.optim import SGD, Adam, init_state, reference_step
-from graphpart.partition import partition
+from graphpart.plan.partition import partition
 
 SIZES = [5, 4, 6, 3, 3]
 BATCH = 8

@@ -25,8 +25,8 @@ import pytest
 from graphpart.errors import GraphError, GraphpartError
 from graphpart.ir import BATCH, Graph, Op, Var, mlp, to_dot, write_graph
 from graphpart.ir import dot as dotmod
-from graphpart.ops import ACTIVATIONS, LOSSES
-from graphpart.partition import partition
+from graphpart.ir.ops import ACTIVATIONS, LOSSES
+from graphpart.plan.partition import partition
 
 # -- mlp: names, shapes, roles, layers ------------------------------------------------------------
 

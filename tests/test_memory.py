@@ -1,4 +1,4 @@
-"""Contract of the analytic memory model (graphpart/memory.py) against the workers' ledgers.
+"""Contract of the analytic memory model (graphpart/plan/memory.py) against the workers' ledgers.
 
 predict(plan, ...) names every buffer a stage worker allocates, with the ledger's name,
 category and size, so for K in {1, 2, 4}, both schedules, M in {1, 2, 4, 8}, SGD with and
@@ -20,13 +20,13 @@ import re
 import numpy as np
 import pytest
 
-from graphpart import memory
-from graphpart.engine import LocalEngine
+from graphpart.plan import memory
+from graphpart.engines.engine import LocalEngine
 from graphpart.errors import PlanError
 from graphpart.ir import mlp
 from graphpart.optim import SGD, Adam
 from graphpart.params import init_params
-from graphpart.partition import make_plan, partition
+from graphpart.plan.partition import make_plan, partition
 from workers.ledger import CATEGORIES as LEDGER_CATEGORIES
 
 SIZES = [16, 32, 24, 20, 10]

@@ -1,4 +1,4 @@
-"""Contract of graphpart.ops, the op registry.
+"""Contract of graphpart.ir.ops, the op registry.
 
 Every op in REGISTRY (matmul, bias_add, identity, relu, sigmoid, tanh, cross_entropy, mse, l2,
 add) declares: a shape rule (symbolic batch passes through; mismatches raise GraphError naming
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from graphpart.errors import GraphError
-from graphpart.ops import ACTIVATIONS, LOSSES, REGISTRY, get
+from graphpart.ir.ops import ACTIVATIONS, LOSSES, REGISTRY, get
 
 B_ = 5  # concrete batch used for numeric checks
 
@@ -73,7 +73,7 @@ def _log_softmax(o):
 
 
 def _direct(name, ins, attrs):
-    """The op's mathematical definition, written independently of graphpart.ops."""
+    """The op's mathematical definition, written independently of graphpart.ir.ops."""
     if name == "matmul":
         x, w = ins
         return np.einsum("bi,oi->bo", x, w)

@@ -1,4 +1,4 @@
-"""Contract of graphpart.partition (strategies "uniform" and "balanced").
+"""Contract of graphpart.plan.partition (strategies "uniform" and "balanced").
 
 `partition(graph, stages, strategy)` splits the layers into `stages` contiguous, non-empty
 stages ("uniform": near-equal layer counts, remainder first; "balanced": the split minimising
@@ -22,7 +22,7 @@ import pytest
 from graphpart.autodiff import forward
 from graphpart.errors import PlanError
 from graphpart.ir import mlp
-from graphpart.partition import (
+from graphpart.plan.partition import (
     STRATEGIES,
     Plan,
     layer_flops,

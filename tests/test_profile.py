@@ -1,4 +1,4 @@
-"""Contract of graphpart/profile.py (`graphpart profile`): measure, compare, plot, trace.
+"""Contract of graphpart/tools/profile.py (`graphpart profile`): measure, compare, plot, trace.
 
 run_profile(cfg, steps, out) runs `steps` training steps and prints, per stage, predicted vs
 measured peak bytes by category with their ratio (1.000 everywhere: the model is exact), the
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from graphpart import profile
-from graphpart.config import Config
-from graphpart.memory import CATEGORIES, predict
-from graphpart.train import setup
+from graphpart.tools import profile
+from graphpart.run.config import Config
+from graphpart.plan.memory import CATEGORIES, predict
+from graphpart.run.train import setup
 
 
 def _cfg(**pipeline) -> Config:

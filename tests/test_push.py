@@ -17,11 +17,11 @@ import time
 import numpy as np
 import pytest
 
-from graphpart import schedule as sch
+from graphpart.plan import schedule as sch
 from graphpart.autodiff import value_and_grad
 from graphpart.ir import mlp
 from graphpart.optim import SGD, init_state, reference_step
-from graphpart.partition import partition, split_batch
+from graphpart.plan.partition import partition, split_batch
 from workers.push import ActionFailed, Inbox, NeighbourFailed, run_step
 from workers.stage import StageWorker
 

@@ -20,9 +20,9 @@ from graphpart.autodiff import value_and_grad
 from graphpart.errors import StageFailure
 from graphpart.ir import mlp
 from graphpart.optim import init_state, make_optimizer, reference_step
-from graphpart.partition import partition
-from graphpart.push_engine import PushRayEngine
-from graphpart.runtime import RayEngine
+from graphpart.plan.partition import partition
+from graphpart.engines.push import PushRayEngine
+from graphpart.engines.tasks import RayEngine
 
 ENGINES = pytest.mark.parametrize("engine", [RayEngine, PushRayEngine], ids=["tasks", "push"])
 

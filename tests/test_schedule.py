@@ -1,4 +1,4 @@
-"""Contract of graphpart.schedule.
+"""Contract of graphpart.plan.schedule.
 
 `gpipe` and `one_f_one_b` give every stage exactly one F and one B per micro-batch, F(m) before
 B(m); GPipe runs forwards in order then backwards in reverse order, 1F1B runs min(K-k-1, M)
@@ -12,7 +12,7 @@ draws one row per stage plus a legend. Bad arguments raise one-line PlanErrors.
 import pytest
 
 from graphpart.errors import PlanError
-from graphpart.schedule import (
+from graphpart.plan.schedule import (
     Action,
     Event,
     Timeline,

@@ -21,9 +21,9 @@ import pytest
 
 from graphpart.autodiff import forward, value_and_grad
 from graphpart.ir import mlp
-from graphpart.ops import ACTIVATIONS, LOSSES
+from graphpart.ir.ops import ACTIVATIONS, LOSSES
 from graphpart.optim import SGD, Adam, init_state, reference_step
-from graphpart.partition import partition, split_batch
+from graphpart.plan.partition import partition, split_batch
 from workers.stage import StageWorker
 
 SIZES = [5, 4, 6, 3, 3]

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from graphpart.checkpoint import RunDir, atomic_write, load_checkpoint
-from graphpart.config import load_config
+from graphpart.run.checkpoint import RunDir, atomic_write, load_checkpoint
+from graphpart.run.config import load_config
 from graphpart.errors import ConfigError
 from graphpart.ir import mlp
-from graphpart.train import train
+from graphpart.run.train import train
 
 
 def _cfg(tmp_path: Path, **over):

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from graphpart.ir.graph import BATCH, Graph, Op
-from graphpart.ops import ACTIVATIONS, get
+from graphpart.ir.ops import ACTIVATIONS, get
 from workers.ledger import Ledger
 
 ACT_CODE = {name: i for i, name in enumerate(("identity", "relu", "sigmoid", "tanh"))}

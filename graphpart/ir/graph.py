@@ -117,7 +117,7 @@ class Graph:
     # -- checks ---------------------------------------------------------------
     def validate(self) -> Graph:
         """Check names, topological order, op names and shapes; raise GraphError naming the node."""
-        from graphpart.ops import REGISTRY  # ops do not import ir; this is the one way edge
+        from graphpart.ir.ops import REGISTRY  # ops do not import ir; this is the one way edge
 
         seen: dict[str, Var] = {}
         for v in self.vars:

@@ -8,7 +8,7 @@ import numpy as np
 
 from graphpart.errors import GraphError
 from graphpart.ir.graph import BATCH, Graph, Op, Var
-from graphpart.ops import ACTIVATIONS, LOSSES
+from graphpart.ir.ops import ACTIVATIONS, LOSSES
 
 
 def mlp(

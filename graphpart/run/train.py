@@ -14,15 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from graphpart import data as gdata
-from graphpart.checkpoint import RunDir, load_checkpoint, save_checkpoint
-from graphpart.config import Config, dump_toml
-from graphpart.engine import Engine, LocalEngine
+from graphpart.run import data as gdata
+from graphpart.run.checkpoint import RunDir, load_checkpoint, save_checkpoint
+from graphpart.run.config import Config, dump_toml
+from graphpart.engines.engine import Engine, LocalEngine
 from graphpart.errors import ConfigError
 from graphpart.ir import Graph, mlp
 from graphpart.optim import Optimizer, make_optimizer
 from graphpart.params import Init, Params
-from graphpart.partition import Plan, partition
+from graphpart.plan.partition import Plan, partition
 
 
 @dataclass
@@ -65,7 +65,7 @@ def setup(cfg: Config) -> Setup:
     if p.strategy == "memory":
         plan = _memory_plan(cfg, graph)
     elif p.cost == "measured" and p.strategy == "balanced" and p.stages > 1:
-        from graphpart.costs import measured_costs
+        from graphpart.plan.costs import measured_costs
 
         rows = -(-cfg.train.batch_size // p.microbatches)
         times = measured_costs(graph, rows, cfg.train.dtype)
@@ -83,7 +83,7 @@ def setup(cfg: Config) -> Setup:
 
 
 def _memory_plan(cfg: Config, graph: Graph) -> Plan:
-    from graphpart.memory import stage_memory_cost
+    from graphpart.plan.memory import stage_memory_cost
 
     p, t = cfg.pipeline, cfg.train
     cost = stage_memory_cost(
@@ -119,11 +119,11 @@ def make_engine(s: Setup, params: Params, keep_events: bool = True) -> Engine:
     )
     if uses_ray(s.config):
         if p.transport == "push":
-            from graphpart.push_engine import PushRayEngine as Ray
+            from graphpart.engines.push import PushRayEngine as Ray
         elif p.transport == "compiled":
-            from graphpart.compiled import CompiledRayEngine as Ray
+            from graphpart.engines.compiled import CompiledRayEngine as Ray
         else:
-            from graphpart.runtime import RayEngine as Ray
+            from graphpart.engines.tasks import RayEngine as Ray
 
         return Ray(s.plan, params, s.optimizer, address=p.address, **kw)
     return LocalEngine(s.plan, params, s.optimizer, **kw)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from graphpart.errors import StageFailure
-from graphpart.runtime import RayEngine, _first_line
+from graphpart.engines.tasks import RayEngine, _first_line
 
 
 class PushRayEngine(RayEngine):

@@ -11,8 +11,8 @@ import numpy as np
 from graphpart.errors import StageFailure
 from graphpart.optim import Optimizer
 from graphpart.params import Init, Params
-from graphpart.partition import Plan, split_batch
-from graphpart.runtime import RayEngine, _first_line
+from graphpart.plan.partition import Plan, split_batch
+from graphpart.engines.tasks import RayEngine, _first_line
 
 # How the step's graph is laid out (why, see CompiledRayEngine):
 #

@@ -104,10 +104,10 @@ def make_graphpart(
     optimizer: str,
 ) -> Any:
     """graphpart's in-process engine on one stage, with a copy of `params`."""
-    from graphpart.engine import LocalEngine
+    from graphpart.engines.engine import LocalEngine
     from graphpart.ir import mlp
     from graphpart.optim import make_optimizer
-    from graphpart.partition import partition
+    from graphpart.plan.partition import partition
 
     g = mlp(list(sizes), activation=activation, bias=bias, loss="cross_entropy", weight_decay=0.0)
     return LocalEngine(
@@ -571,7 +571,7 @@ def measure_startup(
         "import json, sys, time\n"
         "t0 = time.perf_counter()\n"
         "import numpy as np\n"
-        "from graphpart.bench import init_mlp_params, make_graphpart\n"
+        "from graphpart.tools.bench import init_mlp_params, make_graphpart\n"
         "sizes, batch, dtype, act = json.loads(sys.argv[1])\n"
         "p = init_mlp_params(sizes, act, True, dtype)\n"
         "rng = np.random.default_rng(0)\n"
@@ -805,7 +805,7 @@ def format_report(result: Mapping[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m graphpart.bench", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m graphpart.tools.bench", description=__doc__)
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="layer widths, d,h1,..,q")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))

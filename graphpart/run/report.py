@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from graphpart import schedule as sch
-from graphpart.partition import split_batch
+from graphpart.plan import schedule as sch
+from graphpart.plan.partition import split_batch
 from graphpart.units import human_bytes
 
 
@@ -21,7 +21,7 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
 
 def plan_report(s: Any, cfg: Any) -> dict[str, Any]:
     """The plan as a table and as data; memory columns come from the analytic model."""
-    from graphpart.train import plan_dict
+    from graphpart.run.train import plan_dict
 
     plan, p, t = s.plan, cfg.pipeline, cfg.train
     data = plan_dict(plan, cfg)
@@ -39,7 +39,7 @@ def plan_report(s: Any, cfg: Any) -> dict[str, Any]:
     basis = "measured" if "measured" in plan.strategy else "FLOP-proportional"
     mem = None
     try:
-        from graphpart.memory import predict
+        from graphpart.plan.memory import predict
 
         mem = predict(
             plan,

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from graphpart import data as gdata
+from graphpart.run import data as gdata
 from graphpart.errors import ConfigError
-from graphpart.memory import CATEGORIES, MemoryPrediction, predict, predict_inference
-from graphpart.report import human_bytes, table
+from graphpart.plan.memory import CATEGORIES, MemoryPrediction, predict, predict_inference
+from graphpart.run.report import human_bytes, table
 from workers.hwm import read_hwm, reset_hwm
 
 COLORS = {
@@ -124,10 +124,10 @@ def _warm_up(s: Any) -> None:
 
     So that the resident-memory baseline taken afterwards does not count the JIT compiler.
     """
-    from graphpart.engine import LocalEngine
+    from graphpart.engines.engine import LocalEngine
     from graphpart.ir import mlp
     from graphpart.params import init_params
-    from graphpart.partition import partition
+    from graphpart.plan.partition import partition
 
     cfg = s.config
     m, t, p = cfg.model, cfg.train, cfg.pipeline
@@ -167,16 +167,16 @@ def measure(
     sample_rss: bool = True,
     batches: list[np.ndarray] | None = None,
 ) -> Measurement:
-    """Run `steps` training steps of setup `s` (graphpart.train.setup) and collect measurements.
+    """Run `steps` training steps of setup `s` (graphpart.run.train.setup) and collect measurements.
 
-    Ray is used as graphpart.train.make_engine decides (stages > 1). Resident memory: for the
+    Ray is used as graphpart.run.train.make_engine decides (stages > 1). Resident memory: for the
     in-process engine, this process, baseline taken after a JIT warm-up and before the engine
     allocates anything; for Ray, each stage worker measures its own process (baseline after
     its JIT warm-up and before it allocates anything, peak sampled at every forward, backward
     and step), so it works on any node.
     """
     from graphpart.params import Init
-    from graphpart.train import make_engine, uses_ray
+    from graphpart.run.train import make_engine, uses_ray
 
     cfg = s.config
     t = cfg.train
@@ -280,7 +280,7 @@ def ledger_mark_cost(n: int = 20000) -> float:
 def _ab_local(s: Any, batches: list[np.ndarray], rounds: int) -> tuple[float, float]:
     """Median step time of two in-process engines, events on and off, stepped alternately."""
     from graphpart.params import Init
-    from graphpart.train import make_engine
+    from graphpart.run.train import make_engine
 
     params = Init(s.config.train.seed, s.config.train.dtype)
     engines = [make_engine(s, params, keep_events=True), make_engine(s, params, keep_events=False)]
@@ -638,8 +638,8 @@ def run_profile(
     as_json: bool = False,
 ) -> int:
     """`graphpart profile`: a few steps; predicted vs measured memory per stage; PNGs, trace."""
-    from graphpart.memory import training_vs_inference
-    from graphpart.train import setup, uses_ray
+    from graphpart.plan.memory import training_vs_inference
+    from graphpart.run.train import setup, uses_ray
 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"steps={steps!r}: must be a positive integer")
@@ -657,7 +657,7 @@ def run_profile(
     batches = _batches(s.dataset, t.batch_size, t.seed, steps)
     started = False
     if uses_ray(cfg):  # keep one Ray session for both measured runs
-        from graphpart.runtime import start_ray
+        from graphpart.engines.tasks import start_ray
 
         started = start_ray(p.address)
     try:

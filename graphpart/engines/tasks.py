@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from graphpart.engine import Engine, stage_kwargs
+from graphpart.engines.engine import Engine, stage_kwargs
 from graphpart.errors import ConfigError, StageFailure
 from graphpart.optim import Optimizer
 from graphpart.params import Params, stage_params
-from graphpart.partition import Plan
+from graphpart.plan.partition import Plan
 
 
 def start_ray(address: str = "", num_cpus: int | None = None) -> bool:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from graphpart.errors import ConfigError
-from graphpart.ops import ACTIVATIONS, LOSSES
+from graphpart.ir.ops import ACTIVATIONS, LOSSES
 
 if sys.version_info >= (3, 11):
     import tomllib

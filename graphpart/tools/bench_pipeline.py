@@ -218,7 +218,7 @@ def predict_step(
 ) -> dict[str, float]:
     """Step time the simulator predicts from per-micro-batch stage times (+ each stage's
     finish after its last action), and its bubble fraction."""
-    from graphpart import schedule as sch
+    from graphpart.plan import schedule as sch
 
     tl = sch.simulate(sch.make(kind, len(fwd), microbatches), list(fwd), list(bwd), comm)
     ends = [max(e.end for e in tl.events if e.stage == k) for k in range(len(fwd))]
@@ -260,10 +260,10 @@ def measure_pipeline(
     """K=2 pipeline on RayEngine, PushRayEngine and CompiledRayEngine, each (schedule, M)
     measured and compared with the simulator fed the stage times measured in the same window:
     the work inside each call alone ('kernels'), and that plus each stage's per-call cost."""
-    from graphpart.compiled import CompiledRayEngine
-    from graphpart.partition import partition
-    from graphpart.push_engine import PushRayEngine
-    from graphpart.runtime import RayEngine
+    from graphpart.engines.compiled import CompiledRayEngine
+    from graphpart.plan.partition import partition
+    from graphpart.engines.push import PushRayEngine
+    from graphpart.engines.tasks import RayEngine
 
     g, params, X, y, opt = _problem(sizes, batch, dtype)
     plan = partition(g, 2, "balanced")
@@ -320,8 +320,8 @@ def measure_single(
     """The same model in this process, one stage: BLAS on every core, and on one thread."""
     from threadpoolctl import threadpool_limits
 
-    from graphpart.engine import LocalEngine
-    from graphpart.partition import partition
+    from graphpart.engines.engine import LocalEngine
+    from graphpart.plan.partition import partition
 
     g, params, X, y, opt = _problem(sizes, batch, dtype)
     out = []
@@ -350,7 +350,7 @@ def run(
 ) -> dict[str, Any]:
     import ray
 
-    from graphpart.runtime import start_ray
+    from graphpart.engines.tasks import start_ray
 
     started = start_ray(num_cpus=2)
     try:
@@ -466,7 +466,7 @@ def format_report(res: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m graphpart.bench_pipeline", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m graphpart.tools.bench_pipeline", description=__doc__)
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="layer widths d,h1,..,q")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from graphpart import balance as bal
+from graphpart.plan import balance as bal
 from graphpart.errors import PlanError
 from graphpart.ir.graph import BATCH, Graph, Op, Var
-from graphpart.ops import get
+from graphpart.ir.ops import get
 from graphpart.units import human_bytes
 
 STRATEGIES = ("uniform", "balanced", "memory")
@@ -106,7 +106,7 @@ def partition(
     uniform: equal layer counts. balanced: minimise the slowest stage, by per-sample FLOPs or
     by `layer_costs` (e.g. per-layer times measured in a profiling pass). memory: minimise the
     largest per-stage memory, where `memory_cost(first_layer, stop_layer, stage_index)` gives
-    a stage's predicted bytes (graphpart.memory supplies it); with `budgets` (bytes per stage),
+    a stage's predicted bytes (graphpart.plan.memory supplies it); with `budgets` (bytes per stage),
     fit them or fail before anything starts.
     """
     if strategy not in STRATEGIES:
@@ -136,7 +136,7 @@ def partition(
         sizes = bal.balance(costs, stages)
     else:
         if memory_cost is None:
-            from graphpart.memory import stage_memory_cost
+            from graphpart.plan.memory import stage_memory_cost
 
             memory_cost = stage_memory_cost(graph, stages)
         if budgets is not None and len(budgets) != stages:

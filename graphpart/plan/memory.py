@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from graphpart import schedule as sch
+from graphpart.plan import schedule as sch
 from graphpart.ir.graph import BATCH, Graph, Shape
-from graphpart.ops import ACTIVATIONS, get
+from graphpart.ir.ops import ACTIVATIONS, get
 from graphpart.optim import Optimizer, make_optimizer
-from graphpart.partition import Plan, Stage, _stage, layer_flops, split_batch
+from graphpart.plan.partition import Plan, Stage, _stage, layer_flops, split_batch
 
 # The ledger's categories (workers/ledger.py CATEGORIES), repeated here so that planning never
 # imports worker code; tests check the two tuples agree.
@@ -92,7 +92,7 @@ class MemoryPrediction:
         }
 
     def table(self) -> str:
-        from graphpart.report import human_bytes, table
+        from graphpart.run.report import human_bytes, table
 
         headers = ["category", *(f"stage {s.index}" for s in self.stages)]
         rows = [[c, *(human_bytes(s.bytes[c]) for s in self.stages)] for c in CATEGORIES]
@@ -434,7 +434,7 @@ def stage_memory_cost(
 ) -> Callable[[int, int, int], float]:
     """cost(start, stop, k): predicted bytes of stage k of `stages` holding layers[start:stop].
 
-    For graphpart.partition.partition(graph, stages, "memory", memory_cost=...); the stage
+    For graphpart.plan.partition.partition(graph, stages, "memory", memory_cost=...); the stage
     index matters because under 1F1B stage k holds min(stages - k, microbatches) micro-batches.
     """
     layers = graph.layers

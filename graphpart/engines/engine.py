@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from graphpart import schedule as sch
+from graphpart.plan import schedule as sch
 from graphpart.errors import PlanError
 from graphpart.optim import Optimizer
 from graphpart.params import Params, stage_params
-from graphpart.partition import Plan, split_batch
+from graphpart.plan.partition import Plan, split_batch
 
 
 def submission_order(actions: list[list[sch.Action]]) -> list[tuple[int, sch.Action]]:

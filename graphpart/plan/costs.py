@@ -9,7 +9,7 @@ import numpy as np
 from graphpart.ir.graph import Graph
 from graphpart.optim import SGD
 from graphpart.params import init_params
-from graphpart.partition import layer_flops, make_plan
+from graphpart.plan.partition import layer_flops, make_plan
 
 
 def flop_costs(graph: Graph) -> list[float]:

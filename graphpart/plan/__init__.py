@@ -1,0 +1,1 @@
+"""Planning, pure and cheap: micro-batching, balance, partition, schedules, memory, costs."""

@@ -1,0 +1,1 @@
+"""A training run: config, data, checkpoints and run directories, the loop, reports."""

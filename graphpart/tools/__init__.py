@@ -1,0 +1,1 @@
+"""Users' commands built on the library: benchmarks and the memory profiler."""
