@@ -1,6 +1,7 @@
 """graphpart: train neural networks across devices by partitioning their computational graph."""
 
-from graphpart.autodiff import forward, value_and_grad
+from graphpart.api import value_and_grad
+from graphpart.autodiff import forward
 from graphpart.errors import GraphpartError
 from graphpart.ir import Graph, Op, Var, mlp
 from graphpart.params import init_params

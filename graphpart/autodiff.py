@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from graphpart.errors import GraphpartError
 from graphpart.ir.graph import Graph
 from graphpart.ir.ops import get
+from graphpart.params import DTYPES
 
-if TYPE_CHECKING:
-    from graphpart.plan.partition import Plan
-
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+FLOAT_DTYPES = tuple(np.dtype(d) for d in DTYPES)
 
 
 def check_params(graph: Graph, params: Mapping[str, np.ndarray]) -> np.dtype:
@@ -141,23 +139,8 @@ def value_and_grad(
     graph: Graph,
     params: Mapping[str, np.ndarray],
     batch: Mapping[str, np.ndarray],
-    plan: Plan | None = None,
-    *,
-    stages: int | None = None,
-    microbatches: int = 1,
 ) -> tuple[float, dict[str, np.ndarray]]:
-    """J and dJ/dW for every parameter W, by reverse-mode differentiation in one process.
-
-    With a `plan` (or `stages`, and `microbatches`), the same numbers are computed the way a
-    pipeline computes them: per stage, per micro-batch, boundary tensors and their gradients
-    passed between stages, parameter gradients accumulated over micro-batches.
-    """
-    if plan is not None or stages is not None or microbatches != 1:
-        from graphpart.plan.partition import partition, pipelined_value_and_grad
-
-        if plan is None:
-            plan = partition(graph, stages or 1)
-        return pipelined_value_and_grad(plan, params, batch, microbatches)
+    """J and dJ/dW for every parameter W, by reverse-mode differentiation in one process."""
     values = forward(graph, params, batch)
     one = np.ones((), dtype=check_params(graph, params))
     grads = backward(graph, values, {graph.output: one})

@@ -38,11 +38,10 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
     "--strategy": ("pipeline.strategy", str, "uniform | balanced | memory"),
     "--address": ("pipeline.address", str, "join a Ray cluster: auto | ray://host:port"),
     "--device": ("pipeline.device", str, "cpu | cuda"),
-    "--runtime": ("pipeline.runtime", str, "auto | local | ray"),
     "--transport": (
         "pipeline.transport",
         str,
-        "push | tasks | compiled: how Ray stages pass boundary tensors",
+        "auto | inprocess | tasks | push | compiled: what carries the stages' calls and tensors",
     ),
     "--cost": ("pipeline.cost", str, "flops | measured: what the balanced strategy balances"),
     "--recompute": ("pipeline.recompute", str, "true | false: recompute activations in backward"),

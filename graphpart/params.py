@@ -10,6 +10,8 @@ import numpy as np
 
 from graphpart.ir.graph import Graph
 
+DTYPES = ("float32", "float64")  # the floating-point types parameters and data may take
+
 
 def init_params(graph: Graph, seed: int = 0, dtype: str | np.dtype = "float32") -> dict:
     """He-normal weights for relu, Glorot-normal otherwise; zero biases.

@@ -17,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from graphpart.autodiff import backward, check_batch, check_params, forward, value_and_grad
+from graphpart.api import value_and_grad
+from graphpart.autodiff import backward, check_batch, check_params, forward
 from graphpart.errors import GraphpartError
 from graphpart.ir import mlp
 from graphpart.ir.ops import ACTIVATIONS, LOSSES

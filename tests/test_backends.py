@@ -27,7 +27,7 @@ def _run_on_cuda() -> dict:
     import numpy as np
 
     from graphpart.autodiff import forward, value_and_grad
-    from graphpart.engines.engine import LocalEngine
+    from graphpart.engines import Engine
     from graphpart.ir import mlp
     from graphpart.optim import init_state, make_optimizer, reference_step
     from graphpart.plan.partition import partition
@@ -41,7 +41,7 @@ def _run_on_cuda() -> dict:
     state = init_state(opt, ref)
     _, gr = value_and_grad(g, ref, {"x": X, "y": Y})
     reference_step(opt, ref, gr, state, 1)
-    eng = LocalEngine(
+    eng = Engine(
         partition(g, 2), p0, opt, microbatches=2, schedule="1f1b", max_rows=8, device="cuda"
     )
     eng.step(X, Y)

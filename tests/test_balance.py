@@ -15,8 +15,8 @@ import re
 
 import pytest
 
-from graphpart.plan.balance import balance, split, uniform
 from graphpart.errors import PlanError
+from graphpart.plan.balance import balance, split, uniform
 
 
 def compositions(total: int, n: int):

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from graphpart.tools import bench
+from graphpart.tools.machine import cores
 
 TINY = (20, 16, 16, 4)
 
@@ -56,7 +57,7 @@ def test_tiny_benchmark_returns_every_key():
     assert res["flops_per_step"] == bench.step_flops(TINY, 8) > 0
     assert res["matmul"]["gflops"] > 0 and res["matmul"]["floor_ms"] > 0
     assert res["step_matmuls"]["best_ms"] > 0
-    assert res["config"]["threads"] >= 1
+    assert res["config"]["threads"] == cores() >= 1  # the default: every usable core
     for key in ("numpy", "numba", "cpu", "cores", "blas", "python"):
         assert key in res["env"]
     has_torch = res["env"]["torch"] is not None

@@ -13,8 +13,8 @@ import pathlib
 
 import pytest
 
-from graphpart.run.config import Config, dump_toml, load_config
 from graphpart.errors import ConfigError
+from graphpart.run.config import Config, dump_toml, load_config
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 

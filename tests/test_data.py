@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from graphpart.run import data
 from graphpart.errors import ConfigError, DataError
+from graphpart.run import data
 
 
 def _one_line(exc: pytest.ExceptionInfo) -> str:

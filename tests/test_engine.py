@@ -1,12 +1,10 @@
-"""Contract of graphpart.engines.engine (LocalEngine: every stage in this process, no Ray).
+"""Contract of graphpart.engines.engine (Engine over the inprocess transport: no Ray).
 
-After several optimizer steps (SGD with momentum, Adam), a LocalEngine's parameters equal the
+After several optimizer steps (SGD with momentum, Adam), an in-process Engine's parameters equal the
 oracle's (autodiff.value_and_grad + optim.reference_step) to 1e-10 relative in float64, for
 K in 1..4 stages, M in {1, 2, 3, 4, 8} micro-batches, both schedules ("gpipe", "1f1b") and both
 partition strategies; each step reports the J of the parameters it started from.
-`submission_order` lists every action of the schedule once, keeps each stage's own order and
-puts every action after the ones it depends on (F(k-1, m) before F(k, m); F(K-1, m) before
-B(K-1, m); B(k+1, m) before B(k, m)). Each stage uses as many activation slots as the
+Each stage uses as many activation slots as the
 schedule's peak in-flight count. `value_and_grad` gives the oracle's J and gradients without
 updating; `predict` gives autodiff.forward's logits for any number of rows; a minibatch with
 fewer rows than micro-batches raises PlanError.
@@ -17,12 +15,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from graphpart.plan import schedule as sch
 from graphpart.autodiff import forward, value_and_grad
-from graphpart.engines.engine import LocalEngine, submission_order
+from graphpart.engines import Engine
+from graphpart.engines.wiring import wire
 from graphpart.errors import PlanError
 from graphpart.ir import mlp
 from graphpart.optim import SGD, Adam, init_state, reference_step
+from graphpart.plan import schedule as sch
 from graphpart.plan.partition import partition
 
 SIZES = [5, 4, 6, 3, 3]
@@ -80,19 +79,19 @@ def test_training_matches_oracle(opt_name, k, microbatches, kind, strategy):
     g, p0, X, Y = PROBLEM
     opt = OPTS[opt_name]
     Js, want = ORACLE[opt_name]
-    eng = LocalEngine(
+    eng = Engine(
         partition(g, k, strategy), p0, opt, microbatches=microbatches, schedule=kind, max_rows=BATCH
     )
     for t, (x, y) in enumerate(batches(X, Y)):
         r = eng.step(x, y)
-        assert abs(r["J"] - Js[t]) <= 1e-10 * abs(Js[t]), t
-        assert abs(r["J"] - (r["L"] + r["s"])) <= 1e-14 * abs(r["J"])
+        assert abs(r.J - Js[t]) <= 1e-10 * abs(Js[t]), t
+        assert abs(r.J - (r.L + r.s)) <= 1e-14 * abs(r.J)
     got = eng.get_params()
     assert set(got) == set(want)
     for name in want:
         assert got[name].dtype == np.float64
         assert rel_err(got[name], want[name]) < 1e-10, name
-    for w, peak in zip(eng.workers, eng.peak_in_flight, strict=True):
+    for w, peak in zip(eng.transport.workers, eng.peak_in_flight, strict=True):
         assert w.stats()["slots"] == peak
         assert w.steps == STEPS
     eng.close()
@@ -110,11 +109,11 @@ def test_training_matches_oracle(opt_name, k, microbatches, kind, strategy):
 def test_other_models_and_optimizer_settings(activation, bias, loss, opt):
     g, p0, X, Y = make_problem(activation, bias, loss, seed=1)
     Js, want = oracle(g, p0, X, Y, opt)
-    with LocalEngine(
+    with Engine(
         partition(g, 3, "balanced"), p0, opt, microbatches=3, schedule="1f1b", max_rows=BATCH
     ) as eng:
         for t, (x, y) in enumerate(batches(X, Y)):
-            assert abs(eng.step(x, y)["J"] - Js[t]) <= 1e-10 * abs(Js[t])
+            assert abs(eng.step(x, y).J - Js[t]) <= 1e-10 * abs(Js[t])
         got = eng.get_params()
     for name in want:
         assert rel_err(got[name], want[name]) < 1e-10, name
@@ -123,7 +122,7 @@ def test_other_models_and_optimizer_settings(activation, bias, loss, opt):
 def test_engine_does_not_modify_initial_params():
     g, p0, X, Y = make_problem(seed=2)
     copy = {k: v.copy() for k, v in p0.items()}
-    eng = LocalEngine(partition(g, 2, "uniform"), p0, OPTS["adam"], microbatches=2, max_rows=BATCH)
+    eng = Engine(partition(g, 2, "uniform"), p0, OPTS["adam"], microbatches=2, max_rows=BATCH)
     eng.step(X[:BATCH], Y[:BATCH])
     for k in p0:
         np.testing.assert_array_equal(p0[k], copy[k])
@@ -135,7 +134,7 @@ def test_value_and_grad_matches_oracle_without_updating(k, microbatches):
     g, p0, X, Y = PROBLEM
     x, y = X[:BATCH], Y[:BATCH]
     J, grads = value_and_grad(g, p0, {"x": x, "y": y})
-    eng = LocalEngine(
+    eng = Engine(
         partition(g, k, "balanced"),
         p0,
         OPTS["momentum"],
@@ -150,7 +149,7 @@ def test_value_and_grad_matches_oracle_without_updating(k, microbatches):
             assert rel_err(ge[name], grads[name]) < 1e-10, name
     for name, v in eng.get_params().items():
         np.testing.assert_array_equal(v, p0[name])
-    assert all(w.steps == 0 for w in eng.workers)
+    assert all(w.steps == 0 for w in eng.transport.workers)
 
 
 def test_smaller_last_minibatch():
@@ -158,7 +157,7 @@ def test_smaller_last_minibatch():
     opt = OPTS["momentum"]
     params = {k: v.copy() for k, v in p0.items()}
     state = init_state(opt, params)
-    eng = LocalEngine(partition(g, 3, "uniform"), p0, opt, microbatches=4, max_rows=BATCH)
+    eng = Engine(partition(g, 3, "uniform"), p0, opt, microbatches=4, max_rows=BATCH)
     for t, n in enumerate((8, 5, 4), start=1):  # fewer rows than max_rows, uneven splits
         x, y = X[:n] * t, Y[:n]
         _, grads = value_and_grad(g, params, {"x": x, "y": y})
@@ -169,32 +168,9 @@ def test_smaller_last_minibatch():
         assert rel_err(got[name], params[name]) < 1e-10, name
 
 
-# -- submission order -----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("kind", sch.KINDS)
-@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
-@pytest.mark.parametrize("m", [1, 2, 3, 4, 8])
-def test_submission_order_respects_dependencies(kind, k, m):
-    actions = sch.make(kind, k, m)
-    order = submission_order(actions)
-    assert len(order) == 2 * k * m
-    assert len(set(order)) == len(order)
-    for stage in range(k):  # each stage's own order is kept
-        assert [a for s, a in order if s == stage] == actions[stage]
-    pos = {(s, a.kind, a.mb): i for i, (s, a) in enumerate(order)}
-    for stage in range(k):
-        for mb in range(m):
-            if stage > 0:
-                assert pos[stage - 1, "F", mb] < pos[stage, "F", mb]
-            if stage < k - 1:
-                assert pos[stage + 1, "B", mb] < pos[stage, "B", mb]
-            assert pos[stage, "F", mb] < pos[stage, "B", mb]
-
-
 def test_engine_schedule_setup():
     g = PROBLEM[0]
-    eng = LocalEngine(
+    eng = Engine(
         partition(g, 4, "uniform"),
         PROBLEM[1],
         OPTS["adam"],
@@ -205,8 +181,8 @@ def test_engine_schedule_setup():
     assert eng.kind == "1f1b" and eng.microbatches == 6
     assert eng.actions == sch.one_f_one_b(4, 6)
     assert eng.peak_in_flight == [4, 3, 2, 1]
-    assert eng.order == submission_order(eng.actions)
-    gp = LocalEngine(
+    assert eng.wiring == wire("1f1b", 4, 6)
+    gp = Engine(
         partition(g, 4, "uniform"),
         PROBLEM[1],
         OPTS["adam"],
@@ -216,7 +192,7 @@ def test_engine_schedule_setup():
     )
     assert gp.peak_in_flight == [6, 6, 6, 6]
     with pytest.raises(PlanError, match=r"schedule 'zigzag' is unknown"):
-        LocalEngine(
+        Engine(
             partition(g, 2, "uniform"), PROBLEM[1], OPTS["adam"], schedule="zigzag", max_rows=BATCH
         )
 
@@ -228,7 +204,7 @@ def test_engine_schedule_setup():
 @pytest.mark.parametrize("chunk", [None, 1, 3, 4])
 def test_predict_matches_autodiff_logits(k, chunk):
     g, p0, X, Y = PROBLEM
-    eng = LocalEngine(partition(g, k, "uniform"), p0, OPTS["adam"], microbatches=2, max_rows=BATCH)
+    eng = Engine(partition(g, k, "uniform"), p0, OPTS["adam"], microbatches=2, max_rows=BATCH)
     want = forward(g, p0, {"x": X, "y": Y})["o"]
     got = eng.predict(X) if chunk is None else eng.predict(X, chunk)
     assert got.shape == (len(X), SIZES[-1])
@@ -240,14 +216,14 @@ def test_predict_matches_autodiff_logits(k, chunk):
 
 def test_predict_with_chunk_of_a_whole_minibatch():
     g, p0, X, Y = PROBLEM
-    eng = LocalEngine(partition(g, 2, "uniform"), p0, OPTS["adam"], microbatches=2, max_rows=BATCH)
+    eng = Engine(partition(g, 2, "uniform"), p0, OPTS["adam"], microbatches=2, max_rows=BATCH)
     want = forward(g, p0, {"x": X, "y": Y})["o"]
     np.testing.assert_allclose(eng.predict(X, BATCH), want, rtol=1e-12, atol=1e-14)
 
 
 def test_microbatches_exceeding_rows():
     g, p0, X, Y = PROBLEM
-    eng = LocalEngine(partition(g, 2, "uniform"), p0, OPTS["adam"], microbatches=8, max_rows=BATCH)
+    eng = Engine(partition(g, 2, "uniform"), p0, OPTS["adam"], microbatches=8, max_rows=BATCH)
     with pytest.raises(PlanError, match=r"microbatches=8 exceeds the minibatch of 5 rows"):
         eng.step(X[:5], Y[:5])
     before = eng.get_params()
@@ -260,10 +236,10 @@ def test_state_round_trip_between_engines():
     opt = OPTS["adam"]
     Js, want = ORACLE["adam"]
     plan = partition(g, 3, "balanced")
-    a = LocalEngine(plan, p0, opt, microbatches=2, max_rows=BATCH)
+    a = Engine(plan, p0, opt, microbatches=2, max_rows=BATCH)
     steps = list(batches(X, Y))
     a.step(*steps[0])
-    b = LocalEngine(
+    b = Engine(
         plan,
         {k: np.zeros_like(v) for k, v in p0.items()},
         opt,
@@ -288,12 +264,12 @@ def test_float32_training_tracks_float64_oracle(kind):
     opt = OPTS["momentum"]
     p32 = {k: v.astype(np.float32) for k, v in p0.items()}
     _, want = oracle(g, {k: v.astype(np.float64) for k, v in p32.items()}, X, Y, opt)
-    eng = LocalEngine(
+    eng = Engine(
         partition(g, 3, "uniform"), p32, opt, microbatches=4, schedule=kind, max_rows=BATCH
     )
     for x, y in batches(X, Y):
         r = eng.step(x.astype(np.float32), y)
-        assert np.isfinite(r["J"])
+        assert np.isfinite(r.J)
     got = eng.get_params()
     for name in want:
         assert got[name].dtype == np.float32, name
@@ -308,7 +284,7 @@ def test_workers_make_their_own_parameters_from_init():
     g = mlp([5, 4, 6, 3, 3], activation="relu", bias=True)
     want = init_params(g, 7, "float64")
     for k in (1, 2, 4):
-        eng = LocalEngine(partition(g, k), Init(7, "float64"), SGD(lr=0.1), max_rows=8)
+        eng = Engine(partition(g, k), Init(7, "float64"), SGD(lr=0.1), max_rows=8)
         got = eng.get_params()
         assert set(got) == set(want)
         assert all(np.array_equal(got[n], want[n]) and got[n].dtype == want[n].dtype for n in want)

@@ -20,14 +20,13 @@ import re
 import numpy as np
 import pytest
 
-from graphpart.plan import memory
-from graphpart.engines.engine import LocalEngine
+from graphpart.engines import Engine
 from graphpart.errors import PlanError
 from graphpart.ir import mlp
 from graphpart.optim import SGD, Adam
 from graphpart.params import init_params
+from graphpart.plan import memory
 from graphpart.plan.partition import make_plan, partition
-from workers.ledger import CATEGORIES as LEDGER_CATEGORIES
 
 SIZES = [16, 32, 24, 20, 10]
 BATCH = 16
@@ -55,7 +54,7 @@ def _engine(
     loss="cross_entropy",
     sizes=SIZES,
 ):
-    e = LocalEngine(
+    e = Engine(
         plan,
         init_params(plan.graph, 0, dtype),
         opt,
@@ -72,17 +71,13 @@ def _engine(
 
 
 def _assert_exact(e, pred):
-    for k, w in enumerate(e.workers):
+    for k, w in enumerate(e.transport.workers):
         snap = w.ledger.snapshot()
         st = pred.stages[k]
         assert snap["peak"] == st.bytes, f"stage {k}"
         assert snap["peak_total"] == st.total
         assert snap["entries"] == st.entries(), f"stage {k}: buffers differ"
         assert len(w.prog.slots) == st.in_flight
-
-
-def test_categories_are_the_ledgers():
-    assert memory.CATEGORIES == LEDGER_CATEGORIES
 
 
 @pytest.mark.parametrize("K", [1, 2, 4])
@@ -168,7 +163,7 @@ def test_1f1b_holds_at_most_k_over_m_of_gpipe_on_stage0(K, M):
     peaks = {}
     for schedule in ("gpipe", "1f1b"):
         e = _engine(plan, Adam(), M, schedule)
-        peaks[schedule] = e.workers[0].ledger.peak["activation"]
+        peaks[schedule] = e.transport.workers[0].ledger.peak["activation"]
         pred = memory.predict(plan, batch=BATCH, microbatches=M, schedule=schedule)
         assert pred.stages[0].bytes["activation"] == peaks[schedule]
     assert peaks["1f1b"] > 0
@@ -182,11 +177,11 @@ def test_recompute_saves_activations_and_keeps_gradients():
     x, y = _data(SIZES, dtype="float64")
     grads, measured, predicted = {}, {}, {}
     for rc in (False, True):
-        e = LocalEngine(
+        e = Engine(
             plan, params, Adam(), microbatches=4, schedule="gpipe", max_rows=BATCH, recompute=rc
         )
         J, grads[rc] = e.value_and_grad(x[:BATCH], y[:BATCH])
-        measured[rc] = [w.ledger.peak["activation"] for w in e.workers]
+        measured[rc] = [w.ledger.peak["activation"] for w in e.transport.workers]
         predicted[rc] = [
             s.bytes["activation"]
             for s in memory.predict(

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from graphpart.tools import profile
-from graphpart.run.config import Config
+from graphpart.errors import ConfigError
 from graphpart.plan.memory import CATEGORIES, predict
+from graphpart.run.config import Config
 from graphpart.run.train import setup
+from graphpart.tools import profile
 
 
 def _cfg(**pipeline) -> Config:
@@ -151,8 +152,6 @@ def test_spans_and_trace_from_events():
 
 
 def test_steps_must_be_positive(tmp_path):
-    from graphpart.errors import ConfigError
-
     with pytest.raises(ConfigError, match="steps=0"):
         profile.run_profile(_cfg(), steps=0, out=tmp_path)
 

@@ -17,8 +17,8 @@ import time
 import numpy as np
 import pytest
 
-from graphpart.plan import schedule as sch
 from graphpart.autodiff import value_and_grad
+from graphpart.engines.wiring import wire
 from graphpart.ir import mlp
 from graphpart.optim import SGD, init_state, reference_step
 from graphpart.plan.partition import partition, split_batch
@@ -56,8 +56,9 @@ def _workers(plan, params, opt):
 def _step(ws, inboxes, kind, m, x, y, step, update=True, timeout_s=30.0):
     """Every stage's run_step on its own thread; returns the results (or raised errors)."""
     k = len(ws)
-    acts = [[(a.kind, a.mb) for a in stage] for stage in sch.make(kind, k, m)]
-    rows = split_batch(len(x), m)
+    w = wire(kind, k, m)
+    parts = [x[r] for r in split_batch(len(x), m)]
+    labels = [y[r] for r in split_batch(len(x), m)]
     out: list = [None] * k
 
     def run(i):
@@ -65,11 +66,10 @@ def _step(ws, inboxes, kind, m, x, y, step, update=True, timeout_s=30.0):
             out[i] = run_step(
                 ws[i],
                 step,
-                acts[i],
+                w.stages[i],
                 inboxes[i],
-                x=x if i == 0 else None,
-                y=y if i == k - 1 else None,
-                rows=rows,
+                xs=parts if i == 0 else None,
+                ys=labels if i == k - 1 else None,
                 scale=1.0 / len(x),
                 update=update,
                 send_forward=None
@@ -132,7 +132,7 @@ def test_failure_names_the_action_and_neighbours_stop_when_told():
     bad = y.copy()
     bad[-1] = 99  # out of range: the last stage's loss fails on the last micro-batch
 
-    # the driver's part: once a stage fails, tell the others (PushRayEngine does this)
+    # the driver's part: once a stage fails, tell the others (the push transport does this)
     t0 = time.monotonic()
     timer = threading.Timer(0.5, lambda: inboxes[0].fail(7, "stage 1 failed"))
     timer.start()
@@ -152,11 +152,10 @@ def test_missing_tensor_times_out_naming_it():
         run_step(
             w1,
             1,
-            [("F", 0), ("B", 0)],
+            wire("gpipe", 2, 1).stages[1],
             Inbox(),
-            x=None,
-            y=y,
-            rows=[slice(0, N)],
+            xs=None,
+            ys=[y],
             scale=1.0 / N,
             update=False,
             send_forward=None,

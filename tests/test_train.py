@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from graphpart.run.checkpoint import RunDir, atomic_write, load_checkpoint
-from graphpart.run.config import load_config
 from graphpart.errors import ConfigError
 from graphpart.ir import mlp
+from graphpart.run.checkpoint import RunDir, atomic_write, load_checkpoint
+from graphpart.run.config import load_config
 from graphpart.run.train import train
 
 

@@ -1,13 +1,23 @@
-"""The Ray actors: thin shells around StageWorker that pin BLAS threads and name failures."""
+"""The Ray actors' bodies: thin shells around StageWorker that pin BLAS threads and name failures.
+
+The classes are plain Python (no Ray import here): the engine's transports turn them into
+actors with `ray.remote(...)`, so importing the engines does not import Ray.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
-import ray
+from threadpoolctl import threadpool_info, threadpool_limits
+
+from workers.actions import StageAction
+from workers.push import ActionFailed, Finish, Inbox, Key, NeighbourFailed, run_step
+from workers.stage import WorkerSpec
 
 BLAS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+INBOX_GROUP = "inbox"  # the concurrency group deliveries run in (PushStageActor)
 
 
 def blas_env(threads: int) -> dict[str, str]:
@@ -15,15 +25,13 @@ def blas_env(threads: int) -> dict[str, str]:
     return dict.fromkeys(BLAS_ENV, str(int(threads)))
 
 
-class _Shell:
-    def __init__(self, blas_threads: int, *args: Any, **kwargs: Any) -> None:
-        from threadpoolctl import threadpool_limits
+class StageActor:
+    """A stage answering one call per action (`call("forward", m, ...)`)."""
 
-        from workers.stage import StageWorker
-
+    def __init__(self, blas_threads: int, spec: WorkerSpec) -> None:
         threadpool_limits(int(blas_threads))  # in case BLAS was loaded before the env applied
         self.threads = int(blas_threads)
-        self.worker = StageWorker(*args, **kwargs)
+        self.worker = spec.build()
 
     def _failure(self, what: str, e: BaseException) -> RuntimeError:
         return RuntimeError(
@@ -41,8 +49,6 @@ class _Shell:
             raise self._failure(what, e) from e
 
     def info(self) -> dict[str, Any]:
-        from threadpoolctl import threadpool_info
-
         return {
             "pid": os.getpid(),
             "node": os.uname().nodename,
@@ -51,21 +57,14 @@ class _Shell:
         }
 
 
-@ray.remote
-class StageActor(_Shell):
-    """A stage answering one call per action (`call("forward", m, ...)`): RayEngine's."""
-
-
-@ray.remote(concurrency_groups={"inbox": 1})
-class PushStageActor(_Shell):
+class PushStageActor(StageActor):
     """A stage that runs a whole step per call (workers/push.py) and pushes its boundary
-    tensors straight to its neighbours' `deliver`; deliveries run on their own thread (the
-    "inbox" group) while `run_step` waits for them on the default one."""
+    tensors straight to its neighbours' `deliver`. Deliveries and aborts are called in the
+    INBOX_GROUP concurrency group, so they run on their own thread while `run_step` waits
+    for them on the default one."""
 
-    def __init__(self, blas_threads: int, *args: Any, **kwargs: Any) -> None:
-        from workers.push import Inbox
-
-        super().__init__(blas_threads, *args, **kwargs)
+    def __init__(self, blas_threads: int, spec: WorkerSpec) -> None:
+        super().__init__(blas_threads, spec)
         self.inbox = Inbox()
         self.prev: Any = None
         self.next: Any = None
@@ -73,27 +72,22 @@ class PushStageActor(_Shell):
     def connect(self, prev: Any, nxt: Any) -> None:
         self.prev, self.next = prev, nxt
 
-    @ray.method(concurrency_group="inbox")
-    def deliver(self, key: tuple[int, str, int], value: Any) -> None:
+    def deliver(self, key: Key, value: Any) -> None:
         self.inbox.put(key, value)
 
-    @ray.method(concurrency_group="inbox")
     def abort(self, step: int, why: str) -> None:
         self.inbox.fail(step, why)
 
     def run_step(
         self,
         step: int,
-        actions: list[tuple[str, int]],
-        x: Any,
-        y: Any,
-        rows: list[slice],
+        actions: Sequence[StageAction],
+        xs: Any,
+        ys: Any,
         scale: float,
         update: bool,
         timeout_s: float = 600.0,
-    ) -> dict[str, float]:
-        from workers.push import ActionFailed, NeighbourFailed, run_step
-
+    ) -> Finish:
         nxt, prev = self.next, self.prev
         try:
             return run_step(
@@ -101,14 +95,13 @@ class PushStageActor(_Shell):
                 step,
                 actions,
                 self.inbox,
-                x=x,
-                y=y,
-                rows=rows,
+                xs=xs,
+                ys=ys,
                 scale=scale,
                 update=update,
                 timeout_s=timeout_s,
-                send_forward=None if nxt is None else lambda k, a: nxt.deliver.remote(k, a),
-                send_backward=None if prev is None else lambda k, a: prev.deliver.remote(k, a),
+                send_forward=None if nxt is None else _sender(nxt),
+                send_backward=None if prev is None else _sender(prev),
             )
         except NeighbourFailed as e:
             raise RuntimeError(f"stage {self.worker.index} stopped: {e}") from None
@@ -117,5 +110,10 @@ class PushStageActor(_Shell):
             err = self._failure(e.what if isinstance(e, ActionFailed) else "run_step", cause)
             for peer in (prev, nxt):  # wake the neighbours waiting on this stage
                 if peer is not None:
-                    peer.abort.remote(step, str(err))
+                    peer.abort.options(concurrency_group=INBOX_GROUP).remote(step, str(err))
             raise err from cause
+
+
+def _sender(peer: Any) -> Any:
+    deliver = peer.deliver.options(concurrency_group=INBOX_GROUP)
+    return lambda key, a: deliver.remote(key, a)

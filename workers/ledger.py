@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-CATEGORIES = ("parameter", "gradient", "optimizer", "activation", "boundary", "workspace")
+from graphpart.ir.lower import CATEGORIES
+
+__all__ = ["CATEGORIES", "Entry", "Ledger"]
 
 
 @dataclass

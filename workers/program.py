@@ -1,6 +1,8 @@
 """The executor: runs a (sub)graph forward and backward with a backend's kernels, in place.
 
-Design (departs from a plain interpreter, for speed and for exact memory accounting):
+Design (departs from a plain interpreter, for speed and for exact memory accounting). What it
+runs and which buffers exist come from graphpart.ir.lower, which the memory model also reads;
+this module allocates those buffers lazily, in the order it first needs them:
 
 - Buffers are allocated once and reused every step (`out=` everywhere). A tensor some op
   declares as saved for backward lives in a per-micro-batch *slot* (category "activation");
@@ -21,23 +23,13 @@ Design (departs from a plain interpreter, for speed and for exact memory account
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from graphpart.ir.graph import BATCH, Graph, Op
-from graphpart.ir.ops import ACTIVATIONS, get
+from graphpart.ir.graph import BATCH, Graph
+from graphpart.ir.lower import BufferSpec, lower, nbytes
 from workers.ledger import Ledger
-
-ACT_CODE = {name: i for i, name in enumerate(("identity", "relu", "sigmoid", "tanh"))}
-
-
-@dataclass
-class _Step:
-    kind: str  # "matmul" | "bias" | "bias_act" | "act" | "loss"
-    op: Op
-    act: Op | None = None  # the fused activation of a "bias_act" step
 
 
 class Program:
@@ -56,13 +48,14 @@ class Program:
         name: str = "",
     ) -> None:
         self.graph = graph
+        self.lowered = low = lower(graph, output=output, input_grad=input_grad, recompute=recompute)
         self.bk = backend
         self.max_rows = int(max_rows)
         self.ledger = ledger if ledger is not None else Ledger(keep_events=False)
         self.recompute = recompute
         self.name = name
-        (self.input,) = [v.name for v in graph.inputs]
-        self.labels = [v.name for v in graph.labels]
+        self.input = low.input
+        self.labels = list(low.labels)
         self.output = output  # boundary value sent to the next stage; None on the last stage
         self.input_grad = input_grad  # send dJ/d(input) back (every stage but the first)
         dtypes = {np.asarray(p).dtype for p in params.values()}
@@ -70,19 +63,19 @@ class Program:
 
         self.params: dict[str, Any] = {}
         self.grads: dict[str, Any] = {}
-        for v in graph.params:
-            self.params[v.name] = self._alloc(f"param:{v.name}", "parameter", v.shape)
-            self.bk.from_host(np.asarray(params[v.name], dtype=self.dtype), self.params[v.name])
-            self.grads[v.name] = self._alloc(f"grad:{v.name}", "gradient", v.shape, zero=True)
+        for w in low.params:
+            self.params[w] = self._alloc(low.param_buffer(w))
+            self.bk.from_host(np.asarray(params[w], dtype=self.dtype), self.params[w])
+            self.grads[w] = self._alloc(low.grad_buffer(w), zero=True)
 
         if getattr(self.bk, "reduction", False) is None:  # CUDA: the losses' and norms' buffer
-            self.bk.reduction = self._alloc(
-                "work:reduction", "workspace", (max(self.max_rows, 1024),), dtype=np.float64
-            )
-        self.steps = self._plan_steps()
-        self.loss_op = next((s.op for s in self.steps if s.kind == "loss"), None)
+            red = BufferSpec("work:reduction", "workspace", (max(self.max_rows, 1024),))
+            self.bk.reduction = self._alloc(red, dtype=np.float64)
+        self.steps = low.steps
+        loss = low.loss_step
+        self.loss_op = loss.op if loss is not None else None
         self.reg_ops = [o for o in graph.ops if o.op == "l2"]
-        self.saved = self._saved_names()
+        self.saved = list(low.saved)
         self.fresh = dict.fromkeys(self.params, True)  # grad buffer holds no value yet this step
         self.slots: list[dict[str, Any]] = []
         self.free_slots: list[int] = []
@@ -91,77 +84,16 @@ class Program:
         self.loss_sum = 0.0
         self._shared: dict[str, Any] = {}
         self._gbuf: dict[str, Any] = {}
-        self._alias = self._grad_aliases()
         self._tmp: dict[tuple, Any] = {}
 
     # -- construction -------------------------------------------------------------------------
-    def _alloc(
-        self, key: str, category: str, shape: tuple, zero: bool = False, dtype: Any = None
-    ) -> Any:
-        shape = tuple(self.max_rows if d == BATCH else int(d) for d in shape)
-        dtype = self.dtype if dtype is None else dtype
+    def _alloc(self, spec: BufferSpec, zero: bool = False, dtype: Any = None) -> Any:
+        """Allocate `spec` (its batch dimension `max_rows` rows) and enter it in the ledger."""
+        shape = tuple(self.max_rows if d == BATCH else int(d) for d in spec.shape)
+        dtype = spec.dtype(self.dtype) if dtype is None else np.dtype(dtype)
         a = self.bk.zeros(shape, dtype) if zero else self.bk.empty(shape, dtype)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-        self.ledger.add(key, category, nbytes)
+        self.ledger.add(spec.name, spec.category, nbytes(spec.shape, self.max_rows, dtype))
         return a
-
-    def _plan_steps(self) -> list[_Step]:
-        ops = [o for o in self.graph.ops if get(o.op).kind != "scalar"]
-        steps: list[_Step] = []
-        i = 0
-        while i < len(ops):
-            o = ops[i]
-            nxt = ops[i + 1] if i + 1 < len(ops) else None
-            if o.op == "matmul":
-                steps.append(_Step("matmul", o))
-            elif o.op == "bias_add":
-                if (
-                    nxt is not None
-                    and nxt.op in ACTIVATIONS
-                    and nxt.inputs == (o.output,)
-                    and len(self.graph.consumers(o.output)) == 1
-                ):
-                    steps.append(_Step("bias_act", o, nxt))
-                    i += 1
-                else:
-                    steps.append(_Step("bias", o))
-            elif o.op in ACTIVATIONS:
-                steps.append(_Step("act", o))
-            elif get(o.op).kind == "loss":
-                steps.append(_Step("loss", o))
-            else:
-                raise NotImplementedError(f"the executor cannot run op {o.op!r} ({o})")
-            i += 1
-        return steps
-
-    def _saved_names(self) -> list[str]:
-        """Values kept per micro-batch: what some op's VJP reads, excluding parameters."""
-        if self.recompute:
-            return [self.input, *self.labels]
-        keep: list[str] = []
-        for o in self.graph.ops:
-            d = get(o.op)
-            if d.kind == "scalar":
-                continue
-            names = [o.inputs[i] for i in d.saved_inputs(len(o.inputs))]
-            if d.saves_output:
-                names.append(o.output)
-            for n in names:
-                if n not in keep and self.graph.var(n).role != "param":
-                    keep.append(n)
-        return keep
-
-    def _grad_aliases(self) -> dict[str, str]:
-        """Cotangent buffers that may share storage: dz = dh (in place), dm = dz."""
-        alias: dict[str, str] = {}
-        for s in self.steps:
-            if s.kind == "bias_act":
-                root = alias.get(s.act.output, s.act.output)
-                alias[s.act.inputs[0]] = root
-                alias[s.op.inputs[0]] = root
-            elif s.kind in ("bias", "act"):
-                alias[s.op.inputs[0]] = alias.get(s.op.output, s.op.output)
-        return alias
 
     # -- buffers ------------------------------------------------------------------------------
     def _slot(self, mb: int) -> dict[str, Any]:
@@ -171,12 +103,7 @@ class Program:
             k = self.free_slots.pop()
         else:
             k = len(self.slots)
-            slot = {}
-            for n in self.saved:
-                v = self.graph.var(n)
-                dtype = np.int64 if (v.role == "label" and v.shape == (BATCH,)) else None
-                slot[n] = self._alloc(f"act[{k}]:{n}", "activation", v.shape, dtype=dtype)
-            self.slots.append(slot)
+            self.slots.append({n: self._alloc(self.lowered.slot_buffer(k, n)) for n in self.saved})
         self.slot_of[mb] = k
         return self.slots[k]
 
@@ -186,23 +113,18 @@ class Program:
         if name in self.params:
             return self.params[name]
         if name not in self._shared:
-            v = self.graph.var(name)
-            dtype = np.int64 if (v.role == "label" and v.shape == (BATCH,)) else None
-            self._shared[name] = self._alloc(f"work:{name}", "workspace", v.shape, dtype=dtype)
+            self._shared[name] = self._alloc(self.lowered.work_buffer(name))
         return self._shared[name]
 
     def _grad(self, name: str) -> Any:
-        root = name
-        while root in self._alias:
-            root = self._alias[root]
+        root = self.lowered.root(name)
         if root not in self._gbuf:
-            cat = "boundary" if root in (self.input, self.output) else "workspace"
-            self._gbuf[root] = self._alloc(f"dgrad:{root}", cat, self.graph.var(root).shape)
+            self._gbuf[root] = self._alloc(self.lowered.cotangent_buffer(root))
         return self._gbuf[root]
 
-    def _temp(self, shape: tuple) -> Any:
+    def _temp(self, shape: tuple[int, ...]) -> Any:
         if shape not in self._tmp:
-            self._tmp[shape] = self._alloc(f"work:tmp{len(self._tmp)}", "workspace", shape)
+            self._tmp[shape] = self._alloc(self.lowered.temp_buffer(len(self._tmp), shape))
         return self._tmp[shape]
 
     # -- forward ------------------------------------------------------------------------------
@@ -252,12 +174,12 @@ class Program:
                     self.params[o.inputs[1]],
                     val(o.output),
                     val(s.act.output),
-                    ACT_CODE[s.act.op],
+                    s.code,
                 )
             elif s.kind == "bias":
                 bk.bias_add(val(o.inputs[0]), self.params[o.inputs[1]], val(o.output))
             elif s.kind == "act":
-                bk.act_forward(val(o.inputs[0]), val(o.output), ACT_CODE[o.op])
+                bk.act_forward(val(o.inputs[0]), val(o.output), s.code)
             elif s.kind == "loss":
                 logits, target = val(o.inputs[0]), val(o.inputs[1])
                 if o.op == "cross_entropy":
@@ -297,9 +219,9 @@ class Program:
                 else:
                     bk.mse_backward(logits, target, scale, grad(o.inputs[0]))
                 continue
-            if s.kind in ("act", "bias_act"):
-                a = s.act if s.kind == "bias_act" else o
-                bk.act_backward(grad(a.output), val(a.output), grad(a.inputs[0]), ACT_CODE[a.op])
+            a = s.activation
+            if a is not None:
+                bk.act_backward(grad(a.output), val(a.output), grad(a.inputs[0]), s.code)
             if s.kind in ("bias", "bias_act"):
                 b = o.inputs[1]
                 bk.sum_rows(grad(o.output), self.grads[b], not self.fresh[b])
@@ -314,7 +236,7 @@ class Program:
                     tmp = self._temp(self.params[w].shape)
                     bk.matmul_tn(dz, val(x_name), tmp)
                     bk.accumulate(bk.flat(self.grads[w]), bk.flat(tmp))
-                if x_name != self.input or self.input_grad:
+                if self.lowered.wants_grad(x_name):
                     bk.matmul_nn(dz, self.params[w], grad(x_name))
                     if x_name == self.input:
                         din = grad(x_name)

@@ -13,11 +13,29 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from workers.actions import StageAction
+
 Key = tuple[int, str, int]  # (step, "F" | "B", micro-batch)
+Send = Callable[[Key, np.ndarray], None]
+Finish = dict[str, float]
+
+
+class StageRunner(Protocol):
+    """What `run_step` drives: a StageWorker, or anything with its step methods."""
+
+    def forward(
+        self, mb: int, x: np.ndarray, y: np.ndarray | None = None, scale: float = 1.0
+    ) -> np.ndarray | None: ...
+
+    def backward(
+        self, mb: int, g: np.ndarray | None = None, scale: float = 1.0
+    ) -> np.ndarray | None: ...
+
+    def finish(self, update: bool = True) -> Finish: ...
 
 
 class NeighbourFailed(RuntimeError):
@@ -77,41 +95,54 @@ class Inbox:
 
 
 def run_step(
-    worker: Any,
+    worker: StageRunner,
     step: int,
-    actions: Sequence[tuple[str, int]],
+    actions: Sequence[StageAction],
     inbox: Inbox,
     *,
-    x: np.ndarray | None,
-    y: np.ndarray | None,
-    rows: Sequence[slice],
+    xs: Sequence[np.ndarray] | None,
+    ys: Sequence[np.ndarray] | None,
     scale: float,
     update: bool,
-    send_forward: Callable[[Key, np.ndarray], None] | None,
-    send_backward: Callable[[Key, np.ndarray], None] | None,
+    send_forward: Send | None,
+    send_backward: Send | None,
     timeout_s: float = 600.0,
-) -> dict[str, float]:
+) -> Finish:
     """Run one stage's actions of one step, then its `finish`; returns finish's result.
 
-    The first stage reads its micro-batches from `x`, the last its labels from `y`; the others
-    take their inputs from `inbox`. `send_forward` (absent on the last stage) and
-    `send_backward` (absent on the first) must have copied or serialised the array when they
-    return: the worker reuses its buffers.
+    Each action says where its input comes from (`receives`: this stage's inbox; else the
+    micro-batch `xs[mb]`, or nothing for the last stage's backward) and whether its output is
+    sent on (`sends`: through `send_forward` or `send_backward`, which must have copied or
+    serialised the array when they return: the worker reuses its buffers). A forward with
+    `labels` also takes `ys[mb]`.
     """
     inbox.clear_before(step)
-    for kind, m in actions:
-        if kind == "F":
-            inp = x[rows[m]] if send_backward is None else inbox.take((step, "F", m), timeout_s)
-            lab = y[rows[m]] if send_forward is None and y is not None else None
+    for a in actions:
+        m = a.mb
+        if a.kind == "F":
+            inp = inbox.take((step, "F", m), timeout_s) if a.receives else _part(xs, m)
+            lab = _part(ys, m) if a.labels else None
             out = _act(worker.forward, f"forward of micro-batch {m}", m, inp, lab, scale)
-            if send_forward is not None:
-                send_forward((step, "F", m), out)
+            if a.sends:
+                _send(send_forward, (step, "F", m), out)
         else:
-            g = None if send_forward is None else inbox.take((step, "B", m), timeout_s)
+            g = inbox.take((step, "B", m), timeout_s) if a.receives else None
             din = _act(worker.backward, f"backward of micro-batch {m}", m, g, scale)
-            if send_backward is not None:
-                send_backward((step, "B", m), din)
+            if a.sends:
+                _send(send_backward, (step, "B", m), din)
     return _act(worker.finish, "finish", update)
+
+
+def _part(parts: Sequence[np.ndarray] | None, m: int) -> np.ndarray:
+    if parts is None:
+        raise ValueError(f"micro-batch {m} is read from the minibatch, but none was given")
+    return parts[m]
+
+
+def _send(send: Send | None, key: Key, value: Any) -> None:
+    if send is None:
+        raise ValueError(f"{key[1]} output of micro-batch {key[2]} has no neighbour to go to")
+    send(key, value)
 
 
 def _act(fn: Callable[..., Any], what: str, *args: Any) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -12,10 +13,45 @@ import psutil
 
 from graphpart.ir.graph import BATCH, Graph, Var
 from graphpart.optim import SGD, Adam, Optimizer
+from graphpart.params import Init, Params, materialize
 from workers.backends import get_backend
 from workers.hwm import read_hwm, reset_hwm
 from workers.ledger import Ledger
 from workers.program import Program
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a stage worker is built from: what a transport sends to start one."""
+
+    graph: Graph
+    params: Params
+    optimizer: Optimizer
+    output: str | None
+    input_grad: bool
+    max_rows: int
+    index: int = 0
+    device: str = "cpu"
+    recompute: bool = False
+    keep_events: bool = True
+
+    def build(self) -> StageWorker:
+        return StageWorker(
+            self.graph,
+            self.params,
+            self.optimizer,
+            output=self.output,
+            input_grad=self.input_grad,
+            max_rows=self.max_rows,
+            index=self.index,
+            device=self.device,
+            recompute=self.recompute,
+            keep_events=self.keep_events,
+        )
+
+
+def _dtype_of(params: Mapping[str, np.ndarray]) -> np.dtype:
+    return np.asarray(next(iter(params.values()))).dtype
 
 
 class StageWorker:
@@ -28,7 +64,7 @@ class StageWorker:
     def __init__(
         self,
         graph: Graph,
-        params: Mapping[str, np.ndarray],
+        params: Params,
         optimizer: Optimizer,
         *,
         output: str | None,
@@ -39,18 +75,12 @@ class StageWorker:
         recompute: bool = False,
         keep_events: bool = True,
     ) -> None:
-        from graphpart.params import materialize
-
         self.index = index
         self.opt = optimizer
         self.ledger = Ledger(keep_events=keep_events)
         self.bk = get_backend(device)
         if device == "cpu":
-            dtype = np.dtype(
-                params.dtype
-                if hasattr(params, "seed")
-                else np.asarray(next(iter(params.values()))).dtype
-            )
+            dtype = np.dtype(params.dtype if isinstance(params, Init) else _dtype_of(params))
             _warm_up(graph, self.bk, optimizer, dtype, output, input_grad)
         self._proc = psutil.Process()
         self.rss_baseline = self.rss_peak = self._proc.memory_info().rss
@@ -70,9 +100,9 @@ class StageWorker:
             name=f"stage {index}",
         )
         self.state: dict[str, list[Any]] = {}
-        for name, w in self.prog.params.items():
+        for name in self.prog.params:
             self.state[name] = [
-                self.prog._alloc(f"opt[{i}]:{name}", "optimizer", w.shape, zero=True)
+                self.prog._alloc(self.prog.lowered.optimizer_buffer(i, name), zero=True)
                 for i in range(optimizer.state_slots)
             ]
         self.steps = 0

@@ -8,16 +8,31 @@ from typing import Any
 
 import numpy as np
 
-from graphpart.plan import schedule as sch
-from graphpart.ir.graph import BATCH, Graph, Shape
-from graphpart.ir.ops import ACTIVATIONS, get
+from graphpart.ir.graph import Graph
+from graphpart.ir.lower import CATEGORIES, LABEL_DTYPE, lower, nbytes
+from graphpart.ir.lower import saved_values as lower_saved_values
+from graphpart.ir.ops import get
 from graphpart.optim import Optimizer, make_optimizer
-from graphpart.plan.partition import Plan, Stage, _stage, layer_flops, split_batch
+from graphpart.plan import schedule as sch
+from graphpart.plan.batching import split_batch
+from graphpart.plan.stages import Plan, Stage, build_stage, layer_flops
+from graphpart.units import human_bytes, table
 
-# The ledger's categories (workers/ledger.py CATEGORIES), repeated here so that planning never
-# imports worker code; tests check the two tuples agree.
-CATEGORIES = ("parameter", "gradient", "optimizer", "activation", "boundary", "workspace")
-LABEL_DTYPE = np.dtype(np.int64)  # class labels (B,) are int64; mse targets take the model dtype
+__all__ = [
+    "CATEGORIES",
+    "LABEL_DTYPE",
+    "Buffer",
+    "MemoryPrediction",
+    "StageMemory",
+    "optimizer_slots",
+    "predict",
+    "predict_inference",
+    "saved_values",
+    "stage_buffers",
+    "stage_memory",
+    "stage_memory_cost",
+    "training_vs_inference",
+]
 
 
 @dataclass(frozen=True)
@@ -92,8 +107,6 @@ class MemoryPrediction:
         }
 
     def table(self) -> str:
-        from graphpart.run.report import human_bytes, table
-
         headers = ["category", *(f"stage {s.index}" for s in self.stages)]
         rows = [[c, *(human_bytes(s.bytes[c]) for s in self.stages)] for c in CATEGORIES]
         rows.append(["total", *(human_bytes(s.total) for s in self.stages)])
@@ -106,94 +119,10 @@ class MemoryPrediction:
         return head + "\n" + table(headers, rows)
 
 
-# -- the executor's allocation rules, derived from the IR ----------------------------------------
-def _steps(graph: Graph) -> list[tuple[str, Any, Any]]:
-    """(kind, op, fused activation) as workers/program.py plans them (bias+activation fused)."""
-    ops = [o for o in graph.ops if get(o.op).kind != "scalar"]
-    steps: list[tuple[str, Any, Any]] = []
-    i = 0
-    while i < len(ops):
-        o = ops[i]
-        nxt = ops[i + 1] if i + 1 < len(ops) else None
-        if o.op == "matmul":
-            steps.append(("matmul", o, None))
-        elif o.op == "bias_add":
-            if (
-                nxt is not None
-                and nxt.op in ACTIVATIONS
-                and nxt.inputs == (o.output,)
-                and len(graph.consumers(o.output)) == 1
-            ):
-                steps.append(("bias_act", o, nxt))
-                i += 1
-            else:
-                steps.append(("bias", o, None))
-        elif o.op in ACTIVATIONS:
-            steps.append(("act", o, None))
-        elif get(o.op).kind == "loss":
-            steps.append(("loss", o, None))
-        else:
-            raise NotImplementedError(f"the memory model does not know op {o.op!r} ({o})")
-        i += 1
-    return steps
-
-
+# -- the executor's buffers, from the lowering it runs -------------------------------------------
 def saved_values(graph: Graph, recompute: bool = False) -> list[str]:
-    """Values one micro-batch keeps until its backward: what some VJP reads (ops' `saves`).
-
-    Parameters are excluded (they are held once, not per micro-batch); with recompute only the
-    stage input and the labels are kept.
-    """
-    if recompute:
-        return [v.name for v in graph.inputs] + [v.name for v in graph.labels]
-    keep: list[str] = []
-    for o in graph.ops:
-        d = get(o.op)
-        if d.kind == "scalar":
-            continue
-        names = [o.inputs[i] for i in d.saved_inputs(len(o.inputs))]
-        if d.saves_output:
-            names.append(o.output)
-        for n in names:
-            if n not in keep and graph.var(n).role != "param":
-                keep.append(n)
-    return keep
-
-
-def _touched(steps: list[tuple[str, Any, Any]]) -> list[str]:
-    """Values the forward pass reads or writes, in order (the loss's scalar output excluded)."""
-    names: list[str] = []
-    for kind, o, act in steps:
-        here = list(o.inputs) if kind == "loss" else [*o.inputs, o.output]
-        if act is not None:
-            here.append(act.output)
-        for n in here:
-            if n not in names:
-                names.append(n)
-    return names
-
-
-def _aliases(steps: list[tuple[str, Any, Any]]) -> dict[str, str]:
-    """Cotangents computed in place: dz = dh through an activation, dm = dz through a bias."""
-    alias: dict[str, str] = {}
-    for kind, o, act in steps:
-        if kind == "bias_act":
-            root = alias.get(act.output, act.output)
-            alias[act.inputs[0]] = root
-            alias[o.inputs[0]] = root
-        elif kind in ("bias", "act"):
-            alias[o.inputs[0]] = alias.get(o.output, o.output)
-    return alias
-
-
-def _nbytes(shape: Shape, rows: int, dtype: np.dtype) -> int:
-    dims = [rows if d == BATCH else int(d) for d in shape]
-    return int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-
-
-def _value_dtype(graph: Graph, name: str, dtype: np.dtype) -> np.dtype:
-    v = graph.var(name)
-    return LABEL_DTYPE if (v.role == "label" and tuple(v.shape) == (BATCH,)) else dtype
+    """Values one micro-batch keeps until its backward (graphpart.ir.lower.saved_values)."""
+    return list(lower_saved_values(graph, recompute))
 
 
 def stage_buffers(
@@ -210,75 +139,19 @@ def stage_buffers(
 ) -> list[Buffer]:
     """Every buffer a stage worker allocates over a run, with the ledger's names and categories.
 
-    `graph` is the stage's sub-graph (Stage.graph). Mirrors workers/program.py: parameters and
+    `graph` is the stage's sub-graph (Stage.graph). The buffers are the lowering's
+    (graphpart.ir.lower.Lowered.buffers), which workers/program.py allocates: parameters and
     their gradients; `optimizer_slots` state buffers per parameter; `in_flight` slots of the
     saved values; one shared workspace buffer per other value the forward touches; one
     cotangent buffer per alias root (boundary for the stage input and output, workspace
     otherwise); and with several micro-batches a dW temporary per distinct weight shape.
+    Each holds `rows` rows.
     """
-    dt = np.dtype(dtype)
-    out: list[Buffer] = []
-    params = graph.params
-    for v in params:
-        out.append(Buffer(f"param:{v.name}", "parameter", _nbytes(v.shape, rows, dt)))
-        out.append(Buffer(f"grad:{v.name}", "gradient", _nbytes(v.shape, rows, dt)))
-    for v in params:
-        for i in range(optimizer_slots):
-            out.append(Buffer(f"opt[{i}]:{v.name}", "optimizer", _nbytes(v.shape, rows, dt)))
-
-    steps = _steps(graph)
-    saved = saved_values(graph, recompute)
-    for k in range(in_flight):
-        for n in saved:
-            nb = _nbytes(graph.var(n).shape, rows, _value_dtype(graph, n, dt))
-            out.append(Buffer(f"act[{k}]:{n}", "activation", nb))
-    param_names = {v.name for v in params}
-    for n in _touched(steps):
-        if n not in saved and n not in param_names:
-            nb = _nbytes(graph.var(n).shape, rows, _value_dtype(graph, n, dt))
-            out.append(Buffer(f"work:{n}", "workspace", nb))
-
-    (inp,) = [v.name for v in graph.inputs]
-    alias = _aliases(steps)
-    roots: list[str] = []
-
-    def grad(name: str) -> None:
-        while name in alias:
-            name = alias[name]
-        if name not in roots:
-            roots.append(name)
-
-    uses: dict[str, int] = {}
-    for _, o, _ in steps:
-        if o.op == "matmul":
-            uses[o.inputs[1]] = uses.get(o.inputs[1], 0) + microbatches
-    temps: list[tuple[int, ...]] = []
-    if output is not None:
-        grad(output)
-    for kind, o, act in reversed(steps):
-        if kind == "loss":
-            grad(o.inputs[0])
-            continue
-        if kind in ("act", "bias_act"):
-            a = act if kind == "bias_act" else o
-            grad(a.output)
-            grad(a.inputs[0])
-        if kind in ("bias", "bias_act"):
-            grad(o.output)
-        if kind == "matmul":
-            x_name, w = o.inputs
-            grad(o.output)
-            shape = tuple(int(d) for d in graph.var(w).shape)
-            if uses[w] > 1 and shape not in temps:
-                temps.append(shape)
-            if x_name != inp or input_grad:
-                grad(x_name)
-    for r in roots:
-        cat = "boundary" if r in (inp, output) else "workspace"
-        out.append(Buffer(f"dgrad:{r}", cat, _nbytes(graph.var(r).shape, rows, dt)))
-    for i, shape in enumerate(temps):
-        out.append(Buffer(f"work:tmp{i}", "workspace", _nbytes(shape, rows, dt)))
-    return out
+    low = lower(graph, output=output, input_grad=input_grad, recompute=recompute)
+    specs = low.buffers(
+        in_flight=in_flight, microbatches=microbatches, optimizer_slots=optimizer_slots
+    )
+    return [Buffer(b.name, b.category, b.nbytes(rows, dtype)) for b in specs]
 
 
 def optimizer_slots(optimizer: str | Optimizer, momentum: float = 0.9) -> int:
@@ -370,13 +243,13 @@ def predict_inference(graph: Graph, batch: int, dtype: Any = "float32") -> int:
     input x is alive from the start, the final output until the end.
     """
     dt = np.dtype(dtype)
-    params = sum(_nbytes(v.shape, batch, dt) for v in graph.params)
+    params = sum(nbytes(v.shape, batch, dt) for v in graph.params)
     ops = [o for o in graph.ops if get(o.op).kind == "tensor"]
     last_use: dict[str, int] = {}
     for i, o in enumerate(ops):
         for n in o.inputs:
             last_use[n] = i
-    size = {v.name: _nbytes(v.shape, batch, dt) for v in graph.vars if v.role in ("input", "value")}
+    size = {v.name: nbytes(v.shape, batch, dt) for v in graph.vars if v.role in ("input", "value")}
     live = {v.name for v in graph.inputs}
     peak = cur = sum(size[n] for n in live)
     for i, o in enumerate(ops):
@@ -456,7 +329,7 @@ def stage_memory_cost(
         key = (start, stop, k)
         if key not in cache:
             if (start, stop) not in built:
-                built[start, stop] = _stage(
+                built[start, stop] = build_stage(
                     graph,
                     k,
                     tuple(layers[start:stop]),

@@ -11,21 +11,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from graphpart.engines import DEVICES, TRANSPORT_CHOICES
 from graphpart.errors import ConfigError
 from graphpart.ir.ops import ACTIVATIONS, LOSSES
+from graphpart.optim import OPTIMIZERS
+from graphpart.params import DTYPES
+from graphpart.plan.partition import STRATEGIES
+from graphpart.plan.schedule import KINDS as SCHEDULES
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-OPTIMIZERS = ("sgd", "adam")
-DTYPES = ("float32", "float64")
-SCHEDULES = ("gpipe", "1f1b")
-STRATEGIES = ("uniform", "balanced", "memory")
-DEVICES = ("cpu", "cuda")
-RUNTIMES = ("auto", "local", "ray")
-TRANSPORTS = ("push", "tasks", "compiled")
 
 
 @dataclass(frozen=True)
@@ -78,11 +75,11 @@ class PipelineConfig:
     address: str = ""
     device: str = "cpu"
     recompute: bool = False
-    runtime: str = "auto"  # auto: in-process for one stage, Ray actors otherwise (or with address)
-    # how Ray actors exchange boundary tensors: "push" (a call per stage a step, tensors sent
-    # stage to stage), "tasks" (a task per action, object references through the driver),
-    # "compiled" (Ray Compiled Graph channels); see docs/architecture.md
-    transport: str = "push"
+    # what carries the stages' calls and tensors (graphpart.engines.transports): "inprocess"
+    # (every stage in this process), Ray actors with "tasks" (a task per action), "push" (a
+    # call per stage a step, tensors sent stage to stage) or "compiled" (a Ray Compiled Graph);
+    # "auto": inprocess for one stage without an address, else push
+    transport: str = "auto"
     cost: str = "flops"  # what `balanced` balances: "flops" or "measured" (a short profiling pass)
 
 
@@ -180,11 +177,28 @@ def _merge(
             raise ConfigError(
                 f"{origin}: '{name}' must be a table [{name}] of keys, not {fmt(table)}"
             )
+        if name == "pipeline":
+            table = _migrate_pipeline(table)
         for key, value in table.items():
             if key not in _defaults(name):
                 raise _unknown_key(name, str(key), origin)
             into[name][key] = value
     return into
+
+
+def _migrate_pipeline(table: Mapping[str, Any]) -> dict[str, Any]:
+    """Read an older [pipeline] table: `runtime` (auto | local | ray) and `transport` (a Ray
+    transport) were two keys for what `transport` alone says now."""
+    table = dict(table)
+    if "runtime" not in table:
+        return table
+    runtime = table.pop("runtime")
+    ray_transport = table.get("transport", "push")
+    on_ray = runtime == "ray" or (
+        runtime == "auto" and (table.get("stages", 1) != 1 or table.get("address", ""))
+    )
+    table["transport"] = ray_transport if on_ray else "inprocess"
+    return table
 
 
 def _split_override(dotted: str) -> tuple[str, str]:
@@ -343,8 +357,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "pipeline.strategy": _choice(STRATEGIES),
     "pipeline.address": _address,
     "pipeline.device": _choice(DEVICES),
-    "pipeline.runtime": _choice(RUNTIMES),
-    "pipeline.transport": _choice(TRANSPORTS),
+    "pipeline.transport": _choice(TRANSPORT_CHOICES),
     "pipeline.cost": _choice(("flops", "measured")),
     "run.dir": _nonempty,
     "run.name": _run_name,

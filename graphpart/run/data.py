@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 
 from graphpart.errors import ConfigError, DataError
+from graphpart.params import DTYPES
 
 TASKS = ("classification", "regression")
-DTYPES = ("float32", "float64")
 SOURCES = ("digits", "synthetic", "<path>.npz")
 _CHUNK_ROWS = 1 << 16  # rows generated at once by `synthetic`
 

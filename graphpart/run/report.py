@@ -7,22 +7,14 @@ from typing import Any
 import numpy as np
 
 from graphpart.plan import schedule as sch
-from graphpart.plan.partition import split_batch
-from graphpart.units import human_bytes
-
-
-def table(headers: list[str], rows: list[list[Any]]) -> str:
-    cells = [headers] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    line = lambda r: "  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True))  # noqa: E731
-    rule = ["-" * w for w in widths]
-    return "\n".join([line(cells[0]), line(rule)] + [line(r) for r in cells[1:]])
+from graphpart.plan.batching import split_batch
+from graphpart.plan.memory import predict
+from graphpart.run.train import plan_dict
+from graphpart.units import human_bytes, table
 
 
 def plan_report(s: Any, cfg: Any) -> dict[str, Any]:
     """The plan as a table and as data; memory columns come from the analytic model."""
-    from graphpart.run.train import plan_dict
-
     plan, p, t = s.plan, cfg.pipeline, cfg.train
     data = plan_dict(plan, cfg)
     B, M, K = t.batch_size, p.microbatches, plan.k
@@ -37,22 +29,16 @@ def plan_report(s: Any, cfg: Any) -> dict[str, Any]:
     bwd = [c * (1 - s) for c, s in zip(cost, share, strict=True)]
     tl = sch.simulate(actions, fwd, bwd)
     basis = "measured" if "measured" in plan.strategy else "FLOP-proportional"
-    mem = None
-    try:
-        from graphpart.plan.memory import predict
-
-        mem = predict(
-            plan,
-            batch=B,
-            microbatches=M,
-            schedule=p.schedule,
-            optimizer=t.optimizer,
-            momentum=t.momentum,
-            dtype=t.dtype,
-            recompute=p.recompute,
-        )
-    except ImportError:
-        pass
+    mem = predict(
+        plan,
+        batch=B,
+        microbatches=M,
+        schedule=p.schedule,
+        optimizer=t.optimizer,
+        momentum=t.momentum,
+        dtype=t.dtype,
+        recompute=p.recompute,
+    )
     rows = []
     for st, d in zip(plan.stages, data["stages"], strict=True):
         row = [
@@ -64,9 +50,8 @@ def plan_report(s: Any, cfg: Any) -> dict[str, Any]:
             human_bytes(st.input_width * itemsize * mb) if st.index else "-",
             human_bytes(st.output_width * itemsize * mb) if st.output else "-",
             sch.peak_in_flight(actions[st.index]),
+            human_bytes(mem.stages[st.index].total),
         ]
-        if mem is not None:
-            row.append(human_bytes(mem.stages[st.index].total))
         rows.append(row)
     headers = [
         "stage",
@@ -77,9 +62,8 @@ def plan_report(s: Any, cfg: Any) -> dict[str, Any]:
         "recv/mb",
         "send/mb",
         "in-flight",
+        "peak memory",
     ]
-    if mem is not None:
-        headers.append("peak memory")
     data.update(
         {
             "batch": B,
@@ -87,10 +71,9 @@ def plan_report(s: Any, cfg: Any) -> dict[str, Any]:
             "schedule": p.schedule,
             "predicted_bubble": tl.bubble,
             "peak_in_flight": list(tl.peak_in_flight),
+            "memory": mem.to_dict(),
         }
     )
-    if mem is not None:
-        data["memory"] = mem.to_dict()
     text = (
         f"plan: {K} stage(s), strategy {plan.strategy}, schedule {p.schedule}, batch {B} "
         f"in {M} micro-batch(es) of <= {mb} rows, {t.dtype}\n"

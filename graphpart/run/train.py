@@ -14,15 +14,17 @@ from typing import Any
 
 import numpy as np
 
-from graphpart.run import data as gdata
-from graphpart.run.checkpoint import RunDir, load_checkpoint, save_checkpoint
-from graphpart.run.config import Config, dump_toml
-from graphpart.engines.engine import Engine, LocalEngine
+from graphpart.engines import Engine, measured_costs, resolve_transport
 from graphpart.errors import ConfigError
 from graphpart.ir import Graph, mlp
 from graphpart.optim import Optimizer, make_optimizer
 from graphpart.params import Init, Params
+from graphpart.plan.batching import microbatch_rows
+from graphpart.plan.memory import stage_memory_cost
 from graphpart.plan.partition import Plan, partition
+from graphpart.run import data as gdata
+from graphpart.run.checkpoint import RunDir, load_checkpoint, save_checkpoint
+from graphpart.run.config import Config, dump_toml
 
 
 @dataclass
@@ -65,9 +67,7 @@ def setup(cfg: Config) -> Setup:
     if p.strategy == "memory":
         plan = _memory_plan(cfg, graph)
     elif p.cost == "measured" and p.strategy == "balanced" and p.stages > 1:
-        from graphpart.plan.costs import measured_costs
-
-        rows = -(-cfg.train.batch_size // p.microbatches)
+        rows = microbatch_rows(cfg.train.batch_size, p.microbatches)
         times = measured_costs(graph, rows, cfg.train.dtype)
         plan = dataclasses.replace(
             partition(graph, p.stages, "balanced", layer_costs=times),
@@ -83,8 +83,6 @@ def setup(cfg: Config) -> Setup:
 
 
 def _memory_plan(cfg: Config, graph: Graph) -> Plan:
-    from graphpart.plan.memory import stage_memory_cost
-
     p, t = cfg.pipeline, cfg.train
     cost = stage_memory_cost(
         graph,
@@ -100,16 +98,24 @@ def _memory_plan(cfg: Config, graph: Graph) -> Plan:
     return partition(graph, p.stages, "memory", memory_cost=cost)
 
 
-def uses_ray(cfg: Config) -> bool:
+def transport_of(cfg: Config) -> str:
+    """The transport a run uses (`auto` resolved)."""
     p = cfg.pipeline
-    if p.runtime == "auto":
-        return p.stages > 1 or bool(p.address)
-    return p.runtime == "ray"
+    return resolve_transport(p.transport, p.stages, p.address)
+
+
+def uses_ray(cfg: Config) -> bool:
+    return transport_of(cfg) != "inprocess"
 
 
 def make_engine(s: Setup, params: Params, keep_events: bool = True) -> Engine:
     p, t = s.config.pipeline, s.config.train
-    kw = dict(
+    return Engine(
+        s.plan,
+        params,
+        s.optimizer,
+        transport=transport_of(s.config),
+        address=p.address,
         microbatches=p.microbatches,
         schedule=p.schedule,
         max_rows=t.batch_size,
@@ -117,16 +123,6 @@ def make_engine(s: Setup, params: Params, keep_events: bool = True) -> Engine:
         recompute=p.recompute,
         keep_events=keep_events,
     )
-    if uses_ray(s.config):
-        if p.transport == "push":
-            from graphpart.engines.push import PushRayEngine as Ray
-        elif p.transport == "compiled":
-            from graphpart.engines.compiled import CompiledRayEngine as Ray
-        else:
-            from graphpart.engines.tasks import RayEngine as Ray
-
-        return Ray(s.plan, params, s.optimizer, address=p.address, **kw)
-    return LocalEngine(s.plan, params, s.optimizer, **kw)
 
 
 def evaluate(
@@ -179,26 +175,26 @@ def train(
                 total, count = 0.0, 0
                 for idx in gdata.batches(n, t.batch_size, t.seed, epoch):
                     r = engine.step(ds.X_train[idx], ds.y_train[idx])
-                    if not math.isfinite(r["J"]):
+                    if not math.isfinite(r.J):
                         raise FloatingPointError(
-                            f"objective J became {r['J']} at step {step + 1} (epoch {epoch + 1}); "
+                            f"objective J became {r.J} at step {step + 1} (epoch {epoch + 1}); "
                             f"lower train.lr (now {t.lr})"
                         )
                     step += 1
                     samples += len(idx)
-                    total += r["J"] * len(idx)
+                    total += r.J * len(idx)
                     count += len(idx)
                     if bar is not None:
                         bar.update(1)
-                        bar.set_postfix(epoch=epoch + 1, loss=f"{r['J']:.4f}", refresh=False)
+                        bar.set_postfix(epoch=epoch + 1, loss=f"{r.J:.4f}", refresh=False)
                     if t.log_every and step % t.log_every == 0:
                         run.append_metrics(
                             {
                                 "step": step,
                                 "epoch": epoch + 1,
-                                "loss": r["J"],
-                                "L": r["L"],
-                                "s": r["s"],
+                                "loss": r.J,
+                                "L": r.L,
+                                "s": r.s,
                             }
                         )
                 train_time += time.perf_counter() - t0
@@ -242,7 +238,7 @@ def train(
         "microbatches": p.microbatches,
         "schedule": p.schedule,
         "runtime": "ray" if uses_ray(cfg) else "local",
-        "transport": cfg.pipeline.transport if uses_ray(cfg) else None,
+        "transport": transport_of(cfg),
         "stage_stats": [_stage_summary(x) for x in stats],
     }
     run.write_text("summary.json", json.dumps(summary, indent=2))

@@ -25,6 +25,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
+from graphpart.ir.lower import ACT_CODE
+
 __all__ = [
     "ACTIVATIONS",
     "IDENTITY",
@@ -47,11 +49,12 @@ __all__ = [
     "sum_rows",
 ]
 
-IDENTITY = 0
-RELU = 1
-SIGMOID = 2
-TANH = 3
-ACTIVATIONS: dict[str, int] = {"identity": IDENTITY, "relu": RELU, "sigmoid": SIGMOID, "tanh": TANH}
+# The activation codes are graphpart.ir.lower.ACT_CODE's; the names are what kernels branch on.
+IDENTITY = ACT_CODE["identity"]
+RELU = ACT_CODE["relu"]
+SIGMOID = ACT_CODE["sigmoid"]
+TANH = ACT_CODE["tanh"]
+ACTIVATIONS: dict[str, int] = dict(ACT_CODE)
 
 _KW = {"cache": True, "nogil": True, "error_model": "numpy"}  # x / 0 -> inf, as NumPy
 # Elementwise kernels may contract a*b+c into FMA; reductions may also reorder their sums so

@@ -1,30 +1,33 @@
 """Pipelines on real Ray actors equal single-process training (the autodiff oracle).
 
-Contract, for both Ray engines (RayEngine: one task per action, tensors handed on through the
-driver's object references; PushRayEngine: one call per stage a step, tensors pushed stage
-to stage): for K in {1, 2, 3, 4} stages, M in {1, 2, 3, 4, 8} micro-batches, both schedules and
-every distinct split the strategies produce, the parameters after several optimizer steps equal
-the oracle (reference autodiff + reference optimizer) to 1e-10 relative in float64; boundary
-a failure in any worker is re-raised with its stage and micro-batch (on the push engine: that
-failure, not the neighbours' stops it caused); actors are gone after close.
+Contract, for the Ray transports `tasks` (one task per action, tensors handed on through the
+driver's object references) and `push` (one call per stage a step, tensors pushed stage to
+stage), each behind graphpart.engines.Engine: for K in {1, 2, 3, 4} stages, M in {1, 2, 3, 4, 8}
+micro-batches, both schedules and every distinct split the strategies produce, the parameters
+after several optimizer steps equal the oracle (reference autodiff + reference optimizer) to
+1e-10 relative in float64; boundary a failure in any worker is re-raised with its stage and
+micro-batch (on the push engine: that failure, not the neighbours' stops it caused); actors are
+gone after close.
 """
 
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import numpy as np
 import pytest
 
 from graphpart.autodiff import value_and_grad
+from graphpart.engines import Engine
 from graphpart.errors import StageFailure
 from graphpart.ir import mlp
 from graphpart.optim import init_state, make_optimizer, reference_step
 from graphpart.plan.partition import partition
-from graphpart.engines.push import PushRayEngine
-from graphpart.engines.tasks import RayEngine
 
-ENGINES = pytest.mark.parametrize("engine", [RayEngine, PushRayEngine], ids=["tasks", "push"])
+ENGINES = pytest.mark.parametrize(
+    "engine", [partial(Engine, transport=t) for t in ("tasks", "push")], ids=["tasks", "push"]
+)
 
 SIZES = [6, 5, 7, 4, 3]
 BATCH, STEPS = 8, 3
@@ -114,7 +117,7 @@ def test_actors_are_gone_after_close(ray_session, engine):
 
     g, p0, _, _ = _problem(3)
     eng = engine(partition(g, 2), p0, make_optimizer("sgd", lr=0.1), max_rows=BATCH)
-    handles = list(eng.actors)
+    handles = list(eng.transport.actors)
     assert ray.get(handles[0].info.remote())["pid"] > 0
     eng.close()
     for h in handles:  # ray.kill is asynchronous: the actor must be gone within a deadline

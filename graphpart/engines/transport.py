@@ -1,0 +1,43 @@
+"""The transport seam: what an engine needs from whatever moves its calls and tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from graphpart.engines.wiring import StepFeed, StepWiring, drive
+from workers.push import Finish
+from workers.stage import WorkerSpec
+
+
+class Transport(Protocol):
+    """Starts one worker per stage and carries the engine's calls to them.
+
+    `call` issues one method call on one stage and returns a handle (a value, an object
+    reference); `get` waits for handles and returns their values, raising StageFailure (one
+    line naming the stage and action) when a stage failed. `run_step` runs one training step
+    of the wiring and returns each stage's `finish` result, in stage order.
+    """
+
+    name: str
+
+    def start(self, specs: Sequence[WorkerSpec]) -> None: ...
+
+    def call(self, stage: int, method: str, *args: Any) -> Any: ...
+
+    def get(self, handles: Sequence[Any]) -> list[Any]: ...
+
+    def run_step(self, wiring: StepWiring, feed: StepFeed[np.ndarray]) -> list[Finish]: ...
+
+    def close(self) -> None: ...
+
+
+def walk_step(transport: Transport, wiring: StepWiring, feed: StepFeed[np.ndarray]) -> list[Finish]:
+    """`run_step` for transports whose driver issues every action through `call` (`drive`).
+
+    It waits on the leaves too (the last stage's forwards, the first stage's backwards), so a
+    failure there surfaces here rather than being dropped.
+    """
+    return transport.get(drive(wiring, feed, transport.call))[-wiring.k :]

@@ -1,0 +1,39 @@
+"""Transport `inprocess`: every stage's worker in this process, one action at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from graphpart.engines.transport import walk_step
+from graphpart.engines.wiring import StepFeed, StepWiring
+from workers.push import Finish
+from workers.stage import StageWorker, WorkerSpec
+
+
+class InProcess:
+    """Stage workers as plain objects; a call is a method call, its handle the value."""
+
+    name = "inprocess"
+
+    def __init__(self, address: str = "", num_cpus: int | None = None) -> None:
+        self.workers: list[StageWorker] = []
+
+    def start(self, specs: Sequence[WorkerSpec]) -> None:
+        self.workers = [s.build() for s in specs]
+
+    def call(self, stage: int, method: str, *args: Any) -> Any:
+        out = getattr(self.workers[stage], method)(*args)
+        # a worker's outputs are views of its buffers, valid until its next call
+        return out.copy() if isinstance(out, np.ndarray) else out
+
+    def get(self, handles: Sequence[Any]) -> list[Any]:
+        return list(handles)
+
+    def run_step(self, wiring: StepWiring, feed: StepFeed[np.ndarray]) -> list[Finish]:
+        return walk_step(self, wiring, feed)
+
+    def close(self) -> None:
+        self.workers = []

@@ -1,0 +1,97 @@
+"""Transport `push`: one call per stage a step; stages push boundary tensors to each other.
+
+The driver hands each stage its own action list (the wiring's routing included), the first
+stage the micro-batch inputs and the last the labels; each stage sends its outputs as direct
+actor calls into its neighbour's inbox (workers/push.py, workers/actor.py). So the driver
+makes K calls a step instead of 2MK + K and is off every hop, as in PiPPy's point-to-point
+sends. A stage that fails tells its neighbours; the driver re-raises the failure that started
+it, not the neighbours' stops that followed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from graphpart.engines.cluster import first_line
+from graphpart.engines.transports.actors import RayActors
+from graphpart.engines.wiring import StepFeed, StepWiring
+from graphpart.errors import StageFailure
+from workers import actor as bodies
+from workers.push import Finish
+from workers.stage import WorkerSpec
+
+
+class Push(RayActors):
+    """One actor per stage, one `run_step` call per stage a step, tensors pushed stage to stage."""
+
+    name = "push"
+    body = bodies.PushStageActor
+    remote_options: ClassVar[dict[str, Any]] = {"concurrency_groups": {bodies.INBOX_GROUP: 1}}
+    step_timeout_s = 600.0  # how long a stage waits for a neighbour's tensor
+    abort_wait_s = 60.0  # how long the driver waits for the other stages to stop after a failure
+
+    def __init__(self, address: str = "", num_cpus: int | None = None) -> None:
+        super().__init__(address, num_cpus)
+        self._step_id = 0
+
+    def start(self, specs: list[WorkerSpec]) -> None:  # type: ignore[override]
+        super().start(specs)
+        k = len(self.actors)
+        self.get(
+            [
+                a.connect.remote(
+                    self.actors[i - 1] if i > 0 else None, self.actors[i + 1] if i < k - 1 else None
+                )
+                for i, a in enumerate(self.actors)
+            ]
+        )
+
+    def run_step(self, wiring: StepWiring, feed: StepFeed[np.ndarray]) -> list[Finish]:
+        self._step_id += 1
+        step, last = self._step_id, wiring.k - 1
+        refs = [
+            a.run_step.remote(
+                step,
+                wiring.stages[k],
+                list(feed.xs) if k == 0 else None,
+                list(feed.ys) if k == last else None,
+                feed.scale,
+                feed.update,
+                self.step_timeout_s,
+            )
+            for k, a in enumerate(self.actors)
+        ]
+        return self._get_step(refs, step)
+
+    def _get_step(self, refs: list[Any], step: int) -> list[Finish]:
+        """The stages' results; on a failure, wake every stage of the step and re-raise the
+        failure that started it (not a neighbour's "stopped" that followed)."""
+        import ray
+
+        try:
+            return ray.get(refs)
+        except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError):
+            pass
+        for a in self.actors:
+            try:
+                a.abort.options(concurrency_group=bodies.INBOX_GROUP).remote(
+                    step, "the step was abandoned after a failure elsewhere"
+                )
+            except Exception:  # noqa: BLE001 - that actor is gone
+                pass
+        causes, stops = [], []
+        for r in refs:
+            try:
+                ray.get(r, timeout=self.abort_wait_s)
+            except ray.exceptions.RayTaskError as e:
+                msg = first_line(e)
+                (stops if " stopped: " in msg else causes).append(msg)
+            except ray.exceptions.RayActorError as e:
+                causes.append(f"a stage's worker process died: {first_line(e)}")
+            except ray.exceptions.GetTimeoutError:
+                stops.append(
+                    f"a stage did not stop within {self.abort_wait_s:.0f} s of the failure"
+                )
+        raise StageFailure((causes or stops or ["a stage failed"])[0])

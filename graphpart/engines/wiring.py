@@ -1,0 +1,96 @@
+"""The wiring of one training step: which stage runs which action, fed from where (pure).
+
+Every transport runs the same wiring, so they all compute the same numbers in the same
+per-stage order. The driver-side walk (`drive`) issues the actions through a transport's
+`call`, in an order that respects every dependency; stage-side transports hand each stage
+its own list (`StepWiring.stages`) and let the actions' `receives`/`sends` flags route the
+tensors. For K=2, M=2, 1F1B:
+
+    stage 0: F0(data -> send)  F1(data -> send)  B0(recv)        B1(recv)
+    stage 1: F0(recv, labels)  B0(send)          F1(recv, labels) B1(send)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from graphpart.plan import schedule as sch
+from workers.actions import StageAction
+
+H = TypeVar("H")  # what a transport's call returns: a value, an object reference, a DAG node
+
+
+@dataclass(frozen=True)
+class StepWiring:
+    """One step's actions per stage, and an order to issue them from one driver."""
+
+    schedule: str
+    microbatches: int
+    actions: tuple[tuple[sch.Action, ...], ...]  # the schedule, per stage
+    stages: tuple[tuple[StageAction, ...], ...]  # the same actions with their routing
+    order: tuple[tuple[int, StageAction], ...]  # (stage, action), dependencies first
+    peak_in_flight: tuple[int, ...]
+
+    @property
+    def k(self) -> int:
+        return len(self.stages)
+
+
+@dataclass(frozen=True)
+class StepFeed(Generic[H]):
+    """What one step reads: micro-batch inputs and labels, the loss scale, whether to update."""
+
+    xs: Sequence[H]
+    ys: Sequence[H]
+    scale: H
+    update: H
+
+
+def wire(schedule: str, stages: int, microbatches: int) -> StepWiring:
+    """The wiring of `schedule` ("gpipe" or "1f1b") over `stages` stages and M micro-batches."""
+    actions = sch.make(schedule, stages, microbatches)
+    last = stages - 1
+
+    def routed(k: int, a: sch.Action) -> StageAction:
+        if a.kind == "F":
+            return StageAction("F", a.mb, receives=k > 0, sends=k < last, labels=k == last)
+        return StageAction("B", a.mb, receives=k < last, sends=k > 0)
+
+    per_stage = tuple(tuple(routed(k, a) for a in acts) for k, acts in enumerate(actions))
+    # a unit-time simulation starts each action after its dependencies: a topological order
+    events = sorted(sch.simulate(actions, 1.0, 1.0).events, key=lambda e: (e.start, e.stage))
+    order = tuple((e.stage, routed(e.stage, e.action)) for e in events)
+    return StepWiring(
+        schedule,
+        int(microbatches),
+        tuple(tuple(a) for a in actions),
+        per_stage,
+        order,
+        tuple(sch.peak_in_flight(a) for a in actions),
+    )
+
+
+def drive(w: StepWiring, feed: StepFeed[H], call: Callable[..., H]) -> list[H]:
+    """Issue every action of one step through `call(stage, method, *args)`, then each
+    stage's `finish`; return what the step must wait on: the outputs nothing consumed (they
+    carry any failure of a leaf action) followed by the K finish results.
+
+    An action that receives takes its neighbour's output handle; the last stage's backward
+    takes its own forward's output (None: a dependency, not a value), so that every
+    transport, a compiled graph included, sees the same data dependencies.
+    """
+    fwd: dict[tuple[int, int], H] = {}
+    bwd: dict[tuple[int, int], H] = {}
+    for k, a in w.order:
+        m = a.mb
+        if a.kind == "F":
+            inp = fwd.pop((k - 1, m)) if a.receives else feed.xs[m]
+            lab: Any = feed.ys[m] if a.labels else None
+            fwd[(k, m)] = call(k, "forward", m, inp, lab, feed.scale)
+        else:
+            g = bwd.pop((k + 1, m)) if a.receives else fwd.pop((k, m))
+            bwd[(k, m)] = call(k, "backward", m, g, feed.scale)
+    done = [call(k, "finish", feed.update) for k in range(w.k)]
+    return [*fwd.values(), *bwd.values(), *done]

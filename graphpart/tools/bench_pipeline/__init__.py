@@ -1,0 +1,31 @@
+"""The pipeline benchmark: (a) boundary transfers, (b) K=2 throughput, (c) the simulator."""
+
+from graphpart.tools.bench_pipeline.cli import main
+from graphpart.tools.bench_pipeline.driver import SIZES, run
+from graphpart.tools.bench_pipeline.report import format_report
+from graphpart.tools.bench_pipeline.simulator import call_overhead_s, predict_step
+from graphpart.tools.bench_pipeline.throughput import (
+    TARGET_RATIO,
+    measure_pipeline,
+    measure_single,
+)
+from graphpart.tools.bench_pipeline.transfer import (
+    TARGET_TRANSFER_MS,
+    TRANSFER_SHAPE,
+    measure_transfer,
+)
+
+__all__ = [
+    "SIZES",
+    "TARGET_RATIO",
+    "TARGET_TRANSFER_MS",
+    "TRANSFER_SHAPE",
+    "call_overhead_s",
+    "format_report",
+    "main",
+    "measure_pipeline",
+    "measure_single",
+    "measure_transfer",
+    "predict_step",
+    "run",
+]

@@ -1,0 +1,72 @@
+"""The pipeline benchmark's plain-text report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def format_report(res: dict[str, Any]) -> str:
+    t, m, mach = res["transfer"], res["model"], res["machine"]
+    lines = [
+        f"machine: {mach['cpus']} cpus, Ray {mach['ray']}, load avg "
+        f"{mach['load_avg_start'][0]:.2f} -> {mach['load_avg_end'][0]:.2f}",
+        f"(a) boundary transfer of {t['shape'][0]}x{t['shape'][1]} float32 "
+        f"({t['bytes'] / 2**20:.0f} MiB), median of {t['samples']}:",
+        f"  empty actor call                     {t['empty_call_ms']:7.3f} ms",
+        f"  tasks + object refs, round trip      {t['tasks_round_trip_ms']:7.3f} ms "
+        f"(1-float array: {t['tasks_round_trip_small_ms']:.3f} ms)",
+        f"  tasks + object refs, pipelined       {t['tasks_pipelined_per_item_ms']:7.3f} ms"
+        " per item",
+        f"  push: actor a calls actor b with it  {t['push_hop_ms']:7.3f} ms "
+        f"(driver->a->b->a->driver {t['push_round_trip_ms']:.3f} ms, less an empty call)",
+        f"  compiled graph, driver->a->b->driver {t['compiled_round_trip_ms']:7.3f} ms "
+        f"(1-float array: {t['compiled_round_trip_small_ms']:.3f} ms; "
+        f"1 MiB adds {t['compiled_marginal_ms']:.3f} ms)",
+        f"  target < {t['target_ms']:g} ms: {'met' if t['target_met'] else 'NOT met'}"
+        " (round trip, three hops, as the upper bound of one)",
+        "  an idle compiled graph keeps its actors busy polling: "
+        + ", ".join(f"{c:.2f}" for c in t["compiled_idle_cpu_cores"])
+        + " cores",
+        f"(b) MLP {'-'.join(map(str, m['sizes']))}, batch {m['batch']}, {m['dtype']}, "
+        "adam; samples/s from the median step:",
+    ]
+    for r in res["single"]:
+        lines.append(
+            f"  one process, {r['threads']} BLAS thread(s): {r['samples_per_s']:8.0f} "
+            f"samples/s ({r['step_s_median'] * 1e3:.1f} ms/step, "
+            f"{r['driver_cpu_ms_per_step']:.1f} ms CPU/step; other processes "
+            f"{r.get('other_cpu_cores', float('nan')):.2f} cores)"
+        )
+    lines.append(
+        "  K=2 split " + str(res["pipeline"][0]["stage_split"]) + " layers; (c) "
+        "simulator fed this run's stage times (+ transfer as comm, + finish): "
+        "'kern' the work inside each call alone, 'pred' that plus each stage's "
+        "measured per-call cost (not for compiled; see call_overhead_s)"
+    )
+    lines.append(
+        f"  {'engine':9}{'sched':6}{'M':>3}{'samples/s':>11}{'vs 1proc':>9}"
+        f"{'step ms':>9}{'kern ms':>9}{'ratio':>7}{'pred ms':>9}{'ratio':>7}"
+        f"{'bubble':>8}  F/B ms per mb (stage 0 | stage 1); per-call ms; CPU ms/step: "
+        "driver, stages; other processes' cores"
+    )
+    for r in res["pipeline"]:
+        fb = " | ".join(f"{f:.2f}/{b:.2f}" for f, b in zip(r["fwd_ms"], r["bwd_ms"], strict=True))
+        lines.append(
+            f"  {r['engine']:9}{r['schedule']:6}{r['microbatches']:>3}{r['samples_per_s']:>11.0f}"
+            f"{r['speedup_vs_best_single']:>9.2f}{r['step_s_median'] * 1e3:>9.1f}"
+            f"{r['predicted_kernels_step_s'] * 1e3:>9.1f}{r['kernels_ratio']:>7.2f}"
+            f"{r['predicted_step_s'] * 1e3:>9.1f}{r['throughput_ratio']:>7.2f}"
+            f"{r['predicted_bubble']:>8.1%}  {fb}; "
+            + "/".join(f"{c:.2f}" for c in r["call_overhead_ms"])
+            + f"; {r['driver_cpu_ms_per_step']:.0f}, "
+            + "/".join(f"{c:.0f}" for c in r["stage_cpu_ms_per_step"])
+            + f"; {r.get('other_cpu_cores', float('nan')):.2f}"
+            + ("" if r["target_met"] else "  <- below 0.9")
+        )
+    met = sum(res["targets"]["throughput_within_10pct_of_simulator"].values())
+    total = len(res["targets"]["throughput_within_10pct_of_simulator"])
+    lines.append(
+        f"throughput within 10% of the simulator: {met}/{total} configurations; "
+        f"transfer under 1 ms: {'yes' if t['target_met'] else 'no'}"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,154 @@
+"""(b) Steps per second of a K=2 pipeline on each Ray engine and of one process, with CPU time."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from graphpart.engines import CompiledRayEngine, LocalEngine, PushRayEngine, RayEngine
+from graphpart.ir import mlp
+from graphpart.optim import make_optimizer
+from graphpart.params import init_params
+from graphpart.plan.partition import partition
+from graphpart.tools.bench_pipeline.simulator import call_overhead_s, predict_step
+from graphpart.tools.machine import machine_busy_s, thread_limits, time_calls
+
+TARGET_RATIO = 0.9  # measured throughput at least 90% of what the simulator predicts
+
+
+def _problem(sizes: Sequence[int], batch: int, dtype: str, seed: int = 0) -> tuple:
+    g = mlp(list(sizes), activation="relu", bias=True, loss="cross_entropy")
+    params = init_params(g, seed, dtype)
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((batch, sizes[0])).astype(dtype)
+    y = rng.integers(0, sizes[-1], batch)
+    opt = make_optimizer("adam", lr=1e-4, beta1=0.9, beta2=0.999, eps=1e-8)
+    return g, params, X, y, opt
+
+
+def _actor_cpu_s(engine: Any) -> list[float]:
+    """CPU seconds used so far by each stage actor's process (all its threads)."""
+    import ray
+
+    return ray.get(
+        [
+            a.__ray_call__.remote(lambda self: time.process_time())
+            for a in getattr(engine, "actors", [])
+        ]
+    )
+
+
+def _time_steps(engine: Any, X: np.ndarray, y: np.ndarray, warmup: int, steps: int) -> dict:
+    """Median/mean step time of `steps` steps after `warmup`; stage busy time, and CPU time of
+    the driver and of each stage process, over the timed window."""
+    for _ in range(warmup):
+        engine.step(X, y)
+    before = engine.stats() if hasattr(engine, "stats") else None
+    cpu0, drv0, load0 = _actor_cpu_s(engine), time.process_time(), os.getloadavg()[0]
+    mach0, wall0 = machine_busy_s(), time.perf_counter()
+    times = time_calls(lambda _: engine.step(X, y), steps)
+    drv, cpu1 = time.process_time() - drv0, _actor_cpu_s(engine)
+    mach1, wall = machine_busy_s(), time.perf_counter() - wall0
+    out = {
+        "step_s_median": statistics.median(times),
+        "step_s_mean": statistics.fmean(times),
+        "step_s_min": min(times),
+        "steps": steps,
+        "load_avg_1m": [load0, os.getloadavg()[0]],
+        "driver_cpu_ms_per_step": drv / steps * 1e3,
+        "stage_cpu_ms_per_step": [(b - a) / steps * 1e3 for a, b in zip(cpu0, cpu1, strict=True)],
+    }
+    out["samples_per_s"] = len(X) / out["step_s_median"]
+    if mach0 is not None and mach1 is not None:  # cores busy with other people's work
+        ours = drv + sum(b - a for a, b in zip(cpu0, cpu1, strict=True))
+        out["other_cpu_cores"] = max(0.0, (mach1 - mach0 - ours) / wall)
+    if before is not None:
+        after = engine.stats()
+        out["busy_s"] = [
+            {k: (a["busy_s"][k] - b["busy_s"][k]) for k in a["busy_s"]}
+            for a, b in zip(after, before, strict=True)
+        ]
+    return out
+
+
+def measure_pipeline(
+    sizes: Sequence[int],
+    batch: int,
+    dtype: str,
+    microbatches: Sequence[int],
+    schedules: Sequence[str],
+    warmup: int,
+    steps: int,
+    comm_s: dict[str, float],
+) -> list[dict[str, Any]]:
+    """K=2 pipeline on RayEngine, PushRayEngine and CompiledRayEngine, each (schedule, M)
+    measured and compared with the simulator fed the stage times measured in the same window:
+    the work inside each call alone ('kernels'), and that plus each stage's per-call cost."""
+    g, params, X, y, opt = _problem(sizes, batch, dtype)
+    plan = partition(g, 2, "balanced")
+    rows = []
+    for name, cls in (("ray", RayEngine), ("push", PushRayEngine), ("compiled", CompiledRayEngine)):
+        with cls(plan, params, opt, max_rows=batch, keep_events=False) as eng:
+            for kind in schedules:
+                for m in microbatches:
+                    eng.reschedule(kind, m)
+                    # compiled: step 1 ordinary, 2 compiles, 3 is the graph's first (slow) run
+                    r = _time_steps(eng, X, y, warmup + (3 if name == "compiled" else 0), steps)
+                    per = steps * m
+                    fwd = [b["F"] / per for b in r["busy_s"]]
+                    bwd = [b["B"] / per for b in r["busy_s"]]
+                    fin = [b["step"] / steps for b in r["busy_s"]]
+                    pred = predict_step(kind, m, fwd, bwd, fin, comm_s[name])
+                    over = call_overhead_s(r, m) if name != "compiled" else [0.0] * len(fwd)
+                    cal = predict_step(
+                        kind,
+                        m,
+                        [f + o for f, o in zip(fwd, over, strict=True)],
+                        [b + o for b, o in zip(bwd, over, strict=True)],
+                        [f + o for f, o in zip(fin, over, strict=True)],
+                        comm_s[name],
+                    )
+                    row = {
+                        "engine": name,
+                        "schedule": kind,
+                        "microbatches": m,
+                        "stage_split": plan.sizes(),
+                        **r,
+                        "fwd_ms": [v * 1e3 for v in fwd],
+                        "bwd_ms": [v * 1e3 for v in bwd],
+                        "finish_ms": [v * 1e3 for v in fin],
+                        "comm_ms": comm_s[name] * 1e3,
+                        "call_overhead_ms": [v * 1e3 for v in over],
+                        "predicted_kernels_step_s": pred["step_s"],
+                        "predicted_step_s": cal["step_s"],
+                        "predicted_bubble": cal["bubble"],
+                        "kernels_ratio": pred["step_s"] / r["step_s_median"],
+                        "throughput_ratio": cal["step_s"] / r["step_s_median"],
+                    }
+                    if name == "compiled":
+                        row["compiled_steps"] = eng.compiled_steps
+                        row["compile_errors"] = {str(k): v for k, v in eng.compile_errors.items()}
+                    row["target_met"] = row["throughput_ratio"] >= TARGET_RATIO
+                    rows.append(row)
+    return rows
+
+
+def measure_single(
+    sizes: Sequence[int], batch: int, dtype: str, warmup: int, steps: int
+) -> list[dict[str, Any]]:
+    """The same model in this process, one stage: BLAS on every core, and on one thread."""
+    g, params, X, y, opt = _problem(sizes, batch, dtype)
+    out = []
+    for threads in (os.cpu_count() or 1, 1):
+        with thread_limits(threads):
+            eng = LocalEngine(partition(g, 1), params, opt, max_rows=batch, keep_events=False)
+            r = _time_steps(eng, X, y, warmup, steps)
+            r.pop("busy_s", None)
+            r["stage_cpu_ms_per_step"] = [r["driver_cpu_ms_per_step"]]
+            out.append({"engine": "local", "threads": threads, **r})
+    return out

@@ -1,0 +1,118 @@
+"""`graphpart profile`: a few steps measured against the memory model; tables, PNGs, a trace."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from graphpart.engines import start_ray
+from graphpart.errors import ConfigError
+from graphpart.plan.memory import predict, predict_inference, training_vs_inference
+from graphpart.run.report import human_bytes
+from graphpart.run.train import setup, uses_ray
+from graphpart.tools.profile.compare import compare, comparison_table, rss_table
+from graphpart.tools.profile.measure import measure, step_batches
+from graphpart.tools.profile.overhead import overhead
+from graphpart.tools.profile.plots import plot_stage
+from graphpart.tools.profile.trace import chrome_trace
+
+
+def run_profile(
+    cfg: Any,
+    steps: int = 3,
+    out: str | Path = "profile",
+    inference: bool = False,
+    as_json: bool = False,
+) -> int:
+    """`graphpart profile`: a few steps; predicted vs measured memory per stage; PNGs, trace."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"steps={steps!r}: must be a positive integer")
+    s = setup(cfg)
+    t, p = cfg.train, cfg.pipeline
+    kw = dict(
+        batch=t.batch_size,
+        microbatches=p.microbatches,
+        schedule=p.schedule,
+        optimizer=s.optimizer,
+        dtype=t.dtype,
+        recompute=p.recompute,
+    )
+    pred = predict(s.plan, **kw)
+    batches = step_batches(s.dataset, t.batch_size, t.seed, steps)
+    started = False
+    if uses_ray(cfg):  # keep one Ray session for both measured runs
+        started = start_ray(p.address)
+    try:
+        m = measure(s, steps, batches=batches)
+        ovh = overhead(s, m, batches)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    cmp = compare(pred, m)
+    outdir = Path(out)
+    outdir.mkdir(parents=True, exist_ok=True)
+    pngs = []
+    for k, events in enumerate(m.events):
+        path = outdir / f"memory_stage{k}.png"
+        st = pred.stages[k]
+        plot_stage(events, k, path, st.bytes["activation"] // max(st.in_flight, 1))
+        pngs.append(str(path))
+    trace_path = outdir / "trace.json"
+    trace_path.write_text(json.dumps(chrome_trace(m, pred)))
+    result: dict[str, Any] = {
+        "runtime": m.runtime,
+        "steps": steps,
+        "step_s": m.step_s,
+        "prediction": pred.to_dict(),
+        "comparison": cmp,
+        "rss": m.rss,
+        "overhead": ovh,
+        "files": {"png": pngs, "trace": str(trace_path)},
+    }
+    if inference:
+        inf = predict_inference(s.graph, t.batch_size, t.dtype)
+        line = training_vs_inference(s.plan, momentum=t.momentum, **kw)
+        result["inference"] = {"predicted_bytes": inf, "line": line}
+    if as_json:
+        print(json.dumps(result))
+        return 0
+    head = (
+        f"profile: {steps} step(s), {p.stages} stage(s) ({m.runtime}), schedule {p.schedule}, "
+        f"batch {t.batch_size} in {p.microbatches} micro-batch(es), {t.optimizer}, {t.dtype}"
+        + (", recompute" if p.recompute else "")
+    )
+    print(head)
+    print(comparison_table(cmp, pred))
+    print()
+    print(rss_table(m, pred))
+    print()
+    print(
+        f"measurement overhead: ledger {ovh['events_per_step']} events/step x "
+        f"{ovh['event_cost_s'] * 1e6:.2f} us = {ovh['estimate_fraction']:.2%} of a step; RSS "
+        f"sampling {ovh['rss_sample_s'] * 1e6:.0f} us every {ovh['rss_interval_s'] * 1e3:.0f}"
+        f" ms ({ovh['rss_duty_fraction']:.1%} of one core); A/B, "
+        + (
+            "alternate steps of two engines"
+            if m.runtime == "local"
+            else f"two separate runs of {steps} step(s) (mostly noise at this length)"
+        )
+        + f": {ovh['step_s_on'] * 1e3:.2f} ms a step with events, "
+        f"{ovh['step_s_off'] * 1e3:.2f} ms without ({ovh['ab_fraction']:+.1%})"
+    )
+    if inference:
+        inf_b = human_bytes(result["inference"]["predicted_bytes"])
+        print(
+            f"inference (batch {t.batch_size}): {inf_b}"
+            " predicted (parameters + largest set of live activations)"
+        )
+        print(result["inference"]["line"])
+    print(
+        f"wrote {', '.join(pngs)}, {trace_path}"
+        + ("" if m.aligned else " (stage clocks aligned by each stage's own start)"),
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,92 @@
+"""Predicted vs measured memory per stage and category, and resident memory, as tables."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from graphpart.plan.memory import CATEGORIES, MemoryPrediction
+from graphpart.run.report import human_bytes, table
+from graphpart.tools.profile.measure import Measurement
+
+
+def compare(pred: MemoryPrediction, m: Measurement) -> list[dict[str, Any]]:
+    """Per stage and category: predicted and measured peak bytes and their ratio."""
+    out = []
+    for sp, st in zip(pred.stages, m.stats, strict=True):
+        peak = st["memory"]["peak"]
+        rows = {}
+        for c in (*CATEGORIES, "total"):
+            p = sp.total if c == "total" else sp.bytes[c]
+            meas = st["memory"]["peak_total"] if c == "total" else peak[c]
+            rows[c] = {
+                "predicted": p,
+                "measured": meas,
+                "ratio": (meas / p) if p else (1.0 if meas == 0 else float("inf")),
+            }
+        out.append(
+            {
+                "stage": sp.index,
+                "pid": st.get("pid"),
+                "in_flight": sp.in_flight,
+                "slots": st.get("slots"),
+                "categories": rows,
+            }
+        )
+    return out
+
+
+def comparison_table(cmp: list[dict[str, Any]], pred: MemoryPrediction) -> str:
+    """Per stage: predicted and measured peak bytes by category, and their ratio."""
+    lines = []
+    for row, sp in zip(cmp, pred.stages, strict=True):
+        lines.append(
+            f"stage {row['stage']} (pid {row['pid']}): {sp.in_flight} micro-batch(es) "
+            f"in flight predicted, {row['slots']} activation slot(s) measured, "
+            f"{sp.rows} rows per micro-batch"
+        )
+        body = []
+        for c, v in row["categories"].items():
+            body.append(
+                [
+                    c,
+                    human_bytes(v["predicted"]),
+                    human_bytes(v["measured"]),
+                    f"{v['ratio']:.3f}" if v["predicted"] else "-",
+                ]
+            )
+        lines.append(table(["category", "predicted", "measured peak", "ratio"], body))
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def rss_table(m: Measurement, pred: MemoryPrediction) -> str:
+    """Resident memory per process against the bytes the model says it allocates after baseline."""
+    if not m.rss:
+        return "resident memory: not measured (actors on another node)"
+    body = []
+    for r in m.rss:
+        expect = _expected_growth(m, pred, r["stages"])
+        body.append(
+            [
+                r["pid"],
+                ",".join(map(str, r["stages"])),
+                human_bytes(r["baseline"]),
+                human_bytes(r["peak"]),
+                human_bytes(r["growth"]),
+                human_bytes(expect),
+                f"{r['growth'] / expect:.2f}" if expect else "-",
+                r["peak_from"],
+            ]
+        )
+    note = (
+        "baseline: this process after a JIT warm-up, before the engine allocated anything"
+        if m.runtime == "local"
+        else "baseline: each stage worker after its JIT warm-up, before it allocated anything"
+    )
+    headers = ["pid", "stages", "baseline", "peak", "growth", "predicted", "ratio", "peak from"]
+    return "resident memory (psutil RSS; " + note + ")\n" + table(headers, body)
+
+
+def _expected_growth(m: Measurement, pred: MemoryPrediction, stages: Sequence[int]) -> int:
+    return sum(pred.stages[k].total for k in stages)

@@ -1,0 +1,180 @@
+"""Measuring a few training steps: each stage's ledger stats and events, step times, RSS."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from graphpart.engines import LocalEngine
+from graphpart.errors import ConfigError
+from graphpart.ir import mlp
+from graphpart.params import Init, init_params
+from graphpart.plan.partition import partition
+from graphpart.run import data as gdata
+from graphpart.run.train import make_engine, uses_ray
+from graphpart.tools.profile.sample import RssSampler
+
+
+@dataclass
+class Measurement:
+    """What a profiled run measured, per stage, plus resident memory per process."""
+
+    runtime: str  # "local" (one process) or "ray" (one actor process per stage)
+    stats: list[dict]  # StageWorker.stats() per stage (memory = the ledger snapshot)
+    events: list[list]  # the ledger events per stage
+    offsets: list[float]  # seconds to add to stage k's event times to put them on one clock
+    aligned: bool  # True if offsets are exact (one process), False if each stage keeps its own
+    step_s: list[float]  # wall time of each step
+    rss: list[dict] = field(default_factory=list)  # per process: pid, stages, baseline, peak
+    rss_samples: dict[int, list[tuple[float, int]]] = field(default_factory=dict)
+    t0: float = 0.0  # the driver clock value of offset 0 (local runs)
+
+
+def step_batches(ds: gdata.Dataset, batch: int, seed: int, steps: int) -> list[np.ndarray]:
+    """Row indices of the first `steps` training batches, as training draws them (epochs on)."""
+    n = len(ds.X_train)
+    out: list[np.ndarray] = []
+    epoch = 0
+    while len(out) < steps:
+        full = list(gdata.batches(n, batch, seed, epoch, drop_last=n >= batch))
+        if not full:
+            raise ConfigError(f"the training set has no rows to profile on (n={n})")
+        out.extend(full)
+        epoch += 1
+    return out[:steps]
+
+
+def _warm_up(s: Any) -> None:
+    """Compile the CPU kernels this run will use on a tiny copy of the model (in this process).
+
+    So that the resident-memory baseline taken afterwards does not count the JIT compiler.
+    """
+    cfg = s.config
+    m, t, p = cfg.model, cfg.train, cfg.pipeline
+    if p.device != "cpu":
+        return
+    q = s.graph.get_info("sizes")[-1]
+    g = mlp(
+        [3, 3, 3, q], activation=m.activation, bias=m.bias, loss=m.loss, weight_decay=m.weight_decay
+    )
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3)).astype(t.dtype)
+    y = (
+        rng.integers(0, q, 4)
+        if m.loss == "cross_entropy"
+        else rng.standard_normal((4, q)).astype(t.dtype)
+    )
+    for k in (1, 2):
+        e = LocalEngine(
+            partition(g, k, "uniform"),
+            init_params(g, 0, t.dtype),
+            s.optimizer,
+            microbatches=2,
+            schedule=p.schedule,
+            max_rows=4,
+            recompute=p.recompute,
+            keep_events=False,
+        )
+        e.step(x, y)
+        e.predict(x)
+
+
+def measure(
+    s: Any,
+    steps: int = 3,
+    *,
+    keep_events: bool = True,
+    sample_rss: bool = True,
+    batches: list[np.ndarray] | None = None,
+) -> Measurement:
+    """Run `steps` training steps of setup `s` (graphpart.run.train.setup) and collect measurements.
+
+    Ray is used as graphpart.run.train.make_engine decides (stages > 1). Resident memory: for the
+    in-process engine, this process, baseline taken after a JIT warm-up and before the engine
+    allocates anything; for Ray, each stage worker measures its own process (baseline after
+    its JIT warm-up and before it allocates anything, peak sampled at every forward, backward
+    and step), so it works on any node.
+    """
+    cfg = s.config
+    t = cfg.train
+    batches = (
+        batches if batches is not None else step_batches(s.dataset, t.batch_size, t.seed, steps)
+    )
+    params = Init(t.seed, t.dtype)  # as training does: each worker makes its own
+    ray_run = uses_ray(cfg)
+    sampler: RssSampler | None = None
+    if sample_rss and not ray_run:
+        _warm_up(s)
+        sampler = RssSampler([os.getpid()]).__enter__()  # baseline: before the engine exists
+    groups = {os.getpid(): list(range(s.plan.k))}
+    engine = None
+    step_s: list[float] = []
+    try:
+        engine = make_engine(s, params, keep_events=keep_events)
+        for idx in batches:
+            x, y = s.dataset.X_train[idx], s.dataset.y_train[idx]
+            t1 = time.perf_counter()
+            engine.step(x, y)
+            step_s.append(time.perf_counter() - t1)
+        if sampler is not None:
+            sampler.__exit__()
+        stats = engine.stats()
+        events = engine.events() if keep_events else [[] for _ in range(s.plan.k)]
+        workers = getattr(engine, "workers", None)
+        if workers is not None:  # one process, one clock: exact alignment
+            t0 = min(w.ledger.t0 for w in workers)
+            offsets = [w.ledger.t0 - t0 for w in workers]
+            aligned = True
+        else:  # each actor's ledger counts from its own creation
+            t0 = 0.0
+            offsets = [0.0] * s.plan.k
+            aligned = False
+    finally:
+        if sampler is not None and not sampler.stopped:
+            sampler.__exit__()
+        if engine is not None:
+            engine.close()
+    rss_rows = []
+    if ray_run and sample_rss:  # the workers' own figures
+        for st in stats:
+            r = st["rss"]
+            rss_rows.append(
+                {
+                    "pid": st["pid"],
+                    "stages": [st["stage"]],
+                    "baseline": r["baseline"],
+                    "peak": r["peak"],
+                    "growth": r["peak"] - r["baseline"],
+                    "peak_from": "worker " + r.get("peak_from", "samples"),
+                }
+            )
+    if sampler is not None:
+        for pid, stages in groups.items():
+            samples = sampler.samples.get(pid)
+            if samples:
+                base = samples[0][1]
+                rss_rows.append(
+                    {
+                        "pid": pid,
+                        "stages": stages,
+                        "baseline": int(base),
+                        "peak": int(sampler.peak[pid]),
+                        "growth": int(sampler.peak[pid] - base),
+                        "peak_from": "VmHWM" if sampler.hwm[pid] else "samples",
+                    }
+                )
+    return Measurement(
+        "ray" if ray_run else "local",
+        stats,
+        events,
+        offsets,
+        aligned,
+        step_s,
+        rss_rows,
+        sampler.samples if sampler is not None else {},
+        t0,
+    )

@@ -1,0 +1,261 @@
+"""Contract of the lowering (graphpart/ir/lower.py): one step plan for the executor and the model.
+
+lower(graph, output=, input_grad=, recompute=) turns a stage's graph into kernel steps: a
+matmul is a "matmul" step, a bias_add whose only consumer is the activation right after it is
+one fused "bias_act" step (any other bias_add a "bias" step), an activation an "act" step, a
+loss a "loss" step; scalar ops (l2, add) are not steps. `saved` is what some VJP reads
+(parameters excluded), with recompute only the stage input and labels; `workspace` is every
+other non-parameter value the forward touches; cotangents share buffers along `aliases`
+(dm = dz = dh), resolved to their root even through unfused chains; dW temporaries exist for
+weights accumulated more than once a step. Lowered.buffers names every buffer exactly as
+workers/program.py enters it in its ledger, with the same category and bytes, and in the
+order it allocates them when micro-batches run one at a time. Activation codes (ACT_CODE) are
+derived from graphpart.ir.ops.ACTIVATIONS and are the kernels' constants; CATEGORIES is the one
+declaration the ledger and the memory model use.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from graphpart.ir import BATCH, Graph, Op, Var, mlp
+from graphpart.ir import lower as lw
+from graphpart.ir.ops import ACTIVATIONS
+from graphpart.plan import memory
+from graphpart.plan.partition import partition
+from workers import ledger as wledger
+from workers.backends import get_backend
+from workers.kernels import cpu
+from workers.ledger import Ledger
+from workers.program import Program
+
+ROWS = 5
+
+
+def kinds(low: lw.Lowered) -> list[str]:
+    return [s.kind for s in low.steps]
+
+
+def whole(graph: Graph, recompute: bool = False) -> lw.Lowered:
+    return lw.lower(graph, output=None, input_grad=False, recompute=recompute)
+
+
+def shared_weight_graph() -> Graph:
+    """x -> W -> relu -> W -> tanh -> tanh -> o, mse: one weight read by two matmuls, and two
+    activations in a row (the second is not fused, so its cotangent chain is dm -> dh -> dg)."""
+    v = [
+        Var("x", "input", (BATCH, 4)),
+        Var("W", "param", (4, 4)),
+        Var("b", "param", (4,)),
+        Var("m1", "value", (BATCH, 4)),
+        Var("h1", "value", (BATCH, 4)),
+        Var("m2", "value", (BATCH, 4)),
+        Var("z2", "value", (BATCH, 4)),
+        Var("h2", "value", (BATCH, 4)),
+        Var("o", "value", (BATCH, 4)),
+        Var("y", "label", (BATCH, 4)),
+        Var("L", "value", ()),
+    ]
+    ops = [
+        Op("mm1", "matmul", ("x", "W"), "m1"),
+        Op("act1", "relu", ("m1",), "h1"),
+        Op("mm2", "matmul", ("h1", "W"), "m2"),
+        Op("bias2", "bias_add", ("m2", "b"), "z2"),
+        Op("act2", "tanh", ("z2",), "h2"),
+        Op("act3", "tanh", ("h2",), "o"),
+        Op("loss", "mse", ("o", "y"), "L"),
+    ]
+    return Graph(tuple(v), tuple(ops), output="L", loss="L").validate()
+
+
+# -- constants -------------------------------------------------------------------------------
+def test_activation_codes_come_from_the_ops_and_are_the_kernels():
+    assert list(lw.ACT_CODE) == list(ACTIVATIONS)
+    assert sorted(lw.ACT_CODE.values()) == list(range(len(ACTIVATIONS)))
+    assert cpu.ACTIVATIONS == lw.ACT_CODE
+    names = {"identity": cpu.IDENTITY, "relu": cpu.RELU, "sigmoid": cpu.SIGMOID, "tanh": cpu.TANH}
+    assert names == lw.ACT_CODE
+
+
+def test_one_category_declaration():
+    assert wledger.CATEGORIES is lw.CATEGORIES and memory.CATEGORIES is lw.CATEGORIES
+    with pytest.raises(ValueError, match="category 'cache'"):
+        Ledger().add("x", "cache", 8)
+
+
+# -- steps -----------------------------------------------------------------------------------
+def test_bias_and_activation_fuse():
+    low = whole(mlp([3, 4, 5, 2], activation="sigmoid", bias=True))
+    assert kinds(low) == ["matmul", "bias_act", "matmul", "bias_act", "matmul", "bias", "loss"]
+    fused = low.steps[1]
+    assert (fused.op.op, fused.act.op, fused.activation.op) == ("bias_add", "sigmoid", "sigmoid")
+    assert fused.code == lw.ACT_CODE["sigmoid"]
+    assert fused.touched() == ("m1", "b1", "z1", "h1")
+    assert low.steps[-1].touched() == ("o", "y")  # the loss's scalar output is not a buffer
+    assert low.loss_step is low.steps[-1]
+    with pytest.raises(ValueError, match="no activation"):
+        _ = low.steps[0].code
+
+
+def test_steps_without_bias_and_unfused_chains():
+    low = whole(mlp([3, 4, 2], activation="tanh"))
+    assert kinds(low) == ["matmul", "act", "matmul", "loss"]
+    assert low.steps[1].activation is low.steps[1].op and low.steps[1].act is None
+    assert kinds(whole(shared_weight_graph())) == [
+        "matmul",
+        "act",
+        "matmul",
+        "bias_act",
+        "act",
+        "loss",
+    ]
+
+
+# -- saved values and workspace --------------------------------------------------------------
+def test_saved_values_with_and_without_recompute():
+    g = mlp([3, 4, 5, 2], bias=True)
+    low = whole(g)
+    assert low.saved == ("x", "h1", "h2", "o", "y")  # matmul inputs, activation outputs, loss
+    assert low.workspace == ("m1", "z1", "m2", "z2", "m3")
+    assert low.params == ("W1", "b1", "W2", "b2", "W3", "b3")
+    rc = whole(g, recompute=True)
+    assert rc.saved == ("x", "y")
+    assert rc.workspace == ("m1", "z1", "h1", "m2", "z2", "h2", "m3", "o")
+    assert memory.saved_values(g) == list(low.saved)
+    assert memory.saved_values(g, recompute=True) == ["x", "y"]
+
+
+def test_labels_take_the_label_dtype():
+    low = whole(mlp([3, 2]))
+    assert low.slot_buffer(0, "y").dtype("float32") == lw.LABEL_DTYPE
+    assert low.slot_buffer(0, "x").dtype("float32") == np.float32
+    mse = whole(mlp([3, 2], loss="mse"))
+    assert mse.slot_buffer(0, "y").dtype("float64") == np.float64  # mse targets are floats
+
+
+# -- cotangents ------------------------------------------------------------------------------
+def test_aliases_and_roots():
+    low = whole(mlp([3, 4, 5, 2], bias=True))
+    assert dict(low.aliases) == {"z1": "h1", "m1": "h1", "z2": "h2", "m2": "h2", "m3": "o"}
+    assert low.root("m2") == "h2" and low.root("h2") == "h2" and low.root("x") == "x"
+    assert low.roots == ("o", "h2", "h1")  # no dJ/dx on a first stage
+    sent = lw.lower(low.graph, output=None, input_grad=True, recompute=False)
+    assert sent.roots == ("o", "h2", "h1", "x")
+    assert sent.cotangent_buffer("x").category == "boundary"
+    assert sent.cotangent_buffer("h1").category == "workspace"
+
+
+def test_unfused_chain_resolves_to_its_root():
+    low = whole(shared_weight_graph())
+    assert low.root("m2") == low.root("z2") == low.root("h2") == "o"
+    assert low.root("m1") == "h1"
+    assert low.roots == ("o", "h1")
+
+
+def test_boundary_cotangents_of_a_middle_stage():
+    plan = partition(mlp([3, 4, 5, 6, 2], bias=True), 3, "uniform")
+    st = plan.stages[1]
+    low = lw.lower(st.graph, output=st.output, input_grad=True, recompute=False)
+    assert low.input == st.input and low.labels == ()
+    assert low.roots[0] == st.output and low.roots[-1] == st.input
+    cats = {r: low.cotangent_buffer(r).category for r in low.roots}
+    assert {r for r, c in cats.items() if c == "boundary"} == {st.input, st.output}
+
+
+def test_dw_temporaries():
+    low = whole(mlp([3, 4, 4, 2], bias=True))
+    assert low.temps(1) == ()
+    assert low.temps(3) == ((2, 4), (4, 4), (4, 3))  # reversed step order, one per shape
+    shared = whole(shared_weight_graph())
+    assert dict(shared.matmul_uses) == {"W": 2}
+    assert shared.temps(1) == ((4, 4),)
+
+
+# -- the buffers against a Program's ledger --------------------------------------------------
+def run_program(low: lw.Lowered, *, microbatches: int, one_at_a_time: bool, dtype=np.float64):
+    g = low.graph
+    rng = np.random.default_rng(0)
+    params = {v.name: (0.3 * rng.standard_normal(v.shape)).astype(dtype) for v in g.params}
+    prog = Program(
+        g,
+        params,
+        get_backend("cpu"),
+        ROWS,
+        Ledger(keep_events=False),
+        output=low.output,
+        recompute=low.recompute,
+        input_grad=low.input_grad,
+    )
+    x = rng.standard_normal(g.var(low.input).concrete_shape(ROWS)).astype(dtype)
+    y = None
+    if low.labels:
+        lab = g.var(low.labels[0])
+        y = (
+            rng.integers(0, 2, ROWS)
+            if low.is_label(lab.name)
+            else rng.standard_normal(lab.concrete_shape(ROWS)).astype(dtype)
+        )
+    dy = None if low.output is None else np.ones(g.var(low.output).concrete_shape(ROWS), dtype)
+    order = [(m, "F") for m in range(microbatches)] + [(m, "B") for m in range(microbatches)]
+    if one_at_a_time:
+        order = [(m, k) for m in range(microbatches) for k in "FB"]
+    for m, k in order:
+        if k == "F":
+            prog.forward(m, x, y, 0.5)
+        else:
+            prog.backward(m, dy, 0.5)
+    prog.regularize()
+    prog.finish_grads()
+    return prog
+
+
+CASES = {
+    "whole-bias": lambda: (mlp([3, 4, 5, 2], bias=True), None, None),
+    "mse-no-bias": lambda: (mlp([3, 4, 5, 2], activation="tanh", loss="mse"), None, None),
+    "shared-weight": lambda: (shared_weight_graph(), None, None),
+    "middle-stage": lambda: (mlp([3, 4, 5, 6, 2], bias=True), 3, 1),
+    "last-stage": lambda: (mlp([3, 4, 5, 6, 2], activation="sigmoid"), 2, 1),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("recompute", [False, True])
+@pytest.mark.parametrize("microbatches", [1, 3])
+def test_buffers_are_the_program_ledger(case, recompute, microbatches):
+    graph, k, index = CASES[case]()
+    output, input_grad = None, False
+    if k is not None:
+        st = partition(graph, k, "uniform").stages[index]
+        graph, output, input_grad = st.graph, st.output, True
+    low = lw.lower(graph, output=output, input_grad=input_grad, recompute=recompute)
+    for one_at_a_time in (True, False):
+        prog = run_program(low, microbatches=microbatches, one_at_a_time=one_at_a_time)
+        in_flight = 1 if one_at_a_time else microbatches
+        assert len(prog.slots) == in_flight
+        specs = low.buffers(in_flight=in_flight, microbatches=microbatches, optimizer_slots=0)
+        want = {b.name: (b.category, b.nbytes(ROWS, np.float64)) for b in specs}
+        assert prog.ledger.snapshot()["entries"] == want
+        if one_at_a_time:  # the executor allocates lazily, in the lowering's order
+            assert list(prog.ledger.entries) == [b.name for b in specs]
+        assert all(b.category in lw.CATEGORIES for b in specs)
+        bufs = memory.stage_buffers(
+            graph,
+            output=output,
+            input_grad=input_grad,
+            rows=ROWS,
+            in_flight=in_flight,
+            microbatches=microbatches,
+            optimizer_slots=0,
+            dtype="float64",
+            recompute=recompute,
+        )
+        assert {b.name: (b.category, b.nbytes) for b in bufs} == want
+
+
+def test_optimizer_buffers_are_named_per_slot():
+    low = whole(mlp([3, 2], bias=True))
+    specs = low.buffers(in_flight=0, microbatches=1, optimizer_slots=2)
+    opt = [b.name for b in specs if b.category == "optimizer"]
+    assert opt == ["opt[0]:W1", "opt[1]:W1", "opt[0]:b1", "opt[1]:b1"]
+    assert low.optimizer_buffer(1, "W1").nbytes(ROWS, "float32") == 2 * 3 * 4
