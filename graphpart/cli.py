@@ -10,6 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from graphpart.errors import GraphpartError
+from graphpart.ir import to_dot, write_graph
+from graphpart.run.config import Config, load_config
+from graphpart.run.report import plan_report
+from graphpart.run.train import setup, train
 
 DEFAULT_CONFIG = "digits.toml"
 
@@ -69,9 +73,7 @@ def _add_config_args(p: argparse.ArgumentParser, only: tuple[str, ...] | None = 
             p.add_argument(flag, dest=key, type=typ, default=None, help=helptext)
 
 
-def load_cli_config(args: argparse.Namespace) -> Any:
-    from graphpart.run.config import load_config
-
+def load_cli_config(args: argparse.Namespace) -> Config:
     overrides: dict[str, Any] = {}
     for item in args.set:
         if "=" not in item:
@@ -90,11 +92,7 @@ def load_cli_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from graphpart.run.train import train
-
     if args.resume:
-        from graphpart.run.config import load_config
-
         cfg_path = Path(args.resume) / "config.toml"
         if not cfg_path.is_file():
             raise GraphpartError(
@@ -127,9 +125,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from graphpart.run.report import plan_report
-    from graphpart.run.train import setup
-
     cfg = load_cli_config(args)
     s = setup(cfg)
     rep = plan_report(s, cfg)
@@ -138,14 +133,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
-    from graphpart.ir import write_graph
-    from graphpart.run.train import setup
-
     cfg = load_cli_config(args)
     s = setup(cfg)
     stage_of = s.plan.stage_of() if cfg.pipeline.stages > 1 else None
     if args.out is None or args.out == "-":
-        print(s.graph.to_dot(stage_of), end="")
+        print(to_dot(s.graph, stage_of), end="")
     else:
         out = write_graph(s.graph, args.out, stage_of)
         print(f"wrote {out}", file=sys.stderr)

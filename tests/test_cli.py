@@ -161,7 +161,7 @@ def test_other_transports_train_the_same_and_clean_up(tmp_path, transport):
     one = _run("train", *common, cwd=tmp_path)
     assert two.returncode == 0 and one.returncode == 0, err2
     a, b = json.loads(one.stdout), json.loads(out2)
-    assert b["runtime"] == "ray" and b["transport"] == transport and a["transport"] is None
+    assert b["runtime"] == "ray" and b["transport"] == transport and a["transport"] == "inprocess"
     assert b["test_accuracy"] == a["test_accuracy"]
     assert abs(b["final_loss"] - a["final_loss"]) < 1e-5
     assert seen and not _alive(seen), "processes left behind"
@@ -189,6 +189,7 @@ def _err(capsys, argv: list[str]) -> str:
         (["--stages", "9"], "stages=9"),
         (["--schedule", "zigzag"], "zigzag"),
         (["--transport", "carrier-pigeon"], "carrier-pigeon"),
+        (["--transport", "inprocess", "--address", "auto"], "needs a Ray transport"),
         (["--data", "nope.csv"], "nope.csv"),
         (["--microbatches", "100"], "microbatches=100"),
     ],

@@ -281,3 +281,41 @@ def test_synthetic_classification_needs_two_classes():
     assert "data.n_classes=1" in msg and "at least 2" in msg
     regression = {"data.source": "synthetic", "data.n_classes": 1, "model.loss": "mse"}
     assert load_config(None, regression).data.n_classes == 1
+
+
+# -- the transport key (one key; older run directories' two keys are read) ----------------------
+
+
+@pytest.mark.parametrize(
+    "pipeline, want",
+    [
+        ({"runtime": "auto", "transport": "push"}, "inprocess"),  # one stage ran in process
+        ({"runtime": "auto", "transport": "tasks", "stages": 2}, "tasks"),
+        ({"runtime": "local", "transport": "push", "stages": 2}, "inprocess"),
+        ({"runtime": "ray", "transport": "compiled"}, "compiled"),
+        ({"runtime": "auto", "transport": "push", "address": "auto"}, "push"),
+        ({"transport": "auto"}, "auto"),
+    ],
+)
+def test_older_runtime_key_is_read_as_the_transport(tmp_path, pipeline, want):
+    path = tmp_path / "old.toml"
+    path.write_text("[pipeline]\n" + "".join(f"{k} = {v!r}\n" for k, v in pipeline.items()))
+    text = path.read_text().replace("'", '"')
+    path.write_text(text)
+    cfg = load_config(str(path))
+    assert cfg.pipeline.transport == want
+    assert "runtime" not in cfg.to_dict()["pipeline"]
+
+
+def test_inprocess_transport_with_an_address_is_refused():
+    with pytest.raises(ConfigError, match="needs a Ray transport"):
+        Config.from_dict({"pipeline": {"transport": "inprocess", "address": "auto"}})
+
+
+def test_transport_choices_come_from_the_registry():
+    from graphpart.engines.transports import TRANSPORTS
+
+    for name in TRANSPORTS:
+        assert Config.from_dict({"pipeline": {"transport": name}}).pipeline.transport == name
+    with pytest.raises(ConfigError, match="carrier-pigeon"):
+        Config.from_dict({"pipeline": {"transport": "carrier-pigeon"}})

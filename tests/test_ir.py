@@ -451,7 +451,6 @@ def test_dot_boxes_circles_and_every_edge(bias):
     g = mlp([4, 3, 5, 2], bias=bias, weight_decay=0.1)
     text = to_dot(g)
     assert text.startswith("digraph") and text.rstrip().endswith("}")
-    assert text == g.to_dot()
     nodes, edges = _parse(text)
     for v in g.vars:
         assert "shape=box" in nodes[v.name], v.name

@@ -29,6 +29,7 @@ import numpy as np
 
 from graphpart.ir.graph import BATCH, Graph
 from graphpart.ir.lower import BufferSpec, lower, nbytes
+from workers.backends import Backend
 from workers.ledger import Ledger
 
 
@@ -39,7 +40,7 @@ class Program:
         self,
         graph: Graph,
         params: Mapping[str, np.ndarray],
-        backend: Any,
+        backend: Backend,
         max_rows: int,
         ledger: Ledger | None = None,
         output: str | None = None,
@@ -68,7 +69,7 @@ class Program:
             self.bk.from_host(np.asarray(params[w], dtype=self.dtype), self.params[w])
             self.grads[w] = self._alloc(low.grad_buffer(w), zero=True)
 
-        if getattr(self.bk, "reduction", False) is None:  # CUDA: the losses' and norms' buffer
+        if self.bk.needs_reduction:  # CUDA: the losses' and norms' float64 buffer
             red = BufferSpec("work:reduction", "workspace", (max(self.max_rows, 1024),))
             self.bk.reduction = self._alloc(red, dtype=np.float64)
         self.steps = low.steps

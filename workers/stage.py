@@ -14,7 +14,7 @@ import psutil
 from graphpart.ir.graph import BATCH, Graph, Var
 from graphpart.optim import SGD, Adam, Optimizer
 from graphpart.params import Init, Params, materialize
-from workers.backends import get_backend
+from workers.backends import Backend, get_backend
 from workers.hwm import read_hwm, reset_hwm
 from workers.ledger import Ledger
 from workers.program import Program
@@ -256,7 +256,7 @@ class StageWorker:
 
 
 def _warm_up(
-    graph: Graph, bk: Any, opt: Optimizer, dtype: np.dtype, output: str | None, input_grad: bool
+    graph: Graph, bk: Backend, opt: Optimizer, dtype: np.dtype, output: str | None, input_grad: bool
 ) -> None:
     """Compile (or load from cache) every kernel this stage uses, on a 2-wide copy of its
     graph, so the resident-memory baseline taken afterwards excludes the compiler's memory."""

@@ -4,11 +4,9 @@ from graphpart.engines.cluster import start_ray
 from graphpart.engines.engine import TRANSPORT_CHOICES, Engine, StepResult, resolve_transport
 from graphpart.engines.measure import measured_costs
 from graphpart.engines.transports import TRANSPORTS
-from workers.backends import BACKENDS
+from workers.backends import DEVICES
 from workers.hwm import read_hwm, reset_hwm
 from workers.ledger import Ledger
-
-DEVICES = tuple(BACKENDS)  # where a stage can run: the backends workers/ has kernels for
 
 __all__ = [
     "DEVICES",

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from graphpart.errors import GraphError
+from graphpart.ir.ops import REGISTRY
 
 BATCH = "B"  # the symbolic batch dimension
 ROLES = ("input", "label", "param", "value")
@@ -117,8 +118,6 @@ class Graph:
     # -- checks ---------------------------------------------------------------
     def validate(self) -> Graph:
         """Check names, topological order, op names and shapes; raise GraphError naming the node."""
-        from graphpart.ir.ops import REGISTRY  # ops do not import ir; this is the one way edge
-
         seen: dict[str, Var] = {}
         for v in self.vars:
             if v.name in seen:
@@ -191,11 +190,6 @@ class Graph:
         for o in self.ops:
             lines.append(f"  {o}    -> {_fmt(self.var(o.output).shape)}  (layer {o.layer})")
         return "Graph\n" + "\n".join(lines)
-
-    def to_dot(self, stage_of: Mapping[str, int] | None = None) -> str:
-        from graphpart.ir.dot import to_dot
-
-        return to_dot(self, stage_of)
 
 
 def _article(word: str) -> str:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from graphpart.engines import DEVICES, TRANSPORT_CHOICES
+from graphpart.engines import DEVICES, TRANSPORT_CHOICES, resolve_transport
 from graphpart.errors import ConfigError
 from graphpart.ir.ops import ACTIVATIONS, LOSSES
 from graphpart.optim import OPTIMIZERS
@@ -366,6 +366,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
 
 def _check_together(cfg: Config) -> None:
     p, t, d, m = cfg.pipeline, cfg.train, cfg.data, cfg.model
+    resolve_transport(p.transport, p.stages, p.address)
     if p.microbatches > t.batch_size:
         raise ConfigError(
             f"pipeline.microbatches={p.microbatches} exceeds train.batch_size={t.batch_size}: "
