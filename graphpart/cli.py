@@ -14,6 +14,8 @@ from graphpart.ir import to_dot, write_graph
 from graphpart.run.config import Config, load_config
 from graphpart.run.report import plan_report
 from graphpart.run.train import setup, train
+from graphpart.tools import bench, bench_pipeline
+from graphpart.tools.profile import run_profile
 
 DEFAULT_CONFIG = "digits.toml"
 
@@ -145,19 +147,13 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    if args.pipeline:
-        from graphpart.tools import bench_pipeline as bench
-    else:
-        from graphpart.tools import bench  # type: ignore[no-redef]
-
+    run = bench_pipeline.main if args.pipeline else bench.main
     argv = ["--json"] if args.json else []
     rest = list(args.rest)
-    return bench.main(argv + (rest[1:] if rest[:1] == ["--"] else rest)) or 0
+    return run(argv + (rest[1:] if rest[:1] == ["--"] else rest)) or 0
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from graphpart.tools.profile import run_profile
-
     cfg = load_cli_config(args)
     return run_profile(
         cfg, steps=args.steps, out=args.out, inference=args.inference, as_json=args.json

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import rel_err
 
 from graphpart.api import value_and_grad
 from graphpart.autodiff import backward, check_batch, check_params, forward
@@ -83,11 +84,6 @@ def numeric_grad(graph, params, batch, eps=1e-6):
             g[idx] = (vals[0] - vals[1]) / (2 * eps)
         out[name] = g
     return out
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
 
 
 # -- finite differences ---------------------------------------------------------------------------

@@ -20,6 +20,8 @@ import pytest
 from graphpart.errors import ConfigError
 from workers.backends import get_backend
 
+pytestmark = pytest.mark.ray  # the checks run in a subprocess (the CUDA simulator)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -180,7 +180,7 @@ def test_numpy_step_equals_graphpart(optimizer, bias):
     for _ in range(3):  # several steps: momentum / Adam state and bias corrections
         r = eng.step(x, y)
         loss = ref.step(x, y)
-        assert loss == pytest.approx(r["L"], rel=1e-12)
+        assert loss == pytest.approx(r.L, rel=1e-12)
         got = eng.get_params()
         for k in params:
             np.testing.assert_allclose(ref.p[k], got[k], rtol=1e-10, atol=1e-10, err_msg=k)
@@ -207,6 +207,7 @@ def test_torch_step_equals_numpy(optimizer):
         )
 
 
+@pytest.mark.ray
 def test_measure_startup_fresh_processes():
     runs = bench.measure_startup(TINY, batch=8, runs=2)
     assert len(runs) == 2

@@ -68,7 +68,7 @@ def test_tiny_run_returns_every_figure(ray_session):
     assert [r["threads"] for r in res["single"]] == [os.cpu_count() or 1, 1]
     rows = res["pipeline"]
     assert {(r["engine"], r["schedule"], r["microbatches"]) for r in rows} == {
-        (e, s, m) for e in ("ray", "push", "compiled") for s in ("1f1b", "gpipe") for m in (1, 2)
+        (e, s, m) for e in ("tasks", "push", "compiled") for s in ("1f1b", "gpipe") for m in (1, 2)
     }
     for r in rows:
         assert r["step_s_median"] > 0 and r["samples_per_s"] > 0
@@ -84,6 +84,6 @@ def test_tiny_run_returns_every_figure(ray_session):
             )
     assert len(res["targets"]["throughput_within_10pct_of_simulator"]) == len(rows)
     report = bp.format_report(res)
-    for engine in ("ray", "push", "compiled"):
+    for engine in ("tasks", "push", "compiled"):
         assert len(re.findall(rf"^  {engine} +(1f1b|gpipe) +[12] ", report, re.M)) == 4
     assert "transfer under 1 ms:" in report

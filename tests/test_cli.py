@@ -103,6 +103,7 @@ def _ps() -> list[str]:
     return out.splitlines()[1:]
 
 
+@pytest.mark.ray
 def test_train_default_json(tmp_path):
     r = _run("train", "--json", "--run-dir", str(tmp_path), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -127,6 +128,7 @@ def test_train_default_json(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.ray
 def test_pipeline_cli_matches_single_process_and_cleans_up(tmp_path):
     common = ("--json", "--epochs", "4", "--run-dir", str(tmp_path))
     three, out3, err3, seen = _run_tracked(
@@ -144,6 +146,7 @@ def test_pipeline_cli_matches_single_process_and_cleans_up(tmp_path):
     assert not _alive(seen), "processes left behind"
 
 
+@pytest.mark.ray
 @pytest.mark.parametrize("transport", ["tasks", "compiled"])
 def test_other_transports_train_the_same_and_clean_up(tmp_path, transport):
     common = ("--json", "--epochs", "2", "--run-dir", str(tmp_path), "--hidden", "32,32")
@@ -246,6 +249,7 @@ def test_user_npz_trains(tmp_path):
     assert code == 0
 
 
+@pytest.mark.ray
 def test_console_script_error_has_no_traceback(tmp_path):
     r = _run("train", "--activation", "softsign", "--run-dir", str(tmp_path), cwd=tmp_path)
     assert r.returncode == 2
@@ -280,6 +284,7 @@ def test_plan_and_graph(capsys, tmp_path):
     assert [s["stage"] for s in data["stages"]] == [0, 1, 2, 3]
 
 
+@pytest.mark.ray
 def test_ctrl_c_stops_a_pipeline_cleanly(tmp_path):
     p, out, err, seen = _run_tracked(
         "train",
@@ -300,6 +305,7 @@ def test_ctrl_c_stops_a_pipeline_cleanly(tmp_path):
     assert not _alive(seen), "processes left behind"
 
 
+@pytest.mark.ray
 def test_join_existing_cluster_and_bad_addresses(tmp_path):
     """--address auto joins a cluster started with `ray start`; dead addresses fail fast."""
     ray_bin = str(Path(sys.executable).with_name("ray"))

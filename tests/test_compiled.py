@@ -18,13 +18,12 @@ from functools import partial
 
 import numpy as np
 import pytest
+from conftest import batches, max_rel, mlp_problem, oracle_training
 
-from graphpart.autodiff import value_and_grad
 from graphpart.engines import Engine
 from graphpart.engines.transports.compiled import Compiled
 from graphpart.errors import StageFailure
-from graphpart.ir import mlp
-from graphpart.optim import init_state, make_optimizer, reference_step
+from graphpart.optim import make_optimizer
 from graphpart.plan.partition import partition
 
 TasksEngine = partial(Engine, transport="tasks")
@@ -35,29 +34,15 @@ COMBOS = {2: [(1, "gpipe"), (3, "1f1b"), (4, "gpipe")], 3: [(1, "1f1b"), (3, "gp
 
 
 def _problem(seed: int = 0):
-    rng = np.random.default_rng(seed)
-    g = mlp(SIZES, activation="tanh", bias=True, weight_decay=0.05)
-    p0 = {v.name: rng.standard_normal(v.shape) for v in g.params}
-    X = rng.standard_normal((BATCH * STEPS, SIZES[0]))
-    y = rng.integers(0, SIZES[-1], BATCH * STEPS)
-    return g, p0, X, y
+    return mlp_problem(SIZES, BATCH * STEPS, seed=seed)
 
 
 def _batches(X, y):
-    return [(X[t * BATCH : (t + 1) * BATCH], y[t * BATCH : (t + 1) * BATCH]) for t in range(STEPS)]
+    return batches(X, y, BATCH)
 
 
 def _oracle(g, p0, X, y, opt):
-    ref = {k: v.copy() for k, v in p0.items()}
-    st = init_state(opt, ref)
-    for t, (xb, yb) in enumerate(_batches(X, y)):
-        _, gr = value_and_grad(g, ref, {"x": xb, "y": yb})
-        reference_step(opt, ref, gr, st, t + 1)
-    return ref
-
-
-def _rel(a: dict, b: dict) -> float:
-    return max(float(np.abs(a[k] - b[k]).max() / np.abs(a[k]).max()) for k in a)
+    return oracle_training(g, p0, X, y, opt, BATCH)[1]
 
 
 def _run(eng, X, y, kind: str, m: int, initial) -> tuple[list[float], dict]:
@@ -93,8 +78,8 @@ def test_compiled_equals_ray_engine_and_oracle(ray_session, k):
             assert tr.compiled_steps - before == STEPS - 1, (m, kind)  # all but the first
             ref_losses, ref_params = reference[m, kind]
             np.testing.assert_allclose(losses, ref_losses, rtol=1e-12, atol=0)
-            assert _rel(ref_params, params) <= 1e-12, (m, kind)
-            assert _rel(want, params) < 1e-10, (m, kind)
+            assert max_rel(ref_params, params) <= 1e-12, (m, kind)
+            assert max_rel(want, params) < 1e-10, (m, kind)
 
 
 def _live_actor_ids(ray) -> set[str]:
@@ -123,7 +108,7 @@ def test_fallback_then_stage_failure_in_compiled_step_then_close_leaves_no_actor
             assert eng.step(xb, yb).J == local.step(xb, yb).J
         assert tr.compiled_steps == 0
         assert "no graph today" in next(iter(tr.compile_errors.values()))
-        assert _rel(local.get_params(), eng.get_params()) == 0.0
+        assert max_rel(local.get_params(), eng.get_params()) == 0.0
         monkeypatch.undo()
         tr.compile_errors.clear()
         xb, yb = X[:BATCH], y[:BATCH]

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import batches as _batches
+from conftest import mlp_problem, oracle_training, rel_err
 
 from graphpart.autodiff import forward, value_and_grad
 from graphpart.engines import Engine
@@ -34,40 +36,19 @@ OPTS = {
 
 
 def make_problem(activation="tanh", bias=True, loss="cross_entropy", seed=0):
-    g = mlp(SIZES, activation=activation, bias=bias, loss=loss, weight_decay=0.05)
-    rng = np.random.default_rng(seed)
-    p0 = {v.name: rng.standard_normal(v.shape) for v in g.params}
-    X = rng.standard_normal((BATCH * STEPS, SIZES[0]))
-    if loss == "cross_entropy":
-        Y = rng.integers(0, SIZES[-1], BATCH * STEPS)
-    else:
-        Y = rng.standard_normal((BATCH * STEPS, SIZES[-1]))
-    return g, p0, X, Y
+    return mlp_problem(SIZES, BATCH * STEPS, seed=seed, activation=activation, bias=bias, loss=loss)
 
 
 def batches(X, Y):
-    for t in range(STEPS):
-        yield X[t * BATCH : (t + 1) * BATCH], Y[t * BATCH : (t + 1) * BATCH]
+    return _batches(X, Y, BATCH)
 
 
 def oracle(g, p0, X, Y, opt):
-    params = {k: v.copy() for k, v in p0.items()}
-    state = init_state(opt, params)
-    Js = []
-    for t, (x, y) in enumerate(batches(X, Y), start=1):
-        J, grads = value_and_grad(g, params, {"x": x, "y": y})
-        Js.append(J)
-        reference_step(opt, params, grads, state, t)
-    return Js, params
+    return oracle_training(g, p0, X, Y, opt, BATCH)
 
 
 PROBLEM = make_problem()
 ORACLE = {name: oracle(*PROBLEM, opt) for name, opt in OPTS.items()}
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
 
 
 @pytest.mark.parametrize("strategy", ["uniform", "balanced"])

@@ -353,6 +353,7 @@ print(json.dumps({{"allocs": allocs, "arrays": arrays, "hits": hits, "misses": m
 """
 
 
+@pytest.mark.ray
 def test_second_process_loads_from_disk_cache_and_allocates_nothing():
     """This process compiles (or loads) every kernel; a fresh one must only load them.
 

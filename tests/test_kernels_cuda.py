@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.ray  # the checks run in a subprocess (the CUDA simulator)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = [(5, 7), (17, 3), (1, 1)]
 DTYPES = ["float32", "float64"]

@@ -18,6 +18,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import rel_err
 
 from graphpart.autodiff import forward, value_and_grad
 from graphpart.ir import mlp
@@ -95,11 +96,6 @@ def run_step(ws, plan, x, y, microbatches, order="gpipe"):
         J += res["loss"] + res["s"]
         grads.update({k: v.copy() for k, v in w.get_grads().items()})
     return J, grads
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
 
 
 # -- gradients equal the oracle -------------------------------------------------------------------

@@ -15,14 +15,13 @@ from __future__ import annotations
 import time
 from functools import partial
 
-import numpy as np
 import pytest
+from conftest import max_rel, mlp_problem, oracle_training
 
 from graphpart.autodiff import value_and_grad
 from graphpart.engines import Engine
 from graphpart.errors import StageFailure
-from graphpart.ir import mlp
-from graphpart.optim import init_state, make_optimizer, reference_step
+from graphpart.optim import make_optimizer
 from graphpart.plan.partition import partition
 
 ENGINES = pytest.mark.parametrize(
@@ -34,26 +33,11 @@ BATCH, STEPS = 8, 3
 
 
 def _problem(seed: int = 0):
-    rng = np.random.default_rng(seed)
-    g = mlp(SIZES, activation="tanh", bias=True, weight_decay=0.05)
-    p0 = {v.name: rng.standard_normal(v.shape) for v in g.params}
-    X = rng.standard_normal((BATCH * STEPS, SIZES[0]))
-    y = rng.integers(0, SIZES[-1], BATCH * STEPS)
-    return g, p0, X, y
+    return mlp_problem(SIZES, BATCH * STEPS, seed=seed)
 
 
 def _oracle(g, p0, X, y, opt):
-    ref = {k: v.copy() for k, v in p0.items()}
-    st = init_state(opt, ref)
-    for t in range(STEPS):
-        sl = slice(t * BATCH, (t + 1) * BATCH)
-        _, gr = value_and_grad(g, ref, {"x": X[sl], "y": y[sl]})
-        reference_step(opt, ref, gr, st, t + 1)
-    return ref
-
-
-def _rel(a: dict, b: dict) -> float:
-    return max(float(np.abs(a[k] - b[k]).max() / np.abs(a[k]).max()) for k in a)
+    return oracle_training(g, p0, X, y, opt, BATCH)[1]
 
 
 @ENGINES
@@ -76,7 +60,7 @@ def test_pipeline_equals_oracle(ray_session, k, engine):
                     for t in range(STEPS):
                         sl = slice(t * BATCH, (t + 1) * BATCH)
                         eng.step(X[sl], y[sl])
-                    err = _rel(want, eng.get_params())
+                    err = max_rel(want, eng.get_params())
                     assert err < 1e-10, (plan.sizes(), m, kind, err)
 
 
@@ -89,9 +73,9 @@ def test_value_and_grad_through_actors(ray_session, engine):
     ) as eng:
         J2, grads2 = eng.value_and_grad(X[:BATCH], y[:BATCH])
         assert abs(J - J2) / abs(J) < 1e-12
-        assert _rel(grads, grads2) < 1e-12
+        assert max_rel(grads, grads2) < 1e-12
         # no update happened: parameters are still the initial ones
-        assert _rel(p0, eng.get_params()) == 0.0
+        assert max_rel(p0, eng.get_params()) == 0.0
         stats = eng.stats()
     assert [s["stage"] for s in stats] == [0, 1, 2]
     assert len({s["pid"] for s in stats}) == 3  # one process per stage

@@ -21,20 +21,3 @@ __all__ = [
     "resolve_transport",
     "start_ray",
 ]
-
-
-# Transitional names for the four engines of before (each is now Engine with a transport).
-def LocalEngine(plan, params, optimizer, **kw):  # noqa: ANN001, ANN201, N802
-    return Engine(plan, params, optimizer, transport="inprocess", **kw)
-
-
-def RayEngine(plan, params, optimizer, **kw):  # noqa: ANN001, ANN201, N802
-    return Engine(plan, params, optimizer, transport="tasks", **kw)
-
-
-def PushRayEngine(plan, params, optimizer, **kw):  # noqa: ANN001, ANN201, N802
-    return Engine(plan, params, optimizer, transport="push", **kw)
-
-
-def CompiledRayEngine(plan, params, optimizer, **kw):  # noqa: ANN001, ANN201, N802
-    return Engine(plan, params, optimizer, transport="compiled", **kw)

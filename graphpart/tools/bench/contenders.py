@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from graphpart.engines import LocalEngine
+from graphpart.engines import Engine
 from graphpart.ir import mlp
 from graphpart.optim import make_optimizer
 from graphpart.params import init_params
@@ -34,7 +34,7 @@ def make_graphpart(
 ) -> Any:
     """graphpart's in-process engine on one stage, with a copy of `params`."""
     g = mlp(list(sizes), activation=activation, bias=bias, loss="cross_entropy", weight_decay=0.0)
-    return LocalEngine(
+    return Engine(
         partition(g, 1),
         {k: v.copy() for k, v in params.items()},
         make_optimizer(optimizer, **OPTIMIZER_KW[optimizer]),

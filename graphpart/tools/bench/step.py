@@ -81,7 +81,7 @@ def _run_case(
     t = time.perf_counter()
     eng = make_graphpart(params, sizes, batch, activation, bias, optimizer)
     build = time.perf_counter() - t  # includes the workers' kernel warm-up (compile or load)
-    worker = eng.workers[0]
+    worker = eng.transport.workers[0]
     ref = NumpyMLP(params, activation, bias, optimizer)
     made = make_torch_step(params, sizes, activation, bias, optimizer, x, y) if use_torch else None
     tstep = made[0] if made else None

@@ -51,7 +51,7 @@ def run(
         }
         res["transfer"] = t = measure_transfer(transfer_n)
         comm = {
-            "ray": t["tasks_pipelined_per_item_ms"] / 1e3,
+            "tasks": t["tasks_pipelined_per_item_ms"] / 1e3,
             "push": t["push_hop_ms"] / 1e3,
             "compiled": t["compiled_round_trip_ms"] / 1e3,
         }

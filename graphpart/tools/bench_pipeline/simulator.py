@@ -31,7 +31,7 @@ def call_overhead_s(timed: dict[str, Any], microbatches: int) -> list[float]:
     """Per stage, the CPU seconds its process spends per call outside the stage's own work.
 
     Each stage runs 2M + 1 actions a step (M forwards, M backwards, finish), each its own call
-    on RayEngine (on PushRayEngine one call, plus the tensors it sends and receives). Its CPU
+    on the tasks transport (on push one call, plus the tensors it sends and receives). Its CPU
     time per step (all threads: Ray's argument fetch, result store, task bookkeeping) less its
     busy time (the work inside the calls), spread over those calls, is what each call costs on
     top of the work. Valid where a stage waiting for input sleeps (ray, push); not for

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from graphpart.engines import CompiledRayEngine, LocalEngine, PushRayEngine, RayEngine
+from graphpart.engines import Engine
 from graphpart.ir import mlp
 from graphpart.optim import make_optimizer
 from graphpart.params import init_params
@@ -31,6 +31,9 @@ def _problem(sizes: Sequence[int], batch: int, dtype: str, seed: int = 0) -> tup
     return g, params, X, y, opt
 
 
+RAY_TRANSPORTS = ("tasks", "push", "compiled")  # the ones measured, named as --transport names them
+
+
 def _actor_cpu_s(engine: Any) -> list[float]:
     """CPU seconds used so far by each stage actor's process (all its threads)."""
     import ray
@@ -38,7 +41,7 @@ def _actor_cpu_s(engine: Any) -> list[float]:
     return ray.get(
         [
             a.__ray_call__.remote(lambda self: time.process_time())
-            for a in getattr(engine, "actors", [])
+            for a in getattr(engine.transport, "actors", [])
         ]
     )
 
@@ -86,14 +89,14 @@ def measure_pipeline(
     steps: int,
     comm_s: dict[str, float],
 ) -> list[dict[str, Any]]:
-    """K=2 pipeline on RayEngine, PushRayEngine and CompiledRayEngine, each (schedule, M)
+    """K=2 pipeline on the Ray transports tasks, push and compiled, each (schedule, M)
     measured and compared with the simulator fed the stage times measured in the same window:
     the work inside each call alone ('kernels'), and that plus each stage's per-call cost."""
     g, params, X, y, opt = _problem(sizes, batch, dtype)
     plan = partition(g, 2, "balanced")
     rows = []
-    for name, cls in (("ray", RayEngine), ("push", PushRayEngine), ("compiled", CompiledRayEngine)):
-        with cls(plan, params, opt, max_rows=batch, keep_events=False) as eng:
+    for name in RAY_TRANSPORTS:
+        with Engine(plan, params, opt, transport=name, max_rows=batch, keep_events=False) as eng:
             for kind in schedules:
                 for m in microbatches:
                     eng.reschedule(kind, m)
@@ -131,8 +134,9 @@ def measure_pipeline(
                         "throughput_ratio": cal["step_s"] / r["step_s_median"],
                     }
                     if name == "compiled":
-                        row["compiled_steps"] = eng.compiled_steps
-                        row["compile_errors"] = {str(k): v for k, v in eng.compile_errors.items()}
+                        tr = eng.transport
+                        row["compiled_steps"] = tr.compiled_steps
+                        row["compile_errors"] = {str(k): v for k, v in tr.compile_errors.items()}
                     row["target_met"] = row["throughput_ratio"] >= TARGET_RATIO
                     rows.append(row)
     return rows
@@ -146,7 +150,7 @@ def measure_single(
     out = []
     for threads in (os.cpu_count() or 1, 1):
         with thread_limits(threads):
-            eng = LocalEngine(partition(g, 1), params, opt, max_rows=batch, keep_events=False)
+            eng = Engine(partition(g, 1), params, opt, max_rows=batch, keep_events=False)
             r = _time_steps(eng, X, y, warmup, steps)
             r.pop("busy_s", None)
             r["stage_cpu_ms_per_step"] = [r["driver_cpu_ms_per_step"]]

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from graphpart.engines import LocalEngine
+from graphpart.engines import Engine
 from graphpart.errors import ConfigError
 from graphpart.ir import mlp
 from graphpart.params import Init, init_params
@@ -69,7 +69,7 @@ def _warm_up(s: Any) -> None:
         else rng.standard_normal((4, q)).astype(t.dtype)
     )
     for k in (1, 2):
-        e = LocalEngine(
+        e = Engine(
             partition(g, k, "uniform"),
             init_params(g, 0, t.dtype),
             s.optimizer,
@@ -124,7 +124,7 @@ def measure(
             sampler.__exit__()
         stats = engine.stats()
         events = engine.events() if keep_events else [[] for _ in range(s.plan.k)]
-        workers = getattr(engine, "workers", None)
+        workers = getattr(engine.transport, "workers", None)
         if workers is not None:  # one process, one clock: exact alignment
             t0 = min(w.ledger.t0 for w in workers)
             offsets = [w.ledger.t0 - t0 for w in workers]
