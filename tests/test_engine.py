@@ -73,7 +73,7 @@ def test_training_matches_oracle(opt_name, k, microbatches, kind, strategy):
         assert got[name].dtype == np.float64
         assert rel_err(got[name], want[name]) < 1e-10, name
     for w, peak in zip(eng.transport.workers, eng.peak_in_flight, strict=True):
-        assert w.stats()["slots"] == peak
+        assert w.stats().slots == peak
         assert w.steps == STEPS
     eng.close()
 
@@ -235,7 +235,7 @@ def test_state_round_trip_between_engines():
     for name in want:
         assert rel_err(got[name], want[name]) < 1e-10, name
     stats = b.stats()
-    assert [s["stage"] for s in stats] == [0, 1, 2]
+    assert [s.stage for s in stats] == [0, 1, 2]
     assert len(b.events()) == 3
 
 

@@ -235,7 +235,7 @@ def test_buffers_are_the_program_ledger(case, recompute, microbatches):
         assert len(prog.slots) == in_flight
         specs = low.buffers(in_flight=in_flight, microbatches=microbatches, optimizer_slots=0)
         want = {b.name: (b.category, b.nbytes(ROWS, np.float64)) for b in specs}
-        assert prog.ledger.snapshot()["entries"] == want
+        assert prog.ledger.snapshot().entries == want
         if one_at_a_time:  # the executor allocates lazily, in the lowering's order
             assert list(prog.ledger.entries) == [b.name for b in specs]
         assert all(b.category in lw.CATEGORIES for b in specs)

@@ -74,9 +74,9 @@ def _assert_exact(e, pred):
     for k, w in enumerate(e.transport.workers):
         snap = w.ledger.snapshot()
         st = pred.stages[k]
-        assert snap["peak"] == st.bytes, f"stage {k}"
-        assert snap["peak_total"] == st.total
-        assert snap["entries"] == st.entries(), f"stage {k}: buffers differ"
+        assert snap.peak == st.bytes, f"stage {k}"
+        assert snap.peak_total == st.total
+        assert snap.entries == st.entries(), f"stage {k}: buffers differ"
         assert len(w.prog.slots) == st.in_flight
 
 

@@ -112,7 +112,7 @@ def test_measure_matches_prediction_and_resident_growth():
     )
     m = profile.measure(s, steps=2)
     for st, sp in zip(m.stats, pred.stages, strict=True):
-        assert st["memory"]["peak"] == sp.bytes
+        assert st.memory.peak == sp.bytes
     (row,) = m.rss
     assert row["growth"] == pytest.approx(pred.total, rel=0.25)
 

@@ -100,7 +100,7 @@ def test_pushed_step_equals_oracle(k, kind, m):
     plan = partition(g, k, "uniform")
     ws = _workers(plan, params, SGD(lr=0.1))
     res = _step(ws, [Inbox() for _ in ws], kind, m, x, y, step=1, update=False)
-    assert sum(r["loss"] + r["s"] for r in res) == pytest.approx(J, rel=1e-12)
+    assert sum(r.loss + r.s for r in res) == pytest.approx(J, rel=1e-12)
     for w in ws:
         for name, gw in w.get_grads().items():
             np.testing.assert_allclose(gw, grads[name], rtol=1e-12, atol=1e-14)

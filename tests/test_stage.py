@@ -93,7 +93,7 @@ def run_step(ws, plan, x, y, microbatches, order="gpipe"):
     J, grads = 0.0, {}
     for w in ws:
         res = w.finish(update=False)
-        J += res["loss"] + res["s"]
+        J += res.loss + res.s
         grads.update({k: v.copy() for k, v in w.get_grads().items()})
     return J, grads
 
@@ -129,12 +129,12 @@ def test_finish_reports_loss_and_regulariser_parts(k):
         fwd(ws, plan, m, x[r], y[r], 1 / N)
         bwd(ws, m, 1 / N)
     res = [w.finish(update=False) for w in ws]
-    assert all(r["loss"] == 0.0 for r in res[:-1])  # only the last stage computes L
-    np.testing.assert_allclose(res[-1]["loss"], float(vals["L"]), rtol=1e-12)
-    np.testing.assert_allclose(sum(r["s"] for r in res), float(vals["s"]), rtol=1e-12)
+    assert all(r.loss == 0.0 for r in res[:-1])  # only the last stage computes L
+    np.testing.assert_allclose(res[-1].loss, float(vals["L"]), rtol=1e-12)
+    np.testing.assert_allclose(sum(r.s for r in res), float(vals["s"]), rtol=1e-12)
     for st, r in zip(plan.stages, res, strict=True):
         own = 0.5 * 0.4 * sum(np.sum(params[p] ** 2) for p in st.params if p.startswith("W"))
-        np.testing.assert_allclose(r["s"], own, rtol=1e-12)
+        np.testing.assert_allclose(r.s, own, rtol=1e-12)
 
 
 def test_no_weight_decay():
@@ -202,7 +202,7 @@ def test_slots_freed_after_backward_and_reused(k):
     for m, r in enumerate(rows):
         fwd(ws, plan, m, x[r], y[r], 1 / 8)
     for w in ws:
-        assert w.stats()["slots"] == 4 and len(w.prog.slot_of) == 4
+        assert w.stats().slots == 4 and len(w.prog.slot_of) == 4
         assert w.prog.free_slots == []
     per_slot = [_activation_bytes(w) // 4 for w in ws]
     assert all(b > 0 for b in per_slot)
@@ -223,7 +223,7 @@ def test_slots_freed_after_backward_and_reused(k):
             assert len(w.prog.slot_of) == 1
         bwd(ws, m, 1 / 8)
     for w, ps in zip(ws, per_slot, strict=True):
-        assert w.stats()["slots"] == 4
+        assert w.stats().slots == 4
         assert _activation_bytes(w) == 4 * ps
         w.finish(update=False)
     for w, snap in zip(ws, snapshot, strict=True):  # same batch, same gradients
@@ -246,7 +246,7 @@ def test_slot_count_equals_peak_in_flight(peak):
     while live:
         bwd(ws, live.pop(0), 1 / 6)
     for w in ws:
-        assert w.stats()["slots"] == peak
+        assert w.stats().slots == peak
     J, grads = value_and_grad(g, params, {"x": x, "y": y})
     got = {}
     for w in ws:
@@ -319,7 +319,7 @@ def test_infer_matches_autodiff_logits(k, loss, bias):
             h = w.infer(h)
         np.testing.assert_allclose(h, logits[rows], rtol=1e-12, atol=1e-14)
     for w in ws:
-        assert w.stats()["slots"] == 1 and w.prog.slot_of == {}
+        assert w.stats().slots == 1 and w.prog.slot_of == {}
         assert w.prog.loss_sum == 0.0
 
 
@@ -336,12 +336,12 @@ def test_infer_during_training_uses_no_new_slot_and_keeps_gradients():
     for w in ws:
         h = w.infer(h)
     np.testing.assert_allclose(h, forward(g, params, {"x": x, "y": y})["o"], rtol=1e-12)
-    assert all(w.stats()["slots"] == 2 for w in ws)
+    assert all(w.stats().slots == 2 for w in ws)
     bwd(ws, 0, 1 / N)
     got, Jw = {}, 0.0
     for w in ws:
         r = w.finish(update=False)
-        Jw += r["loss"] + r["s"]
+        Jw += r.loss + r.s
         got.update(w.get_grads())
     assert abs(Jw - J) <= 1e-10 * abs(J)
     for name in grads:
@@ -439,7 +439,7 @@ def test_ledger_accounts_parameters_gradients_and_optimizer_state():
         assert cur["optimizer"] == nbytes  # one momentum buffer per parameter
         assert cur["activation"] == 0  # no slot before the first forward
     stats = ws[0].stats()
-    assert stats["stage"] == 0 and stats["slots"] == 0
+    assert stats.stage == 0 and stats.slots == 0
     run_step(ws, plan, x, y, 1)
     boundary = N * SIZES[2] * 8  # h2, and its gradient coming back
     assert ws[0].bytes_sent == ws[0].bytes_received == boundary
@@ -488,14 +488,14 @@ def test_resident_peak_catches_what_no_call_sampled():
     (w,) = workers_for(plan, params)
     run_step([w], plan, x, y, 1)
     before = w.rss()
-    assert before["baseline"] > 0 and before["peak"] >= before["baseline"]
+    assert before.baseline > 0 and before.peak >= before.baseline
     can_reset = os.access("/proc/self/clear_refs", os.W_OK)
-    assert before["peak_from"] == ("VmHWM" if can_reset else "samples")
+    assert before.peak_from == ("VmHWM" if can_reset else "samples")
     big = np.ones(64 << 20, np.uint8)  # 64 MiB, touched, then freed before the next call
     del big
     run_step([w], plan, x, y, 1)
     after = w.rss()
-    if after["peak_from"] == "VmHWM":  # Linux: the kernel's mark, reset at the baseline
-        assert after["peak"] >= before["current"] + (60 << 20)
+    if after.peak_from == "VmHWM":  # Linux: the kernel's mark, reset at the baseline
+        assert after.peak >= before.current + (60 << 20)
     else:  # elsewhere one sample per step: at least the current figure
-        assert after["peak"] >= after["current"] - (4 << 20)
+        assert after.peak >= after.current - (4 << 20)

@@ -77,9 +77,9 @@ def test_value_and_grad_through_actors(ray_session, engine):
         # no update happened: parameters are still the initial ones
         assert max_rel(p0, eng.get_params()) == 0.0
         stats = eng.stats()
-    assert [s["stage"] for s in stats] == [0, 1, 2]
-    assert len({s["pid"] for s in stats}) == 3  # one process per stage
-    assert stats[0]["bytes_sent"] > 0 and stats[2]["bytes_received"] > 0
+    assert [s.stage for s in stats] == [0, 1, 2]
+    assert len({s.pid for s in stats}) == 3  # one process per stage
+    assert stats[0].bytes_sent > 0 and stats[2].bytes_received > 0
 
 
 @ENGINES

@@ -13,8 +13,9 @@ from typing import Any
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from workers.actions import StageAction
-from workers.push import ActionFailed, Finish, Inbox, Key, NeighbourFailed, run_step
+from workers.push import ActionFailed, Inbox, Key, NeighbourFailed, run_step
 from workers.stage import WorkerSpec
+from workers.stats import Finish
 
 BLAS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 INBOX_GROUP = "inbox"  # the concurrency group deliveries run in (PushStageActor)

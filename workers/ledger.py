@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from graphpart.ir.lower import CATEGORIES
+from workers.stats import LedgerSnapshot
 
 __all__ = ["CATEGORIES", "Entry", "Ledger"]
 
@@ -65,11 +66,11 @@ class Ledger:
         self.peak = dict(self.current)
         self.peak_total = self.total
 
-    def snapshot(self) -> dict:
-        return {
-            "current": dict(self.current),
-            "peak": dict(self.peak),
-            "peak_total": self.peak_total,
-            "t0": self.t0,  # perf_counter is system-wide monotonic on Linux: aligns processes
-            "entries": {e.name: (e.category, e.nbytes) for e in self.entries.values()},
-        }
+    def snapshot(self) -> LedgerSnapshot:
+        return LedgerSnapshot(
+            current=dict(self.current),
+            peak=dict(self.peak),
+            peak_total=self.peak_total,
+            t0=self.t0,
+            entries={e.name: (e.category, e.nbytes) for e in self.entries.values()},
+        )

@@ -18,10 +18,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from workers.actions import StageAction
+from workers.stats import Finish
 
 Key = tuple[int, str, int]  # (step, "F" | "B", micro-batch)
 Send = Callable[[Key, np.ndarray], None]
-Finish = dict[str, float]
 
 
 class StageRunner(Protocol):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,7 @@ from workers.backends import Backend, get_backend
 from workers.hwm import read_hwm, reset_hwm
 from workers.ledger import Ledger
 from workers.program import Program
+from workers.stats import Busy, DeviceMemory, Finish, Rss, StageStats
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ class StageWorker:
                 for i in range(optimizer.state_slots)
             ]
         self.steps = 0
-        self.busy = {"F": 0.0, "B": 0.0, "step": 0.0}
+        self.busy = Busy()
         self.bytes_sent = 0
         self.bytes_received = 0
         self.pid = os.getpid()
@@ -121,7 +122,7 @@ class StageWorker:
         if out is not None:
             out = self.bk.to_host(out)
             self.bytes_sent += out.nbytes
-        self.busy["F"] += time.perf_counter() - t
+        self.busy.forward += time.perf_counter() - t
         return out
 
     def backward(
@@ -134,7 +135,7 @@ class StageWorker:
         if din is not None:
             din = self.bk.to_host(din)
             self.bytes_sent += din.nbytes
-        self.busy["B"] += time.perf_counter() - t
+        self.busy.backward += time.perf_counter() - t
         return din
 
     def infer(self, x: np.ndarray) -> np.ndarray:
@@ -143,7 +144,7 @@ class StageWorker:
         return np.array(self.bk.to_host(out))
 
     # -- one step -------------------------------------------------------------------------------
-    def finish(self, update: bool = True) -> dict[str, float]:
+    def finish(self, update: bool = True) -> Finish:
         """End a step: add the regulariser's gradient, then (if `update`) the optimizer step.
 
         Returns this stage's data loss (summed over its micro-batches, already scaled) and
@@ -158,28 +159,26 @@ class StageWorker:
             self._update()
             self.prog.zero_grad()
             self.ledger.mark("step", str(self.steps))
-        self.busy["step"] += time.perf_counter() - t
+        self.busy.finish += time.perf_counter() - t
         if not self._hwm:
             self._sample_rss()
-        return {"loss": float(loss), "s": float(s)}
+        return Finish(float(loss), float(s))
 
     def _sample_rss(self) -> None:
         self.rss_peak = max(self.rss_peak, self._proc.memory_info().rss)
         if self._hwm:
             self.rss_peak = max(self.rss_peak, read_hwm() or 0)
 
-    def rss(self) -> dict[str, Any]:
-        """Resident memory of this process: before the stage allocated, peak since, now, and
-        where the peak comes from ("VmHWM": the kernel's mark, reset at the baseline, exact;
-        "samples": one reading per step)."""
+    def rss(self) -> Rss:
+        """Resident memory of this process (see Rss)."""
         self._sample_rss()
-        return {
-            "baseline": self.rss_baseline,
-            "peak": self.rss_peak,
-            "current": self._proc.memory_info().rss,
-            "hwm": read_hwm(),
-            "peak_from": "VmHWM" if self._hwm else "samples",
-        }
+        return Rss(
+            baseline=self.rss_baseline,
+            peak=self.rss_peak,
+            current=self._proc.memory_info().rss,
+            hwm=read_hwm(),
+            peak_from="VmHWM" if self._hwm else "samples",
+        )
 
     def zero_grad(self) -> None:
         """Drop this step's gradients and loss without updating (after `finish(update=False)`)."""
@@ -228,25 +227,25 @@ class StageWorker:
                 self.bk.from_host(np.asarray(src, dtype=self.prog.dtype), dst)
         self.steps = int(state.get("steps", 0))
 
-    def stats(self) -> dict[str, Any]:
-        return {
-            "stage": self.index,
-            "pid": self.pid,
-            "busy_s": dict(self.busy),
-            "bytes_sent": self.bytes_sent,
-            "bytes_received": self.bytes_received,
-            "slots": len(self.prog.slots),
-            "memory": self.ledger.snapshot(),
-            "rss": self.rss(),
-            "device_memory": self._device_memory(),
-        }
+    def stats(self) -> StageStats:
+        return StageStats(
+            stage=self.index,
+            pid=self.pid,
+            busy=replace(self.busy),
+            bytes_sent=self.bytes_sent,
+            bytes_received=self.bytes_received,
+            slots=len(self.prog.slots),
+            memory=self.ledger.snapshot(),
+            rss=self.rss(),
+            device_memory=self._device_memory(),
+        )
 
-    def _device_memory(self) -> dict[str, int] | None:
+    def _device_memory(self) -> DeviceMemory | None:
         """On CUDA: free and total device memory as Numba reports them."""
         if self.bk.name != "cuda":
             return None
         free, total = self.bk.cuda.current_context().get_memory_info()
-        return {"free": int(free), "total": int(total), "used": int(total - free)}
+        return DeviceMemory(int(free), int(total))
 
     def events(self) -> list:
         return list(self.ledger.events)

@@ -7,6 +7,7 @@ from graphpart.engines.transports import TRANSPORTS
 from workers.backends import DEVICES
 from workers.hwm import read_hwm, reset_hwm
 from workers.ledger import Ledger
+from workers.stats import StageStats
 
 __all__ = [
     "DEVICES",
@@ -14,6 +15,7 @@ __all__ = [
     "TRANSPORT_CHOICES",
     "Engine",
     "Ledger",
+    "StageStats",
     "StepResult",
     "measured_costs",
     "read_hwm",

@@ -24,8 +24,8 @@ from graphpart.params import Params, stage_params
 from graphpart.plan.batching import microbatch_rows, split_batch
 from graphpart.plan.schedule import Action
 from graphpart.plan.stages import Plan
-from workers.push import Finish
 from workers.stage import WorkerSpec
+from workers.stats import Finish, StageStats
 
 TRANSPORT_CHOICES = ("auto", *TRANSPORTS)
 
@@ -40,8 +40,8 @@ class StepResult:
 
     @classmethod
     def total(cls, finished: Sequence[Finish]) -> StepResult:
-        loss = sum(r["loss"] for r in finished)
-        s = sum(r["s"] for r in finished)
+        loss = sum(r.loss for r in finished)
+        s = sum(r.s for r in finished)
         return cls(loss + s, loss, s)
 
 
@@ -183,7 +183,7 @@ class Engine:
         t = self.transport
         t.get([t.call(k, "set_state", s) for k, s in enumerate(states)])
 
-    def stats(self) -> list[dict]:
+    def stats(self) -> list[StageStats]:
         return self._all("stats")
 
     def events(self) -> list[list]:

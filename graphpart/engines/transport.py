@@ -8,8 +8,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from graphpart.engines.wiring import StepFeed, StepWiring, drive
-from workers.push import Finish
 from workers.stage import WorkerSpec
+from workers.stats import Finish
 
 
 class Transport(Protocol):

@@ -14,7 +14,7 @@ from graphpart.ir.lower import saved_values as lower_saved_values
 from graphpart.ir.ops import get
 from graphpart.optim import Optimizer, make_optimizer
 from graphpart.plan import schedule as sch
-from graphpart.plan.batching import split_batch
+from graphpart.plan.batching import microbatch_rows, split_batch
 from graphpart.plan.stages import Plan, Stage, build_stage, layer_flops
 from graphpart.units import human_bytes, table
 
@@ -163,7 +163,7 @@ def optimizer_slots(optimizer: str | Optimizer, momentum: float = 0.9) -> int:
 
 def _rows(batch: int, microbatches: int) -> int:
     split_batch(batch, microbatches)  # validates 1 <= microbatches <= batch
-    return -(-int(batch) // int(microbatches))
+    return microbatch_rows(batch, microbatches)
 
 
 def stage_memory(

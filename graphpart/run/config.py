@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
-import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from graphpart.engines import DEVICES, TRANSPORT_CHOICES, resolve_transport
+from graphpart.engines import resolve_transport
 from graphpart.errors import ConfigError
-from graphpart.ir.ops import ACTIVATIONS, LOSSES
-from graphpart.optim import OPTIMIZERS
-from graphpart.params import DTYPES
-from graphpart.plan.partition import STRATEGIES
-from graphpart.plan.schedule import KINDS as SCHEDULES
+from graphpart.run.checks import CHECKS, coerce, fmt, typed
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -129,17 +123,6 @@ def _empty() -> dict[str, dict[str, Any]]:
     return {name: {} for name in SECTIONS}
 
 
-def fmt(value: Any) -> str:
-    """A value as it would be written in TOML-ish form (for messages)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(fmt(v) for v in value) + "]"
-    if isinstance(value, str):
-        return repr(value)
-    return str(value)
-
-
 def _suggest(name: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(name, valid, n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
@@ -214,156 +197,6 @@ def _split_override(dotted: str) -> tuple[str, str]:
     return section, key
 
 
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
-
-
-def _coerce(dotted: str, text: str, default: Any) -> Any:
-    """A command-line string turned into the type of the field's default."""
-    s = text.strip()
-    try:
-        if isinstance(default, bool):
-            if s.lower() in _TRUE | _FALSE:
-                return s.lower() in _TRUE
-            raise ValueError
-        if isinstance(default, int):
-            return int(s)
-        if isinstance(default, float):
-            return float(s)
-        if isinstance(default, tuple):
-            s = s.removeprefix("[").removesuffix("]").strip()
-            return [int(p) for p in s.split(",")] if s else []
-    except ValueError:
-        raise ConfigError(f"{dotted}={text!r}: expected {_type_name(default)}") from None
-    return text
-
-
-def _type_name(default: Any) -> str:
-    if isinstance(default, bool):
-        return "a boolean (true or false)"
-    if isinstance(default, int):
-        return "an integer"
-    if isinstance(default, float):
-        return "a number"
-    if isinstance(default, tuple):
-        return "a list of integers, e.g. [64, 64] (or 64,64 on the command line)"
-    return "a string"
-
-
-def _typed(dotted: str, value: Any, default: Any) -> Any:
-    """Check the value's type against the default's; ints are accepted for floats."""
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if ok:
-            value = float(value)
-            if not math.isfinite(value):
-                raise ConfigError(f"{dotted}={fmt(value)}: must be a finite number")
-    elif isinstance(default, tuple):
-        ok = isinstance(value, (list, tuple))
-        if ok and not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise ConfigError(f"{dotted}={fmt(value)}: sizes must be positive integers")
-        value = tuple(value) if ok else value
-    else:
-        ok = isinstance(value, str)
-    if not ok:
-        raise ConfigError(f"{dotted}={fmt(value)}: expected {_type_name(default)}")
-    return value
-
-
-def _choice(options: tuple[str, ...]) -> Callable[[Any], str | None]:
-    return lambda v: None if v in options else f"must be one of {', '.join(options)}"
-
-
-def _positive_int(v: int) -> str | None:
-    return None if v >= 1 else "must be a positive integer"
-
-
-def _at_least(lo: int) -> Callable[[int], str | None]:
-    return lambda v: None if v >= lo else f"must be an integer >= {lo}"
-
-
-def _positive(v: float) -> str | None:
-    return None if v > 0 else "must be > 0"
-
-
-def _non_negative(v: float) -> str | None:
-    return None if v >= 0 else "must be >= 0"
-
-
-def _unit(v: float) -> str | None:
-    return None if 0 <= v < 1 else "must be in [0, 1)"
-
-
-def _open_unit(v: float) -> str | None:
-    return None if 0 < v < 1 else "must be in (0, 1), exclusive"
-
-
-def _hidden(v: tuple[int, ...]) -> str | None:
-    return None if all(h >= 1 for h in v) else "sizes must be positive integers"
-
-
-def _source(v: str) -> str | None:
-    if v in ("digits", "synthetic") or (v.lower().endswith(".npz") and len(v) > 4):
-        return None
-    return 'must be "digits", "synthetic" or a path ending in .npz'
-
-
-_ADDRESS = re.compile(r"^(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
-
-
-def _address(v: str) -> str | None:
-    if v in ("", "auto") or _ADDRESS.match(v):
-        return None
-    return 'must be "" (start a local Ray), "auto", "host:port" or "ray://host:port"'
-
-
-def _nonempty(v: str) -> str | None:
-    return None if v.strip() else "must be a non-empty path"
-
-
-def _run_name(v: str) -> str | None:
-    bad = "/" in v or "\\" in v or v in (".", "..")
-    return 'must be a plain directory name without "/" ("" = timestamped)' if bad else None
-
-
-_CHECKS: dict[str, Callable[[Any], str | None]] = {
-    "model.hidden": _hidden,
-    "model.activation": _choice(ACTIVATIONS),
-    "model.loss": _choice(LOSSES),
-    "model.weight_decay": _non_negative,
-    "data.source": _source,
-    "data.n_samples": _at_least(2),
-    "data.n_features": _positive_int,
-    "data.n_classes": _positive_int,
-    "data.test_fraction": _open_unit,
-    "train.epochs": _positive_int,
-    "train.batch_size": _positive_int,
-    "train.optimizer": _choice(OPTIMIZERS),
-    "train.lr": _positive,
-    "train.momentum": _unit,
-    "train.beta1": _unit,
-    "train.beta2": _unit,
-    "train.eps": _positive,
-    "train.seed": _at_least(0),
-    "train.dtype": _choice(DTYPES),
-    "train.log_every": _at_least(0),
-    "pipeline.stages": _positive_int,
-    "pipeline.microbatches": _positive_int,
-    "pipeline.schedule": _choice(SCHEDULES),
-    "pipeline.strategy": _choice(STRATEGIES),
-    "pipeline.address": _address,
-    "pipeline.device": _choice(DEVICES),
-    "pipeline.transport": _choice(TRANSPORT_CHOICES),
-    "pipeline.cost": _choice(("flops", "measured")),
-    "run.dir": _nonempty,
-    "run.name": _run_name,
-}
-
-
 def _check_together(cfg: Config) -> None:
     p, t, d, m = cfg.pipeline, cfg.train, cfg.data, cfg.model
     resolve_transport(p.transport, p.stages, p.address)
@@ -386,8 +219,8 @@ def _build(values: Mapping[str, Mapping[str, Any]]) -> Config:
         for key, default in _defaults(name).items():
             dotted = f"{name}.{key}"
             raw = values.get(name, {}).get(key, default)
-            value = _typed(dotted, raw, default)
-            check = _CHECKS.get(dotted)
+            value = typed(dotted, raw, default)
+            check = CHECKS.get(dotted)
             problem = check(value) if check else None
             if problem:
                 raise ConfigError(f"{dotted}={fmt(raw)}: {problem}")
@@ -429,7 +262,7 @@ def load_config(path: str | None, overrides: Mapping[str, Any] | None = None) ->
         section, key = _split_override(dotted)
         default = _defaults(section)[key]
         if isinstance(value, str) and not isinstance(default, str):
-            value = _coerce(dotted, value, default)
+            value = coerce(dotted, value, default)
         values[section][key] = value
     return _build(values)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from graphpart.engines import Engine, measured_costs, resolve_transport
+from graphpart.engines import Engine, StageStats, measured_costs, resolve_transport
 from graphpart.errors import ConfigError
 from graphpart.ir import Graph, mlp
 from graphpart.optim import Optimizer, make_optimizer
@@ -245,15 +245,15 @@ def train(
     return summary
 
 
-def _stage_summary(st: dict) -> dict:
+def _stage_summary(st: StageStats) -> dict:
     return {
-        "stage": st["stage"],
-        "busy_s": round(sum(st["busy_s"].values()), 6),
-        "forward_s": round(st["busy_s"]["F"], 6),
-        "backward_s": round(st["busy_s"]["B"], 6),
-        "bytes_sent": st["bytes_sent"],
-        "bytes_received": st["bytes_received"],
-        "peak_bytes": st["memory"]["peak_total"],
+        "stage": st.stage,
+        "busy_s": round(st.busy.total, 6),
+        "forward_s": round(st.busy.forward, 6),
+        "backward_s": round(st.busy.backward, 6),
+        "bytes_sent": st.bytes_sent,
+        "bytes_received": st.bytes_received,
+        "peak_bytes": st.memory.peak_total,
     }
 
 

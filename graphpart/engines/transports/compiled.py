@@ -50,8 +50,8 @@ from graphpart.engines.transports.tasks import Tasks
 from graphpart.engines.wiring import StepFeed, StepWiring, drive
 from graphpart.errors import StageFailure
 from graphpart.params import Init
-from workers.push import Finish
 from workers.stage import WorkerSpec
+from workers.stats import Finish
 
 SCALE, UPDATE, FIRST_X = 0, 1, 2  # positions in the graph's input
 Expected = dict[int, list[tuple[int, str]]]  # stage -> (bind index, action) in order

@@ -9,8 +9,8 @@ import numpy as np
 
 from graphpart.engines.transport import walk_step
 from graphpart.engines.wiring import StepFeed, StepWiring
-from workers.push import Finish
 from workers.stage import StageWorker, WorkerSpec
+from workers.stats import Finish
 
 
 class InProcess:

@@ -19,8 +19,8 @@ from graphpart.engines.transports.actors import RayActors
 from graphpart.engines.wiring import StepFeed, StepWiring
 from graphpart.errors import StageFailure
 from workers import actor as bodies
-from workers.push import Finish
 from workers.stage import WorkerSpec
+from workers.stats import Finish
 
 
 class Push(RayActors):

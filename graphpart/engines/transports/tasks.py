@@ -13,7 +13,7 @@ import numpy as np
 from graphpart.engines.transport import walk_step
 from graphpart.engines.transports.actors import RayActors
 from graphpart.engines.wiring import StepFeed, StepWiring
-from workers.push import Finish
+from workers.stats import Finish
 
 
 class Tasks(RayActors):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -89,11 +90,16 @@ def _run_case(
     phases: dict[str, dict[str, list[float]]] = {"graphpart": {}, "numpy": {}}
 
     def run_graphpart(record: bool) -> None:
-        b0 = dict(worker.busy)
+        b0 = replace(worker.busy)
         eng.step(x, y)
         if record:
-            for key, name in (("F", "forward"), ("B", "backward"), ("step", "update")):
-                phases["graphpart"].setdefault(name, []).append(worker.busy[key] - b0[key])
+            for key, name in (
+                ("forward", "forward"),
+                ("backward", "backward"),
+                ("finish", "update"),
+            ):
+                spent = getattr(worker.busy, key) - getattr(b0, key)
+                phases["graphpart"].setdefault(name, []).append(spent)
 
     def run_numpy(record: bool) -> None:
         ph: dict[str, float] = {}

@@ -73,7 +73,11 @@ def _time_steps(engine: Any, X: np.ndarray, y: np.ndarray, warmup: int, steps: i
     if before is not None:
         after = engine.stats()
         out["busy_s"] = [
-            {k: (a["busy_s"][k] - b["busy_s"][k]) for k in a["busy_s"]}
+            {
+                "F": a.busy.forward - b.busy.forward,
+                "B": a.busy.backward - b.busy.backward,
+                "step": a.busy.finish - b.busy.finish,
+            }
             for a, b in zip(after, before, strict=True)
         ]
     return out

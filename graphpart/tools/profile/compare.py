@@ -14,11 +14,11 @@ def compare(pred: MemoryPrediction, m: Measurement) -> list[dict[str, Any]]:
     """Per stage and category: predicted and measured peak bytes and their ratio."""
     out = []
     for sp, st in zip(pred.stages, m.stats, strict=True):
-        peak = st["memory"]["peak"]
+        peak = st.memory.peak
         rows = {}
         for c in (*CATEGORIES, "total"):
             p = sp.total if c == "total" else sp.bytes[c]
-            meas = st["memory"]["peak_total"] if c == "total" else peak[c]
+            meas = st.memory.peak_total if c == "total" else peak[c]
             rows[c] = {
                 "predicted": p,
                 "measured": meas,
@@ -27,9 +27,9 @@ def compare(pred: MemoryPrediction, m: Measurement) -> list[dict[str, Any]]:
         out.append(
             {
                 "stage": sp.index,
-                "pid": st.get("pid"),
+                "pid": st.pid,
                 "in_flight": sp.in_flight,
-                "slots": st.get("slots"),
+                "slots": st.slots,
                 "categories": rows,
             }
         )

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from graphpart.engines import Engine
+from graphpart.engines import Engine, StageStats
 from graphpart.errors import ConfigError
 from graphpart.ir import mlp
 from graphpart.params import Init, init_params
@@ -24,7 +24,7 @@ class Measurement:
     """What a profiled run measured, per stage, plus resident memory per process."""
 
     runtime: str  # "local" (one process) or "ray" (one actor process per stage)
-    stats: list[dict]  # StageWorker.stats() per stage (memory = the ledger snapshot)
+    stats: list[StageStats]  # per stage (memory = the ledger snapshot)
     events: list[list]  # the ledger events per stage
     offsets: list[float]  # seconds to add to stage k's event times to put them on one clock
     aligned: bool  # True if offsets are exact (one process), False if each stage keeps its own
@@ -141,15 +141,15 @@ def measure(
     rss_rows = []
     if ray_run and sample_rss:  # the workers' own figures
         for st in stats:
-            r = st["rss"]
+            r = st.rss
             rss_rows.append(
                 {
-                    "pid": st["pid"],
-                    "stages": [st["stage"]],
-                    "baseline": r["baseline"],
-                    "peak": r["peak"],
-                    "growth": r["peak"] - r["baseline"],
-                    "peak_from": "worker " + r.get("peak_from", "samples"),
+                    "pid": st.pid,
+                    "stages": [st.stage],
+                    "baseline": r.baseline,
+                    "peak": r.peak,
+                    "growth": r.peak - r.baseline,
+                    "peak_from": "worker " + r.peak_from,
                 }
             )
     if sampler is not None:

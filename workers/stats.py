@@ -1,0 +1,79 @@
+"""What a stage worker reports: one step's loss, its busy time, memory and traffic (records)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The end of one step on one stage: its data loss (summed over its micro-batches, already
+    scaled by 1/N) and its part of the regulariser s (0 where it holds no regularised weight)."""
+
+    loss: float
+    s: float
+
+
+@dataclass
+class Busy:
+    """Seconds a stage spent inside its forward calls, backward calls and `finish`."""
+
+    forward: float = 0.0
+    backward: float = 0.0
+    finish: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.forward + self.backward + self.finish
+
+
+@dataclass(frozen=True)
+class LedgerSnapshot:
+    """Bytes a worker holds by category: now, at the peak, and every entry by name."""
+
+    current: Mapping[str, int]
+    peak: Mapping[str, int]
+    peak_total: int
+    t0: float  # the ledger's clock origin (perf_counter: system-wide on Linux, aligns processes)
+    entries: Mapping[str, tuple[str, int]] = field(default_factory=dict)  # name: (category, bytes)
+
+
+@dataclass(frozen=True)
+class Rss:
+    """Resident memory of a worker's process: before the stage allocated, peak since, now, and
+    where the peak comes from ("VmHWM": the kernel's mark, reset at the baseline, exact;
+    "samples": one reading per step)."""
+
+    baseline: int
+    peak: int
+    current: int
+    hwm: int | None
+    peak_from: str
+
+
+@dataclass(frozen=True)
+class DeviceMemory:
+    """A CUDA device's memory as Numba reports it."""
+
+    free: int
+    total: int
+
+    @property
+    def used(self) -> int:
+        return self.total - self.free
+
+
+@dataclass(frozen=True)
+class StageStats:
+    """Everything a stage reports after (or between) steps."""
+
+    stage: int
+    pid: int
+    busy: Busy
+    bytes_sent: int
+    bytes_received: int
+    slots: int  # activation slots allocated: the schedule's peak in-flight count
+    memory: LedgerSnapshot
+    rss: Rss
+    device_memory: DeviceMemory | None = None
