@@ -25,7 +25,9 @@ from graphpart.optim import make_optimizer
 from graphpart.plan.partition import partition
 
 ENGINES = pytest.mark.parametrize(
-    "engine", [partial(Engine, transport=t) for t in ("tasks", "push")], ids=["tasks", "push"]
+    "engine",
+    [partial(Engine, transport=t) for t in ("tasks", "push", "shm")],
+    ids=["tasks", "push", "shm"],
 )
 
 SIZES = [6, 5, 7, 4, 3]

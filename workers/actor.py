@@ -13,7 +13,8 @@ from typing import Any
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from workers.actions import StageAction
-from workers.push import ActionFailed, Inbox, Key, NeighbourFailed, run_step
+from workers.channels import Channel, ChannelInbox, ChannelName
+from workers.push import ActionFailed, Inbox, Key, NeighbourFailed, Send, run_step
 from workers.stage import WorkerSpec
 from workers.stats import Finish
 
@@ -69,9 +70,13 @@ class PushStageActor(StageActor):
         self.inbox = Inbox()
         self.prev: Any = None
         self.next: Any = None
+        self.send_forward: Send | None = None
+        self.send_backward: Send | None = None
 
     def connect(self, prev: Any, nxt: Any) -> None:
         self.prev, self.next = prev, nxt
+        self.send_forward = None if nxt is None else _sender(nxt)
+        self.send_backward = None if prev is None else _sender(prev)
 
     def deliver(self, key: Key, value: Any) -> None:
         self.inbox.put(key, value)
@@ -101,8 +106,8 @@ class PushStageActor(StageActor):
                 scale=scale,
                 update=update,
                 timeout_s=timeout_s,
-                send_forward=None if nxt is None else _sender(nxt),
-                send_backward=None if prev is None else _sender(prev),
+                send_forward=self.send_forward,
+                send_backward=self.send_backward,
             )
         except NeighbourFailed as e:
             raise RuntimeError(f"stage {self.worker.index} stopped: {e}") from None
@@ -113,6 +118,40 @@ class PushStageActor(StageActor):
                 if peer is not None:
                     peer.abort.options(concurrency_group=INBOX_GROUP).remote(step, str(err))
             raise err from cause
+
+
+class ChannelStageActor(PushStageActor):
+    """A PushStageActor whose neighbours on the same node are reached through shared-memory
+    channels (workers/channels.py) instead of actor calls; a neighbour on another node is
+    still reached through Ray (`deliver`)."""
+
+    def open_inbox(self, incoming: list[ChannelName]) -> None:
+        """Create the channels this stage reads (from the previous and/or the next stage)."""
+        self.inbox = ChannelInbox([Channel.create(n) for n in incoming])
+        self.outgoing: list[Channel] = []
+
+    def connect_channels(
+        self, prev: Any, nxt: Any, to_prev: ChannelName | None, to_next: ChannelName | None
+    ) -> None:
+        """Neighbours as actor handles; where a channel name is given, send through it."""
+        self.connect(prev, nxt)
+        for name, side in ((to_next, "send_forward"), (to_prev, "send_backward")):
+            if name is not None:
+                ch = Channel.attach(name)
+                self.outgoing.append(ch)
+                setattr(self, side, ch.send)
+
+    def node(self) -> str:
+        import ray  # the Ray node this actor runs on (lazy: these bodies never need Ray)
+
+        return ray.get_runtime_context().get_node_id()
+
+    def close_channels(self) -> None:
+        for ch in self.outgoing:
+            ch.close()
+        self.outgoing = []
+        if isinstance(self.inbox, ChannelInbox):
+            self.inbox.close()
 
 
 def _sender(peer: Any) -> Any:

@@ -35,6 +35,7 @@ class WorkerSpec:
     device: str = "cpu"
     recompute: bool = False
     keep_events: bool = True
+    batch_rows: int = 0  # rows of the largest minibatch the engine was built for (0: max_rows)
 
     def build(self) -> StageWorker:
         return StageWorker(

@@ -93,6 +93,7 @@ class Engine:
                 device=device,
                 recompute=recompute,
                 keep_events=keep_events,
+                batch_rows=max(int(max_rows), 1),
             )
             for st in plan.stages
         ]

@@ -10,6 +10,7 @@ from graphpart.engines.transport import Transport
 from graphpart.engines.transports.compiled import Compiled
 from graphpart.engines.transports.inprocess import InProcess
 from graphpart.engines.transports.push import Push
+from graphpart.engines.transports.shm import Shm
 from graphpart.engines.transports.tasks import Tasks
 
 TRANSPORTS: dict[str, type[Transport]] = {
@@ -17,7 +18,17 @@ TRANSPORTS: dict[str, type[Transport]] = {
     "tasks": Tasks,  # Ray: a task per action, object references through the driver
     "push": Push,  # Ray: a call per stage a step, stages push tensors to each other
     "compiled": Compiled,  # Ray: a Compiled Graph over shared-memory channels
+    "shm": Shm,  # Ray: push, with shared-memory channels between neighbours on one node
 }
 RAY_DEFAULT = "push"  # what `auto` picks for two or more stages (docs/benchmarks.md says why)
 
-__all__ = ["RAY_DEFAULT", "TRANSPORTS", "Compiled", "InProcess", "Push", "Tasks", "Transport"]
+__all__ = [
+    "RAY_DEFAULT",
+    "TRANSPORTS",
+    "Compiled",
+    "InProcess",
+    "Push",
+    "Shm",
+    "Tasks",
+    "Transport",
+]

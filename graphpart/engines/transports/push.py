@@ -10,6 +10,7 @@ it, not the neighbours' stops that followed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -36,8 +37,12 @@ class Push(RayActors):
         super().__init__(address, num_cpus)
         self._step_id = 0
 
-    def start(self, specs: list[WorkerSpec]) -> None:  # type: ignore[override]
+    def start(self, specs: Sequence[WorkerSpec]) -> None:
         super().start(specs)
+        self._connect(specs)
+
+    def _connect(self, specs: Sequence[WorkerSpec]) -> None:
+        """Tell each stage its neighbours (actor handles it sends to)."""
         k = len(self.actors)
         self.get(
             [

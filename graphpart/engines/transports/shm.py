@@ -1,0 +1,96 @@
+"""Transport `shm`: push, with boundary tensors between neighbours on one node carried by
+shared-memory channels instead of Ray calls.
+
+Ray still places, starts and supervises the stage actors, carries the driver's one call per
+stage a step (its inputs and results) and the traffic between neighbours on different nodes.
+Between two neighbours on the same node each direction gets a channel (workers/channels.py):
+a buffer preallocated for a whole minibatch of boundary tensors and a FIFO announcing each
+one, so a hop costs a memcpy and a system call, and a waiting stage sleeps in select().
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from graphpart.engines.transports.push import Push
+from graphpart.params import Init
+from workers import actor as bodies
+from workers.channels import ChannelName, unlink
+from workers.stage import WorkerSpec
+
+
+class Shm(Push):
+    """Push, over shared memory between co-located neighbours."""
+
+    name = "shm"
+    body = bodies.ChannelStageActor
+    close_wait_s = 5.0
+
+    def __init__(self, address: str = "", num_cpus: int | None = None) -> None:
+        super().__init__(address, num_cpus)
+        self.channels: list[ChannelName] = []
+        self.local_pairs: list[bool] = []  # per neighbour pair (k, k+1): on one node
+
+    def _connect(self, specs: Sequence[WorkerSpec]) -> None:
+        nodes = self.get([a.node.remote() for a in self.actors])
+        k = len(self.actors)
+        tag = uuid.uuid4().hex[:12]
+        incoming: list[list[ChannelName]] = [[] for _ in range(k)]
+        to_prev: list[ChannelName | None] = [None] * k
+        to_next: list[ChannelName | None] = [None] * k
+        for i in range(k - 1):
+            local = nodes[i] == nodes[i + 1]
+            self.local_pairs.append(local)
+            if not local:
+                continue
+            nbytes = _boundary_bytes(specs[i])
+            fwd = ChannelName.new(f"{tag}-{i}f", nbytes)  # stage i -> i+1: activations
+            bwd = ChannelName.new(f"{tag}-{i}b", nbytes)  # stage i+1 -> i: their gradients
+            incoming[i + 1].append(fwd)
+            incoming[i].append(bwd)
+            to_next[i], to_prev[i + 1] = fwd, bwd
+            self.channels += [fwd, bwd]
+        self.get([a.open_inbox.remote(incoming[i]) for i, a in enumerate(self.actors)])
+        self.get(
+            [
+                a.connect_channels.remote(
+                    self.actors[i - 1] if i > 0 else None,
+                    self.actors[i + 1] if i < k - 1 else None,
+                    to_prev[i],
+                    to_next[i],
+                )
+                for i, a in enumerate(self.actors)
+            ]
+        )
+
+    def close(self) -> None:
+        import ray
+
+        if self.actors:
+            try:  # let each stage unmap and remove its files; then whatever is left, here
+                ray.get([a.close_channels.remote() for a in self.actors], timeout=self.close_wait_s)
+            except Exception:  # noqa: BLE001 - a stage already gone: its files are removed below
+                pass
+        for name in self.channels:
+            unlink(name)
+        self.channels = []
+        super().close()
+
+
+def _boundary_bytes(spec: WorkerSpec) -> int:
+    """Bytes one step's boundary tensors from this stage take: a whole minibatch of its output,
+    plus alignment for each micro-batch."""
+    width = int(np.prod([d for d in spec.graph.var(spec.output).shape if d != "B"]))
+    rows = max(spec.batch_rows, spec.max_rows)
+    return rows * width * _itemsize(spec) + 64 * rows
+
+
+def _itemsize(spec: WorkerSpec) -> int:
+    p: Any = spec.params
+    if isinstance(p, Init):
+        return np.dtype(p.dtype).itemsize
+    return max(np.asarray(v).dtype.itemsize for v in p.values())
