@@ -53,6 +53,7 @@ def test_tiny_run_returns_every_figure(ray_session):
         warmup=1,
         steps=3,
         transfer_n=10,
+        with_torch=False,
     )
     t = res["transfer"]
     for key in (
@@ -62,13 +63,17 @@ def test_tiny_run_returns_every_figure(ray_session):
         "compiled_round_trip_ms",
         "compiled_round_trip_small_ms",
         "push_round_trip_ms",
+        "shm_hop_ms",
     ):
         assert t[key] > 0 and math.isfinite(t[key]), key
     assert t["bytes"] == 256 * 1024 * 4
     assert [r["threads"] for r in res["single"]] == [os.cpu_count() or 1, 1]
     rows = res["pipeline"]
     assert {(r["engine"], r["schedule"], r["microbatches"]) for r in rows} == {
-        (e, s, m) for e in ("tasks", "push", "compiled") for s in ("1f1b", "gpipe") for m in (1, 2)
+        (e, s, m)
+        for e in ("tasks", "push", "compiled", "shm")
+        for s in ("1f1b", "gpipe")
+        for m in (1, 2)
     }
     for r in rows:
         assert r["step_s_median"] > 0 and r["samples_per_s"] > 0
@@ -84,6 +89,18 @@ def test_tiny_run_returns_every_figure(ray_session):
             )
     assert len(res["targets"]["throughput_within_10pct_of_simulator"]) == len(rows)
     report = bp.format_report(res)
-    for engine in ("tasks", "push", "compiled"):
-        assert len(re.findall(rf"^  {engine} +(1f1b|gpipe) +[12] ", report, re.M)) == 4
-    assert "transfer under 1 ms:" in report
+    for engine in ("tasks", "push", "compiled", "shm"):
+        assert len(re.findall(rf"^  {engine} +2 (1f1b|gpipe) +[12] ", report, re.M)) == 4
+    assert "shm hop under 0.5 ms:" in report
+    assert "torch.distributed.pipelining: not measured" in report
+    proj = res["projection"]["rows"]
+    assert [r["stages"] for r in proj] == [1, 2]  # three layers: at most three stages
+    assert proj[0]["bubble"] == pytest.approx(0.0) and proj[1]["samples_per_s"] > 0
+    # one stage does all the work: the projection is the sum of the measured layer times
+    assert proj[0]["step_s"] > 0
+
+
+def test_torch_pipelining_peer_runs_when_torch_is_installed():
+    pytest.importorskip("torch")
+    r = bp.run_torch_pipeline([16, 32, 32, 8], [2, 1], 16, "1f1b", 2, 1, 3)
+    assert r["samples_per_s"] > 0 and r["step_s_median"] > 0 and r["steps"] == 3

@@ -138,7 +138,7 @@ def test_pipeline_cli_matches_single_process_and_cleans_up(tmp_path):
     assert three.returncode == 0 and one3.returncode == 0, err3
     a, b = json.loads(one3.stdout), json.loads(out3)
     assert b["runtime"] == "ray" and b["stages"] == 3 and a["runtime"] == "local"
-    assert b["transport"] == "push"  # the default
+    assert b["transport"] == "shm"  # the default
     assert b["test_accuracy"] == a["test_accuracy"]
     assert abs(b["final_loss"] - a["final_loss"]) < 1e-5
     assert len(b["stage_stats"]) == 3 and b["stage_stats"][0]["bytes_sent"] > 0
@@ -147,7 +147,7 @@ def test_pipeline_cli_matches_single_process_and_cleans_up(tmp_path):
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("transport", ["tasks", "compiled"])
+@pytest.mark.parametrize("transport", ["tasks", "push", "compiled"])
 def test_other_transports_train_the_same_and_clean_up(tmp_path, transport):
     common = ("--json", "--epochs", "2", "--run-dir", str(tmp_path), "--hidden", "32,32")
     two, out2, err2, seen = _run_tracked(

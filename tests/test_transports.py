@@ -1,17 +1,20 @@
 """Pipelines on real Ray actors equal single-process training (the autodiff oracle).
 
 Contract, for the Ray transports `tasks` (one task per action, tensors handed on through the
-driver's object references) and `push` (one call per stage a step, tensors pushed stage to
-stage), each behind graphpart.engines.Engine: for K in {1, 2, 3, 4} stages, M in {1, 2, 3, 4, 8}
+driver's object references), `push` (one call per stage a step, tensors pushed stage to stage
+by actor calls) and `shm` (push, with shared-memory channels between neighbours on one node),
+each behind graphpart.engines.Engine: for K in {1, 2, 3, 4} stages, M in {1, 2, 3, 4, 8}
 micro-batches, both schedules and every distinct split the strategies produce, the parameters
 after several optimizer steps equal the oracle (reference autodiff + reference optimizer) to
-1e-10 relative in float64; boundary a failure in any worker is re-raised with its stage and
+1e-10 relative in float64; a failure in any worker is re-raised with its stage and
 micro-batch (on the push engine: that failure, not the neighbours' stops it caused); actors are
 gone after close.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from functools import partial
 
@@ -115,3 +118,18 @@ def test_actors_are_gone_after_close(ray_session, engine):
                 break
             assert time.time() < deadline, "actor still alive 30 s after close()"
             time.sleep(0.2)
+
+
+@ENGINES
+def test_a_killed_stage_is_named_within_seconds(ray_session, engine):
+    g, p0, X, y = _problem(4)
+    eng = engine(partition(g, 2), p0, make_optimizer("sgd", lr=0.1), microbatches=2, max_rows=BATCH)
+    try:
+        eng.step(X[:BATCH], y[:BATCH])
+        os.kill(eng.transport.info[1]["pid"], signal.SIGKILL)
+        t0 = time.monotonic()
+        with pytest.raises(StageFailure, match=r"stage 1's worker process died"):
+            eng.step(X[:BATCH], y[:BATCH])
+        assert time.monotonic() - t0 < 30
+    finally:
+        eng.close()

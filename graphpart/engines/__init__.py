@@ -5,11 +5,17 @@ from graphpart.engines.engine import TRANSPORT_CHOICES, Engine, StepResult, reso
 from graphpart.engines.measure import measured_costs
 from graphpart.engines.transports import TRANSPORTS
 from workers.backends import DEVICES
+from workers.channels import Channel, ChannelInbox, ChannelName
+from workers.channels import unlink as unlink_channel
 from workers.hwm import read_hwm, reset_hwm
 from workers.ledger import Ledger
 from workers.stats import StageStats
 
 __all__ = [
+    "Channel",
+    "ChannelInbox",
+    "ChannelName",
+    "unlink_channel",
     "DEVICES",
     "TRANSPORTS",
     "TRANSPORT_CHOICES",

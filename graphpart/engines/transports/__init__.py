@@ -20,7 +20,7 @@ TRANSPORTS: dict[str, type[Transport]] = {
     "compiled": Compiled,  # Ray: a Compiled Graph over shared-memory channels
     "shm": Shm,  # Ray: push, with shared-memory channels between neighbours on one node
 }
-RAY_DEFAULT = "push"  # what `auto` picks for two or more stages (docs/benchmarks.md says why)
+RAY_DEFAULT = "shm"  # what `auto` picks for two or more stages (docs/benchmarks.md says why)
 
 __all__ = [
     "RAY_DEFAULT",

@@ -61,7 +61,14 @@ class RayActors:
         except ray.exceptions.RayTaskError as e:
             raise StageFailure(first_line(e)) from None
         except ray.exceptions.RayActorError as e:
-            raise StageFailure(f"a stage's worker process died: {first_line(e)}") from None
+            raise StageFailure(self.died(e)) from None
+
+    def died(self, e: Exception) -> str:
+        """'stage k's worker process died (...)': the stage named from the dead actor's id."""
+        dead = getattr(e, "actor_id", None)
+        ids = [a._actor_id.hex() for a in self.actors]
+        who = f"stage {ids.index(dead)}" if dead in ids else "a stage"
+        return f"{who}'s worker process died ({first_line(e)})"
 
     def kill_actors(self) -> None:
         import ray

@@ -94,7 +94,7 @@ class Push(RayActors):
                 msg = first_line(e)
                 (stops if " stopped: " in msg else causes).append(msg)
             except ray.exceptions.RayActorError as e:
-                causes.append(f"a stage's worker process died: {first_line(e)}")
+                causes.append(self.died(e))
             except ray.exceptions.GetTimeoutError:
                 stops.append(
                     f"a stage did not stop within {self.abort_wait_s:.0f} s of the failure"

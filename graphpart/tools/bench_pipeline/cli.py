@@ -23,6 +23,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=15, help="timed steps per configuration")
     ap.add_argument("--transfer-samples", type=int, default=200)
+    ap.add_argument("--no-torch", action="store_true", help="skip torch.distributed.pipelining")
+    ap.add_argument("--no-k4", action="store_true", help="skip the four-stage runs")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     a = ap.parse_args(argv)
     res = run(
@@ -34,6 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         a.warmup,
         a.steps,
         a.transfer_samples,
+        with_torch=not a.no_torch,
+        four_stages=not a.no_k4,
     )
     print(json.dumps(res, indent=1) if a.json else format_report(res))
     return 0

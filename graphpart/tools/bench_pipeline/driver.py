@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 from collections.abc import Sequence
@@ -9,11 +10,38 @@ from typing import Any
 
 import numpy as np
 
-from graphpart.engines import start_ray
+from graphpart.engines import measured_costs, start_ray
+from graphpart.engines.transports import RAY_DEFAULT
+from graphpart.ir import mlp
+from graphpart.plan.batching import microbatch_rows
+from graphpart.plan.stages import layer_flops
+from graphpart.tools.bench_pipeline.simulator import project
 from graphpart.tools.bench_pipeline.throughput import measure_pipeline, measure_single
+from graphpart.tools.bench_pipeline.torch_peer import run_torch_pipeline
 from graphpart.tools.bench_pipeline.transfer import measure_transfer
 
 SIZES = (784, 1024, 1024, 1024, 10)
+
+
+def measure_torch(
+    sizes: Sequence[int], batch: int, rows: list[dict[str, Any]], warmup: int, steps: int
+) -> list[dict[str, Any]]:
+    """torch.distributed.pipelining on the same model, split, schedules and M as the K=2 rows
+    (its own processes); each K=2 graphpart row gets its samples/s ratio to torch's."""
+    out, by_cfg = [], {}
+    for r in rows:
+        cfg = (tuple(r["stage_split"]), r["schedule"], r["microbatches"])
+        if r["stages"] != 2 or cfg in by_cfg:
+            continue
+        t = run_torch_pipeline(sizes, cfg[0], batch, cfg[1], cfg[2], warmup, steps)
+        t.update(schedule=cfg[1], microbatches=cfg[2], stage_split=list(cfg[0]))
+        by_cfg[cfg] = t
+        out.append(t)
+    for r in rows:
+        t = by_cfg.get((tuple(r["stage_split"]), r["schedule"], r["microbatches"]))
+        if t is not None and r["stages"] == 2:
+            r["vs_torch"] = r["samples_per_s"] / t["samples_per_s"]
+    return out
 
 
 def run(
@@ -25,6 +53,8 @@ def run(
     warmup: int = 3,
     steps: int = 15,
     transfer_n: int = 200,
+    with_torch: bool = True,
+    four_stages: bool = True,
 ) -> dict[str, Any]:
     """Measure (a) transfers, (b) one process and the K=2 pipelines, (c) the simulator's
     predictions, in one Ray session (a new local one on 2 CPUs, or the one already started)."""
@@ -54,22 +84,45 @@ def run(
             "tasks": t["tasks_pipelined_per_item_ms"] / 1e3,
             "push": t["push_hop_ms"] / 1e3,
             "compiled": t["compiled_round_trip_ms"] / 1e3,
+            "shm": t["shm_hop_ms"] / 1e3,
         }
         res["single"] = measure_single(sizes, batch, dtype, warmup, steps)
         res["pipeline"] = measure_pipeline(
             sizes, batch, dtype, microbatches, schedules, warmup, steps, comm
         )
+        if four_stages and len(sizes) - 1 >= 4:  # K=4 on the default transport
+            res["pipeline"] += measure_pipeline(
+                sizes, batch, dtype, [m for m in microbatches if m >= 4] or [4], ["1f1b"],
+                warmup, steps, comm, stages=4, transports=[RAY_DEFAULT],
+            )  # fmt: skip
         best1 = max(r["samples_per_s"] for r in res["single"])
         for r in res["pipeline"]:
             r["speedup_vs_best_single"] = r["samples_per_s"] / best1
+        if with_torch and importlib.util.find_spec("torch") is not None:
+            res["torch"] = measure_torch(sizes, batch, res["pipeline"], warmup, steps)
+        layer_s = measured_costs(mlp(list(sizes), bias=True), microbatch_rows(batch, 8), dtype)
+        share = [f / (f + b) for f, b in layer_flops(mlp(list(sizes), bias=True)).values()]
+        res["projection"] = {
+            "microbatches": 8,
+            "hop_ms": t["shm_hop_ms"],
+            "rows": project(layer_s, share, t["shm_hop_ms"] / 1e3, batch, 8, (1, 2, 4)),
+        }
         res["machine"]["load_avg_end"] = os.getloadavg()
         res["targets"] = {
-            "transfer_under_1ms": t["target_met"],
+            "shm_hop_under_0.5ms": t["target_met"],
             "throughput_within_10pct_of_simulator": {
-                f"{r['engine']}/{r['schedule']}/M={r['microbatches']}": r["target_met"]
+                f"{r['engine']}/K={r['stages']}/{r['schedule']}/M={r['microbatches']}": r[
+                    "target_met"
+                ]
                 for r in res["pipeline"]
             },
         }
+        if "torch" in res:
+            res["targets"]["default_at_least_torch"] = {
+                f"{r['schedule']}/M={r['microbatches']}": r["vs_torch"] >= 1.0
+                for r in res["pipeline"]
+                if r["engine"] == RAY_DEFAULT and r["stages"] == 2 and "vs_torch" in r
+            }
         return res
     finally:
         if started:

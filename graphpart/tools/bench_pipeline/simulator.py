@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from graphpart.plan import schedule as sch
+from graphpart.plan.balance import balance
 
 
 def predict_step(
@@ -43,3 +44,40 @@ def call_overhead_s(timed: dict[str, Any], microbatches: int) -> list[float]:
         max(0.0, cpu_ms / 1e3 - (b["F"] + b["B"] + b["step"]) / steps) / calls
         for cpu_ms, b in zip(timed["stage_cpu_ms_per_step"], timed["busy_s"], strict=True)
     ]
+
+
+def project(
+    layer_s: Sequence[float],
+    fwd_share: Sequence[float],
+    hop_s: float,
+    batch: int,
+    microbatches: int,
+    stage_counts: Sequence[int],
+) -> list[dict[str, float]]:
+    """What a machine with a core per stage would do: the simulator fed per-layer times measured
+    on one core (`layer_s`: forward + backward of one micro-batch, `fwd_share` the forward's
+    part) and the measured hop, for each stage count (balanced split, 1F1B, M micro-batches).
+    It assumes what the measurement cannot show on a small machine: no core is shared, and
+    a stage's BLAS uses one thread (more threads per stage would shorten every stage alike)."""
+    out = []
+    for k in stage_counts:
+        if k > len(layer_s):
+            continue
+        sizes = balance(list(layer_s), k)
+        fwd, bwd, start = [], [], 0
+        for n in sizes:
+            part = range(start, start + n)
+            fwd.append(sum(layer_s[i] * fwd_share[i] for i in part))
+            bwd.append(sum(layer_s[i] * (1 - fwd_share[i]) for i in part))
+            start += n
+        pred = predict_step("1f1b", microbatches, fwd, bwd, [0.0] * k, hop_s)
+        out.append(
+            {
+                "stages": k,
+                "split": sizes,
+                "step_s": pred["step_s"],
+                "samples_per_s": batch / pred["step_s"],
+                "bubble": pred["bubble"],
+            }
+        )
+    return out

@@ -31,7 +31,12 @@ def _problem(sizes: Sequence[int], batch: int, dtype: str, seed: int = 0) -> tup
     return g, params, X, y, opt
 
 
-RAY_TRANSPORTS = ("tasks", "push", "compiled")  # the ones measured, named as --transport names them
+RAY_TRANSPORTS = (
+    "tasks",
+    "push",
+    "compiled",
+    "shm",
+)  # the ones measured, named as --transport names them
 
 
 def _actor_cpu_s(engine: Any) -> list[float]:
@@ -70,6 +75,7 @@ def _time_steps(engine: Any, X: np.ndarray, y: np.ndarray, warmup: int, steps: i
     if mach0 is not None and mach1 is not None:  # cores busy with other people's work
         ours = drv + sum(b - a for a, b in zip(cpu0, cpu1, strict=True))
         out["other_cpu_cores"] = max(0.0, (mach1 - mach0 - ours) / wall)
+        out["idle_share"] = max(0.0, 1.0 - (mach1 - mach0) / (wall * (os.cpu_count() or 1)))
     if before is not None:
         after = engine.stats()
         out["busy_s"] = [
@@ -92,14 +98,16 @@ def measure_pipeline(
     warmup: int,
     steps: int,
     comm_s: dict[str, float],
+    stages: int = 2,
+    transports: Sequence[str] = RAY_TRANSPORTS,
 ) -> list[dict[str, Any]]:
-    """K=2 pipeline on the Ray transports tasks, push and compiled, each (schedule, M)
-    measured and compared with the simulator fed the stage times measured in the same window:
-    the work inside each call alone ('kernels'), and that plus each stage's per-call cost."""
+    """A K-stage pipeline on each Ray transport, each (schedule, M) measured and compared
+    with the simulator fed the stage times measured in the same window: the work inside each
+    call alone ('kernels'), and that plus each stage's per-call cost."""
     g, params, X, y, opt = _problem(sizes, batch, dtype)
-    plan = partition(g, 2, "balanced")
+    plan = partition(g, stages, "balanced")
     rows = []
-    for name in RAY_TRANSPORTS:
+    for name in transports:
         with Engine(plan, params, opt, transport=name, max_rows=batch, keep_events=False) as eng:
             for kind in schedules:
                 for m in microbatches:
@@ -122,6 +130,7 @@ def measure_pipeline(
                     )
                     row = {
                         "engine": name,
+                        "stages": stages,
                         "schedule": kind,
                         "microbatches": m,
                         "stage_split": plan.sizes(),

@@ -1,18 +1,21 @@
-"""(a) One boundary transfer between two actors: Ray tasks, a direct push, a compiled graph."""
+"""(a) One boundary transfer between two actors: Ray tasks, a direct push, a compiled graph,
+a shared-memory channel."""
 
 from __future__ import annotations
 
 import statistics
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from graphpart.engines import Channel, ChannelInbox, ChannelName, unlink_channel
 from graphpart.tools.machine import time_calls
 
 TRANSFER_SHAPE = (256, 1024)  # float32: 1 MiB, one micro-batch boundary of a 1024-wide layer
-TARGET_TRANSFER_MS = 1.0
+TARGET_TRANSFER_MS = 0.5  # one 1 MiB hop on the default transport (shm)
 
 
 class _Peer:
@@ -46,6 +49,64 @@ class _Peer:
 
     def cpu_s(self) -> float:
         return time.process_time()
+
+
+class _ChannelPeer:
+    """A stage stand-in on a shared-memory channel pair: `echo` returns what arrives, `ping`
+    times round trips; each received tensor is copied into an own buffer, as a stage does."""
+
+    def __init__(self, shape: tuple[int, int]) -> None:
+        self.big = np.ones(shape, np.float32)
+        self.own = np.empty(shape, np.float32)
+
+    def open(self, incoming: ChannelName) -> None:
+        self.inbox = ChannelInbox([Channel.create(incoming)])
+
+    def attach(self, outgoing: ChannelName) -> None:
+        self.out = Channel.attach(outgoing)
+
+    def echo(self, n: int) -> None:
+        for i in range(n):
+            np.copyto(self.own, self.inbox.take((i, "F", 0), 60))
+            self.out.send((i, "B", 0), self.own)
+
+    def ping(self, n: int) -> list[float]:
+        times = []
+        for i in range(n):
+            t = time.perf_counter()
+            self.out.send((i, "F", 0), self.big)
+            np.copyto(self.own, self.inbox.take((i, "B", 0), 60))
+            times.append(time.perf_counter() - t)
+        return times
+
+    def close(self) -> None:
+        self.out.close()
+        self.inbox.close()
+
+
+def measure_shm_hop(n: int, shape: tuple[int, int]) -> float:
+    """Median ms of one hop of the boundary array through a shared-memory channel between two
+    actors (half a round trip a -> b -> a; each side copies what it receives)."""
+    import ray
+
+    peer = ray.remote(num_cpus=1)(_ChannelPeer)
+    a, b = peer.remote(shape), peer.remote(shape)
+    nbytes = int(np.prod(shape)) * 4 + 64
+    tag = uuid.uuid4().hex[:12]
+    ab, ba = ChannelName.new(f"{tag}-ab", nbytes), ChannelName.new(f"{tag}-ba", nbytes)
+    try:
+        ray.get([b.open.remote(ab), a.open.remote(ba)])
+        ray.get([a.attach.remote(ab), b.attach.remote(ba)])
+        done = b.echo.remote(n)
+        times = ray.get(a.ping.remote(n))
+        ray.get(done)
+        ray.get([a.close.remote(), b.close.remote()])
+    finally:
+        for actor in (a, b):
+            ray.kill(actor)
+        unlink_channel(ab)
+        unlink_channel(ba)
+    return statistics.median(times[5:]) / 2 * 1e3
 
 
 def _median_ms(fn: Callable[[int], Any], n: int, warmup: int = 5) -> float:
@@ -111,6 +172,7 @@ def measure_transfer(n: int = 200, shape: tuple[int, int] = TRANSFER_SHAPE) -> d
     finally:
         for actor in (a, b):
             ray.kill(actor)
+    out["shm_hop_ms"] = measure_shm_hop(n, shape)  # after the peers above freed their CPUs
     out["target_ms"] = TARGET_TRANSFER_MS
-    out["target_met"] = out["compiled_round_trip_ms"] < TARGET_TRANSFER_MS
+    out["target_met"] = out["shm_hop_ms"] < TARGET_TRANSFER_MS
     return out

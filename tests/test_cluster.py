@@ -1,0 +1,71 @@
+"""Across machines: a two-node Ray cluster (Ray's own `ray.cluster_utils.Cluster`, both nodes on
+this machine) with each stage placed on its own node trains to the same float64 parameters as
+one process (the autodiff oracle, 1e-10 relative), on the default transport; the stages really
+ran on two nodes, and their boundary tensors went through Ray (the shared-memory channels are
+only for neighbours on one node).
+
+It runs in a subprocess: it needs a Ray cluster of its own, not the test session's local Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.ray
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.insert(0, "tests")
+    from ray.cluster_utils import Cluster
+    from conftest import batches, max_rel, mlp_problem, oracle_training
+    from graphpart.engines import Engine
+    from graphpart.optim import make_optimizer
+    from graphpart.plan.partition import partition
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    try:
+        g, p0, X, y = mlp_problem([6, 5, 7, 4, 3], 24)
+        opt = make_optimizer("adam", lr=0.05)
+        want = oracle_training(g, p0, X, y, opt, 8)[1]
+        with Engine(partition(g, 2), p0, opt, transport="auto", address=cluster.address,
+                    microbatches=2, schedule="1f1b", max_rows=8) as eng:
+            for xb, yb in batches(X, y, 8):
+                eng.step(xb, yb)
+            nodes = eng.transport.get([a.node.remote() for a in eng.transport.actors])
+            out = {"err": max_rel(want, eng.get_params()), "nodes": nodes,
+                   "transport": eng.transport.name, "local_pairs": eng.transport.local_pairs,
+                   "channels": len(eng.transport.channels)}
+        print(json.dumps(out))
+    finally:
+        cluster.shutdown()
+    """
+)
+
+
+def test_stages_on_two_nodes_train_like_one_process():
+    r = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["transport"] == "shm"
+    assert len(set(out["nodes"])) == 2, out["nodes"]  # one stage on each node
+    assert out["local_pairs"] == [False] and out["channels"] == 0  # so the hop went by Ray
+    assert out["err"] < 1e-10
