@@ -16,10 +16,10 @@ import time
 
 import numpy as np
 import pytest
+from conftest import mlp_problem
 
 from graphpart.autodiff import value_and_grad
 from graphpart.engines.wiring import wire
-from graphpart.ir import mlp
 from graphpart.optim import SGD, init_state, reference_step
 from graphpart.plan.partition import partition, split_batch
 from workers.push import ActionFailed, Inbox, NeighbourFailed, run_step
@@ -30,12 +30,7 @@ N = 8
 
 
 def _problem(seed=0):
-    g = mlp(SIZES, activation="tanh", bias=True, weight_decay=0.1)
-    rng = np.random.default_rng(seed)
-    params = {v.name: rng.standard_normal(v.shape) for v in g.params}
-    x = rng.standard_normal((N, SIZES[0]))
-    y = rng.integers(0, SIZES[-1], N)
-    return g, params, x, y
+    return mlp_problem(SIZES, N, seed=seed, weight_decay=0.1)
 
 
 def _workers(plan, params, opt):

@@ -18,10 +18,9 @@ import os
 
 import numpy as np
 import pytest
-from conftest import rel_err
+from conftest import mlp_problem, rel_err
 
 from graphpart.autodiff import forward, value_and_grad
-from graphpart.ir import mlp
 from graphpart.ir.ops import ACTIVATIONS, LOSSES
 from graphpart.optim import SGD, Adam, init_state, reference_step
 from graphpart.plan.partition import partition, split_batch
@@ -32,15 +31,9 @@ N = 7
 
 
 def problem(activation="tanh", loss="cross_entropy", bias=True, wd=0.1, seed=0, n=N):
-    g = mlp(SIZES, activation=activation, bias=bias, loss=loss, weight_decay=wd)
-    rng = np.random.default_rng(seed)
-    params = {v.name: rng.standard_normal(v.shape) for v in g.params}
-    x = rng.standard_normal((n, SIZES[0]))
-    if loss == "cross_entropy":
-        y = rng.integers(0, SIZES[-1], n)
-    else:
-        y = rng.standard_normal((n, SIZES[-1]))
-    return g, params, x, y
+    return mlp_problem(
+        SIZES, n, seed=seed, activation=activation, bias=bias, loss=loss, weight_decay=wd
+    )
 
 
 def workers_for(plan, params, *, dtype=np.float64, max_rows=N, recompute=False, opt=None):
