@@ -40,6 +40,7 @@ def _timing_ok(r: dict) -> None:
     assert all(t > 0 for t in r["times_ms"])
 
 
+@pytest.mark.ray
 def test_tiny_benchmark_returns_every_key():
     res = bench.run_step_benchmark(
         TINY, batch=8, repeats=2, warmup=1, matmul_n=64, matmul_repeats=1, pause=0.0
@@ -92,6 +93,7 @@ def test_tiny_benchmark_returns_every_key():
     assert "graphpart" in text and "numpy" in text and "GFLOP/s" in text
 
 
+@pytest.mark.ray
 def test_main_json(capsys):
     assert (
         bench.main(

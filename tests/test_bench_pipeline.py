@@ -100,6 +100,7 @@ def test_tiny_run_returns_every_figure(ray_session):
     assert proj[0]["step_s"] > 0
 
 
+@pytest.mark.ray
 def test_torch_pipelining_peer_runs_when_torch_is_installed():
     pytest.importorskip("torch")
     r = bp.run_torch_pipeline([16, 32, 32, 8], [2, 1], 16, "1f1b", 2, 1, 3)
