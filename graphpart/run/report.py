@@ -9,7 +9,7 @@ import numpy as np
 from graphpart.plan import schedule as sch
 from graphpart.plan.batching import split_batch
 from graphpart.plan.memory import predict
-from graphpart.run.train import plan_dict
+from graphpart.run.train import memory_kwargs, plan_dict
 from graphpart.units import human_bytes, table
 
 
@@ -29,16 +29,7 @@ def plan_report(s: Any, cfg: Any) -> dict[str, Any]:
     bwd = [c * (1 - s) for c, s in zip(cost, share, strict=True)]
     tl = sch.simulate(actions, fwd, bwd)
     basis = "measured" if "measured" in plan.strategy else "FLOP-proportional"
-    mem = predict(
-        plan,
-        batch=B,
-        microbatches=M,
-        schedule=p.schedule,
-        optimizer=t.optimizer,
-        momentum=t.momentum,
-        dtype=t.dtype,
-        recompute=p.recompute,
-    )
+    mem = predict(plan, **memory_kwargs(cfg))
     rows = []
     for st, d in zip(plan.stages, data["stages"], strict=True):
         row = [

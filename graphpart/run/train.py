@@ -82,11 +82,10 @@ def setup(cfg: Config) -> Setup:
     return Setup(cfg, ds, graph, plan, opt)
 
 
-def _memory_plan(cfg: Config, graph: Graph) -> Plan:
+def memory_kwargs(cfg: Config) -> dict[str, Any]:
+    """What the memory model needs of a config besides the plan (graphpart.plan.memory)."""
     p, t = cfg.pipeline, cfg.train
-    cost = stage_memory_cost(
-        graph,
-        p.stages,
+    return dict(
         batch=t.batch_size,
         microbatches=p.microbatches,
         schedule=p.schedule,
@@ -95,7 +94,12 @@ def _memory_plan(cfg: Config, graph: Graph) -> Plan:
         dtype=t.dtype,
         recompute=p.recompute,
     )
-    return partition(graph, p.stages, "memory", memory_cost=cost)
+
+
+def _memory_plan(cfg: Config, graph: Graph) -> Plan:
+    stages = cfg.pipeline.stages
+    cost = stage_memory_cost(graph, stages, **memory_kwargs(cfg))
+    return partition(graph, stages, "memory", memory_cost=cost)
 
 
 def transport_of(cfg: Config) -> str:

@@ -11,7 +11,7 @@ from graphpart.engines import start_ray
 from graphpart.errors import ConfigError
 from graphpart.plan.memory import predict, predict_inference, training_vs_inference
 from graphpart.run.report import human_bytes
-from graphpart.run.train import setup, uses_ray
+from graphpart.run.train import memory_kwargs, setup, uses_ray
 from graphpart.tools.profile.compare import compare, comparison_table, rss_table
 from graphpart.tools.profile.measure import measure, step_batches
 from graphpart.tools.profile.overhead import overhead
@@ -31,14 +31,7 @@ def run_profile(
         raise ConfigError(f"steps={steps!r}: must be a positive integer")
     s = setup(cfg)
     t, p = cfg.train, cfg.pipeline
-    kw = dict(
-        batch=t.batch_size,
-        microbatches=p.microbatches,
-        schedule=p.schedule,
-        optimizer=s.optimizer,
-        dtype=t.dtype,
-        recompute=p.recompute,
-    )
+    kw = memory_kwargs(cfg)
     pred = predict(s.plan, **kw)
     batches = step_batches(s.dataset, t.batch_size, t.seed, steps)
     started = False
@@ -75,7 +68,7 @@ def run_profile(
     }
     if inference:
         inf = predict_inference(s.graph, t.batch_size, t.dtype)
-        line = training_vs_inference(s.plan, momentum=t.momentum, **kw)
+        line = training_vs_inference(s.plan, **kw)
         result["inference"] = {"predicted_bytes": inf, "line": line}
     if as_json:
         print(json.dumps(result))
