@@ -17,15 +17,17 @@ class Finish:
 
 @dataclass
 class Busy:
-    """Seconds a stage spent inside its forward calls, backward calls and `finish`."""
+    """Seconds a stage spent inside its forward calls, backward calls, `finish` and (a
+    data-parallel replica) its gradient all-reduce, waits for the other replicas included."""
 
     forward: float = 0.0
     backward: float = 0.0
     finish: float = 0.0
+    allreduce: float = 0.0
 
     @property
     def total(self) -> float:
-        return self.forward + self.backward + self.finish
+        return self.forward + self.backward + self.finish + self.allreduce
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,105 @@
+"""Ring all-reduce: sum one 1-D buffer across `world` ranks in place, over any point-to-point
+send and take (no Ray, no threads of its own).
+
+Each rank sends only to its right neighbour and receives only from its left one:
+
+         chunk c of every rank is summed as it travels once round the ring
+     +--------+  send   +--------+  send   +--------+          +----------+
+     | rank 0 | ------> | rank 1 | ------> | rank 2 | -> ... -> | rank N-1 |
+     +--------+         +--------+         +--------+          +----------+
+          ^                                                          |
+          +------------------------ send ----------------------------+
+
+The buffer is cut into N chunks (np.array_split boundaries, so sizes differ by at most one and
+a buffer shorter than N has empty chunks, which are neither sent nor taken).
+
+- reduce-scatter, phases i = 0 .. N-2: rank r sends chunk (r - i) mod N to the right, takes
+  chunk (r - i - 1) mod N from the left and adds it to its own. Chunk c starts at rank c and
+  picks up one rank's values per hop, so after N-1 phases rank r holds the complete sum of
+  chunk (r + 1) mod N.
+- all-gather, phases i = 0 .. N-2: rank r sends chunk (r + 1 - i) mod N (first the one it
+  completed, then the one it was just given) and takes chunk (r - i) mod N, which it copies
+  over its own.
+
+Every rank ends with the owner's copy of each chunk, so all ranks hold bit-identical sums.
+A rank sends 2 (N-1)/N of the buffer in 2 (N-1) messages, whatever N is: the bandwidth-optimal
+all-reduce. The messages' keys are workers.push.Key tuples (step, kind, phase): kind "F" for
+the reduce-scatter, "B" for the all-gather (the two kinds a shared-memory channel encodes).
+Each message is a (1, n) array (channels carry 2-D tensors); `send` must have copied or
+serialised it when it returns, since the buffer changes afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from workers.push import Key
+
+REDUCE_SCATTER = "F"
+ALL_GATHER = "B"
+
+
+def ring_chunks(n: int, world: int) -> list[slice]:
+    """The N chunks of an n-long buffer (np.array_split boundaries; empty when n < N)."""
+    q, extra = divmod(int(n), int(world))
+    bounds = [0]
+    for c in range(world):
+        bounds.append(bounds[-1] + q + (1 if c < extra else 0))
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def ring_allreduce(
+    buf: np.ndarray,
+    rank: int,
+    world: int,
+    step: int,
+    send: Callable[[Key, np.ndarray], None],
+    take: Callable[[Key], np.ndarray],
+) -> int:
+    """Replace `buf` (1-D, contiguous) by its sum over the `world` ranks; returns bytes sent.
+
+    `send(key, a)` carries `a` to the right neighbour, `take(key)` waits for the left
+    neighbour's message of that key. world == 1 is a no-op.
+    """
+    if buf.ndim != 1 or not buf.flags.c_contiguous:
+        raise ValueError(f"ring_allreduce needs a contiguous 1-D buffer, got shape {buf.shape}")
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} outside a ring of {world}")
+    if world == 1:
+        return 0
+    chunks = ring_chunks(buf.size, world)
+    sent = 0
+
+    def put(kind: str, phase: int, c: int) -> None:
+        nonlocal sent
+        part = buf[chunks[c]]
+        if part.size:
+            send((step, kind, phase), part.reshape(1, -1))
+            sent += part.nbytes
+
+    def got(kind: str, phase: int, c: int) -> np.ndarray | None:
+        part = buf[chunks[c]]
+        if not part.size:
+            return None
+        a = np.asarray(take((step, kind, phase)))
+        if a.size != part.size:
+            raise ValueError(
+                f"all-reduce phase {kind}{phase}: got {a.size} values for a chunk of {part.size}"
+            )
+        return a.reshape(-1)
+
+    for i in range(world - 1):  # reduce-scatter
+        put(REDUCE_SCATTER, i, (rank - i) % world)
+        c = (rank - i - 1) % world
+        a = got(REDUCE_SCATTER, i, c)
+        if a is not None:
+            buf[chunks[c]] += a
+    for i in range(world - 1):  # all-gather
+        put(ALL_GATHER, i, (rank + 1 - i) % world)
+        c = (rank - i) % world
+        a = got(ALL_GATHER, i, c)
+        if a is not None:
+            buf[chunks[c]] = a
+    return sent
