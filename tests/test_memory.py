@@ -10,7 +10,12 @@ gradients unchanged. predict_inference is parameters plus the largest set of sim
 live forward values. stage_memory_cost(start, stop, k) equals the prediction for the stage
 make_plan builds; partition(graph, K, "memory") minimises the largest predicted stage total
 (brute force over every split), and with budgets that no split fits raises PlanError naming
-the missing amount.
+the missing amount. predict_data_parallel(plan, K) is, on every one of its K devices, the
+one-device prediction for ceil(B/K) rows as one micro-batch plus the all-reduce's flat gradient
+buffer (workspace, all parameter bytes), so parameters, gradients and optimizer state equal one
+device's and activations are 1/K of them; it refuses a multi-stage plan and K > B.
+budget_problem is None exactly when every device fits, else one line naming the fullest device,
+what it needs, its non-zero categories and the budget.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from graphpart.optim import SGD, Adam
 from graphpart.params import init_params
 from graphpart.plan import memory
 from graphpart.plan.partition import make_plan, partition
+from graphpart.units import human_bytes
 
 SIZES = [16, 32, 24, 20, 10]
 BATCH = 16
@@ -312,3 +318,75 @@ def test_memory_partition_with_budgets():
         partition(g, K, "memory", memory_cost=cost, budgets=[budget] * K)
     msg = str(err.value)
     assert f"needs {excess / 2**20:.2f} MiB more than its {budget / 2**20:.2f} MiB budget" in msg
+
+
+# -- data parallelism and budgets ----------------------------------------------------------------
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+@pytest.mark.parametrize("K,batch", [(2, 64), (4, 64), (3, 64), (4, 6)])
+def test_data_parallel_is_one_device_on_ceil_rows_plus_the_allreduce_buffer(opt, K, batch):
+    g = mlp(SIZES, bias=True)
+    plan = partition(g, 1)
+    dp = memory.predict_data_parallel(plan, K, batch=batch, optimizer=opt, momentum=0.0)
+    rows = -(-batch // K)
+    one = memory.predict(
+        plan, batch=rows, microbatches=1, schedule="1f1b", optimizer=opt, momentum=0.0
+    ).stages[0]
+    params = memory.param_bytes(g)
+    assert params == one.bytes["parameter"]
+    assert len(dp.stages) == K and [s.index for s in dp.stages] == list(range(K))
+    for s in dp.stages:
+        assert s.rows == rows and s.in_flight == 1
+        assert s.entries() == {**one.entries(), "allreduce": ("workspace", params)}
+        assert s.total == one.total + params
+    assert (dp.batch, dp.microbatches, dp.schedule, dp.recompute) == (
+        batch,
+        1,
+        memory.DATA_PARALLEL,
+        False,
+    )
+    assert dp.total == K * dp.stages[0].total
+    # against the whole batch on one device: the same state, 1/K of the activations
+    full = memory.predict(
+        plan, batch=batch, microbatches=1, schedule="1f1b", optimizer=opt, momentum=0.0
+    ).stages[0]
+    for c in ("parameter", "gradient", "optimizer"):
+        assert dp.stages[0].bytes[c] == full.bytes[c]
+    if batch % K == 0:
+        assert dp.stages[0].bytes["activation"] * K == full.bytes["activation"]
+    assert "replica 0" in dp.table() and f"over {K} data-parallel replicas" in dp.table()
+    assert dp.to_dict()["stages"][K - 1]["total"] == dp.stages[0].total
+
+
+def test_data_parallel_refuses_stages_and_too_many_replicas():
+    g = mlp(SIZES)
+    with pytest.raises(PlanError, match="2 stages"):
+        memory.predict_data_parallel(partition(g, 2), 2, batch=8)
+    with pytest.raises(PlanError, match="replicas=9 exceeds the batch of 8 rows"):
+        memory.predict_data_parallel(partition(g, 1), 9, batch=8)
+    with pytest.raises(PlanError, match="replicas=0"):
+        memory.predict_data_parallel(partition(g, 1), 0, batch=8)
+
+
+def test_budget_problem_names_the_fullest_device_its_categories_and_the_budget():
+    g = mlp([64, 256, 256, 256, 10])
+    pred = memory.predict(partition(g, 2), batch=64, microbatches=2, schedule="1f1b")
+    worst = max(pred.stages, key=lambda s: s.total)
+    assert memory.budget_problem(pred, worst.total) is None
+    assert memory.budget_problem(pred, 10 * worst.total) is None
+    budget = worst.total - 1
+    msg = memory.budget_problem(pred, budget)
+    assert msg is not None and "\n" not in msg
+    assert msg.startswith(
+        f"does not fit: needs {human_bytes(worst.total)} on device {worst.index} ("
+    )
+    assert msg.endswith(f"), budget {human_bytes(budget)}")
+    listed = msg.split("(", 1)[1].rsplit(")", 1)[0].split(", ")
+    want = [f"{c} {human_bytes(n)}" for c, n in worst.bytes.items() if n]
+    assert listed == want and len(want) < len(memory.CATEGORIES) + 1
+    # one device: no boundary buffers, so no boundary entry
+    single = memory.predict(partition(g, 1), batch=64, microbatches=1, schedule="1f1b")
+    msg = memory.budget_problem(single, 1)
+    assert "on device 0" in msg and "boundary" not in msg and "parameter" in msg
+    # data parallel: every replica is alike, the first is named
+    dp = memory.predict_data_parallel(partition(g, 1), 4, batch=64)
+    assert "on device 0" in memory.budget_problem(dp, dp.stages[0].total - 1)

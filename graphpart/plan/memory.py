@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from graphpart.errors import PlanError
 from graphpart.ir.graph import Graph
 from graphpart.ir.lower import CATEGORIES, LABEL_DTYPE, lower, nbytes
 from graphpart.ir.lower import saved_values as lower_saved_values
@@ -23,9 +24,13 @@ __all__ = [
     "LABEL_DTYPE",
     "Buffer",
     "MemoryPrediction",
+    "DATA_PARALLEL",
     "StageMemory",
+    "budget_problem",
     "optimizer_slots",
+    "param_bytes",
     "predict",
+    "predict_data_parallel",
     "predict_inference",
     "saved_values",
     "stage_buffers",
@@ -107,16 +112,26 @@ class MemoryPrediction:
         }
 
     def table(self) -> str:
-        headers = ["category", *(f"stage {s.index}" for s in self.stages)]
+        dp = self.schedule == DATA_PARALLEL
+        unit = "replica" if dp else "stage"
+        headers = ["category", *(f"{unit} {s.index}" for s in self.stages)]
         rows = [[c, *(human_bytes(s.bytes[c]) for s in self.stages)] for c in CATEGORIES]
         rows.append(["total", *(human_bytes(s.total) for s in self.stages)])
         rows.append(["in-flight", *(str(s.in_flight) for s in self.stages)])
+        split = (
+            f"over {len(self.stages)} data-parallel replicas"
+            if dp
+            else f"in {self.microbatches} micro-batch(es)"
+        )
         head = (
-            f"predicted peak memory: batch {self.batch} in {self.microbatches} micro-batch(es)"
+            f"predicted peak memory: batch {self.batch} {split}"
             f" of <= {self.stages[0].rows} rows, {self.schedule}, {self.optimizer}, "
             f"{self.dtype}" + (", recompute" if self.recompute else "")
         )
         return head + "\n" + table(headers, rows)
+
+
+DATA_PARALLEL = "data-parallel"  # MemoryPrediction.schedule of predict_data_parallel
 
 
 # -- the executor's buffers, from the lowering it runs -------------------------------------------
@@ -231,6 +246,75 @@ def predict(
     name = optimizer if isinstance(optimizer, str) else optimizer.name
     return MemoryPrediction(
         stages, int(batch), int(microbatches), schedule, name, np.dtype(dtype).name, bool(recompute)
+    )
+
+
+def param_bytes(graph: Graph, dtype: Any = "float32") -> int:
+    """Bytes of all of `graph`'s parameters in `dtype` (one copy: weights, or their gradients)."""
+    return sum(nbytes(v.shape, 1, dtype) for v in graph.params)
+
+
+def predict_data_parallel(
+    plan: Plan,
+    replicas: int,
+    *,
+    batch: int,
+    optimizer: str | Optimizer = "adam",
+    momentum: float = 0.9,
+    dtype: Any = "float32",
+) -> MemoryPrediction:
+    """Peak bytes per device of data parallelism: `replicas` copies of the whole model.
+
+    `plan` must have one stage. Each replica takes ceil(batch / replicas) rows as one
+    micro-batch, so it holds what `predict(plan, batch=ceil(batch / replicas), microbatches=1,
+    schedule="1f1b")` names plus the flat gradient buffer its worker allocates for the ring
+    all-reduce: Buffer("allreduce", "workspace", all parameter bytes in `dtype`). Returns one
+    StageMemory per replica (index = replica; all equal) in a MemoryPrediction whose `batch` is
+    the whole minibatch, `microbatches` 1 (per replica) and `schedule` DATA_PARALLEL; its
+    `total` is the sum over the replicas.
+    """
+    if plan.k != 1:
+        raise PlanError(
+            f"data parallelism replicates the whole model, but the plan has {plan.k} stages; "
+            "partition it into 1 stage"
+        )
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+        raise PlanError(f"replicas={replicas!r}: must be a positive integer")
+    if replicas > batch:
+        raise PlanError(
+            f"replicas={replicas} exceeds the batch of {batch} rows; each replica needs a row "
+            f"(use 1..{batch})"
+        )
+    rows = microbatch_rows(batch, replicas)
+    one = predict(
+        plan,
+        batch=rows,
+        microbatches=1,
+        schedule="1f1b",
+        optimizer=optimizer,
+        momentum=momentum,
+        dtype=dtype,
+    ).stages[0]
+    bufs = (*one.buffers, Buffer("allreduce", "workspace", param_bytes(plan.graph, dtype)))
+    stages = tuple(StageMemory(r, one.rows, one.in_flight, bufs) for r in range(replicas))
+    name = optimizer if isinstance(optimizer, str) else optimizer.name
+    return MemoryPrediction(stages, int(batch), 1, DATA_PARALLEL, name, np.dtype(dtype).name, False)
+
+
+def budget_problem(pred: MemoryPrediction, budget: int) -> str | None:
+    """None when every device's predicted total fits in `budget` bytes; else one line naming
+    the fullest device, what it needs by (non-zero) category, and the budget:
+    "does not fit: needs 81.20 MiB on device 0 (parameter 20.00 MiB, ...), budget 64.00 MiB".
+
+    A device is a pipeline stage (device k runs stage k) or a data-parallel replica.
+    """
+    worst = max(pred.stages, key=lambda s: (s.total, -s.index))
+    if worst.total <= budget:
+        return None
+    parts = ", ".join(f"{c} {human_bytes(n)}" for c, n in worst.bytes.items() if n)
+    return (
+        f"does not fit: needs {human_bytes(worst.total)} on device {worst.index} ({parts}), "
+        f"budget {human_bytes(budget)}"
     )
 
 
