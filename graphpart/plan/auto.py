@@ -1,0 +1,444 @@
+"""Search training setups (one device, accumulation, pipelines, data parallel): memory, speed."""
+
+# What `search` predicts, and what it assumes
+# -------------------------------------------
+# Memory is the analytic model (graphpart.plan.memory: predict, predict_data_parallel), exact
+# buffer by buffer against the workers' ledgers. Time is a model, not a measurement:
+#
+# - one device per pipeline stage or data-parallel replica, all alike, nothing shared between
+#   them (no contention for cores, memory bandwidth or the link);
+# - compute runs at `Rates.flops_per_s`: an action's time is its FLOPs (graphpart.plan.stages:
+#   Stage.flops_fwd / flops_bwd per sample, times its rows) over that rate, plus a fixed
+#   `Rates.action_s` per forward or backward action (dispatch, kernel launches); recompute adds
+#   one forward to every backward;
+# - a transfer costs `hop_s + bytes / copy_bytes_per_s` (linear), and a pipeline's hops all
+#   take the time of its widest boundary (the simulator takes one delay for every hop);
+# - the optimizer update streams its buffers once: (3 + 2 x state slots) x parameter bytes
+#   (read weight and gradient, write weight; read and write each state slot) over
+#   `copy_bytes_per_s`; each device updates its own parameters when its last backward ends;
+# - data parallel: every replica runs ceil(B / K) rows as one micro-batch, then a ring
+#   all-reduce of the gradients, 2 (K - 1) messages of P / K bytes, each one hop.
+#
+# Deliberate departures from the obvious:
+# - A one-stage run (single device, or accumulation over M micro-batches) is simulated as a
+#   one-stage pipeline, so all three kinds share one timing path. Only the 1F1B order is
+#   enumerated for one stage: its time equals GPipe's and it keeps one micro-batch of
+#   activations instead of M.
+# - Compute time uses the mean micro-batch, B / M rows (the FLOPs of the whole minibatch are
+#   the same however it is split); memory uses the largest, ceil(B / M) rows, which is what
+#   the buffers hold. Data parallel uses ceil(B / K): the step waits for the largest replica.
+# - The fixed cost per action (`Rates.action_s`) is what makes accumulation slower than one
+#   device at equal FLOPs; it defaults to `hop_s`, the same order of magnitude (one call
+#   through the worker), so the three measured rates suffice.
+# - Data-parallel candidates do not recompute (the data-parallel engine has no such option).
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+from graphpart.errors import PlanError
+from graphpart.ir.graph import Graph
+from graphpart.plan import schedule as sch
+from graphpart.plan.memory import (
+    MemoryPrediction,
+    budget_problem,
+    optimizer_slots,
+    param_bytes,
+    predict,
+    predict_data_parallel,
+)
+from graphpart.plan.partition import partition
+from graphpart.plan.stages import Plan
+from graphpart.units import human_bytes
+from graphpart.units import table as text_table
+
+__all__ = ["KINDS", "Candidate", "Rates", "search", "step_time", "table", "to_dict"]
+
+KINDS = ("single", "accumulate", "pipeline", "data-parallel")
+
+
+def _finite(name: str, v: Any, *, positive: bool, inf_ok: bool = False) -> None:
+    ok = isinstance(v, int | float | np.number) and not isinstance(v, bool)
+    ok = ok and (math.isfinite(v) or (inf_ok and v == math.inf))
+    if not ok or not (v > 0 if positive else v >= 0):
+        want = "a number > 0" if positive else "a finite number >= 0"
+        raise PlanError(f"Rates.{name}={v!r} is invalid; use {want}")
+
+
+@dataclass(frozen=True)
+class Rates:
+    """What one device does per second, for the time model; the CLI measures them on the
+    machine it runs on (a timed matmul, a timed copy, a timed small hop).
+
+    flops_per_s: sustained matmul rate of one device. copy_bytes_per_s: memcpy bandwidth
+    between devices (also the optimizer update's streaming rate; inf: free). hop_s: fixed
+    latency of one boundary transfer or one all-reduce message. action_s: fixed cost of one
+    forward or backward action on a device (None: hop_s).
+    """
+
+    flops_per_s: float
+    copy_bytes_per_s: float
+    hop_s: float
+    action_s: float | None = None
+
+    def __post_init__(self) -> None:
+        _finite("flops_per_s", self.flops_per_s, positive=True)
+        _finite("copy_bytes_per_s", self.copy_bytes_per_s, positive=True, inf_ok=True)
+        _finite("hop_s", self.hop_s, positive=False)
+        if self.action_s is not None:
+            _finite("action_s", self.action_s, positive=False)
+
+    @property
+    def per_action_s(self) -> float:
+        return self.hop_s if self.action_s is None else float(self.action_s)
+
+    def transfer_s(self, nbytes: float) -> float:
+        """One message of `nbytes`: the hop latency plus the bytes at the copy bandwidth."""
+        return self.hop_s + nbytes / self.copy_bytes_per_s
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One training setup with its predicted per-device memory and speed.
+
+    kind: "single" (one device, one micro-batch), "accumulate" (one device, M micro-batches),
+    "pipeline" (K stages on K devices) or "data-parallel" (K replicas). `peak_bytes` holds one
+    total per device used (stage k or replica k); `worst_bytes` is the fullest device's bytes
+    by category. `fits` is False when some device exceeds the budget, and `problem` then says
+    which (graphpart.plan.memory.budget_problem). `bubble` is the pipeline's idle share from
+    the simulator (0 for one stage and for data parallel); `comm_bytes_per_step` what crosses
+    between devices in a step (pipeline: activations and their gradients over every boundary;
+    data parallel: what one replica sends in a ring all-reduce).
+    """
+
+    kind: str
+    devices: int
+    stages: int
+    microbatches: int
+    schedule: str
+    recompute: bool
+    replicas: int
+    split: tuple[int, ...]  # layers per stage (one entry: the whole model on each device)
+    peak_bytes: tuple[int, ...]  # predicted peak per device
+    worst_device: int
+    worst_bytes: dict[str, int] = field(hash=False)  # by category, of worst_device
+    fits: bool
+    problem: str | None
+    step_s: float
+    samples_per_s: float
+    bubble: float
+    comm_bytes_per_step: int
+    memory: MemoryPrediction = field(compare=False, hash=False, repr=False)
+
+    @property
+    def max_peak(self) -> int:
+        return max(self.peak_bytes)
+
+    def config(self) -> dict[str, Any]:
+        """The config keys that reproduce this setup (graphpart.run.config)."""
+        return {
+            "pipeline.stages": self.stages,
+            "pipeline.microbatches": self.microbatches,
+            "pipeline.schedule": self.schedule,
+            "pipeline.recompute": self.recompute,
+            "pipeline.data_parallel": self.replicas,
+        }
+
+
+# -- time --------------------------------------------------------------------------------------
+def _update_s(nbytes: int, slots: int, rates: Rates) -> float:
+    return (3 + 2 * slots) * nbytes / rates.copy_bytes_per_s
+
+
+def step_time(
+    plan: Plan,
+    *,
+    batch: int,
+    microbatches: int,
+    schedule: str,
+    recompute: bool,
+    rates: Rates,
+    dtype: Any = "float32",
+    slots: int = 2,
+) -> tuple[float, sch.Timeline]:
+    """Predicted seconds of one training step of `plan` (any K, 1 included) and the
+    simulator's timeline: `schedule` run by graphpart.plan.schedule.simulate with each stage's
+    per-micro-batch forward and backward seconds, then each stage's optimizer update (`slots`
+    state buffers per parameter) after its last action; the step ends when the last update does.
+    """
+    rows = batch / microbatches
+    act = rates.per_action_s
+    fwd = [st.flops_fwd * rows / rates.flops_per_s + act for st in plan.stages]
+    bwd = [
+        st.flops_bwd * rows / rates.flops_per_s + act + (f - act if recompute else 0.0)
+        for st, f in zip(plan.stages, fwd, strict=True)
+    ]
+    itemsize = np.dtype(dtype).itemsize
+    width = max((st.output_width for st in plan.stages), default=0)
+    comm = rates.transfer_s(rows * width * itemsize) if plan.k > 1 else 0.0
+    tl = sch.simulate(sch.make(schedule, plan.k, microbatches), fwd, bwd, comm)
+    end = [0.0] * plan.k
+    for ev in tl.events:
+        end[ev.stage] = max(end[ev.stage], ev.end)
+    step = max(
+        end[k] + _update_s(param_bytes(st.graph, dtype), slots, rates)
+        for k, st in enumerate(plan.stages)
+    )
+    return step, tl
+
+
+def _data_parallel_time(
+    plan: Plan, replicas: int, batch: int, rates: Rates, dtype: Any, slots: int
+) -> float:
+    (st,) = plan.stages
+    rows = -(-batch // replicas)
+    compute = (st.flops_fwd + st.flops_bwd) * rows / rates.flops_per_s + 2 * rates.per_action_s
+    p = param_bytes(plan.graph, dtype)
+    ring = 2 * (replicas - 1) * rates.transfer_s(p / replicas)
+    return compute + ring + _update_s(p, slots, rates)
+
+
+# -- the search --------------------------------------------------------------------------------
+def _positive(name: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
+        raise PlanError(f"{name}={v!r}: must be a positive integer")
+    return int(v)
+
+
+def _candidate(
+    kind: str,
+    pred: MemoryPrediction,
+    plan: Plan,
+    budget: int | None,
+    *,
+    replicas: int,
+    step_s: float,
+    bubble: float,
+    comm: int,
+) -> Candidate:
+    worst = max(pred.stages, key=lambda s: (s.total, -s.index))
+    problem = None if budget is None else budget_problem(pred, budget)
+    devices = replicas if kind == "data-parallel" else plan.k
+    return Candidate(
+        kind=kind,
+        devices=devices,
+        stages=plan.k,
+        microbatches=1 if kind == "data-parallel" else pred.microbatches,
+        schedule="1f1b" if kind == "data-parallel" else pred.schedule,
+        recompute=pred.recompute,
+        replicas=replicas,
+        split=tuple(plan.sizes()),
+        peak_bytes=tuple(s.total for s in pred.stages),
+        worst_device=worst.index,
+        worst_bytes=dict(worst.bytes),
+        fits=problem is None,
+        problem=problem,
+        step_s=step_s,
+        samples_per_s=pred.batch / step_s if step_s > 0 else math.inf,
+        bubble=bubble,
+        comm_bytes_per_step=int(comm),
+        memory=pred,
+    )
+
+
+def search(
+    graph: Graph,
+    *,
+    devices: int,
+    budget: int | None,
+    batch: int,
+    optimizer: str = "adam",
+    momentum: float = 0.9,
+    dtype: Any = "float32",
+    rates: Rates,
+    microbatch_choices: Sequence[int] = (1, 2, 4, 8, 16, 32),
+) -> list[Candidate]:
+    """Every setup of `graph` on up to `devices` devices for a `batch`-row minibatch, ranked.
+
+    Enumerates: one device (M = 1, recompute off/on); gradient accumulation (one device,
+    M > 1 from `microbatch_choices`, recompute off/on); pipelines of K = 2..min(devices,
+    layers) stages split by graphpart.plan.partition's "balanced" strategy, each M in
+    `microbatch_choices` (M <= batch), GPipe and 1F1B, recompute off/on; data parallelism
+    with K = 2..min(devices, batch) replicas. Memory comes from graphpart.plan.memory and is
+    checked against `budget` bytes per device (None: no budget); time from `step_time` (see
+    the assumptions at the top of this module). Sorted: fitting candidates first, then by
+    predicted samples/s (descending), then by the largest device's peak (ascending).
+    """
+    devices = _positive("devices", devices)
+    batch = _positive("batch", batch)
+    if budget is not None:
+        budget = _positive("budget", budget)
+    choices = sorted({_positive("microbatch choice", m) for m in microbatch_choices})
+    dt = np.dtype(dtype)
+    slots = optimizer_slots(optimizer, momentum)
+    kw: dict[str, Any] = dict(optimizer=optimizer, momentum=momentum, dtype=dt)
+    n_layers = len(graph.layers)
+    out: list[Candidate] = []
+
+    one = partition(graph, 1, "balanced")
+    for m in [1, *(m for m in choices if 1 < m <= batch)]:
+        for recompute in (False, True):
+            pred = predict(
+                one, batch=batch, microbatches=m, schedule="1f1b", recompute=recompute, **kw
+            )
+            step, _ = step_time(
+                one,
+                batch=batch,
+                microbatches=m,
+                schedule="1f1b",
+                recompute=recompute,
+                rates=rates,
+                dtype=dt,
+                slots=slots,
+            )
+            kind = "single" if m == 1 else "accumulate"
+            out.append(
+                _candidate(kind, pred, one, budget, replicas=1, step_s=step, bubble=0.0, comm=0)
+            )
+
+    for k in range(2, min(devices, n_layers) + 1):
+        plan = partition(graph, k, "balanced")
+        comm = sum(2 * batch * st.output_width * dt.itemsize for st in plan.stages)
+        for m in (m for m in choices if m <= batch):
+            for kind in sch.KINDS:
+                for recompute in (False, True):
+                    pred = predict(
+                        plan, batch=batch, microbatches=m, schedule=kind, recompute=recompute, **kw
+                    )
+                    step, tl = step_time(
+                        plan,
+                        batch=batch,
+                        microbatches=m,
+                        schedule=kind,
+                        recompute=recompute,
+                        rates=rates,
+                        dtype=dt,
+                        slots=slots,
+                    )
+                    out.append(
+                        _candidate(
+                            "pipeline",
+                            pred,
+                            plan,
+                            budget,
+                            replicas=1,
+                            step_s=step,
+                            bubble=tl.bubble,
+                            comm=comm,
+                        )
+                    )
+
+    p = param_bytes(graph, dt)
+    for k in range(2, min(devices, batch) + 1):
+        pred = predict_data_parallel(one, k, batch=batch, **kw)
+        step = _data_parallel_time(one, k, batch, rates, dt, slots)
+        out.append(
+            _candidate(
+                "data-parallel",
+                pred,
+                one,
+                budget,
+                replicas=k,
+                step_s=step,
+                bubble=0.0,
+                comm=round(2 * (k - 1) / k * p),
+            )
+        )
+
+    out.sort(key=_rank_key)
+    return out
+
+
+def _rank_key(c: Candidate) -> tuple:
+    return (
+        not c.fits,
+        -c.samples_per_s,
+        c.max_peak,
+        c.devices,
+        KINDS.index(c.kind),
+        c.microbatches,
+        c.schedule,
+        c.recompute,
+    )
+
+
+# -- reports -----------------------------------------------------------------------------------
+def _peaks(values: Sequence[int]) -> str:
+    """Per-device peaks in one unit: '1.20/0.80/0.80 MiB'; 'K x 1.20 MiB' when all equal."""
+    if len(set(values)) == 1 and len(values) > 1:
+        return f"{len(values)} x {human_bytes(values[0])}"
+    top = max(values)
+    unit, scale = next(
+        ((u, s) for u, s in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)) if top >= s),
+        ("B", 1),
+    )
+    nums = "/".join(f"{v / scale:.0f}" if scale == 1 else f"{v / scale:.2f}" for v in values)
+    return f"{nums} {unit}"
+
+
+def _fit(c: Candidate) -> str:
+    return "yes" if c.fits else f"no: dev {c.worst_device} needs {human_bytes(c.max_peak)}"
+
+
+def table(candidates: Sequence[Candidate], limit: int | None = 10) -> str:
+    """The first `limit` candidates (all: None) as a text table, rank 1 first."""
+    headers = [
+        "rank",
+        "kind",
+        "K",
+        "M",
+        "schedule",
+        "recompute",
+        "replicas",
+        "split",
+        "peak per device",
+        "fits",
+        "samples/s",
+        "step",
+        "bubble",
+        "comm/step",
+    ]
+    shown = list(candidates) if limit is None else list(candidates)[:limit]
+    rows = [
+        [
+            i,
+            c.kind,
+            c.stages,
+            c.microbatches,
+            c.schedule if c.kind == "pipeline" else "-",
+            "yes" if c.recompute else "no",
+            c.replicas,
+            "+".join(str(s) for s in c.split),
+            _peaks(c.peak_bytes),
+            _fit(c),
+            f"{c.samples_per_s:,.0f}",
+            f"{c.step_s * 1e3:.2f} ms",
+            f"{c.bubble:.0%}",
+            human_bytes(c.comm_bytes_per_step) if c.comm_bytes_per_step else "-",
+        ]
+        for i, c in enumerate(shown, 1)
+    ]
+    return text_table(headers, rows)
+
+
+def to_dict(c: Candidate) -> dict[str, Any]:
+    """A JSON-ready record of `c`: its fields, the config keys, the largest peak, and the full
+    memory prediction (graphpart.plan.memory.MemoryPrediction.to_dict)."""
+    out: dict[str, Any] = {}
+    for f in fields(c):
+        v = getattr(c, f.name)
+        if f.name == "memory":
+            v = v.to_dict()
+        elif isinstance(v, tuple):
+            v = list(v)
+        elif isinstance(v, dict):
+            v = dict(v)
+        out[f.name] = v
+    out["max_peak"] = c.max_peak
+    out["config"] = c.config()
+    return out
