@@ -1,4 +1,4 @@
-"""The `graphpart` command line: train, plan, graph, bench, profile."""
+"""The `graphpart` command line: train, plan, graph, compare, bench, profile."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from graphpart.run.config import Config, load_config
 from graphpart.run.report import plan_report
 from graphpart.run.train import setup, train
 from graphpart.tools import bench, bench_pipeline
+from graphpart.tools.compare import LR_RULES, run_auto, run_compare
 from graphpart.tools.profile import run_profile
 
 DEFAULT_CONFIG = "digits.toml"
@@ -39,7 +40,11 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
     "--dtype": ("train.dtype", str, "float32 | float64"),
     "--log-every": ("train.log_every", int, "also log every N steps to metrics.jsonl"),
     "--stages": ("pipeline.stages", int, "pipeline stages (devices)"),
-    "--microbatches": ("pipeline.microbatches", int, "micro-batches per minibatch"),
+    "--microbatches": (
+        "pipeline.microbatches",
+        int,
+        "micro-batches per minibatch (with one stage: gradient accumulation over them)",
+    ),
     "--schedule": ("pipeline.schedule", str, "gpipe | 1f1b"),
     "--strategy": ("pipeline.strategy", str, "uniform | balanced | memory"),
     "--address": ("pipeline.address", str, "join a Ray cluster: auto | ray://host:port"),
@@ -47,9 +52,20 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
     "--transport": (
         "pipeline.transport",
         str,
-        "auto | inprocess | tasks | push | compiled: what carries the stages' calls and tensors",
+        "auto | inprocess | shm | push | tasks | compiled: what carries the stages' calls and "
+        "tensors",
     ),
     "--cost": ("pipeline.cost", str, "flops | measured: what the balanced strategy balances"),
+    "--data-parallel": (
+        "pipeline.data_parallel",
+        int,
+        "K replicas of the whole model on Ray actors, gradients all-reduced every step",
+    ),
+    "--memory-budget": (
+        "pipeline.memory_budget",
+        str,
+        "per-device memory budget, e.g. 64MiB: a plan that does not fit is refused",
+    ),
     "--recompute": ("pipeline.recompute", str, "true | false: recompute activations in backward"),
     "--run-dir": ("run.dir", str, "folder for run directories"),
     "--name": ("run.name", str, "run directory name (default: a timestamp)"),
@@ -128,6 +144,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     cfg = load_cli_config(args)
+    if args.auto:
+        return run_auto(cfg, devices=args.devices, as_json=args.json, limit=args.top)
     s = setup(cfg)
     rep = plan_report(s, cfg)
     print(json.dumps(rep["data"]) if args.json else rep["text"])
@@ -151,6 +169,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     argv = ["--json"] if args.json else []
     rest = list(args.rest)
     return run(argv + (rest[1:] if rest[:1] == ["--"] else rest)) or 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    cfg = load_cli_config(args)
+    return run_compare(
+        cfg,
+        devices=args.devices,
+        microbatches=cfg.pipeline.microbatches if cfg.pipeline.microbatches > 1 else None,
+        lr_rule=args.lr_rule,
+        target=args.target,
+        report=args.report,
+        auto=args.auto,
+        as_json=args.json,
+    )
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -182,7 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="show how the model would be partitioned (no Ray)")
     _add_config_args(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    p.add_argument(
+        "--auto",
+        action="store_true",
+        help="search stages, micro-batches, schedule, recomputation and data parallelism for "
+        "--devices under --memory-budget; print the best setups (memory model + simulator)",
+    )
+    p.add_argument("--devices", type=int, default=2, help="devices for --auto (default 2)")
+    p.add_argument("--top", type=int, default=10, help="--auto: how many setups to print")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("graph", help="draw the computational graph (DOT, or SVG/PNG via Graphviz)")
@@ -205,6 +245,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "compare",
+        help="partition the graph, or shrink the minibatch? run every strategy on K devices "
+        "side by side (memory, speed, convergence)",
+    )
+    _add_config_args(p)
+    p.add_argument("--devices", type=int, default=2, help="devices K (default 2)")
+    p.add_argument(
+        "--lr-rule",
+        choices=LR_RULES,
+        default="linear",
+        help="learning rate of the smaller minibatch B/K: linear (lr/K), sqrt, none",
+    )
+    p.add_argument(
+        "--target",
+        type=float,
+        default=None,
+        help="test accuracy (or test loss, for mse) that time-to-target is measured at "
+        "(default: 95%% of the best final accuracy)",
+    )
+    p.add_argument("--report", default=None, help="report folder (default: RUN_DIR/compare-<time>)")
+    p.add_argument("--auto", action="store_true", help="also run plan --auto's best setup")
+    p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("profile", help="run a few steps; predicted vs measured memory per device")
     _add_config_args(p)

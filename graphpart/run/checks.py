@@ -14,6 +14,7 @@ from graphpart.optim import OPTIMIZERS
 from graphpart.params import DTYPES
 from graphpart.plan.partition import STRATEGIES
 from graphpart.plan.schedule import KINDS as SCHEDULES
+from graphpart.units import parse_bytes
 
 
 def fmt(value: Any) -> str:
@@ -138,6 +139,16 @@ def _nonempty(v: str) -> str | None:
     return None if v.strip() else "must be a non-empty path"
 
 
+def _budget(v: str) -> str | None:
+    if not v.strip():
+        return None
+    try:
+        parse_bytes(v)
+    except ConfigError:
+        return 'must be a size such as "64MiB", "1.5GiB", "100MB" or bytes ("" = no budget)'
+    return None
+
+
 def _run_name(v: str) -> str | None:
     bad = "/" in v or "\\" in v or v in (".", "..")
     return 'must be a plain directory name without "/" ("" = timestamped)' if bad else None
@@ -172,6 +183,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "pipeline.device": _choice(DEVICES),
     "pipeline.transport": _choice(TRANSPORT_CHOICES),
     "pipeline.cost": _choice(("flops", "measured")),
+    "pipeline.data_parallel": _positive_int,
+    "pipeline.memory_budget": _budget,
     "run.dir": _nonempty,
     "run.name": _run_name,
 }

@@ -13,6 +13,8 @@ from graphpart.engines import resolve_transport
 from graphpart.errors import ConfigError
 from graphpart.run.checks import CHECKS, coerce, fmt, typed
 
+DP_TRANSPORTS = ("auto", "shm", "push")  # what carries a ring all-reduce between replicas
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -71,10 +73,17 @@ class PipelineConfig:
     recompute: bool = False
     # what carries the stages' calls and tensors (graphpart.engines.transports): "inprocess"
     # (every stage in this process), Ray actors with "tasks" (a task per action), "push" (a
-    # call per stage a step, tensors sent stage to stage) or "compiled" (a Ray Compiled Graph);
-    # "auto": inprocess for one stage without an address, else push
+    # call per stage a step, tensors sent stage to stage), "shm" (push over shared memory
+    # between stages on one node) or "compiled" (a Ray Compiled Graph); "auto": inprocess for
+    # one stage without an address, else shm
     transport: str = "auto"
     cost: str = "flops"  # what `balanced` balances: "flops" or "measured" (a short profiling pass)
+    # data parallelism: replicas of the whole model (stages = 1), each with batch/replicas rows,
+    # gradients summed by a ring all-reduce every step (graphpart.engines.DataParallel)
+    data_parallel: int = 1
+    # per-device memory budget ("64MiB", "1.5GiB", bytes; "" = none): the memory model checks
+    # the plan against it before anything runs
+    memory_budget: str = ""
 
 
 @dataclass(frozen=True)
@@ -200,6 +209,29 @@ def _split_override(dotted: str) -> tuple[str, str]:
 def _check_together(cfg: Config) -> None:
     p, t, d, m = cfg.pipeline, cfg.train, cfg.data, cfg.model
     resolve_transport(p.transport, p.stages, p.address)
+    if p.data_parallel > 1:
+        if p.stages != 1:
+            raise ConfigError(
+                f"pipeline.data_parallel={p.data_parallel} with pipeline.stages={p.stages}: "
+                "data parallelism replicates the whole model; use stages = 1 (or data_parallel = 1)"
+            )
+        if p.microbatches != 1:
+            raise ConfigError(
+                f"pipeline.data_parallel={p.data_parallel} with pipeline.microbatches="
+                f"{p.microbatches}: each replica takes its rows as one micro-batch; use "
+                "microbatches = 1"
+            )
+        if p.transport not in DP_TRANSPORTS:
+            raise ConfigError(
+                f"pipeline.transport={p.transport!r} with pipeline.data_parallel="
+                f"{p.data_parallel}: replicas run on Ray actors; use one of "
+                f"{', '.join(DP_TRANSPORTS)}"
+            )
+        if p.data_parallel > t.batch_size:
+            raise ConfigError(
+                f"pipeline.data_parallel={p.data_parallel} exceeds train.batch_size="
+                f"{t.batch_size}: each replica needs at least one row"
+            )
     if p.microbatches > t.batch_size:
         raise ConfigError(
             f"pipeline.microbatches={p.microbatches} exceeds train.batch_size={t.batch_size}: "

@@ -14,17 +14,30 @@ from typing import Any
 
 import numpy as np
 
-from graphpart.engines import Engine, StageStats, measured_costs, resolve_transport
+from graphpart.engines import (
+    DataParallel,
+    Engine,
+    StageStats,
+    measured_costs,
+    resolve_transport,
+)
 from graphpart.errors import ConfigError
 from graphpart.ir import Graph, mlp
 from graphpart.optim import Optimizer, make_optimizer
 from graphpart.params import Init, Params
 from graphpart.plan.batching import microbatch_rows
-from graphpart.plan.memory import stage_memory_cost
+from graphpart.plan.memory import (
+    MemoryPrediction,
+    budget_problem,
+    predict,
+    predict_data_parallel,
+    stage_memory_cost,
+)
 from graphpart.plan.partition import Plan, partition
 from graphpart.run import data as gdata
 from graphpart.run.checkpoint import RunDir, load_checkpoint, save_checkpoint
 from graphpart.run.config import Config, dump_toml
+from graphpart.units import parse_bytes
 
 
 @dataclass
@@ -96,6 +109,42 @@ def memory_kwargs(cfg: Config) -> dict[str, Any]:
     )
 
 
+def predicted_memory(s: Setup) -> MemoryPrediction:
+    """Peak bytes per device and category of the run `s.config` describes (no workers)."""
+    cfg = s.config
+    if cfg.pipeline.data_parallel > 1:
+        t = cfg.train
+        return predict_data_parallel(
+            s.plan,
+            cfg.pipeline.data_parallel,
+            batch=t.batch_size,
+            optimizer=t.optimizer,
+            momentum=t.momentum,
+            dtype=t.dtype,
+        )
+    return predict(s.plan, **memory_kwargs(cfg))
+
+
+def budget_of(cfg: Config) -> int | None:
+    """The per-device memory budget in bytes (None: no budget)."""
+    b = cfg.pipeline.memory_budget
+    return parse_bytes(b) if b.strip() else None
+
+
+def check_budget(s: Setup) -> None:
+    """Refuse a run whose predicted per-device peak exceeds pipeline.memory_budget."""
+    budget = budget_of(s.config)
+    if budget is None:
+        return
+    problem = budget_problem(predicted_memory(s), budget)
+    if problem:
+        raise ConfigError(
+            f"pipeline.memory_budget={s.config.pipeline.memory_budget!r}: the plan {problem}; "
+            "try more --stages, --recompute true, more --microbatches or a smaller --batch-size "
+            "(`graphpart plan --auto` searches them)"
+        )
+
+
 def _memory_plan(cfg: Config, graph: Graph) -> Plan:
     stages = cfg.pipeline.stages
     cost = stage_memory_cost(graph, stages, **memory_kwargs(cfg))
@@ -105,15 +154,27 @@ def _memory_plan(cfg: Config, graph: Graph) -> Plan:
 def transport_of(cfg: Config) -> str:
     """The transport a run uses (`auto` resolved)."""
     p = cfg.pipeline
-    return resolve_transport(p.transport, p.stages, p.address)
+    return resolve_transport(p.transport, max(p.stages, p.data_parallel), p.address)
 
 
 def uses_ray(cfg: Config) -> bool:
     return transport_of(cfg) != "inprocess"
 
 
-def make_engine(s: Setup, params: Params, keep_events: bool = True) -> Engine:
+def make_engine(s: Setup, params: Params, keep_events: bool = True) -> Engine | DataParallel:
     p, t = s.config.pipeline, s.config.train
+    if p.data_parallel > 1:
+        return DataParallel(
+            s.plan,
+            params,
+            s.optimizer,
+            replicas=p.data_parallel,
+            transport=transport_of(s.config),
+            address=p.address,
+            max_rows=t.batch_size,
+            device=p.device,
+            keep_events=keep_events,
+        )
     return Engine(
         s.plan,
         params,
@@ -130,7 +191,7 @@ def make_engine(s: Setup, params: Params, keep_events: bool = True) -> Engine:
 
 
 def evaluate(
-    engine: Engine, ds: gdata.Dataset, X: np.ndarray, y: np.ndarray, loss: str
+    engine: Engine | DataParallel, ds: gdata.Dataset, X: np.ndarray, y: np.ndarray, loss: str
 ) -> dict[str, float]:
     """Test loss (and accuracy for classification) from inference logits."""
     o = engine.predict(X).astype(np.float64)
@@ -148,10 +209,16 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     resume: str | Path | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train as `cfg` says; write the run directory; return the summary."""
+    """Train as `cfg` says; write the run directory; return the summary.
+
+    `on_epoch` gets each epoch's metrics (the metrics.jsonl row plus `train_s`, the training
+    seconds so far) as soon as the epoch ends.
+    """
     log = log or (lambda msg: print(msg, file=sys.stderr))
     s = setup(cfg)
+    check_budget(s)
     t, p = cfg.train, cfg.pipeline
     run = RunDir.open_existing(resume) if resume else RunDir.create(cfg.run.dir, cfg.run.name)
     start_epoch, step = 0, 0
@@ -210,6 +277,8 @@ def train(
                     "epoch_s": time.perf_counter() - t0,
                 }
                 run.append_metrics(epoch_metrics)
+                if on_epoch is not None:
+                    on_epoch({**epoch_metrics, "train_s": train_time})
                 save_checkpoint(
                     run.checkpoint_path, engine.get_state(), s.plan, epoch=epoch + 1, steps=step
                 )
@@ -239,6 +308,7 @@ def train(
         "startup_s": startup,
         "samples_per_s": samples / train_time if train_time > 0 else None,
         "stages": p.stages,
+        "data_parallel": p.data_parallel,
         "microbatches": p.microbatches,
         "schedule": p.schedule,
         "runtime": "ray" if uses_ray(cfg) else "local",
@@ -255,9 +325,12 @@ def _stage_summary(st: StageStats) -> dict:
         "busy_s": round(st.busy.total, 6),
         "forward_s": round(st.busy.forward, 6),
         "backward_s": round(st.busy.backward, 6),
+        "finish_s": round(st.busy.finish, 6),
+        "allreduce_s": round(st.busy.allreduce, 6),
         "bytes_sent": st.bytes_sent,
         "bytes_received": st.bytes_received,
         "peak_bytes": st.memory.peak_total,
+        "peak_by_category": dict(st.memory.peak),
     }
 
 

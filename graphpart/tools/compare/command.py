@@ -1,0 +1,128 @@
+"""`graphpart compare`: every way to train one model on K devices, run side by side."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from graphpart.engines import start_ray
+from graphpart.errors import ConfigError
+from graphpart.plan.auto import search
+from graphpart.plan.partition import partition
+from graphpart.run.config import Config
+from graphpart.run.train import budget_of, setup, uses_ray
+from graphpart.tools.compare.conclude import conclusion
+from graphpart.tools.compare.project import hop_seconds, project
+from graphpart.tools.compare.rates import measure_rates
+from graphpart.tools.compare.report import terminal, write_report
+from graphpart.tools.compare.results import Comparison
+from graphpart.tools.compare.runner import run_strategy, strategy_config
+from graphpart.tools.compare.strategies import Strategy, auto_strategy, make_strategies
+
+
+def _report_dir(cfg: Config, report: str | None) -> Path:
+    if report:
+        out = Path(report)
+        if (out / "compare.json").exists() or (out / "runs").exists():
+            raise ConfigError(
+                f"--report {report}: that folder already holds a comparison; give a new folder "
+                "(nothing in it is overwritten)"
+            )
+        return out
+    return Path(cfg.run.dir) / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_compare(
+    cfg: Config,
+    *,
+    devices: int = 2,
+    microbatches: int | None = None,
+    lr_rule: str = "linear",
+    target: float | None = None,
+    report: str | None = None,
+    auto: bool = False,
+    as_json: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> int:
+    """Run strategies a-g (and plan --auto's pick), print the table or JSON, write the report.
+
+    Returns the exit status: 0, or 130 after Ctrl-C (the report then holds what finished).
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    s = setup(cfg)
+    budget = budget_of(cfg)
+    K = int(devices)
+    M = int(microbatches or 0) or min(2 * K, cfg.train.batch_size)
+    strategies = make_strategies(cfg, K, M, lr_rule, n_layers=len(s.graph.layers))
+    out = _report_dir(cfg, report)
+    threads = max(1, (os.cpu_count() or 1) // K)
+    # the hop the projection charges: the widest boundary tensor of a K-stage split
+    width = max(st.output_width for st in partition(s.graph, K).stages if st.output)
+    rows = -(-cfg.train.batch_size // M)
+    hop = hop_seconds(rows * width * np.dtype(cfg.train.dtype).itemsize)
+    c = Comparison(cfg, K, M, lr_rule, budget, threads, hop)
+    if auto:
+        log("plan --auto: measuring this machine's rates and searching ...")
+        rates = measure_rates(threads, cfg.train.dtype)
+        t = cfg.train
+        c.auto = search(
+            s.graph,
+            devices=K,
+            budget=budget,
+            batch=t.batch_size,
+            optimizer=t.optimizer,
+            momentum=t.momentum,
+            dtype=t.dtype,
+            rates=rates,
+        )
+        best = next((x for x in c.auto if x.fits), None)
+        if best is not None:
+            strategies.append(_auto(cfg, best))
+    runs = out / "runs"
+    started = False
+    if any(uses_ray(strategy_config(cfg, st, runs)) for st in strategies):
+        log("starting Ray ...")
+        started = start_ray(cfg.pipeline.address)
+    try:
+        for i, st in enumerate(strategies):
+            log(f"[{i + 1}/{len(strategies)}] {st.label}: {st.title}")
+            o = run_strategy(cfg, st, run_dir=runs, budget=budget, threads=threads, log=log)
+            c.outcomes.append(o)
+            if o.status in ("does not fit", "failed"):
+                log(f"  {st.label}: {o.status}: {o.problem}")
+            if o.status == "interrupted":
+                c.interrupted = True
+                break
+    except KeyboardInterrupt:
+        c.interrupted = True
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    c.projections = {o.strategy.key: project(o, hop) for o in c.outcomes}
+    c.choose_target(target)
+    lines = conclusion(c, s.dataset.n_features, s.dataset.n_outputs)
+    path = write_report(c, lines, out)
+    if as_json:
+        print(json.dumps({**c.to_dict(), "conclusion": lines, "report": str(path)}))
+    else:
+        print(terminal(c, lines))
+        print(f"\nreport: {path}")
+    return 130 if c.interrupted else 0
+
+
+def _auto(cfg: Config, best: object) -> Strategy:
+    overrides = dict(best.config())  # type: ignore[attr-defined]
+    if overrides.get("pipeline.stages", 1) > 1 or overrides.get("pipeline.data_parallel", 1) > 1:
+        overrides.setdefault("pipeline.transport", cfg.pipeline.transport)
+    else:
+        overrides["pipeline.transport"] = "inprocess"
+    title = ", ".join(f"{k.split('.')[1]}={v}" for k, v in overrides.items())
+    return auto_strategy(overrides, title, int(best.devices))  # type: ignore[attr-defined]
