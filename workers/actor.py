@@ -15,6 +15,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 from workers.actions import StageAction
 from workers.channels import Channel, ChannelInbox, ChannelName
 from workers.push import ActionFailed, Inbox, Key, NeighbourFailed, Send, run_step
+from workers.ring import ring_allreduce
 from workers.stage import WorkerSpec
 from workers.stats import Finish
 
@@ -152,6 +153,104 @@ class ChannelStageActor(PushStageActor):
         self.outgoing = []
         if isinstance(self.inbox, ChannelInbox):
             self.inbox.close()
+
+
+class ReplicaActor(ChannelStageActor):
+    """A data-parallel replica: the whole model on its rows of each minibatch, gradients summed
+    with the other replicas by a ring all-reduce (workers/ring.py) before the optimizer step.
+
+    It sends to its right neighbour in the ring through a shared-memory channel when they are
+    on one node, through Ray (`deliver`) otherwise, and takes from its left neighbour through
+    its inbox. Errors name "replica r"; a replica that fails wakes both neighbours.
+    """
+
+    def __init__(self, blas_threads: int, spec: WorkerSpec) -> None:
+        super().__init__(blas_threads, spec)
+        self.outgoing: list[Channel] = []
+        self.rank, self.world = self.worker.index, 1
+        self.left: Any = None
+        self.right: Any = None
+        self.send_right: Send | None = None
+
+    def _failure(self, what: str, e: BaseException) -> RuntimeError:
+        return RuntimeError(
+            f"replica {self.rank} ({os.uname().nodename}, pid {os.getpid()}) failed in "
+            f"{what}: {type(e).__name__}: {e}"
+        )
+
+    def connect_ring(
+        self, rank: int, world: int, left: Any, right: Any, to_right: ChannelName | None
+    ) -> None:
+        """Take place `rank` of a ring of `world` replicas; `left` and `right` are the
+        neighbours' actor handles (None when alone), `to_right` the channel to the right one
+        when it shares this node."""
+        self.rank, self.world = int(rank), int(world)
+        self.left, self.right = left, right
+        if to_right is not None:
+            ch = Channel.attach(to_right)
+            self.outgoing.append(ch)
+            self.send_right = ch.send
+        elif right is not None:
+            self.send_right = _sender(right)
+
+    def replica_step(
+        self,
+        step: int,
+        xs: Sequence[Any],
+        ys: Sequence[Any],
+        scale: float,
+        update: bool,
+        timeout_s: float = 600.0,
+    ) -> Finish:
+        """Forward and backward of each of this replica's micro-batches (losses scaled by
+        `scale`, 1/N of the whole minibatch), the all-reduce of the gradients, `finish`."""
+        w, what = self.worker, "replica_step"
+        try:
+            self.inbox.clear_before(step)
+            for m, (x, y) in enumerate(zip(xs, ys, strict=True)):
+                what = f"forward of micro-batch {m}"
+                w.forward(m, x, y, scale)
+                what = f"backward of micro-batch {m}"
+                w.backward(m, None, scale)
+            what = "the gradient all-reduce"
+            w.reduce_grads(lambda flat: self._allreduce(flat, step, timeout_s))
+            what = "finish"
+            return w.finish(update)
+        except NeighbourFailed as e:
+            w.zero_grad()  # the half-reduced gradients must not leak into a later step
+            raise RuntimeError(f"replica {self.rank} stopped: {e}") from None
+        except Exception as e:
+            w.zero_grad()
+            err = self._failure(what, e)
+            for peer in (self.left, self.right):  # wake the neighbours waiting on this replica
+                if peer is not None:
+                    peer.abort.options(concurrency_group=INBOX_GROUP).remote(step, str(err))
+            raise err from e
+
+    def _allreduce(self, flat: Any, step: int, timeout_s: float) -> tuple[int, int]:
+        """The ring all-reduce of `flat`; (bytes sent, bytes received)."""
+        received = 0
+        left = (self.rank - 1) % self.world
+
+        def take(key: Key) -> Any:
+            nonlocal received
+            try:
+                a = self.inbox.take(key, timeout_s)
+            except TimeoutError:
+                phase = "reduce-scatter" if key[1] == "F" else "all-gather"
+                raise TimeoutError(
+                    f"replica {left} sent no {phase} chunk of phase {key[2]} in {timeout_s:.0f} s"
+                ) from None
+            received += a.nbytes
+            return a
+
+        def send(key: Key, a: Any) -> None:
+            if self.send_right is None:
+                raise RuntimeError(f"replica {self.rank} is not connected to a ring")
+            self.send_right(key, a)
+
+        sent = ring_allreduce(flat, self.rank, self.world, step, send, take)
+        return sent, received
 
 
 def _sender(peer: Any) -> Any:

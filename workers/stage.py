@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -111,6 +111,7 @@ class StageWorker:
         self.busy = Busy()
         self.bytes_sent = 0
         self.bytes_received = 0
+        self._flat: np.ndarray | None = None  # the all-reduce buffer (data parallelism only)
         self.pid = os.getpid()
 
     # -- one micro-batch ------------------------------------------------------------------------
@@ -118,7 +119,7 @@ class StageWorker:
         self, mb: int, x: np.ndarray, y: np.ndarray | None = None, scale: float = 1.0
     ) -> np.ndarray | None:
         t = time.perf_counter()
-        self.bytes_received += x.nbytes if self.index > 0 else 0
+        self.bytes_received += x.nbytes if self.prog.input_grad else 0  # from a neighbour
         out = self.prog.forward(mb, x, y, scale)
         if out is not None:
             out = self.bk.to_host(out)
@@ -145,6 +146,44 @@ class StageWorker:
         return np.array(self.bk.to_host(out))
 
     # -- one step -------------------------------------------------------------------------------
+    def reduce_grads(self, reduce: Callable[[np.ndarray], tuple[int, int] | None]) -> None:
+        """Data parallelism: replace this step's gradients by their sum over the replicas.
+
+        Gradients that got no value this step are zeroed first (`finish_grads`); then every
+        gradient, in the executor's fixed parameter order, is copied into one flat host buffer
+        (allocated once, ledger entry "allreduce", a workspace of the parameters' bytes),
+        `reduce(flat)` sums it in place across the replicas (returning the bytes it sent and
+        received, or None), and the sums are copied back. Call it between the last backward
+        and `finish`, which adds the regulariser's gradient once, after the sum, identically
+        on every replica.
+        """
+        t = time.perf_counter()
+        prog, bk = self.prog, self.bk
+        prog.finish_grads()
+        flat = self._allreduce_buffer()
+        off = 0
+        for g in prog.grads.values():
+            n = int(g.size)
+            flat[off : off + n] = bk.to_host(bk.flat(g))
+            off += n
+        traffic = reduce(flat)
+        off = 0
+        for g in prog.grads.values():
+            n = int(g.size)
+            bk.from_host(flat[off : off + n], bk.flat(g))
+            off += n
+        if traffic is not None:
+            self.bytes_sent += int(traffic[0])
+            self.bytes_received += int(traffic[1])
+        self.busy.allreduce += time.perf_counter() - t
+
+    def _allreduce_buffer(self) -> np.ndarray:
+        if self._flat is None:
+            size = sum(int(g.size) for g in self.prog.grads.values())
+            self._flat = np.zeros(size, self.prog.dtype)
+            self.ledger.add("allreduce", "workspace", self._flat.nbytes)
+        return self._flat
+
     def finish(self, update: bool = True) -> Finish:
         """End a step: add the regulariser's gradient, then (if `update`) the optimizer step.
 

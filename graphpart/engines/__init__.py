@@ -1,6 +1,7 @@
 """Engines: one step driver over a schedule, and the transports that move its calls and tensors."""
 
 from graphpart.engines.cluster import start_ray
+from graphpart.engines.data_parallel import DP_TRANSPORTS, DataParallel
 from graphpart.engines.engine import TRANSPORT_CHOICES, Engine, StepResult, resolve_transport
 from graphpart.engines.measure import measured_costs
 from graphpart.engines.transports import TRANSPORTS
@@ -17,6 +18,8 @@ __all__ = [
     "ChannelName",
     "unlink_channel",
     "DEVICES",
+    "DP_TRANSPORTS",
+    "DataParallel",
     "TRANSPORTS",
     "TRANSPORT_CHOICES",
     "Engine",

@@ -1,0 +1,186 @@
+"""Data parallelism: K replicas of the whole model on Ray actors, gradients all-reduced each step.
+
+Each replica holds every parameter and its optimizer state and takes ceil(B/K) rows of each
+minibatch (graphpart.plan.batching.split_batch, the same rows a one-stage Engine with K
+micro-batches gives its micro-batches). Its losses are scaled by 1/B of the whole minibatch,
+so the replicas' gradients sum to the minibatch gradient; a ring all-reduce over the
+project's own channels (workers/ring.py; graphpart/engines/transports/ring.py) sums them in
+place, leaving every replica with bit-identical gradients, and each replica then adds the
+regulariser's gradient and takes the same optimizer step, so the replicas stay identical
+without ever exchanging parameters. Results equal a one-stage pipeline with K micro-batches
+up to the order of the floating-point sums.
+
+The public surface is graphpart.engines.Engine's (step, value_and_grad, predict, state,
+stats, events, close), so the training loop, checkpoints and reports take either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from graphpart.engines.engine import StepResult
+from graphpart.engines.transports.ring import Ring
+from graphpart.errors import ConfigError, PlanError
+from graphpart.optim import Optimizer
+from graphpart.params import Params, stage_params
+from graphpart.plan.batching import microbatch_rows, split_batch
+from graphpart.plan.stages import Plan
+from workers.stage import WorkerSpec
+from workers.stats import StageStats
+
+# what carries the all-reduce: "shm" channels between replicas on one node (Ray between
+# nodes), or "push": always Ray; "auto" is "shm"
+DP_TRANSPORTS = ("auto", "shm", "push")
+
+
+class DataParallel:
+    """K replicas of a one-stage plan, each on its share of every minibatch's rows."""
+
+    kind = "data-parallel"
+    microbatches = 1  # per replica: its rows of a minibatch are one micro-batch
+
+    def __init__(
+        self,
+        plan: Plan,
+        params: Params,
+        optimizer: Optimizer,
+        *,
+        replicas: int,
+        transport: str = "shm",
+        max_rows: int,
+        device: str = "cpu",
+        keep_events: bool = True,
+        address: str = "",
+        num_cpus: int | None = None,
+    ) -> None:
+        if plan.k != 1:
+            raise ConfigError(
+                f"data parallelism replicates the whole model, but the plan has {plan.k} "
+                "stages; use a one-stage plan (stages = 1)"
+            )
+        if int(replicas) != replicas or replicas < 1:
+            raise ConfigError(f"replicas={replicas!r}: must be a positive integer")
+        if transport not in DP_TRANSPORTS:
+            raise ConfigError(
+                f"transport={transport!r} for data parallelism; valid: {', '.join(DP_TRANSPORTS)}"
+            )
+        self.plan = plan
+        self.replicas = int(replicas)
+        self.max_rows = max(int(max_rows), 1)
+        self.chunk = microbatch_rows(self.max_rows, self.replicas)  # rows a replica holds
+        st = plan.stages[0]
+        own = stage_params(st.graph, params)  # the same values (or Init) for every replica
+        specs = [
+            WorkerSpec(
+                st.graph,
+                own,
+                optimizer,
+                output=st.output,
+                input_grad=False,
+                max_rows=self.chunk,
+                index=r,
+                device=device,
+                keep_events=keep_events,
+                batch_rows=self.chunk,
+            )
+            for r in range(self.replicas)
+        ]
+        self.transport = Ring(address=address, num_cpus=num_cpus, channels=transport != "push")
+        try:
+            self.transport.start(specs)
+        except BaseException:
+            self.transport.close()
+            raise
+
+    # -- stepping -------------------------------------------------------------------------------
+    def step(self, x: np.ndarray, y: np.ndarray, update: bool = True) -> StepResult:
+        """One minibatch over the replicas; J, L (summed over replicas) and s (every replica's)."""
+        n, k = len(x), self.replicas
+        if n < k:
+            raise PlanError(
+                f"a minibatch of {n} rows cannot feed {k} data-parallel replicas (each needs at "
+                f"least one row); use at least {k} rows or fewer replicas"
+            )
+        if n > self.max_rows:
+            raise PlanError(
+                f"a minibatch of {n} rows exceeds max_rows={self.max_rows} the replicas were "
+                "built for"
+            )
+        rows = split_batch(n, k)
+        finished = self.transport.run_replicas(
+            [[np.ascontiguousarray(x[r])] for r in rows],
+            [[y[r]] for r in rows],
+            1.0 / n,
+            bool(update),
+        )
+        loss = sum(f.loss for f in finished)
+        s = finished[0].s  # every replica holds the same weights, so the same s
+        return StepResult(loss + s, loss, s)
+
+    def value_and_grad(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        """J and the (all-reduced) gradients of one minibatch, without updating."""
+        r = self.step(x, y, update=False)
+        grads = self._get([self.transport.call(0, "get_grads")])[0]
+        self._all("zero_grad")
+        return r.J, grads
+
+    def predict(self, x: np.ndarray, chunk: int | None = None) -> np.ndarray:
+        """Logits for every row of x (replica 0's inference forward, `chunk` rows at a time)."""
+        chunk = max(1, min(chunk or self.chunk, self.chunk))  # a replica holds `chunk` rows
+        outs = [
+            self.transport.call(0, "infer", np.ascontiguousarray(x[start : start + chunk]))
+            for start in range(0, len(x), chunk)
+        ]
+        return np.concatenate(self._get(outs)) if outs else np.zeros((0, 0))
+
+    # -- state ----------------------------------------------------------------------------------
+    def _get(self, handles: Sequence[Any]) -> list[Any]:
+        return self.transport.get(handles)
+
+    def _all(self, method: str, *args: Any) -> list[Any]:
+        return self._get([self.transport.call(r, method, *args) for r in range(self.replicas)])
+
+    def get_params(self) -> dict[str, np.ndarray]:
+        return self._get([self.transport.call(0, "get_params")])[0]
+
+    def get_state(self) -> list[dict]:
+        """[replica 0's state]: one stage's, so it loads into a one-stage Engine and back."""
+        return self._get([self.transport.call(0, "get_state")])
+
+    def set_state(self, states: Sequence[Mapping]) -> None:
+        """Every replica gets the state; several stages' states (from a pipeline) are merged."""
+        state = _merge(states)
+        self._all("set_state", state)
+
+    def stats(self) -> list[StageStats]:
+        """One StageStats per replica (`stage` is the replica's index)."""
+        return self._all("stats")
+
+    def events(self) -> list[list]:
+        return self._all("events")
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def __enter__(self) -> DataParallel:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _merge(states: Sequence[Mapping]) -> Mapping:
+    """One state from per-stage states (parameters and optimizer state by name)."""
+    if not states:
+        raise ConfigError("set_state needs at least one state")
+    if len(states) == 1:
+        return states[0]
+    params: dict[str, Any] = {}
+    opt: dict[str, Any] = {}
+    for st in states:
+        params.update(st["params"])
+        opt.update(st.get("opt", {}))
+    return {"params": params, "opt": opt, "steps": int(states[0].get("steps", 0))}

@@ -1,0 +1,114 @@
+"""The data-parallel transport: one Ray actor per replica, joined in a ring for the all-reduce.
+
+It is the `shm` transport's machinery (Ray start-up, placement, BLAS pinning, one call per
+actor a step, failure handling with abort, channel files and their removal) with another
+topology: instead of a chain of stages, replica r sends its all-reduce chunks to replica
+(r + 1) mod K. With `channels` (transport "shm") a neighbour on the same node is reached
+through a shared-memory channel (workers/channels.py) and one on another node through Ray;
+without (transport "push") every chunk goes through Ray (`deliver`). Not a pipeline
+transport: it is not in TRANSPORTS, and graphpart.engines.DataParallel drives it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from graphpart.engines.cluster import first_line
+from graphpart.engines.transports.shm import Shm
+from graphpart.engines.wiring import StepFeed, StepWiring
+from graphpart.params import Init
+from workers import actor as bodies
+from workers.channels import ChannelName
+from workers.stage import WorkerSpec
+from workers.stats import Finish
+
+
+class Ring(Shm):
+    """K replica actors in a ring; `run_replicas` runs one data-parallel step on all of them."""
+
+    name = "ring"
+    body = bodies.ReplicaActor
+
+    def __init__(
+        self, address: str = "", num_cpus: int | None = None, *, channels: bool = True
+    ) -> None:
+        super().__init__(address, num_cpus)
+        self.use_channels = bool(channels)
+
+    def _connect(self, specs: Sequence[WorkerSpec]) -> None:
+        k = len(self.actors)
+        nodes = self.get([a.node.remote() for a in self.actors])
+        tag = uuid.uuid4().hex[:12]
+        incoming: list[list[ChannelName]] = [[] for _ in range(k)]
+        to_right: list[ChannelName | None] = [None] * k
+        for r in range(k if k > 1 else 0):
+            right = (r + 1) % k
+            local = nodes[r] == nodes[right]
+            self.local_pairs.append(local)
+            if local and self.use_channels:
+                ch = ChannelName.new(f"{tag}-ring{r}", ring_channel_bytes(specs[r], k))
+                incoming[right].append(ch)
+                to_right[r] = ch
+                self.channels.append(ch)
+        if self.use_channels:
+            self.get([a.open_inbox.remote(incoming[r]) for r, a in enumerate(self.actors)])
+        self.get(
+            [
+                a.connect_ring.remote(
+                    r,
+                    k,
+                    self.actors[(r - 1) % k] if k > 1 else None,
+                    self.actors[(r + 1) % k] if k > 1 else None,
+                    to_right[r],
+                )
+                for r, a in enumerate(self.actors)
+            ]
+        )
+
+    def run_replicas(
+        self,
+        xs: Sequence[Sequence[np.ndarray]],
+        ys: Sequence[Sequence[np.ndarray]],
+        scale: float,
+        update: bool,
+    ) -> list[Finish]:
+        """One data-parallel step: replica r runs its micro-batches xs[r] (labels ys[r]),
+        the ring all-reduce and its `finish`; each replica's Finish, in replica order."""
+        self._step_id += 1
+        step = self._step_id
+        refs = [
+            a.replica_step.remote(
+                step, list(xs[r]), list(ys[r]), scale, update, self.step_timeout_s
+            )
+            for r, a in enumerate(self.actors)
+        ]
+        return self._get_step(refs, step)
+
+    def run_step(self, wiring: StepWiring, feed: StepFeed[np.ndarray]) -> list[Finish]:
+        raise NotImplementedError("a ring of replicas runs data-parallel steps: run_replicas")
+
+    def died(self, e: Exception) -> str:
+        """'replica r's worker process died (...)': the replica named from the dead actor."""
+        dead = getattr(e, "actor_id", None)
+        ids = [a._actor_id.hex() for a in self.actors]
+        who = f"replica {ids.index(dead)}" if dead in ids else "a replica"
+        return f"{who}'s worker process died ({first_line(e)})"
+
+
+def ring_channel_bytes(spec: WorkerSpec, world: int) -> int:
+    """Bytes one replica sends its right neighbour in a step: at most twice its gradients (the
+    reduce-scatter and the all-gather each send all chunks but one), plus each message's
+    alignment."""
+    size = sum(int(np.prod(v.concrete_shape(1), dtype=np.int64)) for v in spec.graph.params)
+    return 2 * size * _itemsize(spec) + 64 * 2 * world
+
+
+def _itemsize(spec: WorkerSpec) -> int:
+    p: Any = spec.params
+    if isinstance(p, Init):
+        return np.dtype(p.dtype).itemsize
+    return max(np.asarray(v).dtype.itemsize for v in p.values())

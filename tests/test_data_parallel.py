@@ -1,0 +1,229 @@
+"""Data parallelism (graphpart.engines.DataParallel): K replicas of the whole model, each on
+its rows of every minibatch, gradients summed by a ring all-reduce before each optimizer step.
+
+Contract: in float64, with K = 2 and 3 replicas and both transports ("shm": channels between
+replicas on one node, at K = 2 and 3; "push": Ray deliveries, at K = 3), several Adam steps
+with weight decay give the same J, L, s and parameters (1e-10 relative) as a one-stage Engine
+with K micro-batches on the same batches (split_batch(B, K) is its micro-batch split) and as
+the oracle, and every replica holds bit-identical parameters; value_and_grad equals the
+autodiff oracle and leaves the parameters alone; checkpoints move both ways between
+DataParallel and a one-stage Engine; each replica's ledger holds one "allreduce" workspace of
+the parameters' bytes; a failing replica is named in a one-line StageFailure, and a killed
+replica too, within seconds, never a hang; close() leaves no channel file
+(/dev/shm/graphpart-*). Without Ray, StageWorkers on threads joined by inboxes (reduce_grads
+over workers/ring.py) equal the same Engine, and bad arguments are refused with a ConfigError
+naming the value.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import max_rel, mlp_problem, oracle_training, rel_err
+
+from graphpart.autodiff import value_and_grad
+from graphpart.engines import DataParallel, Engine
+from graphpart.errors import ConfigError, PlanError, StageFailure
+from graphpart.optim import make_optimizer
+from graphpart.plan.batching import split_batch
+from graphpart.plan.partition import partition
+from workers.channels import shm_dir
+from workers.push import Inbox
+from workers.ring import ring_allreduce
+from workers.stage import StageWorker
+
+SIZES = [6, 5, 7, 4, 3]
+BATCH, STEPS = 9, 3  # 9 rows: the replicas' shares differ in size for K = 2
+
+
+def _problem(seed: int = 0):
+    return mlp_problem(SIZES, BATCH * STEPS, seed=seed, weight_decay=0.05)
+
+
+def _adam():
+    return make_optimizer("adam", lr=0.05, weight_decay=0.01)
+
+
+def _batches(X, y):
+    return [(X[t * BATCH : (t + 1) * BATCH], y[t * BATCH : (t + 1) * BATCH]) for t in range(STEPS)]
+
+
+def _reference(g, p0, X, y, k):
+    """Each step's result and the final parameters of a one-stage in-process Engine with K
+    micro-batches."""
+    with Engine(
+        partition(g, 1), p0, _adam(), transport="inprocess", microbatches=k, max_rows=BATCH
+    ) as eng:
+        Js = [eng.step(xb, yb) for xb, yb in _batches(X, y)]
+        return Js, eng.get_params()
+
+
+def _channel_files() -> set[str]:
+    return set(glob.glob(os.path.join(shm_dir(), "graphpart-*")))
+
+
+# -- without Ray ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_workers_joined_by_a_ring_equal_micro_batching(k):
+    """StageWorkers on threads: forward/backward of their rows, reduce_grads over a ring of
+    inboxes, finish; the same parameters as the one-stage Engine with K micro-batches."""
+    g, p0, X, y = _problem(1)
+    _, want = _reference(g, p0, X, y, k)
+    ws = [
+        StageWorker(g, p0, _adam(), output=None, input_grad=False, max_rows=BATCH, index=r)
+        for r in range(k)
+    ]
+    inboxes = [Inbox() for _ in range(k)]
+    for step, (xb, yb) in enumerate(_batches(X, y), start=1):
+        rows = split_batch(len(xb), k)
+        errors: list[BaseException] = []
+
+        def run(r: int, xb=xb, yb=yb, rows=rows, step=step, errors=errors) -> None:
+            w, right = ws[r], inboxes[(r + 1) % k]
+            try:
+                w.forward(0, xb[rows[r]], yb[rows[r]], 1.0 / len(xb))
+                w.backward(0, None, 1.0 / len(xb))
+                w.reduce_grads(
+                    lambda flat: (
+                        ring_allreduce(
+                            flat,
+                            r,
+                            k,
+                            step,
+                            lambda key, a: right.put(key, a.copy()),
+                            lambda key: inboxes[r].take(key, 10.0),
+                        ),
+                        0,
+                    )
+                )
+                w.finish(True)
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=run, args=(r,)) for r in range(k)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not errors, errors
+    for w in ws:
+        assert max_rel(want, w.get_params()) < 1e-10
+        assert np.array_equal(w.get_params()["W1"], ws[0].get_params()["W1"])
+        assert w.ledger.entries["allreduce"].category == "workspace"
+        assert w.ledger.entries["allreduce"].nbytes == sum(v.nbytes for v in p0.values())
+        assert w.busy.allreduce > 0.0
+
+
+def test_bad_arguments_are_refused_before_ray_starts():
+    g, p0, _, _ = _problem()
+    opt = _adam()
+    with pytest.raises(ConfigError, match="plan has 2 stages"):
+        DataParallel(partition(g, 2), p0, opt, replicas=2, max_rows=BATCH)
+    with pytest.raises(ConfigError, match=r"transport='tasks'.*valid: auto, shm, push"):
+        DataParallel(partition(g, 1), p0, opt, replicas=2, transport="tasks", max_rows=BATCH)
+    with pytest.raises(ConfigError, match="replicas=0"):
+        DataParallel(partition(g, 1), p0, opt, replicas=0, max_rows=BATCH)
+
+
+# -- on Ray ---------------------------------------------------------------------------------------
+# push at K = 3 covers what push at K = 2 would (every chunk through Ray), at one start-up less
+@pytest.mark.parametrize(("transport", "k"), [("shm", 2), ("shm", 3), ("push", 3)])
+def test_replicas_train_like_one_stage_with_k_microbatches(ray_session, transport, k):
+    g, p0, X, y = _problem()
+    want_Js, want = _reference(g, p0, X, y, k)
+    oracle_Js, oracle = oracle_training(g, p0, X, y, _adam(), BATCH)
+    before = _channel_files()
+    dp = DataParallel(partition(g, 1), p0, _adam(), replicas=k, transport=transport, max_rows=BATCH)
+    try:
+        assert (dp.replicas, dp.microbatches, dp.kind) == (k, 1, "data-parallel")
+        assert dp.chunk == -(-BATCH // k)  # rows a replica holds: ceil(B / K)
+        if transport == "shm":
+            assert len(_channel_files() - before) == 2 * k  # one channel (2 files) per replica
+        for (xb, yb), want_J, oracle_J in zip(_batches(X, y), want_Js, oracle_Js, strict=True):
+            r = dp.step(xb, yb)
+            assert rel_err(r.J, want_J.J) < 1e-12 and rel_err(r.J, oracle_J) < 1e-12
+            assert rel_err(r.L, want_J.L) < 1e-12 and rel_err(r.s, want_J.s) < 1e-12
+        got = dp.get_params()
+        assert max_rel(want, got) < 1e-10
+        assert max_rel(oracle, got) < 1e-10
+        every = dp._all("get_params")
+        assert all(np.array_equal(p[n], got[n]) for p in every for n in got)  # bit-identical
+        stats = dp.stats()
+        assert [s.stage for s in stats] == list(range(k))
+        assert len({s.pid for s in stats}) == k
+        param_bytes = sum(v.nbytes for v in p0.values())
+        for s in stats:
+            assert s.memory.entries["allreduce"] == ("workspace", param_bytes)
+            assert s.busy.allreduce > 0.0
+            assert s.bytes_sent > 0 and s.bytes_received > 0
+        assert sum(s.bytes_sent for s in stats) == sum(s.bytes_received for s in stats)
+    finally:
+        dp.close()
+    assert _channel_files() <= before  # close removed every channel file
+
+
+def test_value_and_grad_predict_and_checkpoints_move_to_and_from_an_engine(ray_session):
+    g, p0, X, y = _problem(2)
+    xb, yb = X[:BATCH], y[:BATCH]
+    J, grads = value_and_grad(g, p0, {"x": xb, "y": yb})
+    plan = partition(g, 1)
+    with (
+        DataParallel(plan, p0, _adam(), replicas=2, max_rows=BATCH) as dp,
+        Engine(plan, p0, _adam(), microbatches=2, max_rows=BATCH) as eng,
+    ):
+        J2, grads2 = dp.value_and_grad(xb, yb)
+        assert rel_err(J2, J) < 1e-12 and max_rel(grads, grads2) < 1e-12
+        assert max_rel(p0, dp.get_params()) == 0.0  # no update
+        (xa, ya), (xc, yc) = _batches(X, y)[:2]
+        dp.step(xa, ya)
+        state = dp.get_state()
+        assert len(state) == 1 and state[0]["steps"] == 1
+        eng.set_state(state)  # a data-parallel checkpoint into a one-stage engine
+        assert max_rel(dp.get_params(), eng.get_params()) == 0.0
+        assert dp.predict(X).shape == (len(X), SIZES[-1])
+        assert rel_err(dp.predict(X, chunk=2), eng.predict(X)) < 1e-12
+        eng.step(xc, yc)
+        dp.set_state(eng.get_state())  # and back, into every replica
+        assert all(max_rel(eng.get_params(), p) == 0.0 for p in dp._all("get_params"))
+        dp.step(xa, ya)
+        eng.step(xa, ya)
+        assert max_rel(eng.get_params(), dp.get_params()) < 1e-10
+        with pytest.raises(PlanError, match="cannot feed 2 data-parallel replicas"):
+            dp.step(X[:1], y[:1])
+
+
+def test_a_failing_replica_is_named(ray_session):
+    g, p0, X, y = _problem(3)
+    with DataParallel(partition(g, 1), p0, _adam(), replicas=2, max_rows=BATCH) as dp:
+        bad = y[:BATCH].copy()
+        bad[-1] = 99  # out of range: the last replica's loss kernel fails
+        t0 = time.monotonic()
+        with pytest.raises(
+            StageFailure, match=r"^replica 1 \(.*\) failed in forward of micro"
+        ) as e:
+            dp.step(X[:BATCH], bad)
+        assert "\n" not in str(e.value)
+        assert time.monotonic() - t0 < 10  # replica 0, waiting in the ring, was told to stop
+
+
+def test_a_killed_replica_is_named_within_seconds(ray_session):
+    g, p0, X, y = _problem(4)
+    before = _channel_files()
+    dp = DataParallel(partition(g, 1), p0, _adam(), replicas=2, max_rows=BATCH)
+    try:
+        dp.step(X[:BATCH], y[:BATCH])
+        os.kill(dp.transport.info[1]["pid"], signal.SIGKILL)
+        t0 = time.monotonic()
+        with pytest.raises(StageFailure, match=r"^replica 1's worker process died") as e:
+            dp.step(X[:BATCH], y[:BATCH])
+        assert "\n" not in str(e.value)
+        assert time.monotonic() - t0 < 10
+    finally:
+        dp.close()
+    assert _channel_files() <= before
