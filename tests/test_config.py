@@ -236,6 +236,9 @@ def test_wrong_type_in_file(tmp_path):
         ({"pipeline.microbatches": -2}, "pipeline.microbatches=-2: must be a positive integer"),
         ({"run.dir": " "}, "run.dir=' ': must be a non-empty path"),
         ({"run.name": "a/b"}, "run.name='a/b': must be a plain directory name"),
+        ({"pipeline.data_parallel": 0}, "pipeline.data_parallel=0: must be a positive integer"),
+        ({"pipeline.memory_budget": "64 parsecs"}, "pipeline.memory_budget='64 parsecs': must"),
+        ({"pipeline.memory_budget": "-1MiB"}, 'such as "64MiB"'),
     ],
 )
 def test_out_of_range(overrides, message):
@@ -319,3 +322,23 @@ def test_transport_choices_come_from_the_registry():
         assert Config.from_dict({"pipeline": {"transport": name}}).pipeline.transport == name
     with pytest.raises(ConfigError, match="carrier-pigeon"):
         Config.from_dict({"pipeline": {"transport": "carrier-pigeon"}})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"pipeline.stages": 2}, "use stages = 1 (or data_parallel = 1)"),
+        ({"pipeline.microbatches": 2}, "use microbatches = 1"),
+        ({"pipeline.transport": "inprocess"}, "replicas run on Ray actors; use one of auto, shm"),
+        ({"pipeline.transport": "compiled"}, "use one of auto, shm, push"),
+        ({"train.batch_size": 1}, "each replica needs at least one row"),
+    ],
+)
+def test_data_parallel_conflicts_are_named(overrides, message):
+    msg = _error(overrides={"pipeline.data_parallel": 2, **overrides})
+    assert "pipeline.data_parallel=2" in msg and message in msg
+
+
+@pytest.mark.parametrize("budget", ["", "64MiB", "1.5 GiB", "100MB", "123456"])
+def test_memory_budgets_that_parse(budget):
+    assert load_config(None, {"pipeline.memory_budget": budget}).pipeline.memory_budget == budget

@@ -83,3 +83,20 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
 def test_run_dirs_are_unique(tmp_path):
     a, b = RunDir.create(tmp_path), RunDir.create(tmp_path)
     assert a.path != b.path and a.path.is_dir() and b.path.is_dir()
+
+
+def test_a_plan_over_the_memory_budget_is_refused_before_anything_is_written(tmp_path):
+    cfg = _cfg(tmp_path, **{"pipeline.memory_budget": "4KiB"})
+    with pytest.raises(ConfigError, match=r"does not fit: needs .* on device 0 .* budget 4.00 KiB"):
+        train(cfg, progress=False, log=lambda m: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_one_stage_micro_batches_are_gradient_accumulation(tmp_path):
+    """c of `graphpart compare`: M micro-batches on one device = the full-batch step."""
+    full = _params(train(_cfg(tmp_path), progress=False, log=lambda m: None))
+    acc = _cfg(tmp_path, **{"pipeline.microbatches": 4})
+    got = _params(train(acc, progress=False, log=lambda m: None))
+    assert (
+        max(float(np.max(np.abs(got[k] - full[k]) / np.max(np.abs(full[k])))) for k in full) < 1e-10
+    )
