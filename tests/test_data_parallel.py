@@ -5,14 +5,15 @@ Contract: in float64, with K = 2 and 3 replicas and both transports ("shm": chan
 replicas on one node, at K = 2 and 3; "push": Ray deliveries, at K = 3), several Adam steps
 with weight decay give the same J, L, s and parameters (1e-10 relative) as a one-stage Engine
 with K micro-batches on the same batches (split_batch(B, K) is its micro-batch split) and as
-the oracle, and every replica holds bit-identical parameters; value_and_grad equals the
-autodiff oracle and leaves the parameters alone; checkpoints move both ways between
-DataParallel and a one-stage Engine; each replica's ledger holds one "allreduce" workspace of
-the parameters' bytes; a failing replica is named in a one-line StageFailure, and a killed
-replica too, within seconds, never a hang; close() leaves no channel file
-(/dev/shm/graphpart-*). Without Ray, StageWorkers on threads joined by inboxes (reduce_grads
-over workers/ring.py) equal the same Engine, and bad arguments are refused with a ConfigError
-naming the value.
+the oracle, and every replica holds bit-identical parameters; each replica's ledger holds one
+"allreduce" workspace of the parameters' bytes and equals the memory model's prediction
+(predict_data_parallel) buffer by buffer; value_and_grad equals the autodiff oracle and leaves
+the parameters alone; checkpoints move both ways between DataParallel and a one-stage Engine;
+a failing replica is named in a one-line StageFailure, and a killed replica too, within
+seconds, never a hang; close() leaves no channel file (/dev/shm/graphpart-*). Without Ray,
+StageWorkers on threads joined by inboxes (reduce_grads over workers/ring.py) equal the same
+Engine, and bad arguments are refused with a ConfigError naming the value (as are CUDA
+replicas on a cluster with fewer GPUs than replicas, instead of waiting for ever).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from graphpart.engines import DataParallel, Engine
 from graphpart.errors import ConfigError, PlanError, StageFailure
 from graphpart.optim import make_optimizer
 from graphpart.plan.batching import split_batch
+from graphpart.plan.memory import predict_data_parallel
 from graphpart.plan.partition import partition
 from workers.channels import shm_dir
 from workers.push import Inbox
@@ -158,8 +160,14 @@ def test_replicas_train_like_one_stage_with_k_microbatches(ray_session, transpor
         assert [s.stage for s in stats] == list(range(k))
         assert len({s.pid for s in stats}) == k
         param_bytes = sum(v.nbytes for v in p0.values())
+        pred = predict_data_parallel(
+            partition(g, 1), k, batch=BATCH, optimizer=_adam(), dtype="float64"
+        )
         for s in stats:
             assert s.memory.entries["allreduce"] == ("workspace", param_bytes)
+            want_mem = pred.stages[s.stage]  # the memory model, buffer by buffer
+            assert dict(s.memory.entries) == want_mem.entries()
+            assert dict(s.memory.peak) == want_mem.bytes and s.memory.peak_total == want_mem.total
             assert s.busy.allreduce > 0.0
             assert s.bytes_sent > 0 and s.bytes_received > 0
         assert sum(s.bytes_sent for s in stats) == sum(s.bytes_received for s in stats)
@@ -227,3 +235,12 @@ def test_a_killed_replica_is_named_within_seconds(ray_session):
     finally:
         dp.close()
     assert _channel_files() <= before
+
+
+def test_cuda_replicas_without_a_gpu_each_are_refused_not_left_waiting(ray_session):
+    g, p0, _, _ = _problem()
+    gpus = ray_session.cluster_resources().get("GPU", 0.0)
+    with pytest.raises(ConfigError, match="needs a GPU per replica"):
+        DataParallel(
+            partition(g, 1), p0, _adam(), replicas=int(gpus) + 1, max_rows=BATCH, device="cuda"
+        )

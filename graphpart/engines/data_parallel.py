@@ -61,14 +61,14 @@ class DataParallel:
                 f"data parallelism replicates the whole model, but the plan has {plan.k} "
                 "stages; use a one-stage plan (stages = 1)"
             )
-        if int(replicas) != replicas or replicas < 1:
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
             raise ConfigError(f"replicas={replicas!r}: must be a positive integer")
         if transport not in DP_TRANSPORTS:
             raise ConfigError(
                 f"transport={transport!r} for data parallelism; valid: {', '.join(DP_TRANSPORTS)}"
             )
         self.plan = plan
-        self.replicas = int(replicas)
+        self.replicas = replicas
         self.max_rows = max(int(max_rows), 1)
         self.chunk = microbatch_rows(self.max_rows, self.replicas)  # rows a replica holds
         st = plan.stages[0]

@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from graphpart.engines.cluster import first_line
+from graphpart.engines.cluster import first_line, start_ray
 from graphpart.engines.transports.shm import Shm
 from graphpart.engines.wiring import StepFeed, StepWiring
+from graphpart.errors import ConfigError
 from graphpart.params import Init
 from workers import actor as bodies
 from workers.channels import ChannelName
@@ -38,6 +39,25 @@ class Ring(Shm):
     ) -> None:
         super().__init__(address, num_cpus)
         self.use_channels = bool(channels)
+
+    def start(self, specs: Sequence[WorkerSpec]) -> None:
+        """Start the replicas; on CUDA, refuse (rather than wait for ever on Ray's scheduler)
+        when the cluster has fewer GPUs than replicas: each replica actor asks for one."""
+        started = False
+        try:
+            if any(s.device == "cuda" for s in specs):
+                import ray
+
+                started = self.started = start_ray(self.address, self.num_cpus)
+                gpus = float(ray.cluster_resources().get("GPU", 0.0))
+                if gpus < len(specs):
+                    raise ConfigError(
+                        f"device='cuda' with {len(specs)} data-parallel replicas needs a GPU "
+                        f"per replica; the Ray cluster has {gpus:g}"
+                    )
+            super().start(specs)
+        finally:
+            self.started = self.started or started  # so that close() stops the Ray it started
 
     def _connect(self, specs: Sequence[WorkerSpec]) -> None:
         k = len(self.actors)
