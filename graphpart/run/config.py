@@ -9,11 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from graphpart.engines import resolve_transport
+from graphpart.engines import DP_TRANSPORTS, resolve_transport
 from graphpart.errors import ConfigError
 from graphpart.run.checks import CHECKS, coerce, fmt, typed
-
-DP_TRANSPORTS = ("auto", "shm", "push")  # what carries a ring all-reduce between replicas
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from graphpart.engines import DP_TRANSPORTS
 from graphpart.errors import ConfigError
 from graphpart.run.config import Config
 
@@ -135,4 +136,4 @@ def auto_strategy(overrides: dict[str, Any], title: str, devices: int) -> Strate
 
 
 def _dp_transport(transport: str) -> str:
-    return transport if transport in ("auto", "shm", "push") else "auto"
+    return transport if transport in DP_TRANSPORTS else "auto"
