@@ -189,6 +189,7 @@ def test_numpy_step_equals_graphpart(optimizer, bias):
     assert any(not np.allclose(params[k], got[k]) for k in params)  # it did train
 
 
+@pytest.mark.ray  # slow lane: importing torch alone takes seconds
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_torch_step_equals_numpy(optimizer):
     torch = pytest.importorskip("torch")
