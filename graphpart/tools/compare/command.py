@@ -61,12 +61,13 @@ def run_compare(
     M = int(microbatches or 0) or min(2 * K, cfg.train.batch_size)
     strategies = make_strategies(cfg, K, M, lr_rule, n_layers=len(s.graph.layers))
     out = _report_dir(cfg, report)
-    threads = max(1, (os.cpu_count() or 1) // K)
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // K)
     # the hop the projection charges: the widest boundary tensor of a K-stage split
     width = max(st.output_width for st in partition(s.graph, K).stages if st.output)
     rows = -(-cfg.train.batch_size // M)
     hop = hop_seconds(rows * width * np.dtype(cfg.train.dtype).itemsize)
-    c = Comparison(cfg, K, M, lr_rule, budget, threads, hop)
+    c = Comparison(cfg, K, M, lr_rule, budget, threads, cores, hop)
     if auto:
         log("plan --auto: measuring this machine's rates and searching ...")
         rates = measure_rates(threads, cfg.train.dtype)
@@ -83,6 +84,7 @@ def run_compare(
         )
         best = next((x for x in c.auto if x.fits), None)
         if best is not None:
+            c.auto_pick = best
             strategies.append(_auto(cfg, best))
     runs = out / "runs"
     started = False
@@ -94,8 +96,10 @@ def run_compare(
             log(f"[{i + 1}/{len(strategies)}] {st.label}: {st.title}")
             o = run_strategy(cfg, st, run_dir=runs, budget=budget, threads=threads, log=log)
             c.outcomes.append(o)
-            if o.status in ("does not fit", "failed"):
-                log(f"  {st.label}: {o.status}: {o.problem}")
+            if o.status == "does not fit":
+                log(f"  {st.label}: not run, {o.problem}")
+            elif o.status == "failed":
+                log(f"  {st.label}: failed: {o.problem}")
             if o.status == "interrupted":
                 c.interrupted = True
                 break
@@ -124,5 +128,7 @@ def _auto(cfg: Config, best: object) -> Strategy:
         overrides.setdefault("pipeline.transport", cfg.pipeline.transport)
     else:
         overrides["pipeline.transport"] = "inprocess"
-    title = ", ".join(f"{k.split('.')[1]}={v}" for k, v in overrides.items())
+    title = ", ".join(
+        f"{k.split('.')[1]}={v}" for k, v in overrides.items() if k != "pipeline.transport"
+    )
     return auto_strategy(overrides, title, int(best.devices))  # type: ignore[attr-defined]

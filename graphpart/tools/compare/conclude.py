@@ -165,6 +165,25 @@ def conclusion(c: Comparison, n_in: int, n_out: int) -> list[str]:
                 + "."
             )
 
+    auto = rows.get("auto")
+    if auto and auto.get("steps") and auto.get("auto_predicted_samples_per_s"):
+        pred_rate, pred_peak = auto["auto_predicted_samples_per_s"], auto["auto_predicted_peak"]
+        out.append(
+            f"plan --auto's pick ({auto['title']}) was predicted at {pred_rate:,.0f} samples/s "
+            f"and {human_bytes(pred_peak)} on its largest device; it measured "
+            f"{human_bytes(auto['measured_peak'])} ({_x(auto['measured_peak'], pred_peak)}) and "
+            f"{auto['samples_per_s']:,.0f} samples/s here ({_x(auto['samples_per_s'], pred_rate)}"
+            f"), {auto['projected_samples_per_s']:,.0f} projected with a device per stage "
+            f"({_x(auto['projected_samples_per_s'], pred_rate)})"
+            + (
+                f"; this machine has {c.cores} core(s) for {auto['devices']} devices, so the "
+                "measured speed shares cores and only the projection is comparable"
+                if auto["devices"] > c.cores
+                else ""
+            )
+            + "."
+        )
+
     # when the answer flips
     bstar = crossover_batch(c.base, n_in, n_out)
     bstar2 = crossover_batch(c.base, n_in, n_out, 2)

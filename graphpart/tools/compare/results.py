@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from graphpart.plan.auto import Candidate
+from graphpart.plan.auto import to_dict as candidate_dict
 from graphpart.run.config import Config
 from graphpart.tools.compare.project import Projection
 from graphpart.tools.compare.runner import Outcome
@@ -23,10 +24,12 @@ class Comparison:
     lr_rule: str
     budget: int | None
     threads: int  # cores per device on this machine
+    cores: int  # cores of this machine
     hop_s: float
     outcomes: list[Outcome] = field(default_factory=list)
     projections: dict[str, Projection | None] = field(default_factory=dict)
     auto: list[Candidate] = field(default_factory=list)
+    auto_pick: Candidate | None = None  # the one run as strategy "auto"
     target: float | None = None  # test accuracy (classification) or test loss (regression)
     interrupted: bool = False
 
@@ -82,6 +85,9 @@ class Comparison:
             "predicted_peak": o.peak("predicted"),
             "measured_peak": o.peak("measured") if o.measured else None,
         }
+        if s.key == "auto" and self.auto_pick is not None:
+            r["auto_predicted_samples_per_s"] = self.auto_pick.samples_per_s
+            r["auto_predicted_peak"] = self.auto_pick.max_peak
         if not o.ran or not o.steps:
             return r
         sm, steps = o.summary, o.steps
@@ -125,12 +131,13 @@ class Comparison:
             "lr_rule": self.lr_rule,
             "memory_budget": self.budget,
             "cores_per_device": self.threads,
+            "cores": self.cores,
             "hop_s": self.hop_s,
             "target": {"metric": self.metric, "value": self.target},
             "interrupted": self.interrupted,
             "config": self.base.to_dict(),
             "strategies": [self.row(o) for o in self.outcomes],
-            "auto": [c.to_dict() for c in self.auto] if self.auto else [],
+            "auto": [candidate_dict(c) for c in self.auto],
         }
 
 
