@@ -6,7 +6,8 @@ relative); b scales the learning rate by the chosen rule and says so; a budget t
 model does not fit skips a (and f, which holds the same state) with "does not fit: needs X on
 device k, budget Y" and still runs the pipelines; the report folder holds report.md, its PNGs
 and compare.json, and its conclusion is computed from the figures; Ctrl-C keeps the report of
-what finished and exits 130; an existing comparison is never overwritten.
+what finished and exits 130; an existing comparison is never overwritten; plan --auto's best
+proposal of each kind, trained, peaks within 10% of its predicted memory on every device.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ import pytest
 from conftest import max_rel
 
 from graphpart.errors import ConfigError
+from graphpart.plan.auto import Rates, search
 from graphpart.run.config import load_config
+from graphpart.run.train import setup, train
 from graphpart.tools.compare import command as cmd_mod
 from graphpart.tools.compare import runner as runner_mod
 from graphpart.tools.compare.command import run_compare
-from graphpart.tools.compare.strategies import make_strategies, scaled_lr
+from graphpart.tools.compare.strategies import auto_strategy, make_strategies, scaled_lr
 
 
 def _cfg(tmp_path: Path, **over):
@@ -154,3 +157,30 @@ def test_ctrl_c_keeps_the_report_of_what_finished(tmp_path, monkeypatch):
     status = [r["status"] for r in data["strategies"]]
     assert status == ["ran", "interrupted"]
     assert "Interrupted" in (report / "report.md").read_text()
+
+
+def test_auto_proposals_run_within_their_predicted_memory(tmp_path, ray_session):
+    """plan --auto's proposals, trained, hold what the search predicted on every device."""
+    cfg = _cfg(tmp_path, **{"train.epochs": 1, "train.dtype": "float32"})
+    s = setup(cfg)
+    found = search(
+        s.graph,
+        devices=2,
+        budget=None,
+        batch=cfg.train.batch_size,
+        rates=Rates(flops_per_s=1e10, copy_bytes_per_s=5e9, hop_s=1e-4),
+    )
+    picked = {}
+    for c in found:  # the best of each kind
+        picked.setdefault((c.kind, c.recompute), c)
+    assert {k for k, _ in picked} == {"single", "accumulate", "pipeline", "data-parallel"}
+    for i, c in enumerate(picked.values()):
+        overrides = dict(c.config())
+        overrides["pipeline.transport"] = "auto" if c.devices > 1 else "inprocess"
+        st = auto_strategy(overrides, c.kind, c.devices)
+        run = runner_mod.strategy_config(cfg, st, tmp_path / f"auto{i}")
+        summary = train(run, progress=False, log=lambda m: None)
+        measured = [x["peak_bytes"] for x in summary["stage_stats"]]
+        assert len(measured) == len(c.peak_bytes), c
+        for got, want in zip(measured, c.peak_bytes, strict=True):
+            assert abs(got - want) <= 0.10 * want, (c.kind, c.config(), got, want)

@@ -78,13 +78,16 @@ class Rates:
     flops_per_s: sustained matmul rate of one device. copy_bytes_per_s: memcpy bandwidth
     between devices (also the optimizer update's streaming rate; inf: free). hop_s: fixed
     latency of one boundary transfer or one all-reduce message. action_s: fixed cost of one
-    forward or backward action on a device (None: hop_s).
+    forward or backward action on a device (None: hop_s). by_rows: (rows, FLOP/s) pairs
+    measured at several micro-batch sizes (a matmul with few rows runs far below the peak);
+    where given, `flops_at(rows)` interpolates them and the time model uses it.
     """
 
     flops_per_s: float
     copy_bytes_per_s: float
     hop_s: float
     action_s: float | None = None
+    by_rows: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
         _finite("flops_per_s", self.flops_per_s, positive=True)
@@ -92,10 +95,28 @@ class Rates:
         _finite("hop_s", self.hop_s, positive=False)
         if self.action_s is not None:
             _finite("action_s", self.action_s, positive=False)
+        for rows, rate in self.by_rows:
+            _finite(f"by_rows rate at {rows} rows", rate, positive=True)
+            if rows < 1:
+                raise PlanError(f"by_rows: rows={rows!r} must be a positive integer")
 
     @property
     def per_action_s(self) -> float:
         return self.hop_s if self.action_s is None else float(self.action_s)
+
+    def flops_at(self, rows: float) -> float:
+        """The matmul rate at `rows` rows per micro-batch: interpolated in log(rows) between
+        the measured points (the nearest end outside them); flops_per_s without points."""
+        pts = sorted(self.by_rows)
+        if not pts:
+            return self.flops_per_s
+        if rows <= pts[0][0]:
+            return pts[0][1]
+        for (r0, f0), (r1, f1) in zip(pts, pts[1:], strict=False):
+            if rows <= r1:
+                w = (math.log(rows) - math.log(r0)) / (math.log(r1) - math.log(r0))
+                return f0 + w * (f1 - f0)
+        return pts[-1][1]
 
     def transfer_s(self, nbytes: float) -> float:
         """One message of `nbytes`: the hop latency plus the bytes at the copy bandwidth."""
@@ -173,9 +194,10 @@ def step_time(
     """
     rows = batch / microbatches
     act = rates.per_action_s
-    fwd = [st.flops_fwd * rows / rates.flops_per_s + act for st in plan.stages]
+    rate = rates.flops_at(rows)
+    fwd = [st.flops_fwd * rows / rate + act for st in plan.stages]
     bwd = [
-        st.flops_bwd * rows / rates.flops_per_s + act + (f - act if recompute else 0.0)
+        st.flops_bwd * rows / rate + act + (f - act if recompute else 0.0)
         for st, f in zip(plan.stages, fwd, strict=True)
     ]
     itemsize = np.dtype(dtype).itemsize
@@ -197,7 +219,7 @@ def _data_parallel_time(
 ) -> float:
     (st,) = plan.stages
     rows = -(-batch // replicas)
-    compute = (st.flops_fwd + st.flops_bwd) * rows / rates.flops_per_s + 2 * rates.per_action_s
+    compute = (st.flops_fwd + st.flops_bwd) * rows / rates.flops_at(rows) + 2 * rates.per_action_s
     p = param_bytes(plan.graph, dtype)
     ring = 2 * (replicas - 1) * rates.transfer_s(p / replicas)
     return compute + ring + _update_s(p, slots, rates)

@@ -10,25 +10,39 @@ from threadpoolctl import threadpool_limits
 from graphpart.plan.auto import Rates
 from graphpart.tools.compare.project import hop_seconds
 
+ROWS = (4, 16, 64, 256, 1024)  # micro-batch sizes the matmul rate is measured at
 
-def measure_rates(threads: int, dtype: str = "float32", seconds: float = 0.3) -> Rates:
-    """Sustained matmul rate with `threads` BLAS threads (512x512, float32), copy bandwidth
-    (16 MiB), and a 1 MiB shared-memory hop's time less its copy (its fixed latency)."""
-    n = 512
-    a = np.ones((n, n), dtype)
+
+def matmul_rate(rows: int, threads: int, dtype: str, seconds: float, n: int = 1024) -> float:
+    """FLOP/s of (rows x n) @ (n x n), as a layer's forward multiplies, with `threads` threads."""
+    a, w = np.ones((rows, n), dtype), np.ones((n, n), dtype)
+    out = np.empty((rows, n), dtype)
     with threadpool_limits(threads):
-        a @ a
+        np.matmul(a, w, out=out)
         count, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
-            a @ a
+            np.matmul(a, w, out=out)
             count += 1
-        flops = 2 * n**3 * count / (time.perf_counter() - t0)
+        return 2 * rows * n * n * count / (time.perf_counter() - t0)
+
+
+def measure_rates(threads: int, dtype: str = "float32", seconds: float = 0.08) -> Rates:
+    """The matmul rate with `threads` BLAS threads at several micro-batch sizes (few rows run
+    far below the peak), copy bandwidth (16 MiB), and a 1 MiB shared-memory hop's time less
+    its copy (its fixed latency)."""
+    by_rows = tuple((r, matmul_rate(r, threads, dtype, seconds)) for r in ROWS)
+    flops = max(f for _, f in by_rows)
     src = np.ones(4 * 2**20, np.float32)
     dst = np.empty_like(src)
     best = min(_timed(lambda: np.copyto(dst, src)) for _ in range(5))
     copy = src.nbytes / best
     hop = hop_seconds(2**20)
-    return Rates(flops_per_s=flops, copy_bytes_per_s=copy, hop_s=max(0.0, hop - 2**20 / copy))
+    return Rates(
+        flops_per_s=flops,
+        copy_bytes_per_s=copy,
+        hop_s=max(0.0, hop - 2**20 / copy),
+        by_rows=by_rows,
+    )
 
 
 def _timed(fn: object) -> float:
