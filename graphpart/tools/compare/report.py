@@ -32,14 +32,16 @@ def strategy_table(c: Comparison) -> str:
         c.metric.replace("test_", "test "),
         "to target s",
     ]
-    rows = []
+    rows, notes = [], []
     for o in c.outcomes:
         r = c.row(o)
         if not r.get("steps"):
+            pred = human_bytes(r["predicted_peak"]) if r["predicted_peak"] else "-"
             rows.append(
-                [o.strategy.label, o.strategy.devices, f"{o.status}: {o.problem or ''}"[:60]]
-                + [""] * (len(headers) - 3)
+                [o.strategy.label, o.strategy.devices, o.status, pred] + ["-"] * (len(headers) - 4)
             )
+            if o.problem:
+                notes.append(f"{o.strategy.key}: {o.problem}")
             continue
         worst = max(o.measured, key=lambda d: d["total"])
         rows.append(
@@ -59,7 +61,7 @@ def strategy_table(c: Comparison) -> str:
                 _f(r["time_to_target_s"], ".2f"),
             ]
         )
-    return table(headers, rows)
+    return table(headers, rows) + "".join(f"\n  {n}" for n in notes)
 
 
 def header(c: Comparison) -> str:
