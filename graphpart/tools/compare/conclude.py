@@ -219,9 +219,15 @@ def conclusion(c: Comparison, n_in: int, n_out: int) -> list[str]:
     bub2 = (2 * K - 1) / (M + 2 * K - 1)
     f = rows.get("f")
     line = (
-        f"Devices: with M={M} micro-batches the pipeline bubble is {bub:.0%} at K={K} and "
-        f"would be {bub2:.0%} at K={2 * K} (more micro-batches shrink it)"
+        f"Devices: with M={M} micro-batches the textbook bubble (K-1)/(M+K-1) is {bub:.0%} at "
+        f"K={K} and would be {bub2:.0%} at K={2 * K} (more micro-batches shrink it)"
     )
+    sim = [r["bubble"] for r in ran if r.get("bubble") is not None]
+    if sim:
+        line += (
+            f"; fed this model's measured stage times and hop, the simulator puts it at "
+            f"{min(sim):.0%}..{max(sim):.0%}: the hops and the unequal stages add to it"
+        )
     if f and f.get("steps"):
         stats = next(o for o in c.outcomes if o.strategy.key == "f").summary["stage_stats"]
         ar = max(x["allreduce_s"] for x in stats) / f["steps"]
