@@ -112,6 +112,7 @@ def conclusion(c: Comparison, n_in: int, n_out: int) -> list[str]:
                 line += (
                     f"; {what} keeps {_x(state_bytes(d), state_bytes(a))} of the state and "
                     f"{_x(d['activation'], a['activation'])} of the activations"
+                    + ("" if r["measured_memory"] else " (predicted)")
                 )
     out.append(line + ".")
 
