@@ -195,6 +195,9 @@ def _err(capsys, argv: list[str]) -> str:
         (["--transport", "inprocess", "--address", "auto"], "needs a Ray transport"),
         (["--data", "nope.csv"], "nope.csv"),
         (["--microbatches", "100"], "microbatches=100"),
+        (["--memory-budget", "lots"], "memory_budget='lots'"),
+        (["--memory-budget", "1KiB"], "does not fit: needs"),
+        (["--data-parallel", "2", "--stages", "2"], "data_parallel=2"),
     ],
 )
 def test_bad_flags(capsys, tmp_path, argv, needle):
@@ -282,6 +285,30 @@ def test_plan_and_graph(capsys, tmp_path):
     assert main(["plan", "--stages", "4", "--strategy", "balanced", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [s["stage"] for s in data["stages"]] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--devices", "1"], "at least 2 devices"),
+        (["--devices", "5"], "at most 4 stages"),
+        (["--memory-budget", "12 furlongs"], "12 furlongs"),
+    ],
+)
+def test_compare_bad_flags(capsys, tmp_path, argv, needle):
+    assert needle in _err(capsys, ["compare", "--run-dir", str(tmp_path), *argv])
+
+
+def test_plan_auto(capsys):
+    assert main(["plan", "--auto", "--devices", "2", "--memory-budget", "300KiB"]) == 0
+    out = capsys.readouterr().out
+    assert "setups considered for 2 device(s), budget 300.00 KiB" in out
+    assert "best: graphpart train --set pipeline.stages=" in out
+    assert main(["plan", "--auto", "--devices", "2", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    kinds = {c["kind"] for c in data["candidates"]}
+    assert kinds == {"single", "accumulate", "pipeline", "data-parallel"}
+    assert data["rates"]["flops_per_s"] > 0
 
 
 @pytest.mark.ray
