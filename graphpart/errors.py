@@ -21,5 +21,9 @@ class PlanError(GraphpartError):
     """A partition or schedule cannot be made as asked."""
 
 
+class Diverged(GraphpartError):
+    """Training diverged (a non-finite or exploding loss); the message names the step."""
+
+
 class StageFailure(RuntimeError):
     """A worker failed while running the pipeline; the message names the stage and micro-batch."""

@@ -7,7 +7,8 @@ partition strategies; each step reports the J of the parameters it started from.
 Each stage uses as many activation slots as the
 schedule's peak in-flight count. `value_and_grad` gives the oracle's J and gradients without
 updating; `predict` gives autodiff.forward's logits for any number of rows; a minibatch with
-fewer rows than micro-batches raises PlanError.
+fewer rows than micro-batches (an epoch's short last batch) runs one micro-batch per row and
+gives the same numbers.
 """
 
 from __future__ import annotations
@@ -202,14 +203,21 @@ def test_predict_with_chunk_of_a_whole_minibatch():
     np.testing.assert_allclose(eng.predict(X, BATCH), want, rtol=1e-12, atol=1e-14)
 
 
-def test_microbatches_exceeding_rows():
+@pytest.mark.parametrize("kind", ["gpipe", "1f1b"])
+def test_fewer_rows_than_microbatches_run_one_row_each(kind):
+    """An epoch's short last batch: the step adapts to one micro-batch per row, same numbers."""
     g, p0, X, Y = PROBLEM
-    eng = Engine(partition(g, 2, "uniform"), p0, OPTS["adam"], microbatches=8, max_rows=BATCH)
-    with pytest.raises(PlanError, match=r"microbatches=8 exceeds the minibatch of 5 rows"):
-        eng.step(X[:5], Y[:5])
-    before = eng.get_params()
-    eng.step(X[:BATCH], Y[:BATCH])  # the engine still works after the refused step
-    assert any(not np.array_equal(before[n], v) for n, v in eng.get_params().items())
+    eng = Engine(
+        partition(g, 2, "uniform"), p0, OPTS["adam"], microbatches=8, schedule=kind, max_rows=BATCH
+    )
+    J, grads = eng.value_and_grad(X[:5], Y[:5])
+    J_ref, g_ref = value_and_grad(g, p0, {"x": X[:5], "y": Y[:5]})
+    assert rel_err(J, J_ref) < 1e-12
+    for name in g_ref:
+        assert rel_err(grads[name], g_ref[name]) < 1e-10, name
+    assert eng.microbatches == 8  # full minibatches still run in 8
+    with pytest.raises(PlanError, match="0 rows"):
+        eng.step(X[:0], Y[:0])
 
 
 def test_state_round_trip_between_engines():

@@ -2,19 +2,26 @@
 
 Contract: the same config and seed give the same parameters; training E1 epochs, stopping, and
 resuming to E2 gives exactly the parameters of an uninterrupted E2-epoch run, also under a
-different stage count; a run that diverges stops with an error naming the step; checkpoints are
-written atomically and a checkpoint of another model is refused.
+different stage count; a run that diverges (non-finite J, naming the step and stage, or an
+epoch loss over train.divergence times the best) stops before writing a checkpoint from it,
+keeping the last good one; checkpoints are written atomically and a checkpoint of another model
+is refused; summary.json says running / completed / failed / interrupted; --resume extends a
+finished run only to more epochs, takes overrides (lr, epochs, micro-batches) and records them,
+refuses model/data changes, removes temporaries and drops metrics rows past the checkpoint; a
+plan over the memory budget is refused before anything is written.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from graphpart.errors import ConfigError
+from graphpart.errors import ConfigError, Diverged
 from graphpart.ir import mlp
+from graphpart.run import train as train_mod
 from graphpart.run.checkpoint import RunDir, atomic_write, load_checkpoint
 from graphpart.run.config import load_config
 from graphpart.run.train import train
@@ -53,10 +60,76 @@ def test_resume_equals_uninterrupted(tmp_path):
         np.testing.assert_allclose(got[k], full[k], rtol=0, atol=1e-12)
 
 
+def _status(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
 def test_divergence_is_reported(tmp_path):
     cfg = _cfg(tmp_path, **{"train.lr": 1e200, "train.optimizer": "sgd", "train.momentum": 0.0})
-    with pytest.raises(FloatingPointError, match="step"):
+    with pytest.raises(Diverged, match=r"at step \d+ \(epoch 1\), first in stage 0's"):
         train(cfg, progress=False, log=lambda m: None)
+    (run,) = tmp_path.iterdir()
+    assert not (run / "checkpoint.npz").exists()  # nothing written from non-finite numbers
+    st = _status(run)
+    assert st["state"] == "failed" and "Diverged" in st["message"]
+
+
+def test_an_exploding_loss_stops_before_its_checkpoint(tmp_path):
+    """Adam at lr 1e6 stays finite but useless: the run stops, the good checkpoint stays."""
+    good = train(_cfg(tmp_path, **{"train.epochs": 1}), progress=False, log=lambda m: None)
+    run = Path(good["run_dir"])
+    before = (run / "checkpoint.npz").read_bytes()
+    cfg = _cfg(tmp_path, **{"train.epochs": 3, "train.lr": 1e6})
+    with pytest.raises(Diverged, match="exploded|not finite|became"):
+        train(cfg, progress=False, log=lambda m: None, resume=run)
+    assert (run / "checkpoint.npz").read_bytes() == before
+    assert _status(run)["state"] == "failed"
+
+
+def test_run_directory_says_its_state(tmp_path, monkeypatch):
+    s = train(_cfg(tmp_path), progress=False, log=lambda m: None)
+    assert _status(Path(s["run_dir"]))["state"] == "completed"
+    calls = []
+
+    def interrupt(*a, **k):
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "evaluate", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tmp_path, **{"run.name": "int"}), progress=False, log=lambda m: None)
+    st = _status(tmp_path / "int")
+    assert st["state"] == "interrupted" and "--resume" in st["message"]
+
+
+def test_resume_extends_a_finished_run_with_overrides(tmp_path):
+    first = train(_cfg(tmp_path), progress=False, log=lambda m: None)
+    run = Path(first["run_dir"])
+    with pytest.raises(ConfigError, match=r"finished 2 epoch\(s\).*--epochs N with N > 2"):
+        train(_cfg(tmp_path), progress=False, log=lambda m: None, resume=run)
+    (run / ".checkpoint.npz.tmp-12345").write_bytes(b"half")
+    more = _cfg(tmp_path, **{"train.epochs": 3, "train.lr": 5e-4, "pipeline.microbatches": 2})
+    out = train(more, progress=False, log=lambda m: None, resume=run)
+    assert out["steps"] > first["steps"] and _status(run)["state"] == "completed"
+    assert not list(run.glob(".*.tmp-*"))
+    saved = load_config(str(run / "config.toml"))
+    assert saved.train.lr == 5e-4 and saved.train.epochs == 3 and saved.pipeline.microbatches == 2
+    with pytest.raises(ConfigError, match="model.hidden was"):
+        train(_cfg(tmp_path, **{"train.epochs": 4, "model.hidden": [8]}), resume=run)
+
+
+def test_resume_drops_metrics_rows_after_the_checkpoint(tmp_path):
+    first = train(_cfg(tmp_path, **{"train.log_every": 5}), progress=False, log=lambda m: None)
+    run = Path(first["run_dir"])
+    rows = (run / "metrics.jsonl").read_text().splitlines()
+    # a crash between the metrics append and the checkpoint: a row past the checkpoint's step
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": first["steps"] + 7, "epoch": 3, "loss": 1.0}) + "\n")
+    train(_cfg(tmp_path, **{"train.epochs": 3, "train.log_every": 5}), resume=run, progress=False)
+    after = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in after]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))
+    assert len(after) > len(rows)
 
 
 def test_checkpoint_of_other_model_is_refused(tmp_path):

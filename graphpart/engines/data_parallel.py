@@ -52,7 +52,7 @@ class DataParallel:
         transport: str = "shm",
         max_rows: int,
         device: str = "cpu",
-        keep_events: bool = True,
+        keep_events: bool = False,
         address: str = "",
         num_cpus: int | None = None,
     ) -> None:
@@ -118,7 +118,7 @@ class DataParallel:
         )
         loss = sum(f.loss for f in finished)
         s = finished[0].s  # every replica holds the same weights, so the same s
-        return StepResult(loss + s, loss, s)
+        return StepResult(loss + s, loss, s, tuple(finished))
 
     def value_and_grad(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
         """J and the (all-reduced) gradients of one minibatch, without updating."""

@@ -37,12 +37,13 @@ class StepResult:
     J: float
     L: float
     s: float
+    stages: tuple[Finish, ...] = ()  # each stage's (or replica's) own loss and s
 
     @classmethod
     def total(cls, finished: Sequence[Finish]) -> StepResult:
         loss = sum(r.loss for r in finished)
         s = sum(r.s for r in finished)
-        return cls(loss + s, loss, s)
+        return cls(loss + s, loss, s, tuple(finished))
 
 
 def resolve_transport(name: str, stages: int, address: str = "") -> str:
@@ -74,7 +75,7 @@ class Engine:
         max_rows: int,
         device: str = "cpu",
         recompute: bool = False,
-        keep_events: bool = True,
+        keep_events: bool = False,
         address: str = "",
         num_cpus: int | None = None,
     ) -> None:
@@ -113,6 +114,7 @@ class Engine:
         not make micro-batches larger than the engine was built for.
         """
         self.wiring: StepWiring = wire(kind, self.plan.k, int(microbatches))
+        self._short_wirings: dict[int, StepWiring] = {}
 
     @property
     def kind(self) -> str:
@@ -134,16 +136,24 @@ class Engine:
     def step(self, x: np.ndarray, y: np.ndarray, update: bool = True) -> StepResult:
         """One minibatch through the pipeline; J, L and s (L and s summed over stages)."""
         n = len(x)
-        if self.microbatches > n:
-            raise PlanError(f"microbatches={self.microbatches} exceeds the minibatch of {n} rows")
-        rows = split_batch(n, self.microbatches)
+        if n < 1:
+            raise PlanError("a minibatch of 0 rows; give at least one row")
+        wiring = self.wiring if n >= self.microbatches else self._short(n)
+        rows = split_batch(n, wiring.microbatches)
         feed = StepFeed(
             xs=[np.ascontiguousarray(x[r]) for r in rows],
             ys=[y[r] for r in rows],
             scale=1.0 / n,
             update=bool(update),
         )
-        return StepResult.total(self.transport.run_step(self.wiring, feed))
+        return StepResult.total(self.transport.run_step(wiring, feed))
+
+    def _short(self, n: int) -> StepWiring:
+        """The wiring for a minibatch of fewer rows than micro-batches (an epoch's short last
+        batch): one micro-batch per row, same schedule; the sums are the same mathematics."""
+        if n not in self._short_wirings:
+            self._short_wirings[n] = wire(self.wiring.schedule, self.plan.k, n)
+        return self._short_wirings[n]
 
     def value_and_grad(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
         """J and gradients of one minibatch, without updating (for checks against the oracle)."""

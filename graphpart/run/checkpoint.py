@@ -85,6 +85,36 @@ class RunDir:
     def write_text(self, name: str, text: str) -> None:
         atomic_write(self.path / name, text.encode())
 
+    def write_status(self, state: str, message: str = "", **extra: Any) -> None:
+        """summary.json says where the run is: running, completed, failed (with the message)
+        or interrupted; written atomically at every transition."""
+        row = {"state": state, "message": message, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self.write_text("summary.json", json.dumps({**row, **extra}, indent=2))
+
+    def remove_temporaries(self) -> list[str]:
+        """Delete the temporary files an interrupted atomic write left behind."""
+        gone = []
+        for f in self.path.glob(".*.tmp-*"):
+            f.unlink(missing_ok=True)
+            gone.append(f.name)
+        return gone
+
+    def truncate_metrics(self, steps: int) -> None:
+        """Keep only metrics.jsonl rows of steps <= `steps` (a resumed run appends after the
+        checkpoint's step; rows written after it, before a crash, would repeat)."""
+        path = self.path / "metrics.jsonl"
+        if not path.exists():
+            return
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a crash
+                continue
+            if int(row.get("step", 0)) <= steps:
+                keep.append(line)
+        atomic_write(path, "".join(k + "\n" for k in keep).encode())
+
     def append_metrics(self, row: Mapping[str, Any]) -> None:
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(json.dumps(dict(row)) + "\n")

@@ -175,6 +175,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "train.seed": _at_least(0),
     "train.dtype": _choice(DTYPES),
     "train.log_every": _at_least(0),
+    "train.divergence": _non_negative,
+    "train.max_failures": _at_least(0),
     "pipeline.stages": _positive_int,
     "pipeline.microbatches": _positive_int,
     "pipeline.schedule": _choice(SCHEDULES),

@@ -56,6 +56,10 @@ class TrainConfig:
     seed: int = 0
     dtype: str = "float32"
     log_every: int = 0
+    # stop when an epoch's mean loss exceeds this many times the run's best (0: never)
+    divergence: float = 1000.0
+    # restart dead or stalled stages from the last checkpoint up to this many times
+    max_failures: int = 0
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,11 @@ from graphpart.engines import (
     DataParallel,
     Engine,
     StageStats,
+    StepResult,
     measured_costs,
     resolve_transport,
 )
-from graphpart.errors import ConfigError
+from graphpart.errors import ConfigError, Diverged, StageFailure
 from graphpart.ir import Graph, mlp
 from graphpart.optim import Optimizer, make_optimizer
 from graphpart.params import Init, Params
@@ -36,7 +37,7 @@ from graphpart.plan.memory import (
 from graphpart.plan.partition import Plan, partition
 from graphpart.run import data as gdata
 from graphpart.run.checkpoint import RunDir, load_checkpoint, save_checkpoint
-from graphpart.run.config import Config, dump_toml
+from graphpart.run.config import Config, dump_toml, load_config
 from graphpart.units import parse_bytes
 
 
@@ -161,7 +162,10 @@ def uses_ray(cfg: Config) -> bool:
     return transport_of(cfg) != "inprocess"
 
 
-def make_engine(s: Setup, params: Params, keep_events: bool = True) -> Engine | DataParallel:
+def make_engine(s: Setup, params: Params, keep_events: bool = False) -> Engine | DataParallel:
+    """The engine `s.config` asks for. `keep_events`: keep every worker's timeline of
+    allocations and actions (the profiler's plots; it grows with every step, so training
+    runs leave it off)."""
     p, t = s.config.pipeline, s.config.train
     if p.data_parallel > 1:
         return DataParallel(
@@ -203,6 +207,44 @@ def evaluate(
     return {"test_loss": float(0.5 * np.mean(((o - y) ** 2).sum(axis=1)))}
 
 
+def check_last_batch(s: Setup) -> None:
+    """Data parallelism needs a row per replica in every minibatch, the epoch's last included.
+
+    (A pipeline needs no such rule: a minibatch with fewer rows than micro-batches runs one
+    micro-batch per row, the same mathematics.)"""
+    p, t = s.config.pipeline, s.config.train
+    last = len(s.dataset.X_train) % t.batch_size
+    if p.data_parallel > 1 and 0 < last < p.data_parallel:
+        raise ConfigError(
+            f"pipeline.data_parallel={p.data_parallel}: the last minibatch of each epoch has "
+            f"{last} row(s) ({len(s.dataset.X_train)} training rows, train.batch_size="
+            f"{t.batch_size}), fewer than the replicas; choose a batch size that leaves 0 or at "
+            f"least {p.data_parallel} rows"
+        )
+
+
+# resuming may change how a run trains (epochs, learning rate, stages, schedule, ...) but not
+# what it trains: these keys decide the model, the data and its split
+FIXED_ON_RESUME = ("model.", "data.", "train.seed", "train.dtype")
+
+
+def _check_resume_changes(old: Config, new: Config, run: Path) -> None:
+    a, b = old.to_dict(), new.to_dict()
+    changed = [
+        f"{sec}.{k}"
+        for sec in a
+        for k in a[sec]
+        if a[sec][k] != b[sec][k] and f"{sec}.{k}".startswith(FIXED_ON_RESUME)
+    ]
+    if changed:
+        k = changed[0]
+        sec, key = k.split(".")
+        raise ConfigError(
+            f"--resume {run}: {k} was {a[sec][key]!r}, now {b[sec][key]!r}; a resumed run keeps "
+            "its model, data, seed and dtype (start a new run to change them)"
+        )
+
+
 def train(
     cfg: Config,
     *,
@@ -213,100 +255,141 @@ def train(
 ) -> dict[str, Any]:
     """Train as `cfg` says; write the run directory; return the summary.
 
-    `on_epoch` gets each epoch's metrics (the metrics.jsonl row plus `train_s`, the training
-    seconds so far) as soon as the epoch ends.
+    With `resume`, continue that run directory from its last checkpoint under `cfg` (which may
+    change the epochs, the learning rate, the partition and the schedule: checkpoints are by
+    parameter name), recording the new config. `on_epoch` gets each epoch's metrics (the
+    metrics.jsonl row plus `train_s`, the training seconds so far) as soon as the epoch ends.
+    summary.json says the run's state at every transition (running, completed, failed,
+    interrupted). With train.max_failures = N, a stage that dies or stalls is restarted from
+    the last checkpoint up to N times, and the run goes on to the same parameters.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
     s = setup(cfg)
     check_budget(s)
-    t, p = cfg.train, cfg.pipeline
-    run = RunDir.open_existing(resume) if resume else RunDir.create(cfg.run.dir, cfg.run.name)
-    start_epoch, step = 0, 0
-    params = Init(t.seed, t.dtype)  # each worker makes its own stage's parameters
-    if resume:  # ... which set_state then overwrites with the checkpoint's
+    check_last_batch(s)
+    ck = None
+    if resume:
+        run = RunDir.open_existing(resume)
+        old = run.path / "config.toml"
+        if old.is_file():
+            _check_resume_changes(load_config(str(old)), cfg, run.path)
+        run.remove_temporaries()
         ck = load_checkpoint(run.checkpoint_path, s.graph)
-        start_epoch, step = ck["epoch"], ck["steps"]
+        if ck["epoch"] >= cfg.train.epochs:
+            raise ConfigError(
+                f"--resume {run.path}: the run has finished {ck['epoch']} epoch(s) and "
+                f"train.epochs={cfg.train.epochs}; give --epochs N with N > {ck['epoch']} to "
+                "train on"
+            )
+        run.truncate_metrics(ck["steps"])
     else:
-        run.write_text("config.toml", dump_toml(cfg))
-        run.write_text("plan.json", json.dumps(plan_dict(s.plan, cfg), indent=2))
-    ds = s.dataset
-    n = len(ds.X_train)
+        run = RunDir.create(cfg.run.dir, cfg.run.name)
+    run.write_text("config.toml", dump_toml(cfg))
+    run.write_text("plan.json", json.dumps(plan_dict(s.plan, cfg), indent=2))
+    run.write_status("running", epochs=cfg.train.epochs)
+    try:
+        summary = _train(s, run, ck, progress, log, on_epoch)
+    except KeyboardInterrupt:
+        run.write_status("interrupted", f"stopped by Ctrl-C; continue with {_resume_hint(run)}")
+        raise
+    except StageFailure as e:
+        msg = f"{e}; the last checkpoint is kept: continue with {_resume_hint(run)}"
+        run.write_status("failed", msg)
+        raise StageFailure(msg) from None
+    except BaseException as e:
+        run.write_status(
+            "failed", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        )
+        raise
+    return summary
+
+
+def _resume_hint(run: RunDir) -> str:
+    return f"`graphpart train --resume {run.path}`"
+
+
+@dataclass
+class _Progress:
+    """Where a run is: the epoch and step it starts from, what it has done since."""
+
+    epoch: int = 0
+    step: int = 0
+    samples: int = 0
+    train_time: float = 0.0
+    first_loss: float | None = None
+    best_loss: float = math.inf
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _train(
+    s: Setup,
+    run: RunDir,
+    ck: dict[str, Any] | None,
+    progress: bool,
+    log: Callable[[str], None],
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+) -> dict[str, Any]:
+    cfg = s.config
+    t, p = cfg.train, cfg.pipeline
+    st = _Progress(epoch=ck["epoch"], step=ck["steps"]) if ck else _Progress()
+    n = len(s.dataset.X_train)
     wall0 = time.perf_counter()
-    train_time = 0.0
-    samples = 0
-    epoch_metrics: dict[str, Any] = {}
-    with make_engine(s, params) as engine:
-        startup = time.perf_counter() - wall0  # Ray, workers, kernel compile or cache load
-        if resume:
-            engine.set_state(ck["stages"](s.plan))
-        bar = _progress(progress, (t.epochs - start_epoch) * _steps_per_epoch(n, t.batch_size))
+    failures = 0
+    startup = None
+    while True:
+        t_start = time.perf_counter()
+        params = Init(t.seed, t.dtype)  # each worker makes its own stage's parameters ...
         try:
-            for epoch in range(start_epoch, t.epochs):
-                t0 = time.perf_counter()
-                total, count = 0.0, 0
-                for idx in gdata.batches(n, t.batch_size, t.seed, epoch):
-                    r = engine.step(ds.X_train[idx], ds.y_train[idx])
-                    if not math.isfinite(r.J):
-                        raise FloatingPointError(
-                            f"objective J became {r.J} at step {step + 1} (epoch {epoch + 1}); "
-                            f"lower train.lr (now {t.lr})"
-                        )
-                    step += 1
-                    samples += len(idx)
-                    total += r.J * len(idx)
-                    count += len(idx)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(epoch=epoch + 1, loss=f"{r.J:.4f}", refresh=False)
-                    if t.log_every and step % t.log_every == 0:
-                        run.append_metrics(
-                            {
-                                "step": step,
-                                "epoch": epoch + 1,
-                                "loss": r.J,
-                                "L": r.L,
-                                "s": r.s,
-                            }
-                        )
-                train_time += time.perf_counter() - t0
-                epoch_metrics = {
-                    "epoch": epoch + 1,
-                    "step": step,
-                    "train_loss": total / count,
-                    **evaluate(engine, ds, ds.X_test, ds.y_test, cfg.model.loss),
-                    "epoch_s": time.perf_counter() - t0,
-                }
-                run.append_metrics(epoch_metrics)
-                if on_epoch is not None:
-                    on_epoch({**epoch_metrics, "train_s": train_time})
-                save_checkpoint(
-                    run.checkpoint_path, engine.get_state(), s.plan, epoch=epoch + 1, steps=step
+            with make_engine(s, params) as engine:
+                if startup is None:  # Ray, workers, kernel compile or cache load
+                    startup = time.perf_counter() - t_start
+                if ck:  # ... which set_state then overwrites with the checkpoint's
+                    engine.set_state(ck["stages"](s.plan))
+                _epochs(s, engine, run, st, progress, log, on_epoch, n)
+                final = engine.get_params()
+                stats = engine.stats()
+            break
+        except StageFailure as e:
+            failures += 1
+            if failures > t.max_failures:
+                raise
+            ck = (
+                load_checkpoint(run.checkpoint_path, s.graph)
+                if run.checkpoint_path.exists()
+                else None
+            )
+            st = (
+                _Progress(
+                    epoch=ck["epoch"],
+                    step=ck["steps"],
+                    train_time=st.train_time,
+                    samples=st.samples,
                 )
-                msg = (
-                    f"epoch {epoch + 1:3d}/{t.epochs}  loss {epoch_metrics['train_loss']:.4f}"
-                    f"  test loss {epoch_metrics['test_loss']:.4f}"
-                )
-                if "test_accuracy" in epoch_metrics:
-                    msg += f"  test acc {epoch_metrics['test_accuracy']:.4f}"
-                (bar.write if bar is not None else log)(msg)
-        finally:
-            if bar is not None:
-                bar.close()
-        final = engine.get_params()
-        stats = engine.stats()
+                if ck
+                else _Progress(train_time=st.train_time, samples=st.samples)
+            )
+            run.truncate_metrics(st.step)
+            log(
+                f"{e}; restarting the stages from "
+                + (f"the checkpoint of epoch {st.epoch}" if ck else "the start")
+                + f" (failure {failures} of train.max_failures={t.max_failures})"
+            )
     run.save_params(final)
     wall = time.perf_counter() - wall0
+    m = st.metrics
     summary = {
+        "state": "completed",
         "run_dir": str(run.path),
-        "final_loss": epoch_metrics.get("train_loss"),
-        "test_loss": epoch_metrics.get("test_loss"),
-        "test_accuracy": epoch_metrics.get("test_accuracy"),
+        "final_loss": m.get("train_loss"),
+        "test_loss": m.get("test_loss"),
+        "test_accuracy": m.get("test_accuracy"),
         "epochs": t.epochs,
-        "steps": step,
+        "steps": st.step,
         "wall_s": wall,
-        "train_s": train_time,
-        "startup_s": startup,
-        "samples_per_s": samples / train_time if train_time > 0 else None,
+        "train_s": st.train_time,
+        "startup_s": startup or 0.0,
+        "samples_per_s": st.samples / st.train_time if st.train_time > 0 else None,
+        "failures_recovered": failures,
         "stages": p.stages,
         "data_parallel": p.data_parallel,
         "microbatches": p.microbatches,
@@ -317,6 +400,114 @@ def train(
     }
     run.write_text("summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def _epochs(
+    s: Setup,
+    engine: Engine | DataParallel,
+    run: RunDir,
+    st: _Progress,
+    progress: bool,
+    log: Callable[[str], None],
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+    n: int,
+) -> None:
+    """Train from epoch st.epoch to the last, checkpointing each (st is updated as it goes)."""
+    cfg, ds = s.config, s.dataset
+    t = cfg.train
+    bar = _progress(progress, (t.epochs - st.epoch) * _steps_per_epoch(n, t.batch_size))
+    try:
+        for epoch in range(st.epoch, t.epochs):
+            t0 = time.perf_counter()
+            total, count = 0.0, 0
+            for idx in gdata.batches(n, t.batch_size, t.seed, epoch):
+                r = engine.step(ds.X_train[idx], ds.y_train[idx])
+                if not math.isfinite(r.J):
+                    raise Diverged(_non_finite(r, st.step + 1, epoch + 1, t.lr))
+                if st.first_loss is None:
+                    st.first_loss = r.J
+                st.step += 1
+                st.samples += len(idx)
+                total += r.J * len(idx)
+                count += len(idx)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{r.J:.4f}", refresh=False)
+                if t.log_every and st.step % t.log_every == 0:
+                    run.append_metrics(
+                        {"step": st.step, "epoch": epoch + 1, "loss": r.J, "L": r.L, "s": r.s}
+                    )
+            st.train_time += time.perf_counter() - t0
+            metrics = {
+                "epoch": epoch + 1,
+                "step": st.step,
+                "train_loss": total / count,
+                **evaluate(engine, ds, ds.X_test, ds.y_test, cfg.model.loss),
+                "epoch_s": time.perf_counter() - t0,
+            }
+            _check_divergence(metrics, st, t.divergence, t.lr)
+            state = engine.get_state()
+            _check_finite_state(state, st.step)
+            run.append_metrics(metrics)
+            save_checkpoint(run.checkpoint_path, state, s.plan, epoch=epoch + 1, steps=st.step)
+            st.epoch, st.metrics = epoch + 1, metrics
+            if on_epoch is not None:
+                on_epoch({**metrics, "train_s": st.train_time})
+            msg = (
+                f"epoch {epoch + 1:3d}/{t.epochs}  loss {metrics['train_loss']:.4f}"
+                f"  test loss {metrics['test_loss']:.4f}"
+            )
+            if "test_accuracy" in metrics:
+                msg += f"  test acc {metrics['test_accuracy']:.4f}"
+            (bar.write if bar is not None else log)(msg)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _non_finite(r: StepResult, step: int, epoch: int, lr: float) -> str:
+    """Which stage's part of J became non-finite, at which step."""
+    where = [
+        f"stage {k}'s " + ("data loss L" if not math.isfinite(f.loss) else "regulariser s")
+        for k, f in enumerate(r.stages)
+        if not (math.isfinite(f.loss) and math.isfinite(f.s))
+    ]
+    return (
+        f"objective J became {r.J} at step {step} (epoch {epoch})"
+        + (f", first in {where[0]}" if where else "")
+        + f"; no checkpoint was written from it (the last good one is kept); lower train.lr "
+        f"(now {lr})"
+    )
+
+
+def _check_divergence(m: dict[str, Any], st: _Progress, factor: float, lr: float) -> None:
+    """Stop before checkpointing an epoch whose loss is non-finite or exploded: its mean train
+    loss over `factor` times the best epoch's (or the first step's), or a non-finite test loss."""
+    if not math.isfinite(m["test_loss"]):
+        raise Diverged(
+            f"test loss became {m['test_loss']} after epoch {m['epoch']} (step {m['step']}); "
+            f"no checkpoint was written from it (the last good one is kept); lower train.lr "
+            f"(now {lr})"
+        )
+    ref = min(st.best_loss, st.first_loss if st.first_loss is not None else math.inf)
+    if factor > 0 and math.isfinite(ref) and m["train_loss"] > factor * max(ref, 1e-12):
+        raise Diverged(
+            f"the loss exploded: epoch {m['epoch']} (step {m['step']}) averaged "
+            f"{m['train_loss']:.4g}, over train.divergence={factor:g} times the run's best "
+            f"{ref:.4g}; no checkpoint was written from it (the last good one is kept); lower "
+            f"train.lr (now {lr})"
+        )
+    st.best_loss = min(st.best_loss, m["train_loss"])
+
+
+def _check_finite_state(states: list[dict[str, Any]], step: int) -> None:
+    for k, state in enumerate(states):
+        for name, w in state["params"].items():
+            if not np.all(np.isfinite(w)):
+                raise Diverged(
+                    f"parameter {name} (stage {k}) is not finite after step {step}; no "
+                    "checkpoint was written from it (the last good one is kept); lower train.lr"
+                )
 
 
 def _stage_summary(st: StageStats) -> dict:
