@@ -357,3 +357,54 @@ def test_load_unknown_source_lists_choices():
         data.load("mnist")
     msg = _one_line(exc)
     assert "'mnist'" in msg and "digits" in msg and "synthetic" in msg and ".npz" in msg
+
+
+# --- values that cannot become a model: huge labels, values beyond the dtype, no features ----
+
+
+@pytest.mark.parametrize("big", [10**12, 1e12, 1e300, np.iinfo(np.uint64).max])
+def test_npz_huge_label_is_bounded_by_the_number_of_samples(tmp_path, big):
+    X, y = _xy()
+    y = y.astype(np.asarray(big).dtype)
+    y[5] = big
+    with pytest.raises(DataError) as exc:
+        data.load_npz(_npz(tmp_path, X=X, y=y))
+    msg = _one_line(exc)
+    assert msg.startswith(f"{tmp_path / 'd.npz'}: y[5] = ")
+    assert "at most the number of samples (20)" in msg and "0..19" in msg
+
+
+def test_npz_labels_up_to_the_number_of_samples_are_classes(tmp_path):
+    X, y = _xy()
+    y[0] = 19  # 20 samples: at most 20 classes
+    assert data.load_npz(_npz(tmp_path, X=X, y=y)).n_classes == 20
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_npz_value_beyond_float32_is_refused(tmp_path, task):
+    X, y = _xy()
+    X[2, 1] = -1e300
+    X[4, 0] = 1e300
+    path = _npz(tmp_path, X=X, y=y)
+    with pytest.raises(DataError) as exc:
+        data.load_npz(path, task=task)
+    msg = _one_line(exc)
+    assert "X[2, 1] = -1e+300 does not fit in float32" in msg
+    assert "3.403e+38" in msg and "2 value(s)" in msg and "train.dtype='float64'" in msg
+    assert data.load_npz(path, dtype="float64", task=task).X_train.dtype == np.float64
+
+
+def test_npz_regression_target_beyond_float32_is_refused(tmp_path):
+    X, _ = _xy()
+    y = np.zeros(20)
+    y[7] = 1e39
+    with pytest.raises(DataError) as exc:
+        data.load_npz(_npz(tmp_path, X=X, y=y), task="regression")
+    assert "y[7] = 1e+39 does not fit in float32" in _one_line(exc)
+
+
+def test_npz_x_without_features(tmp_path):
+    _, y = _xy()
+    with pytest.raises(DataError) as exc:
+        data.load_npz(_npz(tmp_path, X=np.zeros((20, 0)), y=y))
+    assert "X has shape (20, 0); expected at least 1 feature" in _one_line(exc)

@@ -253,7 +253,21 @@ def _index(shape: tuple[int, ...], flat: int) -> Any:
     return int(idx[0]) if len(idx) == 1 else tuple(int(i) for i in idx)
 
 
-def _labels(path: str, name: str, y: np.ndarray, n_classes: int | None) -> np.ndarray:
+def _value(v: Any) -> str:
+    """An array element as a message shows it: integers without a decimal point."""
+    v = v.item() if isinstance(v, np.generic) else v
+    if isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
+        return str(int(v))
+    return repr(v)
+
+
+def _labels(
+    path: str, name: str, y: np.ndarray, n_classes: int | None, n_samples: int
+) -> np.ndarray:
+    """Class labels as int64, each in 0..C-1: C is n_classes when given, else inferred as the
+    largest label + 1, which may be at most the number of samples (a larger label would make
+    an output per class for classes that cannot all have a sample; 1e12 would not fit in
+    memory)."""
     if y.dtype.kind == "f":
         frac = y != np.round(y)
         if frac.any():
@@ -262,16 +276,51 @@ def _labels(path: str, name: str, y: np.ndarray, n_classes: int | None) -> np.nd
                 f"{path}: {name}[{i}] = {float(y[i])!r} is not an integer class label; "
                 f"labels must be integers 0..C-1"
             )
-    y = y.astype(np.int64)
-    if len(y) and (y.min() < 0 or (n_classes is not None and y.max() >= n_classes)):
-        bad = (y < 0) if n_classes is None else (y < 0) | (y >= n_classes)
-        i = int(np.argmax(bad))
-        valid = ">= 0" if n_classes is None else f"in 0..{n_classes - 1}"
-        raise DataError(
-            f"{path}: {name}[{i}] = {int(y[i])} is out of range; labels must be {valid}"
-            + ("" if n_classes is None else f" (n_classes={n_classes})")
-        )
-    return y
+    if len(y):
+        neg = y < 0
+        high = y >= (n_classes if n_classes is not None else n_samples)
+        if neg.any():
+            i = int(np.argmax(neg))
+            raise DataError(
+                f"{path}: {name}[{i}] = {_value(y[i])} is out of range; labels must be >= 0"
+                + ("" if n_classes is None else f" and in 0..{n_classes - 1}")
+            )
+        if high.any():
+            i = int(np.argmax(high))
+            if n_classes is not None:
+                raise DataError(
+                    f"{path}: {name}[{i}] = {_value(y[i])} is out of range; labels must be "
+                    f"in 0..{n_classes - 1} (n_classes={n_classes})"
+                )
+            raise DataError(
+                f"{path}: {name}[{i}] = {_value(y[i])} is out of range; labels must be integers "
+                f"0..C-1, and the number of classes C may be at most the number of samples "
+                f"({n_samples}), so 0..{n_samples - 1} here; number the classes 0, 1, 2, ..."
+            )
+    return y.astype(np.int64)
+
+
+def _cast(path: str, name: str, a: np.ndarray, dt: np.dtype) -> np.ndarray:
+    """`a` as dtype `dt`, refusing finite values that the cast would turn into inf."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = a.astype(dt, copy=False)
+    if out is not a and out.dtype.kind == "f":
+        over = ~np.isfinite(out)
+        count = int(np.count_nonzero(over))
+        if count:
+            flat = int(np.argmax(over))
+            idx = _index(a.shape, flat)
+            where = (
+                f"{name}[{idx}]" if isinstance(idx, int) else f"{name}[{', '.join(map(str, idx))}]"
+            )
+            big = float(np.finfo(dt).max)
+            wider = " or use train.dtype='float64'" if dt.itemsize < 8 else ""
+            raise DataError(
+                f"{path}: {where} = {_value(a.reshape(-1)[flat])} does not fit in {dt.name}, "
+                f"whose largest magnitude is {big:.4g} ({count} value(s) beyond it); rescale "
+                f"{name}{wider}"
+            )
+    return out
 
 
 def _xy(path: str, arrays: dict, xname: str, yname: str, task: str, dt: np.dtype) -> tuple:
@@ -287,11 +336,13 @@ def _xy(path: str, arrays: dict, xname: str, yname: str, task: str, dt: np.dtype
         raise DataError(
             f"{path}: {xname} has {len(X)} samples but {yname} has {len(y)}; counts must match"
         )
+    if X.shape[1] < 1:
+        raise DataError(f"{path}: {xname} has shape {X.shape}; expected at least 1 feature")
     _check_numeric(path, xname, X)
     _check_numeric(path, yname, y)
-    X = X.astype(dt, copy=False)
+    X = _cast(path, xname, X, dt)
     if task == "regression":
-        y = y.astype(dt, copy=False).reshape(len(y), -1)
+        y = _cast(path, yname, y, dt).reshape(len(y), -1)
     return X, y
 
 
@@ -349,9 +400,10 @@ def load_npz(
             X, Xt, y, yt = X[train], X[test], y[train], y[test]
         return Dataset(name, X, y, Xt, yt, None)
 
-    y = _labels(path, "y", y, n_classes)
+    n_samples = len(X) + (len(Xt) if has_test else 0)
+    y = _labels(path, "y", y, n_classes, n_samples)
     if has_test:
-        yt = _labels(path, "y_test", yt, n_classes)
+        yt = _labels(path, "y_test", yt, n_classes, n_samples)
     if n_classes is None:
         n_classes = int(max(y.max(), yt.max() if has_test else 0)) + 1
         if n_classes < 2:
