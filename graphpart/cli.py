@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+import traceback
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from graphpart.engines import check_device
 from graphpart.errors import GraphpartError
 from graphpart.ir import to_dot, write_graph
 from graphpart.run.config import Config, load_config
@@ -19,6 +22,19 @@ from graphpart.tools.compare import LR_RULES, run_auto, run_compare
 from graphpart.tools.profile import run_profile
 
 DEFAULT_CONFIG = "digits.toml"
+
+
+class UsageError(GraphpartError):
+    """A command line argparse refused: printed as one line like any bad input (exit 2)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line, `graphpart: error: MESSAGE (see PROG --help)`,
+    instead of the whole usage; subcommands' parsers are made of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
 
 # flag -> (dotted config key, type, help)
 FLAGS: dict[str, tuple[str, Any, str]] = {
@@ -109,6 +125,13 @@ def load_cli_config(args: argparse.Namespace) -> Config:
     return load_config(path, overrides)
 
 
+def check_local_device(cfg: Config) -> None:
+    """A device this machine lacks is refused before anything is written (a run directory).
+    With --address the workers may run elsewhere; each checks its own device as it starts."""
+    if not cfg.pipeline.address:
+        check_device(cfg.pipeline.device)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         cfg_path = Path(args.resume) / "config.toml"
@@ -125,6 +148,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = load_config(str(cfg_path), extra)
     else:
         cfg = load_cli_config(args)
+    check_local_device(cfg)
     quiet = args.json or args.no_progress or not sys.stderr.isatty()
     summary = train(cfg, progress=not quiet, resume=args.resume)
     if args.json:
@@ -159,20 +183,22 @@ def cmd_graph(args: argparse.Namespace) -> int:
     if args.out is None or args.out == "-":
         print(to_dot(s.graph, stage_of), end="")
     else:
-        out = write_graph(s.graph, args.out, stage_of)
+        out = write_graph(s.graph, args.out, stage_of, overwrite=args.force)
         print(f"wrote {out}", file=sys.stderr)
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     run = bench_pipeline.main if args.pipeline else bench.main
+    prog = "graphpart bench --pipeline" if args.pipeline else "graphpart bench"
     argv = ["--json"] if args.json else []
     rest = list(args.rest)
-    return run(argv + (rest[1:] if rest[:1] == ["--"] else rest)) or 0
+    return run(argv + (rest[1:] if rest[:1] == ["--"] else rest), prog=f"{prog} --") or 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     cfg = load_cli_config(args)
+    check_local_device(cfg)
     return run_compare(
         cfg,
         devices=args.devices,
@@ -187,18 +213,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     cfg = load_cli_config(args)
+    check_local_device(cfg)
     return run_profile(
         cfg, steps=args.steps, out=args.out, inference=args.inference, as_json=args.json
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = Parser(
         prog="graphpart",
         description="Train neural networks across devices by partitioning their computational "
         "graph.",
     )
+    ap.add_argument(
+        "--debug",
+        action="store_true",
+        help="on a fault (an unexpected exception), show the traceback instead of one line",
+    )
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    ap.commands = sub.choices  # name -> the command's parser
 
     p = sub.add_parser("train", help="train a model (one process, or a pipeline on Ray)")
     _add_config_args(p)
@@ -228,8 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("graph", help="draw the computational graph (DOT, or SVG/PNG via Graphviz)")
     _add_config_args(p)
     p.add_argument(
-        "--out", default=None, help="graph.dot | graph.svg | graph.png (default: DOT on stdout)"
+        "--out",
+        default=None,
+        help="graph.dot | graph.svg | graph.png (default: DOT on stdout); an existing file is "
+        "refused unless --force",
     )
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     p.set_defaults(func=cmd_graph)
 
     p = sub.add_parser(
@@ -281,17 +318,49 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _one_line(text: str) -> str:
+    return re.sub(r"\s*\n\s*", " ", text.strip())
+
+
+def _parse(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse; arguments no parser took are refused by the command's own parser, so that the
+    message points at its --help."""
+    args, extra = ap.parse_known_args(argv)
+    if extra:
+        command = getattr(ap, "commands", {}).get(args.command, ap)
+        command.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Every failure ends with one line on stderr, `graphpart: error: ...`:
+    exit 2 for bad input (a GraphpartError, argparse's refusals included), 1 for a fault (any
+    other exception; `--debug` shows its traceback instead), 130 on Ctrl-C."""
     ap = build_parser()
-    args = ap.parse_args(argv)
+    args = None
     try:
+        args = _parse(ap, argv)
         return int(args.func(args) or 0)
+    except SystemExit as e:  # --help, and argparse's own exits
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     except GraphpartError as e:
-        print(f"graphpart: error: {e}", file=sys.stderr)
+        if args is not None and args.debug:
+            traceback.print_exc()
+        print(f"graphpart: error: {_one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("graphpart: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if args is not None and args.debug:
+            raise
+        lines = str(e).strip().splitlines()
+        what = f"{type(e).__name__}: {lines[0].strip()}" if lines else type(e).__name__
+        print(
+            f"graphpart: error: {what} (a fault; rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ Contract: a 2-stage, 2-micro-batch pipeline whose stages run on the CUDA backend
 CUDA simulator here; on a real GPU where one is lent) gives, after optimizer steps, the
 parameters of the reference autodiff + reference optimizer to 1e-10 relative in float64, and
 inference logits equal to the reference forward. The CPU backend is covered by test_stage and
-test_engine; unknown device names are a one-line ConfigError.
+test_engine; unknown device names are a one-line ConfigError, and so is a CUDA device where
+numba finds none (the message carries numba's reason and says what to do), while the simulator
+still makes a CUDA backend.
 """
 
 from __future__ import annotations
@@ -18,9 +20,7 @@ from pathlib import Path
 import pytest
 
 from graphpart.errors import ConfigError
-from workers.backends import get_backend
-
-pytestmark = pytest.mark.ray  # the checks run in a subprocess (the CUDA simulator)
+from workers.backends import check_device, cuda_problem, get_backend
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,6 +56,7 @@ def _run_on_cuda() -> dict:
     }
 
 
+@pytest.mark.ray  # the checks run in a subprocess (the CUDA simulator)
 def test_cuda_backend_matches_oracle():
     env = {
         **os.environ,
@@ -75,6 +76,62 @@ def test_cuda_backend_matches_oracle():
 def test_unknown_device():
     with pytest.raises(ConfigError, match="tpu"):
         get_backend("tpu")
+
+
+NO_DRIVER = (
+    "\nCUDA driver library cannot be found.\nIf you are sure that a CUDA driver is installed,\n"
+    "try setting environment variable NUMBA_CUDA_DRIVER\n"
+)
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """numba.cuda as on a machine without a CUDA driver (whatever this machine has)."""
+    from numba import cuda
+
+    monkeypatch.setattr(cuda, "is_available", lambda: False)
+    monkeypatch.setattr(cuda, "cuda_error", lambda: NO_DRIVER)
+
+
+def test_cuda_without_a_gpu_is_a_one_line_config_error(no_gpu):
+    with pytest.raises(ConfigError) as exc:
+        get_backend("cuda")
+    assert str(exc.value) == (
+        "pipeline.device='cuda': no CUDA device was found (CUDA driver library cannot be "
+        "found); check with nvidia-smi, or use --device cpu"
+    )
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        check_device("cuda")
+    check_device("cpu")  # the CPU needs nothing
+
+
+def test_cuda_problem_when_numba_raises_or_gives_no_reason(monkeypatch):
+    from numba import cuda
+    from numba.cuda.cudadrv.error import CudaSupportError
+
+    def boom():
+        raise CudaSupportError(
+            "Error at driver init: \n\nCall to cuInit results in CUDA_ERROR_NO_DEVICE (100)"
+        )
+
+    monkeypatch.setattr(cuda, "is_available", boom)
+    assert cuda_problem() == "Call to cuInit results in CUDA_ERROR_NO_DEVICE (100)"
+    monkeypatch.setattr(cuda, "is_available", lambda: False)
+    monkeypatch.setattr(cuda, "cuda_error", lambda: None)
+    assert "no usable GPU" in cuda_problem()
+
+
+@pytest.mark.ray  # a subprocess: the simulator must be chosen before numba is imported
+def test_the_cuda_simulator_still_makes_a_cuda_backend():
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "PYTHONPATH": str(ROOT)}
+    code = (
+        "from workers.backends import cuda_problem, get_backend; "
+        "assert cuda_problem() is None; print(get_backend('cuda').name)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "cuda", proc.stderr[-2000:]
 
 
 if __name__ == "__main__":  # the simulator subprocess

@@ -4,8 +4,12 @@ Contract: `graphpart train` on the embedded default reaches >= 95% test accuracy
 `--json` prints one final JSON line with final_loss, test_accuracy, steps, wall_s,
 samples_per_s; a pipeline run on a local Ray (3 stages) reaches the same accuracy as one
 process and leaves no Ray process behind; bad input (config keys and values, a user's .npz with
-wrong shapes, NaN, labels out of range, non-numeric dtype) is a one-line error naming the value,
-exit code 2, no traceback; `plan` and `graph` work without Ray.
+wrong shapes, NaN, labels out of range or beyond the number of samples, values beyond the
+training dtype, non-numeric dtype; argparse's refusals; a CUDA device on a machine without one;
+an --out that would overwrite a file or lies in a missing folder; bad benchmark options) is a
+one-line error naming the value, exit code 2, no traceback, and nothing is written; an
+unexpected exception (a fault) is one line naming its type, exit code 1, and `--debug` shows
+its traceback instead; `plan` and `graph` work without Ray.
 """
 
 from __future__ import annotations
@@ -417,3 +421,200 @@ def _kill_matching(tag: str) -> None:
             except ProcessLookupError:
                 pass
         time.sleep(2)
+
+
+# --- every failure is one line: argparse, faults, --debug ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, line",
+    [
+        (
+            ["train", "--epochs", "abc"],
+            "argument --epochs: invalid int value: 'abc' (see graphpart train --help)",
+        ),
+        (["train", "--bogus"], "unrecognized arguments: --bogus (see graphpart train --help)"),
+        ([], "the following arguments are required: COMMAND (see graphpart --help)"),
+        (["--debug"], "the following arguments are required: COMMAND (see graphpart --help)"),
+        (["trian"], "argument COMMAND: invalid choice: 'trian'"),
+        (
+            ["plan", "--top", "x"],
+            "argument --top: invalid int value: 'x' (see graphpart plan --help)",
+        ),
+        (["compare", "--lr-rule", "cubic"], "argument --lr-rule: invalid choice: 'cubic'"),
+        (["bench", "--bogus"], "unrecognized arguments: --bogus (see graphpart bench --help)"),
+    ],
+)
+def test_argparse_refusals_are_one_line(capsys, argv, line):
+    err = _err(capsys, argv)
+    assert err.startswith(f"graphpart: error: {line}"), err
+    assert "usage:" not in err
+
+
+def test_help_still_prints_and_exits_0(capsys):
+    assert main(["train", "--help"]) == 0
+    assert "usage: graphpart train" in capsys.readouterr().out
+
+
+def _boom(*args, **kwargs):
+    raise RuntimeError("boom at the second step\nwith a second line")
+
+
+def test_a_fault_is_one_line_with_its_type_and_exit_1(capsys, monkeypatch):
+    monkeypatch.setattr("graphpart.cli.plan_report", _boom)
+    assert main(["plan"]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        "graphpart: error: RuntimeError: boom at the second step "
+        "(a fault; rerun with --debug for the traceback)\n"
+    )
+
+
+def test_debug_shows_the_fault_traceback(capsys, monkeypatch):
+    monkeypatch.setattr("graphpart.cli.plan_report", _boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["--debug", "plan"])
+
+
+def test_bad_input_stays_exit_2_under_debug_with_its_traceback(capsys):
+    assert main(["--debug", "train", "--activation", "gelu"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err
+    assert err.strip().splitlines()[-1].startswith("graphpart: error: model.activation='gelu'")
+
+
+def test_ctrl_c_is_exit_130(capsys, monkeypatch):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("graphpart.cli.plan_report", interrupted)
+    assert main(["plan"]) == 130
+    assert capsys.readouterr().err == "graphpart: interrupted\n"
+
+
+# --- a CUDA device where there is none ------------------------------------------------------
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """numba.cuda as on a machine without a CUDA driver (whatever this machine has)."""
+    from numba import cuda
+
+    reason = "\nCUDA driver library cannot be found.\nIf you are sure that a driver is installed,\n"
+    monkeypatch.setattr(cuda, "is_available", lambda: False)
+    monkeypatch.setattr(cuda, "cuda_error", lambda: reason)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--epochs", "1"],
+        ["compare", "--epochs", "1"],
+        ["profile", "--steps", "1", "--out", "{tmp}/profile"],
+    ],
+)
+def test_cuda_without_a_gpu_fails_before_anything_is_written(capsys, tmp_path, no_gpu, argv):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    err = _err(capsys, [*argv, "--device", "cuda", "--run-dir", str(tmp_path / "runs")])
+    assert err == (
+        "graphpart: error: pipeline.device='cuda': no CUDA device was found (CUDA driver "
+        "library cannot be found); check with nvidia-smi, or use --device cpu"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_plan_for_cuda_needs_no_gpu(capsys, no_gpu):
+    assert main(["plan", "--device", "cuda"]) == 0
+
+
+# --- output paths: never overwrite a user's file, never write into a missing folder ---------
+
+
+def test_graph_out_into_a_missing_folder(capsys, tmp_path):
+    err = _err(capsys, ["graph", "--out", str(tmp_path / "nope" / "g.svg")])
+    assert f"folder {tmp_path / 'nope'} does not exist" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["g.dot", "g.svg", "g"])
+def test_graph_out_onto_an_existing_file_is_refused_unless_forced(capsys, tmp_path, name):
+    mine = tmp_path / name
+    mine.write_text("keep me")
+    err = _err(capsys, ["graph", "--out", str(mine)])
+    assert f"--out {mine}: the file already exists" in err and "--force" in err
+    assert mine.read_text() == "keep me" and len(list(tmp_path.iterdir())) == 1
+    if name != "g.svg":  # .svg needs Graphviz
+        assert main(["graph", "--out", str(mine), "--force"]) == 0
+        assert mine.read_text().startswith("digraph graphpart")
+
+
+def test_graph_out_onto_a_folder_is_refused(capsys, tmp_path):
+    err = _err(capsys, ["graph", "--out", str(tmp_path)])
+    assert f"--out {tmp_path}: is a folder" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("out", ["mine.txt", "mine.txt/sub"])
+def test_profile_out_onto_an_existing_file_is_refused(capsys, tmp_path, out):
+    mine = tmp_path / "mine.txt"
+    mine.write_text("keep me")
+    err = _err(capsys, ["profile", "--steps", "1", "--out", str(tmp_path / out)])
+    assert f"--out {tmp_path / out}: " in err and "profile writes a folder" in err
+    assert mine.read_text() == "keep me" and list(tmp_path.iterdir()) == [mine]
+
+
+# --- a user's .npz that cannot train: refused before the run directory -----------------------
+
+
+def test_npz_that_cannot_train_fails_before_the_run_directory(capsys, tmp_path):
+    rng = np.random.default_rng(0)
+    X, y = rng.random((20, 4)), np.arange(20) % 3
+    data = tmp_path / "data"
+    data.mkdir()
+    cases = {
+        "huge_label.npz": (dict(X=X, y=np.where(y == 2, 10**12, y)), "y[2] = 1000000000000"),
+        "huge_float_label.npz": (dict(X=X, y=np.where(y == 2, 1e12, y)), "y[2] = 1000000000000"),
+        "beyond_float32.npz": (dict(X=np.where(X > 0.9, 1e300, X), y=y), "= 1e+300"),
+        "inf.npz": (dict(X=np.where(X > 0.9, np.inf, X), y=y), "NaN/inf"),
+        "half_label.npz": (dict(X=X, y=y * 0.5), "= 0.5"),
+    }
+    runs = tmp_path / "runs"
+    for name, (arrays, needle) in cases.items():
+        path = _npz(data, name, **arrays)
+        err = _err(capsys, ["train", "--data", path, "--run-dir", str(runs), "--epochs", "1"])
+        assert needle in err and name in err, err
+        assert not runs.exists()
+
+
+# --- the benchmarks' own options ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["bench", "--", "--optimizers", "foo"], "--optimizers: 'foo' is not an optimizer"),
+        (["bench", "--", "--optimizers", "adam,foo"], "'foo' is not an optimizer; valid: "),
+        (["bench", "--", "--sizes", "10"], "--sizes: '10': must be layer widths"),
+        (["bench", "--", "--sizes", "10,x"], "'10,x'"),
+        (["bench", "--", "--sizes", "10,0"], "'10,0'"),
+        (["bench", "--", "--batch", "0"], "--batch: '0': must be an integer >= 1"),
+        (["bench", "--", "--repeats", "-1"], "--repeats: '-1'"),
+        (["bench", "--", "--pause", "nan"], "--pause: 'nan'"),
+        (["bench", "--", "--dtype", "float16"], "invalid choice: 'float16'"),
+        (["bench", "--", "--bogus"], "unrecognized arguments: --bogus"),
+        (["bench", "--pipeline", "--", "--sizes", "10"], "at least 3 positive integers"),
+        (["bench", "--pipeline", "--", "--sizes", "10,3"], "'10,3'"),
+        (["bench", "--pipeline", "--", "--schedules", "zigzag"], "'zigzag' is not a schedule"),
+        (["bench", "--pipeline", "--", "--microbatches", "0"], "--microbatches: '0'"),
+        (
+            ["bench", "--pipeline", "--", "--batch", "2", "--microbatches", "1,4"],
+            "M=4 exceeds --batch 2",
+        ),
+        (["bench", "--pipeline", "--", "--steps", "0"], "--steps: '0'"),
+    ],
+)
+def test_bench_bad_options_are_one_line(capsys, argv, needle):
+    err = _err(capsys, argv)
+    assert needle in err, err
+    prog = "graphpart bench --pipeline --" if "--pipeline" in argv else "graphpart bench --"
+    assert err.endswith(f"(see {prog} --help)"), err

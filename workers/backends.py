@@ -195,7 +195,37 @@ BACKENDS: dict[str, type[CpuBackend] | type[CudaBackend]] = {"cpu": CpuBackend, 
 DEVICES = tuple(BACKENDS)
 
 
-def get_backend(name: str) -> Backend:
+def cuda_problem() -> str | None:
+    """Why numba cannot use a CUDA device on this machine, in one line; None when it can
+    (a GPU with its driver and libNVVM, or the simulator, NUMBA_ENABLE_CUDASIM=1)."""
+    from numba import cuda  # numba.cuda loads only when a CUDA device is asked for
+
+    try:
+        if cuda.is_available():
+            return None
+        reason = cuda.cuda_error()
+    except Exception as exc:  # numba's driver errors are not all CudaSupportError
+        reason = str(exc) or type(exc).__name__
+    lines = [line.strip() for line in str(reason or "").splitlines()]
+    lines = [line for line in lines if line and line != "Error at driver init:"]
+    if not lines:
+        return "numba sees no usable GPU, or no libNVVM to compile for one"
+    return lines[0].removeprefix("Error at driver init:").strip().rstrip(".")
+
+
+def check_device(name: str) -> None:
+    """Refuse, as a one-line ConfigError, a device name that is unknown or not usable here."""
     if name not in BACKENDS:
         raise ConfigError(f"device={name!r}; valid: {', '.join(BACKENDS)}")
+    if name == "cuda":
+        problem = cuda_problem()
+        if problem is not None:
+            raise ConfigError(
+                f"pipeline.device='cuda': no CUDA device was found ({problem}); check with "
+                "nvidia-smi, or use --device cpu"
+            )
+
+
+def get_backend(name: str) -> Backend:
+    check_device(name)
     return BACKENDS[name]()

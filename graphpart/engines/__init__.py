@@ -5,7 +5,7 @@ from graphpart.engines.data_parallel import DP_TRANSPORTS, DataParallel
 from graphpart.engines.engine import TRANSPORT_CHOICES, Engine, StepResult, resolve_transport
 from graphpart.engines.measure import measured_costs
 from graphpart.engines.transports import TRANSPORTS
-from workers.backends import DEVICES
+from workers.backends import DEVICES, check_device
 from workers.channels import Channel, ChannelInbox, ChannelName
 from workers.channels import unlink as unlink_channel
 from workers.hwm import read_hwm, reset_hwm
@@ -22,6 +22,7 @@ __all__ = [
     "DataParallel",
     "TRANSPORTS",
     "TRANSPORT_CHOICES",
+    "check_device",
     "Engine",
     "Ledger",
     "StageStats",

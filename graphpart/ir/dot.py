@@ -70,21 +70,69 @@ def to_dot(graph: Graph, stage_of: Mapping[str, int] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_graph(graph: Graph, out: str | Path, stage_of: Mapping[str, int] | None = None) -> Path:
-    """Write DOT, or SVG/PNG/PDF (by the file's suffix) when Graphviz's `dot` is installed."""
+def check_out_file(out: str | Path, overwrite: bool = False, flag: str = "--out") -> Path:
+    """`out` as a new file to write: its folder must exist, and an existing file is refused
+    (a one-line GraphpartError naming it) unless `overwrite`; a folder is never a file."""
     out = Path(out)
-    dot_text = to_dot(graph, stage_of)
+    parent = out.parent
+    if out.is_dir():
+        raise GraphpartError(
+            f"{flag} {out}: is a folder; give a file name, e.g. {out / 'graph.dot'}"
+        )
+    if not parent.exists():
+        raise GraphpartError(
+            f"{flag} {out}: folder {parent} does not exist; create it first or give another path"
+        )
+    if not parent.is_dir():
+        raise GraphpartError(f"{flag} {out}: {parent} is not a folder")
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise GraphpartError(
+            f"{flag} {out}: the file already exists and is not overwritten; remove it, give "
+            "another name, or pass --force"
+        )
+    return out
+
+
+def write_graph(
+    graph: Graph,
+    out: str | Path,
+    stage_of: Mapping[str, int] | None = None,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write DOT, or SVG/PNG/PDF (by the file's suffix) when Graphviz's `dot` is installed.
+
+    The folder must exist; an existing file is refused unless `overwrite`. If Graphviz fails,
+    the half-written file is removed.
+    """
+    out = Path(out)
     fmt = out.suffix.lstrip(".").lower()
-    if fmt in ("dot", "gv", ""):
-        out.write_text(dot_text)
-        return out
-    if fmt not in ("svg", "png", "pdf"):
+    if fmt not in ("dot", "gv", "", "svg", "png", "pdf"):
         raise GraphpartError(f"--out {out}: unknown format {fmt!r}; use .dot, .svg, .png or .pdf")
+    check_out_file(out, overwrite)
+    dot_text = to_dot(graph, stage_of)
+    if fmt in ("dot", "gv", ""):
+        try:
+            with open(out, "w" if overwrite else "x") as f:
+                f.write(dot_text)
+        except FileExistsError:
+            raise GraphpartError(
+                f"--out {out}: the file already exists and is not overwritten"
+            ) from None
+        except OSError as exc:
+            raise GraphpartError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
+        return out
     exe = shutil.which("dot")
     if exe is None:
         raise GraphpartError(
             f"--out {out}: writing .{fmt} needs Graphviz's `dot` program, which is not installed "
             "(apt-get install graphviz); write a .dot file instead"
         )
-    subprocess.run([exe, f"-T{fmt}", "-o", str(out)], input=dot_text.encode(), check=True)
+    existed = out.exists()
+    try:
+        subprocess.run([exe, f"-T{fmt}", "-o", str(out)], input=dot_text.encode(), check=True)
+    except BaseException:
+        if not existed:
+            out.unlink(missing_ok=True)
+        raise
     return out

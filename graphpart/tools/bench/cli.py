@@ -4,37 +4,138 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NoReturn
 
-from graphpart.tools.bench.contenders import SIZES
+from graphpart.errors import ConfigError, GraphpartError
+from graphpart.tools.bench.contenders import OPTIMIZER_KW, SIZES
 from graphpart.tools.bench.report import format_report
 from graphpart.tools.bench.step import run_step_benchmark
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose refusals are one-line ConfigErrors naming the option and what is valid
+    (`graphpart bench` prints them as `graphpart: error: ...`, exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{message} (see {self.prog} --help)")
+
+
+def int_at_least(lo: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= lo."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            v = None
+        if v is None or v < lo:
+            raise argparse.ArgumentTypeError(f"{text!r}: must be an integer >= {lo}")
+        return v
+
+    return parse
+
+
+def non_negative(text: str) -> float:
+    """An argparse type: a finite number >= 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not (math.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number >= 0")
+    return v
+
+
+def int_list(min_len: int, what: str) -> Callable[[str], list[int]]:
+    """An argparse type: a comma list of at least `min_len` positive integers."""
+
+    def parse(text: str) -> list[int]:
+        parts = [p.strip() for p in text.split(",")]
+        try:
+            values = [int(p) for p in parts]
+        except ValueError:
+            values = []
+        if len(values) < min_len or any(v < 1 for v in values):
+            count = f"at least {min_len} " if min_len > 1 else ""
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: must be {what}, a comma list of {count}positive integers"
+            )
+        return values
+
+    return parse
+
+
+def name_list(valid: Iterable[str], what: str) -> Callable[[str], list[str]]:
+    """An argparse type: a non-empty comma list of names from `valid`."""
+    valid = tuple(valid)
+
+    def parse(text: str) -> list[str]:
+        names = [s.strip() for s in text.split(",") if s.strip()]
+        bad = [n for n in names if n not in valid]
+        if bad or not names:
+            shown = repr(bad[0]) if bad else repr(text)
+            raise argparse.ArgumentTypeError(
+                f"{shown} is not {what}; valid: a comma list of {', '.join(valid)}"
+            )
+        return names
+
+    return parse
+
+
+def run_main(
+    ap: argparse.ArgumentParser, argv: Sequence[str] | None, body: Callable[[Any], int]
+) -> int:
+    """Parse (a leading "--" is dropped: `graphpart bench -- ...`) and run. Called with argv,
+    refusals raise ConfigError for the caller; as a script (argv None), print them as one
+    line, `PROG: error: ...`, and return 2."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return body(ap.parse_args(args[1:] if args[:1] == ["--"] else args))
+    except GraphpartError as e:
+        if argv is not None:
+            raise
+        print(f"{ap.prog}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m graphpart.tools.bench") -> int:
     """`python -m graphpart.tools.bench` and `graphpart bench`: run, print the report or JSON."""
-    ap = argparse.ArgumentParser(prog="python -m graphpart.tools.bench", description=__doc__)
-    ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="layer widths, d,h1,..,q")
-    ap.add_argument("--batch", type=int, default=256)
+    ap = OneLineParser(prog=prog, description=__doc__)
+    ap.add_argument(
+        "--sizes",
+        type=int_list(2, "layer widths d,h1,..,q"),
+        default=",".join(map(str, SIZES)),
+        help="layer widths, d,h1,..,q",
+    )
+    ap.add_argument("--batch", type=int_at_least(1), default=256)
     ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     ap.add_argument("--activation", default="relu", choices=("relu", "sigmoid", "tanh", "identity"))
-    ap.add_argument("--repeats", type=int, default=30)
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--optimizers", default="adam,sgd", help="comma list of adam, sgd")
+    ap.add_argument("--repeats", type=int_at_least(1), default=30)
+    ap.add_argument("--warmup", type=int_at_least(0), default=5)
+    ap.add_argument(
+        "--optimizers",
+        type=name_list(OPTIMIZER_KW, "an optimizer"),
+        default="adam,sgd",
+        help="comma list of adam, sgd",
+    )
     ap.add_argument("--bias", default="both", choices=("both", "yes", "no"))
-    ap.add_argument("--threads", type=int, default=None, help="default: the usable cores")
+    ap.add_argument(
+        "--threads", type=int_at_least(1), default=None, help="default: the usable cores"
+    )
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
-    ap.add_argument("--matmul-n", type=int, default=2048)
+    ap.add_argument("--matmul-n", type=int_at_least(1), default=2048)
     ap.add_argument(
         "--rounds",
-        type=int,
+        type=int_at_least(1),
         default=10,
         help="blocks of back-to-back steps per contender (order rotated)",
     )
     ap.add_argument(
         "--pause",
-        type=float,
+        type=non_negative,
         default=0.15,
         help="seconds of rest before each block (lets thread pools go idle)",
     )
@@ -44,23 +145,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also time the first step in fresh processes (compile vs cache)",
     )
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
-    args = list(sys.argv[1:] if argv is None else argv)
-    a = ap.parse_args(args[1:] if args[:1] == ["--"] else args)  # `graphpart bench -- ...`
-    res = run_step_benchmark(
-        [int(s) for s in a.sizes.split(",")],
-        a.batch,
-        a.dtype,
-        a.activation,
-        a.repeats,
-        a.warmup,
-        optimizers=[s.strip() for s in a.optimizers.split(",") if s.strip()],
-        biases={"both": (True, False), "yes": (True,), "no": (False,)}[a.bias],
-        threads=a.threads,
-        torch=False if a.no_torch else None,
-        matmul_n=a.matmul_n,
-        rounds=a.rounds,
-        pause=a.pause,
-        startup=a.startup,
-    )
-    print(json.dumps(res, indent=1) if a.json else format_report(res))
-    return 0
+
+    def body(a: argparse.Namespace) -> int:
+        res = run_step_benchmark(
+            a.sizes,
+            a.batch,
+            a.dtype,
+            a.activation,
+            a.repeats,
+            a.warmup,
+            optimizers=a.optimizers,
+            biases={"both": (True, False), "yes": (True,), "no": (False,)}[a.bias],
+            threads=a.threads,
+            torch=False if a.no_torch else None,
+            matmul_n=a.matmul_n,
+            rounds=a.rounds,
+            pause=a.pause,
+            startup=a.startup,
+        )
+        print(json.dumps(res, indent=1) if a.json else format_report(res))
+        return 0
+
+    return run_main(ap, argv, body)

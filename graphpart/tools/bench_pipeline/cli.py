@@ -6,38 +6,66 @@ import argparse
 import json
 from collections.abc import Sequence
 
+from graphpart.plan.schedule import KINDS as SCHEDULES
+from graphpart.tools.bench.cli import OneLineParser, int_at_least, int_list, name_list, run_main
 from graphpart.tools.bench_pipeline.driver import SIZES, run
 from graphpart.tools.bench_pipeline.report import format_report
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, prog: str = "python -m graphpart.tools.bench_pipeline"
+) -> int:
     """`python -m graphpart.tools.bench_pipeline`, `graphpart bench --pipeline`: run and print."""
-    ap = argparse.ArgumentParser(
-        prog="python -m graphpart.tools.bench_pipeline", description=__doc__
+    ap = OneLineParser(prog=prog, description=__doc__)
+    ap.add_argument(
+        "--sizes",
+        type=int_list(3, "layer widths d,h1,..,q (two layers or more: the pipeline has 2 stages)"),
+        default=",".join(map(str, SIZES)),
+        help="layer widths d,h1,..,q",
     )
-    ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="layer widths d,h1,..,q")
-    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--batch", type=int_at_least(1), default=256)
     ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    ap.add_argument("--microbatches", default="1,2,4,8", help="comma list of M")
-    ap.add_argument("--schedules", default="1f1b,gpipe", help="comma list of 1f1b, gpipe")
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=15, help="timed steps per configuration")
-    ap.add_argument("--transfer-samples", type=int, default=200)
+    ap.add_argument(
+        "--microbatches",
+        type=int_list(1, "micro-batch counts M"),
+        default="1,2,4,8",
+        help="comma list of M",
+    )
+    ap.add_argument(
+        "--schedules",
+        type=name_list(SCHEDULES, "a schedule"),
+        default="1f1b,gpipe",
+        help="comma list of 1f1b, gpipe",
+    )
+    ap.add_argument("--warmup", type=int_at_least(0), default=3)
+    ap.add_argument(
+        "--steps", type=int_at_least(1), default=15, help="timed steps per configuration"
+    )
+    ap.add_argument("--transfer-samples", type=int_at_least(1), default=200)
     ap.add_argument("--no-torch", action="store_true", help="skip torch.distributed.pipelining")
     ap.add_argument("--no-k4", action="store_true", help="skip the four-stage runs")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
-    a = ap.parse_args(argv)
-    res = run(
-        [int(s) for s in a.sizes.split(",")],
-        a.batch,
-        a.dtype,
-        [int(s) for s in a.microbatches.split(",")],
-        [s.strip() for s in a.schedules.split(",") if s.strip()],
-        a.warmup,
-        a.steps,
-        a.transfer_samples,
-        with_torch=not a.no_torch,
-        four_stages=not a.no_k4,
-    )
-    print(json.dumps(res, indent=1) if a.json else format_report(res))
-    return 0
+
+    def body(a: argparse.Namespace) -> int:
+        too_many = [m for m in a.microbatches if m > a.batch]
+        if too_many:
+            ap.error(
+                f"argument --microbatches: M={too_many[0]} exceeds --batch {a.batch}; each "
+                "micro-batch needs at least one row"
+            )
+        res = run(
+            a.sizes,
+            a.batch,
+            a.dtype,
+            a.microbatches,
+            a.schedules,
+            a.warmup,
+            a.steps,
+            a.transfer_samples,
+            with_torch=not a.no_torch,
+            four_stages=not a.no_k4,
+        )
+        print(json.dumps(res, indent=1) if a.json else format_report(res))
+        return 0
+
+    return run_main(ap, argv, body)

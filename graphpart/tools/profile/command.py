@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,26 @@ from graphpart.tools.profile.plots import plot_stage
 from graphpart.tools.profile.trace import chrome_trace
 
 
+def check_out_folder(out: str | Path) -> Path:
+    """`out` as the folder profile writes into: an existing file (or a file where a folder of
+    its path should be) and a folder that cannot be written are one-line ConfigErrors."""
+    outdir = Path(out)
+    what = "profile writes a folder (memory_stage<k>.png, trace.json); give a folder path"
+    if outdir.exists() and not outdir.is_dir():
+        raise ConfigError(f"--out {outdir}: is an existing file; {what}")
+    for above in outdir.parents:
+        if above.exists() or above == above.parent:
+            if not above.is_dir():
+                raise ConfigError(f"--out {outdir}: {above} is a file, not a folder; {what}")
+            break
+    else:  # pragma: no cover - parents always end at "." or the root
+        above = Path(".")
+    nearest = outdir if outdir.exists() else above
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {outdir}: cannot write into {nearest} (permission denied)")
+    return outdir
+
+
 def run_profile(
     cfg: Any,
     steps: int = 3,
@@ -29,6 +50,7 @@ def run_profile(
     """`graphpart profile`: a few steps; predicted vs measured memory per stage; PNGs, trace."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"steps={steps!r}: must be a positive integer")
+    outdir = check_out_folder(out)
     s = setup(cfg)
     t, p = cfg.train, cfg.pipeline
     kw = memory_kwargs(cfg)
@@ -46,8 +68,12 @@ def run_profile(
 
             ray.shutdown()
     cmp = compare(pred, m)
-    outdir = Path(out)
-    outdir.mkdir(parents=True, exist_ok=True)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"--out {outdir}: cannot create the folder ({exc.strerror or exc})"
+        ) from None
     pngs = []
     for k, events in enumerate(m.events):
         path = outdir / f"memory_stage{k}.png"
