@@ -14,12 +14,16 @@ plan over the memory budget is refused before anything is written.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
-from graphpart.errors import ConfigError, Diverged
+from graphpart.errors import ConfigError, Diverged, StageFailure
 from graphpart.ir import mlp
 from graphpart.run import train as train_mod
 from graphpart.run.checkpoint import RunDir, atomic_write, load_checkpoint
@@ -173,3 +177,68 @@ def test_one_stage_micro_batches_are_gradient_accumulation(tmp_path):
     assert (
         max(float(np.max(np.abs(got[k] - full[k]) / np.max(np.abs(full[k])))) for k in full) < 1e-10
     )
+
+
+def _faulty(monkeypatch, at_step: int, sig: int, stage: int = 1) -> list[int]:
+    """Make train's engines send `sig` to one stage's process before step `at_step`, once."""
+    real, seen, hit = train_mod.make_engine, [0], []
+
+    def make(s, params, keep_events=False):
+        eng = real(s, params, keep_events)
+        step = eng.step
+
+        def faulty(x, y, update=True):
+            seen[0] += 1
+            if seen[0] == at_step and not hit:
+                pid = eng.transport.info[stage]["pid"]
+                hit.append(pid)
+                os.kill(pid, sig)
+            return step(x, y, update)
+
+        eng.step = faulty
+        return eng
+
+    monkeypatch.setattr(train_mod, "make_engine", make)
+    return hit
+
+
+def _pipeline(tmp_path: Path, **over):
+    return _cfg(tmp_path, **{"pipeline.stages": 2, "train.epochs": 3, **over})
+
+
+def test_a_killed_stage_is_restarted_from_the_checkpoint(tmp_path, monkeypatch, ray_session):
+    """train.max_failures: the run goes on and ends with the uninterrupted run's parameters."""
+    clean = _params(train(_pipeline(tmp_path), progress=False, log=lambda m: None))
+    hit = _faulty(monkeypatch, at_step=30, sig=signal.SIGKILL)  # in epoch 2 of 3
+    msgs: list[str] = []
+    out = train(_pipeline(tmp_path, **{"train.max_failures": 1}), progress=False, log=msgs.append)
+    assert hit and out["failures_recovered"] == 1
+    assert any(
+        "stage 1" in m and "restarting the stages from the checkpoint of epoch 1" in m for m in msgs
+    ), msgs
+    got = _params(out)
+    assert all(np.array_equal(clean[k], got[k]) for k in clean)  # bit for bit
+    rows = [
+        json.loads(x) for x in (Path(out["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+
+
+def test_a_stalled_stage_ends_the_run_with_its_name(tmp_path, monkeypatch, ray_session):
+    """kill -STOP one stage: a one-line failure naming it within seconds, never a hang."""
+    hit = _faulty(monkeypatch, at_step=5, sig=signal.SIGSTOP)
+    t0 = time.monotonic()
+    with pytest.raises(StageFailure, match=r"stage 1 stopped answering: step \d+ did not end"):
+        train(
+            _pipeline(tmp_path, **{"pipeline.step_timeout": 3.0}),
+            progress=False,
+            log=lambda m: None,
+        )
+    assert hit and time.monotonic() - t0 < 40
+    (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    st = _status(run)
+    assert st["state"] == "failed" and "--resume" in st["message"]
+    gone = time.monotonic() + 5  # no stage process outlives the run
+    while psutil.pid_exists(hit[0]) and psutil.Process(hit[0]).status() != "zombie":
+        assert time.monotonic() < gone, "the stopped stage's process outlived the run"
+        time.sleep(0.1)

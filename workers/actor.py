@@ -82,6 +82,10 @@ class PushStageActor(StageActor):
     def deliver(self, key: Key, value: Any) -> None:
         self.inbox.put(key, value)
 
+    def alive(self) -> int:
+        """A ping answered on the inbox thread, so it answers while a step runs."""
+        return os.getpid()
+
     def abort(self, step: int, why: str) -> None:
         self.inbox.fail(step, why)
 

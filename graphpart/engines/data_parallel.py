@@ -55,6 +55,7 @@ class DataParallel:
         keep_events: bool = False,
         address: str = "",
         num_cpus: int | None = None,
+        step_timeout: float = 0.0,
     ) -> None:
         if plan.k != 1:
             raise ConfigError(
@@ -89,6 +90,8 @@ class DataParallel:
             for r in range(self.replicas)
         ]
         self.transport = Ring(address=address, num_cpus=num_cpus, channels=transport != "push")
+        if step_timeout > 0:
+            self.transport.step_timeout_s = float(step_timeout)
         try:
             self.transport.start(specs)
         except BaseException:

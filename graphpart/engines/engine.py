@@ -78,6 +78,7 @@ class Engine:
         keep_events: bool = False,
         address: str = "",
         num_cpus: int | None = None,
+        step_timeout: float = 0.0,
     ) -> None:
         self.plan = plan
         self.reschedule(schedule, microbatches)
@@ -100,6 +101,8 @@ class Engine:
         ]
         name = resolve_transport(transport, plan.k, address)
         self.transport: Transport = TRANSPORTS[name](address=address, num_cpus=num_cpus)
+        if step_timeout > 0 and hasattr(self.transport, "step_timeout_s"):
+            self.transport.step_timeout_s = float(step_timeout)  # type: ignore[attr-defined]
         try:
             self.transport.start(specs)
         except BaseException:

@@ -187,6 +187,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "pipeline.cost": _choice(("flops", "measured")),
     "pipeline.data_parallel": _positive_int,
     "pipeline.memory_budget": _budget,
+    "pipeline.step_timeout": _non_negative,
     "run.dir": _nonempty,
     "run.name": _run_name,
 }

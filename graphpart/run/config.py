@@ -86,6 +86,9 @@ class PipelineConfig:
     # per-device memory budget ("64MiB", "1.5GiB", bytes; "" = none): the memory model checks
     # the plan against it before anything runs
     memory_budget: str = ""
+    # seconds the driver waits for one step before it calls a stage stalled (0: 20x the
+    # slowest recent step, at least 60 s; shm, push and data-parallel transports)
+    step_timeout: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -178,6 +178,7 @@ def make_engine(s: Setup, params: Params, keep_events: bool = False) -> Engine |
             max_rows=t.batch_size,
             device=p.device,
             keep_events=keep_events,
+            step_timeout=p.step_timeout,
         )
     return Engine(
         s.plan,
@@ -191,6 +192,7 @@ def make_engine(s: Setup, params: Params, keep_events: bool = False) -> Engine |
         device=p.device,
         recompute=p.recompute,
         keep_events=keep_events,
+        step_timeout=p.step_timeout,
     )
 
 

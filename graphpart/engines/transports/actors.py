@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -78,6 +80,15 @@ class RayActors:
                 ray.kill(a)
             except Exception:  # noqa: BLE001 - already gone
                 pass
+        # a stopped (SIGSTOP) or wedged process ignores Ray's request; on this machine, make
+        # sure no stage outlives the run
+        here = os.uname().nodename
+        for info in self.info:
+            if info.get("node") == here and info.get("pid") not in (None, os.getpid()):
+                try:
+                    os.kill(int(info["pid"]), signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
 
     def close(self) -> None:
         import ray

@@ -10,6 +10,7 @@ it, not the neighbours' stops that followed.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -30,12 +31,18 @@ class Push(RayActors):
     name = "push"
     body = bodies.PushStageActor
     remote_options: ClassVar[dict[str, Any]] = {"concurrency_groups": {bodies.INBOX_GROUP: 1}}
-    step_timeout_s = 600.0  # how long a stage waits for a neighbour's tensor
+    step_timeout_s = 0.0  # how long the driver waits for a step (0: from measured step times)
+    first_deadline_s = 300.0  # ... before three steps have been timed
+    min_deadline_s = 60.0  # ... at least, after
+    neighbour_wait_s = 600.0  # how long a stage waits for a neighbour's tensor
     abort_wait_s = 60.0  # how long the driver waits for the other stages to stop after a failure
+    ping_s = 2.0  # how long a stage may take to answer a ping when a step stalls
+    unit = "stage"  # what the failure messages call a worker
 
     def __init__(self, address: str = "", num_cpus: int | None = None) -> None:
         super().__init__(address, num_cpus)
         self._step_id = 0
+        self._times: list[float] = []  # the last steps' durations (seconds)
 
     def start(self, specs: Sequence[WorkerSpec]) -> None:
         super().start(specs)
@@ -64,28 +71,44 @@ class Push(RayActors):
                 list(feed.ys) if k == last else None,
                 feed.scale,
                 feed.update,
-                self.step_timeout_s,
+                self.neighbour_wait_s,
             )
             for k, a in enumerate(self.actors)
         ]
         return self._get_step(refs, step)
 
+    def deadline_s(self) -> float:
+        """How long the driver waits for a step: `step_timeout_s` when set, else 20x the
+        slowest of the last 20 steps (at least `min_deadline_s`; `first_deadline_s` until
+        three steps have been timed)."""
+        if self.step_timeout_s > 0:
+            return self.step_timeout_s
+        if len(self._times) < 3:
+            return self.first_deadline_s
+        return max(self.min_deadline_s, 20 * max(self._times[-20:]))
+
     def _get_step(self, refs: list[Any], step: int) -> list[Finish]:
         """The stages' results; on a failure, wake every stage of the step and re-raise the
-        failure that started it (not a neighbour's "stopped" that followed)."""
+        failure that started it (not a neighbour's "stopped" that followed). A step that does
+        not end within `deadline_s()` is a stall: the stages that no longer answer are named."""
         import ray
 
-        try:
-            return ray.get(refs)
-        except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError):
-            pass
-        for a in self.actors:
+        t0, deadline = time.perf_counter(), self.deadline_s()
+        pending, failed = list(refs), False
+        while pending and not failed:  # each result as it comes: a failure ends the wait
+            left = t0 + deadline - time.perf_counter()
+            ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, left))
+            if not ready:
+                self._abort_all(step, "the step was abandoned: a stage stalled")
+                raise StageFailure(self._stalled(refs, pending, step, deadline))
             try:
-                a.abort.options(concurrency_group=bodies.INBOX_GROUP).remote(
-                    step, "the step was abandoned after a failure elsewhere"
-                )
-            except Exception:  # noqa: BLE001 - that actor is gone
-                pass
+                ray.get(ready)
+            except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError):
+                failed = True
+        if not failed:
+            self._times = [*self._times[-19:], time.perf_counter() - t0]
+            return ray.get(refs)
+        self._abort_all(step, "the step was abandoned after a failure elsewhere")
         causes, stops = [], []
         for r in refs:
             try:
@@ -100,3 +123,29 @@ class Push(RayActors):
                     f"a stage did not stop within {self.abort_wait_s:.0f} s of the failure"
                 )
         raise StageFailure((causes or stops or ["a stage failed"])[0])
+
+    def _abort_all(self, step: int, why: str) -> None:
+        for a in self.actors:
+            try:
+                a.abort.options(concurrency_group=bodies.INBOX_GROUP).remote(step, why)
+            except Exception:  # noqa: BLE001 - that actor is gone
+                pass
+
+    def _stalled(self, refs: list[Any], pending: list[Any], step: int, deadline: float) -> str:
+        """Which stages stopped answering (no reply to a ping on their inbox thread, which
+        answers even while a step runs), else which did not finish."""
+        import ray
+
+        pings = [
+            a.alive.options(concurrency_group=bodies.INBOX_GROUP).remote() for a in self.actors
+        ]
+        ready, _ = ray.wait(pings, num_returns=len(pings), timeout=self.ping_s)
+        silent = [k for k, p in enumerate(pings) if p not in ready]
+        late = [k for k, r in enumerate(refs) if r in pending]
+        who = silent or late
+        what = "stopped answering" if silent else "did not finish"
+        names = ", ".join(f"{self.unit} {k}" for k in who)
+        return (
+            f"{names} {what}: step {step} did not end within {deadline:.0f} s (a stalled, "
+            "stopped or overloaded process; pipeline.step_timeout sets the wait)"
+        )

@@ -102,11 +102,13 @@ class Ring(Shm):
         step = self._step_id
         refs = [
             a.replica_step.remote(
-                step, list(xs[r]), list(ys[r]), scale, update, self.step_timeout_s
+                step, list(xs[r]), list(ys[r]), scale, update, self.neighbour_wait_s
             )
             for r, a in enumerate(self.actors)
         ]
         return self._get_step(refs, step)
+
+    unit = "replica"
 
     def run_step(self, wiring: StepWiring, feed: StepFeed[np.ndarray]) -> list[Finish]:
         raise NotImplementedError("a ring of replicas runs data-parallel steps: run_replicas")
