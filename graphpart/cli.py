@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import traceback
 from importlib import resources
@@ -319,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line(text: str) -> str:
-    return re.sub(r"\s*\n\s*", " ", text.strip())
+    return " ".join(line.strip() for line in text.strip().splitlines())
 
 
 def _parse(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:

@@ -408,3 +408,10 @@ def test_npz_x_without_features(tmp_path):
     with pytest.raises(DataError) as exc:
         data.load_npz(_npz(tmp_path, X=np.zeros((20, 0)), y=y))
     assert "X has shape (20, 0); expected at least 1 feature" in _one_line(exc)
+
+
+def test_npz_regression_without_samples(tmp_path):
+    path = _npz(tmp_path, X=np.zeros((0, 3)), y=np.zeros(0))
+    with pytest.raises(DataError) as exc:
+        data.load_npz(path, task="regression")
+    assert "X has 0 sample(s); need at least 2" in _one_line(exc)

@@ -342,7 +342,8 @@ def _xy(path: str, arrays: dict, xname: str, yname: str, task: str, dt: np.dtype
     _check_numeric(path, yname, y)
     X = _cast(path, xname, X, dt)
     if task == "regression":
-        y = _cast(path, yname, y, dt).reshape(len(y), -1)
+        y = _cast(path, yname, y, dt)
+        y = y.reshape(len(y), 1) if y.ndim == 1 else y
     return X, y
 
 
