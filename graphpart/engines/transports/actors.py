@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-import signal
 from collections.abc import Sequence
 from typing import Any, ClassVar
+
+import psutil
 
 from graphpart.engines.cluster import first_line, start_ray
 from graphpart.errors import StageFailure
@@ -24,6 +25,7 @@ class RayActors:
     name = "ray"
     body: ClassVar[type[bodies.StageActor]] = bodies.StageActor
     remote_options: ClassVar[dict[str, Any]] = {}
+    exit_wait_s = 3.0  # after ray.kill, how long a stage on this machine may take to exit
 
     def __init__(self, address: str = "", num_cpus: int | None = None) -> None:
         self.address, self.num_cpus = address, num_cpus
@@ -80,15 +82,22 @@ class RayActors:
                 ray.kill(a)
             except Exception:  # noqa: BLE001 - already gone
                 pass
-        # a stopped (SIGSTOP) or wedged process ignores Ray's request; on this machine, make
-        # sure no stage outlives the run
+        # a stopped (SIGSTOP) or wedged process ignores Ray's request: on this machine, give
+        # the stages a moment to exit, then make sure none outlives the run
         here = os.uname().nodename
+        procs = []
         for info in self.info:
             if info.get("node") == here and info.get("pid") not in (None, os.getpid()):
                 try:
-                    os.kill(int(info["pid"]), signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
+                    procs.append(psutil.Process(int(info["pid"])))
+                except psutil.NoSuchProcess:
                     pass
+        _, alive = psutil.wait_procs(procs, timeout=self.exit_wait_s)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
 
     def close(self) -> None:
         import ray

@@ -1,0 +1,193 @@
+"""Fault injection: train many short pipelines and kill, stop or interrupt them at random.
+
+    python tests/fault_injection.py --runs 12 --seed 0 [--json out.json]
+
+Each run is `graphpart train` (2 stages on a local Ray, digits, float64) in a subprocess, hit
+by one fault at a random moment: SIGKILL or SIGSTOP of a stage's process (runs with
+train.max_failures = 2 must recover by themselves), SIGINT (Ctrl-C) or SIGKILL of the driver
+(then `--resume` must finish the run), or none. Reported: runs, faults injected, recovered
+(the run ended completed, by itself or after one `--resume`), data lost (a checkpoint that
+does not load, a completed run without params.npz, metrics rows out of order: must be 0),
+hangs (a command past its time limit: must be 0), leftover processes (stage actors of ours
+alive 10 s after a run ended: must be 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+ACTOR_NAMES = ("ray::ChannelStageActor", "ray::PushStageActor", "ray::StageActor")
+FAULTS = ("kill-stage", "stop-stage", "interrupt-driver", "kill-driver", "none")
+LIMIT_S = 240  # a command running longer than this is a hang
+
+
+@dataclass
+class Outcome:
+    run: int
+    fault: str
+    at_s: float
+    injected: bool
+    exit_code: int | None
+    resumed: bool = False
+    state: str = ""
+    recovered: bool = False
+    data_lost: list[str] = field(default_factory=list)
+    hang: bool = False
+    leftover: int = 0
+
+
+def stage_processes(since: float) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["cmdline", "create_time"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if p.info["create_time"] >= since - 1 and any(cmd.startswith(n) for n in ACTOR_NAMES):
+            out.append(p)
+    return out
+
+
+def train_cmd(run_dir: Path, name: str, max_failures: int) -> list[str]:
+    return [
+        sys.executable, "-m", "graphpart.cli", "train", "--no-progress",
+        "--stages", "2", "--microbatches", "4", "--epochs", "8", "--dtype", "float64",
+        "--run-dir", str(run_dir), "--name", name,
+        "--set", f"train.max_failures={max_failures}", "--set", "pipeline.step_timeout=5",
+    ]  # fmt: skip
+
+
+def wait(proc: subprocess.Popen, limit: float) -> int | None:
+    try:
+        return proc.wait(timeout=limit)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None
+
+
+def check_data(run: Path, completed: bool) -> list[str]:
+    lost = []
+    ck = run / "checkpoint.npz"
+    if ck.exists():
+        try:
+            with np.load(ck) as z:
+                _ = {k: z[k] for k in z.files}
+        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is data lost
+            lost.append(f"checkpoint unreadable: {e}")
+    if completed and not (run / "params.npz").exists():
+        lost.append("completed without params.npz")
+    m = run / "metrics.jsonl"
+    if m.exists():
+        steps = [json.loads(x)["step"] for x in m.read_text().splitlines() if x.strip()]
+        if steps != sorted(steps) or len(steps) != len(set(steps)):
+            lost.append("metrics rows repeated or out of order")
+    return lost
+
+
+def state_of(run: Path) -> str:
+    try:
+        return json.loads((run / "summary.json").read_text()).get("state", "")
+    except (OSError, json.JSONDecodeError):
+        return ""
+
+
+def one_run(i: int, fault: str, rng: random.Random, root: Path) -> Outcome:
+    name = f"run{i:02d}"
+    run = root / name
+    stage_fault = fault in ("kill-stage", "stop-stage")
+    t0 = time.time()
+    proc = subprocess.Popen(
+        train_cmd(root, name, 2 if stage_fault else 0),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    at = rng.uniform(6.0, 14.0)  # Ray starts in ~5 s; the 8 epochs take ~10 s more
+    o = Outcome(i, fault, round(at, 2), False, None)
+    time.sleep(at)
+    if proc.poll() is None and fault != "none":
+        if stage_fault:
+            procs = stage_processes(t0)
+            if procs:
+                victim = rng.choice(procs)
+                os.kill(victim.pid, signal.SIGKILL if fault == "kill-stage" else signal.SIGSTOP)
+                o.injected = True
+        else:
+            proc.send_signal(signal.SIGINT if fault == "interrupt-driver" else signal.SIGKILL)
+            o.injected = True
+    o.exit_code = wait(proc, LIMIT_S)
+    o.hang = o.exit_code is None
+    if not o.hang and state_of(run) != "completed" and (run / "config.toml").exists():
+        if (run / "checkpoint.npz").exists():  # what a user does next: resume
+            cmd = [sys.executable, "-m", "graphpart.cli", "train", "--no-progress", "--resume",
+                   str(run)]  # fmt: skip
+            r = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            code = wait(r, LIMIT_S)
+            o.resumed, o.hang = True, code is None
+    o.state = state_of(run)
+    o.recovered = o.state == "completed"
+    o.data_lost = check_data(run, o.recovered)
+    time.sleep(10)
+    o.leftover = len(stage_processes(t0))
+    for p in stage_processes(t0):  # clean up for the next run, whatever happened
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    return o
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=12)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None, help="also write the outcomes here")
+    args = ap.parse_args(argv)
+    rng = random.Random(args.seed)
+    outcomes = []
+    with tempfile.TemporaryDirectory(prefix="graphpart-faults-") as tmp:
+        for i in range(args.runs):
+            fault = FAULTS[i % len(FAULTS)] if i < len(FAULTS) else rng.choice(FAULTS)
+            o = one_run(i, fault, rng, Path(tmp))
+            outcomes.append(o)
+            print(
+                f"run {i:2d} {fault:16s} at {o.at_s:5.1f} s  exit {o.exit_code}  "
+                f"{'resumed ' if o.resumed else ''}-> {o.state or '?'}  "
+                f"lost {len(o.data_lost)}  hang {int(o.hang)}  leftover {o.leftover}",
+                flush=True,
+            )
+    faults = sum(o.injected for o in outcomes)
+    summary = {
+        "runs": len(outcomes),
+        "faults_injected": faults,
+        "recovered": sum(o.recovered for o in outcomes if o.injected),
+        "completed": sum(o.recovered for o in outcomes),
+        "data_lost": sum(len(o.data_lost) for o in outcomes),
+        "hangs": sum(o.hang for o in outcomes),
+        "leftover_processes": sum(o.leftover for o in outcomes),
+    }
+    print(json.dumps(summary))
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"summary": summary, "runs": [asdict(o) for o in outcomes]}, indent=2)
+        )
+    bad = summary["data_lost"] or summary["hangs"] or summary["leftover_processes"]
+    return 1 if bad or summary["completed"] < summary["runs"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
