@@ -82,6 +82,16 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
         "per-device memory budget, e.g. 64MiB: a plan that does not fit is refused",
     ),
     "--recompute": ("pipeline.recompute", str, "true | false: recompute activations in backward"),
+    "--max-failures": (
+        "train.max_failures",
+        int,
+        "restart dead or stalled stages from the last checkpoint up to N times",
+    ),
+    "--step-timeout": (
+        "pipeline.step_timeout",
+        float,
+        "seconds a step may take before a stage is called stalled (0: from measured steps)",
+    ),
     "--run-dir": ("run.dir", str, "folder for run directories"),
     "--name": ("run.name", str, "run directory name (default: a timestamp)"),
 }
@@ -106,7 +116,8 @@ def _add_config_args(p: argparse.ArgumentParser, only: tuple[str, ...] | None = 
             p.add_argument(flag, dest=key, type=typ, default=None, help=helptext)
 
 
-def load_cli_config(args: argparse.Namespace) -> Config:
+def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config keys the command line sets: --set items, then the flags."""
     overrides: dict[str, Any] = {}
     for item in args.set:
         if "=" not in item:
@@ -117,6 +128,11 @@ def load_cli_config(args: argparse.Namespace) -> Config:
         v = getattr(args, key, None)
         if v is not None:
             overrides[key] = v
+    return overrides
+
+
+def load_cli_config(args: argparse.Namespace) -> Config:
+    overrides = cli_overrides(args)
     path = args.config
     if path is None:
         with resources.as_file(resources.files("graphpart") / "configs" / DEFAULT_CONFIG) as p:
@@ -139,12 +155,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"--resume {args.resume}: no config.toml there; give a run "
                 "directory written by `graphpart train`"
             )
-        extra = (
-            {"train.epochs": args.__dict__["train.epochs"]}
-            if args.__dict__.get("train.epochs")
-            else {}
-        )
-        cfg = load_config(str(cfg_path), extra)
+        if args.config is not None:
+            raise GraphpartError(
+                f"--resume {args.resume} with config {args.config}: a resumed run keeps its own "
+                "config.toml; change keys with flags or --set instead"
+            )
+        cfg = load_config(str(cfg_path), cli_overrides(args))  # recorded in config.toml
     else:
         cfg = load_cli_config(args)
     check_local_device(cfg)
@@ -240,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         metavar="RUN_DIR",
         default=None,
-        help="continue a run from its last checkpoint (optionally with --epochs)",
+        help="continue a run from its last checkpoint; flags and --set change how it goes on "
+        "(--epochs, --lr, --stages, --schedule, ...; not the model or data)",
     )
     p.set_defaults(func=cmd_train)
 

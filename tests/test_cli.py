@@ -618,3 +618,18 @@ def test_bench_bad_options_are_one_line(capsys, argv, needle):
     assert needle in err, err
     prog = "graphpart bench --pipeline --" if "--pipeline" in argv else "graphpart bench --"
     assert err.endswith(f"(see {prog} --help)"), err
+
+
+def test_resume_takes_overrides_and_refuses_what_it_cannot_do(capsys, tmp_path):
+    base = ["train", "--json", "--epochs", "1", "--hidden", "16", "--run-dir", str(tmp_path)]
+    assert main([*base, "--name", "r"]) == 0
+    capsys.readouterr()
+    run = tmp_path / "r"
+    err = _err(capsys, ["train", "--resume", str(run)])
+    assert "finished 1 epoch(s)" in err and "--epochs N with N > 1" in err
+    err = _err(capsys, ["train", "--resume", str(run), "--epochs", "2", "--hidden", "8"])
+    assert "model.hidden was" in err
+    assert main(["train", "--json", "--resume", str(run), "--epochs", "2", "--lr", "0.0005"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["state"] == "completed" and out["epochs"] == 2
+    assert "lr = 0.0005" in (run / "config.toml").read_text()
