@@ -169,12 +169,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        acc = summary["test_accuracy"]
+        acc, loss = summary["test_accuracy"], summary["final_loss"]
         print(
-            f"done: {summary['steps']} steps, final loss {summary['final_loss']:.4f}"
+            f"done: {summary['steps']} steps"
+            + (f", final loss {loss:.4f}" if loss is not None else "")
             + (f", test accuracy {acc:.4f}" if acc is not None else "")
             + f"\ntime: {summary['wall_s']:.1f} s in all; training steps "
-            f"{summary['train_s']:.2f} s ({summary['samples_per_s']:,.0f} samples/s); start-up "
+            f"{summary['train_s']:.2f} s ({summary['samples_per_s'] or 0:,.0f} samples/s); "
+            "start-up "
             f"{summary['startup_s']:.1f} s (workers, kernel compile or cache load)"
             + f"\nrun directory: {summary['run_dir']}"
         )

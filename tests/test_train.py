@@ -242,3 +242,21 @@ def test_a_stalled_stage_ends_the_run_with_its_name(tmp_path, monkeypatch, ray_s
     while psutil.pid_exists(hit[0]) and psutil.Process(hit[0]).status() != "zombie":
         assert time.monotonic() < gone, "the stopped stage's process outlived the run"
         time.sleep(0.1)
+
+
+def test_resume_finishes_a_run_stopped_after_its_last_checkpoint(tmp_path, monkeypatch):
+    """Ctrl-C between the last epoch's checkpoint and the end: --resume completes the run."""
+    real = RunDir.save_params
+
+    def interrupted(self, params):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunDir, "save_params", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tmp_path, **{"run.name": "r"}), progress=False, log=lambda m: None)
+    run = tmp_path / "r"
+    assert _status(run)["state"] == "interrupted" and not (run / "params.npz").exists()
+    monkeypatch.setattr(RunDir, "save_params", real)
+    out = train(_cfg(tmp_path), progress=False, log=lambda m: None, resume=run)
+    assert out["state"] == "completed" and out["final_loss"] is not None
+    assert (run / "params.npz").exists()

@@ -36,6 +36,16 @@ def start_ray(address: str = "", num_cpus: int | None = None) -> bool:
     return True
 
 
+def describe_cluster() -> str:
+    """Which Ray this process is connected to: its GCS address, nodes and CPUs."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    cpus = ray.cluster_resources().get("CPU", 0)
+    return f"Ray cluster at {ctx.gcs_address}: {len(nodes)} node(s), {cpus:g} CPU(s)"
+
+
 def check_reachable(address: str, timeout: float = 5.0) -> None:
     """Fail fast on host:port addresses nobody listens on (ray.init would retry for minutes)."""
     if address == "auto":

@@ -115,6 +115,20 @@ class RunDir:
                 keep.append(line)
         atomic_write(path, "".join(k + "\n" for k in keep).encode())
 
+    def last_epoch_metrics(self, steps: int) -> dict[str, Any]:
+        """The last epoch row of metrics.jsonl at or before `steps` ({} if none)."""
+        path = self.path / "metrics.jsonl"
+        last: dict[str, Any] = {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if "train_loss" in row and int(row.get("step", 0)) <= steps:
+                    last = row
+        return last
+
     def append_metrics(self, row: Mapping[str, Any]) -> None:
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(json.dumps(dict(row)) + "\n")

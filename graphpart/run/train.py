@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from graphpart.engines import (
     Engine,
     StageStats,
     StepResult,
+    describe_cluster,
     measured_costs,
     resolve_transport,
 )
@@ -277,7 +279,8 @@ def train(
             _check_resume_changes(load_config(str(old)), cfg, run.path)
         run.remove_temporaries()
         ck = load_checkpoint(run.checkpoint_path, s.graph)
-        if ck["epoch"] >= cfg.train.epochs:
+        finished = _state_of(run) == "completed"
+        if ck["epoch"] >= cfg.train.epochs and finished:
             raise ConfigError(
                 f"--resume {run.path}: the run has finished {ck['epoch']} epoch(s) and "
                 f"train.epochs={cfg.train.epochs}; give --epochs N with N > {ck['epoch']} to "
@@ -288,7 +291,7 @@ def train(
         run = RunDir.create(cfg.run.dir, cfg.run.name)
     run.write_text("config.toml", dump_toml(cfg))
     run.write_text("plan.json", json.dumps(plan_dict(s.plan, cfg), indent=2))
-    run.write_status("running", epochs=cfg.train.epochs)
+    run.write_status("running", epochs=cfg.train.epochs, pid=os.getpid(), host=os.uname().nodename)
     try:
         summary = _train(s, run, ck, progress, log, on_epoch)
     except KeyboardInterrupt:
@@ -304,6 +307,13 @@ def train(
         )
         raise
     return summary
+
+
+def _state_of(run: RunDir) -> str:
+    try:
+        return str(json.loads((run.path / "summary.json").read_text()).get("state", ""))
+    except (OSError, ValueError):
+        return ""
 
 
 def _resume_hint(run: RunDir) -> str:
@@ -334,6 +344,8 @@ def _train(
     cfg = s.config
     t, p = cfg.train, cfg.pipeline
     st = _Progress(epoch=ck["epoch"], step=ck["steps"]) if ck else _Progress()
+    if ck:  # the last epoch's figures, in case no epoch is left to train (a run stopped
+        st.metrics = run.last_epoch_metrics(st.step)  # between its last checkpoint and the end)
     n = len(s.dataset.X_train)
     wall0 = time.perf_counter()
     failures = 0
@@ -345,6 +357,8 @@ def _train(
             with make_engine(s, params) as engine:
                 if startup is None:  # Ray, workers, kernel compile or cache load
                     startup = time.perf_counter() - t_start
+                    if p.address:  # say which cluster `auto` (or an address) joined
+                        log(f"joined {describe_cluster()} (pipeline.address={p.address!r})")
                 if ck:  # ... which set_state then overwrites with the checkpoint's
                     engine.set_state(ck["stages"](s.plan))
                 _epochs(s, engine, run, st, progress, log, on_epoch, n)
