@@ -6,7 +6,8 @@ Each run is `graphpart train` (2 stages on a local Ray, digits, float64) in a su
 by one fault at a random moment: SIGKILL or SIGSTOP of a stage's process (runs with
 train.max_failures = 2 must recover by themselves), SIGINT (Ctrl-C) or SIGKILL of the driver
 (then `--resume` must finish the run), or none. Reported: runs, faults injected, recovered
-(the run ended completed, by itself or after one `--resume`), data lost (a checkpoint that
+(the run ended completed, by itself or after one `--resume`; a driver killed before the
+first checkpoint has saved nothing, and is counted apart: it is started again), data lost (a checkpoint that
 does not load, a completed run without params.npz, metrics rows out of order: must be 0),
 hangs (a command past its time limit: must be 0), leftover processes (stage actors of ours
 alive 10 s after a run ended: must be 0).
@@ -47,6 +48,7 @@ class Outcome:
     data_lost: list[str] = field(default_factory=list)
     hang: bool = False
     leftover: int = 0
+    before_first_checkpoint: bool = False  # stopped before anything was saved: start again
 
 
 def stage_processes(since: float) -> list[psutil.Process]:
@@ -140,6 +142,7 @@ def one_run(i: int, fault: str, rng: random.Random, root: Path) -> Outcome:
             o.resumed, o.hang = True, code is None
     o.state = state_of(run)
     o.recovered = o.state == "completed"
+    o.before_first_checkpoint = not o.recovered and not (run / "checkpoint.npz").exists()
     o.data_lost = check_data(run, o.recovered)
     time.sleep(10)
     o.leftover = len(stage_processes(t0))
@@ -175,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": len(outcomes),
         "faults_injected": faults,
         "recovered": sum(o.recovered for o in outcomes if o.injected),
+        "stopped_before_first_checkpoint": sum(o.before_first_checkpoint for o in outcomes),
         "completed": sum(o.recovered for o in outcomes),
         "data_lost": sum(len(o.data_lost) for o in outcomes),
         "hangs": sum(o.hang for o in outcomes),
@@ -186,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps({"summary": summary, "runs": [asdict(o) for o in outcomes]}, indent=2)
         )
     bad = summary["data_lost"] or summary["hangs"] or summary["leftover_processes"]
-    return 1 if bad or summary["completed"] < summary["runs"] else 0
+    unfinished = summary["runs"] - summary["completed"] - summary["stopped_before_first_checkpoint"]
+    return 1 if bad or unfinished else 0
 
 
 if __name__ == "__main__":
