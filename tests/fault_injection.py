@@ -7,8 +7,9 @@ by one fault at a random moment: SIGKILL or SIGSTOP of a stage's process (runs w
 train.max_failures = 2 must recover by themselves), SIGINT (Ctrl-C) or SIGKILL of the driver
 (then `--resume` must finish the run), or none. Reported: runs, faults injected, recovered
 (the run ended completed, by itself or after one `--resume`; a driver killed before the
-first checkpoint has saved nothing, and is counted apart: it is started again), data lost (a checkpoint that
-does not load, a completed run without params.npz, metrics rows out of order: must be 0),
+first checkpoint has saved nothing, and is counted apart: it is started again), data lost
+(a checkpoint that does not load, a completed run without params.npz, metrics rows out of
+order: must be 0),
 hangs (a command past its time limit: must be 0), leftover processes (stage actors of ours
 alive 10 s after a run ended: must be 0).
 """
