@@ -13,6 +13,8 @@ gives the same numbers.
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 from conftest import batches as _batches
@@ -277,3 +279,20 @@ def test_workers_make_their_own_parameters_from_init():
         got = eng.get_params()
         assert set(got) == set(want)
         assert all(np.array_equal(got[n], want[n]) and got[n].dtype == want[n].dtype for n in want)
+
+
+def test_thousands_of_steps_keep_memory_flat():
+    """Training engines keep no per-step timeline (keep_events=False): memory stays flat."""
+    g, p0, X, Y = PROBLEM
+    eng = Engine(partition(g, 2, "uniform"), p0, OPTS["adam"], microbatches=2, max_rows=BATCH)
+    x, y = X[:BATCH], Y[:BATCH]
+    for _ in range(50):
+        eng.step(x, y)
+    tracemalloc.start()
+    base, _ = tracemalloc.get_traced_memory()
+    for _ in range(1000):
+        eng.step(x, y)
+    grown = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    assert grown < 32 * 1024, f"{grown} bytes kept over 1000 steps"
+    assert all(len(e) == 0 for e in eng.events())
