@@ -40,14 +40,22 @@ def test_defaults_match_the_documented_values():
     c = load_config(None)
     assert c == Config()
     assert c.model.hidden == (64, 64, 64) and c.model.activation == "relu" and c.model.bias is True
-    assert c.model.loss == "cross_entropy" and c.model.weight_decay == 0.0
+    assert c.model.loss == "cross_entropy" and c.model.weight_decay == 1e-4
     assert c.data.source == "digits" and c.data.test_fraction == 0.2
-    assert (c.train.epochs, c.train.batch_size, c.train.optimizer) == (20, 64, "adam")
-    assert c.train.lr == 1e-3 and c.train.dtype == "float32" and c.train.log_every == 0
+    assert (c.train.epochs, c.train.batch_size, c.train.optimizer) == (30, 64, "adam")
+    assert c.train.lr == 3e-3 and c.train.dtype == "float32" and c.train.log_every == 0
     assert (c.pipeline.stages, c.pipeline.microbatches, c.pipeline.schedule) == (1, 1, "1f1b")
     assert c.pipeline.strategy == "balanced" and c.pipeline.address == ""
     assert c.pipeline.device == "cpu" and c.pipeline.recompute is False
     assert (c.run.dir, c.run.name) == ("runs", "")
+
+
+def test_the_embedded_default_config_is_the_one_source_of_defaults():
+    """A TOML without a key, the CLI without a flag and Config() all mean the same value: the
+    embedded digits.toml's."""
+    path = pathlib.Path(__file__).resolve().parent.parent / "graphpart" / "configs" / "digits.toml"
+    embedded = load_config(str(path))
+    assert embedded == Config()
 
 
 def test_config_is_frozen():

@@ -27,7 +27,7 @@ class ModelConfig:
     activation: str = "relu"
     bias: bool = True
     loss: str = "cross_entropy"
-    weight_decay: float = 0.0
+    weight_decay: float = 1e-4
 
 
 @dataclass(frozen=True)
@@ -45,10 +45,10 @@ class DataConfig:
 class TrainConfig:
     """[train]: epochs, batching, optimizer hyper-parameters, seed and dtype."""
 
-    epochs: int = 20
+    epochs: int = 30
     batch_size: int = 64
     optimizer: str = "adam"
-    lr: float = 1e-3
+    lr: float = 3e-3
     momentum: float = 0.9
     beta1: float = 0.9
     beta2: float = 0.999
