@@ -1,17 +1,17 @@
 """Fault injection: train many short pipelines and kill, stop or interrupt them at random.
 
-    python tests/fault_injection.py --runs 12 --seed 0 [--json out.json]
+    python tests/fault_injection.py --runs 15 --seed 1 [--json out.json]
 
 Each run is `graphpart train` (2 stages on a local Ray, digits, float64) in a subprocess, hit
-by one fault at a random moment: SIGKILL or SIGSTOP of a stage's process (runs with
-train.max_failures = 2 must recover by themselves), SIGINT (Ctrl-C) or SIGKILL of the driver
-(then `--resume` must finish the run), or none. Reported: runs, faults injected, recovered
-(the run ended completed, by itself or after one `--resume`; a driver killed before the
-first checkpoint has saved nothing, and is counted apart: it is started again), data lost
-(a checkpoint that does not load, a completed run without params.npz, metrics rows out of
-order: must be 0),
-hangs (a command past its time limit: must be 0), leftover processes (stage actors of ours
-alive 10 s after a run ended: must be 0).
+by one fault at a random moment of its training (0-6 s after its stages are up), in turn:
+SIGKILL or SIGSTOP of a stage's process (these runs have train.max_failures = 2 and must
+recover by themselves), SIGINT (Ctrl-C) or SIGKILL of the driver (then `--resume` must
+finish the run), or none. Reported: runs, faults injected, recovered (the run ended
+completed, by itself or after one `--resume`; a driver killed before its first checkpoint
+has saved nothing and is counted apart: it is started again), data lost (a checkpoint that
+does not load, a completed run without params.npz, metrics rows repeated or out of order:
+must be 0), hangs (a command past its time limit: must be 0), leftover processes (stage
+actors of ours alive 10 s after a run ended: must be 0).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def stage_processes(since: float) -> list[psutil.Process]:
 def train_cmd(run_dir: Path, name: str, max_failures: int) -> list[str]:
     return [
         sys.executable, "-m", "graphpart.cli", "train", "--no-progress",
-        "--stages", "2", "--microbatches", "4", "--epochs", "12", "--dtype", "float64",
+        "--stages", "2", "--microbatches", "4", "--epochs", "40", "--dtype", "float64",
         "--run-dir", str(run_dir), "--name", name,
         "--set", f"train.max_failures={max_failures}", "--set", "pipeline.step_timeout=5",
     ]  # fmt: skip
@@ -119,8 +119,12 @@ def one_run(i: int, fault: str, rng: random.Random, root: Path) -> Outcome:
         stderr=subprocess.PIPE,
         text=True,
     )
-    at = rng.uniform(5.0, 13.0)  # Ray starts in ~5 s; the 12 epochs take ~10 s more
-    o = Outcome(i, fault, round(at, 2), False, None)
+    o = Outcome(i, fault, 0.0, False, None)
+    started = time.time()
+    while proc.poll() is None and not stage_processes(t0) and time.time() - started < 60:
+        time.sleep(0.1)  # the stages are up: the run is training from here on
+    at = rng.uniform(0.0, 6.0)  # the 40 epochs take ~6-8 s once the stages are up
+    o.at_s = round(time.time() - t0 + at, 2)
     time.sleep(at)
     if proc.poll() is None and fault != "none":
         if stage_fault:
