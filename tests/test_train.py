@@ -260,3 +260,9 @@ def test_resume_finishes_a_run_stopped_after_its_last_checkpoint(tmp_path, monke
     out = train(_cfg(tmp_path), progress=False, log=lambda m: None, resume=run)
     assert out["state"] == "completed" and out["final_loss"] is not None
     assert (run / "params.npz").exists()
+
+
+def test_each_run_draws_its_loss_curves(tmp_path):
+    out = train(_cfg(tmp_path), progress=False, log=lambda m: None)
+    png = Path(out["run_dir"]) / "curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -38,7 +39,7 @@ from graphpart.plan.memory import (
 )
 from graphpart.plan.partition import Plan, partition
 from graphpart.run import data as gdata
-from graphpart.run.checkpoint import RunDir, load_checkpoint, save_checkpoint
+from graphpart.run.checkpoint import RunDir, atomic_write, load_checkpoint, save_checkpoint
 from graphpart.run.config import Config, dump_toml, load_config
 from graphpart.units import parse_bytes
 
@@ -350,6 +351,13 @@ def _train(
     wall0 = time.perf_counter()
     failures = 0
     startup = None
+    if uses_ray(cfg):  # Ray start-up takes seconds: say what is happening
+        workers = max(p.stages, p.data_parallel)
+        log(
+            f"starting {workers} {'replica' if p.data_parallel > 1 else 'stage'} worker(s) "
+            + (f"on the Ray cluster at {p.address}" if p.address else "on a local Ray")
+            + f" ({transport_of(cfg)} transport) ..."
+        )
     while True:
         t_start = time.perf_counter()
         params = Init(t.seed, t.dtype)  # each worker makes its own stage's parameters ...
@@ -391,6 +399,7 @@ def _train(
                 + f" (failure {failures} of train.max_failures={t.max_failures})"
             )
     run.save_params(final)
+    write_curves(run)
     wall = time.perf_counter() - wall0
     m = st.metrics
     summary = {
@@ -524,6 +533,43 @@ def _check_finite_state(states: list[dict[str, Any]], step: int) -> None:
                     f"parameter {name} (stage {k}) is not finite after step {step}; no "
                     "checkpoint was written from it (the last good one is kept); lower train.lr"
                 )
+
+
+def write_curves(run: RunDir) -> None:
+    """curves.png in the run directory: train and test loss (and test accuracy) per epoch,
+    from metrics.jsonl (the epoch rows: those with a train_loss)."""
+    rows = []
+    path = run.path / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "train_loss" in row:
+            rows.append(row)
+    if not rows:
+        return
+    import matplotlib  # loaded only here: it takes a while to import
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    acc = "test_accuracy" in rows[0]
+    fig, axes = plt.subplots(1, 2 if acc else 1, figsize=(9 if acc else 5, 3.4), squeeze=False)
+    e = [r["epoch"] for r in rows]
+    axes[0, 0].plot(e, [r["train_loss"] for r in rows], label="train loss")
+    axes[0, 0].plot(e, [r["test_loss"] for r in rows], label="test loss")
+    axes[0, 0].set(xlabel="epoch", ylabel="loss", yscale="log")
+    axes[0, 0].legend()
+    if acc:
+        axes[0, 1].plot(e, [r["test_accuracy"] for r in rows])
+        axes[0, 1].set(xlabel="epoch", ylabel="test accuracy")
+    fig.suptitle(run.path.name, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write(run.path / "curves.png", buf.getvalue())
 
 
 def _stage_summary(st: StageStats) -> dict:
