@@ -21,6 +21,10 @@ class PlanError(GraphpartError):
     """A partition or schedule cannot be made as asked."""
 
 
+class RunError(GraphpartError):
+    """A run directory cannot be used as asked (missing, not a run, no params.npz yet)."""
+
+
 class Diverged(GraphpartError):
     """Training diverged (a non-finite or exploding loss); the message names the step."""
 

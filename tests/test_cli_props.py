@@ -105,7 +105,8 @@ BAD_VALUES: dict[str, st.SearchStrategy[str]] = {
     "data.test_fraction": bad_float(lambda v: 0 < v < 1),
     "data.source": st.text(max_size=16).filter(
         lambda s: (
-            s.strip() not in ("digits", "synthetic") and not s.strip().lower().endswith(".npz")
+            s.strip() not in ("digits", "synthetic")
+            and not s.strip().lower().endswith((".npz", ".csv"))
         )
     ),
     "pipeline.stages": bad_int(1),

@@ -121,9 +121,9 @@ def _hidden(v: tuple[int, ...]) -> str | None:
 
 
 def _source(v: str) -> str | None:
-    if v in ("digits", "synthetic") or (v.lower().endswith(".npz") and len(v) > 4):
+    if v in ("digits", "synthetic") or (v.lower().endswith((".npz", ".csv")) and len(v) > 4):
         return None
-    return 'must be "digits", "synthetic" or a path ending in .npz'
+    return 'must be "digits", "synthetic" or a path ending in .npz or .csv'
 
 
 _ADDRESS = re.compile(r"^(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")

@@ -1,9 +1,11 @@
-"""Datasets: scikit-learn's digits, a synthetic teacher-MLP set, user .npz files, and batching."""
+"""Datasets: scikit-learn's digits, a synthetic teacher-MLP set, a user's .npz or .csv, batching."""
 
 from __future__ import annotations
 
+import csv
 import inspect
 import os
+import warnings
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +17,8 @@ from graphpart.errors import ConfigError, DataError
 from graphpart.params import DTYPES
 
 TASKS = ("classification", "regression")
-SOURCES = ("digits", "synthetic", "<path>.npz")
+SOURCES = ("digits", "synthetic", "<path>.npz", "<path>.csv")
+DIGITS_SCALE = 16.0  # the digits' pixel values are 0..16; models see them divided by this
 _CHUNK_ROWS = 1 << 16  # rows generated at once by `synthetic`
 
 
@@ -118,7 +121,7 @@ def load_digits(dtype: str = "float32", test_fraction: float = 0.2, seed: int = 
     dt = _check_dtype(dtype)
     frac = _check_fraction(test_fraction)
     X, y = _sk_digits(return_X_y=True)
-    X = (X / 16.0).astype(dt)
+    X = (X / DIGITS_SCALE).astype(dt)
     y = y.astype(np.int64)
     train, test = split_indices(len(y), frac, seed, labels=y)
     return Dataset("digits", X[train], y[train], X[test], y[test], 10)
@@ -376,6 +379,19 @@ def load_npz(
                 f"{path}: missing array {name!r}; arrays present: {present} "
                 f"(expected X and y, optionally X_test and y_test)"
             )
+    return _dataset(path, arrays, dt, task, n_classes, frac, seed)
+
+
+def _dataset(
+    path: str,
+    arrays: dict[str, np.ndarray],
+    dt: np.dtype,
+    task: str,
+    n_classes: int | None,
+    frac: float,
+    seed: int,
+) -> Dataset:
+    """A Dataset from a user's arrays X, y (and optionally X_test, y_test), checked and split."""
     X, y = _xy(path, arrays, "X", "y", task, dt)
     has_test = "X_test" in arrays
     if has_test:
@@ -418,6 +434,242 @@ def load_npz(
     return Dataset(name, X, y, Xt, yt, int(n_classes))
 
 
+# --- CSV files -------------------------------------------------------------------------------
+
+
+def _is_number(field: str) -> bool:
+    try:
+        float(field)
+    except ValueError:
+        return False
+    return True
+
+
+def _csv_rows(f: Any) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each row that holds data or a header: blank lines and lines
+    starting with # are skipped, as np.loadtxt skips them."""
+    reader = csv.reader(f)
+    for row in reader:
+        if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
+            continue
+        yield reader.line_num, row
+
+
+def _csv_problem(path: str, skip: int) -> str | None:
+    """The first malformed line of a CSV file after its first `skip` lines, in words."""
+    width, width_line = 0, 0
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        for line, row in _csv_rows(f):
+            if line <= skip:
+                continue
+            for col, field in enumerate(row, 1):
+                if not _is_number(field):
+                    what = (
+                        "an empty field (missing values are not supported)"
+                        if not field.strip()
+                        else f"{field.strip()!r} is not a number"
+                    )
+                    hint = (
+                        " (fields are separated by commas)" if ";" in field or "\t" in field else ""
+                    )
+                    return f"line {line}, column {col}: {what}{hint}"
+            if not width:
+                width, width_line = len(row), line
+            elif len(row) != width:
+                return (
+                    f"line {line} has {len(row)} columns but line {width_line} has {width}; "
+                    "every row needs the same columns"
+                )
+    return None
+
+
+def read_csv(path: str) -> np.ndarray:
+    """Every data row of a CSV file as a 2-D float64 array (n_rows, n_columns).
+
+    Fields are separated by commas (double quotes around a field are allowed); blank lines and
+    lines starting with # are skipped; a first row with a field that is neither a number nor
+    empty is a header and is skipped. A malformed file is a DataError naming its first bad line
+    and column.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise DataError(
+            f"{path}: no such file (expected a .csv file: one row per sample, the label last)"
+        )
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a folder, not a .csv file")
+    invalid = f"{path}: not a valid CSV file"
+    try:
+        skip = 0
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            for line, row in _csv_rows(f):
+                if any(field.strip() and not _is_number(field) for field in row):
+                    skip = line  # the header: a field that is neither a number nor empty
+                break
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "input contained no data": refused below
+            A = np.loadtxt(
+                path,
+                delimiter=",",
+                skiprows=skip,
+                ndmin=2,
+                quotechar='"',
+                encoding="utf-8-sig",
+                dtype=np.float64,
+            )
+    except UnicodeDecodeError:
+        raise DataError(f"{invalid} (not UTF-8 text)") from None
+    except ValueError as exc:
+        problem = _csv_problem(path, skip)
+        raise DataError(f"{invalid} ({problem or _one_line(exc)})") from None
+    except (OSError, csv.Error) as exc:
+        raise DataError(f"{invalid} ({_one_line(exc)})") from None
+    if A.size == 0:
+        raise DataError(
+            f"{path}: no data rows (expected one row per sample: the features, then the label)"
+        )
+    return A
+
+
+def load_csv(
+    path: str,
+    dtype: str = "float32",
+    task: str | None = None,
+    n_classes: int | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> Dataset:
+    """A user's .csv: one row per sample, the features, then the label (or target) last.
+
+    A header row (a first row with a field that is not a number) is skipped. The columns but the
+    last are X, the last is y, checked and split as `load_npz` checks and splits X and y (a CSV
+    has no separate test set). `task` None (the training loop gives none for a .csv):
+    classification when every label is a whole number, regression otherwise.
+    """
+    path = os.fspath(path)
+    dt = _check_dtype(dtype)
+    if task is not None and task not in TASKS:
+        raise DataError(f"task={task!r}: must be one of {', '.join(TASKS)}")
+    if n_classes is not None and task != "regression":
+        _check_int("n_classes", n_classes, 2)
+    frac = _check_fraction(test_fraction, where=f"{path}: ")
+    A = read_csv(path)
+    if A.shape[1] < 2:
+        raise DataError(
+            f"{path}: has {A.shape[1]} column; expected at least 2 (the features, then the label)"
+        )
+    X, y = A[:, :-1], A[:, -1]
+    if task is None:
+        whole = bool(np.all(np.isfinite(y) & (y == np.round(y))))
+        task = "classification" if whole else "regression"
+    return _dataset(path, {"X": X, "y": y}, dt, task, n_classes, frac, seed)
+
+
+# --- samples to evaluate or predict: a whole file or arrays, checked against a model ----------
+
+
+def check_samples(
+    where: str,
+    X: Any,
+    y: Any = None,
+    *,
+    n_features: int,
+    dtype: str = "float32",
+    task: str = "classification",
+    n_outputs: int | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """X (and y, if given) checked as training data is, for a model of `n_features` inputs and
+    `n_outputs` outputs (classes 0..n_outputs-1, or regression targets): X as `dtype`, y as
+    int64 labels or (n, q) targets. A feature count that differs is a DataError naming both."""
+    dt = _check_dtype(dtype)
+    X = np.asarray(X)
+    if X.ndim != 2:
+        one = "; one sample is X.reshape(1, -1)" if X.ndim == 1 else ""
+        raise DataError(
+            f"{where}: X has shape {X.shape}; expected 2-D (n_samples, n_features){one}"
+        )
+    if X.shape[1] != n_features:
+        raise DataError(f"{where}: X has {X.shape[1]} feature(s), but the model takes {n_features}")
+    if len(X) == 0:
+        raise DataError(f"{where}: X has 0 samples; need at least 1")
+    _check_numeric(where, "X", X)
+    X = _cast(where, "X", X, dt)
+    if y is None:
+        return X, None
+    y = np.asarray(y)
+    want = "1-D (n_samples,)" if task == "classification" else "1-D or 2-D (n_samples, q)"
+    if y.ndim not in ((1,) if task == "classification" else (1, 2)):
+        raise DataError(f"{where}: y has shape {y.shape}; expected {want} for {task}")
+    if len(y) != len(X):
+        raise DataError(f"{where}: X has {len(X)} samples but y has {len(y)}; counts must match")
+    _check_numeric(where, "y", y)
+    if task == "classification":
+        return X, _labels(where, "y", y, n_outputs, len(y))
+    y = _cast(where, "y", y, dt)
+    y = y.reshape(len(y), 1) if y.ndim == 1 else y
+    if n_outputs is not None and y.shape[1] != n_outputs:
+        raise DataError(
+            f"{where}: y has {y.shape[1]} target(s) per sample, but the model has {n_outputs}"
+        )
+    return X, y
+
+
+def read_samples(
+    path: str,
+    *,
+    n_features: int,
+    labels: bool = True,
+    dtype: str = "float32",
+    task: str = "classification",
+    n_outputs: int | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Every sample of a .npz (arrays X and y; X_test and y_test are not read) or a .csv, no
+    split, checked by `check_samples`. With labels=False, y is not read: a .npz needs only X,
+    and a .csv may have n_features columns, or n_features + 1 with the label last (ignored)."""
+    path = os.fspath(path)
+    low = path.lower()
+    if low.endswith(".npz"):
+        arrays = _read_npz(path)
+        present = ", ".join(sorted(arrays)) or "none"
+        for name in ("X", "y") if labels else ("X",):
+            if name not in arrays:
+                raise DataError(
+                    f"{path}: missing array {name!r}; arrays present: {present} (expected X"
+                    + (" and y)" if labels else ")")
+                )
+        X, y = arrays["X"], arrays["y"] if labels else None
+    elif low.endswith(".csv"):
+        A = read_csv(path)
+        cols = A.shape[1]
+        if cols == n_features + 1:
+            X, y = A[:, :-1], (A[:, -1] if labels else None)
+        elif cols == n_features and not labels:
+            X, y = A, None
+        elif labels:
+            raise DataError(
+                f"{path}: has {cols - 1} feature column(s) before its label column, but the "
+                f"model takes {n_features} features (a CSV with labels has the features, then "
+                f"the label last)"
+            )
+        else:
+            raise DataError(
+                f"{path}: has {cols} column(s), but the model takes {n_features} features "
+                f"(give {n_features} columns, or {n_features + 1} with the label last)"
+            )
+    else:
+        raise DataError(f"{path}: expected a .npz or .csv file")
+    return check_samples(
+        path, X, y, n_features=n_features, dtype=dtype, task=task, n_outputs=n_outputs
+    )
+
+
+def scale_features(source: str, X: np.ndarray) -> np.ndarray:
+    """Features in the units of the data source a model was trained on, as that model sees them:
+    digits' 0..16 pixel values divided by 16 (as `load_digits` scales them); other sources as
+    they are."""
+    return X / X.dtype.type(DIGITS_SCALE) if source == "digits" else X
+
+
 def batches(
     n: int, batch_size: int, seed: int, epoch: int, drop_last: bool = False
 ) -> Iterator[np.ndarray]:
@@ -438,7 +690,7 @@ _LOADERS = {"digits": load_digits, "synthetic": synthetic}
 
 
 def load(source: str, **kwargs: Any) -> Dataset:
-    """Load "digits", "synthetic", or a path ending in .npz.
+    """Load "digits", "synthetic", or a path ending in .npz or .csv.
 
     Keyword arguments that the chosen loader does not take are ignored, so a caller can pass the
     union of options (e.g. n_samples is used only by "synthetic").
@@ -449,6 +701,9 @@ def load(source: str, **kwargs: Any) -> Dataset:
         args: tuple = ()
     elif isinstance(source_str, str) and source_str.lower().endswith(".npz"):
         fn = load_npz
+        args = (source_str,)
+    elif isinstance(source_str, str) and source_str.lower().endswith(".csv"):
+        fn = load_csv
         args = (source_str,)
     else:
         raise DataError(f"data source {source!r} is not recognised; valid: {', '.join(SOURCES)}")
