@@ -1,12 +1,12 @@
-"""The `graphpart` command line: train, plan, graph, compare, bench, profile."""
+"""The `graphpart` command line: train, evaluate, predict, plan, graph, compare, bench, profile."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
-from importlib import resources
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -15,12 +15,11 @@ from graphpart.errors import GraphpartError
 from graphpart.ir import to_dot, write_graph
 from graphpart.run.config import Config, load_config
 from graphpart.run.report import plan_report
+from graphpart.run.session import DEFAULT_CONFIG, check_out, load, make_config, save_predictions
 from graphpart.run.train import setup, train
 from graphpart.tools import bench, bench_pipeline
 from graphpart.tools.compare import LR_RULES, run_auto, run_compare
 from graphpart.tools.profile import run_profile
-
-DEFAULT_CONFIG = "digits.toml"
 
 
 class UsageError(GraphpartError):
@@ -37,7 +36,11 @@ class Parser(argparse.ArgumentParser):
 
 # flag -> (dotted config key, type, help)
 FLAGS: dict[str, tuple[str, Any, str]] = {
-    "--data": ("data.source", str, "digits | synthetic | path/to/data.npz (arrays X and y)"),
+    "--data": (
+        "data.source",
+        str,
+        "digits | synthetic | path/to/data.npz (arrays X and y) | path/to/data.csv (label last)",
+    ),
     "--n-samples": ("data.n_samples", int, "synthetic data: number of samples"),
     "--n-features": ("data.n_features", int, "synthetic data: input features"),
     "--n-classes": ("data.n_classes", int, "synthetic data: classes"),
@@ -132,12 +135,7 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def load_cli_config(args: argparse.Namespace) -> Config:
-    overrides = cli_overrides(args)
-    path = args.config
-    if path is None:
-        with resources.as_file(resources.files("graphpart") / "configs" / DEFAULT_CONFIG) as p:
-            return load_config(str(p), overrides)
-    return load_config(path, overrides)
+    return make_config(args.config, cli_overrides(args))
 
 
 def check_local_device(cfg: Config) -> None:
@@ -180,6 +178,44 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"{summary['startup_s']:.1f} s (workers, kernel compile or cache load)"
             + f"\nrun directory: {summary['run_dir']}"
         )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    run = load(args.run_dir)
+    m = run.evaluate(args.data)
+    if args.json:
+        print(json.dumps({"run_dir": str(run.path), "data": args.data, **m}))
+        return 0
+    acc = f"accuracy {m['accuracy']:.4f}, " if "accuracy" in m else ""
+    where = args.data if args.data else "the run's test split"
+    print(f"{acc}loss {m['loss']:.4f} on {m['samples']} samples ({where})")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    out = check_out(args.out) if args.out else None  # refused before any work
+    run = load(args.run_dir)
+    outputs = run.predict(args.data)
+    classes = run.task == "classification"
+    predictions = outputs.argmax(axis=1) if classes else outputs
+    head = {"run_dir": str(run.path), "data": args.data, "samples": len(predictions)}
+    if out is not None:
+        save_predictions(out, predictions, outputs if classes else None)
+        if args.json:
+            print(json.dumps({**head, "out": str(out)}))
+        else:
+            print(f"wrote {len(predictions)} predictions to {out}", file=sys.stderr)
+    elif args.json:
+        print(json.dumps({**head, "predictions": predictions.tolist()}))
+    else:
+        rows = predictions.tolist()
+        lines = [",".join(map(str, r)) if isinstance(r, list) else str(r) for r in rows]
+        try:
+            sys.stdout.write("".join(line + "\n" for line in lines))
+            sys.stdout.flush()
+        except BrokenPipeError:  # `graphpart predict ... | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
@@ -262,6 +298,39 @@ def build_parser() -> argparse.ArgumentParser:
         "(--epochs, --lr, --stages, --schedule, ...; not the model or data)",
     )
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="loss and accuracy of a trained run: on its test split or on a .npz/.csv file",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory `graphpart train` wrote")
+    p.add_argument(
+        "--data",
+        metavar="FILE",
+        default=None,
+        help="a .npz (arrays X and y) or .csv (label last) to evaluate on, every row (default: "
+        "the run's own test split)",
+    )
+    p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="a trained run's predictions for the samples of a file")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory `graphpart train` wrote")
+    p.add_argument(
+        "--data",
+        metavar="FILE",
+        required=True,
+        help="a .npz (array X) or .csv (the features, optionally a label last) of samples",
+    )
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        default=None,
+        help="write the predictions to a new .npz (predictions, logits) or .csv (default: one "
+        "per line on stdout); an existing file is refused",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("plan", help="show how the model would be partitioned (no Ray)")
     _add_config_args(p)
