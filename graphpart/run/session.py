@@ -139,7 +139,14 @@ def load(run_dir: str | os.PathLike) -> Run:
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line answer
         raise RunError(f"{path / 'params.npz'}: not a readable parameter file ({e})") from None
     run = Run(path, config, summary, params)
+    last = f"W{len(config.model.hidden) + 1}"  # the first and last weights give the sizes
     try:
+        for name in ("W1", last):
+            if np.ndim(params.get(name)) != 2:
+                raise GraphpartError(
+                    f"it has {', '.join(sorted(params)) or 'no arrays'}; the model needs W1 to "
+                    f"{last}, each a 2-D array"
+                )
         check_params(run.graph, params)
     except GraphpartError as e:
         raise RunError(f"{path / 'params.npz'} does not fit {path / 'config.toml'}: {e}") from None
