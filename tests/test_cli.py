@@ -9,7 +9,12 @@ training dtype, non-numeric dtype; argparse's refusals; a CUDA device on a machi
 an --out that would overwrite a file or lies in a missing folder; bad benchmark options) is a
 one-line error naming the value, exit code 2, no traceback, and nothing is written; an
 unexpected exception (a fault) is one line naming its type, exit code 1, and `--debug` shows
-its traceback instead; `plan` and `graph` work without Ray.
+its traceback instead; `plan` and `graph` work without Ray. A run trained on a .csv (a header
+row skipped) is evaluated by `evaluate` on its test split to the run's own test figures, and on
+a .csv and a .npz of the same samples alike; `predict` prints, or writes to a new .npz/.csv
+(never over a file), a prediction per sample; a missing run directory, a run without
+params.npz (naming its state), a file whose feature count differs from the model's (naming
+both) and labels beyond the model's classes are one-line errors, exit 2.
 """
 
 from __future__ import annotations
@@ -633,3 +638,169 @@ def test_resume_takes_overrides_and_refuses_what_it_cannot_do(capsys, tmp_path):
     out = json.loads(capsys.readouterr().out)
     assert out["state"] == "completed" and out["epochs"] == 2
     assert "lr = 0.0005" in (run / "config.toml").read_text()
+
+
+# --- evaluate and predict: a trained run, one process, no Ray --------------------------------
+
+
+@pytest.fixture(scope="module")
+def csv_run(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
+    """A run trained by `graphpart train --data file.csv` (with a header), and its data."""
+    root = tmp_path_factory.mktemp("csvrun")
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 5))
+    y = (X[:, 0] + X[:, 1] > 0).astype(int) + (X[:, 2] > 1)
+    header = "a,b,c,d,e,label"
+    data = np.column_stack([X, y])
+    np.savetxt(root / "mine.csv", data, delimiter=",", fmt="%.17g", header=header, comments="")
+    argv = ["train", "--data", str(root / "mine.csv"), "--epochs", "3", "--hidden", "8"]
+    assert main([*argv, "--run-dir", str(root), "--name", "r", "--no-progress", "--json"]) == 0
+    return root, X, y
+
+
+def test_train_on_a_csv_then_evaluate_on_its_test_split(capsys, csv_run):
+    root, _, _ = csv_run
+    capsys.readouterr()
+    summary = json.loads((root / "r" / "summary.json").read_text())
+    assert summary["state"] == "completed" and summary["steps"] == 3 * 3  # 160 rows / 64
+    assert main(["evaluate", str(root / "r"), "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["samples"] == 40 and m["data"] is None and m["run_dir"] == str(root / "r")
+    assert m["accuracy"] == summary["test_accuracy"]
+    assert m["loss"] == pytest.approx(summary["test_loss"], rel=1e-5)
+    assert main(["evaluate", str(root / "r")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("accuracy ") and "on 40 samples (the run's test split)" in out
+
+
+def test_evaluate_and_predict_on_files(capsys, tmp_path, csv_run):
+    root, X, y = csv_run
+    run = str(root / "r")
+    np.savez(tmp_path / "all.npz", X=X, y=y)
+    assert main(["evaluate", run, "--data", str(root / "mine.csv"), "--json"]) == 0
+    from_csv = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", run, "--data", str(tmp_path / "all.npz"), "--json"]) == 0
+    from_npz = json.loads(capsys.readouterr().out)
+    assert from_csv["samples"] == 200 and from_csv["loss"] == from_npz["loss"]
+    assert from_csv["accuracy"] == from_npz["accuracy"]
+
+    assert main(["predict", run, "--data", str(root / "mine.csv")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 200 and set(lines) <= {"0", "1", "2"}
+    assert main(["predict", run, "--data", str(tmp_path / "all.npz"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["samples"] == 200 and [str(p) for p in out["predictions"]] == lines
+
+    argv = ["predict", run, "--data", str(tmp_path / "all.npz"), "--out", str(tmp_path / "p.npz")]
+    assert main(argv) == 0
+    assert "wrote 200 predictions to" in capsys.readouterr().err
+    with np.load(tmp_path / "p.npz") as z:
+        assert [str(p) for p in z["predictions"]] == lines and z["logits"].shape == (200, 3)
+    out_csv = tmp_path / "p.csv"
+    argv = ["predict", run, "--data", str(root / "mine.csv"), "--out", str(out_csv), "--json"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["out"] == str(out_csv)
+    assert out_csv.read_text().splitlines() == ["prediction", *lines]
+
+
+def test_predict_never_overwrites_its_out_file(capsys, tmp_path, csv_run):
+    root, _, _ = csv_run
+    mine = tmp_path / "p.csv"
+    mine.write_text("keep me")
+    argv = ["predict", str(root / "r"), "--data", str(root / "mine.csv"), "--out", str(mine)]
+    err = _err(capsys, argv)
+    assert f"--out {mine}: the file already exists and is not overwritten" in err
+    assert mine.read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["evaluate", "{tmp}/missing"], "run directory {tmp}/missing: no such folder"),
+        (["predict", "{tmp}/missing", "--data", "x.csv"], "no such folder"),
+        (["predict", "{run}"], "the following arguments are required: --data"),
+        (["evaluate"], "the following arguments are required: RUN_DIR"),
+        (["evaluate", "{run}", "--data", "{tmp}/nope.csv"], "nope.csv: no such file"),
+        (
+            ["evaluate", "{run}", "--data", "{tmp}/narrow.csv"],
+            "has 3 feature column(s) before its label column, but the model takes 5",
+        ),
+        (
+            ["predict", "{run}", "--data", "{tmp}/narrow.csv"],
+            "has 4 column(s), but the model takes 5 features",
+        ),
+        (
+            ["predict", "{run}", "--data", "{tmp}/wide.npz"],
+            "X has 7 feature(s), but the model takes 5",
+        ),
+        (
+            ["predict", "{run}", "--data", "{tmp}/wide.npz", "--out", "{tmp}/p.txt"],
+            "unknown format '.txt'",
+        ),
+        (
+            ["predict", "{run}", "--data", "{tmp}/wide.npz", "--out", "{tmp}/no/p.csv"],
+            "folder {tmp}/no does not exist",
+        ),
+        (
+            ["evaluate", "{run}", "--data", "{tmp}/badlabel.csv"],
+            "y[1] = 7 is out of range; labels must be in 0..2",
+        ),
+    ],
+)
+def test_evaluate_and_predict_refuse_in_one_line(capsys, tmp_path, csv_run, argv, needle):
+    root, _, _ = csv_run
+    np.savetxt(tmp_path / "narrow.csv", np.zeros((3, 4)), delimiter=",")
+    np.savez(tmp_path / "wide.npz", X=np.zeros((3, 7)))
+    np.savetxt(tmp_path / "badlabel.csv", [[0] * 5 + [1], [0] * 5 + [7]], delimiter=",")
+    fill = {"tmp": str(tmp_path), "run": str(root / "r")}
+    err = _err(capsys, [a.format(**fill) for a in argv])
+    assert needle.format(**fill) in err, err
+    assert not (tmp_path / "p.txt").exists() and not (tmp_path / "no").exists()
+
+
+def test_evaluate_a_run_without_params_names_its_state(capsys, tmp_path, csv_run):
+    root, _, _ = csv_run
+    run = tmp_path / "running"
+    run.mkdir()
+    (run / "config.toml").write_text((root / "r" / "config.toml").read_text())
+    (run / "summary.json").write_text(json.dumps({"state": "running", "pid": 7, "host": "n1"}))
+    err = _err(capsys, ["evaluate", str(run)])
+    assert f"run directory {run}: no params.npz; the run is still running (pid 7 on n1)" in err
+    (run / "summary.json").write_text(json.dumps({"state": "failed", "message": "boom"}))
+    err = _err(capsys, ["predict", str(run), "--data", str(root / "mine.csv")])
+    assert "the run failed: boom; continue it from its last checkpoint" in err
+
+
+def test_a_regression_csv_trains_evaluates_and_predicts(capsys, tmp_path):
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((100, 3))
+    np.savetxt(tmp_path / "reg.csv", np.column_stack([X, X @ [1.0, -1.0, 0.5]]), delimiter=",")
+    argv = ["train", "--data", str(tmp_path / "reg.csv"), "--loss", "mse", "--hidden", "4"]
+    assert main([*argv, "--epochs", "2", "--run-dir", str(tmp_path), "--name", "r", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["test_accuracy"] is None
+    assert main(["evaluate", str(tmp_path / "r"), "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert set(m) == {"run_dir", "data", "loss", "samples"} and m["samples"] == 20
+    assert m["loss"] == pytest.approx(summary["test_loss"], rel=1e-5)
+    assert main(["predict", str(tmp_path / "r"), "--data", str(tmp_path / "reg.csv")]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 100
+    out = tmp_path / "p.csv"
+    argv = ["predict", str(tmp_path / "r"), "--data", str(tmp_path / "reg.csv"), "--out", str(out)]
+    assert main(argv) == 0
+    assert (
+        out.read_text().splitlines()[0] == "prediction" and len(out.read_text().splitlines()) == 101
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="graphpart/run/train.py load_dataset passes task only to .npz sources, so a .csv of "
+    "whole-number targets is read as class labels even with model.loss='mse' (the fix: pass it "
+    "for .csv too); remove this mark with the fix",
+)
+def test_mse_on_a_csv_of_whole_number_targets(capsys, tmp_path):
+    X = np.arange(40.0).reshape(20, 2)
+    np.savetxt(tmp_path / "counts.csv", np.column_stack([X, X.sum(axis=1)]), delimiter=",")
+    argv = ["train", "--data", str(tmp_path / "counts.csv"), "--loss", "mse", "--epochs", "1"]
+    assert main([*argv, "--hidden", "4", "--run-dir", str(tmp_path), "--json"]) == 0
