@@ -793,12 +793,6 @@ def test_a_regression_csv_trains_evaluates_and_predicts(capsys, tmp_path):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="graphpart/run/train.py load_dataset passes task only to .npz sources, so a .csv of "
-    "whole-number targets is read as class labels even with model.loss='mse' (the fix: pass it "
-    "for .csv too); remove this mark with the fix",
-)
 def test_mse_on_a_csv_of_whole_number_targets(capsys, tmp_path):
     X = np.arange(40.0).reshape(20, 2)
     np.savetxt(tmp_path / "counts.csv", np.column_stack([X, X.sum(axis=1)]), delimiter=",")

@@ -59,7 +59,7 @@ def load_dataset(cfg: Config) -> gdata.Dataset:
     kw: dict[str, Any] = dict(dtype=t.dtype, test_fraction=d.test_fraction, seed=t.seed)
     if d.source == "synthetic":
         kw.update(n_samples=d.n_samples, n_features=d.n_features, n_classes=d.n_classes, task=task)
-    elif d.source.endswith(".npz"):
+    elif d.source.lower().endswith((".npz", ".csv")):
         kw.update(task=task)
     return gdata.load(d.source, **kw)
 

@@ -5,11 +5,29 @@ from __future__ import annotations
 import json
 import os
 
-from graphpart.plan.auto import search, table, to_dict
+from graphpart.ir import Graph
+from graphpart.plan.auto import Rates, search, table, to_dict
 from graphpart.run.config import Config
 from graphpart.run.train import budget_of, setup
 from graphpart.tools.compare.rates import measure_rates
 from graphpart.units import human_bytes
+
+
+def search_config(graph: Graph, cfg: Config, devices: int, threads: int) -> tuple[list, Rates]:
+    """plan --auto's candidates for `cfg`'s training settings, with rates measured here."""
+    t = cfg.train
+    rates = measure_rates(threads, t.dtype)
+    found = search(
+        graph,
+        devices=devices,
+        budget=budget_of(cfg),
+        batch=t.batch_size,
+        optimizer=t.optimizer,
+        momentum=t.momentum,
+        dtype=t.dtype,
+        rates=rates,
+    )
+    return found, rates
 
 
 def run_auto(cfg: Config, *, devices: int, as_json: bool = False, limit: int = 10) -> int:
@@ -17,17 +35,7 @@ def run_auto(cfg: Config, *, devices: int, as_json: bool = False, limit: int = 1
     t = cfg.train
     budget = budget_of(cfg)
     threads = max(1, (os.cpu_count() or 1) // max(1, devices))
-    rates = measure_rates(threads, t.dtype)
-    found = search(
-        s.graph,
-        devices=devices,
-        budget=budget,
-        batch=t.batch_size,
-        optimizer=t.optimizer,
-        momentum=t.momentum,
-        dtype=t.dtype,
-        rates=rates,
-    )
+    found, rates = search_config(s.graph, cfg, devices, threads)
     if as_json:
         print(
             json.dumps(

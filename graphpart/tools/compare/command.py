@@ -13,13 +13,12 @@ import numpy as np
 
 from graphpart.engines import start_ray
 from graphpart.errors import ConfigError
-from graphpart.plan.auto import search
 from graphpart.plan.partition import partition
 from graphpart.run.config import Config
 from graphpart.run.train import budget_of, setup, uses_ray
+from graphpart.tools.compare.auto import search_config
 from graphpart.tools.compare.conclude import conclusion
 from graphpart.tools.compare.project import hop_seconds, project
-from graphpart.tools.compare.rates import measure_rates
 from graphpart.tools.compare.report import terminal, write_report
 from graphpart.tools.compare.results import Comparison
 from graphpart.tools.compare.runner import run_strategy, strategy_config
@@ -70,18 +69,7 @@ def run_compare(
     c = Comparison(cfg, K, M, lr_rule, budget, threads, cores, hop)
     if auto:
         log("plan --auto: measuring this machine's rates and searching ...")
-        rates = measure_rates(threads, cfg.train.dtype)
-        t = cfg.train
-        c.auto = search(
-            s.graph,
-            devices=K,
-            budget=budget,
-            batch=t.batch_size,
-            optimizer=t.optimizer,
-            momentum=t.momentum,
-            dtype=t.dtype,
-            rates=rates,
-        )
+        c.auto, _ = search_config(s.graph, cfg, K, threads)
         best = next((x for x in c.auto if x.fits), None)
         if best is not None:
             c.auto_pick = best
