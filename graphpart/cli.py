@@ -1,4 +1,5 @@
-"""The `graphpart` command line: train, evaluate, predict, plan, graph, compare, bench, profile."""
+"""The `graphpart` command line: train, evaluate, predict, plan, graph, compare, bench, profile,
+hessian."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from graphpart.run.session import DEFAULT_CONFIG, check_out, load, make_config, 
 from graphpart.run.train import setup, train
 from graphpart.tools import bench, bench_pipeline
 from graphpart.tools.compare import LR_RULES, run_auto, run_compare
+from graphpart.tools.hessian import add_hessian_arguments, run_hessian
 from graphpart.tools.profile import run_profile
 
 
@@ -402,6 +404,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inference", action="store_true", help="also compare with inference")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser(
+        "hessian",
+        help="second derivatives: the Hessian's top eigenvalues by Hessian-vector products, and "
+        "the cost of one HVP against one gradient",
+    )
+    _add_config_args(p)
+    add_hessian_arguments(p)
+    p.set_defaults(func=run_hessian)
     return ap
 
 

@@ -1,0 +1,15 @@
+"""`graphpart hessian`: the Hessian's spectrum by HVPs, and the cost of one HVP against a gradient."""
+
+from __future__ import annotations
+
+import argparse
+
+from graphpart.errors import GraphpartError
+
+
+def add_hessian_arguments(p: argparse.ArgumentParser) -> None:
+    """The command's own flags (besides the config arguments cli.py adds)."""
+
+
+def run_hessian(args: argparse.Namespace) -> int:
+    raise GraphpartError("graphpart hessian is being written (issue 12)")
