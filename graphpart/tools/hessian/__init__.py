@@ -1,4 +1,4 @@
-"""`graphpart hessian`: the Hessian's spectrum by HVPs, and the cost of one HVP against a gradient."""
+"""`graphpart hessian`: the Hessian spectrum by HVPs, and one HVP's cost against a gradient."""
 
 from __future__ import annotations
 
