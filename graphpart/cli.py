@@ -274,6 +274,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_hessian(args: argparse.Namespace) -> int:
+    return run_hessian(load_cli_config(args), args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = Parser(
         prog="graphpart",
@@ -412,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p)
     add_hessian_arguments(p)
-    p.set_defaults(func=run_hessian)
+    p.set_defaults(func=cmd_hessian)
     return ap
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 
 from graphpart.errors import GraphpartError
+from graphpart.run.config import Config
 
 
 def add_hessian_arguments(p: argparse.ArgumentParser) -> None:
     """The command's own flags (besides the config arguments cli.py adds)."""
 
 
-def run_hessian(args: argparse.Namespace) -> int:
+def run_hessian(cfg: Config, args: argparse.Namespace) -> int:
     raise GraphpartError("graphpart hessian is being written (issue 12)")
