@@ -50,6 +50,12 @@ class Outcome:
     hang: bool = False
     leftover: int = 0
     before_first_checkpoint: bool = False  # stopped before anything was saved: start again
+    last_error: str = ""  # the last `graphpart: error:` line the run printed, if any
+
+
+def _last_error(path: Path) -> str:
+    lines = [x for x in path.read_text(errors="replace").splitlines() if "graphpart:" in x]
+    return lines[-1].strip() if lines else ""
 
 
 def stage_processes(since: float) -> list[psutil.Process]:
@@ -95,9 +101,11 @@ def check_data(run: Path, completed: bool) -> list[str]:
         lost.append("completed without params.npz")
     m = run / "metrics.jsonl"
     if m.exists():
-        steps = [json.loads(x)["step"] for x in m.read_text().splitlines() if x.strip()]
-        if steps != sorted(steps) or len(steps) != len(set(steps)):
-            lost.append("metrics rows repeated or out of order")
+        rows = [json.loads(x) for x in m.read_text().splitlines() if x.strip()]
+        for kind in {r.get("kind", "") for r in rows}:  # step rows and epoch rows apart
+            steps = [r["step"] for r in rows if r.get("kind", "") == kind]
+            if steps != sorted(steps) or len(steps) != len(set(steps)):
+                lost.append(f"metrics rows repeated or out of order ({kind or 'rows'})")
     return lost
 
 
@@ -113,11 +121,10 @@ def one_run(i: int, fault: str, rng: random.Random, root: Path) -> Outcome:
     run = root / name
     stage_fault = fault in ("kill-stage", "stop-stage")
     t0 = time.time()
+    log = open(root / f"{name}.stderr", "w")  # noqa: SIM115 - closed below
+    # a pipe nobody reads would fill (64 KiB of Ray's warnings) and block the driver: a file
     proc = subprocess.Popen(
-        train_cmd(root, name, 2 if stage_fault else 0),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        train_cmd(root, name, 2 if stage_fault else 0), stdout=subprocess.DEVNULL, stderr=log
     )
     o = Outcome(i, fault, 0.0, False, None)
     started = time.time()
@@ -142,9 +149,11 @@ def one_run(i: int, fault: str, rng: random.Random, root: Path) -> Outcome:
         if (run / "checkpoint.npz").exists():  # what a user does next: resume
             cmd = [sys.executable, "-m", "graphpart.cli", "train", "--no-progress", "--resume",
                    str(run)]  # fmt: skip
-            r = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            r = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
             code = wait(r, LIMIT_S)
             o.resumed, o.hang = True, code is None
+    log.close()
+    o.last_error = _last_error(root / f"{name}.stderr")
     o.state = state_of(run)
     o.recovered = o.state == "completed"
     o.before_first_checkpoint = not o.recovered and not (run / "checkpoint.npz").exists()
@@ -164,18 +173,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="also write the outcomes here")
+    ap.add_argument(
+        "--faults",
+        default=",".join(FAULTS),
+        help=f"comma-separated faults to take in turn (default: all of {', '.join(FAULTS)})",
+    )
     args = ap.parse_args(argv)
     rng = random.Random(args.seed)
+    faults = [f.strip() for f in args.faults.split(",") if f.strip()]
+    if bad := [f for f in faults if f not in FAULTS]:
+        ap.error(f"--faults: unknown {', '.join(bad)}; choose from {', '.join(FAULTS)}")
     outcomes = []
     with tempfile.TemporaryDirectory(prefix="graphpart-faults-") as tmp:
         for i in range(args.runs):
-            fault = FAULTS[i % len(FAULTS)]
+            fault = faults[i % len(faults)]
             o = one_run(i, fault, rng, Path(tmp))
             outcomes.append(o)
             print(
                 f"run {i:2d} {fault:16s} at {o.at_s:5.1f} s  exit {o.exit_code}  "
                 f"{'resumed ' if o.resumed else ''}-> {o.state or '?'}  "
-                f"lost {len(o.data_lost)}  hang {int(o.hang)}  leftover {o.leftover}",
+                f"lost {len(o.data_lost)}  hang {int(o.hang)}  leftover {o.leftover}"
+                + (f"  [{o.last_error}]" if o.last_error else ""),
                 flush=True,
             )
     faults = sum(o.injected for o in outcomes)
