@@ -1,4 +1,4 @@
-"""The op registry: per op its shape rule, reference forward, VJP, FLOPs and saved tensors.
+"""The op registry: per op its shape rule, reference forward, VJP, JVP, FLOPs and saved tensors.
 
 Every op is declared once, here. The forward and VJP rules are plain NumPy and serve as the
 reference (the oracle); device backends (workers/backends.py) supply faster kernels that
@@ -18,6 +18,25 @@ the whole batch, so summed micro-batch gradients equal the whole-batch gradient.
 `saves` names what the VJP reads: "in0", "in1", ... (inputs by position) and "out". The memory
 model counts the saved tensors that are not parameters as cached activations, and the reference
 autodiff hands the VJP only the saved tensors, so a wrong declaration fails the tests.
+
+Forward mode, beside each VJP (graphpart/hvp.py runs them; a tangent None means zero):
+
+    jvp(dins, ins, out, attrs) -> dout        the tangent of the output along the input tangents
+    vjp_jvp(g, dg, ins, dins, out, dout, attrs, needs) -> [d(input cotangent)]
+
+`vjp_jvp` is the tangent of the VJP itself (forward-over-reverse): the VJP is differentiated
+along the forward tangents (dins, dout) and the tangent dg of the incoming cotangent. It sees
+the same saved tensors as the VJP, and of the tangents only those `tangent_saves` names (same
+spelling as `saves`): what a Hessian-vector product keeps beyond a gradient's activations.
+
+    matmul     dz = dx W^T + x dW^T           d(dx) = dg W + g dW,  d(dW) = dg^T x + g^T dx
+    bias_add   dz = dm + db                   d(dm) = dg,  d(db) = sum_rows(dg)
+    phi        dh = phi'(z) dz                d(dz) = dg phi'(z) + g phi''(z) dz, from h and dh
+    cross_entropy  dL = scale <p - onehot y, do>   d(do) = scale (dg (p - onehot y)
+                                                          + g (p do - p <p, do>))
+    mse        dL = scale <o - y, do - dy>    d(do) = scale (dg (o - y) + g (do - dy))
+    l2         ds = lambda sum_W <W, dW>      d(dW) = lambda (dg W + g dW)
+    add        dJ = dL + ds                   d(dL) = d(ds) = dg
 """
 
 from __future__ import annotations
@@ -45,6 +64,19 @@ class OpDef:
     flops: Callable[[list[tuple[int, ...]], tuple[int, ...]], tuple[int, int]]  # (fwd, bwd)
     saves: tuple[str, ...]
     kind: str = "tensor"  # "tensor" | "loss" | "scalar"
+    jvp: Callable[[list, list, Any, dict], Any] | None = None
+    vjp_jvp: Callable[..., list] | None = None
+    tangent_saves: tuple[str, ...] = ()
+
+    def tangent_inputs(self, n_inputs: int) -> list[int]:
+        """Positions of the inputs whose tangents `vjp_jvp` reads."""
+        if "in*" in self.tangent_saves:
+            return list(range(n_inputs))
+        return [int(s[2:]) for s in self.tangent_saves if s.startswith("in")]
+
+    @property
+    def tangent_output(self) -> bool:
+        return "out" in self.tangent_saves
 
     def saved_inputs(self, n_inputs: int) -> list[int]:
         if "in*" in self.saves:
@@ -79,6 +111,20 @@ def _fmt(shape: Shape) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ")"
 
 
+def _plus(*terms: Any) -> Any:
+    """The sum of the terms that are not None (None stands for a zero tangent); None if all are."""
+    out = None
+    for t in terms:
+        if t is not None:
+            out = t if out is None else out + t
+    return out
+
+
+def _times(a: Any, b: Any) -> Any:
+    """a * b, or None (zero) when either is None."""
+    return None if a is None or b is None else a * b
+
+
 # -- matmul -------------------------------------------------------------------------------------
 def _matmul_shape(s: list[Shape], attrs: dict) -> Shape:
     x, w = s
@@ -97,6 +143,18 @@ def _matmul_vjp(g, ins, out, attrs, needs):
     return [g @ w if needs[0] else None, g.T @ x if needs[1] else None]
 
 
+def _matmul_jvp(dins, ins, out, attrs):
+    (dx, dw), (x, w) = dins, ins
+    return _plus(None if dx is None else dx @ w.T, None if dw is None else x @ dw.T)
+
+
+def _matmul_vjp_jvp(g, dg, ins, dins, out, dout, attrs, needs):
+    (x, w), (dx, dw) = ins, dins
+    dgx = _plus(None if dg is None else dg @ w, None if dw is None else g @ dw)
+    dgw = _plus(None if dg is None else dg.T @ x, None if dx is None else g.T @ dx)
+    return [dgx if needs[0] else None, dgw if needs[1] else None]
+
+
 register(
     OpDef(
         "matmul",
@@ -106,6 +164,9 @@ register(
         vjp=_matmul_vjp,
         flops=lambda s, o: (2 * s[0][0] * s[0][1] * o[1], 4 * s[0][0] * s[0][1] * o[1]),
         saves=("in0", "in1"),
+        jvp=_matmul_jvp,
+        vjp_jvp=_matmul_vjp_jvp,
+        tangent_saves=("in0", "in1"),
     )
 )
 
@@ -130,6 +191,11 @@ register(
         ],
         flops=lambda s, o: (_numel(o), _numel(o)),
         saves=(),
+        jvp=lambda dins, ins, out, a: _plus(*dins),
+        vjp_jvp=lambda g, dg, ins, dins, out, dout, a, needs: [
+            dg if needs[0] else None,
+            None if dg is None or not needs[1] else dg.sum(axis=0),
+        ],
     )
 )
 
@@ -155,7 +221,24 @@ _ACT_DERIV: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "sigmoid": lambda h: h * (1 - h),
     "tanh": lambda h: 1 - h * h,
 }
+# d phi'(z) / dh, written in h: phi'' dz = (d phi'/dh) dh, so the tangent rule needs only h, dh
+_ACT_DERIV2: dict[str, Callable[[np.ndarray], np.ndarray] | None] = {
+    "identity": None,  # phi'' = 0: no tangent kept
+    "relu": None,  # phi'' = 0 away from the kink
+    "sigmoid": lambda h: 1 - 2 * h,
+    "tanh": lambda h: -2 * h,
+}
 _ACT_FLOPS = {"identity": 0, "relu": 1, "sigmoid": 4, "tanh": 4}
+
+
+def _act_vjp_jvp(d, d2):
+    def rule(g, dg, ins, dins, out, dout, a, needs):
+        first = None if dg is None else dg * d(out)
+        second = None if d2 is None or dout is None else g * d2(out) * dout
+        return [_plus(first, second)]
+
+    return rule
+
 
 for _act in ACTIVATIONS:
     register(
@@ -167,6 +250,9 @@ for _act in ACTIVATIONS:
             vjp=(lambda d: lambda g, ins, out, a, needs: [g * d(out)])(_ACT_DERIV[_act]),
             flops=(lambda c: lambda s, o: (c * _numel(o), (c + 1) * _numel(o)))(_ACT_FLOPS[_act]),
             saves=("out",),
+            jvp=(lambda d: lambda dins, ins, out, a: _times(dins[0], d(out)))(_ACT_DERIV[_act]),
+            vjp_jvp=_act_vjp_jvp(_ACT_DERIV[_act], _ACT_DERIV2[_act]),
+            tangent_saves=("out",) if _ACT_DERIV2[_act] is not None else (),
         )
     )
 
@@ -199,6 +285,24 @@ def _xent_vjp(g, ins, out, a, needs):
     return [g * a.get("scale", 1.0 / len(y)) * p, None]
 
 
+def _xent_jvp(dins, ins, out, a):
+    if dins[0] is None:
+        return None
+    return float((_xent_vjp(1.0, ins, out, a, (True, False))[0] * dins[0]).sum())
+
+
+def _xent_vjp_jvp(g, dg, ins, dins, out, dout, a, needs):
+    o, y = ins
+    do = dins[0]
+    first = None if dg is None else dg * _xent_vjp(1.0, ins, out, a, needs)[0]
+    second = None
+    if do is not None:
+        p = np.exp(_log_softmax(o))
+        pdo = p * do
+        second = g * a.get("scale", 1.0 / len(y)) * (pdo - p * pdo.sum(axis=1, keepdims=True))
+    return [_plus(first, second), None]
+
+
 register(
     OpDef(
         "cross_entropy",
@@ -209,6 +313,9 @@ register(
         flops=lambda s, o: (5 * _numel(s[0]), 2 * _numel(s[0])),
         saves=("in0", "in1"),
         kind="loss",
+        jvp=_xent_jvp,
+        vjp_jvp=_xent_vjp_jvp,
+        tangent_saves=("in0",),
     )
 )
 
@@ -220,6 +327,20 @@ def _mse_shape(s: list[Shape], attrs: dict) -> Shape:
             f"mse needs outputs and targets of the same (B, q) shape, got {_fmt(o)} and {_fmt(y)}"
         )
     return ()
+
+
+def _mse_jvp(dins, ins, out, a):
+    d = _plus(dins[0], None if dins[1] is None else -dins[1])
+    if d is None:
+        return None
+    return a.get("scale", 1.0 / len(ins[0])) * float(((ins[0] - ins[1]) * d).sum())
+
+
+def _mse_vjp_jvp(g, dg, ins, dins, out, dout, a, needs):
+    scale = a.get("scale", 1.0 / len(ins[0]))
+    d = _plus(dins[0], None if dins[1] is None else -dins[1])
+    first = None if dg is None else dg * scale * (ins[0] - ins[1])
+    return [_plus(first, None if d is None else g * scale * d), None]
 
 
 register(
@@ -237,6 +358,9 @@ register(
         flops=lambda s, o: (3 * _numel(s[0]), 2 * _numel(s[0])),
         saves=("in0", "in1"),
         kind="loss",
+        jvp=_mse_jvp,
+        vjp_jvp=_mse_vjp_jvp,
+        tangent_saves=("in0", "in1"),
     )
 )
 
@@ -247,6 +371,25 @@ def _l2_shape(s: list[Shape], attrs: dict) -> Shape:
     if not (isinstance(lam, int | float) and lam >= 0 and np.isfinite(lam)):
         raise GraphError(f"l2: weight_decay={lam!r}; must be a finite number >= 0")
     return ()
+
+
+def _l2_jvp(dins, ins, out, a):
+    terms = [
+        float((w.astype(np.float64) * d).sum())
+        for w, d in zip(ins, dins, strict=True)
+        if d is not None
+    ]
+    return a.get("weight_decay", 0.0) * sum(terms) if terms else None
+
+
+def _l2_vjp_jvp(g, dg, ins, dins, out, dout, a, needs):
+    lam = a.get("weight_decay", 0.0)
+    return [
+        _plus(None if dg is None else dg * lam * w, None if d is None else g * lam * d)
+        if n
+        else None
+        for w, d, n in zip(ins, dins, needs, strict=True)
+    ]
 
 
 register(
@@ -266,6 +409,9 @@ register(
         flops=lambda s, o: (2 * sum(_numel(x) for x in s), 2 * sum(_numel(x) for x in s)),
         saves=("in*",),
         kind="scalar",
+        jvp=_l2_jvp,
+        vjp_jvp=_l2_vjp_jvp,
+        tangent_saves=("in*",),
     )
 )
 
@@ -286,5 +432,7 @@ register(
         flops=lambda s, o: ((len(s) - 1) * _numel(o), 0),
         saves=(),
         kind="scalar",
+        jvp=lambda dins, ins, out, a: _plus(*dins),
+        vjp_jvp=lambda g, dg, ins, dins, out, dout, a, needs: [dg if n else None for n in needs],
     )
 )
