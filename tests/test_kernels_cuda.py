@@ -1,16 +1,19 @@
-"""Contract of workers.kernels.cuda, checked without a GPU.
+"""Contract of workers.kernels.cuda, checked without a GPU (and on one by tools/gpu-check).
 
-Under Numba's CUDA simulator every wrapper agrees with a NumPy reference in float32 and
-float64 on small odd shapes (5x7, 17x3, 1x1), aliasing cases included: the activations and
-their output-based derivatives, softmax cross-entropy (stable, a bad label gives a NaN loss),
-MSE, sum_rows, sq_norm (grid-stride partials), accumulate, SGD and Adam with torch semantics,
-and gemm / matmul_nt / matmul_nn / matmul_tn for every transpose, alpha and beta (beta=0 never
-reads out). Bad activation codes, gemm shapes and Adam steps raise ValueError. The module
-imports on a machine without a GPU, and where libNVVM is installed every kernel compiles to
-PTX for sm_90, the float32 elementwise, optimizer and matmul kernels without float64 math.
+Under Numba's CUDA simulator (or, with GRAPHPART_CUDA_TESTS=gpu, on the real GPU) every wrapper
+agrees with a NumPy reference in float32 and float64 on small odd shapes (5x7, 17x3, 1x1),
+aliasing cases included: the activations and their output-based derivatives, softmax cross-
+entropy (stable, a bad label gives a NaN loss), MSE, sum_rows, sq_norm (grid-stride partials),
+accumulate, SGD and Adam with torch semantics, and gemm / matmul_nt / matmul_nn / matmul_tn for
+every transpose, alpha and beta (beta=0 never reads out), with one output per thread and with
+register tiles across several blocks and k panels; gemm_reg picks the largest register tile that
+still fills GEMM_MIN_BLOCKS blocks. Bad activation codes, gemm shapes and Adam steps raise
+ValueError. The module imports on a machine without a GPU, and where libNVVM is installed every
+kernel compiles to PTX for sm_90, the float32 elementwise, optimizer and matmul kernels without
+float64 math, and no gemm variant spills its accumulators to local memory.
 
-NUMBA_ENABLE_CUDASIM must be set before numba is first imported, so the simulator checks run
-in a subprocess that executes this file as a script; the tests here read its report.
+NUMBA_ENABLE_CUDASIM must be set before numba is first imported, so the checks run in a
+subprocess that executes this file as a script; the tests here read its report.
 """
 
 import contextlib
@@ -31,6 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SHAPES = [(5, 7), (17, 3), (1, 1)]
 DTYPES = ["float32", "float64"]
 SWITCH_INTERVAL_S = 1e-4  # see speed_up_simulator
+# GRAPHPART_CUDA_TESTS=gpu: run the kernel checks on the real GPU instead of the simulator
+GPU_MODE = "GRAPHPART_CUDA_TESTS"
+SIMULATED = os.environ.get(GPU_MODE, "sim") != "gpu"
 
 
 def tol(dtype, ulps=16):
@@ -51,15 +57,17 @@ def phi_ref(z, act):
 
 
 @contextlib.contextmanager
-def small_blocks(kc, threads=4, tile=4):
-    """Shrink THREADS and TILE (read at launch by the simulator) so that small inputs already
-    take the strided loops, several blocks and several tiles, for a fraction of the threads."""
-    saved = kc.THREADS, kc.TILE, kc._TILE_PAD
-    kc.THREADS, kc.TILE, kc._TILE_PAD = threads, tile, tile + 1
+def small_blocks(kc, threads=4, tile=4, reg=2, min_blocks=1):
+    """Shrink THREADS, TILE and the gemm's register tile so that small inputs already take the
+    strided loops, several blocks and several k panels, for a fraction of the threads. The
+    simulator reads them at launch; on a GPU the reductions read blockDim and the gemm is
+    compiled per (TILE, register tile), so the same checks hold there."""
+    saved = kc.THREADS, kc.TILE, kc.GEMM_REG, kc.GEMM_MIN_BLOCKS
+    kc.THREADS, kc.TILE, kc.GEMM_REG, kc.GEMM_MIN_BLOCKS = threads, tile, reg, min_blocks
     try:
         yield
     finally:
-        kc.THREADS, kc.TILE, kc._TILE_PAD = saved
+        kc.THREADS, kc.TILE, kc.GEMM_REG, kc.GEMM_MIN_BLOCKS = saved
 
 
 def check_bias_and_activations(kc, cuda, dtype):
@@ -211,10 +219,29 @@ def check_optimizers(kc, cuda, dtype):
 
 
 def check_gemm(kc, cuda, dtype):
-    gemm_case(kc, cuda, dtype, 5, 7, 3)  # TILE = 16: one tile
-    with small_blocks(kc):  # TILE = 4: several tiles each way, partial last tiles
+    gemm_case(kc, cuda, dtype, 5, 7, 3)  # TILE = 16: one block, one panel
+    with small_blocks(kc):  # TILE = 4, 2 x 2 outputs a thread: several blocks and panels
+        assert kc.gemm_reg(9, 6) == 2
         gemm_case(kc, cuda, dtype, 9, 11, 6)
         gemm_case(kc, cuda, dtype, 1, 1, 1)
+    with small_blocks(kc, reg=2, min_blocks=4):  # too few blocks: one output a thread
+        assert kc.gemm_reg(9, 6) == 1
+        gemm_case(kc, cuda, dtype, 9, 11, 6)
+    if not SIMULATED:  # a real GPU: the shipped tiles, several blocks and partial edges
+        assert kc.gemm_reg(300, 700) >= 2
+        gemm_case(kc, cuda, dtype, 300, 101, 700)
+        gemm_case(kc, cuda, dtype, 2048, 64, 1024)
+
+
+def check_gemm_reg(kc, cuda, dtype):
+    """The register tile: the largest that still gives GEMM_MIN_BLOCKS blocks, at least 1."""
+    edge = kc.TILE * kc.GEMM_REG
+    blocks = kc.GEMM_MIN_BLOCKS
+    assert kc.gemm_reg(edge * blocks, edge) == kc.GEMM_REG
+    assert kc.gemm_reg(edge * blocks - edge, edge) < kc.GEMM_REG
+    assert kc.gemm_reg(1, 1) == 1
+    with small_blocks(kc, tile=2, reg=8, min_blocks=4):
+        assert [kc.gemm_reg(n, n) for n in (1, 4, 8, 16, 32, 64)] == [1, 1, 2, 4, 8, 8]
 
 
 def gemm_case(kc, cuda, dtype, m, k, n):
@@ -262,7 +289,7 @@ def check_errors(kc, cuda, dtype):
 
 CHECKS = {f.__name__: f for f in [
     check_bias_and_activations, check_activation_extremes, check_softmax_xent, check_mse,
-    check_reductions, check_optimizers, check_gemm, check_errors,
+    check_reductions, check_optimizers, check_gemm, check_gemm_reg, check_errors,
 ]}  # fmt: skip
 
 
@@ -299,14 +326,20 @@ def speed_up_simulator() -> None:
 
 
 def run_checks() -> dict[str, str]:
-    """Run every check per dtype under the simulator; map "name[dtype]" to "ok" or a traceback."""
-    assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
-    speed_up_simulator()
+    """Run every check per dtype (under the simulator, or on the GPU when GPU_MODE is set);
+    map "name[dtype]" to "ok" or a traceback."""
+    if SIMULATED:
+        assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+        speed_up_simulator()
     from numba import cuda
 
     from workers.kernels import cuda as kc
 
-    assert kc.available()
+    assert kc.available(), "no CUDA device"
+    if not SIMULATED:
+        from numba.core import config
+
+        assert not config.ENABLE_CUDASIM, "GPU mode asked for, but the simulator is on"
     results = {}
     for name, check in CHECKS.items():
         for dtype in DTYPES:
@@ -323,7 +356,13 @@ def run_checks() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def simulator_report():
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "PYTHONPATH": str(ROOT)}
+    """The checks' report from a child process: under the simulator, or with GRAPHPART_CUDA_TESTS
+    =gpu (as tools/gpu-check sets it) on the real GPU, the simulator forced off."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if SIMULATED:
+        env["NUMBA_ENABLE_CUDASIM"] = "1"
+    else:
+        env.pop("NUMBA_ENABLE_CUDASIM", None)
     proc = subprocess.run(
         [sys.executable, __file__], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
     )
@@ -365,6 +404,10 @@ def test_every_kernel_compiles_to_ptx(dtype):
         reductions = {"softmax_xent_forward", "mse_forward", "sq_norm"}  # float64 by design
         with_f64 = [n for n, text in ptx.items() if ".f64" in text and n not in reductions]
         assert with_f64 == []
+    gemms = [n for n in ptx if n.startswith("gemm_")]
+    assert len(gemms) == 4 * kc.GEMM_REG.bit_length()  # 4 layouts x register tiles 1, 2, ..
+    spilled = [n for n in gemms if "ld.local" in ptx[n] or "st.local" in ptx[n]]
+    assert spilled == []  # every register tile's accumulators stay in registers
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ compiled at import: `cuda.jit` compiles each kernel on its first launch, so this
 on machines without a GPU (and runs under NUMBA_ENABLE_CUDASIM=1, the simulator).
 
 The three products of an MLP layer (batch-major, W is out x in) are matmul_nt (z = x W^T),
-matmul_nn (dx = dz W) and matmul_tn (dW = dz^T x), all one tiled shared-memory kernel.
+matmul_nn (dx = dz W) and matmul_tn (dW = dz^T x), all one register-tiled shared-memory
+kernel (`gemm`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 __all__ = [
     "ACTIVATIONS",
     "BLOCK_2D",
+    "GEMM_MIN_BLOCKS",
+    "GEMM_REG",
     "IDENTITY",
     "RELU",
     "SIGMOID",
@@ -46,6 +49,7 @@ __all__ = [
     "bias_add",
     "compile_ptx",
     "gemm",
+    "gemm_reg",
     "matmul_nn",
     "matmul_nt",
     "matmul_tn",
@@ -59,9 +63,11 @@ __all__ = [
 ]
 
 # Launch constants. Kernels read them when they compile (on first launch): change them before
-# that, and _TILE_PAD with TILE (shared-array shapes must be plain constants).
-TILE = 16  # matmul tile edge; a gemm block is TILE x TILE threads
-_TILE_PAD = TILE + 1  # shared tiles are TILE x (TILE + 1): transposed stores avoid bank conflicts
+# that. The gemm kernel is compiled per (TILE, GEMM_REG) pair, so those two may change at any
+# time (the tests shrink them to exercise several blocks and panels on small matrices).
+TILE = 16  # a gemm block is TILE x TILE threads; also the depth of its k panels
+GEMM_REG = 8  # the most outputs per gemm thread and axis: a block then computes a 128-square
+GEMM_MIN_BLOCKS = 256  # ... halved (down to 1) while c would take fewer blocks than this
 BLOCK_2D = (32, 8)  # elementwise blocks: x runs along a row (coalesced), y over rows
 THREADS = 256  # 1-D blocks; also the largest block of the per-row reductions (a power of 2)
 
@@ -295,52 +301,94 @@ def _adam_update_k(w, g, m, v, step_size, beta1, beta2, c1, c2, inv_bc2_sqrt, ep
 
 
 @functools.cache
-def _gemm_kernel(trans_a: bool, trans_b: bool, dtype: np.dtype):
-    """Tiled kernel for c = alpha op(a) op(b) + beta c, specialised on the transposes."""
+def _gemm_kernel(trans_a: bool, trans_b: bool, dtype: np.dtype, tile: int, reg: int):
+    """Register-tiled kernel for c = alpha op(a) op(b) + beta c, specialised on the transposes.
+
+    A block of tile x tile threads computes a (tile * reg)-square block of c; each thread
+    reg x reg entries of it, strided by `tile` (thread (ty, tx) owns rows r0 + ty + i * tile
+    and columns c0 + tx + j * tile), accumulated in registers. Per step along k the block
+    stages a (tile * reg) x tile panel of op(a) and a tile x (tile * reg) panel of op(b) in
+    shared memory, k-major, each thread loading `reg` entries of each panel, read along the
+    stored array's rows (coalesced).
+    """
     nbtype = from_dtype(dtype)
+    T, R = int(tile), int(reg)
+    BM = T * R  # rows (and columns) of c per block
+    PAD = BM + 1  # k-major panels are BM + 1 wide: the transposed stores spread over banks
+    NT = T * T
 
     @cuda.jit
     def gemm_k(a, b, c, alpha, beta):
-        sa = cuda.shared.array((TILE, _TILE_PAD), nbtype)  # sa[r, k] = op(a)[r0 + r, k0 + k]
-        sb = cuda.shared.array((TILE, _TILE_PAD), nbtype)  # sb[k, q] = op(b)[k0 + k, c0 + q]
+        sa = cuda.shared.array((T, PAD), nbtype)  # sa[k, r] = op(a)[r0 + r, k0 + k]
+        sb = cuda.shared.array((T, PAD), nbtype)  # sb[k, q] = op(b)[k0 + k, c0 + q]
+        acc = cuda.local.array((R, R), nbtype)
+        ar = cuda.local.array(R, nbtype)
+        br = cuda.local.array(R, nbtype)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
-        r0 = cuda.blockIdx.y * TILE
-        c0 = cuda.blockIdx.x * TILE
+        tid = ty * T + tx
+        r0 = cuda.blockIdx.y * BM
+        c0 = cuda.blockIdx.x * BM
         rows = c.shape[0]
         cols = c.shape[1]
         kdim = a.shape[0] if trans_a else a.shape[1]
         zero = c.dtype.type(0.0)
-        acc = zero
-        for k0 in range(0, kdim, TILE):
-            # Each load reads along a row of the stored array (coalesced in tx).
-            if trans_a:
-                kk, rr = k0 + ty, r0 + tx
-                sa[tx, ty] = a[kk, rr] if kk < kdim and rr < rows else zero
-            else:
-                rr, kk = r0 + ty, k0 + tx
-                sa[ty, tx] = a[rr, kk] if rr < rows and kk < kdim else zero
-            if trans_b:
-                qq, kk = c0 + ty, k0 + tx
-                sb[tx, ty] = b[qq, kk] if qq < cols and kk < kdim else zero
-            else:
-                kk, qq = k0 + ty, c0 + tx
-                sb[ty, tx] = b[kk, qq] if kk < kdim and qq < cols else zero
+        for i in range(R):
+            for j in range(R):
+                acc[i, j] = zero
+        for k0 in range(0, kdim, T):
+            for lo in range(R):
+                e = tid + lo * NT
+                if trans_a:  # a is k x m: consecutive threads read along m
+                    kk, rr = e // BM, e % BM
+                    gk, gr = k0 + kk, r0 + rr
+                    sa[kk, rr] = a[gk, gr] if gk < kdim and gr < rows else zero
+                else:  # a is m x k: along k
+                    rr, kk = e // T, e % T
+                    gk, gr = k0 + kk, r0 + rr
+                    sa[kk, rr] = a[gr, gk] if gk < kdim and gr < rows else zero
+                if trans_b:  # b is n x k: along k
+                    qq, kk = e // T, e % T
+                    gk, gq = k0 + kk, c0 + qq
+                    sb[kk, qq] = b[gq, gk] if gk < kdim and gq < cols else zero
+                else:  # b is k x n: along n
+                    kk, qq = e // BM, e % BM
+                    gk, gq = k0 + kk, c0 + qq
+                    sb[kk, qq] = b[gk, gq] if gk < kdim and gq < cols else zero
             cuda.syncthreads()
-            for kk in range(TILE):
-                acc += sa[ty, kk] * sb[kk, tx]
+            for kk in range(T):
+                for i in range(R):
+                    ar[i] = sa[kk, ty + i * T]
+                for j in range(R):
+                    br[j] = sb[kk, tx + j * T]
+                for i in range(R):
+                    for j in range(R):
+                        acc[i, j] += ar[i] * br[j]
             cuda.syncthreads()
-        r, q = r0 + ty, c0 + tx
-        if r < rows and q < cols:
-            if beta == zero:
-                c[r, q] = alpha * acc  # c is not read: it may hold garbage or NaN
-            else:
-                c[r, q] = alpha * acc + beta * c[r, q]
+        for i in range(R):
+            r = r0 + ty + i * T
+            for j in range(R):
+                q = c0 + tx + j * T
+                if r < rows and q < cols:
+                    if beta == zero:
+                        c[r, q] = alpha * acc[i, j]  # c is not read: it may hold garbage or NaN
+                    else:
+                        c[r, q] = alpha * acc[i, j] + beta * c[r, q]
 
     return gemm_k
 
 
 # --- launch helpers ------------------------------------------------------------------------
+
+
+def gemm_reg(m: int, n: int) -> int:
+    """Outputs per thread and axis for an m x n product: GEMM_REG (large tiles, the most
+    arithmetic per load), halved while the grid would have fewer than GEMM_MIN_BLOCKS blocks,
+    so that a small product (a layer at batch 256) still spreads over every multiprocessor."""
+    reg = max(1, GEMM_REG)
+    while reg > 1 and -(-m // (TILE * reg)) * -(-n // (TILE * reg)) < GEMM_MIN_BLOCKS:
+        reg //= 2
+    return reg
 
 
 def _pow2_at_least(n: int) -> int:
@@ -535,8 +583,10 @@ def gemm(
     k2, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
     _check(k == k2, f"gemm: inner dimensions differ ({k} vs {k2})")
     _check(tuple(out.shape) == (m, n), f"gemm: out is {tuple(out.shape)}, need {(m, n)}")
-    kernel = _gemm_kernel(bool(trans_a), bool(trans_b), np.dtype(out.dtype))
-    grid = (max(1, -(-n // TILE)), max(1, -(-m // TILE)))
+    reg = gemm_reg(m, n)
+    kernel = _gemm_kernel(bool(trans_a), bool(trans_b), np.dtype(out.dtype), TILE, reg)
+    edge = TILE * reg
+    grid = (max(1, -(-n // edge)), max(1, -(-m // edge)))
     kernel[grid, (TILE, TILE), stream](a, b, out, _scalar(out, alpha), _scalar(out, beta))
 
 
@@ -585,10 +635,13 @@ def compile_ptx(
         "sgd_update": (_sgd_update_k, (vec, vec, vec, f, f, f)),
         "adam_update": (_adam_update_k, (vec, vec, vec, vec) + (f,) * 8),
     }
+    regs = sorted({max(1, GEMM_REG) >> s for s in range(max(1, GEMM_REG).bit_length())})
     for ta in (False, True):
         for tb in (False, True):
-            kern = _gemm_kernel(ta, tb, np.dtype(dtype))
-            sigs[f"gemm_{'t' if ta else 'n'}{'t' if tb else 'n'}"] = (kern, (mat, mat, mat, f, f))
+            for reg in regs:  # every variant gemm_reg may pick
+                kern = _gemm_kernel(ta, tb, np.dtype(dtype), TILE, reg)
+                name = f"gemm_{'t' if ta else 'n'}{'t' if tb else 'n'}_r{reg}"
+                sigs[name] = (kern, (mat, mat, mat, f, f))
     with _device_functions_for(cc):
         return {
             name: cuda.compile_ptx(kern.py_func, sig, cc=cc)[0]
