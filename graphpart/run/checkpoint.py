@@ -21,6 +21,7 @@ import numpy as np
 
 from graphpart.errors import ConfigError
 from graphpart.ir.graph import Graph
+from graphpart.run import metrics
 
 FORMAT = "graphpart-checkpoint-1"
 
@@ -39,7 +40,8 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 class RunDir:
-    """A run's folder: config.toml, plan.json, metrics.jsonl, checkpoint.npz, params.npz."""
+    """A run's folder: config.toml, plan.json, metrics.jsonl, checkpoint.npz, params.npz,
+    summary.json, curves.png and (train.tensorboard) tensorboard/."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -99,10 +101,19 @@ class RunDir:
             gone.append(f.name)
         return gone
 
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """metrics.jsonl's rows, each with its kind ("step" or "epoch"; graphpart.run.metrics)."""
+        return metrics.read_rows(self.metrics_path)
+
     def truncate_metrics(self, steps: int) -> None:
-        """Keep only metrics.jsonl rows of steps <= `steps` (a resumed run appends after the
-        checkpoint's step; rows written after it, before a crash, would repeat)."""
-        path = self.path / "metrics.jsonl"
+        """Keep only metrics.jsonl rows of steps <= `steps`, of either kind (a resumed run
+        appends after the checkpoint's step; rows written after it, before a crash, would
+        repeat). Rows are kept as they were written."""
+        path = self.metrics_path
         if not path.exists():
             return
         keep = []
@@ -111,26 +122,17 @@ class RunDir:
                 row = json.loads(line)
             except json.JSONDecodeError:  # a line cut by a crash
                 continue
-            if int(row.get("step", 0)) <= steps:
+            if isinstance(row, dict) and int(row.get("step", 0)) <= steps:
                 keep.append(line)
         atomic_write(path, "".join(k + "\n" for k in keep).encode())
 
     def last_epoch_metrics(self, steps: int) -> dict[str, Any]:
         """The last epoch row of metrics.jsonl at or before `steps` ({} if none)."""
-        path = self.path / "metrics.jsonl"
-        last: dict[str, Any] = {}
-        if path.exists():
-            for line in path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if "train_loss" in row and int(row.get("step", 0)) <= steps:
-                    last = row
-        return last
+        rows = metrics.of_kind(self.read_metrics(), "epoch")
+        return next((r for r in reversed(rows) if int(r.get("step", 0)) <= steps), {})
 
     def append_metrics(self, row: Mapping[str, Any]) -> None:
-        with open(self.path / "metrics.jsonl", "a") as f:
+        with open(self.metrics_path, "a") as f:
             f.write(json.dumps(dict(row)) + "\n")
             f.flush()
 

@@ -43,7 +43,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """[train]: epochs, batching, optimizer hyper-parameters, seed and dtype."""
+    """[train]: epochs, batching, optimizer hyper-parameters, seed, dtype and logging."""
 
     epochs: int = 30
     batch_size: int = 64
@@ -60,6 +60,9 @@ class TrainConfig:
     divergence: float = 1000.0
     # restart dead or stalled stages from the last checkpoint up to this many times
     max_failures: int = 0
+    # also write metrics as TensorBoard event files to RUN_DIR/tensorboard/ (needs tensorboardX:
+    # pip install 'graphpart[tensorboard]')
+    tensorboard: bool = False
 
 
 @dataclass(frozen=True)

@@ -41,19 +41,37 @@ from graphpart.plan.partition import Plan, partition
 from graphpart.run import data as gdata
 from graphpart.run.checkpoint import RunDir, atomic_write, load_checkpoint, save_checkpoint
 from graphpart.run.config import Config, dump_toml, load_config
+from graphpart.run.metrics import epoch_row, of_kind, step_row
+from graphpart.run.shape import DataShape, dataset_matches, shape_of
+from graphpart.run.tensorboard import EventLog
+from graphpart.run.tensorboard import require as require_tensorboard
 from graphpart.units import parse_bytes
 
 
 @dataclass
 class Setup:
+    """What a run decides before it starts. `shape` is the data's shape, read without loading
+    it; `dataset` loads the data the first time it is asked for (plan and graph never ask)."""
+
     config: Config
-    dataset: gdata.Dataset
+    shape: DataShape
     graph: Graph
     plan: Plan
     optimizer: Optimizer
+    _dataset: gdata.Dataset | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def dataset(self) -> gdata.Dataset:
+        if self._dataset is None:
+            ds = load_dataset(self.config)
+            differs = dataset_matches(ds, self.shape)
+            if differs:  # the quick reading and the loader disagree: a bug, not a user error
+                raise RuntimeError(f"data.source={self.config.data.source!r}: {differs}")
+            self._dataset = ds
+        return self._dataset
 
 
-def load_dataset(cfg: Config) -> gdata.Dataset:
+def _data_kwargs(cfg: Config) -> dict[str, Any]:
     d, t = cfg.data, cfg.train
     task = "regression" if cfg.model.loss == "mse" else "classification"
     kw: dict[str, Any] = dict(dtype=t.dtype, test_fraction=d.test_fraction, seed=t.seed)
@@ -61,12 +79,23 @@ def load_dataset(cfg: Config) -> gdata.Dataset:
         kw.update(n_samples=d.n_samples, n_features=d.n_features, n_classes=d.n_classes, task=task)
     elif d.source.lower().endswith((".npz", ".csv")):
         kw.update(task=task)
-    return gdata.load(d.source, **kw)
+    return kw
+
+
+def load_dataset(cfg: Config) -> gdata.Dataset:
+    """The data `cfg` trains on, loaded (graphpart.run.data)."""
+    return gdata.load(cfg.data.source, **_data_kwargs(cfg))
+
+
+def data_shape(cfg: Config) -> DataShape:
+    """The shape of the data `cfg` trains on, read without loading it (graphpart.run.shape)."""
+    return shape_of(cfg.data.source, **_data_kwargs(cfg))
 
 
 def setup(cfg: Config) -> Setup:
-    """Everything decided before a run starts (pure: no Ray, no training)."""
-    ds = load_dataset(cfg)
+    """Everything decided before a run starts (pure: no Ray, no training, and of the data only
+    its shape is read)."""
+    ds = data_shape(cfg)
     m = cfg.model
     if m.loss == "cross_entropy" and ds.n_classes is None:
         raise ConfigError(
@@ -218,11 +247,11 @@ def check_last_batch(s: Setup) -> None:
     (A pipeline needs no such rule: a minibatch with fewer rows than micro-batches runs one
     micro-batch per row, the same mathematics.)"""
     p, t = s.config.pipeline, s.config.train
-    last = len(s.dataset.X_train) % t.batch_size
+    last = s.shape.n_train % t.batch_size
     if p.data_parallel > 1 and 0 < last < p.data_parallel:
         raise ConfigError(
             f"pipeline.data_parallel={p.data_parallel}: the last minibatch of each epoch has "
-            f"{last} row(s) ({len(s.dataset.X_train)} training rows, train.batch_size="
+            f"{last} row(s) ({s.shape.n_train} training rows, train.batch_size="
             f"{t.batch_size}), fewer than the replicas; choose a batch size that leaves 0 or at "
             f"least {p.data_parallel} rows"
         )
@@ -269,6 +298,8 @@ def train(
     the last checkpoint up to N times, and the run goes on to the same parameters.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    if cfg.train.tensorboard:
+        require_tensorboard()  # before anything is written
     s = setup(cfg)
     check_budget(s)
     check_last_batch(s)
@@ -342,13 +373,35 @@ def _train(
     log: Callable[[str], None],
     on_epoch: Callable[[dict[str, Any]], None] | None,
 ) -> dict[str, Any]:
-    cfg = s.config
-    t, p = cfg.train, cfg.pipeline
+    t = s.config.train
     st = _Progress(epoch=ck["epoch"], step=ck["steps"]) if ck else _Progress()
     if ck:  # the last epoch's figures, in case no epoch is left to train (a run stopped
         st.metrics = run.last_epoch_metrics(st.step)  # between its last checkpoint and the end)
     n = len(s.dataset.X_train)
     wall0 = time.perf_counter()
+    events = EventLog(run.path, run.read_metrics()) if t.tensorboard else None
+    try:
+        return _attempts(s, run, ck, st, progress, log, on_epoch, n, events, wall0)
+    finally:
+        if events is not None:
+            events.close()
+
+
+def _attempts(
+    s: Setup,
+    run: RunDir,
+    ck: dict[str, Any] | None,
+    st: _Progress,
+    progress: bool,
+    log: Callable[[str], None],
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+    n: int,
+    events: EventLog | None,
+    wall0: float,
+) -> dict[str, Any]:
+    """Train to the end, restarting failed stages from the last checkpoint as allowed."""
+    cfg = s.config
+    t, p = cfg.train, cfg.pipeline
     failures = 0
     startup = None
     if uses_ray(cfg):  # Ray start-up takes seconds: say what is happening
@@ -369,7 +422,7 @@ def _train(
                         log(f"joined {describe_cluster()} (pipeline.address={p.address!r})")
                 if ck:  # ... which set_state then overwrites with the checkpoint's
                     engine.set_state(ck["stages"](s.plan))
-                _epochs(s, engine, run, st, progress, log, on_epoch, n)
+                _epochs(s, engine, run, st, progress, log, on_epoch, n, events)
                 final = engine.get_params()
                 stats = engine.stats()
             break
@@ -393,6 +446,8 @@ def _train(
                 else _Progress(train_time=st.train_time, samples=st.samples)
             )
             run.truncate_metrics(st.step)
+            if events is not None:
+                events.reopen(run.read_metrics())
             log(
                 f"{e}; restarting the stages from "
                 + (f"the checkpoint of epoch {st.epoch}" if ck else "the start")
@@ -436,10 +491,17 @@ def _epochs(
     log: Callable[[str], None],
     on_epoch: Callable[[dict[str, Any]], None] | None,
     n: int,
+    events: EventLog | None = None,
 ) -> None:
     """Train from epoch st.epoch to the last, checkpointing each (st is updated as it goes)."""
     cfg, ds = s.config, s.dataset
     t = cfg.train
+
+    def record(row: dict[str, Any]) -> None:
+        run.append_metrics(row)
+        if events is not None:
+            events.write(row)
+
     bar = _progress(progress, (t.epochs - st.epoch) * _steps_per_epoch(n, t.batch_size))
     try:
         for epoch in range(st.epoch, t.epochs):
@@ -459,21 +521,18 @@ def _epochs(
                     bar.update(1)
                     bar.set_postfix(epoch=epoch + 1, loss=f"{r.J:.4f}", refresh=False)
                 if t.log_every and st.step % t.log_every == 0:
-                    run.append_metrics(
-                        {"step": st.step, "epoch": epoch + 1, "loss": r.J, "L": r.L, "s": r.s}
-                    )
+                    record(step_row(st.step, epoch + 1, r.J, r.L, r.s))
             st.train_time += time.perf_counter() - t0
-            metrics = {
-                "epoch": epoch + 1,
-                "step": st.step,
+            figures = {
                 "train_loss": total / count,
                 **evaluate(engine, ds, ds.X_test, ds.y_test, cfg.model.loss),
                 "epoch_s": time.perf_counter() - t0,
             }
+            metrics = epoch_row(st.step, epoch + 1, figures)
             _check_divergence(metrics, st, t.divergence, t.lr)
             state = engine.get_state()
             _check_finite_state(state, st.step)
-            run.append_metrics(metrics)
+            record(metrics)
             save_checkpoint(run.checkpoint_path, state, s.plan, epoch=epoch + 1, steps=st.step)
             st.epoch, st.metrics = epoch + 1, metrics
             if on_epoch is not None:
@@ -537,16 +596,8 @@ def _check_finite_state(states: list[dict[str, Any]], step: int) -> None:
 
 def write_curves(run: RunDir) -> None:
     """curves.png in the run directory: train and test loss (and test accuracy) per epoch,
-    from metrics.jsonl (the epoch rows: those with a train_loss)."""
-    rows = []
-    path = run.path / "metrics.jsonl"
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if "train_loss" in row:
-            rows.append(row)
+    from metrics.jsonl's epoch rows."""
+    rows = of_kind(run.read_metrics(), "epoch")
     if not rows:
         return
     import matplotlib  # loaded only here: it takes a while to import
