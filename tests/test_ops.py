@@ -7,6 +7,9 @@ x W^T; losses are scaled by `scale`, default 1/B), a VJP equal to central finite
 of <g, forward> (float64, 1e-6 relative), FLOP counts (matmul: 2*B*n*m forward, twice that
 backward) and a `saves` declaration that is sufficient: the VJP gives the same result when
 handed only the declared saved tensors (inputs not declared and an undeclared output are None).
+Forward mode: every op's JVP equals central differences of its forward, and its `vjp_jvp` (the
+tangent of the VJP) central differences of the VJP, handed only the declared `saves` and
+`tangent_saves`; a None tangent reads as zero.
 """
 
 from __future__ import annotations
@@ -422,3 +425,106 @@ def test_elementwise_flops_scale_with_elements():
     assert REGISTRY["bias_add"].flops([(8, 3), (3,)], (8, 3)) == (24, 24)
     assert REGISTRY["l2"].flops([(3, 4), (2, 3)], ()) == (36, 36)
     assert REGISTRY["add"].flops([(), (), ()], ()) == (2, 0)
+
+
+# -- forward mode: jvp and the tangent of the VJP (vjp_jvp), beside each VJP ----------------------
+# Contract: every op declares `jvp` and `vjp_jvp`; the JVP equals central differences of the
+# forward along random input tangents, and `vjp_jvp` equals central differences of the VJP along
+# (inputs + t tangents, g + t dg), both handed only what `saves` / `tangent_saves` declare;
+# a None tangent reads as zero (the rule with it equals the rule with zeros).
+
+
+def _tangents(rng, case, ins):
+    return [
+        rng.standard_normal(np.shape(a)) if d else None for a, d in zip(ins, case.diff, strict=True)
+    ]
+
+
+def _shift(ins, dins, t):
+    return [a if d is None else a + t * d for a, d in zip(ins, dins, strict=True)]
+
+
+def _declared(opdef, ins, out, dins, dout):
+    n = len(ins)
+    keep, tkeep = set(opdef.saved_inputs(n)), set(opdef.tangent_inputs(n))
+    return (
+        [a if i in keep else None for i, a in enumerate(ins)],
+        out if opdef.saves_output else None,
+        [d if i in tkeep else None for i, d in enumerate(dins)],
+        dout if opdef.tangent_output else None,
+    )
+
+
+def test_every_op_declares_forward_mode():
+    for name, opdef in REGISTRY.items():
+        assert callable(opdef.jvp) and callable(opdef.vjp_jvp), name
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_jvp_matches_finite_differences(name):
+    rng = np.random.default_rng(11)
+    case = CASES[name]
+    opdef = REGISTRY[name]
+    ins = case.make(rng)
+    dins = _tangents(rng, case, ins)
+    out = _call_fwd(name, ins, case.attrs)
+    got = opdef.jvp(dins, ins, out, dict(case.attrs))
+    eps = 1e-6
+    fd = (
+        np.asarray(_call_fwd(name, _shift(ins, dins, eps), case.attrs))
+        - np.asarray(_call_fwd(name, _shift(ins, dins, -eps), case.attrs))
+    ) / (2 * eps)
+    np.testing.assert_allclose(got, fd, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_vjp_jvp_matches_finite_differences_of_the_vjp(name):
+    rng = np.random.default_rng(12)
+    case = CASES[name]
+    opdef = REGISTRY[name]
+    ins = case.make(rng)
+    dins = _tangents(rng, case, ins)
+    out = _call_fwd(name, ins, case.attrs)
+    dout = opdef.jvp(dins, ins, out, dict(case.attrs))
+    g = rng.standard_normal(np.shape(out))
+    dg = rng.standard_normal(np.shape(out))
+    needs = list(case.diff)
+    s_ins, s_out, s_dins, s_dout = _declared(opdef, ins, out, dins, dout)
+    got = opdef.vjp_jvp(g, dg, s_ins, s_dins, s_out, s_dout, dict(case.attrs), needs)
+    eps = 1e-6
+
+    def vjp_at(t):
+        x = _shift(ins, dins, t)
+        o = _call_fwd(name, x, case.attrs)
+        keep = set(opdef.saved_inputs(len(x)))
+        xs = [a if i in keep else None for i, a in enumerate(x)]
+        return opdef.vjp(g + t * dg, xs, o if opdef.saves_output else None, dict(case.attrs), needs)
+
+    plus, minus = vjp_at(eps), vjp_at(-eps)
+    for i, d in enumerate(case.diff):
+        if not d:
+            assert got[i] is None
+            continue
+        fd = (np.asarray(plus[i]) - np.asarray(minus[i])) / (2 * eps)
+        np.testing.assert_allclose(got[i], fd, rtol=1e-6, atol=1e-8, err_msg=f"input {i}")
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_none_tangent_is_zero(name):
+    rng = np.random.default_rng(13)
+    case = CASES[name]
+    opdef = REGISTRY[name]
+    ins = case.make(rng)
+    out = _call_fwd(name, ins, case.attrs)
+    none = [None] * len(ins)
+    zeros = [np.zeros(np.shape(a)) if d else None for a, d in zip(ins, case.diff, strict=True)]
+    assert opdef.jvp(none, ins, out, dict(case.attrs)) is None
+    np.testing.assert_array_equal(opdef.jvp(zeros, ins, out, dict(case.attrs)), 0.0)
+    g = rng.standard_normal(np.shape(out))
+    needs = list(case.diff)
+    a = opdef.vjp_jvp(g, None, ins, none, out, None, dict(case.attrs), needs)
+    b = opdef.vjp_jvp(
+        g, np.zeros_like(g), ins, zeros, out, np.zeros(np.shape(out)), dict(case.attrs), needs
+    )
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(0.0 if x is None else x, 0.0 if y is None else y)
