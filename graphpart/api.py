@@ -1,4 +1,8 @@
-"""Public functions that span layers: gradients by the oracle, or as a pipeline computes them."""
+"""The reference `value_and_grad`: the oracle, or a pipeline's arithmetic, with the reference ops.
+
+`gp.value_and_grad` (graphpart.engines.grad) runs the engine's executor instead and calls this
+one for `executor="reference"`; the tests hold the two equal.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ def value_and_grad(
     stages: int | None = None,
     microbatches: int = 1,
 ) -> tuple[float, dict[str, np.ndarray]]:
-    """J and dJ/dW for every parameter W, by reverse-mode differentiation in one process.
+    """J and dJ/dW for every parameter W, by reverse-mode differentiation in one process, with
+    the reference ops (NumPy, graphpart.autodiff): what the fast path is tested against.
 
     With a `plan` (or `stages`, and `microbatches`), the same numbers are computed the way a
     pipeline computes them: per stage, per micro-batch, boundary tensors and their gradients

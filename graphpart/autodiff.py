@@ -90,7 +90,18 @@ def forward(
     batch: Mapping[str, np.ndarray],
     scale: float | None = None,
 ) -> dict[str, Any]:
-    """Every variable's value (inputs, parameters and computed), by name."""
+    """Every variable's value (inputs, parameters and computed), by name.
+
+    >>> import numpy as np
+    >>> from graphpart.ir import mlp
+    >>> from graphpart.params import init_params
+    >>> g = mlp([4, 3, 2])
+    >>> values = forward(g, init_params(g), {"x": np.ones((5, 4)), "y": np.zeros(5, int)})
+    >>> sorted(values)
+    ['J', 'L', 'W1', 'W2', 'h1', 'o', 's', 'x', 'y', 'z1']
+    >>> values["o"].shape, values["o"].dtype, float(values["J"]) > 0
+    ((5, 2), dtype('float32'), True)
+    """
     dtype = check_params(graph, params)
     values: dict[str, Any] = {**check_batch(graph, batch, dtype), **params}
     n = len(next(iter(values[v.name] for v in graph.inputs)))

@@ -18,6 +18,13 @@ def init_params(graph: Graph, seed: int = 0, dtype: str | np.dtype = "float32") 
 
     Each parameter draws from its own generator, seeded by (seed, crc32(name)), so a
     parameter's initial value does not depend on which stage holds it or on the others.
+
+    >>> from graphpart.ir import mlp
+    >>> params = init_params(mlp([64, 32, 10], bias=True), seed=0, dtype="float64")
+    >>> {name: p.shape for name, p in params.items()}
+    {'W1': (32, 64), 'b1': (32,), 'W2': (10, 32), 'b2': (10,)}
+    >>> params["W1"].dtype, float(params["b1"].max())
+    (dtype('float64'), 0.0)
     """
     dtype = np.dtype(dtype)
     act = graph.get_info("activation", "relu")

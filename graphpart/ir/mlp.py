@@ -25,6 +25,12 @@ def mlp(
     regulariser s and the objective J = L + s belong to no layer (layer 0): they read
     parameters from every layer, and a partition splits s into per-stage parts.
     With bias, the matmul output is m_i and z_i = m_i + b_i; without, z_i = x W_i^T directly.
+
+    >>> g = mlp([64, 32, 10], activation="relu", bias=True, weight_decay=1e-4)
+    >>> [v.name for v in g.vars]
+    ['x', 'W1', 'm1', 'b1', 'z1', 'h1', 'W2', 'm2', 'b2', 'o', 'y', 'L', 's', 'J']
+    >>> [o.op for o in g.ops], g.output
+    (['matmul', 'bias_add', 'relu', 'matmul', 'bias_add', 'cross_entropy', 'l2', 'add'], 'J')
     """
     sizes = [int(s) if isinstance(s, np.integer) else s for s in sizes]
     if len(sizes) < 2:

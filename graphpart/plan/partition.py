@@ -43,6 +43,11 @@ def partition(
     largest per-stage memory, where `memory_cost(first_layer, stop_layer, stage_index)` gives
     a stage's predicted bytes (graphpart.plan.memory supplies it); with `budgets` (bytes per stage),
     fit them or fail before anything starts.
+
+    >>> from graphpart.ir import mlp
+    >>> plan = partition(mlp([64, 64, 64, 10]), 2, "uniform")
+    >>> [(st.layers, st.params, st.output) for st in plan.stages]
+    [((1, 2), ('W1', 'W2'), 'h2'), ((3,), ('W3',), None)]
     """
     if strategy not in STRATEGIES:
         raise PlanError(f"strategy={strategy!r}; valid: {', '.join(STRATEGIES)}")
