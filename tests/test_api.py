@@ -210,3 +210,25 @@ def test_import_graphpart_does_not_load_the_engines():
         "assert 'graphpart.engines.grad' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.ray  # starts Python processes
+def test_benchmark_runs_each_contender_in_its_own_process():
+    from graphpart.tools.bench import value_and_grad as bench
+
+    result = bench.run_benchmark(
+        sizes=[8, 6, 3],
+        batch=4,
+        threads=(1,),
+        repeats=2,
+        warmup=0,
+        rounds=1,
+        contenders=("graphpart", "reference"),
+    )
+    res = result["results"]["1"]
+    for name in ("graphpart", "reference"):
+        assert len(res[name]["times_ms"]) == 2 and res[name]["median_ms"] > 0
+    assert res["matmul_gflops"] > 0
+    assert res["max_rel_err_vs_reference"] < 1e-5  # float32
+    text = bench.format_report(result)
+    assert "graphpart" in text and "reference" in text and "GFLOP/s" in text

@@ -128,10 +128,11 @@ def value_and_grad(
     products through NumPy's BLAS and the elementwise work in Numba kernels, into buffers
     allocated once. The lowered program is cached per (graph or plan, dtype) and grows to
     the largest batch seen (the last `CACHE_SIZE` are kept), so repeated calls only copy the
-    parameters in and the gradients out. The first call in a process loads the kernels from
-    Numba's disk cache (about 1 s; compiling them into an empty cache takes about 20 s); later
-    calls take the time of the arithmetic. Not reentrant per cached program: concurrent calls
-    on the same graph and dtype run one after the other.
+    parameters in (not even that when they are C-contiguous in the params' dtype) and hand
+    fresh gradient arrays out. The first call in a process loads the kernels from Numba's disk
+    cache (1-2 s on a 2-core machine; about 11 s when it compiles them into an empty cache, as
+    after installing); later calls take the time of the arithmetic. Calls from several threads
+    on the same graph and dtype share one cached program and run one after the other.
 
     With a `plan` (or `stages`), and `microbatches`, the numbers are computed the way a
     pipeline computes them: each stage its own program, each micro-batch forward through the
