@@ -44,6 +44,8 @@ def test_defaults_match_the_documented_values():
     assert c.data.source == "digits" and c.data.test_fraction == 0.2
     assert (c.train.epochs, c.train.batch_size, c.train.optimizer) == (30, 64, "adam")
     assert c.train.lr == 3e-3 and c.train.dtype == "float32" and c.train.log_every == 0
+    assert c.train.tensorboard is False
+    assert load_config(None, {"train.tensorboard": "true"}).train.tensorboard is True
     assert (c.pipeline.stages, c.pipeline.microbatches, c.pipeline.schedule) == (1, 1, "1f1b")
     assert c.pipeline.strategy == "balanced" and c.pipeline.address == ""
     assert c.pipeline.device == "cpu" and c.pipeline.recompute is False

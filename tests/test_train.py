@@ -8,7 +8,9 @@ keeping the last good one; checkpoints are written atomically and a checkpoint o
 is refused; summary.json says running / completed / failed / interrupted; --resume extends a
 finished run only to more epochs, takes overrides (lr, epochs, micro-batches) and records them,
 refuses model/data changes, removes temporaries and drops metrics rows past the checkpoint; a
-plan over the memory budget is refused before anything is written.
+plan over the memory budget is refused before anything is written. metrics.jsonl rows carry a
+kind ("step" every train.log_every steps, "epoch" at each epoch's end) and the keys the README
+documents; rows without a kind (older runs) are told apart by their keys.
 """
 
 from __future__ import annotations
@@ -128,12 +130,39 @@ def test_resume_drops_metrics_rows_after_the_checkpoint(tmp_path):
     rows = (run / "metrics.jsonl").read_text().splitlines()
     # a crash between the metrics append and the checkpoint: a row past the checkpoint's step
     with open(run / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({"step": first["steps"] + 7, "epoch": 3, "loss": 1.0}) + "\n")
+        row = {"kind": "step", "step": first["steps"] + 7, "epoch": 3, "loss": 1.0}
+        f.write(json.dumps(row) + "\n")
     train(_cfg(tmp_path, **{"train.epochs": 3, "train.log_every": 5}), resume=run, progress=False)
     after = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    steps = [r["step"] for r in after]
-    assert steps == sorted(steps) and len(steps) == len(set(steps))
-    assert len(after) > len(rows)
+    for kind in ("step", "epoch"):  # each kind's steps rise, none twice
+        steps = [r["step"] for r in after if r["kind"] == kind]
+        assert steps == sorted(steps) and len(steps) == len(set(steps)) and steps
+    assert len(after) > len(rows) and 1.0 not in [r.get("loss") for r in after]
+
+
+def test_metrics_rows_have_a_kind_and_the_documented_keys(tmp_path):
+    out = train(_cfg(tmp_path, **{"train.log_every": 4}), progress=False, log=lambda m: None)
+    run = RunDir(Path(out["run_dir"]))
+    rows = [json.loads(x) for x in (run.path / "metrics.jsonl").read_text().splitlines()]
+    common = {"kind", "step", "epoch", "time"}
+    steps = [r for r in rows if r["kind"] == "step"]
+    epochs = [r for r in rows if r["kind"] == "epoch"]
+    assert len(steps) + len(epochs) == len(rows) and len(epochs) == 2
+    assert all(set(r) == common | {"loss", "L", "s"} for r in steps)
+    assert [r["step"] for r in steps] == list(range(4, out["steps"] + 1, 4))
+    want = common | {"train_loss", "test_loss", "test_accuracy", "epoch_s"}
+    assert all(set(r) == want for r in epochs)
+    assert epochs[-1]["test_accuracy"] == out["test_accuracy"]
+    assert [r["time"] for r in rows] == sorted(r["time"] for r in rows)
+    # rows written before the kind field: told apart by their keys
+    with open(run.path / "metrics.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps({k: v for k, v in r.items() if k != "kind"}) + "\n")
+    assert run.read_metrics() == rows
+    assert run.last_epoch_metrics(out["steps"]) == epochs[-1]
+    assert run.last_epoch_metrics(out["steps"] - 1) == epochs[0]
+    run.truncate_metrics(epochs[0]["step"])
+    assert run.read_metrics() == [r for r in rows if r["step"] <= epochs[0]["step"]]
 
 
 def test_checkpoint_of_other_model_is_refused(tmp_path):
