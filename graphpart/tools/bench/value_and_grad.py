@@ -82,6 +82,7 @@ def child(
         first = time.perf_counter() - t
         for _ in range(warmup):
             fn()
+        load = ForeignLoad().start()
         times, delays = [], []
         for _ in range(repeats):
             d0, t = run_delay_s(), time.perf_counter()
@@ -90,6 +91,7 @@ def child(
             d1 = run_delay_s()
             delays.append(None if d0 is None or d1 is None else max(0.0, d1 - d0))
         out: dict[str, Any] = {"contender": contender, "first_call_s": first}
+        out["foreign_load"] = load.stop()  # other processes' share of the CPUs meanwhile
         out["times"], out["delays"] = times, delays
         if contender == "graphpart":  # the machine's matmul rate, at the same threads
             out["matmul"] = matmul_gflops(2048, dtype, 5)
@@ -146,7 +148,6 @@ def run_benchmark(
     args = {"sizes": list(sizes), "batch": batch, "dtype": dtype}
     args.update(repeats=repeats, warmup=warmup)
     flops = step_flops(sizes, batch)
-    load = ForeignLoad().start()
     results: dict[str, Any] = {}
     for n in threads:
         runs: dict[str, list[dict[str, Any]]] = {c: [] for c in contenders}
@@ -165,7 +166,6 @@ def run_benchmark(
         "env": environment(),
         "date": time.strftime("%Y-%m-%d"),
         "flops_per_call": flops,
-        "foreign_load": load.stop(),
         "results": results,
     }
 
@@ -185,6 +185,7 @@ def _summarise(runs: dict[str, list[dict[str, Any]]], batch: int, flops: int) ->
         delays = [d for run in rs for d in run["delays"]]
         s = _summary(times[c], delays, batch)
         s["first_call_s"] = [run["first_call_s"] for run in rs]
+        s["foreign_load"] = max((run["foreign_load"] or 0.0) for run in rs)
         s["gflops"] = flops / (s["median_ms"] * 1e6)
         s["peak_fraction"] = None if peak is None else s["gflops"] / peak
         if times.get("torch"):
@@ -212,8 +213,12 @@ def format_report(result: dict[str, Any]) -> str:
         f"after {c['warmup']} warm-up; {result['flops_per_call'] / 1e9:.3f} GFLOP of matmuls "
         "a call",
         "",
-        f"{'threads':<8}{'contender':<11}{'median ms':>10}{'best ms':>9}{'/torch':>8}"
-        f"{'paired':>8}{'GFLOP/s':>9}{'of peak':>8}{'1st call s':>11}",
+        "clean: median of the calls that waited for a CPU < 5% of their time (n of them);",
+        "/torch: median over torch's median; paired: median over rounds of the same ratio;",
+        "load: the most that other processes took of the CPUs while one process timed",
+        "",
+        f"{'threads':<8}{'contender':<11}{'median ms':>10}{'clean ms (n)':>14}{'best ms':>9}"
+        f"{'/torch':>8}{'paired':>8}{'GFLOP/s':>9}{'of peak':>8}{'1st call s':>11}{'load':>6}",
     ]
     for n, res in result["results"].items():
         label = n
@@ -226,13 +231,16 @@ def format_report(result: dict[str, Any]) -> str:
             else:
                 ratio = r.get("ratio_torch")
                 paired = r.get("ratio_torch_paired")
+                clean = r["clean_median_ms"]
+                clean = f"{'-' if clean is None else format(clean, '.2f')} ({r['clean_steps']})"
                 lines.append(
-                    f"{label:<8}{name:<11}{r['median_ms']:>10.2f}{r['best_ms']:>9.2f}"
+                    f"{label:<8}{name:<11}{r['median_ms']:>10.2f}{clean:>14}{r['best_ms']:>9.2f}"
                     f"{'-' if ratio is None else format(ratio, '.3f'):>8}"
                     f"{'-' if paired is None else format(paired, '.3f'):>8}"
                     f"{r['gflops']:>9.1f}"
                     f"{'-' if r['peak_fraction'] is None else format(r['peak_fraction'], '.0%'):>8}"
                     f"{statistics.median(r['first_call_s']):>11.2f}"
+                    f"{r['foreign_load']:>6.0%}"
                 )
             label = ""
         mm, err = res.get("matmul_gflops"), res.get("max_rel_err_vs_reference")
@@ -241,10 +249,6 @@ def format_report(result: dict[str, Any]) -> str:
                 f"{'':<8}matmul 2048^3 at {n} thread(s): {mm:.1f} GFLOP/s; graphpart vs "
                 f"reference, largest relative difference {err:.1e}"
             )
-    fl = result.get("foreign_load")
-    lines.append(
-        f"other processes took {'-' if fl is None else format(fl, '.0%')} of the CPUs meanwhile"
-    )
     return "\n".join(lines)
 
 
