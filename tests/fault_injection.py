@@ -58,15 +58,32 @@ def _last_error(path: Path) -> str:
     return lines[-1].strip() if lines else ""
 
 
-def stage_processes(since: float) -> list[psutil.Process]:
+def stage_processes(driver: int) -> list[psutil.Process]:
+    """Our stage actors: processes under `driver` (its local Ray's raylet starts them) named
+    like a stage actor. Other Ray sessions on the machine are not ours."""
+    try:
+        kids = psutil.Process(driver).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
     out = []
-    for p in psutil.process_iter(["cmdline", "create_time"]):
+    for p in kids:
         try:
-            cmd = " ".join(p.info["cmdline"] or [])
+            cmd = " ".join(p.cmdline())
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        if p.info["create_time"] >= since - 1 and any(cmd.startswith(n) for n in ACTOR_NAMES):
+        if any(cmd.startswith(n) for n in ACTOR_NAMES):
             out.append(p)
+    return out
+
+
+def alive(procs: dict[int, psutil.Process]) -> list[psutil.Process]:
+    out = []
+    for p in procs.values():
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
     return out
 
 
@@ -79,13 +96,18 @@ def train_cmd(run_dir: Path, name: str, max_failures: int) -> list[str]:
     ]  # fmt: skip
 
 
-def wait(proc: subprocess.Popen, limit: float) -> int | None:
-    try:
-        return proc.wait(timeout=limit)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        return None
+def wait(proc: subprocess.Popen, limit: float, seen: dict[int, psutil.Process]) -> int | None:
+    """The exit code, or None past `limit` (then the driver is killed); the stage processes
+    met on the way are added to `seen`."""
+    end = time.time() + limit
+    while proc.poll() is None:
+        if time.time() > end:
+            proc.kill()
+            proc.wait()
+            return None
+        seen.update((p.pid, p) for p in stage_processes(proc.pid))
+        time.sleep(0.5)
+    return proc.returncode
 
 
 def check_data(run: Path, completed: bool) -> list[str]:
@@ -127,15 +149,16 @@ def one_run(i: int, fault: str, rng: random.Random, root: Path) -> Outcome:
         train_cmd(root, name, 2 if stage_fault else 0), stdout=subprocess.DEVNULL, stderr=log
     )
     o = Outcome(i, fault, 0.0, False, None)
-    started = time.time()
-    while proc.poll() is None and not stage_processes(t0) and time.time() - started < 60:
+    started, seen = time.time(), {}
+    while proc.poll() is None and not stage_processes(proc.pid) and time.time() - started < 60:
         time.sleep(0.1)  # the stages are up: the run is training from here on
     at = rng.uniform(0.0, 6.0)  # the 40 epochs take ~6-8 s once the stages are up
     o.at_s = round(time.time() - t0 + at, 2)
     time.sleep(at)
     if proc.poll() is None and fault != "none":
         if stage_fault:
-            procs = stage_processes(t0)
+            procs = stage_processes(proc.pid)
+            seen.update((p.pid, p) for p in procs)
             if procs:
                 victim = rng.choice(procs)
                 os.kill(victim.pid, signal.SIGKILL if fault == "kill-stage" else signal.SIGSTOP)
@@ -143,14 +166,14 @@ def one_run(i: int, fault: str, rng: random.Random, root: Path) -> Outcome:
         else:
             proc.send_signal(signal.SIGINT if fault == "interrupt-driver" else signal.SIGKILL)
             o.injected = True
-    o.exit_code = wait(proc, LIMIT_S)
+    o.exit_code = wait(proc, LIMIT_S, seen)
     o.hang = o.exit_code is None
     if not o.hang and state_of(run) != "completed" and (run / "config.toml").exists():
         if (run / "checkpoint.npz").exists():  # what a user does next: resume
             cmd = [sys.executable, "-m", "graphpart.cli", "train", "--no-progress", "--resume",
                    str(run)]  # fmt: skip
             r = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
-            code = wait(r, LIMIT_S)
+            code = wait(r, LIMIT_S, seen)
             o.resumed, o.hang = True, code is None
     log.close()
     o.last_error = _last_error(root / f"{name}.stderr")
@@ -159,8 +182,8 @@ def one_run(i: int, fault: str, rng: random.Random, root: Path) -> Outcome:
     o.before_first_checkpoint = not o.recovered and not (run / "checkpoint.npz").exists()
     o.data_lost = check_data(run, o.recovered)
     time.sleep(10)
-    o.leftover = len(stage_processes(t0))
-    for p in stage_processes(t0):  # clean up for the next run, whatever happened
+    o.leftover = len(alive(seen))
+    for p in alive(seen):  # clean up for the next run, whatever happened
         try:
             p.kill()
         except psutil.NoSuchProcess:

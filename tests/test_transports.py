@@ -13,6 +13,7 @@ gone after close.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -132,4 +133,33 @@ def test_a_killed_stage_is_named_within_seconds(ray_session, engine):
             eng.step(X[:BATCH], y[:BATCH])
         assert time.monotonic() - t0 < 30
     finally:
+        eng.close()
+
+
+@pytest.mark.parametrize("transport", ["tasks", "push", "shm", "compiled"])
+def test_a_stopped_stage_is_named_within_the_step_deadline(ray_session, transport):
+    """Liveness on every transport: kill -STOP one stage, and the next step ends with one line
+    naming it once pipeline.step_timeout has passed, never a silent hang."""
+    g, p0, X, y = _problem(5)
+    eng = Engine(
+        partition(g, 2),
+        p0,
+        make_optimizer("sgd", lr=0.1),
+        microbatches=2,
+        max_rows=BATCH,
+        transport=transport,
+        step_timeout=2.0,
+    )
+    pid = eng.transport.info[1]["pid"]
+    try:
+        for _ in range(3):  # compiled: the third step runs the compiled graph
+            eng.step(X[:BATCH], y[:BATCH])
+        os.kill(pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        with pytest.raises(StageFailure, match=r"stage 1 stopped answering: step \d+ did not end"):
+            eng.step(X[:BATCH], y[:BATCH])
+        assert time.monotonic() - t0 < 30
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # close() may have killed it already
+            os.kill(pid, signal.SIGCONT)
         eng.close()

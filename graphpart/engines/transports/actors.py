@@ -2,36 +2,111 @@
 
 from __future__ import annotations
 
+import math
 import os
+import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import psutil
 
 from graphpart.engines.cluster import first_line, start_ray
-from graphpart.errors import StageFailure
+from graphpart.errors import ConfigError, StageFailure
 from workers import actor as bodies
 from workers.stage import WorkerSpec
+
+GPU_SHARE_DIGITS = 4  # Ray counts fractional resources to 1e-4
+
+
+def gpus_per_stage(gpus: float, stages: int) -> float:
+    """Ray's `num_gpus` for each of `stages` CUDA stage actors on a cluster with `gpus` GPUs.
+
+    One GPU each when there are enough; otherwise the stages share them evenly: a stage asks
+    for 1 / ceil(stages / whole GPUs) of one (a fractional request must fit on a single GPU,
+    so 4 stages on 3 GPUs ask for 1/2 each, not 3/4), rounded down to Ray's precision. No GPU
+    at all is a one-line ConfigError rather than actors that wait for ever.
+
+    >>> gpus_per_stage(4, 2), gpus_per_stage(1, 2), gpus_per_stage(3, 4), gpus_per_stage(1, 3)
+    (1.0, 0.5, 0.5, 0.3333)
+    """
+    whole = int(gpus)
+    if stages < 1:
+        raise ValueError(f"stages={stages}; need at least 1")
+    if whole < 1:
+        raise ConfigError(
+            f"device='cuda' with {stages} pipeline stage(s) needs a GPU in the Ray cluster; it "
+            f"has {gpus:g} (check with nvidia-smi and ray status, or use --device cpu)"
+        )
+    if whole >= stages:
+        return 1.0
+    per_gpu = -(-stages // whole)
+    return math.floor(10**GPU_SHARE_DIGITS / per_gpu) / 10**GPU_SHARE_DIGITS
 
 
 class RayActors:
     """One Ray actor per stage (the `body` class of workers/actor.py), placed and pinned.
 
     Stages share the cluster's CPUs (a fractional `num_cpus` when they outnumber them) and
-    each actor's BLAS gets cpus // K threads. A call is an actor task; its handle an object
-    reference.
+    each actor's BLAS gets cpus // K threads. CUDA stages get a GPU each, or an even share of
+    one when they outnumber the GPUs (`gpus_per_stage`). A call is an actor task; its handle
+    an object reference.
     """
 
     name = "ray"
     body: ClassVar[type[bodies.StageActor]] = bodies.StageActor
     remote_options: ClassVar[dict[str, Any]] = {}
     exit_wait_s = 3.0  # after ray.kill, how long a stage on this machine may take to exit
+    step_timeout_s = 0.0  # how long the driver waits for a step (0: from measured step times)
+    first_deadline_s = 300.0  # ... before three steps have been timed
+    min_deadline_s = 60.0  # ... at least, after
+    unit = "stage"  # what the failure messages call a worker
 
     def __init__(self, address: str = "", num_cpus: int | None = None) -> None:
         self.address, self.num_cpus = address, num_cpus
         self.actors: list[Any] = []
         self.info: list[dict[str, Any]] = []
         self.started = False
+        self._times: list[float] = []  # the last steps' durations (seconds)
+
+    # -- liveness ---------------------------------------------------------------------------------
+    def deadline_s(self) -> float:
+        """How long the driver waits for a step: `step_timeout_s` when set, else 20x the
+        slowest of the last 20 steps (at least `min_deadline_s`; `first_deadline_s` until
+        three steps have been timed)."""
+        if self.step_timeout_s > 0:
+            return self.step_timeout_s
+        if len(self._times) < 3:
+            return self.first_deadline_s
+        return max(self.min_deadline_s, 20 * max(self._times[-20:]))
+
+    def timed(self, t0: float) -> None:
+        """Record a step that began at `t0` (time.perf_counter) and ended now."""
+        self._times = [*self._times[-19:], time.perf_counter() - t0]
+
+    def stopped(self) -> list[int]:
+        """The stages whose process on this machine is stopped (SIGSTOP, a debugger) or gone."""
+        here, out = os.uname().nodename, []
+        for k, info in enumerate(self.info):
+            if info.get("node") != here or info.get("pid") is None:
+                continue
+            try:
+                if psutil.Process(int(info["pid"])).status() in (
+                    psutil.STATUS_STOPPED,
+                    psutil.STATUS_TRACING_STOP,
+                    psutil.STATUS_ZOMBIE,
+                    psutil.STATUS_DEAD,
+                ):
+                    out.append(k)
+            except psutil.NoSuchProcess:
+                out.append(k)
+        return out
+
+    def stall_message(self, who: Sequence[int], what: str, step: int, deadline: float) -> str:
+        names = ", ".join(f"{self.unit} {k}" for k in who) or f"a {self.unit}"
+        return (
+            f"{names} {what}: step {step} did not end within {deadline:.0f} s (a stalled, "
+            "stopped or overloaded process; pipeline.step_timeout sets the wait)"
+        )
 
     def start(self, specs: Sequence[WorkerSpec]) -> None:
         import ray
@@ -45,7 +120,7 @@ class RayActors:
             runtime_env={"env_vars": bodies.blas_env(threads)},
         )
         if any(s.device == "cuda" for s in specs):
-            opts["num_gpus"] = 1
+            opts["num_gpus"] = gpus_per_stage(float(ray.cluster_resources().get("GPU", 0.0)), k)
         cls = (
             ray.remote(**self.remote_options)(self.body)
             if self.remote_options
@@ -92,6 +167,12 @@ class RayActors:
                     procs.append(psutil.Process(int(info["pid"])))
                 except psutil.NoSuchProcess:
                     pass
+        for p in procs:  # a stopped process cannot exit by itself: no need to wait for it
+            try:
+                if p.status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
+                    p.kill()
+            except psutil.NoSuchProcess:
+                pass
         _, alive = psutil.wait_procs(procs, timeout=self.exit_wait_s)
         for p in alive:
             try:

@@ -63,7 +63,6 @@ class Compiled(Tasks):
     name = "compiled"
     compile_after = 2  # compile on the n-th consecutive step of the same key
     presleep = 0.8  # sleep this fraction of the recent compiled step time before waiting on it
-    step_timeout_s = 600.0
     teardown_timeout_s = 60.0
 
     def __init__(self, address: str = "", num_cpus: int | None = None) -> None:
@@ -117,6 +116,10 @@ class Compiled(Tasks):
     def _compiled_step(self, wiring: StepWiring, feed: StepFeed[np.ndarray]) -> list[Finish]:
         import ray
 
+        self._step_id += 1
+        deadline = self.deadline_s()
+        if self._dag_runs == 0:  # a graph's first run includes its start-up
+            deadline = max(deadline, self.first_deadline_s)
         t0 = time.perf_counter()
         try:
             refs = self._dag.execute(*self._inputs(feed))
@@ -125,16 +128,23 @@ class Compiled(Tasks):
                 time.sleep(
                     max(0.0, self.presleep * self._step_estimate - (time.perf_counter() - t0))
                 )
-            out = ray.get(refs, timeout=self.step_timeout_s)
+            out = ray.get(refs, timeout=max(0.0, t0 + deadline - time.perf_counter()))
         except ray.exceptions.RayTaskError as e:  # a stage raised: the graph is still usable
             raise StageFailure(first_line(e)) from None
         except Exception as e:  # noqa: BLE001 - channel timeout, dead actor: the graph is gone
+            if time.perf_counter() - t0 >= deadline:  # a stall: name who holds it up
+                stopped = self.stopped()
+                self._discard_broken()
+                raise StageFailure(
+                    self.stall_message(stopped, "stopped answering", self._step_id, deadline)
+                ) from None
             self._discard_broken()
             raise StageFailure(
                 f"compiled pipeline step failed ({type(e).__name__}: "
                 f"{first_line(e)}); the stage actors were stopped"
             ) from None
         took = time.perf_counter() - t0
+        self.timed(t0)
         if self._dag_runs > 0:  # the first run of a graph includes its start-up
             est = self._step_estimate
             self._step_estimate = took if est is None else 0.7 * est + 0.3 * took
@@ -256,10 +266,11 @@ class Compiled(Tasks):
         _kill_proxy(dag)
 
     def _discard_broken(self) -> None:
+        """Stop the actors first: a teardown waits on a stopped or wedged one (35 s seen)."""
         dag, self._dag, self._dag_key = self._dag, None, None
+        self.kill_actors()
         if dag is not None:
             _kill_teardown(dag)
-        self.kill_actors()
 
     def close(self) -> None:
         dag, self._dag, self._dag_key = self._dag, None, None

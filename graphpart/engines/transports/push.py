@@ -31,18 +31,13 @@ class Push(RayActors):
     name = "push"
     body = bodies.PushStageActor
     remote_options: ClassVar[dict[str, Any]] = {"concurrency_groups": {bodies.INBOX_GROUP: 1}}
-    step_timeout_s = 0.0  # how long the driver waits for a step (0: from measured step times)
-    first_deadline_s = 300.0  # ... before three steps have been timed
-    min_deadline_s = 60.0  # ... at least, after
     neighbour_wait_s = 600.0  # how long a stage waits for a neighbour's tensor
     abort_wait_s = 60.0  # how long the driver waits for the other stages to stop after a failure
     ping_s = 2.0  # how long a stage may take to answer a ping when a step stalls
-    unit = "stage"  # what the failure messages call a worker
 
     def __init__(self, address: str = "", num_cpus: int | None = None) -> None:
         super().__init__(address, num_cpus)
         self._step_id = 0
-        self._times: list[float] = []  # the last steps' durations (seconds)
 
     def start(self, specs: Sequence[WorkerSpec]) -> None:
         super().start(specs)
@@ -77,16 +72,6 @@ class Push(RayActors):
         ]
         return self._get_step(refs, step)
 
-    def deadline_s(self) -> float:
-        """How long the driver waits for a step: `step_timeout_s` when set, else 20x the
-        slowest of the last 20 steps (at least `min_deadline_s`; `first_deadline_s` until
-        three steps have been timed)."""
-        if self.step_timeout_s > 0:
-            return self.step_timeout_s
-        if len(self._times) < 3:
-            return self.first_deadline_s
-        return max(self.min_deadline_s, 20 * max(self._times[-20:]))
-
     def _get_step(self, refs: list[Any], step: int) -> list[Finish]:
         """The stages' results; on a failure, wake every stage of the step and re-raise the
         failure that started it (not a neighbour's "stopped" that followed). A step that does
@@ -106,7 +91,7 @@ class Push(RayActors):
             except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError):
                 failed = True
         if not failed:
-            self._times = [*self._times[-19:], time.perf_counter() - t0]
+            self.timed(t0)
             return ray.get(refs)
         self._abort_all(step, "the step was abandoned after a failure elsewhere")
         causes, stops = [], []
@@ -142,10 +127,7 @@ class Push(RayActors):
         ready, _ = ray.wait(pings, num_returns=len(pings), timeout=self.ping_s)
         silent = [k for k, p in enumerate(pings) if p not in ready]
         late = [k for k, r in enumerate(refs) if r in pending]
-        who = silent or late
-        what = "stopped answering" if silent else "did not finish"
-        names = ", ".join(f"{self.unit} {k}" for k in who)
-        return (
-            f"{names} {what}: step {step} did not end within {deadline:.0f} s (a stalled, "
-            "stopped or overloaded process; pipeline.step_timeout sets the wait)"
-        )
+        stopped = self.stopped()
+        who = stopped or silent or late
+        what = "stopped answering" if stopped or silent else "did not finish"
+        return self.stall_message(who, what, step, deadline)
