@@ -22,7 +22,10 @@ def ray_session():
     """A local Ray started once per test session with an explicit CPU count."""
     import ray
 
+    from graphpart.engines.cluster import local_only
+
     if not ray.is_initialized():
+        local_only()  # as graphpart's own local Ray: listening on 127.0.0.1 only
         ray.init(
             num_cpus=NUM_CPUS,
             include_dashboard=False,

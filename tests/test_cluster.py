@@ -2,9 +2,10 @@
 this machine) with each stage placed on its own node trains to the same float64 parameters as
 one process (the autodiff oracle, 1e-10 relative), on the default transport; the stages really
 ran on two nodes, and their boundary tensors went through Ray (the shared-memory channels are
-only for neighbours on one node).
+only for neighbours on one node). A local Ray that graphpart starts listens on 127.0.0.1
+only: none of its processes accepts connections on another interface.
 
-It runs in a subprocess: it needs a Ray cluster of its own, not the test session's local Ray.
+Each runs in a subprocess: it needs a Ray cluster of its own, not the test session's local Ray.
 """
 
 from __future__ import annotations
@@ -69,3 +70,44 @@ def test_stages_on_two_nodes_train_like_one_process():
     assert len(set(out["nodes"])) == 2, out["nodes"]  # one stage on each node
     assert out["local_pairs"] == [False] and out["channels"] == 0  # so the hop went by Ray
     assert out["err"] < 1e-10
+
+
+LOCAL = textwrap.dedent(
+    """
+    import json, psutil, ray
+    from graphpart.engines.cluster import start_ray
+    assert start_ray(num_cpus=1)
+
+    @ray.remote
+    def f():
+        return 1
+
+    ray.get(f.remote())  # a worker is up too
+    me = psutil.Process()
+    ours = {p.pid for p in me.children(recursive=True)} | {me.pid}
+    listen = sorted(
+        {(psutil.Process(c.pid).name(), c.laddr.ip) for c in psutil.net_connections("inet")
+         if c.status == psutil.CONN_LISTEN and c.pid in ours}
+    )
+    print(json.dumps({"listen": listen, "gcs": ray.get_runtime_context().gcs_address}))
+    ray.shutdown()
+    """
+)
+
+
+def test_a_local_ray_listens_on_loopback_only():
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    out = subprocess.run(
+        [sys.executable, "-c", LOCAL],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["gcs"].startswith("127.0.0.1:"), got
+    assert got["listen"], "no listening socket found: the check would prove nothing"
+    exposed = [(n, ip) for n, ip in got["listen"] if ip not in ("127.0.0.1", "::ffff:127.0.0.1")]
+    assert not exposed, f"listening beyond loopback: {exposed}"

@@ -8,9 +8,23 @@ from typing import Any
 
 from graphpart.errors import ConfigError
 
+# Ray's own switch (ray_constants.ENABLE_RAY_CLUSTER, read when a node starts): off, a node
+# takes the loopback address as its IP, so its GCS, raylet, object manager and workers
+# listen on 127.0.0.1 only. A user who sets the variable keeps their choice.
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def local_only() -> None:
+    """Make the next local Ray this process starts listen on 127.0.0.1 only."""
+    os.environ.setdefault(LOCAL_ONLY_ENV, "0")
+    from ray._private import ray_constants  # the constant is read at import: set it too
+
+    ray_constants.ENABLE_RAY_CLUSTER = os.environ[LOCAL_ONLY_ENV].lower() in ("1", "true")
+
 
 def start_ray(address: str = "", num_cpus: int | None = None) -> bool:
-    """Start a local Ray (default) or join `address`; True if this call started it."""
+    """Start a local Ray (default; it listens on 127.0.0.1 only) or join `address`; True if
+    this call started it."""
     import ray
 
     if ray.is_initialized():
@@ -32,6 +46,7 @@ def start_ray(address: str = "", num_cpus: int | None = None) -> bool:
                 f"({str(e).splitlines()[0]}); {hint}"
             ) from None
     else:
+        local_only()
         ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kw)
     return True
 
