@@ -301,6 +301,7 @@ def train(
     if cfg.train.tensorboard:
         require_tensorboard()  # before anything is written
     s = setup(cfg)
+    _ = s.dataset  # loaded and checked before anything is written
     check_budget(s)
     check_last_batch(s)
     ck = None
