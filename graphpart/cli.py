@@ -133,6 +133,8 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
         v = getattr(args, key, None)
         if v is not None:
             overrides[key] = v
+    if getattr(args, "train.tensorboard", None):
+        overrides["train.tensorboard"] = True
     return overrides
 
 
@@ -296,6 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--json", action="store_true", help="print one final JSON summary line")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--tensorboard",
+        dest="train.tensorboard",
+        action="store_const",
+        const=True,
+        default=None,
+        help="also write TensorBoard event files to RUN_DIR/tensorboard/ (train.tensorboard; "
+        "needs pip install 'graphpart[tensorboard]')",
+    )
     p.add_argument(
         "--resume",
         metavar="RUN_DIR",

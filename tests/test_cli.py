@@ -798,3 +798,16 @@ def test_mse_on_a_csv_of_whole_number_targets(capsys, tmp_path):
     np.savetxt(tmp_path / "counts.csv", np.column_stack([X, X.sum(axis=1)]), delimiter=",")
     argv = ["train", "--data", str(tmp_path / "counts.csv"), "--loss", "mse", "--epochs", "1"]
     assert main([*argv, "--hidden", "4", "--run-dir", str(tmp_path), "--json"]) == 0
+
+
+@pytest.mark.ray  # tensorboardX imports torch when it is installed (seconds)
+def test_train_tensorboard_flag_writes_event_files(tmp_path):
+    """--tensorboard is train.tensorboard = true: the run directory gets tensorboard/ events."""
+    pytest.importorskip("tensorboardX")
+    code = main(
+        ["train", "--epochs", "1", "--hidden", "16", "--tensorboard", "--no-progress"]
+        + ["--run-dir", str(tmp_path), "--name", "tb"]
+    )
+    assert code == 0
+    assert list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
+    assert "tensorboard = true" in (tmp_path / "tb" / "config.toml").read_text()

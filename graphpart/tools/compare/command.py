@@ -100,7 +100,7 @@ def run_compare(
             ray.shutdown()
     c.projections = {o.strategy.key: project(o, hop) for o in c.outcomes}
     c.choose_target(target)
-    lines = conclusion(c, s.dataset.n_features, s.dataset.n_outputs)
+    lines = conclusion(c, s.shape.n_features, s.shape.n_outputs)
     path = write_report(c, lines, out)
     if as_json:
         print(json.dumps({**c.to_dict(), "conclusion": lines, "report": str(path)}))
