@@ -41,6 +41,7 @@ from graphpart.plan.partition import Plan, partition
 from graphpart.run import data as gdata
 from graphpart.run.checkpoint import RunDir, atomic_write, load_checkpoint, save_checkpoint
 from graphpart.run.config import Config, dump_toml, load_config
+from graphpart.run.diagnose import first_non_finite
 from graphpart.run.metrics import epoch_row, of_kind, step_row
 from graphpart.run.shape import DataShape, dataset_matches, shape_of
 from graphpart.run.tensorboard import EventLog
@@ -511,7 +512,8 @@ def _epochs(
             for idx in gdata.batches(n, t.batch_size, t.seed, epoch):
                 r = engine.step(ds.X_train[idx], ds.y_train[idx])
                 if not math.isfinite(r.J):
-                    raise Diverged(_non_finite(r, st.step + 1, epoch + 1, t.lr))
+                    culprit = _culprit(s, engine, ds.X_train[idx], ds.y_train[idx])
+                    raise Diverged(_non_finite(r, st.step + 1, epoch + 1, t.lr, culprit))
                 if st.first_loss is None:
                     st.first_loss = r.J
                 st.step += 1
@@ -550,8 +552,18 @@ def _epochs(
             bar.close()
 
 
-def _non_finite(r: StepResult, step: int, epoch: int, lr: float) -> str:
-    """Which stage's part of J became non-finite, at which step."""
+def _culprit(s: Setup, engine: Engine | DataParallel, X: np.ndarray, y: np.ndarray) -> str | None:
+    """The first non-finite value of the graph on this minibatch, with the parameters as the
+    step left them (the reference autodiff, in this process); None if it cannot tell."""
+    try:
+        params = {n: w for st in engine.get_state() for n, w in st["params"].items()}
+        return first_non_finite(s.plan, params, {"x": X, "y": y})
+    except Exception:  # noqa: BLE001 - a diagnosis must not hide the divergence it explains
+        return None
+
+
+def _non_finite(r: StepResult, step: int, epoch: int, lr: float, culprit: str | None = None) -> str:
+    """Which stage's part of J became non-finite, at which step, and the first node that did."""
     where = [
         f"stage {k}'s " + ("data loss L" if not math.isfinite(f.loss) else "regulariser s")
         for k, f in enumerate(r.stages)
@@ -560,6 +572,12 @@ def _non_finite(r: StepResult, step: int, epoch: int, lr: float) -> str:
     return (
         f"objective J became {r.J} at step {step} (epoch {epoch})"
         + (f", first in {where[0]}" if where else "")
+        + (
+            f"; recomputed on that minibatch with the parameters after the step, the first "
+            f"non-finite value of the graph is {culprit}"
+            if culprit
+            else ""
+        )
         + f"; no checkpoint was written from it (the last good one is kept); lower train.lr "
         f"(now {lr})"
     )
