@@ -163,3 +163,30 @@ def test_a_stopped_stage_is_named_within_the_step_deadline(ray_session, transpor
         with contextlib.suppress(ProcessLookupError):  # close() may have killed it already
             os.kill(pid, signal.SIGCONT)
         eng.close()
+
+
+@pytest.mark.parametrize("starting", [False, True], ids=["running", "starting"])
+def test_a_stopped_stage_ends_calls_outside_a_step_too(ray_session, starting):
+    """Start-up, state and inference calls wait on stages too: a stopped local stage ends
+    them at once with one line (its index, or its pid while the stages are still starting)
+    instead of blocking forever."""
+    g, p0, X, y = _problem(6)
+    opt = make_optimizer("sgd", lr=0.1)
+    eng = Engine(partition(g, 2), p0, opt, max_rows=BATCH, transport="push")
+    t = eng.transport
+    pid = t.info[1]["pid"]
+    t.started = True  # the session's Ray stands in for one this transport started
+    if starting:
+        t.info = t.info[:1]  # as if stage 1 had not said who it is yet
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        who = f"pid {pid}" if starting else "stage 1"
+        with pytest.raises(StageFailure, match=rf"{who} stopped answering: a call did not"):
+            eng.get_state()
+        assert time.monotonic() - t0 < 10
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+        t.started = False  # the session's Ray is the session's to stop
+        eng.close()

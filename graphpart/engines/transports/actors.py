@@ -43,6 +43,10 @@ def gpus_per_stage(gpus: float, stages: int) -> float:
     return math.floor(10**GPU_SHARE_DIGITS / per_gpu) / 10**GPU_SHARE_DIGITS
 
 
+_STOPPED = (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+_HALTED = (*_STOPPED, psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+
+
 class RayActors:
     """One Ray actor per stage (the `body` class of workers/actor.py), placed and pinned.
 
@@ -83,30 +87,58 @@ class RayActors:
         """Record a step that began at `t0` (time.perf_counter) and ended now."""
         self._times = [*self._times[-19:], time.perf_counter() - t0]
 
-    def stopped(self) -> list[int]:
-        """The stages whose process on this machine is stopped (SIGSTOP, a debugger) or gone."""
-        here, out = os.uname().nodename, []
+    def stopped(self) -> list[int | str]:
+        """The stages whose process on this machine is stopped (SIGSTOP, a debugger) or gone:
+        their index, or "pid N" for a stage actor of our own local Ray that has not said which
+        stage it is yet (stopped while it starts)."""
+        here, out, known = os.uname().nodename, [], set()
         for k, info in enumerate(self.info):
             if info.get("node") != here or info.get("pid") is None:
                 continue
+            known.add(int(info["pid"]))
             try:
-                if psutil.Process(int(info["pid"])).status() in (
-                    psutil.STATUS_STOPPED,
-                    psutil.STATUS_TRACING_STOP,
-                    psutil.STATUS_ZOMBIE,
-                    psutil.STATUS_DEAD,
-                ):
+                if psutil.Process(int(info["pid"])).status() in _HALTED:
                     out.append(k)
             except psutil.NoSuchProcess:
                 out.append(k)
+        if len(self.info) < len(self.actors):  # still starting: which stage is not known yet
+            for p in self._own_processes():
+                try:
+                    if p.pid not in known and p.status() in _HALTED:
+                        out.append(f"pid {p.pid}")
+                except psutil.NoSuchProcess:
+                    pass
         return out
 
-    def stall_message(self, who: Sequence[int], what: str, step: int, deadline: float) -> str:
+    def _own_processes(self) -> list[psutil.Process]:
+        """This transport's actor processes under the local Ray this process started (none
+        when it joined a cluster)."""
+        if not self.started:
+            return []
+        name, out = f"ray::{self.body.__name__}", []
+        for p in psutil.Process().children(recursive=True):
+            try:
+                if " ".join(p.cmdline()).startswith(name):
+                    out.append(p)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        return out
+
+    def stall_message(
+        self, who: Sequence[int | str], what: str, step: int | None, deadline: float
+    ) -> str:
         names = ", ".join(f"{self.unit} {k}" for k in who) or f"a {self.unit}"
+        waited = f"step {step} did not end" if step is not None else "a call did not return"
         return (
-            f"{names} {what}: step {step} did not end within {deadline:.0f} s (a stalled, "
-            "stopped or overloaded process; pipeline.step_timeout sets the wait)"
+            f"{names} {what}: {waited} within {deadline:.0f} s (a stalled, stopped or "
+            "overloaded process; pipeline.step_timeout sets the wait)"
         )
+
+    def call_timeout_s(self) -> float:
+        """How long a call outside a step (start-up, state, inference) may take."""
+        if len(self._times) < 3:
+            return max(self.first_deadline_s, self.step_timeout_s)
+        return max(self.deadline_s(), self.min_deadline_s)
 
     def start(self, specs: Sequence[WorkerSpec]) -> None:
         import ray
@@ -132,9 +164,22 @@ class RayActors:
     def call(self, stage: int, method: str, *args: Any) -> Any:
         return self.actors[stage].call.remote(method, *args)
 
-    def get(self, handles: Sequence[Any]) -> list[Any]:
+    def get(self, handles: Sequence[Any], timeout: float | None = None) -> list[Any]:
+        """The calls' results. A stage that stops answering ends the wait: at once when its
+        process here is stopped, else after `timeout` (default `call_timeout_s()`)."""
         import ray
 
+        limit = self.call_timeout_s() if timeout is None else timeout
+        end, pending = time.perf_counter() + limit, list(handles)
+        while pending:
+            left = end - time.perf_counter()
+            _, pending = ray.wait(
+                pending, num_returns=len(pending), timeout=max(0.0, min(1.0, left))
+            )
+            stopped = self.stopped() if pending else []
+            if stopped or (pending and left <= 0):
+                what = "stopped answering" if stopped else "did not answer"
+                raise StageFailure(self.stall_message(stopped, what, None, limit))
         try:
             return ray.get(list(handles))
         except ray.exceptions.RayTaskError as e:
@@ -167,9 +212,11 @@ class RayActors:
                     procs.append(psutil.Process(int(info["pid"])))
                 except psutil.NoSuchProcess:
                     pass
+        pids = {p.pid for p in procs}
+        procs += [p for p in self._own_processes() if p.pid not in pids and _status(p) in _STOPPED]
         for p in procs:  # a stopped process cannot exit by itself: no need to wait for it
             try:
-                if p.status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
+                if p.status() in _STOPPED:
                     p.kill()
             except psutil.NoSuchProcess:
                 pass
@@ -188,3 +235,10 @@ class RayActors:
         if self.started and ray.is_initialized():
             ray.shutdown()
             self.started = False
+
+
+def _status(p: psutil.Process) -> str:
+    try:
+        return p.status()
+    except psutil.NoSuchProcess:
+        return psutil.STATUS_DEAD
