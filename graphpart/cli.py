@@ -21,6 +21,8 @@ from graphpart.run.train import setup, train
 from graphpart.tools import bench, bench_pipeline
 from graphpart.tools.compare import LR_RULES, run_auto, run_compare
 from graphpart.tools.hessian import add_hessian_arguments, run_hessian
+from graphpart.tools.hessian.graph import listing as hvp_listing
+from graphpart.tools.hessian.graph import write as write_hvp_graph
 from graphpart.tools.profile import run_profile
 
 
@@ -236,6 +238,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_graph(args: argparse.Namespace) -> int:
     cfg = load_cli_config(args)
     s = setup(cfg)
+    if args.hvp:  # the forward-over-reverse graph: a listing, or a drawing coloured by pass
+        if args.out is None or args.out == "-":
+            print(hvp_listing(s.graph))
+        else:
+            print(
+                f"wrote {write_hvp_graph(s.graph, args.out, overwrite=args.force)}", file=sys.stderr
+            )
+        return 0
     stage_of = s.plan.stage_of() if cfg.pipeline.stages > 1 else None
     if args.out is None or args.out == "-":
         print(to_dot(s.graph, stage_of), end="")
@@ -371,6 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
         "refused unless --force",
     )
     p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    p.add_argument(
+        "--hvp",
+        action="store_true",
+        help="the graph forward-over-reverse builds for Hessian-vector products, coloured by "
+        "its four passes (a text listing on stdout; DOT/SVG/PNG with --out)",
+    )
     p.set_defaults(func=cmd_graph)
 
     p = sub.add_parser(

@@ -811,3 +811,18 @@ def test_train_tensorboard_flag_writes_event_files(tmp_path):
     assert code == 0
     assert list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
     assert "tensorboard = true" in (tmp_path / "tb" / "config.toml").read_text()
+
+
+def test_graph_hvp_lists_the_four_passes_and_draws_them(tmp_path, capsys):
+    """graph --hvp: the forward-over-reverse graph, as a listing and as DOT named by pass."""
+    assert main(["graph", "--hvp", "--hidden", "8"]) == 0
+    text = capsys.readouterr().out
+    assert [x for x in text.splitlines() if x.startswith("pass ")] == [
+        "pass 0: forward",
+        "pass 1: tangent forward (jvp)",
+        "pass 2: backward (vjp)",
+        "pass 3: tangent backward (vjp_jvp)",
+    ]
+    out = tmp_path / "hvp.dot"
+    assert main(["graph", "--hvp", "--hidden", "8", "--out", str(out)]) == 0
+    assert 'label="tangent backward (vjp_jvp)"' in out.read_text()
