@@ -11,6 +11,7 @@ import traceback
 from pathlib import Path
 from typing import Any, NoReturn
 
+from graphpart import __version__
 from graphpart.engines import check_device
 from graphpart.errors import GraphpartError
 from graphpart.ir import to_dot, write_graph
@@ -18,7 +19,8 @@ from graphpart.run.config import Config, load_config
 from graphpart.run.report import plan_report
 from graphpart.run.session import DEFAULT_CONFIG, check_out, load, make_config, save_predictions
 from graphpart.run.train import setup, train
-from graphpart.tools import bench, bench_pipeline
+from graphpart.tools.bench.cli import add_step_arguments, run_step
+from graphpart.tools.bench_pipeline.cli import add_pipeline_arguments, run_pipeline
 from graphpart.tools.compare import LR_RULES, run_auto, run_compare
 from graphpart.tools.hessian import add_hessian_arguments, run_hessian
 from graphpart.tools.hessian.graph import listing as hvp_listing
@@ -104,7 +106,65 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
 }
 
 
-def _add_config_args(p: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+# which config keys each command's flags set (a prefix "data." is the whole section); the
+# others would not change what the command does. --set takes any key everywhere.
+_MODEL = ("data.", "model.")
+COMMAND_KEYS: dict[str, tuple[str, ...]] = {
+    "plan": _MODEL
+    + ("train.batch_size", "train.optimizer", "train.dtype")
+    + tuple(
+        f"pipeline.{k}"
+        for k in (
+            "stages microbatches schedule strategy cost recompute memory_budget data_parallel "
+            "device"
+        ).split()
+    ),
+    "graph": (*_MODEL, "pipeline.stages", "pipeline.strategy", "pipeline.cost"),
+    "profile": _MODEL
+    + ("train.batch_size", "train.optimizer", "train.seed", "train.dtype")
+    + tuple(
+        f"pipeline.{k}"
+        for k in (
+            "stages microbatches schedule strategy cost recompute memory_budget device "
+            "transport address"
+        ).split()
+    ),
+    "compare": _MODEL
+    + ("train.", "run.dir")
+    + tuple(
+        f"pipeline.{k}"
+        for k in (
+            "microbatches schedule strategy cost recompute memory_budget device transport "
+            "address step_timeout"
+        ).split()
+    ),
+    "hessian": (
+        *_MODEL,
+        "train.batch_size",
+        "train.seed",
+        "train.dtype",
+        "pipeline.stages",
+        "pipeline.microbatches",
+        "pipeline.schedule",
+        "pipeline.strategy",
+    ),
+}
+
+
+def _default(key: str) -> Any:
+    """The embedded config's value of a dotted key, as a user would type it."""
+    section, name = key.split(".")
+    v = getattr(getattr(Config(), section), name)
+    if isinstance(v, (list, tuple)):
+        return ",".join(map(str, v))
+    if isinstance(v, bool):
+        return str(v).lower()
+    return v
+
+
+def _add_config_args(p: argparse.ArgumentParser, command: str | None = None) -> None:
+    """The config file argument, --set, and the flags of the keys `command` uses (every key
+    for train), each with the embedded config's default."""
     p.add_argument(
         "config",
         nargs="?",
@@ -118,9 +178,19 @@ def _add_config_args(p: argparse.ArgumentParser, only: tuple[str, ...] | None = 
         metavar="SECTION.KEY=VALUE",
         help="override any config key, e.g. --set train.lr=0.01",
     )
+    only = COMMAND_KEYS.get(command or "")
     for flag, (key, typ, helptext) in FLAGS.items():
-        if only is None or key.split(".")[0] in only:
-            p.add_argument(flag, dest=key, type=typ, default=None, help=helptext)
+        if only is None or any(key == k or (k.endswith(".") and key.startswith(k)) for k in only):
+            d = _default(key)
+            shown = f" (default: {d})" if d not in ("", None) else ""
+            p.add_argument(
+                flag,
+                dest=key,
+                type=typ,
+                default=None,
+                metavar=flag.lstrip("-").replace("-", "_").upper(),
+                help=(helptext + shown).replace("%", "%%"),
+            )
 
 
 def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -255,12 +325,26 @@ def cmd_graph(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    run = bench_pipeline.main if args.pipeline else bench.main
-    prog = "graphpart bench --pipeline" if args.pipeline else "graphpart bench"
-    argv = ["--json"] if args.json else []
-    rest = list(args.rest)
-    return run(argv + (rest[1:] if rest[:1] == ["--"] else rest), prog=f"{prog} --") or 0
+BENCH_ALIASES = {"--pipeline": "pipeline"}
+
+
+def bench_argv(argv: list[str], kinds: Any) -> list[str]:
+    """`graphpart bench [--pipeline] [--] OPTIONS` (the older spellings) as
+    `graphpart bench KIND OPTIONS`: no kind means `step`."""
+    i = next((j for j, a in enumerate(argv) if not a.startswith("-")), None)
+    if i is None or argv[i] != "bench":
+        return argv
+    head, rest = argv[: i + 1], argv[i + 1 :]
+    if rest[:1] and rest[0] in kinds:
+        kind, rest = rest[0], rest[1:]
+    elif any(a in ("-h", "--help") for a in rest) and not any(a in BENCH_ALIASES for a in rest):
+        return argv  # `graphpart bench --help`: the list of benchmarks
+    else:
+        kind = next((BENCH_ALIASES[a] for a in rest if a in BENCH_ALIASES), "step")
+        rest = [a for a in rest if a not in BENCH_ALIASES]
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
+    return [*head, kind, *rest]
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -296,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train neural networks across devices by partitioning their computational "
         "graph.",
     )
+    ap.add_argument("--version", action="version", version=f"graphpart {__version__}")
     ap.add_argument(
         "--debug",
         action="store_true",
@@ -360,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("plan", help="show how the model would be partitioned (no Ray)")
-    _add_config_args(p)
+    _add_config_args(p, "plan")
     p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
     p.add_argument(
         "--auto",
@@ -373,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("graph", help="draw the computational graph (DOT, or SVG/PNG via Graphviz)")
-    _add_config_args(p)
+    _add_config_args(p, "graph")
     p.add_argument(
         "--out",
         default=None,
@@ -391,24 +476,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "bench",
-        help="one training step vs hand-written NumPy vs matmul peak; "
-        "with --pipeline: K=2 pipeline, transfers, simulator",
+        help="benchmarks: one training step (vs NumPy, PyTorch, the matmul peak), the K=2 "
+        "pipeline (vs torch pipelining), the public value_and_grad (vs PyTorch)",
+        description="Benchmarks, each side by side with the peer a user would pick instead. "
+        "`graphpart bench` alone runs `step`; `--pipeline` is `pipeline`.",
     )
-    p.add_argument("--json", action="store_true")
-    p.add_argument(
-        "--pipeline",
-        action="store_true",
-        help="the pipeline benchmark (graphpart.tools.bench_pipeline) instead",
+    kinds = p.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
+    q = kinds.add_parser(
+        "step",
+        help="one training step: graphpart vs hand-written NumPy vs PyTorch vs the matmul peak",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark")
-    p.set_defaults(func=cmd_bench)
+    add_step_arguments(q)
+    q.set_defaults(func=run_step)
+    q = kinds.add_parser(
+        "pipeline",
+        help="K=2 pipeline vs torch.distributed.pipelining and one process; hops; simulator",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_pipeline_arguments(q)
+    q.set_defaults(func=run_pipeline, prog=q.prog)
+    ap.bench_kinds = kinds.choices
 
     p = sub.add_parser(
         "compare",
         help="partition the graph, or shrink the minibatch? run every strategy on K devices "
         "side by side (memory, speed, convergence)",
     )
-    _add_config_args(p)
+    _add_config_args(p, "compare")
     p.add_argument("--devices", type=int, default=2, help="devices K (default 2)")
     p.add_argument(
         "--lr-rule",
@@ -429,11 +524,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("profile", help="run a few steps; predicted vs measured memory per device")
-    _add_config_args(p)
-    p.add_argument("--steps", type=int, default=3)
+    _add_config_args(p, "profile")
+    p.add_argument("--steps", type=int, default=3, help="training steps to run (default 3)")
     p.add_argument("--out", default="profile", help="folder for the table, PNGs and trace.json")
     p.add_argument("--inference", action="store_true", help="also compare with inference")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser(
@@ -441,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="second derivatives: the Hessian's top eigenvalues by Hessian-vector products, and "
         "the cost of one HVP against one gradient",
     )
-    _add_config_args(p)
+    _add_config_args(p, "hessian")
     add_hessian_arguments(p)
     p.set_defaults(func=cmd_hessian)
     return ap
@@ -454,9 +549,12 @@ def _one_line(text: str) -> str:
 def _parse(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """Parse; arguments no parser took are refused by the command's own parser, so that the
     message points at its --help."""
+    argv = bench_argv(list(sys.argv[1:] if argv is None else argv), ap.bench_kinds)
     args, extra = ap.parse_known_args(argv)
     if extra:
         command = getattr(ap, "commands", {}).get(args.command, ap)
+        if args.command == "bench":
+            command = ap.bench_kinds.get(args.bench, command)
         command.error(f"unrecognized arguments: {' '.join(extra)}")
     return args
 

@@ -447,7 +447,7 @@ def _kill_matching(tag: str) -> None:
             "argument --top: invalid int value: 'x' (see graphpart plan --help)",
         ),
         (["compare", "--lr-rule", "cubic"], "argument --lr-rule: invalid choice: 'cubic'"),
-        (["bench", "--bogus"], "unrecognized arguments: --bogus (see graphpart bench --help)"),
+        (["bench", "--bogus"], "unrecognized arguments: --bogus (see graphpart bench step --help)"),
     ],
 )
 def test_argparse_refusals_are_one_line(capsys, argv, line):
@@ -513,14 +513,14 @@ def no_gpu(monkeypatch):
 @pytest.mark.parametrize(
     "argv",
     [
-        ["train", "--epochs", "1"],
-        ["compare", "--epochs", "1"],
+        ["train", "--epochs", "1", "--run-dir", "{tmp}/runs"],
+        ["compare", "--epochs", "1", "--run-dir", "{tmp}/runs"],
         ["profile", "--steps", "1", "--out", "{tmp}/profile"],
     ],
 )
 def test_cuda_without_a_gpu_fails_before_anything_is_written(capsys, tmp_path, no_gpu, argv):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    err = _err(capsys, [*argv, "--device", "cuda", "--run-dir", str(tmp_path / "runs")])
+    err = _err(capsys, [*argv, "--device", "cuda"])
     assert err == (
         "graphpart: error: pipeline.device='cuda': no CUDA device was found (CUDA driver "
         "library cannot be found); check with nvidia-smi, or use --device cpu"
@@ -597,32 +597,74 @@ def test_npz_that_cannot_train_fails_before_the_run_directory(capsys, tmp_path):
 @pytest.mark.parametrize(
     "argv, needle",
     [
-        (["bench", "--", "--optimizers", "foo"], "--optimizers: 'foo' is not an optimizer"),
-        (["bench", "--", "--optimizers", "adam,foo"], "'foo' is not an optimizer; valid: "),
-        (["bench", "--", "--sizes", "10"], "--sizes: '10': must be layer widths"),
-        (["bench", "--", "--sizes", "10,x"], "'10,x'"),
-        (["bench", "--", "--sizes", "10,0"], "'10,0'"),
-        (["bench", "--", "--batch", "0"], "--batch: '0': must be an integer >= 1"),
-        (["bench", "--", "--repeats", "-1"], "--repeats: '-1'"),
-        (["bench", "--", "--pause", "nan"], "--pause: 'nan'"),
-        (["bench", "--", "--dtype", "float16"], "invalid choice: 'float16'"),
+        (["bench", "step", "--optimizers", "foo"], "--optimizers: 'foo' is not an optimizer"),
+        (["bench", "step", "--optimizers", "adam,foo"], "'foo' is not an optimizer; valid: "),
+        (["bench", "step", "--sizes", "10"], "--sizes: '10': must be layer widths"),
+        (["bench", "step", "--sizes", "10,x"], "'10,x'"),
+        (["bench", "step", "--sizes", "10,0"], "'10,0'"),
+        (["bench", "step", "--batch", "0"], "--batch: '0': must be an integer >= 1"),
+        (["bench", "step", "--repeats", "-1"], "--repeats: '-1'"),
+        (["bench", "step", "--pause", "nan"], "--pause: 'nan'"),
+        (["bench", "step", "--dtype", "float16"], "invalid choice: 'float16'"),
         (["bench", "--", "--bogus"], "unrecognized arguments: --bogus"),
         (["bench", "--pipeline", "--", "--sizes", "10"], "at least 3 positive integers"),
-        (["bench", "--pipeline", "--", "--sizes", "10,3"], "'10,3'"),
-        (["bench", "--pipeline", "--", "--schedules", "zigzag"], "'zigzag' is not a schedule"),
-        (["bench", "--pipeline", "--", "--microbatches", "0"], "--microbatches: '0'"),
+        (["bench", "pipeline", "--sizes", "10,3"], "'10,3'"),
+        (["bench", "pipeline", "--schedules", "zigzag"], "'zigzag' is not a schedule"),
+        (["bench", "pipeline", "--microbatches", "0"], "--microbatches: '0'"),
         (
-            ["bench", "--pipeline", "--", "--batch", "2", "--microbatches", "1,4"],
+            ["bench", "pipeline", "--batch", "2", "--microbatches", "1,4"],
             "M=4 exceeds --batch 2",
         ),
-        (["bench", "--pipeline", "--", "--steps", "0"], "--steps: '0'"),
+        (["bench", "pipeline", "--steps", "0"], "--steps: '0'"),
     ],
 )
 def test_bench_bad_options_are_one_line(capsys, argv, needle):
     err = _err(capsys, argv)
     assert needle in err, err
-    prog = "graphpart bench --pipeline --" if "--pipeline" in argv else "graphpart bench --"
-    assert err.endswith(f"(see {prog} --help)"), err
+    kind = "pipeline" if {"pipeline", "--pipeline"} & set(argv) else "step"
+    assert err.endswith(f"(see graphpart bench {kind} --help)"), err
+
+
+def test_bench_help_lists_the_benchmarks_and_each_its_own_flags_with_defaults(capsys):
+    """`graphpart bench --help` names the benchmarks; each one's --help shows its real flags
+    with their defaults (no `--` pass-through any more; the old spellings still work)."""
+    assert main(["bench", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "step" in out and "pipeline" in out and "--pipeline" in out
+    assert main(["bench", "step", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "--optimizers" in out and "(default: adam,sgd)" in out and "--transfer-samples" not in out
+    )
+    assert main(["bench", "--pipeline", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--transfer-samples" in out and "(default: 200)" in out and "--optimizers" not in out
+
+
+@pytest.mark.parametrize(
+    "command, absent, present",
+    [
+        ("plan", ["--epochs", "--lr", "--address", "--run-dir", "--max-failures"], ["--stages"]),
+        ("graph", ["--epochs", "--lr", "--batch-size", "--device", "--transport"], ["--hidden"]),
+        ("profile", ["--epochs", "--run-dir", "--max-failures"], ["--transport"]),
+        ("compare", ["--stages", "--data-parallel", "--name"], ["--epochs", "--lr"]),
+        ("hessian", ["--epochs", "--lr", "--transport", "--run-dir"], ["--dtype"]),
+    ],
+)
+def test_each_command_shows_only_its_own_flags_with_defaults(capsys, command, absent, present):
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    flags = {w.rstrip(",") for w in out.split() if w.startswith("--")}
+    assert not flags & set(absent), flags & set(absent)
+    assert set(present) <= flags
+    assert "(default: " in out
+
+
+def test_version(capsys):
+    from graphpart import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"graphpart {__version__}"
 
 
 def test_resume_takes_overrides_and_refuses_what_it_cannot_do(capsys, tmp_path):

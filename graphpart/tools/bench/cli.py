@@ -101,32 +101,33 @@ def run_main(
         return 2
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m graphpart.tools.bench") -> int:
-    """`python -m graphpart.tools.bench` and `graphpart bench`: run, print the report or JSON."""
-    ap = OneLineParser(prog=prog, description=__doc__)
+def add_step_arguments(ap: argparse.ArgumentParser) -> None:
+    """The step benchmark's options (`graphpart bench step`, `python -m graphpart.tools.bench`)."""
     ap.add_argument(
         "--sizes",
         type=int_list(2, "layer widths d,h1,..,q"),
         default=",".join(map(str, SIZES)),
         help="layer widths, d,h1,..,q",
     )
-    ap.add_argument("--batch", type=int_at_least(1), default=256)
+    ap.add_argument("--batch", type=int_at_least(1), default=256, help="minibatch rows")
     ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     ap.add_argument("--activation", default="relu", choices=("relu", "sigmoid", "tanh", "identity"))
-    ap.add_argument("--repeats", type=int_at_least(1), default=30)
-    ap.add_argument("--warmup", type=int_at_least(0), default=5)
+    ap.add_argument("--repeats", type=int_at_least(1), default=30, help="timed steps per block")
+    ap.add_argument("--warmup", type=int_at_least(0), default=5, help="untimed steps first")
     ap.add_argument(
         "--optimizers",
         type=name_list(OPTIMIZER_KW, "an optimizer"),
         default="adam,sgd",
-        help="comma list of adam, sgd",
+        help="comma list of " + ", ".join(OPTIMIZER_KW),
     )
-    ap.add_argument("--bias", default="both", choices=("both", "yes", "no"))
+    ap.add_argument("--bias", default="both", choices=("both", "yes", "no"), help="bias terms")
     ap.add_argument(
-        "--threads", type=int_at_least(1), default=None, help="default: the usable cores"
+        "--threads", type=int_at_least(1), default=None, help="BLAS threads (default: the cores)"
     )
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
-    ap.add_argument("--matmul-n", type=int_at_least(1), default=2048)
+    ap.add_argument(
+        "--matmul-n", type=int_at_least(1), default=2048, help="n of the n x n matmul peak"
+    )
     ap.add_argument(
         "--rounds",
         type=int_at_least(1),
@@ -146,24 +147,33 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m graphpart.too
     )
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    def body(a: argparse.Namespace) -> int:
-        res = run_step_benchmark(
-            a.sizes,
-            a.batch,
-            a.dtype,
-            a.activation,
-            a.repeats,
-            a.warmup,
-            optimizers=a.optimizers,
-            biases={"both": (True, False), "yes": (True,), "no": (False,)}[a.bias],
-            threads=a.threads,
-            torch=False if a.no_torch else None,
-            matmul_n=a.matmul_n,
-            rounds=a.rounds,
-            pause=a.pause,
-            startup=a.startup,
-        )
-        print(json.dumps(res, indent=1) if a.json else format_report(res))
-        return 0
 
-    return run_main(ap, argv, body)
+def run_step(a: argparse.Namespace) -> int:
+    """Run the step benchmark with parsed options; print the report (or JSON)."""
+    res = run_step_benchmark(
+        a.sizes,
+        a.batch,
+        a.dtype,
+        a.activation,
+        a.repeats,
+        a.warmup,
+        optimizers=a.optimizers,
+        biases={"both": (True, False), "yes": (True,), "no": (False,)}[a.bias],
+        threads=a.threads,
+        torch=False if a.no_torch else None,
+        matmul_n=a.matmul_n,
+        rounds=a.rounds,
+        pause=a.pause,
+        startup=a.startup,
+    )
+    print(json.dumps(res, indent=1) if a.json else format_report(res))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m graphpart.tools.bench") -> int:
+    """`python -m graphpart.tools.bench`: run, print the report or JSON."""
+    ap = OneLineParser(
+        prog=prog, description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    add_step_arguments(ap)
+    return run_main(ap, argv, run_step)

@@ -6,24 +6,22 @@ import argparse
 import json
 from collections.abc import Sequence
 
+from graphpart.errors import ConfigError
 from graphpart.plan.schedule import KINDS as SCHEDULES
 from graphpart.tools.bench.cli import OneLineParser, int_at_least, int_list, name_list, run_main
 from graphpart.tools.bench_pipeline.driver import SIZES, run
 from graphpart.tools.bench_pipeline.report import format_report
 
 
-def main(
-    argv: Sequence[str] | None = None, prog: str = "python -m graphpart.tools.bench_pipeline"
-) -> int:
-    """`python -m graphpart.tools.bench_pipeline`, `graphpart bench --pipeline`: run and print."""
-    ap = OneLineParser(prog=prog, description=__doc__)
+def add_pipeline_arguments(ap: argparse.ArgumentParser) -> None:
+    """The pipeline benchmark's options (`graphpart bench pipeline`)."""
     ap.add_argument(
         "--sizes",
         type=int_list(3, "layer widths d,h1,..,q (two layers or more: the pipeline has 2 stages)"),
         default=",".join(map(str, SIZES)),
         help="layer widths d,h1,..,q",
     )
-    ap.add_argument("--batch", type=int_at_least(1), default=256)
+    ap.add_argument("--batch", type=int_at_least(1), default=256, help="minibatch rows")
     ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     ap.add_argument(
         "--microbatches",
@@ -37,35 +35,50 @@ def main(
         default="1f1b,gpipe",
         help="comma list of 1f1b, gpipe",
     )
-    ap.add_argument("--warmup", type=int_at_least(0), default=3)
+    ap.add_argument("--warmup", type=int_at_least(0), default=3, help="untimed steps first")
     ap.add_argument(
         "--steps", type=int_at_least(1), default=15, help="timed steps per configuration"
     )
-    ap.add_argument("--transfer-samples", type=int_at_least(1), default=200)
+    ap.add_argument(
+        "--transfer-samples", type=int_at_least(1), default=200, help="timed hops per size"
+    )
     ap.add_argument("--no-torch", action="store_true", help="skip torch.distributed.pipelining")
     ap.add_argument("--no-k4", action="store_true", help="skip the four-stage runs")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    def body(a: argparse.Namespace) -> int:
-        too_many = [m for m in a.microbatches if m > a.batch]
-        if too_many:
-            ap.error(
-                f"argument --microbatches: M={too_many[0]} exceeds --batch {a.batch}; each "
-                "micro-batch needs at least one row"
-            )
-        res = run(
-            a.sizes,
-            a.batch,
-            a.dtype,
-            a.microbatches,
-            a.schedules,
-            a.warmup,
-            a.steps,
-            a.transfer_samples,
-            with_torch=not a.no_torch,
-            four_stages=not a.no_k4,
-        )
-        print(json.dumps(res, indent=1) if a.json else format_report(res))
-        return 0
 
-    return run_main(ap, argv, body)
+def run_pipeline(a: argparse.Namespace) -> int:
+    """Run the pipeline benchmark with parsed options; print the report (or JSON)."""
+    too_many = [m for m in a.microbatches if m > a.batch]
+    if too_many:
+        prog = getattr(a, "prog", "python -m graphpart.tools.bench_pipeline")
+        raise ConfigError(
+            f"argument --microbatches: M={too_many[0]} exceeds --batch {a.batch}; each "
+            f"micro-batch needs at least one row (see {prog} --help)"
+        )
+    res = run(
+        a.sizes,
+        a.batch,
+        a.dtype,
+        a.microbatches,
+        a.schedules,
+        a.warmup,
+        a.steps,
+        a.transfer_samples,
+        with_torch=not a.no_torch,
+        four_stages=not a.no_k4,
+    )
+    print(json.dumps(res, indent=1) if a.json else format_report(res))
+    return 0
+
+
+def main(
+    argv: Sequence[str] | None = None, prog: str = "python -m graphpart.tools.bench_pipeline"
+) -> int:
+    """`python -m graphpart.tools.bench_pipeline`: run and print."""
+    ap = OneLineParser(
+        prog=prog, description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    add_pipeline_arguments(ap)
+    ap.set_defaults(prog=prog)
+    return run_main(ap, argv, run_pipeline)
