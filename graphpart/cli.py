@@ -578,6 +578,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("graphpart: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `graphpart ... | head`: the reader left; nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as e:
         if args is not None and args.debug:
             raise

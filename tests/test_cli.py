@@ -868,3 +868,14 @@ def test_graph_hvp_lists_the_four_passes_and_draws_them(tmp_path, capsys):
     out = tmp_path / "hvp.dot"
     assert main(["graph", "--hvp", "--hidden", "8", "--out", str(out)]) == 0
     assert 'label="tangent backward (vjp_jvp)"' in out.read_text()
+
+
+@pytest.mark.ray  # ~10 s: the benchmark's own calibration
+def test_bench_says_what_it_is_doing_on_stderr(capsys):
+    """A benchmark runs for minutes: progress lines go to stderr, the JSON alone to stdout."""
+    argv = ["bench", "step", "--sizes", "16,8,4", "--repeats", "2", "--warmup", "1"]
+    argv += ["--rounds", "1", "--optimizers", "sgd", "--bias", "yes", "--no-torch"]
+    assert main([*argv, "--matmul-n", "64", "--pause", "0", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["config"]["sizes"] == [16, 8, 4]
+    assert "bench: case 1/1: sgd, bias" in err

@@ -165,6 +165,7 @@ def run_step(a: argparse.Namespace) -> int:
         rounds=a.rounds,
         pause=a.pause,
         startup=a.startup,
+        progress=_say,
     )
     print(json.dumps(res, indent=1) if a.json else format_report(res))
     return 0
@@ -177,3 +178,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m graphpart.too
     )
     add_step_arguments(ap)
     return run_main(ap, argv, run_step)
+
+
+def _say(message: str) -> None:
+    """Progress on stderr (stdout keeps the report or the JSON)."""
+    print(message, file=sys.stderr, flush=True)

@@ -195,6 +195,7 @@ def run_step_benchmark(
     rounds: int = 10,
     pause: float = 0.15,
     startup: bool = False,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Time one training step of an MLP in graphpart, hand-written NumPy and (if importable)
     PyTorch, side by side, with every thread pool at `threads` (default: the usable cores).
@@ -227,15 +228,33 @@ def run_step_benchmark(
     load = ForeignLoad().start()
     with thread_limits(n, torch):
         env["blas"] = blas_info()  # as limited for the run
+        say = progress or (lambda m: None)
+        say(f"bench: the {matmul_n}x{matmul_n} matmul peak and the step's matmuls ...")
         peak = matmul_gflops(matmul_n, dtype, matmul_repeats)
         mm = step_matmul_times(sizes, batch, dtype, repeats)
-        cases = [
-            _run_case(
-                sizes, batch, dtype, activation, b, o, repeats, warmup, torch, seed, rounds, pause
+        cases = []
+        todo = [(o, b) for o in optimizers for b in biases]
+        for i, (o, b) in enumerate(todo):
+            say(
+                f"bench: case {i + 1}/{len(todo)}: {o}, {'bias' if b else 'no bias'}: "
+                f"{rounds} rounds of {repeats} steps per contender ..."
             )
-            for o in optimizers
-            for b in biases
-        ]
+            cases.append(
+                _run_case(
+                    sizes,
+                    batch,
+                    dtype,
+                    activation,
+                    b,
+                    o,
+                    repeats,
+                    warmup,
+                    torch,
+                    seed,
+                    rounds,
+                    pause,
+                )  # fmt: skip
+            )
         after = matmul_gflops(matmul_n, dtype, matmul_repeats)  # the machine's speed drifts:
         if after["gflops"] > peak["gflops"]:  # the peak is the better of before and after
             peak = after
@@ -266,5 +285,12 @@ def run_step_benchmark(
         "step_matmuls": mm,
         "cases": cases,
         "headline": cases[0],
-        "startup": measure_startup(sizes, batch, dtype, activation) if startup else None,
+        "startup": _startup(sizes, batch, dtype, activation, say) if startup else None,
     }
+
+
+def _startup(
+    sizes: Sequence[int], batch: int, dtype: str, activation: str, say: Callable[[str], None]
+) -> dict[str, Any]:
+    say("bench: the first step in fresh processes (compile vs cache) ...")
+    return measure_startup(sizes, batch, dtype, activation)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 
 from graphpart.errors import ConfigError
@@ -67,6 +68,7 @@ def run_pipeline(a: argparse.Namespace) -> int:
         a.transfer_samples,
         with_torch=not a.no_torch,
         four_stages=not a.no_k4,
+        progress=_say,
     )
     print(json.dumps(res, indent=1) if a.json else format_report(res))
     return 0
@@ -82,3 +84,8 @@ def main(
     add_pipeline_arguments(ap)
     ap.set_defaults(prog=prog)
     return run_main(ap, argv, run_pipeline)
+
+
+def _say(message: str) -> None:
+    """Progress on stderr (stdout keeps the report or the JSON)."""
+    print(message, file=sys.stderr, flush=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -55,6 +55,7 @@ def run(
     transfer_n: int = 200,
     with_torch: bool = True,
     four_stages: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Measure (a) transfers, (b) one process and the K=2 pipelines, (c) the simulator's
     predictions, in one Ray session (a new local one on 2 CPUs, or the one already started)."""
@@ -79,6 +80,8 @@ def run(
                 "optimizer": "adam",
             },
         }
+        say = progress or (lambda m: None)
+        say(f"bench: boundary transfers on every transport ({transfer_n} samples each) ...")
         res["transfer"] = t = measure_transfer(transfer_n)
         comm = {
             "tasks": t["tasks_pipelined_per_item_ms"] / 1e3,
@@ -86,11 +89,14 @@ def run(
             "compiled": t["compiled_round_trip_ms"] / 1e3,
             "shm": t["shm_hop_ms"] / 1e3,
         }
+        say("bench: one process ...")
         res["single"] = measure_single(sizes, batch, dtype, warmup, steps)
+        say(f"bench: K=2 pipelines: M in {list(microbatches)}, schedules {list(schedules)} ...")
         res["pipeline"] = measure_pipeline(
             sizes, batch, dtype, microbatches, schedules, warmup, steps, comm
         )
         if four_stages and len(sizes) - 1 >= 4:  # K=4 on the default transport
+            say("bench: K=4 pipelines ...")
             res["pipeline"] += measure_pipeline(
                 sizes, batch, dtype, [m for m in microbatches if m >= 4] or [4], ["1f1b"],
                 warmup, steps, comm, stages=4, transports=[RAY_DEFAULT],
@@ -99,6 +105,7 @@ def run(
         for r in res["pipeline"]:
             r["speedup_vs_best_single"] = r["samples_per_s"] / best1
         if with_torch and importlib.util.find_spec("torch") is not None:
+            say("bench: torch.distributed.pipelining, in its own processes ...")
             res["torch"] = measure_torch(sizes, batch, res["pipeline"], warmup, steps)
         layer_s = measured_costs(mlp(list(sizes), bias=True), microbatch_rows(batch, 8), dtype)
         share = [f / (f + b) for f, b in layer_flops(mlp(list(sizes), bias=True)).values()]
