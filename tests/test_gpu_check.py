@@ -111,12 +111,10 @@ def test_torch_peer_step_on_the_cpu_equals_the_numpy_step():
     params, x, y = _problem()
     ref = NumpyMLP(params, "relu", True, "adam")
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    step = torch_step(torch, params, SIZES, xt, yt, "cpu")
+    step, model = torch_step(torch, params, SIZES, xt, yt, "cpu")
     for _ in range(3):
         step()
         ref.step(x, y)
-    got = step.__closure__  # the model lives in the closure; read it back through the cells
-    model = next(c.cell_contents for c in got if isinstance(c.cell_contents, torch.nn.Module))
     linears = [m for m in model if isinstance(m, torch.nn.Linear)]
     for i, lin in enumerate(linears, start=1):
         np.testing.assert_allclose(lin.weight.detach().numpy(), ref.p[f"W{i}"], rtol=1e-10)
@@ -232,6 +230,17 @@ def test_quick_check_under_the_simulator(tmp_path):
         assert row["cublas_via"] is None and row["ratio_nn"] is None
     assert set(r["gemm"]["sizes"][-1]["variants_nn_ms"]) == {"8", "4", "2", "1"}
     assert r["verdict"]["gemm_vs_cublas"] == "not measured: simulator"
+
+
+@pytest.mark.ray  # a subprocess
+def test_the_script_refuses_a_bad_cuda_and_passes_options_through():
+    script = str(ROOT / "tools" / "gpu-check")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    run = {"capture_output": True, "text": True, "timeout": 120, "env": env}
+    bad = subprocess.run([script, "--cuda", "cu11"], **run)
+    assert bad.returncode == 2 and "--cuda cu11: valid: cu12, cu13" in bad.stderr
+    ok = subprocess.run([script, "--no-install", "--", "--help"], **run)
+    assert ok.returncode == 0 and "--gemm-sizes" in ok.stdout, ok.stderr[-2000:]
 
 
 @pytest.mark.ray  # Ray actors under the CUDA simulator

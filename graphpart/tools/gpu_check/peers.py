@@ -70,8 +70,9 @@ class XpMLP:
 
 def torch_step(
     torch: Any, params: Mapping[str, np.ndarray], sizes: Sequence[int], x: Any, y: Any, device: str
-) -> Callable[[], None]:
-    """A PyTorch training step of the same MLP on `device` (x, y already there), from `params`."""
+) -> tuple[Callable[[], None], Any]:
+    """(step, model): a PyTorch training step of the same MLP on `device` (x, y already
+    there), from `params`."""
     n = len(sizes) - 1
     layers: list[Any] = []
     dtype = torch.from_numpy(np.asarray(params["W1"])[:1]).dtype
@@ -95,4 +96,4 @@ def torch_step(
         crit(model(x), y).backward()
         opt.step()
 
-    return step
+    return step, model
