@@ -321,9 +321,14 @@ def test_plan_auto(capsys):
 
 
 @pytest.mark.ray
-def test_ctrl_c_stops_a_pipeline_cleanly(tmp_path):
+@pytest.mark.parametrize("transport", ["auto", "compiled"])
+def test_ctrl_c_stops_a_pipeline_cleanly(tmp_path, transport):
+    """Ctrl-C: exit 130, one line, no process left (the compiled transport once segfaulted
+    after printing "interrupted")."""
     p, out, err, seen = _run_tracked(
         "train",
+        "--transport",
+        transport,
         "--stages",
         "2",
         "--hidden",

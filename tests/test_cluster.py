@@ -111,3 +111,57 @@ def test_a_local_ray_listens_on_loopback_only():
     assert got["listen"], "no listening socket found: the check would prove nothing"
     exposed = [(n, ip) for n, ip in got["listen"] if ip not in ("127.0.0.1", "::ffff:127.0.0.1")]
     assert not exposed, f"listening beyond loopback: {exposed}"
+
+
+KILLED = textwrap.dedent(
+    """
+    import json, os, signal, psutil, ray
+    from graphpart.engines.cluster import start_ray
+    assert start_ray(num_cpus=1)
+
+    @ray.remote
+    class A:
+        def pid(self):
+            return os.getpid()
+
+    a = A.remote()
+    ray.get(a.pid.remote())
+    kids = [p.pid for p in psutil.Process().children(recursive=True)]
+    print(json.dumps(kids), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # no shutdown, no atexit: as the OOM killer would
+    """
+)
+
+
+def test_no_ray_process_outlives_a_killed_driver():
+    """A local Ray's processes (GCS, raylet, agents, workers) are gone within seconds of its
+    driver's SIGKILL: a watchdog started with it reaps what Ray's shutdown never ran for."""
+    import time
+
+    import psutil
+
+    out = subprocess.run(
+        [sys.executable, "-c", KILLED], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == -9, out.stderr[-2000:]
+    pids = json.loads(out.stdout.strip().splitlines()[-1])
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    assert len(pids) >= 3, pids  # gcs_server, raylet, a worker at least
+    deadline = time.monotonic() + 15
+    while True:
+        alive = [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        names = []
+        for p in alive:
+            try:
+                names.append(p.name())
+            except psutil.NoSuchProcess:
+                pass
+        if not names:
+            break
+        assert time.monotonic() < deadline, f"alive 15 s after the driver died: {names}"
+        time.sleep(0.5)

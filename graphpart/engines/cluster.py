@@ -6,6 +6,7 @@ import os
 import socket
 from typing import Any
 
+from graphpart.engines.reaper import watch as watch_driver
 from graphpart.errors import ConfigError
 
 # Ray's own switch (ray_constants.ENABLE_RAY_CLUSTER, read when a node starts): off, a node
@@ -47,6 +48,7 @@ def start_ray(address: str = "", num_cpus: int | None = None) -> bool:
             ) from None
     else:
         local_only()
+        watch_driver()  # no Ray process of ours outlives this one, however it ends
         ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kw)
     return True
 
