@@ -87,6 +87,12 @@ def alive(procs: dict[int, psutil.Process]) -> list[psutil.Process]:
     return out
 
 
+def _default_sigint() -> None:
+    """In the child: Ctrl-C acts again. A shell without job control starts a background
+    command with SIGINT ignored, and children inherit that: the interrupt would be lost."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def train_cmd(run_dir: Path, name: str, max_failures: int) -> list[str]:
     return [
         sys.executable, "-m", "graphpart.cli", "train", "--no-progress",
@@ -146,7 +152,10 @@ def one_run(i: int, fault: str, rng: random.Random, root: Path) -> Outcome:
     log = open(root / f"{name}.stderr", "w")  # noqa: SIM115 - closed below
     # a pipe nobody reads would fill (64 KiB of Ray's warnings) and block the driver: a file
     proc = subprocess.Popen(
-        train_cmd(root, name, 2 if stage_fault else 0), stdout=subprocess.DEVNULL, stderr=log
+        train_cmd(root, name, 2 if stage_fault else 0),
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        preexec_fn=_default_sigint,
     )
     o = Outcome(i, fault, 0.0, False, None)
     started, seen = time.time(), {}
@@ -172,7 +181,9 @@ def one_run(i: int, fault: str, rng: random.Random, root: Path) -> Outcome:
         if (run / "checkpoint.npz").exists():  # what a user does next: resume
             cmd = [sys.executable, "-m", "graphpart.cli", "train", "--no-progress", "--resume",
                    str(run)]  # fmt: skip
-            r = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+            r = subprocess.Popen(
+                cmd, stdout=subprocess.DEVNULL, stderr=log, preexec_fn=_default_sigint
+            )
             code = wait(r, LIMIT_S, seen)
             o.resumed, o.hang = True, code is None
     log.close()
