@@ -256,32 +256,61 @@ def format_report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark; print the report, or the whole result as JSON."""
-    ap = OneLineParser(prog="python -m graphpart.tools.bench.value_and_grad", description=__doc__)
-    ap.add_argument("--sizes", type=int_list(2, "layer widths d,h1,..,q"), default=list(SIZES))
-    ap.add_argument("--batch", type=int_at_least(1), default=256)
-    ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    ap.add_argument("--threads", type=int_list(1, "thread counts"), default=[1, 2])
-    ap.add_argument("--repeats", type=int_at_least(1), default=20)
-    ap.add_argument("--warmup", type=int_at_least(0), default=5)
-    ap.add_argument("--rounds", type=int_at_least(1), default=3)
+def add_value_and_grad_arguments(ap: argparse.ArgumentParser) -> None:
+    """The benchmark's options (`python -m graphpart.tools.bench.value_and_grad`)."""
     ap.add_argument(
-        "--contenders", type=name_list(CONTENDERS, "a contender"), default=list(CONTENDERS)
+        "--sizes",
+        type=int_list(2, "layer widths d,h1,..,q"),
+        default=list(SIZES),
+        help="layer widths, d,h1,..,q",
+    )
+    ap.add_argument("--batch", type=int_at_least(1), default=256, help="minibatch rows")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    ap.add_argument(
+        "--threads",
+        type=int_list(1, "thread counts"),
+        default=[1, 2],
+        help="thread counts to run every contender at, e.g. 1,2",
+    )
+    ap.add_argument("--repeats", type=int_at_least(1), default=20, help="timed calls a process")
+    ap.add_argument("--warmup", type=int_at_least(0), default=5, help="untimed calls first")
+    ap.add_argument(
+        "--rounds", type=int_at_least(1), default=3, help="processes per contender and threads"
+    )
+    ap.add_argument(
+        "--contenders",
+        type=name_list(CONTENDERS, "a contender"),
+        default=list(CONTENDERS),
+        help=f"a comma list of {', '.join(CONTENDERS)}",
     )
     ap.add_argument("--json", action="store_true", help="print the whole result as JSON")
+
+
+def run_value_and_grad(a: argparse.Namespace) -> int:
+    """Run the benchmark with parsed options; print the report (or JSON)."""
+    print(
+        f"timing gp.value_and_grad, the reference and torch in fresh processes at "
+        f"{','.join(map(str, a.threads))} thread(s)...",
+        file=sys.stderr,
+    )
+    result = run_benchmark(
+        a.sizes, a.batch, a.dtype, a.threads, a.repeats, a.warmup, a.rounds, a.contenders
+    )
+    print(json.dumps(result) if a.json else format_report(result))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m graphpart.tools.bench.value_and_grad`: run, print the report or JSON."""
+    ap = OneLineParser(prog="python -m graphpart.tools.bench.value_and_grad", description=__doc__)
+    add_value_and_grad_arguments(ap)
     ap.add_argument("--child", help=argparse.SUPPRESS)  # internal: one contender's process
 
     def body(a: argparse.Namespace) -> int:
         if a.child:
-            spec = json.loads(a.child)
-            print(json.dumps(child(**spec)))
+            print(json.dumps(child(**json.loads(a.child))))
             return 0
-        result = run_benchmark(
-            a.sizes, a.batch, a.dtype, a.threads, a.repeats, a.warmup, a.rounds, a.contenders
-        )
-        print(json.dumps(result) if a.json else format_report(result))
-        return 0
+        return run_value_and_grad(a)
 
     return run_main(ap, argv, body)
 
