@@ -17,6 +17,7 @@ must be set before numba is imported).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -140,9 +141,9 @@ def _report(ratio_nn, cublas="ok"):
         "device": {"name": "a GPU", "numba": "0.68"},
         "tests": {"status": "passed", "mode": "gpu", "passed": 30, "failed": [], "errors": [],
                   "skipped": [], "wall_s": 20.0},
-        "correctness": [{"sizes": SIZES, "batch": 8, "pipeline": "1 stage(s)", "J_rel_err": 0.0,
+        "correctness": [{"sizes": SIZES, "batch": 8, "pipeline": p, "J_rel_err": 0.0,
                          "grad_rel_err": 1e-15, "steps": 3, "param_rel_err": 1e-15,
-                         "passed": True}],
+                         "passed": True} for p in ("1 stage(s)", "2 stage(s), shm")],
         "training": {"digits": {"cpu": run, "gpu": {**run, "test_accuracy": 0.975},
                                 "passed": True}},
         "step": [{"sizes": SIZES, "batch": 256, "graphpart": {"median_ms": 1.0, "tflops": 1.0},
@@ -191,9 +192,10 @@ def test_options():
 # --- the whole check under the simulator -----------------------------------------------------
 
 
-def _check(tmp_path, *args, timeout=900):
+def _check(tmp_path, *args, timeout=900, pythonpath=None):
     out = tmp_path / "report.json"
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "PYTHONPATH": str(ROOT)}
+    path = os.pathsep.join(str(p) for p in (pythonpath, ROOT) if p)
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "PYTHONPATH": path}
     env["PYTHONWARNINGS"] = "ignore"
     proc = subprocess.run(
         [sys.executable, __file__, "--quick", "--out", str(out), *args],
@@ -240,7 +242,11 @@ def test_the_script_refuses_a_bad_cuda_and_passes_options_through():
     bad = subprocess.run([script, "--cuda", "cu11"], **run)
     assert bad.returncode == 2 and "--cuda cu11: valid: cu12, cu13" in bad.stderr
     ok = subprocess.run([script, "--no-install", "--", "--help"], **run)
-    assert ok.returncode == 0 and "--gemm-sizes" in ok.stdout, ok.stderr[-2000:]
+    if importlib.util.find_spec("numba_cuda"):  # this Python has what the check needs
+        assert ok.returncode == 0 and "--gemm-sizes" in ok.stdout, ok.stderr[-2000:]
+    else:  # it lacks numba-cuda: refused in one line, naming what to install
+        assert ok.returncode == 2 and "pip install" in ok.stderr.splitlines()[-1]
+        assert "numba-cuda" in ok.stderr.splitlines()[-1]
 
 
 @pytest.mark.ray  # Ray actors under the CUDA simulator
@@ -249,6 +255,18 @@ def test_two_ray_stages_share_one_gpu_under_the_simulator(tmp_path):
     shm = [row for row in r["correctness"] if "shm" in row["pipeline"]]
     assert len(shm) == 1 and shm[0]["pipeline"].startswith("2 stage(s)")
     assert shm[0]["passed"] and shm[0]["grad_rel_err"] < 1e-10
+    assert r["verdict"]["ray_stages_on_gpus"] == "pass"
+
+
+@pytest.mark.ray  # a subprocess under the CUDA simulator
+def test_without_ray_the_ray_checks_are_left_out_and_said_so(tmp_path):
+    fake = tmp_path / "noray"
+    fake.mkdir()
+    (fake / "ray.py").write_text("raise ImportError('no ray here')\n")
+    skip = "tests,correctness,training,step,gemm"
+    r, _ = _check(tmp_path, "--ray", "--skip", skip, pythonpath=fake)
+    assert r["ray"].startswith("not installed")
+    assert r["verdict"]["ray_stages_on_gpus"].startswith("not run: Ray not installed")
 
 
 if __name__ == "__main__":  # the check under the simulator, in a child process

@@ -7,7 +7,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -117,6 +117,14 @@ def _ray_up(sim: bool) -> bool:
     return True
 
 
+def _ray_importable() -> bool:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _correctness(opts: CheckOptions) -> list[dict[str, Any]]:
     from sklearn.datasets import load_digits
 
@@ -164,6 +172,13 @@ def verdict(report: dict[str, Any], sim: bool) -> dict[str, str]:
         v["float64_vs_cpu_1e-10"] = "pass" if not bad else f"FAIL ({'; '.join(bad)})"
     else:
         v["float64_vs_cpu_1e-10"] = _missing(c)
+    if isinstance(c, list) and any("shm" in r["pipeline"] for r in c):
+        ok = all(r["passed"] for r in c if "shm" in r["pipeline"])
+        v["ray_stages_on_gpus"] = "pass" if ok else "FAIL (see correctness)"
+    elif isinstance(report.get("ray"), str):
+        v["ray_stages_on_gpus"] = f"not run: Ray {report['ray']}"
+    else:
+        v["ray_stages_on_gpus"] = "not run"
     g = report.get("gemm")
     if isinstance(g, dict) and g.get("sizes"):
         last = g["sizes"][-1]
@@ -212,6 +227,9 @@ def run_gpu_check(opts: CheckOptions, log: Callable[[str], None] = print) -> dic
     }
     log("gpu-check: probing the device")
     _section(report, "device", device_info)
+    if opts.ray and not _ray_importable():
+        report["ray"] = "not installed: the checks on Ray actors were left out"
+        opts = replace(opts, ray=False)
     started = False
     try:
         if opts.tests:
