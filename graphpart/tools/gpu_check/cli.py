@@ -6,7 +6,10 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
+
+from numba.core.errors import NumbaPerformanceWarning
 
 from graphpart.tools.bench.cli import int_at_least, int_list
 from graphpart.tools.gpu_check.report import format_summary
@@ -68,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the check; exit 0 when every criterion that ran passed, 1 otherwise."""
     args = parser().parse_args(argv)
     opts = options(args)
+    # small launches (a 2 x 2 layer, the tests' tiny shapes) are meant: no warning per launch
+    warnings.simplefilter("ignore", NumbaPerformanceWarning)
     report = run_gpu_check(opts, log=lambda m: print(m, file=sys.stderr, flush=True))
     text = format_summary(report)
     print(text)
