@@ -227,10 +227,13 @@ def check_gemm(kc, cuda, dtype):
     with small_blocks(kc, reg=2, min_blocks=4):  # too few blocks: one output a thread
         assert kc.gemm_reg(9, 6) == 1
         gemm_case(kc, cuda, dtype, 9, 11, 6)
-    if not SIMULATED:  # a real GPU: the shipped tiles, several blocks and partial edges
-        assert kc.gemm_reg(300, 700) >= 2
-        gemm_case(kc, cuda, dtype, 300, 101, 700)
-        gemm_case(kc, cuda, dtype, 2048, 64, 1024)
+    if not SIMULATED:  # a real GPU: TILE = 16, every register tile, several blocks, edges
+        for reg in (8, 4, 2, 1):
+            with small_blocks(kc, threads=kc.THREADS, tile=kc.TILE, reg=reg, min_blocks=1):
+                assert kc.gemm_reg(300, 700) == reg
+                gemm_case(kc, cuda, dtype, 300, 101, 700)
+        assert kc.gemm_reg(2048, 2048) == kc.GEMM_REG  # as gemm_reg picks it
+        gemm_case(kc, cuda, dtype, 2048, 64, 2048)
 
 
 def check_gemm_reg(kc, cuda, dtype):
