@@ -593,5 +593,18 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def entry() -> None:
+    """The `graphpart` program: `main`, then exit with its code. After Ctrl-C the process
+    ends at once (stdio flushed, run files already closed): letting the interpreter finalize
+    was seen to crash inside Ray's core worker (SIGSEGV, 2 of 14 tries on the compiled
+    transport) after "interrupted" was printed."""
+    code = main()
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
