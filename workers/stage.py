@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -290,6 +291,8 @@ class StageWorker:
         if self.bk.name != "cuda":
             return None
         free, total = self.bk.cuda.current_context().get_memory_info()
+        if not (math.isfinite(free) and math.isfinite(total)):  # the simulator: unbounded
+            return None
         return DeviceMemory(int(free), int(total))
 
     def events(self) -> list:
