@@ -12,6 +12,7 @@ from typing import Any
 
 from graphpart.autodiff import forward
 from graphpart.errors import GraphpartError
+from graphpart.hvp import hvp, jvp
 from graphpart.ir import Graph, Op, Var, mlp
 from graphpart.params import init_params
 from graphpart.plan.partition import Plan, partition
@@ -32,7 +33,9 @@ __all__ = [
     "Run",
     "Var",
     "forward",
+    "hvp",
     "init_params",
+    "jvp",
     "load",
     "mlp",
     "partition",

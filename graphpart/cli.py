@@ -20,6 +20,7 @@ from graphpart.run.report import plan_report
 from graphpart.run.session import DEFAULT_CONFIG, check_out, load, make_config, save_predictions
 from graphpart.run.train import setup, train
 from graphpart.tools.bench.cli import add_step_arguments, run_step
+from graphpart.tools.bench.value_and_grad import add_value_and_grad_arguments, run_value_and_grad
 from graphpart.tools.bench_pipeline.cli import add_pipeline_arguments, run_pipeline
 from graphpart.tools.compare import LR_RULES, run_auto, run_compare
 from graphpart.tools.hessian import add_hessian_arguments, run_hessian
@@ -496,6 +497,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_pipeline_arguments(q)
     q.set_defaults(func=run_pipeline, prog=q.prog)
+    q = kinds.add_parser(
+        "value-and-grad",
+        help="the public gp.value_and_grad vs the reference vs PyTorch forward+backward, each "
+        "in fresh processes",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_value_and_grad_arguments(q)
+    q.set_defaults(func=run_value_and_grad)
     ap.bench_kinds = kinds.choices
 
     p = sub.add_parser(

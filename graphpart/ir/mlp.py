@@ -26,6 +26,11 @@ def mlp(
     parameters from every layer, and a partition splits s into per-stage parts.
     With bias, the matmul output is m_i and z_i = m_i + b_i; without, z_i = x W_i^T directly.
 
+    The defaults build the textbook's graph itself (no bias, lambda = 0: the nodes x, W1, z1,
+    h1, W2, o, L, s, J). Training defaults are another matter: `gp.train`, the CLI and a TOML
+    file all start from the embedded config (bias on, weight_decay 1e-4, ...), which is the
+    one source of those.
+
     >>> g = mlp([64, 32, 10], activation="relu", bias=True, weight_decay=1e-4)
     >>> [v.name for v in g.vars]
     ['x', 'W1', 'm1', 'b1', 'z1', 'h1', 'W2', 'm2', 'b2', 'o', 'y', 'L', 's', 'J']
