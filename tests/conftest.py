@@ -37,9 +37,10 @@ def ray_session():
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that uses Ray is in the slow lane (`-m ray`), wherever it is declared."""
+    """A test that uses Ray, or is marked slow, is in the slow lane (`-m ray`), wherever it is
+    declared: `pytest -m "not ray"` is the fast lane."""
     for item in items:
-        if "ray_session" in getattr(item, "fixturenames", ()):
+        if "ray_session" in getattr(item, "fixturenames", ()) or item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.ray)
 
 

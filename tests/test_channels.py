@@ -61,6 +61,7 @@ def test_a_step_larger_than_the_buffer_is_refused(name):
     reader.close()
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_inbox_takes_by_key_wakes_on_fail_and_put_and_times_out(name):
     reader, writer = Channel.create(name), Channel.attach(name)
     inbox = ChannelInbox([reader])

@@ -238,6 +238,7 @@ def test_bad_npz(capsys, tmp_path):
         assert needle in err and name in err, err
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_user_npz_trains(tmp_path):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((200, 5))
@@ -308,6 +309,7 @@ def test_compare_bad_flags(capsys, tmp_path, argv, needle):
     assert needle in _err(capsys, ["compare", "--run-dir", str(tmp_path), *argv])
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_plan_auto(capsys):
     assert main(["plan", "--auto", "--devices", "2", "--memory-budget", "300KiB"]) == 0
     out = capsys.readouterr().out
@@ -672,6 +674,7 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"graphpart {__version__}"
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_resume_takes_overrides_and_refuses_what_it_cannot_do(capsys, tmp_path):
     base = ["train", "--json", "--epochs", "1", "--hidden", "16", "--run-dir", str(tmp_path)]
     assert main([*base, "--name", "r"]) == 0
@@ -705,6 +708,7 @@ def csv_run(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
     return root, X, y
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_train_on_a_csv_then_evaluate_on_its_test_split(capsys, csv_run):
     root, _, _ = csv_run
     capsys.readouterr()

@@ -25,6 +25,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -139,6 +140,7 @@ def _refused(capsys, tmp_path: Path, argv: list[str]) -> str:
     return lines[0]
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 @SETTINGS
 @given(data=st.data(), key=st.sampled_from(sorted(BAD_VALUES)))
 def test_a_bad_config_value_is_one_line_and_writes_nothing(capsys, tmp_path, data, key):
@@ -147,6 +149,7 @@ def test_a_bad_config_value_is_one_line_and_writes_nothing(capsys, tmp_path, dat
     assert key in line or "--set" in line
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 @SETTINGS
 @given(data=st.data(), flag=st.sampled_from(sorted(FLAGS)))
 def test_a_bad_flag_value_is_one_line_and_writes_nothing(capsys, tmp_path, data, flag):
@@ -162,6 +165,7 @@ def test_a_bad_flag_value_is_one_line_and_writes_nothing(capsys, tmp_path, data,
     key=st.text(max_size=12).filter(lambda s: "=" not in s),
     value=st.text(max_size=8),
 )
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_an_unknown_key_is_one_line_and_writes_nothing(capsys, tmp_path, section, key, value):
     if key.strip() in {f.name for f in dataclasses.fields(SECTIONS[section])}:
         key += "_x"
@@ -273,6 +277,7 @@ def junk_npz(draw, regression: bool) -> tuple[str, dict[str, np.ndarray] | bytes
     return kind, {"X": X, "y": y, **extra}
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 @SETTINGS
 @given(regression=st.booleans(), data=st.data())
 def test_a_junk_npz_is_one_line_and_writes_nothing(capsys, tmp_path, regression, data):

@@ -137,6 +137,7 @@ def test_budget_skips_what_does_not_fit(tmp_path, ray_session):
     assert "did not fit and were not run" in (report2 / "report.md").read_text()
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_ctrl_c_keeps_the_report_of_what_finished(tmp_path, monkeypatch):
     calls = []
     real = runner_mod.train

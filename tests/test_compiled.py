@@ -155,6 +155,7 @@ class _Graph:
         self.actor_to_executable_tasks = tasks
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_order_check_refuses_a_schedule_ray_would_run_differently():
     from ray.dag.dag_node_operation import _DAGNodeOperation as Op
     from ray.dag.dag_node_operation import _DAGNodeOperationType as T

@@ -41,6 +41,7 @@ def test_every_public_function_has_an_example():
     assert not missing, f"public functions without a docstring example: {missing}"
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 @pytest.mark.parametrize("test", TESTS, ids=[t.name.removeprefix("graphpart.") for t in TESTS])
 def test_docstring_examples_run(test, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the training examples write runs/ in the working folder

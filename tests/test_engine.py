@@ -281,6 +281,7 @@ def test_workers_make_their_own_parameters_from_init():
         assert all(np.array_equal(got[n], want[n]) and got[n].dtype == want[n].dtype for n in want)
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_thousands_of_steps_keep_memory_flat():
     """Training engines keep no per-step timeline (keep_events=False): memory stays flat."""
     g, p0, X, Y = PROBLEM

@@ -32,6 +32,7 @@ def _json(capsys, argv):
     return json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_spectrum_dense_lanczos_power_agree(capsys):
     f = _json(capsys, SMALL)
     assert f["model"]["dtype"] == "float64" and f["model"]["sizes"] == [64, 8, 10]

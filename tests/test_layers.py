@@ -38,6 +38,7 @@ def test_every_contract_is_kept():
     assert r.stdout.count("KEPT") == 4 and "BROKEN" not in r.stdout
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_an_upward_import_breaks_the_layers(tmp_path):
     for pkg in PACKAGES:
         shutil.copytree(ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
@@ -66,6 +67,7 @@ def _function_local_imports(path: Path) -> list[tuple[int, str]]:
     return found
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 @pytest.mark.parametrize("pkg", PACKAGES)
 def test_no_function_local_import_of_our_own_modules(pkg):
     bad = []

@@ -86,6 +86,7 @@ def _assert_exact(e, pred):
         assert len(w.prog.slots) == st.in_flight
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 @pytest.mark.parametrize("K", [1, 2, 4])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("recompute", [False, True])

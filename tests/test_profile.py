@@ -64,6 +64,7 @@ def _check_outputs(out: Path, stages: int, steps: int, microbatches: int) -> dic
     return trace
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_run_profile_writes_table_pngs_and_trace(tmp_path, capsys):
     cfg = _cfg()
     assert profile.run_profile(cfg, steps=2, out=tmp_path, inference=True) == 0
@@ -77,6 +78,7 @@ def test_run_profile_writes_table_pngs_and_trace(tmp_path, capsys):
     _check_outputs(tmp_path, stages=2, steps=2, microbatches=4)
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_run_profile_json_is_exact(tmp_path, capsys):
     cfg = _cfg(schedule="gpipe", recompute=True)
     assert profile.run_profile(cfg, steps=2, out=tmp_path, as_json=True) == 0
@@ -90,6 +92,7 @@ def test_run_profile_json_is_exact(tmp_path, capsys):
     assert res["files"]["trace"].endswith("trace.json")
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_measure_matches_prediction_and_resident_growth():
     """A model whose state is >= 200 MB: RSS growth within 25% of the predicted total."""
     cfg = Config.from_dict(

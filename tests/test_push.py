@@ -119,6 +119,7 @@ def test_pushed_steps_update_like_the_reference_optimizer():
     assert all(len(ib) == 0 for ib in inboxes)  # every tensor sent was taken
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_failure_names_the_action_and_neighbours_stop_when_told():
     g, params, x, y = _problem(2)
     plan = partition(g, 2, "uniform")

@@ -67,11 +67,13 @@ def _fresh(code: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_import_graphpart_does_not_load_the_training_loop():
     r = _fresh("import sys, graphpart; print('graphpart.run.session' in sys.modules)")
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_every_workers_module_still_imports_first():
     """Ray's workers import workers.* first; graphpart/__init__ importing the training loop
     eagerly would come back to the half-imported module through the engines."""
@@ -94,12 +96,14 @@ def test_every_workers_module_still_imports_first():
 # --- doctests ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_module_docstring_examples_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the examples write runs/ in the working folder
     result = doctest.testmod(session, optionflags=doctest.ELLIPSIS, report=True)
     assert result.attempted >= 20 and result.failed == 0
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_docs_data_md_examples_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = doctest.testfile(str(ROOT / "docs" / "data.md"), module_relative=False)
@@ -144,6 +148,7 @@ def test_make_config_refuses_in_one_line(config, overrides, needle):
 # --- train and load ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_train_returns_the_run_it_wrote(tmp_path):
     seen = []
     run = gp.train(
@@ -162,6 +167,7 @@ def test_train_returns_the_run_it_wrote(tmp_path):
     assert repr(run).startswith(f"Run({str(run.path)!r}, completed, test_accuracy=")
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_load_equals_the_trained_run(digits_run):
     again = gp.load(str(digits_run.path))
     assert again.config == digits_run.config and again.summary == digits_run.summary
@@ -327,6 +333,7 @@ def test_a_regression_run(tmp_path):
         run.predict(X, classes=True)
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_evaluate_names_a_training_file_it_cannot_find(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     X = np.random.default_rng(0).standard_normal((40, 2))

@@ -139,6 +139,7 @@ def _big_npz(path: Path, rows: int, features: int) -> str:
     return str(path)
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_plan_and_graph_read_only_the_shape(tmp_path, no_loading, capsys):
     big = _big_npz(tmp_path / "big.npz", 5_000_000, 64)
     small = _csv(tmp_path / "s.csv", np.c_[RNG.random((1000, 64)), RNG.integers(0, 10, 1000)])

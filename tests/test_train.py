@@ -49,12 +49,14 @@ def _params(summary) -> dict:
         return {k: z[k] for k in z.files}
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_same_seed_same_params(tmp_path):
     a = _params(train(_cfg(tmp_path), progress=False, log=lambda m: None))
     b = _params(train(_cfg(tmp_path), progress=False, log=lambda m: None))
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_resume_equals_uninterrupted(tmp_path):
     full = _params(train(_cfg(tmp_path, **{"train.epochs": 3}), progress=False, log=lambda m: None))
     part = train(_cfg(tmp_path, **{"train.epochs": 1}), progress=False, log=lambda m: None)
@@ -84,6 +86,7 @@ def test_divergence_is_reported(tmp_path):
     assert st["state"] == "failed" and "Diverged" in st["message"]
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_an_exploding_loss_stops_before_its_checkpoint(tmp_path):
     """Adam at lr 1e6 stays finite but useless: the run stops, the good checkpoint stays."""
     good = train(_cfg(tmp_path, **{"train.epochs": 1}), progress=False, log=lambda m: None)
@@ -96,6 +99,7 @@ def test_an_exploding_loss_stops_before_its_checkpoint(tmp_path):
     assert _status(run)["state"] == "failed"
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_run_directory_says_its_state(tmp_path, monkeypatch):
     s = train(_cfg(tmp_path), progress=False, log=lambda m: None)
     assert _status(Path(s["run_dir"]))["state"] == "completed"
@@ -112,6 +116,7 @@ def test_run_directory_says_its_state(tmp_path, monkeypatch):
     assert st["state"] == "interrupted" and "--resume" in st["message"]
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_resume_extends_a_finished_run_with_overrides(tmp_path):
     first = train(_cfg(tmp_path), progress=False, log=lambda m: None)
     run = Path(first["run_dir"])
@@ -128,6 +133,7 @@ def test_resume_extends_a_finished_run_with_overrides(tmp_path):
         train(_cfg(tmp_path, **{"train.epochs": 4, "model.hidden": [8]}), resume=run)
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_resume_drops_metrics_rows_after_the_checkpoint(tmp_path):
     first = train(_cfg(tmp_path, **{"train.log_every": 5}), progress=False, log=lambda m: None)
     run = Path(first["run_dir"])
@@ -144,6 +150,7 @@ def test_resume_drops_metrics_rows_after_the_checkpoint(tmp_path):
     assert len(after) > len(rows) and 1.0 not in [r.get("loss") for r in after]
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_metrics_rows_have_a_kind_and_the_documented_keys(tmp_path):
     out = train(_cfg(tmp_path, **{"train.log_every": 4}), progress=False, log=lambda m: None)
     run = RunDir(Path(out["run_dir"]))
@@ -169,6 +176,7 @@ def test_metrics_rows_have_a_kind_and_the_documented_keys(tmp_path):
     assert run.read_metrics() == [r for r in rows if r["step"] <= epochs[0]["step"]]
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_checkpoint_of_other_model_is_refused(tmp_path):
     s = train(_cfg(tmp_path, **{"train.epochs": 1}), progress=False, log=lambda m: None)
     other = mlp([64, 17, 10], bias=True)
@@ -202,6 +210,7 @@ def test_a_plan_over_the_memory_budget_is_refused_before_anything_is_written(tmp
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_one_stage_micro_batches_are_gradient_accumulation(tmp_path):
     """c of `graphpart compare`: M micro-batches on one device = the full-batch step."""
     full = _params(train(_cfg(tmp_path), progress=False, log=lambda m: None))
@@ -277,6 +286,7 @@ def test_a_stalled_stage_ends_the_run_with_its_name(tmp_path, monkeypatch, ray_s
         time.sleep(0.1)
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_resume_finishes_a_run_stopped_after_its_last_checkpoint(tmp_path, monkeypatch):
     """Ctrl-C between the last epoch's checkpoint and the end: --resume completes the run."""
     real = RunDir.save_params
@@ -295,6 +305,7 @@ def test_resume_finishes_a_run_stopped_after_its_last_checkpoint(tmp_path, monke
     assert (run / "params.npz").exists()
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_each_run_draws_its_loss_curves(tmp_path):
     out = train(_cfg(tmp_path), progress=False, log=lambda m: None)
     png = Path(out["run_dir"]) / "curves.png"
