@@ -133,6 +133,8 @@ def hessian_figures(s: Any, args: argparse.Namespace) -> dict[str, Any]:
     minus = value_and_grad(graph, {k: p - eps * vt[k] for k, p in params.items()}, batch)[1]
     fd = (flatten(graph, plus) - flatten(graph, minus)) / (2 * eps)
     fd_err = float(np.linalg.norm(fd - Hw) / np.linalg.norm(Hw))
+    say = _say
+    say(f"hessian: {n} parameters, {rows} samples, {dtype}: symmetry and finite differences done")
     checks: dict[str, Any] = {
         "symmetry": float(symmetry),
         "finite_differences": fd_err,
@@ -151,6 +153,7 @@ def hessian_figures(s: Any, args: argparse.Namespace) -> dict[str, Any]:
         }
     dense = None
     if n <= args.dense_max:
+        say(f"hessian: the dense Hessian, one HVP per column ({n} HVPs) ...")
         H = np.empty((n, n))
         e = np.zeros(n)
         for i in range(n):
@@ -165,10 +168,12 @@ def hessian_figures(s: Any, args: argparse.Namespace) -> dict[str, Any]:
             "trace": float(np.trace(H)),
             "hvps": n,
         }
+    say(f"hessian: Lanczos ({args.iters} HVPs) and power iteration ...")
     lz = lanczos(matvec, n, args.iters, args.top, seed=cfg.train.seed)
     pw = power_iteration(
         matvec, n, min(args.power, args.top), args.power_iters, seed=cfg.train.seed
     )
+    say(f"hessian: one HVP against one gradient, {args.repeats} repeats each ...")
     cost: Cost = measure(graph, params, batch, vt, args.repeats)
     m = cfg.model
     return {
@@ -191,3 +196,8 @@ def hessian_figures(s: Any, args: argparse.Namespace) -> dict[str, Any]:
         "checks": checks,
         "cost": {**dataclasses.asdict(cost), "ratio": cost.ratio},
     }
+
+
+def _say(message: str) -> None:
+    """Progress on stderr; stdout keeps the report (or the JSON)."""
+    print(message, file=sys.stderr, flush=True)
