@@ -296,6 +296,11 @@ def _kill_teardown(dag: Any, timeout_s: int = 5) -> None:
         pass
     finally:
         ctx.teardown_timeout = old
+        # The graph and its unread result refs clean up in __del__ unless the graph says it is
+        # torn down; a teardown that raised left that unsaid, and their __del__, run when the
+        # last reference went (after Ctrl-C: once the traceback was dropped, after
+        # ray.shutdown), touched the closed channels and crashed the process (SIGSEGV).
+        dag._is_teardown = True
     _kill_proxy(dag)
 
 
