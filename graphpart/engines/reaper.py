@@ -33,7 +33,7 @@ def watch(pid: int | None = None) -> subprocess.Popen:
     )
 
 
-def reap(pid: int, period: float = 1.0, grace: float = 2.0) -> int:
+def reap(pid: int, period: float = 0.5, grace: float = 2.0) -> int:
     """Follow `pid`'s descendants until it exits; then kill those left. Returns how many."""
     try:
         driver = psutil.Process(pid)
@@ -51,21 +51,30 @@ def reap(pid: int, period: float = 1.0, grace: float = 2.0) -> int:
         except psutil.NoSuchProcess:
             break
         time.sleep(period)
-    time.sleep(grace)  # a normal end: ray.shutdown has stopped them already
-    left = []
-    for p_id, created in seen.items():
-        try:
-            p = psutil.Process(p_id)
-            if p.create_time() == created:
-                left.append(p)
-        except psutil.NoSuchProcess:
-            pass
+    left = _still_alive(seen)
+    if left:  # a normal end has stopped them already (ray.shutdown); else give Ray a moment
+        time.sleep(grace)
+        left = _still_alive(seen)
     for p in left:
         try:
             p.kill()
         except psutil.NoSuchProcess:
             pass
     return len(left)
+
+
+def _still_alive(seen: dict[int, float]) -> list[psutil.Process]:
+    """The recorded processes still running (a zombie is not: its parent only has to reap it),
+    each the very process recorded (same start time)."""
+    out = []
+    for p_id, created in seen.items():
+        try:
+            p = psutil.Process(p_id)
+            if p.create_time() == created and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
 
 
 if __name__ == "__main__":
