@@ -732,6 +732,7 @@ def test_train_on_a_csv_then_evaluate_on_its_test_split(capsys, csv_run):
     assert out.startswith("accuracy ") and "on 40 samples (the run's test split)" in out
 
 
+@pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_evaluate_and_predict_on_files(capsys, tmp_path, csv_run):
     root, X, y = csv_run
     run = str(root / "r")
