@@ -165,3 +165,46 @@ def test_no_ray_process_outlives_a_killed_driver():
             break
         assert time.monotonic() < deadline, f"alive 15 s after the driver died: {names}"
         time.sleep(0.5)
+
+
+KILLED_WITH_CHANNELS = textwrap.dedent(
+    """
+    import glob, json, os, signal, sys, time
+    sys.path.insert(0, "tests")
+    from conftest import mlp_problem
+    from graphpart.engines import Engine
+    from graphpart.optim import make_optimizer
+    from graphpart.plan.partition import partition
+
+    before = set(glob.glob("/dev/shm/graphpart-*"))
+    g, p0, X, y = mlp_problem([6, 5, 7, 4, 3], 16, seed=0)
+    opt = make_optimizer("sgd", lr=0.1)
+    eng = Engine(partition(g, 2), p0, opt, microbatches=2, max_rows=8, transport="shm")
+    eng.step(X[:8], y[:8])
+    print(json.dumps(sorted(set(glob.glob("/dev/shm/graphpart-*")) - before)), flush=True)
+    time.sleep(2)  # a run lasts a while: the watchdog looks every 0.5 s
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="channels live in /dev/shm on Linux")
+def test_a_killed_driver_leaves_no_channel_files():
+    """The shared-memory channels of a pipeline whose driver was SIGKILLed are removed by the
+    watchdog (nobody else would: the stages are killed too)."""
+    import time
+
+    out = subprocess.run(
+        [sys.executable, "-c", KILLED_WITH_CHANNELS],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert out.returncode == -9, out.stderr[-2000:]
+    files = json.loads(out.stdout.strip().splitlines()[-1])
+    assert files, "the pipeline made no channel files: the check would prove nothing"
+    deadline = time.monotonic() + 15
+    while [f for f in files if os.path.exists(f)]:
+        assert time.monotonic() < deadline, [f for f in files if os.path.exists(f)]
+        time.sleep(0.5)

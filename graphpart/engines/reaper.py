@@ -6,7 +6,8 @@ processes are reparented and some (the dashboard and runtime-env agents, idle wo
 seen to live on for minutes. `watch(pid)` starts a small process, in a session of its own so a
 Ctrl-C to the driver's terminal does not reach it, that records the driver's descendants every
 `period` seconds and, once the driver is gone and `grace` seconds have passed, kills those still
-alive (each checked by its start time, so a reused pid is never hit), then exits.
+alive (each checked by its start time, so a reused pid is never hit), removes the shared-memory
+channel files they held (a killed process never removed its own), then exits.
 
     python -m graphpart.engines.reaper DRIVER_PID
 """
@@ -19,6 +20,8 @@ import sys
 import time
 
 import psutil
+
+CHANNEL_PREFIX = "graphpart-"  # workers/channels.py names its files so
 
 
 def watch(pid: int | None = None) -> subprocess.Popen:
@@ -41,13 +44,15 @@ def reap(pid: int, period: float = 0.5, grace: float = 2.0) -> int:
         return 0
     me = os.getpid()
     seen: dict[int, float] = {}  # pid -> create_time
+    files: set[str] = set()  # shared-memory channel files our processes hold
     while True:
         try:
             if not driver.is_running() or driver.status() == psutil.STATUS_ZOMBIE:
                 break
-            for p in driver.children(recursive=True):
+            for p in [driver, *driver.children(recursive=True)]:
                 if p.pid != me:
                     seen.setdefault(p.pid, p.create_time())
+                    files |= _channel_files(p.pid)
         except psutil.NoSuchProcess:
             break
         time.sleep(period)
@@ -55,12 +60,37 @@ def reap(pid: int, period: float = 0.5, grace: float = 2.0) -> int:
     if left:  # a normal end has stopped them already (ray.shutdown); else give Ray a moment
         time.sleep(grace)
         left = _still_alive(seen)
+    for p in left:  # what they hold now counts too (the last scan may predate it)
+        files |= _channel_files(p.pid)
     for p in left:
         try:
             p.kill()
         except psutil.NoSuchProcess:
             pass
+    for path in files:  # a killed driver or stage never removed its channels
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
     return len(left)
+
+
+def _channel_files(pid: int) -> set[str]:
+    """The graphpart-* shared-memory files `pid` has open or mapped (Linux /proc)."""
+    out: set[str] = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if os.path.basename(target).startswith(CHANNEL_PREFIX):
+                out.add(target)
+        with open(f"/proc/{pid}/maps") as maps:
+            for line in maps:
+                path = line.rstrip("\n").split(maxsplit=5)[-1]
+                if os.path.basename(path).startswith(CHANNEL_PREFIX):
+                    out.add(path)
+    except OSError:
+        pass
+    return out
 
 
 def _still_alive(seen: dict[int, float]) -> list[psutil.Process]:
