@@ -22,18 +22,12 @@ def ray_session():
     """A local Ray started once per test session with an explicit CPU count."""
     import ray
 
-    from graphpart.engines.cluster import local_only
+    from graphpart.engines.cluster import start_ray, stop_ray
 
-    if not ray.is_initialized():
-        local_only()  # as graphpart's own local Ray: listening on 127.0.0.1 only
-        ray.init(
-            num_cpus=NUM_CPUS,
-            include_dashboard=False,
-            logging_level="WARNING",
-            runtime_env={"env_vars": blas_env(1)},
-        )
+    # graphpart's own local Ray (lean head, 127.0.0.1 only), with one BLAS thread a worker
+    start_ray(num_cpus=NUM_CPUS, runtime_env={"env_vars": blas_env(1)})
     yield ray
-    ray.shutdown()
+    stop_ray()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -3,7 +3,9 @@ this machine) with each stage placed on its own node trains to the same float64 
 one process (the autodiff oracle, 1e-10 relative), on the default transport; the stages really
 ran on two nodes, and their boundary tensors went through Ray (the shared-memory channels are
 only for neighbours on one node). A local Ray that graphpart starts listens on 127.0.0.1
-only: none of its processes accepts connections on another interface.
+only: none of its processes accepts connections on another interface. It runs only what
+graphpart uses (no API server, log monitor or autoscaler monitor; `GRAPHPART_FULL_RAY=1` gives
+`ray.init()`'s whole set), and `stop_ray()` leaves none of its processes behind.
 
 Each runs in a subprocess: it needs a Ray cluster of its own, not the test session's local Ray.
 """
@@ -75,7 +77,7 @@ def test_stages_on_two_nodes_train_like_one_process():
 LOCAL = textwrap.dedent(
     """
     import json, psutil, ray
-    from graphpart.engines.cluster import start_ray
+    from graphpart.engines.cluster import start_ray, stop_ray
     assert start_ray(num_cpus=1)
 
     @ray.remote
@@ -90,7 +92,7 @@ LOCAL = textwrap.dedent(
          if c.status == psutil.CONN_LISTEN and c.pid in ours}
     )
     print(json.dumps({"listen": listen, "gcs": ray.get_runtime_context().gcs_address}))
-    ray.shutdown()
+    stop_ray()
     """
 )
 
@@ -111,6 +113,47 @@ def test_a_local_ray_listens_on_loopback_only():
     assert got["listen"], "no listening socket found: the check would prove nothing"
     exposed = [(n, ip) for n, ip in got["listen"] if ip not in ("127.0.0.1", "::ffff:127.0.0.1")]
     assert not exposed, f"listening beyond loopback: {exposed}"
+
+
+LEAN = textwrap.dedent(
+    """
+    import json, time, psutil, ray
+    from graphpart.engines.cluster import start_ray, stop_ray
+    assert start_ray(num_cpus=1)
+
+    @ray.remote
+    def f():
+        return 1
+
+    assert ray.get(f.remote()) == 1
+    me = psutil.Process()
+    running = [" ".join(p.cmdline()) for p in me.children(recursive=True)]
+    stop_ray()
+    time.sleep(1)
+    left = [" ".join(p.cmdline()) for p in me.children(recursive=True)]
+    print(json.dumps({"running": running, "left": left}))
+    """
+)
+
+UNUSED = ("dashboard/dashboard.py", "_private/log_monitor.py", "autoscaler/_private/monitor.py")
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["lean", "full"])
+def test_a_local_ray_runs_only_what_graphpart_uses(full):
+    env = {k: v for k, v in os.environ.items() if k != "GRAPHPART_FULL_RAY"}
+    if full:
+        env["GRAPHPART_FULL_RAY"] = "1"
+    out = subprocess.run(
+        [sys.executable, "-c", LEAN], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert any("raylet" in c for c in got["running"]), got["running"]
+    unused = [u for u in UNUSED if any(u in c for c in got["running"])]
+    assert unused == (list(UNUSED) if full else []), got["running"]
+    assert "Token authentication is enabled" not in out.stderr or full  # no warning of ours
+    left = [c for c in got["left"] if "graphpart.engines.reaper" not in c]
+    assert not left, f"left running after stop_ray(): {left}"
 
 
 KILLED = textwrap.dedent(

@@ -1,6 +1,6 @@
 """Engines: one step driver over a schedule, and the transports that move its calls and tensors."""
 
-from graphpart.engines.cluster import describe_cluster, start_ray
+from graphpart.engines.cluster import describe_cluster, start_ray, stop_ray
 from graphpart.engines.data_parallel import DP_TRANSPORTS, DataParallel
 from graphpart.engines.engine import TRANSPORT_CHOICES, Engine, StepResult, resolve_transport
 from graphpart.engines.measure import measured_costs
@@ -32,5 +32,6 @@ __all__ = [
     "reset_hwm",
     "resolve_transport",
     "start_ray",
+    "stop_ray",
     "describe_cluster",
 ]

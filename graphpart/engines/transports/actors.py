@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import psutil
 
-from graphpart.engines.cluster import first_line, start_ray
+from graphpart.engines.cluster import first_line, start_ray, stop_ray
 from graphpart.errors import ConfigError, StageFailure
 from workers import actor as bodies
 from workers.stage import WorkerSpec
@@ -233,7 +233,7 @@ class RayActors:
         self.kill_actors()
         self.actors = []
         if self.started and ray.is_initialized():
-            ray.shutdown()
+            stop_ray()
             self.started = False
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from graphpart.engines import measured_costs, start_ray
+from graphpart.engines import measured_costs, start_ray, stop_ray
 from graphpart.engines.transports import RAY_DEFAULT
 from graphpart.ir import mlp
 from graphpart.plan.batching import microbatch_rows
@@ -133,4 +133,4 @@ def run(
         return res
     finally:
         if started:
-            ray.shutdown()
+            stop_ray()

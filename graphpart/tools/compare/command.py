@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from graphpart.engines import start_ray
+from graphpart.engines import start_ray, stop_ray
 from graphpart.errors import ConfigError
 from graphpart.plan.partition import partition
 from graphpart.run.config import Config
@@ -95,9 +95,7 @@ def run_compare(
         c.interrupted = True
     finally:
         if started:
-            import ray
-
-            ray.shutdown()
+            stop_ray()
     c.projections = {o.strategy.key: project(o, hop) for o in c.outcomes}
     c.choose_target(target)
     lines = conclusion(c, s.shape.n_features, s.shape.n_outputs)

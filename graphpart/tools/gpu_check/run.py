@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from graphpart.engines import start_ray
+from graphpart.engines import start_ray, stop_ray
 from graphpart.tools.gpu_check.correctness import Pipeline, check_float64
 from graphpart.tools.gpu_check.gemm_bench import bench_gemm
 from graphpart.tools.gpu_check.kernel_tests import run_cuda_tests
@@ -107,14 +107,9 @@ def _ray_up(sim: bool) -> bool:
         return False
     if not sim:
         return start_ray()
-    ray.init(
-        num_cpus=2,
-        num_gpus=1,
-        include_dashboard=False,
-        logging_level="WARNING",
-        runtime_env={"env_vars": {"NUMBA_ENABLE_CUDASIM": "1"}},
+    return start_ray(
+        num_cpus=2, num_gpus=1, runtime_env={"env_vars": {"NUMBA_ENABLE_CUDASIM": "1"}}
     )
-    return True
 
 
 def _ray_importable() -> bool:
@@ -256,9 +251,7 @@ def run_gpu_check(opts: CheckOptions, log: Callable[[str], None] = print) -> dic
             _section(report, "gemm", lambda: bench_gemm(sizes, opts.repeats, max(sizes)))
     finally:
         if started:
-            import ray
-
-            ray.shutdown()
+            stop_ray()
     report["verdict"] = verdict(report, sim)
     report["elapsed_s"] = time.perf_counter() - t0
     report["within_budget"] = report["elapsed_s"] <= BUDGET_S

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from graphpart.engines import start_ray
+from graphpart.engines import start_ray, stop_ray
 from graphpart.errors import ConfigError
 from graphpart.plan.memory import predict, predict_inference, training_vs_inference
 from graphpart.run.report import human_bytes
@@ -64,9 +64,7 @@ def run_profile(
         ovh = overhead(s, m, batches)
     finally:
         if started:
-            import ray
-
-            ray.shutdown()
+            stop_ray()
     cmp = compare(pred, m)
     try:
         outdir.mkdir(parents=True, exist_ok=True)
