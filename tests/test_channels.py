@@ -6,8 +6,9 @@ tensors one after another, and a new step starts again at the front; a step that
 overflow the buffer raises ValueError naming the channel. A ChannelInbox hands out what its
 channels announced under the sender's key, wakes when a neighbour is told to fail
 (NeighbourFailed) or something is `put` through Ray, times out naming the missing tensor, and
-leaves no file behind once both ends are closed. Across two real processes (fork) the same
-bytes arrive.
+leaves no file behind once both ends are closed. A waiting take polls for at most `spin_s`
+(0.2 ms) and then sleeps: a long wait costs almost no CPU. Across two real processes (fork) the
+same bytes arrive.
 """
 
 from __future__ import annotations
@@ -81,6 +82,19 @@ def test_inbox_takes_by_key_wakes_on_fail_and_put_and_times_out(name):
     writer.close()
     inbox.close()
     assert not os.path.exists(name.data) and not os.path.exists(name.fifo)
+
+
+def test_a_long_wait_sleeps_after_a_short_poll(name):
+    reader = Channel.create(name)
+    inbox = ChannelInbox([reader])
+    assert 0 < inbox.spin_s <= 1e-3
+    cpu, wall = time.process_time(), time.monotonic()
+    with pytest.raises(TimeoutError):
+        inbox.take((0, "F", 0), 1.0)
+    wall, cpu = time.monotonic() - wall, time.process_time() - cpu
+    assert wall >= 1.0
+    assert cpu < 0.1 * wall, f"a 1 s wait used {cpu:.3f} s of CPU: it spun"
+    inbox.close()
 
 
 def test_between_two_processes(name):
