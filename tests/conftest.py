@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -15,6 +16,13 @@ from graphpart.optim import Optimizer, init_state, reference_step
 from workers.actor import blas_env
 
 NUM_CPUS = 2
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Cache the rewritten test modules' bytecode (in git-ignored __pycache__ folders) even
+    where PYTHONDONTWRITEBYTECODE is set: rewriting 121 modules afresh took half of the
+    fast lane's collection (7.2 -> 2.9 s measured)."""
+    sys.dont_write_bytecode = False
 
 
 @pytest.fixture(scope="session")
