@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from graphpart.engines import measured_costs, start_ray, stop_ray
 from graphpart.engines.transports import RAY_DEFAULT
@@ -107,7 +108,8 @@ def run(
         if with_torch and importlib.util.find_spec("torch") is not None:
             say("bench: torch.distributed.pipelining, in its own processes ...")
             res["torch"] = measure_torch(sizes, batch, res["pipeline"], warmup, steps)
-        layer_s = measured_costs(mlp(list(sizes), bias=True), microbatch_rows(batch, 8), dtype)
+        with threadpool_limits(1):  # the projection's premise: one BLAS thread a stage
+            layer_s = measured_costs(mlp(list(sizes), bias=True), microbatch_rows(batch, 8), dtype)
         share = [f / (f + b) for f, b in layer_flops(mlp(list(sizes), bias=True)).values()]
         res["projection"] = {
             "microbatches": 8,
