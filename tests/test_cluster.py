@@ -5,7 +5,8 @@ ran on two nodes, and their boundary tensors went through Ray (the shared-memory
 only for neighbours on one node). A local Ray that graphpart starts listens on 127.0.0.1
 only: none of its processes accepts connections on another interface. It runs only what
 graphpart uses (no API server, log monitor or autoscaler monitor; `GRAPHPART_FULL_RAY=1` gives
-`ray.init()`'s whole set), and `stop_ray()` leaves none of its processes behind.
+`ray.init()`'s whole set), and `stop_ray()` leaves none of its processes behind (nor two heads
+after a plain `ray.shutdown()` and a new start).
 
 Each runs in a subprocess: it needs a Ray cluster of its own, not the test session's local Ray.
 """
@@ -128,10 +129,14 @@ LEAN = textwrap.dedent(
     assert ray.get(f.remote()) == 1
     me = psutil.Process()
     running = [" ".join(p.cmdline()) for p in me.children(recursive=True)]
+    ray.shutdown()  # a plain shutdown, then a new start: still one head
+    assert start_ray(num_cpus=1)
+    time.sleep(1)
+    heads = sum("gcs_server" in " ".join(p.cmdline()) for p in me.children(recursive=True))
     stop_ray()
     time.sleep(1)
     left = [" ".join(p.cmdline()) for p in me.children(recursive=True)]
-    print(json.dumps({"running": running, "left": left}))
+    print(json.dumps({"running": running, "left": left, "heads": heads}))
     """
 )
 
@@ -152,6 +157,7 @@ def test_a_local_ray_runs_only_what_graphpart_uses(full):
     unused = [u for u in UNUSED if any(u in c for c in got["running"])]
     assert unused == (list(UNUSED) if full else []), got["running"]
     assert "Token authentication is enabled" not in out.stderr or full  # no warning of ours
+    assert got["heads"] == 1, "a second start_ray after a plain ray.shutdown() left two heads"
     left = [c for c in got["left"] if "graphpart.engines.reaper" not in c]
     assert not left, f"left running after stop_ray(): {left}"
 

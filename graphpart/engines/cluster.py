@@ -83,6 +83,7 @@ def _start_lean_head(num_cpus: int, num_gpus: int | None, kw: dict[str, Any]) ->
     global _lean_head
     import ray
 
+    _stop_lean_head()  # one left by a plain ray.shutdown() since: not two heads at once
     if os.environ.get(FULL_RAY_ENV, "") not in ("", "0") or os.environ.get("RAY_ADDRESS"):
         return False
     try:
@@ -104,8 +105,7 @@ def _start_lean_head(num_cpus: int, num_gpus: int | None, kw: dict[str, Any]) ->
             if auth.AUTH_MODE_ENV_VAR not in os.environ:
                 auth._enable_token_auth()
             auth.ensure_token_if_auth_enabled({}, create_token_if_missing=True)
-        params = RayParams(
-            node_ip_address="127.0.0.1",
+        params = RayParams(  # the node's IP as ray.init() picks it: loopback after local_only()
             num_cpus=num_cpus,
             num_gpus=num_gpus,
             include_dashboard=False,
