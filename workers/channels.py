@@ -172,9 +172,7 @@ class ChannelInbox(Inbox):
         deadline = time.monotonic() + timeout_s
         spin_until = time.perf_counter() + self.spin_s
         while time.perf_counter() < spin_until:  # poll briefly before sleeping: see spin_s
-            for c in self.channels:
-                for k, v in c.receive():
-                    Inbox.put(self, k, v)
+            self._collect(self.channels)
             try:
                 return super().take(key, 0.0)
             except TimeoutError:
@@ -194,9 +192,13 @@ class ChannelInbox(Inbox):
                     os.read(self._wake_r, 4096)
                 except BlockingIOError:
                     pass
-            for c in ready:
-                for k, v in c.receive():
-                    Inbox.put(self, k, v)
+            self._collect(ready)
+
+    def _collect(self, channels: Sequence[Channel]) -> None:
+        """File what `channels` announced under the senders' keys."""
+        for c in channels:
+            for k, v in c.receive():
+                Inbox.put(self, k, v)
 
     def close(self) -> None:
         for c in self.channels:
