@@ -10,9 +10,12 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import numpy as np
+from scipy.linalg import blas as _blas
 
 from graphpart.errors import ConfigError
 from workers.kernels import cpu as kcpu
+
+_GEMM = {"f": _blas.sgemm, "d": _blas.dgemm}  # BLAS gemm with beta, by NumPy dtype char
 
 Array = Any  # a NumPy array on the CPU backend, a numba.cuda device array on CUDA
 
@@ -31,7 +34,7 @@ class Backend(Protocol):
     def flat(self, a: Array) -> Array: ...
     def matmul_nt(self, a: Array, b: Array, out: Array) -> None: ...
     def matmul_nn(self, a: Array, b: Array, out: Array) -> None: ...
-    def matmul_tn(self, a: Array, b: Array, out: Array) -> None: ...
+    def matmul_tn(self, a: Array, b: Array, out: Array, beta: float = 0.0) -> None: ...
     def bias_add(self, m: Array, b: Array, out: Array) -> None: ...
     def act_forward(self, z: Array, out: Array, act: int) -> None: ...
     def bias_act_forward(
@@ -131,8 +134,21 @@ class CpuBackend:
     def matmul_nn(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
         np.matmul(a, b, out=out)
 
-    def matmul_tn(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
-        np.matmul(a.T, b, out=out)
+    def matmul_tn(self, a: np.ndarray, b: np.ndarray, out: np.ndarray, beta: float = 0.0) -> None:
+        """out = a.T @ b + beta * out. beta=1 accumulates a weight gradient in the gemm itself
+        (BLAS's C = alpha AB + beta C, through SciPy's wrapper: NumPy has no beta), so no
+        temporary is written and added afterwards."""
+        if beta == 0.0:
+            np.matmul(a.T, b, out=out)
+            return
+        gemm = _GEMM.get(out.dtype.char)
+        if gemm is None or not (a.flags.c_contiguous and b.flags.c_contiguous):
+            out *= beta
+            out += a.T @ b  # not a BLAS type or layout: the plain way
+            return
+        # C-ordered out (o x i) is the Fortran-ordered out.T (i x o) = b.T (i x n) @ a (n x o)
+        # + beta out.T, with b.T and a.T Fortran-ordered views: written in place, no copies
+        gemm(1.0, b.T, a.T, beta=beta, c=out.T, trans_b=1, overwrite_c=1)
 
 
 class CudaBackend:

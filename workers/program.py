@@ -85,7 +85,6 @@ class Program:
         self.loss_sum = 0.0
         self._shared: dict[str, Any] = {}
         self._gbuf: dict[str, Any] = {}
-        self._tmp: dict[tuple, Any] = {}
 
     # -- construction -------------------------------------------------------------------------
     def _alloc(self, spec: BufferSpec, zero: bool = False, dtype: Any = None) -> Any:
@@ -122,11 +121,6 @@ class Program:
         if root not in self._gbuf:
             self._gbuf[root] = self._alloc(self.lowered.cotangent_buffer(root))
         return self._gbuf[root]
-
-    def _temp(self, shape: tuple[int, ...]) -> Any:
-        if shape not in self._tmp:
-            self._tmp[shape] = self._alloc(self.lowered.temp_buffer(len(self._tmp), shape))
-        return self._tmp[shape]
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, mb: int, x: Any, y: Any = None, scale: float = 1.0) -> Any:
@@ -230,13 +224,8 @@ class Program:
             if s.kind == "matmul":
                 x_name, w = o.inputs
                 dz = grad(o.output)
-                if self.fresh[w]:
-                    bk.matmul_tn(dz, val(x_name), self.grads[w])
-                    self.fresh[w] = False
-                else:
-                    tmp = self._temp(self.params[w].shape)
-                    bk.matmul_tn(dz, val(x_name), tmp)
-                    bk.accumulate(bk.flat(self.grads[w]), bk.flat(tmp))
+                bk.matmul_tn(dz, val(x_name), self.grads[w], 0.0 if self.fresh[w] else 1.0)
+                self.fresh[w] = False
                 if self.lowered.wants_grad(x_name):
                     bk.matmul_nn(dz, self.params[w], grad(x_name))
                     if x_name == self.input:

@@ -218,18 +218,6 @@ class Lowered:
         v = self.graph.var(name)
         return v.role == "label" and tuple(v.shape) == (BATCH,)
 
-    def temps(self, microbatches: int) -> tuple[tuple[int, ...], ...]:
-        """Shapes of the dW temporaries, in allocation order: one per distinct shape of a weight
-        whose gradient is accumulated (read by several matmuls or micro-batches in a step)."""
-        shapes: list[tuple[int, ...]] = []
-        for s in reversed(self.steps):
-            w = s.op.inputs[1] if s.kind == "matmul" else None
-            if w is not None and self.matmul_uses[w] * microbatches > 1:
-                shape = tuple(int(d) for d in self.graph.var(w).shape)
-                if shape not in shapes:
-                    shapes.append(shape)
-        return tuple(shapes)
-
     # -- the ledger's names ---------------------------------------------------------------------
     def param_buffer(self, name: str) -> BufferSpec:
         return BufferSpec(f"param:{name}", "parameter", self.graph.var(name).shape)
@@ -252,21 +240,16 @@ class Lowered:
         cat = "boundary" if root in (self.input, self.output) else "workspace"
         return BufferSpec(f"dgrad:{root}", cat, self.graph.var(root).shape)
 
-    def temp_buffer(self, index: int, shape: tuple[int, ...]) -> BufferSpec:
-        return BufferSpec(f"work:tmp{index}", "workspace", shape)
-
-    def buffers(
-        self, *, in_flight: int, microbatches: int, optimizer_slots: int
-    ) -> tuple[BufferSpec, ...]:
+    def buffers(self, *, in_flight: int, optimizer_slots: int) -> tuple[BufferSpec, ...]:
         """Every buffer a stage worker allocates over a run: parameters and their gradients,
-        optimizer state, `in_flight` slots of saved values, workspace values, cotangent roots
-        and dW temporaries (not the CUDA backend's reduction buffer, which the executor adds)."""
+        optimizer state, `in_flight` slots of saved values, workspace values and cotangent
+        roots (not the CUDA backend's reduction buffer, which the executor adds). Weight
+        gradients accumulate in the gemm (beta = 1), so there are no dW temporaries."""
         out = [b for n in self.params for b in (self.param_buffer(n), self.grad_buffer(n))]
         out += [self.optimizer_buffer(i, n) for n in self.params for i in range(optimizer_slots)]
         out += [self.slot_buffer(k, n) for k in range(in_flight) for n in self.saved]
         out += [self.work_buffer(n) for n in self.workspace]
         out += [self.cotangent_buffer(r) for r in self.roots]
-        out += [self.temp_buffer(i, s) for i, s in enumerate(self.temps(microbatches))]
         return tuple(out)
 
 

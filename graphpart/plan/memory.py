@@ -147,7 +147,6 @@ def stage_buffers(
     input_grad: bool,
     rows: int,
     in_flight: int,
-    microbatches: int,
     optimizer_slots: int,
     dtype: Any = "float32",
     recompute: bool = False,
@@ -159,13 +158,11 @@ def stage_buffers(
     their gradients; `optimizer_slots` state buffers per parameter; `in_flight` slots of the
     saved values; one shared workspace buffer per other value the forward touches; one
     cotangent buffer per alias root (boundary for the stage input and output, workspace
-    otherwise); and with several micro-batches a dW temporary per distinct weight shape.
-    Each holds `rows` rows.
+    otherwise). Each holds `rows` rows. (Weight gradients of several micro-batches accumulate
+    in the gemm itself, beta = 1: no temporaries.)
     """
     low = lower(graph, output=output, input_grad=input_grad, recompute=recompute)
-    specs = low.buffers(
-        in_flight=in_flight, microbatches=microbatches, optimizer_slots=optimizer_slots
-    )
+    specs = low.buffers(in_flight=in_flight, optimizer_slots=optimizer_slots)
     return [Buffer(b.name, b.category, b.nbytes(rows, dtype)) for b in specs]
 
 
@@ -202,7 +199,6 @@ def stage_memory(
         input_grad=stage.index > 0,
         rows=rows,
         in_flight=in_flight,
-        microbatches=microbatches,
         optimizer_slots=optimizer_slots(optimizer, momentum),
         dtype=dtype,
         recompute=recompute,
@@ -428,7 +424,6 @@ def stage_memory_cost(
                 input_grad=start > 0,
                 rows=rows,
                 in_flight=in_flight[k],
-                microbatches=microbatches,
                 optimizer_slots=slots,
                 dtype=dtype,
                 recompute=recompute,
