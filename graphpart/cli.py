@@ -250,8 +250,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             + (f", final loss {loss:.4f}" if loss is not None else "")
             + (f", test accuracy {acc:.4f}" if acc is not None else "")
             + f"\ntime: {summary['wall_s']:.1f} s in all; training steps "
-            f"{summary['train_s']:.2f} s ({summary['samples_per_s'] or 0:,.0f} samples/s); "
-            "start-up "
+            f"{summary['train_s']:.2f} s: {summary['samples_per_s'] or 0:,.0f} samples/s in "
+            f"steady state (the median step), {summary['samples_per_s_mean'] or 0:,.0f} over "
+            f"all steps; the first {summary['first_steps']} step(s) "
+            f"{summary['first_steps_s']:.2f} s; start-up "
             f"{summary['startup_s']:.1f} s (workers, kernel compile or cache load)"
             + f"\nrun directory: {summary['run_dir']}"
         )

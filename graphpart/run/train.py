@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import io
 import json
 import math
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -364,6 +366,10 @@ class _Progress:
     train_time: float = 0.0
     first_loss: float | None = None
     best_loss: float = math.inf
+    rates: array.array = dataclasses.field(
+        default_factory=lambda: array.array("d")
+    )  # rows/s a step
+    first_steps_s: float = 0.0  # wall seconds of this process's first WARM_STEPS steps
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -443,9 +449,16 @@ def _attempts(
                     step=ck["steps"],
                     train_time=st.train_time,
                     samples=st.samples,
+                    rates=st.rates,
+                    first_steps_s=st.first_steps_s,
                 )
                 if ck
-                else _Progress(train_time=st.train_time, samples=st.samples)
+                else _Progress(
+                    train_time=st.train_time,
+                    samples=st.samples,
+                    rates=st.rates,
+                    first_steps_s=st.first_steps_s,
+                )
             )
             run.truncate_metrics(st.step)
             if events is not None:
@@ -470,7 +483,7 @@ def _attempts(
         "wall_s": wall,
         "train_s": st.train_time,
         "startup_s": startup or 0.0,
-        "samples_per_s": st.samples / st.train_time if st.train_time > 0 else None,
+        **_throughput(st),
         "failures_recovered": failures,
         "stages": p.stages,
         "data_parallel": p.data_parallel,
@@ -482,6 +495,21 @@ def _attempts(
     }
     run.write_text("summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+WARM_STEPS = 3  # a run's first steps (buffers, kernels, a compiled graph): start-up, not steady
+
+
+def _throughput(st: _Progress) -> dict[str, Any]:
+    """Steady-state samples/s (the median step's, past the first WARM_STEPS) apart from the
+    first steps' time, and the plain mean (samples over training seconds, warm-up included)."""
+    steady = st.rates[WARM_STEPS:] if len(st.rates) > WARM_STEPS else st.rates
+    return {
+        "samples_per_s": statistics.median(steady) if steady else None,
+        "samples_per_s_mean": st.samples / st.train_time if st.train_time > 0 else None,
+        "first_steps": min(WARM_STEPS, len(st.rates)),
+        "first_steps_s": st.first_steps_s,
+    }
 
 
 def _epochs(
@@ -510,7 +538,12 @@ def _epochs(
             t0 = time.perf_counter()
             total, count = 0.0, 0
             for idx in gdata.batches(n, t.batch_size, t.seed, epoch):
+                t_step = time.perf_counter()
                 r = engine.step(ds.X_train[idx], ds.y_train[idx])
+                dt = time.perf_counter() - t_step
+                if len(st.rates) < WARM_STEPS:
+                    st.first_steps_s += dt
+                st.rates.append(len(idx) / dt if dt > 0 else math.inf)
                 if not math.isfinite(r.J):
                     culprit = _culprit(s, engine, ds.X_train[idx], ds.y_train[idx])
                     raise Diverged(_non_finite(r, st.step + 1, epoch + 1, t.lr, culprit))

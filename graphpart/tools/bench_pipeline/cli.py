@@ -45,6 +45,12 @@ def add_pipeline_arguments(ap: argparse.ArgumentParser) -> None:
     )
     ap.add_argument("--no-torch", action="store_true", help="skip torch.distributed.pipelining")
     ap.add_argument("--no-k4", action="store_true", help="skip the four-stage runs")
+    ap.add_argument(
+        "--data-parallel",
+        type=int_at_least(0),
+        default=2,
+        help="replicas of graphpart's data parallelism beside torch DDP (0 or 1: skip)",
+    )
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -68,6 +74,7 @@ def run_pipeline(a: argparse.Namespace) -> int:
         a.transfer_samples,
         with_torch=not a.no_torch,
         four_stages=not a.no_k4,
+        data_parallel=a.data_parallel,
         progress=_say,
     )
     print(json.dumps(res, indent=1) if a.json else format_report(res))

@@ -16,9 +16,18 @@ from graphpart.engines.transports import RAY_DEFAULT
 from graphpart.ir import mlp
 from graphpart.plan.batching import microbatch_rows
 from graphpart.plan.stages import layer_flops
+from graphpart.tools.bench_pipeline.rates import as_dicts, stage_matmuls
 from graphpart.tools.bench_pipeline.simulator import project
-from graphpart.tools.bench_pipeline.throughput import measure_pipeline, measure_single
-from graphpart.tools.bench_pipeline.torch_peer import run_torch_pipeline
+from graphpart.tools.bench_pipeline.throughput import (
+    measure_data_parallel,
+    measure_pipeline,
+    measure_single,
+)
+from graphpart.tools.bench_pipeline.torch_peer import (
+    run_torch_ddp,
+    run_torch_pipeline,
+    run_torch_single,
+)
 from graphpart.tools.bench_pipeline.transfer import measure_transfer
 
 SIZES = (784, 1024, 1024, 1024, 10)
@@ -45,6 +54,42 @@ def measure_torch(
     return out
 
 
+def add_matmul_costs(
+    sizes: Sequence[int], batch: int, dtype: str, rows: list[dict[str, Any]]
+) -> dict[int, list[dict[str, Any]]]:
+    """Each pipeline row's stages against what their matmuls cost at the one-thread sgemm rate
+    measured now at the row's micro-batch shapes: `compute_vs_matmuls` per stage is the stage's
+    measured forward + backward per micro-batch over that cost (1.0: nothing but the matmuls,
+    at the BLAS's own rate). Returns the rates by micro-batch rows."""
+    by_rows: dict[tuple[int, tuple[int, ...]], list[dict[str, Any]]] = {}
+    for r in rows:
+        mb = microbatch_rows(batch, r["microbatches"])
+        key = (mb, tuple(r["stage_split"]))
+        if key not in by_rows:
+            by_rows[key] = as_dicts(stage_matmuls(sizes, r["stage_split"], mb, dtype))
+        ms = by_rows[key]
+        r["matmul_fwd_ms"] = [m["fwd_ms"] for m in ms]
+        r["matmul_bwd_ms"] = [m["bwd_ms"] for m in ms]
+        r["sgemm_gflops"] = [m["gflops"] for m in ms]
+        r["compute_vs_matmuls"] = [
+            (f + b) / (m["fwd_ms"] + m["bwd_ms"])
+            for f, b, m in zip(r["fwd_ms"], r["bwd_ms"], ms, strict=True)
+        ]
+    return {k[0]: v for k, v in by_rows.items()}
+
+
+def measure_torch_single(sizes: Sequence[int], batch: int, rows: list[dict[str, Any]],
+                         warmup: int, steps: int) -> list[dict[str, Any]]:  # fmt: skip
+    """The whole model in one torch process at each thread count graphpart's rows used."""
+    out = []
+    for r in rows:
+        t = run_torch_single(sizes, r["threads"], batch, warmup, steps)
+        t["threads"] = r["threads"]
+        r["vs_torch"] = r["samples_per_s"] / t["samples_per_s"]
+        out.append(t)
+    return out
+
+
 def run(
     sizes: Sequence[int] = SIZES,
     batch: int = 256,
@@ -56,6 +101,7 @@ def run(
     transfer_n: int = 200,
     with_torch: bool = True,
     four_stages: bool = True,
+    data_parallel: int = 2,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Measure (a) transfers, (b) one process and the K=2 pipelines, (c) the simulator's
@@ -102,12 +148,25 @@ def run(
                 sizes, batch, dtype, [m for m in microbatches if m >= 4] or [4], ["1f1b"],
                 warmup, steps, comm, stages=4, transports=[RAY_DEFAULT],
             )  # fmt: skip
+        if data_parallel > 1:
+            say(f"bench: data parallel, {data_parallel} replicas ...")
+            res["data_parallel"] = measure_data_parallel(
+                sizes, batch, dtype, data_parallel, warmup, steps
+            )
         best1 = max(r["samples_per_s"] for r in res["single"])
         for r in res["pipeline"]:
             r["speedup_vs_best_single"] = r["samples_per_s"] / best1
         if with_torch and importlib.util.find_spec("torch") is not None:
             say("bench: torch.distributed.pipelining, in its own processes ...")
             res["torch"] = measure_torch(sizes, batch, res["pipeline"], warmup, steps)
+            say("bench: torch in one process, and DistributedDataParallel ...")
+            res["torch_single"] = measure_torch_single(sizes, batch, res["single"], warmup, steps)
+            if "data_parallel" in res:
+                d = res["data_parallel"]
+                res["torch_ddp"] = run_torch_ddp(sizes, d["replicas"], batch, warmup, steps)
+                d["vs_torch"] = d["samples_per_s"] / res["torch_ddp"]["samples_per_s"]
+        say("bench: one-thread sgemm at each stage's shapes ...")
+        res["matmuls"] = add_matmul_costs(sizes, batch, dtype, res["pipeline"])
         with threadpool_limits(1):  # the projection's premise: one BLAS thread a stage
             layer_s = measured_costs(mlp(list(sizes), bias=True), microbatch_rows(batch, 8), dtype)
         share = [f / (f + b) for f, b in layer_flops(mlp(list(sizes), bias=True)).values()]

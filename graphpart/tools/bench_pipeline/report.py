@@ -31,12 +31,50 @@ def format_report(res: dict[str, Any]) -> str:
         f"(b) MLP {'-'.join(map(str, m['sizes']))}, batch {m['batch']}, {m['dtype']}, "
         "adam; samples/s from the median step:",
     ]
+    mm = res.get("matmuls", {})
+    whole = mm.get(m["batch"]) or mm.get(str(m["batch"]))
+    if mm:
+        lines.append(
+            "  sgemm on one thread, measured now at the products each stage runs (GFLOP/s, "
+            "stage 0 | stage 1; by micro-batch rows): "
+            + "; ".join(
+                f"{rows} rows " + " | ".join(f"{s['gflops']:.0f}" for s in st)
+                for rows, st in sorted(mm.items(), key=lambda kv: -int(kv[0]))
+            )
+        )
+    torch1 = {t["threads"]: t for t in res.get("torch_single", [])}
     for r in res["single"]:
+        tp = torch1.get(r["threads"])
         lines.append(
             f"  one process, {r['threads']} BLAS thread(s): {r['samples_per_s']:8.0f} "
             f"samples/s ({r['step_s_median'] * 1e3:.1f} ms/step, "
             f"{r['driver_cpu_ms_per_step']:.1f} ms CPU/step; other processes "
             f"{r.get('other_cpu_cores', float('nan')):.2f} cores)"
+            + (
+                f"; torch {tp['samples_per_s']:.0f} samples/s ({tp['step_s_median'] * 1e3:.1f} "
+                f"ms/step): {r['vs_torch']:.2f}x torch"
+                if tp
+                else ""
+            )
+        )
+    d = res.get("data_parallel")
+    if d:
+        tp = res.get("torch_ddp")
+        lines.append(
+            f"  data parallel, {d['replicas']} replicas (ring all-reduce on shm): "
+            f"{d['samples_per_s']:8.0f} samples/s ({d['step_s_median'] * 1e3:.1f} ms/step)"
+            + (
+                f"; torch DDP (gloo, {tp['ranks']} processes) {tp['samples_per_s']:.0f} "
+                f"samples/s ({tp['step_s_median'] * 1e3:.1f} ms/step): {d['vs_torch']:.2f}x torch"
+                if tp
+                else "; torch DDP: not measured"
+            )
+        )
+    if whole:
+        lines.append(
+            "  (one-thread sgemm at the whole batch's shapes: "
+            + " | ".join(f"{s['gflops']:.0f}" for s in whole)
+            + " GFLOP/s)"
         )
     lines.append(
         "  K=2 split " + str(res["pipeline"][0]["stage_split"]) + " layers (K=4 rows: one layer "
@@ -67,9 +105,22 @@ def format_report(res: dict[str, Any]) -> str:
             + f"; idle {r.get('idle_share', float('nan')):.0%}"
             + ("" if r["target_met"] else "  <- below 0.9")
         )
+        if "compute_vs_matmuls" in r:
+            lines.append(
+                "      matmuls at the one-thread rate ("
+                + " | ".join(f"{g:.0f}" for g in r["sgemm_gflops"])
+                + " GFLOP/s): F/B ms per mb "
+                + " | ".join(
+                    f"{f:.2f}/{b:.2f}"
+                    for f, b in zip(r["matmul_fwd_ms"], r["matmul_bwd_ms"], strict=True)
+                )
+                + "; stage compute / its matmuls "
+                + " | ".join(f"{c:.2f}" for c in r["compute_vs_matmuls"])
+            )
     for r in res.get("torch", []):
         lines.append(
-            f"  torch.distributed.pipelining {r['torch']} (2 processes, gloo), {r['schedule']} "
+            f"  torch.distributed.pipelining {r['torch']} (2 processes, gloo, static shapes, "
+            f"fused Adam), {r['schedule']} "
             f"M={r['microbatches']}: {r['samples_per_s']:.0f} samples/s "
             f"({r['step_s_median'] * 1e3:.1f} ms/step)"
         )

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from graphpart.engines import Engine
+from graphpart.engines import DataParallel, Engine
 from graphpart.ir import mlp
 from graphpart.optim import make_optimizer
 from graphpart.params import init_params
@@ -169,3 +169,15 @@ def measure_single(
             r["stage_cpu_ms_per_step"] = [r["driver_cpu_ms_per_step"]]
             out.append({"engine": "local", "threads": threads, **r})
     return out
+
+
+def measure_data_parallel(
+    sizes: Sequence[int], batch: int, dtype: str, replicas: int, warmup: int, steps: int
+) -> dict[str, Any]:
+    """`replicas` whole-model replicas on Ray, each on batch/replicas rows, gradients
+    ring-all-reduced over shared-memory channels every step (graphpart's data parallelism)."""
+    g, params, X, y, opt = _problem(sizes, batch, dtype)
+    with DataParallel(partition(g, 1), params, opt, replicas=replicas, max_rows=batch) as eng:
+        r = _time_steps(eng, X, y, warmup, steps)
+    r.pop("busy_s", None)
+    return {"engine": "data-parallel", "replicas": replicas, **r}
