@@ -130,9 +130,11 @@ class ChannelStageActor(PushStageActor):
     channels (workers/channels.py) instead of actor calls; a neighbour on another node is
     still reached through Ray (`deliver`)."""
 
-    def open_inbox(self, incoming: list[ChannelName]) -> None:
-        """Create the channels this stage reads (from the previous and/or the next stage)."""
-        self.inbox = ChannelInbox([Channel.create(n) for n in incoming])
+    def open_inbox(self, incoming: list[ChannelName], own_core: bool = False) -> None:
+        """Create the channels this stage reads (from the previous and/or the next stage);
+        `own_core`: no other stage shares this one's core, so a wait polls longer first."""
+        spin = ChannelInbox.SPIN_OWN_CORE if own_core else ChannelInbox.SPIN_SHARED_CORE
+        self.inbox = ChannelInbox([Channel.create(n) for n in incoming], spin)
         self.outgoing: list[Channel] = []
 
     def connect_channels(

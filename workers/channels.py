@@ -150,13 +150,17 @@ class ChannelInbox(Inbox):
     the channels' FIFOs and a wake pipe (which `put` and `fail` write), never spinning."""
 
     # Seconds `take` polls the FIFOs before it sleeps in select(). A sleeping process (a vCPU
-    # that halted) takes 0.1-0.3 ms to wake on this machine, more than the 1 MiB copy; a tensor
-    # that arrives within the poll is taken at once. Bounded, so a long wait still sleeps.
-    spin_s = 2e-4
+    # that halted) takes 0.1-0.3 ms to wake, more than the 1 MiB copy, and comes back to cold
+    # caches; a tensor that arrives within the poll is taken at once. Bounded, so a long wait
+    # still sleeps. SPIN_OWN_CORE where each stage of the node has a core of its own (the
+    # transport says so): a K=2 pipeline at M=4 ran 5-10% more samples/s with 5 ms than 0.2.
+    SPIN_SHARED_CORE = 2e-4
+    SPIN_OWN_CORE = 5e-3
 
-    def __init__(self, channels: Sequence[Channel]) -> None:
+    def __init__(self, channels: Sequence[Channel], spin_s: float = SPIN_SHARED_CORE) -> None:
         super().__init__()
         self.channels = list(channels)
+        self.spin_s = spin_s
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
 

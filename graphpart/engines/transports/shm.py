@@ -54,7 +54,8 @@ class Shm(Push):
             incoming[i].append(bwd)
             to_next[i], to_prev[i + 1] = fwd, bwd
             self.channels += [fwd, bwd]
-        self.get([a.open_inbox.remote(incoming[i]) for i, a in enumerate(self.actors)])
+        own = _own_cores(nodes)
+        self.get([a.open_inbox.remote(incoming[i], own) for i, a in enumerate(self.actors)])
         self.get(
             [
                 a.connect_channels.remote(
@@ -94,3 +95,12 @@ def _itemsize(spec: WorkerSpec) -> int:
     if isinstance(p, Init):
         return np.dtype(p.dtype).itemsize
     return max(np.asarray(v).dtype.itemsize for v in p.values())
+
+
+def _own_cores(nodes: Sequence[str]) -> bool:
+    """Whether every node has at least a CPU for each stage placed on it (a stage's wait may
+    then poll its channels longer before it sleeps)."""
+    import ray
+
+    cpus = {n["NodeID"]: n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n["Alive"]}
+    return all(nodes.count(n) <= cpus.get(n, 0) for n in set(nodes))
