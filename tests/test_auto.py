@@ -96,7 +96,9 @@ def test_pipeline_candidate_memory_is_memory_predict(graph, roomy):
         c = _find(
             roomy, kind="pipeline", stages=K, microbatches=4, schedule="gpipe", recompute=True
         )
-        pred = memory.predict(plan, batch=BATCH, microbatches=4, schedule="gpipe", recompute=True)
+        pred = memory.predict(  # on Ray's default transport: with its shared-memory channels
+            plan, batch=BATCH, microbatches=4, schedule="gpipe", recompute=True, channels=True
+        )
         assert c.peak_bytes == tuple(s.total for s in pred.stages)
         assert c.split == tuple(plan.sizes())
         assert c.worst_bytes == max(pred.stages, key=lambda s: s.total).bytes
@@ -244,7 +246,8 @@ def test_data_parallel_time_is_compute_on_ceil_rows_plus_a_ring(graph):
         )
         assert dp.step_s == pytest.approx(want, rel=1e-9)
         assert (
-            dp.peak_bytes[0] == memory.predict_data_parallel(plan, K, batch=batch).stages[0].total
+            dp.peak_bytes[0]
+            == memory.predict_data_parallel(plan, K, batch=batch, channels=True).stages[0].total
         )
 
 

@@ -6,9 +6,9 @@ empty folder) and must exit 0; its stdout must equal the lines the page shows un
 normalising what legitimately varies: runs of spaces and of table rule dashes (column widths
 follow the widest, possibly timed, cell) read as one; on a line that reports a time (ms, us,
 "x time", a pid, the measurement overhead) every number is masked, and a number in scientific
-notation below 1e-6 (a round-off-sized check such as 1.8e-16) reads as ~0; a `...` line on the
-page stands for any number of lines. Commands that take more than a few seconds (profile, the
-Hessian spectra) are in the slow lane (marked ray).
+notation below 1e-6 (a round-off-sized check such as 1.8e-16, or exactly 0.0e+00) reads as
+~0; a `...` line on the page stands for any number of lines. Commands that take more than a
+few seconds (profile, the Hessian spectra) are in the slow lane (marked ray).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ PAGE = Path(__file__).resolve().parents[1] / "docs" / "chapter.md"
 VOLATILE = (" ms", " us", "x time", "pid", "overhead")
 NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?")
 TINY = re.compile(r"\d(?:\.\d+)?e-(\d+)")
+ZERO = re.compile(r"(?<![\d.])0(?:\.0+)?e[-+]0+\b")
 
 
 def commands(text: str) -> list[tuple[str, list[str]]]:
@@ -40,7 +41,8 @@ def commands(text: str) -> list[tuple[str, list[str]]]:
 
 
 def normalise(line: str) -> str:
-    line = TINY.sub(lambda m: "~0" if int(m.group(1)) > 6 else m.group(0), line.rstrip())
+    line = ZERO.sub("~0", line.rstrip())  # a round-off-sized check can come out exactly 0
+    line = TINY.sub(lambda m: "~0" if int(m.group(1)) > 6 else m.group(0), line)
     if any(v in line for v in VOLATILE):
         line = NUMBER.sub("#", line)
     # a table's column widths follow its widest (possibly timed) cell: compare cells, not spaces

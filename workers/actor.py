@@ -135,6 +135,8 @@ class ChannelStageActor(PushStageActor):
         `own_core`: no other stage shares this one's core, so a wait polls longer first."""
         spin = ChannelInbox.SPIN_OWN_CORE if own_core else ChannelInbox.SPIN_SHARED_CORE
         self.inbox = ChannelInbox([Channel.create(n) for n in incoming], spin)
+        for i, n in enumerate(incoming):  # mapped here, so counted here (and by the sender)
+            self.worker.ledger.add(f"channel:in{i}", "boundary", n.capacity)
         self.outgoing: list[Channel] = []
 
     def connect_channels(
@@ -146,6 +148,8 @@ class ChannelStageActor(PushStageActor):
             if name is not None:
                 ch = Channel.attach(name)
                 self.outgoing.append(ch)
+                to = "to_next" if side == "send_forward" else "to_prev"
+                self.worker.ledger.add(f"channel:{to}", "boundary", name.capacity)
                 setattr(self, side, ch.send)
 
     def node(self) -> str:
@@ -195,6 +199,7 @@ class ReplicaActor(ChannelStageActor):
         if to_right is not None:
             ch = Channel.attach(to_right)
             self.outgoing.append(ch)
+            self.worker.ledger.add("channel:to_right", "boundary", to_right.capacity)
             self.send_right = ch.send
         elif right is not None:
             self.send_right = _sender(right)

@@ -1,4 +1,4 @@
-"""A process's resident high-water mark (Linux VmHWM): read it, and reset it to the current RSS."""
+"""A process's resident memory (Linux /proc): its high-water mark (VmHWM) and its parts."""
 
 from __future__ import annotations
 
@@ -23,3 +23,22 @@ def reset_hwm(pid: int | str = "self") -> bool:
     except OSError:
         return False
     return read_hwm(pid) is not None
+
+
+RSS_PARTS = ("RssAnon", "RssFile", "RssShmem")  # private memory, mapped files, shared memory
+
+
+def read_rss_parts(pid: int | str = "self") -> dict[str, int]:
+    """Resident bytes of `pid` by kind (Linux /proc status): RssAnon (the heap and anonymous
+    maps: where tensors live), RssFile (pages of mapped files: library code first run) and
+    RssShmem (shared memory: channel buffers, Ray's object store); {} where unknown."""
+    out: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key = line.split(":", 1)[0]
+                if key in RSS_PARTS:
+                    out[key] = int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return {}
+    return out

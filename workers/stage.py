@@ -16,7 +16,7 @@ from graphpart.ir.graph import BATCH, Graph, Var
 from graphpart.optim import SGD, Adam, Optimizer
 from graphpart.params import Init, Params, materialize
 from workers.backends import Backend, get_backend
-from workers.hwm import read_hwm, reset_hwm
+from workers.hwm import read_hwm, read_rss_parts, reset_hwm
 from workers.ledger import Ledger
 from workers.program import Program
 from workers.stats import Busy, DeviceMemory, Finish, Rss, StageStats
@@ -87,6 +87,7 @@ class StageWorker:
             _warm_up(graph, self.bk, optimizer, dtype, output, input_grad)
         self._proc = psutil.Process()
         self.rss_baseline = self.rss_peak = self._proc.memory_info().rss
+        self.rss_parts_baseline = read_rss_parts()
         # the kernel keeps the peak from here on (VmHWM), so no call needs to sample it; where
         # the mark cannot be reset, `finish` samples once a step
         self._hwm = reset_hwm()
@@ -224,6 +225,8 @@ class StageWorker:
             current=self._proc.memory_info().rss,
             hwm=read_hwm(),
             peak_from="VmHWM" if self._hwm else "samples",
+            parts_baseline=self.rss_parts_baseline,
+            parts_now=read_rss_parts(),
         )
 
     def zero_grad(self) -> None:

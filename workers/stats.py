@@ -52,6 +52,8 @@ class Rss:
     current: int
     hwm: int | None
     peak_from: str
+    parts_baseline: Mapping[str, int] = field(default_factory=dict)  # workers.hwm.RSS_PARTS
+    parts_now: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

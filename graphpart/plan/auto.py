@@ -329,9 +329,10 @@ def search(
         for m in (m for m in choices if m <= batch):
             for kind in sch.KINDS:
                 for recompute in (False, True):
-                    pred = predict(
-                        plan, batch=batch, microbatches=m, schedule=kind, recompute=recompute, **kw
-                    )
+                    pred = predict(  # on Ray's default transport: shared-memory channels
+                        plan, batch=batch, microbatches=m, schedule=kind, recompute=recompute,
+                        channels=True, **kw,
+                    )  # fmt: skip
                     step, tl = step_time(
                         plan,
                         batch=batch,
@@ -357,7 +358,7 @@ def search(
 
     p = param_bytes(graph, dt)
     for k in range(2, min(devices, batch) + 1):
-        pred = predict_data_parallel(one, k, batch=batch, **kw)
+        pred = predict_data_parallel(one, k, batch=batch, channels=True, **kw)
         step = _data_parallel_time(one, k, batch, rates, dt, slots)
         out.append(
             _candidate(

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from graphpart.errors import PlanError
-from graphpart.ir.graph import Graph
+from graphpart.ir.graph import BATCH, Graph
 from graphpart.ir.lower import CATEGORIES, LABEL_DTYPE, lower, nbytes
 from graphpart.ir.lower import saved_values as lower_saved_values
 from graphpart.ir.ops import get
@@ -189,8 +189,10 @@ def stage_memory(
     momentum: float = 0.9,
     dtype: Any = "float32",
     recompute: bool = False,
+    channels: bool = False,
 ) -> StageMemory:
-    """Predicted peak bytes of `stage` when it is stage `stage.index` of `n_stages`."""
+    """Predicted peak bytes of `stage` when it is stage `stage.index` of `n_stages`; with
+    `channels`, also the shared-memory channel buffers it maps (see `channel_buffers`)."""
     rows = _rows(batch, microbatches)
     in_flight = sch.peak_in_flight(sch.make(schedule, n_stages, microbatches)[stage.index])
     bufs = stage_buffers(
@@ -206,6 +208,41 @@ def stage_memory(
     return StageMemory(stage.index, rows, in_flight, tuple(bufs))
 
 
+def channel_bytes(width: int, rows: int, itemsize: int) -> int:
+    """Capacity of one shared-memory channel (the `shm` transport): a whole minibatch of one
+    direction's boundary tensors, plus 64 bytes of alignment a row."""
+    return rows * width * itemsize + 64 * rows
+
+
+def ring_channel_bytes(grad_bytes: int, world: int) -> int:
+    """Capacity of one ring all-reduce channel: what a replica sends its right neighbour in a
+    step, at most twice its gradients (the reduce-scatter and the all-gather each send all
+    chunks but one), plus 64 bytes of alignment a message."""
+    return 2 * grad_bytes + 64 * 2 * world
+
+
+def channel_buffers(plan: Plan, index: int, batch: int, dtype: Any) -> list[Buffer]:
+    """The channel buffers stage `index` maps on the `shm` transport (neighbours on one node):
+    from and to each neighbour, one buffer a direction, each a whole minibatch wide (every
+    micro-batch has its own region, so a step touches every page). The ledger's names."""
+    size = np.dtype(dtype).itemsize
+
+    def width(k: int) -> int:
+        st = plan.stages[k]
+        return int(np.prod([d for d in st.graph.var(st.output).shape if d != BATCH]))
+
+    out, n_in = [], 0
+    for k, side in ((index - 1, "prev"), (index, "next")):  # the output of stage k crosses
+        if 0 <= k < plan.k - 1:
+            nbytes = channel_bytes(width(k), batch, size)
+            out += [
+                Buffer(f"channel:in{n_in}", "boundary", nbytes),
+                Buffer(f"channel:to_{side}", "boundary", nbytes),
+            ]
+            n_in += 1
+    return out
+
+
 def predict(
     plan: Plan,
     *,
@@ -216,14 +253,16 @@ def predict(
     momentum: float = 0.9,
     dtype: Any = "float32",
     recompute: bool = False,
+    channels: bool = False,
 ) -> MemoryPrediction:
     """Peak bytes per stage and category of training `plan` (no workers are started).
 
     parameter, gradient: the stage's parameter bytes each; optimizer: state slots x parameter
     bytes; activation: the saved values of one micro-batch x the schedule's peak in-flight
     count; boundary: dJ/d(stage input) (stages > 0) and the received dJ/d(stage output) (all
-    but the last); workspace: shared buffers of unsaved values and cotangents, and dW
-    temporaries when micro-batches accumulate. Buffers hold ceil(batch / microbatches) rows.
+    but the last), and with `channels` (the `shm` transport) the shared-memory channel
+    buffers to and from each neighbour; workspace: shared buffers of unsaved values and
+    cotangents. Buffers hold ceil(batch / microbatches) rows; channels a whole minibatch.
     """
     stages = tuple(
         stage_memory(
@@ -239,6 +278,11 @@ def predict(
         )
         for st in plan.stages
     )
+    if channels and plan.k > 1:
+        stages = tuple(
+            replace(sm, buffers=sm.buffers + tuple(channel_buffers(plan, sm.index, batch, dtype)))
+            for sm in stages
+        )
     name = optimizer if isinstance(optimizer, str) else optimizer.name
     return MemoryPrediction(
         stages, int(batch), int(microbatches), schedule, name, np.dtype(dtype).name, bool(recompute)
@@ -258,6 +302,7 @@ def predict_data_parallel(
     optimizer: str | Optimizer = "adam",
     momentum: float = 0.9,
     dtype: Any = "float32",
+    channels: bool = False,
 ) -> MemoryPrediction:
     """Peak bytes per device of data parallelism: `replicas` copies of the whole model.
 
@@ -267,7 +312,9 @@ def predict_data_parallel(
     all-reduce: Buffer("allreduce", "workspace", all parameter bytes in `dtype`). Returns one
     StageMemory per replica (index = replica; all equal) in a MemoryPrediction whose `batch` is
     the whole minibatch, `microbatches` 1 (per replica) and `schedule` DATA_PARALLEL; its
-    `total` is the sum over the replicas.
+    `total` is the sum over the replicas. With `channels` (the ring on shared memory, replicas
+    on one node) each replica also maps the channel from its left neighbour and the one to its
+    right (`ring_channel_bytes` each).
     """
     if plan.k != 1:
         raise PlanError(
@@ -292,6 +339,12 @@ def predict_data_parallel(
         dtype=dtype,
     ).stages[0]
     bufs = (*one.buffers, Buffer("allreduce", "workspace", param_bytes(plan.graph, dtype)))
+    if channels and replicas > 1:
+        ring = ring_channel_bytes(param_bytes(plan.graph, dtype), replicas)
+        bufs += (
+            Buffer("channel:in0", "boundary", ring),
+            Buffer("channel:to_right", "boundary", ring),
+        )
     stages = tuple(StageMemory(r, one.rows, one.in_flight, bufs) for r in range(replicas))
     name = optimizer if isinstance(optimizer, str) else optimizer.name
     return MemoryPrediction(stages, int(batch), 1, DATA_PARALLEL, name, np.dtype(dtype).name, False)

@@ -9,7 +9,7 @@ import numpy as np
 from graphpart.plan import schedule as sch
 from graphpart.plan.batching import split_batch
 from graphpart.plan.memory import predict
-from graphpart.run.train import memory_kwargs, plan_dict
+from graphpart.run.train import memory_kwargs, plan_dict, uses_channels
 from graphpart.units import human_bytes, table
 
 
@@ -29,7 +29,7 @@ def plan_report(s: Any, cfg: Any) -> dict[str, Any]:
     bwd = [c * (1 - s) for c, s in zip(cost, share, strict=True)]
     tl = sch.simulate(actions, fwd, bwd)
     basis = "measured" if "measured" in plan.strategy else "FLOP-proportional"
-    mem = predict(plan, **memory_kwargs(cfg))
+    mem = predict(plan, **memory_kwargs(cfg), channels=uses_channels(cfg))
     rows = []
     for st, d in zip(plan.stages, data["stages"], strict=True):
         row = [

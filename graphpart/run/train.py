@@ -157,8 +157,15 @@ def predicted_memory(s: Setup) -> MemoryPrediction:
             optimizer=t.optimizer,
             momentum=t.momentum,
             dtype=t.dtype,
+            channels=uses_ray(cfg) and transport_of(cfg) != "push",
         )
-    return predict(s.plan, **memory_kwargs(cfg))
+    return predict(s.plan, **memory_kwargs(cfg), channels=uses_channels(cfg))
+
+
+def uses_channels(cfg: Config) -> bool:
+    """Whether neighbouring stages map shared-memory channel buffers (the `shm` transport of a
+    pipeline on Ray, neighbours on one node): memory the model counts as boundary."""
+    return uses_ray(cfg) and cfg.pipeline.stages > 1 and transport_of(cfg) == "shm"
 
 
 def budget_of(cfg: Config) -> int | None:

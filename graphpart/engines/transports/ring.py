@@ -22,6 +22,7 @@ from graphpart.engines.transports.shm import Shm
 from graphpart.engines.wiring import StepFeed, StepWiring
 from graphpart.errors import ConfigError
 from graphpart.params import Init
+from graphpart.plan import memory
 from workers import actor as bodies
 from workers.channels import ChannelName
 from workers.stage import WorkerSpec
@@ -122,11 +123,10 @@ class Ring(Shm):
 
 
 def ring_channel_bytes(spec: WorkerSpec, world: int) -> int:
-    """Bytes one replica sends its right neighbour in a step: at most twice its gradients (the
-    reduce-scatter and the all-gather each send all chunks but one), plus each message's
-    alignment."""
+    """Bytes one replica sends its right neighbour in a step (graphpart.plan.memory's
+    ring_channel_bytes of its gradients, which the memory model counts)."""
     size = sum(int(np.prod(v.concrete_shape(1), dtype=np.int64)) for v in spec.graph.params)
-    return 2 * size * _itemsize(spec) + 64 * 2 * world
+    return memory.ring_channel_bytes(size * _itemsize(spec), world)
 
 
 def _itemsize(spec: WorkerSpec) -> int:

@@ -18,6 +18,7 @@ import numpy as np
 
 from graphpart.engines.transports.push import Push
 from graphpart.params import Init
+from graphpart.plan.memory import channel_bytes
 from workers import actor as bodies
 from workers.channels import ChannelName, unlink
 from workers.stage import WorkerSpec
@@ -84,10 +85,9 @@ class Shm(Push):
 
 def _boundary_bytes(spec: WorkerSpec) -> int:
     """Bytes one step's boundary tensors from this stage take: a whole minibatch of its output,
-    plus alignment for each micro-batch."""
+    plus alignment (graphpart.plan.memory.channel_bytes, which the memory model counts)."""
     width = int(np.prod([d for d in spec.graph.var(spec.output).shape if d != "B"]))
-    rows = max(spec.batch_rows, spec.max_rows)
-    return rows * width * _itemsize(spec) + 64 * rows
+    return channel_bytes(width, max(spec.batch_rows, spec.max_rows), _itemsize(spec))
 
 
 def _itemsize(spec: WorkerSpec) -> int:

@@ -12,7 +12,7 @@ from graphpart.engines import start_ray, stop_ray
 from graphpart.errors import ConfigError
 from graphpart.plan.memory import predict, predict_inference, training_vs_inference
 from graphpart.run.report import human_bytes
-from graphpart.run.train import memory_kwargs, setup, uses_ray
+from graphpart.run.train import memory_kwargs, setup, uses_channels, uses_ray
 from graphpart.tools.profile.compare import compare, comparison_table, rss_table
 from graphpart.tools.profile.measure import measure, step_batches
 from graphpart.tools.profile.overhead import overhead
@@ -54,7 +54,7 @@ def run_profile(
     s = setup(cfg)
     t, p = cfg.train, cfg.pipeline
     kw = memory_kwargs(cfg)
-    pred = predict(s.plan, **kw)
+    pred = predict(s.plan, **kw, channels=uses_channels(cfg))
     batches = step_batches(s.dataset, t.batch_size, t.seed, steps)
     started = False
     if uses_ray(cfg):  # keep one Ray session for both measured runs

@@ -76,6 +76,7 @@ def rss_table(m: Measurement, pred: MemoryPrediction) -> str:
                 human_bytes(r["growth"]),
                 human_bytes(expect),
                 f"{r['growth'] / expect:.2f}" if expect else "-",
+                _parts(r.get("parts_growth", {})),
                 r["peak_from"],
             ]
         )
@@ -84,9 +85,20 @@ def rss_table(m: Measurement, pred: MemoryPrediction) -> str:
         if m.runtime == "local"
         else "baseline: each stage worker after its JIT warm-up, before it allocated anything"
     )
-    headers = ["pid", "stages", "baseline", "peak", "growth", "predicted", "ratio", "peak from"]
+    headers = [
+        "pid", "stages", "baseline", "peak", "growth", "predicted", "ratio",
+        "growth: private/files/shared", "peak from",
+    ]  # fmt: skip
     return "resident memory (psutil RSS; " + note + ")\n" + table(headers, body)
 
 
 def _expected_growth(m: Measurement, pred: MemoryPrediction, stages: Sequence[int]) -> int:
     return sum(pred.stages[k].total for k in stages)
+
+
+def _parts(g: dict[str, int]) -> str:
+    """Growth by kind (workers.hwm.RSS_PARTS), at the end of the run: private memory (tensors,
+    the heap), pages of mapped files (library code run for the first time), shared memory."""
+    if not g:
+        return "-"
+    return "/".join(human_bytes(max(g.get(k, 0), 0)) for k in ("RssAnon", "RssFile", "RssShmem"))

@@ -150,6 +150,11 @@ def measure(
                     "peak": r.peak,
                     "growth": r.peak - r.baseline,
                     "peak_from": "worker " + r.peak_from,
+                    "parts_growth": {
+                        k: r.parts_now[k] - r.parts_baseline[k]
+                        for k in r.parts_now
+                        if k in r.parts_baseline
+                    },
                 }
             )
     if sampler is not None:
