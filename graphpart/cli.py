@@ -89,7 +89,10 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
     "--memory-budget": (
         "pipeline.memory_budget",
         str,
-        "per-device memory budget, e.g. 64MiB: a plan that does not fit is refused",
+        "per-device memory budget, e.g. 64MiB, for what the memory model predicts a worker "
+        "allocates (tensors, optimizer state, channel buffers); a worker process's own baseline "
+        "(Python, NumPy, Numba, Ray: about 210 MiB, shown by graphpart profile) is not counted. "
+        "A plan that does not fit is refused",
     ),
     "--recompute": ("pipeline.recompute", str, "true | false: recompute activations in backward"),
     "--max-failures": (

@@ -141,3 +141,25 @@ if __name__ == "__main__":  # the simulator subprocess
 
     speed_up_simulator()
     print(json.dumps(_run_on_cuda()))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_cpu_matmul_tn_accumulates_in_the_gemm(dtype, contiguous):
+    """matmul_tn(a, b, out, beta): out = a.T @ b + beta * out, written in place (the BLAS gemm
+    with beta on C-ordered arrays; the plain way for other layouts), equal to NumPy's."""
+    import numpy as np
+
+    bk = get_backend("cpu")
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((7, 5)).astype(dtype), rng.standard_normal((7, 3)).astype(dtype)
+    if not contiguous:
+        a = np.asfortranarray(a)
+    out = rng.standard_normal((5, 3)).astype(dtype)
+    before, buf = out.copy(), out
+    bk.matmul_tn(a, b, out, 1.0)
+    assert out is buf and out.dtype == np.dtype(dtype)
+    tol = 1e-5 if dtype == "float32" else 1e-13
+    np.testing.assert_allclose(out, before + a.T @ b, rtol=tol, atol=tol)
+    bk.matmul_tn(a, b, out)  # beta 0: overwritten
+    np.testing.assert_allclose(out, a.T @ b, rtol=tol, atol=tol)

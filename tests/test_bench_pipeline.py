@@ -18,6 +18,7 @@ import re
 import pytest
 
 from graphpart.tools import bench_pipeline as bp
+from graphpart.tools.bench_pipeline.rates import stage_matmuls
 
 
 def test_call_overhead_spreads_cpu_beyond_busy_time_over_the_calls():
@@ -93,6 +94,15 @@ def test_tiny_run_returns_every_figure(ray_session):
         assert len(re.findall(rf"^  {engine} +2 (1f1b|gpipe) +[12] ", report, re.M)) == 4
     assert "shm hop under 0.5 ms:" in report
     assert "torch.distributed.pipelining: not measured" in report
+    # the one-thread sgemm rate at each stage's shapes, beside every pipeline row
+    assert "sgemm on one thread, measured now" in report
+    for r in rows:
+        assert len(r["compute_vs_matmuls"]) == 2 and all(c > 0 for c in r["compute_vs_matmuls"])
+        assert all(g > 0 for g in r["sgemm_gflops"])
+        assert min(r["matmul_fwd_ms"]) > 0 and min(r["matmul_bwd_ms"]) > 0
+    dp = res["data_parallel"]  # graphpart's data parallelism beside the pipelines
+    assert dp["replicas"] == 2 and dp["samples_per_s"] > 0
+    assert "data parallel, 2 replicas" in report and "torch DDP: not measured" in report
     proj = res["projection"]["rows"]
     assert [r["stages"] for r in proj] == [1, 2]  # three layers: at most three stages
     assert proj[0]["bubble"] == pytest.approx(0.0) and proj[1]["samples_per_s"] > 0
@@ -105,3 +115,23 @@ def test_torch_pipelining_peer_runs_when_torch_is_installed():
     pytest.importorskip("torch")
     r = bp.run_torch_pipeline([16, 32, 32, 8], [2, 1], 16, "1f1b", 2, 1, 3)
     assert r["samples_per_s"] > 0 and r["step_s_median"] > 0 and r["steps"] == 3
+
+
+@pytest.mark.ray
+def test_torch_ddp_and_one_process_peers_run_when_torch_is_installed():
+    pytest.importorskip("torch")
+    d = bp.run_torch_ddp([16, 32, 8], 2, 16, 1, 3)
+    assert d["mode"] == "ddp" and d["ranks"] == 2 and d["samples_per_s"] > 0
+    one = bp.run_torch_single([16, 32, 8], 1, 16, 1, 3)
+    assert one["mode"] == "single" and one["ranks"] == 1 and one["step_s_median"] > 0
+
+
+def test_stage_matmuls_price_each_stage_at_the_measured_rate():
+    """FLOPs per micro-batch as the CPU backend runs them: forward, dW, and dx except for the
+    model's first layer; the cost is those FLOPs at a positive one-thread rate."""
+    ms = stage_matmuls([8, 16, 16, 4], [2, 1], 4, repeats=2)
+    flop = lambda i, o: 2.0 * 4 * i * o / 1e9  # noqa: E731
+    assert ms[0].fwd_gflop == pytest.approx(flop(8, 16) + flop(16, 16))
+    assert ms[0].bwd_gflop == pytest.approx(flop(8, 16) + 2 * flop(16, 16))  # no dx for layer 1
+    assert ms[1].bwd_gflop == pytest.approx(2 * flop(16, 4))
+    assert all(m.fwd_ms > 0 and m.bwd_ms > 0 and m.gflops > 0 for m in ms)

@@ -129,6 +129,9 @@ def test_train_default_json(tmp_path):
     s = json.loads(lines[0])
     for key in ("final_loss", "test_accuracy", "steps", "wall_s", "samples_per_s"):
         assert key in s
+    # steady state (the median step) apart from the first steps, and the plain mean beside it
+    assert s["samples_per_s"] > 0 and s["samples_per_s_mean"] > 0
+    assert s["first_steps"] == 3 and 0 < s["first_steps_s"] < s["train_s"]
     assert s["test_accuracy"] >= 0.95
     assert s["steps"] == 30 * 23  # 30 epochs of ceil(1438 / 64) steps
     run = Path(s["run_dir"])

@@ -391,3 +391,35 @@ def test_budget_problem_names_the_fullest_device_its_categories_and_the_budget()
     # data parallel: every replica is alike, the first is named
     dp = memory.predict_data_parallel(partition(g, 1), 4, batch=64)
     assert "on device 0" in memory.budget_problem(dp, dp.stages[0].total - 1)
+
+
+def test_shm_channel_buffers_are_counted_per_neighbour():
+    """On the shm transport each stage maps a buffer from and one to each neighbour, a whole
+    minibatch of the boundary wide (the output of the earlier stage of the pair); the data-
+    parallel ring maps one from the left and one to the right, twice the gradients each."""
+    g = mlp([6, 8, 5, 4, 3], bias=True)
+    plan = partition(g, 3, "uniform")
+    without = memory.predict(plan, batch=10, microbatches=2, schedule="1f1b")
+    pred = memory.predict(plan, batch=10, microbatches=2, schedule="1f1b", channels=True)
+    widths = [plan.stages[k].graph.var(plan.stages[k].output).shape[-1] for k in (0, 1)]
+    assert plan.sizes() == [2, 1, 1] and widths == [5, 4]  # what stage k sends stage k + 1
+    size = [memory.channel_bytes(w, 10, 4) for w in widths]
+    assert size[0] == 10 * 5 * 4 + 64 * 10
+    want = [
+        {"channel:in0": size[0], "channel:to_next": size[0]},
+        {"channel:in0": size[0], "channel:to_prev": size[0],
+         "channel:in1": size[1], "channel:to_next": size[1]},
+        {"channel:in0": size[1], "channel:to_prev": size[1]},
+    ]  # fmt: skip
+    for sm, bare, w in zip(pred.stages, without.stages, want, strict=True):
+        got = {n: b for n, (c, b) in sm.entries().items() if n.startswith("channel:")}
+        assert got == w
+        assert all(sm.entries()[n][0] == "boundary" for n in got)
+        assert sm.total == bare.total + sum(w.values())
+    one = partition(g, 1)
+    dp = memory.predict_data_parallel(one, 2, batch=10, channels=True).stages[0]
+    ring = memory.ring_channel_bytes(memory.param_bytes(g, "float32"), 2)
+    assert dp.entries()["channel:in0"] == dp.entries()["channel:to_right"] == ("boundary", ring)
+    assert memory.predict_data_parallel(one, 1, batch=10, channels=True).stages[0].total == (
+        memory.predict_data_parallel(one, 1, batch=10).stages[0].total
+    )

@@ -10,7 +10,11 @@ from graphpart.tools.bench_pipeline.throughput import (
     measure_pipeline,
     measure_single,
 )
-from graphpart.tools.bench_pipeline.torch_peer import run_torch_pipeline
+from graphpart.tools.bench_pipeline.torch_peer import (
+    run_torch_ddp,
+    run_torch_pipeline,
+    run_torch_single,
+)
 from graphpart.tools.bench_pipeline.transfer import (
     TARGET_TRANSFER_MS,
     TRANSFER_SHAPE,
@@ -31,5 +35,7 @@ __all__ = [
     "predict_step",
     "project",
     "run",
+    "run_torch_ddp",
     "run_torch_pipeline",
+    "run_torch_single",
 ]
