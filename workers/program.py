@@ -224,7 +224,7 @@ class Program:
             if s.kind == "matmul":
                 x_name, w = o.inputs
                 dz = grad(o.output)
-                bk.matmul_tn(dz, val(x_name), self.grads[w], 0.0 if self.fresh[w] else 1.0)
+                bk.matmul_tn(dz, val(x_name), self.grads[w], beta=0.0 if self.fresh[w] else 1.0)
                 self.fresh[w] = False
                 if self.lowered.wants_grad(x_name):
                     bk.matmul_nn(dz, self.params[w], grad(x_name))
