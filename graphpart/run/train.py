@@ -157,15 +157,21 @@ def predicted_memory(s: Setup) -> MemoryPrediction:
             optimizer=t.optimizer,
             momentum=t.momentum,
             dtype=t.dtype,
-            channels=uses_ray(cfg) and transport_of(cfg) != "push",
+            channels=uses_channels(cfg),
         )
     return predict(s.plan, **memory_kwargs(cfg), channels=uses_channels(cfg))
 
 
 def uses_channels(cfg: Config) -> bool:
-    """Whether neighbouring stages map shared-memory channel buffers (the `shm` transport of a
-    pipeline on Ray, neighbours on one node): memory the model counts as boundary."""
-    return uses_ray(cfg) and cfg.pipeline.stages > 1 and transport_of(cfg) == "shm"
+    """Whether workers map shared-memory channel buffers (memory the model counts as boundary):
+    a pipeline's neighbours on the `shm` transport, or data-parallel replicas whose ring is not
+    carried by Ray (`push`); all on one node."""
+    p = cfg.pipeline
+    if not uses_ray(cfg):
+        return False
+    if p.data_parallel > 1:
+        return transport_of(cfg) != "push"
+    return p.stages > 1 and transport_of(cfg) == "shm"
 
 
 def budget_of(cfg: Config) -> int | None:
@@ -450,22 +456,13 @@ def _attempts(
                 if run.checkpoint_path.exists()
                 else None
             )
-            st = (
-                _Progress(
-                    epoch=ck["epoch"],
-                    step=ck["steps"],
-                    train_time=st.train_time,
-                    samples=st.samples,
-                    rates=st.rates,
-                    first_steps_s=st.first_steps_s,
-                )
-                if ck
-                else _Progress(
-                    train_time=st.train_time,
-                    samples=st.samples,
-                    rates=st.rates,
-                    first_steps_s=st.first_steps_s,
-                )
+            st = _Progress(  # what this process measured carries over; the place restarts
+                epoch=ck["epoch"] if ck else 0,
+                step=ck["steps"] if ck else 0,
+                train_time=st.train_time,
+                samples=st.samples,
+                rates=st.rates,
+                first_steps_s=st.first_steps_s,
             )
             run.truncate_metrics(st.step)
             if events is not None:
