@@ -405,8 +405,9 @@ def test_shm_channel_buffers_are_counted_per_neighbour():
     assert plan.sizes() == [2, 1, 1] and widths == [5, 4]  # what stage k sends stage k + 1
     size = [memory.channel_bytes(w, 10, 4) for w in widths]
     assert size[0] == 10 * 5 * 4 + 64 * 10
+    feed = memory.channel_bytes(6, 10, 4)  # the driver's inputs to stage 0, 6 wide
     want = [
-        {"channel:in0": size[0], "channel:to_next": size[0]},
+        {"channel:feed": feed, "channel:in0": size[0], "channel:to_next": size[0]},
         {"channel:in0": size[0], "channel:to_prev": size[0],
          "channel:in1": size[1], "channel:to_next": size[1]},
         {"channel:in0": size[1], "channel:to_prev": size[1]},

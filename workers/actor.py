@@ -130,13 +130,19 @@ class ChannelStageActor(PushStageActor):
     channels (workers/channels.py) instead of actor calls; a neighbour on another node is
     still reached through Ray (`deliver`)."""
 
-    def open_inbox(self, incoming: list[ChannelName], own_core: bool = False) -> None:
-        """Create the channels this stage reads (from the previous and/or the next stage);
-        `own_core`: no other stage shares this one's core, so a wait polls longer first."""
+    def open_inbox(
+        self, incoming: list[ChannelName], own_core: bool = False, feed: ChannelName | None = None
+    ) -> None:
+        """Create the channels this stage reads (from the previous and/or the next stage, and
+        `feed`: the driver's minibatch inputs); `own_core`: no other stage shares this one's
+        core, so a wait polls longer first."""
         spin = ChannelInbox.SPIN_OWN_CORE if own_core else ChannelInbox.SPIN_SHARED_CORE
-        self.inbox = ChannelInbox([Channel.create(n) for n in incoming], spin)
+        chans = [*incoming, *([feed] if feed is not None else [])]
+        self.inbox = ChannelInbox([Channel.create(n) for n in chans], spin)
         for i, n in enumerate(incoming):  # mapped here, so counted here (and by the sender)
             self.worker.ledger.add(f"channel:in{i}", "boundary", n.capacity)
+        if feed is not None:
+            self.worker.ledger.add("channel:feed", "boundary", feed.capacity)
         self.outgoing: list[Channel] = []
 
     def connect_channels(

@@ -94,13 +94,16 @@ class Inbox:
             return len(self._items)
 
 
+FROM_INBOX = "inbox"  # xs: the micro-batch inputs arrive in the inbox, keyed (step, "F", mb)
+
+
 def run_step(
     worker: StageRunner,
     step: int,
     actions: Sequence[StageAction],
     inbox: Inbox,
     *,
-    xs: Sequence[np.ndarray] | None,
+    xs: Sequence[np.ndarray] | str | None,
     ys: Sequence[np.ndarray] | None,
     scale: float,
     update: bool,
@@ -111,7 +114,8 @@ def run_step(
     """Run one stage's actions of one step, then its `finish`; returns finish's result.
 
     Each action says where its input comes from (`receives`: this stage's inbox; else the
-    micro-batch `xs[mb]`, or nothing for the last stage's backward) and whether its output is
+    micro-batch `xs[mb]`, or from the inbox too where `xs` is FROM_INBOX: the driver wrote the
+    minibatch into a channel; or nothing for the last stage's backward) and whether its output is
     sent on (`sends`: through `send_forward` or `send_backward`, which must have copied or
     serialised the array when they return: the worker reuses its buffers). A forward with
     `labels` also takes `ys[mb]`.
@@ -120,7 +124,8 @@ def run_step(
     for a in actions:
         m = a.mb
         if a.kind == "F":
-            inp = inbox.take((step, "F", m), timeout_s) if a.receives else _part(xs, m)
+            fed = a.receives or isinstance(xs, str)  # a neighbour's output, or FROM_INBOX
+            inp = inbox.take((step, "F", m), timeout_s) if fed else _part(xs, m)
             lab = _part(ys, m) if a.labels else None
             out = _act(worker.forward, f"forward of micro-batch {m}", m, inp, lab, scale)
             if a.sends:

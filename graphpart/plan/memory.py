@@ -222,9 +222,10 @@ def ring_channel_bytes(grad_bytes: int, world: int) -> int:
 
 
 def channel_buffers(plan: Plan, index: int, batch: int, dtype: Any) -> list[Buffer]:
-    """The channel buffers stage `index` maps on the `shm` transport (neighbours on one node):
-    from and to each neighbour, one buffer a direction, each a whole minibatch wide (every
-    micro-batch has its own region, so a step touches every page). The ledger's names."""
+    """The channel buffers stage `index` maps on the `shm` transport (neighbours and the driver
+    on one node): from and to each neighbour, one buffer a direction, and on stage 0 the
+    driver's feed of micro-batch inputs; each a whole minibatch wide (every micro-batch has its
+    own region, so a step touches every page). The ledger's names."""
     size = np.dtype(dtype).itemsize
 
     def width(k: int) -> int:
@@ -232,6 +233,10 @@ def channel_buffers(plan: Plan, index: int, batch: int, dtype: Any) -> list[Buff
         return int(np.prod([d for d in st.graph.var(st.output).shape if d != BATCH]))
 
     out, n_in = [], 0
+    if index == 0:  # the driver writes the micro-batch inputs into a channel too
+        first = plan.stages[0].graph.inputs[0]
+        width_in = int(np.prod([d for d in first.shape if d != BATCH]))
+        out.append(Buffer("channel:feed", "boundary", channel_bytes(width_in, batch, size)))
     for k, side in ((index - 1, "prev"), (index, "next")):  # the output of stage k crosses
         if 0 <= k < plan.k - 1:
             nbytes = channel_bytes(width(k), batch, size)
@@ -278,7 +283,7 @@ def predict(
         )
         for st in plan.stages
     )
-    if channels and plan.k > 1:
+    if channels:
         stages = tuple(
             replace(sm, buffers=sm.buffers + tuple(channel_buffers(plan, sm.index, batch, dtype)))
             for sm in stages

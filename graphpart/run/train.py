@@ -164,14 +164,14 @@ def predicted_memory(s: Setup) -> MemoryPrediction:
 
 def uses_channels(cfg: Config) -> bool:
     """Whether workers map shared-memory channel buffers (memory the model counts as boundary):
-    a pipeline's neighbours on the `shm` transport, or data-parallel replicas whose ring is not
-    carried by Ray (`push`); all on one node."""
+    a pipeline's neighbours and the driver's feed on the `shm` transport, or data-parallel
+    replicas whose ring is not carried by Ray (`push`); all on one node."""
     p = cfg.pipeline
     if not uses_ray(cfg):
         return False
     if p.data_parallel > 1:
         return transport_of(cfg) != "push"
-    return p.stages > 1 and transport_of(cfg) == "shm"
+    return transport_of(cfg) == "shm"
 
 
 def budget_of(cfg: Config) -> int | None:

@@ -62,7 +62,7 @@ class Push(RayActors):
             a.run_step.remote(
                 step,
                 wiring.stages[k],
-                list(feed.xs) if k == 0 else None,
+                self._inputs(feed, step) if k == 0 else None,
                 list(feed.ys) if k == last else None,
                 feed.scale,
                 feed.update,
@@ -71,6 +71,11 @@ class Push(RayActors):
             for k, a in enumerate(self.actors)
         ]
         return self._get_step(refs, step)
+
+    def _inputs(self, feed: StepFeed[np.ndarray], step: int) -> Any:
+        """What stage 0's run_step gets for the micro-batch inputs (here: the arrays, as Ray
+        call arguments)."""
+        return list(feed.xs)
 
     def _get_step(self, refs: list[Any], step: int) -> list[Finish]:
         """The stages' results; on a failure, wake every stage of the step and re-raise the

@@ -17,10 +17,12 @@ from typing import Any
 import numpy as np
 
 from graphpart.engines.transports.push import Push
+from graphpart.engines.wiring import StepFeed
 from graphpart.params import Init
 from graphpart.plan.memory import channel_bytes
 from workers import actor as bodies
-from workers.channels import ChannelName, unlink
+from workers.channels import Channel, ChannelName, unlink
+from workers.push import FROM_INBOX
 from workers.stage import WorkerSpec
 
 
@@ -35,6 +37,8 @@ class Shm(Push):
         super().__init__(address, num_cpus)
         self.channels: list[ChannelName] = []
         self.local_pairs: list[bool] = []  # per neighbour pair (k, k+1): on one node
+        self.feed: Channel | None = None  # the driver's side of stage 0's input channel
+        self._feed_dtype = np.dtype(np.float32)
 
     def _connect(self, specs: Sequence[WorkerSpec]) -> None:
         nodes = self.get([a.node.remote() for a in self.actors])
@@ -56,7 +60,18 @@ class Shm(Push):
             to_next[i], to_prev[i + 1] = fwd, bwd
             self.channels += [fwd, bwd]
         own = _own_cores(nodes)
-        self.get([a.open_inbox.remote(incoming[i], own) for i, a in enumerate(self.actors)])
+        feed = None
+        if nodes[0] == _this_node():  # the driver feeds stage 0 through a channel too
+            feed = ChannelName.new(f"{tag}-feed", _input_bytes(specs[0]))
+            self.channels.append(feed)
+            self._feed_dtype = np.dtype(_dtype(specs[0]))
+        self.get(
+            [
+                a.open_inbox.remote(incoming[i], own, feed if i == 0 else None)
+                for i, a in enumerate(self.actors)
+            ]
+        )
+        self.feed = Channel.attach(feed) if feed is not None else None
         self.get(
             [
                 a.connect_channels.remote(
@@ -69,6 +84,15 @@ class Shm(Push):
             ]
         )
 
+    def _inputs(self, feed: StepFeed[np.ndarray], step: int) -> Any:
+        """Stage 0's micro-batch inputs, written into the feed channel (in the model's dtype)
+        rather than put in Ray's object store: FROM_INBOX tells the stage to read them there."""
+        if self.feed is None:
+            return super()._inputs(feed, step)
+        for m, x in enumerate(feed.xs):
+            self.feed.send((step, "F", m), np.asarray(x, dtype=self._feed_dtype))
+        return FROM_INBOX
+
     def close(self) -> None:
         import ray
 
@@ -77,6 +101,9 @@ class Shm(Push):
                 ray.get([a.close_channels.remote() for a in self.actors], timeout=self.close_wait_s)
             except Exception:  # noqa: BLE001 - a stage already gone: its files are removed below
                 pass
+        if self.feed is not None:
+            self.feed.close()
+            self.feed = None
         for name in self.channels:
             unlink(name)
         self.channels = []
@@ -90,11 +117,27 @@ def _boundary_bytes(spec: WorkerSpec) -> int:
     return channel_bytes(width, max(spec.batch_rows, spec.max_rows), _itemsize(spec))
 
 
-def _itemsize(spec: WorkerSpec) -> int:
+def _input_bytes(spec: WorkerSpec) -> int:
+    """Bytes of one step's micro-batch inputs to the first stage, a whole minibatch wide."""
+    width = int(np.prod([d for d in spec.graph.inputs[0].shape if d != "B"]))
+    return channel_bytes(width, max(spec.batch_rows, spec.max_rows), _itemsize(spec))
+
+
+def _dtype(spec: WorkerSpec) -> Any:
     p: Any = spec.params
     if isinstance(p, Init):
-        return np.dtype(p.dtype).itemsize
-    return max(np.asarray(v).dtype.itemsize for v in p.values())
+        return np.dtype(p.dtype)
+    return max((np.asarray(v).dtype for v in p.values()), key=lambda d: d.itemsize)
+
+
+def _itemsize(spec: WorkerSpec) -> int:
+    return _dtype(spec).itemsize
+
+
+def _this_node() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
 
 
 def _own_cores(nodes: Sequence[str]) -> bool:
