@@ -77,6 +77,7 @@ def rss_table(m: Measurement, pred: MemoryPrediction) -> str:
                 human_bytes(expect),
                 f"{r['growth'] / expect:.2f}" if expect else "-",
                 _parts(r.get("parts_growth", {})),
+                _allocated_ratio(r.get("parts_growth", {}), expect),
                 r["peak_from"],
             ]
         )
@@ -87,9 +88,13 @@ def rss_table(m: Measurement, pred: MemoryPrediction) -> str:
     )
     headers = [
         "pid", "stages", "baseline", "peak", "growth", "predicted", "ratio",
-        "growth: private/files/shared", "peak from",
+        "growth: private/files/shared", "(private+shared) ratio", "peak from",
     ]  # fmt: skip
-    return "resident memory (psutil RSS; " + note + ")\n" + table(headers, body)
+    return (
+        "resident memory (psutil RSS; " + note + "; the (private+shared) ratio leaves out file "
+        "pages: library code run for the first time, which the process shares, not allocates)\n"
+        + table(headers, body)
+    )
 
 
 def _expected_growth(m: Measurement, pred: MemoryPrediction, stages: Sequence[int]) -> int:
@@ -102,3 +107,16 @@ def _parts(g: dict[str, int]) -> str:
     if not g:
         return "-"
     return "/".join(human_bytes(max(g.get(k, 0), 0)) for k in ("RssAnon", "RssFile", "RssShmem"))
+
+
+def allocated_growth(g: dict[str, int]) -> int | None:
+    """What the process allocated since its baseline, as the OS counts it: private plus
+    shared resident growth (file pages, library code, left out); None where unknown."""
+    if "RssAnon" not in g or "RssShmem" not in g:
+        return None
+    return g["RssAnon"] + g["RssShmem"]
+
+
+def _allocated_ratio(g: dict[str, int], expect: int) -> str:
+    got = allocated_growth(g)
+    return "-" if got is None or not expect else f"{got / expect:.2f}"
