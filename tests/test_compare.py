@@ -90,15 +90,22 @@ def test_all_strategies_end_equal_and_report(tmp_path, ray_session):
         assert max_rel(ref, _params(report / "runs" / k)) < 1e-10, k
     assert max_rel(ref, _params(report / "runs" / "b")) > 1e-6  # other steps, other lr
     # memory as the issue expects: pipelines split the state, replicas and b do not
-    a = rows["a"]["measured_memory"][0]
+    a = rows["a"]["ledger_memory"][0]
     state = lambda d: d["parameter"] + d["gradient"] + d["optimizer"]  # noqa: E731
     for k in "de":
-        worst = max(state(d) for d in rows[k]["measured_memory"])
+        worst = max(state(d) for d in rows[k]["ledger_memory"])
         assert worst < 0.8 * state(a)
-    for d in rows["f"]["measured_memory"]:
+    for d in rows["f"]["ledger_memory"]:
         assert state(d) == state(a)
-    b = rows["b"]["measured_memory"][0]
+    b = rows["b"]["ledger_memory"][0]
     assert state(b) == state(a) and b["activation"] <= 0.6 * a["activation"]
+    # "measured" is the OS's figure (each worker process's resident growth), the ledger apart
+    for k in "abcdefg":
+        r = rows[k]
+        assert len(r["resident_growth"]) == r["devices"] and min(r["resident_growth"]) >= 0
+        assert r["measured_peak"] == max(r["resident_growth"])
+        assert r["ledger_peak"] == max(d["total"] for d in r["ledger_memory"])
+    assert "peak/device meas. (OS)" in (report / "report.md").read_text()
     assert rows["a"]["comm_bytes_per_step"] == 0 and rows["e"]["comm_bytes_per_step"] > 0
     assert rows["e"]["bubble"] is not None and 0 < rows["e"]["bubble"] < 1
     for name in ("report.md", "memory.png", "curves.png", "throughput.png", "schedule.png"):

@@ -10,7 +10,7 @@ from workers.channels import Channel, ChannelInbox, ChannelName
 from workers.channels import unlink as unlink_channel
 from workers.hwm import read_hwm, reset_hwm
 from workers.ledger import Ledger
-from workers.stats import StageStats
+from workers.stats import Rss, StageStats
 
 __all__ = [
     "Channel",
@@ -25,6 +25,7 @@ __all__ = [
     "check_device",
     "Engine",
     "Ledger",
+    "Rss",
     "StageStats",
     "StepResult",
     "measured_costs",

@@ -21,6 +21,7 @@ import numpy as np
 from graphpart.engines import (
     DataParallel,
     Engine,
+    Rss,
     StageStats,
     StepResult,
     describe_cluster,
@@ -689,9 +690,22 @@ def _stage_summary(st: StageStats) -> dict:
         "allreduce_s": round(st.busy.allreduce, 6),
         "bytes_sent": st.bytes_sent,
         "bytes_received": st.bytes_received,
-        "peak_bytes": st.memory.peak_total,
+        "peak_bytes": st.memory.peak_total,  # the ledger: the model's own accounting
         "peak_by_category": dict(st.memory.peak),
+        # what the OS measured: the worker process's resident peak over its baseline, and
+        # its private + shared growth (file pages, library code first run, left out)
+        "resident_baseline": st.rss.baseline,
+        "resident_growth": st.rss.peak - st.rss.baseline,
+        "resident_allocated": _allocated(st.rss),
     }
+
+
+def _allocated(r: Rss) -> int | None:
+    """Private + shared resident growth since the baseline (Linux), or None where unknown."""
+    keys = ("RssAnon", "RssShmem")
+    if not all(k in r.parts_now and k in r.parts_baseline for k in keys):
+        return None
+    return sum(r.parts_now[k] - r.parts_baseline[k] for k in keys)
 
 
 def _steps_per_epoch(n: int, batch: int) -> int:

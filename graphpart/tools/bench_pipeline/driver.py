@@ -136,35 +136,39 @@ def run(
             "compiled": t["compiled_round_trip_ms"] / 1e3,
             "shm": t["shm_hop_ms"] / 1e3,
         }
+        # each peer runs right after graphpart's figure it is paired with: this machine's
+        # speed drifts over minutes, so figures taken far apart do not pair
+        torch = with_torch and importlib.util.find_spec("torch") is not None
         say("bench: one process ...")
         res["single"] = measure_single(sizes, batch, dtype, warmup, steps)
+        if torch:
+            say("bench: torch in one process ...")
+            res["torch_single"] = measure_torch_single(sizes, batch, res["single"], warmup, steps)
+        if data_parallel > 1:
+            say(f"bench: data parallel, {data_parallel} replicas ...")
+            d = res["data_parallel"] = measure_data_parallel(
+                sizes, batch, dtype, data_parallel, warmup, steps
+            )
+            if torch:
+                say("bench: torch DistributedDataParallel ...")
+                res["torch_ddp"] = run_torch_ddp(sizes, d["replicas"], batch, warmup, steps)
+                d["vs_torch"] = d["samples_per_s"] / res["torch_ddp"]["samples_per_s"]
         say(f"bench: K=2 pipelines: M in {list(microbatches)}, schedules {list(schedules)} ...")
         res["pipeline"] = measure_pipeline(
             sizes, batch, dtype, microbatches, schedules, warmup, steps, comm
-        )
+        )  # the default transport last, next to torch's
+        if torch:
+            say("bench: torch.distributed.pipelining, in its own processes ...")
+            res["torch"] = measure_torch(sizes, batch, res["pipeline"], warmup, steps)
         if four_stages and len(sizes) - 1 >= 4:  # K=4 on the default transport
             say("bench: K=4 pipelines ...")
             res["pipeline"] += measure_pipeline(
                 sizes, batch, dtype, [m for m in microbatches if m >= 4] or [4], ["1f1b"],
                 warmup, steps, comm, stages=4, transports=[RAY_DEFAULT],
             )  # fmt: skip
-        if data_parallel > 1:
-            say(f"bench: data parallel, {data_parallel} replicas ...")
-            res["data_parallel"] = measure_data_parallel(
-                sizes, batch, dtype, data_parallel, warmup, steps
-            )
         best1 = max(r["samples_per_s"] for r in res["single"])
         for r in res["pipeline"]:
             r["speedup_vs_best_single"] = r["samples_per_s"] / best1
-        if with_torch and importlib.util.find_spec("torch") is not None:
-            say("bench: torch.distributed.pipelining, in its own processes ...")
-            res["torch"] = measure_torch(sizes, batch, res["pipeline"], warmup, steps)
-            say("bench: torch in one process, and DistributedDataParallel ...")
-            res["torch_single"] = measure_torch_single(sizes, batch, res["single"], warmup, steps)
-            if "data_parallel" in res:
-                d = res["data_parallel"]
-                res["torch_ddp"] = run_torch_ddp(sizes, d["replicas"], batch, warmup, steps)
-                d["vs_torch"] = d["samples_per_s"] / res["torch_ddp"]["samples_per_s"]
         say("bench: one-thread sgemm at each stage's shapes ...")
         res["matmuls"] = add_matmul_costs(sizes, batch, dtype, res["pipeline"])
         with threadpool_limits(1):  # the projection's premise: one BLAS thread a stage

@@ -12,10 +12,11 @@ from graphpart.units import human_bytes
 
 
 def _memory(r: dict | None) -> list[dict[str, int]]:
-    """A strategy's per-device bytes: measured if it ran, else predicted."""
+    """A strategy's per-device bytes by category: the workers' ledger if it ran (the OS
+    measures totals, not categories), else predicted."""
     if not r:
         return []
-    return r["measured_memory"] or r["predicted_memory"]
+    return r["ledger_memory"] or r["predicted_memory"]
 
 
 def _x(a: float, b: float) -> str:
@@ -82,12 +83,13 @@ def conclusion(c: Comparison, n_in: int, n_out: int) -> list[str]:
     ref = rows.get("a")
     line = (
         f"Memory: {best['key']}. {best['name']} has the smallest largest-device peak, "
-        f"{human_bytes(best['measured_peak'])} measured"
+        f"{human_bytes(best['measured_peak'])} measured (resident growth of its worker "
+        "process, as the OS counts it)"
     )
     a_mem = _memory(ref)
     if ref and a_mem:
         a = a_mem[0]
-        how = "" if ref["measured_memory"] else ", predicted: it did not run"
+        how = " by its ledger" if ref["ledger_memory"] else ", predicted: it did not run"
         line += (
             f" ({_x(best['measured_peak'], a['total'])} of one device's "
             f"{human_bytes(a['total'])}{how})"
@@ -112,7 +114,7 @@ def conclusion(c: Comparison, n_in: int, n_out: int) -> list[str]:
                 line += (
                     f"; {what} keeps {_x(state_bytes(d), state_bytes(a))} of the state and "
                     f"{_x(d['activation'], a['activation'])} of the activations"
-                    + ("" if r["measured_memory"] else " (predicted)")
+                    + ("" if r["ledger_memory"] else " (predicted)")
                 )
     out.append(line + ".")
 

@@ -21,16 +21,18 @@ def _plt() -> Any:
 
 
 def memory_png(c: Comparison, path: Path) -> None:
-    """Stacked bars, one per device of each strategy: measured bytes by category; a tick for
-    the prediction; the budget as a line."""
+    """Stacked bars, one per device of each strategy: the ledger's bytes by category (the
+    workers' own accounting); a tick for the prediction, a dot for what the OS measured
+    (resident growth); the budget as a line."""
     plt = _plt()
-    bars, labels, preds = [], [], []
+    bars, labels, preds, os_ = [], [], [], []
     for o in c.outcomes:
-        per = o.measured or o.predicted
+        per = o.ledger or o.predicted
         for k, d in enumerate(per):
             bars.append(d)
             labels.append(f"{o.strategy.key}{k}" if len(per) > 1 else o.strategy.key)
             preds.append(o.predicted[k]["total"] if k < len(o.predicted) else None)
+            os_.append(o.resident[k] if k < len(o.resident) else None)
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(bars) + 2), 4))
     bottom = [0.0] * len(bars)
     for cat in CATEGORIES:
@@ -40,10 +42,14 @@ def memory_png(c: Comparison, path: Path) -> None:
     for i, p in enumerate(preds):
         if p is not None:
             ax.plot([i - 0.4, i + 0.4], [p / MiB] * 2, color="black", lw=1)
+    seen = [(i, v / MiB) for i, v in enumerate(os_) if v is not None]
+    if seen:
+        ax.scatter(*zip(*seen, strict=True), color="black", marker="o", s=14, zorder=3,
+                   label="measured (OS: resident growth)")  # fmt: skip
     if c.budget is not None:
         ax.axhline(c.budget / MiB, color="red", ls="--", label="budget")
     ax.set_xticks(range(len(bars)), labels)
-    ax.set_ylabel("MiB (bars: measured; ticks: predicted)")
+    ax.set_ylabel("MiB (bars: ledger; ticks: predicted; dots: OS)")
     ax.set_title("peak memory per device (strategy + device index)")
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -20,7 +20,7 @@ def strategy_table(c: Comparison) -> str:
     headers = [
         "strategy",
         "devices",
-        "peak/device meas.",
+        "peak/device meas. (OS)",
         "pred.",
         "state/device",
         "activ./device",
@@ -43,7 +43,7 @@ def strategy_table(c: Comparison) -> str:
             if o.problem:
                 notes.append(f"{o.strategy.key}: {o.problem}")
             continue
-        worst = max(o.measured, key=lambda d: d["total"])
+        worst = max(o.ledger, key=lambda d: d["total"])
         rows.append(
             [
                 o.strategy.label,

@@ -81,9 +81,11 @@ class Comparison:
             "problem": o.problem,
             "config": {k: v for k, v in s.overrides.items()},
             "predicted_memory": o.predicted,
-            "measured_memory": o.measured,
+            "ledger_memory": o.ledger,  # per device and category: the workers' accounting
+            "resident_growth": o.resident,  # per device: what the OS measured
             "predicted_peak": o.peak("predicted"),
-            "measured_peak": o.peak("measured") if o.measured else None,
+            "ledger_peak": o.peak("ledger") if o.ledger else None,
+            "measured_peak": o.peak("measured") if o.resident else None,
         }
         if s.key == "auto" and self.auto_pick is not None:
             r["auto_predicted_samples_per_s"] = self.auto_pick.samples_per_s

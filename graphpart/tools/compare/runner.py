@@ -26,7 +26,8 @@ class Outcome:
     status: str  # "ran" | "does not fit" | "failed" | "interrupted"
     problem: str | None = None
     predicted: list[dict[str, int]] = field(default_factory=list)  # per device: category -> bytes
-    measured: list[dict[str, int]] = field(default_factory=list)  # per device: ledger peaks
+    ledger: list[dict[str, int]] = field(default_factory=list)  # per device: ledger peaks
+    resident: list[int] = field(default_factory=list)  # per device: OS resident growth
     epochs: list[dict[str, Any]] = field(default_factory=list)  # metrics rows + train_s
     summary: dict[str, Any] = field(default_factory=dict)  # graphpart train's summary
 
@@ -39,8 +40,11 @@ class Outcome:
         return int(self.summary.get("steps") or 0)
 
     def peak(self, which: str = "measured") -> int:
-        """The largest device's total bytes (measured ledger peak, or predicted)."""
-        per = self.measured if which == "measured" else self.predicted
+        """The largest device's bytes: "measured" (the OS: resident growth of the worker's
+        process over its baseline), "ledger" (the workers' own accounting) or "predicted"."""
+        if which == "measured":
+            return max(self.resident, default=0)
+        per = self.ledger if which == "ledger" else self.predicted
         return max((d["total"] for d in per), default=0)
 
 
@@ -109,5 +113,6 @@ def run_strategy(
         return out
     finally:
         out.summary.setdefault("wall_s", time.perf_counter() - t0)
-    out.measured = [with_totals(x["peak_by_category"]) for x in out.summary["stage_stats"]]
+    out.ledger = [with_totals(x["peak_by_category"]) for x in out.summary["stage_stats"]]
+    out.resident = [int(x["resident_growth"]) for x in out.summary["stage_stats"]]
     return out
