@@ -32,7 +32,6 @@ def format_report(res: dict[str, Any]) -> str:
         "adam; samples/s from the median step:",
     ]
     mm = res.get("matmuls", {})
-    whole = mm.get(m["batch"]) or mm.get(str(m["batch"]))
     if mm:
         lines.append(
             "  sgemm on one thread, measured now at the products each stage runs (GFLOP/s, "
@@ -49,7 +48,8 @@ def format_report(res: dict[str, Any]) -> str:
             f"  one process, {r['threads']} BLAS thread(s): {r['samples_per_s']:8.0f} "
             f"samples/s ({r['step_s_median'] * 1e3:.1f} ms/step, "
             f"{r['driver_cpu_ms_per_step']:.1f} ms CPU/step; other processes "
-            f"{r.get('other_cpu_cores', float('nan')):.2f} cores)"
+            f"{r.get('other_cpu_cores', float('nan')):.2f} cores; sgemm on one thread at its "
+            f"shapes {r['sgemm_gflops']:.0f} GFLOP/s)"
             + (
                 f"; torch {tp['samples_per_s']:.0f} samples/s ({tp['step_s_median'] * 1e3:.1f} "
                 f"ms/step): {r['vs_torch']:.2f}x torch"
@@ -62,19 +62,14 @@ def format_report(res: dict[str, Any]) -> str:
         tp = res.get("torch_ddp")
         lines.append(
             f"  data parallel, {d['replicas']} replicas (ring all-reduce on shm): "
-            f"{d['samples_per_s']:8.0f} samples/s ({d['step_s_median'] * 1e3:.1f} ms/step)"
+            f"{d['samples_per_s']:8.0f} samples/s ({d['step_s_median'] * 1e3:.1f} ms/step; "
+            f"sgemm on one thread at a replica's shapes {d['sgemm_gflops']:.0f} GFLOP/s)"
             + (
                 f"; torch DDP (gloo, {tp['ranks']} processes) {tp['samples_per_s']:.0f} "
                 f"samples/s ({tp['step_s_median'] * 1e3:.1f} ms/step): {d['vs_torch']:.2f}x torch"
                 if tp
                 else "; torch DDP: not measured"
             )
-        )
-    if whole:
-        lines.append(
-            "  (one-thread sgemm at the whole batch's shapes: "
-            + " | ".join(f"{s['gflops']:.0f}" for s in whole)
-            + " GFLOP/s)"
         )
     lines.append(
         "  K=2 split " + str(res["pipeline"][0]["stage_split"]) + " layers (K=4 rows: one layer "

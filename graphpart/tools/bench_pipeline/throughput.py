@@ -14,7 +14,9 @@ from graphpart.engines import DataParallel, Engine
 from graphpart.ir import mlp
 from graphpart.optim import make_optimizer
 from graphpart.params import init_params
+from graphpart.plan.batching import microbatch_rows
 from graphpart.plan.partition import partition
+from graphpart.tools.bench_pipeline.rates import stage_matmuls
 from graphpart.tools.bench_pipeline.simulator import call_overhead_s, predict_step
 from graphpart.tools.machine import machine_busy_s, thread_limits, time_calls
 
@@ -167,6 +169,7 @@ def measure_single(
             r = _time_steps(eng, X, y, warmup, steps)
             r.pop("busy_s", None)
             r["stage_cpu_ms_per_step"] = [r["driver_cpu_ms_per_step"]]
+            r["sgemm_gflops"] = whole_model_rate(sizes, batch, dtype)
             out.append({"engine": "local", "threads": threads, **r})
     return out
 
@@ -180,4 +183,11 @@ def measure_data_parallel(
     with DataParallel(partition(g, 1), params, opt, replicas=replicas, max_rows=batch) as eng:
         r = _time_steps(eng, X, y, warmup, steps)
     r.pop("busy_s", None)
+    r["sgemm_gflops"] = whole_model_rate(sizes, microbatch_rows(batch, replicas), dtype)
     return {"engine": "data-parallel", "replicas": replicas, **r}
+
+
+def whole_model_rate(sizes: Sequence[int], rows: int, dtype: str) -> float:
+    """The one-thread sgemm rate (GFLOP/s) of the whole model's products at `rows` rows,
+    measured now: what a one-process or replica row is judged against."""
+    return stage_matmuls(sizes, [len(sizes) - 1], rows, dtype)[0].gflops
