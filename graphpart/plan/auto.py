@@ -5,8 +5,11 @@
 # Memory is the analytic model (graphpart.plan.memory: predict, predict_data_parallel), exact
 # buffer by buffer against the workers' ledgers. Time is a model, not a measurement:
 #
-# - one device per pipeline stage or data-parallel replica, all alike, nothing shared between
-#   them (no contention for cores, memory bandwidth or the link);
+# - one device per pipeline stage or data-parallel replica, all alike; on a machine of C cores
+#   where each device uses T of them (`search`'s cores and threads), K devices share the cores
+#   when K T > C: the busy ones compute at min(1, C / (T x busy)) of the measured rate
+#   (graphpart.plan.timing, the model compare's projection uses too); memory bandwidth and
+#   the link are not shared;
 # - compute runs at `Rates.flops_per_s`: an action's time is its FLOPs (graphpart.plan.stages:
 #   Stage.flops_fwd / flops_bwd per sample, times its rows) over that rate, plus a fixed
 #   `Rates.action_s` per forward or backward action (dispatch, kernel launches); recompute adds
@@ -36,7 +39,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -44,6 +47,7 @@ import numpy as np
 from graphpart.errors import PlanError
 from graphpart.ir.graph import Graph
 from graphpart.plan import schedule as sch
+from graphpart.plan import timing
 from graphpart.plan.memory import (
     MemoryPrediction,
     budget_problem,
@@ -57,9 +61,10 @@ from graphpart.plan.stages import Plan
 from graphpart.units import human_bytes
 from graphpart.units import table as text_table
 
-__all__ = ["KINDS", "Candidate", "Rates", "search", "step_time", "table", "to_dict"]
+__all__ = ["KINDS", "TIE", "Candidate", "Rates", "rank", "search", "step_time", "table", "to_dict"]
 
 KINDS = ("single", "accumulate", "pipeline", "data-parallel")
+TIE = 0.03  # predicted steps this close (relative) are a tie: within the rates' run-to-run noise
 
 
 def _finite(name: str, v: Any, *, positive: bool, inf_ok: bool = False) -> None:
@@ -155,6 +160,13 @@ class Candidate:
     bubble: float
     comm_bytes_per_step: int
     memory: MemoryPrediction = field(compare=False, hash=False, repr=False)
+    rank: int = 0  # 1 = best; tied candidates share one (set by `rank`)
+    tied: bool = False  # another candidate has the same rank
+
+    @property
+    def rank_label(self) -> str:
+        """The rank as the table shows it: '3', or '=3' in a tie."""
+        return f"={self.rank}" if self.tied else str(self.rank)
 
     @property
     def max_peak(self) -> int:
@@ -186,11 +198,13 @@ def step_time(
     rates: Rates,
     dtype: Any = "float32",
     slots: int = 2,
+    capacity: float | None = None,
 ) -> tuple[float, sch.Timeline]:
     """Predicted seconds of one training step of `plan` (any K, 1 included) and the
-    simulator's timeline: `schedule` run by graphpart.plan.schedule.simulate with each stage's
-    per-micro-batch forward and backward seconds, then each stage's optimizer update (`slots`
-    state buffers per parameter) after its last action; the step ends when the last update does.
+    simulator's timeline: each stage's per-micro-batch forward and backward seconds and its
+    optimizer update (`slots` state buffers per parameter) after its last action, through
+    graphpart.plan.timing.pipeline_step (the model compare's projection uses), on a machine
+    that runs `capacity` devices at full speed at once (None: a core per device).
     """
     rows = batch / microbatches
     act = rates.per_action_s
@@ -203,26 +217,25 @@ def step_time(
     itemsize = np.dtype(dtype).itemsize
     width = max((st.output_width for st in plan.stages), default=0)
     comm = rates.transfer_s(rows * width * itemsize) if plan.k > 1 else 0.0
-    tl = sch.simulate(sch.make(schedule, plan.k, microbatches), fwd, bwd, comm)
-    end = [0.0] * plan.k
-    for ev in tl.events:
-        end[ev.stage] = max(end[ev.stage], ev.end)
-    step = max(
-        end[k] + _update_s(param_bytes(st.graph, dtype), slots, rates)
-        for k, st in enumerate(plan.stages)
-    )
-    return step, tl
+    finish = [_update_s(param_bytes(st.graph, dtype), slots, rates) for st in plan.stages]
+    return timing.pipeline_step(schedule, microbatches, fwd, bwd, finish, comm, capacity)
 
 
 def _data_parallel_time(
-    plan: Plan, replicas: int, batch: int, rates: Rates, dtype: Any, slots: int
+    plan: Plan,
+    replicas: int,
+    batch: int,
+    rates: Rates,
+    dtype: Any,
+    slots: int,
+    capacity: float | None = None,
 ) -> float:
     (st,) = plan.stages
     rows = -(-batch // replicas)
     compute = (st.flops_fwd + st.flops_bwd) * rows / rates.flops_at(rows) + 2 * rates.per_action_s
     p = param_bytes(plan.graph, dtype)
     ring = 2 * (replicas - 1) * rates.transfer_s(p / replicas)
-    return compute + ring + _update_s(p, slots, rates)
+    return timing.replicas_step(compute, ring, _update_s(p, slots, rates), replicas, capacity)
 
 
 # -- the search --------------------------------------------------------------------------------
@@ -279,6 +292,9 @@ def search(
     dtype: Any = "float32",
     rates: Rates,
     microbatch_choices: Sequence[int] = (1, 2, 4, 8, 16, 32),
+    cores: int | None = None,
+    threads: int = 1,
+    tie: float = TIE,
 ) -> list[Candidate]:
     """Every setup of `graph` on up to `devices` devices for a `batch`-row minibatch, ranked.
 
@@ -288,14 +304,20 @@ def search(
     `microbatch_choices` (M <= batch), GPipe and 1F1B, recompute off/on; data parallelism
     with K = 2..min(devices, batch) replicas. Memory comes from graphpart.plan.memory and is
     checked against `budget` bytes per device (None: no budget); time from `step_time` (see
-    the assumptions at the top of this module). Sorted: fitting candidates first, then by
-    predicted samples/s (descending), then by the largest device's peak (ascending).
+    the assumptions at the top of this module) on a machine of `cores` cores whose devices
+    each use `threads` of them (None: a core per device), so that K devices on fewer cores
+    share them. Ranked by `rank` (fitting candidates first; see there): ties, step times
+    within `tie` of a group's fastest, share one rank and are ordered fewest devices first,
+    then smallest peak.
     """
     devices = _positive("devices", devices)
     batch = _positive("batch", batch)
     if budget is not None:
         budget = _positive("budget", budget)
     choices = sorted({_positive("microbatch choice", m) for m in microbatch_choices})
+    capacity = timing.capacity_of(
+        None if cores is None else _positive("cores", cores), _positive("threads", threads)
+    )
     dt = np.dtype(dtype)
     slots = optimizer_slots(optimizer, momentum)
     kw: dict[str, Any] = dict(optimizer=optimizer, momentum=momentum, dtype=dt)
@@ -317,6 +339,7 @@ def search(
                 rates=rates,
                 dtype=dt,
                 slots=slots,
+                capacity=capacity,
             )
             kind = "single" if m == 1 else "accumulate"
             out.append(
@@ -342,6 +365,7 @@ def search(
                         rates=rates,
                         dtype=dt,
                         slots=slots,
+                        capacity=capacity,
                     )
                     out.append(
                         _candidate(
@@ -359,7 +383,7 @@ def search(
     p = param_bytes(graph, dt)
     for k in range(2, min(devices, batch) + 1):
         pred = predict_data_parallel(one, k, batch=batch, channels=True, **kw)
-        step = _data_parallel_time(one, k, batch, rates, dt, slots)
+        step = _data_parallel_time(one, k, batch, rates, dt, slots, capacity)
         out.append(
             _candidate(
                 "data-parallel",
@@ -373,21 +397,46 @@ def search(
             )
         )
 
-    out.sort(key=_rank_key)
-    return out
+    return rank(out, tie)
 
 
-def _rank_key(c: Candidate) -> tuple:
+def _order_key(c: Candidate) -> tuple:
+    """Within a tie: fewest devices, then the smallest peak, then a fixed order of the rest."""
     return (
-        not c.fits,
-        -c.samples_per_s,
-        c.max_peak,
         c.devices,
+        c.max_peak,
         KINDS.index(c.kind),
+        c.stages,
         c.microbatches,
         c.schedule,
         c.recompute,
+        c.replicas,
     )
+
+
+def rank(candidates: Sequence[Candidate], tie: float = TIE) -> list[Candidate]:
+    """`candidates` in rank order, each with its `rank` and `tied` set.
+
+    Fitting candidates first. Then, from the fastest candidate not yet ranked, every one whose
+    predicted step is within `tie` (relative) of its step forms a group: the predictions'
+    noise (the measured rates vary by a few percent between runs) cannot order them, so they
+    share the group's rank (its first position, as in 1, =2, =2, 4) and are listed by
+    `_order_key`, fewest devices and smallest peak first, which is deterministic.
+    """
+    if not (isinstance(tie, int | float) and 0 <= tie < 1):
+        raise PlanError(f"tie={tie!r}: must be a number in [0, 1)")
+    pending = sorted(candidates, key=lambda c: (not c.fits, c.step_s, _order_key(c)))
+    out: list[Candidate] = []
+    while pending:
+        lead = pending[0]
+        limit = lead.step_s * (1 + tie)
+        n = 1
+        while n < len(pending) and pending[n].fits == lead.fits and pending[n].step_s <= limit:
+            n += 1
+        group, pending = sorted(pending[:n], key=_order_key), pending[n:]
+        first = len(out) + 1
+        out += [replace(c, rank=first, tied=n > 1) for c in group]
+    return out
 
 
 # -- reports -----------------------------------------------------------------------------------
@@ -429,7 +478,7 @@ def table(candidates: Sequence[Candidate], limit: int | None = 10) -> str:
     shown = list(candidates) if limit is None else list(candidates)[:limit]
     rows = [
         [
-            i,
+            c.rank_label if c.rank else i,
             c.kind,
             c.stages,
             c.microbatches,
