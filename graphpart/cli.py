@@ -13,8 +13,9 @@ from typing import Any, NoReturn
 
 from graphpart import __version__
 from graphpart.engines import check_device
-from graphpart.errors import GraphpartError
+from graphpart.errors import Diverged, GraphpartError, Terminated
 from graphpart.ir import to_dot, write_graph
+from graphpart.run import sigterm
 from graphpart.run.config import Config, load_config
 from graphpart.run.report import plan_report
 from graphpart.run.session import DEFAULT_CONFIG, check_out, load, make_config, save_predictions
@@ -306,7 +307,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.auto:
         return run_auto(cfg, devices=args.devices, as_json=args.json, limit=args.top)
     s = setup(cfg)
-    rep = plan_report(s, cfg)
+    for note in s.notes:
+        print(f"graphpart: {note}", file=sys.stderr)
+    rep = plan_report(s, s.config)
     print(json.dumps(rep["data"]) if args.json else rep["text"])
     return 0
 
@@ -588,14 +591,15 @@ def main(argv: list[str] | None = None) -> int:
         if args is not None and args.debug:
             traceback.print_exc()
         print(f"graphpart: error: {_one_line(str(e))}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("graphpart: interrupted", file=sys.stderr)
+        return 1 if isinstance(e, Diverged) else 2  # divergence: the run's fault, not input
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated): the run says what it kept
+        code = 143 if isinstance(e, Terminated) else 130
+        print("graphpart: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
         if _exit_at_once:  # the program (not a caller of main): see entry()
             sys.stdout.flush()
             sys.stderr.flush()
-            os._exit(130)
-        return 130
+            os._exit(code)
+        return code
     except BrokenPipeError:  # `graphpart ... | head`: the reader left; nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
@@ -622,6 +626,7 @@ def entry() -> None:
     "interrupted" was printed."""
     global _exit_at_once
     _exit_at_once = True
+    sigterm.install()
     sys.exit(main())
 
 

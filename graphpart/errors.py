@@ -31,3 +31,7 @@ class Diverged(GraphpartError):
 
 class StageFailure(RuntimeError):
     """A worker failed while running the pipeline; the message names the stage and micro-batch."""
+
+
+class Terminated(KeyboardInterrupt):
+    """The program was sent SIGTERM: handled like Ctrl-C (state interrupted, checkpoint kept)."""

@@ -9,9 +9,12 @@ state by parameter name, not by stage, so a run can resume under a different par
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import io
 import json
 import os
+import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +30,7 @@ FORMAT = "graphpart-checkpoint-1"
 
 
 def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` whole or not at all; an OS refusal (a full disk) names `path`."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
@@ -34,9 +38,16 @@ def atomic_write(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        raise _naming(e, path) from None
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _naming(e: OSError, path: Path) -> OSError:
+    """The same OS error, its message naming the file it was writing."""
+    return type(e)(e.errno, f"cannot write {path}: {e.strerror or e}")
 
 
 class RunDir:
@@ -45,6 +56,42 @@ class RunDir:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._lock: int | None = None
+
+    LOCK = ".lock"  # held (flock) by the one process writing the run; the OS frees it on death
+
+    def lock(self) -> RunDir:
+        """Take the run's writer lock, or refuse in one line naming the live writer's pid and
+        host: a run directory has one writer at a time. Returns self."""
+        path = self.path / self.LOCK
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ConfigError(f"run directory {self.path}: cannot open {path} ({e})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise ConfigError(f"run directory {self.path}: cannot lock {path} ({e})") from None
+            raise ConfigError(
+                f"run directory {self.path} is being written by {holder}; one run writes a "
+                "directory at a time: wait for it to end (or stop it), then --resume"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self._lock = fd
+        return self
+
+    def unlock(self) -> None:
+        """Release the writer lock (also released by the OS when the process ends)."""
+        if self._lock is not None:
+            fd, self._lock = self._lock, None
+            try:
+                os.ftruncate(fd, 0)
+            finally:
+                os.close(fd)
 
     @classmethod
     def create(cls, root: str | Path, name: str = "") -> RunDir:
@@ -59,26 +106,47 @@ class RunDir:
                     f"run directory {path} already exists; choose another run.name, or continue "
                     f"it with --resume {path}"
                 ) from None
-            return cls(path)
+            return cls(path).lock()
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for i in range(1000):
             path = root / (stamp if i == 0 else f"{stamp}-{i + 1}")
             try:
                 path.mkdir()
-                return cls(path)
+                return cls(path).lock()
             except FileExistsError:
                 continue
         raise ConfigError(f"cannot create a new run directory under {root}")  # pragma: no cover
 
     @classmethod
     def open_existing(cls, path: str | Path) -> RunDir:
+        """A run directory to go on with, locked for this process: one `graphpart train`
+        wrote (its config.toml), with or without a checkpoint yet (without one, the run
+        starts again from the beginning under its config)."""
         path = Path(path)
-        if not (path / "checkpoint.npz").is_file():
+        if not (path / "config.toml").is_file():
             raise ConfigError(
-                f"--resume {path}: no checkpoint.npz there; give a run directory "
+                f"--resume {path}: no config.toml there; give a run directory "
                 "written by `graphpart train`"
             )
-        return cls(path)
+        return cls(path).lock()
+
+    def discard(self) -> None:
+        """Remove a run directory this process created and could not start (nothing of the
+        user's is in it: only what this process wrote before the first checkpoint)."""
+        self.unlock()
+        for f in self.path.iterdir():
+            if f.is_file() and f.name in (self.LOCK, "config.toml", "plan.json", "summary.json"):
+                f.unlink(missing_ok=True)
+            elif f.is_file() and ".tmp-" in f.name:
+                f.unlink(missing_ok=True)
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass  # something else is in it: leave it
+
+    @property
+    def has_checkpoint(self) -> bool:
+        return self.checkpoint_path.is_file()
 
     @property
     def checkpoint_path(self) -> Path:
@@ -132,9 +200,12 @@ class RunDir:
         return next((r for r in reversed(rows) if int(r.get("step", 0)) <= steps), {})
 
     def append_metrics(self, row: Mapping[str, Any]) -> None:
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(dict(row)) + "\n")
-            f.flush()
+        try:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(dict(row)) + "\n")
+                f.flush()
+        except OSError as e:
+            raise _naming(e, self.metrics_path) from None
 
     def save_params(self, params: Mapping[str, np.ndarray]) -> None:
         buf = io.BytesIO()
@@ -143,9 +214,17 @@ class RunDir:
 
 
 def save_checkpoint(
-    path: Path, stage_states: list[Mapping[str, Any]], plan: Any, *, epoch: int, steps: int
+    path: Path,
+    stage_states: list[Mapping[str, Any]],
+    plan: Any,
+    *,
+    epoch: int,
+    steps: int,
+    fixed: Mapping[str, Any] | None = None,
 ) -> None:
-    """Parameters and optimizer state of every stage, by parameter name, plus progress."""
+    """Parameters and optimizer state of every stage, by parameter name, plus progress.
+    `fixed`: the config keys a resume may not change (model, data, seed, dtype, optimizer),
+    kept with the numbers they made, so an edited config.toml is caught on resume."""
     arrays: dict[str, np.ndarray] = {}
     for st in stage_states:
         for name, w in st["params"].items():
@@ -158,6 +237,7 @@ def save_checkpoint(
         "epoch": epoch,
         "steps": steps,
         "stage_steps": [int(st["steps"]) for st in stage_states],
+        **({"fixed": dict(fixed)} if fixed is not None else {}),
     }
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     buf = io.BytesIO()
@@ -165,8 +245,10 @@ def save_checkpoint(
     atomic_write(Path(path), buf.getvalue())
 
 
-def load_checkpoint(path: Path, graph: Graph) -> dict[str, Any]:
-    """Read a checkpoint and check it against `graph`; `stages(plan)` regroups it per stage."""
+def load_checkpoint(path: Path, graph: Graph, state_slots: int | None = None) -> dict[str, Any]:
+    """Read a checkpoint and check it against `graph` (and, given `state_slots`, that every
+    parameter has that many optimizer arrays of its shape); `stages(plan)` regroups it per
+    stage, `fixed` is what the run's fixed config keys were (None in older checkpoints)."""
     path = Path(path)
     try:
         with np.load(path) as z:
@@ -191,6 +273,21 @@ def load_checkpoint(path: Path, graph: Graph) -> dict[str, Any]:
     for k in sorted(a for a in arrays if a.startswith("opt/")):
         _, name, i = k.split("/")
         opt.setdefault(name, []).append(arrays[k])
+    if state_slots is not None:
+        for v in graph.params:
+            bufs = opt.get(v.name, [])
+            if len(bufs) != state_slots:
+                raise ConfigError(
+                    f"{path}: parameter {v.name!r} has {len(bufs)} optimizer array(s), the "
+                    f"optimizer needs {state_slots}; it was written by another optimizer "
+                    "setting, or damaged"
+                )
+            bad = next((b for b in bufs if tuple(b.shape) != v.shape), None)
+            if bad is not None:
+                raise ConfigError(
+                    f"{path}: an optimizer array of {v.name!r} has shape {bad.shape}, the "
+                    f"parameter has {v.shape}; the checkpoint is damaged"
+                )
     steps = int(meta["steps"])
 
     def stages(plan: Any) -> list[dict[str, Any]]:
@@ -204,5 +301,6 @@ def load_checkpoint(path: Path, graph: Graph) -> dict[str, Any]:
         ]
 
     out: dict[str, Any] = {"params": params, "epoch": int(meta["epoch"]), "steps": steps}
+    out["fixed"] = meta.get("fixed")
     out["stages"] = stages  # type: Callable[[Any], list[dict[str, Any]]]
     return out

@@ -8,8 +8,8 @@ import numpy as np
 
 from graphpart.plan import schedule as sch
 from graphpart.plan.batching import split_batch
-from graphpart.plan.memory import predict
-from graphpart.run.train import memory_kwargs, plan_dict, uses_channels
+from graphpart.plan.memory import budget_problem, predict
+from graphpart.run.train import budget_of, memory_kwargs, plan_dict, uses_channels
 from graphpart.units import human_bytes, table
 
 
@@ -65,11 +65,27 @@ def plan_report(s: Any, cfg: Any) -> dict[str, Any]:
             "memory": mem.to_dict(),
         }
     )
+    budget = budget_of(cfg)
+    problem = budget_problem(mem, budget) if budget is not None else None
+    if budget is not None:
+        data["memory_budget"] = {"bytes": budget, "fits": not problem, "problem": problem}
     text = (
         f"plan: {K} stage(s), strategy {plan.strategy}, schedule {p.schedule}, batch {B} "
         f"in {M} micro-batch(es) of <= {mb} rows, {t.dtype}\n"
         + table(headers, rows)
         + f"\npredicted bubble ({basis} stage times): {tl.bubble:.1%}\n"
         + tl.ascii()
+        + (
+            ""
+            if budget is None
+            else f"\nmemory budget {p.memory_budget}: "
+            + (
+                f"the plan {problem}; `graphpart train` would refuse it (try more --stages, "
+                "--recompute true, more --microbatches, a smaller --batch-size, or "
+                "`graphpart plan --auto`)"
+                if problem
+                else "every stage's predicted peak fits"
+            )
+        )
     )
     return {"text": text, "data": data}

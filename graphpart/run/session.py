@@ -173,6 +173,8 @@ def _why_no_params(path: Path, summary: Mapping[str, Any]) -> str:
         )
     if state in ("failed", "interrupted"):
         said = f": {message}" if message else ""
+        if "--resume" in message:  # the run said what resuming does
+            return f"the run {state}{said}"
         return f"the run {state}{said}; continue it from its last checkpoint with {resume}"
     if state:
         return f"summary.json says state {state!r}"

@@ -28,7 +28,7 @@ from graphpart.engines import (
     measured_costs,
     resolve_transport,
 )
-from graphpart.errors import ConfigError, Diverged, StageFailure
+from graphpart.errors import ConfigError, Diverged, StageFailure, Terminated
 from graphpart.ir import Graph, mlp
 from graphpart.optim import Optimizer, make_optimizer
 from graphpart.params import Init, Params
@@ -42,6 +42,7 @@ from graphpart.plan.memory import (
 )
 from graphpart.plan.partition import Plan, partition
 from graphpart.run import data as gdata
+from graphpart.run import sigterm
 from graphpart.run.checkpoint import RunDir, atomic_write, load_checkpoint, save_checkpoint
 from graphpart.run.config import Config, dump_toml, load_config
 from graphpart.run.diagnose import first_non_finite
@@ -63,6 +64,7 @@ class Setup:
     plan: Plan
     optimizer: Optimizer
     _dataset: gdata.Dataset | None = dataclasses.field(default=None, repr=False)
+    notes: tuple[str, ...] = ()  # what setup changed of the config, one line each, for the user
 
     @property
     def dataset(self) -> gdata.Dataset:
@@ -100,6 +102,7 @@ def setup(cfg: Config) -> Setup:
     """Everything decided before a run starts (pure: no Ray, no training, and of the data only
     its shape is read)."""
     ds = data_shape(cfg)
+    cfg, notes = clamp_batch(cfg, ds)
     m = cfg.model
     if m.loss == "cross_entropy" and ds.n_classes is None:
         raise ConfigError(
@@ -129,7 +132,20 @@ def setup(cfg: Config) -> Setup:
     opt = make_optimizer(
         t.optimizer, lr=t.lr, momentum=t.momentum, beta1=t.beta1, beta2=t.beta2, eps=t.eps
     )
-    return Setup(cfg, ds, graph, plan, opt)
+    return Setup(cfg, ds, graph, plan, opt, notes=notes)
+
+
+def clamp_batch(cfg: Config, ds: DataShape) -> tuple[Config, tuple[str, ...]]:
+    """A minibatch larger than the training rows is the training rows: buffers are sized from
+    the rows a step really has (and the change is said, once)."""
+    b = cfg.train.batch_size
+    if b <= ds.n_train:
+        return cfg, ()
+    clamped = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=ds.n_train))
+    return clamped, (
+        f"warning: train.batch_size={b} exceeds the {ds.n_train} training rows of {ds.name}; "
+        f"using {ds.n_train} (one step an epoch)",
+    )
 
 
 def memory_kwargs(cfg: Config) -> dict[str, Any]:
@@ -275,25 +291,58 @@ def check_last_batch(s: Setup) -> None:
 
 
 # resuming may change how a run trains (epochs, learning rate, stages, schedule, ...) but not
-# what it trains: these keys decide the model, the data and its split
-FIXED_ON_RESUME = ("model.", "data.", "train.seed", "train.dtype")
+# what it trains: these keys decide the model, the data and its split, and what the
+# checkpoint's optimizer state means
+FIXED_ON_RESUME = ("model.", "data.", "train.seed", "train.dtype", "train.optimizer")
 
 
-def _check_resume_changes(old: Config, new: Config, run: Path) -> None:
-    a, b = old.to_dict(), new.to_dict()
-    changed = [
-        f"{sec}.{k}"
-        for sec in a
-        for k in a[sec]
-        if a[sec][k] != b[sec][k] and f"{sec}.{k}".startswith(FIXED_ON_RESUME)
-    ]
+def fixed_keys(cfg: Config) -> dict[str, Any]:
+    """The config keys a resume keeps, by dotted name (kept in every checkpoint)."""
+    return {
+        f"{sec}.{k}": v
+        for sec, keys in cfg.to_dict().items()
+        for k, v in keys.items()
+        if f"{sec}.{k}".startswith(FIXED_ON_RESUME)
+    }
+
+
+def _check_resume_changes(old: dict[str, Any], new: Config, run: Path, where: str = "was") -> None:
+    b = fixed_keys(new)
+    changed = [k for k in b if k in old and old[k] != b[k]]
     if changed:
         k = changed[0]
-        sec, key = k.split(".")
         raise ConfigError(
-            f"--resume {run}: {k} was {a[sec][key]!r}, now {b[sec][key]!r}; a resumed run keeps "
-            "its model, data, seed and dtype (start a new run to change them)"
+            f"--resume {run}: {k} {where} {old[k]!r}, now {b[k]!r}; a resumed run keeps its "
+            "model, data, seed, dtype and optimizer (start a new run to change them)"
         )
+
+
+def _open_resumed(resume: str | Path, s: Setup, cfg: Config) -> tuple[RunDir, dict | None]:
+    """The run directory to go on with (locked), its checkpoint (None: none yet, so the run
+    starts again from the beginning), each checked against `cfg` before anything is written."""
+    run = RunDir.open_existing(resume)
+    try:
+        old = run.path / "config.toml"
+        _check_resume_changes(fixed_keys(load_config(str(old))), cfg, run.path)
+        ck = None
+        if run.has_checkpoint:
+            ck = load_checkpoint(run.checkpoint_path, s.graph, s.optimizer.state_slots)
+            if ck["fixed"] is not None:  # config.toml edited by hand since the checkpoint
+                _check_resume_changes(ck["fixed"], cfg, run.path, where="made the checkpoint with")
+            done = ck["epoch"]
+            finished = _state_of(run) == "completed"
+            if done > cfg.train.epochs or (done == cfg.train.epochs and finished):
+                raise ConfigError(
+                    f"--resume {run.path}: the run has "
+                    + ("finished" if finished else "trained")
+                    + f" {done} epoch(s) and train.epochs={cfg.train.epochs}; give --epochs N "
+                    f"with N > {done} to train on"
+                    + ("" if finished else f" (or N = {done} to complete it as it is)")
+                )
+    except BaseException:
+        run.unlock()
+        raise
+    return run, ck
 
 
 def train(
@@ -308,55 +357,100 @@ def train(
 
     With `resume`, continue that run directory from its last checkpoint under `cfg` (which may
     change the epochs, the learning rate, the partition and the schedule: checkpoints are by
-    parameter name), recording the new config. `on_epoch` gets each epoch's metrics (the
-    metrics.jsonl row plus `train_s`, the training seconds so far) as soon as the epoch ends.
-    summary.json says the run's state at every transition (running, completed, failed,
-    interrupted). With train.max_failures = N, a stage that dies or stalls is restarted from
-    the last checkpoint up to N times, and the run goes on to the same parameters.
+    parameter name), recording the new config; a run stopped before its first checkpoint starts
+    again from the beginning. `on_epoch` gets each epoch's metrics (the metrics.jsonl row plus
+    `train_s`, the training seconds so far) as soon as the epoch ends. summary.json says the
+    run's state at every transition (running, completed, failed, interrupted). One process
+    writes a run directory at a time (an OS lock; a second is refused naming the first). With
+    train.max_failures = N, a stage that dies or stalls is restarted from the last checkpoint
+    up to N times, and the run goes on to the same parameters.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if cfg.train.tensorboard:
         require_tensorboard()  # before anything is written
     s = setup(cfg)
+    cfg = s.config  # as setup settled it (a batch larger than the data clamped to it)
     _ = s.dataset  # loaded and checked before anything is written
     check_budget(s)
     check_last_batch(s)
+    for note in s.notes:
+        log(note)
     ck = None
+    created = not resume
     if resume:
-        run = RunDir.open_existing(resume)
-        old = run.path / "config.toml"
-        if old.is_file():
-            _check_resume_changes(load_config(str(old)), cfg, run.path)
+        run, ck = _open_resumed(resume, s, cfg)
         run.remove_temporaries()
-        ck = load_checkpoint(run.checkpoint_path, s.graph)
-        finished = _state_of(run) == "completed"
-        if ck["epoch"] >= cfg.train.epochs and finished:
-            raise ConfigError(
-                f"--resume {run.path}: the run has finished {ck['epoch']} epoch(s) and "
-                f"train.epochs={cfg.train.epochs}; give --epochs N with N > {ck['epoch']} to "
-                "train on"
-            )
-        run.truncate_metrics(ck["steps"])
+        run.truncate_metrics(ck["steps"] if ck else 0)
     else:
         run = RunDir.create(cfg.run.dir, cfg.run.name)
-    run.write_text("config.toml", dump_toml(cfg))
-    run.write_text("plan.json", json.dumps(plan_dict(s.plan, cfg), indent=2))
-    run.write_status("running", epochs=cfg.train.epochs, pid=os.getpid(), host=os.uname().nodename)
     try:
-        summary = _train(s, run, ck, progress, log, on_epoch)
-    except KeyboardInterrupt:
-        run.write_status("interrupted", f"stopped by Ctrl-C; continue with {_resume_hint(run)}")
-        raise
+        try:
+            run.write_text("config.toml", dump_toml(cfg))
+            run.write_text("plan.json", json.dumps(plan_dict(s.plan, cfg), indent=2))
+            run.write_status(
+                "running", epochs=cfg.train.epochs, pid=os.getpid(), host=os.uname().nodename
+            )
+        except OSError:
+            if created:  # a run directory that could not even be started leads nowhere
+                run.discard()
+            raise
+        return _train_and_record(s, run, ck, progress, log, on_epoch)
+    finally:
+        run.unlock()
+
+
+def _train_and_record(
+    s: Setup,
+    run: RunDir,
+    ck: dict[str, Any] | None,
+    progress: bool,
+    log: Callable[[str], None],
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+) -> dict[str, Any]:
+    """_train, with every way it can end written to summary.json (as far as the disk lets)."""
+    try:
+        return _train(s, run, ck, progress, log, on_epoch)
+    except KeyboardInterrupt as e:
+        how = "by SIGTERM" if isinstance(e, Terminated) else "by Ctrl-C"
+        msg = f"stopped {how}; " + _resume_advice(run)
+        _try_status(run, "interrupted", msg)
+        raise type(e)(msg) from None
     except StageFailure as e:
-        msg = f"{e}; the last checkpoint is kept: continue with {_resume_hint(run)}"
-        run.write_status("failed", msg)
+        msg = f"{e}; " + _resume_advice(run)
+        _try_status(run, "failed", msg)
         raise StageFailure(msg) from None
     except BaseException as e:
-        run.write_status(
-            "failed", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        _try_status(
+            run, "failed", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         )
         raise
-    return summary
+
+
+def _try_status(run: RunDir, state: str, message: str) -> None:
+    """Write summary.json's state; a disk that refuses it must not hide why the run ended."""
+    try:
+        run.write_status(state, message)
+    except OSError:
+        pass
+
+
+def _resume_advice(run: RunDir) -> str:
+    """What `--resume` will do with this run directory now."""
+    if run.has_checkpoint:
+        ck = _checkpoint_epoch(run)
+        return f"the checkpoint of epoch {ck} is kept: continue with {_resume_hint(run)}"
+    return (
+        "no epoch had ended, so there is no checkpoint: "
+        f"{_resume_hint(run)} starts the run again from the beginning"
+    )
+
+
+def _checkpoint_epoch(run: RunDir) -> str:
+    try:
+        with np.load(run.checkpoint_path) as z:
+            return str(json.loads(z["meta"].tobytes().decode())["epoch"])
+    except Exception:  # noqa: BLE001 - only for the message
+        return "?"
 
 
 def _state_of(run: RunDir) -> str:
@@ -379,7 +473,9 @@ class _Progress:
     samples: int = 0
     train_time: float = 0.0
     first_loss: float | None = None
-    best_loss: float = math.inf
+    best_loss: float = math.inf  # the best epoch's mean train loss
+    best_step_loss: float = math.inf  # the best single step's J
+    best_accuracy: float = -math.inf  # the best epoch's test accuracy
     rates: array.array = dataclasses.field(
         default_factory=lambda: array.array("d")
     )  # rows/s a step
@@ -438,6 +534,7 @@ def _attempts(
         params = Init(t.seed, t.dtype)  # each worker makes its own stage's parameters ...
         try:
             with make_engine(s, params) as engine:
+                sigterm.restore()  # Ray's start replaced the program's SIGTERM handler
                 if startup is None:  # Ray, workers, kernel compile or cache load
                     startup = time.perf_counter() - t_start
                     if p.address:  # say which cluster `auto` (or an address) joined
@@ -554,6 +651,7 @@ def _epochs(
                     raise Diverged(_non_finite(r, st.step + 1, epoch + 1, t.lr, culprit))
                 if st.first_loss is None:
                     st.first_loss = r.J
+                _check_step(r.J, st, t.divergence, t.lr, epoch + 1)
                 st.step += 1
                 st.samples += len(idx)
                 total += r.J * len(idx)
@@ -571,10 +669,18 @@ def _epochs(
             }
             metrics = epoch_row(st.step, epoch + 1, figures)
             _check_divergence(metrics, st, t.divergence, t.lr)
+            _check_collapse(metrics, st, ds.y_test, t.lr)
             state = engine.get_state()
             _check_finite_state(state, st.step)
             record(metrics)
-            save_checkpoint(run.checkpoint_path, state, s.plan, epoch=epoch + 1, steps=st.step)
+            save_checkpoint(
+                run.checkpoint_path,
+                state,
+                s.plan,
+                epoch=epoch + 1,
+                steps=st.step,
+                fixed=fixed_keys(cfg),
+            )
             st.epoch, st.metrics = epoch + 1, metrics
             if on_epoch is not None:
                 on_epoch({**metrics, "train_s": st.train_time})
@@ -641,7 +747,48 @@ def _check_divergence(m: dict[str, Any], st: _Progress, factor: float, lr: float
     st.best_loss = min(st.best_loss, m["train_loss"])
 
 
+def _check_step(J: float, st: _Progress, factor: float, lr: float, epoch: int) -> None:
+    """A step whose loss is `factor` times the best step's and worse than the untrained
+    model's first step has diverged (the epoch mean can hide it: a few huge steps, then a
+    plateau at chance)."""
+    ref = st.best_step_loss
+    first = st.first_loss if st.first_loss is not None else math.inf
+    if factor > 0 and math.isfinite(ref) and J > factor * max(ref, 1e-3 * first) and J > first:
+        raise Diverged(
+            f"the loss exploded: step {st.step + 1} (epoch {epoch}) has J = {J:.4g}, over "
+            f"train.divergence={factor:g} times the run's best step ({ref:.4g}) and above its "
+            f"first ({first:.4g}); no checkpoint was written from it (the last good one is "
+            f"kept); lower train.lr (now {lr})"
+        )
+    st.best_step_loss = min(st.best_step_loss, J)
+
+
+# test accuracy collapsed: the best epoch was at least a quarter of the way from chance to
+# perfect, and this one is within 5% of the way from chance
+COLLAPSE_FROM, COLLAPSE_TO = 0.25, 0.05
+
+
+def _check_collapse(m: dict[str, Any], st: _Progress, y_test: np.ndarray, lr: float) -> None:
+    """Stop before checkpointing an epoch whose test accuracy fell back to chance (what
+    predicting the most common test label scores) after the run had learnt something."""
+    acc = m.get("test_accuracy")
+    if acc is None or len(y_test) == 0:
+        return
+    chance = float(np.bincount(np.asarray(y_test, dtype=np.int64)).max() / len(y_test))
+    span = 1.0 - chance
+    if st.best_accuracy >= chance + COLLAPSE_FROM * span and acc <= chance + COLLAPSE_TO * span:
+        raise Diverged(
+            f"test accuracy collapsed to chance: epoch {m['epoch']} (step {m['step']}) scored "
+            f"{acc:.4f} where the run's best was {st.best_accuracy:.4f} and chance (the most "
+            f"common label) is {chance:.4f}; no checkpoint was written from it (the last good "
+            f"one is kept); lower train.lr (now {lr})"
+        )
+    st.best_accuracy = max(st.best_accuracy, acc)
+
+
 def _check_finite_state(states: list[dict[str, Any]], step: int) -> None:
+    """Parameters and optimizer state must be finite before a checkpoint is written (an inf
+    Adam second moment freezes the parameters it belongs to while they stay finite)."""
     for k, state in enumerate(states):
         for name, w in state["params"].items():
             if not np.all(np.isfinite(w)):
@@ -649,6 +796,15 @@ def _check_finite_state(states: list[dict[str, Any]], step: int) -> None:
                     f"parameter {name} (stage {k}) is not finite after step {step}; no "
                     "checkpoint was written from it (the last good one is kept); lower train.lr"
                 )
+        for name, bufs in state.get("opt", {}).items():
+            for i, b in enumerate(bufs):
+                if not np.all(np.isfinite(b)):
+                    raise Diverged(
+                        f"optimizer state {i} of parameter {name} (stage {k}) is not finite "
+                        f"after step {step} (the gradients overflowed {b.dtype}: are the "
+                        "targets or inputs on a sane scale?); no checkpoint was written from "
+                        "it (the last good one is kept); lower train.lr or rescale the data"
+                    )
 
 
 def write_curves(run: RunDir) -> None:
