@@ -305,7 +305,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     cfg = load_cli_config(args)
     if args.auto:
-        return run_auto(cfg, devices=args.devices, as_json=args.json, limit=args.top)
+        return run_auto(
+            cfg, devices=args.devices, as_json=args.json, limit=args.top, config_path=args.config
+        )
     s = setup(cfg)
     for note in s.notes:
         print(f"graphpart: {note}", file=sys.stderr)
