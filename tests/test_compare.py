@@ -26,6 +26,8 @@ from graphpart.run.train import setup, train
 from graphpart.tools.compare import command as cmd_mod
 from graphpart.tools.compare import runner as runner_mod
 from graphpart.tools.compare.command import run_compare
+from graphpart.tools.compare.conclude import verdict
+from graphpart.tools.compare.results import byte_unit
 from graphpart.tools.compare.strategies import auto_strategy, make_strategies, scaled_lr
 
 
@@ -105,7 +107,13 @@ def test_all_strategies_end_equal_and_report(tmp_path, ray_session):
         assert len(r["resident_growth"]) == r["devices"] and min(r["resident_growth"]) >= 0
         assert r["measured_peak"] == max(r["resident_growth"])
         assert r["ledger_peak"] == max(d["total"] for d in r["ledger_memory"])
-    assert "peak/device meas. (OS)" in (report / "report.md").read_text()
+    text = (report / "report.md").read_text()
+    assert "peak/device KiB meas. (OS)" in text
+    # the first paragraph is the verdict, and compare.json holds it
+    assert text.split("\n\n")[1] == f"**{data['verdict']['headline']}**" + (
+        f" Figures: {'; '.join(data['verdict']['figures'])}."
+    )
+    assert data["verdict"]["answer"] in ("one device", "accumulation", "partition")
     assert rows["a"]["comm_bytes_per_step"] == 0 and rows["e"]["comm_bytes_per_step"] > 0
     assert rows["e"]["bubble"] is not None and 0 < rows["e"]["bubble"] < 1
     for name in ("report.md", "memory.png", "curves.png", "throughput.png", "schedule.png"):
@@ -192,3 +200,112 @@ def test_auto_proposals_run_within_their_predicted_memory(tmp_path, ray_session)
         assert len(measured) == len(c.peak_bytes), c
         for got, want in zip(measured, c.peak_bytes, strict=True):
             assert abs(got - want) <= 0.10 * want, (c.kind, c.config(), got, want)
+
+
+# --- the verdict: pure, on hand-made rows (Comparison.row's keys) ---------------------------
+
+MiB = 2**20
+ONE = {"pipeline.stages": 1, "pipeline.microbatches": 1, "pipeline.data_parallel": 1}
+CONFIGS = {
+    "a": ONE,
+    "b": {**ONE, "train.batch_size": 64},
+    "c": {**ONE, "pipeline.microbatches": 4},
+    "d": {**ONE, "pipeline.stages": 4, "pipeline.microbatches": 8, "pipeline.schedule": "gpipe"},
+    "e": {**ONE, "pipeline.stages": 4, "pipeline.microbatches": 8, "pipeline.schedule": "1f1b"},
+    "f": {**ONE, "pipeline.data_parallel": 4},
+}
+NAMES = {"a": "one device", "b": "smaller minibatch", "c": "accumulation", "d": "GPipe"}
+
+
+def _row(key: str, peak_mib: float, rate: float | None, projected: float | None = None) -> dict:
+    """A strategy row: ran at `rate` samples/s (measured), or, with rate None, did not fit."""
+    devices = 4 if key in "def" else 1
+    return {
+        "key": key,
+        "name": NAMES.get(key, key),
+        "devices": devices,
+        "status": "ran" if rate else "does not fit",
+        "problem": None,
+        "config": CONFIGS[key],
+        "predicted_peak": int(peak_mib * MiB),
+        "predicted_memory": [{"parameter": 10 * MiB, "gradient": 10 * MiB, "optimizer": 20 * MiB}],
+        "measured_peak": int(1.1 * peak_mib * MiB) if rate else None,
+        "samples_per_s": rate,
+        "projected_samples_per_s": projected if devices > 1 else rate,
+    }
+
+
+def test_verdict_one_device_fits_and_is_fastest():
+    """One device fits and is the fastest: named first, with the partitioning's cost in time
+    (measured, and projected with a device per stage) and per-device memory figures."""
+    rows = [_row("a", 50, 100_000), _row("c", 40, 60_000), _row("e", 20, 10_000, 40_000)]
+    v = verdict(rows, devices=4, cores=8, budget=None)
+    assert v.answer == "one device" and v.pick == "a" and v.ratio == pytest.approx(10.0)
+    assert v.headline.startswith("Train on one device: it fits")
+    assert "partitioning costs 10.0x in time here (measured); 2.5x" in v.headline
+    assert "50.00 MiB per device predicted, 55.00 MiB measured by the OS" in v.text()
+    assert "1F1B, K=4, M=8 (e)" in v.text()
+
+
+def test_verdict_only_partitioning_fits_names_schedule_and_k():
+    """With the one-device forms over the budget, the verdict is partitioning, naming the
+    schedule, K and M of the fastest pipeline that fits and one device's least need."""
+    rows = [
+        _row("a", 110, None),
+        _row("b", 95, None),
+        _row("c", 109, None),
+        _row("d", 49, 900, 1000),
+        _row("e", 47, 1000, 1100),
+        _row("f", 118, None),
+    ]
+    v = verdict(rows, devices=4, cores=4, budget=64 * MiB)
+    assert v.answer == "partition" and v.pick == "e"
+    assert v.headline.startswith("Only partitioning fits 64.00 MiB per device: 1F1B, K=4, M=8")
+    assert "one device needs at least 95.00 MiB in any form" in v.headline
+    assert "40.00 MiB is parameters, gradients and optimizer state" in v.headline
+
+
+def test_verdict_smaller_minibatch_fits():
+    """The full minibatch does not fit but accumulation (the same gradient) does and is faster
+    than the pipelines: the answer is a smaller minibatch, with the partitioning's cost."""
+    rows = [_row("a", 80, None), _row("c", 60, 150_000), _row("e", 30, 50_000, 50_000)]
+    v = verdict(rows, devices=4, cores=4, budget=64 * MiB)
+    assert v.answer == "accumulation" and v.pick == "c"
+    assert v.headline.startswith("Train on a smaller minibatch on one device: the full minibatch")
+    assert "partitioning also fits: it costs 3.0x in time here (measured)" in v.headline
+
+
+def test_verdict_nothing_fits():
+    """No strategy fits the budget: the verdict says so and names the least any setup needs."""
+    rows = [_row("a", 110, None), _row("c", 100, None), _row("e", 70, None)]
+    v = verdict(rows, devices=4, cores=4, budget=64 * MiB)
+    assert v.answer == "nothing fits" and v.pick is None
+    assert "Nothing fits 64.00 MiB per device" in v.headline
+    assert "70.00 MiB per device (1F1B, K=4, M=8 (e), predicted)" in v.headline
+
+
+def test_verdict_partitioning_faster():
+    """A pipeline more than TIE faster than one device is named, with the speed ratio."""
+    rows = [_row("a", 50, 1000), _row("d", 20, 2500, 2600)]
+    v = verdict(rows, devices=4, cores=4, budget=None)
+    assert v.answer == "partition" and v.pick == "d" and v.ratio == pytest.approx(2.5)
+    assert v.headline.startswith("Partition: GPipe, K=4, M=8 (d) fits (no budget given)")
+    assert "2.50x the speed of one device (a) (measured)" in v.headline
+
+
+def test_verdict_ties_go_to_the_simpler_setup_and_shared_cores_use_the_projection():
+    """Within 10% the simpler setup is named (and the headline says it is a tie); with fewer
+    cores than devices, speeds compare as projected with a device each."""
+    v = verdict([_row("a", 50, 1000), _row("c", 40, 1050)], devices=4, cores=4, budget=None)
+    assert v.pick == "a" and "within the 10% counted as a tie" in v.headline
+    rows = [_row("a", 50, 1000), _row("e", 20, 300, 1500)]
+    v = verdict(rows, devices=4, cores=2, budget=None)
+    assert v.pick == "e" and "(projected with a device each)" in v.headline
+    assert "2 core(s) for 4 devices" in v.text()
+
+
+def test_byte_unit_is_picked_from_the_data():
+    """One unit per column or axis: the largest in which the largest value is at least 1."""
+    assert byte_unit([431_000, 200_000, None]) == ("KiB", 2**10)
+    assert byte_unit([5 * MiB, 500]) == ("MiB", MiB)
+    assert byte_unit([0, None]) == ("B", 1)

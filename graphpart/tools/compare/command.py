@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from graphpart.plan.partition import partition
 from graphpart.run.config import Config
 from graphpart.run.train import budget_of, setup, uses_ray
 from graphpart.tools.compare.auto import search_config
-from graphpart.tools.compare.conclude import conclusion
+from graphpart.tools.compare.conclude import comparison_verdict, conclusion
 from graphpart.tools.compare.project import hop_seconds, project
 from graphpart.tools.compare.report import terminal, write_report
 from graphpart.tools.compare.results import Comparison
@@ -99,11 +100,21 @@ def run_compare(
     c.projections = {o.strategy.key: project(o, hop) for o in c.outcomes}
     c.choose_target(target)
     lines = conclusion(c, s.shape.n_features, s.shape.n_outputs)
-    path = write_report(c, lines, out)
+    answer = comparison_verdict(c)
+    path = write_report(c, lines, out, answer)
     if as_json:
-        print(json.dumps({**c.to_dict(), "conclusion": lines, "report": str(path)}))
+        print(
+            json.dumps(
+                {
+                    **c.to_dict(),
+                    "verdict": asdict(answer),
+                    "conclusion": lines,
+                    "report": str(path),
+                }
+            )
+        )
     else:
-        print(terminal(c, lines))
+        print(terminal(c, lines, answer))
         print(f"\nreport: {path}")
     return 130 if c.interrupted else 0
 

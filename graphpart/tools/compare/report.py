@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from graphpart.plan.auto import table as auto_table
 from graphpart.tools.compare import plots
-from graphpart.tools.compare.results import Comparison, state_bytes
+from graphpart.tools.compare.conclude import Verdict
+from graphpart.tools.compare.results import (
+    Comparison,
+    byte_unit,
+    in_unit,
+    memory_unit,
+    state_bytes,
+)
 from graphpart.units import human_bytes, table
 
 
@@ -17,26 +25,31 @@ def _f(v: Any, spec: str = ",.0f", none: str = "-") -> str:
 
 
 def strategy_table(c: Comparison) -> str:
+    """One row per strategy; every memory column in one unit picked from the data (the unit
+    of memory.png's axis too), named in the header."""
+    mu = memory_unit(c)
+    rows_ = {o.strategy.key: c.row(o) for o in c.outcomes}
+    cu = byte_unit([r.get("comm_bytes_per_step") for r in rows_.values()])
     headers = [
         "strategy",
         "devices",
-        "peak/device meas. (OS)",
+        f"peak/device {mu[0]} meas. (OS)",
         "pred.",
-        "state/device",
-        "activ./device",
+        f"state/device {mu[0]}",
+        f"activ./device {mu[0]}",
         "step ms",
         "samples/s",
         "projected",
-        "comm/step",
+        f"comm/step {cu[0]}",
         "bubble",
         c.metric.replace("test_", "test "),
         "to target s",
     ]
     rows, notes = [], []
     for o in c.outcomes:
-        r = c.row(o)
+        r = rows_[o.strategy.key]
         if not r.get("steps"):
-            pred = human_bytes(r["predicted_peak"]) if r["predicted_peak"] else "-"
+            pred = in_unit(r["predicted_peak"], mu) if r["predicted_peak"] else "-"
             rows.append(
                 [o.strategy.label, o.strategy.devices, o.status, pred] + ["-"] * (len(headers) - 4)
             )
@@ -48,14 +61,14 @@ def strategy_table(c: Comparison) -> str:
             [
                 o.strategy.label,
                 o.strategy.devices,
-                human_bytes(r["measured_peak"]),
-                human_bytes(r["predicted_peak"]),
-                human_bytes(state_bytes(worst)),
-                human_bytes(worst["activation"]),
+                in_unit(r["measured_peak"], mu),
+                in_unit(r["predicted_peak"], mu),
+                in_unit(state_bytes(worst), mu),
+                in_unit(worst["activation"], mu),
                 f"{r['step_s'] * 1e3:.2f}",
                 _f(r["samples_per_s"]),
                 _f(r["projected_samples_per_s"]),
-                human_bytes(r["comm_bytes_per_step"]),
+                in_unit(r["comm_bytes_per_step"], cu),
                 _f(r["bubble"], ".0%"),
                 _f(r["final_" + c.metric], ".4f"),
                 _f(r["time_to_target_s"], ".2f"),
@@ -77,8 +90,11 @@ def header(c: Comparison) -> str:
     )
 
 
-def terminal(c: Comparison, conclusion: list[str]) -> str:
-    parts = [header(c), strategy_table(c)]
+def terminal(c: Comparison, conclusion: list[str], answer: Verdict) -> str:
+    """What compare prints: the verdict first (its headline is the first line), then the
+    setup, the table and the detailed conclusion."""
+    parts = [answer.headline + "".join(f"\n  {f}" for f in answer.figures), header(c)]
+    parts.append(strategy_table(c))
     if c.auto:
         parts.append("plan --auto's best setups (predicted):\n" + auto_table(c.auto, 5))
     parts.append("\n".join(f"- {line}" for line in conclusion))
@@ -87,10 +103,12 @@ def terminal(c: Comparison, conclusion: list[str]) -> str:
     return "\n\n".join(parts)
 
 
-def write_report(c: Comparison, conclusion: list[str], out: Path) -> Path:
-    """report.md with its PNGs and compare.json in `out` (created); returns report.md."""
+def write_report(c: Comparison, conclusion: list[str], out: Path, answer: Verdict) -> Path:
+    """report.md (its first paragraph the verdict) with its PNGs and compare.json in `out`
+    (created); returns report.md."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "compare.json").write_text(json.dumps(c.to_dict(), indent=2) + "\n")
+    data = {"verdict": asdict(answer), **c.to_dict()}
+    (out / "compare.json").write_text(json.dumps(data, indent=2) + "\n")
     pngs = []
     if c.outcomes:
         plots.memory_png(c, out / "memory.png")
@@ -107,6 +125,9 @@ def write_report(c: Comparison, conclusion: list[str], out: Path) -> Path:
     lines = [
         "# graphpart compare",
         "",
+        f"**{answer.headline}**"
+        + (f" Figures: {'; '.join(answer.figures)}." if answer.figures else ""),
+        "",
         header(c),
         "",
         "## Conclusion",
@@ -119,9 +140,12 @@ def write_report(c: Comparison, conclusion: list[str], out: Path) -> Path:
         strategy_table(c),
         "```",
         "",
-        "Measured: on this machine, every device a share of its cores (peak memory is the "
-        "workers' ledger; samples/s is training steps only). Projected: one device per stage or "
-        "replica, from the schedule simulator fed the stages' measured compute times and a "
+        "Measured: on this machine, every device a share of its cores: peak memory as the "
+        "OS counts it (each worker process's resident growth over its own baseline), "
+        "samples/s by the wall clock over training steps only. Predicted: the memory model's "
+        "peak, which a budget is checked against (state and activations per device are the "
+        "workers' ledger, which equals it by construction). Projected: one device per stage "
+        "or replica, from the schedule simulator fed the stages' measured compute times and a "
         f"measured boundary hop ({c.hop_s * 1e3:.3f} ms); one-device strategies are measured.",
         "",
     ]

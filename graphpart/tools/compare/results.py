@@ -145,3 +145,30 @@ class Comparison:
 
 def state_bytes(per_device: dict[str, int]) -> int:
     return sum(per_device.get(c, 0) for c in STATE)
+
+
+UNITS = (("B", 1), ("KiB", 2**10), ("MiB", 2**20), ("GiB", 2**30))
+
+
+def byte_unit(values: list[float | int | None]) -> tuple[str, int]:
+    """One unit for a column or an axis, picked from its data: the largest unit in which the
+    largest value is at least 1 (B, KiB, MiB, GiB), so every figure of it reads alike."""
+    top = max((abs(v) for v in values if v), default=0)
+    name, size = UNITS[0]
+    for n, s in UNITS:
+        if top >= s:
+            name, size = n, s
+    return name, size
+
+
+def in_unit(n: float | int | None, unit: tuple[str, int]) -> str:
+    """`n` bytes as a number of `unit` (no unit name: the header or axis carries it)."""
+    if n is None:
+        return "-"
+    return f"{n:,.0f}" if unit[1] == 1 else f"{n / unit[1]:,.2f}"
+
+
+def memory_unit(c: Comparison) -> tuple[str, int]:
+    """The unit of every per-device memory figure of `c`'s table and memory plot: from the
+    predicted peaks (every strategy has one, run or not)."""
+    return byte_unit([o.peak("predicted") for o in c.outcomes])
