@@ -51,7 +51,11 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
     ),
     "--n-samples": ("data.n_samples", int, "synthetic data: number of samples"),
     "--n-features": ("data.n_features", int, "synthetic data: input features"),
-    "--n-classes": ("data.n_classes", int, "synthetic data: classes"),
+    "--n-classes": (
+        "data.n_classes",
+        int,
+        "classes (synthetic data: default 10; a .npz/.csv file: from its labels unless given)",
+    ),
     "--hidden": ("model.hidden", str, "hidden layer sizes, e.g. 256,256"),
     "--activation": ("model.activation", str, "identity | relu | sigmoid | tanh"),
     "--loss": ("model.loss", str, "cross_entropy | mse"),

@@ -379,9 +379,15 @@ def test_npz_huge_label_is_bounded_by_the_number_of_samples(tmp_path, big):
 
 
 def test_npz_labels_up_to_the_number_of_samples_are_classes(tmp_path):
+    """Given n_classes, labels up to it are classes; inferred from the labels, classes with no
+    sample (a label 19 among 0..2) are refused, naming them and the way to ask for them."""
     X, y = _xy()
     y[0] = 19  # 20 samples: at most 20 classes
-    assert data.load_npz(_npz(tmp_path, X=X, y=y)).n_classes == 20
+    assert data.load_npz(_npz(tmp_path, X=X, y=y), n_classes=20).n_classes == 20
+    with pytest.raises(DataError) as exc:
+        data.load_npz(_npz(tmp_path, X=X, y=y))
+    msg = _one_line(exc)
+    assert "labels run 0..19" in msg and "have no sample" in msg and "--n-classes N" in msg
 
 
 @pytest.mark.parametrize("task", ["classification", "regression"])

@@ -96,7 +96,18 @@ class RunDir:
     @classmethod
     def create(cls, root: str | Path, name: str = "") -> RunDir:
         root = Path(root)
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise ConfigError(
+                f"run.dir={str(root)!r} is a file, not a folder; give a folder for run "
+                "directories (it is created if missing)"
+            ) from None
+        except OSError as e:
+            raise ConfigError(
+                f"run.dir={str(root)!r}: cannot create it ({e.strerror or e}); give a folder "
+                "you can write to"
+            ) from None
         if name:
             path = root / name
             try:
@@ -105,6 +116,11 @@ class RunDir:
                 raise ConfigError(
                     f"run directory {path} already exists; choose another run.name, or continue "
                     f"it with --resume {path}"
+                ) from None
+            except OSError as e:
+                raise ConfigError(
+                    f"run directory {path}: cannot create it ({e.strerror or e}); give a "
+                    "run.dir you can write to"
                 ) from None
             return cls(path).lock()
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -115,6 +131,11 @@ class RunDir:
                 return cls(path).lock()
             except FileExistsError:
                 continue
+            except OSError as e:
+                raise ConfigError(
+                    f"run directory {path}: cannot create it ({e.strerror or e}); give a "
+                    "run.dir you can write to"
+                ) from None
         raise ConfigError(f"cannot create a new run directory under {root}")  # pragma: no cover
 
     @classmethod

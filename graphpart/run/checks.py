@@ -162,7 +162,9 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "data.source": _source,
     "data.n_samples": _at_least(2),
     "data.n_features": _positive_int,
-    "data.n_classes": _positive_int,
+    "data.n_classes": lambda v: (
+        None if v >= 0 else "must be 0 (synthetic data: 10; a file: from its labels) or a count"
+    ),
     "data.test_fraction": _open_unit,
     "train.epochs": _positive_int,
     "train.batch_size": _positive_int,

@@ -37,7 +37,7 @@ class DataConfig:
     source: str = "digits"
     n_samples: int = 10000
     n_features: int = 64
-    n_classes: int = 10
+    n_classes: int = 0  # classes: 0 = synthetic data's 10, or a file's from its labels
     test_fraction: float = 0.2
 
 
@@ -245,10 +245,14 @@ def _check_together(cfg: Config) -> None:
             f"pipeline.microbatches={p.microbatches} exceeds train.batch_size={t.batch_size}: "
             f"each microbatch needs at least one sample"
         )
-    if d.source == "synthetic" and m.loss == "cross_entropy" and d.n_classes < 2:
+    if d.n_classes == 1 and m.loss == "cross_entropy":
         raise ConfigError(
             f"data.n_classes={d.n_classes}: classification (model.loss='cross_entropy') "
-            f"needs at least 2 classes"
+            f"needs at least 2 classes (or 0: synthetic data's 10, a file's from its labels)"
+        )
+    if d.source == "digits" and d.n_classes not in (0, 10):
+        raise ConfigError(
+            f"data.n_classes={d.n_classes}: the digits set has 10 classes; give 0 or 10"
         )
 
 

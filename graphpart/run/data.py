@@ -425,8 +425,21 @@ def _dataset(
         n_classes = int(max(y.max(), yt.max() if has_test else 0)) + 1
         if n_classes < 2:
             raise DataError(
-                f"{path}: y has only label 0; classification needs at least 2 classes "
-                f"(pass n_classes, or use task='regression')"
+                f"{path}: y has only label 0; classification needs at least 2 classes: give "
+                "--n-classes N (data.n_classes) if the file holds N classes, or train on "
+                "real-valued targets with --loss mse (model.loss)"
+            )
+        seen = np.zeros(n_classes, dtype=bool)
+        seen[y] = True
+        if has_test:
+            seen[yt] = True
+        if not seen.all():
+            gaps = np.flatnonzero(~seen)
+            shown = ", ".join(map(str, gaps[:5])) + (", ..." if len(gaps) > 5 else "")
+            raise DataError(
+                f"{path}: the labels run 0..{n_classes - 1}, but class(es) {shown} have no "
+                f"sample (a label past the classes meant, or labels counted from 1?); fix the "
+                f"labels, or give --n-classes N (data.n_classes) to train N classes anyway"
             )
     if not has_test:
         train, test = split_indices(len(X), frac, seed, labels=y)

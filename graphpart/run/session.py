@@ -293,15 +293,10 @@ class Run:
     def _test_split(self) -> tuple[np.ndarray, np.ndarray]:
         """The test split the run was evaluated on while training (reloaded from data.source)."""
         cfg = self.config
-        d, t = cfg.data, cfg.train
-        kw: dict[str, Any] = dict(dtype=t.dtype, test_fraction=d.test_fraction, seed=t.seed)
+        d = cfg.data
+        kw = _train.data_kwargs(cfg)
         if d.source == "synthetic":
-            kw.update(
-                n_samples=d.n_samples,
-                n_features=d.n_features,
-                n_classes=d.n_classes,
-                task=self.task,
-            )
+            kw.update(task=self.task)
         elif d.source.lower().endswith((".npz", ".csv")):
             if not os.path.exists(d.source):
                 raise DataError(

@@ -77,25 +77,30 @@ class Setup:
         return self._dataset
 
 
-def _data_kwargs(cfg: Config) -> dict[str, Any]:
+def data_kwargs(cfg: Config) -> dict[str, Any]:
+    """What graphpart.run.data.load needs of `cfg` besides the source (data.n_classes = 0:
+    synthetic data's 10, a file's classes from its labels)."""
     d, t = cfg.data, cfg.train
     task = "regression" if cfg.model.loss == "mse" else "classification"
     kw: dict[str, Any] = dict(dtype=t.dtype, test_fraction=d.test_fraction, seed=t.seed)
     if d.source == "synthetic":
-        kw.update(n_samples=d.n_samples, n_features=d.n_features, n_classes=d.n_classes, task=task)
+        q = d.n_classes or 10
+        kw.update(n_samples=d.n_samples, n_features=d.n_features, n_classes=q, task=task)
     elif d.source.lower().endswith((".npz", ".csv")):
         kw.update(task=task)
+        if d.n_classes and task == "classification":
+            kw.update(n_classes=d.n_classes)
     return kw
 
 
 def load_dataset(cfg: Config) -> gdata.Dataset:
     """The data `cfg` trains on, loaded (graphpart.run.data)."""
-    return gdata.load(cfg.data.source, **_data_kwargs(cfg))
+    return gdata.load(cfg.data.source, **data_kwargs(cfg))
 
 
 def data_shape(cfg: Config) -> DataShape:
     """The shape of the data `cfg` trains on, read without loading it (graphpart.run.shape)."""
-    return shape_of(cfg.data.source, **_data_kwargs(cfg))
+    return shape_of(cfg.data.source, **data_kwargs(cfg))
 
 
 def setup(cfg: Config) -> Setup:
