@@ -211,7 +211,7 @@ def test_override_without_section():
         ({"train.lr": "inf"}, "train.lr=inf: must be a finite number"),
         ({"model.bias": "maybe"}, "model.bias='maybe': expected a boolean"),
         ({"model.bias": 1}, "model.bias=1: expected a boolean"),
-        ({"model.hidden": 64}, "model.hidden=64: expected a list of integers"),
+        ({"model.hidden": 6.4}, "model.hidden=6.4: expected a list of integers"),
         ({"model.hidden": "64,x"}, "model.hidden='64,x': expected a list of integers"),
         ({"model.hidden": [64, 1.5]}, "model.hidden=[64, 1.5]: sizes must be positive"),
         ({"data.source": 3}, "data.source=3: expected a string"),

@@ -131,7 +131,7 @@ def test_make_config_takes_a_path_a_config_a_dict_or_the_default(tmp_path):
 @pytest.mark.parametrize(
     "config, overrides, needle",
     [
-        (42, None, "config=42: expected a path"),
+        (42, None, "config of type int: expected a path"),
         (None, {"train.epoch": 3}, "unknown key 'train.epoch'"),
         (Config(), {"train.epochs": 0}, "train.epochs=0"),
         ({"train": {"epochs": -1}}, None, "train.epochs=-1"),

@@ -77,6 +77,8 @@ def typed(dotted: str, value: Any, default: Any) -> Any:
             if not math.isfinite(value):
                 raise ConfigError(f"{dotted}={fmt(value)}: must be a finite number")
     elif isinstance(default, tuple):
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = (value,)  # one hidden layer: 16 as the command line's --hidden 16
         ok = isinstance(value, (list, tuple))
         if ok and not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             raise ConfigError(f"{dotted}={fmt(value)}: sizes must be positive integers")

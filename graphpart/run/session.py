@@ -23,6 +23,8 @@ partition the run trained under.
 from __future__ import annotations
 
 import csv
+import difflib
+import hashlib
 import io
 import json
 import os
@@ -40,6 +42,7 @@ from graphpart.errors import ConfigError, DataError, GraphpartError, RunError
 from graphpart.ir import Graph, mlp
 from graphpart.run import data as gdata
 from graphpart.run import train as _train
+from graphpart.run.checkpoint import atomic_write
 from graphpart.run.config import Config, load_config
 
 DEFAULT_CONFIG = "digits.toml"  # the embedded config (graphpart/configs/, as in examples/)
@@ -72,8 +75,9 @@ def make_config(config: ConfigLike = None, overrides: Mapping[str, Any] | None =
         config = Config.from_dict(config)
     if not isinstance(config, Config):
         raise ConfigError(
-            f"config={config!r}: expected a path to a TOML file, a Config, a dict of sections "
-            "or None (the embedded digits config)"
+            f"config of type {type(config).__name__}: expected a path to a TOML file, a "
+            "Config, a dict of sections or None (the embedded digits config); training data "
+            "as arrays goes to data=(X, y)"
         )
     if not overrides:
         return config
@@ -84,30 +88,104 @@ def make_config(config: ConfigLike = None, overrides: Mapping[str, Any] | None =
 
 
 def train(
-    config: ConfigLike = None,
+    config: ConfigLike | tuple[Any, Any] = None,
     *,
+    data: Data = None,
     overrides: Mapping[str, Any] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    **settings: Any,
 ) -> Run:
     """Train as `graphpart train` does and return the finished run (see `load`).
 
     `config` and `overrides` as `make_config` takes them: a TOML path, a Config, a dict of
     sections or None (the embedded digits config), then dotted keys such as
-    {"train.epochs": 3, "pipeline.stages": 2}. `on_epoch` gets each epoch's metrics as soon as
-    it ends; `progress` shows a progress bar; `log` gets the epoch lines (default: stderr).
-    Writes a run directory under run.dir (default "runs", relative to the working folder).
+    {"train.epochs": 3, "pipeline.stages": 2}. `settings` are any config key by its last name
+    (epochs=3, stages=2, hidden=[32, 32], batch_size=128, lr=0.01, name="mine", ...), applied
+    after `overrides`. `data` is "digits", "synthetic", a .npz/.csv path, or arrays (X, y)
+    (also accepted in place of `config`): arrays are saved once, by content, under
+    RUN_DIR/data/ and the run's config names that file, so `--resume` and `evaluate` find
+    them. `on_epoch` gets each epoch's metrics as soon as it ends; `progress` shows a progress
+    bar; `log` gets the epoch lines (default: stderr). Writes a run directory under run.dir
+    (default "runs", relative to the working folder).
 
     >>> run = train(overrides={"train.epochs": 1, "model.hidden": [16]})
     >>> run.summary["epochs"], run.summary["steps"], sorted(run.params)
     (1, 23, ['W1', 'W2', 'b1', 'b2'])
+    >>> X = np.random.default_rng(0).standard_normal((100, 4))
+    >>> y = (X[:, 0] > 0).astype(int)
+    >>> run = train((X, y), epochs=2, hidden=8, batch_size=20)
+    >>> run.summary["steps"], run.n_features, run.n_outputs
+    (8, 4, 2)
     """
-    cfg = make_config(config, overrides)
+    if isinstance(config, tuple | list):  # gp.train((X, y)): the data, not a config
+        if data is not None:
+            raise ConfigError("arrays given both as config and as data=; give them once")
+        config, data = None, (config[0], config[1]) if len(config) == 2 else config
+    over = {**dict(overrides or {}), **_settings(settings)}
+    if data is not None:
+        if isinstance(data, str | os.PathLike):
+            over["data.source"] = os.fspath(data)
+        else:
+            run_root = make_config(config, over).run.dir
+            over["data.source"] = _save_arrays(data, run_root)
+    cfg = make_config(config, over)
     if not cfg.pipeline.address:  # with an address the workers check their own device
         check_device(cfg.pipeline.device)
     summary = _train.train(cfg, progress=progress, log=log, on_epoch=on_epoch)
     return load(summary["run_dir"])
+
+
+def _settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword settings (epochs=3) as dotted config keys (train.epochs); an unknown name is a
+    one-line ConfigError naming the close ones."""
+    keys = {k: f"{sec}.{k}" for sec, table in Config.from_dict({}).to_dict().items() for k in table}
+    out = {}
+    for name, value in settings.items():
+        if name not in keys:
+            close = difflib.get_close_matches(name, keys, n=3)
+            raise ConfigError(
+                f"train({name}=...): not a setting"
+                + (f"; did you mean {', '.join(close)}?" if close else "")
+                + f" (settings: {', '.join(sorted(keys))})"
+            )
+        out[keys[name]] = value
+    return out
+
+
+def _save_arrays(data: Any, run_root: str) -> str:
+    """Arrays (X, y) saved once, named by their content, as RUN_ROOT/data/arrays-<hash>.npz
+    (absolute), to train on as a .npz file; the loader then checks them as it checks files."""
+    if not (isinstance(data, tuple | list) and len(data) == 2):
+        raise DataError(
+            f"data of type {type(data).__name__}: expected a .npz or .csv path, 'digits', "
+            "'synthetic', or a pair (X, y) of arrays"
+        )
+    arrays = {}
+    for name, a in zip(("X", "y"), data, strict=True):
+        try:
+            arr = np.asarray(a)
+        except (TypeError, ValueError) as e:
+            raise DataError(f"data {name}: not an array ({type(a).__name__}: {e})") from None
+        if arr.dtype.kind not in "biuf":
+            raise DataError(f"data {name}: dtype {arr.dtype}, shape {arr.shape}; expected numbers")
+        arrays[name] = np.ascontiguousarray(arr)
+    h = hashlib.sha256()
+    for name, arr in arrays.items():
+        h.update(f"{name}{arr.dtype.str}{arr.shape}".encode())
+        h.update(memoryview(arr).cast("B"))
+    folder = Path(run_root).resolve() / "data"
+    path = folder / f"arrays-{h.hexdigest()[:16]}.npz"
+    if not path.is_file():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"run.dir={run_root!r}: cannot create {folder} ({e})") from None
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        atomic_write(path, buf.getvalue())
+    return str(path)
 
 
 def load(run_dir: str | os.PathLike) -> Run:
@@ -227,9 +305,10 @@ class Run:
             weight_decay=m.weight_decay,
         )
 
-    def predict(self, X: Any, *, classes: bool = False) -> np.ndarray:
+    def predict(self, X: Any, *, classes: bool = False, proba: bool = False) -> np.ndarray:
         """The model's outputs for the samples X (an array n x n_features, or a .npz/.csv
-        path): logits (n x classes; regression: n x targets), or with `classes` the class ids.
+        path): logits (n x classes; regression: n x targets), with `classes` the class ids,
+        with `proba` the class probabilities (the softmax of the logits; rows sum to 1).
 
         X is in the units of the data the run trained on: for digits, 0..16 pixel values (as
         scikit-learn's load_digits gives them; the model sees X / 16); other sources as they
@@ -240,13 +319,19 @@ class Run:
         >>> run.predict(X).shape, run.predict(X, classes=True).dtype
         ((2, 10), dtype('int64'))
         """
-        if classes and self.task != "classification":
-            raise GraphpartError(
-                f"classes=True: run {self.path} is a regression (model.loss="
-                f"{self.config.model.loss!r}); its predictions are the outputs themselves"
-            )
+        for flag, on in (("classes", classes), ("proba", proba)):
+            if on and self.task != "classification":
+                raise GraphpartError(
+                    f"{flag}=True: run {self.path} is a regression (model.loss="
+                    f"{self.config.model.loss!r}); its predictions are the outputs themselves"
+                )
+        if classes and proba:
+            raise GraphpartError("classes=True and proba=True: ask for one of them")
         X, _ = self._samples(X, labels=False)
         o = self._outputs(X)
+        if proba:
+            e = np.exp(o - o.max(axis=1, keepdims=True))
+            return e / e.sum(axis=1, keepdims=True)
         return o.argmax(axis=1) if classes else o
 
     def evaluate(self, data: Data = None) -> dict[str, Any]:
