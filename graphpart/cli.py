@@ -381,7 +381,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
     cfg = load_cli_config(args)
     check_local_device(cfg)
     return run_profile(
-        cfg, steps=args.steps, out=args.out, inference=args.inference, as_json=args.json
+        cfg,
+        steps=args.steps,
+        out=args.out,
+        inference=args.inference,
+        as_json=args.json,
+        force=args.force,
     )
 
 
@@ -549,7 +554,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("profile", help="run a few steps; predicted vs measured memory per device")
     _add_config_args(p, "profile")
     p.add_argument("--steps", type=int, default=3, help="training steps to run (default 3)")
-    p.add_argument("--out", default="profile", help="folder for the table, PNGs and trace.json")
+    p.add_argument(
+        "--out",
+        default="profile",
+        help="folder for the PNGs and trace.json (default: profile; refused if an earlier "
+        "profile is there, unless --force)",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="replace an earlier profile in --out (its files)"
+    )
     p.add_argument("--inference", action="store_true", help="also compare with inference")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.set_defaults(func=cmd_profile)

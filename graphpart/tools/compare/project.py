@@ -12,6 +12,7 @@ import numpy as np
 
 from graphpart.engines import Channel, ChannelInbox, ChannelName, unlink_channel
 from graphpart.plan import schedule as sch
+from graphpart.plan import timing
 from graphpart.tools.compare.runner import Outcome
 
 
@@ -76,9 +77,7 @@ def project(o: Outcome, hop_s: float) -> Projection | None:
     fwd = [x["forward_s"] / (steps * M) for x in stats]
     bwd = [x["backward_s"] / (steps * M) for x in stats]
     fin = [x["finish_s"] / steps for x in stats]
-    tl = sch.simulate(sch.make(p.schedule, p.stages, M), fwd, bwd, hop_s)
-    ends = [max((e.end for e in tl.events if e.stage == k), default=0.0) for k in range(p.stages)]
-    step = max(e + f for e, f in zip(ends, fin, strict=True))
+    step, tl = timing.pipeline_step(p.schedule, M, fwd, bwd, fin, hop_s)  # plan --auto's model
     return Projection(
         step,
         t.batch_size / step,

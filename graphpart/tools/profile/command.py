@@ -20,13 +20,28 @@ from graphpart.tools.profile.plots import plot_stage
 from graphpart.tools.profile.trace import chrome_trace
 
 
-def check_out_folder(out: str | Path) -> Path:
+def _written(outdir: Path) -> list[Path]:
+    """What an earlier profile wrote into `outdir` (its stage plots and trace)."""
+    if not outdir.is_dir():
+        return []
+    return sorted([*outdir.glob("memory_stage*.png"), *outdir.glob("trace.json")])
+
+
+def check_out_folder(out: str | Path, force: bool = False) -> Path:
     """`out` as the folder profile writes into: an existing file (or a file where a folder of
-    its path should be) and a folder that cannot be written are one-line ConfigErrors."""
+    its path should be), a folder that cannot be written, and a folder an earlier profile
+    wrote into (unless `force`) are one-line ConfigErrors."""
     outdir = Path(out)
     what = "profile writes a folder (memory_stage<k>.png, trace.json); give a folder path"
     if outdir.exists() and not outdir.is_dir():
         raise ConfigError(f"--out {outdir}: is an existing file; {what}")
+    old = _written(outdir)
+    if old and not force:
+        raise ConfigError(
+            f"--out {outdir}: holds an earlier profile ({', '.join(p.name for p in old[:3])}"
+            + (", ..." if len(old) > 3 else "")
+            + "); give a new folder, or --force to replace it"
+        )
     for above in outdir.parents:
         if above.exists() or above == above.parent:
             if not above.is_dir():
@@ -46,11 +61,12 @@ def run_profile(
     out: str | Path = "profile",
     inference: bool = False,
     as_json: bool = False,
+    force: bool = False,
 ) -> int:
     """`graphpart profile`: a few steps; predicted vs measured memory per stage; PNGs, trace."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"steps={steps!r}: must be a positive integer")
-    outdir = check_out_folder(out)
+    outdir = check_out_folder(out, force)
     s = setup(cfg)
     t, p = cfg.train, cfg.pipeline
     kw = memory_kwargs(cfg)
@@ -72,6 +88,8 @@ def run_profile(
         raise ConfigError(
             f"--out {outdir}: cannot create the folder ({exc.strerror or exc})"
         ) from None
+    for old in _written(outdir):  # --force: no stage plot of an earlier run is left beside
+        old.unlink(missing_ok=True)
     pngs = []
     for k, events in enumerate(m.events):
         path = outdir / f"memory_stage{k}.png"
