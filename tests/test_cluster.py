@@ -161,7 +161,7 @@ def test_a_local_ray_runs_only_what_graphpart_uses(full):
     assert unused == (list(UNUSED) if full else []), got["running"]
     assert "Token authentication is enabled" not in out.stderr or full  # no warning of ours
     assert got["heads"] == 1, "a second start_ray after a plain ray.shutdown() left two heads"
-    left = [c for c in got["left"] if "graphpart.engines.reaper" not in c]
+    left = [c for c in got["left"] if "engines/reaper.py" not in c and "engines.reaper" not in c]
     assert not left, f"left running after stop_ray(): {left}"
 
 
