@@ -63,18 +63,19 @@ def slope(xs: list[float], ys: list[float]) -> float:
         return 0.0
     mx, my = sum(xs) / n, sum(ys) / n
     den = sum((x - mx) ** 2 for x in xs)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den if den else 0.0
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else 0.0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=100_000)
     ap.add_argument("--every", type=int, default=2_000, help="sample every N steps")
     ap.add_argument("--warmup", type=int, default=10_000, help="slopes from this step on")
+    ap.add_argument("--per-epoch", type=int, default=10_000, help="steps per epoch")
     ap.add_argument("--json", default=None)
     ap.add_argument("extra", nargs="*", help="more `graphpart train` flags (after --)")
     args = ap.parse_args(argv)
-    per_epoch = 10_000
+    per_epoch = args.per_epoch
     epochs = max(1, args.steps // per_epoch)
     tmp = Path(tempfile.mkdtemp(prefix="graphpart-growth-"))
     cmd = [
@@ -130,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(report, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps({**report, "samples": samples}, indent=2))
-    return 0 if code == 0 else 1
+    return report
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(0 if main()["exit_code"] == 0 else 1)
