@@ -77,7 +77,12 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
     ),
     "--schedule": ("pipeline.schedule", str, "gpipe | 1f1b"),
     "--strategy": ("pipeline.strategy", str, "uniform | balanced | memory"),
-    "--address": ("pipeline.address", str, "join a Ray cluster: auto | ray://host:port"),
+    "--address": (
+        "pipeline.address",
+        str,
+        "join a Ray cluster: auto (the one this machine's Ray records name) | host:port | "
+        "ray://host:port (default: none: a local Ray started for the run)",
+    ),
     "--device": ("pipeline.device", str, "cpu | cuda"),
     "--transport": (
         "pipeline.transport",
@@ -138,12 +143,12 @@ COMMAND_KEYS: dict[str, tuple[str, ...]] = {
             "transport address"
         ).split()
     ),
-    "compare": _MODEL
+    "compare": _MODEL  # not pipeline.schedule: compare runs both schedules
     + ("train.", "run.dir")
     + tuple(
         f"pipeline.{k}"
         for k in (
-            "microbatches schedule strategy cost recompute memory_budget device transport "
+            "microbatches strategy cost recompute memory_budget device transport "
             "address step_timeout"
         ).split()
     ),
@@ -157,6 +162,12 @@ COMMAND_KEYS: dict[str, tuple[str, ...]] = {
         "pipeline.schedule",
         "pipeline.strategy",
     ),
+}
+
+
+# a command's own default for a key, where it is not the config's (shown in --help)
+COMMAND_DEFAULTS: dict[str, dict[str, str]] = {
+    "compare": {"pipeline.microbatches": "2 x --devices, at most the batch size"},
 }
 
 
@@ -190,8 +201,14 @@ def _add_config_args(p: argparse.ArgumentParser, command: str | None = None) -> 
     only = COMMAND_KEYS.get(command or "")
     for flag, (key, typ, helptext) in FLAGS.items():
         if only is None or any(key == k or (k.endswith(".") and key.startswith(k)) for k in only):
-            d = _default(key)
-            shown = f" (default: {d})" if d not in ("", None) else ""
+            d = COMMAND_DEFAULTS.get(command or "", {}).get(key, _default(key))
+            shown = (
+                ""
+                if "default" in helptext
+                else f" (default: {d})"
+                if d not in ("", None)
+                else " (default: none)"
+            )
             p.add_argument(
                 flag,
                 dest=key,
@@ -473,8 +490,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="search stages, micro-batches, schedule, recomputation and data parallelism for "
         "--devices under --memory-budget; print the best setups (memory model + simulator)",
     )
-    p.add_argument("--devices", type=int, default=2, help="devices for --auto (default 2)")
-    p.add_argument("--top", type=int, default=10, help="--auto: how many setups to print")
+    p.add_argument("--devices", type=int, default=2, help="devices for --auto (default: 2)")
+    p.add_argument(
+        "--top", type=int, default=10, help="--auto: how many setups to print (default: 10)"
+    )
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("graph", help="draw the computational graph (DOT, or SVG/PNG via Graphviz)")
@@ -532,12 +551,13 @@ def build_parser() -> argparse.ArgumentParser:
         "side by side (memory, speed, convergence)",
     )
     _add_config_args(p, "compare")
-    p.add_argument("--devices", type=int, default=2, help="devices K (default 2)")
+    p.add_argument("--devices", type=int, default=2, help="devices K (default: 2)")
     p.add_argument(
         "--lr-rule",
         choices=LR_RULES,
         default="linear",
-        help="learning rate of the smaller minibatch B/K: linear (lr/K), sqrt, none",
+        help="learning rate of the smaller minibatch B/K: linear (lr/K), sqrt, none "
+        "(default: linear)",
     )
     p.add_argument(
         "--target",
@@ -553,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("profile", help="run a few steps; predicted vs measured memory per device")
     _add_config_args(p, "profile")
-    p.add_argument("--steps", type=int, default=3, help="training steps to run (default 3)")
+    p.add_argument("--steps", type=int, default=3, help="training steps to run (default: 3)")
     p.add_argument(
         "--out",
         default="profile",

@@ -46,7 +46,7 @@ from graphpart.run import sigterm
 from graphpart.run.checkpoint import RunDir, atomic_write, load_checkpoint, save_checkpoint
 from graphpart.run.config import Config, dump_toml, load_config
 from graphpart.run.diagnose import first_non_finite
-from graphpart.run.metrics import epoch_row, of_kind, step_row
+from graphpart.run.metrics import epoch_row, of_kind, resume_row, step_row
 from graphpart.run.shape import DataShape, dataset_matches, shape_of
 from graphpart.run.tensorboard import EventLog
 from graphpart.run.tensorboard import require as require_tensorboard
@@ -322,13 +322,23 @@ def _check_resume_changes(old: dict[str, Any], new: Config, run: Path, where: st
         )
 
 
-def _open_resumed(resume: str | Path, s: Setup, cfg: Config) -> tuple[RunDir, dict | None]:
+def _open_resumed(
+    resume: str | Path, s: Setup, cfg: Config
+) -> tuple[RunDir, dict | None, dict[str, tuple[Any, Any]]]:
     """The run directory to go on with (locked), its checkpoint (None: none yet, so the run
-    starts again from the beginning), each checked against `cfg` before anything is written."""
+    starts again from the beginning), and what `cfg` changes of its config.toml (key ->
+    (old, new)), each checked against `cfg` before anything is written."""
     run = RunDir.open_existing(resume)
     try:
-        old = run.path / "config.toml"
-        _check_resume_changes(fixed_keys(load_config(str(old))), cfg, run.path)
+        old_cfg = load_config(str(run.path / "config.toml"))
+        _check_resume_changes(fixed_keys(old_cfg), cfg, run.path)
+        a, b = old_cfg.to_dict(), cfg.to_dict()
+        changed = {
+            f"{sec}.{k}": (a[sec][k], b[sec][k])
+            for sec in a
+            for k in a[sec]
+            if a[sec][k] != b[sec][k]
+        }
         ck = None
         if run.has_checkpoint:
             ck = load_checkpoint(run.checkpoint_path, s.graph, s.optimizer.state_slots)
@@ -347,7 +357,7 @@ def _open_resumed(resume: str | Path, s: Setup, cfg: Config) -> tuple[RunDir, di
     except BaseException:
         run.unlock()
         raise
-    return run, ck
+    return run, ck, changed
 
 
 def train(
@@ -383,9 +393,12 @@ def train(
     ck = None
     created = not resume
     if resume:
-        run, ck = _open_resumed(resume, s, cfg)
+        run, ck, changed = _open_resumed(resume, s, cfg)
         run.remove_temporaries()
         run.truncate_metrics(ck["steps"] if ck else 0)
+        run.append_metrics(
+            resume_row(ck["steps"] if ck else 0, ck["epoch"] if ck else 0, _plain(changed))
+        )
     else:
         run = RunDir.create(cfg.run.dir, cfg.run.name)
     try:
@@ -429,6 +442,15 @@ def _train_and_record(
             run, "failed", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         )
         raise
+
+
+def _plain(changed: dict[str, tuple[Any, Any]]) -> dict[str, tuple[Any, Any]]:
+    """JSON-ready values (tuples of hidden sizes as lists)."""
+
+    def v(x: Any) -> Any:
+        return list(x) if isinstance(x, tuple) else x
+
+    return {k: (v(a), v(b)) for k, (a, b) in changed.items()}
 
 
 def _try_status(run: RunDir, state: str, message: str) -> None:
@@ -824,15 +846,35 @@ def write_curves(run: RunDir) -> None:
     import matplotlib.pyplot as plt
 
     acc = "test_accuracy" in rows[0]
-    fig, axes = plt.subplots(1, 2 if acc else 1, figsize=(9 if acc else 5, 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, 2 if acc else 1, figsize=(9 if acc else 5, 3.6), squeeze=False)
     e = [r["epoch"] for r in rows]
-    axes[0, 0].plot(e, [r["train_loss"] for r in rows], label="train loss")
-    axes[0, 0].plot(e, [r["test_loss"] for r in rows], label="test loss")
-    axes[0, 0].set(xlabel="epoch", ylabel="loss", yscale="log")
-    axes[0, 0].legend()
+    ax = axes[0, 0]
+    ax.plot(e, [r["train_loss"] for r in rows], marker=".", label="train: objective J = L + s")
+    ax.plot(e, [r["test_loss"] for r in rows], marker=".", label="test: data loss L")
+    ax.set(xlabel="epoch", ylabel="loss (epoch mean)", yscale="log")
     if acc:
-        axes[0, 1].plot(e, [r["test_accuracy"] for r in rows])
+        axes[0, 1].plot(e, [r["test_accuracy"] for r in rows], marker=".", label="test accuracy")
         axes[0, 1].set(xlabel="epoch", ylabel="test accuracy")
+    for r in of_kind(run.read_metrics(), "resume"):  # where --resume went on, what it changed
+        what = ", ".join(
+            f"{k.split('.')[-1]} {a}->{b}"
+            for k, (a, b) in r.get("changed", {}).items()
+            if k != "train.epochs"
+        )
+        for a in axes[0]:
+            a.axvline(r["epoch"], color="grey", linestyle="--", linewidth=0.8)
+        ax.annotate(
+            "resumed" + (f": {what}" if what else ""),
+            (r["epoch"], 1.0),
+            xycoords=("data", "axes fraction"),
+            rotation=90,
+            va="top",
+            ha="right",
+            fontsize=7,
+            color="grey",
+        )
+    for a in axes[0]:
+        a.legend(fontsize=8)
     fig.suptitle(run.path.name, fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()

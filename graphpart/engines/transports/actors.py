@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -45,6 +46,16 @@ def gpus_per_stage(gpus: float, stages: int) -> float:
 
 _STOPPED = (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
 _HALTED = (*_STOPPED, psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+
+
+def _reason(e: Exception) -> str:
+    """Ray's account of an actor's death, in one line: the exit type, else its first line."""
+    text = str(e)
+    m = re.search(r"Worker exit type: (\w+)", text)
+    if m:
+        return f"killed or crashed: exit type {m.group(1)}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0].rstrip(".") if lines else type(e).__name__
 
 
 class RayActors:
@@ -125,13 +136,27 @@ class RayActors:
         return out
 
     def stall_message(
-        self, who: Sequence[int | str], what: str, step: int | None, deadline: float
+        self,
+        who: Sequence[int | str],
+        what: str,
+        step: int | None,
+        deadline: float,
+        elapsed: float | None = None,
+        stopped: bool = False,
     ) -> str:
+        """What was seen: a stage whose process is stopped or gone (by its process state, at
+        `elapsed` seconds into the step or call), or one that did not answer by the deadline."""
         names = ", ".join(f"{self.unit} {k}" for k in who) or f"a {self.unit}"
-        waited = f"step {step} did not end" if step is not None else "a call did not return"
+        when = f"step {step}" if step is not None else "a call"
+        if stopped:
+            took = f"{elapsed:.1f} s into {when}" if elapsed is not None else f"during {when}"
+            return (
+                f"{names} {what}: its process is stopped or gone (seen by its process state {took})"
+            )
+        waited = f"{when} did not end" if step is not None else "a call did not return"
         return (
-            f"{names} {what}: {waited} within {deadline:.0f} s (a stalled, stopped or "
-            "overloaded process; pipeline.step_timeout sets the wait)"
+            f"{names} {what}: {waited} within {deadline:.0f} s (a stalled or overloaded "
+            "process; pipeline.step_timeout sets the wait)"
         )
 
     def call_timeout_s(self) -> float:
@@ -179,20 +204,27 @@ class RayActors:
             stopped = self.stopped() if pending else []
             if stopped or (pending and left <= 0):
                 what = "stopped answering" if stopped else "did not answer"
-                raise StageFailure(self.stall_message(stopped, what, None, limit))
+                elapsed = limit - max(0.0, end - time.perf_counter())
+                raise StageFailure(
+                    self.stall_message(stopped, what, None, limit, elapsed, bool(stopped))
+                )
         try:
             return ray.get(list(handles))
         except ray.exceptions.RayTaskError as e:
+            cause = getattr(e, "cause", None)  # a call given a dead stage's result: that death
+            if isinstance(cause, ray.exceptions.RayActorError):
+                raise StageFailure(self.died(cause)) from None
             raise StageFailure(first_line(e)) from None
         except ray.exceptions.RayActorError as e:
             raise StageFailure(self.died(e)) from None
 
     def died(self, e: Exception) -> str:
-        """'stage k's worker process died (...)': the stage named from the dead actor's id."""
+        """'stage k's worker process died (...)': the stage named from the dead actor's id,
+        and Ray's reason in one sentence (its advice about OOM killers and logs left out)."""
         dead = getattr(e, "actor_id", None)
         ids = [a._actor_id.hex() for a in self.actors]
-        who = f"stage {ids.index(dead)}" if dead in ids else "a stage"
-        return f"{who}'s worker process died ({first_line(e)})"
+        who = f"{self.unit} {ids.index(dead)}" if dead in ids else f"a {self.unit}"
+        return f"{who}'s worker process died ({_reason(e)})"
 
     def kill_actors(self) -> None:
         import ray

@@ -136,7 +136,14 @@ class Compiled(Tasks):
                 stopped = self.stopped()
                 self._discard_broken()
                 raise StageFailure(
-                    self.stall_message(stopped, "stopped answering", self._step_id, deadline)
+                    self.stall_message(
+                        stopped,
+                        "stopped answering",
+                        self._step_id,
+                        deadline,
+                        time.perf_counter() - t0,
+                        bool(stopped),
+                    )
                 ) from None
             self._discard_broken()
             raise StageFailure(

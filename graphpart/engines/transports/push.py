@@ -90,7 +90,9 @@ class Push(RayActors):
             ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, left))
             if not ready:
                 self._abort_all(step, "the step was abandoned: a stage stalled")
-                raise StageFailure(self._stalled(refs, pending, step, deadline))
+                raise StageFailure(
+                    self._stalled(refs, pending, step, deadline, time.perf_counter() - t0)
+                )
             try:
                 ray.get(ready)
             except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError):
@@ -121,7 +123,9 @@ class Push(RayActors):
             except Exception:  # noqa: BLE001 - that actor is gone
                 pass
 
-    def _stalled(self, refs: list[Any], pending: list[Any], step: int, deadline: float) -> str:
+    def _stalled(
+        self, refs: list[Any], pending: list[Any], step: int, deadline: float, elapsed: float
+    ) -> str:
         """Which stages stopped answering (no reply to a ping on their inbox thread, which
         answers even while a step runs), else which did not finish."""
         import ray
@@ -135,4 +139,4 @@ class Push(RayActors):
         stopped = self.stopped()
         who = stopped or silent or late
         what = "stopped answering" if stopped or silent else "did not finish"
-        return self.stall_message(who, what, step, deadline)
+        return self.stall_message(who, what, step, deadline, elapsed, bool(stopped))

@@ -46,12 +46,12 @@ class Tasks(RayActors):
             left = t0 + deadline - time.perf_counter()
             ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, left))
             if not ready:
-                raise StageFailure(self._stalled(issued, deadline))
+                raise StageFailure(self._stalled(issued, deadline, time.perf_counter() - t0))
             self.get(ready)  # a stage's error or death, as one line
         self.timed(t0)
         return self.get(wait)[-wiring.k :]
 
-    def _stalled(self, issued: list[tuple[int, Any]], deadline: float) -> str:
+    def _stalled(self, issued: list[tuple[int, Any]], deadline: float, elapsed: float) -> str:
         """A stopped stage, else the stage of the earliest action that has not run."""
         import ray
 
@@ -61,4 +61,4 @@ class Tasks(RayActors):
         stopped = self.stopped()
         who = stopped or ([] if first is None else [first])
         what = "stopped answering" if stopped else "did not finish"
-        return self.stall_message(who, what, self._step_id, deadline)
+        return self.stall_message(who, what, self._step_id, deadline, elapsed, bool(stopped))

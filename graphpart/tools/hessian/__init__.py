@@ -28,16 +28,16 @@ DEFAULT_HIDDEN = (16,)  # digits 64-16-10: 1,210 parameters, a dense Hessian in 
 
 def add_hessian_arguments(p: argparse.ArgumentParser) -> None:
     """The command's own flags (besides the config arguments cli.py adds)."""
-    p.add_argument("--top", type=int, default=5, help="eigenvalues to show (default 5)")
+    p.add_argument("--top", type=int, default=5, help="eigenvalues to show (default: 5)")
     p.add_argument("--iters", type=int, default=40, help="Lanczos steps (HVPs; default 40)")
     p.add_argument(
-        "--power", type=int, default=3, help="eigenvalues by power iteration (default 3)"
+        "--power", type=int, default=3, help="eigenvalues by power iteration (default: 3)"
     )
     p.add_argument(
         "--power-iters", type=int, default=300, help="power iteration: most HVPs per eigenvalue"
     )
     p.add_argument(
-        "--samples", type=int, default=0, help="training rows in the batch (default 0: all)"
+        "--samples", type=int, default=0, help="training rows in the batch (default: 0, all)"
     )
     p.add_argument(
         "--dense-max",
