@@ -903,3 +903,181 @@ def test_bench_says_what_it_is_doing_on_stderr(capsys):
     out, err = capsys.readouterr()
     assert json.loads(out)["config"]["sizes"] == [16, 8, 4]
     assert "bench: case 1/1: sgd, bias" in err
+
+
+# --- what a new user trips on (the users' round) and the faults' third round ------------------
+
+
+def _one(capsys, argv: list[str], code: int) -> str:
+    """Run `argv`; it must exit `code` with one line on stderr; that line."""
+    got = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert got == code, err
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.slow  # in process, but a second or more: the slow lane
+def test_a_batch_larger_than_the_data_is_the_data(capsys, tmp_path):
+    """--batch-size 1000000 on 1 438 training rows: one warning line, one step an epoch, and
+    config.toml records the rows a step really had (buffers are sized from them)."""
+    argv = ["train", "--batch-size", "1000000", "--epochs", "2", "--hidden", "16"]
+    assert main([*argv, "--run-dir", str(tmp_path), "--name", "b", "--json"]) == 0
+    cap = capsys.readouterr()
+    warns = [line for line in cap.err.splitlines() if line.startswith("warning:")]
+    assert warns == [
+        "warning: train.batch_size=1000000 exceeds the 1438 training rows of digits; using 1438 "
+        "(one step an epoch)"
+    ]
+    assert json.loads(cap.out)["steps"] == 2
+    assert "batch_size = 1438" in (tmp_path / "b" / "config.toml").read_text()
+
+
+def test_plan_says_when_the_budget_does_not_fit(capsys):
+    """plan with a budget train would refuse says so (and that train refuses it); one that fits
+    says that too; --json carries it."""
+    assert main(["plan", "--memory-budget", "100KiB", "--stages", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "memory budget 100KiB: the plan does not fit" in out and "would refuse it" in out
+    assert main(["plan", "--memory-budget", "64MiB", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)["memory_budget"]
+    assert got["fits"] and got["bytes"] == 64 << 20 and got["problem"] is None
+
+
+@pytest.mark.parametrize("where", ["/proc/graphpart-nope", "{tmp}/a_file", "{tmp}/a_file/x"])
+def test_a_run_dir_that_cannot_be_made_is_bad_input(capsys, tmp_path, where):
+    """--run-dir in /proc, onto a file or under one: exit 2, one line naming it."""
+    (tmp_path / "a_file").write_text("mine")
+    where = where.format(tmp=tmp_path)
+    err = _one(capsys, ["train", "--epochs", "1", "--run-dir", where], 2)
+    assert f"run.dir={where!r}" in err
+    assert (tmp_path / "a_file").read_text() == "mine"
+
+
+def test_one_class_data_advice_names_what_works(capsys, tmp_path):
+    """Labels all 0: the advice names --n-classes and --loss mse, and --n-classes 2 trains."""
+    X = np.random.default_rng(0).standard_normal((40, 3))
+    path = _npz(tmp_path, "oneclass.npz", X=X, y=np.zeros(40, dtype=int))
+    err = _one(capsys, ["train", "--data", path, "--run-dir", str(tmp_path)], 2)
+    assert "--n-classes N" in err and "--loss mse" in err and "task=" not in err
+    argv = ["train", "--data", path, "--n-classes", "2", "--epochs", "1", "--hidden", "4"]
+    assert main([*argv, "--run-dir", str(tmp_path), "--name", "two", "--json"]) == 0
+    capsys.readouterr()
+    with np.load(tmp_path / "two" / "params.npz") as z:
+        assert z["W2"].shape == (2, 4)  # (outputs, inputs): two classes
+
+
+def test_n_classes_applies_to_npz_and_labels_outside_are_refused(capsys, tmp_path):
+    """A label 11 in 10-class data: refused without --n-classes (class 10 has no sample) and
+    with --n-classes 10 (out of range), naming the label."""
+    X = np.random.default_rng(0).standard_normal((60, 3))
+    y = np.arange(60) % 10
+    y[7] = 11
+    path = _npz(tmp_path, "eleven.npz", X=X, y=y)
+    err = _one(capsys, ["train", "--data", path, "--run-dir", str(tmp_path)], 2)
+    assert "class(es) 10 have no sample" in err
+    err = _one(
+        capsys, ["train", "--data", path, "--n-classes", "10", "--run-dir", str(tmp_path)], 2
+    )
+    assert "y[7] = 11 is out of range" in err and "n_classes=10" in err
+
+
+def _interrupted_run(tmp_path: Path, name: str, monkeypatch, at_step: int) -> Path:
+    """A run whose driver got Ctrl-C at step `at_step` (in process)."""
+    from graphpart.run import train as train_mod
+
+    real, seen = train_mod.make_engine, [0]
+
+    def make(s, params, keep_events=False):
+        eng = real(s, params, keep_events)
+        step = eng.step
+
+        def stepping(x, y, update=True):
+            seen[0] += 1
+            if seen[0] == at_step:
+                raise KeyboardInterrupt
+            return step(x, y, update)
+
+        eng.step = stepping
+        return eng
+
+    with monkeypatch.context() as m:
+        m.setattr(train_mod, "make_engine", make)
+        argv = ["train", "--epochs", "6", "--hidden", "16", "--run-dir", str(tmp_path)]
+        assert main([*argv, "--name", name]) == 130
+    return tmp_path / name
+
+
+@pytest.mark.slow  # in process, but a second or more: the slow lane
+def test_an_interrupt_says_what_resume_will_do_and_it_does(capsys, tmp_path, monkeypatch):
+    """Ctrl-C before the first checkpoint: the line says there is none and that --resume
+    starts again; it does, to a completed run. After epoch 4, --resume --epochs 3 is refused
+    (4 were trained); gp.load gives the advice once."""
+    import graphpart as gp
+    from graphpart.errors import RunError
+
+    run = _interrupted_run(tmp_path, "c", monkeypatch, at_step=5)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("graphpart: interrupted: stopped by Ctrl-C; no epoch had ended")
+    assert f"`graphpart train --resume {run}` starts the run again" in err
+    with pytest.raises(RunError) as e:
+        gp.load(run)
+    assert str(e.value).count("--resume") == 1
+    assert main(["train", "--resume", str(run), "--epochs", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "completed"
+
+    run = _interrupted_run(tmp_path, "r", monkeypatch, at_step=23 * 4 + 3)  # in epoch 5
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "the checkpoint of epoch 4 is kept: continue with" in err
+    err = _one(capsys, ["train", "--resume", str(run), "--epochs", "3"], 2)
+    assert "has trained 4 epoch(s) and train.epochs=3" in err
+    assert main(["train", "--resume", str(run), "--epochs", "4", "--json"]) == 0  # complete it
+    out = json.loads(capsys.readouterr().out)
+    assert out["state"] == "completed" and out["epochs"] == 4 and out["steps"] == 4 * 23
+
+
+@pytest.mark.slow  # in process, but a second or more: the slow lane
+def test_resume_checks_what_it_changes_before_writing(capsys, tmp_path):
+    """Another optimizer on resume, or a seed edited into config.toml by hand: one line, and
+    config.toml is left as it was."""
+    base = ["train", "--json", "--epochs", "1", "--hidden", "16", "--run-dir", str(tmp_path)]
+    assert main([*base, "--name", "r"]) == 0
+    capsys.readouterr()
+    run = tmp_path / "r"
+    before = (run / "config.toml").read_bytes()
+    err = _one(capsys, ["train", "--resume", str(run), "--epochs", "2", "--optimizer", "sgd"], 2)
+    assert "train.optimizer was 'adam', now 'sgd'" in err
+    assert (run / "config.toml").read_bytes() == before
+    (run / "config.toml").write_text(before.decode().replace("seed = 0", "seed = 5"))
+    err = _one(capsys, ["train", "--resume", str(run), "--epochs", "2"], 2)
+    assert "train.seed made the checkpoint with 0, now 5" in err
+
+
+@pytest.mark.slow  # in process, but a second or more: the slow lane
+def test_divergence_exits_1_in_one_line(capsys, tmp_path):
+    """Adam at lr 1 on digits: the loss explodes within steps; exit 1 (the run's fault, as
+    docs/reliability.md says), one line naming the step."""
+    argv = ["train", "--optimizer", "adam", "--lr", "1", "--epochs", "10"]
+    err = _one(capsys, [*argv, "--run-dir", str(tmp_path)], 1)
+    assert err.startswith("graphpart: error: the loss exploded: step ")
+
+
+def test_help_shows_every_default_one_way(capsys):
+    """Every option of train, plan, compare and profile that has a default shows it, written
+    "(default: X)"; compare shows its own micro-batch default and no --schedule."""
+    import re
+
+    for command in ("train", "plan", "compare", "profile"):
+        assert main([command, "--help"]) == 0
+        text = " ".join(capsys.readouterr().out.split())
+        assert not re.search(r"\(default \d", text), command
+        options = re.findall(r"(--[a-z-]+) [A-Z_{][^ ]*( .*?)(?= --[a-z-]+ [A-Z_{]|$)", text)
+        assert len(options) > 20, command  # the help was read, option by option
+        for flag, help_text in options:
+            if flag not in ("--set", "--resume", "--target", "--report"):
+                assert "default" in help_text, (command, flag, help_text)
+        if command == "compare":
+            assert "--schedule" not in text and "(default: 2 x --devices" in text
+    assert main(["train", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "auto (the one this machine's Ray records name) | host:port | ray://host:port" in text
