@@ -1081,3 +1081,52 @@ def test_help_shows_every_default_one_way(capsys):
     assert main(["train", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "auto (the one this machine's Ray records name) | host:port | ray://host:port" in text
+
+
+def _wait_for(pred, what: str, limit: float = 120.0) -> None:
+    import time
+
+    end = time.time() + limit
+    while not pred():
+        assert time.time() < end, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("stages", [1, pytest.param(2, marks=pytest.mark.ray)])
+def test_a_second_writer_is_refused_and_sigterm_is_an_interrupt(capsys, tmp_path, stages):
+    """While `graphpart train` runs: `--resume` of its directory is refused in one line naming
+    its pid (and the run goes on); SIGTERM then ends it like Ctrl-C: exit 143, one line of
+    ours saying what is kept, state "interrupted", --resume goes on from the checkpoint."""
+    import signal
+
+    run = tmp_path / "r"
+    argv = ["train", "--epochs", "500", "--hidden", "16", "--stages", str(stages)]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    p = subprocess.Popen(
+        [sys.executable, "-m", "graphpart.cli", *argv, "--run-dir", str(tmp_path), "--name", "r"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(lambda: (run / "checkpoint.npz").exists(), "the first checkpoint")
+        err = _one(capsys, ["train", "--resume", str(run), "--epochs", "600"], 2)
+        assert f"is being written by pid {p.pid} on " in err
+        p.send_signal(signal.SIGTERM)
+        _, stderr = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 143, stderr
+    ours = [line for line in stderr.splitlines() if line.startswith("graphpart:")]
+    assert len(ours) == 1 and ours[0].startswith("graphpart: interrupted: stopped by SIGTERM;")
+    assert "Traceback" not in stderr
+    st = json.loads((run / "summary.json").read_text())
+    assert st["state"] == "interrupted" and "is kept" in st["message"]
+    epochs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    done = [r["epoch"] for r in epochs if r["kind"] == "epoch"]
+    assert done == list(range(1, len(done) + 1))  # one writer: each epoch once, in order
+    argv = ["train", "--resume", str(run), "--epochs", str(max(done) + 1), "--stages", "1"]
+    assert main([*argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["epochs"] == max(done) + 1

@@ -311,3 +311,189 @@ def test_each_run_draws_its_loss_curves(tmp_path):
     out = train(_cfg(tmp_path), progress=False, log=lambda m: None)
     png = Path(out["run_dir"]) / "curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- faults, third round ------------------------------------------------------------------------
+
+
+def test_a_run_directory_has_one_writer(tmp_path):
+    """The writer lock: a second opener is refused in one line naming the live pid and host;
+    released, the directory opens again (the OS frees it when the process dies)."""
+    first = RunDir.create(tmp_path, "r")
+    (first.path / "config.toml").write_text("")
+    with pytest.raises(ConfigError, match=rf"is being written by pid {os.getpid()} on "):
+        RunDir.open_existing(first.path)
+    first.unlock()
+    RunDir.open_existing(first.path).unlock()
+
+
+@pytest.mark.slow  # in process, but a second or more: the slow lane
+def test_a_resume_while_the_run_trains_is_refused(tmp_path):
+    """`--resume R` while R trains (here: from an epoch callback of R itself) is refused, and
+    R goes on to complete with its metrics in order, each epoch once."""
+    cfg = _cfg(tmp_path, **{"train.epochs": 3, "run.name": "r"})
+    refused = []
+
+    def second_writer(m):
+        if m["epoch"] == 1:
+            with pytest.raises(ConfigError, match="is being written by pid") as e:
+                train(cfg, progress=False, log=lambda m: None, resume=tmp_path / "r")
+            refused.append(str(e.value))
+
+    summary = train(cfg, progress=False, log=lambda m: None, on_epoch=second_writer)
+    assert refused and summary["state"] == "completed"
+    rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == [1, 2, 3]
+
+
+@pytest.mark.slow  # in process, but a second or more: the slow lane
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_an_overflowing_optimizer_state_is_never_checkpointed(tmp_path, dtype):
+    """y = 1e30 everywhere: float32 gradients square to inf in Adam's second moment while the
+    parameters stay finite: Diverged, and no checkpoint.npz. float64 holds the squares: the
+    run completes (its loss never grows; it is merely large), every checkpointed array finite."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "reg.npz"
+    np.savez(path, X=rng.standard_normal((2000, 16)), y=np.full((2000, 1), 1e30))
+    cfg = _cfg(
+        tmp_path,
+        **{
+            "data.source": str(path),
+            "model.loss": "mse",
+            "train.dtype": dtype,
+            "train.epochs": 3,
+            "run.name": "r",
+        },
+    )
+    if dtype == "float64":
+        assert train(cfg, progress=False, log=lambda m: None)["state"] == "completed"
+        with np.load(tmp_path / "r" / "checkpoint.npz") as z:
+            assert all(np.isfinite(z[k]).all() for k in z.files if k != "meta")
+        return
+    with pytest.raises(Diverged, match=r"optimizer state \d of parameter \w+ \(stage 0\)") as e:
+        train(cfg, progress=False, log=lambda m: None)
+    assert "no checkpoint was written" in str(e.value)
+    assert not (tmp_path / "r" / "checkpoint.npz").exists()
+    assert _status(tmp_path / "r")["state"] == "failed"
+
+
+@pytest.mark.slow  # in process, but a second or more: the slow lane
+def test_a_step_that_explodes_is_divergence(tmp_path):
+    """Adam at lr 1: epoch 1's mean stays under 1000x its first step, but a step is thousands
+    of times the best one: Diverged, naming the step."""
+    over = {"train.lr": 1.0, "train.epochs": 10, "train.dtype": "float32"}
+    cfg = _cfg(tmp_path, **over, **{"model.hidden": [64, 64, 64]})
+    with pytest.raises(Diverged, match=r"the loss exploded: step \d+ \(epoch 1\) has J ="):
+        train(cfg, progress=False, log=lambda m: None)
+
+
+def test_accuracy_that_collapses_to_chance_is_divergence():
+    """After a good epoch, test accuracy back at chance (the most common label's share) stops
+    the run; never having left chance does not, nor does a merely worse epoch."""
+    y = np.arange(100) % 10  # chance: 0.1
+    st = train_mod._Progress()
+    train_mod._check_collapse({"test_accuracy": 0.1, "epoch": 1, "step": 9}, st, y, 0.1)
+    train_mod._check_collapse({"test_accuracy": 0.8, "epoch": 2, "step": 18}, st, y, 0.1)
+    train_mod._check_collapse({"test_accuracy": 0.5, "epoch": 3, "step": 27}, st, y, 0.1)
+    with pytest.raises(Diverged, match="collapsed to chance: epoch 4 .* best was 0.8000"):
+        train_mod._check_collapse({"test_accuracy": 0.12, "epoch": 4, "step": 36}, st, y, 0.1)
+
+
+def _enospc(monkeypatch, name: str) -> None:
+    """Make atomic writes of `name` fail as a full disk does."""
+    import errno
+
+    from graphpart.run import checkpoint as ck_mod
+
+    real = ck_mod.os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(ck_mod.os, "replace", replace)
+
+
+@pytest.mark.slow  # in process, but a second or more: the slow lane
+def test_a_full_disk_names_the_file_and_the_run_says_failed(tmp_path, monkeypatch):
+    """ENOSPC writing the checkpoint: the error names checkpoint.npz's path; summary.json says
+    failed (not running); no temporary file is left."""
+    _enospc(monkeypatch, "checkpoint.npz")
+    cfg = _cfg(tmp_path, **{"run.name": "r"})
+    with pytest.raises(OSError, match=r"cannot write .*r/checkpoint.npz: No space left"):
+        train(cfg, progress=False, log=lambda m: None)
+    st = _status(tmp_path / "r")
+    assert st["state"] == "failed" and "No space left" in st["message"]
+    assert not list((tmp_path / "r").glob(".*.tmp-*"))
+
+
+def test_a_full_disk_at_start_leaves_no_run_directory(tmp_path, monkeypatch):
+    """ENOSPC writing config.toml: the run directory it had just made is removed (a directory
+    that leads nowhere would block the same --name)."""
+    _enospc(monkeypatch, "config.toml")
+    with pytest.raises(OSError, match="config.toml: No space left"):
+        train(_cfg(tmp_path, **{"run.name": "r"}), progress=False, log=lambda m: None)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_checkpoint_without_its_optimizer_arrays_is_one_line(tmp_path):
+    """A checkpoint missing an optimizer array, or with one of the wrong shape: a ConfigError
+    naming the parameter."""
+    g = mlp([4, 3, 2])
+    params = {v.name: np.zeros(v.shape) for v in g.params}
+    state = [{"params": params, "opt": {k: [np.zeros_like(w)] for k, w in params.items()}}]
+    state[0]["steps"] = 1
+    path = tmp_path / "checkpoint.npz"
+    train_mod.save_checkpoint(path, state, None, epoch=1, steps=1)
+    with pytest.raises(
+        ConfigError, match=r"'W1' has 1 optimizer array\(s\), the optimizer needs 2"
+    ):
+        load_checkpoint(path, g, state_slots=2)
+    state[0]["opt"]["W1"] = [np.zeros((1, 1))]
+    train_mod.save_checkpoint(path, state, None, epoch=1, steps=1)
+    with pytest.raises(ConfigError, match=r"an optimizer array of 'W1' has shape \(1, 1\)"):
+        load_checkpoint(path, g, state_slots=1)
+
+
+@pytest.mark.slow  # in process, but a second or more: the slow lane
+def test_a_resume_is_recorded_and_drawn(tmp_path):
+    """--resume writes a resume row at the checkpoint's step with what changed; curves.png is
+    drawn with it."""
+    part = train(_cfg(tmp_path, **{"train.epochs": 1}), progress=False, log=lambda m: None)
+    run = Path(part["run_dir"])
+    cfg = load_config(str(run / "config.toml"), {"train.epochs": 2, "train.lr": 1e-3})
+    train(cfg, progress=False, log=lambda m: None, resume=run)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    (resume,) = [r for r in rows if r["kind"] == "resume"]
+    assert resume["step"] == 23 and resume["epoch"] == 1
+    assert resume["changed"] == {"train.epochs": [1, 2], "train.lr": [0.003, 0.001]}
+    assert (run / "curves.png").stat().st_size > 0
+
+
+def test_a_stage_that_dies_during_evaluation_is_named(tmp_path, monkeypatch, ray_session):
+    """SIGKILL a stage as the epoch's evaluation starts: StageFailure naming the stage in one
+    line (Ray's advice trimmed), and summary.json's message is that line with the resume
+    hint."""
+    real = train_mod.make_engine
+    for stage in (0, 1):
+
+        def make(s, params, keep_events=False, stage=stage):
+            eng = real(s, params, keep_events)
+            predict = eng.predict
+
+            def dying(x, chunk=None):
+                os.kill(eng.transport.info[stage]["pid"], signal.SIGKILL)
+                return predict(x, chunk)
+
+            eng.predict = dying
+            return eng
+
+        monkeypatch.setattr(train_mod, "make_engine", make)
+        cfg = _pipeline(tmp_path, **{"run.name": f"e{stage}", "train.epochs": 1})
+        with pytest.raises(StageFailure) as e:
+            train(cfg, progress=False, log=lambda m: None)
+        msg = str(e.value)
+        assert msg.startswith(f"stage {stage}'s worker process died (") and "\n" not in msg
+        assert "OOM" not in msg and "--resume" in msg
+        assert _status(tmp_path / f"e{stage}")["message"] == msg
