@@ -21,7 +21,7 @@ import pytest
 
 from graphpart.errors import ConfigError
 from graphpart.plan.memory import CATEGORIES, predict
-from graphpart.run.config import Config
+from graphpart.run.config import Config, load_config
 from graphpart.run.train import setup
 from graphpart.tools import profile
 
@@ -189,3 +189,19 @@ def test_run_profile_on_ray(ray_session, tmp_path, capsys):
     assert {r["pid"] for r in res["rss"]} == {st["pid"] for st in res["comparison"]}
     trace = _check_outputs(tmp_path, stages=2, steps=2, microbatches=2)
     assert "own ledger" in trace["otherData"]["alignment"]
+
+
+@pytest.mark.slow  # in process, but a second or more: the slow lane
+def test_an_earlier_profile_is_kept_unless_forced(tmp_path, capsys):
+    """A folder holding an earlier profile is refused in one line; with force, the earlier
+    stage plots are removed first, so none of a 2-stage run stays beside a 1-stage one."""
+    from graphpart.errors import ConfigError
+
+    assert profile.run_profile(_cfg(), steps=1, out=tmp_path) == 0
+    assert (tmp_path / "memory_stage1.png").exists()
+    one = load_config(None, {"model.hidden": [16], "pipeline.stages": 1})
+    with pytest.raises(ConfigError, match="holds an earlier profile .*--force to replace it"):
+        profile.run_profile(one, steps=1, out=tmp_path)
+    assert profile.run_profile(one, steps=1, out=tmp_path, force=True) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in tmp_path.glob("memory_stage*.png")) == ["memory_stage0.png"]

@@ -367,3 +367,57 @@ def test_save_predictions_writes_npz_and_csv_and_never_overwrites(tmp_path):
         session.save_predictions(tmp_path / "nope" / "p.csv", p)
     with pytest.raises(GraphpartError, match="unknown format '.txt'"):
         session.save_predictions(tmp_path / "p.txt", p)
+
+
+@pytest.mark.slow  # in process, but a second or more: the slow lane
+def test_train_takes_arrays_and_settings_as_keywords(tmp_path):
+    """gp.train((X, y), epochs=..., hidden=16, ...): arrays saved once, by content, under
+    RUN_DIR/data/ and named by the run's config (so evaluate reloads its test split); any
+    config key by its last name; predict(proba=True) gives probabilities."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((120, 5))
+    y = (X[:, 0] > 0).astype(int) + (X[:, 1] > 1)
+    quiet = dict(log=lambda m: None, dir=str(tmp_path))
+    run = gp.train((X, y), epochs=2, hidden=16, batch_size=30, name="a", **quiet)
+    assert run.config.model.hidden == (16,) and run.config.train.batch_size == 30
+    assert (
+        run.n_features == 5 and run.n_outputs == 3 and run.summary["steps"] == 2 * 4
+    )  # 96 rows: 30+30+30+6
+    source = Path(run.config.data.source)
+    assert source.parent == tmp_path.resolve() / "data" and source.suffix == ".npz"
+    again = gp.train(data=(X, y), epochs=1, hidden=16, name="b", **quiet)
+    assert again.config.data.source == str(source)  # the same arrays: the same file
+    assert run.evaluate()["samples"] == 24
+    p = run.predict(X[:4], proba=True)
+    assert p.shape == (4, 3) and np.allclose(p.sum(axis=1), 1.0)
+    assert np.array_equal(p.argmax(axis=1), run.predict(X[:4], classes=True))
+
+
+@pytest.mark.parametrize(
+    "call, needle",
+    [
+        (lambda: gp.train(stage=2), "train(stage=...): not a setting; did you mean stages"),
+        (lambda: gp.train(np.zeros((300, 300))), "config of type ndarray: expected a path"),
+        (lambda: gp.train(data=(np.array(["a"] * 3), [0, 1, 0])), "data X: dtype <U1"),
+        (lambda: gp.train(data=[1, 2, 3]), "data of type list: expected"),
+    ],
+)
+def test_train_refusals_name_types_never_arrays(call, needle):
+    """Bad arguments to gp.train are one line naming the setting or type, no array printed."""
+    with pytest.raises(GraphpartError) as e:
+        call()
+    msg = str(e.value)
+    assert needle in msg and "\n" not in msg and "[[" not in msg and "0. 0." not in msg
+
+
+def test_proba_is_refused_for_regression_and_with_classes(tmp_path):
+    """proba=True on a regression run, or with classes=True: one-line errors."""
+    X = np.random.default_rng(0).standard_normal((40, 3))
+    run = gp.train(
+        data=(X, X[:, :1]), loss="mse", epochs=1, hidden=4, dir=str(tmp_path), log=lambda m: None
+    )
+    with pytest.raises(GraphpartError, match="proba=True: run .* is a regression"):
+        run.predict(X, proba=True)
+    cls = gp.train(epochs=1, hidden=4, dir=str(tmp_path), log=lambda m: None)
+    with pytest.raises(GraphpartError, match="ask for one of them"):
+        cls.predict(np.zeros((1, 64)), classes=True, proba=True)
