@@ -5,13 +5,22 @@
 Each run is `graphpart train` (2 stages on a local Ray, digits, float64) in a subprocess, hit
 by one fault at a random moment of its training (0-6 s after its stages are up), in turn:
 SIGKILL or SIGSTOP of a stage's process (these runs have train.max_failures = 2 and must
-recover by themselves), SIGINT (Ctrl-C) or SIGKILL of the driver (then `--resume` must
-finish the run), or none. Reported: runs, faults injected, recovered (the run ended
-completed, by itself or after one `--resume`; a driver killed before its first checkpoint
-has saved nothing and is counted apart: it is started again), data lost (a checkpoint that
-does not load, a completed run without params.npz, metrics rows repeated or out of order:
-must be 0), hangs (a command past its time limit: must be 0), leftover processes (stage
-actors of ours alive 10 s after a run ended: must be 0).
+recover by themselves), SIGINT (Ctrl-C), SIGTERM or SIGKILL of the driver (then `--resume`
+must finish the run), or none; and, apart from the training moment: SIGKILL of a stage at the
+end of an epoch, when its evaluation runs (kill-stage-eval: the epoch's length is measured
+from the run's own epoch rows, and the kill aimed at its last 3%); SIGKILL of the driver 0-3 s
+after it starts, while Ray and the stages start (kill-driver-startup); a second `--resume` of
+the same run directory while it trains (second-writer: it must be refused, exit 2, and the
+run go on); and a disk that refuses the checkpoint (disk-full: the driver runs with a file
+size limit below the checkpoint's size and SIGXFSZ ignored, so the write fails as on a full
+disk; the run must end in one line naming checkpoint.npz, its state "failed", no temporary
+file left; `--resume` without the limit then finishes it; this run has one stage, in
+process, as the limit would hold Ray's own files too). Reported: runs, faults injected,
+recovered (the run ended completed, by itself or after one `--resume`; a run stopped before
+its first checkpoint is started again from the beginning by that `--resume`), data lost (a
+checkpoint that does not load, a completed run without params.npz, metrics rows repeated or
+out of order: must be 0), hangs (a command past its time limit: must be 0), leftover
+processes (stage actors of ours alive 10 s after a run ended: must be 0).
 """
 
 from __future__ import annotations
@@ -32,7 +41,19 @@ import numpy as np
 import psutil
 
 ACTOR_NAMES = ("ray::ChannelStageActor", "ray::PushStageActor", "ray::StageActor")
-FAULTS = ("kill-stage", "stop-stage", "interrupt-driver", "kill-driver", "none")
+FAULTS = (
+    "kill-stage",
+    "stop-stage",
+    "interrupt-driver",
+    "term-driver",
+    "kill-driver",
+    "none",
+    "kill-stage-eval",
+    "kill-driver-startup",
+    "second-writer",
+    "disk-full",
+)
+DISK_LIMIT = 200_000  # bytes a file may grow to under disk-full: the checkpoint is ~330 kB
 LIMIT_S = 240  # a command running longer than this is a hang
 
 
@@ -51,6 +72,7 @@ class Outcome:
     leftover: int = 0
     before_first_checkpoint: bool = False  # stopped before anything was saved: start again
     last_error: str = ""  # the last `graphpart: error:` line the run printed, if any
+    second_writer: str = ""  # second-writer: the refused resume's line (exit 2 expected)
 
 
 def _last_error(path: Path) -> str:
@@ -87,16 +109,35 @@ def alive(procs: dict[int, psutil.Process]) -> list[psutil.Process]:
     return out
 
 
+def _full_disk() -> None:
+    """In the child: files stop growing at DISK_LIMIT bytes (writes past it fail with EFBIG,
+    as a full disk fails them with ENOSPC), and Ctrl-C acts."""
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (DISK_LIMIT, DISK_LIMIT))
+    _default_sigint()
+
+
+def _epoch_times(run: Path) -> list[float]:
+    """The wall times of the run's epoch rows so far."""
+    try:
+        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x]
+    except (OSError, json.JSONDecodeError):
+        return []
+    return [r["time"] for r in rows if r.get("kind") == "epoch"]
+
+
 def _default_sigint() -> None:
     """In the child: Ctrl-C acts again. A shell without job control starts a background
     command with SIGINT ignored, and children inherit that: the interrupt would be lost."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def train_cmd(run_dir: Path, name: str, max_failures: int) -> list[str]:
+def train_cmd(run_dir: Path, name: str, max_failures: int, stages: int = 2) -> list[str]:
     return [
         sys.executable, "-m", "graphpart.cli", "train", "--no-progress",
-        "--stages", "2", "--microbatches", "4", "--epochs", "40", "--dtype", "float64",
+        "--stages", str(stages), "--microbatches", "4", "--epochs", "40", "--dtype", "float64",
         "--run-dir", str(run_dir), "--name", name,
         "--set", f"train.max_failures={max_failures}", "--set", "pipeline.step_timeout=5",
     ]  # fmt: skip
@@ -152,19 +193,54 @@ def one_run(i: int, fault: str, rng: random.Random, root: Path) -> Outcome:
     log = open(root / f"{name}.stderr", "w")  # noqa: SIM115 - closed below
     # a pipe nobody reads would fill (64 KiB of Ray's warnings) and block the driver: a file
     proc = subprocess.Popen(
-        train_cmd(root, name, 2 if stage_fault else 0),
+        # disk-full runs in one process: the file size limit would hold Ray's own files too
+        train_cmd(root, name, 2 if stage_fault else 0, 1 if fault == "disk-full" else 2),
         stdout=subprocess.DEVNULL,
         stderr=log,
-        preexec_fn=_default_sigint,
+        preexec_fn=_full_disk if fault == "disk-full" else _default_sigint,
     )
     o = Outcome(i, fault, 0.0, False, None)
     started, seen = time.time(), {}
+    if fault == "kill-driver-startup":  # while Ray and the stages start
+        at = rng.uniform(0.0, 3.0)
+        time.sleep(at)
+        o.at_s = round(time.time() - t0, 2)
+        if proc.poll() is None:
+            seen.update((p.pid, p) for p in stage_processes(proc.pid))
+            proc.kill()
+            o.injected = True
     while proc.poll() is None and not stage_processes(proc.pid) and time.time() - started < 60:
         time.sleep(0.1)  # the stages are up: the run is training from here on
     at = rng.uniform(0.0, 6.0)  # the 40 epochs take ~6-8 s once the stages are up
-    o.at_s = round(time.time() - t0 + at, 2)
-    time.sleep(at)
-    if proc.poll() is None and fault != "none":
+    if fault == "kill-stage-eval":  # aim at the end of epoch 2 or later: its evaluation
+        while proc.poll() is None and len(_epoch_times(run)) < 2:
+            time.sleep(0.01)
+        times = _epoch_times(run)
+        if len(times) >= 2:
+            length = times[-1] - times[-2]
+            at = max(0.0, times[-1] + 0.97 * length - time.time())
+    if fault == "second-writer":
+        while proc.poll() is None and not (run / "checkpoint.npz").exists():
+            time.sleep(0.05)
+        at = 0.0
+    if fault not in ("kill-driver-startup", "disk-full"):
+        o.at_s = round(time.time() - t0 + at, 2)
+        time.sleep(at)
+    if fault == "second-writer" and proc.poll() is None:
+        cmd = [sys.executable, "-m", "graphpart.cli", "train", "--no-progress", "--resume",
+               str(run), "--epochs", "60"]  # fmt: skip
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=LIMIT_S)
+        o.second_writer = f"exit {second.returncode}: {second.stderr.strip()[-300:]}"
+        o.injected = second.returncode == 2 and "is being written by pid" in second.stderr
+    elif fault == "kill-stage-eval" and proc.poll() is None:
+        procs = stage_processes(proc.pid)
+        seen.update((p.pid, p) for p in procs)
+        if procs:
+            os.kill(rng.choice(procs).pid, signal.SIGKILL)
+            o.injected = True
+    elif fault == "disk-full":
+        o.injected = True
+    elif proc.poll() is None and fault not in ("none", "kill-driver-startup"):
         if stage_fault:
             procs = stage_processes(proc.pid)
             seen.update((p.pid, p) for p in procs)
@@ -173,12 +249,19 @@ def one_run(i: int, fault: str, rng: random.Random, root: Path) -> Outcome:
                 os.kill(victim.pid, signal.SIGKILL if fault == "kill-stage" else signal.SIGSTOP)
                 o.injected = True
         else:
-            proc.send_signal(signal.SIGINT if fault == "interrupt-driver" else signal.SIGKILL)
+            sig = {"interrupt-driver": signal.SIGINT, "term-driver": signal.SIGTERM}
+            proc.send_signal(sig.get(fault, signal.SIGKILL))
             o.injected = True
     o.exit_code = wait(proc, LIMIT_S, seen)
     o.hang = o.exit_code is None
+    if fault == "disk-full":
+        text = (root / f"{name}.stderr").read_text(errors="replace")
+        left = list(run.glob(".*.tmp-*"))
+        if "checkpoint.npz" not in text or state_of(run) != "failed" or left:
+            o.data_lost.append(f"disk full not reported as it should be (left: {left})")
     if not o.hang and state_of(run) != "completed" and (run / "config.toml").exists():
-        if (run / "checkpoint.npz").exists():  # what a user does next: resume
+        if (run / "config.toml").exists():  # what a user does next: resume (no checkpoint:
+            # the run starts again from the beginning)
             cmd = [sys.executable, "-m", "graphpart.cli", "train", "--no-progress", "--resume",
                    str(run)]  # fmt: skip
             r = subprocess.Popen(
@@ -191,7 +274,7 @@ def one_run(i: int, fault: str, rng: random.Random, root: Path) -> Outcome:
     o.state = state_of(run)
     o.recovered = o.state == "completed"
     o.before_first_checkpoint = not o.recovered and not (run / "checkpoint.npz").exists()
-    o.data_lost = check_data(run, o.recovered)
+    o.data_lost += check_data(run, o.recovered)
     time.sleep(10)
     o.leftover = len(alive(seen))
     for p in alive(seen):  # clean up for the next run, whatever happened
