@@ -428,3 +428,43 @@ def test_a_driver_killed_during_start_up_leaves_no_process(after, wait, tmp_path
                     pass
             pytest.fail(f"alive 15 s after the driver's SIGKILL: {left}")
         time.sleep(0.25)
+
+
+def test_a_loopback_address_whose_port_another_program_holds_is_refused():
+    """127.0.0.1:P held by one program (a private local Ray) and this machine's address :P by
+    another: Ray would join the other one, so the address is refused in one line naming the
+    other program's pid, before Ray is asked anything."""
+    import socket
+
+    from ray._private.services import resolve_ip_for_localhost
+
+    from graphpart.engines.cluster import _listener, resolve
+    from graphpart.errors import ConfigError
+
+    node = resolve_ip_for_localhost("127.0.0.1")
+    if node == "127.0.0.1":
+        pytest.fail("this machine has no address but the loopback one; the case cannot arise")
+    mine = socket.socket()
+    mine.bind(("127.0.0.1", 0))
+    mine.listen()
+    port = mine.getsockname()[1]
+    other = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import socket, sys
+            s = socket.socket(); s.bind(({node!r}, {port})); s.listen()
+            print("up", flush=True); sys.stdin.read()
+        """)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert other.stdout.readline().strip() == "up"
+        assert _listener("127.0.0.1", str(port)) == os.getpid()
+        assert _listener(node, str(port)) == other.pid
+        with pytest.raises(ConfigError) as e:
+            resolve(f"127.0.0.1:{port}")
+        msg = str(e.value)
+        assert "listens on the loopback address only" in msg and f"pid {other.pid}" in msg
+    finally:
+        other.stdin.close()
+        other.wait(timeout=30)
+        mine.close()

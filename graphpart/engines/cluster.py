@@ -153,21 +153,33 @@ def resolve(address: str) -> str:
 
     target_host = resolve_ip_for_localhost(host)  # as Ray does: 127.0.0.1 -> this node's IP
     target = f"{target_host}:{port}"
+    loopback_only = (
+        f"the Ray at {host}:{port}{{who}} listens on the loopback address only, as a graphpart "
+        "run's private local Ray does, and Ray joins through this machine's address"
+    )
     try:
         socket.create_connection((target_host, int(port)), timeout=REACH_TIMEOUT_S).close()
     except OSError as e:
         why = f"nothing answers at {target} ({e.strerror or e})"
         if target_host != host and _answers(host, port):
             who = _owner(f"{host}:{port}")
-            why += (
-                f"; the Ray at {host}:{port}{f' ({who})' if who else ''} listens on the "
-                "loopback address only, as a graphpart run's private local Ray does, and Ray "
-                "joins through this machine's address: it cannot be joined"
-            )
+            why += "; " + loopback_only.format(who=f" ({who})" if who else "")
+            why += ": it cannot be joined"
         raise ConfigError(
             f"{what}: {why}; is the cluster up (`ray start --head`)? For a local Ray of this "
             "run's own, leave the address empty"
         ) from None
+    if target_host != host:  # both answer: the same program, or another one on the same port?
+        here, there = _listener(host, port), _listener(target_host, port)
+        if here is not None and there is not None and here != there:
+            who = _owner(f"{host}:{port}")
+            raise ConfigError(
+                f"{what}: "
+                + loopback_only.format(who=f" ({who})" if who else "")
+                + f", where another program (pid {there}) listens on {target}: the Ray at "
+                f"{host}:{port} cannot be joined. Start a cluster with `ray start --head`, or "
+                "leave the address empty for a local Ray of this run's own"
+            )
     _probe_gcs(target, auto=auto, what=what)
     return target
 
@@ -177,6 +189,21 @@ def _split(address: str, what: str) -> tuple[str, str]:
     if not host or not port.isdigit():
         raise ConfigError(f"{what}: expected auto, host:port or ray://host:port")
     return host.strip("[]"), port
+
+
+def _listener(host: str, port: str) -> int | None:
+    """The pid listening on host:port (TCP), or None where it cannot be told."""
+    import psutil
+
+    try:
+        conns = psutil.net_connections(kind="tcp")
+    except (psutil.AccessDenied, OSError):
+        return None
+    for c in conns:
+        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == int(port):
+            if c.laddr.ip in (host, "0.0.0.0", "::"):
+                return c.pid
+    return None
 
 
 def _answers(host: str, port: str) -> bool:
