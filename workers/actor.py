@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from threadpoolctl import threadpool_info, threadpool_limits
 
@@ -42,9 +42,16 @@ class StageActor:
             f"{what}: {type(e).__name__}: {e}"
         )
 
+    # methods whose result Ray serialises as the call returns (before the next call can
+    # change the arrays): no private copy of them first
+    SERIALISED_AT_ONCE: ClassVar[dict[str, dict[str, Any]]] = {
+        "get_state": {"copy": False},
+        "get_params": {"copy": False},
+    }
+
     def call(self, method: str, *args: Any) -> Any:
         try:
-            return getattr(self.worker, method)(*args)
+            return getattr(self.worker, method)(*args, **self.SERIALISED_AT_ONCE.get(method, {}))
         except Exception as e:
             what = method
             if method in ("forward", "backward") and args:

@@ -267,8 +267,11 @@ class Program:
                 self.bk.flat(self.grads[name])[:] = 0
                 self.fresh[name] = False
 
-    def get_params(self) -> dict[str, np.ndarray]:
-        return {k: np.array(self.bk.to_host(v)) for k, v in self.params.items()}
+    def get_params(self, copy: bool = True) -> dict[str, np.ndarray]:
+        """The parameters on the host: copies, or (copy=False, for a caller that serialises
+        them at once) the live arrays where the backend's are host arrays."""
+        take = np.array if copy else np.asarray
+        return {k: take(self.bk.to_host(v)) for k, v in self.params.items()}
 
     def get_grads(self) -> dict[str, np.ndarray]:
         return {k: np.array(self.bk.to_host(v)) for k, v in self.grads.items()}

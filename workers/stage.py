@@ -255,17 +255,20 @@ class StageWorker:
                 )
 
     # -- state ----------------------------------------------------------------------------------
-    def get_params(self) -> dict[str, np.ndarray]:
-        return self.prog.get_params()
+    def get_params(self, copy: bool = True) -> dict[str, np.ndarray]:
+        return self.prog.get_params(copy)
 
     def get_grads(self) -> dict[str, np.ndarray]:
         return self.prog.get_grads()
 
-    def get_state(self) -> dict[str, Any]:
-        """Parameters, optimizer state and step count (for checkpoints)."""
+    def get_state(self, copy: bool = True) -> dict[str, Any]:
+        """Parameters, optimizer state and step count (for checkpoints): copies, or with
+        copy=False the live host arrays, for a caller that serialises them before the next
+        step (the Ray actor: a copy more of a stage's whole state would sit in its process)."""
+        take = np.array if copy else np.asarray
         return {
-            "params": self.get_params(),
-            "opt": {k: [np.array(self.bk.to_host(a)) for a in v] for k, v in self.state.items()},
+            "params": self.get_params(copy),
+            "opt": {k: [take(self.bk.to_host(a)) for a in v] for k, v in self.state.items()},
             "steps": self.steps,
         }
 

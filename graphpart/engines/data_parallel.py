@@ -133,11 +133,11 @@ class DataParallel:
     def predict(self, x: np.ndarray, chunk: int | None = None) -> np.ndarray:
         """Logits for every row of x (replica 0's inference forward, `chunk` rows at a time)."""
         chunk = max(1, min(chunk or self.chunk, self.chunk))  # a replica holds `chunk` rows
-        outs = [
-            self.transport.call(0, "infer", np.ascontiguousarray(x[start : start + chunk]))
-            for start in range(0, len(x), chunk)
+        outs = [  # one chunk at a time: the object store holds O(chunk) rows, not all of x
+            self._get([self.transport.call(0, "infer", np.ascontiguousarray(x[s : s + chunk]))])[0]
+            for s in range(0, len(x), chunk)
         ]
-        return np.concatenate(self._get(outs)) if outs else np.zeros((0, 0))
+        return np.concatenate(outs) if outs else np.zeros((0, 0))
 
     # -- state ----------------------------------------------------------------------------------
     def _get(self, handles: Sequence[Any]) -> list[Any]:

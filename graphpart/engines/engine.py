@@ -167,16 +167,23 @@ class Engine:
         self._all("zero_grad")
         return r.J, grads
 
+    IN_FLIGHT = 2  # inference chunks under way at once: stages overlap, and Ray's object
+    # store (mapped into each worker, so counted in its resident memory) holds O(chunk) rows
+
     def predict(self, x: np.ndarray, chunk: int | None = None) -> np.ndarray:
-        """Logits for every row of x (inference forward, `chunk` rows at a time)."""
+        """Logits for every row of x (inference forward, `chunk` rows at a time, at most
+        IN_FLIGHT chunks under way)."""
         chunk = max(1, min(chunk or self.chunk, self.chunk))  # workers hold `chunk` rows
-        call, outs = self.transport.call, []
+        call, outs, pending = self.transport.call, [], []
         for start in range(0, len(x), chunk):
             h: Any = np.ascontiguousarray(x[start : start + chunk])
             for k in range(self.plan.k):
                 h = call(k, "infer", h)
-            outs.append(h)
-        return np.concatenate(self.transport.get(outs)) if outs else np.zeros((0, 0))
+            pending.append(h)
+            if len(pending) >= self.IN_FLIGHT:
+                outs += self.transport.get([pending.pop(0)])
+        outs += self.transport.get(pending) if pending else []
+        return np.concatenate(outs) if outs else np.zeros((0, 0))
 
     # -- state ----------------------------------------------------------------------------------
     def _all(self, method: str, *args: Any) -> list[Any]:
