@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from graphpart.plan.memory import CATEGORIES
+from graphpart.tools.compare.conclude import setup_name
 from graphpart.tools.compare.results import Comparison, memory_unit
 from graphpart.tools.compare.runner import Outcome
 
@@ -24,7 +25,9 @@ def _plt() -> Any:
 
 def _name(o: Outcome) -> str:
     """A strategy as the plots name it: its name, never its letter alone."""
-    return f"plan --auto: {o.strategy.title}" if o.strategy.key == "auto" else o.strategy.name
+    if o.strategy.key == "auto":  # short, as the verdict names it: "1F1B, K=3, M=4 (plan --auto)"
+        return setup_name({"config": o.strategy.overrides, "key": "auto"})
+    return o.strategy.name
 
 
 def same_as(outcomes: list[Outcome]) -> dict[str, str]:
