@@ -331,7 +331,9 @@ def test_a_join_that_cannot_succeed_ends_within_seconds_with_one_line(case, othe
     answers (auto-stale-record); host:port of a loopback-only private Ray (loopback-only).
     None of Ray's own log lines reach the terminal."""
     private, reachable = other_rays
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    # a user's shell: not this session's local-only switch (its Ray set it in os.environ)
+    drop = ("RAY_AUTH_MODE", "RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env["PYTHONWARNINGS"] = "ignore"
     env["RAY_TMPDIR"] = str(tmp_path)  # where Ray looks for its record of `ray start`
     (tmp_path / "ray").mkdir()
@@ -430,20 +432,20 @@ def test_a_driver_killed_during_start_up_leaves_no_process(after, wait, tmp_path
         time.sleep(0.25)
 
 
-def test_a_loopback_address_whose_port_another_program_holds_is_refused():
+def test_a_loopback_address_whose_port_another_program_holds_is_refused(tmp_path):
     """127.0.0.1:P held by one program (a private local Ray) and this machine's address :P by
     another: Ray would join the other one, so the address is refused in one line naming the
-    other program's pid, before Ray is asked anything."""
+    other program's pid, before Ray is asked anything (checked in a fresh process, as a user
+    runs it: this session's own Ray changed how this process resolves 127.0.0.1)."""
     import socket
 
-    from ray._private.services import resolve_ip_for_localhost
-
-    from graphpart.engines.cluster import _listener, resolve
-    from graphpart.errors import ConfigError
-
-    node = resolve_ip_for_localhost("127.0.0.1")
-    if node == "127.0.0.1":
-        pytest.fail("this machine has no address but the loopback one; the case cannot arise")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    ask = "from ray._private.services import resolve_ip_for_localhost as r; print(r('127.0.0.1'))"
+    node = subprocess.run(
+        [sys.executable, "-c", ask], env=env, capture_output=True, text=True, timeout=60
+    ).stdout.strip()
+    if not node or node == "127.0.0.1":
+        pytest.fail(f"this machine has no address but the loopback one ({node!r})")
     mine = socket.socket()
     mine.bind(("127.0.0.1", 0))
     mine.listen()
@@ -456,14 +458,20 @@ def test_a_loopback_address_whose_port_another_program_holds_is_refused():
         """)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
+    check = (
+        "from graphpart.engines.cluster import resolve, _listener\n"
+        f"print(_listener('127.0.0.1', '{port}'), _listener({node!r}, '{port}'))\n"
+        f"resolve('127.0.0.1:{port}')\n"
+    )
     try:
         assert other.stdout.readline().strip() == "up"
-        assert _listener("127.0.0.1", str(port)) == os.getpid()
-        assert _listener(node, str(port)) == other.pid
-        with pytest.raises(ConfigError) as e:
-            resolve(f"127.0.0.1:{port}")
-        msg = str(e.value)
-        assert "listens on the loopback address only" in msg and f"pid {other.pid}" in msg
+        r = subprocess.run(
+            [sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert r.stdout.split() == [str(os.getpid()), str(other.pid)], r.stderr[-2000:]
+        msg = r.stderr.strip().splitlines()[-1]
+        assert msg.startswith("graphpart.errors.ConfigError: ") and "loopback address only" in msg
+        assert f"another program (pid {other.pid}) listens on {node}:{port}" in msg
     finally:
         other.stdin.close()
         other.wait(timeout=30)
