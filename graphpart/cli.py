@@ -140,7 +140,7 @@ COMMAND_KEYS: dict[str, tuple[str, ...]] = {
         f"pipeline.{k}"
         for k in (
             "stages microbatches schedule strategy cost recompute memory_budget device "
-            "transport address"
+            "transport address data_parallel"
         ).split()
     ),
     "compare": _MODEL  # not pipeline.schedule: compare runs both schedules

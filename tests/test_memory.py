@@ -419,8 +419,14 @@ def test_shm_channel_buffers_are_counted_per_neighbour():
         assert sm.total == bare.total + sum(w.values())
     one = partition(g, 1)
     dp = memory.predict_data_parallel(one, 2, batch=10, channels=True).stages[0]
-    ring = memory.ring_channel_bytes(memory.param_bytes(g, "float32"), 2)
+    ring = memory.ring_channel_bytes(memory.param_bytes(g, "float32"), 2, 4)
     assert dp.entries()["channel:in0"] == dp.entries()["channel:to_right"] == ("boundary", ring)
+    # what a step sends: 2 (N - 1) chunks of ceil(n / N) elements, plus 64 bytes a message for
+    # 2 N messages (a margin): 10 float32 by 2 replicas: 2 chunks of 5; 11: of 6; 12 by 3: 4 of 4
+    assert memory.ring_channel_bytes(40, 2, 4) == 2 * 5 * 4 + 256
+    assert memory.ring_channel_bytes(44, 2, 4) == 2 * 6 * 4 + 256
+    assert memory.ring_channel_bytes(48, 3, 4) == 4 * 4 * 4 + 384
+
     assert memory.predict_data_parallel(one, 1, batch=10, channels=True).stages[0].total == (
         memory.predict_data_parallel(one, 1, batch=10).stages[0].total
     )

@@ -205,3 +205,18 @@ def test_an_earlier_profile_is_kept_unless_forced(tmp_path, capsys):
     assert profile.run_profile(one, steps=1, out=tmp_path, force=True) == 0
     capsys.readouterr()
     assert sorted(p.name for p in tmp_path.glob("memory_stage*.png")) == ["memory_stage0.png"]
+
+
+def test_run_profile_of_data_parallel_replicas(ray_session, tmp_path, capsys):
+    """profile --data-parallel 2: one row per replica, each replica's ledger equal to the
+    data-parallel prediction (all-reduce buffer and ring channels included), and each
+    replica process's resident growth measured by the OS."""
+    cfg = _cfg(runtime="ray", stages=1, microbatches=1, data_parallel=2)
+    assert profile.run_profile(cfg, steps=2, out=tmp_path, as_json=True) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["runtime"] == "ray" and len(res["comparison"]) == 2
+    assert res["prediction"]["schedule"] == "data-parallel"
+    for st in res["comparison"]:
+        assert all(v["predicted"] == v["measured"] for v in st["categories"].values())
+    assert {r["pid"] for r in res["rss"]} == {st["pid"] for st in res["comparison"]}
+    assert all(r["growth"] > 0 for r in res["rss"])

@@ -214,11 +214,16 @@ def channel_bytes(width: int, rows: int, itemsize: int) -> int:
     return rows * width * itemsize + 64 * rows
 
 
-def ring_channel_bytes(grad_bytes: int, world: int) -> int:
+def ring_channel_bytes(grad_bytes: int, world: int, itemsize: int = 1) -> int:
     """Capacity of one ring all-reduce channel: what a replica sends its right neighbour in a
-    step, at most twice its gradients (the reduce-scatter and the all-gather each send all
-    chunks but one), plus 64 bytes of alignment a message."""
-    return 2 * grad_bytes + 64 * 2 * world
+    step. The gradients (grad_bytes, elements of `itemsize` bytes) are cut into `world`
+    chunks, the largest ceil(n / world) elements; the reduce-scatter and the all-gather each
+    send world - 1 of them; plus 64 bytes of alignment a message (2 world of them, a margin).
+    A step writes all of it, so these are the pages the channel really occupies (measured:
+    2 replicas of wide, 46.6 MiB shared for two channels of 22.7 MiB each)."""
+    n = int(grad_bytes) // int(itemsize)
+    chunk = -(-n // int(world)) * int(itemsize)
+    return 2 * (int(world) - 1) * chunk + 64 * 2 * int(world)
 
 
 def channel_buffers(plan: Plan, index: int, batch: int, dtype: Any) -> list[Buffer]:
@@ -345,7 +350,8 @@ def predict_data_parallel(
     ).stages[0]
     bufs = (*one.buffers, Buffer("allreduce", "workspace", param_bytes(plan.graph, dtype)))
     if channels and replicas > 1:
-        ring = ring_channel_bytes(param_bytes(plan.graph, dtype), replicas)
+        size = np.dtype(dtype).itemsize
+        ring = ring_channel_bytes(param_bytes(plan.graph, dtype), replicas, size)
         bufs += (
             Buffer("channel:in0", "boundary", ring),
             Buffer("channel:to_right", "boundary", ring),

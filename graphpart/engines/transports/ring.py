@@ -126,7 +126,7 @@ def ring_channel_bytes(spec: WorkerSpec, world: int) -> int:
     """Bytes one replica sends its right neighbour in a step (graphpart.plan.memory's
     ring_channel_bytes of its gradients, which the memory model counts)."""
     size = sum(int(np.prod(v.concrete_shape(1), dtype=np.int64)) for v in spec.graph.params)
-    return memory.ring_channel_bytes(size * _itemsize(spec), world)
+    return memory.ring_channel_bytes(size * _itemsize(spec), world, _itemsize(spec))
 
 
 def _itemsize(spec: WorkerSpec) -> int:

@@ -10,9 +10,9 @@ from typing import Any
 
 from graphpart.engines import start_ray, stop_ray
 from graphpart.errors import ConfigError
-from graphpart.plan.memory import predict, predict_inference, training_vs_inference
+from graphpart.plan.memory import predict_inference, training_vs_inference
 from graphpart.run.report import human_bytes
-from graphpart.run.train import memory_kwargs, setup, uses_channels, uses_ray
+from graphpart.run.train import memory_kwargs, predicted_memory, setup, uses_ray
 from graphpart.tools.profile.compare import compare, comparison_table, rss_table
 from graphpart.tools.profile.measure import measure, step_batches
 from graphpart.tools.profile.overhead import overhead
@@ -70,7 +70,7 @@ def run_profile(
     s = setup(cfg)
     t, p = cfg.train, cfg.pipeline
     kw = memory_kwargs(cfg)
-    pred = predict(s.plan, **kw, channels=uses_channels(cfg))
+    pred = predicted_memory(s)  # per stage, or per replica with pipeline.data_parallel
     batches = step_batches(s.dataset, t.batch_size, t.seed, steps)
     started = False
     if uses_ray(cfg):  # keep one Ray session for both measured runs
@@ -115,10 +115,17 @@ def run_profile(
     if as_json:
         print(json.dumps(result))
         return 0
+    how = (
+        f"{p.data_parallel} replica(s) of the whole model ({m.runtime}), data parallel: batch "
+        f"{t.batch_size} split across them"
+        if p.data_parallel > 1
+        else f"{p.stages} stage(s) ({m.runtime}), schedule {p.schedule}, batch {t.batch_size} "
+        f"in {p.microbatches} micro-batch(es)"
+    )
     head = (
-        f"profile: {steps} step(s), {p.stages} stage(s) ({m.runtime}), schedule {p.schedule}, "
-        f"batch {t.batch_size} in {p.microbatches} micro-batch(es), {t.optimizer}, {t.dtype}"
+        f"profile: {steps} step(s), {how}, {t.optimizer}, {t.dtype}"
         + (", recompute" if p.recompute else "")
+        + ("; 'stage k' below is replica k" if p.data_parallel > 1 else "")
     )
     print(head)
     print(comparison_table(cmp, pred))

@@ -110,7 +110,8 @@ def measure(
     if sample_rss and not ray_run:
         _warm_up(s)
         sampler = RssSampler([os.getpid()]).__enter__()  # baseline: before the engine exists
-    groups = {os.getpid(): list(range(s.plan.k))}
+    workers = max(s.plan.k, cfg.pipeline.data_parallel)  # stages, or replicas
+    groups = {os.getpid(): list(range(workers))}
     engine = None
     step_s: list[float] = []
     try:
@@ -123,15 +124,15 @@ def measure(
         if sampler is not None:
             sampler.__exit__()
         stats = engine.stats()
-        events = engine.events() if keep_events else [[] for _ in range(s.plan.k)]
-        workers = getattr(engine.transport, "workers", None)
-        if workers is not None:  # one process, one clock: exact alignment
-            t0 = min(w.ledger.t0 for w in workers)
-            offsets = [w.ledger.t0 - t0 for w in workers]
+        events = engine.events() if keep_events else [[] for _ in range(workers)]
+        local = getattr(engine.transport, "workers", None)
+        if local is not None:  # one process, one clock: exact alignment
+            t0 = min(w.ledger.t0 for w in local)
+            offsets = [w.ledger.t0 - t0 for w in local]
             aligned = True
         else:  # each actor's ledger counts from its own creation
             t0 = 0.0
-            offsets = [0.0] * s.plan.k
+            offsets = [0.0] * workers
             aligned = False
     finally:
         if sampler is not None and not sampler.stopped:
