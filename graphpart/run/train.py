@@ -301,14 +301,14 @@ def check_last_batch(s: Setup) -> None:
 FIXED_ON_RESUME = ("model.", "data.", "train.seed", "train.dtype", "train.optimizer")
 
 
+def _flat(cfg: Config) -> dict[str, Any]:
+    """Every config key by dotted name."""
+    return {f"{sec}.{k}": v for sec, keys in cfg.to_dict().items() for k, v in keys.items()}
+
+
 def fixed_keys(cfg: Config) -> dict[str, Any]:
     """The config keys a resume keeps, by dotted name (kept in every checkpoint)."""
-    return {
-        f"{sec}.{k}": v
-        for sec, keys in cfg.to_dict().items()
-        for k, v in keys.items()
-        if f"{sec}.{k}".startswith(FIXED_ON_RESUME)
-    }
+    return {k: v for k, v in _flat(cfg).items() if k.startswith(FIXED_ON_RESUME)}
 
 
 def _check_resume_changes(old: dict[str, Any], new: Config, run: Path, where: str = "was") -> None:
@@ -332,13 +332,8 @@ def _open_resumed(
     try:
         old_cfg = load_config(str(run.path / "config.toml"))
         _check_resume_changes(fixed_keys(old_cfg), cfg, run.path)
-        a, b = old_cfg.to_dict(), cfg.to_dict()
-        changed = {
-            f"{sec}.{k}": (a[sec][k], b[sec][k])
-            for sec in a
-            for k in a[sec]
-            if a[sec][k] != b[sec][k]
-        }
+        a, b = _flat(old_cfg), _flat(cfg)
+        changed = {k: (a[k], b[k]) for k in a if a[k] != b[k]}
         ck = None
         if run.has_checkpoint:
             ck = load_checkpoint(run.checkpoint_path, s.graph, s.optimizer.state_slots)
@@ -412,22 +407,8 @@ def train(
             if created:  # a run directory that could not even be started leads nowhere
                 run.discard()
             raise
-        return _train_and_record(s, run, ck, progress, log, on_epoch)
-    finally:
-        run.unlock()
-
-
-def _train_and_record(
-    s: Setup,
-    run: RunDir,
-    ck: dict[str, Any] | None,
-    progress: bool,
-    log: Callable[[str], None],
-    on_epoch: Callable[[dict[str, Any]], None] | None,
-) -> dict[str, Any]:
-    """_train, with every way it can end written to summary.json (as far as the disk lets)."""
-    try:
         return _train(s, run, ck, progress, log, on_epoch)
+    # every way a run ends is written to summary.json (as far as the disk lets)
     except KeyboardInterrupt as e:
         how = "by SIGTERM" if isinstance(e, Terminated) else "by Ctrl-C"
         msg = f"stopped {how}; " + _resume_advice(run)
@@ -438,10 +419,13 @@ def _train_and_record(
         _try_status(run, "failed", msg)
         raise StageFailure(msg) from None
     except BaseException as e:
-        _try_status(
-            run, "failed", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        )
+        if run.path.is_dir():  # not a directory discarded at start
+            _try_status(
+                run, "failed", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            )
         raise
+    finally:
+        run.unlock()
 
 
 def _plain(changed: dict[str, tuple[Any, Any]]) -> dict[str, tuple[Any, Any]]:
