@@ -15,6 +15,7 @@ import psutil
 from graphpart.ir.graph import BATCH, Graph, Var
 from graphpart.optim import SGD, Adam, Optimizer
 from graphpart.params import Init, Params, materialize
+from workers import state_file
 from workers.backends import Backend, get_backend
 from workers.hwm import read_hwm, read_rss_parts, reset_hwm
 from workers.ledger import Ledger
@@ -271,6 +272,22 @@ class StageWorker:
             "opt": {k: [take(self.bk.to_host(a)) for a in v] for k, v in self.state.items()},
             "steps": self.steps,
         }
+
+    def write_state(self, path: str, host: str) -> bool:
+        """Write the state to `path` (workers/state_file.py) if this process runs on `host`,
+        the caller's machine; False (nothing written) elsewhere, where the caller cannot read
+        the file and asks `get_state` instead."""
+        if os.uname().nodename != host:
+            return False
+        state_file.write(path, self.get_state(copy=False))
+        return True
+
+    def read_state(self, path: str, host: str) -> bool:
+        """`set_state` from the file at `path`, if this process runs on `host` (else False)."""
+        if os.uname().nodename != host:
+            return False
+        self.set_state(state_file.read(path))
+        return True
 
     def set_state(self, state: Mapping[str, Any]) -> None:
         self.prog.set_params(state["params"])

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from graphpart.engines import state
 from graphpart.engines.engine import StepResult
 from graphpart.engines.transports.ring import Ring
 from graphpart.errors import ConfigError, PlanError
@@ -151,12 +152,12 @@ class DataParallel:
 
     def get_state(self) -> list[dict]:
         """[replica 0's state]: one stage's, so it loads into a one-stage Engine and back."""
-        return self._get([self.transport.call(0, "get_state")])
+        return state.gather(self.transport, [0])
 
     def set_state(self, states: Sequence[Mapping]) -> None:
         """Every replica gets the state; several stages' states (from a pipeline) are merged."""
-        state = _merge(states)
-        self._all("set_state", state)
+        one = _merge(states)
+        state.scatter(self.transport, dict.fromkeys(range(self.replicas), one))
 
     def stats(self) -> list[StageStats]:
         """One StageStats per replica (`stage` is the replica's index)."""

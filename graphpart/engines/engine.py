@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from graphpart.engines import state
 from graphpart.engines.transport import Transport
 from graphpart.engines.transports import RAY_DEFAULT, TRANSPORTS
 from graphpart.engines.wiring import StepFeed, StepWiring, wire
@@ -198,11 +199,11 @@ class Engine:
         return out
 
     def get_state(self) -> list[dict]:
-        return self._all("get_state")
+        """Each stage's parameters, optimizer state and step count (engines/state.py)."""
+        return state.gather(self.transport, range(self.plan.k))
 
     def set_state(self, states: Sequence[Mapping]) -> None:
-        t = self.transport
-        t.get([t.call(k, "set_state", s) for k, s in enumerate(states)])
+        state.scatter(self.transport, dict(enumerate(states)))
 
     def stats(self) -> list[StageStats]:
         return self._all("stats")

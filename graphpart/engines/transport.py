@@ -22,6 +22,7 @@ class Transport(Protocol):
     """
 
     name: str
+    in_process: bool  # the workers are objects in this process (calls return their values)
 
     def start(self, specs: Sequence[WorkerSpec]) -> None: ...
 

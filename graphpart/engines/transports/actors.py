@@ -68,6 +68,7 @@ class RayActors:
     """
 
     name = "ray"
+    in_process = False
     body: ClassVar[type[bodies.StageActor]] = bodies.StageActor
     remote_options: ClassVar[dict[str, Any]] = {}
     exit_wait_s = 3.0  # after ray.kill, how long a stage on this machine may take to exit

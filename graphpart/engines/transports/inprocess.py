@@ -17,6 +17,7 @@ class InProcess:
     """Stage workers as plain objects; a call is a method call, its handle the value."""
 
     name = "inprocess"
+    in_process = True
 
     def __init__(self, address: str = "", num_cpus: int | None = None) -> None:
         self.workers: list[StageWorker] = []

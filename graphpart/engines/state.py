@@ -1,0 +1,65 @@
+"""Stage state to and from the driver through files on this machine, not Ray's object store.
+
+A stage's state (parameters and optimizer arrays: the bulk of its memory) returned through a
+Ray call is serialised into Ray's object store, whose pages are mapped into the stage's process:
+each checkpoint grew every stage's resident memory by its whole state, and a resume by what it
+was sent. A stage on the driver's machine instead writes its state to a file the driver reads
+(workers/state_file.py: no copy in the stage); a stage on another machine, or one in this
+process, is called as before.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from graphpart.engines.transport import Transport
+from workers import state_file
+
+
+def gather(
+    transport: Transport, workers: Sequence[int], host: str | None = None
+) -> list[dict[str, Any]]:
+    """The state of each of `workers` (stage or replica indices), in that order. `host`: the
+    machine whose files the driver reads (this one; the tests name another to take the
+    fallback)."""
+    if transport.in_process:
+        return transport.get([transport.call(k, "get_state") for k in workers])
+    host = os.uname().nodename if host is None else host
+    with tempfile.TemporaryDirectory(prefix="graphpart-state-") as d:
+        paths = [str(Path(d) / f"worker{k}.state") for k in workers]
+        wrote = transport.get(
+            [transport.call(k, "write_state", p, host) for k, p in zip(workers, paths, strict=True)]
+        )
+        far = [k for k, ok in zip(workers, wrote, strict=True) if not ok]
+        got = dict(
+            zip(far, transport.get([transport.call(k, "get_state") for k in far]), strict=True)
+        )
+        return [
+            state_file.read(p) if ok else got[k]
+            for k, p, ok in zip(workers, paths, wrote, strict=True)
+        ]
+
+
+def scatter(
+    transport: Transport, states: Mapping[int, Mapping[str, Any]], host: str | None = None
+) -> None:
+    """Load states[k] into worker k, for every k given (`host` as for `gather`)."""
+    if transport.in_process:
+        transport.get([transport.call(k, "set_state", s) for k, s in states.items()])
+        return
+    host = os.uname().nodename if host is None else host
+    with tempfile.TemporaryDirectory(prefix="graphpart-state-") as d:
+        paths: dict[int, str] = {}
+        written: dict[int, str] = {}  # one file for workers given the same state (replicas)
+        for k, s in states.items():
+            if id(s) not in written:
+                written[id(s)] = str(Path(d) / f"worker{k}.state")
+                state_file.write(written[id(s)], s)
+            paths[k] = written[id(s)]
+        done = transport.get([transport.call(k, "read_state", paths[k], host) for k in states])
+        far = [k for k, ok in zip(states, done, strict=True) if not ok]
+        transport.get([transport.call(k, "set_state", states[k]) for k in far])
