@@ -56,6 +56,13 @@ class Init:
 Params = Mapping[str, np.ndarray] | Init
 
 
+def params_dtype(params: Params) -> np.dtype:
+    """The dtype the parameters are (or an Init will make them) in."""
+    if isinstance(params, Init):
+        return np.dtype(params.dtype)
+    return np.asarray(next(iter(params.values()))).dtype
+
+
 def stage_params(graph: Graph, params: Params) -> dict[str, np.ndarray] | Init:
     """The part of `params` that `graph` (a stage's sub-graph) holds; an Init passes through."""
     if isinstance(params, Init):

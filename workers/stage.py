@@ -14,7 +14,7 @@ import psutil
 
 from graphpart.ir.graph import BATCH, Graph, Var
 from graphpart.optim import SGD, Adam, Optimizer
-from graphpart.params import Init, Params, materialize
+from graphpart.params import Params, materialize, params_dtype
 from workers import state_file
 from workers.backends import Backend, get_backend
 from workers.hwm import read_hwm, read_rss_parts, reset_hwm
@@ -54,10 +54,6 @@ class WorkerSpec:
         )
 
 
-def _dtype_of(params: Mapping[str, np.ndarray]) -> np.dtype:
-    return np.asarray(next(iter(params.values()))).dtype
-
-
 class StageWorker:
     """Runs forward/backward of micro-batches for one stage and applies the optimizer.
 
@@ -84,7 +80,7 @@ class StageWorker:
         self.ledger = Ledger(keep_events=keep_events)
         self.bk = get_backend(device)
         if device == "cpu":
-            dtype = np.dtype(params.dtype if isinstance(params, Init) else _dtype_of(params))
+            dtype = params_dtype(params)
             _warm_up(graph, self.bk, optimizer, dtype, output, input_grad)
         self._proc = psutil.Process()
         self.rss_baseline = self.rss_peak = self._proc.memory_info().rss

@@ -21,12 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from graphpart.engines import state
+from graphpart.engines import inference, state
 from graphpart.engines.engine import StepResult
+from graphpart.engines.inference import batch_widths
 from graphpart.engines.transports.ring import Ring
 from graphpart.errors import ConfigError, PlanError
 from graphpart.optim import Optimizer
-from graphpart.params import Params, stage_params
+from graphpart.params import Params, params_dtype, stage_params
 from graphpart.plan.batching import microbatch_rows, split_batch
 from graphpart.plan.stages import Plan
 from workers.stage import WorkerSpec
@@ -73,6 +74,7 @@ class DataParallel:
         self.replicas = replicas
         self.max_rows = max(int(max_rows), 1)
         self.chunk = microbatch_rows(self.max_rows, self.replicas)  # rows a replica holds
+        self.itemsize = params_dtype(params).itemsize
         st = plan.stages[0]
         own = stage_params(st.graph, params)  # the same values (or Init) for every replica
         specs = [
@@ -132,13 +134,12 @@ class DataParallel:
         return r.J, grads
 
     def predict(self, x: np.ndarray, chunk: int | None = None) -> np.ndarray:
-        """Logits for every row of x (replica 0's inference forward, `chunk` rows at a time)."""
-        chunk = max(1, min(chunk or self.chunk, self.chunk))  # a replica holds `chunk` rows
-        outs = [  # one chunk at a time: the object store holds O(chunk) rows, not all of x
-            self._get([self.transport.call(0, "infer", np.ascontiguousarray(x[s : s + chunk]))])[0]
-            for s in range(0, len(x), chunk)
-        ]
-        return np.concatenate(outs) if outs else np.zeros((0, 0))
+        """Logits for every row of x: chunks of at most `chunk` rows (and at most what stays
+        inside a Ray call: engines/inference.py) dealt to the replicas in turn."""
+        rows = max(1, min(chunk or self.chunk, self.chunk))  # a replica holds `chunk` rows
+        rows = min(rows, inference.inline_rows(batch_widths(self.plan.graph), self.itemsize))
+        chains = [[r] for r in range(self.replicas)]
+        return inference.predict(self.transport, x, rows, chains, self.replicas + 1)
 
     # -- state ----------------------------------------------------------------------------------
     def _get(self, handles: Sequence[Any]) -> list[Any]:

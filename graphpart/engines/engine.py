@@ -15,13 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from graphpart.engines import state
+from graphpart.engines import inference, state
+from graphpart.engines.inference import batch_widths
 from graphpart.engines.transport import Transport
 from graphpart.engines.transports import RAY_DEFAULT, TRANSPORTS
 from graphpart.engines.wiring import StepFeed, StepWiring, wire
 from graphpart.errors import ConfigError, PlanError
 from graphpart.optim import Optimizer
-from graphpart.params import Params, stage_params
+from graphpart.params import Params, params_dtype, stage_params
 from graphpart.plan.batching import microbatch_rows, split_batch
 from graphpart.plan.schedule import Action
 from graphpart.plan.stages import Plan
@@ -84,6 +85,7 @@ class Engine:
         self.plan = plan
         self.reschedule(schedule, microbatches)
         self.chunk = microbatch_rows(max_rows, self.microbatches)  # rows a worker buffer holds
+        self.itemsize = params_dtype(params).itemsize
         specs = [
             WorkerSpec(
                 st.graph,
@@ -168,23 +170,20 @@ class Engine:
         self._all("zero_grad")
         return r.J, grads
 
-    IN_FLIGHT = 2  # inference chunks under way at once: stages overlap, and Ray's object
-    # store (mapped into each worker, so counted in its resident memory) holds O(chunk) rows
-
     def predict(self, x: np.ndarray, chunk: int | None = None) -> np.ndarray:
-        """Logits for every row of x (inference forward, `chunk` rows at a time, at most
-        IN_FLIGHT chunks under way)."""
-        chunk = max(1, min(chunk or self.chunk, self.chunk))  # workers hold `chunk` rows
-        call, outs, pending = self.transport.call, [], []
-        for start in range(0, len(x), chunk):
-            h: Any = np.ascontiguousarray(x[start : start + chunk])
-            for k in range(self.plan.k):
-                h = call(k, "infer", h)
-            pending.append(h)
-            if len(pending) >= self.IN_FLIGHT:
-                outs += self.transport.get([pending.pop(0)])
-        outs += self.transport.get(pending) if pending else []
-        return np.concatenate(outs) if outs else np.zeros((0, 0))
+        """Logits for every row of x: inference forwards of at most `chunk` rows (on Ray, at
+        most what keeps every boundary tensor inside the call: engines/inference.py), K + 1
+        chunks under way so the stages overlap."""
+        rows = max(1, min(chunk or self.chunk, self.chunk))  # workers hold `chunk` rows
+        if not self.transport.in_process:
+            rows = min(rows, self.inline_rows)
+        return inference.predict(self.transport, x, rows, [range(self.plan.k)], self.plan.k + 1)
+
+    @property
+    def inline_rows(self) -> int:
+        """Rows whose input and every stage's output fit Ray's inline limit (bounded by the
+        graph's widest batch-major value)."""
+        return inference.inline_rows(batch_widths(self.plan.graph), self.itemsize)
 
     # -- state ----------------------------------------------------------------------------------
     def _all(self, method: str, *args: Any) -> list[Any]:
