@@ -32,6 +32,7 @@ from graphpart.errors import PlanError
 from graphpart.ir import mlp
 from graphpart.plan import auto, memory
 from graphpart.plan.auto import Rates, search
+from graphpart.plan.memory import Workload
 from graphpart.plan.partition import partition
 from graphpart.units import human_bytes
 
@@ -55,7 +56,7 @@ def graph():
 
 @pytest.fixture(scope="module")
 def roomy(graph):
-    return search(graph, devices=4, budget=None, batch=BATCH, rates=RATES)
+    return search(graph, Workload(batch=BATCH), devices=4, budget=None, rates=RATES)
 
 
 def test_enumerates_every_kind_once(graph, roomy):
@@ -79,14 +80,14 @@ def test_single_candidate_memory_is_memory_predict(graph, roomy):
     for recompute in (False, True):
         c = _find(roomy, kind="single", recompute=recompute)
         pred = memory.predict(
-            plan, batch=BATCH, microbatches=1, schedule="1f1b", recompute=recompute
+            plan, Workload(batch=BATCH, microbatches=1, schedule="1f1b", recompute=recompute)
         )
         assert c.peak_bytes == (pred.stages[0].total,)
         assert c.worst_bytes == pred.stages[0].bytes
         assert c.memory.stages[0].entries() == pred.stages[0].entries()
         assert (c.stages, c.microbatches, c.replicas, c.devices, c.split) == (1, 1, 1, 1, (4,))
     acc = _find(roomy, kind="accumulate", microbatches=8, recompute=False)
-    pred = memory.predict(plan, batch=BATCH, microbatches=8, schedule="1f1b")
+    pred = memory.predict(plan, Workload(batch=BATCH, microbatches=8, schedule="1f1b"))
     assert acc.peak_bytes == (pred.total,)
     single = _find(roomy, kind="single", recompute=False)
     assert acc.worst_bytes["activation"] < single.worst_bytes["activation"]
@@ -98,8 +99,11 @@ def test_pipeline_candidate_memory_is_memory_predict(graph, roomy):
         c = _find(
             roomy, kind="pipeline", stages=K, microbatches=4, schedule="gpipe", recompute=True
         )
-        pred = memory.predict(  # on Ray's default transport: with its shared-memory channels
-            plan, batch=BATCH, microbatches=4, schedule="gpipe", recompute=True, channels=True
+        # on Ray's default transport: with its shared-memory channels
+        pred = memory.predict(
+            plan,
+            Workload(batch=BATCH, microbatches=4, schedule="gpipe", recompute=True),
+            channels=True,
         )
         assert c.peak_bytes == tuple(s.total for s in pred.stages)
         assert c.split == tuple(plan.sizes())
@@ -108,10 +112,10 @@ def test_pipeline_candidate_memory_is_memory_predict(graph, roomy):
 
 def test_budget_filters_and_names_the_problem(graph):
     single_peak = memory.predict(
-        partition(graph, 1), batch=BATCH, microbatches=1, schedule="1f1b"
+        partition(graph, 1), Workload(batch=BATCH, microbatches=1, schedule="1f1b")
     ).total
     budget = single_peak - 1
-    cands = search(graph, devices=4, budget=budget, batch=BATCH, rates=RATES)
+    cands = search(graph, Workload(batch=BATCH), devices=4, budget=budget, rates=RATES)
     single = _find(cands, kind="single", recompute=False)
     assert not single.fits
     assert single.problem == (
@@ -127,7 +131,7 @@ def test_budget_filters_and_names_the_problem(graph):
     first_bad = next(i for i, c in enumerate(cands) if not c.fits)
     assert all(not c.fits for c in cands[first_bad:])
     # a pipeline that does not fit names its fullest stage
-    tight = search(graph, devices=2, budget=1, batch=BATCH, rates=RATES)
+    tight = search(graph, Workload(batch=BATCH), devices=2, budget=1, rates=RATES)
     c = _find(tight, kind="pipeline", microbatches=2, schedule="1f1b", recompute=False)
     assert f"on device {c.worst_device} " in c.problem
     assert c.peak_bytes[c.worst_device] == c.max_peak
@@ -235,9 +239,9 @@ def test_devices_that_outnumber_the_cores_share_them(graph):
     devices at C / (T x busy) of their rate: no faster than on a core each, no slower than
     all of them sharing all the time; one-device setups and machines with a core per device
     are predicted as before, and data parallelism (always all busy) exactly K T / C slower."""
-    own = search(graph, devices=4, budget=None, batch=BATCH, rates=RATES)
-    assert search(graph, devices=4, budget=None, batch=BATCH, rates=RATES, cores=4) == own
-    shared = search(graph, devices=4, budget=None, batch=BATCH, rates=RATES, cores=2)
+    own = search(graph, Workload(batch=BATCH), devices=4, budget=None, rates=RATES)
+    assert search(graph, Workload(batch=BATCH), devices=4, budget=None, rates=RATES, cores=4) == own
+    shared = search(graph, Workload(batch=BATCH), devices=4, budget=None, rates=RATES, cores=2)
     by_key = {tuple(sorted(c.config().items())): c for c in own}
     for c in shared:
         o = by_key[tuple(sorted(c.config().items()))]
@@ -256,9 +260,9 @@ def test_devices_that_outnumber_the_cores_share_them(graph):
             assert o.step_s * (1 - 1e-9) <= c.step_s <= o.step_s * c.devices / 2 * (1 + 1e-9)
     # equal stages, busy most of the time (bubble 3/35): close to the K / C = 2x slowdown
     plan = partition(graph, 4)
-    kw = dict(batch=BATCH, microbatches=32, schedule="1f1b", recompute=False, rates=EQUAL)
-    flat, _ = auto.step_time(plan, **kw)
-    deep, _ = auto.step_time(plan, **kw, capacity=2.0)
+    w = Workload(batch=BATCH, microbatches=32, schedule="1f1b", recompute=False)
+    flat, _ = auto.step_time(plan, w, rates=EQUAL)
+    deep, _ = auto.step_time(plan, w, rates=EQUAL, capacity=2.0)
     assert 1.8 < deep / flat < 2.0
 
 
@@ -318,9 +322,11 @@ def test_plan_and_compare_projection_agree(graph):
         hop = RATES.transfer_s(rows * max(st.output_width for st in plan.stages) * 4)
         for capacity in (None, 2.0):
             want, tl = auto.step_time(
-                plan, batch=BATCH, microbatches=M, schedule=kind, recompute=False,
-                rates=RATES, capacity=capacity,
-            )  # fmt: skip
+                plan,
+                Workload(batch=BATCH, microbatches=M, schedule=kind, recompute=False),
+                rates=RATES,
+                capacity=capacity,
+            )
             # what the workers' busy clocks read: each action's duration on this machine
             busy_f = [sum(e.end - e.start for e in tl.events if e.stage == k
                           and e.action.kind == "F") for k in range(K)]  # fmt: skip
@@ -347,7 +353,7 @@ def test_plan_and_compare_projection_agree(graph):
 
 
 def test_equal_stage_times_give_the_textbook_bubble(graph):
-    cands = search(graph, devices=4, budget=None, batch=BATCH, rates=EQUAL)
+    cands = search(graph, Workload(batch=BATCH), devices=4, budget=None, rates=EQUAL)
     pipes = [c for c in cands if c.kind == "pipeline"]
     assert pipes
     for c in pipes:
@@ -358,10 +364,7 @@ def test_equal_stage_times_give_the_textbook_bubble(graph):
     for K, M, kind in ((2, 8, "gpipe"), (4, 4, "1f1b"), (3, 1, "1f1b")):
         step, tl = auto.step_time(
             partition(graph, K),
-            batch=BATCH,
-            microbatches=M,
-            schedule=kind,
-            recompute=False,
+            Workload(batch=BATCH, microbatches=M, schedule=kind, recompute=False),
             rates=EQUAL,
         )
         assert tl.bubble == pytest.approx((K - 1) / (M + K - 1))
@@ -369,7 +372,7 @@ def test_equal_stage_times_give_the_textbook_bubble(graph):
 
 
 def test_accumulation_costs_the_fixed_cost_m_times(graph):
-    cands = search(graph, devices=1, budget=None, batch=BATCH, rates=RATES)
+    cands = search(graph, Workload(batch=BATCH), devices=1, budget=None, rates=RATES)
     assert {c.kind for c in cands} == {"single", "accumulate"}
     single = _find(cands, kind="single", recompute=False)
     for M in (2, 8, 32):
@@ -390,7 +393,7 @@ def test_accumulation_costs_the_fixed_cost_m_times(graph):
 
 def test_data_parallel_time_is_compute_on_ceil_rows_plus_a_ring(graph):
     batch = 30
-    cands = search(graph, devices=4, budget=None, batch=batch, rates=RATES)
+    cands = search(graph, Workload(batch=batch), devices=4, budget=None, rates=RATES)
     plan = partition(graph, 1)
     st = plan.stages[0]
     p = memory.param_bytes(graph)
@@ -406,13 +409,15 @@ def test_data_parallel_time_is_compute_on_ceil_rows_plus_a_ring(graph):
         assert dp.step_s == pytest.approx(want, rel=1e-9)
         assert (
             dp.peak_bytes[0]
-            == memory.predict_data_parallel(plan, K, batch=batch, channels=True).stages[0].total
+            == memory.predict_data_parallel(plan, K, Workload(batch=batch), channels=True)
+            .stages[0]
+            .total
         )
 
 
 def test_small_batches_and_few_layers_limit_the_choices():
     g = mlp([8, 8, 4])  # two layers
-    cands = search(g, devices=8, budget=None, batch=3, rates=RATES)
+    cands = search(g, Workload(batch=3), devices=8, budget=None, rates=RATES)
     assert max(c.stages for c in cands) == 2
     assert max(c.replicas for c in cands) == 3
     assert all(c.microbatches <= 3 for c in cands)
@@ -443,8 +448,9 @@ def test_bad_arguments_are_plan_errors(graph):
         dict(devices=True),
     ):
         kw = dict(devices=2, budget=None, batch=8, rates=RATES) | bad
+        w = Workload(batch=kw.pop("batch"))
         with pytest.raises(PlanError):
-            search(graph, **kw)
+            search(graph, w, **kw)
     for bad in (
         dict(flops_per_s=0.0),
         dict(flops_per_s=math.nan),
@@ -460,7 +466,7 @@ def test_bad_arguments_are_plan_errors(graph):
 def test_search_is_fast():
     g = mlp([64, 256, 256, 256, 256, 10])  # five layers
     t = time.perf_counter()
-    cands = search(g, devices=4, budget=4 * 2**20, batch=256, rates=RATES)
+    cands = search(g, Workload(batch=256), devices=4, budget=4 * 2**20, rates=RATES)
     took = time.perf_counter() - t
     assert took < 1.0, f"search took {took:.2f} s"
     assert len(cands) > 50

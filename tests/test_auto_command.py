@@ -16,6 +16,7 @@ import pytest
 
 from graphpart.cli import build_parser, load_cli_config, main
 from graphpart.plan.auto import Rates, search
+from graphpart.plan.memory import Workload
 from graphpart.run.session import make_config
 from graphpart.run.train import setup
 from graphpart.tools.compare.auto import train_command, train_overrides
@@ -50,7 +51,7 @@ def config_file(tmp_path: Path) -> str:
 def _budget(path: str) -> str:
     """Below every one-device and data-parallel setup's peak: only pipelines fit."""
     cfg = make_config(path, {"train.batch_size": 32, "model.hidden": [40, 40, 40]})
-    found = search(setup(cfg).graph, devices=2, budget=None, batch=32, rates=RATES)
+    found = search(setup(cfg).graph, Workload(batch=32), devices=2, budget=None, rates=RATES)
     one = min(c.max_peak for c in found if c.kind != "pipeline")
     assert any(c.max_peak < one for c in found if c.kind == "pipeline")
     return f"{one - 1}B"
@@ -109,7 +110,7 @@ def test_command_names_the_config_file_and_only_what_differs(config_file):
     keys whose values differ from it; without a path, it sets every key that differs from the
     embedded config, and both load to the same config."""
     cfg = make_config(config_file, {"train.batch_size": 32, "pipeline.memory_budget": "1MiB"})
-    best = search(setup(cfg).graph, devices=3, budget=None, batch=32, rates=RATES)[0]
+    best = search(setup(cfg).graph, Workload(batch=32), devices=3, budget=None, rates=RATES)[0]
     line = train_command(cfg, best, config_file)
     assert shlex.quote(config_file) in line and "'" in line  # the path has spaces
     words = shlex.split(line)

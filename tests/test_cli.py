@@ -984,7 +984,7 @@ def test_n_classes_applies_to_npz_and_labels_outside_are_refused(capsys, tmp_pat
 
 def _interrupted_run(tmp_path: Path, name: str, monkeypatch, at_step: int) -> Path:
     """A run whose driver got Ctrl-C at step `at_step` (in process)."""
-    from graphpart.run import train as train_mod
+    from graphpart.run import trainer as train_mod
 
     real, seen = train_mod.make_engine, [0]
 

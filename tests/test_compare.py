@@ -21,6 +21,7 @@ from conftest import max_rel
 
 from graphpart.errors import ConfigError
 from graphpart.plan.auto import Rates, search
+from graphpart.plan.memory import Workload
 from graphpart.run.config import load_config
 from graphpart.run.train import setup, train
 from graphpart.tools.compare import command as cmd_mod
@@ -181,9 +182,9 @@ def test_auto_proposals_run_within_their_predicted_memory(tmp_path, ray_session)
     s = setup(cfg)
     found = search(
         s.graph,
+        Workload(batch=cfg.train.batch_size),
         devices=2,
         budget=None,
-        batch=cfg.train.batch_size,
         rates=Rates(flops_per_s=1e10, copy_bytes_per_s=5e9, hop_s=1e-4),
     )
     picked = {}

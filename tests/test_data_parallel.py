@@ -33,7 +33,7 @@ from graphpart.engines import DataParallel, Engine
 from graphpart.errors import ConfigError, PlanError, StageFailure
 from graphpart.optim import make_optimizer
 from graphpart.plan.batching import split_batch
-from graphpart.plan.memory import predict_data_parallel
+from graphpart.plan.memory import Workload, predict_data_parallel
 from graphpart.plan.partition import partition
 from workers.channels import shm_dir
 from workers.push import Inbox
@@ -160,10 +160,13 @@ def test_replicas_train_like_one_stage_with_k_microbatches(ray_session, transpor
         assert [s.stage for s in stats] == list(range(k))
         assert len({s.pid for s in stats}) == k
         param_bytes = sum(v.nbytes for v in p0.values())
-        pred = predict_data_parallel(  # the ring's shared-memory channels on shm
-            partition(g, 1), k, batch=BATCH, optimizer=_adam(), dtype="float64",
+        # the ring's shared-memory channels on shm
+        pred = predict_data_parallel(
+            partition(g, 1),
+            k,
+            Workload(batch=BATCH, optimizer=_adam(), dtype="float64"),
             channels=transport == "shm",
-        )  # fmt: skip
+        )
         for s in stats:
             assert s.memory.entries["allreduce"] == ("workspace", param_bytes)
             want_mem = pred.stages[s.stage]  # the memory model, buffer by buffer

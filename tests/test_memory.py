@@ -31,6 +31,7 @@ from graphpart.ir import mlp
 from graphpart.optim import SGD, Adam
 from graphpart.params import init_params
 from graphpart.plan import memory
+from graphpart.plan.memory import Workload
 from graphpart.plan.partition import make_plan, partition
 from graphpart.units import human_bytes
 
@@ -99,22 +100,26 @@ def test_prediction_equals_measured_peak(K, bias, recompute):
                 e = _engine(plan, opt, M, schedule, recompute)
                 pred = memory.predict(
                     plan,
-                    batch=BATCH,
-                    microbatches=M,
-                    schedule=schedule,
-                    optimizer=opt,
-                    recompute=recompute,
+                    Workload(
+                        batch=BATCH,
+                        microbatches=M,
+                        schedule=schedule,
+                        optimizer=opt,
+                        recompute=recompute,
+                    ),
                 )
                 _assert_exact(e, pred)
                 # the optimizer given by name predicts the same
                 by_name = memory.predict(
                     plan,
-                    batch=BATCH,
-                    microbatches=M,
-                    schedule=schedule,
-                    optimizer=opt.name,
-                    momentum=getattr(opt, "momentum", 0.0),
-                    recompute=recompute,
+                    Workload(
+                        batch=BATCH,
+                        microbatches=M,
+                        schedule=schedule,
+                        optimizer=opt.name,
+                        momentum=getattr(opt, "momentum", 0.0),
+                        recompute=recompute,
+                    ),
                 )
                 assert [s.bytes for s in by_name.stages] == [s.bytes for s in pred.stages], name
 
@@ -131,11 +136,13 @@ def test_exact_for_other_activations_losses_and_float64(activation, loss):
             e = _engine(plan, Adam(), M, schedule, dtype="float64", loss=loss, sizes=sizes)
             pred = memory.predict(
                 plan,
-                batch=BATCH,
-                microbatches=M,
-                schedule=schedule,
-                optimizer="adam",
-                dtype="float64",
+                Workload(
+                    batch=BATCH,
+                    microbatches=M,
+                    schedule=schedule,
+                    optimizer="adam",
+                    dtype="float64",
+                ),
             )
             _assert_exact(e, pred)
 
@@ -144,7 +151,9 @@ def test_categories_follow_the_rules():
     """Parameters, gradients and optimizer state from parameter counts; activations by slot."""
     g = mlp(SIZES, bias=True)
     plan = partition(g, 2, "uniform")
-    pred = memory.predict(plan, batch=BATCH, microbatches=4, schedule="gpipe", optimizer="adam")
+    pred = memory.predict(
+        plan, Workload(batch=BATCH, microbatches=4, schedule="gpipe", optimizer="adam")
+    )
     for st, sp in zip(plan.stages, pred.stages, strict=True):
         pbytes = st.param_count() * 4
         assert sp.bytes["parameter"] == sp.bytes["gradient"] == pbytes
@@ -155,7 +164,7 @@ def test_categories_follow_the_rules():
     assert first.bytes["boundary"] == 4 * 4 * SIZES[2]  # received dJ/dh2 only
     assert last.bytes["boundary"] == 4 * 4 * SIZES[2]  # sent dJ/dh2 only
     sgd = memory.predict(
-        plan, batch=BATCH, microbatches=4, schedule="gpipe", optimizer="sgd", momentum=0.0
+        plan, Workload(batch=BATCH, microbatches=4, schedule="gpipe", optimizer="sgd", momentum=0.0)
     )
     assert all(s.bytes["optimizer"] == 0 for s in sgd.stages)
     assert memory.optimizer_slots("sgd", 0.9) == 1
@@ -171,7 +180,7 @@ def test_1f1b_holds_at_most_k_over_m_of_gpipe_on_stage0(K, M):
     for schedule in ("gpipe", "1f1b"):
         e = _engine(plan, Adam(), M, schedule)
         peaks[schedule] = e.transport.workers[0].ledger.peak["activation"]
-        pred = memory.predict(plan, batch=BATCH, microbatches=M, schedule=schedule)
+        pred = memory.predict(plan, Workload(batch=BATCH, microbatches=M, schedule=schedule))
         assert pred.stages[0].bytes["activation"] == peaks[schedule]
     assert peaks["1f1b"] > 0
     assert peaks["1f1b"] <= K / M * peaks["gpipe"]
@@ -192,7 +201,10 @@ def test_recompute_saves_activations_and_keeps_gradients():
         predicted[rc] = [
             s.bytes["activation"]
             for s in memory.predict(
-                plan, batch=BATCH, microbatches=4, schedule="gpipe", dtype="float64", recompute=rc
+                plan,
+                Workload(
+                    batch=BATCH, microbatches=4, schedule="gpipe", dtype="float64", recompute=rc
+                ),
             ).stages
         ]
     assert predicted[True] == measured[True] and predicted[False] == measured[False]
@@ -204,7 +216,7 @@ def test_recompute_saves_activations_and_keeps_gradients():
 
 def test_prediction_reports():
     plan = partition(mlp(SIZES, bias=True), 2, "uniform")
-    pred = memory.predict(plan, batch=BATCH, microbatches=2, schedule="1f1b")
+    pred = memory.predict(plan, Workload(batch=BATCH, microbatches=2, schedule="1f1b"))
     d = pred.to_dict()
     assert d["total"] == pred.total == sum(s["total"] for s in d["stages"])
     assert [s["in_flight"] for s in d["stages"]] == [2, 1]
@@ -216,7 +228,7 @@ def test_prediction_reports():
 def test_microbatches_beyond_batch_is_a_plan_error():
     plan = partition(mlp(SIZES), 2, "uniform")
     with pytest.raises(PlanError, match="microbatches=20 exceeds"):
-        memory.predict(plan, batch=BATCH, microbatches=20, schedule="1f1b")
+        memory.predict(plan, Workload(batch=BATCH, microbatches=20, schedule="1f1b"))
 
 
 def test_inference_memory_is_params_plus_largest_live_set():
@@ -230,14 +242,14 @@ def test_inference_memory_is_params_plus_largest_live_set():
     bparams = params + (8 + 6 + 3) * 4
     assert memory.predict_inference(gb, B, "float64") == 2 * bparams + B * 16 * 8
     plan = partition(g, 1, "uniform")
-    line = memory.training_vs_inference(plan, batch=B)
+    line = memory.training_vs_inference(plan, Workload(batch=B))
     m = re.fullmatch(
         r"training needs (\d+\.\d)x the memory of inference for this model and "
         r"batch \((\d+\.\d+) MiB vs (\d+\.\d+) MiB\)",
         line,
     )
     assert m is not None, line
-    train = memory.predict(plan, batch=B, microbatches=1, schedule="1f1b").total
+    train = memory.predict(plan, Workload(batch=B, microbatches=1, schedule="1f1b")).total
     assert float(m.group(1)) == pytest.approx(train / memory.predict_inference(g, B), abs=0.05)
     assert float(m.group(1)) > 1
 
@@ -256,22 +268,26 @@ def test_stage_cost_matches_prediction_of_built_plans(schedule, M):
         cost = memory.stage_memory_cost(
             g,
             K,
-            batch=BATCH,
-            microbatches=M,
-            schedule=schedule,
-            optimizer="sgd",
-            momentum=0.9,
-            recompute=M == 2,
-        )
-        for sizes in _compositions(n, K):
-            pred = memory.predict(
-                make_plan(g, sizes),
+            Workload(
                 batch=BATCH,
                 microbatches=M,
                 schedule=schedule,
                 optimizer="sgd",
                 momentum=0.9,
                 recompute=M == 2,
+            ),
+        )
+        for sizes in _compositions(n, K):
+            pred = memory.predict(
+                make_plan(g, sizes),
+                Workload(
+                    batch=BATCH,
+                    microbatches=M,
+                    schedule=schedule,
+                    optimizer="sgd",
+                    momentum=0.9,
+                    recompute=M == 2,
+                ),
             )
             start = 0
             for k, size in enumerate(sizes):
@@ -284,33 +300,33 @@ def test_memory_partition_minimises_the_largest_stage(K):
     g = mlp([12, 40, 8, 30, 6, 5], bias=True)
     kw = dict(batch=BATCH, microbatches=4, schedule="1f1b", optimizer="adam")
     best = min(
-        max(s.total for s in memory.predict(make_plan(g, sizes), **kw).stages)
+        max(s.total for s in memory.predict(make_plan(g, sizes), Workload(**kw)).stages)
         for sizes in _compositions(len(g.layers), K)
     )
-    plan = partition(g, K, "memory", memory_cost=memory.stage_memory_cost(g, K, **kw))
-    assert max(s.total for s in memory.predict(plan, **kw).stages) == best
+    plan = partition(g, K, "memory", memory_cost=memory.stage_memory_cost(g, K, Workload(**kw)))
+    assert max(s.total for s in memory.predict(plan, Workload(**kw)).stages) == best
     # the default cost (batch 64, one micro-batch, 1F1B, Adam) is the same model
     dflt = dict(batch=64, microbatches=1, schedule="1f1b", optimizer="adam")
     plan = partition(g, K, "memory")
     best = min(
-        max(s.total for s in memory.predict(make_plan(g, sizes), **dflt).stages)
+        max(s.total for s in memory.predict(make_plan(g, sizes), Workload(**dflt)).stages)
         for sizes in _compositions(len(g.layers), K)
     )
-    assert max(s.total for s in memory.predict(plan, **dflt).stages) == best
+    assert max(s.total for s in memory.predict(plan, Workload(**dflt)).stages) == best
 
 
 def test_memory_partition_with_budgets():
     g = mlp([256, 512, 512, 512, 10], bias=True)
     K = 2
     kw = dict(batch=64, microbatches=2, schedule="1f1b", optimizer="adam")
-    cost = memory.stage_memory_cost(g, K, **kw)
+    cost = memory.stage_memory_cost(g, K, Workload(**kw))
     totals = {
-        sizes: [s.total for s in memory.predict(make_plan(g, sizes), **kw).stages]
+        sizes: [s.total for s in memory.predict(make_plan(g, sizes), Workload(**kw)).stages]
         for sizes in _compositions(len(g.layers), K)
     }
     roomy = [float(max(max(t) for t in totals.values()))] * K
     plan = partition(g, K, "memory", memory_cost=cost, budgets=roomy)
-    assert all(s.total <= roomy[0] for s in memory.predict(plan, **kw).stages)
+    assert all(s.total <= roomy[0] for s in memory.predict(plan, Workload(**kw)).stages)
     budget = 2 * 2**20
     # the split minimising the worst excess, and that excess (what the error must name)
     excess = min(max(t - budget for t in ts) for ts in totals.values())
@@ -327,10 +343,10 @@ def test_memory_partition_with_budgets():
 def test_data_parallel_is_one_device_on_ceil_rows_plus_the_allreduce_buffer(opt, K, batch):
     g = mlp(SIZES, bias=True)
     plan = partition(g, 1)
-    dp = memory.predict_data_parallel(plan, K, batch=batch, optimizer=opt, momentum=0.0)
+    dp = memory.predict_data_parallel(plan, K, Workload(batch=batch, optimizer=opt, momentum=0.0))
     rows = -(-batch // K)
     one = memory.predict(
-        plan, batch=rows, microbatches=1, schedule="1f1b", optimizer=opt, momentum=0.0
+        plan, Workload(batch=rows, microbatches=1, schedule="1f1b", optimizer=opt, momentum=0.0)
     ).stages[0]
     params = memory.param_bytes(g)
     assert params == one.bytes["parameter"]
@@ -348,7 +364,7 @@ def test_data_parallel_is_one_device_on_ceil_rows_plus_the_allreduce_buffer(opt,
     assert dp.total == K * dp.stages[0].total
     # against the whole batch on one device: the same state, 1/K of the activations
     full = memory.predict(
-        plan, batch=batch, microbatches=1, schedule="1f1b", optimizer=opt, momentum=0.0
+        plan, Workload(batch=batch, microbatches=1, schedule="1f1b", optimizer=opt, momentum=0.0)
     ).stages[0]
     for c in ("parameter", "gradient", "optimizer"):
         assert dp.stages[0].bytes[c] == full.bytes[c]
@@ -361,16 +377,16 @@ def test_data_parallel_is_one_device_on_ceil_rows_plus_the_allreduce_buffer(opt,
 def test_data_parallel_refuses_stages_and_too_many_replicas():
     g = mlp(SIZES)
     with pytest.raises(PlanError, match="2 stages"):
-        memory.predict_data_parallel(partition(g, 2), 2, batch=8)
+        memory.predict_data_parallel(partition(g, 2), 2, Workload(batch=8))
     with pytest.raises(PlanError, match="replicas=9 exceeds the batch of 8 rows"):
-        memory.predict_data_parallel(partition(g, 1), 9, batch=8)
+        memory.predict_data_parallel(partition(g, 1), 9, Workload(batch=8))
     with pytest.raises(PlanError, match="replicas=0"):
-        memory.predict_data_parallel(partition(g, 1), 0, batch=8)
+        memory.predict_data_parallel(partition(g, 1), 0, Workload(batch=8))
 
 
 def test_budget_problem_names_the_fullest_device_its_categories_and_the_budget():
     g = mlp([64, 256, 256, 256, 10])
-    pred = memory.predict(partition(g, 2), batch=64, microbatches=2, schedule="1f1b")
+    pred = memory.predict(partition(g, 2), Workload(batch=64, microbatches=2, schedule="1f1b"))
     worst = max(pred.stages, key=lambda s: s.total)
     assert memory.budget_problem(pred, worst.total) is None
     assert memory.budget_problem(pred, 10 * worst.total) is None
@@ -385,11 +401,11 @@ def test_budget_problem_names_the_fullest_device_its_categories_and_the_budget()
     want = [f"{c} {human_bytes(n)}" for c, n in worst.bytes.items() if n]
     assert listed == want and len(want) < len(memory.CATEGORIES) + 1
     # one device: no boundary buffers, so no boundary entry
-    single = memory.predict(partition(g, 1), batch=64, microbatches=1, schedule="1f1b")
+    single = memory.predict(partition(g, 1), Workload(batch=64, microbatches=1, schedule="1f1b"))
     msg = memory.budget_problem(single, 1)
     assert "on device 0" in msg and "boundary" not in msg and "parameter" in msg
     # data parallel: every replica is alike, the first is named
-    dp = memory.predict_data_parallel(partition(g, 1), 4, batch=64)
+    dp = memory.predict_data_parallel(partition(g, 1), 4, Workload(batch=64))
     assert "on device 0" in memory.budget_problem(dp, dp.stages[0].total - 1)
 
 
@@ -399,8 +415,8 @@ def test_shm_channel_buffers_are_counted_per_neighbour():
     parallel ring maps one from the left and one to the right, twice the gradients each."""
     g = mlp([6, 8, 5, 4, 3], bias=True)
     plan = partition(g, 3, "uniform")
-    without = memory.predict(plan, batch=10, microbatches=2, schedule="1f1b")
-    pred = memory.predict(plan, batch=10, microbatches=2, schedule="1f1b", channels=True)
+    without = memory.predict(plan, Workload(batch=10, microbatches=2, schedule="1f1b"))
+    pred = memory.predict(plan, Workload(batch=10, microbatches=2, schedule="1f1b"), channels=True)
     widths = [plan.stages[k].graph.var(plan.stages[k].output).shape[-1] for k in (0, 1)]
     assert plan.sizes() == [2, 1, 1] and widths == [5, 4]  # what stage k sends stage k + 1
     size = [memory.channel_bytes(w, 10, 4) for w in widths]
@@ -418,7 +434,7 @@ def test_shm_channel_buffers_are_counted_per_neighbour():
         assert all(sm.entries()[n][0] == "boundary" for n in got)
         assert sm.total == bare.total + sum(w.values())
     one = partition(g, 1)
-    dp = memory.predict_data_parallel(one, 2, batch=10, channels=True).stages[0]
+    dp = memory.predict_data_parallel(one, 2, Workload(batch=10), channels=True).stages[0]
     ring = memory.ring_channel_bytes(memory.param_bytes(g, "float32"), 2, 4)
     assert dp.entries()["channel:in0"] == dp.entries()["channel:to_right"] == ("boundary", ring)
     # what a step sends: 2 (N - 1) chunks of ceil(n / N) elements, plus 64 bytes a message for
@@ -427,6 +443,6 @@ def test_shm_channel_buffers_are_counted_per_neighbour():
     assert memory.ring_channel_bytes(44, 2, 4) == 2 * 6 * 4 + 256
     assert memory.ring_channel_bytes(48, 3, 4) == 4 * 4 * 4 + 384
 
-    assert memory.predict_data_parallel(one, 1, batch=10, channels=True).stages[0].total == (
-        memory.predict_data_parallel(one, 1, batch=10).stages[0].total
-    )
+    assert memory.predict_data_parallel(one, 1, Workload(batch=10), channels=True).stages[
+        0
+    ].total == (memory.predict_data_parallel(one, 1, Workload(batch=10)).stages[0].total)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from graphpart.errors import ConfigError
-from graphpart.plan.memory import CATEGORIES, predict
+from graphpart.plan.memory import CATEGORIES, Workload, predict
 from graphpart.run.config import Config, load_config
 from graphpart.run.train import setup
 from graphpart.tools import profile
@@ -104,7 +104,9 @@ def test_measure_matches_prediction_and_resident_growth():
         }
     )
     s = setup(cfg)
-    pred = predict(s.plan, batch=64, microbatches=2, schedule="1f1b", optimizer=s.optimizer)
+    pred = predict(
+        s.plan, Workload(batch=64, microbatches=2, schedule="1f1b", optimizer=s.optimizer)
+    )
     assert (
         pred.total
         - sum(
@@ -170,7 +172,9 @@ def test_resident_growth_on_ray_actors(ray_session):
         }
     )
     s = setup(cfg)
-    pred = predict(s.plan, batch=128, microbatches=2, schedule="1f1b", optimizer=s.optimizer)
+    pred = predict(
+        s.plan, Workload(batch=128, microbatches=2, schedule="1f1b", optimizer=s.optimizer)
+    )
     assert all(st.bytes["parameter"] * 4 >= 200 * 2**20 for st in pred.stages)
     m = profile.measure(s, steps=2)
     assert len(m.rss) == 2

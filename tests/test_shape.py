@@ -24,8 +24,8 @@ from graphpart.cli import main
 from graphpart.errors import DataError
 from graphpart.run import data as gdata
 from graphpart.run.config import load_config
+from graphpart.run.setup import data_shape, load_dataset, setup
 from graphpart.run.shape import DataShape, shape_of
-from graphpart.run.train import data_shape, load_dataset, setup
 
 RNG = np.random.default_rng(7)
 LOADERS = ("load", "load_npz", "load_csv", "load_digits", "synthetic", "read_csv")

@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from graphpart.errors import ConfigError, StageFailure
-from graphpart.run import train as train_mod
 from graphpart.run.config import load_config
 from graphpart.run.metrics import kind_of
 from graphpart.run.tensorboard import TAGS
 from graphpart.run.train import train
+from graphpart.run.trainer import Trainer
 
 
 def _cfg(tmp_path: Path, **over):
@@ -128,18 +128,19 @@ def test_turning_tensorboard_on_at_resume_shows_the_whole_history(tmp_path):
 
 @pytest.mark.ray
 def test_restarted_stages_rewrite_the_event_file_from_the_checkpoint(tmp_path, monkeypatch):
-    real, calls = train_mod._epochs, []
+    real, calls = Trainer._epochs, []
 
-    def failing_once(s, engine, run, st, progress, log, on_epoch, n, events=None):
-        real(s, engine, run, st, progress, log, on_epoch, n, events)
+    def failing_once(self, engine):
+        real(self, engine)
+        st = self.st
         calls.append(st.step)
         if len(calls) == 1:  # a row past the checkpoint, then a dead stage
             row = {"kind": "step", "step": st.step + 2, "epoch": st.epoch + 1, "loss": 7.0}
-            run.append_metrics(row)
-            events.write(row)
+            self.run.append_metrics(row)
+            self.events.write(row)
             raise StageFailure("stage 0 died (injected)")
 
-    monkeypatch.setattr(train_mod, "_epochs", failing_once)
+    monkeypatch.setattr(Trainer, "_epochs", failing_once)
     out = _quiet(_cfg(tmp_path, **{"train.max_failures": 1}))
     assert out["failures_recovered"] == 1 and len(calls) == 2
     got = _assert_mirrors(Path(out["run_dir"]))

@@ -50,8 +50,8 @@ from graphpart.plan import schedule as sch
 from graphpart.plan import timing
 from graphpart.plan.memory import (
     MemoryPrediction,
+    Workload,
     budget_problem,
-    optimizer_slots,
     param_bytes,
     predict,
     predict_data_parallel,
@@ -189,53 +189,38 @@ def _update_s(nbytes: int, slots: int, rates: Rates) -> float:
 
 
 def step_time(
-    plan: Plan,
-    *,
-    batch: int,
-    microbatches: int,
-    schedule: str,
-    recompute: bool,
-    rates: Rates,
-    dtype: Any = "float32",
-    slots: int = 2,
-    capacity: float | None = None,
+    plan: Plan, w: Workload, *, rates: Rates, capacity: float | None = None
 ) -> tuple[float, sch.Timeline]:
-    """Predicted seconds of one training step of `plan` (any K, 1 included) and the
-    simulator's timeline: each stage's per-micro-batch forward and backward seconds and its
-    optimizer update (`slots` state buffers per parameter) after its last action, through
+    """Predicted seconds of one training step of `plan` (any K, 1 included) on workload `w`
+    and the simulator's timeline: each stage's per-micro-batch forward and backward seconds
+    and its optimizer update (`w.slots` state buffers per parameter) after its last action, through
     graphpart.plan.timing.pipeline_step (the model compare's projection uses), on a machine
     that runs `capacity` devices at full speed at once (None: a core per device).
     """
-    rows = batch / microbatches
+    rows, dtype = w.batch / w.microbatches, w.dtype
     act = rates.per_action_s
     rate = rates.flops_at(rows)
     fwd = [st.flops_fwd * rows / rate + act for st in plan.stages]
     bwd = [
-        st.flops_bwd * rows / rate + act + (f - act if recompute else 0.0)
+        st.flops_bwd * rows / rate + act + (f - act if w.recompute else 0.0)
         for st, f in zip(plan.stages, fwd, strict=True)
     ]
     itemsize = np.dtype(dtype).itemsize
     width = max((st.output_width for st in plan.stages), default=0)
     comm = rates.transfer_s(rows * width * itemsize) if plan.k > 1 else 0.0
-    finish = [_update_s(param_bytes(st.graph, dtype), slots, rates) for st in plan.stages]
-    return timing.pipeline_step(schedule, microbatches, fwd, bwd, finish, comm, capacity)
+    finish = [_update_s(param_bytes(st.graph, dtype), w.slots, rates) for st in plan.stages]
+    return timing.pipeline_step(w.schedule, w.microbatches, fwd, bwd, finish, comm, capacity)
 
 
 def _data_parallel_time(
-    plan: Plan,
-    replicas: int,
-    batch: int,
-    rates: Rates,
-    dtype: Any,
-    slots: int,
-    capacity: float | None = None,
+    plan: Plan, replicas: int, w: Workload, rates: Rates, capacity: float | None = None
 ) -> float:
     (st,) = plan.stages
-    rows = -(-batch // replicas)
+    rows = -(-w.batch // replicas)
     compute = (st.flops_fwd + st.flops_bwd) * rows / rates.flops_at(rows) + 2 * rates.per_action_s
-    p = param_bytes(plan.graph, dtype)
+    p = param_bytes(plan.graph, w.dtype)
     ring = 2 * (replicas - 1) * rates.transfer_s(p / replicas)
-    return timing.replicas_step(compute, ring, _update_s(p, slots, rates), replicas, capacity)
+    return timing.replicas_step(compute, ring, _update_s(p, w.slots, rates), replicas, capacity)
 
 
 # -- the search --------------------------------------------------------------------------------
@@ -283,20 +268,18 @@ def _candidate(
 
 def search(
     graph: Graph,
+    w: Workload,
     *,
     devices: int,
     budget: int | None,
-    batch: int,
-    optimizer: str = "adam",
-    momentum: float = 0.9,
-    dtype: Any = "float32",
     rates: Rates,
     microbatch_choices: Sequence[int] = (1, 2, 4, 8, 16, 32),
     cores: int | None = None,
     threads: int = 1,
     tie: float = TIE,
 ) -> list[Candidate]:
-    """Every setup of `graph` on up to `devices` devices for a `batch`-row minibatch, ranked.
+    """Every setup of `graph` on up to `devices` devices for `w`'s minibatch, ranked (of `w`,
+    the batch, optimizer and dtype count: the rest is what the search varies).
 
     Enumerates: one device (M = 1, recompute off/on); gradient accumulation (one device,
     M > 1 from `microbatch_choices`, recompute off/on); pipelines of K = 2..min(devices,
@@ -311,39 +294,28 @@ def search(
     then smallest peak.
     """
     devices = _positive("devices", devices)
-    batch = _positive("batch", batch)
+    batch = _positive("batch", w.batch)
     if budget is not None:
         budget = _positive("budget", budget)
     choices = sorted({_positive("microbatch choice", m) for m in microbatch_choices})
     capacity = timing.capacity_of(
         None if cores is None else _positive("cores", cores), _positive("threads", threads)
     )
-    dt = np.dtype(dtype)
-    slots = optimizer_slots(optimizer, momentum)
-    kw: dict[str, Any] = dict(optimizer=optimizer, momentum=momentum, dtype=dt)
+    dt = np.dtype(w.dtype)
+    base = replace(w, dtype=dt)
     n_layers = len(graph.layers)
     out: list[Candidate] = []
 
     one = partition(graph, 1, "balanced")
     for m in [1, *(m for m in choices if 1 < m <= batch)]:
         for recompute in (False, True):
-            pred = predict(
-                one, batch=batch, microbatches=m, schedule="1f1b", recompute=recompute, **kw
-            )
-            step, _ = step_time(
-                one,
-                batch=batch,
-                microbatches=m,
-                schedule="1f1b",
-                recompute=recompute,
-                rates=rates,
-                dtype=dt,
-                slots=slots,
-                capacity=capacity,
-            )
+            wm = replace(base, microbatches=m, schedule="1f1b", recompute=recompute)
+            step, _ = step_time(one, wm, rates=rates, capacity=capacity)
             kind = "single" if m == 1 else "accumulate"
             out.append(
-                _candidate(kind, pred, one, budget, replicas=1, step_s=step, bubble=0.0, comm=0)
+                _candidate(
+                    kind, predict(one, wm), one, budget, replicas=1, step_s=step, bubble=0.0, comm=0
+                )
             )
 
     for k in range(2, min(devices, n_layers) + 1):
@@ -352,21 +324,10 @@ def search(
         for m in (m for m in choices if m <= batch):
             for kind in sch.KINDS:
                 for recompute in (False, True):
-                    pred = predict(  # on Ray's default transport: shared-memory channels
-                        plan, batch=batch, microbatches=m, schedule=kind, recompute=recompute,
-                        channels=True, **kw,
-                    )  # fmt: skip
-                    step, tl = step_time(
-                        plan,
-                        batch=batch,
-                        microbatches=m,
-                        schedule=kind,
-                        recompute=recompute,
-                        rates=rates,
-                        dtype=dt,
-                        slots=slots,
-                        capacity=capacity,
-                    )
+                    wm = replace(base, microbatches=m, schedule=kind, recompute=recompute)
+                    # on Ray's default transport: shared-memory channels
+                    pred = predict(plan, wm, channels=True)
+                    step, tl = step_time(plan, wm, rates=rates, capacity=capacity)
                     out.append(
                         _candidate(
                             "pipeline",
@@ -382,8 +343,8 @@ def search(
 
     p = param_bytes(graph, dt)
     for k in range(2, min(devices, batch) + 1):
-        pred = predict_data_parallel(one, k, batch=batch, channels=True, **kw)
-        step = _data_parallel_time(one, k, batch, rates, dt, slots, capacity)
+        pred = predict_data_parallel(one, k, base, channels=True)
+        step = _data_parallel_time(one, k, base, rates, capacity)
         out.append(
             _candidate(
                 "data-parallel",

@@ -21,6 +21,7 @@ from graphpart.units import human_bytes, table
 
 __all__ = [
     "CATEGORIES",
+    "Workload",
     "LABEL_DTYPE",
     "Buffer",
     "MemoryPrediction",
@@ -38,6 +39,39 @@ __all__ = [
     "stage_memory_cost",
     "training_vs_inference",
 ]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a training step is asked to do, besides the plan: a `batch`-row minibatch in
+    `microbatches` micro-batches under `schedule`, `optimizer` (a name with its `momentum`, or
+    an Optimizer), `dtype`, and whether backward recomputes the forward (`recompute`). The
+    run's config gives it once (graphpart.run.setup.workload_of); the memory model and the
+    search read it."""
+
+    batch: int
+    microbatches: int = 1
+    schedule: str = "1f1b"
+    optimizer: str | Optimizer = "adam"
+    momentum: float = 0.9
+    dtype: Any = "float32"
+    recompute: bool = False
+
+    @property
+    def slots(self) -> int:
+        """Optimizer state buffers per parameter."""
+        return optimizer_slots(self.optimizer, self.momentum)
+
+    @property
+    def rows(self) -> int:
+        """Rows of a micro-batch buffer, ceil(batch / microbatches) (validated)."""
+        split_batch(self.batch, self.microbatches)  # validates 1 <= microbatches <= batch
+        return microbatch_rows(self.batch, self.microbatches)
+
+    @property
+    def optimizer_name(self) -> str:
+        o = self.optimizer
+        return o if isinstance(o, str) else o.name
 
 
 @dataclass(frozen=True)
@@ -173,37 +207,19 @@ def optimizer_slots(optimizer: str | Optimizer, momentum: float = 0.9) -> int:
     return int(optimizer.state_slots)
 
 
-def _rows(batch: int, microbatches: int) -> int:
-    split_batch(batch, microbatches)  # validates 1 <= microbatches <= batch
-    return microbatch_rows(batch, microbatches)
-
-
-def stage_memory(
-    stage: Stage,
-    n_stages: int,
-    *,
-    batch: int,
-    microbatches: int,
-    schedule: str,
-    optimizer: str | Optimizer = "adam",
-    momentum: float = 0.9,
-    dtype: Any = "float32",
-    recompute: bool = False,
-    channels: bool = False,
-) -> StageMemory:
-    """Predicted peak bytes of `stage` when it is stage `stage.index` of `n_stages`; with
-    `channels`, also the shared-memory channel buffers it maps (see `channel_buffers`)."""
-    rows = _rows(batch, microbatches)
-    in_flight = sch.peak_in_flight(sch.make(schedule, n_stages, microbatches)[stage.index])
+def stage_memory(stage: Stage, n_stages: int, w: Workload) -> StageMemory:
+    """Predicted peak bytes of `stage` when it is stage `stage.index` of `n_stages`."""
+    rows = w.rows
+    in_flight = sch.peak_in_flight(sch.make(w.schedule, n_stages, w.microbatches)[stage.index])
     bufs = stage_buffers(
         stage.graph,
         output=stage.output,
         input_grad=stage.index > 0,
         rows=rows,
         in_flight=in_flight,
-        optimizer_slots=optimizer_slots(optimizer, momentum),
-        dtype=dtype,
-        recompute=recompute,
+        optimizer_slots=w.slots,
+        dtype=w.dtype,
+        recompute=w.recompute,
     )
     return StageMemory(stage.index, rows, in_flight, tuple(bufs))
 
@@ -226,7 +242,7 @@ def ring_channel_bytes(grad_bytes: int, world: int, itemsize: int = 1) -> int:
     return 2 * (int(world) - 1) * chunk + 64 * 2 * int(world)
 
 
-def channel_buffers(plan: Plan, index: int, batch: int, dtype: Any) -> list[Buffer]:
+def channel_buffers(plan: Plan, index: int, batch: int, dtype: Any) -> tuple[Buffer, ...]:
     """The channel buffers stage `index` maps on the `shm` transport (neighbours and the driver
     on one node): from and to each neighbour, one buffer a direction, and on stage 0 the
     driver's feed of micro-batch inputs; each a whole minibatch wide (every micro-batch has its
@@ -250,22 +266,11 @@ def channel_buffers(plan: Plan, index: int, batch: int, dtype: Any) -> list[Buff
                 Buffer(f"channel:to_{side}", "boundary", nbytes),
             ]
             n_in += 1
-    return out
+    return tuple(out)
 
 
-def predict(
-    plan: Plan,
-    *,
-    batch: int,
-    microbatches: int,
-    schedule: str,
-    optimizer: str | Optimizer = "adam",
-    momentum: float = 0.9,
-    dtype: Any = "float32",
-    recompute: bool = False,
-    channels: bool = False,
-) -> MemoryPrediction:
-    """Peak bytes per stage and category of training `plan` (no workers are started).
+def predict(plan: Plan, w: Workload, *, channels: bool = False) -> MemoryPrediction:
+    """Peak bytes per stage and category of training `plan` on workload `w` (no workers).
 
     parameter, gradient: the stage's parameter bytes each; optimizer: state slots x parameter
     bytes; activation: the saved values of one micro-batch x the schedule's peak in-flight
@@ -274,28 +279,20 @@ def predict(
     buffers to and from each neighbour; workspace: shared buffers of unsaved values and
     cotangents. Buffers hold ceil(batch / microbatches) rows; channels a whole minibatch.
     """
-    stages = tuple(
-        stage_memory(
-            st,
-            plan.k,
-            batch=batch,
-            microbatches=microbatches,
-            schedule=schedule,
-            optimizer=optimizer,
-            momentum=momentum,
-            dtype=dtype,
-            recompute=recompute,
-        )
-        for st in plan.stages
-    )
+    stages = tuple(stage_memory(st, plan.k, w) for st in plan.stages)
     if channels:
         stages = tuple(
-            replace(sm, buffers=sm.buffers + tuple(channel_buffers(plan, sm.index, batch, dtype)))
+            replace(sm, buffers=sm.buffers + channel_buffers(plan, sm.index, w.batch, w.dtype))
             for sm in stages
         )
-    name = optimizer if isinstance(optimizer, str) else optimizer.name
     return MemoryPrediction(
-        stages, int(batch), int(microbatches), schedule, name, np.dtype(dtype).name, bool(recompute)
+        stages,
+        int(w.batch),
+        int(w.microbatches),
+        w.schedule,
+        w.optimizer_name,
+        np.dtype(w.dtype).name,
+        bool(w.recompute),
     )
 
 
@@ -305,20 +302,14 @@ def param_bytes(graph: Graph, dtype: Any = "float32") -> int:
 
 
 def predict_data_parallel(
-    plan: Plan,
-    replicas: int,
-    *,
-    batch: int,
-    optimizer: str | Optimizer = "adam",
-    momentum: float = 0.9,
-    dtype: Any = "float32",
-    channels: bool = False,
+    plan: Plan, replicas: int, w: Workload, *, channels: bool = False
 ) -> MemoryPrediction:
     """Peak bytes per device of data parallelism: `replicas` copies of the whole model.
 
-    `plan` must have one stage. Each replica takes ceil(batch / replicas) rows as one
-    micro-batch, so it holds what `predict(plan, batch=ceil(batch / replicas), microbatches=1,
-    schedule="1f1b")` names plus the flat gradient buffer its worker allocates for the ring
+    `plan` must have one stage; of `w`, the batch, optimizer and dtype count. Each replica
+    takes ceil(batch / replicas) rows as one micro-batch, without recomputation, so it holds
+    what `predict(plan, Workload(ceil(batch / replicas)))` names plus the flat gradient buffer
+    its worker allocates for the ring
     all-reduce: Buffer("allreduce", "workspace", all parameter bytes in `dtype`). Returns one
     StageMemory per replica (index = replica; all equal) in a MemoryPrediction whose `batch` is
     the whole minibatch, `microbatches` 1 (per replica) and `schedule` DATA_PARALLEL; its
@@ -333,6 +324,7 @@ def predict_data_parallel(
         )
     if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
         raise PlanError(f"replicas={replicas!r}: must be a positive integer")
+    batch, dtype = w.batch, w.dtype
     if replicas > batch:
         raise PlanError(
             f"replicas={replicas} exceeds the batch of {batch} rows; each replica needs a row "
@@ -340,13 +332,7 @@ def predict_data_parallel(
         )
     rows = microbatch_rows(batch, replicas)
     one = predict(
-        plan,
-        batch=rows,
-        microbatches=1,
-        schedule="1f1b",
-        optimizer=optimizer,
-        momentum=momentum,
-        dtype=dtype,
+        plan, replace(w, batch=rows, microbatches=1, schedule="1f1b", recompute=False)
     ).stages[0]
     bufs = (*one.buffers, Buffer("allreduce", "workspace", param_bytes(plan.graph, dtype)))
     if channels and replicas > 1:
@@ -357,8 +343,8 @@ def predict_data_parallel(
             Buffer("channel:to_right", "boundary", ring),
         )
     stages = tuple(StageMemory(r, one.rows, one.in_flight, bufs) for r in range(replicas))
-    name = optimizer if isinstance(optimizer, str) else optimizer.name
-    return MemoryPrediction(stages, int(batch), 1, DATA_PARALLEL, name, np.dtype(dtype).name, False)
+    name, dt = w.optimizer_name, np.dtype(dtype).name
+    return MemoryPrediction(stages, int(batch), 1, DATA_PARALLEL, name, dt, False)
 
 
 def budget_problem(pred: MemoryPrediction, budget: int) -> str | None:
@@ -407,29 +393,10 @@ def predict_inference(graph: Graph, batch: int, dtype: Any = "float32") -> int:
     return params + peak
 
 
-def training_vs_inference(
-    plan: Plan,
-    *,
-    batch: int,
-    microbatches: int = 1,
-    schedule: str = "1f1b",
-    optimizer: str | Optimizer = "adam",
-    momentum: float = 0.9,
-    dtype: Any = "float32",
-    recompute: bool = False,
-) -> str:
+def training_vs_inference(plan: Plan, w: Workload) -> str:
     """One line: how many times the memory of inference training needs (all stages summed)."""
-    train = predict(
-        plan,
-        batch=batch,
-        microbatches=microbatches,
-        schedule=schedule,
-        optimizer=optimizer,
-        momentum=momentum,
-        dtype=dtype,
-        recompute=recompute,
-    ).total
-    infer = predict_inference(plan.graph, batch, dtype)
+    train = predict(plan, w).total
+    infer = predict_inference(plan.graph, w.batch, w.dtype)
     return (
         f"training needs {train / infer:.1f}x the memory of inference for this model and "
         f"batch ({train / 2**20:.2f} MiB vs {infer / 2**20:.2f} MiB)"
@@ -438,16 +405,7 @@ def training_vs_inference(
 
 # -- partitioning by memory ---------------------------------------------------------------------
 def stage_memory_cost(
-    graph: Graph,
-    stages: int,
-    *,
-    batch: int = 64,
-    microbatches: int = 1,
-    schedule: str = "1f1b",
-    optimizer: str | Optimizer = "adam",
-    momentum: float = 0.9,
-    dtype: Any = "float32",
-    recompute: bool = False,
+    graph: Graph, stages: int, w: Workload | None = None
 ) -> Callable[[int, int, int], float]:
     """cost(start, stop, k): predicted bytes of stage k of `stages` holding layers[start:stop].
 
@@ -456,9 +414,9 @@ def stage_memory_cost(
     """
     layers = graph.layers
     flops = layer_flops(graph)
-    slots = optimizer_slots(optimizer, momentum)
-    rows = _rows(batch, microbatches)
-    actions = sch.make(schedule, stages, microbatches)
+    w = w or Workload(batch=64)
+    slots, rows = w.slots, w.rows
+    actions = sch.make(w.schedule, stages, w.microbatches)
     in_flight = [sch.peak_in_flight(a) for a in actions]
     built: dict[tuple[int, int], Stage] = {}
     cache: dict[tuple[int, int, int], float] = {}
@@ -489,8 +447,8 @@ def stage_memory_cost(
                 rows=rows,
                 in_flight=in_flight[k],
                 optimizer_slots=slots,
-                dtype=dtype,
-                recompute=recompute,
+                dtype=w.dtype,
+                recompute=w.recompute,
             )
             cache[key] = float(sum(b.nbytes for b in bufs))
         return cache[key]

@@ -1,19 +1,26 @@
-"""Text and JSON reports of a plan: stages, costs, boundary tensors, predicted bubble."""
+"""Reports: the plan (stages, costs, boundaries, bubble), a run's summary.json and curves.png."""
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import numpy as np
 
+from graphpart.engines import Rss, StageStats
 from graphpart.plan import schedule as sch
 from graphpart.plan.batching import split_batch
 from graphpart.plan.memory import budget_problem, predict
-from graphpart.run.train import budget_of, memory_kwargs, plan_dict, uses_channels
+from graphpart.plan.partition import Plan
+from graphpart.run.checkpoint import RunDir, atomic_write
+from graphpart.run.config import Config
+from graphpart.run.metrics import of_kind
+from graphpart.run.progress import Progress
+from graphpart.run.setup import Setup, budget_of, transport_of, uses_channels, uses_ray, workload_of
 from graphpart.units import human_bytes, table
 
 
-def plan_report(s: Any, cfg: Any) -> dict[str, Any]:
+def plan_report(s: Setup, cfg: Config) -> dict[str, Any]:
     """The plan as a table and as data; memory columns come from the analytic model."""
     plan, p, t = s.plan, cfg.pipeline, cfg.train
     data = plan_dict(plan, cfg)
@@ -29,7 +36,7 @@ def plan_report(s: Any, cfg: Any) -> dict[str, Any]:
     bwd = [c * (1 - s) for c, s in zip(cost, share, strict=True)]
     tl = sch.simulate(actions, fwd, bwd)
     basis = "measured" if "measured" in plan.strategy else "FLOP-proportional"
-    mem = predict(plan, **memory_kwargs(cfg), channels=uses_channels(cfg))
+    mem = predict(plan, workload_of(cfg), channels=uses_channels(cfg))
     rows = []
     for st, d in zip(plan.stages, data["stages"], strict=True):
         row = [
@@ -89,3 +96,141 @@ def plan_report(s: Any, cfg: Any) -> dict[str, Any]:
         )
     )
     return {"text": text, "data": data}
+
+
+def plan_dict(plan: Plan, cfg: Config | None = None) -> dict[str, Any]:
+    """The plan as plain data (for plan.json and `graphpart plan --json`)."""
+    itemsize = np.dtype(cfg.train.dtype if cfg else "float32").itemsize
+    out = {
+        "strategy": plan.strategy,
+        "stages": [
+            {
+                "stage": st.index,
+                "layers": list(st.layers),
+                "params": list(st.params),
+                "param_count": st.param_count(),
+                "param_bytes": st.param_count() * itemsize,
+                "flops_per_sample": {"forward": st.flops_fwd, "backward": st.flops_bwd},
+                "input": st.input,
+                "output": st.output,
+                "boundary_in_bytes_per_sample": st.input_width * itemsize,
+                "boundary_out_bytes_per_sample": st.output_width * itemsize,
+            }
+            for st in plan.stages
+        ],
+    }
+    return out
+
+
+def run_summary(
+    s: Setup,
+    run: RunDir,
+    st: Progress,
+    *,
+    wall: float,
+    startup: float | None,
+    failures: int,
+    stats: list[StageStats],
+) -> dict[str, Any]:
+    """summary.json of a completed run: its final figures, throughput and stages' stats."""
+    cfg = s.config
+    t, p, m = cfg.train, cfg.pipeline, st.metrics
+    return {
+        "state": "completed",
+        "run_dir": str(run.path),
+        "final_loss": m.get("train_loss"),
+        "test_loss": m.get("test_loss"),
+        "test_accuracy": m.get("test_accuracy"),
+        "epochs": t.epochs,
+        "steps": st.step,
+        "wall_s": wall,
+        "train_s": st.train_time,
+        "startup_s": startup or 0.0,
+        **st.throughput(),
+        "failures_recovered": failures,
+        "stages": p.stages,
+        "data_parallel": p.data_parallel,
+        "microbatches": p.microbatches,
+        "schedule": p.schedule,
+        "runtime": "ray" if uses_ray(cfg) else "local",
+        "transport": transport_of(cfg),
+        "stage_stats": [stage_summary(x) for x in stats],
+    }
+
+
+def stage_summary(st: StageStats) -> dict[str, Any]:
+    """One stage's (or replica's) line of summary.json: busy time, bytes, peaks."""
+    return {
+        "stage": st.stage,
+        "busy_s": round(st.busy.total, 6),
+        "forward_s": round(st.busy.forward, 6),
+        "backward_s": round(st.busy.backward, 6),
+        "finish_s": round(st.busy.finish, 6),
+        "allreduce_s": round(st.busy.allreduce, 6),
+        "bytes_sent": st.bytes_sent,
+        "bytes_received": st.bytes_received,
+        "peak_bytes": st.memory.peak_total,  # the ledger: the model's own accounting
+        "peak_by_category": dict(st.memory.peak),
+        # what the OS measured: the worker process's resident peak over its baseline, and
+        # its private + shared growth (file pages, library code first run, left out)
+        "resident_baseline": st.rss.baseline,
+        "resident_growth": st.rss.peak - st.rss.baseline,
+        "resident_allocated": _allocated(st.rss),
+    }
+
+
+def _allocated(r: Rss) -> int | None:
+    """Private + shared resident growth since the baseline (Linux), or None where unknown."""
+    keys = ("RssAnon", "RssShmem")
+    if not all(k in r.parts_now and k in r.parts_baseline for k in keys):
+        return None
+    return sum(r.parts_now[k] - r.parts_baseline[k] for k in keys)
+
+
+def write_curves(run: RunDir) -> None:
+    """curves.png in the run directory: train and test loss (and test accuracy) per epoch,
+    from metrics.jsonl's epoch rows."""
+    rows = of_kind(run.read_metrics(), "epoch")
+    if not rows:
+        return
+    import matplotlib  # loaded only here: it takes a while to import
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    acc = "test_accuracy" in rows[0]
+    fig, axes = plt.subplots(1, 2 if acc else 1, figsize=(9 if acc else 5, 3.6), squeeze=False)
+    e = [r["epoch"] for r in rows]
+    ax = axes[0, 0]
+    ax.plot(e, [r["train_loss"] for r in rows], marker=".", label="train: objective J = L + s")
+    ax.plot(e, [r["test_loss"] for r in rows], marker=".", label="test: data loss L")
+    ax.set(xlabel="epoch", ylabel="loss (epoch mean)", yscale="log")
+    if acc:
+        axes[0, 1].plot(e, [r["test_accuracy"] for r in rows], marker=".", label="test accuracy")
+        axes[0, 1].set(xlabel="epoch", ylabel="test accuracy")
+    for r in of_kind(run.read_metrics(), "resume"):  # where --resume went on, what it changed
+        what = ", ".join(
+            f"{k.split('.')[-1]} {a}->{b}"
+            for k, (a, b) in r.get("changed", {}).items()
+            if k != "train.epochs"
+        )
+        for a in axes[0]:
+            a.axvline(r["epoch"], color="grey", linestyle="--", linewidth=0.8)
+        ax.annotate(
+            "resumed" + (f": {what}" if what else ""),
+            (r["epoch"], 1.0),
+            xycoords=("data", "axes fraction"),
+            rotation=90,
+            va="top",
+            ha="right",
+            fontsize=7,
+            color="grey",
+        )
+    for a in axes[0]:
+        a.legend(fontsize=8)
+    fig.suptitle(run.path.name, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write(run.path / "curves.png", buf.getvalue())

@@ -41,9 +41,11 @@ from graphpart.engines import check_device
 from graphpart.errors import ConfigError, DataError, GraphpartError, RunError
 from graphpart.ir import Graph, mlp
 from graphpart.run import data as gdata
-from graphpart.run import train as _train
 from graphpart.run.checkpoint import atomic_write
 from graphpart.run.config import Config, load_config
+from graphpart.run.evaluate import scores
+from graphpart.run.setup import data_kwargs
+from graphpart.run.train import train as train_config
 
 DEFAULT_CONFIG = "digits.toml"  # the embedded config (graphpart/configs/, as in examples/)
 OUT_FORMATS = (".npz", ".csv")  # what `save_predictions` writes
@@ -133,7 +135,7 @@ def train(
     cfg = make_config(config, over)
     if not cfg.pipeline.address:  # with an address the workers check their own device
         check_device(cfg.pipeline.device)
-    summary = _train.train(cfg, progress=progress, log=log, on_epoch=on_epoch)
+    summary = train_config(cfg, progress=progress, log=log, on_epoch=on_epoch)
     return load(summary["run_dir"])
 
 
@@ -352,7 +354,7 @@ class Run:
             X, y = self._test_split()
         else:
             X, y = self._samples(data, labels=True)
-        return {**_metrics(self._outputs(X), y, self.config.model.loss), "samples": int(len(X))}
+        return {**scores(self._outputs(X), y, self.config.model.loss), "samples": int(len(X))}
 
     def _samples(self, data: Any, *, labels: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """(X, y) checked against the model, X scaled as the training source was."""
@@ -379,7 +381,7 @@ class Run:
         """The test split the run was evaluated on while training (reloaded from data.source)."""
         cfg = self.config
         d = cfg.data
-        kw = _train.data_kwargs(cfg)
+        kw = data_kwargs(cfg)
         if d.source == "synthetic":
             kw.update(task=self.task)
         elif d.source.lower().endswith((".npz", ".csv")):
@@ -411,17 +413,6 @@ class Run:
                 y = np.zeros((len(x), self.n_outputs), dtype)
             out.append(forward(graph, self.params, {"x": x, "y": y})["o"])
         return np.concatenate(out)
-
-
-def _metrics(o: np.ndarray, y: np.ndarray, loss: str) -> dict[str, float]:
-    """Mean loss (and accuracy) of outputs o against y, as training computes test_loss."""
-    o = o.astype(np.float64)
-    if loss == "cross_entropy":
-        m = o.max(axis=1, keepdims=True)
-        lse = (m + np.log(np.exp(o - m).sum(axis=1, keepdims=True)))[:, 0]
-        nll = float(np.mean(lse - o[np.arange(len(y)), y]))
-        return {"loss": nll, "accuracy": float(np.mean(o.argmax(axis=1) == y))}
-    return {"loss": float(0.5 * np.mean(((o - y) ** 2).sum(axis=1)))}
 
 
 def check_out(out: str | os.PathLike, flag: str = "--out") -> Path:

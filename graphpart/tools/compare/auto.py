@@ -11,7 +11,7 @@ from graphpart.ir import Graph
 from graphpart.plan.auto import TIE, Candidate, Rates, search, table, to_dict
 from graphpart.run.config import Config
 from graphpart.run.session import make_config
-from graphpart.run.train import budget_of, setup
+from graphpart.run.setup import budget_of, setup, workload_of
 from graphpart.tools.compare.rates import measure_rates
 from graphpart.units import human_bytes
 
@@ -30,16 +30,12 @@ def search_config(
     """plan --auto's candidates for `cfg`'s training settings, with rates measured here with
     `threads` threads per device, on `cores` cores (default: this machine's) that the devices
     share where they outnumber them."""
-    t = cfg.train
-    rates = measure_rates(threads, t.dtype)
+    rates = measure_rates(threads, cfg.train.dtype)
     found = search(
         graph,
+        workload_of(cfg),
         devices=devices,
         budget=budget_of(cfg),
-        batch=t.batch_size,
-        optimizer=t.optimizer,
-        momentum=t.momentum,
-        dtype=t.dtype,
         rates=rates,
         cores=machine_cores() if cores is None else cores,
         threads=threads,

@@ -16,7 +16,7 @@ from graphpart.engines import start_ray, stop_ray
 from graphpart.errors import ConfigError
 from graphpart.plan.partition import partition
 from graphpart.run.config import Config
-from graphpart.run.train import budget_of, setup, uses_ray
+from graphpart.run.setup import budget_of, setup, uses_ray
 from graphpart.tools.compare.auto import search_config
 from graphpart.tools.compare.conclude import comparison_verdict, conclusion
 from graphpart.tools.compare.project import hop_seconds, project

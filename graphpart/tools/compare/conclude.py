@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from graphpart.ir import mlp
 from graphpart.plan.memory import predict
 from graphpart.plan.partition import partition
 from graphpart.run.config import Config
-from graphpart.run.train import memory_kwargs
+from graphpart.run.setup import workload_of
 from graphpart.tools.compare.results import Comparison, state_bytes
 from graphpart.units import human_bytes
 
@@ -270,8 +270,8 @@ def crossover_batch(cfg: Config, n_in: int, n_out: int, width_factor: int = 1) -
         weight_decay=m.weight_decay,
     )
     plan = partition(g, 1)
-    kw = {**memory_kwargs(cfg), "microbatches": 1, "recompute": False}
-    one, two = (predict(plan, **{**kw, "batch": b}).stages[0].bytes for b in (64, 128))
+    w = replace(workload_of(cfg), microbatches=1, recompute=False)
+    one, two = (predict(plan, replace(w, batch=b)).stages[0].bytes for b in (64, 128))
     per_row = (one["activation"] - two["activation"]) / (64 - 128)
     return state_bytes(one) / per_row if per_row > 0 else float("inf")
 

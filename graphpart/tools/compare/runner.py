@@ -13,7 +13,8 @@ from threadpoolctl import threadpool_limits
 from graphpart.errors import GraphpartError
 from graphpart.plan.memory import CATEGORIES, budget_problem
 from graphpart.run.config import Config
-from graphpart.run.train import predicted_memory, setup, train, uses_ray
+from graphpart.run.setup import predicted_memory, setup, uses_ray
+from graphpart.run.train import train
 from graphpart.tools.compare.strategies import Strategy
 
 

@@ -12,7 +12,7 @@ from graphpart.engines import start_ray, stop_ray
 from graphpart.errors import ConfigError
 from graphpart.plan.memory import predict_inference, training_vs_inference
 from graphpart.run.report import human_bytes
-from graphpart.run.train import memory_kwargs, predicted_memory, setup, uses_ray
+from graphpart.run.setup import predicted_memory, setup, uses_ray
 from graphpart.tools.profile.compare import compare, comparison_table, rss_table
 from graphpart.tools.profile.measure import measure, step_batches
 from graphpart.tools.profile.overhead import overhead
@@ -69,7 +69,6 @@ def run_profile(
     outdir = check_out_folder(out, force)
     s = setup(cfg)
     t, p = cfg.train, cfg.pipeline
-    kw = memory_kwargs(cfg)
     pred = predicted_memory(s)  # per stage, or per replica with pipeline.data_parallel
     batches = step_batches(s.dataset, t.batch_size, t.seed, steps)
     started = False
@@ -110,7 +109,7 @@ def run_profile(
     }
     if inference:
         inf = predict_inference(s.graph, t.batch_size, t.dtype)
-        line = training_vs_inference(s.plan, **kw)
+        line = training_vs_inference(s.plan, s.workload)
         result["inference"] = {"predicted_bytes": inf, "line": line}
     if as_json:
         print(json.dumps(result))

@@ -15,7 +15,7 @@ from graphpart.ir import mlp
 from graphpart.params import Init, init_params
 from graphpart.plan.partition import partition
 from graphpart.run import data as gdata
-from graphpart.run.train import make_engine, uses_ray
+from graphpart.run.setup import make_engine, uses_ray
 from graphpart.tools.profile.sample import RssSampler
 
 
@@ -91,9 +91,9 @@ def measure(
     sample_rss: bool = True,
     batches: list[np.ndarray] | None = None,
 ) -> Measurement:
-    """Run `steps` training steps of setup `s` (graphpart.run.train.setup) and collect measurements.
+    """Run `steps` training steps of setup `s` (graphpart.run.setup.setup) and collect measurements.
 
-    Ray is used as graphpart.run.train.make_engine decides (stages > 1). Resident memory: for the
+    Ray is used as graphpart.run.setup.make_engine decides (stages > 1). Resident memory: for the
     in-process engine, this process, baseline taken after a JIT warm-up and before the engine
     allocates anything; for Ray, each stage worker measures its own process (baseline after
     its JIT warm-up and before it allocates anything, peak sampled at every forward, backward

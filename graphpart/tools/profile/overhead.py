@@ -12,7 +12,7 @@ import numpy as np
 
 from graphpart.engines import Ledger
 from graphpart.params import Init
-from graphpart.run.train import make_engine
+from graphpart.run.setup import make_engine
 from graphpart.tools.profile.measure import Measurement, measure
 from graphpart.tools.profile.sample import RssSampler
 
