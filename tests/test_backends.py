@@ -157,9 +157,9 @@ def test_cpu_matmul_tn_accumulates_in_the_gemm(dtype, contiguous):
         a = np.asfortranarray(a)
     out = rng.standard_normal((5, 3)).astype(dtype)
     before, buf = out.copy(), out
-    bk.matmul_tn(a, b, out, 1.0)
+    bk.kernels["matmul_tn"](a, b, out, 1.0)
     assert out is buf and out.dtype == np.dtype(dtype)
     tol = 1e-5 if dtype == "float32" else 1e-13
     np.testing.assert_allclose(out, before + a.T @ b, rtol=tol, atol=tol)
-    bk.matmul_tn(a, b, out)  # beta 0: overwritten
+    bk.kernels["matmul_tn"](a, b, out)  # beta 0: overwritten
     np.testing.assert_allclose(out, a.T @ b, rtol=tol, atol=tol)

@@ -2,7 +2,9 @@
 
 Every kernel agrees with a plain NumPy reference (computed in float64) to within a few ulp of
 its dtype, for float32 and float64 and odd shapes (7x13, 1x1, 256x10), writing only into the
-arrays it is given, including the documented aliasing cases. Activation codes are
+arrays it is given, including the documented aliasing cases. KERNELS holds every kernel key the
+op registry names, and every activation of the registry, called through it as the registry's
+`kernels` say, agrees with the registry's reference forward and VJP. Activation codes are
 IDENTITY=0, RELU=1, SIGMOID=2, TANH=3 (ACTIVATIONS maps names to them); act_backward takes
 the derivative from the output h. Losses return scale * sum, accumulated in float64;
 softmax is stable for large logits and NaN propagates. sgd_update / adam_update follow
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from graphpart.ir.ops import ACTIVATIONS, REGISTRY
 from workers.kernels import cpu
 
 DTYPES = [np.float32, np.float64]
@@ -42,11 +45,6 @@ def rand(shape, dtype, seed, scale=3.0):
 def phi_ref(z, act):
     z = z.astype(np.float64)
     return [z, np.maximum(z, 0.0), 1.0 / (1.0 + np.exp(-z)), np.tanh(z)][act]
-
-
-def dphi_ref(dh, h, act):
-    dh, h = dh.astype(np.float64), h.astype(np.float64)
-    return dh * [np.ones_like(h), (h > 0), h * (1.0 - h), 1.0 - h * h][act]
 
 
 def xent_ref(o, y, scale):
@@ -74,45 +72,49 @@ def test_bias_add(dtype, shape):
     np.testing.assert_array_equal(m, expected)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("act", ACTS)
-def test_act_forward(dtype, shape, act):
-    z = rand(shape, dtype, 2)
-    out = np.full_like(z, np.nan)
-    cpu.act_forward(z, out, act)
-    assert out.dtype == dtype
-    np.testing.assert_allclose(out, phi_ref(z, act), **tol(dtype))
+def run(call, arrays):
+    """Call the kernel a registry Call names (graphpart.ir.calls), its arguments by role."""
+    return cpu.KERNELS[call.key](*[arrays[role] for role in call.args])
+
+
+def test_the_table_holds_every_kernel_the_registry_names():
+    named = {key for d in REGISTRY.values() for key in d.kernels.keys()}
+    assert named <= set(cpu.KERNELS), named - set(cpu.KERNELS)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("act", ACTS)
-def test_bias_act_forward(dtype, shape, act):
-    m, b = rand(shape, dtype, 3), rand(shape[1], dtype, 4)
-    z, h = np.full_like(m, np.nan), np.full_like(m, np.nan)
-    cpu.bias_act_forward(m, b, z, h, act)
-    np.testing.assert_array_equal(z, m + b)
-    np.testing.assert_allclose(h, phi_ref(m + b, act), **tol(dtype))
-    expected_z = m + b
-    h2 = np.full_like(m, np.nan)
-    cpu.bias_act_forward(m, b, m, h2, act)  # z_out aliases m
-    np.testing.assert_array_equal(m, expected_z)
-    np.testing.assert_array_equal(h2, h)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("act", ACTS)
-def test_act_backward_from_output(dtype, shape, act):
-    dh = rand(shape, dtype, 5)
-    h = phi_ref(rand(shape, dtype, 6), act).astype(dtype)
-    if act == cpu.RELU:
-        h[0, 0] = 0.0  # relu'(0) is taken as 0
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_activation_kernels_agree_with_the_registry(dtype, shape, act):
+    """Forward, bias + activation fused, and the input gradient (from what the op saves), as
+    the registry names them, against its reference forward and VJP in float64; aliasing cases
+    (z_out over m, the gradient over dh) give the same bytes."""
+    k = REGISTRY[act].kernels
+    m, b, dh = rand(shape, dtype, 2), rand(shape[1], dtype, 3), rand(shape, dtype, 4)
+    z = m + b
+    ref = REGISTRY[act].forward([z.astype(np.float64)], {})
+    h = np.full_like(z, np.nan)
+    run(k.forward, {"in0": z, "out": h, "code": k.code})
+    assert h.dtype == dtype
+    np.testing.assert_allclose(h, ref, **tol(dtype))
+    fused = REGISTRY["bias_add"].kernels.fuses[act]
+    zf, hf = np.full_like(m, np.nan), np.full_like(m, np.nan)
+    run(fused, {"in0": m, "in1": b, "out": zf, "next.out": hf, "next.code": k.code})
+    np.testing.assert_array_equal(zf, z)
+    np.testing.assert_allclose(hf, ref, **tol(dtype))
+    m2, h2 = m.copy(), np.full_like(m, np.nan)
+    run(fused, {"in0": m2, "in1": b, "out": m2, "next.out": h2, "next.code": k.code})
+    np.testing.assert_array_equal(m2, z)
+    np.testing.assert_array_equal(h2, hf)
+    (grad,) = k.input_grads
+    want = REGISTRY[act].vjp(dh.astype(np.float64), [z.astype(np.float64)], h.astype(np.float64),
+                             {}, (True,))[0]  # fmt: skip
     out = np.full_like(dh, np.nan)
-    cpu.act_backward(dh, h, out, act)
-    np.testing.assert_allclose(out, dphi_ref(dh, h, act), **tol(dtype))
-    cpu.act_backward(dh, h, dh, act)  # out aliases dh
+    run(grad, {"d_out": dh, "out": h, "in0": z, "d_in0": out, "code": k.code})
+    # the derivative is O(1): its error is measured against |dh| as well as the result
+    err = np.abs(out - want) / (np.abs(want) + np.abs(dh.astype(np.float64)) + 1.0)
+    assert err.max() <= 8 * np.finfo(dtype).eps, float(err.max())
+    run(grad, {"d_out": dh, "out": h, "in0": z, "d_in0": dh, "code": k.code})  # over dh
     np.testing.assert_array_equal(dh, out)
 
 
@@ -293,9 +295,14 @@ def test_adam_update_matches_torch_semantics(dtype, wd):
         cpu.adam_update(w, g, m, v, 1e-2, 0.9, 0.999, 1e-8, 0, wd)
 
 
+def numba_kernels(module):
+    """The module's Numba kernels (the table's BLAS products and composites are plain Python)."""
+    return [k for n in module.__all__ if hasattr(k := getattr(module, n), "targetoptions")]
+
+
 def test_kernels_are_nogil_and_serial():
-    kernels = [getattr(cpu, name) for name in cpu.__all__ if callable(getattr(cpu, name))]
-    assert len(kernels) == 14  # 13 layer and optimizer kernels + axpy (the regulariser)
+    kernels = numba_kernels(cpu)
+    assert {k.__name__ for k in kernels} >= {"act_forward", "sum_rows", "axpy", "adam_update"}
     for k in kernels:
         assert k.targetoptions.get("nogil") is True, k
         assert not k.targetoptions.get("parallel"), k
@@ -346,7 +353,7 @@ call_every_kernel()  # loads every kernel (and starts the runtime, enabling its 
 before = rtsys.get_allocation_stats().alloc
 arrays = call_every_kernel()
 allocs = rtsys.get_allocation_stats().alloc - before
-kernels = [getattr(cpu, n) for n in cpu.__all__ if callable(getattr(cpu, n))]
+kernels = [k for n in cpu.__all__ if hasattr(k := getattr(cpu, n), "stats")]
 hits = sum(sum(k.stats.cache_hits.values()) for k in kernels)
 misses = sum(sum(k.stats.cache_misses.values()) for k in kernels)
 print(json.dumps({{"allocs": allocs, "arrays": arrays, "hits": hits, "misses": misses}}))

@@ -48,11 +48,6 @@ def rand(shape, dtype, seed, scale=3.0):
     return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(dtype)
 
 
-def phi_ref(z, act):
-    z = z.astype(np.float64)
-    return [z, np.maximum(z, 0.0), 1.0 / (1.0 + np.exp(-z)), np.tanh(z)][act]
-
-
 # --- simulator checks (run in the child process) ---------------------------------------------
 
 
@@ -70,7 +65,17 @@ def small_blocks(kc, threads=4, tile=4, reg=2, min_blocks=1):
         kc.THREADS, kc.TILE, kc.GEMM_REG, kc.GEMM_MIN_BLOCKS = saved
 
 
+def run(kc, call, arrays):
+    """Call the CUDA kernel a registry Call names (graphpart.ir.calls), its arguments by role."""
+    return kc.KERNELS[call.key](*[arrays[role] for role in call.args])
+
+
 def check_bias_and_activations(kc, cuda, dtype):
+    """bias_add, and for every activation of the registry its forward, bias + activation fused
+    and input gradient (from what the op saves), as the registry names them, against its
+    reference forward and VJP; aliasing cases give the same bytes."""
+    from graphpart.ir.ops import ACTIVATIONS, REGISTRY
+
     for shape in SHAPES:
         m, b, dh = rand(shape, dtype, 1), rand(shape[1], dtype, 2), rand(shape, dtype, 3)
         d_m, d_b, d_out = cuda.to_device(m), cuda.to_device(b), cuda.device_array(shape, dtype)
@@ -78,34 +83,53 @@ def check_bias_and_activations(kc, cuda, dtype):
         np.testing.assert_array_equal(d_out.copy_to_host(), m + b)
         kc.bias_add(d_m, d_b, d_m)  # out aliases m
         np.testing.assert_array_equal(d_m.copy_to_host(), m + b)
-        for act in range(4):
-            d_m, d_z, d_h = cuda.to_device(m), cuda.device_array_like(m), cuda.device_array_like(m)
-            kc.act_forward(d_m, d_h, act)
-            np.testing.assert_allclose(d_h.copy_to_host(), phi_ref(m, act), **tol(dtype))
-            kc.bias_act_forward(d_m, d_b, d_z, d_h, act)
-            np.testing.assert_array_equal(d_z.copy_to_host(), m + b)
-            h = d_h.copy_to_host()
-            np.testing.assert_allclose(h, phi_ref(m + b, act), **tol(dtype))
-            kc.bias_act_forward(d_m, d_b, d_m, d_h, act)  # z_out aliases m
-            np.testing.assert_array_equal(d_m.copy_to_host(), m + b)
-            if act == 1:
-                h[0, 0] = 0.0  # relu'(0) is taken as 0
-            hh = h.astype(np.float64)
-            deriv = [np.ones_like(hh), hh > 0, hh * (1 - hh), 1 - hh * hh][act]
-            d_dh, d_hh, d_g = cuda.to_device(dh), cuda.to_device(h), cuda.device_array_like(dh)
-            kc.act_backward(d_dh, d_hh, d_g, act)
-            np.testing.assert_allclose(d_g.copy_to_host(), dh * deriv, **tol(dtype))
-            kc.act_backward(d_dh, d_hh, d_dh, act)  # out aliases dh
-            np.testing.assert_array_equal(d_dh.copy_to_host(), d_g.copy_to_host())
+        z = m + b
+        for act in ACTIVATIONS:
+            k, fused = REGISTRY[act].kernels, REGISTRY["bias_add"].kernels.fuses[act]
+            ref = REGISTRY[act].forward([z.astype(np.float64)], {})
+            d_z, d_h = cuda.to_device(z), cuda.device_array_like(z)
+            run(kc, k.forward, {"in0": d_z, "out": d_h, "code": k.code})
+            np.testing.assert_allclose(d_h.copy_to_host(), ref, **tol(dtype))
+            d_m, d_zf, d_hf = (
+                cuda.to_device(m),
+                cuda.device_array_like(m),
+                cuda.device_array_like(m),
+            )
+            run(kc, fused, {"in0": d_m, "in1": d_b, "out": d_zf, "next.out": d_hf,
+                            "next.code": k.code})  # fmt: skip
+            np.testing.assert_array_equal(d_zf.copy_to_host(), z)
+            h = d_hf.copy_to_host()
+            np.testing.assert_allclose(h, ref, **tol(dtype))
+            run(
+                kc,
+                fused,
+                {"in0": d_m, "in1": d_b, "out": d_m, "next.out": d_hf, "next.code": k.code},
+            )  # z_out aliases m; fmt: skip
+            np.testing.assert_array_equal(d_m.copy_to_host(), z)
+            want = REGISTRY[act].vjp(dh.astype(np.float64), [z.astype(np.float64)],
+                                     h.astype(np.float64), {}, (True,))[0]  # fmt: skip
+            d_dh, d_g = cuda.to_device(dh), cuda.device_array_like(dh)
+            (grad,) = k.input_grads
+            roles = {"d_out": d_dh, "out": cuda.to_device(h), "in0": d_z, "code": k.code}
+            run(kc, grad, {**roles, "d_in0": d_g})
+            g = d_g.copy_to_host()
+            err = np.abs(g - want) / (np.abs(want) + np.abs(dh.astype(np.float64)) + 1.0)
+            assert err.max() <= 16 * np.finfo(dtype).eps, (act, float(err.max()))
+            run(kc, grad, {**roles, "d_in0": d_dh})  # out aliases dh
+            np.testing.assert_array_equal(d_dh.copy_to_host(), g)
 
 
 def check_activation_extremes(kc, cuda, dtype):
+    from graphpart.ir.ops import ACTIVATIONS, REGISTRY
+
     x = np.array([[-1e4, -50.0, -1e-30, 0.0, 1e-30, 50.0, 1e4, np.nan]], dtype)
-    for act in range(4):
+    for act in ACTIVATIONS:
+        k = REGISTRY[act].kernels
         d_x, d_h = cuda.to_device(x), cuda.device_array_like(x)
-        kc.act_forward(d_x, d_h, act)
-        with np.errstate(over="ignore"):
-            np.testing.assert_allclose(d_h.copy_to_host(), phi_ref(x, act), **tol(dtype))
+        run(kc, k.forward, {"in0": d_x, "out": d_h, "code": k.code})
+        with np.errstate(over="ignore", invalid="ignore"):
+            ref = REGISTRY[act].forward([x.astype(np.float64)], {})
+            np.testing.assert_allclose(d_h.copy_to_host(), ref, **tol(dtype))
 
 
 def xent_ref(o, y, scale):
@@ -381,10 +405,14 @@ def test_under_simulator(simulator_report, name, dtype):
 
 
 def test_imports_without_gpu():
+    from graphpart.ir.ops import REGISTRY
     from workers.kernels import cuda as kc
 
     assert isinstance(kc.available(), bool)
     assert kc.TILE == 16 and kc.ACTIVATIONS == {"identity": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
+    named = {key for d in REGISTRY.values() for key in d.kernels.keys()}
+    assert named <= set(kc.KERNELS), named - set(kc.KERNELS)
+    assert set(kc.REDUCTIONS) <= set(kc.KERNELS)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -1,27 +1,33 @@
 """Contract of the lowering (graphpart/ir/lower.py): one step plan for the executor and the model.
 
-lower(graph, output=, input_grad=, recompute=) turns a stage's graph into kernel steps: a
-matmul is a "matmul" step, a bias_add whose only consumer is the activation right after it is
-one fused "bias_act" step (any other bias_add a "bias" step), an activation an "act" step, a
-loss a "loss" step; scalar ops (l2, add) are not steps. `saved` is what some VJP reads
+lower(graph, output=, input_grad=, recompute=) turns a stage's graph into kernel steps, each
+the calls the op registry declares (graphpart.ir.ops `kernels`) with their roles resolved to
+the stage's values: one step per tensor op, except that a bias_add whose only consumer is the
+activation right after it is one step with the fused kernel; scalar ops (l2, add) are not
+steps, and the regulariser's calls run once per step (`per_step`, none when lambda is 0).
+Backward runs per op, in reverse, its weight-gradient then its input-gradient calls, without
+the stage input's when it is not sent. `saved` is what some VJP reads
 (parameters excluded), with recompute only the stage input and labels; `workspace` is every
 other non-parameter value the forward touches; cotangents share buffers along `aliases`
 (dm = dz = dh), resolved to their root even through unfused chains; dW temporaries exist for
 weights accumulated more than once a step. Lowered.buffers names every buffer exactly as
 workers/program.py enters it in its ledger, with the same category and bytes, and in the
-order it allocates them when micro-batches run one at a time. Activation codes (ACT_CODE) are
-derived from graphpart.ir.ops.ACTIVATIONS and are the kernels' constants; CATEGORIES is the one
+order it allocates them when micro-batches run one at a time. The activation codes are the
+registry's (graphpart.ir.ops.ACT_CODE) and the kernels' constants; CATEGORIES is the one
 declaration the ledger and the memory model use.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from graphpart.ir import BATCH, Graph, Op, Var, mlp
 from graphpart.ir import lower as lw
-from graphpart.ir.ops import ACTIVATIONS
+from graphpart.ir.calls import Kernels
+from graphpart.ir.ops import ACT_CODE, REGISTRY
 from graphpart.plan import memory
 from graphpart.plan.partition import partition
 from workers import ledger as wledger
@@ -34,7 +40,12 @@ ROWS = 5
 
 
 def kinds(low: lw.Lowered) -> list[str]:
-    return [s.kind for s in low.steps]
+    """The ops of each step, "+"-joined when fused."""
+    return ["+".join(o.op for o in s.ops) for s in low.steps]
+
+
+def keys(calls) -> list[str]:
+    return [c.key for c in calls]
 
 
 def whole(graph: Graph, recompute: bool = False) -> lw.Lowered:
@@ -70,12 +81,12 @@ def shared_weight_graph() -> Graph:
 
 
 # -- constants -------------------------------------------------------------------------------
-def test_activation_codes_come_from_the_ops_and_are_the_kernels():
-    assert list(lw.ACT_CODE) == list(ACTIVATIONS)
-    assert sorted(lw.ACT_CODE.values()) == list(range(len(ACTIVATIONS)))
-    assert cpu.ACTIVATIONS == lw.ACT_CODE
+def test_activation_codes_are_the_registrys_and_the_kernels():
+    assert sorted(ACT_CODE.values()) == list(range(len(ACT_CODE)))
+    assert cpu.ACTIVATIONS == ACT_CODE
     names = {"identity": cpu.IDENTITY, "relu": cpu.RELU, "sigmoid": cpu.SIGMOID, "tanh": cpu.TANH}
-    assert names == lw.ACT_CODE
+    assert names == ACT_CODE
+    assert all(REGISTRY[a].kernels.code == c for a, c in ACT_CODE.items())
 
 
 def test_one_category_declaration():
@@ -86,30 +97,59 @@ def test_one_category_declaration():
 
 # -- steps -----------------------------------------------------------------------------------
 def test_bias_and_activation_fuse():
-    low = whole(mlp([3, 4, 5, 2], activation="sigmoid", bias=True))
-    assert kinds(low) == ["matmul", "bias_act", "matmul", "bias_act", "matmul", "bias", "loss"]
+    low = whole(mlp([3, 4, 5, 2], activation="sigmoid", bias=True, weight_decay=0.1))
+    assert kinds(low) == [
+        "matmul",
+        "bias_add+sigmoid",
+        "matmul",
+        "bias_add+sigmoid",
+        "matmul",
+        "bias_add",
+        "cross_entropy",
+    ]
     fused = low.steps[1]
-    assert (fused.op.op, fused.act.op, fused.activation.op) == ("bias_add", "sigmoid", "sigmoid")
-    assert fused.code == lw.ACT_CODE["sigmoid"]
-    assert fused.touched() == ("m1", "b1", "z1", "h1")
+    assert fused.forward.key == "bias_act_forward"
+    ops = [(o.kind, o.name, o.const) for o in fused.forward.operands]
+    assert ops == [
+        ("value", "m1", None),
+        ("param", "b1", None),
+        ("value", "z1", None),
+        ("value", "h1", None),
+        ("const", "", ACT_CODE["sigmoid"]),
+    ]
+    assert keys(fused.backward) == ["act_backward", "sum_rows"]  # the activation's first
+    assert fused.backward[1].param == "b1" and fused.backward[0].param is None
+    assert fused.touched() == ("m1", "z1", "h1")  # parameters are not workspace
     assert low.steps[-1].touched() == ("o", "y")  # the loss's scalar output is not a buffer
-    assert low.loss_step is low.steps[-1]
-    with pytest.raises(ValueError, match="no activation"):
-        _ = low.steps[0].code
+    assert low.loss_step is low.steps[-1] and low.steps[-1].loss
+    assert keys(low.per_step) == ["weight_decay"] * 3
+    assert [c.param for c in low.per_step] == ["W1", "W2", "W3"]
+    assert whole(mlp([3, 4, 2], weight_decay=0.0)).per_step == ()  # lambda 0: no calls
 
 
 def test_steps_without_bias_and_unfused_chains():
     low = whole(mlp([3, 4, 2], activation="tanh"))
-    assert kinds(low) == ["matmul", "act", "matmul", "loss"]
-    assert low.steps[1].activation is low.steps[1].op and low.steps[1].act is None
+    assert kinds(low) == ["matmul", "tanh", "matmul", "cross_entropy"]
+    assert keys(low.steps[1].backward) == ["act_backward"]
+    assert keys(low.steps[0].backward) == ["matmul_tn"]  # no dJ/dx on a first stage
+    assert keys(low.steps[2].backward) == ["matmul_tn", "matmul_nn"]
+    sent = lw.lower(low.graph, output=None, input_grad=True, recompute=False)
+    assert keys(sent.steps[0].backward) == ["matmul_tn", "matmul_nn"]
     assert kinds(whole(shared_weight_graph())) == [
         "matmul",
-        "act",
+        "relu",
         "matmul",
-        "bias_act",
-        "act",
-        "loss",
+        "bias_add+tanh",
+        "tanh",
+        "mse",
     ]
+
+
+def test_an_op_without_kernels_is_refused(monkeypatch):
+    graph = mlp([3, 4, 2], activation="relu")
+    monkeypatch.setitem(REGISTRY, "relu", replace(REGISTRY["relu"], kernels=Kernels()))
+    with pytest.raises(NotImplementedError, match="cannot run op 'relu'"):
+        lw.plan_steps(graph)
 
 
 # -- saved values and workspace --------------------------------------------------------------
@@ -169,7 +209,8 @@ def test_weight_gradients_accumulate_without_temporaries():
     low = whole(mlp([3, 4, 4, 2], bias=True))
     assert not any("tmp" in b.name for b in low.buffers(in_flight=3, optimizer_slots=2))
     shared = whole(shared_weight_graph())
-    assert dict(shared.matmul_uses) == {"W": 2}
+    writes = [c.param for s in shared.steps for c in s.backward if c.param is not None]
+    assert sorted(writes) == ["W", "W", "b"]  # W's second write accumulates (beta = 1)
 
 
 # -- the buffers against a Program's ledger --------------------------------------------------

@@ -20,6 +20,7 @@ what it needs, its non-zero categories and the budget.
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import numpy as np
@@ -28,6 +29,7 @@ import pytest
 from graphpart.engines import Engine
 from graphpart.errors import PlanError
 from graphpart.ir import mlp
+from graphpart.ir.ops import ACTIVATIONS, LOSSES
 from graphpart.optim import SGD, Adam
 from graphpart.params import init_params
 from graphpart.plan import memory
@@ -125,7 +127,7 @@ def test_prediction_equals_measured_peak(K, bias, recompute):
 
 
 @pytest.mark.parametrize(
-    "activation,loss", [("tanh", "mse"), ("sigmoid", "cross_entropy"), ("identity", "mse")]
+    "activation,loss", list(zip(ACTIVATIONS, itertools.cycle(reversed(LOSSES)), strict=False))
 )
 def test_exact_for_other_activations_losses_and_float64(activation, loss):
     sizes = [7, 9, 5, 4]

@@ -1,23 +1,24 @@
-"""Backends: tables of kernels (CPU through Numba and BLAS, CUDA through numba.cuda) behind one API.
+"""Backends: a device's arrays and kernel table (CPU: Numba and BLAS; CUDA: numba.cuda).
 
-A backend supplies array allocation and transfer, the three matrix products an MLP layer
-needs (nt: a @ b.T, nn: a @ b, tn: a.T @ b), and the elementwise kernels of
-workers/kernels. The executor (workers/program.py) only talks to the `Backend` protocol.
+A backend supplies array allocation and transfer, the optimizer kernels, and `kernels`: the
+table from the op registry's kernel keys (graphpart.ir.ops) to this device's implementations
+(workers/kernels/cpu.py and cuda.py, `KERNELS`). The executor (workers/program.py) looks its
+kernels up there once, when it is built; it only talks to the `Backend` protocol.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, Protocol
 
 import numpy as np
-from scipy.linalg import blas as _blas
 
 from graphpart.errors import ConfigError
 from workers.kernels import cpu as kcpu
 
-_GEMM = {"f": _blas.sgemm, "d": _blas.dgemm}  # BLAS gemm with beta, by NumPy dtype char
-
 Array = Any  # a NumPy array on the CPU backend, a numba.cuda device array on CUDA
+Kernel = Callable[..., Any]
 
 
 class Backend(Protocol):
@@ -26,31 +27,13 @@ class Backend(Protocol):
     name: str
     needs_reduction: bool  # True: the executor allocates `reduction` (float64, counted)
     reduction: Array | None
+    kernels: Mapping[str, Kernel]  # kernel key (the op registry's) -> this device's kernel
 
     def empty(self, shape: tuple[int, ...], dtype: Any) -> Array: ...
     def zeros(self, shape: tuple[int, ...], dtype: Any) -> Array: ...
     def from_host(self, a: np.ndarray, out: Array | None = None) -> Array: ...
     def to_host(self, a: Array) -> np.ndarray: ...
     def flat(self, a: Array) -> Array: ...
-    def matmul_nt(self, a: Array, b: Array, out: Array) -> None: ...
-    def matmul_nn(self, a: Array, b: Array, out: Array) -> None: ...
-    def matmul_tn(self, a: Array, b: Array, out: Array, beta: float = 0.0) -> None: ...
-    def bias_add(self, m: Array, b: Array, out: Array) -> None: ...
-    def act_forward(self, z: Array, out: Array, act: int) -> None: ...
-    def bias_act_forward(
-        self, m: Array, b: Array, z_out: Array, h_out: Array, act: int
-    ) -> None: ...
-    def act_backward(self, dh: Array, h: Array, out: Array, act: int) -> None: ...
-    def softmax_xent_forward(self, o: Array, y: Array, scale: float, probs_out: Array) -> float: ...
-    def softmax_xent_backward(
-        self, probs: Array, y: Array, scale: float, do_out: Array
-    ) -> None: ...
-    def mse_forward(self, o: Array, t: Array, scale: float) -> float: ...
-    def mse_backward(self, o: Array, t: Array, scale: float, do_out: Array) -> None: ...
-    def sum_rows(self, g: Array, out: Array, accumulate: bool = False) -> None: ...
-    def sq_norm(self, w: Array) -> float: ...
-    def accumulate(self, dst: Array, src: Array) -> None: ...
-    def axpy(self, dst: Array, src: Array, a: float, accumulate: bool) -> None: ...
     def sgd_update(
         self, w: Array, g: Array, v: Array, lr: float, momentum: float, weight_decay: float
     ) -> None: ...
@@ -69,40 +52,13 @@ class Backend(Protocol):
     ) -> None: ...
 
 
-# kernels both devices implement with the same signature (workers/kernels/cpu.py and cuda.py)
-SHARED_KERNELS = (
-    "bias_add",
-    "act_forward",
-    "bias_act_forward",
-    "act_backward",
-    "softmax_xent_backward",
-    "mse_backward",
-    "sum_rows",
-    "accumulate",
-    "axpy",
-    "sgd_update",
-    "adam_update",
-)
-
-
 class CpuBackend:
     """NumPy arrays; matrix products through NumPy's BLAS, elementwise work through numba.njit."""
 
     name = "cpu"
     needs_reduction = False
     reduction = None
-    bias_add = staticmethod(kcpu.bias_add)
-    act_forward = staticmethod(kcpu.act_forward)
-    bias_act_forward = staticmethod(kcpu.bias_act_forward)
-    act_backward = staticmethod(kcpu.act_backward)
-    softmax_xent_forward = staticmethod(kcpu.softmax_xent_forward)
-    softmax_xent_backward = staticmethod(kcpu.softmax_xent_backward)
-    mse_forward = staticmethod(kcpu.mse_forward)
-    mse_backward = staticmethod(kcpu.mse_backward)
-    sum_rows = staticmethod(kcpu.sum_rows)
-    sq_norm = staticmethod(kcpu.sq_norm)
-    accumulate = staticmethod(kcpu.accumulate)
-    axpy = staticmethod(kcpu.axpy)
+    kernels: Mapping[str, Kernel] = MappingProxyType(kcpu.KERNELS)
     sgd_update = staticmethod(kcpu.sgd_update)
     adam_update = staticmethod(kcpu.adam_update)
 
@@ -127,29 +83,6 @@ class CpuBackend:
     def flat(self, a: np.ndarray) -> np.ndarray:
         return a.reshape(-1)
 
-    # matrix products
-    def matmul_nt(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
-        np.matmul(a, b.T, out=out)
-
-    def matmul_nn(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
-        np.matmul(a, b, out=out)
-
-    def matmul_tn(self, a: np.ndarray, b: np.ndarray, out: np.ndarray, beta: float = 0.0) -> None:
-        """out = a.T @ b + beta * out. beta=1 accumulates a weight gradient in the gemm itself
-        (BLAS's C = alpha AB + beta C, through SciPy's wrapper: NumPy has no beta), so no
-        temporary is written and added afterwards."""
-        if beta == 0.0:
-            np.matmul(a.T, b, out=out)
-            return
-        gemm = _GEMM.get(out.dtype.char)
-        if gemm is None or not (a.flags.c_contiguous and b.flags.c_contiguous):
-            out *= beta
-            out += a.T @ b  # not a BLAS type or layout: the plain way
-            return
-        # C-ordered out (o x i) is the Fortran-ordered out.T (i x o) = b.T (i x n) @ a (n x o)
-        # + beta out.T, with b.T and a.T Fortran-ordered views: written in place, no copies
-        gemm(1.0, b.T, a.T, beta=beta, c=out.T, trans_b=1, overwrite_c=1)
-
 
 class CudaBackend:
     """numba.cuda device arrays and kernels (also runs under NUMBA_ENABLE_CUDASIM=1).
@@ -170,8 +103,23 @@ class CudaBackend:
         from workers.kernels import cuda as kcuda  # lazy: CUDA
 
         self.cuda, self.k = cuda, kcuda
-        for name in (*SHARED_KERNELS, "matmul_nt", "matmul_nn", "matmul_tn"):
+        for name in ("sgd_update", "adam_update", "matmul_nt", "matmul_nn", "matmul_tn"):
             setattr(self, name, getattr(kcuda, name))
+        self.kernels: Mapping[str, Kernel] = MappingProxyType(
+            {
+                k: self._reducing(k, f) if k in kcuda.REDUCTIONS else f
+                for k, f in kcuda.KERNELS.items()
+            }
+        )
+
+    def _reducing(self, key: str, kernel: Kernel) -> Kernel:
+        """`kernel` with the reduction buffer it needs appended to its arguments."""
+        need = self.k.REDUCTIONS[key]
+
+        def call(*args: Any) -> Any:
+            return kernel(*args, self._buf(need(args)))
+
+        return call
 
     def empty(self, shape: tuple[int, ...], dtype: Any) -> Array:
         return self.cuda.device_array(shape, dtype)
@@ -196,15 +144,6 @@ class CudaBackend:
         if self.reduction is None or self.reduction.size < n:
             self.reduction = self.cuda.device_array(max(n, 1024), np.float64)
         return self.reduction
-
-    def softmax_xent_forward(self, o: Array, y: Array, scale: float, probs_out: Array) -> float:
-        return self.k.softmax_xent_forward(o, y, scale, probs_out, self._buf(o.shape[0]))
-
-    def mse_forward(self, o: Array, t: Array, scale: float) -> float:
-        return self.k.mse_forward(o, t, scale, self._buf(o.shape[0]))
-
-    def sq_norm(self, w: Array) -> float:
-        return self.k.sq_norm(w, self._buf(1024))
 
 
 BACKENDS: dict[str, type[CpuBackend] | type[CudaBackend]] = {"cpu": CpuBackend, "cuda": CudaBackend}

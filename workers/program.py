@@ -12,25 +12,31 @@ this module allocates those buffers lazily, in the order it first needs them:
   intermediate values, which alias along an activation -> bias -> matmul chain.
 - The stage input is copied into its slot (it is what the first matmul saves); the gradient of
   the stage input, sent to the previous stage, has its own buffer ("boundary").
-- bias_add followed by its activation runs as one fused kernel; softmax cross-entropy writes
-  its probabilities over the saved logits (same bytes as declared: the logits are saved).
-- The regulariser s = lambda/2 sum ||W||^2 is evaluated once per step (`regularize`), not per
-  micro-batch: its gradient lambda W must be counted exactly once however the batch is split.
+- Which kernels run, fused how, on which buffers, is the op registry's (graphpart.ir.ops,
+  `kernels`), resolved by the lowering; the kernels are the backend's table entries, looked up
+  once here, with each operand's buffer lookup bound into a getter: the step loops dispatch by
+  table and name no op (bias_add and its activation run fused; softmax cross-entropy writes its
+  probabilities over the saved logits, the same bytes as declared).
+- Per-step calls (the regulariser s = lambda/2 sum ||W||^2, `regularize`) run once per step,
+  not per micro-batch: lambda W must be counted exactly once however the batch is split.
 - With `recompute`, forward keeps only the stage input (and labels) per micro-batch and
   backward reruns the stage's forward into workspace buffers before differentiating.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from graphpart.ir.graph import BATCH, Graph
-from graphpart.ir.lower import BufferSpec, lower, nbytes
-from workers.backends import Backend
+from graphpart.ir.lower import BufferSpec, KernelCall, Operand, lower, nbytes
+from workers.backends import Backend, Kernel
 from workers.ledger import Ledger
+
+Getter = Callable[[dict, int, float], Any]  # (slot, rows, scale) -> a kernel argument
+Bound = tuple[Kernel, tuple[Getter, ...], str | None]  # kernel, its arguments, param written
 
 
 class Program:
@@ -73,9 +79,6 @@ class Program:
             red = BufferSpec("work:reduction", "workspace", (max(self.max_rows, 1024),))
             self.bk.reduction = self._alloc(red, dtype=np.float64)
         self.steps = low.steps
-        loss = low.loss_step
-        self.loss_op = loss.op if loss is not None else None
-        self.reg_ops = [o for o in graph.ops if o.op == "l2"]
         self.saved = list(low.saved)
         self.fresh = dict.fromkeys(self.params, True)  # grad buffer holds no value yet this step
         self.slots: list[dict[str, Any]] = []
@@ -85,6 +88,11 @@ class Program:
         self.loss_sum = 0.0
         self._shared: dict[str, Any] = {}
         self._gbuf: dict[str, Any] = {}
+        # the kernels and their operands, resolved once: (forward, loss?, backward calls)
+        self._fwd = [(self._bind(s.forward), s.loss) for s in low.steps]
+        self._bwd = [self._bind(c) for s in reversed(low.steps) for c in s.backward]
+        self._per_step = [self._bind(c) for c in low.per_step]
+        self._sends = input_grad and low.root(low.input) in low.roots
 
     # -- construction -------------------------------------------------------------------------
     def _alloc(self, spec: BufferSpec, zero: bool = False, dtype: Any = None) -> Any:
@@ -122,6 +130,35 @@ class Program:
             self._gbuf[root] = self._alloc(self.lowered.cotangent_buffer(root))
         return self._gbuf[root]
 
+    # -- kernel calls, bound once --------------------------------------------------------------
+    def _getter(self, o: Operand) -> Getter:
+        """A function of (slot, rows, scale) giving the operand: buffers are looked up (and
+        allocated on first use) at call time, parameters and gradients by name (callers may
+        swap the arrays held in `params` and `grads`)."""
+        name, fresh = o.name, self.fresh
+        getters: dict[str, Getter] = {
+            "value": lambda slot, n, sc: self._value(slot, name)[:n],
+            "param": lambda slot, n, sc: self.params[name],
+            "grad": lambda slot, n, sc: self._grad(name)[:n],
+            "param_grad": lambda slot, n, sc: self.grads[name],
+            "const": lambda slot, n, sc, c=o.const: c,
+            "scale": lambda slot, n, sc: sc,
+            "beta": lambda slot, n, sc: 0.0 if fresh[name] else 1.0,
+            "accumulate": lambda slot, n, sc: not fresh[name],
+        }
+        return getters[o.kind]
+
+    def _bind(self, call: KernelCall) -> Bound:
+        kernel = self.bk.kernels[call.key]
+        return kernel, tuple(self._getter(o) for o in call.operands), call.param
+
+    def _call(self, bound: Bound, slot: dict, n: int, scale: float) -> Any:
+        kernel, getters, param = bound
+        out = kernel(*[g(slot, n, scale) for g in getters])
+        if param is not None:
+            self.fresh[param] = False
+        return out
+
     # -- forward ------------------------------------------------------------------------------
     def forward(self, mb: int, x: Any, y: Any = None, scale: float = 1.0) -> Any:
         """Run micro-batch `mb`; return the boundary output (a view, valid until reused)."""
@@ -155,33 +192,13 @@ class Program:
             self.free_slots.append(self.slot_of.pop(-1))
 
     def _run_forward(self, slot: dict, n: int, scale: float, loss: bool = True) -> Any:
-        bk = self.bk
-        val = lambda name: self._value(slot, name)[:n]  # noqa: E731
-        for s in self.steps:
-            o = s.op
-            if s.kind == "loss" and not loss:
-                return val(o.inputs[0])
-            if s.kind == "matmul":
-                bk.matmul_nt(val(o.inputs[0]), self.params[o.inputs[1]], val(o.output))
-            elif s.kind == "bias_act":
-                bk.bias_act_forward(
-                    val(o.inputs[0]),
-                    self.params[o.inputs[1]],
-                    val(o.output),
-                    val(s.act.output),
-                    s.code,
-                )
-            elif s.kind == "bias":
-                bk.bias_add(val(o.inputs[0]), self.params[o.inputs[1]], val(o.output))
-            elif s.kind == "act":
-                bk.act_forward(val(o.inputs[0]), val(o.output), s.code)
-            elif s.kind == "loss":
-                logits, target = val(o.inputs[0]), val(o.inputs[1])
-                if o.op == "cross_entropy":
-                    self.loss_sum += bk.softmax_xent_forward(logits, target, scale, logits)
-                else:
-                    self.loss_sum += bk.mse_forward(logits, target, scale)
-        return val(self.output) if self.output is not None else None
+        for (kernel, getters, _), is_loss in self._fwd:
+            if is_loss and not loss:
+                return getters[0](slot, n, scale)  # the loss's first input: the logits
+            out = kernel(*[g(slot, n, scale) for g in getters])
+            if is_loss:
+                self.loss_sum += out
+        return self._value(slot, self.output)[:n] if self.output is not None else None
 
     # -- backward -----------------------------------------------------------------------------
     def backward(self, mb: int, g: Any = None, scale: float = 1.0) -> Any:
@@ -195,41 +212,15 @@ class Program:
             saved_loss = self.loss_sum
             self._run_forward(slot, n, scale)
             self.loss_sum = saved_loss
-        bk = self.bk
-        val = lambda name: self._value(slot, name)[:n]  # noqa: E731
-        grad = lambda name: self._grad(name)[:n]  # noqa: E731
         if self.output is not None:  # the received cotangent, copied into our boundary buffer
             if g is None:
                 raise ValueError(
                     f"{self.name}: backward of micro-batch {mb} needs dJ/d{self.output}"
                 )
-            bk.from_host(g, grad(self.output))
-        din = None
-        for s in reversed(self.steps):
-            o = s.op
-            if s.kind == "loss":
-                logits, target = val(o.inputs[0]), val(o.inputs[1])
-                if o.op == "cross_entropy":
-                    bk.softmax_xent_backward(logits, target, scale, grad(o.inputs[0]))
-                else:
-                    bk.mse_backward(logits, target, scale, grad(o.inputs[0]))
-                continue
-            a = s.activation
-            if a is not None:
-                bk.act_backward(grad(a.output), val(a.output), grad(a.inputs[0]), s.code)
-            if s.kind in ("bias", "bias_act"):
-                b = o.inputs[1]
-                bk.sum_rows(grad(o.output), self.grads[b], not self.fresh[b])
-                self.fresh[b] = False
-            if s.kind == "matmul":
-                x_name, w = o.inputs
-                dz = grad(o.output)
-                bk.matmul_tn(dz, val(x_name), self.grads[w], beta=0.0 if self.fresh[w] else 1.0)
-                self.fresh[w] = False
-                if self.lowered.wants_grad(x_name):
-                    bk.matmul_nn(dz, self.params[w], grad(x_name))
-                    if x_name == self.input:
-                        din = grad(x_name)
+            self.bk.from_host(g, self._grad(self.output)[:n])
+        for bound in self._bwd:
+            self._call(bound, slot, n, scale)
+        din = self._grad(self.input)[:n] if self._sends else None
         self.free_slots.append(self.slot_of.pop(mb))
         del self.rows_of[mb]
         self.ledger.mark("B_end", str(mb))
@@ -237,21 +228,11 @@ class Program:
 
     # -- per step -----------------------------------------------------------------------------
     def regularize(self) -> float:
-        """Add lambda W to each regularised weight's gradient, once per step; return s."""
+        """Run the per-step calls (lambda W added to each regularised weight's gradient) once
+        per step; return their part of the objective, s."""
         s = 0.0
-        for o in self.reg_ops:
-            lam = float(o.attr("weight_decay", 0.0))
-            if lam == 0.0:
-                continue
-            for w in o.inputs:
-                s += 0.5 * lam * float(self.bk.sq_norm(self.bk.flat(self.params[w])))
-                self.bk.axpy(
-                    self.bk.flat(self.grads[w]),
-                    self.bk.flat(self.params[w]),
-                    lam,
-                    not self.fresh[w],
-                )
-                self.fresh[w] = False
+        for bound in self._per_step:
+            s += self._call(bound, {}, 0, 0.0)
         return s
 
     def zero_grad(self) -> None:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
 
 import numpy as np
 
+from graphpart.errors import GraphError
+from graphpart.ir.calls import Call
 from graphpart.ir.graph import BATCH, Graph, Op, Shape
-from graphpart.ir.ops import ACTIVATIONS, get
+from graphpart.ir.ops import get
 
 # The memory categories every buffer belongs to: the ledger's, the memory model's, the reports'.
 CATEGORIES: tuple[str, ...] = (
@@ -21,11 +23,15 @@ CATEGORIES: tuple[str, ...] = (
     "boundary",
     "workspace",
 )
-# Activation name -> the integer code the kernels (workers/kernels/*) branch on.
-ACT_CODE: dict[str, int] = {name: i for i, name in enumerate(ACTIVATIONS)}
 LABEL_DTYPE = np.dtype(np.int64)  # class labels (B,) are int64; mse targets take the model dtype
 
-StepKind = Literal["matmul", "bias", "bias_act", "act", "loss"]
+# What an operand is, for the executor: a value's buffer (the micro-batch's rows), a parameter,
+# a cotangent's buffer, a parameter's gradient, a constant, the micro-batch's loss scale, or the
+# written gradient's state ("beta": 0.0 / 1.0, "accumulate": False / True, by whether it
+# already holds a value this step).
+OperandKind = Literal[
+    "value", "param", "grad", "param_grad", "const", "scale", "beta", "accumulate"
+]
 
 
 def nbytes(shape: Shape, rows: int, dtype: Any) -> int:
@@ -35,32 +41,85 @@ def nbytes(shape: Shape, rows: int, dtype: Any) -> int:
 
 
 @dataclass(frozen=True)
+class Operand:
+    kind: OperandKind
+    name: str = ""  # the value (or parameter) for value, param, grad, param_grad, beta, accumulate
+    const: float | int | None = None
+
+
+@dataclass(frozen=True)
+class KernelCall:
+    """A Call with its roles resolved for one op of one stage."""
+
+    key: str
+    operands: tuple[Operand, ...]
+    param: str | None = None  # the parameter whose gradient it writes (then no longer fresh)
+
+    def values(self) -> tuple[str, ...]:
+        return tuple(o.name for o in self.operands if o.kind == "value")
+
+    def cotangents(self) -> tuple[str, ...]:
+        return tuple(o.name for o in self.operands if o.kind == "grad")
+
+
+def _operand(graph: Graph, ops: tuple[Op, ...], role: str, each: str | None) -> Operand:
+    """`role` (graphpart/ir/calls.py) of ops[0], or of ops[1] for a "next." role."""
+    op = ops[0]
+    if role.startswith("next."):
+        op, role = ops[1], role.removeprefix("next.")
+    if role == "scale":
+        return Operand("scale")
+    if role == "code":
+        return Operand("const", const=get(op.op).kernels.code)
+    if role.startswith("attr."):
+        return Operand("const", const=float(op.attr(role.removeprefix("attr."), 0.0)))
+    base = role.removeprefix("d_")
+    if base == "out":
+        name = op.output
+    elif base == "in*" and each is not None:
+        name = each
+    elif base[:2] == "in" and base[2:].isdigit() and int(base[2:]) < len(op.inputs):
+        name = op.inputs[int(base[2:])]
+    else:
+        raise GraphError(f"op {op.op!r} ({op.name}): its kernels name an unknown operand {role!r}")
+    param = graph.var(name).role == "param"
+    if role.startswith("d_"):
+        return Operand("param_grad" if param else "grad", name)
+    return Operand("param" if param else "value", name)
+
+
+def _bind(graph: Graph, call: Call, ops: tuple[Op, ...], each: str | None = None) -> KernelCall:
+    """Resolve a Call's roles for `ops` (one op, or an op and the one fused after it)."""
+    written = call.writes()
+    dst = None if written is None else _operand(graph, ops, written, each)
+    param = dst.name if dst is not None and dst.kind == "param_grad" else None
+    operands = []
+    for role in call.args:
+        if role in ("beta", "accumulate"):
+            if param is None:
+                raise GraphError(f"kernel {call.key!r}: {role!r} without a parameter gradient")
+            operands.append(Operand(role, param))
+        else:
+            operands.append(_operand(graph, ops, role, each))
+    return KernelCall(call.key, tuple(operands), param)
+
+
+@dataclass(frozen=True)
 class Step:
-    """One kernel call of the forward pass (and its mirror in backward)."""
+    """One forward kernel call (an op, or an op and the one fused after it) and its backward."""
 
-    kind: StepKind
-    op: Op
-    act: Op | None = None  # the fused activation of a "bias_act" step
-
-    @property
-    def activation(self) -> Op | None:
-        """The activation applied: the op of an "act" step, the fused one of a "bias_act"."""
-        return self.op if self.kind == "act" else self.act
+    ops: tuple[Op, ...]
+    forward: KernelCall
+    backward: tuple[KernelCall, ...]  # in the order they run
+    loss: bool = False  # the forward returns the (scaled) loss
 
     @property
-    def code(self) -> int:
-        """ACT_CODE of the step's activation (for "act" and "bias_act" steps)."""
-        a = self.activation
-        if a is None:
-            raise ValueError(f"a {self.kind!r} step has no activation")
-        return ACT_CODE[a.op]
+    def op(self) -> Op:
+        return self.ops[0]
 
     def touched(self) -> tuple[str, ...]:
-        """Values the forward pass reads or writes (a loss's scalar output excluded)."""
-        names = list(self.op.inputs) if self.kind == "loss" else [*self.op.inputs, self.op.output]
-        if self.act is not None:
-            names.append(self.act.output)
-        return tuple(names)
+        """Values the forward pass reads or writes (parameters and a loss's scalar excluded)."""
+        return tuple(dict.fromkeys(self.forward.values()))
 
 
 @dataclass(frozen=True)
@@ -79,36 +138,49 @@ class BufferSpec:
         return nbytes(self.shape, rows, self.dtype(model))
 
 
-def plan_steps(graph: Graph) -> tuple[Step, ...]:
-    """The tensor ops as kernel calls: a bias_add whose only consumer is the activation right
-    after it runs fused with it ("bias_act"); scalar ops (l2, add) are left out."""
+def plan_steps(graph: Graph, wants: Callable[[str], bool] = lambda name: True) -> tuple[Step, ...]:
+    """The tensor ops as kernel calls (the registry's `kernels`): an op whose only consumer is
+    the op right after it runs fused with it where it declares a kernel for the pair (bias_add
+    then its activation). Backward runs, op by op in reverse, the weight-gradient calls, then
+    the input-gradient calls whose cotangent `wants(value)`. Scalar ops (l2, add) are left out."""
     ops = [o for o in graph.ops if get(o.op).kind != "scalar"]
     steps: list[Step] = []
     i = 0
     while i < len(ops):
         o = ops[i]
-        nxt = ops[i + 1] if i + 1 < len(ops) else None
-        if o.op == "matmul":
-            steps.append(Step("matmul", o))
-        elif o.op == "bias_add":
-            if (
-                nxt is not None
-                and nxt.op in ACTIVATIONS
-                and nxt.inputs == (o.output,)
-                and len(graph.consumers(o.output)) == 1
-            ):
-                steps.append(Step("bias_act", o, nxt))
-                i += 1
-            else:
-                steps.append(Step("bias", o))
-        elif o.op in ACTIVATIONS:
-            steps.append(Step("act", o))
-        elif get(o.op).kind == "loss":
-            steps.append(Step("loss", o))
-        else:
+        k = get(o.op).kernels
+        if k.forward is None:
             raise NotImplementedError(f"the executor cannot run op {o.op!r} ({o})")
-        i += 1
+        nxt = ops[i + 1] if i + 1 < len(ops) else None
+        fused = None
+        if nxt is not None and nxt.inputs == (o.output,) and len(graph.consumers(o.output)) == 1:
+            fused = k.fuses.get(nxt.op)
+        group = (o,) if fused is None or nxt is None else (o, nxt)
+        back: list[KernelCall] = []
+        for op in reversed(group):
+            ok = get(op.op).kernels
+            for c in ok.weight_grads:
+                back.append(_bind(graph, c, (op,)))
+            for c in ok.input_grads:
+                written = c.writes()
+                if written is None or wants(_operand(graph, (op,), written, None).name):
+                    back.append(_bind(graph, c, (op,)))
+        forward = _bind(graph, k.forward if fused is None else fused, group)
+        steps.append(Step(group, forward, tuple(back), get(o.op).kind == "loss"))
+        i += len(group)
     return tuple(steps)
+
+
+def step_calls(graph: Graph) -> tuple[KernelCall, ...]:
+    """The calls made once per step (the regulariser's lambda W and its value), one per input
+    of each op with a `step` kernel that its `enabled_by` attribute does not switch off."""
+    out: list[KernelCall] = []
+    for o in graph.ops:
+        k = get(o.op).kernels
+        if k.step is None or (k.enabled_by and float(o.attr(k.enabled_by, 0.0)) == 0.0):
+            continue
+        out += [_bind(graph, k.step, (o,), each=w) for w in o.inputs]
+    return tuple(out)
 
 
 def saved_values(graph: Graph, recompute: bool = False) -> tuple[str, ...]:
@@ -134,19 +206,13 @@ def saved_values(graph: Graph, recompute: bool = False) -> tuple[str, ...]:
 
 
 def grad_aliases(steps: tuple[Step, ...]) -> dict[str, str]:
-    """Cotangents computed in place: dz = dh through an activation, dm = dz through a bias.
-
-    Maps a value to the root value whose cotangent buffer it shares.
-    """
+    """Cotangents computed in place (ops declaring `in_place`): dz = dh through an activation,
+    dm = dz through a bias. Maps a value to the root value whose cotangent buffer it shares."""
     alias: dict[str, str] = {}
     for s in steps:
-        if s.kind == "bias_act":
-            assert s.act is not None
-            root = alias.get(s.act.output, s.act.output)
-            alias[s.act.inputs[0]] = root
-            alias[s.op.inputs[0]] = root
-        elif s.kind in ("bias", "act"):
-            alias[s.op.inputs[0]] = alias.get(s.op.output, s.op.output)
+        for op in reversed(s.ops):
+            if get(op.op).kernels.in_place:
+                alias[op.inputs[0]] = alias.get(op.output, op.output)
     for name, root in alias.items():  # a bias before its (unfused) activation: dm -> dz -> dh
         while root in alias:
             root = alias[root]
@@ -174,19 +240,15 @@ class Lowered:
     saved: tuple[str, ...]
     workspace: tuple[str, ...]
     aliases: Mapping[str, str]  # value -> root of its cotangent buffer
-    matmul_uses: Mapping[str, int]  # weight -> matmul steps reading it, per micro-batch
+    per_step: tuple[KernelCall, ...]  # once per step, not per micro-batch (the regulariser)
 
     @property
     def loss_step(self) -> Step | None:
-        return next((s for s in self.steps if s.kind == "loss"), None)
+        return next((s for s in self.steps if s.loss), None)
 
     def root(self, name: str) -> str:
         """The value whose cotangent buffer holds dJ/d(name)."""
         return self.aliases.get(name, name)
-
-    def wants_grad(self, name: str) -> bool:
-        """Whether backward computes dJ/d(name) for a matmul's input (not the unsent input's)."""
-        return name != self.input or self.input_grad
 
     @property
     def roots(self) -> tuple[str, ...]:
@@ -201,17 +263,9 @@ class Lowered:
         if self.output is not None:
             need(self.output)  # the received cotangent
         for s in reversed(self.steps):
-            a = s.activation
-            if s.kind == "loss":
-                need(s.op.inputs[0])
-                continue
-            if a is not None:
-                need(a.output)
-                need(a.inputs[0])
-            if s.kind in ("bias", "bias_act", "matmul"):
-                need(s.op.output)
-            if s.kind == "matmul" and self.wants_grad(s.op.inputs[0]):
-                need(s.op.inputs[0])
+            for call in s.backward:
+                for name in call.cotangents():
+                    need(name)
         return tuple(roots)
 
     def is_label(self, name: str) -> bool:
@@ -256,7 +310,7 @@ class Lowered:
 def lower(graph: Graph, *, output: str | None, input_grad: bool, recompute: bool) -> Lowered:
     """Lower a stage's graph (one input; labels on the last stage) for the executor."""
     (inp,) = [v.name for v in graph.inputs]
-    steps = plan_steps(graph)
+    steps = plan_steps(graph, lambda name: name != inp or input_grad)
     params = tuple(v.name for v in graph.params)
     saved = saved_values(graph, recompute)
     work: list[str] = []
@@ -265,10 +319,6 @@ def lower(graph: Graph, *, output: str | None, input_grad: bool, recompute: bool
             if n not in saved and n not in params and n not in work:
                 work.append(n)
     alias = grad_aliases(steps)
-    uses: dict[str, int] = {}
-    for s in steps:
-        if s.kind == "matmul":
-            uses[s.op.inputs[1]] = uses.get(s.op.inputs[1], 0) + 1
     return Lowered(
         graph=graph,
         input=inp,
@@ -281,5 +331,5 @@ def lower(graph: Graph, *, output: str | None, input_grad: bool, recompute: bool
         saved=saved,
         workspace=tuple(work),
         aliases=MappingProxyType(alias),
-        matmul_uses=MappingProxyType(uses),
+        per_step=step_calls(graph),
     )

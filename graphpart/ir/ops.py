@@ -12,6 +12,10 @@ must agree with them. Conventions, batch-major (x is B x d, a weight W is out x 
     l2         s = lambda/2 sum_W ||W||_F^2   ds/dW = lambda W
     add        J = L + s                      dL = dJ, ds = dJ
 
+`kernels` names the executor's kernels (graphpart/ir/calls.py): keys into each backend's kernel
+table (workers/kernels/cpu.py, cuda.py) with their operands by role, so that lowering and the
+executor dispatch by table and a new op touches this file and the kernel files only.
+
 `scale` is 1/N for a batch of N samples; a pipeline runs each micro-batch with scale = 1/N of
 the whole batch, so summed micro-batch gradients equal the whole-batch gradient.
 
@@ -43,15 +47,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
 from graphpart.errors import GraphError
+from graphpart.ir.calls import Call, Kernels
 
 Shape = tuple[Any, ...]
 ACTIVATIONS = ("identity", "relu", "sigmoid", "tanh")
 LOSSES = ("cross_entropy", "mse")
+# The codes the shared elementwise kernels (act_forward, bias_act_forward, act_backward) branch on.
+ACT_CODE: dict[str, int] = {"identity": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,7 @@ class OpDef:
     jvp: Callable[[list, list, Any, dict], Any] | None = None
     vjp_jvp: Callable[..., list] | None = None
     tangent_saves: tuple[str, ...] = ()
+    kernels: Kernels = Kernels()
 
     def tangent_inputs(self, n_inputs: int) -> list[int]:
         """Positions of the inputs whose tangents `vjp_jvp` reads."""
@@ -167,11 +176,21 @@ register(
         jvp=_matmul_jvp,
         vjp_jvp=_matmul_vjp_jvp,
         tangent_saves=("in0", "in1"),
+        kernels=Kernels(
+            forward=Call("matmul_nt", ("in0", "in1", "out")),
+            weight_grads=(Call("matmul_tn", ("d_out", "in0", "d_in1", "beta")),),
+            input_grads=(Call("matmul_nn", ("d_out", "in1", "d_in0")),),
+        ),
     )
 )
 
 
 # -- bias_add -----------------------------------------------------------------------------------
+# the elementwise op right after a bias_add -> the one kernel running both (each activation adds
+# its own when it registers)
+_AFTER_BIAS: dict[str, Call] = {}
+
+
 def _bias_shape(s: list[Shape], attrs: dict) -> Shape:
     m, b = s
     if len(m) != 2 or len(b) != 1 or m[1] != b[0]:
@@ -196,6 +215,12 @@ register(
             dg if needs[0] else None,
             None if dg is None or not needs[1] else dg.sum(axis=0),
         ],
+        kernels=Kernels(
+            forward=Call("bias_add", ("in0", "in1", "out")),
+            weight_grads=(Call("sum_rows", ("d_out", "d_in1", "accumulate")),),
+            fuses=MappingProxyType(_AFTER_BIAS),
+            in_place=True,  # dm = dz: one buffer, no kernel
+        ),
     )
 )
 
@@ -240,7 +265,7 @@ def _act_vjp_jvp(d, d2):
     return rule
 
 
-for _act in ACTIVATIONS:
+for _act in ACT_CODE:
     register(
         OpDef(
             _act,
@@ -253,8 +278,15 @@ for _act in ACTIVATIONS:
             jvp=(lambda d: lambda dins, ins, out, a: _times(dins[0], d(out)))(_ACT_DERIV[_act]),
             vjp_jvp=_act_vjp_jvp(_ACT_DERIV[_act], _ACT_DERIV2[_act]),
             tangent_saves=("out",) if _ACT_DERIV2[_act] is not None else (),
+            kernels=Kernels(
+                forward=Call("act_forward", ("in0", "out", "code")),
+                input_grads=(Call("act_backward", ("d_out", "out", "d_in0", "code")),),
+                in_place=True,
+                code=ACT_CODE[_act],
+            ),
         )
     )
+    _AFTER_BIAS[_act] = Call("bias_act_forward", ("in0", "in1", "out", "next.out", "next.code"))
 
 
 # -- losses -------------------------------------------------------------------------------------
@@ -316,6 +348,10 @@ register(
         jvp=_xent_jvp,
         vjp_jvp=_xent_vjp_jvp,
         tangent_saves=("in0",),
+        kernels=Kernels(  # the probabilities are written over the saved logits
+            forward=Call("softmax_xent_forward", ("in0", "in1", "scale", "in0")),
+            input_grads=(Call("softmax_xent_backward", ("in0", "in1", "scale", "d_in0")),),
+        ),
     )
 )
 
@@ -361,6 +397,10 @@ register(
         jvp=_mse_jvp,
         vjp_jvp=_mse_vjp_jvp,
         tangent_saves=("in0", "in1"),
+        kernels=Kernels(
+            forward=Call("mse_forward", ("in0", "in1", "scale")),
+            input_grads=(Call("mse_backward", ("in0", "in1", "scale", "d_in0")),),
+        ),
     )
 )
 
@@ -412,6 +452,10 @@ register(
         jvp=_l2_jvp,
         vjp_jvp=_l2_vjp_jvp,
         tangent_saves=("in*",),
+        kernels=Kernels(  # once per step, not per micro-batch: lambda W is counted once
+            step=Call("weight_decay", ("in*", "d_in*", "attr.weight_decay", "accumulate")),
+            enabled_by="weight_decay",
+        ),
     )
 )
 

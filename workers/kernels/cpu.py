@@ -1,4 +1,4 @@
-"""Serial, disk-cached Numba CPU kernels for MLP stages, writing into preallocated outputs.
+"""The CPU kernel table: serial, disk-cached Numba kernels and BLAS products, into given outputs.
 
 Conventions shared by every kernel:
 
@@ -11,6 +11,8 @@ Conventions shared by every kernel:
   `.reshape(-1)` views of contiguous parameters, which update the parameters in place.
 * Everything is `nogil=True` and serial (one worker is pinned to one core), and `cache=True`
   (compiled code is reused across processes; NUMBA_CACHE_DIR, if set, chooses where).
+* `KERNELS` is the table the op registry's kernel keys (graphpart.ir.ops, `kernels`) index;
+  the matrix products there go through BLAS (NumPy's, and SciPy's gemm for beta).
 * exp/tanh/sigmoid are evaluated with branch-free polynomial code (Cephes coefficients, about
   1-2 ulp) so that the loops vectorise; libm calls would not. NaN propagates; overflow gives
   inf and underflow 0 as in NumPy (float32 denormals included).
@@ -19,17 +21,20 @@ Conventions shared by every kernel:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
+from scipy.linalg import blas as _blas
 
-from graphpart.ir.lower import ACT_CODE
+from graphpart.ir.ops import ACT_CODE
 
 __all__ = [
     "ACTIVATIONS",
     "IDENTITY",
+    "KERNELS",
     "RELU",
     "SIGMOID",
     "TANH",
@@ -40,6 +45,9 @@ __all__ = [
     "axpy",
     "bias_act_forward",
     "bias_add",
+    "matmul_nn",
+    "matmul_nt",
+    "matmul_tn",
     "mse_backward",
     "mse_forward",
     "sgd_update",
@@ -47,9 +55,10 @@ __all__ = [
     "softmax_xent_forward",
     "sq_norm",
     "sum_rows",
+    "weight_decay",
 ]
 
-# The activation codes are graphpart.ir.lower.ACT_CODE's; the names are what kernels branch on.
+# The activation codes are graphpart.ir.ops.ACT_CODE's; the names are what kernels branch on.
 IDENTITY = ACT_CODE["identity"]
 RELU = ACT_CODE["relu"]
 SIGMOID = ACT_CODE["sigmoid"]
@@ -61,6 +70,7 @@ _KW = {"cache": True, "nogil": True, "error_model": "numpy"}  # x / 0 -> inf, as
 # that they vectorise. Neither assumes finite values, so NaN and inf keep NumPy semantics.
 _FM = {"contract"}
 _FM_SUM = {"contract", "reassoc"}
+_GEMM = {"f": _blas.sgemm, "d": _blas.dgemm}  # BLAS gemm with beta, by NumPy dtype char
 
 
 # --- vectorisable scalar math --------------------------------------------------------------
@@ -548,3 +558,61 @@ def adam_update(
         m[k] = mk
         v[k] = vk
         w[k] -= step_size * mk / (np.sqrt(vk) * inv_bc2_sqrt + eps_)
+
+
+def weight_decay(w: np.ndarray, g: np.ndarray, lam: float, accumulate: bool) -> float:
+    """The regulariser's part for one weight: g = lam * w (g += lam * w when `accumulate`);
+    returns lam/2 ||w||^2 (float64)."""
+    s = 0.5 * lam * float(sq_norm(w.reshape(-1)))
+    axpy(g.reshape(-1), w.reshape(-1), lam, accumulate)
+    return s
+
+
+# --- matrix products (BLAS) ----------------------------------------------------------------
+
+
+def matmul_nt(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """out = a @ b.T (the forward z = x W^T)."""
+    np.matmul(a, b.T, out=out)
+
+
+def matmul_nn(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """out = a @ b (the input gradient dx = dz W)."""
+    np.matmul(a, b, out=out)
+
+
+def matmul_tn(a: np.ndarray, b: np.ndarray, out: np.ndarray, beta: float = 0.0) -> None:
+    """out = a.T @ b + beta * out. beta=1 accumulates a weight gradient in the gemm itself
+    (BLAS's C = alpha AB + beta C, through SciPy's wrapper: NumPy has no beta), so no
+    temporary is written and added afterwards."""
+    if beta == 0.0:
+        np.matmul(a.T, b, out=out)
+        return
+    gemm = _GEMM.get(out.dtype.char)
+    if gemm is None or not (a.flags.c_contiguous and b.flags.c_contiguous):
+        out *= beta
+        out += a.T @ b  # not a BLAS type or layout: the plain way
+        return
+    # C-ordered out (o x i) is the Fortran-ordered out.T (i x o) = b.T (i x n) @ a (n x o)
+    # + beta out.T, with b.T and a.T Fortran-ordered views: written in place, no copies
+    gemm(1.0, b.T, a.T, beta=beta, c=out.T, trans_b=1, overwrite_c=1)
+
+
+# --- the table -----------------------------------------------------------------------------
+
+# kernel key (graphpart.ir.ops: OpDef.kernels) -> implementation
+KERNELS: dict[str, Callable[..., float | None]] = {
+    "matmul_nt": matmul_nt,
+    "matmul_nn": matmul_nn,
+    "matmul_tn": matmul_tn,
+    "bias_add": bias_add,
+    "sum_rows": sum_rows,
+    "act_forward": act_forward,
+    "bias_act_forward": bias_act_forward,
+    "act_backward": act_backward,
+    "softmax_xent_forward": softmax_xent_forward,
+    "softmax_xent_backward": softmax_xent_backward,
+    "mse_forward": mse_forward,
+    "mse_backward": mse_backward,
+    "weight_decay": weight_decay,
+}

@@ -1,4 +1,4 @@
-"""Numba CUDA kernels and host launch wrappers for MLP stages; importable without a GPU.
+"""The CUDA kernel table: Numba CUDA kernels and their host launch wrappers; imports without a GPU.
 
 The wrappers mirror workers.kernels.cpu (same names, argument order and semantics) but take
 device arrays (numba DeviceNDArray, C-contiguous, one float dtype) and launch on `stream`
@@ -9,7 +9,9 @@ on machines without a GPU (and runs under NUMBA_ENABLE_CUDASIM=1, the simulator)
 
 The three products of an MLP layer (batch-major, W is out x in) are matmul_nt (z = x W^T),
 matmul_nn (dx = dz W) and matmul_tn (dW = dz^T x), all one register-tiled shared-memory
-kernel (`gemm`).
+kernel (`gemm`). `KERNELS` is the table the op registry's kernel keys index, with the CPU
+table's signatures except that the keys in `REDUCTIONS` take a trailing float64 device buffer
+(the backend supplies it; REDUCTIONS says how many entries the call needs).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
@@ -34,6 +37,8 @@ __all__ = [
     "GEMM_MIN_BLOCKS",
     "GEMM_REG",
     "IDENTITY",
+    "KERNELS",
+    "REDUCTIONS",
     "RELU",
     "SIGMOID",
     "TANH",
@@ -60,6 +65,7 @@ __all__ = [
     "softmax_xent_forward",
     "sq_norm",
     "sum_rows",
+    "weight_decay",
 ]
 
 # Launch constants. Kernels read them when they compile (on first launch): change them before
@@ -603,6 +609,45 @@ def matmul_nn(a: Dev, b: Dev, out: Dev, alpha: float = 1.0, beta: float = 0.0, s
 def matmul_tn(a: Dev, b: Dev, out: Dev, alpha: float = 1.0, beta: float = 0.0, stream=0) -> None:
     """out = a.T @ b (the weight gradient dW = dz^T x; beta=1 accumulates)."""
     gemm(a, b, out, True, False, alpha, beta, stream)
+
+
+def weight_decay(w: Dev, g: Dev, lam: float, accumulate: bool, partial_buf: Dev, stream=0) -> float:
+    """The regulariser's part for one weight: g = lam * w (g += lam * w when `accumulate`);
+    returns lam/2 ||w||^2 (float64), as the CPU kernel."""
+    s = 0.5 * lam * float(sq_norm(w.reshape(w.size), partial_buf, stream))
+    axpy(g.reshape(g.size), w.reshape(w.size), lam, accumulate, stream)
+    return s
+
+
+def _matmul_tn_beta(a: Dev, b: Dev, out: Dev, beta: float = 0.0, stream=0) -> None:
+    """matmul_tn with the CPU table's signature (beta fourth): the weight gradient."""
+    gemm(a, b, out, True, False, 1.0, beta, stream)
+
+
+# --- the table -----------------------------------------------------------------------------
+
+# kernel key (graphpart.ir.ops: OpDef.kernels) -> implementation
+KERNELS: dict[str, Callable[..., float | None]] = {
+    "matmul_nt": matmul_nt,
+    "matmul_nn": matmul_nn,
+    "matmul_tn": _matmul_tn_beta,
+    "bias_add": bias_add,
+    "sum_rows": sum_rows,
+    "act_forward": act_forward,
+    "bias_act_forward": bias_act_forward,
+    "act_backward": act_backward,
+    "softmax_xent_forward": softmax_xent_forward,
+    "softmax_xent_backward": softmax_xent_backward,
+    "mse_forward": mse_forward,
+    "mse_backward": mse_backward,
+    "weight_decay": weight_decay,
+}
+# keys whose kernel takes a trailing float64 buffer -> the entries it needs, from the arguments
+REDUCTIONS: dict[str, Callable[[tuple], int]] = {
+    "softmax_xent_forward": lambda args: args[0].shape[0],
+    "mse_forward": lambda args: args[0].shape[0],
+    "weight_decay": lambda args: 1,
+}
 
 
 # --- ahead-of-time check -------------------------------------------------------------------
