@@ -201,7 +201,7 @@ def _err(capsys, argv: list[str]) -> str:
 @pytest.mark.parametrize(
     "argv, needle",
     [
-        (["--activation", "gelu"], "gelu"),
+        (["--activation", "softsign"], "softsign"),
         (["--hidden", "64,-3"], "-3"),
         (["--hidden", "0"], "0"),
         (["--set", "train.epoch=3"], "train.epoch"),
@@ -503,10 +503,10 @@ def test_debug_shows_the_fault_traceback(capsys, monkeypatch):
 
 
 def test_bad_input_stays_exit_2_under_debug_with_its_traceback(capsys):
-    assert main(["--debug", "train", "--activation", "gelu"]) == 2
+    assert main(["--debug", "train", "--activation", "softsign"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" in err
-    assert err.strip().splitlines()[-1].startswith("graphpart: error: model.activation='gelu'")
+    assert err.strip().splitlines()[-1].startswith("graphpart: error: model.activation='softsign'")
 
 
 def test_ctrl_c_is_exit_130(capsys, monkeypatch):

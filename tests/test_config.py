@@ -14,6 +14,7 @@ import pathlib
 import pytest
 
 from graphpart.errors import ConfigError
+from graphpart.ir.ops import ACTIVATIONS
 from graphpart.run.config import Config, dump_toml, load_config
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
@@ -259,8 +260,8 @@ def test_out_of_range(overrides, message):
     ("overrides", "message"),
     [
         (
-            {"model.activation": "gelu"},
-            "model.activation='gelu': must be one of identity, relu, sigmoid, tanh",
+            {"model.activation": "softsign"},
+            f"model.activation='softsign': must be one of {', '.join(ACTIVATIONS)}",
         ),
         ({"model.loss": "hinge"}, "model.loss='hinge': must be one of cross_entropy, mse"),
         ({"train.optimizer": "rmsprop"}, "train.optimizer='rmsprop': must be one of sgd, adam"),

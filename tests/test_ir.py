@@ -307,8 +307,8 @@ def test_declared_output_shape_mismatch():
 
 def test_unknown_op():
     g = mlp([4, 3, 2])
-    ops = _swap_op(g, "relu1", Op("relu1", "gelu", ("z1",), "h1", 1))
-    with pytest.raises(GraphError, match=r"'relu1' uses unknown op 'gelu'.*relu"):
+    ops = _swap_op(g, "relu1", Op("relu1", "softsign", ("z1",), "h1", 1))
+    with pytest.raises(GraphError, match=r"'relu1' uses unknown op 'softsign'.*relu"):
         _replace(g, ops=ops).validate()
 
 
@@ -404,8 +404,8 @@ def test_mlp_needs_two_sizes(sizes):
 
 
 def test_mlp_rejects_unknown_activation_and_loss():
-    with pytest.raises(GraphError, match=r"activation='gelu'.*relu"):
-        mlp([4, 3, 2], activation="gelu")
+    with pytest.raises(GraphError, match=r"activation='softsign'.*relu"):
+        mlp([4, 3, 2], activation="softsign")
     with pytest.raises(GraphError, match=r"loss='hinge'.*cross_entropy"):
         mlp([4, 3, 2], loss="hinge")
 
