@@ -7,6 +7,7 @@ must agree with them. Conventions, batch-major (x is B x d, a weight W is out x 
     matmul     z = x W^T                      dx = dz W,  dW = dz^T x
     bias_add   z = m + b                      dm = dz,    db = sum_rows(dz)
     relu, sigmoid, tanh, identity: h = phi(z) dz = dh * phi'(z), computed from the output h
+    gelu       h = z sigmoid(2u), u = c (z + a z^3) (tanh form)   dz = dh * gelu'(z), from z
     cross_entropy  L = scale * sum_i -log softmax(o_i)[y_i]        dL/do = scale (p - onehot y)
     mse            L = scale * sum_i 1/2 ||o_i - y_i||^2          dL/do = scale (o - y)
     l2         s = lambda/2 sum_W ||W||_F^2   ds/dW = lambda W
@@ -45,6 +46,7 @@ spelling as `saves`): what a Hessian-vector product keeps beyond a gradient's ac
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -56,7 +58,7 @@ from graphpart.errors import GraphError
 from graphpart.ir.calls import Call, Kernels
 
 Shape = tuple[Any, ...]
-ACTIVATIONS = ("identity", "relu", "sigmoid", "tanh")
+ACTIVATIONS = ("identity", "relu", "sigmoid", "tanh", "gelu")
 LOSSES = ("cross_entropy", "mse")
 # The codes the shared elementwise kernels (act_forward, bias_act_forward, act_backward) branch on.
 ACT_CODE: dict[str, int] = {"identity": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
@@ -287,6 +289,58 @@ for _act in ACT_CODE:
         )
     )
     _AFTER_BIAS[_act] = Call("bias_act_forward", ("in0", "in1", "out", "next.out", "next.code"))
+
+
+# -- gelu: tanh approximation, 0.5 z (1 + tanh u), u = c (z + a z^3), written z sigmoid(2u) (no
+# cancellation); its derivative needs z (not h, which is not monotonic in z), so z is cached
+_GELU_C, _GELU_A = math.sqrt(2.0 / math.pi), 0.044715
+
+
+def _gelu_parts(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """s = sigmoid(2u) (stable for large |u|) and du/dz."""
+    u = _GELU_C * (z + _GELU_A * z * z * z)
+    e = np.exp(-2 * np.abs(u))
+    return np.where(u >= 0, 1 / (1 + e), e / (1 + e)), _GELU_C * (1 + 3 * _GELU_A * z * z)
+
+
+def _gelu_d(z: np.ndarray) -> np.ndarray:
+    s, du = _gelu_parts(z)
+    return s + 2 * z * s * (1 - s) * du
+
+
+def _gelu_d2(z: np.ndarray) -> np.ndarray:
+    s, du = _gelu_parts(z)
+    return (
+        2 * s * (1 - s) * (2 * du + 2 * z * (1 - 2 * s) * du * du + 6 * _GELU_A * _GELU_C * z * z)
+    )
+
+
+def _gelu_vjp_jvp(g, dg, ins, dins, out, dout, a, needs):
+    (z,), (dz,) = ins, dins
+    first = None if dg is None else dg * _gelu_d(z)
+    return [_plus(first, None if dz is None else g * _gelu_d2(z) * dz)]
+
+
+register(
+    OpDef(
+        "gelu",
+        1,
+        _same_shape,
+        forward=lambda ins, a: ins[0] * _gelu_parts(ins[0])[0],
+        vjp=lambda g, ins, out, a, needs: [g * _gelu_d(ins[0])],
+        flops=lambda s, o: (10 * _numel(o), 14 * _numel(o)),
+        saves=("in0",),
+        jvp=lambda dins, ins, out, a: _times(dins[0], _gelu_d(ins[0])),
+        vjp_jvp=_gelu_vjp_jvp,
+        tangent_saves=("in0",),
+        kernels=Kernels(
+            forward=Call("gelu_forward", ("in0", "out")),
+            input_grads=(Call("gelu_backward", ("d_out", "in0", "d_in0")),),
+            in_place=True,
+        ),
+    )
+)
+_AFTER_BIAS["gelu"] = Call("bias_gelu_forward", ("in0", "in1", "out", "next.out"))
 
 
 # -- losses -------------------------------------------------------------------------------------

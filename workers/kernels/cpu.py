@@ -45,6 +45,9 @@ __all__ = [
     "axpy",
     "bias_act_forward",
     "bias_add",
+    "bias_gelu_forward",
+    "gelu_backward",
+    "gelu_forward",
     "matmul_nn",
     "matmul_nt",
     "matmul_tn",
@@ -598,6 +601,70 @@ def matmul_tn(a: np.ndarray, b: np.ndarray, out: np.ndarray, beta: float = 0.0) 
     gemm(1.0, b.T, a.T, beta=beta, c=out.T, trans_b=1, overwrite_c=1)
 
 
+# --- gelu (tanh approximation, written v sigmoid(2u), u = c (v + a v^3): graphpart.ir.ops) --
+
+_GELU_2C = 2.0 * math.sqrt(2.0 / math.pi)
+_GELU_A = 0.044715
+
+
+@njit(inline="always")
+def _gelu(v, one, c2, a):
+    return v / (one + _vexp(-c2 * (v + a * v * v * v)))
+
+
+@njit(fastmath=_FM, **_KW)
+def gelu_forward(z: np.ndarray, out: np.ndarray) -> None:
+    """out = gelu(z) elementwise (out should not alias z, which the layer keeps for backward)."""
+    rows, cols = z.shape
+    one, c2, a = z.dtype.type(1.0), z.dtype.type(_GELU_2C), z.dtype.type(_GELU_A)
+    for i in range(rows):
+        for j in range(cols):
+            out[i, j] = _gelu(z[i, j], one, c2, a)
+
+
+@njit(inline="always")
+def _bias_gelu_forward(m, b, z_out, h_out):
+    rows, cols = m.shape
+    one, c2, a = m.dtype.type(1.0), m.dtype.type(_GELU_2C), m.dtype.type(_GELU_A)
+    for i in range(rows):
+        for j in range(cols):
+            v = m[i, j] + b[j]
+            z_out[i, j] = v
+            h_out[i, j] = _gelu(v, one, c2, a)
+
+
+@njit(fastmath=_FM, **_KW)
+def bias_gelu_forward(m: np.ndarray, b: np.ndarray, z_out: np.ndarray, h_out: np.ndarray) -> None:
+    """Fused z = m + b (into z_out, which may alias m) and h = gelu(z) (into h_out)."""
+    if _same(m, z_out):
+        _bias_gelu_forward(m, b, m, h_out)
+    else:
+        _bias_gelu_forward(m, b, z_out, h_out)
+
+
+@njit(inline="always")
+def _gelu_backward(dh, z, out):
+    rows, cols = dh.shape
+    one, two = dh.dtype.type(1.0), dh.dtype.type(2.0)
+    c2, a = dh.dtype.type(_GELU_2C), dh.dtype.type(_GELU_A)
+    c, a3 = dh.dtype.type(0.5 * _GELU_2C), dh.dtype.type(3.0 * _GELU_A)
+    for i in range(rows):
+        for j in range(cols):
+            v = z[i, j]
+            s = one / (one + _vexp(-c2 * (v + a * v * v * v)))
+            out[i, j] = dh[i, j] * (s + two * v * s * (one - s) * (c * (one + a3 * v * v)))
+
+
+@njit(fastmath=_FM, **_KW)
+def gelu_backward(dh: np.ndarray, z: np.ndarray, out: np.ndarray) -> None:
+    """out = dh * gelu'(z), from the input z (gelu is not monotonic: h does not give z back).
+    out may alias dh."""
+    if _same(dh, out):
+        _gelu_backward(dh, z, dh)
+    else:
+        _gelu_backward(dh, z, out)
+
+
 # --- the table -----------------------------------------------------------------------------
 
 # kernel key (graphpart.ir.ops: OpDef.kernels) -> implementation
@@ -610,6 +677,9 @@ KERNELS: dict[str, Callable[..., float | None]] = {
     "act_forward": act_forward,
     "bias_act_forward": bias_act_forward,
     "act_backward": act_backward,
+    "gelu_forward": gelu_forward,
+    "bias_gelu_forward": bias_gelu_forward,
+    "gelu_backward": gelu_backward,
     "softmax_xent_forward": softmax_xent_forward,
     "softmax_xent_backward": softmax_xent_backward,
     "mse_forward": mse_forward,

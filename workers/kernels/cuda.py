@@ -52,8 +52,11 @@ __all__ = [
     "axpy",
     "bias_act_forward",
     "bias_add",
+    "bias_gelu_forward",
     "compile_ptx",
     "gemm",
+    "gelu_backward",
+    "gelu_forward",
     "gemm_reg",
     "matmul_nn",
     "matmul_nt",
@@ -97,6 +100,20 @@ def _phi(v, act, zero, one):
     if act == TANH:
         return math.tanh(v)
     return v
+
+
+# gelu, tanh approximation written v sigmoid(2u), u = c (v + a v^3) (graphpart.ir.ops)
+_GELU_C = math.sqrt(2.0 / math.pi)
+_GELU_A = 0.044715
+
+
+@cuda.jit(device=True)
+def _gelu_s(v, zero, one, c2, a):
+    """sigmoid(2u) in v's dtype (c2 = 2c and a in it too), from exp(-|2u|): never overflows."""
+    t = c2 * (v + a * v * v * v)
+    e = math.exp(-abs(t))
+    s = one / (one + e)
+    return s if not t < zero else e * s
 
 
 @cuda.jit(device=True)
@@ -169,6 +186,37 @@ def _act_backward_k(dh, h, out, act):
             out[i, j] = g * (one - v * v)
         else:
             out[i, j] = g
+
+
+@cuda.jit
+def _gelu_forward_k(z, out):
+    j, i = cuda.grid(2)
+    if i < z.shape[0] and j < z.shape[1]:
+        v = z[i, j]
+        dt = z.dtype.type
+        out[i, j] = v * _gelu_s(v, dt(0.0), dt(1.0), dt(2.0 * _GELU_C), dt(_GELU_A))
+
+
+@cuda.jit
+def _bias_gelu_forward_k(m, b, z_out, h_out):
+    j, i = cuda.grid(2)
+    if i < m.shape[0] and j < m.shape[1]:
+        v = m[i, j] + b[j]
+        z_out[i, j] = v
+        dt = m.dtype.type
+        h_out[i, j] = v * _gelu_s(v, dt(0.0), dt(1.0), dt(2.0 * _GELU_C), dt(_GELU_A))
+
+
+@cuda.jit
+def _gelu_backward_k(dh, z, out):
+    j, i = cuda.grid(2)
+    if i < dh.shape[0] and j < dh.shape[1]:
+        dt = dh.dtype.type
+        one, two = dt(1.0), dt(2.0)
+        v = z[i, j]
+        s = _gelu_s(v, dt(0.0), one, dt(2.0 * _GELU_C), dt(_GELU_A))
+        du = dt(_GELU_C) * (one + dt(3.0 * _GELU_A) * v * v)
+        out[i, j] = dh[i, j] * (s + two * v * s * (one - s) * du)
 
 
 @cuda.jit
@@ -465,6 +513,24 @@ def act_backward(dh: Dev, h: Dev, out: Dev, act: int, stream=0) -> None:
     _act_backward_k[grid, block, stream](dh, h, out, act)
 
 
+def gelu_forward(z: Dev, out: Dev, stream=0) -> None:
+    """out = gelu(z) elementwise (tanh approximation, as the CPU kernel)."""
+    grid, block = _grid_2d(*z.shape)
+    _gelu_forward_k[grid, block, stream](z, out)
+
+
+def bias_gelu_forward(m: Dev, b: Dev, z_out: Dev, h_out: Dev, stream=0) -> None:
+    """Fused z = m + b (into z_out, which may alias m) and h = gelu(z) (into h_out)."""
+    grid, block = _grid_2d(*m.shape)
+    _bias_gelu_forward_k[grid, block, stream](m, b, z_out, h_out)
+
+
+def gelu_backward(dh: Dev, z: Dev, out: Dev, stream=0) -> None:
+    """out = dh * gelu'(z), from the input z. out may alias dh."""
+    grid, block = _grid_2d(*dh.shape)
+    _gelu_backward_k[grid, block, stream](dh, z, out)
+
+
 def softmax_xent_forward(
     o: Dev, y: Dev, scale: float, probs_out: Dev, loss_buf: Dev, stream=0
 ) -> float:
@@ -636,6 +702,9 @@ KERNELS: dict[str, Callable[..., float | None]] = {
     "act_forward": act_forward,
     "bias_act_forward": bias_act_forward,
     "act_backward": act_backward,
+    "gelu_forward": gelu_forward,
+    "bias_gelu_forward": bias_gelu_forward,
+    "gelu_backward": gelu_backward,
     "softmax_xent_forward": softmax_xent_forward,
     "softmax_xent_backward": softmax_xent_backward,
     "mse_forward": mse_forward,
@@ -670,6 +739,9 @@ def compile_ptx(
         "act_forward": (_act_forward_k, (mat, mat, act)),
         "bias_act_forward": (_bias_act_forward_k, (mat, vec, mat, mat, act)),
         "act_backward": (_act_backward_k, (mat, mat, mat, act)),
+        "gelu_forward": (_gelu_forward_k, (mat, mat)),
+        "bias_gelu_forward": (_bias_gelu_forward_k, (mat, vec, mat, mat)),
+        "gelu_backward": (_gelu_backward_k, (mat, mat, mat)),
         "softmax_xent_forward": (_softmax_xent_forward_k, (mat, lab, sc, mat, f64v)),
         "softmax_xent_backward": (_softmax_xent_backward_k, (mat, lab, f, mat)),
         "mse_forward": (_mse_forward_k, (mat, mat, sc, f64v)),
