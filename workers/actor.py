@@ -28,6 +28,19 @@ def blas_env(threads: int) -> dict[str, str]:
     return dict.fromkeys(BLAS_ENV, str(int(threads)))
 
 
+# glibc's allocator, set so a worker's resident memory is what it holds (docs/memory.md): a
+# fixed mmap threshold (glibc otherwise raises it to the largest block freed, after which
+# large temporaries come from the heap and their pages stay resident when freed), and two
+# arenas (glibc otherwise gives each thread that allocates, Ray's among them, an arena of its
+# own that keeps what it freed)
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024), "MALLOC_ARENA_MAX": "2"}
+
+
+def worker_env(threads: int) -> dict[str, str]:
+    """Environment for a stage's or replica's process: BLAS threads and the allocator."""
+    return {**blas_env(threads), **MALLOC_ENV}
+
+
 class StageActor:
     """A stage answering one call per action (`call("forward", m, ...)`)."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import time
@@ -81,7 +82,7 @@ class StageWorker:
         self.bk = get_backend(device)
         if device == "cpu":
             dtype = params_dtype(params)
-            _warm_up(graph, self.bk, optimizer, dtype, output, input_grad)
+            _warm_up(graph, self.bk, optimizer, dtype, output, input_grad, max_rows)
         self._proc = psutil.Process()
         self.rss_baseline = self.rss_peak = self._proc.memory_info().rss
         self.rss_parts_baseline = read_rss_parts()
@@ -322,10 +323,19 @@ class StageWorker:
 
 
 def _warm_up(
-    graph: Graph, bk: Backend, opt: Optimizer, dtype: np.dtype, output: str | None, input_grad: bool
+    graph: Graph,
+    bk: Backend,
+    opt: Optimizer,
+    dtype: np.dtype,
+    output: str | None,
+    input_grad: bool,
+    rows: int,
 ) -> None:
     """Compile (or load from cache) every kernel this stage uses, on a 2-wide copy of its
-    graph, so the resident-memory baseline taken afterwards excludes the compiler's memory."""
+    graph, then run its products once at their real shapes, so the resident-memory baseline
+    taken afterwards holds the process's fixed costs: the compiler's memory, and the BLAS
+    library's work buffers, which it maps once and touches as far as a product's shape needs
+    (0.5-2 MiB a stage here, kept for the process's life; docs/memory.md)."""
     small = Graph(
         tuple(
             Var(v.name, v.role, tuple(d if d == BATCH else 2 for d in v.shape), v.layer)
@@ -335,21 +345,36 @@ def _warm_up(
         graph.output,
         graph.loss,
     )
-    params = {v.name: np.full(v.concrete_shape(2), 0.5, dtype) for v in small.params}
-    prog = Program(
-        small, params, bk, 2, Ledger(keep_events=False), output=output, input_grad=input_grad
-    )
-    x = np.ones(small.var(prog.input).concrete_shape(2), dtype)
-    y = None
-    if prog.labels:
-        lab = small.var(prog.labels[0])
-        y = np.zeros(2, np.int64) if lab.shape == (BATCH,) else np.ones((2, 2), dtype)
-    g = None if output is None else np.ones(small.var(output).concrete_shape(2), dtype)
-    for mb in (0, 1):  # the second micro-batch takes the accumulating paths
-        prog.forward(mb, x, y, 0.5)
-        prog.backward(mb, g, 0.5)
+    prog, x = _exercise(small, bk, dtype, output, input_grad, 2)
     prog.regularize()
     w, gr = np.ones(4, dtype), np.ones(4, dtype)
     bk.sgd_update(w, gr, np.zeros(4, dtype), 0.1, 0.9, 0.0)
     bk.adam_update(w, gr, np.zeros(4, dtype), np.zeros(4, dtype), 0.1, 0.9, 0.999, 1e-8, 1, 0.0)
     prog.infer(x)
+    _exercise(graph, bk, dtype, output, input_grad, max(int(rows), 1))
+    gc.collect()  # a Program's bound kernels refer to it: freed by the collector, not on return
+
+
+def _exercise(
+    graph: Graph, bk: Backend, dtype: np.dtype, output: str | None, input_grad: bool, rows: int
+) -> tuple[Program, np.ndarray]:
+    """A throwaway Program of `graph` at `rows` rows, two micro-batches forward and backward
+    (the second takes the accumulating paths); returns it and its input."""
+    params = {v.name: np.full(v.concrete_shape(rows), 0.5 / rows, dtype) for v in graph.params}
+    prog = Program(
+        graph, params, bk, rows, Ledger(keep_events=False), output=output, input_grad=input_grad
+    )
+    x = np.ones(graph.var(prog.input).concrete_shape(rows), dtype)
+    y = None
+    if prog.labels:
+        lab = graph.var(prog.labels[0])
+        y = (
+            np.zeros(rows, np.int64)
+            if lab.shape == (BATCH,)
+            else np.ones(lab.concrete_shape(rows), dtype)
+        )
+    g = None if output is None else np.ones(graph.var(output).concrete_shape(rows), dtype)
+    for mb in (0, 1):
+        prog.forward(mb, x, y, 0.5)
+        prog.backward(mb, g, 0.5)
+    return prog, x

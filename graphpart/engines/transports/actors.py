@@ -175,7 +175,7 @@ class RayActors:
         threads = max(1, int(cpus // k))
         opts: dict[str, Any] = dict(
             num_cpus=min(1.0, cpus / k),  # share the cores out when stages outnumber them
-            runtime_env={"env_vars": bodies.blas_env(threads)},
+            runtime_env={"env_vars": bodies.worker_env(threads)},
         )
         if any(s.device == "cuda" for s in specs):
             opts["num_gpus"] = gpus_per_stage(float(ray.cluster_resources().get("GPU", 0.0)), k)
