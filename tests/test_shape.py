@@ -1,4 +1,5 @@
-"""A data source's shape, read without loading it, and `plan`/`graph`, which read nothing more.
+"""A data source's shape (graphpart.run.data.shape_of, each reader's `shape`), read without
+loading it, and `plan`/`graph`, which read nothing more.
 
 Contract: for every source (digits, synthetic, a .npz with or without a test set, compressed or
 not, a .csv with or without a header, classification or regression) `shape_of` gives the
@@ -22,13 +23,26 @@ import pytest
 
 from graphpart.cli import main
 from graphpart.errors import DataError
+from graphpart.run import csvfile, digits, npzfile
 from graphpart.run import data as gdata
+from graphpart.run import synthetic as synthetic_source
 from graphpart.run.config import load_config
+from graphpart.run.data import DataShape, shape_of
 from graphpart.run.setup import data_shape, load_dataset, setup
-from graphpart.run.shape import DataShape, shape_of
 
 RNG = np.random.default_rng(7)
-LOADERS = ("load", "load_npz", "load_csv", "load_digits", "synthetic", "read_csv")
+# every way to load data: each reader's load, and what those call
+LOADERS = (
+    (gdata, "load"),
+    (digits, "load"),
+    (digits, "load_digits"),
+    (synthetic_source, "load"),
+    (synthetic_source, "synthetic"),
+    (npzfile, "load"),
+    (npzfile, "read_npz"),
+    (csvfile, "load"),
+    (csvfile, "read_csv"),
+)
 
 
 def _fail(*a, **k):
@@ -74,8 +88,8 @@ def test_the_shape_is_the_loaded_data_sets(tmp_path, monkeypatch):
         for dtype in ("float32", "float64"):
             cfg = _cfg(source, loss, **{"train.dtype": dtype, "data.n_samples": 500})
             with monkeypatch.context() as m:  # read without a loader
-                for name in LOADERS:
-                    m.setattr(gdata, name, _fail)
+                for module, name in LOADERS:
+                    m.setattr(module, name, _fail)
                 shape = data_shape(cfg)
             assert shape == DataShape.of(load_dataset(cfg)), (source, loss, dtype)
 
@@ -121,8 +135,8 @@ def test_an_odd_file_gets_the_loaders_own_error(tmp_path):
 @pytest.fixture
 def no_loading(monkeypatch):
     """Every loader fails: what passes read only the shape."""
-    for name in LOADERS:
-        monkeypatch.setattr(gdata, name, _fail)
+    for module, name in LOADERS:
+        monkeypatch.setattr(module, name, _fail)
 
 
 def _big_npz(path: Path, rows: int, features: int) -> str:
@@ -165,15 +179,15 @@ def test_plan_and_graph_read_only_the_shape(tmp_path, no_loading, capsys):
 
 def test_a_run_loads_the_data_when_it_first_asks(tmp_path, monkeypatch):
     calls = []
-    real = gdata.load
+    real = npzfile.load
 
-    def counting(*a, **k):
-        calls.append(a)
-        return real(*a, **k)
+    def counting(spec):
+        calls.append(spec.source)
+        return real(spec)
 
-    monkeypatch.setattr(gdata, "load", counting)
+    monkeypatch.setattr(npzfile, "load", counting)
     path = _npz(tmp_path / "a.npz", X=RNG.random((40, 3)), y=RNG.integers(0, 3, 40))
     s = setup(_cfg(path, "cross_entropy"))
     assert calls == []
-    assert len(s.dataset.X_train) == s.shape.n_train and calls == [(path,)]
+    assert len(s.dataset.X_train) == s.shape.n_train and calls == [path]
     assert s.dataset is s.dataset and len(calls) == 1

@@ -44,7 +44,7 @@ from graphpart.run import data as gdata
 from graphpart.run.checkpoint import atomic_write
 from graphpart.run.config import Config, load_config
 from graphpart.run.evaluate import scores
-from graphpart.run.setup import data_kwargs
+from graphpart.run.setup import load_dataset
 from graphpart.run.train import train as train_config
 
 DEFAULT_CONFIG = "digits.toml"  # the embedded config (graphpart/configs/, as in examples/)
@@ -379,20 +379,14 @@ class Run:
 
     def _test_split(self) -> tuple[np.ndarray, np.ndarray]:
         """The test split the run was evaluated on while training (reloaded from data.source)."""
-        cfg = self.config
-        d = cfg.data
-        kw = data_kwargs(cfg)
-        if d.source == "synthetic":
-            kw.update(task=self.task)
-        elif d.source.lower().endswith((".npz", ".csv")):
-            if not os.path.exists(d.source):
-                raise DataError(
-                    f"{d.source}: no such file; run {self.path} trained on it (data.source in its "
-                    "config.toml, relative to the folder it trained in): evaluate from that "
-                    "folder, or give the data to evaluate on"
-                )
-            kw.update(task=self.task)
-        ds = gdata.load(d.source, **kw)
+        d = self.config.data
+        if d.source.lower().endswith((".npz", ".csv")) and not os.path.exists(d.source):
+            raise DataError(
+                f"{d.source}: no such file; run {self.path} trained on it (data.source in its "
+                "config.toml, relative to the folder it trained in): evaluate from that "
+                "folder, or give the data to evaluate on"
+            )
+        ds = load_dataset(self.config)
         if ds.n_features != self.n_features or ds.n_outputs != self.n_outputs:
             raise DataError(
                 f"{d.source}: has {ds.n_features} feature(s) and {ds.n_outputs} output(s) now, "

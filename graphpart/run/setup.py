@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 from graphpart.engines import DataParallel, Engine, measured_costs, resolve_transport
 from graphpart.errors import ConfigError
@@ -21,9 +20,9 @@ from graphpart.plan.memory import (
     stage_memory_cost,
 )
 from graphpart.plan.partition import Plan, partition
-from graphpart.run import data as gdata
 from graphpart.run.config import Config
-from graphpart.run.shape import DataShape, dataset_matches, shape_of
+from graphpart.run.data import reader_for
+from graphpart.run.dataset import Dataset, DataShape, DataSpec
 from graphpart.units import parse_bytes
 
 
@@ -38,44 +37,46 @@ class Setup:
     plan: Plan
     optimizer: Optimizer
     workload: Workload
-    _dataset: gdata.Dataset | None = dataclasses.field(default=None, repr=False)
+    _dataset: Dataset | None = dataclasses.field(default=None, repr=False)
     notes: tuple[str, ...] = ()  # what setup changed of the config, one line each, for the user
 
     @property
-    def dataset(self) -> gdata.Dataset:
+    def dataset(self) -> Dataset:
         if self._dataset is None:
-            ds = load_dataset(self.config)
-            differs = dataset_matches(ds, self.shape)
-            if differs:  # the quick reading and the loader disagree: a bug, not a user error
-                raise RuntimeError(f"data.source={self.config.data.source!r}: {differs}")
-            self._dataset = ds
+            self._dataset = load_dataset(self.config)
         return self._dataset
 
 
-def data_kwargs(cfg: Config) -> dict[str, Any]:
-    """What graphpart.run.data.load needs of `cfg` besides the source (data.n_classes = 0:
-    synthetic data's 10, a file's classes from its labels)."""
+def data_spec(cfg: Config) -> DataSpec:
+    """What reading the data of `cfg` takes (data.n_classes = 0: synthetic data's 10, a
+    file's classes from its labels)."""
     d, t = cfg.data, cfg.train
     task = "regression" if cfg.model.loss == "mse" else "classification"
-    kw: dict[str, Any] = dict(dtype=t.dtype, test_fraction=d.test_fraction, seed=t.seed)
-    if d.source == "synthetic":
-        q = d.n_classes or 10
-        kw.update(n_samples=d.n_samples, n_features=d.n_features, n_classes=q, task=task)
-    elif d.source.lower().endswith((".npz", ".csv")):
-        kw.update(task=task)
-        if d.n_classes and task == "classification":
-            kw.update(n_classes=d.n_classes)
-    return kw
+    classes = d.n_classes or None
+    if task == "regression" and d.source != "synthetic":  # a file's targets: its columns
+        classes = None
+    return DataSpec(
+        d.source,
+        dtype=t.dtype,
+        task=task,
+        n_classes=classes,
+        test_fraction=d.test_fraction,
+        seed=t.seed,
+        n_samples=d.n_samples,
+        n_features=d.n_features,
+    )
 
 
-def load_dataset(cfg: Config) -> gdata.Dataset:
-    """The data `cfg` trains on, loaded (graphpart.run.data)."""
-    return gdata.load(cfg.data.source, **data_kwargs(cfg))
+def load_dataset(cfg: Config) -> Dataset:
+    """The data `cfg` trains on, loaded."""
+    spec = data_spec(cfg)
+    return reader_for(spec.source).load(spec)
 
 
 def data_shape(cfg: Config) -> DataShape:
-    """The shape of the data `cfg` trains on, read without loading it (graphpart.run.shape)."""
-    return shape_of(cfg.data.source, **data_kwargs(cfg))
+    """The shape of the data `cfg` trains on, read without loading it."""
+    spec = data_spec(cfg)
+    return reader_for(spec.source).shape(spec)
 
 
 def workload_of(cfg: Config) -> Workload:
