@@ -24,6 +24,7 @@ from graphpart.plan.memory import CATEGORIES, Workload, predict
 from graphpart.run.config import Config, load_config
 from graphpart.run.train import setup
 from graphpart.tools import profile
+from graphpart.tools.profile.compare import traced_rows
 
 
 def _cfg(**pipeline) -> Config:
@@ -162,7 +163,8 @@ def test_steps_must_be_positive(tmp_path):
 
 
 def test_resident_growth_on_ray_actors(ray_session):
-    """Two actors, each holding >= 200 MB of state: each worker's RSS growth within 25%."""
+    """Two actors, each holding >= 200 MB of state: each worker's RSS growth within 5% of the
+    prediction, and the NumPy arrays tracemalloc saw in it equal to the ledger's."""
     cfg = Config.from_dict(
         {
             "model": {"hidden": [4096, 4096, 4096], "bias": True, "weight_decay": 0.0},
@@ -180,7 +182,10 @@ def test_resident_growth_on_ray_actors(ray_session):
     assert len(m.rss) == 2
     for row in m.rss:
         (k,) = row["stages"]
-        assert row["growth"] == pytest.approx(pred.stages[k].total, rel=0.25), row
+        assert row["growth"] == pytest.approx(pred.stages[k].total, rel=0.05), row
+    traced = traced_rows(m)
+    assert [r["stage"] for r in traced] == [0, 1]
+    assert all(r["arrays"] == r["ledger_arrays"] > 0 for r in traced), traced
 
 
 def test_run_profile_on_ray(ray_session, tmp_path, capsys):
@@ -191,6 +196,7 @@ def test_run_profile_on_ray(ray_session, tmp_path, capsys):
     for st in res["comparison"]:
         assert all(v["predicted"] == v["measured"] for v in st["categories"].values())
     assert {r["pid"] for r in res["rss"]} == {st["pid"] for st in res["comparison"]}
+    assert [r["ratio"] for r in res["traced"]] == [1.0, 1.0]  # tracemalloc: the ledger's arrays
     trace = _check_outputs(tmp_path, stages=2, steps=2, microbatches=2)
     assert "own ledger" in trace["otherData"]["alignment"]
 
@@ -223,4 +229,5 @@ def test_run_profile_of_data_parallel_replicas(ray_session, tmp_path, capsys):
     for st in res["comparison"]:
         assert all(v["predicted"] == v["measured"] for v in st["categories"].values())
     assert {r["pid"] for r in res["rss"]} == {st["pid"] for st in res["comparison"]}
+    assert [r["ratio"] for r in res["traced"]] == [1.0, 1.0]  # tracemalloc: the ledger's arrays
     assert all(r["growth"] > 0 for r in res["rss"])

@@ -16,7 +16,7 @@ import psutil
 from graphpart.ir.graph import BATCH, Graph, Var
 from graphpart.optim import SGD, Adam, Optimizer
 from graphpart.params import Params, materialize, params_dtype
-from workers import state_file
+from workers import state_file, traced
 from workers.backends import Backend, get_backend
 from workers.hwm import read_hwm, read_rss_parts, reset_hwm
 from workers.ledger import Ledger
@@ -39,6 +39,7 @@ class WorkerSpec:
     recompute: bool = False
     keep_events: bool = True
     batch_rows: int = 0  # rows of the largest minibatch the engine was built for (0: max_rows)
+    trace_allocations: bool = False  # tracemalloc in the worker's process (workers/traced.py)
 
     def build(self) -> StageWorker:
         return StageWorker(
@@ -52,6 +53,7 @@ class WorkerSpec:
             device=self.device,
             recompute=self.recompute,
             keep_events=self.keep_events,
+            trace_allocations=self.trace_allocations,
         )
 
 
@@ -75,6 +77,7 @@ class StageWorker:
         device: str = "cpu",
         recompute: bool = False,
         keep_events: bool = True,
+        trace_allocations: bool = False,
     ) -> None:
         self.index = index
         self.opt = optimizer
@@ -89,6 +92,8 @@ class StageWorker:
         # the kernel keeps the peak from here on (VmHWM), so no call needs to sample it; where
         # the mark cannot be reset, `finish` samples once a step
         self._hwm = reset_hwm()
+        if trace_allocations:  # profiling: NumPy's arrays as tracemalloc counts them
+            traced.start()
         params = materialize(graph, params)
         self.prog = Program(
             graph,
@@ -304,6 +309,7 @@ class StageWorker:
             memory=self.ledger.snapshot(),
             rss=self.rss(),
             device_memory=self._device_memory(),
+            traced=traced.read(),
         )
 
     def _device_memory(self) -> DeviceMemory | None:

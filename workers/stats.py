@@ -69,6 +69,17 @@ class DeviceMemory:
 
 
 @dataclass(frozen=True)
+class Traced:
+    """Allocations tracemalloc saw since the stage's baseline (workers/traced.py): NumPy's
+    arrays alive now, the peak of everything traced (arrays and Python objects), and the bytes
+    tracemalloc's own records take."""
+
+    arrays: int
+    peak: int
+    overhead: int
+
+
+@dataclass(frozen=True)
 class StageStats:
     """Everything a stage reports after (or between) steps."""
 
@@ -81,3 +92,4 @@ class StageStats:
     memory: LedgerSnapshot
     rss: Rss
     device_memory: DeviceMemory | None = None
+    traced: Traced | None = None  # when profiling (keep_events)

@@ -88,6 +88,7 @@ class DataParallel:
                 index=r,
                 device=device,
                 keep_events=keep_events,
+                trace_allocations=keep_events,  # profiling, in the replicas
                 batch_rows=self.chunk,
             )
             for r in range(self.replicas)

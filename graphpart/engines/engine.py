@@ -86,6 +86,8 @@ class Engine:
         self.reschedule(schedule, microbatches)
         self.chunk = microbatch_rows(max_rows, self.microbatches)  # rows a worker buffer holds
         self.itemsize = params_dtype(params).itemsize
+        name = resolve_transport(transport, plan.k, address)
+        trace = keep_events and not TRANSPORTS[name].in_process  # profiling, in the workers
         specs = [
             WorkerSpec(
                 st.graph,
@@ -99,10 +101,10 @@ class Engine:
                 recompute=recompute,
                 keep_events=keep_events,
                 batch_rows=max(int(max_rows), 1),
+                trace_allocations=trace,
             )
             for st in plan.stages
         ]
-        name = resolve_transport(transport, plan.k, address)
         self.transport: Transport = TRANSPORTS[name](address=address, num_cpus=num_cpus)
         if step_timeout > 0 and hasattr(self.transport, "step_timeout_s"):
             self.transport.step_timeout_s = float(step_timeout)  # type: ignore[attr-defined]

@@ -13,7 +13,13 @@ from graphpart.errors import ConfigError
 from graphpart.plan.memory import predict_inference, training_vs_inference
 from graphpart.run.report import human_bytes
 from graphpart.run.setup import predicted_memory, setup, uses_ray
-from graphpart.tools.profile.compare import compare, comparison_table, rss_table
+from graphpart.tools.profile.compare import (
+    compare,
+    comparison_table,
+    rss_table,
+    traced_rows,
+    traced_table,
+)
 from graphpart.tools.profile.measure import measure, step_batches
 from graphpart.tools.profile.overhead import overhead
 from graphpart.tools.profile.plots import plot_stage
@@ -104,6 +110,7 @@ def run_profile(
         "prediction": pred.to_dict(),
         "comparison": cmp,
         "rss": m.rss,
+        "traced": traced_rows(m),
         "overhead": ovh,
         "files": {"png": pngs, "trace": str(trace_path)},
     }
@@ -130,6 +137,8 @@ def run_profile(
     print(comparison_table(cmp, pred))
     print()
     print(rss_table(m, pred))
+    print()
+    print(traced_table(result["traced"]))
     print()
     print(
         f"measurement overhead: ledger {ovh['events_per_step']} events/step x "

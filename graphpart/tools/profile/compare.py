@@ -120,3 +120,55 @@ def allocated_growth(g: dict[str, int]) -> int | None:
 def _allocated_ratio(g: dict[str, int], expect: int) -> str:
     got = allocated_growth(g)
     return "-" if got is None or not expect else f"{got / expect:.2f}"
+
+
+def traced_rows(m: Measurement) -> list[dict[str, Any]]:
+    """Per worker that traced its allocations (Ray workers, when profiling): NumPy's arrays
+    alive at the end as tracemalloc counted them, against the ledger's bytes of the same
+    arrays (its entries less the shared-memory channels, which are mapped, not allocated)."""
+    out = []
+    for st in m.stats:
+        if st.traced is None:
+            continue
+        ledger = sum(
+            n for name, (_, n) in st.memory.entries.items() if not name.startswith("channel:")
+        )
+        out.append(
+            {
+                "stage": st.stage,
+                "pid": st.pid,
+                "arrays": st.traced.arrays,
+                "ledger_arrays": ledger,
+                "ratio": st.traced.arrays / ledger if ledger else None,
+                "traced_peak": st.traced.peak,
+                "tracer_overhead": st.traced.overhead,
+            }
+        )
+    return out
+
+
+def traced_table(rows: list[dict[str, Any]]) -> str:
+    """The arrays each worker allocated (tracemalloc, NumPy's domain) against the ledger."""
+    if not rows:
+        return "allocations: not traced (one process: tracing would slow the whole driver)"
+    body = [
+        [
+            r["stage"],
+            r["pid"],
+            human_bytes(r["arrays"]),
+            human_bytes(r["ledger_arrays"]),
+            "-" if r["ratio"] is None else f"{r['ratio']:.3f}",
+            human_bytes(r["traced_peak"]),
+            human_bytes(r["tracer_overhead"]),
+        ]
+        for r in rows
+    ]
+    headers = [
+        "stage", "pid", "arrays (traced)", "ledger (no channels)", "ratio", "traced peak",
+        "tracer's own",
+    ]  # fmt: skip
+    return (
+        "allocations (tracemalloc in each worker from its baseline: NumPy's arrays alive now; "
+        "the peak counts Python objects too; the tracer's own records are in the resident "
+        "growth above)\n" + table(headers, body)
+    )
