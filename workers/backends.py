@@ -93,9 +93,6 @@ class CudaBackend:
 
     name = "cuda"
     needs_reduction = True
-    # the losses and the norm reduce through a float64 buffer that the executor allocates
-    # (so its ledger counts it) and sets here; at least max(rows, 1024) long
-    reduction: Array | None = None
 
     def __init__(self) -> None:
         from numba import cuda
@@ -105,21 +102,23 @@ class CudaBackend:
         self.cuda, self.k = cuda, kcuda
         for name in ("sgd_update", "adam_update", "matmul_nt", "matmul_nn", "matmul_tn"):
             setattr(self, name, getattr(kcuda, name))
+        self._red = _Reduction(cuda)
         self.kernels: Mapping[str, Kernel] = MappingProxyType(
             {
-                k: self._reducing(k, f) if k in kcuda.REDUCTIONS else f
+                k: self._red.appended(f, kcuda.REDUCTIONS[k]) if k in kcuda.REDUCTIONS else f
                 for k, f in kcuda.KERNELS.items()
             }
         )
 
-    def _reducing(self, key: str, kernel: Kernel) -> Kernel:
-        """`kernel` with the reduction buffer it needs appended to its arguments."""
-        need = self.k.REDUCTIONS[key]
+    @property
+    def reduction(self) -> Array | None:
+        """The float64 buffer the losses and norms reduce through: the executor allocates it
+        (so its ledger counts it) and sets it here; at least max(rows, 1024) long."""
+        return self._red.array
 
-        def call(*args: Any) -> Any:
-            return kernel(*args, self._buf(need(args)))
-
-        return call
+    @reduction.setter
+    def reduction(self, array: Array | None) -> None:
+        self._red.array = array
 
     def empty(self, shape: tuple[int, ...], dtype: Any) -> Array:
         return self.cuda.device_array(shape, dtype)
@@ -140,10 +139,26 @@ class CudaBackend:
     def flat(self, a: Array) -> Array:
         return a.reshape(a.size)
 
-    def _buf(self, n: int) -> Array:
-        if self.reduction is None or self.reduction.size < n:
-            self.reduction = self.cuda.device_array(max(n, 1024), np.float64)
-        return self.reduction
+
+class _Reduction:
+    """CUDA's reduction buffer, shared by the backend and its table's reducing kernels (which
+    hold this, not the backend: no reference cycle)."""
+
+    def __init__(self, cuda: Any) -> None:
+        self.cuda, self.array = cuda, None
+
+    def buffer(self, n: int) -> Array:
+        if self.array is None or self.array.size < n:
+            self.array = self.cuda.device_array(max(n, 1024), np.float64)
+        return self.array
+
+    def appended(self, kernel: Kernel, need: Callable[[tuple], int]) -> Kernel:
+        """`kernel` with a buffer of at least need(args) entries appended to its arguments."""
+
+        def call(*args: Any) -> Any:
+            return kernel(*args, self.buffer(need(args)))
+
+        return call
 
 
 BACKENDS: dict[str, type[CpuBackend] | type[CudaBackend]] = {"cpu": CpuBackend, "cuda": CudaBackend}

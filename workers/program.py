@@ -35,7 +35,7 @@ from graphpart.ir.lower import BufferSpec, KernelCall, Operand, lower, nbytes
 from workers.backends import Backend, Kernel
 from workers.ledger import Ledger
 
-Getter = Callable[[dict, int, float], Any]  # (slot, rows, scale) -> a kernel argument
+Getter = Callable[["Program", dict, int, float], Any]  # (program, slot, rows, scale) -> argument
 Bound = tuple[Kernel, tuple[Getter, ...], str | None]  # kernel, its arguments, param written
 
 
@@ -131,30 +131,13 @@ class Program:
         return self._gbuf[root]
 
     # -- kernel calls, bound once --------------------------------------------------------------
-    def _getter(self, o: Operand) -> Getter:
-        """A function of (slot, rows, scale) giving the operand: buffers are looked up (and
-        allocated on first use) at call time, parameters and gradients by name (callers may
-        swap the arrays held in `params` and `grads`)."""
-        name, fresh = o.name, self.fresh
-        getters: dict[str, Getter] = {
-            "value": lambda slot, n, sc: self._value(slot, name)[:n],
-            "param": lambda slot, n, sc: self.params[name],
-            "grad": lambda slot, n, sc: self._grad(name)[:n],
-            "param_grad": lambda slot, n, sc: self.grads[name],
-            "const": lambda slot, n, sc, c=o.const: c,
-            "scale": lambda slot, n, sc: sc,
-            "beta": lambda slot, n, sc: 0.0 if fresh[name] else 1.0,
-            "accumulate": lambda slot, n, sc: not fresh[name],
-        }
-        return getters[o.kind]
-
     def _bind(self, call: KernelCall) -> Bound:
         kernel = self.bk.kernels[call.key]
-        return kernel, tuple(self._getter(o) for o in call.operands), call.param
+        return kernel, tuple(_getter(o) for o in call.operands), call.param
 
     def _call(self, bound: Bound, slot: dict, n: int, scale: float) -> Any:
         kernel, getters, param = bound
-        out = kernel(*[g(slot, n, scale) for g in getters])
+        out = kernel(*[g(self, slot, n, scale) for g in getters])
         if param is not None:
             self.fresh[param] = False
         return out
@@ -194,8 +177,8 @@ class Program:
     def _run_forward(self, slot: dict, n: int, scale: float, loss: bool = True) -> Any:
         for (kernel, getters, _), is_loss in self._fwd:
             if is_loss and not loss:
-                return getters[0](slot, n, scale)  # the loss's first input: the logits
-            out = kernel(*[g(slot, n, scale) for g in getters])
+                return getters[0](self, slot, n, scale)  # the loss's first input: the logits
+            out = kernel(*[g(self, slot, n, scale) for g in getters])
             if is_loss:
                 self.loss_sum += out
         return self._value(slot, self.output)[:n] if self.output is not None else None
@@ -260,3 +243,22 @@ class Program:
     def set_params(self, params: Mapping[str, np.ndarray]) -> None:
         for k, v in params.items():
             self.bk.from_host(np.asarray(v, dtype=self.dtype), self.params[k])
+
+
+def _getter(o: Operand) -> Getter:
+    """A function of (program, slot, rows, scale) giving the operand: buffers are looked up (and
+    allocated on first use) at call time, parameters and gradients by name (callers may swap
+    the arrays held in `params` and `grads`). The program is an argument, not captured, so a
+    Program and its bound calls form no reference cycle (it is freed as soon as it is dropped)."""
+    name, const = o.name, o.const
+    getters: dict[str, Getter] = {
+        "value": lambda p, slot, n, sc: p._value(slot, name)[:n],
+        "param": lambda p, slot, n, sc: p.params[name],
+        "grad": lambda p, slot, n, sc: p._grad(name)[:n],
+        "param_grad": lambda p, slot, n, sc: p.grads[name],
+        "const": lambda p, slot, n, sc: const,
+        "scale": lambda p, slot, n, sc: sc,
+        "beta": lambda p, slot, n, sc: 0.0 if p.fresh[name] else 1.0,
+        "accumulate": lambda p, slot, n, sc: not p.fresh[name],
+    }
+    return getters[o.kind]
