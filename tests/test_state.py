@@ -2,7 +2,8 @@
 
 Contract: on Ray, `gather` returns each stage's parameters, optimizer arrays and step count
 bit for bit as the stage holds them, whether the stage writes a file on this machine or (a
-stage on another machine: here a `host` that is not this one) returns them through Ray; `scatter`
+stage on another machine: here a `host` that is not this one) returns them through Ray, and
+`gather_params` the parameters alone either way; `scatter`
 loads states either way, replicas given one state sharing one file; and a stage that writes
 its state to a file does not grow its shared (object-store) or private resident memory by its
 state, checkpoint after checkpoint, where returning it through Ray grows the shared pages each
@@ -46,6 +47,9 @@ def test_gather_and_scatter_give_the_stages_state(ray_session, host):
             e.step(X[:8], y[:8])
         got = state.gather(eng.transport, range(3), host=host)
         assert _same(got, ref.get_state())
+        params = state.gather_params(eng.transport, range(3), host=host)
+        want = ref.get_params()
+        assert list(params) == list(want) and all(np.array_equal(params[n], want[n]) for n in want)
         ref.step(X[8:], y[8:])  # a later state, loaded back into the Ray stages
         state.scatter(eng.transport, dict(enumerate(ref.get_state())), host=host)
         assert _same(state.gather(eng.transport, range(3), host=host), ref.get_state())
@@ -77,6 +81,7 @@ def test_a_checkpoint_through_files_does_not_grow_the_stages(ray_session):
         before = _stage_rss(eng)
         for _ in range(3):
             eng.get_state()
+            eng.get_params()
         after = _stage_rss(eng)
         for b, a in zip(before, after, strict=True):
             assert a["RssShmem"] - b["RssShmem"] < mib, (b, a)

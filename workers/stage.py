@@ -275,13 +275,14 @@ class StageWorker:
             "steps": self.steps,
         }
 
-    def write_state(self, path: str, host: str) -> bool:
-        """Write the state to `path` (workers/state_file.py) if this process runs on `host`,
-        the caller's machine; False (nothing written) elsewhere, where the caller cannot read
-        the file and asks `get_state` instead."""
+    def write_state(self, path: str, host: str, params_only: bool = False) -> bool:
+        """Write the state (or only the parameters) to `path` (workers/state_file.py) if this
+        process runs on `host`, the caller's machine; False (nothing written) elsewhere, where
+        the caller cannot read the file and asks `get_state` instead."""
         if os.uname().nodename != host:
             return False
-        state_file.write(path, self.get_state(copy=False))
+        st = self.get_state(copy=False)
+        state_file.write(path, {**st, "opt": {}} if params_only else st)
         return True
 
     def read_state(self, path: str, host: str) -> bool:

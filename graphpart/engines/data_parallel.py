@@ -150,7 +150,7 @@ class DataParallel:
         return self._get([self.transport.call(r, method, *args) for r in range(self.replicas)])
 
     def get_params(self) -> dict[str, np.ndarray]:
-        return self._get([self.transport.call(0, "get_params")])[0]
+        return state.gather_params(self.transport, [0])
 
     def get_state(self) -> list[dict]:
         """[replica 0's state]: one stage's, so it loads into a one-stage Engine and back."""

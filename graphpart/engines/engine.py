@@ -194,10 +194,8 @@ class Engine:
         )
 
     def get_params(self) -> dict[str, np.ndarray]:
-        out: dict[str, np.ndarray] = {}
-        for p in self._all("get_params"):
-            out.update(p)
-        return out
+        """Every stage's parameters, by name (engines/state.py)."""
+        return state.gather_params(self.transport, range(self.plan.k))
 
     def get_state(self) -> list[dict]:
         """Each stage's parameters, optimizer state and step count (engines/state.py)."""

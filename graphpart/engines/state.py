@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from graphpart.engines.transport import Transport
 from workers import state_file
 
@@ -26,22 +28,46 @@ def gather(
     """The state of each of `workers` (stage or replica indices), in that order. `host`: the
     machine whose files the driver reads (this one; the tests name another to take the
     fallback)."""
+    return _gather(transport, workers, host, params_only=False)
+
+
+def gather_params(
+    transport: Transport, workers: Sequence[int], host: str | None = None
+) -> dict[str, np.ndarray]:
+    """The parameters of `workers`, by name (the same way as `gather`)."""
+    out: dict[str, np.ndarray] = {}
+    for st in _gather(transport, workers, host, params_only=True):
+        out.update(st["params"])
+    return out
+
+
+def _gather(
+    transport: Transport, workers: Sequence[int], host: str | None, params_only: bool
+) -> list[dict[str, Any]]:
+    slow = "get_params" if params_only else "get_state"  # what a worker elsewhere answers
     if transport.in_process:
-        return transport.get([transport.call(k, "get_state") for k in workers])
+        return _wrap(transport.get([transport.call(k, slow) for k in workers]), params_only)
     host = os.uname().nodename if host is None else host
     with tempfile.TemporaryDirectory(prefix="graphpart-state-") as d:
         paths = [str(Path(d) / f"worker{k}.state") for k in workers]
         wrote = transport.get(
-            [transport.call(k, "write_state", p, host) for k, p in zip(workers, paths, strict=True)]
+            [
+                transport.call(k, "write_state", p, host, params_only)
+                for k, p in zip(workers, paths, strict=True)
+            ]
         )
         far = [k for k, ok in zip(workers, wrote, strict=True) if not ok]
-        got = dict(
-            zip(far, transport.get([transport.call(k, "get_state") for k in far]), strict=True)
-        )
+        answers = _wrap(transport.get([transport.call(k, slow) for k in far]), params_only)
+        got = dict(zip(far, answers, strict=True))
         return [
             state_file.read(p) if ok else got[k]
             for k, p, ok in zip(workers, paths, wrote, strict=True)
         ]
+
+
+def _wrap(answers: list[Any], params_only: bool) -> list[dict[str, Any]]:
+    """get_params' answers in get_state's shape."""
+    return [{"params": a, "opt": {}, "steps": 0} for a in answers] if params_only else answers
 
 
 def scatter(
