@@ -17,8 +17,9 @@ from graphpart.errors import Diverged, GraphpartError, Terminated
 from graphpart.ir import to_dot, write_graph
 from graphpart.run import sigterm
 from graphpart.run.config import Config, load_config
+from graphpart.run.predictions import check_out, save_predictions
 from graphpart.run.report import plan_report
-from graphpart.run.session import DEFAULT_CONFIG, check_out, load, make_config, save_predictions
+from graphpart.run.session import DEFAULT_CONFIG, load, make_config
 from graphpart.run.train import setup, train
 from graphpart.tools.bench.cli import add_step_arguments, run_step
 from graphpart.tools.bench.value_and_grad import add_value_and_grad_arguments, run_value_and_grad

@@ -348,27 +348,6 @@ def test_evaluate_names_a_training_file_it_cannot_find(tmp_path, monkeypatch):
     )
 
 
-# --- save_predictions --------------------------------------------------------------------------
-
-
-def test_save_predictions_writes_npz_and_csv_and_never_overwrites(tmp_path):
-    p, logits = np.array([2, 0, 1]), np.eye(3, dtype=np.float32)
-    out = session.save_predictions(tmp_path / "p.npz", p, logits)
-    with np.load(out) as z:
-        np.testing.assert_array_equal(z["predictions"], p)
-        np.testing.assert_array_equal(z["logits"], logits)
-    reg = session.save_predictions(tmp_path / "r.csv", np.array([[0.5, 1.0], [2.0, -1.0]]))
-    assert reg.read_text() == "output_0,output_1\n0.5,1.0\n2.0,-1.0\n"
-    before = out.read_bytes()
-    with pytest.raises(GraphpartError, match="already exists and is not overwritten"):
-        session.save_predictions(out, np.array([9]))
-    assert out.read_bytes() == before
-    with pytest.raises(GraphpartError, match="folder .* does not exist"):
-        session.save_predictions(tmp_path / "nope" / "p.csv", p)
-    with pytest.raises(GraphpartError, match="unknown format '.txt'"):
-        session.save_predictions(tmp_path / "p.txt", p)
-
-
 @pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_train_takes_arrays_and_settings_as_keywords(tmp_path):
     """gp.train((X, y), epochs=..., hidden=16, ...): arrays saved once, by content, under

@@ -1,14 +1,18 @@
-"""A user's arrays checked as training data: numbers, labels 0..C-1, dtype, then split."""
+"""A user's arrays: checked as training data (numbers, labels 0..C-1, dtype), split, saved."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import math
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from graphpart.errors import DataError
+from graphpart.errors import ConfigError, DataError
+from graphpart.run.checkpoint import atomic_write
 from graphpart.run.dataset import Dataset, check_dtype, split_indices
 
 
@@ -245,3 +249,37 @@ def class_count(lo: float, hi: float, n_classes: int | None, n_samples: int) -> 
         return None
     count = n_classes if n_classes is not None else int(hi) + 1
     return count if count >= 2 else None
+
+
+def save_arrays(data: Any, run_root: str) -> str:
+    """Arrays (X, y) saved once, named by their content, as RUN_ROOT/data/arrays-<hash>.npz
+    (absolute), to train on as a .npz file; the loader then checks them as it checks files."""
+    if not (isinstance(data, tuple | list) and len(data) == 2):
+        raise DataError(
+            f"data of type {type(data).__name__}: expected a .npz or .csv path, 'digits', "
+            "'synthetic', or a pair (X, y) of arrays"
+        )
+    arrays = {}
+    for name, a in zip(("X", "y"), data, strict=True):
+        try:
+            arr = np.asarray(a)
+        except (TypeError, ValueError) as e:
+            raise DataError(f"data {name}: not an array ({type(a).__name__}: {e})") from None
+        if arr.dtype.kind not in "biuf":
+            raise DataError(f"data {name}: dtype {arr.dtype}, shape {arr.shape}; expected numbers")
+        arrays[name] = np.ascontiguousarray(arr)
+    h = hashlib.sha256()
+    for name, arr in arrays.items():
+        h.update(f"{name}{arr.dtype.str}{arr.shape}".encode())
+        h.update(memoryview(arr).cast("B"))
+    folder = Path(run_root).resolve() / "data"
+    path = folder / f"arrays-{h.hexdigest()[:16]}.npz"
+    if not path.is_file():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"run.dir={run_root!r}: cannot create {folder} ({e})") from None
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        atomic_write(path, buf.getvalue())
+    return str(path)

@@ -22,10 +22,7 @@ partition the run trained under.
 
 from __future__ import annotations
 
-import csv
 import difflib
-import hashlib
-import io
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -41,14 +38,13 @@ from graphpart.engines import check_device
 from graphpart.errors import ConfigError, DataError, GraphpartError, RunError
 from graphpart.ir import Graph, mlp
 from graphpart.run import data as gdata
-from graphpart.run.checkpoint import atomic_write
+from graphpart.run.arrays import save_arrays
 from graphpart.run.config import Config, load_config
 from graphpart.run.evaluate import scores
 from graphpart.run.setup import load_dataset
 from graphpart.run.train import train as train_config
 
 DEFAULT_CONFIG = "digits.toml"  # the embedded config (graphpart/configs/, as in examples/)
-OUT_FORMATS = (".npz", ".csv")  # what `save_predictions` writes
 _CHUNK_ROWS = 1 << 16  # rows the reference forward pass takes at once
 
 ConfigLike = str | os.PathLike | Config | Mapping[str, Any] | None
@@ -131,7 +127,7 @@ def train(
             over["data.source"] = os.fspath(data)
         else:
             run_root = make_config(config, over).run.dir
-            over["data.source"] = _save_arrays(data, run_root)
+            over["data.source"] = save_arrays(data, run_root)
     cfg = make_config(config, over)
     if not cfg.pipeline.address:  # with an address the workers check their own device
         check_device(cfg.pipeline.device)
@@ -154,40 +150,6 @@ def _settings(settings: Mapping[str, Any]) -> dict[str, Any]:
             )
         out[keys[name]] = value
     return out
-
-
-def _save_arrays(data: Any, run_root: str) -> str:
-    """Arrays (X, y) saved once, named by their content, as RUN_ROOT/data/arrays-<hash>.npz
-    (absolute), to train on as a .npz file; the loader then checks them as it checks files."""
-    if not (isinstance(data, tuple | list) and len(data) == 2):
-        raise DataError(
-            f"data of type {type(data).__name__}: expected a .npz or .csv path, 'digits', "
-            "'synthetic', or a pair (X, y) of arrays"
-        )
-    arrays = {}
-    for name, a in zip(("X", "y"), data, strict=True):
-        try:
-            arr = np.asarray(a)
-        except (TypeError, ValueError) as e:
-            raise DataError(f"data {name}: not an array ({type(a).__name__}: {e})") from None
-        if arr.dtype.kind not in "biuf":
-            raise DataError(f"data {name}: dtype {arr.dtype}, shape {arr.shape}; expected numbers")
-        arrays[name] = np.ascontiguousarray(arr)
-    h = hashlib.sha256()
-    for name, arr in arrays.items():
-        h.update(f"{name}{arr.dtype.str}{arr.shape}".encode())
-        h.update(memoryview(arr).cast("B"))
-    folder = Path(run_root).resolve() / "data"
-    path = folder / f"arrays-{h.hexdigest()[:16]}.npz"
-    if not path.is_file():
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"run.dir={run_root!r}: cannot create {folder} ({e})") from None
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        atomic_write(path, buf.getvalue())
-    return str(path)
 
 
 def load(run_dir: str | os.PathLike) -> Run:
@@ -407,73 +369,3 @@ class Run:
                 y = np.zeros((len(x), self.n_outputs), dtype)
             out.append(forward(graph, self.params, {"x": x, "y": y})["o"])
         return np.concatenate(out)
-
-
-def check_out(out: str | os.PathLike, flag: str = "--out") -> Path:
-    """`out` as a new .npz or .csv file: an existing file is never overwritten, and its folder
-    must exist (one-line GraphpartErrors naming `flag`).
-
-    >>> try:
-    ...     check_out("predictions.txt")
-    ... except GraphpartError as e:
-    ...     print(e)
-    --out predictions.txt: unknown format '.txt'; use .npz or .csv
-    """
-    out = Path(out)
-    if out.suffix.lower() not in OUT_FORMATS:
-        raise GraphpartError(
-            f"{flag} {out}: unknown format {out.suffix.lower()!r}; use .npz or .csv"
-        )
-    if out.exists() or out.is_symlink():
-        raise GraphpartError(
-            f"{flag} {out}: the file already exists and is not overwritten; remove it or give "
-            "another name"
-        )
-    if not out.parent.is_dir():
-        raise GraphpartError(
-            f"{flag} {out}: folder {out.parent} does not exist; create it first or give another "
-            "path"
-        )
-    return out
-
-
-def save_predictions(
-    out: str | os.PathLike, predictions: np.ndarray, logits: np.ndarray | None = None
-) -> Path:
-    """Write predictions to a new .npz (arrays `predictions`, and `logits` if given) or .csv
-    (a header row, then one row per sample); an existing file is never overwritten.
-
-    >>> import tempfile
-    >>> folder = tempfile.mkdtemp()
-    >>> path = save_predictions(Path(folder) / "p.csv", np.array([3, 1]))
-    >>> print(path.read_text(), end="")
-    prediction
-    3
-    1
-    """
-    out = check_out(out)
-    p = np.asarray(predictions)
-    if out.suffix.lower() == ".npz":
-        arrays = {"predictions": p} if logits is None else {"predictions": p, "logits": logits}
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        data = buf.getvalue()
-    else:
-        text = io.StringIO()
-        w = csv.writer(text, lineterminator="\n")
-        rows = p.reshape(len(p), -1)
-        w.writerow(
-            ["prediction"] if rows.shape[1] == 1 else [f"output_{j}" for j in range(rows.shape[1])]
-        )
-        w.writerows(r.tolist() for r in rows)
-        data = text.getvalue().encode()
-    try:
-        with open(out, "xb") as f:  # exclusive: a file made meanwhile is not overwritten either
-            f.write(data)
-    except FileExistsError:
-        raise GraphpartError(
-            f"--out {out}: the file already exists and is not overwritten"
-        ) from None
-    except OSError as e:
-        raise GraphpartError(f"--out {out}: cannot write ({e.strerror or e})") from None
-    return out
