@@ -9,16 +9,17 @@ state by parameter name, not by stage, so a run can resume under a different par
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
-import io
 import json
 import os
 import socket
 import time
-from collections.abc import Mapping
+import zipfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -31,10 +32,19 @@ FORMAT = "graphpart-checkpoint-1"
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write `data` to `path` whole or not at all; an OS refusal (a full disk) names `path`."""
+    with atomic_file(path) as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A file to write `path` through, whole or not at all: a temporary name in the same
+    folder, flushed to disk and renamed over `path` when the block ends without an error
+    (removed when it raises); an OS refusal (a full disk) names `path`."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -43,6 +53,26 @@ def atomic_write(path: Path, data: bytes) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """`np.savez`'s format (uncompressed, readable by np.load), written to `path` atomically
+    and straight from the arrays: no in-memory archive and no copy of a contiguous array (a
+    checkpoint of the wide model made the process that wrote it three times its state)."""
+    with atomic_file(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, True) as z:
+        for name, a in arrays.items():
+            a = np.asarray(a)
+            if a.dtype.hasobject:
+                raise ValueError(f"{path}: array {name!r} holds Python objects; not saved")
+            if not a.flags.c_contiguous:
+                a = np.ascontiguousarray(a)  # a copy, of this array only
+            with z.open(f"{name}.npy", "w", force_zip64=True) as out:
+                head = np.lib.format.header_data_from_array_1_0(a)
+                try:
+                    np.lib.format.write_array_header_1_0(out, head)
+                except ValueError:  # a header too long for format 1.0
+                    np.lib.format.write_array_header_2_0(out, head)
+                out.write(memoryview(a.reshape(-1)).cast("B"))
 
 
 def _naming(e: OSError, path: Path) -> OSError:
@@ -229,9 +259,7 @@ class RunDir:
             raise _naming(e, self.metrics_path) from None
 
     def save_params(self, params: Mapping[str, np.ndarray]) -> None:
-        buf = io.BytesIO()
-        np.savez(buf, **params)
-        atomic_write(self.path / "params.npz", buf.getvalue())
+        write_npz(self.path / "params.npz", params)
 
 
 def save_checkpoint(
@@ -261,9 +289,7 @@ def save_checkpoint(
         **({"fixed": dict(fixed)} if fixed is not None else {}),
     }
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    atomic_write(Path(path), buf.getvalue())
+    write_npz(Path(path), arrays)
 
 
 def load_checkpoint(path: Path, graph: Graph, state_slots: int | None = None) -> dict[str, Any]:
