@@ -31,12 +31,11 @@ from typing import Any
 import numpy as np
 
 from graphpart.ir.graph import BATCH, Graph
-from graphpart.ir.lower import BufferSpec, KernelCall, Operand, lower, nbytes
+from graphpart.ir.lower import BufferSpec, KernelCall, lower, nbytes
 from workers.backends import Backend, Kernel
 from workers.ledger import Ledger
 
-Getter = Callable[["Program", dict, int, float], Any]  # (program, slot, rows, scale) -> argument
-Bound = tuple[Kernel, tuple[Getter, ...], str | None]  # kernel, its arguments, param written
+Run = Callable[["Program", dict, int, float], Any]  # (program, slot, rows, scale) -> result
 
 
 class Program:
@@ -89,7 +88,7 @@ class Program:
         self._shared: dict[str, Any] = {}
         self._gbuf: dict[str, Any] = {}
         # the kernels and their operands, resolved once: (forward, loss?, backward calls)
-        self._fwd = [(self._bind(s.forward), s.loss) for s in low.steps]
+        self._fwd = [(self._bind(s.forward), s.op.inputs[0] if s.loss else None) for s in low.steps]
         self._bwd = [self._bind(c) for s in reversed(low.steps) for c in s.backward]
         self._per_step = [self._bind(c) for c in low.per_step]
         self._sends = input_grad and low.root(low.input) in low.roots
@@ -131,16 +130,8 @@ class Program:
         return self._gbuf[root]
 
     # -- kernel calls, bound once --------------------------------------------------------------
-    def _bind(self, call: KernelCall) -> Bound:
-        kernel = self.bk.kernels[call.key]
-        return kernel, tuple(_getter(o) for o in call.operands), call.param
-
-    def _call(self, bound: Bound, slot: dict, n: int, scale: float) -> Any:
-        kernel, getters, param = bound
-        out = kernel(*[g(self, slot, n, scale) for g in getters])
-        if param is not None:
-            self.fresh[param] = False
-        return out
+    def _bind(self, call: KernelCall) -> Run:
+        return _compile(call, self.bk.kernels[call.key])
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, mb: int, x: Any, y: Any = None, scale: float = 1.0) -> Any:
@@ -175,12 +166,13 @@ class Program:
             self.free_slots.append(self.slot_of.pop(-1))
 
     def _run_forward(self, slot: dict, n: int, scale: float, loss: bool = True) -> Any:
-        for (kernel, getters, _), is_loss in self._fwd:
-            if is_loss and not loss:
-                return getters[0](self, slot, n, scale)  # the loss's first input: the logits
-            out = kernel(*[g(self, slot, n, scale) for g in getters])
-            if is_loss:
-                self.loss_sum += out
+        for run, loss_input in self._fwd:
+            if loss_input is None:
+                run(self, slot, n, scale)
+            elif loss:
+                self.loss_sum += run(self, slot, n, scale)
+            else:  # inference stops before the loss: its first input, the logits
+                return self._value(slot, loss_input)[:n]
         return self._value(slot, self.output)[:n] if self.output is not None else None
 
     # -- backward -----------------------------------------------------------------------------
@@ -201,8 +193,8 @@ class Program:
                     f"{self.name}: backward of micro-batch {mb} needs dJ/d{self.output}"
                 )
             self.bk.from_host(g, self._grad(self.output)[:n])
-        for bound in self._bwd:
-            self._call(bound, slot, n, scale)
+        for run in self._bwd:
+            run(self, slot, n, scale)
         din = self._grad(self.input)[:n] if self._sends else None
         self.free_slots.append(self.slot_of.pop(mb))
         del self.rows_of[mb]
@@ -214,8 +206,8 @@ class Program:
         """Run the per-step calls (lambda W added to each regularised weight's gradient) once
         per step; return their part of the objective, s."""
         s = 0.0
-        for bound in self._per_step:
-            s += self._call(bound, {}, 0, 0.0)
+        for run in self._per_step:
+            s += run(self, {}, 0, 0.0)
         return s
 
     def zero_grad(self) -> None:
@@ -245,20 +237,32 @@ class Program:
             self.bk.from_host(np.asarray(v, dtype=self.dtype), self.params[k])
 
 
-def _getter(o: Operand) -> Getter:
-    """A function of (program, slot, rows, scale) giving the operand: buffers are looked up (and
-    allocated on first use) at call time, parameters and gradients by name (callers may swap
-    the arrays held in `params` and `grads`). The program is an argument, not captured, so a
-    Program and its bound calls form no reference cycle (it is freed as soon as it is dropped)."""
-    name, const = o.name, o.const
-    getters: dict[str, Getter] = {
-        "value": lambda p, slot, n, sc: p._value(slot, name)[:n],
-        "param": lambda p, slot, n, sc: p.params[name],
-        "grad": lambda p, slot, n, sc: p._grad(name)[:n],
-        "param_grad": lambda p, slot, n, sc: p.grads[name],
-        "const": lambda p, slot, n, sc: const,
-        "scale": lambda p, slot, n, sc: sc,
-        "beta": lambda p, slot, n, sc: 0.0 if p.fresh[name] else 1.0,
-        "accumulate": lambda p, slot, n, sc: not p.fresh[name],
-    }
-    return getters[o.kind]
+# Each operand kind as an expression of (p: the program, slot, n: rows, sc: scale). Buffers are
+# looked up (and allocated on first use) at call time, parameters and gradients by name (callers
+# may swap the arrays held in `params` and `grads`).
+_OPERAND: dict[str, str] = {
+    "value": "p._value(slot, {name!r})[:n]",
+    "param": "p.params[{name!r}]",
+    "grad": "p._grad({name!r})[:n]",
+    "param_grad": "p.grads[{name!r}]",
+    "const": "{const!r}",
+    "scale": "sc",
+    "beta": "(0.0 if p.fresh[{name!r}] else 1.0)",
+    "accumulate": "(not p.fresh[{name!r}])",
+}
+
+
+def _compile(call: KernelCall, kernel: Kernel) -> Run:
+    """One function of (program, slot, rows, scale) making the call: its arguments written out
+    from _OPERAND (names and constants as literals), so a step costs one Python call and the
+    kernel's, with no per-operand dispatch; a written parameter gradient is no longer fresh.
+    The program is an argument, not captured: a Program and its calls form no reference
+    cycle (a dropped Program is freed at once)."""
+    args = ", ".join(_OPERAND[o.kind].format(name=o.name, const=o.const) for o in call.operands)
+    lines = ["def run(p, slot, n, sc):", f"    out = kernel({args})"]
+    if call.param is not None:
+        lines.append(f"    p.fresh[{call.param!r}] = False")
+    lines.append("    return out")
+    scope: dict[str, Any] = {"kernel": kernel}
+    exec("\n".join(lines), scope)  # noqa: S102 - literals only: value names and numbers, repr'd
+    return scope["run"]
