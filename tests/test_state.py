@@ -3,7 +3,8 @@
 Contract: on Ray, `gather` returns each stage's parameters, optimizer arrays and step count
 bit for bit as the stage holds them, whether the stage writes a file on this machine or (a
 stage on another machine: here a `host` that is not this one) returns them through Ray, and
-`gather_params` the parameters alone either way; `scatter`
+`gather_params` the parameters alone either way; in process, `live` gives the workers' own
+arrays (moving with the next step) where the default copies; `scatter`
 loads states either way, replicas given one state sharing one file; and a stage that writes
 its state to a file does not grow its shared (object-store) or private resident memory by its
 state, checkpoint after checkpoint, where returning it through Ray grows the shared pages each
@@ -53,6 +54,17 @@ def test_gather_and_scatter_give_the_stages_state(ray_session, host):
         ref.step(X[8:], y[8:])  # a later state, loaded back into the Ray stages
         state.scatter(eng.transport, dict(enumerate(ref.get_state())), host=host)
         assert _same(state.gather(eng.transport, range(3), host=host), ref.get_state())
+
+
+def test_live_state_in_process_is_the_workers_own():
+    g, p0, X, y = mlp_problem([6, 5, 3], 16)
+    with Engine(partition(g, 1), p0, make_optimizer("adam", lr=0.05), max_rows=16) as eng:
+        live, copy = eng.get_state(live=True), eng.get_state()
+        assert _same(live, copy)
+        eng.step(X, y)
+        moved = [{**st, "steps": 1} for st in live]  # the step count is a number, not live
+        assert _same(moved, eng.get_state())  # the live arrays moved with the step
+        assert not _same(copy, eng.get_state())  # the copy did not
 
 
 def test_replicas_get_one_state(ray_session):

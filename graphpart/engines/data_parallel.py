@@ -152,9 +152,10 @@ class DataParallel:
     def get_params(self) -> dict[str, np.ndarray]:
         return state.gather_params(self.transport, [0])
 
-    def get_state(self) -> list[dict]:
-        """[replica 0's state]: one stage's, so it loads into a one-stage Engine and back."""
-        return state.gather(self.transport, [0])
+    def get_state(self, live: bool = False) -> list[dict]:
+        """[replica 0's state]: one stage's, so it loads into a one-stage Engine and back
+        (`live` as Engine's; replicas are never in this process)."""
+        return state.gather(self.transport, [0], live=live)
 
     def set_state(self, states: Sequence[Mapping]) -> None:
         """Every replica gets the state; several stages' states (from a pipeline) are merged."""

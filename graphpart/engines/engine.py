@@ -197,9 +197,10 @@ class Engine:
         """Every stage's parameters, by name (engines/state.py)."""
         return state.gather_params(self.transport, range(self.plan.k))
 
-    def get_state(self) -> list[dict]:
-        """Each stage's parameters, optimizer state and step count (engines/state.py)."""
-        return state.gather(self.transport, range(self.plan.k))
+    def get_state(self, live: bool = False) -> list[dict]:
+        """Each stage's parameters, optimizer state and step count (engines/state.py); `live`:
+        in process, the workers' own arrays, valid until the next step (no copy of the state)."""
+        return state.gather(self.transport, range(self.plan.k), live=live)
 
     def set_state(self, states: Sequence[Mapping]) -> None:
         state.scatter(self.transport, dict(enumerate(states)))

@@ -23,11 +23,14 @@ from workers import state_file
 
 
 def gather(
-    transport: Transport, workers: Sequence[int], host: str | None = None
+    transport: Transport, workers: Sequence[int], host: str | None = None, live: bool = False
 ) -> list[dict[str, Any]]:
     """The state of each of `workers` (stage or replica indices), in that order. `host`: the
     machine whose files the driver reads (this one; the tests name another to take the
-    fallback)."""
+    fallback). `live`: workers in this process give their own arrays, not copies (valid until
+    their next step: for a caller that writes them out at once, as a checkpoint does)."""
+    if live and transport.in_process:
+        return transport.get([transport.call(k, "get_state", False) for k in workers])
     return _gather(transport, workers, host, params_only=False)
 
 
