@@ -184,7 +184,7 @@ class Trainer:
         metrics = epoch_row(st.step, epoch + 1, figures)
         divergence.check_epoch(metrics, st, t.divergence, t.lr)
         divergence.check_collapse(metrics, st, ds.y_test, t.lr)
-        state = engine.get_state()
+        state = engine.get_state(live=True)  # written out before the next step
         divergence.check_finite_state(state, st.step)
         self._record(metrics)
         save_checkpoint(
