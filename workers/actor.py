@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from workers import alloc
 from workers.actions import StageAction
 from workers.channels import Channel, ChannelInbox, ChannelName
 from workers.push import ActionFailed, Inbox, Key, NeighbourFailed, Send, run_step
@@ -28,17 +29,9 @@ def blas_env(threads: int) -> dict[str, str]:
     return dict.fromkeys(BLAS_ENV, str(int(threads)))
 
 
-# glibc's allocator, set so a worker's resident memory is what it holds (docs/memory.md): a
-# fixed mmap threshold (glibc otherwise raises it to the largest block freed, after which
-# large temporaries come from the heap and their pages stay resident when freed), and two
-# arenas (glibc otherwise gives each thread that allocates, Ray's among them, an arena of its
-# own that keeps what it freed)
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024), "MALLOC_ARENA_MAX": "2"}
-
-
 def worker_env(threads: int) -> dict[str, str]:
     """Environment for a stage's or replica's process: BLAS threads and the allocator."""
-    return {**blas_env(threads), **MALLOC_ENV}
+    return {**blas_env(threads), **alloc.ENV}
 
 
 class StageActor:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import math
 import os
 import time
@@ -16,7 +15,7 @@ import psutil
 from graphpart.ir.graph import BATCH, Graph, Var
 from graphpart.optim import SGD, Adam, Optimizer
 from graphpart.params import Params, materialize, params_dtype
-from workers import state_file, traced
+from workers import alloc, state_file, traced
 from workers.backends import Backend, get_backend
 from workers.hwm import read_hwm, read_rss_parts, reset_hwm
 from workers.ledger import Ledger
@@ -86,6 +85,7 @@ class StageWorker:
         if device == "cpu":
             dtype = params_dtype(params)
             _warm_up(graph, self.bk, optimizer, dtype, output, input_grad, max_rows)
+        alloc.settle()  # freed memory leaves the resident set from here on (workers/alloc.py)
         self._proc = psutil.Process()
         self.rss_baseline = self.rss_peak = self._proc.memory_info().rss
         self.rss_parts_baseline = read_rss_parts()
@@ -358,8 +358,11 @@ def _warm_up(
     bk.sgd_update(w, gr, np.zeros(4, dtype), 0.1, 0.9, 0.0)
     bk.adam_update(w, gr, np.zeros(4, dtype), np.zeros(4, dtype), 0.1, 0.9, 0.999, 1e-8, 1, 0.0)
     prog.infer(x)
-    _exercise(graph, bk, dtype, output, input_grad, max(int(rows), 1))
-    gc.collect()  # a Program's bound kernels refer to it: freed by the collector, not on return
+    if max((math.prod(v.concrete_shape(1)) for v in graph.params), default=0) >= BLAS_SIZEABLE:
+        _exercise(graph, bk, dtype, output, input_grad, max(int(rows), 1))  # freed on return
+
+
+BLAS_SIZEABLE = 1 << 16  # weights of fewer elements touch a few pages of BLAS's buffers at most
 
 
 def _exercise(

@@ -1,0 +1,49 @@
+"""The C allocator (glibc) set so a process's resident memory follows what it holds.
+
+By default glibc raises its mmap threshold to the largest block freed (up to 32 MiB), after
+which large temporaries come from the heap and their pages stay resident when freed; and each
+thread that allocates gets an arena of its own that keeps what it freed. A worker measured
+against the memory model would grow by those leftovers: a previous in-process run's freed
+state even made a later run's growth look smaller than its tensors. `settle` fixes the
+threshold (worker processes: ENV, read when they start; `settle(fixed_threshold=True)` in a
+running one), caps the arenas and gives freed heap back, before a stage takes its baseline.
+In the user's own process (one stage in process) only the freed heap is given back: a fixed
+threshold there would make every large temporary of the user's code cost page faults.
+Elsewhere than glibc it does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+MMAP_THRESHOLD = 128 * 1024  # glibc's own default, kept fixed
+ARENAS = 2
+_M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8  # mallopt's parameter numbers (malloc.h)
+
+# the same, for a process about to start (read by glibc when it starts)
+ENV = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_ARENA_MAX": str(ARENAS)}
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt, libc.malloc_trim  # noqa: B018 - glibc has both; others may not
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+def settle(fixed_threshold: bool = False) -> bool:
+    """Give freed heap back to the OS and cap the arenas (and, with `fixed_threshold`, fix the
+    mmap threshold: every later block of 128 KiB or more is mapped and unmapped on its own,
+    which costs page faults where a process makes many large temporaries); False where the C
+    library is not glibc (nothing done)."""
+    libc = _libc()
+    if libc is None:
+        return False
+    if fixed_threshold:
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    libc.mallopt(_M_ARENA_MAX, ARENAS)
+    libc.malloc_trim(0)
+    return True
