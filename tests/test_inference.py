@@ -1,10 +1,13 @@
-"""Inference over a transport (graphpart/engines/inference.py).
+"""Inference over a transport.
 
-Contract: a chunk on Ray has as many rows as keep the graph's widest batch-major value under
-INLINE_BYTES (at least one row); `predict` gives every row's output in order whatever the
-chunk size, chain count or chunks under way (against the reference forward); and on Ray an
-evaluation does not grow a stage's shared (object-store) resident memory, evaluation after
-evaluation.
+Contract: `Engine.predict` gives every row's output in order, the reference forward's, on every
+transport (in process, `tasks`, `push`, `shm`), for any chunk size, micro-batch count and more
+rows than one inference step holds (several steps); on `shm` an evaluation goes through the
+stages' channels and does not grow a stage's shared (object-store) resident memory, evaluation
+after evaluation, where a chain of calls with large tensors does. For data parallelism
+(graphpart/engines/inference.py), chunks sized to stay inside a Ray call (`inline_rows`: the
+graph's widest batch-major value under INLINE_BYTES, at least one row) dealt to the replicas
+give the one-engine outputs.
 """
 
 from __future__ import annotations
@@ -29,39 +32,48 @@ def test_inline_rows_fit_the_widest_value():
 
 
 def test_batch_widths_are_the_rows_of_inputs_activations_and_logits():
-    g = mlp([784, 1536, 10])
-    widths = batch_widths(g)
+    widths = batch_widths(mlp([784, 1536, 10]))
     assert max(widths) == 1536 and 784 in widths and 10 in widths
 
 
-@pytest.mark.parametrize("k,chunk", [(1, 1), (2, 3), (3, 16)])
-def test_pipeline_predict_is_the_forward_of_every_row(k, chunk):
+@pytest.mark.parametrize("k,m,chunk", [(1, 1, None), (2, 3, 3), (3, 2, 1), (4, 4, None)])
+def test_predict_in_process_is_the_forward_of_every_row(k, m, chunk):
     g, p0, X, y = mlp_problem([6, 5, 7, 4, 3], 21)
     want = forward(g, p0, {"x": X, "y": y})["o"]
-    with Engine(partition(g, k), p0, make_optimizer("sgd", lr=0.1), max_rows=16) as eng:
+    opt = make_optimizer("sgd", lr=0.1)
+    with Engine(partition(g, k), p0, opt, microbatches=m, max_rows=8) as eng:  # 3 steps
         got = eng.predict(X, chunk=chunk)
     assert got.shape == (21, 3) and rel_err(got, want) < 1e-12
+
+
+@pytest.mark.parametrize("transport", ["tasks", "push", "shm"])
+def test_predict_on_ray_is_the_forward_of_every_row(ray_session, transport):
+    g, p0, X, y = mlp_problem([6, 5, 7, 4, 3], 21)
+    want = forward(g, p0, {"x": X, "y": y})["o"]
+    opt = make_optimizer("sgd", lr=0.1)
+    with Engine(partition(g, 3), p0, opt, transport=transport, microbatches=2, max_rows=8) as e:
+        assert rel_err(e.predict(X), want) < 1e-12
+        assert rel_err(e.predict(X[:5], chunk=1), want[:5]) < 1e-12
 
 
 def _shared(stats) -> list[int]:
     return [s.rss.parts_now["RssShmem"] for s in stats]
 
 
-def test_evaluation_on_ray_does_not_grow_the_stages(ray_session):
+def test_evaluation_on_shm_does_not_grow_the_stages(ray_session):
     g, p0, X, y = mlp_problem([64, 1024, 1024, 10], 1024, seed=2)  # 8 KiB a boundary row
     opt = make_optimizer("sgd", lr=0.01)
-    with Engine(partition(g, 2), p0, opt, transport="shm", max_rows=256) as eng:
+    with Engine(partition(g, 2), p0, opt, transport="shm", microbatches=2, max_rows=256) as eng:
         ref = Engine(partition(g, 1), p0, opt, max_rows=256)
-        assert eng.inline_rows == INLINE_BYTES // (1024 * 8) < 256
         eng.predict(X)
         before = _shared(eng.stats())
         for _ in range(3):
             assert rel_err(eng.predict(X), ref.predict(X)) < 1e-12
         after = _shared(eng.stats())
         assert all(a - b < 1 << 20 for a, b in zip(after, before, strict=True)), (before, after)
-        # the contrast: chunks of 256 rows (2 MiB boundary tensors) go through the object store
+        # the contrast: a chain of calls with 128-row (1 MiB) tensors, through the object store
         for _ in range(3):
-            inference.predict(eng.transport, X, 256, [range(2)], 3)
+            inference.predict(eng.transport, X, 128, [range(2)], 3)
         grew = _shared(eng.stats())
         assert max(g - a for g, a in zip(grew, after, strict=True)) > 2 << 20, (after, grew)
 

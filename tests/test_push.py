@@ -6,7 +6,8 @@ autodiff oracle (float64, 1e-12 relative) and the same parameters after optimize
 reference optimizer; a failing action raises ActionFailed naming the action, and the
 neighbours waiting on the failed stage stop with NeighbourFailed when told (Inbox.fail) rather
 than wait out their timeout; a missing tensor raises TimeoutError naming it; what an aborted
-step left in an inbox does not leak into the next step.
+step left in an inbox does not leak into the next step. With `infer`, the stages run
+inference forwards and the last returns its outputs by micro-batch, the reference forward's.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import numpy as np
 import pytest
 from conftest import mlp_problem
 
-from graphpart.autodiff import value_and_grad
-from graphpart.engines.wiring import wire
+from graphpart.autodiff import forward, value_and_grad
+from graphpart.engines.wiring import wire, wire_inference
 from graphpart.optim import SGD, init_state, reference_step
 from graphpart.plan.partition import partition, split_batch
 from workers.push import ActionFailed, Inbox, NeighbourFailed, run_step
@@ -48,10 +49,10 @@ def _workers(plan, params, opt):
     ]
 
 
-def _step(ws, inboxes, kind, m, x, y, step, update=True, timeout_s=30.0):
+def _step(ws, inboxes, kind, m, x, y, step, update=True, timeout_s=30.0, infer=False):
     """Every stage's run_step on its own thread; returns the results (or raised errors)."""
     k = len(ws)
-    w = wire(kind, k, m)
+    w = wire_inference(k, m) if infer else wire(kind, k, m)
     parts = [x[r] for r in split_batch(len(x), m)]
     labels = [y[r] for r in split_batch(len(x), m)]
     out: list = [None] * k
@@ -74,6 +75,7 @@ def _step(ws, inboxes, kind, m, x, y, step, update=True, timeout_s=30.0):
                 if i == 0
                 else (lambda key, a, i=i: inboxes[i - 1].put(key, a.copy())),
                 timeout_s=timeout_s,
+                infer=infer,
             )
         except Exception as e:  # noqa: BLE001 - returned for the test to inspect
             out[i] = e
@@ -99,6 +101,17 @@ def test_pushed_step_equals_oracle(k, kind, m):
     for w in ws:
         for name, gw in w.get_grads().items():
             np.testing.assert_allclose(gw, grads[name], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+@pytest.mark.parametrize("m", [1, 3])
+def test_pushed_inference_is_the_reference_forward(k, m):
+    g, params, x, y = _problem()
+    want = forward(g, params, {"x": x, "y": y})["o"]
+    ws = _workers(partition(g, k, "uniform"), params, SGD(lr=0.1))
+    res = _step(ws, [Inbox() for _ in ws], "gpipe", m, x, y, step=1, infer=True)
+    assert all(r == [] for r in res[:-1])
+    np.testing.assert_allclose(np.concatenate(res[-1]), want, rtol=1e-12)
 
 
 def test_pushed_steps_update_like_the_reference_optimizer():

@@ -8,14 +8,17 @@ every action once, keeps each stage's own order and puts every action after the 
 depends on (F(k-1, m) before F(k, m); F(K-1, m) before B(K-1, m); B(k+1, m) before B(k, m)).
 `drive` issues exactly those calls with the right inputs (a receiving action gets its
 neighbour's output handle, the last stage's backward its own forward's) and returns the
-unconsumed outputs followed by each stage's finish.
+unconsumed outputs followed by each stage's finish. `wire_inference(K, M)` runs every
+micro-batch's forward on every stage in order, routed as a step's forwards but without labels,
+and `drive_inference` chains each micro-batch through the stages' `infer`, returning the last
+stage's outputs by micro-batch.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from graphpart.engines.wiring import StepFeed, drive, wire
+from graphpart.engines.wiring import StepFeed, drive, drive_inference, wire, wire_inference
 from graphpart.plan import schedule as sch
 
 
@@ -82,3 +85,28 @@ def test_drive_issues_each_call_with_its_inputs():
     issued = [c[1:3] if c[1] != "finish" else c[:2] for c in calls]
     assert issued.index(("backward", 0)) > issued.index(("forward", 0))  # handles exist first
     assert leaves == ["backward0.0", "backward0.1", "finish0", "finish1"]
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+@pytest.mark.parametrize("m", [1, 3])
+def test_inference_wiring_is_forwards_in_order(k, m):
+    w = wire_inference(k, m)
+    assert w.k == k and w.microbatches == m
+    for s, acts in enumerate(w.stages):
+        assert [(a.kind, a.mb) for a in acts] == [("F", j) for j in range(m)]
+        assert all(a.receives == (s > 0) and a.sends == (s < k - 1) for a in acts)
+        assert not any(a.labels for a in acts)
+    pos = {(s, a.mb): i for i, (s, a) in enumerate(w.order)}
+    assert all(pos[(s - 1, j)] < pos[(s, j)] for s in range(1, k) for j in range(m))
+
+
+def test_drive_inference_chains_each_micro_batch_through_the_stages():
+    w = wire_inference(3, 2)
+    calls = []
+
+    def call(k, method, inp):
+        calls.append((k, method, inp))
+        return f"{k}({inp})"
+
+    assert drive_inference(w, ["x0", "x1"], call) == ["2(1(0(x0)))", "2(1(0(x1)))"]
+    assert {c[1] for c in calls} == {"infer"} and len(calls) == 6

@@ -10,6 +10,7 @@ import os
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from workers import alloc
@@ -111,7 +112,8 @@ class PushStageActor(StageActor):
         scale: float,
         update: bool,
         timeout_s: float = 600.0,
-    ) -> Finish:
+        infer: bool = False,
+    ) -> Finish | list[np.ndarray]:
         nxt, prev = self.next, self.prev
         try:
             return run_step(
@@ -126,6 +128,7 @@ class PushStageActor(StageActor):
                 timeout_s=timeout_s,
                 send_forward=self.send_forward,
                 send_backward=self.send_backward,
+                infer=infer,
             )
         except NeighbourFailed as e:
             raise RuntimeError(f"stage {self.worker.index} stopped: {e}") from None

@@ -37,6 +37,8 @@ class StageRunner(Protocol):
 
     def finish(self, update: bool = True) -> Finish: ...
 
+    def infer(self, x: np.ndarray) -> np.ndarray: ...
+
 
 class NeighbourFailed(RuntimeError):
     """A neighbouring stage failed this step; this stage stopped waiting for it."""
@@ -110,8 +112,11 @@ def run_step(
     send_forward: Send | None,
     send_backward: Send | None,
     timeout_s: float = 600.0,
-) -> Finish:
-    """Run one stage's actions of one step, then its `finish`; returns finish's result.
+    infer: bool = False,
+) -> Finish | list[np.ndarray]:
+    """Run one stage's actions of one step, then its `finish`; returns finish's result. With
+    `infer`, the forwards are inference forwards (no cache, no loss, no finish) and the result
+    is the outputs this stage did not send on (the last stage's), by micro-batch.
 
     Each action says where its input comes from (`receives`: this stage's inbox; else the
     micro-batch `xs[mb]`, or from the inbox too where `xs` is FROM_INBOX: the driver wrote the
@@ -121,11 +126,19 @@ def run_step(
     `labels` also takes `ys[mb]`.
     """
     inbox.clear_before(step)
+    kept: list[np.ndarray] = []
     for a in actions:
         m = a.mb
         if a.kind == "F":
             fed = a.receives or isinstance(xs, str)  # a neighbour's output, or FROM_INBOX
             inp = inbox.take((step, "F", m), timeout_s) if fed else _part(xs, m)
+            if infer:
+                out = _act(worker.infer, f"inference forward of micro-batch {m}", inp)
+                if a.sends:
+                    _send(send_forward, (step, "F", m), out)
+                else:
+                    kept.append(out)  # a host copy already (StageWorker.infer)
+                continue
             lab = _part(ys, m) if a.labels else None
             out = _act(worker.forward, f"forward of micro-batch {m}", m, inp, lab, scale)
             if a.sends:
@@ -135,6 +148,8 @@ def run_step(
             din = _act(worker.backward, f"backward of micro-batch {m}", m, g, scale)
             if a.sends:
                 _send(send_backward, (step, "B", m), din)
+    if infer:
+        return kept
     return _act(worker.finish, "finish", update)
 
 

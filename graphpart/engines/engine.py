@@ -15,14 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from graphpart.engines import inference, state
-from graphpart.engines.inference import batch_widths
+from graphpart.engines import state
 from graphpart.engines.transport import Transport
 from graphpart.engines.transports import RAY_DEFAULT, TRANSPORTS
-from graphpart.engines.wiring import StepFeed, StepWiring, wire
+from graphpart.engines.wiring import StepFeed, StepWiring, wire, wire_inference
 from graphpart.errors import ConfigError, PlanError
 from graphpart.optim import Optimizer
-from graphpart.params import Params, params_dtype, stage_params
+from graphpart.params import Params, stage_params
 from graphpart.plan.batching import microbatch_rows, split_batch
 from graphpart.plan.schedule import Action
 from graphpart.plan.stages import Plan
@@ -85,7 +84,8 @@ class Engine:
         self.plan = plan
         self.reschedule(schedule, microbatches)
         self.chunk = microbatch_rows(max_rows, self.microbatches)  # rows a worker buffer holds
-        self.itemsize = params_dtype(params).itemsize
+        self.max_rows = max(int(max_rows), 1)
+        self._inference: dict[int, StepWiring] = {}
         name = resolve_transport(transport, plan.k, address)
         trace = keep_events and not TRANSPORTS[name].in_process  # profiling, in the workers
         specs = [
@@ -173,19 +173,21 @@ class Engine:
         return r.J, grads
 
     def predict(self, x: np.ndarray, chunk: int | None = None) -> np.ndarray:
-        """Logits for every row of x: inference forwards of at most `chunk` rows (on Ray, at
-        most what keeps every boundary tensor inside the call: engines/inference.py), K + 1
-        chunks under way so the stages overlap."""
-        rows = max(1, min(chunk or self.chunk, self.chunk))  # workers hold `chunk` rows
-        if not self.transport.in_process:
-            rows = min(rows, self.inline_rows)
-        return inference.predict(self.transport, x, rows, [range(self.plan.k)], self.plan.k + 1)
-
-    @property
-    def inline_rows(self) -> int:
-        """Rows whose input and every stage's output fit Ray's inline limit (bounded by the
-        graph's widest batch-major value)."""
-        return inference.inline_rows(batch_widths(self.plan.graph), self.itemsize)
+        """Logits for every row of x: inference steps of up to a minibatch of rows each, in
+        micro-batches of at most `chunk` rows (the workers' buffers: at most the engine's),
+        carried as a training step's forwards are (on `shm`, through the stages' channels,
+        never Ray's object store, whose pages would stay in every stage's memory)."""
+        chunk = max(1, min(chunk or self.chunk, self.chunk))
+        block = chunk * max(1, self.max_rows // chunk)  # rows a step's channels hold
+        outs: list[np.ndarray] = []
+        for start in range(0, len(x), block):
+            part = x[start : start + block]
+            m = -(-len(part) // chunk)
+            if m not in self._inference:
+                self._inference[m] = wire_inference(self.plan.k, m)
+            xs = [np.ascontiguousarray(part[r]) for r in split_batch(len(part), m)]
+            outs += self.transport.run_inference(self._inference[m], xs)
+        return np.concatenate(outs) if outs else np.zeros((0, 0))
 
     # -- state ----------------------------------------------------------------------------------
     def _all(self, method: str, *args: Any) -> list[Any]:

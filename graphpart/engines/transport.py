@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from graphpart.engines.wiring import StepFeed, StepWiring, drive
+from graphpart.engines.wiring import StepFeed, StepWiring, drive, drive_inference
 from workers.stage import WorkerSpec
 from workers.stats import Finish
 
@@ -18,7 +18,8 @@ class Transport(Protocol):
     `call` issues one method call on one stage and returns a handle (a value, an object
     reference); `get` waits for handles and returns their values, raising StageFailure (one
     line naming the stage and action) when a stage failed. `run_step` runs one training step
-    of the wiring and returns each stage's `finish` result, in stage order.
+    of the wiring and returns each stage's `finish` result, in stage order; `run_inference`
+    one inference step.
     """
 
     name: str
@@ -32,6 +33,11 @@ class Transport(Protocol):
 
     def run_step(self, wiring: StepWiring, feed: StepFeed[np.ndarray]) -> list[Finish]: ...
 
+    def run_inference(self, wiring: StepWiring, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The last stage's outputs of an inference wiring (wiring.wire_inference) over the
+        micro-batch inputs `xs`, by micro-batch."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -42,3 +48,10 @@ def walk_step(transport: Transport, wiring: StepWiring, feed: StepFeed[np.ndarra
     failure there surfaces here rather than being dropped.
     """
     return transport.get(drive(wiring, feed, transport.call))[-wiring.k :]
+
+
+def walk_inference(
+    transport: Transport, wiring: StepWiring, xs: Sequence[np.ndarray]
+) -> list[np.ndarray]:
+    """`run_inference` for transports whose driver issues every call (`drive_inference`)."""
+    return transport.get(drive_inference(wiring, xs, transport.call))

@@ -72,6 +72,33 @@ def wire(schedule: str, stages: int, microbatches: int) -> StepWiring:
     )
 
 
+def wire_inference(stages: int, microbatches: int) -> StepWiring:
+    """Inference: every stage runs the micro-batches' forwards in order, each received from
+    the previous stage and sent to the next; no labels, no backward (K=2, M=2):
+
+        stage 0: F0(data -> send)  F1(data -> send)
+        stage 1: F0(recv)          F1(recv)
+    """
+    last, m = stages - 1, int(microbatches)
+    acts = tuple(tuple(sch.Action("F", j) for j in range(m)) for _ in range(stages))
+    per_stage = tuple(
+        tuple(StageAction("F", j, receives=k > 0, sends=k < last) for j in range(m))
+        for k in range(stages)
+    )
+    order = tuple((k, per_stage[k][j]) for j in range(m) for k in range(stages))
+    return StepWiring("inference", m, acts, per_stage, order, (1,) * stages)
+
+
+def drive_inference(w: StepWiring, xs: Sequence[H], call: Callable[..., H]) -> list[H]:
+    """Issue an inference wiring's forwards through `call(stage, "infer", input)`; return the
+    last stage's outputs, by micro-batch."""
+    out: dict[tuple[int, int], H] = {}
+    for k, a in w.order:
+        inp = out.pop((k - 1, a.mb)) if a.receives else xs[a.mb]
+        out[(k, a.mb)] = call(k, "infer", inp)
+    return [out[(w.k - 1, j)] for j in range(w.microbatches)]
+
+
 def drive(w: StepWiring, feed: StepFeed[H], call: Callable[..., H]) -> list[H]:
     """Issue every action of one step through `call(stage, method, *args)`, then each
     stage's `finish`; return what the step must wait on: the outputs nothing consumed (they

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from graphpart.engines.transport import walk_step
+from graphpart.engines.transport import walk_inference, walk_step
 from graphpart.engines.wiring import StepFeed, StepWiring
 from workers.stage import StageWorker, WorkerSpec
 from workers.stats import Finish
@@ -35,6 +35,9 @@ class InProcess:
 
     def run_step(self, wiring: StepWiring, feed: StepFeed[np.ndarray]) -> list[Finish]:
         return walk_step(self, wiring, feed)
+
+    def run_inference(self, wiring: StepWiring, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return walk_inference(self, wiring, xs)
 
     def close(self) -> None:
         self.workers = []

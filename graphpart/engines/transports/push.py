@@ -72,6 +72,27 @@ class Push(RayActors):
         ]
         return self._get_step(refs, step)
 
+    def run_inference(self, wiring: StepWiring, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """One call per stage, as a step: the inputs fed to stage 0 as a step's are, the
+        boundary tensors pushed stage to stage, the last stage's outputs returned."""
+        self._step_id += 1
+        step = self._step_id
+        feed = StepFeed(xs=xs, ys=(), scale=1.0, update=False)
+        refs = [
+            a.run_step.remote(
+                step,
+                wiring.stages[k],
+                self._inputs(feed, step) if k == 0 else None,
+                None,
+                1.0,
+                False,
+                self.neighbour_wait_s,
+                True,
+            )
+            for k, a in enumerate(self.actors)
+        ]
+        return self._get_step(refs, step)[-1]
+
     def _inputs(self, feed: StepFeed[np.ndarray], step: int) -> Any:
         """What stage 0's run_step gets for the micro-batch inputs (here: the arrays, as Ray
         call arguments)."""

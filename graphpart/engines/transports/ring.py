@@ -114,6 +114,9 @@ class Ring(Shm):
     def run_step(self, wiring: StepWiring, feed: StepFeed[np.ndarray]) -> list[Finish]:
         raise NotImplementedError("a ring of replicas runs data-parallel steps: run_replicas")
 
+    def run_inference(self, wiring: StepWiring, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        raise NotImplementedError("replicas infer one by one: DataParallel.predict")
+
     def died(self, e: Exception) -> str:
         """'replica r's worker process died (...)': the replica named from the dead actor."""
         dead = getattr(e, "actor_id", None)

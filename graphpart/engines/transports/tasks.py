@@ -9,10 +9,12 @@ driver is on every hop and makes 2MK + K submissions a step.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from graphpart.engines.transport import walk_inference
 from graphpart.engines.transports.actors import RayActors
 from graphpart.engines.wiring import StepFeed, StepWiring, drive
 from graphpart.errors import StageFailure
@@ -50,6 +52,9 @@ class Tasks(RayActors):
             self.get(ready)  # a stage's error or death, as one line
         self.timed(t0)
         return self.get(wait)[-wiring.k :]
+
+    def run_inference(self, wiring: StepWiring, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return walk_inference(self, wiring, xs)
 
     def _stalled(self, issued: list[tuple[int, Any]], deadline: float, elapsed: float) -> str:
         """A stopped stage, else the stage of the earliest action that has not run."""
