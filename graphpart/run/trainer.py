@@ -102,7 +102,8 @@ class Trainer:
                     if self.ck:  # ... which set_state then overwrites with the checkpoint's
                         engine.set_state(self.ck["stages"](self.s.plan))
                     self._epochs(engine)
-                    return engine.get_params(), engine.stats()
+                    stats = engine.stats()  # the run's figures, before the final readout
+                    return engine.get_params(), stats
             except StageFailure as e:
                 self._recover(e)
 
