@@ -62,10 +62,6 @@ class Ledger:
             t = time.perf_counter() - self.t0
             self.events.append((t, kind, detail, tuple(self.current[c] for c in CATEGORIES)))
 
-    def reset_peaks(self) -> None:
-        self.peak = dict(self.current)
-        self.peak_total = self.total
-
     def snapshot(self) -> LedgerSnapshot:
         return LedgerSnapshot(
             current=dict(self.current),

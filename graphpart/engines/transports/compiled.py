@@ -249,12 +249,6 @@ class Compiled(Tasks):
         return ""
 
     # -- teardown -------------------------------------------------------------------------------
-    def drop_compiled(self) -> None:
-        """Stop the compiled graph but keep the actors and their state (e.g. before a long
-        pause: an idle graph keeps every stage actor polling a core); the next step of the
-        same shape compiles it again."""
-        self._teardown()
-
     def _teardown(self) -> None:
         """Stop the compiled graph, keeping the actors (bounded: kill them if it hangs)."""
         dag, self._dag, self._dag_key = self._dag, None, None
