@@ -487,7 +487,7 @@ def _boom(*args, **kwargs):
 
 
 def test_a_fault_is_one_line_with_its_type_and_exit_1(capsys, monkeypatch):
-    monkeypatch.setattr("graphpart.cli.plan_report", _boom)
+    monkeypatch.setattr("graphpart.cli.commands.plan_report", _boom)
     assert main(["plan"]) == 1
     err = capsys.readouterr().err
     assert err == (
@@ -497,7 +497,7 @@ def test_a_fault_is_one_line_with_its_type_and_exit_1(capsys, monkeypatch):
 
 
 def test_debug_shows_the_fault_traceback(capsys, monkeypatch):
-    monkeypatch.setattr("graphpart.cli.plan_report", _boom)
+    monkeypatch.setattr("graphpart.cli.commands.plan_report", _boom)
     with pytest.raises(RuntimeError, match="boom"):
         main(["--debug", "plan"])
 
@@ -513,7 +513,7 @@ def test_ctrl_c_is_exit_130(capsys, monkeypatch):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("graphpart.cli.plan_report", interrupted)
+    monkeypatch.setattr("graphpart.cli.commands.plan_report", interrupted)
     assert main(["plan"]) == 130
     assert capsys.readouterr().err == "graphpart: interrupted\n"
 
