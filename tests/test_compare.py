@@ -27,9 +27,9 @@ from graphpart.run.train import setup, train
 from graphpart.tools.compare import command as cmd_mod
 from graphpart.tools.compare import runner as runner_mod
 from graphpart.tools.compare.command import run_compare
-from graphpart.tools.compare.conclude import verdict
 from graphpart.tools.compare.results import byte_unit
 from graphpart.tools.compare.strategies import auto_strategy, make_strategies, scaled_lr
+from graphpart.tools.compare.verdict import verdict
 
 
 def _cfg(tmp_path: Path, **over):

@@ -18,12 +18,13 @@ from graphpart.plan.partition import partition
 from graphpart.run.config import Config
 from graphpart.run.setup import budget_of, setup, uses_ray
 from graphpart.tools.compare.auto import search_config
-from graphpart.tools.compare.conclude import comparison_verdict, conclusion
+from graphpart.tools.compare.conclude import conclusion
 from graphpart.tools.compare.project import hop_seconds, project
 from graphpart.tools.compare.report import terminal, write_report
 from graphpart.tools.compare.results import Comparison
 from graphpart.tools.compare.runner import run_strategy, strategy_config
 from graphpart.tools.compare.strategies import Strategy, auto_strategy, make_strategies
+from graphpart.tools.compare.verdict import comparison_verdict
 
 
 def _report_dir(cfg: Config, report: str | None) -> Path:

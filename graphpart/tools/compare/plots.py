@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from graphpart.plan.memory import CATEGORIES
-from graphpart.tools.compare.conclude import setup_name
 from graphpart.tools.compare.results import Comparison, memory_unit
 from graphpart.tools.compare.runner import Outcome
+from graphpart.tools.compare.verdict import setup_name
 
 SAME = 1e-3  # curves closer than this (relative) at every epoch coincide on the plot
 MARKERS = "osD^v<>ph*"

@@ -9,7 +9,6 @@ from typing import Any
 
 from graphpart.plan.auto import table as auto_table
 from graphpart.tools.compare import plots
-from graphpart.tools.compare.conclude import Verdict
 from graphpart.tools.compare.results import (
     Comparison,
     byte_unit,
@@ -17,6 +16,7 @@ from graphpart.tools.compare.results import (
     memory_unit,
     state_bytes,
 )
+from graphpart.tools.compare.verdict import Verdict
 from graphpart.units import human_bytes, table
 
 
