@@ -1,0 +1,250 @@
+"""The setups `plan --auto` weighs: the rates they are timed at, their records, rank and table."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import numpy as np
+
+from graphpart.errors import PlanError
+from graphpart.plan.memory import MemoryPrediction
+from graphpart.units import human_bytes
+from graphpart.units import table as text_table
+
+KINDS = ("single", "accumulate", "pipeline", "data-parallel")
+TIE = 0.03  # predicted steps this close (relative) are a tie: within the rates' run-to-run noise
+
+
+def _finite(name: str, v: Any, *, positive: bool, inf_ok: bool = False) -> None:
+    ok = isinstance(v, int | float | np.number) and not isinstance(v, bool)
+    ok = ok and (math.isfinite(v) or (inf_ok and v == math.inf))
+    if not ok or not (v > 0 if positive else v >= 0):
+        want = "a number > 0" if positive else "a finite number >= 0"
+        raise PlanError(f"Rates.{name}={v!r} is invalid; use {want}")
+
+
+@dataclass(frozen=True)
+class Rates:
+    """What one device does per second, for the time model; the CLI measures them on the
+    machine it runs on (a timed matmul, a timed copy, a timed small hop).
+
+    flops_per_s: sustained matmul rate of one device. copy_bytes_per_s: memcpy bandwidth
+    between devices (also the optimizer update's streaming rate; inf: free). hop_s: fixed
+    latency of one boundary transfer or one all-reduce message. action_s: fixed cost of one
+    forward or backward action on a device (None: hop_s). by_rows: (rows, FLOP/s) pairs
+    measured at several micro-batch sizes (a matmul with few rows runs far below the peak);
+    where given, `flops_at(rows)` interpolates them and the time model uses it.
+    """
+
+    flops_per_s: float
+    copy_bytes_per_s: float
+    hop_s: float
+    action_s: float | None = None
+    by_rows: tuple[tuple[int, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        _finite("flops_per_s", self.flops_per_s, positive=True)
+        _finite("copy_bytes_per_s", self.copy_bytes_per_s, positive=True, inf_ok=True)
+        _finite("hop_s", self.hop_s, positive=False)
+        if self.action_s is not None:
+            _finite("action_s", self.action_s, positive=False)
+        for rows, rate in self.by_rows:
+            _finite(f"by_rows rate at {rows} rows", rate, positive=True)
+            if rows < 1:
+                raise PlanError(f"by_rows: rows={rows!r} must be a positive integer")
+
+    @property
+    def per_action_s(self) -> float:
+        return self.hop_s if self.action_s is None else float(self.action_s)
+
+    def flops_at(self, rows: float) -> float:
+        """The matmul rate at `rows` rows per micro-batch: interpolated in log(rows) between
+        the measured points (the nearest end outside them); flops_per_s without points."""
+        pts = sorted(self.by_rows)
+        if not pts:
+            return self.flops_per_s
+        if rows <= pts[0][0]:
+            return pts[0][1]
+        for (r0, f0), (r1, f1) in zip(pts, pts[1:], strict=False):
+            if rows <= r1:
+                w = (math.log(rows) - math.log(r0)) / (math.log(r1) - math.log(r0))
+                return f0 + w * (f1 - f0)
+        return pts[-1][1]
+
+    def transfer_s(self, nbytes: float) -> float:
+        """One message of `nbytes`: the hop latency plus the bytes at the copy bandwidth."""
+        return self.hop_s + nbytes / self.copy_bytes_per_s
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One training setup with its predicted per-device memory and speed.
+
+    kind: "single" (one device, one micro-batch), "accumulate" (one device, M micro-batches),
+    "pipeline" (K stages on K devices) or "data-parallel" (K replicas). `peak_bytes` holds one
+    total per device used (stage k or replica k); `worst_bytes` is the fullest device's bytes
+    by category. `fits` is False when some device exceeds the budget, and `problem` then says
+    which (graphpart.plan.memory.budget_problem). `bubble` is the pipeline's idle share from
+    the simulator (0 for one stage and for data parallel); `comm_bytes_per_step` what crosses
+    between devices in a step (pipeline: activations and their gradients over every boundary;
+    data parallel: what one replica sends in a ring all-reduce).
+    """
+
+    kind: str
+    devices: int
+    stages: int
+    microbatches: int
+    schedule: str
+    recompute: bool
+    replicas: int
+    split: tuple[int, ...]  # layers per stage (one entry: the whole model on each device)
+    peak_bytes: tuple[int, ...]  # predicted peak per device
+    worst_device: int
+    worst_bytes: dict[str, int] = field(hash=False)  # by category, of worst_device
+    fits: bool
+    problem: str | None
+    step_s: float
+    samples_per_s: float
+    bubble: float
+    comm_bytes_per_step: int
+    memory: MemoryPrediction = field(compare=False, hash=False, repr=False)
+    rank: int = 0  # 1 = best; tied candidates share one (set by `rank`)
+    tied: bool = False  # another candidate has the same rank
+
+    @property
+    def rank_label(self) -> str:
+        """The rank as the table shows it: '3', or '=3' in a tie."""
+        return f"={self.rank}" if self.tied else str(self.rank)
+
+    @property
+    def max_peak(self) -> int:
+        return max(self.peak_bytes)
+
+    def config(self) -> dict[str, Any]:
+        """The config keys that reproduce this setup (graphpart.run.config)."""
+        return {
+            "pipeline.stages": self.stages,
+            "pipeline.microbatches": self.microbatches,
+            "pipeline.schedule": self.schedule,
+            "pipeline.recompute": self.recompute,
+            "pipeline.data_parallel": self.replicas,
+        }
+
+
+def _order_key(c: Candidate) -> tuple:
+    """Within a tie: fewest devices, then the smallest peak, then a fixed order of the rest."""
+    return (
+        c.devices,
+        c.max_peak,
+        KINDS.index(c.kind),
+        c.stages,
+        c.microbatches,
+        c.schedule,
+        c.recompute,
+        c.replicas,
+    )
+
+
+def rank(candidates: Sequence[Candidate], tie: float = TIE) -> list[Candidate]:
+    """`candidates` in rank order, each with its `rank` and `tied` set.
+
+    Fitting candidates first. Then, from the fastest candidate not yet ranked, every one whose
+    predicted step is within `tie` (relative) of its step forms a group: the predictions'
+    noise (the measured rates vary by a few percent between runs) cannot order them, so they
+    share the group's rank (its first position, as in 1, =2, =2, 4) and are listed by
+    `_order_key`, fewest devices and smallest peak first, which is deterministic.
+    """
+    if not (isinstance(tie, int | float) and 0 <= tie < 1):
+        raise PlanError(f"tie={tie!r}: must be a number in [0, 1)")
+    pending = sorted(candidates, key=lambda c: (not c.fits, c.step_s, _order_key(c)))
+    out: list[Candidate] = []
+    while pending:
+        lead = pending[0]
+        limit = lead.step_s * (1 + tie)
+        n = 1
+        while n < len(pending) and pending[n].fits == lead.fits and pending[n].step_s <= limit:
+            n += 1
+        group, pending = sorted(pending[:n], key=_order_key), pending[n:]
+        first = len(out) + 1
+        out += [replace(c, rank=first, tied=n > 1) for c in group]
+    return out
+
+
+# -- reports -----------------------------------------------------------------------------------
+def _peaks(values: Sequence[int]) -> str:
+    """Per-device peaks in one unit: '1.20/0.80/0.80 MiB'; 'K x 1.20 MiB' when all equal."""
+    if len(set(values)) == 1 and len(values) > 1:
+        return f"{len(values)} x {human_bytes(values[0])}"
+    top = max(values)
+    unit, scale = next(
+        ((u, s) for u, s in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)) if top >= s),
+        ("B", 1),
+    )
+    nums = "/".join(f"{v / scale:.0f}" if scale == 1 else f"{v / scale:.2f}" for v in values)
+    return f"{nums} {unit}"
+
+
+def _fit(c: Candidate) -> str:
+    return "yes" if c.fits else f"no: dev {c.worst_device} needs {human_bytes(c.max_peak)}"
+
+
+def table(candidates: Sequence[Candidate], limit: int | None = 10) -> str:
+    """The first `limit` candidates (all: None) as a text table, rank 1 first."""
+    headers = [
+        "rank",
+        "kind",
+        "K",
+        "M",
+        "schedule",
+        "recompute",
+        "replicas",
+        "split",
+        "peak per device",
+        "fits",
+        "samples/s",
+        "step",
+        "bubble",
+        "comm/step",
+    ]
+    shown = list(candidates) if limit is None else list(candidates)[:limit]
+    rows = [
+        [
+            c.rank_label if c.rank else i,
+            c.kind,
+            c.stages,
+            c.microbatches,
+            c.schedule if c.kind == "pipeline" else "-",
+            "yes" if c.recompute else "no",
+            c.replicas,
+            "+".join(str(s) for s in c.split),
+            _peaks(c.peak_bytes),
+            _fit(c),
+            f"{c.samples_per_s:,.0f}",
+            f"{c.step_s * 1e3:.2f} ms",
+            f"{c.bubble:.0%}",
+            human_bytes(c.comm_bytes_per_step) if c.comm_bytes_per_step else "-",
+        ]
+        for i, c in enumerate(shown, 1)
+    ]
+    return text_table(headers, rows)
+
+
+def to_dict(c: Candidate) -> dict[str, Any]:
+    """A JSON-ready record of `c`: its fields, the config keys, the largest peak, and the full
+    memory prediction (graphpart.plan.memory.MemoryPrediction.to_dict)."""
+    out: dict[str, Any] = {}
+    for f in fields(c):
+        v = getattr(c, f.name)
+        if f.name == "memory":
+            v = v.to_dict()
+        elif isinstance(v, tuple):
+            v = list(v)
+        elif isinstance(v, dict):
+            v = dict(v)
+        out[f.name] = v
+    out["max_peak"] = c.max_peak
+    out["config"] = c.config()
+    return out
