@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -13,11 +13,12 @@ from graphpart.ir.graph import BATCH, Graph
 from graphpart.ir.lower import CATEGORIES, LABEL_DTYPE, lower, nbytes
 from graphpart.ir.lower import saved_values as lower_saved_values
 from graphpart.ir.ops import get
-from graphpart.optim import Optimizer, make_optimizer
 from graphpart.plan import schedule as sch
-from graphpart.plan.batching import microbatch_rows, split_batch
+from graphpart.plan.batching import microbatch_rows
+from graphpart.plan.prediction import DATA_PARALLEL, Buffer, MemoryPrediction, StageMemory
 from graphpart.plan.stages import Plan, Stage, build_stage, layer_flops
-from graphpart.units import human_bytes, table
+from graphpart.plan.workload import Workload, optimizer_slots
+from graphpart.units import human_bytes
 
 __all__ = [
     "CATEGORIES",
@@ -39,133 +40,6 @@ __all__ = [
     "stage_memory_cost",
     "training_vs_inference",
 ]
-
-
-@dataclass(frozen=True)
-class Workload:
-    """What a training step is asked to do, besides the plan: a `batch`-row minibatch in
-    `microbatches` micro-batches under `schedule`, `optimizer` (a name with its `momentum`, or
-    an Optimizer), `dtype`, and whether backward recomputes the forward (`recompute`). The
-    run's config gives it once (graphpart.run.setup.workload_of); the memory model and the
-    search read it."""
-
-    batch: int
-    microbatches: int = 1
-    schedule: str = "1f1b"
-    optimizer: str | Optimizer = "adam"
-    momentum: float = 0.9
-    dtype: Any = "float32"
-    recompute: bool = False
-
-    @property
-    def slots(self) -> int:
-        """Optimizer state buffers per parameter."""
-        return optimizer_slots(self.optimizer, self.momentum)
-
-    @property
-    def rows(self) -> int:
-        """Rows of a micro-batch buffer, ceil(batch / microbatches) (validated)."""
-        split_batch(self.batch, self.microbatches)  # validates 1 <= microbatches <= batch
-        return microbatch_rows(self.batch, self.microbatches)
-
-    @property
-    def optimizer_name(self) -> str:
-        o = self.optimizer
-        return o if isinstance(o, str) else o.name
-
-
-@dataclass(frozen=True)
-class Buffer:
-    """One buffer the executor will allocate, named exactly as the worker's ledger names it."""
-
-    name: str
-    category: str
-    nbytes: int
-
-
-@dataclass(frozen=True)
-class StageMemory:
-    """Predicted peak bytes of one stage, by category, and the buffers that make them up."""
-
-    index: int
-    rows: int  # rows per micro-batch buffer (ceil(batch / microbatches))
-    in_flight: int  # activation slots: the schedule's peak in-flight micro-batches
-    buffers: tuple[Buffer, ...]
-    bytes: dict[str, int] = field(init=False)
-
-    def __post_init__(self) -> None:
-        by = dict.fromkeys(CATEGORIES, 0)
-        for b in self.buffers:
-            by[b.category] += b.nbytes
-        object.__setattr__(self, "bytes", by)
-
-    @property
-    def total(self) -> int:
-        return sum(self.bytes.values())
-
-    def entries(self) -> dict[str, tuple[str, int]]:
-        """{buffer name: (category, bytes)}, comparable with Ledger.snapshot()["entries"]."""
-        return {b.name: (b.category, b.nbytes) for b in self.buffers}
-
-
-@dataclass(frozen=True)
-class MemoryPrediction:
-    """Per-stage predicted peak memory of a training run (see `predict`)."""
-
-    stages: tuple[StageMemory, ...]
-    batch: int
-    microbatches: int
-    schedule: str
-    optimizer: str
-    dtype: str
-    recompute: bool
-
-    @property
-    def total(self) -> int:
-        return sum(s.total for s in self.stages)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "batch": self.batch,
-            "microbatches": self.microbatches,
-            "schedule": self.schedule,
-            "optimizer": self.optimizer,
-            "dtype": self.dtype,
-            "recompute": self.recompute,
-            "total": self.total,
-            "stages": [
-                {
-                    "stage": s.index,
-                    "rows": s.rows,
-                    "in_flight": s.in_flight,
-                    "bytes": dict(s.bytes),
-                    "total": s.total,
-                }
-                for s in self.stages
-            ],
-        }
-
-    def table(self) -> str:
-        dp = self.schedule == DATA_PARALLEL
-        unit = "replica" if dp else "stage"
-        headers = ["category", *(f"{unit} {s.index}" for s in self.stages)]
-        rows = [[c, *(human_bytes(s.bytes[c]) for s in self.stages)] for c in CATEGORIES]
-        rows.append(["total", *(human_bytes(s.total) for s in self.stages)])
-        rows.append(["in-flight", *(str(s.in_flight) for s in self.stages)])
-        split = (
-            f"over {len(self.stages)} data-parallel replicas"
-            if dp
-            else f"in {self.microbatches} micro-batch(es)"
-        )
-        head = (
-            f"predicted peak memory: batch {self.batch} {split}"
-            f" of <= {self.stages[0].rows} rows, {self.schedule}, {self.optimizer}, "
-            f"{self.dtype}" + (", recompute" if self.recompute else "")
-        )
-        return head + "\n" + table(headers, rows)
-
-
-DATA_PARALLEL = "data-parallel"  # MemoryPrediction.schedule of predict_data_parallel
 
 
 # -- the executor's buffers, from the lowering it runs -------------------------------------------
@@ -198,13 +72,6 @@ def stage_buffers(
     low = lower(graph, output=output, input_grad=input_grad, recompute=recompute)
     specs = low.buffers(in_flight=in_flight, optimizer_slots=optimizer_slots)
     return [Buffer(b.name, b.category, b.nbytes(rows, dtype)) for b in specs]
-
-
-def optimizer_slots(optimizer: str | Optimizer, momentum: float = 0.9) -> int:
-    """State buffers per parameter: SGD 0 (1 with momentum), Adam 2 (from graphpart.optim)."""
-    if isinstance(optimizer, str):
-        return make_optimizer(optimizer, lr=1.0, momentum=momentum).state_slots
-    return int(optimizer.state_slots)
 
 
 def stage_memory(stage: Stage, n_stages: int, w: Workload) -> StageMemory:
