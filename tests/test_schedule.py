@@ -32,7 +32,7 @@ def test_action_str():
 
 
 def test_action_rejects_bad_fields():
-    with pytest.raises(PlanError, match="'X' is unknown; use 'F' or 'B'"):
+    with pytest.raises(PlanError, match="'X' is unknown; use one of F, B, I, W"):
         Action("X", 0)
     with pytest.raises(PlanError, match="micro-batch -1"):
         Action("F", -1)

@@ -1,4 +1,9 @@
-"""Pipeline schedules (GPipe, 1F1B) as per-stage action lists, and an event-driven simulator."""
+"""Pipeline schedules (GPipe, 1F1B) as per-stage action lists, and an event-driven simulator.
+
+Actions: F (forward), B (backward), or B split in two (the zero-bubble schedules,
+graphpart/plan/zero_bubble.py): I, the input gradient the previous stage waits for, and W, the
+weight gradient nobody waits for. A micro-batch's activations live from its F to its B or W.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +14,22 @@ from dataclasses import dataclass
 from graphpart.errors import PlanError
 
 KINDS = ("gpipe", "1f1b")
+ACTION_KINDS = ("F", "B", "I", "W")
 
 
 @dataclass(frozen=True)
 class Action:
-    """One step of a stage: the forward ("F") or backward ("B") pass of micro-batch `mb`."""
+    """One step of a stage: the forward ("F") or backward ("B") pass of micro-batch `mb`, or
+    the backward's input-gradient ("I") or weight-gradient ("W") part."""
 
     kind: str
     mb: int
 
     def __post_init__(self) -> None:
-        if self.kind not in ("F", "B"):
-            raise PlanError(f"action kind {self.kind!r} is unknown; use 'F' or 'B'")
+        if self.kind not in ACTION_KINDS:
+            raise PlanError(
+                f"action kind {self.kind!r} is unknown; use one of {', '.join(ACTION_KINDS)}"
+            )
         if self.mb < 0:
             raise PlanError(f"micro-batch {self.mb} is negative; use 0 or more")
 
@@ -93,10 +102,11 @@ def make(kind: str, stages: int, microbatches: int) -> Schedule:
 
 
 def peak_in_flight(actions: Sequence[Action]) -> int:
-    """Most micro-batches forwarded but not yet backwarded at any point of one stage's list."""
+    """Most micro-batches forwarded but not yet backwarded (B, or W where B is split) at any
+    point of one stage's list."""
     live = peak = 0
     for action in actions:
-        live += 1 if action.kind == "F" else -1
+        live += {"F": 1, "B": -1, "W": -1, "I": 0}[action.kind]
         peak = max(peak, live)
     return peak
 
@@ -111,7 +121,7 @@ class Event:
     end: float
 
 
-LEGEND = "legend: 0-9 forward of micro-batch m mod 10, a-j its backward (a=0..j=9), . idle"
+LEGEND = "legend: 0-9 F of micro-batch m mod 10, a-j its B (or I), A-J its W, . idle"
 
 
 @dataclass(frozen=True)
@@ -135,7 +145,7 @@ class Timeline:
         scale = cols / self.makespan if self.makespan > 0 else 0.0
         for ev in self.events:
             digit = ev.action.mb % 10
-            char = str(digit) if ev.action.kind == "F" else "abcdefghij"[digit]
+            char = {"F": "0123456789", "W": "ABCDEFGHIJ"}.get(ev.action.kind, "abcdefghij")[digit]
             # a cell shows the event that covers its midpoint
             first = max(0, math.ceil(ev.start * scale - 0.5))
             last = min(cols, math.ceil(ev.end * scale - 0.5))
@@ -168,18 +178,28 @@ def simulate(
     fwd: float | Sequence[float],
     bwd: float | Sequence[float],
     comm: float = 0.0,
+    igrad: float | Sequence[float] | None = None,
+    wgrad: float | Sequence[float] | None = None,
 ) -> Timeline:
     """Run `schedule` with per-stage forward/backward times and a stage-to-stage `comm` delay.
 
-    F(k, m) starts once F(k-1, m) ended plus `comm`; B(k, m) once B(k+1, m) ended plus `comm`;
-    B(K-1, m) once F(K-1, m) ended. Each stage runs its list strictly in order, one action at a
-    time, each as early as allowed. Raises PlanError if the schedule deadlocks or repeats an
-    action on a stage.
+    F(k, m) starts once F(k-1, m) ended plus `comm`; B(k, m) (or I(k, m)) once the B or I of
+    (k+1, m) ended plus `comm`; on the last stage once F(K-1, m) ended; W(k, m) once I(k, m)
+    ended. I and W take `igrad` and `wgrad` (default: half of `bwd` each). Each stage runs its
+    list strictly in order, one action at a time, each as early as allowed. Raises PlanError if
+    the schedule deadlocks or repeats an action on a stage.
     """
     stages = len(schedule)
     if stages < 1:
         raise PlanError("schedule has 0 stages; give at least one action list")
-    times = {"F": _per_stage("fwd", fwd, stages), "B": _per_stage("bwd", bwd, stages)}
+    b = _per_stage("bwd", bwd, stages)
+    half = [v / 2 for v in b]
+    times = {
+        "F": _per_stage("fwd", fwd, stages),
+        "B": b,
+        "I": half if igrad is None else _per_stage("igrad", igrad, stages),
+        "W": half if wgrad is None else _per_stage("wgrad", wgrad, stages),
+    }
     if not math.isfinite(comm) or comm < 0:
         raise PlanError(f"comm={comm} is invalid; use a finite number >= 0")
     for k, actions in enumerate(schedule):
@@ -196,11 +216,15 @@ def simulate(
 
     def dependency(k: int, action: Action) -> tuple[int, Action, float] | None:
         """The (stage, action, delay) that must end before `action` may start on stage k."""
+        m = action.mb
         if action.kind == "F":
             return None if k == 0 else (k - 1, action, comm)
+        if action.kind == "W":
+            return (k, Action("I", m), 0.0)
         if k == stages - 1:
-            return (k, Action("F", action.mb), 0.0)
-        return (k + 1, action, comm)
+            return (k, Action("F", m), 0.0)
+        split = Action("I", m) in schedule[k + 1]  # the gradient comes from its I, or its B
+        return (k + 1, Action("I" if split else "B", m), comm)
 
     progress = True
     while progress:

@@ -1,0 +1,178 @@
+"""Zero-bubble schedules (backward split into I and W), their text form, and a validator (pure).
+
+Qi et al. (Zero Bubble Pipeline Parallelism, ICLR 2024) split each backward into I, the input
+gradient the previous stage waits for, and W, the weight gradient nobody waits for, so W can
+fill the slots where 1F1B idles. The schedules here are built by list scheduling on the
+simulator's rules: at each moment a stage runs, of the actions it may start earliest, an I
+first (it is on the critical path), then an F while fewer than `limit` micro-batches hold
+activations (a micro-batch holds them from its F to its W), then a W. The limit sets memory:
+
+- ZB-H1: K on every stage, 1F1B's peak (its stage 0's), so the pipeline's peak activation
+  memory is 1F1B's (later stages hold more than 1F1B's do, never more than its stage 0); with
+  equal F, I and W times the bubble is about a third of 1F1B's.
+- ZB-H2: 2K - 1 on every stage, up to twice the memory; the start-up bubble fills with
+  forwards, and the bubble is close to 0 for M >= 2K - 1.
+
+K=4, M=6, unit F, I and W (1F1B's B takes 2): digits F, a-j I (B in 1F1B), A-J W:
+
+    ZB-H1 (bubble 21.7%)         ZB-H2 (14.3%)               1F1B (33.3%)
+    |0123...aAb4cBd5CDeE..fF|    |012345.aAbBcCdDeEfF..|    |0123......aa4bb5cc.dd.ee.ff|
+    |.0123.aAbBc4dCD5eE..fF.|    |.01234a5bAcBdCeDfEF..|    |.012....aa3bb4cc5dd.ee.ff..|
+    |..012a3bAcBd4CDe5E.fF..|    |..012a3b4c5dAeBfCDEF.|    |..01..aa2bb3cc4dd5ee.ff....|
+    |...0a1b2c3dAB4eCD5fEF..|    |...0a1b2c3d4e5fABCDEF|    |...0aa1bb2cc3dd4ee5ff......|
+
+A heuristic, not the paper's hand-placed schedules: at K=2 ZB-H1's bubble is 0.36-0.38 of
+1F1B's (M = 4, 8), at K=4 0.60-0.65 (the paper's ZB-H1 reaches about a third there).
+Not yet run by the executor, whose workers run F and B (issue 23).
+
+Text form: an action is "<stage>"+kind+"<micro-batch>", e.g. "0F3", "1I2", "1W2"; a schedule
+file lists them separated by spaces or new lines, each stage's in its order ("#" starts a
+comment).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from graphpart.errors import PlanError
+from graphpart.plan.schedule import Action, Schedule, simulate
+
+SPLIT_KINDS = ("zb-h1", "zb-h2")
+_TOKEN = re.compile(r"^(\d+)([FBIW])(\d+)$")
+
+
+def zb_h1(stages: int, microbatches: int) -> Schedule:
+    """ZB-H1: at most K micro-batches in flight on any stage (1F1B's peak, stage 0's), W
+    filling the bubbles."""
+    return list_schedule(stages, microbatches, [stages] * stages)
+
+
+def zb_h2(stages: int, microbatches: int) -> Schedule:
+    """ZB-H2: up to 2K - 1 micro-batches in flight on a stage, for a smaller bubble."""
+    return list_schedule(stages, microbatches, [2 * stages - 1] * stages)
+
+
+def make_split(kind: str, stages: int, microbatches: int) -> Schedule:
+    """The zero-bubble schedule named `kind` ("zb-h1" or "zb-h2")."""
+    table = {"zb-h1": zb_h1, "zb-h2": zb_h2}
+    if kind not in table:
+        raise PlanError(f"schedule {kind!r} is unknown; use one of {', '.join(SPLIT_KINDS)}")
+    return table[kind](stages, microbatches)
+
+
+def list_schedule(
+    stages: int,
+    microbatches: int,
+    limit: Sequence[int],
+    fwd: float = 1.0,
+    igrad: float = 1.0,
+    wgrad: float = 1.0,
+    comm: float = 0.0,
+) -> Schedule:
+    """Each stage's F, I and W of every micro-batch, placed by list scheduling (module
+    docstring) with at most `limit[k]` micro-batches holding activations on stage k."""
+    if stages < 1 or microbatches < 1:
+        raise PlanError(f"stages={stages}, microbatches={microbatches}: use 1 or more of each")
+    if len(limit) != stages or min(limit) < 1:
+        raise PlanError(f"limit {list(limit)}: give one count of 1 or more per stage")
+    K, M = stages, microbatches
+    end: dict[tuple[int, str, int], float] = {}
+    free = [0.0] * K
+    nxt = [{"F": 0, "I": 0, "W": 0} for _ in range(K)]  # next micro-batch of each kind
+    out: Schedule = [[] for _ in range(K)]
+    cost = {"F": fwd, "I": igrad, "W": wgrad}
+
+    def ready(k: int, kind: str) -> float | None:
+        """When stage k could start its next `kind` action (None: not yet possible)."""
+        m = nxt[k][kind]
+        if m >= M:
+            return None
+        if kind == "F":
+            if m - nxt[k]["W"] >= limit[k]:
+                return None
+            dep = 0.0 if k == 0 else end.get((k - 1, "F", m))
+            delay = comm if k > 0 else 0.0
+        elif kind == "I":
+            dep = end.get((k, "F", m)) if k == K - 1 else end.get((k + 1, "I", m))
+            delay = comm if k < K - 1 else 0.0
+            if k < K - 1 and (k, "F", m) not in end:
+                return None
+        else:
+            dep, delay = end.get((k, "I", m)), 0.0
+        return None if dep is None else max(free[k], dep + delay)
+
+    order = {"I": 0, "F": 1, "W": 2}
+    for _ in range(3 * K * M):
+        options = [
+            (t, order[kind], k, kind)
+            for k in range(K)
+            for kind in ("I", "F", "W")
+            if (t := ready(k, kind)) is not None
+        ]
+        if not options:
+            raise PlanError(f"list scheduling stalled with limits {list(limit)}")
+        t, _, k, kind = min(options)
+        m = nxt[k][kind]
+        end[(k, kind, m)] = free[k] = t + cost[kind]
+        nxt[k][kind] += 1
+        out[k].append(Action(kind, m))
+    return out
+
+
+# -- text form ------------------------------------------------------------------------------
+def format_action(stage: int, action: Action) -> str:
+    return f"{stage}{action.kind}{action.mb}"
+
+
+def format_schedule(schedule: Sequence[Sequence[Action]]) -> str:
+    """One line per stage, its actions in order ("0F0 0F1 0I0 ...")."""
+    return "\n".join(" ".join(format_action(k, a) for a in acts) for k, acts in enumerate(schedule))
+
+
+def parse_schedule(text: str) -> Schedule:
+    """The schedule `format_schedule` wrote (or a hand-written one): tokens "<stage><kind><mb>"
+    in each stage's order; "#" starts a comment. Names the first token it cannot read."""
+    per: dict[int, list[Action]] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        for tok in line.split("#", 1)[0].split():
+            got = _TOKEN.match(tok)
+            if got is None:
+                raise PlanError(
+                    f"line {n}: {tok!r} is not an action; write <stage><kind><micro-batch>, "
+                    "kind one of F, B, I, W (e.g. 0F3, 1I2, 1W2)"
+                )
+            per.setdefault(int(got[1]), []).append(Action(got[2], int(got[3])))
+    if not per:
+        raise PlanError("the schedule lists no actions")
+    missing = [k for k in range(max(per) + 1) if k not in per]
+    if missing:
+        raise PlanError(f"stage {missing[0]} has no actions; every stage from 0 needs some")
+    return [per[k] for k in range(len(per))]
+
+
+# -- validation -----------------------------------------------------------------------------
+def validate(schedule: Sequence[Sequence[Action]], microbatches: int) -> None:
+    """Raise PlanError naming the first action that breaks a rule: each stage runs every
+    micro-batch's F once and either its B or its I and W once each, F before I (or B) before W,
+    and the whole runs without deadlock (simulated)."""
+    for k, acts in enumerate(schedule):
+        seen: dict[tuple[str, int], int] = {}
+        for i, a in enumerate(acts):
+            where = f"stage {k}, action {i} ({format_action(k, a)})"
+            if a.mb >= microbatches:
+                raise PlanError(f"{where}: micro-batch {a.mb}, but there are {microbatches}")
+            if (a.kind, a.mb) in seen:
+                raise PlanError(f"{where}: runs twice")
+            needs = {"F": None, "B": "F", "I": "F", "W": "I"}[a.kind]
+            if needs is not None and (needs, a.mb) not in seen:
+                raise PlanError(f"{where}: comes before {needs}{a.mb} on its stage")
+            if a.kind == "B" and ("I", a.mb) in seen or a.kind == "I" and ("B", a.mb) in seen:
+                raise PlanError(f"{where}: micro-batch {a.mb} has both a B and an I")
+            seen[(a.kind, a.mb)] = i
+        for m in range(microbatches):
+            need = ("F", "B") if ("B", m) in seen else ("F", "I", "W")
+            gone = [kind for kind in need if (kind, m) not in seen]
+            if gone:
+                raise PlanError(f"stage {k} never runs {gone[0]}{m}")
+    simulate(schedule, 1.0, 2.0)  # deadlocks name the stuck action

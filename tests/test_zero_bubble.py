@@ -1,0 +1,96 @@
+"""Zero-bubble schedules, their text form and their validator (graphpart/plan/zero_bubble.py).
+
+Contract: for K in 1..5 and M in 1..9 (M < K included) ZB-H1 and ZB-H2 are valid schedules
+(every micro-batch's F, I and W once on every stage, in that order, no deadlock); ZB-H1 never
+holds more micro-batches' activations on a stage than 1F1B's peak (K, its stage 0's) and ZB-H2
+at most 2K - 1; with F, I and W of equal time neither has a larger bubble than 1F1B, and at
+K=2, M in {4, 8} ZB-H1's bubble is at most half of 1F1B's; `parse_schedule(format_schedule(s))`
+is s; a schedule that breaks a rule is refused naming the first action that breaks it, and a
+bad token names its line.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from graphpart.errors import PlanError
+from graphpart.plan.schedule import Action, one_f_one_b, simulate
+from graphpart.plan.zero_bubble import (
+    format_schedule,
+    make_split,
+    parse_schedule,
+    validate,
+    zb_h1,
+    zb_h2,
+)
+
+
+def _acts(text: str) -> list[Action]:
+    return [Action(t[0], int(t[1:])) for t in text.split()]
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 6, 9])
+def test_generated_schedules_are_valid_and_bounded(k, m):
+    base = simulate(one_f_one_b(k, m), 1.0, 2.0)
+    for make, cap in ((zb_h1, k), (zb_h2, 2 * k - 1)):
+        s = make(k, m)
+        validate(s, m)
+        t = simulate(s, 1.0, 2.0)
+        assert max(t.peak_in_flight) <= min(cap, m)
+        assert t.makespan <= base.makespan + 1e-9
+    assert max(simulate(zb_h1(k, m), 1.0, 2.0).peak_in_flight) <= max(base.peak_in_flight)
+
+
+@pytest.mark.parametrize("m", [4, 8])
+def test_zb_h1_halves_the_bubble_at_two_stages(m):
+    base = simulate(one_f_one_b(2, m), 1.0, 2.0).bubble
+    assert simulate(zb_h1(2, m), 1.0, 2.0).bubble <= base / 2
+
+
+def test_text_form_round_trips_and_reads_comments():
+    s = zb_h1(3, 4)
+    assert parse_schedule(format_schedule(s)) == s
+    assert parse_schedule("0F0 0I0 # stage 0\n0W0\n1F0 1B0") == [_acts("F0 I0 W0"), _acts("F0 B0")]
+    assert make_split("zb-h2", 2, 3) == zb_h2(2, 3)
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("0F0 0X1", "line 1: '0X1' is not an action"),
+        ("1F0 1B0", "stage 0 has no actions"),
+        ("", "lists no actions"),
+    ],
+)
+def test_bad_text_is_named(text, message):
+    with pytest.raises(PlanError, match=message):
+        parse_schedule(text)
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("0F0 0W0 0I0", r"stage 0, action 1 \(0W0\): comes before I0"),
+        ("0F0 0I0 0W0 0W0", r"action 3 \(0W0\): runs twice"),
+        ("0F0 0B0 0I0 0W0", "has both a B and an I"),
+        ("0F0 0I0", "stage 0 never runs W0"),
+        ("0F0 0I0 0W0 0F1 0B1", "micro-batch 1, but there are 1"),
+        ("0F0 0I0 0W0 1I0 1F0 1W0", r"stage 1, action 0 \(1I0\): comes before F0"),
+    ],
+)
+def test_rule_breakers_are_named(text, message):
+    with pytest.raises(PlanError, match=message):
+        validate(parse_schedule(text), 1)
+
+
+def test_a_deadlock_is_named():
+    # stage 0 waits for I0 from stage 1 before sending F1; stage 1 waits for F1 before I0
+    text = "0F0 0I0 0W0 0F1 0I1 0W1\n1F0 1F1 1I1 1W1 1I0 1W0"
+    with pytest.raises(PlanError, match="deadlocks"):
+        validate(parse_schedule(text), 2)
+
+
+def test_unknown_split_schedule_is_refused():
+    with pytest.raises(PlanError, match="use one of zb-h1, zb-h2"):
+        make_split("zbv", 2, 2)
