@@ -459,7 +459,7 @@ def test_a_loopback_address_whose_port_another_program_holds_is_refused(tmp_path
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     check = (
-        "from graphpart.engines.cluster import resolve, _listener\n"
+        "from graphpart.engines.join import resolve, _listener\n"
         f"print(_listener('127.0.0.1', '{port}'), _listener({node!r}, '{port}'))\n"
         f"resolve('127.0.0.1:{port}')\n"
     )
