@@ -4,6 +4,7 @@ from graphpart.engines.cluster import describe_cluster, start_ray, stop_ray
 from graphpart.engines.data_parallel import DP_TRANSPORTS, DataParallel
 from graphpart.engines.engine import TRANSPORT_CHOICES, Engine, StepResult, resolve_transport
 from graphpart.engines.measure import measured_costs
+from graphpart.engines.trainable import Trainable
 from graphpart.engines.transports import TRANSPORTS
 from workers.backends import DEVICES, check_device
 from workers.channels import Channel, ChannelInbox, ChannelName
@@ -28,6 +29,7 @@ __all__ = [
     "Rss",
     "StageStats",
     "StepResult",
+    "Trainable",
     "measured_costs",
     "read_hwm",
     "reset_hwm",

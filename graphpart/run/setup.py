@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from graphpart.engines import DataParallel, Engine, measured_costs, resolve_transport
+from graphpart.engines import DataParallel, Engine, Trainable, measured_costs, resolve_transport
 from graphpart.errors import ConfigError
 from graphpart.ir import Graph, mlp
 from graphpart.optim import Optimizer, make_optimizer
@@ -209,7 +209,7 @@ def check_last_batch(s: Setup) -> None:
         )
 
 
-def make_engine(s: Setup, params: Params, keep_events: bool = False) -> Engine | DataParallel:
+def make_engine(s: Setup, params: Params, keep_events: bool = False) -> Trainable:
     """The engine `s.config` asks for. `keep_events`: keep every worker's timeline of
     allocations and actions (the profiler's plots; it grows with every step, so training
     runs leave it off)."""

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from graphpart.engines import DataParallel, Engine, StageStats, describe_cluster
+from graphpart.engines import StageStats, Trainable, describe_cluster
 from graphpart.errors import Diverged, StageFailure
 from graphpart.params import Init
 from graphpart.run import divergence, sigterm
@@ -131,7 +131,7 @@ class Trainer:
         if self.events is not None:
             self.events.write(row)
 
-    def _epochs(self, engine: Engine | DataParallel) -> None:
+    def _epochs(self, engine: Trainable) -> None:
         """Train from epoch st.epoch to the last, checkpointing each (st is updated as it goes)."""
         t, st = self.s.config.train, self.st
         n = len(self.s.dataset.X_train)
@@ -150,7 +150,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
 
-    def _epoch(self, engine: Engine | DataParallel, epoch: int, bar: Any) -> dict[str, Any]:
+    def _epoch(self, engine: Trainable, epoch: int, bar: Any) -> dict[str, Any]:
         """One epoch's steps, its evaluation, checks and checkpoint; its metrics row."""
         s, st = self.s, self.st
         cfg, ds = s.config, s.dataset
