@@ -229,36 +229,42 @@ class ReplicaActor(ChannelStageActor):
     def replica_step(
         self,
         step: int,
+        actions: Sequence[StageAction],
         xs: Sequence[Any],
         ys: Sequence[Any],
         scale: float,
         update: bool,
         timeout_s: float = 600.0,
     ) -> Finish:
-        """Forward and backward of each of this replica's micro-batches (losses scaled by
+        """This replica's actions (a one-stage wiring over its micro-batches, losses scaled by
         `scale`, 1/N of the whole minibatch), the all-reduce of the gradients, `finish`."""
-        w, what = self.worker, "replica_step"
+        w = self.worker
         try:
-            self.inbox.clear_before(step)
-            for m, (x, y) in enumerate(zip(xs, ys, strict=True)):
-                what = f"forward of micro-batch {m}"
-                w.forward(m, x, y, scale)
-                what = f"backward of micro-batch {m}"
-                w.backward(m, None, scale)
-            what = "the gradient all-reduce"
-            w.reduce_grads(lambda flat: self._allreduce(flat, step, timeout_s))
-            what = "finish"
-            return w.finish(update)
+            return run_step(  # type: ignore[return-value]
+                w,
+                step,
+                actions,
+                self.inbox,
+                xs=xs,
+                ys=ys,
+                scale=scale,
+                update=update,
+                send_forward=None,
+                send_backward=None,
+                timeout_s=timeout_s,
+                reduce=lambda: w.reduce_grads(lambda flat: self._allreduce(flat, step, timeout_s)),
+            )
         except NeighbourFailed as e:
             w.zero_grad()  # the half-reduced gradients must not leak into a later step
             raise RuntimeError(f"replica {self.rank} stopped: {e}") from None
         except Exception as e:
             w.zero_grad()
-            err = self._failure(what, e)
+            cause = e.cause if isinstance(e, ActionFailed) else e
+            err = self._failure(e.what if isinstance(e, ActionFailed) else "replica_step", cause)
             for peer in (self.left, self.right):  # wake the neighbours waiting on this replica
                 if peer is not None:
                     peer.abort.options(concurrency_group=INBOX_GROUP).remote(step, str(err))
-            raise err from e
+            raise err from cause
 
     def _allreduce(self, flat: Any, step: int, timeout_s: float) -> tuple[int, int]:
         """The ring all-reduce of `flat`; (bytes sent, bytes received)."""

@@ -19,6 +19,7 @@ import numpy as np
 
 from workers.actions import StageAction
 from workers.stats import Finish
+from workers.walk import walk
 
 Key = tuple[int, str, int]  # (step, "F" | "B", micro-batch)
 Send = Callable[[Key, np.ndarray], None]
@@ -113,10 +114,12 @@ def run_step(
     send_backward: Send | None,
     timeout_s: float = 600.0,
     infer: bool = False,
+    reduce: Callable[[], object] | None = None,
 ) -> Finish | list[np.ndarray]:
     """Run one stage's actions of one step, then its `finish`; returns finish's result. With
     `infer`, the forwards are inference forwards (no cache, no loss, no finish) and the result
-    is the outputs this stage did not send on (the last stage's), by micro-batch.
+    is the outputs this stage did not send on (the last stage's), by micro-batch. `reduce`
+    runs between the actions and `finish` (data parallelism: the gradients' all-reduce).
 
     Each action says where its input comes from (`receives`: this stage's inbox; else the
     micro-batch `xs[mb]`, or from the inbox too where `xs` is FROM_INBOX: the driver wrote the
@@ -127,30 +130,38 @@ def run_step(
     """
     inbox.clear_before(step)
     kept: list[np.ndarray] = []
-    for a in actions:
-        m = a.mb
-        if a.kind == "F":
-            fed = a.receives or isinstance(xs, str)  # a neighbour's output, or FROM_INBOX
-            inp = inbox.take((step, "F", m), timeout_s) if fed else _part(xs, m)
-            if infer:
-                out = _act(worker.infer, f"inference forward of micro-batch {m}", inp)
-                if a.sends:
-                    _send(send_forward, (step, "F", m), out)
-                else:
-                    kept.append(out)  # a host copy already (StageWorker.infer)
-                continue
-            lab = _part(ys, m) if a.labels else None
-            out = _act(worker.forward, f"forward of micro-batch {m}", m, inp, lab, scale)
-            if a.sends:
-                _send(send_forward, (step, "F", m), out)
-        else:
-            g = inbox.take((step, "B", m), timeout_s) if a.receives else None
-            din = _act(worker.backward, f"backward of micro-batch {m}", m, g, scale)
-            if a.sends:
-                _send(send_backward, (step, "B", m), din)
+    sends = {"F": send_forward, "B": send_backward}
+
+    def data(m: int) -> np.ndarray:  # FROM_INBOX: the driver wrote the minibatch into a channel
+        return inbox.take((step, "F", m), timeout_s) if isinstance(xs, str) else _part(xs, m)
+
+    def give(k: int, a: StageAction, out: Any) -> None:
+        if a.sends:
+            _send(sends[a.kind], (step, a.kind, a.mb), out)
+        elif infer:
+            kept.append(out)  # a host copy already (StageWorker.infer)
+
+    walk(
+        ((0, a) for a in actions),  # one stage: its index plays no part
+        lambda k, a, method, *args: _act(getattr(worker, method), _what(a, method), *args),
+        data=data,
+        take=lambda k, a: inbox.take((step, a.kind, a.mb), timeout_s) if a.receives else None,
+        give=give,
+        labels=lambda m: _part(ys, m),
+        scale=scale,
+        infer=infer,
+    )
     if infer:
         return kept
+    if reduce is not None:
+        _act(reduce, "the gradient all-reduce")
     return _act(worker.finish, "finish", update)
+
+
+def _what(a: StageAction, method: str) -> str:
+    """An action as failures name it ("forward of micro-batch 3")."""
+    kind = "inference forward" if method == "infer" else method
+    return f"{kind} of micro-batch {a.mb}"
 
 
 def _part(parts: Sequence[np.ndarray] | None, m: int) -> np.ndarray:
@@ -168,5 +179,7 @@ def _send(send: Send | None, key: Key, value: Any) -> None:
 def _act(fn: Callable[..., Any], what: str, *args: Any) -> Any:
     try:
         return fn(*args)
+    except NeighbourFailed:  # a wait inside the action (an all-reduce's): not this stage's fault
+        raise
     except Exception as e:
         raise ActionFailed(what, e) from e

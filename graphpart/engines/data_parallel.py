@@ -93,9 +93,12 @@ class DataParallel:
             )
             for r in range(self.replicas)
         ]
-        self.transport = Ring(address=address, num_cpus=num_cpus, channels=transport != "push")
-        if step_timeout > 0:
-            self.transport.step_timeout_s = float(step_timeout)
+        self.transport = Ring(
+            address=address,
+            num_cpus=num_cpus,
+            step_timeout_s=float(step_timeout),
+            channels=transport != "push",
+        )
         try:
             self.transport.start(specs)
         except BaseException:

@@ -105,9 +105,9 @@ class Engine:
             )
             for st in plan.stages
         ]
-        self.transport: Transport = TRANSPORTS[name](address=address, num_cpus=num_cpus)
-        if step_timeout > 0 and hasattr(self.transport, "step_timeout_s"):
-            self.transport.step_timeout_s = float(step_timeout)  # type: ignore[attr-defined]
+        self.transport: Transport = TRANSPORTS[name](
+            address=address, num_cpus=num_cpus, step_timeout_s=float(step_timeout)
+        )
         try:
             self.transport.start(specs)
         except BaseException:

@@ -6,11 +6,13 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
 from graphpart import api
 from graphpart.autodiff import check_batch, check_params
+from graphpart.engines.wiring import StepFeed, StepWiring, drive, wire
 from graphpart.errors import GraphpartError
 from graphpart.ir.graph import Graph
 from graphpart.plan.batching import microbatch_rows, split_batch
@@ -65,25 +67,37 @@ class _Chain:
                     np.copyto(buf, a)
                 prog.grads[w] = np.empty_like(buf)  # fresh: handed to the caller as they are
             prog.zero_grad()
+
+        def call(k: int, method: str, *args: Any) -> Any:
+            if method != "finish":
+                return getattr(progs[k], method)(*args)
+            s = progs[k].regularize()  # a stage's end of step: its regulariser, once
+            progs[k].finish_grads()
+            return s, progs[k].loss_sum
+
+        feed = StepFeed(
+            xs=[x[r] for r in split_batch(n, microbatches)],
+            ys=[data[progs[-1].labels[0]][r] for r in split_batch(n, microbatches)],
+            scale=scale,
+            update=False,
+        )
         try:
-            for mb, rows in enumerate(split_batch(n, microbatches)):
-                h = x[rows]  # each micro-batch forward then backward: one slot per stage
-                for prog in progs:
-                    y = data[prog.labels[0]][rows] if prog.labels else None
-                    h = prog.forward(mb, h, y, scale)
-                g = None
-                for prog in reversed(progs):
-                    g = prog.backward(mb, g, scale)
-            J = sum(prog.regularize() for prog in progs)
+            done = drive(_wiring(len(progs), microbatches), feed, call)[-len(progs) :]
+            J = sum(s for s, _ in done)
             grads: dict[str, np.ndarray] = {}
-            for prog in progs:
-                prog.finish_grads()
-                J += prog.loss_sum
+            for (_, loss), prog in zip(done, progs, strict=True):
+                J += loss
                 grads.update(prog.grads)
         finally:
             for prog, own in zip(progs, self.own, strict=True):
                 prog.params.update(own)  # hold no reference to the caller's arrays
         return float(J), {v.name: grads[v.name] for v in self.plan.graph.params}
+
+
+@lru_cache(maxsize=64)
+def _wiring(stages: int, microbatches: int) -> StepWiring:
+    """The step a pipeline runs (1F1B: each stage holds at most K micro-batches at once)."""
+    return wire("1f1b", stages, microbatches)
 
 
 @lru_cache(maxsize=64)

@@ -20,6 +20,11 @@ class Transport(Protocol):
     line naming the stage and action) when a stage failed. `run_step` runs one training step
     of the wiring and returns each stage's `finish` result, in stage order; `run_inference`
     one inference step.
+
+    Built as `cls(address=, num_cpus=, step_timeout_s=)`: the Ray cluster to join (empty:
+    start one here), its CPUs, and how long the driver waits for a step before naming the
+    stages that stalled (0: from the measured step times; the in-process transport ignores
+    all three).
     """
 
     name: str

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from graphpart.plan import schedule as sch
 from workers.actions import StageAction
+from workers.walk import walk
 
 H = TypeVar("H")  # what a transport's call returns: a value, an object reference, a DAG node
 
@@ -93,9 +94,14 @@ def drive_inference(w: StepWiring, xs: Sequence[H], call: Callable[..., H]) -> l
     """Issue an inference wiring's forwards through `call(stage, "infer", input)`; return the
     last stage's outputs, by micro-batch."""
     out: dict[tuple[int, int], H] = {}
-    for k, a in w.order:
-        inp = out.pop((k - 1, a.mb)) if a.receives else xs[a.mb]
-        out[(k, a.mb)] = call(k, "infer", inp)
+    walk(
+        w.order,
+        lambda k, a, method, *args: call(k, method, *args),
+        data=xs.__getitem__,
+        take=lambda k, a: out.pop((k - 1, a.mb)),
+        give=lambda k, a, h: out.__setitem__((k, a.mb), h),
+        infer=True,
+    )
     return [out[(w.k - 1, j)] for j in range(w.microbatches)]
 
 
@@ -108,16 +114,21 @@ def drive(w: StepWiring, feed: StepFeed[H], call: Callable[..., H]) -> list[H]:
     takes its own forward's output (None: a dependency, not a value), so that every
     transport, a compiled graph included, sees the same data dependencies.
     """
-    fwd: dict[tuple[int, int], H] = {}
-    bwd: dict[tuple[int, int], H] = {}
-    for k, a in w.order:
-        m = a.mb
+    out: dict[str, dict[tuple[int, int], H]] = {"F": {}, "B": {}}
+
+    def take(k: int, a: StageAction) -> H:
         if a.kind == "F":
-            inp = fwd.pop((k - 1, m)) if a.receives else feed.xs[m]
-            lab: Any = feed.ys[m] if a.labels else None
-            fwd[(k, m)] = call(k, "forward", m, inp, lab, feed.scale)
-        else:
-            g = bwd.pop((k + 1, m)) if a.receives else fwd.pop((k, m))
-            bwd[(k, m)] = call(k, "backward", m, g, feed.scale)
+            return out["F"].pop((k - 1, a.mb))
+        return out["B"].pop((k + 1, a.mb)) if a.receives else out["F"].pop((k, a.mb))
+
+    walk(
+        w.order,
+        lambda k, a, method, *args: call(k, method, *args),
+        data=feed.xs.__getitem__,
+        take=take,
+        give=lambda k, a, h: out[a.kind].__setitem__((k, a.mb), h),
+        labels=feed.ys.__getitem__,
+        scale=feed.scale,
+    )
     done = [call(k, "finish", feed.update) for k in range(w.k)]
-    return [*fwd.values(), *bwd.values(), *done]
+    return [*out["F"].values(), *out["B"].values(), *done]

@@ -72,13 +72,15 @@ class RayActors:
     body: ClassVar[type[bodies.StageActor]] = bodies.StageActor
     remote_options: ClassVar[dict[str, Any]] = {}
     exit_wait_s = 3.0  # after ray.kill, how long a stage on this machine may take to exit
-    step_timeout_s = 0.0  # how long the driver waits for a step (0: from measured step times)
     first_deadline_s = 300.0  # ... before three steps have been timed
     min_deadline_s = 60.0  # ... at least, after
     unit = "stage"  # what the failure messages call a worker
 
-    def __init__(self, address: str = "", num_cpus: int | None = None) -> None:
+    def __init__(
+        self, address: str = "", num_cpus: int | None = None, step_timeout_s: float = 0.0
+    ) -> None:
         self.address, self.num_cpus = address, num_cpus
+        self.step_timeout_s = float(step_timeout_s)  # the wait for a step (0: from step times)
         self.actors: list[Any] = []
         self.info: list[dict[str, Any]] = []
         self.started = False

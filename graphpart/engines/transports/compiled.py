@@ -49,7 +49,7 @@ from graphpart.engines.cluster import first_line
 from graphpart.engines.transports.tasks import Tasks
 from graphpart.engines.wiring import StepFeed, StepWiring, drive
 from graphpart.errors import StageFailure
-from graphpart.params import Init
+from graphpart.params import params_dtype
 from workers.stage import WorkerSpec
 from workers.stats import Finish
 
@@ -65,8 +65,10 @@ class Compiled(Tasks):
     presleep = 0.8  # sleep this fraction of the recent compiled step time before waiting on it
     teardown_timeout_s = 60.0
 
-    def __init__(self, address: str = "", num_cpus: int | None = None) -> None:
-        super().__init__(address, num_cpus)
+    def __init__(
+        self, address: str = "", num_cpus: int | None = None, step_timeout_s: float = 0.0
+    ) -> None:
+        super().__init__(address, num_cpus, step_timeout_s)
         self._dag: Any = None
         self._dag_key: tuple | None = None
         self._seen_key: tuple | None = None
@@ -79,7 +81,7 @@ class Compiled(Tasks):
         self.compiles = 0
 
     def start(self, specs: Sequence[WorkerSpec]) -> None:
-        itemsize = max([_itemsize(s) for s in specs] + [4])
+        itemsize = max([params_dtype(s.params).itemsize for s in specs] + [4])
         widths = [
             int(np.prod([d for d in s.graph.var(s.output).shape if d != "B"]))
             for s in specs
@@ -322,10 +324,3 @@ def _kill_proxy(dag: Any) -> None:
             ray.kill(proxy)
         except Exception:  # noqa: BLE001 - already gone
             pass
-
-
-def _itemsize(spec: WorkerSpec) -> int:
-    p = spec.params
-    if isinstance(p, Init):
-        return np.dtype(p.dtype).itemsize
-    return max(np.asarray(v).dtype.itemsize for v in p.values())

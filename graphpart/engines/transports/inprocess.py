@@ -19,7 +19,10 @@ class InProcess:
     name = "inprocess"
     in_process = True
 
-    def __init__(self, address: str = "", num_cpus: int | None = None) -> None:
+    def __init__(
+        self, address: str = "", num_cpus: int | None = None, step_timeout_s: float = 0.0
+    ) -> None:
+        del address, num_cpus, step_timeout_s  # no Ray, and a step here never hangs unseen
         self.workers: list[StageWorker] = []
 
     def start(self, specs: Sequence[WorkerSpec]) -> None:

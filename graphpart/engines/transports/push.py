@@ -35,8 +35,10 @@ class Push(RayActors):
     abort_wait_s = 60.0  # how long the driver waits for the other stages to stop after a failure
     ping_s = 2.0  # how long a stage may take to answer a ping when a step stalls
 
-    def __init__(self, address: str = "", num_cpus: int | None = None) -> None:
-        super().__init__(address, num_cpus)
+    def __init__(
+        self, address: str = "", num_cpus: int | None = None, step_timeout_s: float = 0.0
+    ) -> None:
+        super().__init__(address, num_cpus, step_timeout_s)
         self._step_id = 0
 
     def start(self, specs: Sequence[WorkerSpec]) -> None:

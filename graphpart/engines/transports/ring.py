@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
 from graphpart.engines.cluster import first_line, start_ray
+from graphpart.engines.transports import topology
 from graphpart.engines.transports.shm import Shm
-from graphpart.engines.wiring import StepFeed, StepWiring
+from graphpart.engines.wiring import StepFeed, StepWiring, wire
 from graphpart.errors import ConfigError
-from graphpart.params import Init
+from graphpart.params import params_dtype
 from graphpart.plan import memory
 from workers import actor as bodies
-from workers.channels import ChannelName
 from workers.stage import WorkerSpec
 from workers.stats import Finish
 
@@ -36,9 +35,14 @@ class Ring(Shm):
     body = bodies.ReplicaActor
 
     def __init__(
-        self, address: str = "", num_cpus: int | None = None, *, channels: bool = True
+        self,
+        address: str = "",
+        num_cpus: int | None = None,
+        step_timeout_s: float = 0.0,
+        *,
+        channels: bool = True,
     ) -> None:
-        super().__init__(address, num_cpus)
+        super().__init__(address, num_cpus, step_timeout_s)
         self.use_channels = bool(channels)
 
     def start(self, specs: Sequence[WorkerSpec]) -> None:
@@ -64,19 +68,14 @@ class Ring(Shm):
         k = len(self.actors)
         nodes = self.get([a.node.remote() for a in self.actors])
         tag = uuid.uuid4().hex[:12]
-        incoming: list[list[ChannelName]] = [[] for _ in range(k)]
-        to_right: list[ChannelName | None] = [None] * k
-        for r in range(k if k > 1 else 0):
-            right = (r + 1) % k
-            local = nodes[r] == nodes[right]
-            self.local_pairs.append(local)
-            if local and self.use_channels:
-                ch = ChannelName.new(f"{tag}-ring{r}", ring_channel_bytes(specs[r], k))
-                incoming[right].append(ch)
-                to_right[r] = ch
-                self.channels.append(ch)
+
+        def right(e: int, a: int, b: int) -> list[tuple[int, int, str, int]]:
+            return [(a, b, f"{tag}-ring{e}", ring_channel_bytes(specs[a], k))]
+
+        links = topology.link(nodes, topology.ring(k), right if self.use_channels else _none)
+        self.local_pairs, self.channels = links.local, list(links.names)
         if self.use_channels:
-            self.get([a.open_inbox.remote(incoming[r]) for r, a in enumerate(self.actors)])
+            self.get([a.open_inbox.remote(links.incoming[r]) for r, a in enumerate(self.actors)])
         self.get(
             [
                 a.connect_ring.remote(
@@ -84,7 +83,7 @@ class Ring(Shm):
                     k,
                     self.actors[(r - 1) % k] if k > 1 else None,
                     self.actors[(r + 1) % k] if k > 1 else None,
-                    to_right[r],
+                    links.to[r].get((r + 1) % k),
                 )
                 for r, a in enumerate(self.actors)
             ]
@@ -103,7 +102,13 @@ class Ring(Shm):
         step = self._step_id
         refs = [
             a.replica_step.remote(
-                step, list(xs[r]), list(ys[r]), scale, update, self.neighbour_wait_s
+                step,
+                wire("1f1b", 1, len(xs[r])).stages[0],  # one stage: F0 B0 F1 B1 ...
+                list(xs[r]),
+                list(ys[r]),
+                scale,
+                update,
+                self.neighbour_wait_s,
             )
             for r, a in enumerate(self.actors)
         ]
@@ -129,11 +134,9 @@ def ring_channel_bytes(spec: WorkerSpec, world: int) -> int:
     """Bytes one replica sends its right neighbour in a step (graphpart.plan.memory's
     ring_channel_bytes of its gradients, which the memory model counts)."""
     size = sum(int(np.prod(v.concrete_shape(1), dtype=np.int64)) for v in spec.graph.params)
-    return memory.ring_channel_bytes(size * _itemsize(spec), world, _itemsize(spec))
+    itemsize = params_dtype(spec.params).itemsize
+    return memory.ring_channel_bytes(size * itemsize, world, itemsize)
 
 
-def _itemsize(spec: WorkerSpec) -> int:
-    p: Any = spec.params
-    if isinstance(p, Init):
-        return np.dtype(p.dtype).itemsize
-    return max(np.asarray(v).dtype.itemsize for v in p.values())
+def _none(e: int, a: int, b: int) -> list[tuple[int, int, str, int]]:
+    return []  # transport "push": every chunk through Ray

@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from graphpart.engines.transports import topology
 from graphpart.engines.transports.push import Push
 from graphpart.engines.wiring import StepFeed
-from graphpart.params import Init
+from graphpart.params import params_dtype
 from graphpart.plan.memory import channel_bytes
 from workers import actor as bodies
 from workers.channels import Channel, ChannelName, unlink
@@ -33,8 +34,10 @@ class Shm(Push):
     body = bodies.ChannelStageActor
     close_wait_s = 5.0
 
-    def __init__(self, address: str = "", num_cpus: int | None = None) -> None:
-        super().__init__(address, num_cpus)
+    def __init__(
+        self, address: str = "", num_cpus: int | None = None, step_timeout_s: float = 0.0
+    ) -> None:
+        super().__init__(address, num_cpus, step_timeout_s)
         self.channels: list[ChannelName] = []
         self.local_pairs: list[bool] = []  # per neighbour pair (k, k+1): on one node
         self.feed: Channel | None = None  # the driver's side of stage 0's input channel
@@ -44,30 +47,22 @@ class Shm(Push):
         nodes = self.get([a.node.remote() for a in self.actors])
         k = len(self.actors)
         tag = uuid.uuid4().hex[:12]
-        incoming: list[list[ChannelName]] = [[] for _ in range(k)]
-        to_prev: list[ChannelName | None] = [None] * k
-        to_next: list[ChannelName | None] = [None] * k
-        for i in range(k - 1):
-            local = nodes[i] == nodes[i + 1]
-            self.local_pairs.append(local)
-            if not local:
-                continue
-            nbytes = _boundary_bytes(specs[i])
-            fwd = ChannelName.new(f"{tag}-{i}f", nbytes)  # stage i -> i+1: activations
-            bwd = ChannelName.new(f"{tag}-{i}b", nbytes)  # stage i+1 -> i: their gradients
-            incoming[i + 1].append(fwd)
-            incoming[i].append(bwd)
-            to_next[i], to_prev[i + 1] = fwd, bwd
-            self.channels += [fwd, bwd]
+
+        def pair(e: int, a: int, b: int) -> list[tuple[int, int, str, int]]:
+            nbytes = _boundary_bytes(specs[a])  # a -> b: activations; b -> a: their gradients
+            return [(a, b, f"{tag}-{e}f", nbytes), (b, a, f"{tag}-{e}b", nbytes)]
+
+        links = topology.link(nodes, topology.chain(k), pair)
+        self.local_pairs, self.channels = links.local, list(links.names)
         own = _own_cores(nodes)
         feed = None
         if nodes[0] == _this_node():  # the driver feeds stage 0 through a channel too
             feed = ChannelName.new(f"{tag}-feed", _input_bytes(specs[0]))
             self.channels.append(feed)
-            self._feed_dtype = np.dtype(_dtype(specs[0]))
+            self._feed_dtype = params_dtype(specs[0].params)
         self.get(
             [
-                a.open_inbox.remote(incoming[i], own, feed if i == 0 else None)
+                a.open_inbox.remote(links.incoming[i], own, feed if i == 0 else None)
                 for i, a in enumerate(self.actors)
             ]
         )
@@ -77,8 +72,8 @@ class Shm(Push):
                 a.connect_channels.remote(
                     self.actors[i - 1] if i > 0 else None,
                     self.actors[i + 1] if i < k - 1 else None,
-                    to_prev[i],
-                    to_next[i],
+                    links.to[i].get(i - 1),
+                    links.to[i].get(i + 1),
                 )
                 for i, a in enumerate(self.actors)
             ]
@@ -113,25 +108,19 @@ class Shm(Push):
 def _boundary_bytes(spec: WorkerSpec) -> int:
     """Bytes one step's boundary tensors from this stage take: a whole minibatch of its output,
     plus alignment (graphpart.plan.memory.channel_bytes, which the memory model counts)."""
-    width = int(np.prod([d for d in spec.graph.var(spec.output).shape if d != "B"]))
-    return channel_bytes(width, max(spec.batch_rows, spec.max_rows), _itemsize(spec))
+    return _minibatch_bytes(spec, spec.graph.var(spec.output).shape)
 
 
 def _input_bytes(spec: WorkerSpec) -> int:
     """Bytes of one step's micro-batch inputs to the first stage, a whole minibatch wide."""
-    width = int(np.prod([d for d in spec.graph.inputs[0].shape if d != "B"]))
-    return channel_bytes(width, max(spec.batch_rows, spec.max_rows), _itemsize(spec))
+    return _minibatch_bytes(spec, spec.graph.inputs[0].shape)
 
 
-def _dtype(spec: WorkerSpec) -> Any:
-    p: Any = spec.params
-    if isinstance(p, Init):
-        return np.dtype(p.dtype)
-    return max((np.asarray(v).dtype for v in p.values()), key=lambda d: d.itemsize)
-
-
-def _itemsize(spec: WorkerSpec) -> int:
-    return _dtype(spec).itemsize
+def _minibatch_bytes(spec: WorkerSpec, shape: Sequence[int | str]) -> int:
+    """A channel's bytes for a whole minibatch of tensors of `shape` ("B": the rows)."""
+    width = int(np.prod([d for d in shape if d != "B"]))
+    itemsize = params_dtype(spec.params).itemsize
+    return channel_bytes(width, max(spec.batch_rows, spec.max_rows), itemsize)
 
 
 def _this_node() -> str:

@@ -26,8 +26,10 @@ class Tasks(RayActors):
 
     name = "tasks"
 
-    def __init__(self, address: str = "", num_cpus: int | None = None) -> None:
-        super().__init__(address, num_cpus)
+    def __init__(
+        self, address: str = "", num_cpus: int | None = None, step_timeout_s: float = 0.0
+    ) -> None:
+        super().__init__(address, num_cpus, step_timeout_s)
         self._step_id = 0
 
     def run_step(self, wiring: StepWiring, feed: StepFeed[np.ndarray]) -> list[Finish]:

@@ -1,0 +1,46 @@
+"""The one walk over a step's actions: which stage method each action kind calls, with what."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from workers.actions import StageAction
+
+Call = Callable[..., Any]  # call(stage, action, method, *args): one stage method's call
+Take = Callable[[int, StageAction], Any]  # (stage, action) -> its input from a neighbour or itself
+Give = Callable[[int, StageAction, Any], None]  # (stage, action, output): sent, kept or dropped
+
+
+def walk(
+    actions: Iterable[tuple[int, StageAction]],
+    call: Call,
+    *,
+    data: Callable[[int], Any],
+    take: Take,
+    give: Give,
+    labels: Callable[[int], Any] = lambda mb: None,
+    scale: Any = 1.0,
+    infer: bool = False,
+) -> None:
+    """Run each (stage, action) in turn through `call(stage, action, method, *args)`.
+
+    A forward ("F") is the stage's `forward(mb, x, labels or None, scale)` (`infer(x)` with
+    `infer`), x being `take(stage, action)` where it receives, else `data(mb)` (the first
+    stage's micro-batch); a backward ("B") is `backward(mb, take(stage, action), scale)` (the
+    last stage's take gives what starts it from its own loss). Each output goes to `give`.
+    Every path that runs a schedule (a driver's `drive`, a stage's or a replica's own step,
+    `value_and_grad`'s chain of programs) walks here, so a new action kind is added once.
+    """
+    for k, a in actions:
+        if a.kind == "F":
+            x = take(k, a) if a.receives else data(a.mb)
+            if infer:
+                out = call(k, a, "infer", x)
+            else:
+                out = call(k, a, "forward", a.mb, x, labels(a.mb) if a.labels else None, scale)
+        elif a.kind == "B":
+            out = call(k, a, "backward", a.mb, take(k, a), scale)
+        else:
+            raise ValueError(f"action {a}: kind {a.kind!r} has no stage method")
+        give(k, a, out)
