@@ -3,12 +3,15 @@
 `chain(k)` pairs each stage with the next, `ring(k)` each replica with its right neighbour
 (none when alone). `link` records for every edge whether its ends share a node and, where they
 do, makes the channels the caller asks for: the reader reads it (`incoming`), the writer reaches
-the reader through it (`to`), and every one is listed for removal (`names`).
+the reader through it (`to`), and every one is listed for removal (`names`); `close` removes
+the listed files (those the actors left, or all of them when there are no actors to ask).
 """
 
 from __future__ import annotations
 
-from graphpart.engines.transports.topology import chain, link, ring
+import os
+
+from graphpart.engines.transports.topology import chain, close, link, ring
 
 
 def _both_ways(e, a, b):
@@ -37,3 +40,12 @@ def test_a_ring_of_two_links_both_ways_and_none_when_asked_for_none():
     assert links.incoming == [[links.names[1]], [links.names[0]]]
     none = link(["n", "n"], ring(2), lambda e, a, b: [])
     assert none.local == [True, True] and none.names == [] and none.to == [{}, {}]
+
+
+def test_close_removes_the_channel_files_left():
+    links = link(["n", "n"], chain(2), _both_ways)
+    made = [p for c in links.names[:1] for p in (c.data, c.fifo)]
+    for p in made:
+        open(p, "wb").close()
+    close([], links.names, 1.0)  # the second channel's files were never made: no error
+    assert not any(os.path.exists(p) for p in made)

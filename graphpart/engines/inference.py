@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from graphpart.engines.transport import Transport
+from graphpart.engines.transport import Calls
 from graphpart.ir.graph import BATCH, Graph
 
 INLINE_BYTES = 96 * 1024  # under Ray's 100 KiB inline limit, with room for the call's framing
@@ -38,7 +38,7 @@ def inline_rows(widths: Sequence[int], itemsize: int) -> int:
 
 
 def predict(
-    transport: Transport,
+    transport: Calls,
     x: np.ndarray,
     rows: int,
     chains: Sequence[Sequence[int]],

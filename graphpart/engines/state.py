@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from graphpart.engines.transport import Transport
+from graphpart.engines.transport import Calls
 from workers import state_file
 
 
 def gather(
-    transport: Transport, workers: Sequence[int], host: str | None = None, live: bool = False
+    transport: Calls, workers: Sequence[int], host: str | None = None, live: bool = False
 ) -> list[dict[str, Any]]:
     """The state of each of `workers` (stage or replica indices), in that order. `host`: the
     machine whose files the driver reads (this one; the tests name another to take the
@@ -35,7 +35,7 @@ def gather(
 
 
 def gather_params(
-    transport: Transport, workers: Sequence[int], host: str | None = None
+    transport: Calls, workers: Sequence[int], host: str | None = None
 ) -> dict[str, np.ndarray]:
     """The parameters of `workers`, by name (the same way as `gather`)."""
     out: dict[str, np.ndarray] = {}
@@ -45,7 +45,7 @@ def gather_params(
 
 
 def _gather(
-    transport: Transport, workers: Sequence[int], host: str | None, params_only: bool
+    transport: Calls, workers: Sequence[int], host: str | None, params_only: bool
 ) -> list[dict[str, Any]]:
     slow = "get_params" if params_only else "get_state"  # what a worker elsewhere answers
     if transport.in_process:
@@ -74,7 +74,7 @@ def _wrap(answers: list[Any], params_only: bool) -> list[dict[str, Any]]:
 
 
 def scatter(
-    transport: Transport, states: Mapping[int, Mapping[str, Any]], host: str | None = None
+    transport: Calls, states: Mapping[int, Mapping[str, Any]], host: str | None = None
 ) -> None:
     """Load states[k] into worker k, for every k given (`host` as for `gather`)."""
     if transport.in_process:

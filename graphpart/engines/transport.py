@@ -12,14 +12,27 @@ from workers.stage import WorkerSpec
 from workers.stats import Finish
 
 
-class Transport(Protocol):
-    """Starts one worker per stage and carries the engine's calls to them.
+class Calls(Protocol):
+    """Method calls on workers: what state, inference and stats need (a pipeline's transport,
+    or the data-parallel ring).
 
-    `call` issues one method call on one stage and returns a handle (a value, an object
+    `call` issues one method call on one worker and returns a handle (a value, an object
     reference); `get` waits for handles and returns their values, raising StageFailure (one
-    line naming the stage and action) when a stage failed. `run_step` runs one training step
-    of the wiring and returns each stage's `finish` result, in stage order; `run_inference`
-    one inference step.
+    line naming the stage and action) when a stage failed.
+    """
+
+    in_process: bool  # the workers are objects in this process (calls return their values)
+
+    def call(self, stage: int, method: str, *args: Any) -> Any: ...
+
+    def get(self, handles: Sequence[Any]) -> list[Any]: ...
+
+
+class Transport(Calls, Protocol):
+    """Starts one worker per stage and carries the engine's calls to them (`Calls`).
+
+    `run_step` runs one training step of the wiring and returns each stage's `finish` result,
+    in stage order; `run_inference` one inference step.
 
     Built as `cls(address=, num_cpus=, step_timeout_s=)`: the Ray cluster to join (empty:
     start one here), its CPUs, and how long the driver waits for a step before naming the
@@ -28,13 +41,8 @@ class Transport(Protocol):
     """
 
     name: str
-    in_process: bool  # the workers are objects in this process (calls return their values)
 
     def start(self, specs: Sequence[WorkerSpec]) -> None: ...
-
-    def call(self, stage: int, method: str, *args: Any) -> Any: ...
-
-    def get(self, handles: Sequence[Any]) -> list[Any]: ...
 
     def run_step(self, wiring: StepWiring, feed: StepFeed[np.ndarray]) -> list[Finish]: ...
 

@@ -32,14 +32,12 @@ class Push(RayActors):
     body = bodies.PushStageActor
     remote_options: ClassVar[dict[str, Any]] = {"concurrency_groups": {bodies.INBOX_GROUP: 1}}
     neighbour_wait_s = 600.0  # how long a stage waits for a neighbour's tensor
-    abort_wait_s = 60.0  # how long the driver waits for the other stages to stop after a failure
-    ping_s = 2.0  # how long a stage may take to answer a ping when a step stalls
 
     def __init__(
         self, address: str = "", num_cpus: int | None = None, step_timeout_s: float = 0.0
     ) -> None:
         super().__init__(address, num_cpus, step_timeout_s)
-        self._step_id = 0
+        self.steps = StepCalls(self)
 
     def start(self, specs: Sequence[WorkerSpec]) -> None:
         super().start(specs)
@@ -58,8 +56,7 @@ class Push(RayActors):
         )
 
     def run_step(self, wiring: StepWiring, feed: StepFeed[np.ndarray]) -> list[Finish]:
-        self._step_id += 1
-        step, last = self._step_id, wiring.k - 1
+        step, last = self.steps.next(), wiring.k - 1
         refs = [
             a.run_step.remote(
                 step,
@@ -72,13 +69,12 @@ class Push(RayActors):
             )
             for k, a in enumerate(self.actors)
         ]
-        return self._get_step(refs, step)
+        return self.steps.collect(refs, step)
 
     def run_inference(self, wiring: StepWiring, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """One call per stage, as a step: the inputs fed to stage 0 as a step's are, the
         boundary tensors pushed stage to stage, the last stage's outputs returned."""
-        self._step_id += 1
-        step = self._step_id
+        step = self.steps.next()
         feed = StepFeed(xs=xs, ys=(), scale=1.0, update=False)
         refs = [
             a.run_step.remote(
@@ -93,26 +89,45 @@ class Push(RayActors):
             )
             for k, a in enumerate(self.actors)
         ]
-        return self._get_step(refs, step)[-1]
+        return self.steps.collect(refs, step)[-1]
 
     def _inputs(self, feed: StepFeed[np.ndarray], step: int) -> Any:
         """What stage 0's run_step gets for the micro-batch inputs (here: the arrays, as Ray
         call arguments)."""
         return list(feed.xs)
 
-    def _get_step(self, refs: list[Any], step: int) -> list[Finish]:
+
+class StepCalls:
+    """One call per actor a step (push, shm, the data-parallel ring): the results as they come;
+    on a failure, every actor of the step woken and the failure that started it re-raised (not
+    a neighbour's "stopped" that followed); a step past the deadline: the stalled actors named.
+    """
+
+    abort_wait_s = 60.0  # how long the driver waits for the other actors to stop after a failure
+    ping_s = 2.0  # how long an actor may take to answer a ping when a step stalls
+
+    def __init__(self, transport: RayActors) -> None:
+        self.t = transport
+        self.step_id = 0
+
+    def next(self) -> int:
+        """The next step's id (the key of its tensors in the actors' inboxes)."""
+        self.step_id += 1
+        return self.step_id
+
+    def collect(self, refs: list[Any], step: int) -> list[Any]:
         """The stages' results; on a failure, wake every stage of the step and re-raise the
         failure that started it (not a neighbour's "stopped" that followed). A step that does
         not end within `deadline_s()` is a stall: the stages that no longer answer are named."""
         import ray
 
-        t0, deadline = time.perf_counter(), self.deadline_s()
+        t0, deadline = time.perf_counter(), self.t.deadline_s()
         pending, failed = list(refs), False
         while pending and not failed:  # each result as it comes: a failure ends the wait
             left = t0 + deadline - time.perf_counter()
             ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, left))
             if not ready:
-                self._abort_all(step, "the step was abandoned: a stage stalled")
+                self.abort_all(step, "the step was abandoned: a stage stalled")
                 raise StageFailure(
                     self._stalled(refs, pending, step, deadline, time.perf_counter() - t0)
                 )
@@ -121,9 +136,9 @@ class Push(RayActors):
             except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError):
                 failed = True
         if not failed:
-            self.timed(t0)
+            self.t.timed(t0)
             return ray.get(refs)
-        self._abort_all(step, "the step was abandoned after a failure elsewhere")
+        self.abort_all(step, "the step was abandoned after a failure elsewhere")
         causes, stops = [], []
         for r in refs:
             try:
@@ -132,15 +147,15 @@ class Push(RayActors):
                 msg = first_line(e)
                 (stops if " stopped: " in msg else causes).append(msg)
             except ray.exceptions.RayActorError as e:
-                causes.append(self.died(e))
+                causes.append(self.t.died(e))
             except ray.exceptions.GetTimeoutError:
                 stops.append(
                     f"a stage did not stop within {self.abort_wait_s:.0f} s of the failure"
                 )
         raise StageFailure((causes or stops or ["a stage failed"])[0])
 
-    def _abort_all(self, step: int, why: str) -> None:
-        for a in self.actors:
+    def abort_all(self, step: int, why: str) -> None:
+        for a in self.t.actors:
             try:
                 a.abort.options(concurrency_group=bodies.INBOX_GROUP).remote(step, why)
             except Exception:  # noqa: BLE001 - that actor is gone
@@ -154,12 +169,12 @@ class Push(RayActors):
         import ray
 
         pings = [
-            a.alive.options(concurrency_group=bodies.INBOX_GROUP).remote() for a in self.actors
+            a.alive.options(concurrency_group=bodies.INBOX_GROUP).remote() for a in self.t.actors
         ]
         ready, _ = ray.wait(pings, num_returns=len(pings), timeout=self.ping_s)
         silent = [k for k, p in enumerate(pings) if p not in ready]
         late = [k for k, r in enumerate(refs) if r in pending]
-        stopped = self.stopped()
+        stopped = self.t.stopped()
         who = stopped or silent or late
         what = "stopped answering" if stopped or silent else "did not finish"
-        return self.stall_message(who, what, step, deadline, elapsed, bool(stopped))
+        return self.t.stall_message(who, what, step, deadline, elapsed, bool(stopped))

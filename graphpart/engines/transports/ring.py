@@ -1,38 +1,46 @@
 """The data-parallel transport: one Ray actor per replica, joined in a ring for the all-reduce.
 
-It is the `shm` transport's machinery (Ray start-up, placement, BLAS pinning, one call per
-actor a step, failure handling with abort, channel files and their removal) with another
-topology: instead of a chain of stages, replica r sends its all-reduce chunks to replica
-(r + 1) mod K. With `channels` (transport "shm") a neighbour on the same node is reached
-through a shared-memory channel (workers/channels.py) and one on another node through Ray;
-without (transport "push") every chunk goes through Ray (`deliver`). Not a pipeline
-transport: it is not in TRANSPORTS, and graphpart.engines.DataParallel drives it.
+It is made of the `shm` transport's parts (RayActors: Ray start-up, placement, BLAS pinning;
+push's StepCalls: one call per actor a step, failure handling with abort; topology: channel
+files and their removal) with another topology: instead of a chain of stages, replica r sends
+its all-reduce chunks to replica (r + 1) mod K. With `channels` (transport "shm") a neighbour
+on the same node is reached through a shared-memory channel (workers/channels.py) and one on
+another node through Ray; without (transport "push") every chunk goes through Ray
+(`deliver`). Not a pipeline transport (no `run_step`): it is not in TRANSPORTS, and
+graphpart.engines.DataParallel drives it.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
 from graphpart.engines.cluster import first_line, start_ray
 from graphpart.engines.transports import topology
-from graphpart.engines.transports.shm import Shm
-from graphpart.engines.wiring import StepFeed, StepWiring, wire
+from graphpart.engines.transports.actors import RayActors
+from graphpart.engines.transports.push import StepCalls
+from graphpart.engines.wiring import wire
 from graphpart.errors import ConfigError
 from graphpart.params import params_dtype
 from graphpart.plan import memory
 from workers import actor as bodies
+from workers.channels import ChannelName
 from workers.stage import WorkerSpec
 from workers.stats import Finish
 
 
-class Ring(Shm):
+class Ring(RayActors):
     """K replica actors in a ring; `run_replicas` runs one data-parallel step on all of them."""
 
     name = "ring"
+    unit = "replica"
     body = bodies.ReplicaActor
+    remote_options: ClassVar[dict[str, Any]] = {"concurrency_groups": {bodies.INBOX_GROUP: 1}}
+    neighbour_wait_s = 600.0  # how long a replica waits for its left neighbour's chunk
+    close_wait_s = 5.0
 
     def __init__(
         self,
@@ -44,6 +52,9 @@ class Ring(Shm):
     ) -> None:
         super().__init__(address, num_cpus, step_timeout_s)
         self.use_channels = bool(channels)
+        self.steps = StepCalls(self)
+        self.channels: list[ChannelName] = []
+        self.local_pairs: list[bool] = []  # per replica r: r and r + 1 on one node
 
     def start(self, specs: Sequence[WorkerSpec]) -> None:
         """Start the replicas; on CUDA, refuse (rather than wait for ever on Ray's scheduler)
@@ -61,6 +72,7 @@ class Ring(Shm):
                         f"per replica; the Ray cluster has {gpus:g}"
                     )
             super().start(specs)
+            self._connect(specs)
         finally:
             self.started = self.started or started  # so that close() stops the Ray it started
 
@@ -98,8 +110,7 @@ class Ring(Shm):
     ) -> list[Finish]:
         """One data-parallel step: replica r runs its micro-batches xs[r] (labels ys[r]),
         the ring all-reduce and its `finish`; each replica's Finish, in replica order."""
-        self._step_id += 1
-        step = self._step_id
+        step = self.steps.next()
         refs = [
             a.replica_step.remote(
                 step,
@@ -112,15 +123,12 @@ class Ring(Shm):
             )
             for r, a in enumerate(self.actors)
         ]
-        return self._get_step(refs, step)
+        return self.steps.collect(refs, step)
 
-    unit = "replica"
-
-    def run_step(self, wiring: StepWiring, feed: StepFeed[np.ndarray]) -> list[Finish]:
-        raise NotImplementedError("a ring of replicas runs data-parallel steps: run_replicas")
-
-    def run_inference(self, wiring: StepWiring, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        raise NotImplementedError("replicas infer one by one: DataParallel.predict")
+    def close(self) -> None:
+        topology.close(self.actors, self.channels, self.close_wait_s)
+        self.channels = []
+        super().close()
 
     def died(self, e: Exception) -> str:
         """'replica r's worker process died (...)': the replica named from the dead actor."""

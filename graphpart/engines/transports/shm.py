@@ -22,7 +22,7 @@ from graphpart.engines.wiring import StepFeed
 from graphpart.params import params_dtype
 from graphpart.plan.memory import channel_bytes
 from workers import actor as bodies
-from workers.channels import Channel, ChannelName, unlink
+from workers.channels import Channel, ChannelName
 from workers.push import FROM_INBOX
 from workers.stage import WorkerSpec
 
@@ -89,18 +89,10 @@ class Shm(Push):
         return FROM_INBOX
 
     def close(self) -> None:
-        import ray
-
-        if self.actors:
-            try:  # let each stage unmap and remove its files; then whatever is left, here
-                ray.get([a.close_channels.remote() for a in self.actors], timeout=self.close_wait_s)
-            except Exception:  # noqa: BLE001 - a stage already gone: its files are removed below
-                pass
         if self.feed is not None:
             self.feed.close()
             self.feed = None
-        for name in self.channels:
-            unlink(name)
+        topology.close(self.actors, self.channels, self.close_wait_s)
         self.channels = []
         super().close()
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from workers.channels import ChannelName
+from workers.channels import ChannelName, unlink
 
 
 @dataclass
@@ -51,3 +52,17 @@ def chain(k: int) -> list[tuple[int, int]]:
 def ring(k: int) -> list[tuple[int, int]]:
     """Each of k replicas and its right neighbour: (0, 1), ..., (k-1, 0); none when alone."""
     return [(r, (r + 1) % k) for r in range(k)] if k > 1 else []
+
+
+def close(actors: Sequence[Any], names: Sequence[ChannelName], wait_s: float) -> None:
+    """Let each actor unmap and remove its channel files (`close_channels`), then remove here
+    whatever is left (an actor already gone)."""
+    import ray
+
+    if actors:
+        try:
+            ray.get([a.close_channels.remote() for a in actors], timeout=wait_s)
+        except Exception:  # noqa: BLE001 - an actor already gone: its files are removed below
+            pass
+    for name in names:
+        unlink(name)
