@@ -10,8 +10,9 @@ regulariser's gradient and takes the same optimizer step, so the replicas stay i
 without ever exchanging parameters. Results equal a one-stage pipeline with K micro-batches
 up to the order of the floating-point sums.
 
-The public surface is graphpart.engines.Engine's (step, value_and_grad, predict, state,
-stats, events, close), so the training loop, checkpoints and reports take either.
+Like graphpart.engines.Engine it satisfies graphpart.engines.Trainable (step,
+value_and_grad, predict, state, stats, events, close), so the training loop, checkpoints and
+reports take either.
 """
 
 from __future__ import annotations
