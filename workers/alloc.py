@@ -6,10 +6,12 @@ thread that allocates gets an arena of its own that keeps what it freed. A worke
 against the memory model would grow by those leftovers: a previous in-process run's freed
 state even made a later run's growth look smaller than its tensors. `settle` fixes the
 threshold (worker processes: ENV, read when they start; `settle(fixed_threshold=True)` in a
-running one), caps the arenas and gives freed heap back, before a stage takes its baseline.
-In the user's own process (one stage in process) only the freed heap is given back: a fixed
-threshold there would make every large temporary of the user's code cost page faults.
-Elsewhere than glibc it does nothing.
+running one, as a stage does in the user's own process when it runs in process), caps the
+arenas and gives freed heap back, before a stage takes its baseline. A fixed threshold makes a
+large temporary cost its page faults each time; measured on the wide model in one process
+(three alternating runs of 30 steps), median steps of 66.5 and 65.1 ms with and without it,
+the same within noise, while the run's resident growth over the prediction went from 1.071 to
+1.007. Elsewhere than glibc it does nothing.
 """
 
 from __future__ import annotations

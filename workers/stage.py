@@ -85,7 +85,7 @@ class StageWorker:
         if device == "cpu":
             dtype = params_dtype(params)
             _warm_up(graph, self.bk, optimizer, dtype, output, input_grad, max_rows)
-        alloc.settle()  # freed memory leaves the resident set from here on (workers/alloc.py)
+        alloc.settle(fixed_threshold=True)  # freed memory leaves the resident set from here on
         self._proc = psutil.Process()
         self.rss_baseline = self.rss_peak = self._proc.memory_info().rss
         self.rss_parts_baseline = read_rss_parts()
