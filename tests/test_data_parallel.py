@@ -18,7 +18,6 @@ replicas on a cluster with fewer GPUs than replicas, instead of waiting for ever
 
 from __future__ import annotations
 
-import glob
 import os
 import signal
 import threading
@@ -35,7 +34,6 @@ from graphpart.optim import make_optimizer
 from graphpart.plan.batching import split_batch
 from graphpart.plan.memory import Workload, predict_data_parallel
 from graphpart.plan.partition import partition
-from workers.channels import shm_dir
 from workers.push import Inbox
 from workers.ring import ring_allreduce
 from workers.stage import StageWorker
@@ -66,8 +64,13 @@ def _reference(g, p0, X, y, k):
         return Js, eng.get_params()
 
 
-def _channel_files() -> set[str]:
-    return set(glob.glob(os.path.join(shm_dir(), "graphpart-*")))
+def _channel_files(dp: DataParallel) -> set[str]:
+    """The files of this engine's own ring channels (other tests' may come and go beside)."""
+    return {f for n in dp.transport.channels for f in (n.data, n.fifo)}
+
+
+def _existing(files: set[str]) -> set[str]:
+    return {f for f in files if os.path.exists(f)}
 
 
 # -- without Ray ----------------------------------------------------------------------------------
@@ -140,13 +143,13 @@ def test_replicas_train_like_one_stage_with_k_microbatches(ray_session, transpor
     g, p0, X, y = _problem()
     want_Js, want = _reference(g, p0, X, y, k)
     oracle_Js, oracle = oracle_training(g, p0, X, y, _adam(), BATCH)
-    before = _channel_files()
     dp = DataParallel(partition(g, 1), p0, _adam(), replicas=k, transport=transport, max_rows=BATCH)
+    files = _channel_files(dp)
     try:
         assert (dp.replicas, dp.microbatches, dp.kind) == (k, 1, "data-parallel")
         assert dp.chunk == -(-BATCH // k)  # rows a replica holds: ceil(B / K)
         if transport == "shm":
-            assert len(_channel_files() - before) == 2 * k  # one channel (2 files) per replica
+            assert len(_existing(files)) == 2 * k  # one channel (2 files) per replica
         for (xb, yb), want_J, oracle_J in zip(_batches(X, y), want_Js, oracle_Js, strict=True):
             r = dp.step(xb, yb)
             assert rel_err(r.J, want_J.J) < 1e-12 and rel_err(r.J, oracle_J) < 1e-12
@@ -177,7 +180,7 @@ def test_replicas_train_like_one_stage_with_k_microbatches(ray_session, transpor
         assert sum(s.bytes_sent for s in stats) == sum(s.bytes_received for s in stats)
     finally:
         dp.close()
-    assert _channel_files() <= before  # close removed every channel file
+    assert not _existing(files)  # close removed every channel file
 
 
 def test_value_and_grad_predict_and_checkpoints_move_to_and_from_an_engine(ray_session):
@@ -226,8 +229,8 @@ def test_a_failing_replica_is_named(ray_session):
 
 def test_a_killed_replica_is_named_within_seconds(ray_session):
     g, p0, X, y = _problem(4)
-    before = _channel_files()
     dp = DataParallel(partition(g, 1), p0, _adam(), replicas=2, max_rows=BATCH)
+    files = _channel_files(dp)
     try:
         dp.step(X[:BATCH], y[:BATCH])
         os.kill(dp.transport.info[1]["pid"], signal.SIGKILL)
@@ -238,7 +241,7 @@ def test_a_killed_replica_is_named_within_seconds(ray_session):
         assert time.monotonic() - t0 < 10
     finally:
         dp.close()
-    assert _channel_files() <= before
+    assert files and not _existing(files)
 
 
 def test_cuda_replicas_without_a_gpu_each_are_refused_not_left_waiting(ray_session):
