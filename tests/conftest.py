@@ -103,3 +103,24 @@ def oracle_training(
         Js.append(J)
         reference_step(opt, params, grads, state, t)
     return Js, params
+
+
+# -- data files (the readers' tests) -------------------------------------------------------------
+def one_line(exc: pytest.ExceptionInfo) -> str:
+    """The raised error's message, checked to be one line."""
+    msg = str(exc.value)
+    assert "\n" not in msg
+    return msg
+
+
+def npz_file(tmp_path, name="d.npz", **arrays) -> str:
+    """`arrays` saved as an .npz in tmp_path; its path."""
+    path = str(tmp_path / name)
+    np.savez(path, **arrays)
+    return path
+
+
+def xy(n=20, d=3, classes=3, seed=0):
+    """n rows of d standard-normal features and labels cycling through `classes`."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, d)), np.arange(n) % classes

@@ -10,26 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import npz_file, one_line, xy
 
 from graphpart.errors import DataError
 from graphpart.run import data
-
-
-def _one_line(exc: pytest.ExceptionInfo) -> str:
-    msg = str(exc.value)
-    assert "\n" not in msg
-    return msg
-
-
-def _npz(tmp_path, name="d.npz", **arrays) -> str:
-    path = str(tmp_path / name)
-    np.savez(path, **arrays)
-    return path
-
-
-def _xy(n=20, d=3, classes=3, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((n, d)), np.arange(n) % classes
 
 
 def _csv(tmp_path, text: str, name: str = "d.csv") -> str:
@@ -39,10 +23,10 @@ def _csv(tmp_path, text: str, name: str = "d.csv") -> str:
 
 
 def test_csv_equals_the_same_npz(tmp_path):
-    X, y = _xy(n=40, d=3, classes=4)
+    X, y = xy(n=40, d=3, classes=4)
     np.savetxt(tmp_path / "d.csv", np.column_stack([X, y]), delimiter=",", fmt="%.17g")
     a = data.load(str(tmp_path / "d.csv"), test_fraction=0.25, seed=3)
-    b = data.load(_npz(tmp_path, X=X, y=y), test_fraction=0.25, seed=3)
+    b = data.load(npz_file(tmp_path, X=X, y=y), test_fraction=0.25, seed=3)
     assert a.name == b.name == "d" and a.n_classes == b.n_classes == 4
     for k in ("X_train", "y_train", "X_test", "y_test"):
         np.testing.assert_array_equal(getattr(a, k), getattr(b, k))
@@ -89,7 +73,7 @@ def test_bad_csv_is_one_line_naming_file_line_and_value(tmp_path, text, needle):
     path = _csv(tmp_path, text)
     with pytest.raises(DataError) as exc:
         data.load(path, task="classification" if "1e300" not in text else "regression")
-    msg = _one_line(exc)
+    msg = one_line(exc)
     assert msg.startswith(path) and needle in msg, msg
 
 

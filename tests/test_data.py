@@ -10,45 +10,29 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import npz_file, one_line, xy
 
 from graphpart.errors import DataError
 from graphpart.run import data
-
-
-def _one_line(exc: pytest.ExceptionInfo) -> str:
-    msg = str(exc.value)
-    assert "\n" not in msg
-    return msg
-
-
-def _npz(tmp_path, name="d.npz", **arrays) -> str:
-    path = str(tmp_path / name)
-    np.savez(path, **arrays)
-    return path
-
-
-def _xy(n=20, d=3, classes=3, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((n, d)), np.arange(n) % classes
 
 
 def test_load_dispatches_and_ignores_foreign_options(tmp_path):
     assert data.load("digits", n_samples=5, seed=1).name == "digits"
     syn = data.load("synthetic", n_samples=50, n_features=4, test_fraction=0.2)
     assert syn.n_features == 4 and len(syn.X_test) == 10
-    X, y = _xy()
-    assert data.load(_npz(tmp_path, X=X, y=y), n_samples=5).n_classes == 3
+    X, y = xy()
+    assert data.load(npz_file(tmp_path, X=X, y=y), n_samples=5).n_classes == 3
 
 
 def test_load_unknown_source_lists_choices():
     with pytest.raises(DataError) as exc:
         data.load("mnist")
-    msg = _one_line(exc)
+    msg = one_line(exc)
     assert "'mnist'" in msg and "digits" in msg and "synthetic" in msg and ".npz" in msg
 
 
 def test_read_samples_reads_every_row_against_a_model(tmp_path):
-    X, y = _xy(n=10, d=3)
+    X, y = xy(n=10, d=3)
     np.savetxt(tmp_path / "xy.csv", np.column_stack([X, y]), delimiter=",", fmt="%.17g")
     np.savetxt(tmp_path / "x.csv", X, delimiter=",", fmt="%.17g")
     Xs, ys = data.read_samples(str(tmp_path / "xy.csv"), n_features=3, n_outputs=3)
