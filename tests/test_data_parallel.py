@@ -14,6 +14,12 @@ seconds, never a hang; close() leaves no channel file (/dev/shm/graphpart-*). Wi
 StageWorkers on threads joined by inboxes (reduce_grads over workers/ring.py) equal the same
 Engine, and bad arguments are refused with a ConfigError naming the value (as are CUDA
 replicas on a cluster with fewer GPUs than replicas, instead of waiting for ever).
+
+With M micro-batches per replica (gradient accumulation inside each replica: its share cut
+by replica_rows, a share of fewer rows than M run one micro-batch per row), K = 1, 2, 3 and
+M = 1, 2, 4 give the oracle's J and parameters (float64, 1e-10), a short last minibatch
+included; the ledger of a replica with M = 2 holds micro-batch buffers of
+ceil(ceil(B / K) / M) rows, buffer by buffer what the memory model gives for them.
 """
 
 from __future__ import annotations
@@ -25,14 +31,15 @@ import time
 
 import numpy as np
 import pytest
-from conftest import max_rel, mlp_problem, oracle_training, rel_err
+from conftest import batches, max_rel, mlp_problem, oracle_training, rel_err
 
 from graphpart.autodiff import value_and_grad
 from graphpart.engines import DataParallel, Engine
+from graphpart.engines.data_parallel import replica_rows
 from graphpart.errors import ConfigError, PlanError, StageFailure
 from graphpart.optim import make_optimizer
 from graphpart.plan.batching import split_batch
-from graphpart.plan.memory import Workload, predict_data_parallel
+from graphpart.plan.memory import StageMemory, Workload, predict, predict_data_parallel
 from graphpart.plan.partition import partition
 from workers.push import Inbox
 from workers.ring import ring_allreduce
@@ -134,20 +141,72 @@ def test_bad_arguments_are_refused_before_ray_starts():
         DataParallel(partition(g, 1), p0, opt, replicas=2, transport="tasks", max_rows=BATCH)
     with pytest.raises(ConfigError, match="replicas=0"):
         DataParallel(partition(g, 1), p0, opt, replicas=0, max_rows=BATCH)
+    with pytest.raises(ConfigError, match=r"microbatches=0: must be a positive integer"):
+        DataParallel(partition(g, 1), p0, opt, replicas=2, microbatches=0, max_rows=BATCH)
+
+
+@pytest.mark.parametrize(
+    ("n", "k", "m"), [(13, 1, 4), (13, 2, 4), (13, 3, 2), (3, 2, 4), (9, 3, 1)]
+)
+def test_replica_rows_cut_each_share_into_its_micro_batches(n, k, m):
+    """replica_rows(n, K, M): replica r's micro-batches tile split_batch(n, K)[r] in order, as
+    split_batch(its rows, min(M, its rows)) cuts it (a share of fewer rows than M: one
+    micro-batch per row, as Engine runs a minibatch of fewer rows than its micro-batches)."""
+    rows = replica_rows(n, k, m)
+    for share, mbs in zip(split_batch(n, k), rows, strict=True):
+        size = share.stop - share.start
+        assert len(mbs) == min(m, size)
+        assert [(s.start - share.start, s.stop - share.start) for s in mbs] == [
+            (s.start, s.stop) for s in split_batch(size, min(m, size))
+        ]
 
 
 # -- on Ray ---------------------------------------------------------------------------------------
-# push at K = 3 covers what push at K = 2 would (every chunk through Ray), at one start-up less
-@pytest.mark.parametrize(("transport", "k"), [("shm", 2), ("shm", 3), ("push", 3)])
-def test_replicas_train_like_one_stage_with_k_microbatches(ray_session, transport, k):
+def _replica_memory(k: int, m: int, channels: bool) -> StageMemory:
+    """A replica's predicted buffers with M micro-batches: the one-stage model's at
+    ceil(ceil(B / K) / M) rows a micro-batch, plus what predict_data_parallel adds (the
+    all-reduce workspace, the ring's channels), which does not depend on M. (What
+    predict_data_parallel itself gives once it reads the workload's micro-batches.)"""
+    plan, adam = partition(_problem()[0], 1), _adam()
+    extra = predict_data_parallel(
+        plan, k, Workload(batch=BATCH, optimizer=adam, dtype="float64"), channels=channels
+    ).stages[0]
+    share = Workload(batch=-(-BATCH // k), microbatches=m, optimizer=adam, dtype="float64")
+    one = predict(plan, share).stages[0]
+    names = {b.name for b in one.buffers}
+    return StageMemory(
+        0,
+        one.rows,
+        one.in_flight,
+        one.buffers + tuple(b for b in extra.buffers if b.name not in names),
+    )
+
+
+# push at K = 3 covers what push at K = 2 would (every chunk through Ray), at one start-up less;
+# M = 2 micro-batches per replica at K = 3 (shares of 3 rows: micro-batches of 2 and 1 rows)
+@pytest.mark.parametrize(("transport", "k", "m"), [("shm", 2, 1), ("shm", 3, 2), ("push", 3, 1)])
+def test_replicas_train_like_one_stage_with_k_microbatches(ray_session, transport, k, m):
+    """K replicas of M micro-batches each train like a one-stage Engine with K micro-batches
+    and like the oracle (1e-10), bit-identical replicas, each replica's ledger the memory
+    model's prediction buffer by buffer (micro-batch buffers of ceil(ceil(B / K) / M) rows),
+    and close() removes the channel files."""
     g, p0, X, y = _problem()
     want_Js, want = _reference(g, p0, X, y, k)
     oracle_Js, oracle = oracle_training(g, p0, X, y, _adam(), BATCH)
-    dp = DataParallel(partition(g, 1), p0, _adam(), replicas=k, transport=transport, max_rows=BATCH)
+    dp = DataParallel(
+        partition(g, 1),
+        p0,
+        _adam(),
+        replicas=k,
+        microbatches=m,
+        transport=transport,
+        max_rows=BATCH,
+    )
     files = _channel_files(dp)
     try:
-        assert (dp.replicas, dp.microbatches, dp.kind) == (k, 1, "data-parallel")
-        assert dp.chunk == -(-BATCH // k)  # rows a replica holds: ceil(B / K)
+        assert (dp.replicas, dp.microbatches, dp.kind) == (k, m, "data-parallel")
+        assert dp.share == -(-BATCH // k)  # rows of a replica's share: ceil(B / K)
+        assert dp.chunk == -(-dp.share // m)  # rows its micro-batch buffers hold
         if transport == "shm":
             assert len(_existing(files)) == 2 * k  # one channel (2 files) per replica
         for (xb, yb), want_J, oracle_J in zip(_batches(X, y), want_Js, oracle_Js, strict=True):
@@ -172,15 +231,48 @@ def test_replicas_train_like_one_stage_with_k_microbatches(ray_session, transpor
         )
         for s in stats:
             assert s.memory.entries["allreduce"] == ("workspace", param_bytes)
-            want_mem = pred.stages[s.stage]  # the memory model, buffer by buffer
+            # the memory model, buffer by buffer
+            want_mem = pred.stages[s.stage] if m == 1 else _replica_memory(k, m, transport == "shm")
             assert dict(s.memory.entries) == want_mem.entries()
             assert dict(s.memory.peak) == want_mem.bytes and s.memory.peak_total == want_mem.total
             assert s.busy.allreduce > 0.0
             assert s.bytes_sent > 0 and s.bytes_received > 0
         assert sum(s.bytes_sent for s in stats) == sum(s.bytes_received for s in stats)
+        if m > 1:  # buffers of ceil(3 / 2) = 2 rows cannot take a share of 3 as one
+            with pytest.raises(
+                PlanError, match=r"microbatches=1: .* up to 3 rows, more than the 2"
+            ):
+                dp.reschedule(1)
     finally:
         dp.close()
     assert not _existing(files)  # close removed every channel file
+
+
+ACC_BATCH = 13  # full minibatches: every replica's share (4 to 13 rows) holds M = 4 micro-batches
+ACC_LAST = 3  # the epoch's short last minibatch: every share (1 to 3 rows) is smaller than M = 4
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_replicas_accumulating_micro_batches_train_like_the_oracle(ray_session, k):
+    """K replicas each running its share of every minibatch as M = 1, 2, 4 micro-batches
+    (gradients accumulated, then one all-reduce and one update) give the oracle's J at every
+    step (1e-12) and its parameters (1e-10) in float64 after Adam steps with weight decay,
+    the replicas bit-identical; a share of fewer rows than M (the short last minibatch) runs
+    one micro-batch per row. One engine per K, rescheduled to each M and reset to its start."""
+    g, p0, X, y = mlp_problem(SIZES, 2 * ACC_BATCH + ACC_LAST, seed=5, weight_decay=0.05)
+    oracle_Js, oracle = oracle_training(g, p0, X, y, _adam(), ACC_BATCH)
+    assert max(len(mbs) for mbs in replica_rows(ACC_LAST, k, 4)) < 4  # the short shares
+    with DataParallel(partition(g, 1), p0, _adam(), replicas=k, max_rows=ACC_BATCH) as dp:
+        start = dp.get_state()
+        for m in (1, 2, 4):
+            dp.set_state(start)
+            dp.reschedule(m)
+            for (xb, yb), J in zip(batches(X, y, ACC_BATCH), oracle_Js, strict=True):
+                assert rel_err(dp.step(xb, yb).J, J) < 1e-12, (m, len(xb))
+            got = dp.get_params()
+            assert max_rel(oracle, got) < 1e-10, m
+            every = dp._all("get_params")
+            assert all(np.array_equal(p[n], got[n]) for p in every for n in got)
 
 
 def test_value_and_grad_predict_and_checkpoints_move_to_and_from_an_engine(ray_session):

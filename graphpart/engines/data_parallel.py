@@ -2,13 +2,16 @@
 
 Each replica holds every parameter and its optimizer state and takes ceil(B/K) rows of each
 minibatch (graphpart.plan.batching.split_batch, the same rows a one-stage Engine with K
-micro-batches gives its micro-batches). Its losses are scaled by 1/B of the whole minibatch,
-so the replicas' gradients sum to the minibatch gradient; a ring all-reduce over the
+micro-batches gives its micro-batches), which it runs as M micro-batches (`microbatches`,
+split_batch of its share: gradient accumulation inside the replica; a share of fewer rows
+than M, from an epoch's short last batch, runs one micro-batch per row, as Engine does with a
+minibatch of fewer rows than its micro-batches). Its losses are scaled by 1/B of the whole
+minibatch, so the replicas' gradients sum to the minibatch gradient; a ring all-reduce over the
 project's own channels (workers/ring.py; graphpart/engines/transports/ring.py) sums them in
 place, leaving every replica with bit-identical gradients, and each replica then adds the
 regulariser's gradient and takes the same optimizer step, so the replicas stay identical
-without ever exchanging parameters. Results equal a one-stage pipeline with K micro-batches
-up to the order of the floating-point sums.
+without ever exchanging parameters. Results equal a one-stage pipeline with K x M
+micro-batches, and the oracle, up to the order of the floating-point sums.
 
 Like graphpart.engines.Engine it satisfies graphpart.engines.Trainable (step,
 value_and_grad, predict, state, stats, events, close), so the training loop, checkpoints and
@@ -43,7 +46,6 @@ class DataParallel:
     """K replicas of a one-stage plan, each on its share of every minibatch's rows."""
 
     kind = "data-parallel"
-    microbatches = 1  # per replica: its rows of a minibatch are one micro-batch
 
     def __init__(
         self,
@@ -52,6 +54,7 @@ class DataParallel:
         optimizer: Optimizer,
         *,
         replicas: int,
+        microbatches: int = 1,
         transport: str = "shm",
         max_rows: int,
         device: str = "cpu",
@@ -67,14 +70,17 @@ class DataParallel:
             )
         if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
             raise ConfigError(f"replicas={replicas!r}: must be a positive integer")
+        _check_microbatches(microbatches)
         if transport not in DP_TRANSPORTS:
             raise ConfigError(
                 f"transport={transport!r} for data parallelism; valid: {', '.join(DP_TRANSPORTS)}"
             )
         self.plan = plan
         self.replicas = replicas
+        self.microbatches = microbatches  # per replica
         self.max_rows = max(int(max_rows), 1)
-        self.chunk = microbatch_rows(self.max_rows, self.replicas)  # rows a replica holds
+        self.share = microbatch_rows(self.max_rows, replicas)  # rows of a replica's share
+        self.chunk = microbatch_rows(self.share, microbatches)  # rows a replica's buffers hold
         self.itemsize = params_dtype(params).itemsize
         st = plan.stages[0]
         own = stage_params(st.graph, params)  # the same values (or Init) for every replica
@@ -90,7 +96,7 @@ class DataParallel:
                 device=device,
                 keep_events=keep_events,
                 trace_allocations=keep_events,  # profiling, in the replicas
-                batch_rows=self.chunk,
+                batch_rows=self.share,
             )
             for r in range(self.replicas)
         ]
@@ -106,6 +112,20 @@ class DataParallel:
             self.transport.close()
             raise
 
+    def reschedule(self, microbatches: int) -> None:
+        """Run each replica's share as `microbatches` micro-batches from the next step on (the
+        same replicas). Their buffers hold `chunk` rows, so the new count must not make a
+        micro-batch larger than that: any count at least the one the engine was built with."""
+        _check_microbatches(microbatches)
+        rows = microbatch_rows(self.share, microbatches)
+        if rows > self.chunk:
+            raise PlanError(
+                f"microbatches={microbatches}: a replica's micro-batches would hold up to {rows} "
+                f"rows, more than the {self.chunk} its buffers were built for; use at least "
+                f"{microbatch_rows(self.share, self.chunk)}"
+            )
+        self.microbatches = microbatches
+
     # -- stepping -------------------------------------------------------------------------------
     def step(self, x: np.ndarray, y: np.ndarray, update: bool = True) -> StepResult:
         """One minibatch over the replicas; J, L (summed over replicas) and s (every replica's)."""
@@ -120,10 +140,10 @@ class DataParallel:
                 f"a minibatch of {n} rows exceeds max_rows={self.max_rows} the replicas were "
                 "built for"
             )
-        rows = split_batch(n, k)
+        rows = replica_rows(n, k, self.microbatches)
         finished = self.transport.run_replicas(
-            [[np.ascontiguousarray(x[r])] for r in rows],
-            [[y[r]] for r in rows],
+            [[np.ascontiguousarray(x[m]) for m in mbs] for mbs in rows],
+            [[y[m] for m in mbs] for mbs in rows],
             1.0 / n,
             bool(update),
         )
@@ -141,7 +161,7 @@ class DataParallel:
     def predict(self, x: np.ndarray, chunk: int | None = None) -> np.ndarray:
         """Logits for every row of x: chunks of at most `chunk` rows (and at most what stays
         inside a Ray call: engines/inference.py) dealt to the replicas in turn."""
-        rows = max(1, min(chunk or self.chunk, self.chunk))  # a replica holds `chunk` rows
+        rows = max(1, min(chunk or self.chunk, self.chunk))  # a replica's buffers hold `chunk`
         rows = min(rows, inference.inline_rows(batch_widths(self.plan.graph), self.itemsize))
         chains = [[r] for r in range(self.replicas)]
         return inference.predict(self.transport, x, rows, chains, self.replicas + 1)
@@ -181,6 +201,24 @@ class DataParallel:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _check_microbatches(m: Any) -> None:
+    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+        raise ConfigError(f"microbatches={m!r}: must be a positive integer (per replica)")
+
+
+def replica_rows(n: int, replicas: int, microbatches: int) -> list[list[slice]]:
+    """The row ranges of an n-row minibatch's micro-batches, per replica: replica r takes
+    split_batch(n, replicas)[r] and cuts it into split_batch(its rows, M) micro-batches,
+    M = min(microbatches, its rows) (a share smaller than `microbatches`, from a short last
+    batch, runs one micro-batch per row, as Engine does)."""
+    out = []
+    for share in split_batch(n, replicas):
+        size = share.stop - share.start
+        parts = split_batch(size, min(int(microbatches), size))
+        out.append([slice(share.start + p.start, share.start + p.stop) for p in parts])
+    return out
 
 
 def _merge(states: Sequence[Mapping]) -> Mapping:

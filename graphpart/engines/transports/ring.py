@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from functools import cache
 from typing import Any, ClassVar
 
 import numpy as np
@@ -27,6 +28,7 @@ from graphpart.errors import ConfigError
 from graphpart.params import params_dtype
 from graphpart.plan import memory
 from workers import actor as bodies
+from workers.actions import StageAction
 from workers.channels import ChannelName
 from workers.stage import WorkerSpec
 from workers.stats import Finish
@@ -108,13 +110,14 @@ class Ring(RayActors):
         scale: float,
         update: bool,
     ) -> list[Finish]:
-        """One data-parallel step: replica r runs its micro-batches xs[r] (labels ys[r]),
-        the ring all-reduce and its `finish`; each replica's Finish, in replica order."""
+        """One data-parallel step: replica r runs its micro-batches xs[r] (labels ys[r]; the
+        replicas may have different counts), accumulating their gradients, then the ring
+        all-reduce and its `finish`; each replica's Finish, in replica order."""
         step = self.steps.next()
         refs = [
             a.replica_step.remote(
                 step,
-                wire("1f1b", 1, len(xs[r])).stages[0],  # one stage: F0 B0 F1 B1 ...
+                replica_actions(len(xs[r])),
                 list(xs[r]),
                 list(ys[r]),
                 scale,
@@ -136,6 +139,13 @@ class Ring(RayActors):
         ids = [a._actor_id.hex() for a in self.actors]
         who = f"replica {ids.index(dead)}" if dead in ids else "a replica"
         return f"{who}'s worker process died ({first_line(e)})"
+
+
+@cache
+def replica_actions(microbatches: int) -> tuple[StageAction, ...]:
+    """A replica's actions for a step of `microbatches` micro-batches: a one-stage 1F1B
+    wiring, F0 B0 F1 B1 ... (its gradients accumulate over them), made once per count."""
+    return tuple(wire("1f1b", 1, int(microbatches)).stages[0])
 
 
 def ring_channel_bytes(spec: WorkerSpec, world: int) -> int:
