@@ -16,6 +16,10 @@ from graphpart.optim import Optimizer, init_state, reference_step
 from workers.actor import blas_env
 
 NUM_CPUS = 2
+# One BLAS for every product, in this process and the Ray workers it starts (they inherit the
+# environment): results bit-identical across transports whatever the thread counts. The MKL
+# and calibrated paths are tests/test_blas.py's, which set the variable themselves.
+os.environ.setdefault("GRAPHPART_BLAS", "openblas")
 
 
 def pytest_configure(config: pytest.Config) -> None:

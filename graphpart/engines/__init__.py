@@ -10,11 +10,15 @@ from workers.backends import DEVICES, check_device
 from workers.channels import Channel, ChannelInbox, ChannelName
 from workers.channels import unlink as unlink_channel
 from workers.hwm import read_hwm, reset_hwm
+from workers.kernels.blas import describe as describe_blas
+from workers.kernels.blas import providers as blas_providers
 from workers.ledger import Ledger
 from workers.stats import Rss, StageStats
 
 __all__ = [
     "Channel",
+    "blas_providers",
+    "describe_blas",
     "ChannelInbox",
     "ChannelName",
     "unlink_channel",

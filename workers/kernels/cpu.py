@@ -12,7 +12,8 @@ Conventions shared by every kernel:
 * Everything is `nogil=True` and serial (one worker is pinned to one core), and `cache=True`
   (compiled code is reused across processes; NUMBA_CACHE_DIR, if set, chooses where).
 * `KERNELS` is the table the op registry's kernel keys (graphpart.ir.ops, `kernels`) index;
-  the matrix products there go through BLAS (NumPy's, and SciPy's gemm for beta).
+  the matrix products there go through BLAS (`workers.kernels.blas`: NumPy's OpenBLAS, or
+  MKL where it is installed and measured faster at the product's shape).
 * exp/tanh/sigmoid are evaluated with branch-free polynomial code (Cephes coefficients, about
   1-2 ulp) so that the loops vectorise; libm calls would not. NaN propagates; overflow gives
   inf and underflow 0 as in NumPy (float32 denormals included).
@@ -27,9 +28,9 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
-from scipy.linalg import blas as _blas
 
 from graphpart.ir.ops import ACT_CODE
+from workers.kernels import blas
 
 __all__ = [
     "ACTIVATIONS",
@@ -73,7 +74,6 @@ _KW = {"cache": True, "nogil": True, "error_model": "numpy"}  # x / 0 -> inf, as
 # that they vectorise. Neither assumes finite values, so NaN and inf keep NumPy semantics.
 _FM = {"contract"}
 _FM_SUM = {"contract", "reassoc"}
-_GEMM = {"f": _blas.sgemm, "d": _blas.dgemm}  # BLAS gemm with beta, by NumPy dtype char
 
 
 # --- vectorisable scalar math --------------------------------------------------------------
@@ -576,29 +576,18 @@ def weight_decay(w: np.ndarray, g: np.ndarray, lam: float, accumulate: bool) -> 
 
 def matmul_nt(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     """out = a @ b.T (the forward z = x W^T)."""
-    np.matmul(a, b.T, out=out)
+    blas.gemm("nt", a, b, out)
 
 
 def matmul_nn(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     """out = a @ b (the input gradient dx = dz W)."""
-    np.matmul(a, b, out=out)
+    blas.gemm("nn", a, b, out)
 
 
 def matmul_tn(a: np.ndarray, b: np.ndarray, out: np.ndarray, beta: float = 0.0) -> None:
     """out = a.T @ b + beta * out. beta=1 accumulates a weight gradient in the gemm itself
-    (BLAS's C = alpha AB + beta C, through SciPy's wrapper: NumPy has no beta), so no
-    temporary is written and added afterwards."""
-    if beta == 0.0:
-        np.matmul(a.T, b, out=out)
-        return
-    gemm = _GEMM.get(out.dtype.char)
-    if gemm is None or not (a.flags.c_contiguous and b.flags.c_contiguous):
-        out *= beta
-        out += a.T @ b  # not a BLAS type or layout: the plain way
-        return
-    # C-ordered out (o x i) is the Fortran-ordered out.T (i x o) = b.T (i x n) @ a (n x o)
-    # + beta out.T, with b.T and a.T Fortran-ordered views: written in place, no copies
-    gemm(1.0, b.T, a.T, beta=beta, c=out.T, trans_b=1, overwrite_c=1)
+    (BLAS's C = alpha AB + beta C), so no temporary is written and added afterwards."""
+    blas.gemm("tn", a, b, out, beta)
 
 
 # --- gelu (tanh approximation, written v sigmoid(2u), u = c (v + a v^3): graphpart.ir.ops) --
