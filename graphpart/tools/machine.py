@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from graphpart.engines import describe_blas
+
 
 def cores() -> int:
     """CPUs this process may run on."""
@@ -63,6 +65,7 @@ def environment() -> dict[str, Any]:
         "cpu": cpu_model(),
         "cores": cores(),
         "blas": blas_info(),
+        "graphpart_blas": describe_blas(),
         "loadavg": loadavg(),
     }
 

@@ -28,7 +28,7 @@ def format_report(result: Mapping[str, Any]) -> str:
         f"{c['activation']}, softmax cross-entropy; {c['repeats']} timed steps after "
         f"{c['warmup']} warm-up, in {c['rounds']} rounds of blocks",
         f"CPU {env['cpu']}, {env['cores']} cores, {c['threads']} threads for every contender; "
-        f"BLAS {blas}",
+        f"BLAS {blas}; graphpart's products: {env.get('graphpart_blas', 'not recorded')}",
         f"python {env['python']}, numpy {env['numpy']}, numba {env['numba']}, "
         f"torch {env['torch'] or 'not installed'}",
         f"matmul {mm['n']}^3 {mm['dtype']}: {mm['gflops']:.1f} GFLOP/s best, before or after "

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from graphpart.engines import measured_costs, start_ray, stop_ray
+from graphpart.engines import describe_blas, measured_costs, start_ray, stop_ray
 from graphpart.engines.transports import RAY_DEFAULT
 from graphpart.ir import mlp
 from graphpart.plan.batching import microbatch_rows
@@ -117,6 +117,7 @@ def run(
                 "python": platform.python_version(),
                 "ray": ray.__version__,
                 "numpy": np.__version__,
+                "graphpart_blas": describe_blas(),
                 "load_avg_start": os.getloadavg(),
             },
             "model": {

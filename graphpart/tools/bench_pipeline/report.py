@@ -10,6 +10,7 @@ def format_report(res: dict[str, Any]) -> str:
     lines = [
         f"machine: {mach['cpus']} cpus, Ray {mach['ray']}, load avg "
         f"{mach['load_avg_start'][0]:.2f} -> {mach['load_avg_end'][0]:.2f}",
+        f"graphpart's BLAS: {mach.get('graphpart_blas', 'not recorded')}",
         f"(a) boundary transfer of {t['shape'][0]}x{t['shape'][1]} float32 "
         f"({t['bytes'] / 2**20:.0f} MiB), median of {t['samples']}:",
         f"  empty actor call                     {t['empty_call_ms']:7.3f} ms",
