@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from graphpart.engines import Rss, StageStats
+from graphpart.engines import Rss, StageStats, describe_blas
 from graphpart.plan import schedule as sch
 from graphpart.plan.batching import split_batch
 from graphpart.plan.memory import budget_problem, predict
@@ -154,6 +154,7 @@ def run_summary(
         "schedule": p.schedule,
         "runtime": "ray" if uses_ray(cfg) else "local",
         "transport": transport_of(cfg),
+        "blas": describe_blas(),  # as this machine decides (workers on other nodes decide there)
         "stage_stats": [stage_summary(x) for x in stats],
     }
 
