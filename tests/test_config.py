@@ -339,7 +339,6 @@ def test_transport_choices_come_from_the_registry():
     ("overrides", "message"),
     [
         ({"pipeline.stages": 2}, "use stages = 1 (or data_parallel = 1)"),
-        ({"pipeline.microbatches": 2}, "use microbatches = 1"),
         ({"pipeline.transport": "inprocess"}, "replicas run on Ray actors; use one of auto, shm"),
         ({"pipeline.transport": "compiled"}, "use one of auto, shm, push"),
         ({"train.batch_size": 1}, "each replica needs at least one row"),
@@ -348,6 +347,21 @@ def test_transport_choices_come_from_the_registry():
 def test_data_parallel_conflicts_are_named(overrides, message):
     msg = _error(overrides={"pipeline.data_parallel": 2, **overrides})
     assert "pipeline.data_parallel=2" in msg and message in msg
+
+
+def test_data_parallel_takes_micro_batches_per_replica_up_to_its_share():
+    """pipeline.microbatches with pipeline.data_parallel is per replica (accumulation inside
+    each replica): accepted up to the smallest replica's share of a minibatch, floor(B / R)
+    rows; beyond, a one-line error names the three values and the valid range; M < 1 is
+    refused as anywhere."""
+    ok = {"pipeline.data_parallel": 3, "train.batch_size": 14}
+    cfg = load_config(None, {**ok, "pipeline.microbatches": 4})
+    assert (cfg.pipeline.data_parallel, cfg.pipeline.microbatches) == (3, 4)
+    msg = _error(overrides={**ok, "pipeline.microbatches": 5})
+    assert "pipeline.microbatches=5 with pipeline.data_parallel=3 and train.batch_size=14" in msg
+    assert "can be 4 row(s); use microbatches 1..4" in msg
+    msg = _error(overrides={**ok, "pipeline.microbatches": 0})
+    assert "pipeline.microbatches=0: must be a positive integer" in msg
 
 
 @pytest.mark.parametrize("budget", ["", "64MiB", "1.5 GiB", "100MB", "123456"])

@@ -223,12 +223,6 @@ def _check_together(cfg: Config) -> None:
                 f"pipeline.data_parallel={p.data_parallel} with pipeline.stages={p.stages}: "
                 "data parallelism replicates the whole model; use stages = 1 (or data_parallel = 1)"
             )
-        if p.microbatches != 1:
-            raise ConfigError(
-                f"pipeline.data_parallel={p.data_parallel} with pipeline.microbatches="
-                f"{p.microbatches}: each replica takes its rows as one micro-batch; use "
-                "microbatches = 1"
-            )
         if p.transport not in DP_TRANSPORTS:
             raise ConfigError(
                 f"pipeline.transport={p.transport!r} with pipeline.data_parallel="
@@ -239,6 +233,14 @@ def _check_together(cfg: Config) -> None:
             raise ConfigError(
                 f"pipeline.data_parallel={p.data_parallel} exceeds train.batch_size="
                 f"{t.batch_size}: each replica needs at least one row"
+            )
+        share = t.batch_size // p.data_parallel  # the smallest replica's rows of a minibatch
+        if p.microbatches > share:
+            raise ConfigError(
+                f"pipeline.microbatches={p.microbatches} with pipeline.data_parallel="
+                f"{p.data_parallel} and train.batch_size={t.batch_size}: micro-batches are per "
+                f"replica, and a replica's share of a minibatch can be {share} row(s); use "
+                f"microbatches 1..{share} (or a larger batch_size)"
             )
     if p.microbatches > t.batch_size:
         raise ConfigError(

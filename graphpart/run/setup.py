@@ -196,8 +196,8 @@ def check_budget(s: Setup) -> None:
 def check_last_batch(s: Setup) -> None:
     """Data parallelism needs a row per replica in every minibatch, the epoch's last included.
 
-    (A pipeline needs no such rule: a minibatch with fewer rows than micro-batches runs one
-    micro-batch per row, the same mathematics.)"""
+    (Micro-batches need no such rule: a pipeline's minibatch, or a replica's share of one,
+    with fewer rows than micro-batches runs one micro-batch per row, the same mathematics.)"""
     p, t = s.config.pipeline, s.config.train
     last = s.shape.n_train % t.batch_size
     if p.data_parallel > 1 and 0 < last < p.data_parallel:
@@ -220,6 +220,7 @@ def make_engine(s: Setup, params: Params, keep_events: bool = False) -> Trainabl
             params,
             s.optimizer,
             replicas=p.data_parallel,
+            microbatches=p.microbatches,
             transport=transport_of(s.config),
             address=p.address,
             max_rows=t.batch_size,
