@@ -159,6 +159,24 @@ def test_data_parallel_replicas_hold_the_whole_state_and_1_over_k_activations(gr
         }
 
 
+def test_data_parallel_time_counts_each_replicas_micro_batches_and_search_keeps_one(graph):
+    """A replica's step runs min(M, its ceil(B / K) rows) micro-batches, 2 actions each (with
+    free compute and transfers, 1 ms an action: 2 M ms); the search proposes data parallelism
+    with one micro-batch per replica whatever the workload's M (the memory model predicts no
+    more yet)."""
+    one = partition(graph, 1)
+    for m, want in ((1, 2), (2, 4), (4, 8)):
+        t = auto._data_parallel_time(one, 2, Workload(batch=BATCH, microbatches=m), EQUAL)
+        assert t == pytest.approx(want * 1e-3)
+    short = auto._data_parallel_time(one, 2, Workload(batch=6, microbatches=4), EQUAL)
+    assert short == pytest.approx(6e-3)  # shares of 3 rows: 3 micro-batches each
+    cands = search(
+        graph, Workload(batch=BATCH, microbatches=4), devices=2, budget=None, rates=RATES
+    )
+    dp = _find(cands, kind="data-parallel", replicas=2)
+    assert dp.microbatches == 1 and dp.config()["pipeline.microbatches"] == 1
+
+
 def test_pipeline_stages_share_the_parameters(graph, roomy):
     single = _find(roomy, kind="single", recompute=False).worst_bytes["parameter"]
     for K in (2, 3, 4):

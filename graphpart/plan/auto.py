@@ -19,8 +19,10 @@
 # - the optimizer update streams its buffers once: (3 + 2 x state slots) x parameter bytes
 #   (read weight and gradient, write weight; read and write each state slot) over
 #   `copy_bytes_per_s`; each device updates its own parameters when its last backward ends;
-# - data parallel: every replica runs ceil(B / K) rows as one micro-batch, then a ring
-#   all-reduce of the gradients, 2 (K - 1) messages of P / K bytes, each one hop.
+# - data parallel: every replica runs ceil(B / K) rows as M micro-batches (gradient
+#   accumulation in the replica: 2 M actions), then a ring all-reduce of the gradients,
+#   2 (K - 1) messages of P / K bytes, each one hop. The search tries M = 1 only: the memory
+#   model's predict_data_parallel takes a replica's rows as one micro-batch.
 #
 # Deliberate departures from the obvious:
 # - A one-stage run (single device, or accumulation over M micro-batches) is simulated as a
@@ -95,9 +97,14 @@ def step_time(
 def _data_parallel_time(
     plan: Plan, replicas: int, w: Workload, rates: Rates, capacity: float | None = None
 ) -> float:
+    """Predicted seconds of one data-parallel step: each replica's ceil(B / K) rows in
+    min(w.microbatches, its rows) micro-batches (at the mean micro-batch's rate, as
+    `step_time`, and a fixed cost per action), the ring all-reduce, the update."""
     (st,) = plan.stages
-    rows = -(-w.batch // replicas)
-    compute = (st.flops_fwd + st.flops_bwd) * rows / rates.flops_at(rows) + 2 * rates.per_action_s
+    share = -(-w.batch // replicas)
+    m = min(max(1, w.microbatches), share)
+    rate = rates.flops_at(share / m)
+    compute = (st.flops_fwd + st.flops_bwd) * share / rate + 2 * m * rates.per_action_s
     p = param_bytes(plan.graph, w.dtype)
     ring = 2 * (replicas - 1) * rates.transfer_s(p / replicas)
     return timing.replicas_step(compute, ring, _update_s(p, w.slots, rates), replicas, capacity)
@@ -128,7 +135,7 @@ def _candidate(
         kind=kind,
         devices=devices,
         stages=plan.k,
-        microbatches=1 if kind == "data-parallel" else pred.microbatches,
+        microbatches=pred.microbatches,  # per replica for data parallelism
         schedule="1f1b" if kind == "data-parallel" else pred.schedule,
         recompute=pred.recompute,
         replicas=replicas,
@@ -222,9 +229,11 @@ def search(
                     )
 
     p = param_bytes(graph, dt)
+    # one micro-batch per replica: predict_data_parallel does not model more yet
+    wd = replace(base, microbatches=1, schedule="1f1b", recompute=False)
     for k in range(2, min(devices, batch) + 1):
-        pred = predict_data_parallel(one, k, base, channels=True)
-        step = _data_parallel_time(one, k, base, rates, capacity)
+        pred = predict_data_parallel(one, k, wd, channels=True)
+        step = _data_parallel_time(one, k, wd, rates, capacity)
         out.append(
             _candidate(
                 "data-parallel",
