@@ -77,7 +77,7 @@ class DataParallel:
             )
         self.plan = plan
         self.replicas = replicas
-        self.microbatches = microbatches  # per replica
+        self._microbatches = microbatches
         self.max_rows = max(int(max_rows), 1)
         self.share = microbatch_rows(self.max_rows, replicas)  # rows of a replica's share
         self.chunk = microbatch_rows(self.share, microbatches)  # rows a replica's buffers hold
@@ -124,7 +124,12 @@ class DataParallel:
                 f"rows, more than the {self.chunk} its buffers were built for; use at least "
                 f"{microbatch_rows(self.share, self.chunk)}"
             )
-        self.microbatches = microbatches
+        self._microbatches = microbatches
+
+    @property
+    def microbatches(self) -> int:
+        """Micro-batches per replica (a step's gradient accumulation inside each replica)."""
+        return self._microbatches
 
     # -- stepping -------------------------------------------------------------------------------
     def step(self, x: np.ndarray, y: np.ndarray, update: bool = True) -> StepResult:
