@@ -126,6 +126,7 @@ def test_auto_times_once_and_the_file_decides(cache, monkeypatch):
 
 
 @needs_mkl
+@pytest.mark.ray  # starts another process
 def test_another_process_reads_the_same_pick(cache, monkeypatch):
     monkeypatch.setenv("GRAPHPART_BLAS", "auto")
     args = ("nn", (32, 40), (40, 24), np.dtype(np.float64), 1)

@@ -1092,7 +1092,9 @@ def _wait_for(pred, what: str, limit: float = 120.0) -> None:
         time.sleep(0.1)
 
 
-@pytest.mark.parametrize("stages", [1, pytest.param(2, marks=pytest.mark.ray)])
+@pytest.mark.parametrize(
+    "stages", [pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.ray)]
+)
 def test_a_second_writer_is_refused_and_sigterm_is_an_interrupt(capsys, tmp_path, stages):
     """While `graphpart train` runs: `--resume` of its directory is refused in one line naming
     its pid (and the run goes on); SIGTERM then ends it like Ctrl-C: exit 143, one line of
