@@ -6,15 +6,18 @@ the stage's values: one step per tensor op, except that a bias_add whose only co
 activation right after it is one step with the fused kernel; scalar ops (l2, add) are not
 steps, and the regulariser's calls run once per step (`per_step`, none when lambda is 0).
 Backward runs per op, in reverse, its weight-gradient then its input-gradient calls, without
-the stage input's when it is not sent. `saved` is what some VJP reads
+the stage input's when it is not sent; `input_calls` (I) and `weight_calls` (W) are those
+calls apart, and W reads `pending_grads` (each layer's dz root) and, under recompute,
+`pending_values`. `saved` is what some VJP reads
 (parameters excluded), with recompute only the stage input and labels; `workspace` is every
 other non-parameter value the forward touches; cotangents share buffers along `aliases`
 (dm = dz = dh), resolved to their root even through unfused chains; dW temporaries exist for
 weights accumulated more than once a step. Lowered.buffers names every buffer exactly as
 workers/program.py enters it in its ledger, with the same category and bytes, and in the
-order it allocates them when micro-batches run one at a time. The activation codes are the
-registry's (graphpart.ir.ops.ACT_CODE) and the kernels' constants; CATEGORIES is the one
-declaration the ledger and the memory model use.
+order it allocates them when micro-batches run one at a time, with B or with I and W apart
+(then `pending` pending slots, and the shared dz buffers only where B runs). The activation
+codes are the registry's (graphpart.ir.ops.ACT_CODE) and the kernels' constants; CATEGORIES
+is the one declaration the ledger and the memory model use.
 """
 
 from __future__ import annotations
@@ -214,7 +217,9 @@ def test_weight_gradients_accumulate_without_temporaries():
 
 
 # -- the buffers against a Program's ledger --------------------------------------------------
-def run_program(low: lw.Lowered, *, microbatches: int, one_at_a_time: bool, dtype=np.float64):
+def run_program(
+    low: lw.Lowered, *, microbatches: int, one_at_a_time: bool, dtype=np.float64, split=False
+):
     g = low.graph
     rng = np.random.default_rng(0)
     params = {v.name: (0.3 * rng.standard_normal(v.shape)).astype(dtype) for v in g.params}
@@ -238,14 +243,19 @@ def run_program(low: lw.Lowered, *, microbatches: int, one_at_a_time: bool, dtyp
             else rng.standard_normal(lab.concrete_shape(ROWS)).astype(dtype)
         )
     dy = None if low.output is None else np.ones(g.var(low.output).concrete_shape(ROWS), dtype)
-    order = [(m, "F") for m in range(microbatches)] + [(m, "B") for m in range(microbatches)]
+    kinds = "FIW" if split else "FB"
+    order = [(m, k) for k in kinds for m in range(microbatches)]
     if one_at_a_time:
-        order = [(m, k) for m in range(microbatches) for k in "FB"]
+        order = [(m, k) for m in range(microbatches) for k in kinds]
     for m, k in order:
         if k == "F":
             prog.forward(m, x, y, 0.5)
-        else:
+        elif k == "B":
             prog.backward(m, dy, 0.5)
+        elif k == "I":
+            prog.backward_input(m, dy, 0.5)
+        else:
+            prog.backward_weight(m, 0.5)
     prog.regularize()
     prog.finish_grads()
     return prog
@@ -263,7 +273,8 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("recompute", [False, True])
 @pytest.mark.parametrize("microbatches", [1, 3])
-def test_buffers_are_the_program_ledger(case, recompute, microbatches):
+@pytest.mark.parametrize("split", [False, True], ids=["B", "I+W"])
+def test_buffers_are_the_program_ledger(case, recompute, microbatches, split):
     graph, k, index = CASES[case]()
     output, input_grad = None, False
     if k is not None:
@@ -271,10 +282,13 @@ def test_buffers_are_the_program_ledger(case, recompute, microbatches):
         graph, output, input_grad = st.graph, st.output, True
     low = lw.lower(graph, output=output, input_grad=input_grad, recompute=recompute)
     for one_at_a_time in (True, False):
-        prog = run_program(low, microbatches=microbatches, one_at_a_time=one_at_a_time)
+        prog = run_program(low, microbatches=microbatches, one_at_a_time=one_at_a_time, split=split)
         in_flight = 1 if one_at_a_time else microbatches
-        assert len(prog.slots) == in_flight
-        specs = low.buffers(in_flight=in_flight, optimizer_slots=0)
+        pending = in_flight if split else 0
+        assert len(prog.slots) == in_flight and len(prog.pending) == pending
+        specs = low.buffers(
+            in_flight=in_flight, optimizer_slots=0, pending=pending, whole=not split
+        )
         want = {b.name: (b.category, b.nbytes(ROWS, np.float64)) for b in specs}
         assert prog.ledger.snapshot().entries == want
         if one_at_a_time:  # the executor allocates lazily, in the lowering's order
@@ -289,8 +303,30 @@ def test_buffers_are_the_program_ledger(case, recompute, microbatches):
             optimizer_slots=0,
             dtype="float64",
             recompute=recompute,
+            pending=pending,
+            whole=not split,
         )
         assert {b.name: (b.category, b.nbytes) for b in bufs} == want
+
+
+def test_backward_splits_into_input_and_weight_calls():
+    """I is every step's input-gradient calls, W its weight-gradient calls (each matmul's dW,
+    each bias's sum), both in backward's step order; W reads the cotangent of each layer's
+    pre-activation (the root its aliases share) and, under recompute only, the matmuls'
+    inputs that no slot keeps."""
+    g = mlp([3, 4, 5, 6, 2], bias=True)
+    st = partition(g, 3, "uniform").stages[1]  # layer 2, between stages
+    low = lw.lower(st.graph, output=st.output, input_grad=True, recompute=False)
+    assert keys(low.input_calls) == ["act_backward", "matmul_nn"]
+    assert keys(low.weight_calls) == ["sum_rows", "matmul_tn"]
+    assert {c.param for c in low.weight_calls} == set(low.params)
+    calls = [c for s in reversed(low.steps) for c in s.backward]
+    assert sorted(map(id, calls)) == sorted(map(id, (*low.input_calls, *low.weight_calls)))
+    assert low.pending_grads == (low.output,) and low.pending_values == ()
+    whole_low = lw.lower(g, output=None, input_grad=False, recompute=True)
+    assert keys(whole_low.weight_calls) == ["sum_rows", "matmul_tn"] * 4
+    assert whole_low.pending_grads == ("o", "h3", "h2", "h1")
+    assert whole_low.pending_values == ("h3", "h2", "h1")  # x is kept in the slot
 
 
 def test_optimizer_buffers_are_named_per_slot():

@@ -1,7 +1,8 @@
 """Contract of the analytic memory model (graphpart/plan/memory.py) against the workers' ledgers.
 
 predict(plan, ...) names every buffer a stage worker allocates, with the ledger's name,
-category and size, so for K in {1, 2, 4}, both schedules, M in {1, 2, 4, 8}, SGD with and
+category and size, so for K in {1, 2, 4}, every schedule (GPipe, 1F1B and the zero-bubble
+ZB-H1 and ZB-H2, whose pending-W slots are counted as activation), M in {1, 2, 4, 8}, SGD with and
 without momentum and Adam, bias on and off, recompute on and off, the predicted bytes equal
 the ledger's measured peak EXACTLY in every category (and buffer by buffer), in float32 and
 float64, whatever the activation and loss. With M >= K, stage 0's activation peak under 1F1B
@@ -33,6 +34,7 @@ from graphpart.ir.ops import ACTIVATIONS, LOSSES
 from graphpart.optim import SGD, Adam
 from graphpart.params import init_params
 from graphpart.plan import memory
+from graphpart.plan import schedule as sch
 from graphpart.plan.memory import Workload
 from graphpart.plan.partition import make_plan, partition
 from graphpart.units import human_bytes
@@ -87,6 +89,8 @@ def _assert_exact(e, pred):
         assert snap.peak_total == st.total
         assert snap.entries == st.entries(), f"stage {k}: buffers differ"
         assert len(w.prog.slots) == st.in_flight
+        pending = [b for b in st.buffers if b.name.startswith("pendw[")]
+        assert len(w.prog.pending) * len(w.prog.lowered.pending_buffers(0)) == len(pending)
 
 
 @pytest.mark.slow  # in process, but a second or more: the slow lane
@@ -96,7 +100,7 @@ def _assert_exact(e, pred):
 def test_prediction_equals_measured_peak(K, bias, recompute):
     g = mlp(SIZES, bias=bias, weight_decay=0.01)
     plan = partition(g, K, "uniform")
-    for schedule in ("gpipe", "1f1b"):
+    for schedule in ("gpipe", "1f1b", "zb-h1", "zb-h2"):
         for M in (1, 2, 4, 8):
             for name, opt in OPTIMIZERS.items():
                 e = _engine(plan, opt, M, schedule, recompute)
@@ -124,6 +128,33 @@ def test_prediction_equals_measured_peak(K, bias, recompute):
                     ),
                 )
                 assert [s.bytes for s in by_name.stages] == [s.bytes for s in pred.stages], name
+
+
+@pytest.mark.parametrize("schedule,recompute", [("zb-h1", True), ("zb-h2", False)])
+def test_zero_bubble_prediction_equals_measured_peak(schedule, recompute):
+    """Under a split schedule each stage also holds, from a micro-batch's I to its W, a
+    pending slot with the cotangents W reads (and, with recompute, the values it reads): the
+    most micro-batches between I and W at once (schedule.peak_pending) x one slot's bytes,
+    counted as activation; the received cotangent is one of them, so no boundary buffer.
+    (Every K, M and optimizer: test_prediction_equals_measured_peak, in the slow lane.)"""
+    g = mlp(SIZES, bias=True, weight_decay=0.01)
+    for K, M in ((1, 3), (4, 5)):
+        plan = partition(g, K, "uniform")
+        opt = OPTIMIZERS["momentum"]
+        e = _engine(plan, opt, M, schedule, recompute)
+        w = Workload(
+            batch=BATCH, microbatches=M, schedule=schedule, optimizer=opt, recompute=recompute
+        )
+        pred = memory.predict(plan, w)
+        _assert_exact(e, pred)
+        for k, st in enumerate(pred.stages):
+            acts = sch.make(schedule, K, M)[k]
+            low = e.transport.workers[k].prog.lowered
+            one = sum(b.nbytes(w.rows, "float32") for b in low.pending_buffers(0))
+            pend = sum(b.nbytes for b in st.buffers if b.name.startswith("pendw["))
+            assert pend == sch.peak_pending(acts) * one > 0
+            assert not any(b.name == f"dgrad:{low.output}" for b in st.buffers)
+        e.close()
 
 
 @pytest.mark.parametrize(

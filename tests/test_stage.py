@@ -10,6 +10,7 @@ micro-batches in flight, and they are re-used step after step. A backward before
 or a second forward of a micro-batch still in flight, raises RuntimeError. `infer` returns the
 same logits as autodiff.forward's "o" and allocates no extra slot. `finish` adds lambda W once
 per step and applies the optimizer; `zero_grad` starts a fresh step; state round-trips.
+`backward` equals `backward_input` followed, later, by `backward_weight`, bit for bit.
 """
 
 from __future__ import annotations
@@ -492,3 +493,44 @@ def test_resident_peak_catches_what_no_call_sampled():
         assert after.peak >= before.current + (60 << 20)
     else:  # elsewhere one sample per step: at least the current figure
         assert after.peak >= after.current - (4 << 20)
+
+
+def _split_step(ws, plan, x, y, microbatches, whole):
+    """Every micro-batch forward, then backward stage by stage in reverse: B, or I with the
+    W of each micro-batch deferred until every I of its stage has run (most pending)."""
+    n = len(x)
+    scale = 1.0 / n
+    rows = split_batch(n, microbatches)
+    for m, r in enumerate(rows):
+        fwd(ws, plan, m, x[r], y[r], scale)
+    for m in range(len(rows)):
+        g = None
+        for w in reversed(ws):
+            g = w.backward(m, g, scale) if whole else w.backward_input(m, g, scale)
+            g = None if g is None else g.copy()
+    if not whole:
+        for w in ws:
+            for m in range(len(rows)):
+                w.backward_weight(m, scale)
+    return [w.finish(update=False) for w in ws], [w.get_grads() for w in ws]
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+@pytest.mark.parametrize("k", [1, 3])
+def test_backward_is_input_then_weight_gradients_bit_for_bit(k, recompute):
+    """B equals I followed (later) by W exactly: the same J and gradients, bit for bit, with
+    every micro-batch's W deferred; the slots and pending slots are all given back."""
+    g, params, x, y = problem(n=N)
+    plan = partition(g, k, "uniform")
+    got = {}
+    for whole in (True, False):
+        ws = workers_for(plan, params, recompute=recompute)
+        got[whole] = _split_step(ws, plan, x, y, 3, whole)
+        for w in ws:
+            assert not w.prog.slot_of and not w.prog.pending_of
+            assert len(w.prog.pending) == (0 if whole else 3)
+    (fin_b, grads_b), (fin_s, grads_s) = got[True], got[False]
+    assert fin_b == fin_s
+    for a, b in zip(grads_b, grads_s, strict=True):
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)

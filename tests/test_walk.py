@@ -3,8 +3,10 @@
 Each (stage, action) becomes one call, in the order given: a forward calls `forward(mb, x,
 labels, scale)` with x from `take` where it receives, else from `data(mb)`, and the labels only
 where the action takes them; with `infer`, `infer(x)`; a backward calls `backward(mb,
-take(...), scale)`. Every output goes to `give` with its stage and action; an action kind
-without a stage method is a one-line error naming it.
+take(...), scale)`, its input-gradient part ("I") `backward_input(mb, take(...), scale)`, its
+weight-gradient part ("W") `backward_weight(mb, scale)` with no input. Every output goes to
+`give` with its stage and action; an action kind without a stage method is a one-line error
+naming it.
 """
 
 from __future__ import annotations
@@ -65,6 +67,21 @@ def test_inference_forwards_call_infer_with_the_input_only():
     assert [g[2] for g in given] == ["infer0.1", "infer1.1"]
 
 
+def test_split_backwards_call_their_halves():
+    acts = [
+        (1, StageAction("I", 0, receives=False, sends=True)),
+        (0, StageAction("I", 0, receives=True, sends=False)),
+        (1, StageAction("W", 0, receives=False, sends=False)),
+    ]
+    calls, given = _run(acts)
+    assert calls == [
+        (1, "backward_input", 0, "took1I0", 0.25),
+        (0, "backward_input", 0, "took0I0", 0.25),
+        (1, "backward_weight", 0, 0.25),
+    ]
+    assert [g[1:] for g in given][-1] == ("W0", "backward_weight1.0")
+
+
 def test_an_unknown_action_kind_is_named():
-    with pytest.raises(ValueError, match="kind 'W'"):
-        _run([(0, StageAction("W", 2, receives=False, sends=False))])
+    with pytest.raises(ValueError, match="kind 'X'"):
+        _run([(0, StageAction("X", 2, receives=False, sends=False))])

@@ -3,9 +3,12 @@
 `wire(kind, K, M)` keeps each stage's schedule (its actions in order) and routes them: a
 forward receives from the previous stage except on stage 0 (which reads the micro-batch), sends
 to the next except on the last stage (which takes the labels); a backward receives from the
-next stage except on the last, and sends to the previous except on stage 0. `order` lists
+next stage except on the last, and sends to the previous except on stage 0; so does a
+zero-bubble schedule's I (its output carries a cotangent, as B's), and its W neither receives
+nor sends. `order` lists
 every action once, keeps each stage's own order and puts every action after the ones it
-depends on (F(k-1, m) before F(k, m); F(K-1, m) before B(K-1, m); B(k+1, m) before B(k, m)).
+depends on (F(k-1, m) before F(k, m); F(K-1, m) before B(K-1, m); B(k+1, m) before B(k, m);
+I for B where split, and I(k, m) before W(k, m)).
 `drive` issues exactly those calls with the right inputs (a receiving action gets its
 neighbour's output handle, the last stage's backward its own forward's) and returns the
 unconsumed outputs followed by each stage's finish. `wire_inference(K, M)` runs every
@@ -29,32 +32,40 @@ def test_order_respects_dependencies(kind, k, m):
     w = wire(kind, k, m)
     actions = sch.make(kind, k, m)
     assert [list(a) for a in w.actions] == actions
-    assert len(w.order) == 2 * k * m
+    assert len(w.order) == sum(len(a) for a in actions)
     assert len(set(w.order)) == len(w.order)
     for stage in range(k):  # each stage's own order is kept, and is the routed list
         assert [str(a) for s, a in w.order if s == stage] == [str(a) for a in actions[stage]]
         assert [a for s, a in w.order if s == stage] == list(w.stages[stage])
     pos = {(s, a.kind, a.mb): i for i, (s, a) in enumerate(w.order)}
+    back = {(s, a.mb): a.kind for s, a in w.order if a.kind in "BI"}  # B, or I where split
     for stage in range(k):
         for mb in range(m):
+            b = back[stage, mb]
             if stage > 0:
                 assert pos[stage - 1, "F", mb] < pos[stage, "F", mb]
             if stage < k - 1:
-                assert pos[stage + 1, "B", mb] < pos[stage, "B", mb]
-            assert pos[stage, "F", mb] < pos[stage, "B", mb]
+                assert pos[stage + 1, back[stage + 1, mb], mb] < pos[stage, b, mb]
+            assert pos[stage, "F", mb] < pos[stage, b, mb]
+            if b == "I":
+                assert pos[stage, "I", mb] < pos[stage, "W", mb]
     assert w.peak_in_flight == tuple(sch.peak_in_flight(a) for a in actions)
 
 
 @pytest.mark.parametrize("k", [1, 2, 4])
-def test_routing_flags(k):
-    w = wire("gpipe", k, 3)
+@pytest.mark.parametrize("kind", ["gpipe", "zb-h1"])
+def test_routing_flags(k, kind):
+    w = wire(kind, k, 3)
     last = k - 1
     for stage, acts in enumerate(w.stages):
         for a in acts:
             if a.kind == "F":
                 assert (a.receives, a.sends, a.labels) == (stage > 0, stage < last, stage == last)
+            elif a.kind == "W":
+                assert (a.receives, a.sends, a.labels, a.carries) == (False, False, False, None)
             else:
                 assert (a.receives, a.sends, a.labels) == (stage < last, stage > 0, False)
+                assert a.carries == "B"
 
 
 def test_drive_issues_each_call_with_its_inputs():
@@ -85,6 +96,43 @@ def test_drive_issues_each_call_with_its_inputs():
     issued = [c[1:3] if c[1] != "finish" else c[:2] for c in calls]
     assert issued.index(("backward", 0)) > issued.index(("forward", 0))  # handles exist first
     assert leaves == ["backward0.0", "backward0.1", "finish0", "finish1"]
+
+
+def test_drive_issues_split_backwards_with_their_inputs():
+    """ZB-H1, K=2, M=2: an I takes the next stage's I output (the last stage's, its own
+    forward's), a W takes nothing; W's None outputs are leaves too."""
+    w = wire("zb-h1", 2, 2)
+    calls = []
+
+    def call(k, method, *args):
+        calls.append((k, method, *args))
+        return f"{method}{k}.{args[0]}" if method != "finish" else f"finish{k}"
+
+    feed = StepFeed(xs=["x0", "x1"], ys=["y0", "y1"], scale=0.5, update=True)
+    leaves = drive(w, feed, call)
+    by_stage = {k: [c[1:] for c in calls if c[0] == k] for k in (0, 1)}
+    assert by_stage[0] == [
+        ("forward", 0, "x0", None, 0.5),
+        ("forward", 1, "x1", None, 0.5),
+        ("backward_input", 0, "backward_input1.0", 0.5),
+        ("backward_weight", 0, 0.5),
+        ("backward_input", 1, "backward_input1.1", 0.5),
+        ("backward_weight", 1, 0.5),
+        ("finish", True),
+    ]
+    assert by_stage[1] == [
+        ("forward", 0, "forward0.0", "y0", 0.5),
+        ("backward_input", 0, "forward1.0", 0.5),
+        ("forward", 1, "forward0.1", "y1", 0.5),
+        ("backward_input", 1, "forward1.1", 0.5),
+        ("backward_weight", 0, 0.5),
+        ("backward_weight", 1, 0.5),
+        ("finish", True),
+    ]
+    assert sorted(leaves) == sorted(
+        ["backward_input0.0", "backward_input0.1", "finish0", "finish1"]
+        + [f"backward_weight{k}.{m}" for k in (0, 1) for m in (0, 1)]
+    )
 
 
 @pytest.mark.parametrize("k", [1, 2, 4])

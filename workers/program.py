@@ -21,6 +21,14 @@ this module allocates those buffers lazily, in the order it first needs them:
   not per micro-batch: lambda W must be counted exactly once however the batch is split.
 - With `recompute`, forward keeps only the stage input (and labels) per micro-batch and
   backward reruns the stage's forward into workspace buffers before differentiating.
+- Backward is I then W (the lowering's `input_calls`, `weight_calls`): `backward` runs both
+  on the shared buffers; a zero-bubble schedule calls `backward_input` (I: what the previous
+  stage waits for) and, later, `backward_weight` (W). Between them a micro-batch keeps its
+  slot (the saved values W reads) and a *pending* slot, taken at I and given back at W, with
+  the cotangents W reads (each layer's dz) and, under recompute, the values W reads; I writes
+  them there directly (the same kernels, bound once more with those operands read from the
+  slot), so the arithmetic is B's, bit for bit. Pending slots are allocated once, as many as
+  the schedule's most micro-batches between I and W (ledger: "pendw[k]:...", "activation").
 """
 
 from __future__ import annotations
@@ -31,11 +39,16 @@ from typing import Any
 import numpy as np
 
 from graphpart.ir.graph import BATCH, Graph
-from graphpart.ir.lower import BufferSpec, KernelCall, lower, nbytes
+from graphpart.ir.lower import BufferSpec, KernelCall, Lowered, lower, nbytes
 from workers.backends import Backend, Kernel
 from workers.ledger import Ledger
 
 Run = Callable[["Program", dict, int, float], Any]  # (program, slot, rows, scale) -> result
+
+
+def pending_key(root: str) -> tuple[str, str]:
+    """A pending slot's key for the cotangent buffer of `root` (values keep their names)."""
+    return ("d", root)
 
 
 class Program:
@@ -89,9 +102,17 @@ class Program:
         self._gbuf: dict[str, Any] = {}
         # the kernels and their operands, resolved once: (forward, loss?, backward calls)
         self._fwd = [(self._bind(s.forward), s.op.inputs[0] if s.loss else None) for s in low.steps]
-        self._bwd = [self._bind(c) for s in reversed(low.steps) for c in s.backward]
+        self._bwd = [self._bind(c) for c in (*low.input_calls, *low.weight_calls)]  # B = I, W
+        # I and W apart: the cotangents W reads in the micro-batch's pending slot
+        pend = {n: pending_key(r) for n, r in _cotangent_roots(low) if r in low.pending_grads}
+        self._ical = [self._bind(c, pend) for c in low.input_calls]
+        self._wcal = [self._bind(c, pend) for c in low.weight_calls]
         self._per_step = [self._bind(c) for c in low.per_step]
         self._sends = input_grad and low.root(low.input) in low.roots
+        self.pending: list[dict[Any, Any]] = []  # pending slots (allocated at first need)
+        self.free_pending: list[int] = []
+        self.pending_of: dict[int, int] = {}  # micro-batch -> its pending slot, from I to W
+        self._joined: dict[int, dict[Any, Any]] = {}  # micro-batch -> its slot and pending slot
 
     # -- construction -------------------------------------------------------------------------
     def _alloc(self, spec: BufferSpec, zero: bool = False, dtype: Any = None) -> Any:
@@ -129,9 +150,34 @@ class Program:
             self._gbuf[root] = self._alloc(self.lowered.cotangent_buffer(root))
         return self._gbuf[root]
 
+    def _cotangent(self, slot: dict, name: str) -> Any:
+        """dJ/d(name): in the pending slot joined into `slot` where it lives there."""
+        key = pending_key(self.lowered.root(name))
+        return slot[key] if key in slot else self._grad(name)
+
+    def _pending_slot(self, mb: int) -> dict[Any, Any]:
+        """Take a pending slot for micro-batch `mb`; return it joined with its slot."""
+        if mb in self.pending_of:
+            raise RuntimeError(f"{self.name}: input gradient of micro-batch {mb} twice")
+        if self.free_pending:
+            k = self.free_pending.pop()
+        else:
+            k = len(self.pending)
+            low = self.lowered
+            buf = {
+                pending_key(r): self._alloc(low.pending_grad_buffer(k, r))
+                for r in low.pending_grads
+            }
+            buf.update({n: self._alloc(low.pending_value_buffer(k, n)) for n in low.pending_values})
+            self.pending.append(buf)
+        self.pending_of[mb] = k
+        joined = {**self.slots[self.slot_of[mb]], **self.pending[k]}
+        self._joined[mb] = joined
+        return joined
+
     # -- kernel calls, bound once --------------------------------------------------------------
-    def _bind(self, call: KernelCall) -> Run:
-        return _compile(call, self.bk.kernels[call.key])
+    def _bind(self, call: KernelCall, pending: Mapping[str, Any] | None = None) -> Run:
+        return _compile(call, self.bk.kernels[call.key], pending or {})
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, mb: int, x: Any, y: Any = None, scale: float = 1.0) -> Any:
@@ -177,12 +223,60 @@ class Program:
 
     # -- backward -----------------------------------------------------------------------------
     def backward(self, mb: int, g: Any = None, scale: float = 1.0) -> Any:
-        """Backward of micro-batch `mb` given dJ/d(output); returns dJ/d(input) or None."""
-        if mb not in self.slot_of:
-            raise RuntimeError(f"{self.name}: backward of micro-batch {mb} before its forward")
+        """Backward of micro-batch `mb` given dJ/d(output): I then W on the shared buffers;
+        returns dJ/d(input) or None."""
+        slot = self._backward_slot(mb, "backward")
         self.ledger.mark("B", str(mb))
-        slot = self.slots[self.slot_of[mb]]
         n = self.rows_of[mb]
+        self._receive(slot, mb, n, g, scale)
+        for run in self._bwd:
+            run(self, slot, n, scale)
+        din = self._grad(self.input)[:n] if self._sends else None
+        self._release(mb)
+        self.ledger.mark("B_end", str(mb))
+        return din
+
+    def backward_input(self, mb: int, g: Any = None, scale: float = 1.0) -> Any:
+        """I of micro-batch `mb` given dJ/d(output): returns dJ/d(input) or None; keeps what
+        its W reads (its slot, and a pending slot) until `backward_weight(mb)`."""
+        self._backward_slot(mb, "input gradient")
+        self.ledger.mark("I", str(mb))
+        slot = self._pending_slot(mb)
+        n = self.rows_of[mb]
+        self._receive(slot, mb, n, g, scale)
+        for run in self._ical:
+            run(self, slot, n, scale)
+        din = self._cotangent(slot, self.input)[:n] if self._sends else None
+        self.ledger.mark("I_end", str(mb))
+        return din
+
+    def backward_weight(self, mb: int, scale: float = 1.0) -> None:
+        """W of micro-batch `mb` (after its `backward_input`): its weight gradients, added to
+        this step's; frees its slot and pending slot. (`scale` is not read: the call takes
+        it so that, as every action, it reads the step's input.)"""
+        if mb not in self.pending_of:
+            raise RuntimeError(
+                f"{self.name}: weight gradient of micro-batch {mb} before its input gradient"
+            )
+        self.ledger.mark("W", str(mb))
+        slot = self._joined.pop(mb)
+        n = self.rows_of[mb]
+        for run in self._wcal:
+            run(self, slot, n, scale)
+        self.free_pending.append(self.pending_of.pop(mb))
+        self._release(mb)
+        self.ledger.mark("W_end", str(mb))
+
+    def _backward_slot(self, mb: int, what: str) -> dict[str, Any]:
+        if mb not in self.slot_of:
+            raise RuntimeError(f"{self.name}: {what} of micro-batch {mb} before its forward")
+        if mb in self.pending_of:
+            raise RuntimeError(f"{self.name}: {what} of micro-batch {mb} after its input gradient")
+        return self.slots[self.slot_of[mb]]
+
+    def _receive(self, slot: dict, mb: int, n: int, g: Any, scale: float) -> None:
+        """Before a backward: rebuild the forward (recompute), copy the received cotangent
+        into this stage's own buffer."""
         if self.recompute:  # everything but input and labels lives in workspace: rebuild it
             saved_loss = self.loss_sum
             self._run_forward(slot, n, scale)
@@ -192,14 +286,11 @@ class Program:
                 raise ValueError(
                     f"{self.name}: backward of micro-batch {mb} needs dJ/d{self.output}"
                 )
-            self.bk.from_host(g, self._grad(self.output)[:n])
-        for run in self._bwd:
-            run(self, slot, n, scale)
-        din = self._grad(self.input)[:n] if self._sends else None
+            self.bk.from_host(g, self._cotangent(slot, self.output)[:n])
+
+    def _release(self, mb: int) -> None:
         self.free_slots.append(self.slot_of.pop(mb))
         del self.rows_of[mb]
-        self.ledger.mark("B_end", str(mb))
-        return din
 
     # -- per step -----------------------------------------------------------------------------
     def regularize(self) -> float:
@@ -250,15 +341,28 @@ _OPERAND: dict[str, str] = {
     "beta": "(0.0 if p.fresh[{name!r}] else 1.0)",
     "accumulate": "(not p.fresh[{name!r}])",
 }
+_PENDING = "slot[{key!r}][:n]"  # a cotangent held in the micro-batch's pending slot
 
 
-def _compile(call: KernelCall, kernel: Kernel) -> Run:
+def _cotangent_roots(low: Lowered) -> list[tuple[str, str]]:
+    """(cotangent name, its root) for every cotangent a backward call names."""
+    names = dict.fromkeys(n for c in (*low.input_calls, *low.weight_calls) for n in c.cotangents())
+    return [(n, low.root(n)) for n in names]
+
+
+def _compile(call: KernelCall, kernel: Kernel, pending: Mapping[str, Any]) -> Run:
     """One function of (program, slot, rows, scale) making the call: its arguments written out
     from _OPERAND (names and constants as literals), so a step costs one Python call and the
     kernel's, with no per-operand dispatch; a written parameter gradient is no longer fresh.
-    The program is an argument, not captured: a Program and its calls form no reference
-    cycle (a dropped Program is freed at once)."""
-    args = ", ".join(_OPERAND[o.kind].format(name=o.name, const=o.const) for o in call.operands)
+    A cotangent named in `pending` is read from the slot under its key (a pending slot joined
+    to the micro-batch's). The program is an argument, not captured: a Program and its calls
+    form no reference cycle (a dropped Program is freed at once)."""
+    args = ", ".join(
+        _PENDING.format(key=pending[o.name])
+        if o.kind == "grad" and o.name in pending
+        else _OPERAND[o.kind].format(name=o.name, const=o.const)
+        for o in call.operands
+    )
     lines = ["def run(p, slot, n, sc):", f"    out = kernel({args})"]
     if call.param is not None:
         lines.append(f"    p.fresh[{call.param!r}] = False")

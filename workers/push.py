@@ -21,7 +21,7 @@ from workers.actions import StageAction
 from workers.stats import Finish
 from workers.walk import walk
 
-Key = tuple[int, str, int]  # (step, "F" | "B", micro-batch)
+Key = tuple[int, str, int]  # (step, "F" | "B", micro-batch): what a tensor carries (I's: "B")
 Send = Callable[[Key, np.ndarray], None]
 
 
@@ -37,6 +37,12 @@ class StageRunner(Protocol):
     ) -> np.ndarray | None: ...
 
     def finish(self, update: bool = True) -> Finish: ...
+
+    def backward_input(
+        self, mb: int, g: np.ndarray | None = None, scale: float = 1.0
+    ) -> np.ndarray | None: ...
+
+    def backward_weight(self, mb: int, scale: float = 1.0) -> None: ...
 
     def infer(self, x: np.ndarray) -> np.ndarray: ...
 
@@ -130,14 +136,15 @@ def run_step(
     """
     inbox.clear_before(step)
     kept: list[np.ndarray] = []
-    sends = {"F": send_forward, "B": send_backward}
+    sends = {"F": send_forward, "B": send_backward}  # by what the output carries (I: "B")
 
     def data(m: int) -> np.ndarray:  # FROM_INBOX: the driver wrote the minibatch into a channel
         return inbox.take((step, "F", m), timeout_s) if isinstance(xs, str) else _part(xs, m)
 
     def give(k: int, a: StageAction, out: Any) -> None:
-        if a.sends:
-            _send(sends[a.kind], (step, a.kind, a.mb), out)
+        carries = a.carries
+        if a.sends and carries is not None:
+            _send(sends[carries], (step, carries, a.mb), out)
         elif infer:
             kept.append(out)  # a host copy already (StageWorker.infer)
 
@@ -145,7 +152,7 @@ def run_step(
         ((0, a) for a in actions),  # one stage: its index plays no part
         lambda k, a, method, *args: _act(getattr(worker, method), _what(a, method), *args),
         data=data,
-        take=lambda k, a: inbox.take((step, a.kind, a.mb), timeout_s) if a.receives else None,
+        take=lambda k, a: inbox.take((step, a.carries, a.mb), timeout_s) if a.receives else None,
         give=give,
         labels=lambda m: _part(ys, m),
         scale=scale,
@@ -160,8 +167,14 @@ def run_step(
 
 def _what(a: StageAction, method: str) -> str:
     """An action as failures name it ("forward of micro-batch 3")."""
-    kind = "inference forward" if method == "infer" else method
-    return f"{kind} of micro-batch {a.mb}"
+    return f"{_NAMES.get(method, method)} of micro-batch {a.mb}"
+
+
+_NAMES = {
+    "infer": "inference forward",
+    "backward_input": "input gradient",
+    "backward_weight": "weight gradient",
+}
 
 
 def _part(parts: Sequence[np.ndarray] | None, m: int) -> np.ndarray:

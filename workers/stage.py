@@ -147,6 +147,29 @@ class StageWorker:
         self.busy.backward += time.perf_counter() - t
         return din
 
+    def backward_input(
+        self, mb: int, g: np.ndarray | None = None, scale: float = 1.0
+    ) -> np.ndarray | None:
+        """The input-gradient half of `backward` (I): dJ/d(input), sent to the previous stage;
+        what the weight gradients read is kept until `backward_weight(mb)`."""
+        t = time.perf_counter()
+        if g is not None:
+            self.bytes_received += g.nbytes
+        with np.errstate(all="ignore"):
+            din = self.prog.backward_input(mb, g, scale)
+        if din is not None:
+            din = self.bk.to_host(din)
+            self.bytes_sent += din.nbytes
+        self.busy.backward += time.perf_counter() - t
+        return din
+
+    def backward_weight(self, mb: int, scale: float = 1.0) -> None:
+        """The weight-gradient half of `backward` (W) of micro-batch `mb`, after its I."""
+        t = time.perf_counter()
+        with np.errstate(all="ignore"):
+            self.prog.backward_weight(mb, scale)
+        self.busy.backward += time.perf_counter() - t
+
     def infer(self, x: np.ndarray) -> np.ndarray:
         """Inference forward of up to max_rows rows (no cache, no loss); a host array copy."""
         with np.errstate(all="ignore"):

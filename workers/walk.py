@@ -28,19 +28,32 @@ def walk(
     A forward ("F") is the stage's `forward(mb, x, labels or None, scale)` (`infer(x)` with
     `infer`), x being `take(stage, action)` where it receives, else `data(mb)` (the first
     stage's micro-batch); a backward ("B") is `backward(mb, take(stage, action), scale)` (the
-    last stage's take gives what starts it from its own loss). Each output goes to `give`.
+    last stage's take gives what starts it from its own loss), its input-gradient part ("I")
+    `backward_input(mb, take(stage, action), scale)` alike, and its weight-gradient part ("W")
+    `backward_weight(mb, scale)` (no input: what its I kept). Each output goes to `give`.
     Every path that runs a schedule (a driver's `drive`, a stage's or a replica's own step,
-    `value_and_grad`'s chain of programs) walks here, so a new action kind is added once.
+    `value_and_grad`'s chain of programs) walks here, so a new action kind is added once: one
+    entry in the table below.
     """
+
+    def forward(k: int, a: StageAction) -> tuple[str, tuple[Any, ...]]:
+        x = take(k, a) if a.receives else data(a.mb)
+        if infer:
+            return "infer", (x,)
+        return "forward", (a.mb, x, labels(a.mb) if a.labels else None, scale)
+
+    def backward(method: str) -> Callable[[int, StageAction], tuple[str, tuple[Any, ...]]]:
+        return lambda k, a: (method, (a.mb, take(k, a), scale))
+
+    table: dict[str, Callable[[int, StageAction], tuple[str, tuple[Any, ...]]]] = {
+        "F": forward,
+        "B": backward("backward"),
+        "I": backward("backward_input"),
+        "W": lambda k, a: ("backward_weight", (a.mb, scale)),
+    }
     for k, a in actions:
-        if a.kind == "F":
-            x = take(k, a) if a.receives else data(a.mb)
-            if infer:
-                out = call(k, a, "infer", x)
-            else:
-                out = call(k, a, "forward", a.mb, x, labels(a.mb) if a.labels else None, scale)
-        elif a.kind == "B":
-            out = call(k, a, "backward", a.mb, take(k, a), scale)
-        else:
+        how = table.get(a.kind)
+        if how is None:
             raise ValueError(f"action {a}: kind {a.kind!r} has no stage method")
-        give(k, a, out)
+        method, args = how(k, a)
+        give(k, a, call(k, a, method, *args))

@@ -51,7 +51,11 @@ class _Chain:
         self.own = [dict(prog.params) for prog in self.progs]  # each program's own buffers
 
     def run(
-        self, params: Mapping[str, np.ndarray], data: Mapping[str, np.ndarray], microbatches: int
+        self,
+        params: Mapping[str, np.ndarray],
+        data: Mapping[str, np.ndarray],
+        microbatches: int,
+        schedule: str = "1f1b",
     ) -> tuple[float, dict[str, np.ndarray]]:
         progs = self.progs
         x = data[progs[0].input]
@@ -82,7 +86,7 @@ class _Chain:
             update=False,
         )
         try:
-            done = drive(_wiring(len(progs), microbatches), feed, call)[-len(progs) :]
+            done = drive(_wiring(schedule, len(progs), microbatches), feed, call)[-len(progs) :]
             J = sum(s for s, _ in done)
             grads: dict[str, np.ndarray] = {}
             for (_, loss), prog in zip(done, progs, strict=True):
@@ -95,9 +99,10 @@ class _Chain:
 
 
 @lru_cache(maxsize=64)
-def _wiring(stages: int, microbatches: int) -> StepWiring:
-    """The step a pipeline runs (1F1B: each stage holds at most K micro-batches at once)."""
-    return wire("1f1b", stages, microbatches)
+def _wiring(schedule: str, stages: int, microbatches: int) -> StepWiring:
+    """The step a pipeline runs (by default 1F1B: each stage holds at most K micro-batches at
+    once)."""
+    return wire(schedule, stages, microbatches)
 
 
 @lru_cache(maxsize=64)
@@ -134,6 +139,7 @@ def value_and_grad(
     stages: int | None = None,
     microbatches: int = 1,
     executor: str = "fast",
+    schedule: str = "1f1b",
 ) -> tuple[float, dict[str, np.ndarray]]:
     """J and dJ/dW for every parameter W of `graph`, on `batch` ({"x": X, "y": labels}).
 
@@ -152,7 +158,10 @@ def value_and_grad(
     pipeline computes them: each stage its own program, each micro-batch forward through the
     stages then backward, the loss scaled by 1/N of the whole batch, gradients summed over
     micro-batches and each stage's part of the regulariser added once. The results equal the
-    reference's to rounding (1e-10 relative in float64, held by the tests).
+    reference's to rounding (1e-10 relative in float64, held by the tests). `schedule` (one of
+    graphpart.plan.schedule.KINDS) orders each stage's actions as a pipeline would: "zb-h1"
+    and "zb-h2" split each backward into its input-gradient and weight-gradient calls. The
+    reference ignores it (the order changes no value beyond rounding).
 
     `executor="reference"` computes the same with the reference ops instead
     (`graphpart.api.value_and_grad`: reverse-mode autodiff over the IR in NumPy, or its
@@ -187,10 +196,11 @@ def value_and_grad(
         raise GraphpartError("plan= partitions another graph; pass the graph it was made from")
     n = len(data[graph.inputs[0].name])
     split_batch(n, microbatches)  # a bad count is a one-line PlanError before any work
+    _wiring(schedule, plan.k, microbatches)  # and so is a bad schedule name
     chain = _chain(plan, params, dtype, microbatch_rows(n, microbatches))
     with chain.lock:
         try:
-            return chain.run(params, data, microbatches)
+            return chain.run(params, data, microbatches, schedule)
         except BaseException:  # a program stopped half-way holds a taken slot: start afresh
             with _cache_lock:
                 if _cache.get((plan, dtype)) is chain:

@@ -50,14 +50,18 @@ class StepFeed(Generic[H]):
 
 
 def wire(schedule: str, stages: int, microbatches: int) -> StepWiring:
-    """The wiring of `schedule` ("gpipe" or "1f1b") over `stages` stages and M micro-batches."""
+    """The wiring of `schedule` (one of graphpart.plan.schedule.KINDS) over `stages` stages
+    and M micro-batches. A B or I receives the next stage's cotangent (from its B or I) and
+    sends its own to the previous stage; a W neither receives nor sends."""
     actions = sch.make(schedule, stages, microbatches)
     last = stages - 1
 
     def routed(k: int, a: sch.Action) -> StageAction:
         if a.kind == "F":
             return StageAction("F", a.mb, receives=k > 0, sends=k < last, labels=k == last)
-        return StageAction("B", a.mb, receives=k < last, sends=k > 0)
+        if a.kind == "W":  # reads what its I kept: no neighbour either way
+            return StageAction("W", a.mb, receives=False, sends=False)
+        return StageAction(a.kind, a.mb, receives=k < last, sends=k > 0)  # B or I
 
     per_stage = tuple(tuple(routed(k, a) for a in acts) for k, acts in enumerate(actions))
     # a unit-time simulation starts each action after its dependencies: a topological order
@@ -111,10 +115,11 @@ def drive(w: StepWiring, feed: StepFeed[H], call: Callable[..., H]) -> list[H]:
     carry any failure of a leaf action) followed by the K finish results.
 
     An action that receives takes its neighbour's output handle; the last stage's backward
-    takes its own forward's output (None: a dependency, not a value), so that every
-    transport, a compiled graph included, sees the same data dependencies.
+    (B or I) takes its own forward's output (None: a dependency, not a value), so that every
+    transport, a compiled graph included, sees the same data dependencies. A W's output
+    (None) is a leaf: the step waits on it like any other.
     """
-    out: dict[str, dict[tuple[int, int], H]] = {"F": {}, "B": {}}
+    out: dict[str, dict[tuple[int, int], H]] = {"F": {}, "B": {}, "W": {}}
 
     def take(k: int, a: StageAction) -> H:
         if a.kind == "F":
@@ -126,9 +131,9 @@ def drive(w: StepWiring, feed: StepFeed[H], call: Callable[..., H]) -> list[H]:
         lambda k, a, method, *args: call(k, method, *args),
         data=feed.xs.__getitem__,
         take=take,
-        give=lambda k, a, h: out[a.kind].__setitem__((k, a.mb), h),
+        give=lambda k, a, h: out[a.carries or a.kind].__setitem__((k, a.mb), h),
         labels=feed.ys.__getitem__,
         scale=feed.scale,
     )
     done = [call(k, "finish", feed.update) for k in range(w.k)]
-    return [*out["F"].values(), *out["B"].values(), *done]
+    return [*out["F"].values(), *out["B"].values(), *out["W"].values(), *done]

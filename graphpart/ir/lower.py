@@ -54,6 +54,7 @@ class KernelCall:
     key: str
     operands: tuple[Operand, ...]
     param: str | None = None  # the parameter whose gradient it writes (then no longer fresh)
+    weight: bool = False  # a weight-gradient call (the op's `weight_grads`): runs in W, not I
 
     def values(self) -> tuple[str, ...]:
         return tuple(o.name for o in self.operands if o.kind == "value")
@@ -88,7 +89,9 @@ def _operand(graph: Graph, ops: tuple[Op, ...], role: str, each: str | None) -> 
     return Operand("param" if param else "value", name)
 
 
-def _bind(graph: Graph, call: Call, ops: tuple[Op, ...], each: str | None = None) -> KernelCall:
+def _bind(
+    graph: Graph, call: Call, ops: tuple[Op, ...], each: str | None = None, weight: bool = False
+) -> KernelCall:
     """Resolve a Call's roles for `ops` (one op, or an op and the one fused after it)."""
     written = call.writes()
     dst = None if written is None else _operand(graph, ops, written, each)
@@ -101,7 +104,7 @@ def _bind(graph: Graph, call: Call, ops: tuple[Op, ...], each: str | None = None
             operands.append(Operand(role, param))
         else:
             operands.append(_operand(graph, ops, role, each))
-    return KernelCall(call.key, tuple(operands), param)
+    return KernelCall(call.key, tuple(operands), param, weight)
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,7 @@ class Step:
 
     ops: tuple[Op, ...]
     forward: KernelCall
-    backward: tuple[KernelCall, ...]  # in the order they run
+    backward: tuple[KernelCall, ...]  # op by op in reverse: its weight, then input gradients
     loss: bool = False  # the forward returns the (scaled) loss
 
     @property
@@ -141,8 +144,10 @@ class BufferSpec:
 def plan_steps(graph: Graph, wants: Callable[[str], bool] = lambda name: True) -> tuple[Step, ...]:
     """The tensor ops as kernel calls (the registry's `kernels`): an op whose only consumer is
     the op right after it runs fused with it where it declares a kernel for the pair (bias_add
-    then its activation). Backward runs, op by op in reverse, the weight-gradient calls, then
-    the input-gradient calls whose cotangent `wants(value)`. Scalar ops (l2, add) are left out."""
+    then its activation). A step's backward lists, op by op in reverse, the weight-gradient
+    calls, then the input-gradient calls whose cotangent `wants(value)` (the executor runs the
+    input-gradient calls of every step first, then the weight-gradient calls: I, then W).
+    Scalar ops (l2, add) are left out."""
     ops = [o for o in graph.ops if get(o.op).kind != "scalar"]
     steps: list[Step] = []
     i = 0
@@ -160,7 +165,7 @@ def plan_steps(graph: Graph, wants: Callable[[str], bool] = lambda name: True) -
         for op in reversed(group):
             ok = get(op.op).kernels
             for c in ok.weight_grads:
-                back.append(_bind(graph, c, (op,)))
+                back.append(_bind(graph, c, (op,), weight=True))
             for c in ok.input_grads:
                 written = c.writes()
                 if written is None or wants(_operand(graph, (op,), written, None).name):
@@ -227,6 +232,15 @@ class Lowered:
     `saved` live in per-micro-batch slots ("activation"); every other non-parameter value the
     forward touches is one shared `workspace` buffer; cotangents share buffers along
     `aliases`, one per root in `roots` (the order backward first needs them).
+
+    Backward is two lists of calls: `input_calls` (I: everything up to the stage input's
+    cotangent, which the previous stage waits for) and `weight_calls` (W: the parameters'
+    gradients). A whole backward (B) runs I then W on the shared buffers. Where W is deferred
+    (a zero-bubble schedule), what W reads must outlive the micro-batch's I: its saved values
+    stay in the micro-batch's slot until W, and the `pending_grads` (cotangent roots W reads:
+    each matmul's and bias's dz) and `pending_values` (values W reads that are not saved: the
+    matmuls' inputs under recompute) live in a per-micro-batch *pending* slot, taken at I and
+    given back at W, instead of in the shared buffers.
     """
 
     graph: Graph
@@ -268,6 +282,30 @@ class Lowered:
                     need(name)
         return tuple(roots)
 
+    @property
+    def input_calls(self) -> tuple[KernelCall, ...]:
+        """I: the input-gradient calls of every step, in the order they run."""
+        return tuple(c for s in reversed(self.steps) for c in s.backward if not c.weight)
+
+    @property
+    def weight_calls(self) -> tuple[KernelCall, ...]:
+        """W: the weight-gradient calls of every step, in the order they run."""
+        return tuple(c for s in reversed(self.steps) for c in s.backward if c.weight)
+
+    @property
+    def pending_grads(self) -> tuple[str, ...]:
+        """Cotangent roots W reads: held per micro-batch from its I to its W when W is
+        deferred."""
+        names = (self.root(n) for c in self.weight_calls for n in c.cotangents())
+        return tuple(dict.fromkeys(names))
+
+    @property
+    def pending_values(self) -> tuple[str, ...]:
+        """Values W reads that no slot keeps (recompute: the matmuls' inputs but the stage's),
+        held per micro-batch from its I to its W when W is deferred."""
+        names = (n for c in self.weight_calls for n in c.values() if n not in self.saved)
+        return tuple(dict.fromkeys(names))
+
     def is_label(self, name: str) -> bool:
         v = self.graph.var(name)
         return v.role == "label" and tuple(v.shape) == (BATCH,)
@@ -294,16 +332,36 @@ class Lowered:
         cat = "boundary" if root in (self.input, self.output) else "workspace"
         return BufferSpec(f"dgrad:{root}", cat, self.graph.var(root).shape)
 
-    def buffers(self, *, in_flight: int, optimizer_slots: int) -> tuple[BufferSpec, ...]:
+    def pending_grad_buffer(self, slot: int, root: str) -> BufferSpec:
+        return BufferSpec(f"pendw[{slot}]:dgrad:{root}", "activation", self.graph.var(root).shape)
+
+    def pending_value_buffer(self, slot: int, name: str) -> BufferSpec:
+        v = self.graph.var(name)
+        return BufferSpec(f"pendw[{slot}]:{name}", "activation", v.shape, self.is_label(name))
+
+    def pending_buffers(self, slot: int) -> tuple[BufferSpec, ...]:
+        """Pending slot `slot`: what a micro-batch's deferred W reads, beyond its saved values."""
+        grads = tuple(self.pending_grad_buffer(slot, r) for r in self.pending_grads)
+        return grads + tuple(self.pending_value_buffer(slot, n) for n in self.pending_values)
+
+    def buffers(
+        self, *, in_flight: int, optimizer_slots: int, pending: int = 0, whole: bool = True
+    ) -> tuple[BufferSpec, ...]:
         """Every buffer a stage worker allocates over a run: parameters and their gradients,
         optimizer state, `in_flight` slots of saved values, workspace values and cotangent
         roots (not the CUDA backend's reduction buffer, which the executor adds). Weight
-        gradients accumulate in the gemm (beta = 1), so there are no dW temporaries."""
+        gradients accumulate in the gemm (beta = 1), so there are no dW temporaries.
+
+        A schedule that splits backwards adds `pending` pending slots (its most micro-batches
+        between I and W at once, graphpart.plan.schedule.peak_pending); the cotangent roots W
+        reads are shared buffers only if the stage also runs `whole` backwards (B)."""
         out = [b for n in self.params for b in (self.param_buffer(n), self.grad_buffer(n))]
         out += [self.optimizer_buffer(i, n) for n in self.params for i in range(optimizer_slots)]
         out += [self.slot_buffer(k, n) for k in range(in_flight) for n in self.saved]
         out += [self.work_buffer(n) for n in self.workspace]
-        out += [self.cotangent_buffer(r) for r in self.roots]
+        out += [b for k in range(pending) for b in self.pending_buffers(k)]
+        skip = () if whole else self.pending_grads
+        out += [self.cotangent_buffer(r) for r in self.roots if r not in skip]
         return tuple(out)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -58,6 +58,8 @@ def stage_buffers(
     optimizer_slots: int,
     dtype: Any = "float32",
     recompute: bool = False,
+    pending: int = 0,
+    whole: bool = True,
 ) -> list[Buffer]:
     """Every buffer a stage worker allocates over a run, with the ledger's names and categories.
 
@@ -67,28 +69,44 @@ def stage_buffers(
     saved values; one shared workspace buffer per other value the forward touches; one
     cotangent buffer per alias root (boundary for the stage input and output, workspace
     otherwise). Each holds `rows` rows. (Weight gradients of several micro-batches accumulate
-    in the gemm itself, beta = 1: no temporaries.)
+    in the gemm itself, beta = 1: no temporaries.) Where the schedule splits backwards into I
+    and W (zero-bubble), `pending` pending slots hold what a deferred W reads (category
+    "activation": the cotangents of each layer's pre-activation, and under recompute the
+    values W reads); the cotangents W reads are shared buffers too only where the stage also
+    runs `whole` backwards (B).
     """
     low = lower(graph, output=output, input_grad=input_grad, recompute=recompute)
-    specs = low.buffers(in_flight=in_flight, optimizer_slots=optimizer_slots)
+    specs = low.buffers(
+        in_flight=in_flight, optimizer_slots=optimizer_slots, pending=pending, whole=whole
+    )
     return [Buffer(b.name, b.category, b.nbytes(rows, dtype)) for b in specs]
+
+
+def schedule_counts(actions: Sequence[sch.Action]) -> dict[str, Any]:
+    """What one stage's action list asks of its buffers: slots of saved values (F to B or W),
+    pending slots (I to W), whether it runs whole backwards (B)."""
+    return {
+        "in_flight": sch.peak_in_flight(actions),
+        "pending": sch.peak_pending(actions),
+        "whole": any(a.kind == "B" for a in actions),
+    }
 
 
 def stage_memory(stage: Stage, n_stages: int, w: Workload) -> StageMemory:
     """Predicted peak bytes of `stage` when it is stage `stage.index` of `n_stages`."""
     rows = w.rows
-    in_flight = sch.peak_in_flight(sch.make(w.schedule, n_stages, w.microbatches)[stage.index])
+    counts = schedule_counts(sch.make(w.schedule, n_stages, w.microbatches)[stage.index])
     bufs = stage_buffers(
         stage.graph,
         output=stage.output,
         input_grad=stage.index > 0,
         rows=rows,
-        in_flight=in_flight,
         optimizer_slots=w.slots,
         dtype=w.dtype,
         recompute=w.recompute,
+        **counts,
     )
-    return StageMemory(stage.index, rows, in_flight, tuple(bufs))
+    return StageMemory(stage.index, rows, counts["in_flight"], tuple(bufs))
 
 
 def channel_bytes(width: int, rows: int, itemsize: int) -> int:
@@ -141,8 +159,10 @@ def predict(plan: Plan, w: Workload, *, channels: bool = False) -> MemoryPredict
 
     parameter, gradient: the stage's parameter bytes each; optimizer: state slots x parameter
     bytes; activation: the saved values of one micro-batch x the schedule's peak in-flight
-    count; boundary: dJ/d(stage input) (stages > 0) and the received dJ/d(stage output) (all
-    but the last), and with `channels` (the `shm` transport) the shared-memory channel
+    count, plus under a zero-bubble schedule what a deferred W reads x the most micro-batches
+    between their I and W; boundary: dJ/d(stage input) (stages > 0) and the received
+    dJ/d(stage output) (all but the last; under a zero-bubble schedule it is W-read, so
+    pending), and with `channels` (the `shm` transport) the shared-memory channel
     buffers to and from each neighbour; workspace: shared buffers of unsaved values and
     cotangents. Buffers hold ceil(batch / microbatches) rows; channels a whole minibatch.
     """
@@ -283,8 +303,7 @@ def stage_memory_cost(
     flops = layer_flops(graph)
     w = w or Workload(batch=64)
     slots, rows = w.slots, w.rows
-    actions = sch.make(w.schedule, stages, w.microbatches)
-    in_flight = [sch.peak_in_flight(a) for a in actions]
+    counts = [schedule_counts(a) for a in sch.make(w.schedule, stages, w.microbatches)]
     built: dict[tuple[int, int], Stage] = {}
     cache: dict[tuple[int, int, int], float] = {}
 
@@ -312,10 +331,10 @@ def stage_memory_cost(
                 output=st.output,
                 input_grad=start > 0,
                 rows=rows,
-                in_flight=in_flight[k],
                 optimizer_slots=slots,
                 dtype=w.dtype,
                 recompute=w.recompute,
+                **counts[k],
             )
             cache[key] = float(sum(b.nbytes for b in bufs))
         return cache[key]

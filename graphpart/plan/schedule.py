@@ -1,19 +1,23 @@
-"""Pipeline schedules (GPipe, 1F1B) as per-stage action lists, and an event-driven simulator.
+"""Pipeline schedules (GPipe, 1F1B, ZB-H1, ZB-H2) as per-stage action lists, and an event-driven
+simulator.
 
-Actions: F (forward), B (backward), or B split in two (the zero-bubble schedules,
-graphpart/plan/zero_bubble.py): I, the input gradient the previous stage waits for, and W, the
-weight gradient nobody waits for. A micro-batch's activations live from its F to its B or W.
+Actions: F (forward), B (backward), or B split in two (the zero-bubble schedules): I, the input
+gradient the previous stage waits for, and W, the weight gradient nobody waits for. A
+micro-batch's activations live from its F to its B or W; the cotangents its W reads, from its
+I to its W. The zero-bubble generators live here, beside `make`, so that every schedule name is
+in KINDS; graphpart/plan/zero_bubble.py draws their pictures and holds the text form and the
+validator.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from graphpart.errors import PlanError
 
-KINDS = ("gpipe", "1f1b")
 ACTION_KINDS = ("F", "B", "I", "W")
 
 
@@ -92,21 +96,22 @@ def one_f_one_b(stages: int, microbatches: int) -> Schedule:
     return schedule
 
 
-def make(kind: str, stages: int, microbatches: int) -> Schedule:
-    """Build the schedule named `kind` ("gpipe" or "1f1b")."""
-    if kind == "gpipe":
-        return gpipe(stages, microbatches)
-    if kind == "1f1b":
-        return one_f_one_b(stages, microbatches)
-    raise PlanError(f"schedule {kind!r} is unknown; use one of {', '.join(KINDS)}")
-
-
 def peak_in_flight(actions: Sequence[Action]) -> int:
     """Most micro-batches forwarded but not yet backwarded (B, or W where B is split) at any
     point of one stage's list."""
     live = peak = 0
     for action in actions:
         live += {"F": 1, "B": -1, "W": -1, "I": 0}[action.kind]
+        peak = max(peak, live)
+    return peak
+
+
+def peak_pending(actions: Sequence[Action]) -> int:
+    """Most micro-batches whose I ran and whose W has not yet, at any point of one stage's
+    list: the cotangents the stage holds for its deferred weight gradients."""
+    live = peak = 0
+    for action in actions:
+        live += {"I": 1, "W": -1}.get(action.kind, 0)
         peak = max(peak, live)
     return peak
 
@@ -210,6 +215,7 @@ def simulate(
             seen.add(action)
 
     done: dict[tuple[int, Action], float] = {}  # (stage, action) -> end time
+    split = [{a.mb for a in actions if a.kind == "I"} for actions in schedule]
     free = [0.0] * stages
     pos = [0] * stages
     events: list[Event] = []
@@ -223,8 +229,8 @@ def simulate(
             return (k, Action("I", m), 0.0)
         if k == stages - 1:
             return (k, Action("F", m), 0.0)
-        split = Action("I", m) in schedule[k + 1]  # the gradient comes from its I, or its B
-        return (k + 1, Action("I" if split else "B", m), comm)
+        kind = "I" if m in split[k + 1] else "B"  # the gradient comes from its I, or its B
+        return (k + 1, Action(kind, m), comm)
 
     progress = True
     while progress:
@@ -273,3 +279,100 @@ def simulate(
         bubble=bubble,
         peak_in_flight=tuple(peak_in_flight(actions) for actions in schedule),
     )
+
+
+# -- the zero-bubble schedules (pictures and rules: graphpart/plan/zero_bubble.py) --------------
+def zb_h1(stages: int, microbatches: int) -> Schedule:
+    """ZB-H1: at most K micro-batches in flight on any stage (1F1B's peak, stage 0's), W
+    filling the bubbles."""
+    return [list(a) for a in _listed(stages, microbatches, (stages,) * stages)]
+
+
+def zb_h2(stages: int, microbatches: int) -> Schedule:
+    """ZB-H2: up to 2K - 1 micro-batches in flight on a stage, for a smaller bubble."""
+    return [list(a) for a in _listed(stages, microbatches, (2 * stages - 1,) * stages)]
+
+
+@lru_cache(maxsize=256)
+def _listed(
+    stages: int, microbatches: int, limit: tuple[int, ...]
+) -> tuple[tuple[Action, ...], ...]:
+    """list_schedule at unit times, kept: the planner asks for the same schedules often."""
+    return tuple(tuple(a) for a in list_schedule(stages, microbatches, limit))
+
+
+def list_schedule(
+    stages: int,
+    microbatches: int,
+    limit: Sequence[int],
+    fwd: float = 1.0,
+    igrad: float = 1.0,
+    wgrad: float = 1.0,
+    comm: float = 0.0,
+) -> Schedule:
+    """Each stage's F, I and W of every micro-batch, placed by list scheduling: at each moment
+    a stage runs, of the actions it may start earliest, an I first, then an F while fewer than
+    `limit[k]` micro-batches hold activations on stage k (from F to W), then a W."""
+    if stages < 1 or microbatches < 1:
+        raise PlanError(f"stages={stages}, microbatches={microbatches}: use 1 or more of each")
+    if len(limit) != stages or min(limit) < 1:
+        raise PlanError(f"limit {list(limit)}: give one count of 1 or more per stage")
+    K, M = stages, microbatches
+    end: dict[tuple[int, str, int], float] = {}
+    free = [0.0] * K
+    nxt = [{"F": 0, "I": 0, "W": 0} for _ in range(K)]  # next micro-batch of each kind
+    out: Schedule = [[] for _ in range(K)]
+    cost = {"F": fwd, "I": igrad, "W": wgrad}
+
+    def ready(k: int, kind: str) -> float | None:
+        """When stage k could start its next `kind` action (None: not yet possible)."""
+        m = nxt[k][kind]
+        if m >= M:
+            return None
+        if kind == "F":
+            if m - nxt[k]["W"] >= limit[k]:
+                return None
+            dep = 0.0 if k == 0 else end.get((k - 1, "F", m))
+            delay = comm if k > 0 else 0.0
+        elif kind == "I":
+            dep = end.get((k, "F", m)) if k == K - 1 else end.get((k + 1, "I", m))
+            delay = comm if k < K - 1 else 0.0
+            if k < K - 1 and (k, "F", m) not in end:
+                return None
+        else:
+            dep, delay = end.get((k, "I", m)), 0.0
+        return None if dep is None else max(free[k], dep + delay)
+
+    order = {"I": 0, "F": 1, "W": 2}
+    for _ in range(3 * K * M):
+        options = [
+            (t, order[kind], k, kind)
+            for k in range(K)
+            for kind in ("I", "F", "W")
+            if (t := ready(k, kind)) is not None
+        ]
+        if not options:
+            raise PlanError(f"list scheduling stalled with limits {list(limit)}")
+        t, _, k, kind = min(options)
+        m = nxt[k][kind]
+        end[(k, kind, m)] = free[k] = t + cost[kind]
+        nxt[k][kind] += 1
+        out[k].append(Action(kind, m))
+    return out
+
+
+GENERATORS: dict[str, Callable[[int, int], Schedule]] = {
+    "gpipe": gpipe,
+    "1f1b": one_f_one_b,
+    "zb-h1": zb_h1,
+    "zb-h2": zb_h2,
+}
+KINDS: tuple[str, ...] = ("gpipe", "1f1b")  # the config's and CLI's choices
+
+
+def make(kind: str, stages: int, microbatches: int) -> Schedule:
+    """Build the schedule named `kind` (one of KINDS)."""
+    if kind not in GENERATORS:
+        raise PlanError(f"schedule {kind!r} is unknown; use one of {', '.join(GENERATORS)}")
+    _check(stages, microbatches)
+    return GENERATORS[kind](stages, microbatches)

@@ -87,7 +87,9 @@ def _shared(
     """The simulator's rules with processor sharing: advance to the next end or arrival."""
     k = len(schedule)
     sch.simulate(schedule, fwd, bwd, hop_s)  # validates the inputs and the schedule
-    times = {"F": fwd, "B": bwd}
+    half = [b / 2 for b in bwd]  # the simulator's split: I and W each half a backward
+    times = {"F": fwd, "B": bwd, "I": half, "W": half}
+    split = [{a.mb for a in acts if a.kind == "I"} for acts in schedule]  # I instead of B
     done: dict[tuple[int, sch.Action], float] = {}
     pos = [0] * k
     job: list[list | None] = [None] * k  # [action or None (finish), work left, start]
@@ -101,10 +103,13 @@ def _shared(
         action = schedule[s][pos[s]]
         if action.kind == "F":
             dep = None if s == 0 else (s - 1, action, hop_s)
+        elif action.kind == "W":
+            dep = (s, sch.Action("I", action.mb), 0.0)
         elif s == k - 1:
             dep = (s, sch.Action("F", action.mb), 0.0)
-        else:
-            dep = (s + 1, action, hop_s)
+        else:  # the gradient comes from the next stage's I, or its B
+            kind = "I" if action.mb in split[s + 1] else "B"
+            dep = (s + 1, sch.Action(kind, action.mb), hop_s)
         if dep is None:
             return 0.0
         end = done.get((dep[0], dep[1]))

@@ -2,10 +2,12 @@
 
 Qi et al. (Zero Bubble Pipeline Parallelism, ICLR 2024) split each backward into I, the input
 gradient the previous stage waits for, and W, the weight gradient nobody waits for, so W can
-fill the slots where 1F1B idles. The schedules here are built by list scheduling on the
-simulator's rules: at each moment a stage runs, of the actions it may start earliest, an I
-first (it is on the critical path), then an F while fewer than `limit` micro-batches hold
-activations (a micro-batch holds them from its F to its W), then a W. The limit sets memory:
+fill the slots where 1F1B idles. The schedules are built by list scheduling on the
+simulator's rules (`list_schedule`, in graphpart/plan/schedule.py beside the other generators,
+so that `schedule.make` and its KINDS name them; re-exported here): at each moment a stage
+runs, of the actions it may start earliest, an I first (it is on the critical path), then an F
+while fewer than `limit` micro-batches hold activations (a micro-batch holds them from its F to
+its W), then a W. The limit sets memory:
 
 - ZB-H1: K on every stage, 1F1B's peak (its stage 0's), so the pipeline's peak activation
   memory is 1F1B's (later stages hold more than 1F1B's do, never more than its stage 0); with
@@ -23,7 +25,8 @@ K=4, M=6, unit F, I and W (1F1B's B takes 2): digits F, a-j I (B in 1F1B), A-J W
 
 A heuristic, not the paper's hand-placed schedules: at K=2 ZB-H1's bubble is 0.36-0.38 of
 1F1B's (M = 4, 8), at K=4 0.60-0.65 (the paper's ZB-H1 reaches about a third there).
-Not yet run by the executor, whose workers run F and B (issue 23).
+The executor runs them (`--schedule zb-h1`, `zb-h2`): each stage worker's I and W are
+separate calls (workers/program.py, `backward_input` and `backward_weight`).
 
 Text form: an action is "<stage>"+kind+"<micro-batch>", e.g. "0F3", "1I2", "1W2"; a schedule
 file lists them separated by spaces or new lines, each stage's in its order ("#" starts a
@@ -36,88 +39,37 @@ import re
 from collections.abc import Sequence
 
 from graphpart.errors import PlanError
-from graphpart.plan.schedule import Action, Schedule, simulate
+from graphpart.plan.schedule import (
+    Action,
+    Schedule,
+    list_schedule,
+    make,
+    simulate,
+    zb_h1,
+    zb_h2,
+)
+
+__all__ = [
+    "SPLIT_KINDS",
+    "format_action",
+    "format_schedule",
+    "list_schedule",
+    "make_split",
+    "parse_schedule",
+    "validate",
+    "zb_h1",
+    "zb_h2",
+]
 
 SPLIT_KINDS = ("zb-h1", "zb-h2")
 _TOKEN = re.compile(r"^(\d+)([FBIW])(\d+)$")
 
 
-def zb_h1(stages: int, microbatches: int) -> Schedule:
-    """ZB-H1: at most K micro-batches in flight on any stage (1F1B's peak, stage 0's), W
-    filling the bubbles."""
-    return list_schedule(stages, microbatches, [stages] * stages)
-
-
-def zb_h2(stages: int, microbatches: int) -> Schedule:
-    """ZB-H2: up to 2K - 1 micro-batches in flight on a stage, for a smaller bubble."""
-    return list_schedule(stages, microbatches, [2 * stages - 1] * stages)
-
-
 def make_split(kind: str, stages: int, microbatches: int) -> Schedule:
     """The zero-bubble schedule named `kind` ("zb-h1" or "zb-h2")."""
-    table = {"zb-h1": zb_h1, "zb-h2": zb_h2}
-    if kind not in table:
+    if kind not in SPLIT_KINDS:
         raise PlanError(f"schedule {kind!r} is unknown; use one of {', '.join(SPLIT_KINDS)}")
-    return table[kind](stages, microbatches)
-
-
-def list_schedule(
-    stages: int,
-    microbatches: int,
-    limit: Sequence[int],
-    fwd: float = 1.0,
-    igrad: float = 1.0,
-    wgrad: float = 1.0,
-    comm: float = 0.0,
-) -> Schedule:
-    """Each stage's F, I and W of every micro-batch, placed by list scheduling (module
-    docstring) with at most `limit[k]` micro-batches holding activations on stage k."""
-    if stages < 1 or microbatches < 1:
-        raise PlanError(f"stages={stages}, microbatches={microbatches}: use 1 or more of each")
-    if len(limit) != stages or min(limit) < 1:
-        raise PlanError(f"limit {list(limit)}: give one count of 1 or more per stage")
-    K, M = stages, microbatches
-    end: dict[tuple[int, str, int], float] = {}
-    free = [0.0] * K
-    nxt = [{"F": 0, "I": 0, "W": 0} for _ in range(K)]  # next micro-batch of each kind
-    out: Schedule = [[] for _ in range(K)]
-    cost = {"F": fwd, "I": igrad, "W": wgrad}
-
-    def ready(k: int, kind: str) -> float | None:
-        """When stage k could start its next `kind` action (None: not yet possible)."""
-        m = nxt[k][kind]
-        if m >= M:
-            return None
-        if kind == "F":
-            if m - nxt[k]["W"] >= limit[k]:
-                return None
-            dep = 0.0 if k == 0 else end.get((k - 1, "F", m))
-            delay = comm if k > 0 else 0.0
-        elif kind == "I":
-            dep = end.get((k, "F", m)) if k == K - 1 else end.get((k + 1, "I", m))
-            delay = comm if k < K - 1 else 0.0
-            if k < K - 1 and (k, "F", m) not in end:
-                return None
-        else:
-            dep, delay = end.get((k, "I", m)), 0.0
-        return None if dep is None else max(free[k], dep + delay)
-
-    order = {"I": 0, "F": 1, "W": 2}
-    for _ in range(3 * K * M):
-        options = [
-            (t, order[kind], k, kind)
-            for k in range(K)
-            for kind in ("I", "F", "W")
-            if (t := ready(k, kind)) is not None
-        ]
-        if not options:
-            raise PlanError(f"list scheduling stalled with limits {list(limit)}")
-        t, _, k, kind = min(options)
-        m = nxt[k][kind]
-        end[(k, kind, m)] = free[k] = t + cost[kind]
-        nxt[k][kind] += 1
-        out[k].append(Action(kind, m))
-    return out
+    return make(kind, stages, microbatches)
 
 
 # -- text form ------------------------------------------------------------------------------
