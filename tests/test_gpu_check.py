@@ -2,8 +2,8 @@
 
 Without a GPU: `gpus_per_stage` gives each CUDA stage actor a whole GPU when there are enough
 and otherwise an even share that Ray can place (every request fits on one GPU; no larger
-share would), and refuses a cluster without a GPU in one line. The CuPy peer's step, run on
-NumPy, equals the CPU benchmark's NumPy step; the PyTorch peer's step, run on the CPU, too.
+share would), and refuses a cluster without a GPU in one line. (The peers' steps are the CPU
+benchmark's own, NumpyMLP over CuPy and torch_model on CUDA: tests/test_bench.py checks them.)
 The verdict says pass, FAIL or "not measured"/"not run" per criterion of issue 13 (never a
 figure for a peer that is missing), and the summary prints every section. The whole check
 runs under Numba's CUDA simulator with --quick: the CUDA tests, float64 gradients and Adam
@@ -25,16 +25,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from graphpart.engines.transports.actors import gpus_per_stage
 from graphpart.errors import ConfigError
-from graphpart.ir import mlp
-from graphpart.params import init_params
-from graphpart.tools.bench.contenders import NumpyMLP
 from graphpart.tools.gpu_check.cli import main, options, parser
-from graphpart.tools.gpu_check.peers import XpMLP, torch_step
 from graphpart.tools.gpu_check.report import format_summary
 from graphpart.tools.gpu_check.run import GEMM_BAR, CheckOptions, verdict
 
@@ -83,43 +78,6 @@ def test_gpus_per_stage_refuses_no_gpu_in_one_line():
     assert "\n" not in msg and "needs a GPU" in msg and "has 0" in msg and "--device cpu" in msg
     with pytest.raises(ValueError):
         gpus_per_stage(1, 0)
-
-
-# --- the peers' steps ------------------------------------------------------------------------
-
-
-def _problem(dtype="float64", batch=9):
-    params = init_params(mlp(SIZES, activation="relu", bias=True), 3, dtype)
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((batch, SIZES[0])).astype(dtype)
-    y = rng.integers(0, SIZES[-1], batch)
-    return params, x, y
-
-
-def test_xp_step_on_numpy_equals_the_numpy_benchmark_step():
-    params, x, y = _problem()
-    mine, ref = XpMLP(np, params), NumpyMLP(params, "relu", True, "adam")
-    for _ in range(3):
-        loss = float(mine.step(x, y))
-        assert abs(loss - ref.step(x, y)) <= 1e-12 * abs(loss)
-    for k in params:
-        np.testing.assert_allclose(mine.p[k], ref.p[k], rtol=1e-12, atol=1e-14)
-
-
-@pytest.mark.ray  # imports torch
-def test_torch_peer_step_on_the_cpu_equals_the_numpy_step():
-    torch = pytest.importorskip("torch")
-    params, x, y = _problem()
-    ref = NumpyMLP(params, "relu", True, "adam")
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    step, model = torch_step(torch, params, SIZES, xt, yt, "cpu")
-    for _ in range(3):
-        step()
-        ref.step(x, y)
-    linears = [m for m in model if isinstance(m, torch.nn.Linear)]
-    for i, lin in enumerate(linears, start=1):
-        np.testing.assert_allclose(lin.weight.detach().numpy(), ref.p[f"W{i}"], rtol=1e-10)
-        np.testing.assert_allclose(lin.bias.detach().numpy(), ref.p[f"b{i}"], rtol=1e-10)
 
 
 # --- verdict, summary, options ---------------------------------------------------------------

@@ -101,16 +101,23 @@ def run_main(
         return 2
 
 
-def add_step_arguments(ap: argparse.ArgumentParser) -> None:
-    """The step benchmark's options (`graphpart bench step`, `python -m graphpart.tools.bench`)."""
+def add_model_arguments(
+    ap: argparse.ArgumentParser,
+    sizes: Sequence[int],
+    min_widths: int = 2,
+    what: str = "layer widths d,h1,..,q",
+) -> None:
+    """The options every benchmark shares: the MLP's widths, the minibatch and the dtype."""
     ap.add_argument(
-        "--sizes",
-        type=int_list(2, "layer widths d,h1,..,q"),
-        default=",".join(map(str, SIZES)),
-        help="layer widths, d,h1,..,q",
+        "--sizes", type=int_list(min_widths, what), default=",".join(map(str, sizes)), help=what
     )
     ap.add_argument("--batch", type=int_at_least(1), default=256, help="minibatch rows")
     ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+
+
+def add_step_arguments(ap: argparse.ArgumentParser) -> None:
+    """The step benchmark's options (`graphpart bench step`, `python -m graphpart.tools.bench`)."""
+    add_model_arguments(ap, SIZES)
     ap.add_argument("--activation", default="relu", choices=("relu", "sigmoid", "tanh", "identity"))
     ap.add_argument("--repeats", type=int_at_least(1), default=30, help="timed steps per block")
     ap.add_argument("--warmup", type=int_at_least(0), default=5, help="untimed steps first")

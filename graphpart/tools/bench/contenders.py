@@ -53,17 +53,17 @@ def init_mlp_params(
     return init_params(g, seed, dtype)
 
 
-def _act(z: np.ndarray, activation: str) -> np.ndarray:
+def _act(xp: Any, z: Any, activation: str) -> Any:
     if activation == "relu":
-        return np.maximum(z, 0)
+        return xp.maximum(z, 0)
     if activation == "sigmoid":
-        return 1 / (1 + np.exp(-z))
+        return 1 / (1 + xp.exp(-z))
     if activation == "tanh":
-        return np.tanh(z)
+        return xp.tanh(z)
     return z
 
 
-def _act_grad(dh: np.ndarray, h: np.ndarray, activation: str) -> np.ndarray:
+def _act_grad(dh: Any, h: Any, activation: str) -> Any:
     """dz from dh and the activation's output h."""
     if activation == "relu":
         return dh * (h > 0)
@@ -79,6 +79,8 @@ class NumpyMLP:
 
     Softmax cross-entropy averaged over the batch; Adam and SGD with PyTorch's update rules
     (the ones graphpart's kernels implement). Parameters are named as graphpart names them.
+    The array module `xp` is NumPy's by default; the GPU check passes CuPy's (cuBLAS), where
+    the loss stays a 0-d device array until read, so that a step does not synchronise.
     """
 
     def __init__(
@@ -87,23 +89,26 @@ class NumpyMLP:
         activation: str,
         bias: bool,
         optimizer: str,
+        xp: Any = np,
         **opt_kw: float,
     ) -> None:
-        self.p = {k: np.array(v) for k, v in params.items()}
+        self.xp = xp
+        self.p = {k: xp.asarray(np.array(v)) for k, v in params.items()}
         self.layers = sum(1 for k in self.p if k.startswith("W"))
         self.activation = activation
         self.bias = bias
         self.optimizer = optimizer
         self.hp = {**OPTIMIZER_KW[optimizer], **opt_kw}
         slots = 2 if optimizer == "adam" else (1 if self.hp.get("momentum") else 0)
-        self.state = {k: [np.zeros_like(v) for _ in range(slots)] for k, v in self.p.items()}
+        self.state = {k: [xp.zeros_like(v) for _ in range(slots)] for k, v in self.p.items()}
         self.t = 0
 
     def loss_and_grads(
-        self, x: np.ndarray, y: np.ndarray, phases: dict[str, float] | None = None
-    ) -> tuple[float, dict]:
+        self, x: Any, y: Any, phases: dict[str, float] | None = None
+    ) -> tuple[Any, dict]:
+        """The loss (a 0-d array of `xp`) and the gradients by name."""
         t0 = time.perf_counter()
-        p, n, act = self.p, self.layers, self.activation
+        xp, p, n, act = self.xp, self.p, self.layers, self.activation
         hs = [x]
         z = x
         for i in range(1, n + 1):
@@ -111,17 +116,17 @@ class NumpyMLP:
             if self.bias:
                 z += p[f"b{i}"]
             if i < n:
-                hs.append(_act(z, act))
-        rows = np.arange(len(x))
+                hs.append(_act(xp, z, act))
+        rows = xp.arange(len(x))
         zmax = z.max(axis=1, keepdims=True)
-        e = np.exp(z - zmax)
+        e = xp.exp(z - zmax)
         s = e.sum(axis=1, keepdims=True)
-        loss = float(np.mean(np.log(s[:, 0]) + zmax[:, 0] - z[rows, y]))
+        loss = xp.mean(xp.log(s[:, 0]) + zmax[:, 0] - z[rows, y])
         t1 = time.perf_counter()
         g = e / s  # dL/do = (softmax - onehot) / B
         g[rows, y] -= 1
         g /= len(x)
-        grads: dict[str, np.ndarray] = {}
+        grads: dict[str, Any] = {}
         for i in range(n, 0, -1):
             grads[f"W{i}"] = g.T @ hs[i - 1]
             if self.bias:
@@ -133,7 +138,7 @@ class NumpyMLP:
             phases["backward"] = time.perf_counter() - t1
         return loss, grads
 
-    def update(self, grads: Mapping[str, np.ndarray]) -> None:
+    def update(self, grads: Mapping[str, Any]) -> None:
         self.t += 1
         hp = self.hp
         for k, w in self.p.items():
@@ -145,7 +150,7 @@ class NumpyMLP:
                 m += (1 - b1) * g
                 v *= b2
                 v += (1 - b2) * (g * g)
-                denom = np.sqrt(v) / math.sqrt(1 - b2**self.t) + hp["eps"]
+                denom = self.xp.sqrt(v) / math.sqrt(1 - b2**self.t) + hp["eps"]
                 w -= hp["lr"] / (1 - b1**self.t) * m / denom
             elif self.state[k]:  # SGD with momentum
                 buf = self.state[k][0]
@@ -155,13 +160,72 @@ class NumpyMLP:
             else:
                 w -= hp["lr"] * g
 
-    def step(self, x: np.ndarray, y: np.ndarray, phases: dict[str, float] | None = None) -> float:
+    def step(self, x: Any, y: Any, phases: dict[str, float] | None = None) -> Any:
+        """One training step; the loss before it (a 0-d array of `xp`: float() reads it)."""
         loss, grads = self.loss_and_grads(x, y, phases)
         t = time.perf_counter()
         self.update(grads)
         if phases is not None:
             phases["update"] = time.perf_counter() - t
         return loss
+
+
+def torch_model(
+    torch: Any,
+    params: Mapping[str, np.ndarray],
+    sizes: Sequence[int],
+    activation: str = "relu",
+    bias: bool = True,
+    optimizer: str = "adam",
+    device: str = "cpu",
+) -> tuple[Any, Any]:
+    """(model, optimizer): the same MLP in PyTorch on `device`, from `params`, with torch's
+    fastest optimizer: fused=True, one kernel per tensor on the CPU and on CUDA (Adam 3-4x
+    faster than the default for-each one on the CPU at this size; docs/benchmarks.md, "The
+    peers")."""
+    acts = {
+        "relu": torch.nn.ReLU,
+        "sigmoid": torch.nn.Sigmoid,
+        "tanh": torch.nn.Tanh,
+        "identity": torch.nn.Identity,
+    }
+    n = len(sizes) - 1
+    dtype = torch.from_numpy(np.asarray(params["W1"])[:1]).dtype
+    layers: list[Any] = []
+    with torch.no_grad():
+        for i in range(1, n + 1):
+            lin = torch.nn.Linear(sizes[i - 1], sizes[i], bias=bias, dtype=dtype)
+            lin.weight.copy_(torch.from_numpy(np.asarray(params[f"W{i}"])))
+            if bias:
+                lin.bias.copy_(torch.from_numpy(np.asarray(params[f"b{i}"])))
+            layers.append(lin)
+            if i < n:
+                layers.append(acts[activation]())
+    model = torch.nn.Sequential(*layers).to(device)
+    hp = OPTIMIZER_KW[optimizer]
+    if optimizer == "adam":
+        opt: Any = torch.optim.Adam(
+            model.parameters(),
+            lr=hp["lr"],
+            betas=(hp["beta1"], hp["beta2"]),
+            eps=hp["eps"],
+            fused=True,
+        )
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=hp["lr"], momentum=hp["momentum"], fused=True)
+    return model, opt
+
+
+def torch_step(torch: Any, model: Any, opt: Any, x: Any, y: Any) -> Callable[[], None]:
+    """One PyTorch training step of `model` on tensors (x, y), as torch's docs write it."""
+    crit = torch.nn.CrossEntropyLoss()
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        crit(model(x), y).backward()
+        opt.step()
+
+    return step
 
 
 def make_torch_step(
@@ -179,46 +243,6 @@ def make_torch_step(
         import torch
     except ImportError:
         return None
-    acts = {
-        "relu": torch.nn.ReLU,
-        "sigmoid": torch.nn.Sigmoid,
-        "tanh": torch.nn.Tanh,
-        "identity": torch.nn.Identity,
-    }
-    n = len(sizes) - 1
-    layers: list[Any] = []
-    with torch.no_grad():
-        for i in range(1, n + 1):
-            lin = torch.nn.Linear(
-                sizes[i - 1], sizes[i], bias=bias, dtype=torch.from_numpy(x[:1]).dtype
-            )
-            lin.weight.copy_(torch.from_numpy(params[f"W{i}"]))
-            if bias:
-                lin.bias.copy_(torch.from_numpy(params[f"b{i}"]))
-            layers.append(lin)
-            if i < n:
-                layers.append(acts[activation]())
-    model = torch.nn.Sequential(*layers)
-    crit = torch.nn.CrossEntropyLoss()
-    hp = OPTIMIZER_KW[optimizer]
-    # fused: one kernel per tensor, torch's fastest optimizer on the CPU (Adam 3-4x faster
-    # than the default for-each one at this size; docs/benchmarks.md, "The peers")
-    if optimizer == "adam":
-        opt: Any = torch.optim.Adam(
-            model.parameters(),
-            lr=hp["lr"],
-            betas=(hp["beta1"], hp["beta2"]),
-            eps=hp["eps"],
-            fused=True,
-        )
-    else:
-        opt = torch.optim.SGD(model.parameters(), lr=hp["lr"], momentum=hp["momentum"], fused=True)
+    model, opt = torch_model(torch, params, sizes, activation, bias, optimizer)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        loss = crit(model(xt), yt)
-        loss.backward()
-        opt.step()
-
-    return step, model
+    return torch_step(torch, model, opt, xt, yt), model

@@ -23,7 +23,14 @@ from typing import Any
 import numpy as np
 
 import graphpart
-from graphpart.tools.bench.cli import OneLineParser, int_at_least, int_list, name_list, run_main
+from graphpart.tools.bench.cli import (
+    OneLineParser,
+    add_model_arguments,
+    int_at_least,
+    int_list,
+    name_list,
+    run_main,
+)
 from graphpart.tools.bench.contenders import SIZES, init_mlp_params, make_torch_step
 from graphpart.tools.bench.cost import matmul_gflops, step_flops, step_matmul_times
 from graphpart.tools.bench.step import _paired_ratio, _summary
@@ -258,14 +265,7 @@ def format_report(result: dict[str, Any]) -> str:
 
 def add_value_and_grad_arguments(ap: argparse.ArgumentParser) -> None:
     """The benchmark's options (`python -m graphpart.tools.bench.value_and_grad`)."""
-    ap.add_argument(
-        "--sizes",
-        type=int_list(2, "layer widths d,h1,..,q"),
-        default=list(SIZES),
-        help="layer widths, d,h1,..,q",
-    )
-    ap.add_argument("--batch", type=int_at_least(1), default=256, help="minibatch rows")
-    ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    add_model_arguments(ap, SIZES)
     ap.add_argument(
         "--threads",
         type=int_list(1, "thread counts"),

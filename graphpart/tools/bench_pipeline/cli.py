@@ -9,21 +9,23 @@ from collections.abc import Sequence
 
 from graphpart.errors import ConfigError
 from graphpart.plan.schedule import KINDS as SCHEDULES
-from graphpart.tools.bench.cli import OneLineParser, int_at_least, int_list, name_list, run_main
+from graphpart.tools.bench.cli import (
+    OneLineParser,
+    add_model_arguments,
+    int_at_least,
+    int_list,
+    name_list,
+    run_main,
+)
 from graphpart.tools.bench_pipeline.driver import SIZES, run
 from graphpart.tools.bench_pipeline.report import format_report
 
 
 def add_pipeline_arguments(ap: argparse.ArgumentParser) -> None:
     """The pipeline benchmark's options (`graphpart bench pipeline`)."""
-    ap.add_argument(
-        "--sizes",
-        type=int_list(3, "layer widths d,h1,..,q (two layers or more: the pipeline has 2 stages)"),
-        default=",".join(map(str, SIZES)),
-        help="layer widths d,h1,..,q",
+    add_model_arguments(
+        ap, SIZES, 3, "layer widths d,h1,..,q (two layers or more: the pipeline has 2 stages)"
     )
-    ap.add_argument("--batch", type=int_at_least(1), default=256, help="minibatch rows")
-    ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     ap.add_argument(
         "--microbatches",
         type=int_list(1, "micro-batch counts M"),

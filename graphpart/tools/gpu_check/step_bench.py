@@ -18,9 +18,8 @@ from graphpart.ir import mlp
 from graphpart.optim import make_optimizer
 from graphpart.params import init_params
 from graphpart.plan.partition import partition
-from graphpart.tools.bench.contenders import OPTIMIZER_KW
+from graphpart.tools.bench.contenders import OPTIMIZER_KW, NumpyMLP, torch_model, torch_step
 from graphpart.tools.bench.cost import step_flops
-from graphpart.tools.gpu_check.peers import XpMLP, torch_step
 from graphpart.tools.gpu_check.probe import cupy_status, torch_status
 from graphpart.tools.gpu_check.timing import ratio, time_calls
 
@@ -77,7 +76,7 @@ def bench_step(
     out["cupy_status"] = why
     out["cupy"] = None
     if cp is not None:
-        model = XpMLP(cp, params)
+        model = NumpyMLP(params, "relu", True, "adam", xp=cp)
         yd = cp.asarray(y)
         sync = cp.cuda.Device().synchronize
         out["cupy"] = _summary(
@@ -91,7 +90,8 @@ def bench_step(
         xt = torch.from_numpy(x).pin_memory()
         yt = torch.from_numpy(y).to("cuda")
         xd = torch.empty(xt.shape, dtype=xt.dtype, device="cuda")
-        step, _ = torch_step(torch, params, sizes, xd, yt, "cuda")
+        tm, opt = torch_model(torch, params, sizes, device="cuda")
+        step = torch_step(torch, tm, opt, xd, yt)
 
         def run() -> None:
             xd.copy_(xt, non_blocking=True)
