@@ -135,8 +135,8 @@ def test_workers_joined_by_a_ring_equal_micro_batching(k):
 def test_bad_arguments_are_refused_before_ray_starts():
     g, p0, _, _ = _problem()
     opt = _adam()
-    with pytest.raises(ConfigError, match="plan has 2 stages"):
-        DataParallel(partition(g, 2), p0, opt, replicas=2, max_rows=BATCH)
+    with pytest.raises(ConfigError, match=r"schedule='zigzag'; valid: gpipe, 1f1b"):
+        DataParallel(partition(g, 2), p0, opt, replicas=2, schedule="zigzag", max_rows=BATCH)
     with pytest.raises(ConfigError, match=r"transport='tasks'.*valid: auto, shm, push"):
         DataParallel(partition(g, 1), p0, opt, replicas=2, transport="tasks", max_rows=BATCH)
     with pytest.raises(ConfigError, match="replicas=0"):

@@ -4,8 +4,9 @@ Contract: for world sizes 1 to 5 and buffer lengths from 0 up, including lengths
 the world (empty chunks), every rank ends with the elementwise sum of all ranks' buffers
 (float64: within 1e-12 relative of np.sum; float32 too), bit-identical across ranks; world 1
 leaves the buffer alone and sends nothing; each rank sends 2 (N-1)/N of the buffer, only to
-its right neighbour, as 2-D arrays keyed (step, "F"|"B", phase); a rank that fails stops its
-neighbour when told (Inbox.fail) instead of leaving it waiting.
+its right neighbour, as 2-D arrays keyed (step, "F"|"B", -1 - phase) (ring_key: a negative
+third field, so ring chunks never collide with a pipeline's micro-batch keys in one inbox); a
+rank that fails stops its neighbour when told (Inbox.fail) instead of leaving it waiting.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 
 from workers.push import Inbox, NeighbourFailed
-from workers.ring import ring_allreduce, ring_chunks
+from workers.ring import ring_allreduce, ring_chunks, ring_phase
 
 
 def _run(bufs: list[np.ndarray], step: int = 1, fail_rank: int | None = None):
@@ -77,6 +78,9 @@ def test_every_rank_gets_the_sum(world, n):
         kinds = [k[1] for k, _ in messages[r]]
         assert kinds == sorted(kinds, key="FB".index)  # reduce-scatter, then all-gather
         assert all(k[0] == 1 and size > 0 for k, size in messages[r])  # no empty messages
+        phases = [ring_phase(k) for k, _ in messages[r]]
+        assert all(k[2] < 0 for k, _ in messages[r])  # never a micro-batch's key (0 and up)
+        assert all(0 <= ph < world - 1 for ph in phases)
 
 
 def test_float32_sums_and_agrees_across_ranks():

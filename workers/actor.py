@@ -17,7 +17,7 @@ from workers import alloc
 from workers.actions import StageAction
 from workers.channels import Channel, ChannelInbox, ChannelName
 from workers.push import ActionFailed, Inbox, Key, NeighbourFailed, Send, run_step
-from workers.ring import ring_allreduce
+from workers.ring import ring_allreduce, ring_phase
 from workers.stage import WorkerSpec
 from workers.stats import Finish
 
@@ -188,35 +188,54 @@ class ChannelStageActor(PushStageActor):
 
 
 class ReplicaActor(ChannelStageActor):
-    """A data-parallel replica: the whole model on its rows of each minibatch, gradients summed
-    with the other replicas by a ring all-reduce (workers/ring.py) before the optimizer step.
+    """A data-parallel replica, or one stage of one (data parallel x pipeline): its part of the
+    model on its replica's rows of each minibatch, gradients summed with the same stage of the
+    other replicas by a ring all-reduce (workers/ring.py) before the optimizer step.
 
     It sends to its right neighbour in the ring through a shared-memory channel when they are
     on one node, through Ray (`deliver`) otherwise, and takes from its left neighbour through
-    its inbox. Errors name "replica r"; a replica that fails wakes both neighbours.
+    its inbox. As a pipeline stage it also has the previous and next stage of its own replica
+    (`connect_channels`), whose micro-batch tensors share the inbox with the ring's chunks
+    (ring keys are negative: workers/ring.ring_key). Errors name "replica r" ("replica r,
+    stage k" in a pipeline); a worker that fails wakes its ring and pipeline neighbours.
     """
 
     def __init__(self, blas_threads: int, spec: WorkerSpec) -> None:
         super().__init__(blas_threads, spec)
         self.outgoing: list[Channel] = []
         self.rank, self.world = self.worker.index, 1
+        self.stage, self.stages = 0, 1  # this worker's stage of its replica's pipeline
         self.left: Any = None
         self.right: Any = None
         self.send_right: Send | None = None
 
+    @property
+    def who(self) -> str:
+        """How errors name this worker: "replica r", or "replica r, stage k" in a pipeline."""
+        return f"replica {self.rank}" + (f", stage {self.stage}" if self.stages > 1 else "")
+
     def _failure(self, what: str, e: BaseException) -> RuntimeError:
         return RuntimeError(
-            f"replica {self.rank} ({os.uname().nodename}, pid {os.getpid()}) failed in "
+            f"{self.who} ({os.uname().nodename}, pid {os.getpid()}) failed in "
             f"{what}: {type(e).__name__}: {e}"
         )
 
     def connect_ring(
-        self, rank: int, world: int, left: Any, right: Any, to_right: ChannelName | None
+        self,
+        rank: int,
+        world: int,
+        left: Any,
+        right: Any,
+        to_right: ChannelName | None,
+        stage: int = 0,
+        stages: int = 1,
     ) -> None:
-        """Take place `rank` of a ring of `world` replicas; `left` and `right` are the
-        neighbours' actor handles (None when alone), `to_right` the channel to the right one
-        when it shares this node."""
+        """Take place `rank` of a ring of `world` replicas (of stage `stage` of `stages`: the
+        ring joins that stage of every replica); `left` and `right` are the neighbours' actor
+        handles (None when alone), `to_right` the channel to the right one when it shares this
+        node."""
         self.rank, self.world = int(rank), int(world)
+        self.stage, self.stages = int(stage), int(stages)
         self.left, self.right = left, right
         if to_right is not None:
             ch = Channel.attach(to_right)
@@ -230,14 +249,16 @@ class ReplicaActor(ChannelStageActor):
         self,
         step: int,
         actions: Sequence[StageAction],
-        xs: Sequence[Any],
-        ys: Sequence[Any],
+        xs: Sequence[Any] | str | None,
+        ys: Sequence[Any] | None,
         scale: float,
         update: bool,
         timeout_s: float = 600.0,
     ) -> Finish:
-        """This replica's actions (a one-stage wiring over its micro-batches, losses scaled by
-        `scale`, 1/N of the whole minibatch), the all-reduce of the gradients, `finish`."""
+        """This worker's actions (its stage's part of its replica's wiring over the replica's
+        micro-batches, losses scaled by `scale`, 1/N of the whole minibatch: `xs` and `ys` as
+        run_step takes them, given to the first and last stage), the all-reduce of the
+        gradients with the same stage of the other replicas, `finish`."""
         w = self.worker
         try:
             return run_step(  # type: ignore[return-value]
@@ -249,19 +270,20 @@ class ReplicaActor(ChannelStageActor):
                 ys=ys,
                 scale=scale,
                 update=update,
-                send_forward=None,
-                send_backward=None,
+                send_forward=self.send_forward,
+                send_backward=self.send_backward,
                 timeout_s=timeout_s,
                 reduce=lambda: w.reduce_grads(lambda flat: self._allreduce(flat, step, timeout_s)),
             )
         except NeighbourFailed as e:
             w.zero_grad()  # the half-reduced gradients must not leak into a later step
-            raise RuntimeError(f"replica {self.rank} stopped: {e}") from None
+            raise RuntimeError(f"{self.who} stopped: {e}") from None
         except Exception as e:
             w.zero_grad()
             cause = e.cause if isinstance(e, ActionFailed) else e
             err = self._failure(e.what if isinstance(e, ActionFailed) else "replica_step", cause)
-            for peer in (self.left, self.right):  # wake the neighbours waiting on this replica
+            # wake the neighbours waiting on this worker: in the ring and in the pipeline
+            for peer in (self.left, self.right, self.prev, self.next):
                 if peer is not None:
                     peer.abort.options(concurrency_group=INBOX_GROUP).remote(step, str(err))
             raise err from cause
@@ -276,16 +298,18 @@ class ReplicaActor(ChannelStageActor):
             try:
                 a = self.inbox.take(key, timeout_s)
             except TimeoutError:
-                phase = "reduce-scatter" if key[1] == "F" else "all-gather"
+                what = "reduce-scatter" if key[1] == "F" else "all-gather"
+                stage = f", stage {self.stage}," if self.stages > 1 else ""
                 raise TimeoutError(
-                    f"replica {left} sent no {phase} chunk of phase {key[2]} in {timeout_s:.0f} s"
+                    f"replica {left}{stage} sent no {what} chunk of phase {ring_phase(key)} "
+                    f"in {timeout_s:.0f} s"
                 ) from None
             received += a.nbytes
             return a
 
         def send(key: Key, a: Any) -> None:
             if self.send_right is None:
-                raise RuntimeError(f"replica {self.rank} is not connected to a ring")
+                raise RuntimeError(f"{self.who} is not connected to a ring")
             self.send_right(key, a)
 
         sent = ring_allreduce(flat, self.rank, self.world, step, send, take)

@@ -23,8 +23,11 @@ a buffer shorter than N has empty chunks, which are neither sent nor taken).
 
 Every rank ends with the owner's copy of each chunk, so all ranks hold bit-identical sums.
 A rank sends 2 (N-1)/N of the buffer in 2 (N-1) messages, whatever N is: the bandwidth-optimal
-all-reduce. The messages' keys are workers.push.Key tuples (step, kind, phase): kind "F" for
-the reduce-scatter, "B" for the all-gather (the two kinds a shared-memory channel encodes).
+all-reduce. The messages' keys are workers.push.Key tuples (step, kind, -1 - phase): kind "F"
+for the reduce-scatter, "B" for the all-gather (the two kinds a shared-memory channel encodes),
+and a negative third field (`ring_key`), so that a worker that is also a pipeline stage (data
+parallel x pipeline) can take its ring chunks and its neighbours' micro-batch tensors (keyed
+by micro-batch, 0 and up) from one inbox without the keys ever colliding.
 Each message is a (1, n) array (channels carry 2-D tensors); `send` must have copied or
 serialised it when it returns, since the buffer changes afterwards.
 """
@@ -39,6 +42,16 @@ from workers.push import Key
 
 REDUCE_SCATTER = "F"
 ALL_GATHER = "B"
+
+
+def ring_key(step: int, kind: str, phase: int) -> Key:
+    """The key of phase `phase`'s message: (step, kind, -1 - phase), never a micro-batch's."""
+    return (int(step), kind, -1 - int(phase))
+
+
+def ring_phase(key: Key) -> int:
+    """The phase a ring message's key names (ring_key's inverse)."""
+    return -1 - int(key[2])
 
 
 def ring_chunks(n: int, world: int) -> list[slice]:
@@ -76,14 +89,14 @@ def ring_allreduce(
         nonlocal sent
         part = buf[chunks[c]]
         if part.size:
-            send((step, kind, phase), part.reshape(1, -1))
+            send(ring_key(step, kind, phase), part.reshape(1, -1))
             sent += part.nbytes
 
     def got(kind: str, phase: int, c: int) -> np.ndarray | None:
         part = buf[chunks[c]]
         if not part.size:
             return None
-        a = np.asarray(take((step, kind, phase)))
+        a = np.asarray(take(ring_key(step, kind, phase)))
         if a.size != part.size:
             raise ValueError(
                 f"all-reduce phase {kind}{phase}: got {a.size} values for a chunk of {part.size}"

@@ -1,21 +1,25 @@
-"""Data parallelism: K replicas of the whole model on Ray actors, gradients all-reduced each step.
+"""Data parallelism: R replicas of the whole model (or of a K-stage pipeline: R x K workers) on
+Ray actors, gradients all-reduced each step.
 
-Each replica holds every parameter and its optimizer state and takes ceil(B/K) rows of each
-minibatch (graphpart.plan.batching.split_batch, the same rows a one-stage Engine with K
-micro-batches gives its micro-batches), which it runs as M micro-batches (`microbatches`,
-split_batch of its share: gradient accumulation inside the replica; a share of fewer rows
-than M, from an epoch's short last batch, runs one micro-batch per row, as Engine does with a
-minibatch of fewer rows than its micro-batches). Its losses are scaled by 1/B of the whole
-minibatch, so the replicas' gradients sum to the minibatch gradient; a ring all-reduce over the
-project's own channels (workers/ring.py; graphpart/engines/transports/ring.py) sums them in
-place, leaving every replica with bit-identical gradients, and each replica then adds the
-regulariser's gradient and takes the same optimizer step, so the replicas stay identical
-without ever exchanging parameters. Results equal a one-stage pipeline with K x M
-micro-batches, and the oracle, up to the order of the floating-point sums.
+Each replica holds every parameter and its optimizer state (in a pipeline: each of its K
+stages holds its own stage's) and takes ceil(B/R) rows of each minibatch
+(graphpart.plan.batching.split_batch, the same rows a one-stage Engine with R micro-batches
+gives its micro-batches), which it runs as M micro-batches (`microbatches`, split_batch of its
+share: gradient accumulation inside the replica; a share of fewer rows than M, from an epoch's
+short last batch, runs one micro-batch per row, as Engine does with a minibatch of fewer rows
+than its micro-batches) through its pipeline's `schedule` (one of graphpart.plan.schedule's
+KINDS), exactly as Engine runs one pipeline. Its losses are scaled by 1/B of the whole
+minibatch, so the replicas' gradients sum to the minibatch gradient; a ring all-reduce per
+stage index (stage k of every replica) over the project's own channels (workers/ring.py;
+graphpart/engines/transports/ring.py) sums them in place, leaving every replica with
+bit-identical gradients, and each worker then adds the regulariser's gradient and takes the
+same optimizer step, so the replicas stay identical without ever exchanging parameters.
+Results equal a one-stage pipeline with R x M micro-batches, and the oracle, up to the order
+of the floating-point sums.
 
 Like graphpart.engines.Engine it satisfies graphpart.engines.Trainable (step,
 value_and_grad, predict, state, stats, events, close), so the training loop, checkpoints and
-reports take either.
+reports take either; its state is replica 0's, one state per stage, as Engine's.
 """
 
 from __future__ import annotations
@@ -29,10 +33,12 @@ from graphpart.engines import inference, state
 from graphpart.engines.engine import StepResult
 from graphpart.engines.inference import batch_widths
 from graphpart.engines.transports.ring import Ring
+from graphpart.engines.wiring import StepWiring, wire
 from graphpart.errors import ConfigError, PlanError
 from graphpart.optim import Optimizer
 from graphpart.params import Params, params_dtype, stage_params
 from graphpart.plan.batching import microbatch_rows, split_batch
+from graphpart.plan.schedule import KINDS
 from graphpart.plan.stages import Plan
 from workers.stage import WorkerSpec
 from workers.stats import StageStats
@@ -43,7 +49,7 @@ DP_TRANSPORTS = ("auto", "shm", "push")
 
 
 class DataParallel:
-    """K replicas of a one-stage plan, each on its share of every minibatch's rows."""
+    """R replicas of a plan (of one or more stages), each on its share of every minibatch."""
 
     kind = "data-parallel"
 
@@ -55,22 +61,20 @@ class DataParallel:
         *,
         replicas: int,
         microbatches: int = 1,
+        schedule: str = "1f1b",
         transport: str = "shm",
         max_rows: int,
         device: str = "cpu",
+        recompute: bool = False,
         keep_events: bool = False,
         address: str = "",
         num_cpus: int | None = None,
         step_timeout: float = 0.0,
     ) -> None:
-        if plan.k != 1:
-            raise ConfigError(
-                f"data parallelism replicates the whole model, but the plan has {plan.k} "
-                "stages; use a one-stage plan (stages = 1)"
-            )
         if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
             raise ConfigError(f"replicas={replicas!r}: must be a positive integer")
         _check_microbatches(microbatches)
+        _check_schedule(schedule)
         if transport not in DP_TRANSPORTS:
             raise ConfigError(
                 f"transport={transport!r} for data parallelism; valid: {', '.join(DP_TRANSPORTS)}"
@@ -78,33 +82,37 @@ class DataParallel:
         self.plan = plan
         self.replicas = replicas
         self._microbatches = microbatches
+        self.schedule = schedule
+        self._wirings: dict[int, StepWiring] = {}
         self.max_rows = max(int(max_rows), 1)
         self.share = microbatch_rows(self.max_rows, replicas)  # rows of a replica's share
-        self.chunk = microbatch_rows(self.share, microbatches)  # rows a replica's buffers hold
+        self.chunk = microbatch_rows(self.share, microbatches)  # rows a worker's buffers hold
         self.itemsize = params_dtype(params).itemsize
-        st = plan.stages[0]
-        own = stage_params(st.graph, params)  # the same values (or Init) for every replica
+        k = plan.k
         specs = [
             WorkerSpec(
                 st.graph,
-                own,
+                stage_params(st.graph, params),  # the same values (or Init) for every replica
                 optimizer,
                 output=st.output,
-                input_grad=False,
+                input_grad=st.index > 0,
                 max_rows=self.chunk,
-                index=r,
+                index=r * k + st.index,  # the worker's place: replica-major
                 device=device,
+                recompute=recompute,
                 keep_events=keep_events,
-                trace_allocations=keep_events,  # profiling, in the replicas
+                trace_allocations=keep_events,  # profiling, in the workers
                 batch_rows=self.share,
             )
             for r in range(self.replicas)
+            for st in plan.stages
         ]
         self.transport = Ring(
             address=address,
             num_cpus=num_cpus,
             step_timeout_s=float(step_timeout),
             channels=transport != "push",
+            stages=k,
         )
         try:
             self.transport.start(specs)
@@ -112,11 +120,14 @@ class DataParallel:
             self.transport.close()
             raise
 
-    def reschedule(self, microbatches: int) -> None:
-        """Run each replica's share as `microbatches` micro-batches from the next step on (the
-        same replicas). Their buffers hold `chunk` rows, so the new count must not make a
-        micro-batch larger than that: any count at least the one the engine was built with."""
+    def reschedule(self, microbatches: int, schedule: str | None = None) -> None:
+        """Run each replica's share as `microbatches` micro-batches (through `schedule`, if
+        given) from the next step on (the same workers). Their buffers hold `chunk` rows, so
+        the new count must not make a micro-batch larger than that: any count at least the
+        one the engine was built with."""
         _check_microbatches(microbatches)
+        if schedule is not None:
+            _check_schedule(schedule)
         rows = microbatch_rows(self.share, microbatches)
         if rows > self.chunk:
             raise PlanError(
@@ -125,6 +136,8 @@ class DataParallel:
                 f"{microbatch_rows(self.share, self.chunk)}"
             )
         self._microbatches = microbatches
+        if schedule is not None and schedule != self.schedule:
+            self.schedule, self._wirings = schedule, {}
 
     @property
     def microbatches(self) -> int:
@@ -147,19 +160,29 @@ class DataParallel:
             )
         rows = replica_rows(n, k, self.microbatches)
         finished = self.transport.run_replicas(
+            [self._wiring(len(mbs)) for mbs in rows],
             [[np.ascontiguousarray(x[m]) for m in mbs] for mbs in rows],
             [[y[m] for m in mbs] for mbs in rows],
             1.0 / n,
             bool(update),
         )
         loss = sum(f.loss for f in finished)
-        s = finished[0].s  # every replica holds the same weights, so the same s
+        s = sum(f.s for f in finished[: self.plan.k])  # every replica holds the same weights
         return StepResult(loss + s, loss, s, tuple(finished))
+
+    def _wiring(self, microbatches: int) -> StepWiring:
+        """A replica's pipeline wiring for a share of `microbatches` micro-batches (made once
+        per count: a short share runs fewer)."""
+        if microbatches not in self._wirings:
+            self._wirings[microbatches] = wire(self.schedule, self.plan.k, microbatches)
+        return self._wirings[microbatches]
 
     def value_and_grad(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
         """J and the (all-reduced) gradients of one minibatch, without updating."""
         r = self.step(x, y, update=False)
-        grads = self._get([self.transport.call(0, "get_grads")])[0]
+        grads: dict[str, np.ndarray] = {}
+        for g in self._get([self.transport.call(k, "get_grads") for k in range(self.plan.k)]):
+            grads.update(g)  # replica 0's stages
         self._all("zero_grad")
         return r.J, grads
 
@@ -168,31 +191,41 @@ class DataParallel:
         inside a Ray call: engines/inference.py) dealt to the replicas in turn."""
         rows = max(1, min(chunk or self.chunk, self.chunk))  # a replica's buffers hold `chunk`
         rows = min(rows, inference.inline_rows(batch_widths(self.plan.graph), self.itemsize))
-        chains = [[r] for r in range(self.replicas)]
-        return inference.predict(self.transport, x, rows, chains, self.replicas + 1)
+        k = self.plan.k
+        chains = [[r * k + st for st in range(k)] for r in range(self.replicas)]
+        return inference.predict(self.transport, x, rows, chains, self.replicas * k + 1)
 
     # -- state ----------------------------------------------------------------------------------
     def _get(self, handles: Sequence[Any]) -> list[Any]:
         return self.transport.get(handles)
 
     def _all(self, method: str, *args: Any) -> list[Any]:
-        return self._get([self.transport.call(r, method, *args) for r in range(self.replicas)])
+        """`method` on every worker, replica-major (stage k of replica r at r * K + k)."""
+        n = self.replicas * self.plan.k
+        return self._get([self.transport.call(i, method, *args) for i in range(n)])
 
     def get_params(self) -> dict[str, np.ndarray]:
-        return state.gather_params(self.transport, [0])
+        """Replica 0's parameters, every stage's, by name."""
+        return state.gather_params(self.transport, range(self.plan.k))
 
     def get_state(self, live: bool = False) -> list[dict]:
-        """[replica 0's state]: one stage's, so it loads into a one-stage Engine and back
+        """Replica 0's state, one per stage: it loads into an Engine of the same plan and back
         (`live` as Engine's; replicas are never in this process)."""
-        return state.gather(self.transport, [0], live=live)
+        return state.gather(self.transport, range(self.plan.k), live=live)
 
     def set_state(self, states: Sequence[Mapping]) -> None:
-        """Every replica gets the state; several stages' states (from a pipeline) are merged."""
-        one = _merge(states)
-        state.scatter(self.transport, dict.fromkeys(range(self.replicas), one))
+        """Every replica gets the state: one per stage of the plan, or any other number of
+        stages' states (a checkpoint of another pipeline), merged and split by parameter."""
+        k = self.plan.k
+        per_stage = list(states) if len(states) == k else _split(_merge(states), self.plan)
+        state.scatter(
+            self.transport,
+            {r * k + st: per_stage[st] for r in range(self.replicas) for st in range(k)},
+        )
 
     def stats(self) -> list[StageStats]:
-        """One StageStats per replica (`stage` is the replica's index)."""
+        """One StageStats per worker, replica-major (`stage` is the worker's index r * K + k:
+        the replica's, with one stage)."""
         return self._all("stats")
 
     def events(self) -> list[list]:
@@ -213,6 +246,11 @@ def _check_microbatches(m: Any) -> None:
         raise ConfigError(f"microbatches={m!r}: must be a positive integer (per replica)")
 
 
+def _check_schedule(schedule: Any) -> None:
+    if schedule not in KINDS:
+        raise ConfigError(f"schedule={schedule!r}; valid: {', '.join(KINDS)}")
+
+
 def replica_rows(n: int, replicas: int, microbatches: int) -> list[list[slice]]:
     """The row ranges of an n-row minibatch's micro-batches, per replica: replica r takes
     split_batch(n, replicas)[r] and cuts it into split_batch(its rows, M) micro-batches,
@@ -223,6 +261,21 @@ def replica_rows(n: int, replicas: int, microbatches: int) -> list[list[slice]]:
         size = share.stop - share.start
         parts = split_batch(size, min(int(microbatches), size))
         out.append([slice(share.start + p.start, share.start + p.stop) for p in parts])
+    return out
+
+
+def _split(one: Mapping, plan: Plan) -> list[Mapping]:
+    """One state (parameters and optimizer state by name) cut into the plan's stages'."""
+    out = []
+    for st in plan.stages:
+        names = {v.name for v in st.graph.params}
+        out.append(
+            {
+                "params": {n: v for n, v in one["params"].items() if n in names},
+                "opt": {n: v for n, v in one.get("opt", {}).items() if n in names},
+                "steps": int(one.get("steps", 0)),
+            }
+        )
     return out
 
 

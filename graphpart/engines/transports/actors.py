@@ -138,6 +138,10 @@ class RayActors:
                 pass
         return out
 
+    def worker_name(self, k: int | str) -> str:
+        """How messages name worker k: "stage 2" (or "stage pid N": one not known yet)."""
+        return f"{self.unit} {k}"
+
     def stall_message(
         self,
         who: Sequence[int | str],
@@ -149,7 +153,7 @@ class RayActors:
     ) -> str:
         """What was seen: a stage whose process is stopped or gone (by its process state, at
         `elapsed` seconds into the step or call), or one that did not answer by the deadline."""
-        names = ", ".join(f"{self.unit} {k}" for k in who) or f"a {self.unit}"
+        names = ", ".join(self.worker_name(k) for k in who) or f"a {self.unit}"
         when = f"step {step}" if step is not None else "a call"
         if stopped:
             took = f"{elapsed:.1f} s into {when}" if elapsed is not None else f"during {when}"
@@ -226,7 +230,7 @@ class RayActors:
         and Ray's reason in one sentence (its advice about OOM killers and logs left out)."""
         dead = getattr(e, "actor_id", None)
         ids = [a._actor_id.hex() for a in self.actors]
-        who = f"{self.unit} {ids.index(dead)}" if dead in ids else f"a {self.unit}"
+        who = self.worker_name(ids.index(dead)) if dead in ids else f"a {self.unit}"
         return f"{who}'s worker process died ({_reason(e)})"
 
     def kill_actors(self) -> None:

@@ -49,15 +49,15 @@ class Shm(Push):
         tag = uuid.uuid4().hex[:12]
 
         def pair(e: int, a: int, b: int) -> list[tuple[int, int, str, int]]:
-            nbytes = _boundary_bytes(specs[a])  # a -> b: activations; b -> a: their gradients
+            nbytes = boundary_bytes(specs[a])  # a -> b: activations; b -> a: their gradients
             return [(a, b, f"{tag}-{e}f", nbytes), (b, a, f"{tag}-{e}b", nbytes)]
 
         links = topology.link(nodes, topology.chain(k), pair)
         self.local_pairs, self.channels = links.local, list(links.names)
-        own = _own_cores(nodes)
+        own = own_cores(nodes)
         feed = None
-        if nodes[0] == _this_node():  # the driver feeds stage 0 through a channel too
-            feed = ChannelName.new(f"{tag}-feed", _input_bytes(specs[0]))
+        if nodes[0] == this_node():  # the driver feeds stage 0 through a channel too
+            feed = ChannelName.new(f"{tag}-feed", input_bytes(specs[0]))
             self.channels.append(feed)
             self._feed_dtype = params_dtype(specs[0].params)
         self.get(
@@ -97,13 +97,13 @@ class Shm(Push):
         super().close()
 
 
-def _boundary_bytes(spec: WorkerSpec) -> int:
+def boundary_bytes(spec: WorkerSpec) -> int:
     """Bytes one step's boundary tensors from this stage take: a whole minibatch of its output,
     plus alignment (graphpart.plan.memory.channel_bytes, which the memory model counts)."""
     return _minibatch_bytes(spec, spec.graph.var(spec.output).shape)
 
 
-def _input_bytes(spec: WorkerSpec) -> int:
+def input_bytes(spec: WorkerSpec) -> int:
     """Bytes of one step's micro-batch inputs to the first stage, a whole minibatch wide."""
     return _minibatch_bytes(spec, spec.graph.inputs[0].shape)
 
@@ -115,13 +115,13 @@ def _minibatch_bytes(spec: WorkerSpec, shape: Sequence[int | str]) -> int:
     return channel_bytes(width, max(spec.batch_rows, spec.max_rows), itemsize)
 
 
-def _this_node() -> str:
+def this_node() -> str:
     import ray
 
     return ray.get_runtime_context().get_node_id()
 
 
-def _own_cores(nodes: Sequence[str]) -> bool:
+def own_cores(nodes: Sequence[str]) -> bool:
     """Whether every node has at least a CPU for each stage placed on it (a stage's wait may
     then poll its channels longer before it sleeps)."""
     import ray
