@@ -12,7 +12,8 @@ multiple of K, one-row micro-batches at M = 8, uneven ones at M = 5):
   runs ZB-H1 with recompute on even M; the slow lane every schedule, K, M and recompute);
 - each stage holds as many slots as the schedule's peak in-flight count (F to W) and as many
   pending-W slots as its most micro-batches between I and W;
-- on Ray (`shm`, and `tasks`), the same training is bit-identical to the in-process one.
+- on Ray (`shm`, `tasks`, `push` and `compiled`, whose later steps run as a compiled graph),
+  the same training is bit-identical to the in-process one.
 """
 
 from __future__ import annotations
@@ -99,14 +100,20 @@ def test_every_split_schedule_trains_like_the_oracle(schedule, recompute):
 
 @pytest.mark.ray
 def test_ray_transports_are_bit_identical_to_in_process(ray_session):
-    for k, m, schedule, recompute in ((3, 5, "zb-h1", False), (2, 4, "zb-h2", True)):
+    every = ("shm", "tasks", "push", "compiled")
+    for k, m, schedule, recompute, transports in (
+        (3, 5, "zb-h1", False, every),
+        (2, 4, "zb-h2", True, ("shm",)),
+    ):
         ref, ref_J = _train(k, m, schedule, recompute)
         want = ref.get_params()
         ref.close()
-        for transport in ("shm", "tasks"):
+        for transport in transports:
             eng, got_J = _train(k, m, schedule, recompute, transport)
             try:
                 assert got_J == ref_J, transport
+                if transport == "compiled":
+                    assert eng.transport.compiled_steps == STEPS - 1
                 got = eng.get_params()
                 for name in want:
                     np.testing.assert_array_equal(got[name], want[name], err_msg=transport)

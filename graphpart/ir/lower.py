@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -36,8 +38,7 @@ OperandKind = Literal[
 
 def nbytes(shape: Shape, rows: int, dtype: Any) -> int:
     """Bytes of an array of `shape` with the batch dimension set to `rows`."""
-    dims = [rows if d == BATCH else int(d) for d in shape]
-    return int(np.prod(dims, dtype=np.int64)) * np.dtype(dtype).itemsize
+    return math.prod(rows if d == BATCH else int(d) for d in shape) * np.dtype(dtype).itemsize
 
 
 @dataclass(frozen=True)
@@ -360,13 +361,15 @@ class Lowered:
         out += [self.slot_buffer(k, n) for k in range(in_flight) for n in self.saved]
         out += [self.work_buffer(n) for n in self.workspace]
         out += [b for k in range(pending) for b in self.pending_buffers(k)]
-        skip = () if whole else self.pending_grads
+        skip = () if whole or not pending else self.pending_grads
         out += [self.cotangent_buffer(r) for r in self.roots if r not in skip]
         return tuple(out)
 
 
+@lru_cache(maxsize=256)
 def lower(graph: Graph, *, output: str | None, input_grad: bool, recompute: bool) -> Lowered:
-    """Lower a stage's graph (one input; labels on the last stage) for the executor."""
+    """Lower a stage's graph (one input; labels on the last stage) for the executor. Kept
+    (the result is immutable): the planner lowers the same stages for every candidate."""
     (inp,) = [v.name for v in graph.inputs]
     steps = plan_steps(graph, lambda name: name != inp or input_grad)
     params = tuple(v.name for v in graph.params)
