@@ -5,7 +5,9 @@ B(m); GPipe runs forwards in order then backwards in reverse order, 1F1B runs mi
 warmup forwards then alternates, backwards in order. Peak in-flight micro-batches: M on every
 GPipe stage, min(K-k, M) on 1F1B stage k. `simulate` honours the cross-stage dependencies and
 per-stage order; with equal stage times and no comm both schedules have bubble (K-1)/(M+K-1).
-A schedule that cannot progress raises PlanError naming the stuck stage and action. `ascii`
+A schedule that cannot progress raises PlanError naming the stuck stage and action. `make`
+builds every generator by name (GENERATORS: KINDS and the zero-bubble zb-h1, zb-h2), a fresh
+list each call; `peak_pending` counts the most micro-batches between their I and W. `ascii`
 draws one row per stage plus a legend. Bad arguments raise one-line PlanErrors.
 """
 
@@ -13,6 +15,8 @@ import pytest
 
 from graphpart.errors import PlanError
 from graphpart.plan.schedule import (
+    GENERATORS,
+    KINDS,
     Action,
     Event,
     Timeline,
@@ -20,7 +24,10 @@ from graphpart.plan.schedule import (
     make,
     one_f_one_b,
     peak_in_flight,
+    peak_pending,
     simulate,
+    zb_h1,
+    zb_h2,
 )
 
 F, B = (lambda m: Action("F", m)), (lambda m: Action("B", m))
@@ -95,6 +102,27 @@ def test_bubble_formula(kind, stages, microbatches, tf, tb):
     assert timeline.makespan == pytest.approx((microbatches + stages - 1) * (tf + tb))
     assert timeline.busy == pytest.approx([microbatches * (tf + tb)] * stages)
     assert timeline.bubble == pytest.approx((stages - 1) / (microbatches + stages - 1))
+
+
+def test_make_builds_every_generator_by_name():
+    assert set(KINDS) <= set(GENERATORS) == {"gpipe", "1f1b", "zb-h1", "zb-h2"}
+    assert make("zb-h1", 3, 5) == zb_h1(3, 5) and make("zb-h2", 3, 5) == zb_h2(3, 5)
+    assert make("zb-h1", 3, 5) is not make("zb-h1", 3, 5)  # a fresh list each time
+    with pytest.raises(PlanError, match="'zbv' is unknown; use one of gpipe, 1f1b, zb-h1, zb-h2"):
+        make("zbv", 2, 2)
+    with pytest.raises(PlanError, match="stages=0 is not positive"):
+        make("zb-h1", 0, 2)
+
+
+def test_peak_pending_counts_micro_batches_between_i_and_w():
+    Ia, Wa = (lambda m: Action("I", m)), (lambda m: Action("W", m))
+    assert peak_pending([F(0), F(1), Ia(0), Ia(1), Wa(0), Wa(1)]) == 2
+    assert peak_pending([F(0), Ia(0), Wa(0), F(1), Ia(1), Wa(1)]) == 1
+    for kind in ("gpipe", "1f1b"):
+        assert all(peak_pending(a) == 0 for a in make(kind, 3, 4))
+    for kind in ("zb-h1", "zb-h2"):
+        for acts in make(kind, 4, 8):
+            assert 1 <= peak_pending(acts) <= peak_in_flight(acts)
 
 
 def test_single_stage_has_no_bubble():

@@ -10,6 +10,8 @@ multiple of K, one-row micro-batches at M = 8, uneven ones at M = 5):
 - an in-process Engine's J each step and its parameters after 3 optimizer steps (SGD with
   momentum) equal the oracle's training to 1e-10, with and without recompute (the fast lane
   runs ZB-H1 with recompute on even M; the slow lane every schedule, K, M and recompute);
+- `Engine.value_and_grad` does too, and a minibatch of fewer rows than micro-batches runs one
+  row each;
 - each stage holds as many slots as the schedule's peak in-flight count (F to W) and as many
   pending-W slots as its most micro-batches between I and W;
 - on Ray (`shm`, `tasks`, `push` and `compiled`, whose later steps run as a compiled graph),
@@ -87,6 +89,22 @@ def _check_training(k, m, schedule, recompute):
 @pytest.mark.parametrize("m", MS)
 def test_zb_h1_training_matches_the_oracle(k, m):
     _check_training(k, m, "zb-h1", recompute=m % 2 == 0)
+
+
+def test_engine_value_and_grad_and_a_short_minibatch():
+    """Engine.value_and_grad under ZB-H1 gives the oracle's gradients without updating, and a
+    minibatch of fewer rows than micro-batches (one row each) trains like the oracle."""
+    g, p0, X, y = PROBLEM
+    batch = {"x": X[:BATCH], "y": y[:BATCH]}
+    J, want = value_and_grad(g, p0, batch)
+    with Engine(
+        partition(g, 3, "uniform"), p0, OPT, microbatches=4, schedule="zb-h1", max_rows=BATCH
+    ) as eng:
+        Je, got = eng.value_and_grad(batch["x"], batch["y"])
+        assert abs(Je - J) <= 1e-10 * abs(J) and max_rel(want, got) < 1e-10
+        r = eng.step(X[:3], y[:3])  # 3 rows, 4 micro-batches: one row each
+        J3, _ = value_and_grad(g, p0, {"x": X[:3], "y": y[:3]})
+        assert abs(r.J - J3) <= 1e-10 * abs(J3)
 
 
 @pytest.mark.slow  # every schedule, K, M and recompute setting: the slow lane
