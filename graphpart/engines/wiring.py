@@ -8,6 +8,12 @@ tensors. For K=2, M=2, 1F1B:
 
     stage 0: F0(data -> send)  F1(data -> send)  B0(recv)        B1(recv)
     stage 1: F0(recv, labels)  B0(send)          F1(recv, labels) B1(send)
+
+A zero-bubble schedule splits each B into I, routed as B is (its output is the cotangent the
+previous stage waits for), and W, which neither receives nor sends (K=2, M=2, ZB-H1):
+
+    stage 0: F0(data -> send)  F1(data -> send)  I0(recv)  W0  I1(recv)  W1
+    stage 1: F0(recv, labels)  I0(send)  F1(recv, labels)  I1(send)  W0  W1
 """
 
 from __future__ import annotations
