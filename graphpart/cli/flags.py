@@ -64,7 +64,9 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
     "--data-parallel": (
         "pipeline.data_parallel",
         int,
-        "K replicas of the whole model on Ray actors, gradients all-reduced every step",
+        "R replicas of the whole model on Ray actors, each on 1/R of the minibatch in M "
+        "micro-batches, gradients all-reduced every step; with K stages, R replicas of the "
+        "K-stage pipeline: R x K workers",
     ),
     "--memory-budget": (
         "pipeline.memory_budget",

@@ -83,8 +83,9 @@ class PipelineConfig:
     # one stage without an address, else shm
     transport: str = "auto"
     cost: str = "flops"  # what `balanced` balances: "flops" or "measured" (a short profiling pass)
-    # data parallelism: replicas of the whole model (stages = 1), each with batch/replicas rows,
-    # gradients summed by a ring all-reduce every step (graphpart.engines.DataParallel)
+    # data parallelism: replicas of the whole model (of its pipeline of `stages` stages: R x K
+    # workers), each with batch/replicas rows in `microbatches` micro-batches, gradients summed
+    # by a ring all-reduce per stage every step (graphpart.engines.DataParallel)
     data_parallel: int = 1
     # per-device memory budget ("64MiB", "1.5GiB", bytes; "" = none): the memory model checks
     # the plan against it before anything runs
@@ -218,10 +219,12 @@ def _check_together(cfg: Config) -> None:
     p, t, d, m = cfg.pipeline, cfg.train, cfg.data, cfg.model
     resolve_transport(p.transport, p.stages, p.address)
     if p.data_parallel > 1:
-        if p.stages != 1:
+        if p.stages > 1 and p.memory_budget.strip():
             raise ConfigError(
-                f"pipeline.data_parallel={p.data_parallel} with pipeline.stages={p.stages}: "
-                "data parallelism replicates the whole model; use stages = 1 (or data_parallel = 1)"
+                f"pipeline.memory_budget={p.memory_budget!r} with pipeline.data_parallel="
+                f"{p.data_parallel} and pipeline.stages={p.stages}: the memory model does not "
+                "predict a worker of replicated pipelines yet; leave memory_budget empty, or use "
+                "stages = 1 or data_parallel = 1"
             )
         if p.transport not in DP_TRANSPORTS:
             raise ConfigError(

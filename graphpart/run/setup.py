@@ -145,7 +145,13 @@ def clamp_batch(cfg: Config, ds: DataShape) -> tuple[Config, tuple[str, ...]]:
 
 def predicted_memory(s: Setup) -> MemoryPrediction:
     """Peak bytes per device and category of the run `s.config` describes (no workers)."""
-    dp = s.config.pipeline.data_parallel
+    dp, k = s.config.pipeline.data_parallel, s.config.pipeline.stages
+    if dp > 1 and k > 1:
+        raise ConfigError(
+            f"pipeline.data_parallel={dp} with pipeline.stages={k}: the memory model does not "
+            "predict a worker of replicated pipelines yet (use stages = 1 or data_parallel = 1 "
+            "for a prediction)"
+        )
     if dp > 1:
         return predict_data_parallel(s.plan, dp, s.workload, channels=uses_channels(s.config))
     return predict(s.plan, s.workload, channels=uses_channels(s.config))
@@ -221,6 +227,8 @@ def make_engine(s: Setup, params: Params, keep_events: bool = False) -> Trainabl
             s.optimizer,
             replicas=p.data_parallel,
             microbatches=p.microbatches,
+            schedule=p.schedule,
+            recompute=p.recompute,
             transport=transport_of(s.config),
             address=p.address,
             max_rows=t.batch_size,
