@@ -31,6 +31,7 @@ import pytest
 from graphpart.errors import PlanError
 from graphpart.ir import mlp
 from graphpart.plan import auto, memory
+from graphpart.plan import schedule as sch
 from graphpart.plan.auto import Rates, search
 from graphpart.plan.memory import Workload
 from graphpart.plan.partition import partition
@@ -64,8 +65,12 @@ def test_enumerates_every_kind_once(graph, roomy):
     ms = [m for m in (1, 2, 4, 8, 16, 32) if m <= BATCH]
     assert kinds.count("single") == 2  # recompute off, on
     assert kinds.count("accumulate") == 2 * (len(ms) - 1)
-    assert kinds.count("pipeline") == 3 * len(ms) * 2 * 2  # K 2..4, M, schedule, recompute
-    assert kinds.count("data-parallel") == 3  # K 2..4
+    # K 2..4, M, schedule, recompute
+    assert kinds.count("pipeline") == 3 * len(ms) * len(sch.KINDS) * 2
+    # K 2..4, each with M = 1 and every choice up to its rows floor(B / K)
+    assert kinds.count("data-parallel") == sum(
+        1 + sum(1 < m <= BATCH // k for m in ms) for k in (2, 3, 4)
+    )
     keys = [tuple(sorted(c.config().items())) for c in roomy]
     assert len(set(keys)) == len(keys)
     assert all(c.fits and c.problem is None for c in roomy)
@@ -141,7 +146,7 @@ def test_budget_filters_and_names_the_problem(graph):
 def test_data_parallel_replicas_hold_the_whole_state_and_1_over_k_activations(graph, roomy):
     single = _find(roomy, kind="single", recompute=False)
     for K in (2, 4):
-        dp = _find(roomy, kind="data-parallel", replicas=K)
+        dp = _find(roomy, kind="data-parallel", replicas=K, microbatches=1)
         assert (dp.stages, dp.microbatches, dp.devices, dp.split) == (1, 1, K, (4,))
         assert len(set(dp.peak_bytes)) == 1
         for c in ("parameter", "gradient", "optimizer"):
@@ -159,11 +164,11 @@ def test_data_parallel_replicas_hold_the_whole_state_and_1_over_k_activations(gr
         }
 
 
-def test_data_parallel_time_counts_each_replicas_micro_batches_and_search_keeps_one(graph):
+def test_data_parallel_time_and_memory_count_each_replicas_micro_batches(graph):
     """A replica's step runs min(M, its ceil(B / K) rows) micro-batches, 2 actions each (with
     free compute and transfers, 1 ms an action: 2 M ms); the search proposes data parallelism
-    with one micro-batch per replica whatever the workload's M (the memory model predicts no
-    more yet)."""
+    with each M of the choices up to floor(B / K) per replica, whose predicted activations are
+    those of one micro-batch of ceil(ceil(B / K) / M) rows."""
     one = partition(graph, 1)
     for m, want in ((1, 2), (2, 4), (4, 8)):
         t = auto._data_parallel_time(one, 2, Workload(batch=BATCH, microbatches=m), EQUAL)
@@ -173,8 +178,15 @@ def test_data_parallel_time_counts_each_replicas_micro_batches_and_search_keeps_
     cands = search(
         graph, Workload(batch=BATCH, microbatches=4), devices=2, budget=None, rates=RATES
     )
-    dp = _find(cands, kind="data-parallel", replicas=2)
-    assert dp.microbatches == 1 and dp.config()["pipeline.microbatches"] == 1
+    m1 = _find(cands, kind="data-parallel", replicas=2, microbatches=1)
+    m4 = _find(cands, kind="data-parallel", replicas=2, microbatches=4)
+    assert m4.config()["pipeline.microbatches"] == 4 and m4.config()["pipeline.data_parallel"] == 2
+    act1, act4 = (c.memory.stages[0].bytes["activation"] for c in (m1, m4))
+    assert act4 < act1
+    share = math.ceil(BATCH / 2)
+    assert m4.memory.stages[0].rows == math.ceil(share / 4)
+    for cat in ("parameter", "gradient", "optimizer"):
+        assert m4.memory.stages[0].bytes[cat] == m1.memory.stages[0].bytes[cat]
 
 
 def test_pipeline_stages_share_the_parameters(graph, roomy):
@@ -266,7 +278,7 @@ def test_devices_that_outnumber_the_cores_share_them(graph):
         assert c.peak_bytes == o.peak_bytes
         if c.devices <= 2:
             assert c.step_s == pytest.approx(o.step_s, rel=1e-12)
-        elif c.kind == "data-parallel":
+        elif c.kind == "data-parallel" and c.microbatches == 1:
             plan = partition(graph, 1)
             st, p = plan.stages[0], memory.param_bytes(graph)
             rows = -(-BATCH // c.replicas)
@@ -372,7 +384,7 @@ def test_plan_and_compare_projection_agree(graph):
 
 def test_equal_stage_times_give_the_textbook_bubble(graph):
     cands = search(graph, Workload(batch=BATCH), devices=4, budget=None, rates=EQUAL)
-    pipes = [c for c in cands if c.kind == "pipeline"]
+    pipes = [c for c in cands if c.kind == "pipeline" and c.schedule in ("gpipe", "1f1b")]
     assert pipes
     for c in pipes:
         K, M = c.stages, c.microbatches
@@ -416,7 +428,7 @@ def test_data_parallel_time_is_compute_on_ceil_rows_plus_a_ring(graph):
     st = plan.stages[0]
     p = memory.param_bytes(graph)
     for K in (2, 3, 4):
-        dp = _find(cands, kind="data-parallel", replicas=K)
+        dp = _find(cands, kind="data-parallel", replicas=K, microbatches=1)
         rows = -(-batch // K)
         want = (
             (st.flops_fwd + st.flops_bwd) * rows / RATES.flops_per_s

@@ -407,6 +407,26 @@ def test_data_parallel_is_one_device_on_ceil_rows_plus_the_allreduce_buffer(opt,
     assert dp.to_dict()["stages"][K - 1]["total"] == dp.stages[0].total
 
 
+@pytest.mark.parametrize("K,batch,M", [(2, 64, 4), (3, 64, 2), (4, 6, 4), (2, 7, 8)])
+def test_data_parallel_accumulates_micro_batches_per_replica(K, batch, M):
+    """M micro-batches per replica: the one-stage model at ceil(B / K) rows in min(M, rows)
+    micro-batches (activations of one micro-batch), plus the all-reduce buffer."""
+    g = mlp(SIZES, bias=True)
+    plan = partition(g, 1)
+    dp = memory.predict_data_parallel(plan, K, Workload(batch=batch, microbatches=M))
+    rows = -(-batch // K)
+    m = min(M, rows)
+    one = memory.predict(plan, Workload(batch=rows, microbatches=m)).stages[0]
+    assert dp.microbatches == m
+    for s in dp.stages:
+        assert s.rows == -(-rows // m)
+        assert s.entries() == {**one.entries(), "allreduce": ("workspace", memory.param_bytes(g))}
+    flat = memory.predict_data_parallel(plan, K, Workload(batch=batch)).stages[0]
+    for c in ("parameter", "gradient", "optimizer"):
+        assert dp.stages[0].bytes[c] == flat.bytes[c]
+    assert dp.stages[0].bytes["activation"] <= flat.bytes["activation"]
+
+
 def test_data_parallel_refuses_stages_and_too_many_replicas():
     g = mlp(SIZES)
     with pytest.raises(PlanError, match="2 stages"):

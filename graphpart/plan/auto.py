@@ -21,8 +21,8 @@
 #   `copy_bytes_per_s`; each device updates its own parameters when its last backward ends;
 # - data parallel: every replica runs ceil(B / K) rows as M micro-batches (gradient
 #   accumulation in the replica: 2 M actions), then a ring all-reduce of the gradients,
-#   2 (K - 1) messages of P / K bytes, each one hop. The search tries M = 1 only: the memory
-#   model's predict_data_parallel takes a replica's rows as one micro-batch.
+#   2 (K - 1) messages of P / K bytes, each one hop. The search tries each M of
+#   `microbatch_choices` up to a replica's rows floor(B / K).
 #
 # Deliberate departures from the obvious:
 # - A one-stage run (single device, or accumulation over M micro-batches) is simulated as a
@@ -171,8 +171,9 @@ def search(
     Enumerates: one device (M = 1, recompute off/on); gradient accumulation (one device,
     M > 1 from `microbatch_choices`, recompute off/on); pipelines of K = 2..min(devices,
     layers) stages split by graphpart.plan.partition's "balanced" strategy, each M in
-    `microbatch_choices` (M <= batch), GPipe and 1F1B, recompute off/on; data parallelism
-    with K = 2..min(devices, batch) replicas. Memory comes from graphpart.plan.memory and is
+    `microbatch_choices` (M <= batch), every schedule of graphpart.plan.schedule.KINDS,
+    recompute off/on; data parallelism with K = 2..min(devices, batch) replicas, each M of
+    `microbatch_choices` up to floor(batch / K) per replica (and 1). Memory comes from graphpart.plan.memory and is
     checked against `budget` bytes per device (None: no budget); time from `step_time` (see
     the assumptions at the top of this module) on a machine of `cores` cores whose devices
     each use `threads` of them (None: a core per device), so that K devices on fewer cores
@@ -229,22 +230,22 @@ def search(
                     )
 
     p = param_bytes(graph, dt)
-    # one micro-batch per replica: predict_data_parallel does not model more yet
-    wd = replace(base, microbatches=1, schedule="1f1b", recompute=False)
     for k in range(2, min(devices, batch) + 1):
-        pred = predict_data_parallel(one, k, wd, channels=True)
-        step = _data_parallel_time(one, k, wd, rates, capacity)
-        out.append(
-            _candidate(
-                "data-parallel",
-                pred,
-                one,
-                budget,
-                replicas=k,
-                step_s=step,
-                bubble=0.0,
-                comm=round(2 * (k - 1) / k * p),
+        for m in [1, *(m for m in choices if 1 < m <= batch // k)]:  # M per replica
+            wd = replace(base, microbatches=m, schedule="1f1b", recompute=False)
+            pred = predict_data_parallel(one, k, wd, channels=True)
+            step = _data_parallel_time(one, k, wd, rates, capacity)
+            out.append(
+                _candidate(
+                    "data-parallel",
+                    pred,
+                    one,
+                    budget,
+                    replicas=k,
+                    step_s=step,
+                    bubble=0.0,
+                    comm=round(2 * (k - 1) / k * p),
+                )
             )
-        )
 
     return rank(out, tie)

@@ -193,13 +193,15 @@ def predict_data_parallel(
 ) -> MemoryPrediction:
     """Peak bytes per device of data parallelism: `replicas` copies of the whole model.
 
-    `plan` must have one stage; of `w`, the batch, optimizer and dtype count. Each replica
-    takes ceil(batch / replicas) rows as one micro-batch, without recomputation, so it holds
-    what `predict(plan, Workload(ceil(batch / replicas)))` names plus the flat gradient buffer
-    its worker allocates for the ring
+    `plan` must have one stage; of `w`, the batch, micro-batches, optimizer and dtype count.
+    Each replica takes ceil(batch / replicas) rows as M = min(w.microbatches, those rows)
+    micro-batches (gradient accumulation in the replica; graphpart.engines.DataParallel),
+    without recomputation, so it holds what `predict(plan, Workload(ceil(batch / replicas),
+    M))` names (activations and workspace of one micro-batch of ceil(ceil(batch / replicas) /
+    M) rows) plus the flat gradient buffer its worker allocates for the ring
     all-reduce: Buffer("allreduce", "workspace", all parameter bytes in `dtype`). Returns one
     StageMemory per replica (index = replica; all equal) in a MemoryPrediction whose `batch` is
-    the whole minibatch, `microbatches` 1 (per replica) and `schedule` DATA_PARALLEL; its
+    the whole minibatch, `microbatches` M (per replica) and `schedule` DATA_PARALLEL; its
     `total` is the sum over the replicas. With `channels` (the ring on shared memory, replicas
     on one node) each replica also maps the channel from its left neighbour and the one to its
     right (`ring_channel_bytes` each).
@@ -218,8 +220,9 @@ def predict_data_parallel(
             f"(use 1..{batch})"
         )
     rows = microbatch_rows(batch, replicas)
+    m = min(max(1, int(w.microbatches)), rows)  # a replica's micro-batches
     one = predict(
-        plan, replace(w, batch=rows, microbatches=1, schedule="1f1b", recompute=False)
+        plan, replace(w, batch=rows, microbatches=m, schedule="1f1b", recompute=False)
     ).stages[0]
     bufs = (*one.buffers, Buffer("allreduce", "workspace", param_bytes(plan.graph, dtype)))
     if channels and replicas > 1:
@@ -231,7 +234,7 @@ def predict_data_parallel(
         )
     stages = tuple(StageMemory(r, one.rows, one.in_flight, bufs) for r in range(replicas))
     name, dt = w.optimizer_name, np.dtype(dtype).name
-    return MemoryPrediction(stages, int(batch), 1, DATA_PARALLEL, name, dt, False)
+    return MemoryPrediction(stages, int(batch), m, DATA_PARALLEL, name, dt, False)
 
 
 def budget_problem(pred: MemoryPrediction, budget: int) -> str | None:

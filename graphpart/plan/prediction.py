@@ -89,6 +89,7 @@ class MemoryPrediction:
         rows.append(["in-flight", *(str(s.in_flight) for s in self.stages)])
         split = (
             f"over {len(self.stages)} data-parallel replicas"
+            + (f" in {self.microbatches} micro-batch(es) each" if self.microbatches > 1 else "")
             if dp
             else f"in {self.microbatches} micro-batch(es)"
         )
