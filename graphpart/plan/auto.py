@@ -173,9 +173,9 @@ def search(
     layers) stages split by graphpart.plan.partition's "balanced" strategy, each M in
     `microbatch_choices` (M <= batch), every schedule of graphpart.plan.schedule.KINDS,
     recompute off/on; data parallelism with K = 2..min(devices, batch) replicas, each M of
-    `microbatch_choices` up to floor(batch / K) per replica (and 1). Memory comes from graphpart.plan.memory and is
-    checked against `budget` bytes per device (None: no budget); time from `step_time` (see
-    the assumptions at the top of this module) on a machine of `cores` cores whose devices
+    `microbatch_choices` up to floor(batch / K) per replica (and 1). Memory comes from
+    graphpart.plan.memory and is checked against `budget` bytes per device (None: no budget);
+    time from `step_time` (see the assumptions at the top of this module) on a machine of `cores` cores whose devices
     each use `threads` of them (None: a core per device), so that K devices on fewer cores
     share them. Ranked by `rank` (fitting candidates first; see there): ties, step times
     within `tie` of a group's fastest, share one rank and are ordered fewest devices first,
