@@ -168,18 +168,18 @@ def search(
     """Every setup of `graph` on up to `devices` devices for `w`'s minibatch, ranked (of `w`,
     the batch, optimizer and dtype count: the rest is what the search varies).
 
-    Enumerates: one device (M = 1, recompute off/on); gradient accumulation (one device,
-    M > 1 from `microbatch_choices`, recompute off/on); pipelines of K = 2..min(devices,
-    layers) stages split by graphpart.plan.partition's "balanced" strategy, each M in
+    Enumerates: one device (M = 1, recompute off/on); gradient accumulation (one device, M > 1
+    from `microbatch_choices`, recompute off/on); pipelines of K = 2..min(devices, layers)
+    stages split by graphpart.plan.partition's "balanced" strategy, each M in
     `microbatch_choices` (M <= batch), every schedule of graphpart.plan.schedule.KINDS,
     recompute off/on; data parallelism with K = 2..min(devices, batch) replicas, each M of
     `microbatch_choices` up to floor(batch / K) per replica (and 1). Memory comes from
     graphpart.plan.memory and is checked against `budget` bytes per device (None: no budget);
-    time from `step_time` (see the assumptions at the top of this module) on a machine of `cores` cores whose devices
-    each use `threads` of them (None: a core per device), so that K devices on fewer cores
-    share them. Ranked by `rank` (fitting candidates first; see there): ties, step times
-    within `tie` of a group's fastest, share one rank and are ordered fewest devices first,
-    then smallest peak.
+    time from `step_time` (see the assumptions at the top of this module) on a machine of
+    `cores` cores whose devices each use `threads` of them (None: a core per device), so that K
+    devices on fewer cores share them. Ranked by `rank` (fitting candidates first; see there):
+    ties, step times within `tie` of a group's fastest, share one rank and are ordered fewest
+    devices first, then smallest peak.
     """
     devices = _positive("devices", devices)
     batch = _positive("batch", w.batch)
