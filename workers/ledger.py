@@ -23,7 +23,8 @@ class Ledger:
     """Counts bytes by category as arrays are allocated and freed; keeps peaks and events.
 
     `events` rows are (t_seconds, kind, detail, bytes_by_category_tuple); kinds are
-    "alloc", "free", "F", "B", "F_end", "B_end", "step", "mark".
+    "alloc", "free", "F", "B", "I", "W" (a split backward's halves) and their "_end"s, "step",
+    "mark".
     """
 
     keep_events: bool = True

@@ -57,6 +57,9 @@ SCALE, UPDATE, FIRST_X = 0, 1, 2  # positions in the graph's input
 Expected = dict[int, list[tuple[int, str]]]  # stage -> (bind index, action) in order
 
 
+_KIND = {"forward": "F", "backward": "B", "backward_input": "I", "backward_weight": "W"}
+
+
 class Compiled(Tasks):
     """Tasks for the first step of a shape, a Ray Compiled Graph for the steps after."""
 
@@ -193,7 +196,7 @@ class Compiled(Tasks):
 
         def bind(k: int, method: str, *args: Any) -> Any:
             node = self.actors[k].call.bind(method, *args)
-            label = "finish" if method == "finish" else f"{method[0].upper()}{args[0]}"
+            label = "finish" if method == "finish" else f"{_KIND.get(method, method)}{args[0]}"
             expected[k].append((node._get_bind_index(), label))
             return node
 

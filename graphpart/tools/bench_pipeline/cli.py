@@ -36,7 +36,7 @@ def add_pipeline_arguments(ap: argparse.ArgumentParser) -> None:
         "--schedules",
         type=name_list(SCHEDULES, "a schedule"),
         default="1f1b,gpipe",
-        help="comma list of 1f1b, gpipe",
+        help="comma list of " + ", ".join(SCHEDULES),
     )
     ap.add_argument("--warmup", type=int_at_least(0), default=3, help="untimed steps first")
     ap.add_argument(

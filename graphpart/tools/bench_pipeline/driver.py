@@ -24,6 +24,7 @@ from graphpart.tools.bench_pipeline.throughput import (
     measure_single,
 )
 from graphpart.tools.bench_pipeline.torch_peer import (
+    TORCH_SCHEDULES,
     run_torch_ddp,
     run_torch_pipeline,
     run_torch_single,
@@ -41,8 +42,8 @@ def measure_torch(
     out, by_cfg = [], {}
     for r in rows:
         cfg = (tuple(r["stage_split"]), r["schedule"], r["microbatches"])
-        if r["stages"] != 2 or cfg in by_cfg:
-            continue
+        if r["stages"] != 2 or cfg in by_cfg or cfg[1] not in TORCH_SCHEDULES:
+            continue  # (torch has no ZB-H2: that row has no torch figure)
         t = run_torch_pipeline(sizes, cfg[0], batch, cfg[1], cfg[2], warmup, steps)
         t.update(schedule=cfg[1], microbatches=cfg[2], stage_split=list(cfg[0]))
         by_cfg[cfg] = t

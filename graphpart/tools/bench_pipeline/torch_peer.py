@@ -6,7 +6,8 @@ installed; each prints one JSON line of step times from rank 0.
 Each is set up as torch's own docs and tests set it up, with every advantage it can honestly
 have (measured in docs/benchmarks.md, "The peers"):
 - pipelining: static stage metadata (`PipelineStage(..., input_args=, output_args=)` with the
-  micro-batch shapes, so no shape inference runs), `Schedule1F1B` / `ScheduleGPipe`;
+  micro-batch shapes, so no shape inference runs), `Schedule1F1B` / `ScheduleGPipe` /
+  `ScheduleInterleavedZeroBubble` with one stage a rank (torch's ZB1P, = ZB-H1);
 - DDP: `gradient_as_bucket_view=True` (no copy between the gradients and the buckets),
   `static_graph=True`, its bucketed all-reduce overlapping backward;
 - one process: the whole model on `threads` threads (no process group);
@@ -31,6 +32,7 @@ from typing import Any
 MODES = ("pipeline", "ddp", "single")
 
 
+TORCH_SCHEDULES = ("1f1b", "gpipe", "zb-h1")  # graphpart's names torch has a class for
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -154,7 +156,12 @@ def _rank_main(a: argparse.Namespace) -> None:
     y = torch.randint(0, sizes[-1], (a.batch,), generator=g)
     torch.manual_seed(rank)
     if a.mode == "pipeline":
-        from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+        from torch.distributed.pipelining import (
+            PipelineStage,
+            Schedule1F1B,
+            ScheduleGPipe,
+            ScheduleInterleavedZeroBubble,
+        )
 
         split = [int(s) for s in a.split.split(",")]
         first = sum(split[:rank])
@@ -167,7 +174,14 @@ def _rank_main(a: argparse.Namespace) -> None:
         stage = PipelineStage(
             module, rank, world, torch.device("cpu"), input_args=(x_mb,), output_args=y_mb
         )
-        kinds = {"1f1b": Schedule1F1B, "gpipe": ScheduleGPipe}
+        kinds = {
+            "1f1b": Schedule1F1B,
+            "gpipe": ScheduleGPipe,
+            # torch's ZB1P (= ZB-H1) with one stage a rank: its interleaved class, v = 1
+            "zb-h1": lambda st, **kw: ScheduleInterleavedZeroBubble([st], **kw),
+        }
+        if a.schedule not in kinds:
+            raise SystemExit(f"torch has no {a.schedule} schedule (it has {', '.join(kinds)})")
         sched = kinds[a.schedule](stage, n_microbatches=a.microbatches, loss_fn=loss)
 
         def fwd_bwd() -> None:

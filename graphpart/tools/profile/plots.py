@@ -42,7 +42,7 @@ def _draw_memory(ax: Any, gantt: Any, events: Sequence[Sequence[Any]], slot_byte
         act = CATEGORIES.index("activation")
         live, xs, ys = 0, [], []
         for e in events:
-            if e[1] in ("F", "B_end") and e[2] != "-1":
+            if e[1] in ("F", "B_end", "W_end") and e[2] != "-1":
                 live += 1 if e[1] == "F" else -1
                 xs.append(e[0] * 1e3)
                 ys.append((sum(e[3][:act]) + live * slot_bytes) / 2**20)

@@ -15,9 +15,9 @@ def spans(events: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
     open_: dict[tuple[str, str], float] = {}
     step = 1
     for t, kind, detail, _ in events:
-        if kind in ("F", "B"):
+        if kind in ("F", "B", "I", "W"):
             open_[kind, detail] = t
-        elif kind in ("F_end", "B_end"):
+        elif kind in ("F_end", "B_end", "I_end", "W_end"):
             k = kind[0]
             start = open_.pop((k, detail), None)
             if start is not None:
@@ -67,7 +67,7 @@ def chrome_trace(m: Measurement, pred: MemoryPrediction | None = None) -> dict[s
                     "args": dict(zip(CATEGORIES, by, strict=True)),
                 }
             )
-            if kind in ("F", "B_end") and detail != "-1":
+            if kind in ("F", "B_end", "W_end") and detail != "-1":
                 live += 1 if kind == "F" else -1
                 ev.append(
                     {
