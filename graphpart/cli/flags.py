@@ -9,6 +9,7 @@ from typing import Any
 from graphpart.engines import check_device
 from graphpart.errors import GraphpartError
 from graphpart.ir.ops import ACTIVATIONS, LOSSES
+from graphpart.plan.schedule import KINDS as SCHEDULES
 from graphpart.run.config import Config
 from graphpart.run.session import DEFAULT_CONFIG, make_config
 
@@ -45,7 +46,7 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
         int,
         "micro-batches per minibatch (with one stage: gradient accumulation over them)",
     ),
-    "--schedule": ("pipeline.schedule", str, "gpipe | 1f1b"),
+    "--schedule": ("pipeline.schedule", str, " | ".join(SCHEDULES)),
     "--strategy": ("pipeline.strategy", str, "uniform | balanced | memory"),
     "--address": (
         "pipeline.address",
