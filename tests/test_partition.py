@@ -343,3 +343,17 @@ def test_split_batch_errors():
         split_batch(8, 0)
     with pytest.raises(PlanError, match=r"microbatches=-2"):
         split_batch(8, -2)
+
+
+def test_weight_gradient_flops_are_dw_and_db():
+    """A stage's flops_wgrad (the W of a split backward) is 2 n_in n_out (dW) + n_out (db) per
+    sample and layer, and the rest of flops_bwd (the I) is the input gradients and the
+    elementwise backward."""
+    g = mlp([6, 5, 4, 3], bias=True)
+    plan = partition(g, 2, "uniform")
+    layers = [(6, 5), (5, 4), (4, 3)]
+    want = [sum(2 * i * o + o for i, o in layers[: len(plan.stages[0].layers)])]
+    want.append(sum(2 * i * o + o for i, o in layers[len(plan.stages[0].layers) :]))
+    assert [st.flops_wgrad for st in plan.stages] == want
+    for st in plan.stages:
+        assert 0 < st.flops_wgrad < st.flops_bwd

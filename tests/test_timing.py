@@ -1,6 +1,7 @@
 """Contract of graphpart/plan/timing.py for the split schedules (the others: test_auto.py).
 
-`pipeline_step` times ZB-H1 and ZB-H2 as the simulator does (I and W each half a backward):
+`pipeline_step` times ZB-H1 and ZB-H2 as the simulator does (I and W the times given, or
+each half a backward):
 with a device per stage (capacity None, or at least K) its timeline is
 graphpart.plan.schedule.simulate's. On fewer cores (processor sharing) it keeps the
 simulator's rules: every stage runs its actions in its schedule's order; F(k, m) starts after
@@ -42,3 +43,22 @@ def test_split_schedules_follow_the_simulator_rules(kind, m):
     for k in range(3):
         mine = [e.action for e in sorted(tl.events, key=lambda e: e.start) if e.stage == k]
         assert mine == schedule[k]
+
+
+@pytest.mark.parametrize("capacity", [None, 1.0])
+def test_split_backward_takes_the_given_i_and_w_times(capacity):
+    """Given I and W times, every I and W event lasts them (the default: half of B each),
+    with a device per stage and on one shared core alike (where each lasts at least them)."""
+    igrad, wgrad = [0.5, 2.0, 1.0], [1.5, 1.0, 1.5]
+    _, tl = timing.pipeline_step("zb-h1", 4, FWD, BWD, FIN, HOP, capacity, igrad, wgrad)
+    for ev in tl.events:
+        want = {"F": FWD, "I": igrad, "W": wgrad}[ev.action.kind][ev.stage]
+        if capacity is None:
+            assert ev.end - ev.start == pytest.approx(want)
+        else:
+            assert ev.end - ev.start >= want - 1e-9
+    if capacity is None:
+        _, half = timing.pipeline_step("zb-h1", 4, FWD, BWD, FIN, HOP)
+        for ev in half.events:
+            if ev.action.kind in ("I", "W"):
+                assert ev.end - ev.start == pytest.approx(BWD[ev.stage] / 2)

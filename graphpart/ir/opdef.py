@@ -28,6 +28,8 @@ class OpDef:
     vjp_jvp: Callable[..., list] | None = None
     tangent_saves: tuple[str, ...] = ()
     kernels: Kernels = Kernels()
+    # of the backward FLOPs, those of the weight gradients: a split backward's W (the rest is I)
+    weight_flops: Callable[[list[tuple[int, ...]], tuple[int, ...]], int] = lambda s, o: 0
 
     def tangent_inputs(self, n_inputs: int) -> list[int]:
         """Positions of the inputs whose tangents `vjp_jvp` reads."""

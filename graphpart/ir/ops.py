@@ -118,6 +118,7 @@ register(
         forward=lambda ins, a: ins[0] @ ins[1].T,
         vjp=_matmul_vjp,
         flops=lambda s, o: (2 * s[0][0] * s[0][1] * o[1], 4 * s[0][0] * s[0][1] * o[1]),
+        weight_flops=lambda s, o: 2 * s[0][0] * s[0][1] * o[1],  # dW = dz^T x
         saves=("in0", "in1"),
         jvp=_matmul_jvp,
         vjp_jvp=_matmul_vjp_jvp,
@@ -150,6 +151,7 @@ register(
             g.sum(axis=0) if needs[1] else None,
         ],
         flops=lambda s, o: (numel(o), numel(o)),
+        weight_flops=lambda s, o: numel(o),  # db = the column sums of dz
         saves=(),
         jvp=lambda dins, ins, out, a: plus(*dins),
         vjp_jvp=lambda g, dg, ins, dins, out, dout, a, needs: [

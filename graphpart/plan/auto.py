@@ -83,15 +83,21 @@ def step_time(
     act = rates.per_action_s
     rate = rates.flops_at(rows)
     fwd = [st.flops_fwd * rows / rate + act for st in plan.stages]
-    bwd = [
-        st.flops_bwd * rows / rate + act + (f - act if w.recompute else 0.0)
-        for st, f in zip(plan.stages, fwd, strict=True)
+    redo = [f - act if w.recompute else 0.0 for f in fwd]  # a recomputed forward, in I or B
+    bwd = [st.flops_bwd * rows / rate + act + r for st, r in zip(plan.stages, redo, strict=True)]
+    # a split backward: W the weight gradients' FLOPs, I the rest (and the recomputation)
+    wgrad = [st.flops_wgrad * rows / rate + act for st in plan.stages]
+    igrad = [
+        (st.flops_bwd - st.flops_wgrad) * rows / rate + act + r
+        for st, r in zip(plan.stages, redo, strict=True)
     ]
     itemsize = np.dtype(dtype).itemsize
     width = max((st.output_width for st in plan.stages), default=0)
     comm = rates.transfer_s(rows * width * itemsize) if plan.k > 1 else 0.0
     finish = [_update_s(param_bytes(st.graph, dtype), w.slots, rates) for st in plan.stages]
-    return timing.pipeline_step(w.schedule, w.microbatches, fwd, bwd, finish, comm, capacity)
+    return timing.pipeline_step(
+        w.schedule, w.microbatches, fwd, bwd, finish, comm, capacity, igrad, wgrad
+    )
 
 
 def _data_parallel_time(

@@ -33,6 +33,7 @@ class Stage:
     flops_bwd: int  # per sample
     input_width: int  # boundary elements per sample received (0 on stage 0: data, not boundary)
     output_width: int  # boundary elements per sample sent
+    flops_wgrad: int = 0  # per sample: the part of flops_bwd that is weight gradients (W)
 
     @property
     def is_last(self) -> bool:
@@ -80,6 +81,16 @@ def layer_flops(graph: Graph) -> dict[int, tuple[int, int]]:
             continue
         f, b = op_flops(graph, o, 1)
         out[o.layer] = (out[o.layer][0] + f, out[o.layer][1] + b)
+    return out
+
+
+def layer_weight_flops(graph: Graph) -> dict[int, int]:
+    """Per-sample FLOPs of each layer's weight gradients: the W part of its backward."""
+    out: dict[int, int] = {layer: 0 for layer in graph.layers}
+    for o in graph.ops:
+        if o.layer != 0:
+            ins = [graph.var(n).concrete_shape(1) for n in o.inputs]
+            out[o.layer] += get(o.op).weight_flops(ins, graph.var(o.output).concrete_shape(1))
     return out
 
 
@@ -169,4 +180,6 @@ def build_stage(
     out_w = (
         0 if output is None else int(np.prod([d for d in graph.var(output).shape if d != BATCH]))
     )
-    return Stage(k, layers, sub, inp, output, params, f, b, in_w, out_w)
+    wgrad = layer_weight_flops(graph)
+    w = sum(wgrad[x] for x in layers)
+    return Stage(k, layers, sub, inp, output, params, f, b, in_w, out_w, w)

@@ -55,12 +55,15 @@ def pipeline_step(
     finish: Sequence[float],
     hop_s: float,
     capacity: float | None = None,
+    igrad: Sequence[float] | None = None,
+    wgrad: Sequence[float] | None = None,
 ) -> tuple[float, sch.Timeline]:
     """Seconds of one step of a len(fwd)-stage `kind` schedule (K = 1: one device) and its
     timeline: stage k's forward and backward of one micro-batch take fwd[k] and bwd[k] on a
-    device of its own, every hop `hop_s`, and stage k's finish[k] follows its last action; the
-    step ends when the last finish does. With `capacity` below K the busy stages share it
-    (see the top of this module); otherwise this is graphpart.plan.schedule.simulate.
+    device of its own (a split backward's I and W igrad[k] and wgrad[k]; None: half of bwd[k]
+    each), every hop `hop_s`, and stage k's finish[k] follows its last action; the step ends
+    when the last finish does. With `capacity` below K the busy stages share it (see the top
+    of this module); otherwise this is graphpart.plan.schedule.simulate.
     """
     k = len(fwd)
     schedule = sch.make(kind, k, microbatches)
@@ -68,12 +71,12 @@ def pipeline_step(
     if len(fin) != k:
         raise PlanError(f"finish has {len(fin)} entries for {k} stages; give one per stage")
     if capacity is None or capacity >= k:
-        tl = sch.simulate(schedule, list(fwd), list(bwd), hop_s)
+        tl = sch.simulate(schedule, list(fwd), list(bwd), hop_s, igrad, wgrad)
         end = [0.0] * k
         for ev in tl.events:
             end[ev.stage] = max(end[ev.stage], ev.end)
         return max(e + f for e, f in zip(end, fin, strict=True)), tl
-    return _shared(schedule, list(fwd), list(bwd), fin, hop_s, capacity)
+    return _shared(schedule, list(fwd), list(bwd), fin, hop_s, capacity, igrad, wgrad)
 
 
 def _shared(
@@ -83,12 +86,16 @@ def _shared(
     fin: list[float],
     hop_s: float,
     capacity: float,
+    igrad: Sequence[float] | None = None,
+    wgrad: Sequence[float] | None = None,
 ) -> tuple[float, sch.Timeline]:
     """The simulator's rules with processor sharing: advance to the next end or arrival."""
     k = len(schedule)
-    sch.simulate(schedule, fwd, bwd, hop_s)  # validates the inputs and the schedule
-    half = [b / 2 for b in bwd]  # the simulator's split: I and W each half a backward
-    times = {"F": fwd, "B": bwd, "I": half, "W": half}
+    sch.simulate(schedule, fwd, bwd, hop_s, igrad, wgrad)  # validates inputs and the schedule
+    half = [b / 2 for b in bwd]  # the simulator's default split: I and W each half a backward
+    i_s = half if igrad is None else [float(v) for v in igrad]
+    w_s = half if wgrad is None else [float(v) for v in wgrad]
+    times = {"F": fwd, "B": bwd, "I": i_s, "W": w_s}
     split = [{a.mb for a in acts if a.kind == "I"} for acts in schedule]  # I instead of B
     done: dict[tuple[int, sch.Action], float] = {}
     pos = [0] * k
