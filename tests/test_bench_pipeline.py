@@ -1,7 +1,8 @@
 """The pipeline benchmark measures what it says and feeds the simulator consistently.
 
-Contract: `call_overhead_s` spreads a stage's CPU time beyond its busy time over its 2M + 1
-calls and never goes negative; `predict_step` is the schedule simulator's makespan plus each
+Contract: `call_overhead_s` spreads a stage's CPU time beyond its busy time over its calls
+(its schedule's actions and finish: 2M + 1 with whole backwards, 3M + 1 split) and never goes
+negative; `predict_step` is the schedule simulator's makespan plus each
 stage's finish after its last action (GPipe on equal stages: (M + K - 1)(f + b) + finish,
 bubble (K - 1)/(M + K - 1)); a tiny `run` on the test session's Ray returns every figure for
 every engine (tasks, push, compiled), the compiled engine really ran compiled steps, the
@@ -30,9 +31,11 @@ def test_call_overhead_spreads_cpu_beyond_busy_time_over_the_calls():
             {"F": 0.020, "B": 0.030, "step": 0.002},
         ],
     }  # 13 ms: more than its CPU
-    over = bp.call_overhead_s(timed, microbatches=3)  # 7 calls a step
+    over = bp.call_overhead_s(timed, "1f1b", 2, microbatches=3)  # 7 calls a step
     assert over[0] == pytest.approx((30.0 - 26.0) / 1e3 / 7)
     assert over[1] == 0.0
+    split = bp.call_overhead_s(timed, "zb-h1", 2, microbatches=3)  # 10 calls a step
+    assert split[0] == pytest.approx((30.0 - 26.0) / 1e3 / 10)
 
 
 @pytest.mark.parametrize("k,m", [(2, 1), (2, 4), (3, 2), (4, 8)])
@@ -86,7 +89,7 @@ def test_tiny_run_returns_every_figure(ray_session):
             assert r["call_overhead_ms"] == [0.0, 0.0]
         else:  # this row's own CPU beyond its busy time, over its own 2M + 1 calls a step
             assert r["call_overhead_ms"] == pytest.approx(
-                [1e3 * v for v in bp.call_overhead_s(r, r["microbatches"])]
+                [1e3 * v for v in bp.call_overhead_s(r, r["schedule"], 2, r["microbatches"])]
             )
     assert len(res["targets"]["throughput_within_10pct_of_simulator"]) == len(rows)
     report = bp.format_report(res)

@@ -519,7 +519,8 @@ def _split_step(ws, plan, x, y, microbatches, whole):
 @pytest.mark.parametrize("k", [1, 3])
 def test_backward_is_input_then_weight_gradients_bit_for_bit(k, recompute):
     """B equals I followed (later) by W exactly: the same J and gradients, bit for bit, with
-    every micro-batch's W deferred; the slots and pending slots are all given back."""
+    every micro-batch's W deferred; the slots and pending slots are all given back; the busy
+    clock counts W's seconds apart (`Busy.weight`, within `backward`)."""
     g, params, x, y = problem(n=N)
     plan = partition(g, k, "uniform")
     got = {}
@@ -529,6 +530,9 @@ def test_backward_is_input_then_weight_gradients_bit_for_bit(k, recompute):
         for w in ws:
             assert not w.prog.slot_of and not w.prog.pending_of
             assert len(w.prog.pending) == (0 if whole else 3)
+            # busy clocks: W's time is part of the backward's, and only split runs have it
+            assert (w.busy.weight > 0) == (not whole)
+            assert w.busy.weight <= w.busy.backward
     (fin_b, grads_b), (fin_s, grads_s) = got[True], got[False]
     assert fin_b == fin_s
     for a, b in zip(grads_b, grads_s, strict=True):

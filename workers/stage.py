@@ -168,7 +168,9 @@ class StageWorker:
         t = time.perf_counter()
         with np.errstate(all="ignore"):
             self.prog.backward_weight(mb, scale)
-        self.busy.backward += time.perf_counter() - t
+        dt = time.perf_counter() - t
+        self.busy.backward += dt
+        self.busy.weight += dt
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         """Inference forward of up to max_rows rows (no cache, no loss); a host array copy."""

@@ -18,16 +18,18 @@ class Finish:
 @dataclass
 class Busy:
     """Seconds a stage spent inside its forward calls, backward calls, `finish` and (a
-    data-parallel replica) its gradient all-reduce, waits for the other replicas included."""
+    data-parallel replica) its gradient all-reduce, waits for the other replicas included.
+    `weight` is the part of `backward` spent in a split backward's W calls (the rest is I)."""
 
     forward: float = 0.0
     backward: float = 0.0
+    weight: float = 0.0
     finish: float = 0.0
     allreduce: float = 0.0
 
     @property
     def total(self) -> float:
-        return self.forward + self.backward + self.finish + self.allreduce
+        return self.forward + self.backward + self.finish + self.allreduce  # weight is in backward
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from graphpart.engines import DataParallel, Engine
 from graphpart.ir import mlp
 from graphpart.optim import make_optimizer
 from graphpart.params import init_params
+from graphpart.plan import schedule as sch
 from graphpart.plan.batching import microbatch_rows
 from graphpart.plan.partition import partition
 from graphpart.tools.bench_pipeline.rates import stage_matmuls
@@ -84,6 +85,7 @@ def _time_steps(engine: Any, X: np.ndarray, y: np.ndarray, warmup: int, steps: i
             {
                 "F": a.busy.forward - b.busy.forward,
                 "B": a.busy.backward - b.busy.backward,
+                "W": a.busy.weight - b.busy.weight,  # of B: the split backward's W calls
                 "step": a.busy.finish - b.busy.finish,
             }
             for a, b in zip(after, before, strict=True)
@@ -120,8 +122,16 @@ def measure_pipeline(
                     fwd = [b["F"] / per for b in r["busy_s"]]
                     bwd = [b["B"] / per for b in r["busy_s"]]
                     fin = [b["step"] / steps for b in r["busy_s"]]
-                    pred = predict_step(kind, m, fwd, bwd, fin, comm_s[name])
-                    over = call_overhead_s(r, m) if name != "compiled" else [0.0] * len(fwd)
+                    # a split schedule's I and W, measured apart (None: B runs whole)
+                    split = "I" in {a.kind for acts in sch.make(kind, stages, m) for a in acts}
+                    wgt = [b["W"] / per for b in r["busy_s"]] if split else None
+                    igr = [b - w for b, w in zip(bwd, wgt, strict=True)] if wgt else None
+                    pred = predict_step(kind, m, fwd, bwd, fin, comm_s[name], igr, wgt)
+                    over = (
+                        call_overhead_s(r, kind, stages, m)
+                        if name != "compiled"
+                        else [0.0] * len(fwd)
+                    )
                     cal = predict_step(
                         kind,
                         m,
@@ -129,6 +139,8 @@ def measure_pipeline(
                         [b + o for b, o in zip(bwd, over, strict=True)],
                         [f + o for f, o in zip(fin, over, strict=True)],
                         comm_s[name],
+                        None if igr is None else [i + o for i, o in zip(igr, over, strict=True)],
+                        None if wgt is None else [w + o for w, o in zip(wgt, over, strict=True)],
                     )
                     row = {
                         "engine": name,
