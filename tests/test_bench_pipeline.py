@@ -83,6 +83,7 @@ def test_tiny_run_returns_every_figure(ray_session):
         assert r["step_s_median"] > 0 and r["samples_per_s"] > 0
         assert r["predicted_step_s"] >= r["predicted_kernels_step_s"] > 0
         assert 0.0 <= r["predicted_bubble"] < 1.0
+        assert 0.0 <= r["measured_bubble"] < 1.0  # the stages' idle share of the mean step
         assert len(r["call_overhead_ms"]) == 2
         if r["engine"] == "compiled":
             assert r["compiled_steps"] > 0 and r["compile_errors"] == {}

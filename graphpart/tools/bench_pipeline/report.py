@@ -82,7 +82,7 @@ def format_report(res: dict[str, Any]) -> str:
     lines.append(
         f"  {'engine':9}{'K':>2} {'sched':6}{'M':>3}{'samples/s':>11}{'vs torch':>9}{'vs 1proc':>9}"
         f"{'step ms':>9}{'kern ms':>9}{'ratio':>7}{'pred ms':>9}{'ratio':>7}"
-        f"{'bubble':>8}  F/B ms per mb (stage 0 | stage 1); per-call ms; CPU ms/step: "
+        f"{'bubble':>8}{'meas.':>7}  F/B ms per mb (stage 0 | stage 1); per-call ms; CPU ms/step: "
         "driver, stages; other processes' cores"
     )
     for r in res["pipeline"]:
@@ -93,7 +93,7 @@ def format_report(res: dict[str, Any]) -> str:
             f"{r['speedup_vs_best_single']:>9.2f}{r['step_s_median'] * 1e3:>9.1f}"
             f"{r['predicted_kernels_step_s'] * 1e3:>9.1f}{r['kernels_ratio']:>7.2f}"
             f"{r['predicted_step_s'] * 1e3:>9.1f}{r['throughput_ratio']:>7.2f}"
-            f"{r['predicted_bubble']:>8.1%}  {fb}; "
+            f"{r['predicted_bubble']:>8.1%}{r.get('measured_bubble', float('nan')):>7.1%}  {fb}; "
             + "/".join(f"{c:.2f}" for c in r["call_overhead_ms"])
             + f"; {r['driver_cpu_ms_per_step']:.0f}, "
             + "/".join(f"{c:.0f}" for c in r["stage_cpu_ms_per_step"])

@@ -157,6 +157,13 @@ def measure_pipeline(
                         "predicted_kernels_step_s": pred["step_s"],
                         "predicted_step_s": cal["step_s"],
                         "predicted_bubble": cal["bubble"],
+                        # measured: the stages' idle share of the mean step, 1 - busy / (K step)
+                        "measured_bubble": max(
+                            0.0,
+                            1.0
+                            - sum(b["F"] + b["B"] + b["step"] for b in r["busy_s"])
+                            / (stages * steps * r["step_s_mean"]),
+                        ),
                         "kernels_ratio": pred["step_s"] / r["step_s_median"],
                         "throughput_ratio": cal["step_s"] / r["step_s_median"],
                     }
