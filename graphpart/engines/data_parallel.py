@@ -43,8 +43,8 @@ from graphpart.plan.stages import Plan
 from workers.stage import WorkerSpec
 from workers.stats import StageStats
 
-# what carries the all-reduce: "shm" channels between replicas on one node (Ray between
-# nodes), or "push": always Ray; "auto" is "shm"
+# what carries the all-reduce (and a replicated pipeline's boundary tensors): "shm" channels
+# between workers on one node (Ray between nodes), or "push": always Ray; "auto" is "shm"
 DP_TRANSPORTS = ("auto", "shm", "push")
 
 
