@@ -19,6 +19,7 @@ from graphpart.tools.bench.cli import (
 )
 from graphpart.tools.bench_pipeline.driver import SIZES, run
 from graphpart.tools.bench_pipeline.report import format_report
+from graphpart.tools.bench_pipeline.throughput import RAY_TRANSPORTS
 
 
 def add_pipeline_arguments(ap: argparse.ArgumentParser) -> None:
@@ -44,6 +45,12 @@ def add_pipeline_arguments(ap: argparse.ArgumentParser) -> None:
     )
     ap.add_argument(
         "--transfer-samples", type=int_at_least(1), default=200, help="timed hops per size"
+    )
+    ap.add_argument(
+        "--transports",
+        type=name_list(RAY_TRANSPORTS, "a transport"),
+        default=",".join(RAY_TRANSPORTS),
+        help="comma list of the K=2 pipelines' transports, of " + ", ".join(RAY_TRANSPORTS),
     )
     ap.add_argument("--no-torch", action="store_true", help="skip torch.distributed.pipelining")
     ap.add_argument("--no-k4", action="store_true", help="skip the four-stage runs")
@@ -78,6 +85,7 @@ def run_pipeline(a: argparse.Namespace) -> int:
         four_stages=not a.no_k4,
         data_parallel=a.data_parallel,
         progress=_say,
+        transports=a.transports,
     )
     print(json.dumps(res, indent=1) if a.json else format_report(res))
     return 0

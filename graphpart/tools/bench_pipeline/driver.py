@@ -19,6 +19,7 @@ from graphpart.plan.stages import layer_flops
 from graphpart.tools.bench_pipeline.rates import as_dicts, stage_matmuls
 from graphpart.tools.bench_pipeline.simulator import project
 from graphpart.tools.bench_pipeline.throughput import (
+    RAY_TRANSPORTS,
     measure_data_parallel,
     measure_pipeline,
     measure_single,
@@ -104,6 +105,7 @@ def run(
     four_stages: bool = True,
     data_parallel: int = 2,
     progress: Callable[[str], None] | None = None,
+    transports: Sequence[str] = RAY_TRANSPORTS,
 ) -> dict[str, Any]:
     """Measure (a) transfers, (b) one process and the K=2 pipelines, (c) the simulator's
     predictions, in one Ray session (a new local one on 2 CPUs, or the one already started)."""
@@ -157,8 +159,9 @@ def run(
                 d["vs_torch"] = d["samples_per_s"] / res["torch_ddp"]["samples_per_s"]
         say(f"bench: K=2 pipelines: M in {list(microbatches)}, schedules {list(schedules)} ...")
         res["pipeline"] = measure_pipeline(
-            sizes, batch, dtype, microbatches, schedules, warmup, steps, comm
-        )  # the default transport last, next to torch's
+            sizes, batch, dtype, microbatches, schedules, warmup, steps, comm,
+            transports=sorted(transports, key=lambda n: n == RAY_DEFAULT),
+        )  # the default transport last, next to torch's  # fmt: skip
         if torch:
             say("bench: torch.distributed.pipelining, in its own processes ...")
             res["torch"] = measure_torch(sizes, batch, res["pipeline"], warmup, steps)
