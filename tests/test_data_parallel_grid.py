@@ -2,7 +2,7 @@
 K-stage pipeline on R x K workers, stage k of every replica all-reducing its gradients with
 stage k of the others (one ring per stage index).
 
-Contract: in float64, for (R, K) in {(1, 2), (2, 2), (3, 2), (2, 3)}, every schedule of
+Contract: in float64, for (R, K) in {(1, 2), (2, 2), (3, 2), (2, 3), (3, 3)}, every schedule of
 graphpart.plan.schedule.KINDS and M = 1, 2, 4 micro-batches per replica, Adam steps with
 weight decay give the oracle's J at every step (1e-12) and its parameters (1e-10), an epoch's
 short last minibatch included (every replica's share smaller than M: one micro-batch per
@@ -111,7 +111,7 @@ def test_a_config_with_stages_and_replicas_sets_up_and_a_budget_for_it_is_refuse
 
 # -- on Ray ---------------------------------------------------------------------------------------
 @pytest.mark.ray
-@pytest.mark.parametrize(("r", "k"), [(1, 2), (2, 2), (3, 2), (2, 3)])
+@pytest.mark.parametrize(("r", "k"), [(1, 2), (2, 2), (3, 2), (2, 3), (3, 3)])
 def test_replicated_pipelines_train_like_the_oracle(ray_session, r, k):
     """R x K workers, every schedule and M = 1, 2, 4 (one engine, rescheduled and reset to its
     start each time): the oracle's J and parameters, replicas bit-identical."""
