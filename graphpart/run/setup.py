@@ -221,14 +221,17 @@ def make_engine(s: Setup, params: Params, keep_events: bool = False) -> Trainabl
     runs leave it off)."""
     p, t = s.config.pipeline, s.config.train
     if p.data_parallel > 1:
+        # replicated pipelines run the schedule and recomputation; one-stage replicas run
+        # 1F1B (F0 B0 F1 B1 ...) without recomputation, which predict_data_parallel models
+        grid = p.stages > 1
         return DataParallel(
             s.plan,
             params,
             s.optimizer,
             replicas=p.data_parallel,
             microbatches=p.microbatches,
-            schedule=p.schedule,
-            recompute=p.recompute,
+            schedule=p.schedule if grid else "1f1b",
+            recompute=p.recompute and grid,
             transport=transport_of(s.config),
             address=p.address,
             max_rows=t.batch_size,
