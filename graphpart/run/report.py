@@ -9,14 +9,20 @@ import numpy as np
 
 from graphpart.engines import Rss, StageStats, describe_blas
 from graphpart.plan import schedule as sch
-from graphpart.plan.batching import split_batch
-from graphpart.plan.memory import budget_problem, predict
+from graphpart.plan.batching import microbatch_rows, split_batch
+from graphpart.plan.memory import budget_problem
 from graphpart.plan.partition import Plan
 from graphpart.run.checkpoint import RunDir, atomic_write
 from graphpart.run.config import Config
 from graphpart.run.metrics import of_kind
 from graphpart.run.progress import Progress
-from graphpart.run.setup import Setup, budget_of, transport_of, uses_channels, uses_ray, workload_of
+from graphpart.run.setup import (
+    Setup,
+    budget_of,
+    predicted_memory,
+    transport_of,
+    uses_ray,
+)
 from graphpart.units import human_bytes, table
 
 
@@ -24,19 +30,21 @@ def plan_report(s: Setup, cfg: Config) -> dict[str, Any]:
     """The plan as a table and as data; memory columns come from the analytic model."""
     plan, p, t = s.plan, cfg.pipeline, cfg.train
     data = plan_dict(plan, cfg)
-    B, M, K = t.batch_size, p.microbatches, plan.k
-    mb = max(r.stop - r.start for r in split_batch(B, M))
+    B, M, K, R = t.batch_size, p.microbatches, plan.k, p.data_parallel
+    share = microbatch_rows(B, R)  # the rows a replica runs (all of them without replicas)
+    M = min(M, share)
+    mb = max(r.stop - r.start for r in split_batch(share, M))
     itemsize = np.dtype(t.dtype).itemsize
     actions = sch.make(p.schedule, K, M)
     # stage time = the plan's layer costs (FLOPs or measured), split F/B in the FLOP ratio
     layers = plan.graph.layers
     cost = [sum(plan.layer_costs[layers.index(x)] for x in st.layers) for st in plan.stages]
-    share = [st.flops_fwd / max(1, st.flops_fwd + st.flops_bwd) for st in plan.stages]
-    fwd = [c * s for c, s in zip(cost, share, strict=True)]
-    bwd = [c * (1 - s) for c, s in zip(cost, share, strict=True)]
+    fshare = [st.flops_fwd / max(1, st.flops_fwd + st.flops_bwd) for st in plan.stages]
+    fwd = [c * s for c, s in zip(cost, fshare, strict=True)]
+    bwd = [c * (1 - s) for c, s in zip(cost, fshare, strict=True)]
     tl = sch.simulate(actions, fwd, bwd)
     basis = "measured" if "measured" in plan.strategy else "FLOP-proportional"
-    mem = predict(plan, workload_of(cfg), channels=uses_channels(cfg))
+    mem = predicted_memory(s)  # per replica with data parallelism: what train checks
     rows = []
     for st, d in zip(plan.stages, data["stages"], strict=True):
         row = [
@@ -65,6 +73,7 @@ def plan_report(s: Setup, cfg: Config) -> dict[str, Any]:
     data.update(
         {
             "batch": B,
+            "data_parallel": R,
             "microbatches": M,
             "schedule": p.schedule,
             "predicted_bubble": tl.bubble,
@@ -76,9 +85,15 @@ def plan_report(s: Setup, cfg: Config) -> dict[str, Any]:
     problem = budget_problem(mem, budget) if budget is not None else None
     if budget is not None:
         data["memory_budget"] = {"bytes": budget, "fits": not problem, "problem": problem}
+    replicas = (
+        f"{R} data-parallel replicas, each {share} rows of the batch of {B} "
+        f"in {M} micro-batch(es) of <= {mb} rows (memory per replica), "
+        if R > 1
+        else f"batch {B} in {M} micro-batch(es) of <= {mb} rows, "
+    )
     text = (
-        f"plan: {K} stage(s), strategy {plan.strategy}, schedule {p.schedule}, batch {B} "
-        f"in {M} micro-batch(es) of <= {mb} rows, {t.dtype}\n"
+        f"plan: {K} stage(s), strategy {plan.strategy}, schedule {p.schedule}, "
+        f"{replicas}{t.dtype}\n"
         + table(headers, rows)
         + f"\npredicted bubble ({basis} stage times): {tl.bubble:.1%}\n"
         + tl.ascii()
