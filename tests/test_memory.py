@@ -427,10 +427,43 @@ def test_data_parallel_accumulates_micro_batches_per_replica(K, batch, M):
     assert dp.stages[0].bytes["activation"] <= flat.bytes["activation"]
 
 
-def test_data_parallel_refuses_stages_and_too_many_replicas():
+@pytest.mark.parametrize(
+    "R,K,M,schedule", [(2, 2, 4, "1f1b"), (3, 2, 2, "zb-h1"), (2, 3, 1, "gpipe")]
+)
+@pytest.mark.parametrize("channels", [False, True])
+def test_replicated_pipelines_are_stage_k_on_a_share_plus_its_allreduce(
+    R, K, M, schedule, channels
+):
+    """R x K workers: worker (r, k) holds stage k's prediction at ceil(B / R) rows in M
+    micro-batches, plus an all-reduce buffer of stage k's parameters and (channels, R > 1)
+    its two ring channels sized for those; replica-major indices."""
+    g = mlp(SIZES, bias=True)
+    plan = partition(g, K)
+    w = Workload(batch=30, microbatches=M, schedule=schedule)
+    grid = memory.predict_data_parallel(plan, R, w, channels=channels)
+    assert len(grid.stages) == R * K and [s.index for s in grid.stages] == list(range(R * K))
+    assert (grid.replicas, grid.microbatches, grid.schedule) == (R, M, schedule)
+    base = memory.predict(
+        plan,
+        Workload(batch=10 if R == 3 else 15, microbatches=M, schedule=schedule),
+        channels=channels,
+    )
+    for s in grid.stages:
+        k = s.index % K
+        grads = memory.param_bytes(plan.stages[k].graph)
+        want = {**base.stages[k].entries(), "allreduce": ("workspace", grads)}
+        ring = {n: e for n, e in s.entries().items() if n not in want}
+        assert {n: s.entries()[n] for n in want} == want
+        assert len(ring) == (2 if channels else 0)
+        if channels:
+            size = memory.ring_channel_bytes(grads, R, 4)
+            assert sorted(ring.values()) == [("boundary", size)] * 2
+    assert f"over {R} replicas of a {K}-stage pipeline" in grid.table()
+    assert grid.to_dict()["replicas"] == R
+
+
+def test_data_parallel_refuses_too_many_replicas():
     g = mlp(SIZES)
-    with pytest.raises(PlanError, match="2 stages"):
-        memory.predict_data_parallel(partition(g, 2), 2, Workload(batch=8))
     with pytest.raises(PlanError, match="replicas=9 exceeds the batch of 8 rows"):
         memory.predict_data_parallel(partition(g, 1), 9, Workload(batch=8))
     with pytest.raises(PlanError, match="replicas=0"):

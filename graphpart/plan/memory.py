@@ -191,10 +191,11 @@ def param_bytes(graph: Graph, dtype: Any = "float32") -> int:
 def predict_data_parallel(
     plan: Plan, replicas: int, w: Workload, *, channels: bool = False
 ) -> MemoryPrediction:
-    """Peak bytes per device of data parallelism: `replicas` copies of the whole model.
+    """Peak bytes per device of data parallelism: `replicas` copies of the whole model, or
+    (a plan of K > 1 stages) of a K-stage pipeline, R x K workers.
 
-    `plan` must have one stage; of `w`, the batch, micro-batches, optimizer and dtype count.
-    Each replica takes ceil(batch / replicas) rows as M = min(w.microbatches, those rows)
+    One stage (K = 1): of `w`, the batch, micro-batches, optimizer and dtype count. Each
+    replica takes ceil(batch / replicas) rows as M = min(w.microbatches, those rows)
     micro-batches (gradient accumulation in the replica; graphpart.engines.DataParallel),
     without recomputation, so it holds what `predict(plan, Workload(ceil(batch / replicas),
     M))` names (activations and workspace of one micro-batch of ceil(ceil(batch / replicas) /
@@ -205,12 +206,14 @@ def predict_data_parallel(
     `total` is the sum over the replicas. With `channels` (the ring on shared memory, replicas
     on one node) each replica also maps the channel from its left neighbour and the one to its
     right (`ring_channel_bytes` each).
+
+    K > 1 stages (the 2-D layout): worker (r, k) holds what `predict` gives stage k at
+    ceil(batch / replicas) rows in M micro-batches with `w`'s schedule and recomputation (with
+    `channels`, the pipeline's and the feed's shared-memory channels), plus an "allreduce"
+    workspace of stage k's parameter bytes and, with `channels` and R > 1, its ring channels
+    in (numbered after the pipeline's) and to the right, `ring_channel_bytes` of those bytes.
+    StageMemory index r K + k, replica-major; `schedule` is w's and `replicas` R.
     """
-    if plan.k != 1:
-        raise PlanError(
-            f"data parallelism replicates the whole model, but the plan has {plan.k} stages; "
-            "partition it into 1 stage"
-        )
     if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
         raise PlanError(f"replicas={replicas!r}: must be a positive integer")
     batch, dtype = w.batch, w.dtype
@@ -221,20 +224,38 @@ def predict_data_parallel(
         )
     rows = microbatch_rows(batch, replicas)
     m = min(max(1, int(w.microbatches)), rows)  # a replica's micro-batches
+    size = np.dtype(dtype).itemsize
+    name, dt = w.optimizer_name, np.dtype(dtype).name
+    if plan.k > 1:
+        base = predict(plan, replace(w, batch=rows, microbatches=m), channels=channels)
+        stages = []
+        for r in range(replicas):
+            for sm in base.stages:
+                grads = param_bytes(plan.stages[sm.index].graph, dtype)
+                bufs = (*sm.buffers, Buffer("allreduce", "workspace", grads))
+                if channels and replicas > 1:
+                    ring = ring_channel_bytes(grads, replicas, size)
+                    n_in = sum(b.name.startswith("channel:in") for b in sm.buffers)
+                    bufs += (
+                        Buffer(f"channel:in{n_in}", "boundary", ring),
+                        Buffer("channel:to_right", "boundary", ring),
+                    )
+                stages.append(StageMemory(r * plan.k + sm.index, sm.rows, sm.in_flight, bufs))
+        return MemoryPrediction(
+            tuple(stages), int(batch), m, base.schedule, name, dt, base.recompute, replicas
+        )
     one = predict(
         plan, replace(w, batch=rows, microbatches=m, schedule="1f1b", recompute=False)
     ).stages[0]
     bufs = (*one.buffers, Buffer("allreduce", "workspace", param_bytes(plan.graph, dtype)))
     if channels and replicas > 1:
-        size = np.dtype(dtype).itemsize
         ring = ring_channel_bytes(param_bytes(plan.graph, dtype), replicas, size)
         bufs += (
             Buffer("channel:in0", "boundary", ring),
             Buffer("channel:to_right", "boundary", ring),
         )
-    stages = tuple(StageMemory(r, one.rows, one.in_flight, bufs) for r in range(replicas))
-    name, dt = w.optimizer_name, np.dtype(dtype).name
-    return MemoryPrediction(stages, int(batch), m, DATA_PARALLEL, name, dt, False)
+    stages1 = tuple(StageMemory(r, one.rows, one.in_flight, bufs) for r in range(replicas))
+    return MemoryPrediction(stages1, int(batch), m, DATA_PARALLEL, name, dt, False, replicas)
 
 
 def budget_problem(pred: MemoryPrediction, budget: int) -> str | None:

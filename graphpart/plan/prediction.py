@@ -54,6 +54,7 @@ class MemoryPrediction:
     optimizer: str
     dtype: str
     recompute: bool
+    replicas: int = 1  # R: data-parallel copies (of the model, or of a pipeline's stages)
 
     @property
     def total(self) -> int:
@@ -67,6 +68,7 @@ class MemoryPrediction:
             "optimizer": self.optimizer,
             "dtype": self.dtype,
             "recompute": self.recompute,
+            "replicas": self.replicas,
             "total": self.total,
             "stages": [
                 {
@@ -82,8 +84,16 @@ class MemoryPrediction:
 
     def table(self) -> str:
         dp = self.schedule == DATA_PARALLEL
+        grid = self.replicas > 1 and not dp  # R replicas of a pipeline: worker (r, k)
+        k = len(self.stages) // self.replicas
         unit = "replica" if dp else "stage"
-        headers = ["category", *(f"{unit} {s.index}" for s in self.stages)]
+        headers = [
+            "category",
+            *(
+                f"r{s.index // k} s{s.index % k}" if grid else f"{unit} {s.index}"
+                for s in self.stages
+            ),
+        ]
         rows = [[c, *(human_bytes(s.bytes[c]) for s in self.stages)] for c in CATEGORIES]
         rows.append(["total", *(human_bytes(s.total) for s in self.stages)])
         rows.append(["in-flight", *(str(s.in_flight) for s in self.stages)])
@@ -91,6 +101,9 @@ class MemoryPrediction:
             f"over {len(self.stages)} data-parallel replicas"
             + (f" in {self.microbatches} micro-batch(es) each" if self.microbatches > 1 else "")
             if dp
+            else f"over {self.replicas} replicas of a {k}-stage pipeline, each "
+            f"{-(-self.batch // self.replicas)} rows in {self.microbatches} micro-batch(es)"
+            if grid
             else f"in {self.microbatches} micro-batch(es)"
         )
         head = (
