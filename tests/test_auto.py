@@ -71,12 +71,15 @@ def test_enumerates_every_kind_once(graph, roomy):
     assert kinds.count("data-parallel") == sum(
         1 + sum(1 < m <= BATCH // k for m in ms) for k in (2, 3, 4)
     )
+    # 2-d on 4 devices: R = 2 replicas of K = 2 stages, M up to floor(B / 2), every schedule
+    assert kinds.count("2-d") == sum(m <= BATCH // 2 for m in ms) * len(sch.KINDS) * 2
     keys = [tuple(sorted(c.config().items())) for c in roomy]
     assert len(set(keys)) == len(keys)
     assert all(c.fits and c.problem is None for c in roomy)
     for c in roomy:
         assert len(c.peak_bytes) == c.devices
-        assert c.devices == (c.replicas if c.kind == "data-parallel" else c.stages)
+        want = {"data-parallel": c.replicas, "2-d": c.replicas * c.stages}.get(c.kind, c.stages)
+        assert c.devices == want
         assert sum(c.split) == len(graph.layers)
 
 
@@ -500,3 +503,20 @@ def test_search_is_fast():
     took = time.perf_counter() - t
     assert took < 1.0, f"search took {took:.2f} s"
     assert len(cands) > 50
+
+
+def test_two_d_is_replicated_pipelines_with_their_memory_and_ring(graph):
+    """A 2-d candidate is R replicas of a K-stage pipeline on R x K devices: its memory is
+    predict_data_parallel's for the K-stage plan, and its step the replica's pipeline on
+    ceil(B / R) rows (the R pipelines sharing the capacity) plus the slowest stage's ring."""
+    cands = search(graph, Workload(batch=BATCH), devices=4, budget=None, rates=RATES)
+    c = _find(cands, kind="2-d", replicas=2, stages=2, microbatches=4, schedule="1f1b",
+              recompute=False)  # fmt: skip
+    plan = partition(graph, 2, "balanced")
+    w = Workload(batch=BATCH, microbatches=4, schedule="1f1b")
+    pred = memory.predict_data_parallel(plan, 2, w, channels=True)
+    assert c.peak_bytes == tuple(s.total for s in pred.stages) and c.devices == 4
+    pipe, _ = auto.step_time(plan, Workload(batch=BATCH // 2, microbatches=4), rates=RATES)
+    ring = max(2 * RATES.transfer_s(memory.param_bytes(st.graph) / 2) for st in plan.stages)
+    assert c.step_s == pytest.approx(pipe + ring, rel=1e-12)
+    assert c.config()["pipeline.data_parallel"] == 2 and c.config()["pipeline.stages"] == 2

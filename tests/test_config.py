@@ -338,10 +338,6 @@ def test_transport_choices_come_from_the_registry():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (
-            {"pipeline.stages": 2, "pipeline.memory_budget": "1GiB"},
-            "pipeline.stages=2: the memory model does not predict a worker of replicated",
-        ),
         ({"pipeline.transport": "inprocess"}, "replicas run on Ray actors; use one of auto, shm"),
         ({"pipeline.transport": "compiled"}, "use one of auto, shm, push"),
         ({"train.batch_size": 1}, "each replica needs at least one row"),

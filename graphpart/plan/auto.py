@@ -100,6 +100,24 @@ def step_time(
     )
 
 
+def _grid_time(
+    plan: Plan, replicas: int, w: Workload, rates: Rates, capacity: float | None = None
+) -> tuple[float, sch.Timeline]:
+    """Predicted seconds of one step of R replicas of a K-stage pipeline: each replica's
+    pipeline on its ceil(B / R) rows (`step_time`; the R pipelines at once share the
+    machine's capacity, R x K devices), plus the slowest stage's ring all-reduce of its own
+    parameters, 2 (R - 1) messages of 1/R of them."""
+    share = -(-w.batch // replicas)
+    wr = replace(w, batch=share, microbatches=min(w.microbatches, share))
+    cap = None if capacity is None else capacity / replicas
+    step, tl = step_time(plan, wr, rates=rates, capacity=cap)
+    ring = max(
+        2 * (replicas - 1) * rates.transfer_s(param_bytes(st.graph, w.dtype) / replicas)
+        for st in plan.stages
+    )
+    return step + ring, tl
+
+
 def _data_parallel_time(
     plan: Plan, replicas: int, w: Workload, rates: Rates, capacity: float | None = None
 ) -> float:
@@ -136,7 +154,7 @@ def _candidate(
 ) -> Candidate:
     worst = max(pred.stages, key=lambda s: (s.total, -s.index))
     problem = None if budget is None else budget_problem(pred, budget)
-    devices = replicas if kind == "data-parallel" else plan.k
+    devices = {"data-parallel": replicas, "2-d": replicas * plan.k}.get(kind, plan.k)
     return Candidate(
         kind=kind,
         devices=devices,
@@ -253,5 +271,31 @@ def search(
                     comm=round(2 * (k - 1) / k * p),
                 )
             )
+
+    # R replicas of a K-stage pipeline, R x K <= devices
+    for r in range(2, devices // 2 + 1):
+        for k in range(2, min(devices // r, n_layers) + 1):
+            plan = partition(graph, k, "balanced")
+            share = -(-batch // r)
+            comm = sum(2 * share * st.output_width * dt.itemsize for st in plan.stages)
+            comm += max(round(2 * (r - 1) / r * param_bytes(st.graph, dt)) for st in plan.stages)
+            for m in (m for m in choices if m <= batch // r):
+                for kind in sch.KINDS:
+                    for recompute in (False, True):
+                        wm = replace(base, microbatches=m, schedule=kind, recompute=recompute)
+                        pred = predict_data_parallel(plan, r, wm, channels=True)
+                        step, tl = _grid_time(plan, r, wm, rates, capacity)
+                        out.append(
+                            _candidate(
+                                "2-d",
+                                pred,
+                                plan,
+                                budget,
+                                replicas=r,
+                                step_s=step,
+                                bubble=tl.bubble,
+                                comm=comm,
+                            )
+                        )
 
     return rank(out, tie)

@@ -14,7 +14,7 @@ from graphpart.plan.memory import MemoryPrediction
 from graphpart.units import human_bytes
 from graphpart.units import table as text_table
 
-KINDS = ("single", "accumulate", "pipeline", "data-parallel")
+KINDS = ("single", "accumulate", "pipeline", "data-parallel", "2-d")
 TIE = 0.03  # predicted steps this close (relative) are a tie: within the rates' run-to-run noise
 
 
@@ -84,13 +84,14 @@ class Candidate:
     """One training setup with its predicted per-device memory and speed.
 
     kind: "single" (one device, one micro-batch), "accumulate" (one device, M micro-batches),
-    "pipeline" (K stages on K devices) or "data-parallel" (K replicas). `peak_bytes` holds one
-    total per device used (stage k or replica k); `worst_bytes` is the fullest device's bytes
+    "pipeline" (K stages on K devices), "data-parallel" (K replicas) or "2-d" (R replicas of
+    a K-stage pipeline on R x K devices). `peak_bytes` holds one total per device used (stage
+    k, replica k, or worker (r, k) at r K + k); `worst_bytes` is the fullest device's bytes
     by category. `fits` is False when some device exceeds the budget, and `problem` then says
     which (graphpart.plan.memory.budget_problem). `bubble` is the pipeline's idle share from
     the simulator (0 for one stage and for data parallel); `comm_bytes_per_step` what crosses
     between devices in a step (pipeline: activations and their gradients over every boundary;
-    data parallel: what one replica sends in a ring all-reduce).
+    data parallel: what one replica sends in a ring all-reduce; 2-d: both, of one replica).
     """
 
     kind: str

@@ -219,13 +219,6 @@ def _check_together(cfg: Config) -> None:
     p, t, d, m = cfg.pipeline, cfg.train, cfg.data, cfg.model
     resolve_transport(p.transport, p.stages, p.address)
     if p.data_parallel > 1:
-        if p.stages > 1 and p.memory_budget.strip():
-            raise ConfigError(
-                f"pipeline.memory_budget={p.memory_budget!r} with pipeline.data_parallel="
-                f"{p.data_parallel} and pipeline.stages={p.stages}: the memory model does not "
-                "predict a worker of replicated pipelines yet; leave memory_budget empty, or use "
-                "stages = 1 or data_parallel = 1"
-            )
         if p.transport not in DP_TRANSPORTS:
             raise ConfigError(
                 f"pipeline.transport={p.transport!r} with pipeline.data_parallel="

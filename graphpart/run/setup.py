@@ -145,13 +145,7 @@ def clamp_batch(cfg: Config, ds: DataShape) -> tuple[Config, tuple[str, ...]]:
 
 def predicted_memory(s: Setup) -> MemoryPrediction:
     """Peak bytes per device and category of the run `s.config` describes (no workers)."""
-    dp, k = s.config.pipeline.data_parallel, s.config.pipeline.stages
-    if dp > 1 and k > 1:
-        raise ConfigError(
-            f"pipeline.data_parallel={dp} with pipeline.stages={k}: the memory model does not "
-            "predict a worker of replicated pipelines yet (use stages = 1 or data_parallel = 1 "
-            "for a prediction)"
-        )
+    dp = s.config.pipeline.data_parallel
     if dp > 1:
         return predict_data_parallel(s.plan, dp, s.workload, channels=uses_channels(s.config))
     return predict(s.plan, s.workload, channels=uses_channels(s.config))

@@ -82,9 +82,12 @@ class Trainer:
         cfg = self.s.config
         t, p = cfg.train, cfg.pipeline
         if uses_ray(cfg):  # Ray start-up takes seconds: say what is happening
-            workers = max(p.stages, p.data_parallel)
+            workers = p.stages * p.data_parallel
+            what = {(False, True): "stage", (True, False): "replica"}.get(
+                (p.data_parallel > 1, p.stages > 1), "replica x stage"
+            )
             self.log(
-                f"starting {workers} {'replica' if p.data_parallel > 1 else 'stage'} worker(s) "
+                f"starting {workers} {what} worker(s) "
                 + (f"on the Ray cluster at {p.address}" if p.address else "on a local Ray")
                 + f" ({transport_of(cfg)} transport) ..."
             )
