@@ -142,3 +142,23 @@ def test_another_process_reads_the_same_pick(cache, monkeypatch):
     assert got.returncode == 0, got.stderr
     assert got.stdout.strip() == pick
     assert len(blas.choice()) == 1  # the second process timed nothing new
+
+
+@needs_mkl
+@pytest.mark.ray  # starts another process
+@pytest.mark.parametrize("mode,openmp", [("auto", False), ("mkl", True)])
+def test_auto_runs_mkl_without_an_openmp_runtime(mode, openmp, cache):
+    """`auto` loads MKL sequential: no Intel OpenMP runtime in the process (whose registration
+    file in /dev/shm outlives a killed process); GRAPHPART_BLAS=mkl keeps MKL's threads."""
+    code = (
+        "import numpy as np; from workers.kernels import blas; "
+        "a = np.ones((64, 96), np.float32); o = np.empty((64, 64), np.float32); "
+        "blas._MKL.gemm('nt', a, np.ones((64, 96), np.float32), o, 0.0); "
+        "print('libiomp5' in open('/proc/self/maps').read())"
+    )
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache), "GRAPHPART_BLAS": mode}
+    got = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.strip() == str(openmp)

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy.linalg import blas as _scipy_blas
+from threadpoolctl import ThreadpoolController
 
 __all__ = [
     "MODES",
@@ -89,9 +90,12 @@ class Mkl:
 
     _ROW_MAJOR, _NO_TRANS, _TRANS_ = 101, 111, 112
 
-    def __init__(self, lib: ctypes.CDLL, path: str) -> None:
+    def __init__(self, lib: ctypes.CDLL, path: str, sequential: bool) -> None:
         self.path = path
         p, i = ctypes.c_void_p, ctypes.c_int
+        if sequential:  # before any other MKL call: no OpenMP runtime is loaded at all
+            lib.MKL_Set_Threading_Layer.argtypes = [i]
+            lib.MKL_Set_Threading_Layer(_SEQUENTIAL)
         self._fn = {}
         for char, name, scalar in (
             ("f", "cblas_sgemm", ctypes.c_float),
@@ -101,15 +105,9 @@ class Mkl:
             fn.argtypes = [i, i, i, i, i, i, scalar, p, i, p, i, scalar, p, i]
             fn.restype = None
             self._fn[char] = fn
-        self._threads = lib.MKL_Get_Max_Threads
-        self._threads.restype = i
         version = ctypes.create_string_buffer(256)
         lib.MKL_Get_Version_String(version, 256)
         self.version = version.value.decode(errors="replace").strip()
-
-    def threads(self) -> int:
-        """MKL's thread count now (threadpoolctl and MKL_NUM_THREADS set it)."""
-        return int(self._threads())
 
     def takes(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> bool:
         """Whether these operands are a layout cblas takes without copies: C-contiguous 2-D
@@ -157,16 +155,24 @@ class Mkl:
         )
 
 
+_SEQUENTIAL = 1  # MKL_THREADING_SEQUENTIAL
+
+
 def _load_mkl() -> Mkl | None:
     """MKL's libmkl_rt from this environment (the `mkl` wheel puts it in sys.prefix/lib) or the
-    system's library path; None where there is none."""
+    system's library path; None where there is none.
+
+    Sequential (one thread, no OpenMP runtime) unless GRAPHPART_BLAS=mkl: `auto` gives MKL only
+    the products that run on one thread, and Intel's OpenMP runtime, once loaded, leaves a file
+    in /dev/shm behind every process that exits without its atexit handlers (a Ray worker
+    killed at shutdown), besides spinning its threads against OpenBLAS's."""
     names = [os.path.join(sys.prefix, "lib", f"libmkl_rt.so.{v}") for v in (3, 2, 1)]
     found = ctypes.util.find_library("mkl_rt")
     names += [found] if found else []
     for path in names:
         if path and (os.path.isabs(path) is False or os.path.exists(path)):
             try:
-                return Mkl(ctypes.CDLL(path), path)
+                return Mkl(ctypes.CDLL(path), path, sequential=mode() != "mkl")
             except (OSError, AttributeError):
                 continue
     return None
@@ -209,10 +215,22 @@ def describe() -> str:
 _chosen: dict[tuple, Gemm] = {}
 
 
+def _blas_threads() -> Callable[[], int]:
+    """NumPy's OpenBLAS thread count now (threadpoolctl and OPENBLAS_NUM_THREADS set it): a
+    product's thread count, read in half a microsecond."""
+    for lc in ThreadpoolController().lib_controllers:
+        if lc.internal_api == "openblas" and "numpy" in lc.filepath:
+            return lc.get_num_threads
+    return lambda: 1
+
+
+_threads = _blas_threads()
+
+
 def gemm(kind: str, a: np.ndarray, b: np.ndarray, out: np.ndarray, beta: float = 0.0) -> None:
     """out = op(a) @ op(b) + beta out, kind "nt" (a b^T), "nn" (a b) or "tn" (a^T b), with the
     BLAS chosen for this product's shape."""
-    threads = _MKL.threads() if _MKL is not None else 0
+    threads = _threads()
     key = (kind, a.shape, b.shape, out.dtype.char, threads)
     f = _chosen.get(key)
     if f is None:
