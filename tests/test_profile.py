@@ -9,7 +9,9 @@ and out/trace.json, a Chrome trace whose traceEvents hold one "X" span per forwa
 of every micro-batch on every stage (pid = stage) and "C" memory counters. On the in-process
 engine and on every Ray actor (each worker measures its own process), resident-memory growth
 for a model whose state is at least 200 MB is within 25% of the predicted total.
-spans() pairs F/F_end and B/B_end marks per micro-batch.
+spans() pairs F/F_end and B/B_end marks per micro-batch. Workers are named by the layout:
+"stage k", "replica r", or "replica r, stage k" for R replicas of a K-stage pipeline (2-D),
+whose every worker's ledger equals predict_data_parallel's prediction.
 """
 
 from __future__ import annotations
@@ -231,3 +233,41 @@ def test_run_profile_of_data_parallel_replicas(ray_session, tmp_path, capsys):
     assert {r["pid"] for r in res["rss"]} == {st["pid"] for st in res["comparison"]}
     assert [r["ratio"] for r in res["traced"]] == [1.0, 1.0]  # tracemalloc: the ledger's arrays
     assert all(r["growth"] > 0 for r in res["rss"])
+
+
+def test_worker_names_of_every_layout():
+    """Workers are named by the layout, in the engines' replica-major order (index r K + k):
+    "stage k" for a pipeline, "replica r" for data parallelism, "replica r, stage k" (short
+    "r0 s1") for R replicas of a K-stage pipeline."""
+    from graphpart.tools.profile.workers import worker_names
+
+    assert worker_names(3, 1) == ["stage 0", "stage 1", "stage 2"]
+    assert worker_names(1, 2) == ["replica 0", "replica 1"]
+    assert worker_names(2, 2) == [
+        "replica 0, stage 0",
+        "replica 0, stage 1",
+        "replica 1, stage 0",
+        "replica 1, stage 1",
+    ]
+    assert worker_names(3, 2, short=True)[4] == "r1 s1"
+
+
+def test_run_profile_of_a_2d_run(ray_session, tmp_path, capsys):
+    """profile --stages 2 --data-parallel 2: four workers, each named (replica r, stage k),
+    each one's ledger equal to predict_data_parallel's 2-D prediction category by category,
+    each process's resident growth measured by the OS, its traced arrays equal to its
+    ledger's, and a memory plot per worker."""
+    cfg = _cfg(runtime="ray", stages=2, microbatches=2, data_parallel=2)
+    assert profile.run_profile(cfg, steps=2, out=tmp_path, as_json=True) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["prediction"]["replicas"] == 2 and len(res["comparison"]) == 4
+    assert [st["worker"] for st in res["comparison"]] == [
+        f"replica {r}, stage {k}" for r in (0, 1) for k in (0, 1)
+    ]
+    for st in res["comparison"]:
+        assert all(v["predicted"] == v["measured"] for v in st["categories"].values()), st
+        assert st["categories"]["workspace"]["measured"] > 0  # the stage's all-reduce buffer
+    assert {r["pid"] for r in res["rss"]} == {st["pid"] for st in res["comparison"]}
+    assert all(r["growth"] > 0 and r["parts_growth"] for r in res["rss"])
+    assert [r["ratio"] for r in res["traced"]] == [1.0] * 4
+    assert len(res["files"]["png"]) == 4

@@ -61,6 +61,30 @@ def check_out_folder(out: str | Path, force: bool = False) -> Path:
     return outdir
 
 
+def _layout(cfg: Any, stages: int, runtime: str) -> str:
+    """What ran, in words: a pipeline, replicas of the whole model, or R replicas of a
+    K-stage pipeline (2-D: worker "replica r, stage k" is stage k of replica r)."""
+    p, B = cfg.pipeline, cfg.train.batch_size
+    R = max(1, p.data_parallel)
+    if R > 1 and stages > 1:
+        share = -(-B // R)
+        return (
+            f"{R} replicas of a {stages}-stage pipeline, {R * stages} workers ({runtime}), "
+            f"schedule {p.schedule}: batch {B} split across the replicas, <= {share} rows "
+            f"each in {min(p.microbatches, share)} micro-batch(es); stage k of every replica "
+            "all-reduces its gradients in a ring of its own"
+        )
+    if R > 1:
+        return (
+            f"{R} replica(s) of the whole model ({runtime}), data parallel: batch {B} split "
+            "across them"
+        )
+    return (
+        f"{stages} stage(s) ({runtime}), schedule {p.schedule}, batch {B} in "
+        f"{p.microbatches} micro-batch(es)"
+    )
+
+
 def run_profile(
     cfg: Any,
     steps: int = 3,
@@ -99,7 +123,7 @@ def run_profile(
     for k, events in enumerate(m.events):
         path = outdir / f"memory_stage{k}.png"
         st = pred.stages[k]
-        plot_stage(events, k, path, st.bytes["activation"] // max(st.in_flight, 1))
+        plot_stage(events, k, path, st.bytes["activation"] // max(st.in_flight, 1), m.name(k))
         pngs.append(str(path))
     trace_path = outdir / "trace.json"
     trace_path.write_text(json.dumps(chrome_trace(m, pred)))
@@ -121,17 +145,9 @@ def run_profile(
     if as_json:
         print(json.dumps(result))
         return 0
-    how = (
-        f"{p.data_parallel} replica(s) of the whole model ({m.runtime}), data parallel: batch "
-        f"{t.batch_size} split across them"
-        if p.data_parallel > 1
-        else f"{p.stages} stage(s) ({m.runtime}), schedule {p.schedule}, batch {t.batch_size} "
-        f"in {p.microbatches} micro-batch(es)"
-    )
     head = (
-        f"profile: {steps} step(s), {how}, {t.optimizer}, {t.dtype}"
+        f"profile: {steps} step(s), {_layout(cfg, s.plan.k, m.runtime)}, {t.optimizer}, {t.dtype}"
         + (", recompute" if p.recompute else "")
-        + ("; 'stage k' below is replica k" if p.data_parallel > 1 else "")
     )
     print(head)
     print(comparison_table(cmp, pred))

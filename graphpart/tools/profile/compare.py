@@ -11,7 +11,9 @@ from graphpart.tools.profile.measure import Measurement
 
 
 def compare(pred: MemoryPrediction, m: Measurement) -> list[dict[str, Any]]:
-    """Per stage and category: predicted and measured peak bytes and their ratio."""
+    """Per worker (a stage, a replica, or stage k of replica r) and category: predicted and
+    measured peak bytes and their ratio; `stage` is the worker's index (r K + k), `worker`
+    its name ("stage 1", "replica 0", "replica 0, stage 1")."""
     out = []
     for sp, st in zip(pred.stages, m.stats, strict=True):
         peak = st.memory.peak
@@ -27,6 +29,7 @@ def compare(pred: MemoryPrediction, m: Measurement) -> list[dict[str, Any]]:
         out.append(
             {
                 "stage": sp.index,
+                "worker": m.name(sp.index),
                 "pid": st.pid,
                 "in_flight": sp.in_flight,
                 "slots": st.slots,
@@ -40,8 +43,9 @@ def comparison_table(cmp: list[dict[str, Any]], pred: MemoryPrediction) -> str:
     """Per stage: predicted and measured peak bytes by category, and their ratio."""
     lines = []
     for row, sp in zip(cmp, pred.stages, strict=True):
+        who = row.get("worker") or f"stage {row['stage']}"
         lines.append(
-            f"stage {row['stage']} (pid {row['pid']}): {sp.in_flight} micro-batch(es) "
+            f"{who} (pid {row['pid']}): {sp.in_flight} micro-batch(es) "
             f"in flight predicted, {row['slots']} activation slot(s) measured, "
             f"{sp.rows} rows per micro-batch"
         )
@@ -70,7 +74,7 @@ def rss_table(m: Measurement, pred: MemoryPrediction) -> str:
         body.append(
             [
                 r["pid"],
-                ",".join(map(str, r["stages"])),
+                _workers(m, r["stages"]),
                 human_bytes(r["baseline"]),
                 human_bytes(r["peak"]),
                 human_bytes(r["growth"]),
@@ -87,7 +91,7 @@ def rss_table(m: Measurement, pred: MemoryPrediction) -> str:
         else "baseline: each stage worker after its JIT warm-up, before it allocated anything"
     )
     headers = [
-        "pid", "stages", "baseline", "peak", "growth", "predicted", "ratio",
+        "pid", "worker(s)", "baseline", "peak", "growth", "predicted", "ratio",
         "growth: private/files/shared", "(private+shared) ratio", "peak from",
     ]  # fmt: skip
     return (
@@ -95,6 +99,13 @@ def rss_table(m: Measurement, pred: MemoryPrediction) -> str:
         "pages: library code run for the first time, which the process shares, not allocates)\n"
         + table(headers, body)
     )
+
+
+def _workers(m: Measurement, workers: Sequence[int]) -> str:
+    """The workers one process runs: their names ("r0 s1"), or a range of indices."""
+    if len(workers) == 1:
+        return m.name(workers[0]).replace("replica ", "r").replace(", stage ", " s")
+    return f"{min(workers)}-{max(workers)}" if len(workers) > 2 else ",".join(map(str, workers))
 
 
 def _expected_growth(m: Measurement, pred: MemoryPrediction, stages: Sequence[int]) -> int:
@@ -136,6 +147,7 @@ def traced_rows(m: Measurement) -> list[dict[str, Any]]:
         out.append(
             {
                 "stage": st.stage,
+                "worker": m.name(st.stage),
                 "pid": st.pid,
                 "arrays": st.traced.arrays,
                 "ledger_arrays": ledger,
@@ -153,7 +165,7 @@ def traced_table(rows: list[dict[str, Any]]) -> str:
         return "allocations: not traced (one process: tracing would slow the whole driver)"
     body = [
         [
-            r["stage"],
+            r.get("worker", r["stage"]),
             r["pid"],
             human_bytes(r["arrays"]),
             human_bytes(r["ledger_arrays"]),
@@ -164,7 +176,7 @@ def traced_table(rows: list[dict[str, Any]]) -> str:
         for r in rows
     ]
     headers = [
-        "stage", "pid", "arrays (traced)", "ledger (no channels)", "ratio", "traced peak",
+        "worker", "pid", "arrays (traced)", "ledger (no channels)", "ratio", "traced peak",
         "tracer's own",
     ]  # fmt: skip
     return (

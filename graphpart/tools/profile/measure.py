@@ -17,6 +17,7 @@ from graphpart.plan.partition import partition
 from graphpart.run import data as gdata
 from graphpart.run.setup import make_engine, uses_ray
 from graphpart.tools.profile.sample import RssSampler
+from graphpart.tools.profile.workers import worker_names
 
 
 @dataclass
@@ -32,6 +33,11 @@ class Measurement:
     rss: list[dict] = field(default_factory=list)  # per process: pid, stages, baseline, peak
     rss_samples: dict[int, list[tuple[float, int]]] = field(default_factory=dict)
     t0: float = 0.0  # the driver clock value of offset 0 (local runs)
+    names: list[str] = field(default_factory=list)  # per worker: "stage 1", "replica 0, stage 1"
+
+    def name(self, k: int) -> str:
+        """Worker k's name ("stage k" where the run did not name its workers)."""
+        return self.names[k] if k < len(self.names) else f"stage {k}"
 
 
 def step_batches(ds: gdata.Dataset, batch: int, seed: int, steps: int) -> list[np.ndarray]:
@@ -110,7 +116,8 @@ def measure(
     if sample_rss and not ray_run:
         _warm_up(s)
         sampler = RssSampler([os.getpid()]).__enter__()  # baseline: before the engine exists
-    workers = max(s.plan.k, cfg.pipeline.data_parallel)  # stages, or replicas
+    replicas = max(1, cfg.pipeline.data_parallel)
+    workers = s.plan.k * replicas  # stages, replicas, or R replicas of K stages (2-D)
     groups = {os.getpid(): list(range(workers))}
     engine = None
     step_s: list[float] = []
@@ -183,4 +190,5 @@ def measure(
         rss_rows,
         sampler.samples if sampler is not None else {},
         t0,
+        worker_names(s.plan.k, replicas),
     )

@@ -83,9 +83,14 @@ def _draw_memory(ax: Any, gantt: Any, events: Sequence[Sequence[Any]], slot_byte
 
 
 def plot_stage(
-    events: Sequence[Sequence[Any]], k: int, path: str | Path, slot_bytes: int = 0
+    events: Sequence[Sequence[Any]],
+    k: int,
+    path: str | Path,
+    slot_bytes: int = 0,
+    name: str | None = None,
 ) -> None:
-    """PNG of stage k's memory over time, stacked by category, with F/B spans underneath.
+    """PNG of stage k's memory over time, stacked by category, with F/B spans underneath
+    (`name`: the worker's, e.g. "replica 0, stage 1"; default "stage k").
 
     Two panels side by side when there are several steps: the first step (where the buffers
     are allocated, and where a fresh process also compiles its kernels) and the later ones.
@@ -120,7 +125,8 @@ def plot_stage(
     axes[0][0].set_ylabel("MiB held (ledger)")
     axes[0][0].legend(loc="upper left", fontsize=7, ncol=2)
     fig.suptitle(
-        f"stage {k}: memory over time by category, forward (F) and backward (B) of each micro-batch"
+        f"{name or f'stage {k}'}: memory over time by category, forward (F) and backward (B) "
+        "of each micro-batch"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -28,13 +28,14 @@ def spans(events: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
 
 
 def chrome_trace(m: Measurement, pred: MemoryPrediction | None = None) -> dict[str, Any]:
-    """Chrome trace events: per stage (pid = stage) F/B spans ("X") and memory counters ("C")."""
+    """Chrome trace events: per worker (pid = its index; named "stage k", "replica r" or
+    "replica r, stage k") F/B spans ("X") and memory counters ("C")."""
     ev: list[dict[str, Any]] = []
     us = 1e6
     for k, events in enumerate(m.events):
         off = m.offsets[k]
         ev.append(
-            {"name": "process_name", "ph": "M", "pid": k, "tid": 0, "args": {"name": f"stage {k}"}}
+            {"name": "process_name", "ph": "M", "pid": k, "tid": 0, "args": {"name": m.name(k)}}
         )
         ev.append(
             {"name": "thread_name", "ph": "M", "pid": k, "tid": 0, "args": {"name": "compute"}}
