@@ -1,0 +1,234 @@
+"""Schedules with virtual stages (graphpart/plan/virtual.py).
+
+Contract: placements map virtual stages to devices ("interleaved": d, d+K, ...; "v": d and
+2K-1-d), chunk c of a device is its c-th virtual stage; the text form "<device><kind><mb>"
+(chunk 0) / "...c<chunk>" round-trips and reads the one-chunk form; `simulate` with one chunk
+per device is `schedule.simulate`, pays the hop only between devices (the V's turn is free),
+and names the stuck action of a deadlock; `validate` names the first action that breaks a
+rule; interleaved 1F1B and ZB-V are valid for every K, M (M < K and M not a multiple of K
+included); interleaved 1F1B with one chunk is 1F1B, never has a larger bubble than 1F1B, and
+for M >= K has bubble (K-1)/v / (M + (K-1)/v) at (v-1)g + 2K-1 micro-batch-chunks in flight;
+ZB-V holds at most 2K micro-batch-chunks a device (1F1B's peak) and, at M >= 2K, at most a
+third of 1F1B's bubble and no more than ZB-H2's; neither is in `schedule.KINDS`.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from graphpart.errors import PlanError
+from graphpart.plan import schedule as sch
+from graphpart.plan import virtual as vt
+from graphpart.plan import zero_bubble as zb
+from graphpart.plan.virtual import ChunkAction as A
+
+GRID_K = [1, 2, 3, 4, 5]
+GRID_M = [1, 2, 3, 4, 5, 7, 8, 9]
+
+
+def test_placements_map_stages_to_devices_and_chunks():
+    """Interleaved: device d holds d, d+K, ...; V: d and 2K-1-d; chunk c is the c-th stage."""
+    inter = vt.interleaved_placement(3, 2)
+    assert inter.owner == (0, 1, 2, 0, 1, 2) and (inter.devices, inter.chunks) == (3, 2)
+    assert [inter.stage(1, c) for c in range(2)] == [1, 4] and inter.chunk(4) == 1
+    vee = vt.v_placement(3)
+    assert vee.owner == (0, 1, 2, 2, 1, 0) and vee.stages_of(0) == (0, 5)
+    assert vee.stage(2, 1) == 3 and vee.chunk(3) == 1
+    assert vt.placement("v", 3, 2) == vee and vt.placement("interleaved", 3, 2) == inter
+    with pytest.raises(PlanError, match="same number"):
+        vt.Placement("custom", (0, 0, 1))
+    with pytest.raises(PlanError, match="2 chunks per device, not 3"):
+        vt.placement("v", 2, 3)
+    with pytest.raises(PlanError, match="has chunks 0..1, not chunk 2"):
+        inter.stage(0, 2)
+
+
+def test_text_form_round_trips_and_reads_the_one_chunk_form():
+    """format then parse gives the schedule back; "0F3" is chunk 0, "0F3c1" chunk 1."""
+    for kind, k, v, m in (("interleaved", 3, 2, 5), ("interleaved", 2, 4, 3), ("zbv", 3, 2, 4)):
+        _, s = vt.make(kind, k, v, m)
+        assert vt.parse_schedule(vt.format_schedule(s)) == s
+    assert str(A("F", 3, 1)) == "F3c1" and str(A("I", 2)) == "I2"
+    assert vt.format_action(0, A("W", 2, 1)) == "0W2c1"
+    got = vt.parse_schedule("0F0 0F0c1 # device 0\n0B0c1 0B0\n1F0 1B0c0")
+    assert got == [[A("F", 0), A("F", 0, 1), A("B", 0, 1), A("B", 0)], [A("F", 0), A("B", 0)]]
+    one = sch.zb_h1(3, 4)
+    assert vt.parse_schedule(zb.format_schedule(one)) == vt.lift(one)
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("0F0 0F0x1", r"line 1: '0F0x1' is not an action"),
+        ("1F0 1B0", "device 0 has no actions"),
+        ("# nothing", "lists no actions"),
+    ],
+)
+def test_bad_text_is_named(text, message):
+    """A token that is not an action, a missing device, or no actions at all is refused."""
+    with pytest.raises(PlanError, match=message):
+        vt.parse_schedule(text)
+
+
+@pytest.mark.parametrize("kind", sch.KINDS)
+@pytest.mark.parametrize("k,m", [(1, 3), (2, 4), (3, 5), (4, 2)])
+def test_one_chunk_simulation_is_the_stage_simulation(kind, k, m):
+    """With one chunk a device, simulate gives schedule.simulate's events, busy and bubble,
+    under uneven per-stage times and a hop."""
+    s = sch.make(kind, k, m)
+    fwd, bwd = [1.0 + 0.25 * i for i in range(k)], [2.0 + 0.5 * i for i in range(k)]
+    want = sch.simulate(s, fwd, bwd, comm=0.3)
+    got = vt.simulate(vt.lift(s), vt.interleaved_placement(k, 1), fwd, bwd, comm=0.3)
+    assert [(e.stage, e.action.kind, e.action.mb, e.start, e.end) for e in got.events] == [
+        (e.stage, e.action.kind, e.action.mb, e.start, e.end) for e in want.events
+    ]
+    assert (got.makespan, got.busy, got.bubble) == (want.makespan, want.busy, want.bubble)
+    assert got.peak_in_flight == want.peak_in_flight
+
+
+def test_the_hop_is_paid_between_devices_only():
+    """One micro-batch on K=2, v=2, F=1, B=2, hop c: interleaved crosses 3 hops each way, the
+    V 2 (its turn, stage 1 to 2, stays on device 1)."""
+    one = [[A("F", 0), A("F", 0, 1), A("B", 0, 1), A("B", 0)]] * 2
+    inter = vt.simulate(one, vt.interleaved_placement(2, 2), 1.0, 2.0, comm=0.5)
+    vee = vt.simulate(one, vt.v_placement(2), 1.0, 2.0, comm=0.5)
+    assert inter.makespan == pytest.approx(12 + 6 * 0.5)
+    assert vee.makespan == pytest.approx(12 + 4 * 0.5)
+    assert inter.peak_in_flight == (2, 2)
+
+
+def test_per_virtual_stage_times_are_used():
+    """fwd, bwd, igrad, wgrad take one time per virtual stage; a wrong count is refused."""
+    where = vt.v_placement(1)  # one device, stages 0 and 1
+    s = [[A("F", 0), A("F", 0, 1), A("I", 0, 1), A("I", 0), A("W", 0), A("W", 0, 1)]]
+    t = vt.simulate(s, where, [1.0, 2.0], 0.0, igrad=[3.0, 4.0], wgrad=[5.0, 6.0])
+    assert t.makespan == pytest.approx(1 + 2 + 4 + 3 + 5 + 6) and t.bubble == 0.0
+    with pytest.raises(PlanError, match="fwd has 3 entries for 2 virtual stages"):
+        vt.simulate(s, where, [1.0, 1.0, 1.0], 1.0)
+
+
+def test_a_deadlock_names_the_stuck_action():
+    """Device 0 waits for the backward that device 1 can only run after device 0's next F."""
+    text = "0F0 0B0c1 0F0c1 0B0\n1F0 1F0c1 1B0c1 1B0"
+    with pytest.raises(PlanError, match=r"device 0 is stuck at 0B0c1 \(step 1, virtual stage 2\)"):
+        vt.simulate(vt.parse_schedule(text), vt.interleaved_placement(2, 2), 1.0, 2.0)
+    with pytest.raises(PlanError, match="which device 1 never runs"):
+        vt.simulate(vt.parse_schedule("0F0 0B0\n1F1 1B1"), vt.interleaved_placement(2, 1), 1, 2)
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("0F0 0B0\n1F0 1B0", "schedule has 2 devices; placement 'v' has 1"),
+        ("0F0 0F0c2", r"device 0, action 1 \(0F0c2\): chunk 2, but device 0 has 2"),
+        ("0F1", r"action 0 \(0F1\): micro-batch 1, but there are 1"),
+        ("0F0 0F0", r"action 1 \(0F0\): runs twice"),
+        ("0F0 0F0c1 0I0c1 0W0 0I0", r"action 3 \(0W0\): comes before 0I0 on its device"),
+        ("0F0 0F0c1 0B0c1 0I0c1", r"action 3 \(0I0c1\): micro-batch 0 of chunk 1 has both"),
+        ("0F0 0F0c1 0I0c1 0W0c1 0I0", "device 0 never runs 0W0"),
+        ("0F0 0F0c1 0B0 0B0c1", "deadlocks: device 0 is stuck at 0B0"),
+    ],
+)
+def test_rule_breakers_are_named(text, message):
+    """validate names the first action that breaks a rule (one device, the V of 2 stages)."""
+    with pytest.raises(PlanError, match=message):
+        vt.validate(vt.parse_schedule(text), vt.v_placement(1), 1)
+
+
+@pytest.mark.parametrize("k", GRID_K)
+@pytest.mark.parametrize("m", GRID_M)
+def test_generated_schedules_are_valid(k, m):
+    """Interleaved 1F1B (v = 1..4) and ZB-V are valid for every K and M, M < K and M not a
+    multiple of K included; 1F1B's bubble bounds both; ZB-V holds at most 2K chunks."""
+    base = sch.simulate(sch.one_f_one_b(k, m), 1.0, 2.0)
+    for v in (1, 2, 3, 4):
+        where, s = vt.make("interleaved", k, v, m)
+        vt.validate(s, where, m)
+        assert vt.simulate(s, where, 1.0, 2.0).bubble <= base.bubble + 1e-12
+    where, s = vt.make("zbv", k, 2, m)
+    vt.validate(s, where, m)
+    t = vt.simulate(s, where, 1.0, 2.0)
+    assert t.bubble <= base.bubble + 1e-12
+    assert max(t.peak_in_flight) <= 2 * min(k, m)
+
+
+@pytest.mark.parametrize("k", GRID_K)
+@pytest.mark.parametrize("m", GRID_M)
+def test_interleaved_with_one_chunk_is_1f1b(k, m):
+    """v = 1 gives 1F1B's lists action for action."""
+    s = vt.interleaved_1f1b(k, 1, m)
+    assert [[(a.kind, a.mb, a.chunk) for a in acts] for acts in s] == [
+        [(a.kind, a.mb, 0) for a in acts] for acts in sch.one_f_one_b(k, m)
+    ]
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+@pytest.mark.parametrize("m", [4, 5, 6, 8, 10, 13, 16])
+@pytest.mark.parametrize("v", [2, 3, 4])
+def test_interleaved_divides_the_bubble_by_about_v(k, v, m):
+    """For M >= K, F = 1, B = 2: bubble (K-1)/v / (M + (K-1)/v) (Megatron's (K-1)/(vM) of the
+    ideal time), at (v-1)g + 2K - 1 micro-batch-chunks on device 0 (g: the first group's
+    micro-batches, M over max(1, M // K) rounded up)."""
+    if m < k:
+        pytest.skip("M < K: one group shorter than K")
+    where, s = vt.make("interleaved", k, v, m)
+    t = vt.simulate(s, where, 1.0, 2.0)
+    assert t.bubble == pytest.approx((k - 1) / v / (m + (k - 1) / v), abs=1e-12)
+    g = -(-m // max(1, m // k))
+    assert t.peak_in_flight[0] == min((v - 1) * g + 2 * k - 1, v * m)
+
+
+def test_interleaved_follows_megatron_when_k_divides_m():
+    """K=2, v=2, M=4: device 0 warms up with 2(K-1) + (v-1)K = 4 forwards in Megatron's
+    order (group 0 through chunk 0 then chunk 1), then alternates, backwards deepest first."""
+    s = vt.interleaved_1f1b(2, 2, 4)
+    assert (
+        vt.format_schedule(s).splitlines()[0].split()
+        == (
+            "0F0 0F1 0F0c1 0F1c1 0F2 0B0c1 0F3 0B1c1 0F2c1 0B0 0F3c1 0B1 0B2c1 0B3c1 0B2 0B3"
+        ).split()
+    )
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+@pytest.mark.parametrize("m_per_k", [2, 3, 4])
+def test_zb_v_is_near_zero_bubble_at_1f1b_memory(k, m_per_k):
+    """M >= 2K, F = I = W = 1 per virtual stage (1F1B: F = 1, B = 2 a stage): ZB-V's bubble
+    is at most a quarter of 1F1B's and no more than ZB-H2's (which holds up to twice the
+    memory), its idle time a device at most K-1 chunk forwards, whatever M, and every device
+    holds at most 2K micro-batch-chunks (1F1B's stage 0: K micro-batches of two chunks)."""
+    m = m_per_k * k
+    where, s = vt.make("zbv", k, 2, m)
+    t = vt.simulate(s, where, 1.0, 2.0)
+    assert t.bubble <= sch.simulate(sch.one_f_one_b(k, m), 1.0, 2.0).bubble / 4
+    assert t.bubble <= sch.simulate(sch.zb_h2(k, m), 1.0, 2.0).bubble + 1e-12
+    assert t.bubble * t.makespan <= k - 1 + 1e-9
+    assert max(t.peak_in_flight) == 2 * k
+
+
+def test_zb_v_splits_every_backward():
+    """ZB-V runs I and W, never B, on the V placement."""
+    where, s = vt.make("zbv", 3, 2, 4)
+    assert where.name == "v" and {a.kind for acts in s for a in acts} == {"F", "I", "W"}
+
+
+def test_make_refuses_what_it_cannot_build():
+    """Unknown names, ZB-V with other than 2 chunks and non-positive counts are refused; the
+    virtual schedules are not in schedule.KINDS (the executor cannot run them)."""
+    with pytest.raises(PlanError, match="use one of interleaved, zbv"):
+        vt.make("zb-h1", 2, 2, 2)
+    with pytest.raises(PlanError, match="2 chunks per device, not 3"):
+        vt.make("zbv", 2, 3, 4)
+    with pytest.raises(PlanError, match="microbatches=0 is not positive"):
+        vt.make("interleaved", 2, 2, 0)
+    assert not set(vt.VIRTUAL) & set(sch.KINDS)
+
+
+def test_draw_shows_micro_batches_and_chunks():
+    """Two rows a device: micro-batch characters, then each cell's chunk."""
+    where, s = vt.make("interleaved", 2, 2, 4)
+    lines = vt.draw(vt.simulate(s, where, 1.0, 2.0)).splitlines()
+    assert lines[0] == "device 0 |01012.aa3bb2aa3bb.cc.ddccdd|"
+    assert lines[1] == "   chunk |00110 11011100100 11 110000|"
+    assert lines[-1] == "makespan 27, bubble 11.1%"
+    assert len(lines) == 5
