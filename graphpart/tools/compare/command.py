@@ -19,11 +19,18 @@ from graphpart.run.config import Config
 from graphpart.run.setup import budget_of, setup, uses_ray
 from graphpart.tools.compare.auto import search_config
 from graphpart.tools.compare.conclude import conclusion
+from graphpart.tools.compare.grid import KEY as GRID_KEY
+from graphpart.tools.compare.grid import auto_grid_shape
 from graphpart.tools.compare.project import hop_seconds, project
 from graphpart.tools.compare.report import terminal, write_report
 from graphpart.tools.compare.results import Comparison
 from graphpart.tools.compare.runner import run_strategy, strategy_config
-from graphpart.tools.compare.strategies import Strategy, auto_strategy, make_strategies
+from graphpart.tools.compare.strategies import (
+    Strategy,
+    auto_strategy,
+    grid_strategy,
+    make_strategies,
+)
 from graphpart.tools.compare.verdict import comparison_verdict
 
 
@@ -51,7 +58,9 @@ def run_compare(
     as_json: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> int:
-    """Run strategies a-g (and plan --auto's pick), print the table or JSON, write the report.
+    """Run strategies a-g, h (2-D, from 4 devices: by `grid.grid_shape`'s rule, or with
+    `auto` plan --auto's best 2-D setup) and plan --auto's pick; print the table or JSON,
+    write the report.
 
     Returns the exit status: 0, or 130 after Ctrl-C (the report then holds what finished).
     """
@@ -72,6 +81,10 @@ def run_compare(
     if auto:
         log("plan --auto: measuring this machine's rates and searching ...")
         c.auto, _ = search_config(s.graph, cfg, K, threads)
+        shape = auto_grid_shape(c.auto)
+        if shape is not None:  # h: plan --auto's best 2-D setup instead of the fixed rule's
+            strategies = [st for st in strategies if st.key != GRID_KEY]
+            strategies.append(grid_strategy(cfg, shape))
         best = next((x for x in c.auto if x.fits), None)
         if best is not None:
             c.auto_pick = best

@@ -9,6 +9,7 @@ from graphpart.plan.memory import predict
 from graphpart.plan.partition import partition
 from graphpart.run.config import Config
 from graphpart.run.setup import workload_of
+from graphpart.tools.compare.axes import axes_line
 from graphpart.tools.compare.results import Comparison, state_bytes
 from graphpart.units import human_bytes
 
@@ -152,9 +153,12 @@ def conclusion(c: Comparison, n_in: int, n_out: int) -> list[str]:
                 f"{r['key']} {r['projected_samples_per_s']:,.0f}" for r in rest
             )
     out.append(line + ".")
+    grid = axes_line(rows, devices=c.devices, cores=c.cores)
+    if grid:
+        out.append(grid)
 
     # convergence
-    same = [r for r in ran if r["key"] in ("a", "c", "d", "e", "f", "g", "auto")]
+    same = [r for r in ran if r["key"] in ("a", "c", "d", "e", "f", "g", "h", "auto")]
     if len(same) > 1:
         losses = [r["final_train_loss"] for r in same]
         line = (

@@ -61,6 +61,8 @@ def project(o: Outcome, hop_s: float) -> Projection | None:
         return None
     p, t = o.config.pipeline, o.config.train
     steps, stats = o.steps, o.summary["stage_stats"]
+    if p.data_parallel > 1 and p.stages > 1:
+        return _project_grid(o, hop_s)
     if p.data_parallel > 1:
         # each replica computes its rows, then the ring: the slowest replica sets the step
         step = max(
@@ -83,5 +85,33 @@ def project(o: Outcome, hop_s: float) -> Projection | None:
         t.batch_size / step,
         tl.bubble,
         f"simulator: measured stage times + measured hop {hop_s * 1e3:.3f} ms",
+        tl,
+    )
+
+
+def _project_grid(o: Outcome, hop_s: float) -> Projection:
+    """R replicas of a K-stage pipeline, a device per worker: each replica's pipeline
+    simulated from its own workers' measured times, stage k's measured all-reduce after its
+    last backward (before its update); the slowest replica sets the step."""
+    p, t = o.config.pipeline, o.config.train
+    steps, stats, K = o.steps, o.summary["stage_stats"], p.stages
+    M = min(p.microbatches, -(-t.batch_size // p.data_parallel))
+    best: tuple[float, sch.Timeline] | None = None
+    for r in range(p.data_parallel):
+        mine = stats[r * K : (r + 1) * K]
+        fwd = [x["forward_s"] / (steps * M) for x in mine]
+        bwd = [x["backward_s"] / (steps * M) for x in mine]
+        fin = [(x["finish_s"] + x["allreduce_s"]) / steps for x in mine]
+        got = timing.pipeline_step(p.schedule, M, fwd, bwd, fin, hop_s)
+        if best is None or got[0] > best[0]:
+            best = got
+    assert best is not None
+    step, tl = best
+    return Projection(
+        step,
+        t.batch_size / step,
+        tl.bubble,
+        "simulator: each replica's measured stage times + measured all-reduce + measured hop "
+        f"{hop_s * 1e3:.3f} ms; the slowest replica",
         tl,
     )

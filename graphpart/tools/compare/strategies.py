@@ -9,6 +9,8 @@ from typing import Any
 from graphpart.engines import DP_TRANSPORTS
 from graphpart.errors import ConfigError
 from graphpart.run.config import Config
+from graphpart.tools.compare.grid import KEY as GRID_KEY
+from graphpart.tools.compare.grid import GridShape, grid_shape
 
 LR_RULES = ("linear", "sqrt", "none")  # how strategy b scales the learning rate to B/K rows
 
@@ -42,13 +44,14 @@ def scaled_lr(lr: float, batch: int, small: int, rule: str) -> float:
 def make_strategies(
     cfg: Config, devices: int, microbatches: int, lr_rule: str, *, n_layers: int
 ) -> list[Strategy]:
-    """a-g of the comparison for `devices` devices and `microbatches` pipeline micro-batches.
+    """a-h of the comparison for `devices` devices and `microbatches` pipeline micro-batches.
 
     a one device, minibatch B; b one device, minibatch ceil(B/K), lr by `lr_rule`; c one
     device, B in K accumulated micro-batches; d/e K-stage pipelines (GPipe / 1F1B) with M
     micro-batches; f K data-parallel replicas of ceil(B/K) rows, gradients all-reduced;
-    g 1F1B with activation recomputation. Stage and replica counts above what the model or
-    the minibatch allow are errors, not silently shrunk.
+    g 1F1B with activation recomputation; h, with at least 4 devices, R replicas of a
+    K'-stage 1F1B pipeline (2-D, R x K' <= K: `grid.grid_shape`). Stage and replica counts
+    above what the model or the minibatch allow are errors, not silently shrunk.
     """
     B, K, M = cfg.train.batch_size, int(devices), int(microbatches)
     if K < 2:
@@ -79,7 +82,7 @@ def make_strategies(
         "pipeline.recompute": False,
         "pipeline.transport": cfg.pipeline.transport,
     }
-    return [
+    out = [
         Strategy("a", "one device", f"one device, minibatch {B}", 1, one),
         Strategy(
             "b",
@@ -128,6 +131,21 @@ def make_strategies(
             {**pipe, "pipeline.schedule": "1f1b", "pipeline.recompute": True},
         ),
     ]
+    shape = grid_shape(K, n_layers, B, M)
+    if shape is not None:
+        out.append(grid_strategy(cfg, shape))
+    return out
+
+
+def grid_strategy(cfg: Config, shape: GridShape) -> Strategy:
+    """Strategy h: `shape`'s R replicas of a K-stage pipeline (2-D), on R x K devices."""
+    return Strategy(
+        GRID_KEY,
+        "2-D",
+        shape.title(),
+        shape.devices,
+        shape.overrides(_dp_transport(cfg.pipeline.transport)),
+    )
 
 
 def auto_strategy(overrides: dict[str, Any], title: str, devices: int) -> Strategy:

@@ -11,7 +11,14 @@ from graphpart.units import human_bytes
 
 TIE = 0.10  # speeds within 10% of the fastest are a tie: the simpler setup is named
 # the simpler setup first: what a tie is settled by
-FAMILIES = ("one device", "accumulation", "smaller minibatch", "partition", "data parallel")
+FAMILIES = (
+    "one device",
+    "accumulation",
+    "smaller minibatch",
+    "partition",
+    "data parallel",
+    "2-D",
+)
 
 
 @dataclass(frozen=True)
@@ -19,7 +26,7 @@ class Verdict:
     """The answer for this model and budget: one sentence, then the figures behind it."""
 
     answer: str  # "one device" | "accumulation" | "smaller minibatch" | "partition" |
-    # "data parallel" | "nothing fits" | "no verdict"
+    # "data parallel" | "2-D" | "nothing fits" | "no verdict"
     headline: str
     figures: list[str] = field(default_factory=list)
     pick: str | None = None  # the key of the strategy it names, if any
@@ -32,9 +39,11 @@ class Verdict:
 
 def family(r: dict[str, Any]) -> str:
     """Which answer a strategy row stands for, from its config overrides (so plan --auto's
-    pick counts as what it is): partition, data parallel, smaller minibatch, accumulation,
-    or one device."""
+    pick counts as what it is): 2-D (replicas of a pipeline), partition, data parallel,
+    smaller minibatch, accumulation, or one device."""
     cfg = r.get("config") or {}
+    if int(cfg.get("pipeline.stages", 1)) > 1 and int(cfg.get("pipeline.data_parallel", 1)) > 1:
+        return "2-D"
     if int(cfg.get("pipeline.stages", 1)) > 1:
         return "partition"
     if int(cfg.get("pipeline.data_parallel", 1)) > 1:
@@ -55,6 +64,13 @@ def setup_name(r: dict[str, Any]) -> str:
             f"{sched}{' + recompute' if cfg.get('pipeline.recompute') else ''}, "
             f"K={cfg['pipeline.stages']}, M={cfg.get('pipeline.microbatches', 1)}"
         )
+    elif f == "2-D":
+        sched = {"gpipe": "GPipe", "1f1b": "1F1B"}.get(str(cfg.get("pipeline.schedule")), "1F1B")
+        what = (
+            f"2-D, {cfg['pipeline.data_parallel']} replicas x {cfg['pipeline.stages']}-stage "
+            f"{sched}{' + recompute' if cfg.get('pipeline.recompute') else ''}, "
+            f"M={cfg.get('pipeline.microbatches', 1)}"
+        )
     elif f == "data parallel":
         what = f"data parallel, {cfg['pipeline.data_parallel']} replicas"
     elif f == "smaller minibatch":
@@ -66,7 +82,9 @@ def setup_name(r: dict[str, Any]) -> str:
     return f"{what} ({'plan --auto' if r['key'] == 'auto' else r['key']})"
 
 
-def _speed(r: dict[str, Any], projected: bool) -> float:
+def speed(r: dict[str, Any], projected: bool) -> float:
+    """A row's samples/s: projected with a device each (where `projected` and known), else
+    measured."""
     if projected and r.get("projected_samples_per_s"):
         return float(r["projected_samples_per_s"])
     return float(r.get("samples_per_s") or 0.0)
@@ -131,24 +149,29 @@ def verdict(rows: list[dict[str, Any]], *, devices: int, cores: int, budget: int
             [_figure(r, budget, projected) for r in rows],
         )
 
-    top = max(_speed(r, projected) for r in ran)
-    tied = [r for r in ran if _speed(r, projected) >= (1 - TIE) * top]
+    top = max(speed(r, projected) for r in ran)
+    tied = [r for r in ran if speed(r, projected) >= (1 - TIE) * top]
     pick = min(tied, key=lambda r: (FAMILIES.index(family(r)), _peak(r)))
     fam = family(pick)
     fits = {family(r) for r in ran}
 
     def best(*fams: str) -> dict[str, Any] | None:
         pool = [r for r in ran if family(r) in fams and r is not pick]
-        return max(pool, key=lambda r: _speed(r, projected)) if pool else None
+        return max(pool, key=lambda r: speed(r, projected)) if pool else None
 
     def blocked(*fams: str) -> dict[str, Any] | None:
         pool = [r for r in over if family(r) in fams]
         return min(pool, key=_peak) if pool else None
 
     one_device = ("one device", "accumulation", "smaller minibatch")
-    rival = best("partition") if fam in one_device else best(*one_device)
+    if fam in one_device:
+        rival = best("partition")
+    elif fam == "2-D":  # against either axis alone
+        rival = best("partition", "data parallel")
+    else:
+        rival = best(*one_device)
     rival = rival or best(*(f for f in FAMILIES if f != fam))
-    ratio = _speed(pick, projected) / _speed(rival, projected) if rival else None
+    ratio = speed(pick, projected) / speed(rival, projected) if rival else None
     fit_word = f"fits{per}" if budget is not None else "fits (no budget given)"
     if fam == "one device":
         head = f"Train on one device: it {fit_word} and is the fastest"
@@ -157,7 +180,7 @@ def verdict(rows: list[dict[str, Any]], *, devices: int, cores: int, budget: int
             head += f"; {_cost(what, ratio, basis)}"
             if not projected and rival["devices"] > 1 and rival.get("projected_samples_per_s"):
                 head += (
-                    f"; {_speed(pick, True) / _speed(rival, True):.1f}x with a device per "
+                    f"; {speed(pick, True) / speed(rival, True):.1f}x with a device per "
                     "stage (projected)"
                 )
         head += "."
@@ -190,9 +213,11 @@ def verdict(rows: list[dict[str, Any]], *, devices: int, cores: int, budget: int
             head = f"Only partitioning fits{per}: {name}"
         elif fam == "partition":
             head = f"Partition: {name} {fit_word} and is the fastest"
+        elif fam == "2-D":
+            head = f"Replicate a pipeline: {name} {fit_word} and is the fastest"
         else:
             head = f"Replicate: {name} {fit_word} and is the fastest"
-        if rival and not only:
+        if rival and (not only or fam == "2-D"):
             head += f", {ratio:.2f}x the speed of {setup_name(rival)} ({basis})"
         elif only and (a := blocked(*one_device)):
             head += (
