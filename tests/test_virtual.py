@@ -15,6 +15,8 @@ third of 1F1B's bubble and no more than ZB-H2's; neither is in `schedule.KINDS`.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from graphpart.errors import PlanError
 from graphpart.plan import schedule as sch
@@ -232,3 +234,55 @@ def test_draw_shows_micro_batches_and_chunks():
     assert lines[1] == "   chunk |00110 11011100100 11 110000|"
     assert lines[-1] == "makespan 27, bubble 11.1%"
     assert len(lines) == 5
+
+
+def test_chunk_peaks_count_slots_per_chunk():
+    """Per chunk, the most micro-batches from F to B or W and from I to W; their sum may
+    exceed the device's peak in flight (ZB-V K=4, M=8, device 0: 7 + 3 slots, 8 at once)."""
+    acts = vt.parse_schedule("0F0 0F1 0F0c1 0I0c1 0F2 0W0c1 0B0 0I1 0W1")[0]
+    assert vt.chunk_peaks(acts, 2) == ((3, 1), (1, 1))
+    where, s = vt.make("zbv", 4, 2, 8)
+    assert vt.chunk_peaks(s[0], 2) == ((7, 1), (3, 3))
+    assert vt.simulate(s, where, 1.0, 2.0).peak_in_flight[0] == 8
+    with pytest.raises(PlanError, match="names chunk 1; the device has chunks 0..0"):
+        vt.chunk_peaks([A("F", 0, 1)], 1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    k=st.integers(1, 4),
+    v=st.integers(1, 3),
+    m=st.integers(1, 6),
+    zbv=st.booleans(),
+    times=st.lists(st.floats(0.1, 3.0), min_size=4, max_size=4),
+    comm=st.floats(0.0, 1.0),
+)
+def test_simulation_honours_every_rule(k, v, m, zbv, times, comm):
+    """Under any times and hop: a device runs its list in order without overlap, F of s starts
+    after F of s-1 ends (plus the hop across devices), B/I of s after B/I of s+1 (the last
+    stage after its own F), W after its I."""
+    kind, v = ("zbv", 2) if zbv else ("interleaved", v)
+    where, s = vt.make(kind, k, v, m)
+    V = where.stages
+    fwd = [times[0] * (1 + s_ % 2) for s_ in range(V)]
+    t = vt.simulate(s, where, fwd, times[1], comm, igrad=times[2], wgrad=times[3])
+    end, start = {}, {}
+    for d in range(k):
+        evs = [e for e in t.events if e.stage == d]
+        assert [e.action for e in evs] == s[d]
+        assert all(a.end <= b.start + 1e-12 for a, b in zip(evs, evs[1:], strict=False))
+        for e in evs:
+            key = (e.action.kind, where.stage(d, e.action.chunk), e.action.mb)
+            start[key], end[key] = e.start, e.end
+    hop = [[0.0 if where.owner[a] == where.owner[b] else comm for b in range(V)] for a in range(V)]
+    for (kind_, st_, mb), t0 in start.items():
+        if kind_ == "F" and st_ > 0:
+            assert t0 >= end["F", st_ - 1, mb] + hop[st_ - 1][st_] - 1e-9
+        elif kind_ in "BI":
+            if st_ == V - 1:
+                assert t0 >= end["F", st_, mb] - 1e-9
+            else:
+                up = end.get(("I", st_ + 1, mb), end.get(("B", st_ + 1, mb)))
+                assert t0 >= up + hop[st_ + 1][st_] - 1e-9
+        elif kind_ == "W":
+            assert t0 >= end["I", st_, mb] - 1e-9

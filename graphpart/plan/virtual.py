@@ -564,3 +564,21 @@ def make(
     entry = VIRTUAL[kind]
     where = placement(entry.placement, devices, chunks)
     return where, entry.build(devices, chunks, microbatches)
+
+
+# -- what a device holds ----------------------------------------------------------------------
+def chunk_peaks(actions: Sequence[ChunkAction], chunks: int) -> tuple[tuple[int, int], ...]:
+    """For each chunk of one device's list, (the most micro-batches holding its activations,
+    from F to B or W; the most between I and W, holding their cotangents for W): the activation
+    and pending slots a worker allocating per chunk needs. Their sum over chunks can exceed the
+    device's `peak_in_flight`, which counts all chunks at once."""
+    live = [[0, 0] for _ in range(chunks)]
+    peak = [[0, 0] for _ in range(chunks)]
+    step = {"F": (1, 0), "B": (-1, 0), "I": (0, 1), "W": (-1, -1)}
+    for a in actions:
+        if not 0 <= a.chunk < chunks:
+            raise PlanError(f"{a} names chunk {a.chunk}; the device has chunks 0..{chunks - 1}")
+        for i, delta in enumerate(step[a.kind]):
+            live[a.chunk][i] += delta
+            peak[a.chunk][i] = max(peak[a.chunk][i], live[a.chunk][i])
+    return tuple((held, pending) for held, pending in peak)
