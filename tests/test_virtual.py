@@ -9,7 +9,7 @@ rule; interleaved 1F1B and ZB-V are valid for every K, M (M < K and M not a mult
 included); interleaved 1F1B with one chunk is 1F1B, never has a larger bubble than 1F1B, and
 for M >= K has bubble (K-1)/v / (M + (K-1)/v) at (v-1)g + 2K-1 micro-batch-chunks in flight;
 ZB-V holds at most 2K micro-batch-chunks a device (1F1B's peak) and, at M >= 2K, at most a
-third of 1F1B's bubble and no more than ZB-H2's; neither is in `schedule.KINDS`.
+quarter of 1F1B's bubble and no more than ZB-H2's; neither is in `schedule.KINDS`.
 """
 
 from __future__ import annotations

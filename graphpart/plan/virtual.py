@@ -452,8 +452,8 @@ def interleaved_1f1b(devices: int, chunks: int, microbatches: int) -> ChunkSched
 #      chunk | 010110001001101001111001|
 #   makespan 25, bubble 4.0%
 #
-# Not the paper's hand-placed schedule: the residual bubble is the start-up (the first
-# micro-batch crossing 2K virtual stages), 4-6% at M = 8 and 2-3% at M = 16 for K = 2-4.
+# Not the paper's hand-placed schedule: what is left is a start-up and drain of K-1 chunk
+# forwards a device at K = 2-4 whatever M (2-6% at M = 8, 1-3% at M = 16).
 def zb_v(devices: int, microbatches: int) -> ChunkSchedule:
     """ZB-V: V placement, I and W apart, at most 2K micro-batch-chunks of activations per
     device (1F1B's peak memory), W filling the bubbles."""
