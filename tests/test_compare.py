@@ -8,6 +8,9 @@ device k, budget Y" and still runs the pipelines; the report folder holds report
 and compare.json, and its conclusion is computed from the figures; Ctrl-C keeps the report of
 what finished and exits 130; an existing comparison is never overwritten; plan --auto's best
 proposal of each kind, trained, peaks within 10% of its predicted memory on every device.
+From 4 devices strategy h (2-D: R replicas of a K-stage pipeline) runs too, to the same
+parameters, and the conclusion's line on 2-D against either axis alone reads its ratios and
+verdicts from the run's own figures.
 """
 
 from __future__ import annotations
@@ -123,6 +126,49 @@ def test_all_strategies_end_equal_and_report(tmp_path, ray_session):
     assert "## Conclusion" in text and "B*=" in text
     with pytest.raises(ConfigError, match="already holds a comparison"):
         run_compare(_cfg(tmp_path), devices=2, report=str(report), log=lambda m: None)
+
+
+def test_four_devices_add_2d_and_its_verdict_reads_from_the_figures(
+    tmp_path, ray_session, monkeypatch, capsys
+):
+    """compare --devices 4 runs h, 2 replicas of a 2-stage pipeline (R x K = 4 workers), to
+    the same float64 parameters as one device; its ledger equals its prediction on every
+    worker and the OS measured each; the conclusion (report.md and the printed summary) has
+    the line setting h against pipeline only and data parallel only, whose ratios are the
+    rows' own figures and whose verdict follows from them. To keep it small only a, e, f and
+    h run (the others are the same as at 2 devices)."""
+    from graphpart.tools.compare.verdict import TIE, speed
+
+    real = cmd_mod.make_strategies
+    monkeypatch.setattr(
+        cmd_mod,
+        "make_strategies",
+        lambda *a, **k: [s for s in real(*a, **k) if s.key in "aefh"],
+    )
+    report = tmp_path / "cmp"
+    cfg = _cfg(tmp_path, **{"train.epochs": 1, "data.n_samples": 80})
+    assert run_compare(cfg, devices=4, microbatches=4, report=str(report), log=lambda m: None) == 0
+    data = json.loads((report / "compare.json").read_text())
+    rows = {r["key"]: r for r in data["strategies"]}
+    assert list(rows) == list("aefh") and all(r["status"] == "ran" for r in rows.values())
+    h = rows["h"]
+    assert h["devices"] == 4 and h["config"]["pipeline.data_parallel"] == 2
+    assert h["config"]["pipeline.stages"] == 2 and h["config"]["pipeline.microbatches"] == 2
+    assert h["ledger_memory"] == h["predicted_memory"] and len(h["resident_growth"]) == 4
+    assert max_rel(_params(report / "runs" / "a"), _params(report / "runs" / "h")) < 1e-10
+    assert h["projected_samples_per_s"] and h["comm_bytes_per_step"] > 0
+    printed = capsys.readouterr().out
+    (line,) = [x[2:] for x in printed.splitlines() if x.startswith("- 2-D against either axis")]
+    assert f"- {line}" in (report / "report.md").read_text()
+    projected = data["cores"] < 4
+    for rival in (rows["e"], rows["f"]):
+        ratio = speed(h, projected) / speed(rival, projected)
+        part = line.split(f"({rival['key']}): ")[1].split(";")[1].split(". So ")[0]
+        assert part.startswith(f" h runs {ratio:.2f}x its speed")
+        won = speed(rival, projected) < (1 - TIE) * speed(h, projected)
+        assert part.endswith("h beats it") == won, part
+        assert f"{speed(rival, projected):,.0f} samples/s" in line
+    assert f"{speed(h, projected):,.0f} samples/s" in line and line.endswith(" here.")
 
 
 def test_budget_skips_what_does_not_fit(tmp_path, ray_session):
