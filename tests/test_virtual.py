@@ -192,8 +192,8 @@ def test_interleaved_follows_megatron_when_k_divides_m():
     )
 
 
-@pytest.mark.parametrize("k", [2, 3, 4])
-@pytest.mark.parametrize("m_per_k", [2, 3, 4])
+@pytest.mark.parametrize("k", [2, 3, 4, 5, 6])
+@pytest.mark.parametrize("m_per_k", [2, 3])
 def test_zb_v_is_near_zero_bubble_at_1f1b_memory(k, m_per_k):
     """M >= 2K, F = I = W = 1 per virtual stage (1F1B: F = 1, B = 2 a stage): ZB-V's bubble
     is at most a quarter of 1F1B's and no more than ZB-H2's (which holds up to twice the
@@ -223,6 +223,10 @@ def test_make_refuses_what_it_cannot_build():
         vt.make("zbv", 2, 3, 4)
     with pytest.raises(PlanError, match="microbatches=0 is not positive"):
         vt.make("interleaved", 2, 2, 0)
+    with pytest.raises(PlanError, match="first='W': use 'I' or 'F'"):
+        vt.chunk_list_schedule(vt.v_placement(2), 2, (4, 4), first="W")
+    with pytest.raises(PlanError, match="give one count of 1 or more per device"):
+        vt.chunk_list_schedule(vt.v_placement(2), 2, (4,))
     assert not set(vt.VIRTUAL) & set(sch.KINDS)
 
 

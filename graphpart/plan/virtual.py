@@ -440,10 +440,12 @@ def interleaved_1f1b(devices: int, chunks: int, microbatches: int) -> ChunkSched
 # ZB-V (Qi et al., Zero Bubble Pipeline Parallelism, ICLR 2024, section 6), V placement (device
 # d holds virtual stages d and 2K-1-d), each backward split into I and W. Built by list
 # scheduling on the simulator's rules (`chunk_list_schedule`), as ZB-H1 and ZB-H2 are: at each
-# moment a device runs, of the actions it may start earliest, an I first (the shallowest
-# virtual stage's), then an F while fewer than 2K micro-batch-chunks hold activations on the
-# device (the deepest virtual stage's, which reaches the loss soonest), then a W. 2K chunks of
-# half a device's layers are 1F1B's peak, its stage 0's K micro-batches of a whole stage.
+# moment a device runs, of the actions it may start earliest, an I (the shallowest virtual
+# stage's) or an F while fewer than 2K micro-batch-chunks hold activations on the device (the
+# deepest virtual stage's, which reaches the loss soonest), then a W. It is built twice, I
+# before F and F before I, and keeps the shorter (I first on a tie): neither wins everywhere.
+# 2K chunks of half a device's layers are 1F1B's peak, its stage 0's K micro-batches of a
+# whole stage.
 # K=2, M=4, F = I = W = 1 per virtual stage (1F1B, F = 1 and B = 2 a stage: 20.0%):
 #
 #   device 0 |0120aA1abA3bB2cBCcC3dD.dD|
@@ -453,13 +455,16 @@ def interleaved_1f1b(devices: int, chunks: int, microbatches: int) -> ChunkSched
 #   makespan 25, bubble 4.0%
 #
 # Not the paper's hand-placed schedule: what is left is a start-up and drain of K-1 chunk
-# forwards a device at K = 2-4 whatever M (2-6% at M = 8, 1-3% at M = 16).
+# forwards a device at most, for K = 2-8 and M >= 2K, whatever M (2-6% at M = 8, 1-3% at
+# M = 16 for K = 2-4).
 def zb_v(devices: int, microbatches: int) -> ChunkSchedule:
     """ZB-V: V placement, I and W apart, at most 2K micro-batch-chunks of activations per
     device (1F1B's peak memory), W filling the bubbles."""
     _counts(devices, 2, microbatches)
     where = v_placement(devices)
-    return chunk_list_schedule(where, microbatches, (2 * devices,) * devices)
+    limit = (2 * devices,) * devices
+    tries = [chunk_list_schedule(where, microbatches, limit, first=f) for f in ("I", "F")]
+    return min(tries, key=lambda s: simulate(s, where, 1.0, 2.0).makespan)  # first on a tie
 
 
 def chunk_list_schedule(
@@ -470,12 +475,14 @@ def chunk_list_schedule(
     igrad: float = 1.0,
     wgrad: float = 1.0,
     comm: float = 0.0,
+    first: str = "I",
 ) -> ChunkSchedule:
     """Each device's F, I and W of every (virtual stage, micro-batch), placed by list
-    scheduling: at each moment a device runs, of the actions it may start earliest, an I first
-    (the shallowest virtual stage's), then an F while fewer than `limit[d]` micro-batch-chunks
-    hold activations on device d (from F to W; the deepest virtual stage's), then a W. Each
-    virtual stage takes its micro-batches in order. Raises PlanError if the limits stall it."""
+    scheduling: at each moment a device runs, of the actions it may start earliest, an I (the
+    shallowest virtual stage's) and an F while fewer than `limit[d]` micro-batch-chunks hold
+    activations on device d (from F to W; the deepest virtual stage's), `first` ("I" or "F")
+    before the other, then a W. Each virtual stage takes its micro-batches in order. Raises
+    PlanError if the limits stall it."""
     K, V, M = where.devices, where.stages, microbatches
     _counts(K, where.chunks, M)
     if len(limit) != K or min(limit) < 1:
@@ -509,7 +516,9 @@ def chunk_list_schedule(
             dep, delay = end.get(("I", s, m)), 0.0
         return None if dep is None else max(free[d], dep + delay)
 
-    rank = {"I": 0, "F": 1, "W": 2}
+    if first not in ("I", "F"):
+        raise PlanError(f"first={first!r}: use 'I' or 'F'")
+    rank = {"I": 0, "F": 1, "W": 2} if first == "I" else {"F": 0, "I": 1, "W": 2}
     for _ in range(3 * V * M):
         options = [
             (t, rank[kind], -s if kind == "F" else s, s, kind)
