@@ -30,7 +30,8 @@ separate calls (workers/program.py, `backward_input` and `backward_weight`).
 
 Text form: an action is "<stage>"+kind+"<micro-batch>", e.g. "0F3", "1I2", "1W2"; a schedule
 file lists them separated by spaces or new lines, each stage's in its order ("#" starts a
-comment).
+comment). Schedules with virtual stages add the chunk ("0F3c1"; graphpart/plan/virtual.py),
+whose parser reads this form too.
 """
 
 from __future__ import annotations
