@@ -102,7 +102,7 @@ def test_workers_joined_by_a_ring_equal_micro_batching(k):
                 w.forward(0, xb[rows[r]], yb[rows[r]], 1.0 / len(xb))
                 w.backward(0, None, 1.0 / len(xb))
                 w.reduce_grads(
-                    lambda flat: (
+                    lambda flat, b: (
                         ring_allreduce(
                             flat,
                             r,
@@ -110,9 +110,11 @@ def test_workers_joined_by_a_ring_equal_micro_batching(k):
                             step,
                             lambda key, a: right.put(key, a.copy()),
                             lambda key: inboxes[r].take(key, 10.0),
+                            b * (k - 1),
                         ),
                         0,
-                    )
+                    ),
+                    k,
                 )
                 w.finish(True)
             except BaseException as e:  # noqa: BLE001 - reported below

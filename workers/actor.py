@@ -15,6 +15,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from workers import alloc
 from workers.actions import StageAction
+from workers.buckets import Comm
 from workers.channels import Channel, ChannelInbox, ChannelName
 from workers.push import ActionFailed, Inbox, Key, NeighbourFailed, Send, run_step
 from workers.ring import ring_allreduce, ring_phase
@@ -208,6 +209,13 @@ class ReplicaActor(ChannelStageActor):
         self.left: Any = None
         self.right: Any = None
         self.send_right: Send | None = None
+        self.overlap = True  # all-reduce each bucket while the backward runs (set_overlap)
+        self._comm: Comm | None = None  # the all-reduce thread, started at the first overlap
+
+    def set_overlap(self, overlap: bool) -> None:
+        """Overlap the all-reduce with the backward (buckets on a thread of their own, as soon
+        as final), or run the buckets after the backward (the same sums in the same order)."""
+        self.overlap = bool(overlap)
 
     @property
     def who(self) -> str:
@@ -260,6 +268,11 @@ class ReplicaActor(ChannelStageActor):
         run_step takes them, given to the first and last stage), the all-reduce of the
         gradients with the same stage of the other replicas, `finish`."""
         w = self.worker
+
+        def reduce_on(flat: Any, bucket: int) -> tuple[int, int]:
+            return self._allreduce(flat, step, timeout_s, bucket)
+
+        comm = self._comm_thread() if self.overlap and self.world > 1 else None
         try:
             return run_step(  # type: ignore[return-value]
                 w,
@@ -273,25 +286,53 @@ class ReplicaActor(ChannelStageActor):
                 send_forward=self.send_forward,
                 send_backward=self.send_backward,
                 timeout_s=timeout_s,
-                reduce=lambda: w.reduce_grads(lambda flat: self._allreduce(flat, step, timeout_s)),
+                reduce=lambda: w.reduce_grads(reduce_on, self.world, comm),
+                arm=None if comm is None else lambda: w.arm_reduce(reduce_on, self.world, comm),
             )
         except NeighbourFailed as e:
+            self._stop_comm(step, str(e))
             w.zero_grad()  # the half-reduced gradients must not leak into a later step
             raise RuntimeError(f"{self.who} stopped: {e}") from None
         except Exception as e:
-            w.zero_grad()
             cause = e.cause if isinstance(e, ActionFailed) else e
             err = self._failure(e.what if isinstance(e, ActionFailed) else "replica_step", cause)
+            self._stop_comm(step, str(err))
+            w.zero_grad()
             # wake the neighbours waiting on this worker: in the ring and in the pipeline
             for peer in (self.left, self.right, self.prev, self.next):
                 if peer is not None:
                     peer.abort.options(concurrency_group=INBOX_GROUP).remote(step, str(err))
             raise err from cause
 
-    def _allreduce(self, flat: Any, step: int, timeout_s: float) -> tuple[int, int]:
-        """The ring all-reduce of `flat`; (bytes sent, bytes received)."""
+    def _comm_thread(self) -> Comm:
+        if self._comm is None:
+            self._comm = Comm()
+        return self._comm
+
+    def _stop_comm(self, step: int, why: str) -> None:
+        """A failed step: wake this worker's own bucket all-reduces still waiting for a chunk,
+        and wait until its thread has left them (it must not touch the gradients of a later
+        step)."""
+        self.worker.disarm_reduce()
+        if self._comm is None:
+            return
+        self.inbox.fail(step, why)
+        try:
+            self._comm.drain(self.stop_wait_s)
+        except Exception:  # noqa: BLE001, S110 - the step failed already; this is its echo
+            pass
+        self.worker.disarm_reduce()
+
+    stop_wait_s = 30.0  # how long a failed step waits for its all-reduce thread to let go
+
+    def _allreduce(
+        self, flat: Any, step: int, timeout_s: float, bucket: int = 0
+    ) -> tuple[int, int]:
+        """The ring all-reduce of `flat`, bucket `bucket` of the step's gradients (its phases
+        after the earlier buckets': their keys never meet); (bytes sent, bytes received)."""
         received = 0
         left = (self.rank - 1) % self.world
+        phases = self.world - 1
 
         def take(key: Key) -> Any:
             nonlocal received
@@ -300,8 +341,9 @@ class ReplicaActor(ChannelStageActor):
             except TimeoutError:
                 what = "reduce-scatter" if key[1] == "F" else "all-gather"
                 stage = f", stage {self.stage}," if self.stages > 1 else ""
+                b, phase = divmod(ring_phase(key), phases)
                 raise TimeoutError(
-                    f"replica {left}{stage} sent no {what} chunk of phase {ring_phase(key)} "
+                    f"replica {left}{stage} sent no {what} chunk of bucket {b}, phase {phase} "
                     f"in {timeout_s:.0f} s"
                 ) from None
             received += a.nbytes
@@ -312,7 +354,7 @@ class ReplicaActor(ChannelStageActor):
                 raise RuntimeError(f"{self.who} is not connected to a ring")
             self.send_right(key, a)
 
-        sent = ring_allreduce(flat, self.rank, self.world, step, send, take)
+        sent = ring_allreduce(flat, self.rank, self.world, step, send, take, bucket * phases)
         return sent, received
 
 

@@ -17,6 +17,7 @@ import os
 import select
 import struct
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -163,6 +164,7 @@ class ChannelInbox(Inbox):
         self.spin_s = spin_s
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
+        self._reading = threading.Lock()  # a data-parallel worker's all-reduce thread takes too
 
     def put(self, key: Key, value: object) -> None:
         super().put(key, value)
@@ -200,9 +202,10 @@ class ChannelInbox(Inbox):
 
     def _collect(self, channels: Sequence[Channel]) -> None:
         """File what `channels` announced under the senders' keys."""
-        for c in channels:
-            for k, v in c.receive():
-                Inbox.put(self, k, v)
+        with self._reading:
+            for c in channels:
+                for k, v in c.receive():
+                    Inbox.put(self, k, v)
 
     def close(self) -> None:
         for c in self.channels:

@@ -107,6 +107,12 @@ class Program:
         pend = {n: pending_key(r) for n, r in _cotangent_roots(low) if r in low.pending_grads}
         self._ical = [self._bind(c, pend) for c in low.input_calls]
         self._wcal = [self._bind(c, pend) for c in low.weight_calls]
+        # per call: the parameters whose gradient it writes for the last time in a backward
+        self._bwd_done = _finals((*low.input_calls, *low.weight_calls))
+        self._wcal_done = _finals(low.weight_calls)
+        # called with a parameter's name once a backward (B or W) wrote its gradient for the
+        # last time (data parallelism: that bucket's all-reduce may start); None: no calls
+        self.grad_hook: Callable[[str], None] | None = None
         self._per_step = [self._bind(c) for c in low.per_step]
         self._sends = input_grad and low.root(low.input) in low.roots
         self.pending: list[dict[Any, Any]] = []  # pending slots (allocated at first need)
@@ -229,8 +235,7 @@ class Program:
         self.ledger.mark("B", str(mb))
         n = self.rows_of[mb]
         self._receive(slot, mb, n, g, scale)
-        for run in self._bwd:
-            run(self, slot, n, scale)
+        _run_calls(self, self._bwd, self._bwd_done, slot, n, scale)
         din = self._grad(self.input)[:n] if self._sends else None
         self._release(mb)
         self.ledger.mark("B_end", str(mb))
@@ -261,8 +266,7 @@ class Program:
         self.ledger.mark("W", str(mb))
         slot = self._joined.pop(mb)
         n = self.rows_of[mb]
-        for run in self._wcal:
-            run(self, slot, n, scale)
+        _run_calls(self, self._wcal, self._wcal_done, slot, n, scale)
         self.free_pending.append(self.pending_of.pop(mb))
         self._release(mb)
         self.ledger.mark("W_end", str(mb))
@@ -342,6 +346,27 @@ _OPERAND: dict[str, str] = {
     "accumulate": "(not p.fresh[{name!r}])",
 }
 _PENDING = "slot[{key!r}][:n]"  # a cotangent held in the micro-batch's pending slot
+
+
+def _finals(calls: tuple[KernelCall, ...]) -> list[tuple[str, ...]]:
+    """Per call, the parameters whose gradient no later call of `calls` writes."""
+    last = {c.param: i for i, c in enumerate(calls) if c.param is not None}
+    return [tuple(p for p, i in last.items() if i == j) for j in range(len(calls))]
+
+
+def _run_calls(
+    p: Program, calls: list[Run], done: list[tuple[str, ...]], slot: dict, n: int, sc: float
+) -> None:
+    """Run a backward's calls; with a grad_hook, tell it each gradient the calls finished."""
+    hook = p.grad_hook
+    if hook is None:
+        for run in calls:
+            run(p, slot, n, sc)
+        return
+    for run, names in zip(calls, done, strict=True):
+        run(p, slot, n, sc)
+        for name in names:
+            hook(name)
 
 
 def _cotangent_roots(low: Lowered) -> list[tuple[str, str]]:

@@ -121,11 +121,14 @@ def run_step(
     timeout_s: float = 600.0,
     infer: bool = False,
     reduce: Callable[[], object] | None = None,
+    arm: Callable[[], object] | None = None,
 ) -> Finish | list[np.ndarray]:
     """Run one stage's actions of one step, then its `finish`; returns finish's result. With
     `infer`, the forwards are inference forwards (no cache, no loss, no finish) and the result
     is the outputs this stage did not send on (the last stage's), by micro-batch. `reduce`
-    runs between the actions and `finish` (data parallelism: the gradients' all-reduce).
+    runs between the actions and `finish` (data parallelism: the gradients' all-reduce);
+    `arm` right before the step's last weight-gradient action (its last B or W: after it every
+    gradient of the step is final), so that the all-reduce can start inside it (overlap).
 
     Each action says where its input comes from (`receives`: this stage's inbox; else the
     micro-batch `xs[mb]`, or from the inbox too where `xs` is FROM_INBOX: the driver wrote the
@@ -148,9 +151,16 @@ def run_step(
         elif infer:
             kept.append(out)  # a host copy already (StageWorker.infer)
 
+    last_w = max((i for i, a in enumerate(actions) if a.kind in ("B", "W")), default=-1)
+
+    def call(i: int, a: StageAction, method: str, *args: Any) -> Any:
+        if i == last_w and arm is not None and not infer:
+            _act(arm, "the gradient all-reduce")
+        return _act(getattr(worker, method), _what(a, method), *args)
+
     walk(
-        ((0, a) for a in actions),  # one stage: its index plays no part
-        lambda k, a, method, *args: _act(getattr(worker, method), _what(a, method), *args),
+        enumerate(actions),  # one stage: the action's place stands where a stage's index would
+        call,
         data=data,
         take=lambda k, a: inbox.take((step, a.carries, a.mb), timeout_s) if a.receives else None,
         give=give,

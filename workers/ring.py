@@ -1,5 +1,6 @@
 """Ring all-reduce: sum one 1-D buffer across `world` ranks in place, over any point-to-point
-send and take (no Ray, no threads of its own).
+send and take (no Ray, no threads of its own; a data-parallel worker runs one per gradient
+bucket, workers/buckets.py).
 
 Each rank sends only to its right neighbour and receives only from its left one:
 
@@ -70,11 +71,14 @@ def ring_allreduce(
     step: int,
     send: Callable[[Key, np.ndarray], None],
     take: Callable[[Key], np.ndarray],
+    first_phase: int = 0,
 ) -> int:
     """Replace `buf` (1-D, contiguous) by its sum over the `world` ranks; returns bytes sent.
 
     `send(key, a)` carries `a` to the right neighbour, `take(key)` waits for the left
-    neighbour's message of that key. world == 1 is a no-op.
+    neighbour's message of that key. world == 1 is a no-op. The messages' phases count from
+    `first_phase`, so that several buffers of one step (the buckets of workers/buckets.py:
+    bucket b from b (world - 1)) never share a key.
     """
     if buf.ndim != 1 or not buf.flags.c_contiguous:
         raise ValueError(f"ring_allreduce needs a contiguous 1-D buffer, got shape {buf.shape}")
@@ -89,14 +93,14 @@ def ring_allreduce(
         nonlocal sent
         part = buf[chunks[c]]
         if part.size:
-            send(ring_key(step, kind, phase), part.reshape(1, -1))
+            send(ring_key(step, kind, first_phase + phase), part.reshape(1, -1))
             sent += part.nbytes
 
     def got(kind: str, phase: int, c: int) -> np.ndarray | None:
         part = buf[chunks[c]]
         if not part.size:
             return None
-        a = np.asarray(take(ring_key(step, kind, phase)))
+        a = np.asarray(take(ring_key(step, kind, first_phase + phase)))
         if a.size != part.size:
             raise ValueError(
                 f"all-reduce phase {kind}{phase}: got {a.size} values for a chunk of {part.size}"

@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -17,10 +18,23 @@ from graphpart.optim import SGD, Adam, Optimizer
 from graphpart.params import Params, materialize, params_dtype
 from workers import alloc, state_file, traced
 from workers.backends import Backend, get_backend
+from workers.buckets import (
+    DEFAULT_BUCKET_BYTES,
+    Bucket,
+    Comm,
+    Ready,
+    Span,
+    exposed_time,
+    own_time,
+    plan_buckets,
+)
 from workers.hwm import read_hwm, read_rss_parts, reset_hwm
 from workers.ledger import Ledger
 from workers.program import Program
 from workers.stats import Busy, DeviceMemory, Finish, Rss, StageStats
+
+# (a bucket's part of the flat all-reduce buffer, the bucket's index) -> (bytes sent, received)
+Reduce = Callable[[np.ndarray, int], "tuple[int, int] | None"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +53,7 @@ class WorkerSpec:
     keep_events: bool = True
     batch_rows: int = 0  # rows of the largest minibatch the engine was built for (0: max_rows)
     trace_allocations: bool = False  # tracemalloc in the worker's process (workers/traced.py)
+    bucket_bytes: int = DEFAULT_BUCKET_BYTES  # data parallelism: all-reduce buckets (buckets.py)
 
     def build(self) -> StageWorker:
         return StageWorker(
@@ -53,6 +68,7 @@ class WorkerSpec:
             recompute=self.recompute,
             keep_events=self.keep_events,
             trace_allocations=self.trace_allocations,
+            bucket_bytes=self.bucket_bytes,
         )
 
 
@@ -77,6 +93,7 @@ class StageWorker:
         recompute: bool = False,
         keep_events: bool = True,
         trace_allocations: bool = False,
+        bucket_bytes: int = DEFAULT_BUCKET_BYTES,
     ) -> None:
         self.index = index
         self.opt = optimizer
@@ -117,6 +134,11 @@ class StageWorker:
         self.bytes_sent = 0
         self.bytes_received = 0
         self._flat: np.ndarray | None = None  # the all-reduce buffer (data parallelism only)
+        self.bucket_bytes = int(bucket_bytes)
+        self._bucket_plans: dict[int, tuple[Bucket, ...]] = {}  # by ring size
+        self._armed: Ready | None = None  # an overlapped all-reduce under way (arm_reduce)
+        self._traffic: list[tuple[int, int]] = []  # the buckets' (sent, received), any thread
+        self._compute_end = 0.0  # when the last backward or W call ended (perf_counter)
         self.pid = os.getpid()
 
     # -- one micro-batch ------------------------------------------------------------------------
@@ -144,7 +166,8 @@ class StageWorker:
         if din is not None:
             din = self.bk.to_host(din)
             self.bytes_sent += din.nbytes
-        self.busy.backward += time.perf_counter() - t
+        self._compute_end = time.perf_counter()
+        self.busy.backward += self._compute_end - t
         return din
 
     def backward_input(
@@ -160,7 +183,8 @@ class StageWorker:
         if din is not None:
             din = self.bk.to_host(din)
             self.bytes_sent += din.nbytes
-        self.busy.backward += time.perf_counter() - t
+        self._compute_end = time.perf_counter()
+        self.busy.backward += self._compute_end - t
         return din
 
     def backward_weight(self, mb: int, scale: float = 1.0) -> None:
@@ -168,7 +192,8 @@ class StageWorker:
         t = time.perf_counter()
         with np.errstate(all="ignore"):
             self.prog.backward_weight(mb, scale)
-        dt = time.perf_counter() - t
+        self._compute_end = time.perf_counter()
+        dt = self._compute_end - t
         self.busy.backward += dt
         self.busy.weight += dt
 
@@ -179,36 +204,109 @@ class StageWorker:
         return np.array(self.bk.to_host(out))
 
     # -- one step -------------------------------------------------------------------------------
-    def reduce_grads(self, reduce: Callable[[np.ndarray], tuple[int, int] | None]) -> None:
-        """Data parallelism: replace this step's gradients by their sum over the replicas.
+    def reduce_grads(self, reduce: Reduce, world: int = 1, comm: Comm | None = None) -> None:
+        """Data parallelism: replace this step's gradients by their sum over the `world`
+        replicas, bucket by bucket (workers/buckets.py).
 
-        Gradients that got no value this step are zeroed first (`finish_grads`); then every
-        gradient, in the executor's fixed parameter order, is copied into one flat host buffer
-        (allocated once, ledger entry "allreduce", a workspace of the parameters' bytes),
-        `reduce(flat)` sums it in place across the replicas (returning the bytes it sent and
-        received, or None), and the sums are copied back. Call it between the last backward
+        Each bucket's gradients are copied into its part of one flat host buffer (allocated
+        once, ledger entry "allreduce", a workspace of the parameters' bytes), `reduce(part,
+        bucket)` sums that part in place across the replicas (returning the bytes it sent and
+        received, or None), and the sums are copied back. Gradients that got no value this
+        step are zeroed first (`finish_grads`). Without `arm_reduce` every bucket is reduced
+        here, in order; after it (`comm`: its thread) the buckets its backward did not
+        already hand over are, and this waits for them all. Call it between the last backward
         and `finish`, which adds the regulariser's gradient once, after the sum, identically
-        on every replica.
+        on every replica. Busy.allreduce gains the buckets' own time, Busy.exposed what the
+        step waited for after its last backward compute (workers/buckets.py's spans).
         """
-        t = time.perf_counter()
-        prog, bk = self.prog, self.bk
-        prog.finish_grads()
-        flat = self._allreduce_buffer()
-        off = 0
-        for g in prog.grads.values():
-            n = int(g.size)
-            flat[off : off + n] = bk.to_host(bk.flat(g))
-            off += n
-        traffic = reduce(flat)
-        off = 0
-        for g in prog.grads.values():
-            n = int(g.size)
-            bk.from_host(flat[off : off + n], bk.flat(g))
-            off += n
+        prog = self.prog
+        armed, self._armed = self._armed, None
+        prog.grad_hook = None
+        self._allreduce_buffer()
+        if armed is None or comm is None:
+            prog.finish_grads()
+            ready = Ready(self._buckets(world))
+            t = time.perf_counter()
+            spans = []
+            for b in ready.rest():
+                self._reduce_bucket(b, reduce)
+                spans.append(Span(t, time.perf_counter()))
+                t = spans[-1].end
+        else:
+            prog.finish_grads()  # only parameters no bucket was handed over for are fresh
+            for b in armed.rest():
+                comm.submit(partial(self._reduce_bucket, b, reduce))
+            spans = comm.drain()
+        self._count_traffic()
+        self.busy.allreduce += own_time(spans)
+        self.busy.exposed += exposed_time(spans, self._compute_end)
+        self.busy.reductions += 1
+
+    def arm_reduce(self, reduce: Reduce, world: int, comm: Comm) -> None:
+        """Overlap: call right before this step's last weight-gradient action (the last B or W
+        of the step's actions; after it every gradient is final). Each bucket is handed to
+        `comm`'s thread as soon as that action has written its gradients, in bucket order,
+        while the action goes on with the earlier layers; `reduce_grads(reduce, world, comm)`
+        then waits for them. On CUDA nothing is armed (the thread would need the device's
+        context): reduce_grads reduces every bucket itself."""
+        if self.bk.name != "cpu":
+            return
+        ready = Ready(self._buckets(world))
+        self._allreduce_buffer()
+
+        def final(name: str) -> None:
+            for b in ready.final(name):
+                comm.submit(partial(self._reduce_bucket, b, reduce))
+
+        self._armed = ready
+        self.prog.grad_hook = final
+
+    def disarm_reduce(self) -> None:
+        """Forget an armed all-reduce (a failed step)."""
+        self._armed = None
+        self.prog.grad_hook = None
+        self._traffic.clear()
+
+    def _reduce_bucket(self, b: Bucket, reduce: Reduce) -> None:
+        """One bucket's all-reduce: its gradients into its part of the buffer, summed, back."""
+        bk, grads, flat = self.bk, self.prog.grads, self._flat
+        assert flat is not None
+        for p in b.pieces:
+            flat[p.at : p.at + p.hi - p.lo] = bk.to_host(bk.flat(grads[p.name])[p.lo : p.hi])
+        traffic = reduce(flat[b.start : b.stop], b.index)
+        for p in b.pieces:
+            bk.from_host(flat[p.at : p.at + p.hi - p.lo], bk.flat(grads[p.name])[p.lo : p.hi])
         if traffic is not None:
-            self.bytes_sent += int(traffic[0])
-            self.bytes_received += int(traffic[1])
-        self.busy.allreduce += time.perf_counter() - t
+            self._traffic.append((int(traffic[0]), int(traffic[1])))  # atomic: from any thread
+
+    def _count_traffic(self) -> None:
+        while self._traffic:
+            sent, received = self._traffic.pop()
+            self.bytes_sent += sent
+            self.bytes_received += received
+
+    def _buckets(self, world: int) -> tuple[Bucket, ...]:
+        """The stage's buckets in a ring of `world`: parameters in the order the weight
+        gradients finish them (the lowering's W calls), cut by `bucket_bytes`."""
+        if world not in self._bucket_plans:
+            prog = self.prog
+            names = [c.param for c in prog.lowered.weight_calls if c.param is not None]
+            order = [*dict.fromkeys(n for n in names), *(n for n in prog.grads if n not in names)]
+            params = [(n, int(prog.grads[n].size), prog.graph.var(n).layer) for n in order]
+            self._bucket_plans[world] = plan_buckets(
+                params, prog.dtype.itemsize, world, self.bucket_bytes
+            )
+        return self._bucket_plans[world]
+
+    def set_bucket_bytes(self, bucket_bytes: int) -> None:
+        """Cut the gradients into buckets of `bucket_bytes` from the next all-reduce on (every
+        replica of a ring must use the same)."""
+        self.bucket_bytes = int(bucket_bytes)
+        self._bucket_plans = {}
+
+    def buckets(self, world: int) -> tuple[Bucket, ...]:
+        """The buckets this stage's gradients are all-reduced in, in a ring of `world`."""
+        return self._buckets(world)
 
     def _allreduce_buffer(self) -> np.ndarray:
         if self._flat is None:

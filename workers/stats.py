@@ -19,17 +19,29 @@ class Finish:
 class Busy:
     """Seconds a stage spent inside its forward calls, backward calls, `finish` and (a
     data-parallel replica) its gradient all-reduce, waits for the other replicas included.
-    `weight` is the part of `backward` spent in a split backward's W calls (the rest is I)."""
+    `weight` is the part of `backward` spent in a split backward's W calls (the rest is I).
+
+    `allreduce` is the all-reduce's own time: the sum of its buckets' spans, each from when
+    it could start (its gradients final and the communication free) to its end; `exposed` is
+    the part the step waited for after its last backward compute (from the end of that
+    compute to the end of the last bucket). Without overlap the buckets run after the
+    backward, so exposed equals allreduce (and a little bookkeeping); with it (the buckets
+    on their own thread while the backward runs) exposed <= allreduce. `reductions` counts
+    the all-reduces (steps), so each figure over it is a step's. `total`, the time a step
+    kept the stage busy, counts the exposed part only.
+    """
 
     forward: float = 0.0
     backward: float = 0.0
     weight: float = 0.0
     finish: float = 0.0
     allreduce: float = 0.0
+    exposed: float = 0.0
+    reductions: int = 0
 
     @property
     def total(self) -> float:
-        return self.forward + self.backward + self.finish + self.allreduce  # weight is in backward
+        return self.forward + self.backward + self.finish + self.exposed  # weight is in backward
 
 
 @dataclass(frozen=True)

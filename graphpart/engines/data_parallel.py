@@ -40,6 +40,7 @@ from graphpart.params import Params, params_dtype, stage_params
 from graphpart.plan.batching import microbatch_rows, split_batch
 from graphpart.plan.schedule import KINDS
 from graphpart.plan.stages import Plan
+from workers.buckets import DEFAULT_BUCKET_BYTES
 from workers.stage import WorkerSpec
 from workers.stats import StageStats
 
@@ -70,6 +71,8 @@ class DataParallel:
         address: str = "",
         num_cpus: int | None = None,
         step_timeout: float = 0.0,
+        overlap: bool = True,
+        bucket_bytes: int = DEFAULT_BUCKET_BYTES,
     ) -> None:
         if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
             raise ConfigError(f"replicas={replicas!r}: must be a positive integer")
@@ -103,6 +106,7 @@ class DataParallel:
                 keep_events=keep_events,
                 trace_allocations=keep_events,  # profiling, in the workers
                 batch_rows=self.share,
+                bucket_bytes=int(bucket_bytes),
             )
             for r in range(self.replicas)
             for st in plan.stages
@@ -113,6 +117,7 @@ class DataParallel:
             step_timeout_s=float(step_timeout),
             channels=transport != "push",
             stages=k,
+            overlap=overlap,
         )
         try:
             self.transport.start(specs)
@@ -138,6 +143,16 @@ class DataParallel:
         self._microbatches = microbatches
         if schedule is not None and schedule != self.schedule:
             self.schedule, self._wirings = schedule, {}
+
+    @property
+    def overlap(self) -> bool:
+        """Whether each worker all-reduces its gradient buckets while its backward still runs
+        (else after it: the same buckets, the same sums in the same order)."""
+        return self.transport.overlap
+
+    def set_overlap(self, overlap: bool) -> None:
+        """Turn the overlap on or off from the next step (the same workers: to compare)."""
+        self.transport.set_overlap(overlap)
 
     @property
     def microbatches(self) -> int:

@@ -64,9 +64,11 @@ class Ring(RayActors):
         *,
         channels: bool = True,
         stages: int = 1,
+        overlap: bool = True,
     ) -> None:
         super().__init__(address, num_cpus, step_timeout_s)
         self.use_channels = bool(channels)
+        self.overlap = bool(overlap)  # each worker all-reduces its buckets during its backward
         self.stages = int(stages)
         self.steps = StepCalls(self)
         self.channels: list[ChannelName] = []
@@ -163,8 +165,14 @@ class Ring(RayActors):
                     k,
                     K,
                 ),
+                a.set_overlap.remote(self.overlap),
             ]
         self.get(calls)
+
+    def set_overlap(self, overlap: bool) -> None:
+        """Every worker overlaps its all-reduce with its backward from the next step, or not."""
+        self.overlap = bool(overlap)
+        self.get([a.set_overlap.remote(self.overlap) for a in self.actors])
 
     def run_replicas(
         self,

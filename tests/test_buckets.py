@@ -1,0 +1,174 @@
+"""Gradient buckets and the all-reduce thread (workers/buckets.py), and Program's grad_hook.
+
+Contract: plan_buckets lays the parameters end to end in the order given (the order the
+backward finishes them) and cuts the buffer into contiguous buckets, each cut at or below a
+layer's end (a layer's weight and bias stay in one bucket but for a tail of fewer than
+world x 64 bytes) and at a multiple of world x 64 bytes, a bucket closing once it holds
+`bucket_bytes` (every layer at 0, one bucket when larger than the buffer); so every bucket's
+ring messages together fit the one ring channel the memory model sizes for the whole buffer.
+Ready hands out buckets in order, each once all its parameters are final. Comm runs jobs in
+order on one thread, skips a step's later jobs after a failure and raises it from drain; the
+spans it reports make exposed_time <= own_time when everything was handed over before the
+compute's end. Program.grad_hook is told each parameter once per backward (B, or W), after
+its gradient's last write.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import mlp_problem
+
+from graphpart.plan.memory import ring_channel_bytes
+from workers.buckets import Comm, Ready, Span, exposed_time, own_time, plan_buckets
+from workers.program import Program
+from workers.ring import ring_chunks
+
+LAYERS = [("W4", 40, 4), ("b4", 10, 4), ("W3", 300, 3), ("b3", 30, 3), ("W2", 90, 2)]
+
+
+def _padded(nbytes: int) -> int:
+    return -(-nbytes // 64) * 64
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("itemsize", [4, 8])
+@pytest.mark.parametrize("bucket_bytes", [0, 200, 1 << 20])
+def test_buckets_tile_the_buffer_at_aligned_layer_ends(world, itemsize, bucket_bytes):
+    """Buckets are contiguous and cover the buffer; pieces lie where the parameters do; every
+    cut is a multiple of world x 64 bytes at or below a layer's end (within one line of it)."""
+    bs = plan_buckets(LAYERS, itemsize, world, bucket_bytes)
+    line = world * 64 // itemsize
+    assert bs[0].start == 0 and bs[-1].stop == 470
+    offsets = {"W4": 0, "b4": 40, "W3": 50, "b3": 350, "W2": 380}
+    ends = [50, 380, 470]
+    for a, b in zip(bs[:-1], bs[1:], strict=True):
+        assert a.stop == b.start and a.stop % line == 0
+        assert any(0 <= e - a.stop < line for e in ends)
+    for b in bs:
+        assert b.index == bs.index(b)
+        assert sum(p.hi - p.lo for p in b.pieces) == b.stop - b.start
+        for p in b.pieces:
+            assert p.at == offsets[p.name] + p.lo
+    if bucket_bytes >= 470 * itemsize:
+        assert len(bs) == 1
+
+
+def test_every_layer_a_bucket_at_zero_bytes_one_at_large():
+    """bucket_bytes 0: a bucket per layer (cuts aligned at world x 64 bytes: float64, world 1,
+    8 elements); a size above the buffer's: one bucket."""
+    bs = plan_buckets(LAYERS, 8, 1, 0)
+    assert [(b.start, b.stop) for b in bs] == [(0, 48), (48, 376), (376, 470)]
+    assert [sorted(b.params) for b in bs] == [["W4", "b4"], ["W3", "b3", "b4"], ["W2", "b3"]]
+    assert len(plan_buckets(LAYERS, 8, 1, 10**9)) == 1
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+@pytest.mark.parametrize("itemsize", [4, 8])
+def test_bucket_messages_fit_the_ring_channel(world, itemsize):
+    """What a rank sends its right neighbour in a step, bucket by bucket, each message laid at
+    a 64-byte boundary, is at most the capacity the memory model gives the ring channel of the
+    whole buffer, for any layer sizes."""
+    rng = np.random.default_rng(world * itemsize)
+    for _ in range(20):
+        layers = []
+        for layer in range(int(rng.integers(1, 6)), 0, -1):
+            layers += [(f"W{layer}", int(rng.integers(1, 3000)), layer)]
+            layers += [(f"b{layer}", int(rng.integers(1, 40)), layer)]
+        n = sum(s for _, s, _ in layers)
+        bs = plan_buckets(layers, itemsize, world, int(rng.choice([0, 64, 4096])))
+        for rank in range(world):
+            used = 0
+            for b in bs:
+                chunks = ring_chunks(b.stop - b.start, world)
+                for i in range(world - 1):  # reduce-scatter, then all-gather: what rank sends
+                    for c in ((rank - i) % world, (rank + 1 - i) % world):
+                        used += _padded((chunks[c].stop - chunks[c].start) * itemsize)
+            assert used <= ring_channel_bytes(n * itemsize, world, itemsize)
+
+
+def test_ready_hands_out_buckets_in_order_once_final():
+    """A bucket is handed out when its parameters are final and every earlier one has been;
+    rest() hands out what is left, once."""
+    bs = plan_buckets(LAYERS, 8, 1, 0)
+    r = Ready(bs)
+    assert r.final("W4") == []
+    assert [b.index for b in r.final("b4")] == [0]
+    assert r.final("W2") == []  # bucket 2 waits for b3 and for bucket 1
+    assert [b.index for b in r.final("b3")] == []
+    assert [b.index for b in r.final("W3")] == [1, 2]
+    assert r.rest() == []
+    r = Ready(bs)
+    assert [b.index for b in r.rest()] == [0, 1, 2]
+
+
+def test_comm_runs_jobs_in_order_and_raises_the_first_failure():
+    """Jobs run in submission order on one thread (not the caller's); after a failure the
+    step's later jobs are skipped; drain raises the failure, and the next round starts clean."""
+    comm = Comm()
+    seen: list[tuple[int, str]] = []
+    for i in range(3):
+        comm.submit(lambda i=i: seen.append((i, threading.current_thread().name)))
+    spans = comm.drain(5)
+    assert [i for i, _ in seen] == [0, 1, 2] and {t for _, t in seen} == {"allreduce"}
+    assert len(spans) == 3 and all(s.end >= s.start for s in spans)
+
+    def boom() -> None:
+        raise ValueError("chunk lost")
+
+    comm.submit(boom)
+    comm.submit(lambda: seen.append((9, "")))
+    with pytest.raises(ValueError, match="chunk lost"):
+        comm.drain(5)
+    assert seen[-1][0] == 2
+    comm.submit(lambda: seen.append((3, "")))
+    assert len(comm.drain(5)) == 1 and seen[-1][0] == 3
+    comm.close()
+
+
+def test_exposed_is_what_outlasts_the_compute():
+    """exposed_time: from the compute's end to the last span's end, 0 if all ended before;
+    own_time: the spans' lengths; with every job handed over before the compute ended, the
+    thread's spans cover that stretch, so exposed <= own."""
+    spans = [Span(1.0, 2.0), Span(2.0, 3.5)]
+    assert own_time(spans) == 2.5
+    assert exposed_time(spans, 3.0) == 0.5
+    assert exposed_time(spans, 4.0) == 0.0
+    comm = Comm()
+    for _ in range(3):
+        comm.submit(lambda: time.sleep(0.01))
+    compute_end = time.perf_counter()
+    spans = comm.drain(5)
+    assert 0.0 < exposed_time(spans, compute_end) <= own_time(spans)
+    comm.close()
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_grad_hook_fires_once_per_parameter_after_its_last_write(split):
+    """Program.grad_hook is called with every parameter once per backward (B, or W after I),
+    in the order of the weight-gradient calls (last layer first), and the gradient it is told
+    about already holds its final value for that backward."""
+    g, p0, X, y = mlp_problem([5, 4, 3, 2], 4)
+    prog = Program(g, p0, _numpy(), 4)
+    seen: dict[str, np.ndarray] = {}
+    prog.grad_hook = lambda name: seen.setdefault(name, prog.grads[name].copy())
+    prog.forward(0, X, y, 0.25)
+    if split:
+        prog.backward_input(0, None, 0.25)
+        assert seen == {}
+        prog.backward_weight(0, 0.25)
+    else:
+        prog.backward(0, None, 0.25)
+    assert list(seen) == ["b3", "W3", "b2", "W2", "b1", "W1"]
+    for name, v in seen.items():
+        assert np.array_equal(v, prog.grads[name])
+    prog.grad_hook = None
+
+
+def _numpy():
+    from workers.backends import get_backend
+
+    return get_backend("cpu")
