@@ -290,3 +290,38 @@ def test_simulation_honours_every_rule(k, v, m, zbv, times, comm):
                 assert t0 >= up + hop[st_ + 1][st_] - 1e-9
         elif kind_ == "W":
             assert t0 >= end["I", st_, mb] - 1e-9
+
+
+def test_a_whole_schedule_file_round_trips_with_its_placement():
+    """dump writes "placement <name> <chunks>" and the actions; load reads them back (comments
+    and blank lines before the header allowed); a missing or unknown header is refused."""
+    for kind, k, v, m in (("interleaved", 3, 2, 4), ("interleaved", 2, 3, 5), ("zbv", 2, 2, 3)):
+        where, s = vt.make(kind, k, v, m)
+        assert vt.load(vt.dump(where, s)) == (where, s)
+    where, s = vt.make("zbv", 2, 2, 2)
+    assert vt.load("# mine\n\nplacement v  # the V\n" + vt.format_schedule(s)) == (where, s)
+    for text, message in (
+        ("0F0 0B0", "the first line is '0F0 0B0'"),
+        ("placement interleaved\n0F0 0B0", "needs its chunks a device"),
+        ("placement w 2\n0F0 0B0", "placement 'w' is unknown"),
+        ("placement v 3\n0F0 0B0", "2 chunks per device, not 3"),
+        ("# nothing", "the file lists nothing"),
+    ):
+        with pytest.raises(PlanError, match=message):
+            vt.load(text)
+    with pytest.raises(PlanError, match="no name to write"):
+        vt.dump(vt.Placement("mine", (0, 1, 1, 0)), s)
+
+
+def test_pipeline_step_adds_each_devices_finish():
+    """The step is the latest of each device's last action plus its finish; with no finish it
+    is the simulator's makespan."""
+    fwd, bwd = [1.0, 1.0, 1.5, 1.0], [2.0, 2.0, 3.0, 2.0]
+    step, tl = vt.pipeline_step("interleaved", 2, 4, fwd, bwd, [0.0, 0.0], 0.1)
+    where, s = vt.make("interleaved", 2, 2, 4)
+    assert step == tl.makespan == vt.simulate(s, where, fwd, bwd, 0.1).makespan
+    ends = [max(e.end for e in tl.events if e.stage == d) for d in range(2)]
+    step, _ = vt.pipeline_step("interleaved", 2, 4, fwd, bwd, [5.0, 0.5], 0.1)
+    assert step == max(ends[0] + 5.0, ends[1] + 0.5)
+    step, tl = vt.pipeline_step("zbv", 2, 4, [1.0] * 4, [2.0] * 4, [0.0, 0.0], 0.0)
+    assert step == tl.makespan == 25.0

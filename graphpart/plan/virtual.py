@@ -177,6 +177,42 @@ def lift(schedule: Sequence[Sequence[Action]]) -> ChunkSchedule:
     return [[ChunkAction(a.kind, a.mb, getattr(a, "chunk", 0)) for a in acts] for acts in schedule]
 
 
+_PLACEMENT_LINE = re.compile(r"^placement\s+(\S+)(?:\s+(\d+))?$")
+
+
+def dump(where: Placement, schedule: Sequence[Sequence[Action]]) -> str:
+    """A whole schedule as a file: "placement <name> <chunks>", then `format_schedule`."""
+    if where.name not in PLACEMENTS:
+        raise PlanError(f"placement {where.name!r} has no name to write; use one of PLACEMENTS")
+    if placement(where.name, where.devices, where.chunks) != where:
+        raise PlanError(f"placement {where.name!r} is not the one its name builds")
+    return f"placement {where.name} {where.chunks}\n{format_schedule(schedule)}"
+
+
+def load(text: str) -> tuple[Placement, ChunkSchedule]:
+    """The placement and schedule `dump` wrote (or a hand-written file): a first line
+    "placement interleaved <chunks>" or "placement v [2]", then the actions ("#" starts a
+    comment anywhere). The device count is the schedule's."""
+    lines = text.splitlines()
+    first = next((i for i, line in enumerate(lines) if line.split("#", 1)[0].strip()), None)
+    if first is None:
+        raise PlanError("the file lists nothing; begin with 'placement interleaved <chunks>'")
+    head = lines[first].split("#", 1)[0].strip()
+    got = _PLACEMENT_LINE.match(head)
+    if got is None:
+        raise PlanError(
+            f"the first line is {head!r}; begin with 'placement interleaved <chunks>' or "
+            "'placement v'"
+        )
+    if got[1] == "interleaved" and got[2] is None:
+        raise PlanError(
+            "'placement interleaved' needs its chunks a device, e.g. 'placement interleaved 2'"
+        )
+    schedule = parse_schedule("\n".join(lines[first + 1 :]))
+    chunks = 2 if got[2] is None else int(got[2])
+    return placement(got[1], len(schedule), chunks), schedule
+
+
 # -- simulation -----------------------------------------------------------------------------
 def _per_stage(name: str, value: float | Sequence[float], stages: int) -> list[float]:
     if not hasattr(value, "__len__"):  # a single number (numpy scalars included)
@@ -591,3 +627,30 @@ def chunk_peaks(actions: Sequence[ChunkAction], chunks: int) -> tuple[tuple[int,
             live[a.chunk][i] += delta
             peak[a.chunk][i] = max(peak[a.chunk][i], live[a.chunk][i])
     return tuple((held, pending) for held, pending in peak)
+
+
+# -- one step -------------------------------------------------------------------------------
+def pipeline_step(
+    kind: str,
+    chunks: int,
+    microbatches: int,
+    fwd: Sequence[float],
+    bwd: Sequence[float],
+    finish: Sequence[float],
+    hop_s: float,
+    igrad: Sequence[float] | None = None,
+    wgrad: Sequence[float] | None = None,
+) -> tuple[float, Timeline]:
+    """Seconds of one step of the `kind` schedule (one of VIRTUAL) on K = len(finish) devices,
+    `chunks` each, and its timeline: virtual stage s's forward and backward of one micro-batch
+    take fwd[s] and bwd[s] (I and W igrad[s] and wgrad[s]; None: half of bwd[s] each), a hop
+    between devices `hop_s`, and device d's finish[d] (its optimizer update, all its chunks)
+    follows its last action. timing.pipeline_step's model with a core per device; sharing
+    cores (its `capacity`) is not modelled here yet."""
+    fin = [float(f) for f in finish]
+    where, schedule = make(kind, len(fin), chunks, microbatches)
+    tl = simulate(schedule, where, fwd, bwd, hop_s, igrad, wgrad)
+    end = [0.0] * where.devices
+    for ev in tl.events:
+        end[ev.stage] = max(end[ev.stage], ev.end)
+    return max(e + f for e, f in zip(end, fin, strict=True)), tl
