@@ -44,7 +44,7 @@ class GridShape:
         sched = {"gpipe": "GPipe", "1f1b": "1F1B"}.get(self.schedule, self.schedule)
         return (
             f"{self.replicas} replicas of a {self.stages}-stage pipeline, {sched}, "
-            f"{self.microbatches} micro-batches per replica"
+            f"{self.microbatches} micro-batch{'es' if self.microbatches != 1 else ''} per replica"
             + (", recomputed activations" if self.recompute else "")
             + f", ring all-reduce per stage ({self.source})"
         )
