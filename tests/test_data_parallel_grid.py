@@ -111,12 +111,14 @@ def test_a_config_with_stages_and_replicas_sets_up_and_a_budget_checks_every_wor
 @pytest.mark.parametrize(("r", "k"), [(1, 2), (2, 2), (3, 2), (2, 3), (3, 3)])
 def test_replicated_pipelines_train_like_the_oracle(ray_session, r, k):
     """R x K workers, every schedule and M = 1, 2, 4 (one engine, rescheduled and reset to its
-    start each time): the oracle's J and parameters, replicas bit-identical."""
+    start each time), the all-reduce overlapping the backward in a bucket a layer: the
+    oracle's J and parameters, replicas bit-identical."""
     g, p0, X, y = mlp_problem(SIZES, 2 * BATCH + LAST, seed=7, weight_decay=0.05)
     oracle_Js, oracle = oracle_training(g, p0, X, y, _adam(), BATCH)
     assert max(len(mbs) for mbs in replica_rows(LAST, r, 4)) < 4  # the short shares
     plan = partition(g, k)
-    dp = DataParallel(plan, p0, _adam(), replicas=r, max_rows=BATCH)
+    # a bucket a layer: the all-reduce overlaps the backward in several buckets (the default)
+    dp = DataParallel(plan, p0, _adam(), replicas=r, max_rows=BATCH, bucket_bytes=0)
     files = {f for n in dp.transport.channels for f in (n.data, n.fifo)}
     try:
         ring_channels = k * r if r > 1 else 0

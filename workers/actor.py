@@ -211,6 +211,7 @@ class ReplicaActor(ChannelStageActor):
         self.send_right: Send | None = None
         self.overlap = True  # all-reduce each bucket while the backward runs (set_overlap)
         self._comm: Comm | None = None  # the all-reduce thread, started at the first overlap
+        self._computing = False  # the backward still runs beside the all-reduce thread
 
     def set_overlap(self, overlap: bool) -> None:
         """Overlap the all-reduce with the backward (buckets on a thread of their own, as soon
@@ -286,8 +287,8 @@ class ReplicaActor(ChannelStageActor):
                 send_forward=self.send_forward,
                 send_backward=self.send_backward,
                 timeout_s=timeout_s,
-                reduce=lambda: w.reduce_grads(reduce_on, self.world, comm),
-                arm=None if comm is None else lambda: w.arm_reduce(reduce_on, self.world, comm),
+                reduce=lambda: self._reduce(reduce_on, comm),
+                arm=None if comm is None else lambda: self._arm(reduce_on, comm),
             )
         except NeighbourFailed as e:
             self._stop_comm(step, str(e))
@@ -304,6 +305,14 @@ class ReplicaActor(ChannelStageActor):
                     peer.abort.options(concurrency_group=INBOX_GROUP).remote(step, str(err))
             raise err from cause
 
+    def _arm(self, reduce_on: Any, comm: Comm) -> None:
+        self._computing = True  # the all-reduce thread's waits sleep at once, not poll
+        self.worker.arm_reduce(reduce_on, self.world, comm)
+
+    def _reduce(self, reduce_on: Any, comm: Comm | None) -> None:
+        self._computing = False
+        self.worker.reduce_grads(reduce_on, self.world, comm)
+
     def _comm_thread(self) -> Comm:
         if self._comm is None:
             self._comm = Comm()
@@ -313,6 +322,7 @@ class ReplicaActor(ChannelStageActor):
         """A failed step: wake this worker's own bucket all-reduces still waiting for a chunk,
         and wait until its thread has left them (it must not touch the gradients of a later
         step)."""
+        self._computing = False
         self.worker.disarm_reduce()
         if self._comm is None:
             return
@@ -337,7 +347,7 @@ class ReplicaActor(ChannelStageActor):
         def take(key: Key) -> Any:
             nonlocal received
             try:
-                a = self.inbox.take(key, timeout_s)
+                a = self.inbox.take(key, timeout_s, spin=not self._computing)
             except TimeoutError:
                 what = "reduce-scatter" if key[1] == "F" else "all-gather"
                 stage = f", stage {self.stage}," if self.stages > 1 else ""

@@ -174,9 +174,11 @@ class ChannelInbox(Inbox):
         super().fail(step, why)
         os.write(self._wake_w, b"f")
 
-    def take(self, key: Key, timeout_s: float) -> object:
+    def take(self, key: Key, timeout_s: float, spin: bool = True) -> object:
+        """Wait for `key`'s value, polling the channels `spin_s` first where `spin` (not while
+        this worker's own backward computes on the core: an all-reduce thread's wait)."""
         deadline = time.monotonic() + timeout_s
-        spin_until = time.perf_counter() + self.spin_s
+        spin_until = time.perf_counter() + (self.spin_s if spin else 0.0)
         while time.perf_counter() < spin_until:  # poll briefly before sleeping: see spin_s
             self._collect(self.channels)
             try:

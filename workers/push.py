@@ -78,7 +78,8 @@ class Inbox:
             self._failed.setdefault(step, why)
             self._cv.notify_all()
 
-    def take(self, key: Key, timeout_s: float) -> Any:
+    def take(self, key: Key, timeout_s: float, spin: bool = True) -> Any:
+        """Wait for `key`'s value (`spin`: a ChannelInbox's, whether to poll before sleeping)."""
         deadline = time.monotonic() + timeout_s
         with self._cv:
             while key not in self._items:

@@ -17,6 +17,13 @@ same optimizer step, so the replicas stay identical without ever exchanging para
 Results equal a one-stage pipeline with R x M micro-batches, and the oracle, up to the order
 of the floating-point sums.
 
+The all-reduce runs in buckets of `bucket_bytes` (workers/buckets.py, reverse layer order) and,
+with `overlap` (the default), each bucket starts on the worker's all-reduce thread as soon as
+its gradients are final, while the backward of the earlier layers still runs; overlap=False
+(or `set_overlap(False)`) reduces the same buckets after the backward: bit-identical results.
+Each worker's Busy reports the all-reduce's own time and the part of it the step waited for
+(`allreduce`, `exposed`).
+
 Like graphpart.engines.Engine it satisfies graphpart.engines.Trainable (step,
 value_and_grad, predict, state, stats, events, close), so the training loop, checkpoints and
 reports take either; its state is replica 0's, one state per stage, as Engine's.
