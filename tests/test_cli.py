@@ -217,7 +217,6 @@ def _err(capsys, argv: list[str]) -> str:
         (["--microbatches", "100"], "microbatches=100"),
         (["--memory-budget", "lots"], "memory_budget='lots'"),
         (["--memory-budget", "1KiB"], "does not fit: needs"),
-        (["--data-parallel", "2", "--stages", "2", "--memory-budget", "1GiB"], "data_parallel=2"),
         (["--data-parallel", "2", "--stages", "2", "--transport", "tasks"], "transport='tasks'"),
     ],
 )
