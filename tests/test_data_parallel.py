@@ -264,7 +264,9 @@ def test_replicas_accumulating_micro_batches_train_like_the_oracle(ray_session, 
     g, p0, X, y = mlp_problem(SIZES, 2 * ACC_BATCH + ACC_LAST, seed=5, weight_decay=0.05)
     oracle_Js, oracle = oracle_training(g, p0, X, y, _adam(), ACC_BATCH)
     assert max(len(mbs) for mbs in replica_rows(ACC_LAST, k, 4)) < 4  # the short shares
-    with DataParallel(partition(g, 1), p0, _adam(), replicas=k, max_rows=ACC_BATCH) as dp:
+    with DataParallel(
+        partition(g, 1), p0, _adam(), replicas=k, max_rows=ACC_BATCH, bucket_bytes=0
+    ) as dp:  # a bucket a layer, all-reduced while the backward runs (the default overlap)
         start = dp.get_state()
         for m in (1, 2, 4):
             dp.set_state(start)
