@@ -10,7 +10,8 @@ Ready hands out buckets in order, each once all its parameters are final. Comm r
 order on one thread, skips a step's later jobs after a failure and raises it from drain; the
 spans it reports make exposed_time <= own_time when everything was handed over before the
 compute's end. Program.grad_hook is told each parameter once per backward (B, or W), after
-its gradient's last write.
+its gradient's last write, and a hooked B (the graph's order) gives the plain B's gradients
+bit for bit.
 """
 
 from __future__ import annotations
@@ -165,6 +166,11 @@ def test_grad_hook_fires_once_per_parameter_after_its_last_write(split):
     assert list(seen) == ["b3", "W3", "b2", "W2", "b1", "W1"]
     for name, v in seen.items():
         assert np.array_equal(v, prog.grads[name])
+    plain = Program(g, p0, _numpy(), 4)  # no hook: B runs I then W
+    plain.forward(0, X, y, 0.25)
+    plain.backward(0, None, 0.25)
+    for name in seen:  # the hooked B's other order: the same gradients, bit for bit
+        assert np.array_equal(plain.grads[name], prog.grads[name])
     prog.grad_hook = None
 
 

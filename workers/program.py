@@ -22,8 +22,10 @@ this module allocates those buffers lazily, in the order it first needs them:
 - With `recompute`, forward keeps only the stage input (and labels) per micro-batch and
   backward reruns the stage's forward into workspace buffers before differentiating.
 - Backward is I then W (the lowering's `input_calls`, `weight_calls`): `backward` runs both
-  on the shared buffers; a zero-bubble schedule calls `backward_input` (I: what the previous
-  stage waits for) and, later, `backward_weight` (W). Between them a micro-batch keeps its
+  on the shared buffers (with a `grad_hook`, data parallelism's overlap, in the graph's own
+  order instead: each layer's gradients final as early as they can be); a zero-bubble
+  schedule calls `backward_input` (I: what the previous stage waits for) and, later,
+  `backward_weight` (W). Between them a micro-batch keeps its
   slot (the saved values W reads) and a *pending* slot, taken at I and given back at W, with
   the cotangents W reads (each layer's dz) and, under recompute, the values W reads; I writes
   them there directly (the same kernels, bound once more with those operands read from the
@@ -107,8 +109,11 @@ class Program:
         pend = {n: pending_key(r) for n, r in _cotangent_roots(low) if r in low.pending_grads}
         self._ical = [self._bind(c, pend) for c in low.input_calls]
         self._wcal = [self._bind(c, pend) for c in low.weight_calls]
-        # per call: the parameters whose gradient it writes for the last time in a backward
-        self._bwd_done = _finals((*low.input_calls, *low.weight_calls))
+        # per call: the parameters whose gradient it writes for the last time in a backward;
+        # with a grad_hook, B runs the calls in the graph's order (each layer's W beside its I)
+        natural = tuple(c for s in reversed(low.steps) for c in s.backward)
+        self._nat = [self._bind(c) for c in natural]
+        self._nat_done = _finals(natural)
         self._wcal_done = _finals(low.weight_calls)
         # called with a parameter's name once a backward (B or W) wrote its gradient for the
         # last time (data parallelism: that bucket's all-reduce may start); None: no calls
@@ -230,12 +235,19 @@ class Program:
     # -- backward -----------------------------------------------------------------------------
     def backward(self, mb: int, g: Any = None, scale: float = 1.0) -> Any:
         """Backward of micro-batch `mb` given dJ/d(output): I then W on the shared buffers;
-        returns dJ/d(input) or None."""
+        returns dJ/d(input) or None. With a `grad_hook` the calls run in the graph's own
+        order instead, each step's W beside its I (W reads only cotangents its step's I or a
+        later layer's wrote, I never a parameter's gradient: the same kernels on the same
+        operands, bit for bit), so that the last layers' gradients are final first."""
         slot = self._backward_slot(mb, "backward")
         self.ledger.mark("B", str(mb))
         n = self.rows_of[mb]
         self._receive(slot, mb, n, g, scale)
-        _run_calls(self, self._bwd, self._bwd_done, slot, n, scale)
+        if self.grad_hook is None:
+            for run in self._bwd:
+                run(self, slot, n, scale)
+        else:  # the last layers' gradients final first (data parallelism's overlap)
+            _run_calls(self, self._nat, self._nat_done, slot, n, scale)
         din = self._grad(self.input)[:n] if self._sends else None
         self._release(mb)
         self.ledger.mark("B_end", str(mb))
