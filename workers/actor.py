@@ -313,6 +313,13 @@ class ReplicaActor(ChannelStageActor):
         self._computing = False
         self.worker.reduce_grads(reduce_on, self.world, comm)
 
+    def close_channels(self) -> None:
+        """Close the channels, and end the all-reduce thread (a later step starts another)."""
+        if self._comm is not None:
+            self._comm.close()
+            self._comm = None
+        super().close_channels()
+
     def _comm_thread(self) -> Comm:
         if self._comm is None:
             self._comm = Comm()
