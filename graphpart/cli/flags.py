@@ -69,6 +69,12 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
         "micro-batches, gradients all-reduced every step; with K stages, R replicas of the "
         "K-stage pipeline: R x K workers",
     ),
+    "--allreduce-overlap": (
+        "pipeline.allreduce_overlap",
+        str,
+        "true | false: with --data-parallel, all-reduce each gradient bucket while the "
+        "backward still runs",
+    ),
     "--memory-budget": (
         "pipeline.memory_budget",
         str,
@@ -113,7 +119,7 @@ COMMAND_KEYS: dict[str, tuple[str, ...]] = {
         f"pipeline.{k}"
         for k in (
             "stages microbatches schedule strategy cost recompute memory_budget device "
-            "transport address data_parallel"
+            "transport address data_parallel allreduce_overlap"
         ).split()
     ),
     "compare": _MODEL  # not pipeline.schedule: compare runs both schedules

@@ -87,6 +87,9 @@ class PipelineConfig:
     # workers), each with batch/replicas rows in `microbatches` micro-batches, gradients summed
     # by a ring all-reduce per stage every step (graphpart.engines.DataParallel)
     data_parallel: int = 1
+    # data parallelism: all-reduce each gradient bucket (reverse layer order, workers/buckets.py)
+    # while the backward still runs (false: the same buckets after it, bit-identical results)
+    allreduce_overlap: bool = True
     # per-device memory budget ("64MiB", "1.5GiB", bytes; "" = none): the memory model checks
     # the plan against it before anything runs
     memory_budget: str = ""

@@ -183,6 +183,7 @@ def stage_summary(st: StageStats) -> dict[str, Any]:
         "backward_s": round(st.busy.backward, 6),
         "finish_s": round(st.busy.finish, 6),
         "allreduce_s": round(st.busy.allreduce, 6),
+        "allreduce_exposed_s": round(st.busy.exposed, 6),  # the part the step waited for
         "bytes_sent": st.bytes_sent,
         "bytes_received": st.bytes_received,
         "peak_bytes": st.memory.peak_total,  # the ledger: the model's own accounting

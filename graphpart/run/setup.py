@@ -232,6 +232,7 @@ def make_engine(s: Setup, params: Params, keep_events: bool = False) -> Trainabl
             device=p.device,
             keep_events=keep_events,
             step_timeout=p.step_timeout,
+            overlap=p.allreduce_overlap,
         )
     return Engine(
         s.plan,

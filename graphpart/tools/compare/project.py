@@ -66,8 +66,7 @@ def project(o: Outcome, hop_s: float) -> Projection | None:
     if p.data_parallel > 1:
         # each replica computes its rows, then the ring: the slowest replica sets the step
         step = max(
-            (x["forward_s"] + x["backward_s"] + x["finish_s"] + x["allreduce_s"]) / steps
-            for x in stats
+            (x["forward_s"] + x["backward_s"] + x["finish_s"] + _waited(x)) / steps for x in stats
         )
         return Projection(
             step, t.batch_size / step, None, "measured replica compute + measured all-reduce"
@@ -101,7 +100,7 @@ def _project_grid(o: Outcome, hop_s: float) -> Projection:
         mine = stats[r * K : (r + 1) * K]
         fwd = [x["forward_s"] / (steps * M) for x in mine]
         bwd = [x["backward_s"] / (steps * M) for x in mine]
-        fin = [(x["finish_s"] + x["allreduce_s"]) / steps for x in mine]
+        fin = [(x["finish_s"] + _waited(x)) / steps for x in mine]
         got = timing.pipeline_step(p.schedule, M, fwd, bwd, fin, hop_s)
         if best is None or got[0] > best[0]:
             best = got
@@ -115,3 +114,9 @@ def _project_grid(o: Outcome, hop_s: float) -> Projection:
         f"{hop_s * 1e3:.3f} ms; the slowest replica",
         tl,
     )
+
+
+def _waited(x: dict) -> float:
+    """The all-reduce time a step waited for: the exposed part where the run reports it (the
+    rest overlapped the backward), else all of it."""
+    return x.get("allreduce_exposed_s", x["allreduce_s"])
