@@ -117,8 +117,8 @@ def test_replicated_pipelines_train_like_the_oracle(ray_session, r, k):
     oracle_Js, oracle = oracle_training(g, p0, X, y, _adam(), BATCH)
     assert max(len(mbs) for mbs in replica_rows(LAST, r, 4)) < 4  # the short shares
     plan = partition(g, k)
-    # a bucket a layer: the all-reduce overlaps the backward in several buckets (the default)
-    dp = DataParallel(plan, p0, _adam(), replicas=r, max_rows=BATCH, bucket_bytes=0)
+    # a bucket a layer, overlapped: the all-reduce runs beside the backward in several buckets
+    dp = DataParallel(plan, p0, _adam(), replicas=r, max_rows=BATCH, bucket_bytes=0, overlap=True)
     files = {f for n in dp.transport.channels for f in (n.data, n.fifo)}
     try:
         ring_channels = k * r if r > 1 else 0

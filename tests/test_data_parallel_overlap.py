@@ -9,7 +9,7 @@ backward, and the oracle's to 1e-10 (float64); both report per step the all-redu
 (Busy.allreduce) and the exposed part (Busy.exposed): exposed <= own with overlap, exposed ==
 own (within bookkeeping) without. A failure inside one bucket's all-reduce is raised by that
 worker's reduce_grads, and its peers, woken as the actor wakes them, raise NeighbourFailed at
-once (no hang). With Ray, DataParallel(overlap=True) (the default) and overlap=False give
+once (no hang). With Ray, DataParallel(overlap=True) and overlap=False (the default) give
 bit-identical parameters equal to the oracle at R = 2, K = 1 and R = 2, K = 2, both report
 exposed and own all-reduce times per worker, and a replica failing inside a bucket's
 all-reduce is named in a one-line StageFailure.
@@ -198,7 +198,7 @@ def test_a_failed_bucket_is_raised_and_wakes_the_ring():
 # -- with Ray ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("K", [1, 2])
 def test_ray_overlap_on_and_off_equal_the_oracle(ray_session, K):
-    """DataParallel(overlap=True) (the default), then set_overlap(False) on the same workers
+    """DataParallel with set_overlap(True), then set_overlap(False) on the same workers
     from the same state: bit-identical parameters, the oracle's to 1e-10 (R = 2, M = 2,
     float64, per-layer buckets); every worker reports per step the all-reduce's own time and
     its exposed part, exposed <= own with overlap and >= own without."""

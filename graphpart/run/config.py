@@ -88,8 +88,9 @@ class PipelineConfig:
     # by a ring all-reduce per stage every step (graphpart.engines.DataParallel)
     data_parallel: int = 1
     # data parallelism: all-reduce each gradient bucket (reverse layer order, workers/buckets.py)
-    # while the backward still runs (false: the same buckets after it, bit-identical results)
-    allreduce_overlap: bool = True
+    # while the backward still runs, on a thread that wants a core of its own (false, the
+    # default: the same buckets after the backward, bit-identical results)
+    allreduce_overlap: bool = False
     # per-device memory budget ("64MiB", "1.5GiB", bytes; "" = none): the memory model checks
     # the plan against it before anything runs
     memory_budget: str = ""
