@@ -158,28 +158,25 @@ class StageWorker:
     def backward(
         self, mb: int, g: np.ndarray | None = None, scale: float = 1.0
     ) -> np.ndarray | None:
-        t = time.perf_counter()
-        if g is not None:
-            self.bytes_received += g.nbytes
-        with np.errstate(all="ignore"):
-            din = self.prog.backward(mb, g, scale)
-        if din is not None:
-            din = self.bk.to_host(din)
-            self.bytes_sent += din.nbytes
-        self._compute_end = time.perf_counter()
-        self.busy.backward += self._compute_end - t
-        return din
+        return self._backward(self.prog.backward, mb, g, scale)
 
     def backward_input(
         self, mb: int, g: np.ndarray | None = None, scale: float = 1.0
     ) -> np.ndarray | None:
         """The input-gradient half of `backward` (I): dJ/d(input), sent to the previous stage;
         what the weight gradients read is kept until `backward_weight(mb)`."""
+        return self._backward(self.prog.backward_input, mb, g, scale)
+
+    def _backward(
+        self, run: Callable[..., Any], mb: int, g: np.ndarray | None, scale: float
+    ) -> np.ndarray | None:
+        """A backward (whole, or its I) of micro-batch `mb`: the received cotangent `g` in,
+        the input's cotangent out (a host array), timed and counted."""
         t = time.perf_counter()
         if g is not None:
             self.bytes_received += g.nbytes
         with np.errstate(all="ignore"):
-            din = self.prog.backward_input(mb, g, scale)
+            din = run(mb, g, scale)
         if din is not None:
             din = self.bk.to_host(din)
             self.bytes_sent += din.nbytes

@@ -164,19 +164,22 @@ class Timeline:
         return "\n".join(lines)
 
 
-def _per_stage(name: str, value: float | Sequence[float], stages: int) -> list[float]:
+def per_stage(
+    name: str, value: float | Sequence[float], stages: int, unit: str = "stage"
+) -> list[float]:
+    """One time per stage (or virtual stage: `unit`) from one number or a sequence, checked."""
     if not hasattr(value, "__len__"):  # a single number (numpy scalars included)
         values = [float(value)] * stages  # type: ignore[arg-type]
     else:
         values = [float(v) for v in value]  # type: ignore[union-attr]
         if len(values) != stages:
             raise PlanError(
-                f"{name} has {len(values)} entries for {stages} stages; "
-                "give one per stage or a single number"
+                f"{name} has {len(values)} entries for {stages} {unit}s; "
+                f"give one per {unit} or a single number"
             )
     for k, v in enumerate(values):
         if not math.isfinite(v) or v < 0:
-            raise PlanError(f"{name} time {v} of stage {k} is invalid; use a finite number >= 0")
+            raise PlanError(f"{name} time {v} of {unit} {k} is invalid; use a finite number >= 0")
     return values
 
 
@@ -199,13 +202,13 @@ def simulate(
     stages = len(schedule)
     if stages < 1:
         raise PlanError("schedule has 0 stages; give at least one action list")
-    b = _per_stage("bwd", bwd, stages)
+    b = per_stage("bwd", bwd, stages)
     half = [v / 2 for v in b]
     times = {
-        "F": _per_stage("fwd", fwd, stages),
+        "F": per_stage("fwd", fwd, stages),
         "B": b,
-        "I": half if igrad is None else _per_stage("igrad", igrad, stages),
-        "W": half if wgrad is None else _per_stage("wgrad", wgrad, stages),
+        "I": half if igrad is None else per_stage("igrad", igrad, stages),
+        "W": half if wgrad is None else per_stage("wgrad", wgrad, stages),
     }
     if not math.isfinite(comm) or comm < 0:
         raise PlanError(f"comm={comm} is invalid; use a finite number >= 0")

@@ -33,6 +33,7 @@ from graphpart.plan.schedule import (
     Event,
     Timeline,
     peak_in_flight,
+    per_stage,
 )
 
 PLACEMENTS = ("interleaved", "v")
@@ -214,22 +215,6 @@ def load(text: str) -> tuple[Placement, ChunkSchedule]:
 
 
 # -- simulation -----------------------------------------------------------------------------
-def _per_stage(name: str, value: float | Sequence[float], stages: int) -> list[float]:
-    if not hasattr(value, "__len__"):  # a single number (numpy scalars included)
-        values = [float(value)] * stages  # type: ignore[arg-type]
-    else:
-        values = [float(v) for v in value]  # type: ignore[union-attr]
-        if len(values) != stages:
-            raise PlanError(
-                f"{name} has {len(values)} entries for {stages} virtual stages; "
-                "give one per virtual stage or a single number"
-            )
-    for s, v in enumerate(values):
-        if not math.isfinite(v) or v < 0:
-            raise PlanError(f"{name} time {v} of virtual stage {s} is invalid; use a number >= 0")
-    return values
-
-
 def simulate(
     schedule: Sequence[Sequence[ChunkAction]],
     where: Placement,
@@ -253,13 +238,13 @@ def simulate(
     if len(schedule) != K:
         raise PlanError(f"schedule has {len(schedule)} devices, its placement {K}")
     V = where.stages
-    b = _per_stage("bwd", bwd, V)
+    b = per_stage("bwd", bwd, V, "virtual stage")
     half = [x / 2 for x in b]
     times = {
-        "F": _per_stage("fwd", fwd, V),
+        "F": per_stage("fwd", fwd, V, "virtual stage"),
         "B": b,
-        "I": half if igrad is None else _per_stage("igrad", igrad, V),
-        "W": half if wgrad is None else _per_stage("wgrad", wgrad, V),
+        "I": half if igrad is None else per_stage("igrad", igrad, V, "virtual stage"),
+        "W": half if wgrad is None else per_stage("wgrad", wgrad, V, "virtual stage"),
     }
     if not math.isfinite(comm) or comm < 0:
         raise PlanError(f"comm={comm} is invalid; use a finite number >= 0")
