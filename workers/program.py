@@ -42,10 +42,9 @@ import numpy as np
 
 from graphpart.ir.graph import BATCH, Graph
 from graphpart.ir.lower import BufferSpec, KernelCall, Lowered, lower, nbytes
-from workers.backends import Backend, Kernel
+from workers.backends import Backend
+from workers.bind import Run, compile_call
 from workers.ledger import Ledger
-
-Run = Callable[["Program", dict, int, float], Any]  # (program, slot, rows, scale) -> result
 
 
 def pending_key(root: str) -> tuple[str, str]:
@@ -188,7 +187,7 @@ class Program:
 
     # -- kernel calls, bound once --------------------------------------------------------------
     def _bind(self, call: KernelCall, pending: Mapping[str, Any] | None = None) -> Run:
-        return _compile(call, self.bk.kernels[call.key], pending or {})
+        return compile_call(call, self.bk.kernels[call.key], pending or {})
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, mb: int, x: Any, y: Any = None, scale: float = 1.0) -> Any:
@@ -344,22 +343,6 @@ class Program:
             self.bk.from_host(np.asarray(v, dtype=self.dtype), self.params[k])
 
 
-# Each operand kind as an expression of (p: the program, slot, n: rows, sc: scale). Buffers are
-# looked up (and allocated on first use) at call time, parameters and gradients by name (callers
-# may swap the arrays held in `params` and `grads`).
-_OPERAND: dict[str, str] = {
-    "value": "p._value(slot, {name!r})[:n]",
-    "param": "p.params[{name!r}]",
-    "grad": "p._grad({name!r})[:n]",
-    "param_grad": "p.grads[{name!r}]",
-    "const": "{const!r}",
-    "scale": "sc",
-    "beta": "(0.0 if p.fresh[{name!r}] else 1.0)",
-    "accumulate": "(not p.fresh[{name!r}])",
-}
-_PENDING = "slot[{key!r}][:n]"  # a cotangent held in the micro-batch's pending slot
-
-
 def _finals(calls: tuple[KernelCall, ...]) -> list[tuple[str, ...]]:
     """Per call, the parameters whose gradient no later call of `calls` writes."""
     last = {c.param: i for i, c in enumerate(calls) if c.param is not None}
@@ -385,25 +368,3 @@ def _cotangent_roots(low: Lowered) -> list[tuple[str, str]]:
     """(cotangent name, its root) for every cotangent a backward call names."""
     names = dict.fromkeys(n for c in (*low.input_calls, *low.weight_calls) for n in c.cotangents())
     return [(n, low.root(n)) for n in names]
-
-
-def _compile(call: KernelCall, kernel: Kernel, pending: Mapping[str, Any]) -> Run:
-    """One function of (program, slot, rows, scale) making the call: its arguments written out
-    from _OPERAND (names and constants as literals), so a step costs one Python call and the
-    kernel's, with no per-operand dispatch; a written parameter gradient is no longer fresh.
-    A cotangent named in `pending` is read from the slot under its key (a pending slot joined
-    to the micro-batch's). The program is an argument, not captured: a Program and its calls
-    form no reference cycle (a dropped Program is freed at once)."""
-    args = ", ".join(
-        _PENDING.format(key=pending[o.name])
-        if o.kind == "grad" and o.name in pending
-        else _OPERAND[o.kind].format(name=o.name, const=o.const)
-        for o in call.operands
-    )
-    lines = ["def run(p, slot, n, sc):", f"    out = kernel({args})"]
-    if call.param is not None:
-        lines.append(f"    p.fresh[{call.param!r}] = False")
-    lines.append("    return out")
-    scope: dict[str, Any] = {"kernel": kernel}
-    exec("\n".join(lines), scope)  # noqa: S102 - literals only: value names and numbers, repr'd
-    return scope["run"]

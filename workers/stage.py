@@ -7,34 +7,27 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from functools import partial
 from typing import Any
 
 import numpy as np
 import psutil
 
-from graphpart.ir.graph import BATCH, Graph, Var
+from graphpart.ir.graph import Graph
 from graphpart.optim import SGD, Adam, Optimizer
 from graphpart.params import Params, materialize, params_dtype
 from workers import alloc, state_file, traced
-from workers.backends import Backend, get_backend
+from workers.backends import get_backend
 from workers.buckets import (
     DEFAULT_BUCKET_BYTES,
     Bucket,
-    Comm,
     Ready,
-    Span,
-    exposed_time,
-    own_time,
-    plan_buckets,
 )
 from workers.hwm import read_hwm, read_rss_parts, reset_hwm
 from workers.ledger import Ledger
 from workers.program import Program
+from workers.reduction import GradientReduction
 from workers.stats import Busy, DeviceMemory, Finish, Rss, StageStats
-
-# (a bucket's part of the flat all-reduce buffer, the bucket's index) -> (bytes sent, received)
-Reduce = Callable[[np.ndarray, int], "tuple[int, int] | None"]
+from workers.warmup import warm_up
 
 
 @dataclass(frozen=True)
@@ -72,7 +65,7 @@ class WorkerSpec:
         )
 
 
-class StageWorker:
+class StageWorker(GradientReduction):
     """Runs forward/backward of micro-batches for one stage and applies the optimizer.
 
     Everything it holds is in its ledger, by category. Arrays it returns are host arrays
@@ -101,7 +94,7 @@ class StageWorker:
         self.bk = get_backend(device)
         if device == "cpu":
             dtype = params_dtype(params)
-            _warm_up(graph, self.bk, optimizer, dtype, output, input_grad, max_rows)
+            warm_up(graph, self.bk, optimizer, dtype, output, input_grad, max_rows)
         alloc.settle(fixed_threshold=True)  # freed memory leaves the resident set from here on
         self._proc = psutil.Process()
         self.rss_baseline = self.rss_peak = self._proc.memory_info().rss
@@ -201,117 +194,6 @@ class StageWorker:
         return np.array(self.bk.to_host(out))
 
     # -- one step -------------------------------------------------------------------------------
-    def reduce_grads(self, reduce: Reduce, world: int = 1, comm: Comm | None = None) -> None:
-        """Data parallelism: replace this step's gradients by their sum over the `world`
-        replicas, bucket by bucket (workers/buckets.py).
-
-        Each bucket's gradients are copied into its part of one flat host buffer (allocated
-        once, ledger entry "allreduce", a workspace of the parameters' bytes), `reduce(part,
-        bucket)` sums that part in place across the replicas (returning the bytes it sent and
-        received, or None), and the sums are copied back. Gradients that got no value this
-        step are zeroed first (`finish_grads`). Without `arm_reduce` every bucket is reduced
-        here, in order; after it (`comm`: its thread) the buckets its backward did not
-        already hand over are, and this waits for them all. Call it between the last backward
-        and `finish`, which adds the regulariser's gradient once, after the sum, identically
-        on every replica. Busy.allreduce gains the buckets' own time, Busy.exposed what the
-        step waited for after its last backward compute (workers/buckets.py's spans).
-        """
-        prog = self.prog
-        armed, self._armed = self._armed, None
-        prog.grad_hook = None
-        self._allreduce_buffer()
-        if armed is None or comm is None:
-            prog.finish_grads()
-            ready = Ready(self._buckets(world))
-            t = time.perf_counter()
-            spans = []
-            for b in ready.rest():
-                self._reduce_bucket(b, reduce)
-                spans.append(Span(t, time.perf_counter()))
-                t = spans[-1].end
-        else:
-            prog.finish_grads()  # only parameters no bucket was handed over for are fresh
-            for b in armed.rest():
-                comm.submit(partial(self._reduce_bucket, b, reduce))
-            spans = comm.drain()
-        self._count_traffic()
-        self.busy.allreduce += own_time(spans)
-        self.busy.exposed += exposed_time(spans, self._compute_end)
-        self.busy.reductions += 1
-
-    def arm_reduce(self, reduce: Reduce, world: int, comm: Comm) -> None:
-        """Overlap: call right before this step's last weight-gradient action (the last B or W
-        of the step's actions; after it every gradient is final). Each bucket is handed to
-        `comm`'s thread as soon as that action has written its gradients, in bucket order,
-        while the action goes on with the earlier layers; `reduce_grads(reduce, world, comm)`
-        then waits for them. On CUDA nothing is armed (the thread would need the device's
-        context): reduce_grads reduces every bucket itself."""
-        if self.bk.name != "cpu":
-            return
-        ready = Ready(self._buckets(world))
-        self._allreduce_buffer()
-
-        def final(name: str) -> None:
-            for b in ready.final(name):
-                comm.submit(partial(self._reduce_bucket, b, reduce))
-
-        self._armed = ready
-        self.prog.grad_hook = final
-
-    def disarm_reduce(self) -> None:
-        """Forget an armed all-reduce (a failed step)."""
-        self._armed = None
-        self.prog.grad_hook = None
-        self._traffic.clear()
-
-    def _reduce_bucket(self, b: Bucket, reduce: Reduce) -> None:
-        """One bucket's all-reduce: its gradients into its part of the buffer, summed, back."""
-        bk, grads, flat = self.bk, self.prog.grads, self._flat
-        assert flat is not None
-        for p in b.pieces:
-            flat[p.at : p.at + p.hi - p.lo] = bk.to_host(bk.flat(grads[p.name])[p.lo : p.hi])
-        traffic = reduce(flat[b.start : b.stop], b.index)
-        for p in b.pieces:
-            bk.from_host(flat[p.at : p.at + p.hi - p.lo], bk.flat(grads[p.name])[p.lo : p.hi])
-        if traffic is not None:
-            self._traffic.append((int(traffic[0]), int(traffic[1])))  # atomic: from any thread
-
-    def _count_traffic(self) -> None:
-        while self._traffic:
-            sent, received = self._traffic.pop()
-            self.bytes_sent += sent
-            self.bytes_received += received
-
-    def _buckets(self, world: int) -> tuple[Bucket, ...]:
-        """The stage's buckets in a ring of `world`: parameters in the order the weight
-        gradients finish them (the lowering's W calls), cut by `bucket_bytes`."""
-        if world not in self._bucket_plans:
-            prog = self.prog
-            names = [c.param for c in prog.lowered.weight_calls if c.param is not None]
-            order = [*dict.fromkeys(n for n in names), *(n for n in prog.grads if n not in names)]
-            params = [(n, int(prog.grads[n].size), prog.graph.var(n).layer) for n in order]
-            self._bucket_plans[world] = plan_buckets(
-                params, prog.dtype.itemsize, world, self.bucket_bytes
-            )
-        return self._bucket_plans[world]
-
-    def set_bucket_bytes(self, bucket_bytes: int) -> None:
-        """Cut the gradients into buckets of `bucket_bytes` from the next all-reduce on (every
-        replica of a ring must use the same)."""
-        self.bucket_bytes = int(bucket_bytes)
-        self._bucket_plans = {}
-
-    def buckets(self, world: int) -> tuple[Bucket, ...]:
-        """The buckets this stage's gradients are all-reduced in, in a ring of `world`."""
-        return self._buckets(world)
-
-    def _allreduce_buffer(self) -> np.ndarray:
-        if self._flat is None:
-            size = sum(int(g.size) for g in self.prog.grads.values())
-            self._flat = np.zeros(size, self.prog.dtype)
-            self.ledger.add("allreduce", "workspace", self._flat.nbytes)
-        return self._flat
-
     def finish(self, update: bool = True) -> Finish:
         """End a step: add the regulariser's gradient, then (if `update`) the optimizer step.
 
@@ -447,64 +329,3 @@ class StageWorker:
 
     def ping(self) -> int:
         return self.pid
-
-
-def _warm_up(
-    graph: Graph,
-    bk: Backend,
-    opt: Optimizer,
-    dtype: np.dtype,
-    output: str | None,
-    input_grad: bool,
-    rows: int,
-) -> None:
-    """Compile (or load from cache) every kernel this stage uses, on a 2-wide copy of its
-    graph, then run its products once at their real shapes, so the resident-memory baseline
-    taken afterwards holds the process's fixed costs: the compiler's memory, and the BLAS
-    library's work buffers, which it maps once and touches as far as a product's shape needs
-    (0.5-2 MiB a stage here, kept for the process's life; docs/memory.md)."""
-    small = Graph(
-        tuple(
-            Var(v.name, v.role, tuple(d if d == BATCH else 2 for d in v.shape), v.layer)
-            for v in graph.vars
-        ),
-        graph.ops,
-        graph.output,
-        graph.loss,
-    )
-    prog, x = _exercise(small, bk, dtype, output, input_grad, 2)
-    prog.regularize()
-    w, gr = np.ones(4, dtype), np.ones(4, dtype)
-    bk.sgd_update(w, gr, np.zeros(4, dtype), 0.1, 0.9, 0.0)
-    bk.adam_update(w, gr, np.zeros(4, dtype), np.zeros(4, dtype), 0.1, 0.9, 0.999, 1e-8, 1, 0.0)
-    prog.infer(x)
-    if max((math.prod(v.concrete_shape(1)) for v in graph.params), default=0) >= BLAS_SIZEABLE:
-        _exercise(graph, bk, dtype, output, input_grad, max(int(rows), 1))  # freed on return
-
-
-BLAS_SIZEABLE = 1 << 16  # weights of fewer elements touch a few pages of BLAS's buffers at most
-
-
-def _exercise(
-    graph: Graph, bk: Backend, dtype: np.dtype, output: str | None, input_grad: bool, rows: int
-) -> tuple[Program, np.ndarray]:
-    """A throwaway Program of `graph` at `rows` rows, two micro-batches forward and backward
-    (the second takes the accumulating paths); returns it and its input."""
-    params = {v.name: np.full(v.concrete_shape(rows), 0.5 / rows, dtype) for v in graph.params}
-    prog = Program(
-        graph, params, bk, rows, Ledger(keep_events=False), output=output, input_grad=input_grad
-    )
-    x = np.ones(graph.var(prog.input).concrete_shape(rows), dtype)
-    y = None
-    if prog.labels:
-        lab = graph.var(prog.labels[0])
-        y = (
-            np.zeros(rows, np.int64)
-            if lab.shape == (BATCH,)
-            else np.ones(lab.concrete_shape(rows), dtype)
-        )
-    g = None if output is None else np.ones(graph.var(output).concrete_shape(rows), dtype)
-    for mb in (0, 1):
-        prog.forward(mb, x, y, 0.5)
-        prog.backward(mb, g, 0.5)
-    return prog, x

@@ -1,0 +1,50 @@
+"""A lowered kernel call bound to its operands: one generated Python function a call, so a step
+makes one Python call and the kernel's per call, with no per-operand dispatch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from graphpart.ir.lower import KernelCall
+from workers.backends import Kernel
+
+Run = Callable[[Any, dict, int, float], Any]  # (program, slot, rows, scale) -> result
+
+
+# Each operand kind as an expression of (p: the program, slot, n: rows, sc: scale). Buffers are
+# looked up (and allocated on first use) at call time, parameters and gradients by name (callers
+# may swap the arrays held in `params` and `grads`).
+_OPERAND: dict[str, str] = {
+    "value": "p._value(slot, {name!r})[:n]",
+    "param": "p.params[{name!r}]",
+    "grad": "p._grad({name!r})[:n]",
+    "param_grad": "p.grads[{name!r}]",
+    "const": "{const!r}",
+    "scale": "sc",
+    "beta": "(0.0 if p.fresh[{name!r}] else 1.0)",
+    "accumulate": "(not p.fresh[{name!r}])",
+}
+_PENDING = "slot[{key!r}][:n]"  # a cotangent held in the micro-batch's pending slot
+
+
+def compile_call(call: KernelCall, kernel: Kernel, pending: Mapping[str, Any]) -> Run:
+    """One function of (program, slot, rows, scale) making the call: its arguments written out
+    from _OPERAND (names and constants as literals), so a step costs one Python call and the
+    kernel's, with no per-operand dispatch; a written parameter gradient is no longer fresh.
+    A cotangent named in `pending` is read from the slot under its key (a pending slot joined
+    to the micro-batch's). The program is an argument, not captured: a Program and its calls
+    form no reference cycle (a dropped Program is freed at once)."""
+    args = ", ".join(
+        _PENDING.format(key=pending[o.name])
+        if o.kind == "grad" and o.name in pending
+        else _OPERAND[o.kind].format(name=o.name, const=o.const)
+        for o in call.operands
+    )
+    lines = ["def run(p, slot, n, sc):", f"    out = kernel({args})"]
+    if call.param is not None:
+        lines.append(f"    p.fresh[{call.param!r}] = False")
+    lines.append("    return out")
+    scope: dict[str, Any] = {"kernel": kernel}
+    exec("\n".join(lines), scope)  # noqa: S102 - literals only: value names and numbers, repr'd
+    return scope["run"]

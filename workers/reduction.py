@@ -1,0 +1,145 @@
+"""Data parallelism's part of a stage worker: its gradients summed across the replicas, bucket
+by bucket, after the backward or overlapping it (workers/buckets.py)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from workers.buckets import Bucket, Comm, Ready, Span, exposed_time, own_time, plan_buckets
+
+# (a bucket's part of the flat all-reduce buffer, the bucket's index) -> (bytes sent, received)
+Reduce = Callable[[np.ndarray, int], "tuple[int, int] | None"]
+
+
+class GradientReduction:
+    """The all-reduce methods of `workers.stage.StageWorker`, which holds the state they use
+    (its program, backend, ledger, busy clocks and traffic counters)."""
+
+    prog: Any
+    bk: Any
+    busy: Any
+    ledger: Any
+    bucket_bytes: int
+    bytes_sent: int
+    bytes_received: int
+    _armed: Ready | None
+    _flat: np.ndarray | None
+    _traffic: list[tuple[int, int]]
+    _bucket_plans: dict[int, tuple[Bucket, ...]]
+    _compute_end: float
+
+    def reduce_grads(self, reduce: Reduce, world: int = 1, comm: Comm | None = None) -> None:
+        """Data parallelism: replace this step's gradients by their sum over the `world`
+        replicas, bucket by bucket (workers/buckets.py).
+
+        Each bucket's gradients are copied into its part of one flat host buffer (allocated
+        once, ledger entry "allreduce", a workspace of the parameters' bytes), `reduce(part,
+        bucket)` sums that part in place across the replicas (returning the bytes it sent and
+        received, or None), and the sums are copied back. Gradients that got no value this
+        step are zeroed first (`finish_grads`). Without `arm_reduce` every bucket is reduced
+        here, in order; after it (`comm`: its thread) the buckets its backward did not
+        already hand over are, and this waits for them all. Call it between the last backward
+        and `finish`, which adds the regulariser's gradient once, after the sum, identically
+        on every replica. Busy.allreduce gains the buckets' own time, Busy.exposed what the
+        step waited for after its last backward compute (workers/buckets.py's spans).
+        """
+        prog = self.prog
+        armed, self._armed = self._armed, None
+        prog.grad_hook = None
+        self._allreduce_buffer()
+        if armed is None or comm is None:
+            prog.finish_grads()
+            ready = Ready(self._buckets(world))
+            t = time.perf_counter()
+            spans = []
+            for b in ready.rest():
+                self._reduce_bucket(b, reduce)
+                spans.append(Span(t, time.perf_counter()))
+                t = spans[-1].end
+        else:
+            prog.finish_grads()  # only parameters no bucket was handed over for are fresh
+            for b in armed.rest():
+                comm.submit(partial(self._reduce_bucket, b, reduce))
+            spans = comm.drain()
+        self._count_traffic()
+        self.busy.allreduce += own_time(spans)
+        self.busy.exposed += exposed_time(spans, self._compute_end)
+        self.busy.reductions += 1
+
+    def arm_reduce(self, reduce: Reduce, world: int, comm: Comm) -> None:
+        """Overlap: call right before this step's last weight-gradient action (the last B or W
+        of the step's actions; after it every gradient is final). Each bucket is handed to
+        `comm`'s thread as soon as that action has written its gradients, in bucket order,
+        while the action goes on with the earlier layers; `reduce_grads(reduce, world, comm)`
+        then waits for them. On CUDA nothing is armed (the thread would need the device's
+        context): reduce_grads reduces every bucket itself."""
+        if self.bk.name != "cpu":
+            return
+        ready = Ready(self._buckets(world))
+        self._allreduce_buffer()
+
+        def final(name: str) -> None:
+            for b in ready.final(name):
+                comm.submit(partial(self._reduce_bucket, b, reduce))
+
+        self._armed = ready
+        self.prog.grad_hook = final
+
+    def disarm_reduce(self) -> None:
+        """Forget an armed all-reduce (a failed step)."""
+        self._armed = None
+        self.prog.grad_hook = None
+        self._traffic.clear()
+
+    def _reduce_bucket(self, b: Bucket, reduce: Reduce) -> None:
+        """One bucket's all-reduce: its gradients into its part of the buffer, summed, back."""
+        bk, grads, flat = self.bk, self.prog.grads, self._flat
+        assert flat is not None
+        for p in b.pieces:
+            flat[p.at : p.at + p.hi - p.lo] = bk.to_host(bk.flat(grads[p.name])[p.lo : p.hi])
+        traffic = reduce(flat[b.start : b.stop], b.index)
+        for p in b.pieces:
+            bk.from_host(flat[p.at : p.at + p.hi - p.lo], bk.flat(grads[p.name])[p.lo : p.hi])
+        if traffic is not None:
+            self._traffic.append((int(traffic[0]), int(traffic[1])))  # atomic: from any thread
+
+    def _count_traffic(self) -> None:
+        while self._traffic:
+            sent, received = self._traffic.pop()
+            self.bytes_sent += sent
+            self.bytes_received += received
+
+    def _buckets(self, world: int) -> tuple[Bucket, ...]:
+        """The stage's buckets in a ring of `world`: parameters in the order the weight
+        gradients finish them (the lowering's W calls), cut by `bucket_bytes`."""
+        if world not in self._bucket_plans:
+            prog = self.prog
+            names = [c.param for c in prog.lowered.weight_calls if c.param is not None]
+            order = [*dict.fromkeys(n for n in names), *(n for n in prog.grads if n not in names)]
+            params = [(n, int(prog.grads[n].size), prog.graph.var(n).layer) for n in order]
+            self._bucket_plans[world] = plan_buckets(
+                params, prog.dtype.itemsize, world, self.bucket_bytes
+            )
+        return self._bucket_plans[world]
+
+    def set_bucket_bytes(self, bucket_bytes: int) -> None:
+        """Cut the gradients into buckets of `bucket_bytes` from the next all-reduce on (every
+        replica of a ring must use the same)."""
+        self.bucket_bytes = int(bucket_bytes)
+        self._bucket_plans = {}
+
+    def buckets(self, world: int) -> tuple[Bucket, ...]:
+        """The buckets this stage's gradients are all-reduced in, in a ring of `world`."""
+        return self._buckets(world)
+
+    def _allreduce_buffer(self) -> np.ndarray:
+        if self._flat is None:
+            size = sum(int(g.size) for g in self.prog.grads.values())
+            self._flat = np.zeros(size, self.prog.dtype)
+            self.ledger.add("allreduce", "workspace", self._flat.nbytes)
+        return self._flat
