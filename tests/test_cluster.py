@@ -78,6 +78,67 @@ def test_stages_on_two_nodes_train_like_one_process():
     assert out["err"] < 1e-10
 
 
+GRID = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.insert(0, "tests")
+    import numpy as np
+    from ray.cluster_utils import Cluster
+    from conftest import batches, max_rel, mlp_problem, oracle_training
+    from graphpart.engines import DataParallel
+    from graphpart.optim import make_optimizer
+    from graphpart.plan.partition import partition
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    out = {}
+    try:
+        g, p0, X, y = mlp_problem([6, 5, 7, 4, 3], 24)
+        opt = make_optimizer("adam", lr=0.05)
+        want = oracle_training(g, p0, X, y, opt, 8)[1]
+        for placement in ("pipeline", "replicas"):
+            with DataParallel(partition(g, 2), p0, opt, replicas=2, microbatches=2,
+                              max_rows=8, address=cluster.address,
+                              placement=placement) as dp:
+                for xb, yb in batches(X, y, 8):
+                    dp.step(xb, yb)
+                nodes = dp.transport.get([a.node.remote() for a in dp.transport.actors])
+                params = dp.get_params()
+                out[placement] = {"err": max_rel(want, params), "nodes": nodes,
+                                  "local_pairs": dp.transport.local_pairs,
+                                  "params": {k: v.tolist() for k, v in params.items()}}
+        print(json.dumps(out))
+    finally:
+        cluster.shutdown()
+    """
+)
+
+
+def test_a_2x2_grid_on_two_nodes_places_and_trains_like_one_process():
+    """R = 2 replicas of K = 2 stages on two nodes: "pipeline" placement keeps each replica's
+    stages on one node (its pipeline hop local, the rings across nodes), "replicas" keeps
+    each stage's replicas on one node (the rings local, the hops across); both train to the
+    oracle's parameters (1e-10) and to the same bits."""
+    r = subprocess.run(
+        [sys.executable, "-c", GRID],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    pipe, reps = out["pipeline"], out["replicas"]
+    # workers r K + k: replica 0 = 0, 1; replica 1 = 2, 3
+    assert pipe["nodes"][0] == pipe["nodes"][1] != pipe["nodes"][2] == pipe["nodes"][3]
+    assert reps["nodes"][0] == reps["nodes"][2] != reps["nodes"][1] == reps["nodes"][3]
+    for o in (pipe, reps):
+        assert o["err"] < 1e-10
+    assert pipe["params"] == reps["params"]  # bit for bit, whatever the placement
+
+
 LOCAL = textwrap.dedent(
     """
     import json, psutil, ray

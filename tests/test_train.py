@@ -266,6 +266,23 @@ def test_a_killed_stage_is_restarted_from_the_checkpoint(tmp_path, monkeypatch, 
     assert [r["epoch"] for r in rows] == [1, 2, 3]
 
 
+def test_a_killed_worker_of_a_2d_run_is_restarted_bit_identical(tmp_path, monkeypatch, ray_session):
+    """R x K (2 replicas of 2 stages): a killed worker (replica 1, stage 1) is named, and with
+    train.max_failures the run restarts every worker from the checkpoint and ends with the
+    uninterrupted run's parameters, bit for bit (issue 24 item 6)."""
+    grid = {"pipeline.data_parallel": 2, "pipeline.microbatches": 2}
+    clean = _params(train(_pipeline(tmp_path, **grid), progress=False, log=lambda m: None))
+    hit = _faulty(monkeypatch, at_step=30, sig=signal.SIGKILL, stage=3)  # r K + k = 3
+    msgs: list[str] = []
+    out = train(
+        _pipeline(tmp_path, **grid, **{"train.max_failures": 1}), progress=False, log=msgs.append
+    )
+    assert hit and out["failures_recovered"] == 1
+    assert any("replica 1, stage 1" in m and "checkpoint of epoch 1" in m for m in msgs), msgs
+    got = _params(out)
+    assert all(np.array_equal(clean[k], got[k]) for k in clean)  # bit for bit
+
+
 def test_a_stalled_stage_ends_the_run_with_its_name(tmp_path, monkeypatch, ray_session):
     """kill -STOP one stage: a one-line failure naming it within seconds, never a hang."""
     hit = _faulty(monkeypatch, at_step=5, sig=signal.SIGSTOP)

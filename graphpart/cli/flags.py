@@ -75,6 +75,12 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
         "true | false: with --data-parallel, all-reduce each gradient bucket while the "
         "backward still runs (on a thread: worth it where a replica has a spare core)",
     ),
+    "--placement": (
+        "pipeline.placement",
+        str,
+        "pipeline | replicas: on a cluster of several nodes, what shares a node with "
+        "--data-parallel and --stages (a replica's stages, or stage k of every replica)",
+    ),
     "--memory-budget": (
         "pipeline.memory_budget",
         str,

@@ -6,6 +6,7 @@ from graphpart.engines.engine import TRANSPORT_CHOICES, Engine, StepResult, reso
 from graphpart.engines.measure import measured_costs
 from graphpart.engines.trainable import Trainable
 from graphpart.engines.transports import TRANSPORTS
+from graphpart.engines.transports.ring import PLACEMENTS as DP_PLACEMENTS
 from workers.backends import DEVICES, check_device
 from workers.channels import Channel, ChannelInbox, ChannelName
 from workers.channels import unlink as unlink_channel
@@ -23,6 +24,7 @@ __all__ = [
     "ChannelName",
     "unlink_channel",
     "DEVICES",
+    "DP_PLACEMENTS",
     "DP_TRANSPORTS",
     "DataParallel",
     "TRANSPORTS",

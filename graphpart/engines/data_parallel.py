@@ -83,6 +83,7 @@ class DataParallel:
         step_timeout: float = 0.0,
         overlap: bool = False,
         bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+        placement: str = "pipeline",
     ) -> None:
         if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
             raise ConfigError(f"replicas={replicas!r}: must be a positive integer")
@@ -128,6 +129,7 @@ class DataParallel:
             channels=transport != "push",
             stages=k,
             overlap=overlap,
+            placement=placement,
         )
         try:
             self.transport.start(specs)

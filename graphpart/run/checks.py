@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from graphpart.engines import DEVICES, TRANSPORT_CHOICES
+from graphpart.engines import DEVICES, DP_PLACEMENTS, TRANSPORT_CHOICES
 from graphpart.errors import ConfigError
 from graphpart.ir.ops import ACTIVATIONS, LOSSES
 from graphpart.optim import OPTIMIZERS
@@ -190,6 +190,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "pipeline.transport": _choice(TRANSPORT_CHOICES),
     "pipeline.cost": _choice(("flops", "measured")),
     "pipeline.data_parallel": _positive_int,
+    "pipeline.placement": _choice(DP_PLACEMENTS),
     "pipeline.memory_budget": _budget,
     "pipeline.step_timeout": _non_negative,
     "run.dir": _nonempty,

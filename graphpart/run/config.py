@@ -91,6 +91,9 @@ class PipelineConfig:
     # while the backward still runs, on a thread that wants a core of its own (false, the
     # default: the same buckets after the backward, bit-identical results)
     allreduce_overlap: bool = False
+    # on a Ray cluster of several nodes, what shares a node: "pipeline" (a replica's stages;
+    # the replicas across nodes) or "replicas" (stage k of every replica)
+    placement: str = "pipeline"
     # per-device memory budget ("64MiB", "1.5GiB", bytes; "" = none): the memory model checks
     # the plan against it before anything runs
     memory_budget: str = ""

@@ -233,6 +233,7 @@ def make_engine(s: Setup, params: Params, keep_events: bool = False) -> Trainabl
             keep_events=keep_events,
             step_timeout=p.step_timeout,
             overlap=p.allreduce_overlap,
+            placement=p.placement,
         )
     return Engine(
         s.plan,

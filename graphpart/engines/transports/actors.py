@@ -190,8 +190,16 @@ class RayActors:
             if self.remote_options
             else (ray.remote(self.body))
         )
-        self.actors = [cls.options(**opts).remote(threads, s) for s in specs]
+        where = self.nodes_for(len(specs))
+        self.actors = [
+            cls.options(**opts, **_on(node)).remote(threads, s)
+            for s, node in zip(specs, where, strict=True)
+        ]
         self.info = self.get([a.info.remote() for a in self.actors])
+
+    def nodes_for(self, workers: int) -> list[str | None]:
+        """The Ray node id each worker should start on (None: wherever Ray places it)."""
+        return [None] * workers
 
     def call(self, stage: int, method: str, *args: Any) -> Any:
         return self.actors[stage].call.remote(method, *args)
@@ -281,3 +289,12 @@ def _status(p: psutil.Process) -> str:
         return p.status()
     except psutil.NoSuchProcess:
         return psutil.STATUS_DEAD
+
+
+def _on(node: str | None) -> dict[str, Any]:
+    """Ray options that start an actor on `node` if it can (soft: elsewhere if it cannot)."""
+    if node is None:
+        return {}
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)}

@@ -44,6 +44,8 @@ from workers.push import FROM_INBOX
 from workers.stage import WorkerSpec
 from workers.stats import Finish
 
+PLACEMENTS = ("pipeline", "replicas")  # what shares a node on a cluster (Ring.nodes_for)
+
 
 class Ring(RayActors):
     """R replicas of `stages` stages each (R x K actors, replica-major), each stage's replicas
@@ -65,8 +67,12 @@ class Ring(RayActors):
         channels: bool = True,
         stages: int = 1,
         overlap: bool = True,
+        placement: str = "pipeline",
     ) -> None:
         super().__init__(address, num_cpus, step_timeout_s)
+        if placement not in PLACEMENTS:
+            raise ConfigError(f"placement={placement!r}: use one of {', '.join(PLACEMENTS)}")
+        self.placement = placement
         self.use_channels = bool(channels)
         self.overlap = bool(overlap)  # each worker all-reduces its buckets during its backward
         self.stages = int(stages)
@@ -75,6 +81,22 @@ class Ring(RayActors):
         self.local_pairs: list[bool] = []  # per edge (grid_edges): its two ends on one node
         self.feeds: list[Channel | None] = []  # per replica: the driver's side of its input
         self._feed_dtype = np.dtype(np.float32)
+
+    def nodes_for(self, workers: int) -> list[str | None]:
+        """On a cluster of several nodes with CPUs: "pipeline" (the default) keeps a replica's
+        K stages on one node and deals the replicas round the nodes (a pipeline hops every
+        micro-batch, the all-reduce once a step); "replicas" keeps stage k of every replica on
+        one node and deals the stages round the nodes. One node: Ray places them."""
+        import ray
+
+        nodes = sorted(
+            n["NodeID"] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0
+        )
+        if len(nodes) < 2:
+            return [None] * workers
+        K = self.stages
+        pick = (lambda i: i // K) if self.placement == "pipeline" else (lambda i: i % K)
+        return [nodes[pick(i) % len(nodes)] for i in range(workers)]
 
     @property
     def replicas(self) -> int:
