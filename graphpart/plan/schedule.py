@@ -271,14 +271,21 @@ def simulate(
     if stuck:  # name a missing action if that is the cause, else the first stuck stage
         raise PlanError(next((s for s in stuck if "never runs" in s), stuck[0]))
 
-    events.sort(key=lambda ev: (ev.start, ev.stage))
+    return timeline(events, schedule)
+
+
+def timeline(events: Sequence[Event], schedule: Sequence[Sequence[Action]]) -> Timeline:
+    """The Timeline of `events` that ran `schedule` (one list a stage or device): events in
+    start order, per-row busy time, makespan, bubble and peak in flight."""
+    rows = len(schedule)
+    ordered = tuple(sorted(events, key=lambda ev: (ev.start, ev.stage)))
     busy = tuple(
-        math.fsum(ev.end - ev.start for ev in events if ev.stage == k) for k in range(stages)
+        math.fsum(ev.end - ev.start for ev in ordered if ev.stage == k) for k in range(rows)
     )
-    makespan = max((ev.end for ev in events), default=0.0)
-    bubble = 1.0 - math.fsum(busy) / (stages * makespan) if makespan > 0 else 0.0
+    makespan = max((ev.end for ev in ordered), default=0.0)
+    bubble = 1.0 - math.fsum(busy) / (rows * makespan) if makespan > 0 else 0.0
     return Timeline(
-        events=tuple(events),
+        events=ordered,
         makespan=makespan,
         busy=busy,
         bubble=bubble,

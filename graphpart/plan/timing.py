@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from graphpart.errors import PlanError
@@ -161,18 +160,7 @@ def _shared(
             events.append(sch.Event(s, action, start, t))
             pos[s] += 1
 
-    events.sort(key=lambda ev: (ev.start, ev.stage))
-    busy = tuple(math.fsum(ev.end - ev.start for ev in events if ev.stage == s) for s in range(k))
-    makespan = max((ev.end for ev in events), default=0.0)
-    bubble = 1.0 - math.fsum(busy) / (k * makespan) if makespan > 0 else 0.0
-    tl = sch.Timeline(
-        events=tuple(events),
-        makespan=makespan,
-        busy=busy,
-        bubble=bubble,
-        peak_in_flight=tuple(sch.peak_in_flight(a) for a in schedule),
-    )
-    return step, tl
+    return step, sch.timeline(events, schedule)
 
 
 def replicas_step(

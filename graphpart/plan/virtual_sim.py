@@ -10,8 +10,8 @@ from graphpart.errors import PlanError
 from graphpart.plan.schedule import (
     Event,
     Timeline,
-    peak_in_flight,
     per_stage,
+    timeline,
 )
 from graphpart.plan.virtual import (
     ChunkAction,
@@ -125,17 +125,7 @@ def simulate(
     if stuck:  # name a missing action if that is the cause, else the first stuck device
         raise PlanError(next((x for x in stuck if "never runs" in x), stuck[0]))
 
-    events.sort(key=lambda ev: (ev.start, ev.stage))
-    busy = tuple(math.fsum(ev.end - ev.start for ev in events if ev.stage == d) for d in range(K))
-    makespan = max((ev.end for ev in events), default=0.0)
-    bubble = 1.0 - math.fsum(busy) / (K * makespan) if makespan > 0 else 0.0
-    return Timeline(
-        events=tuple(events),
-        makespan=makespan,
-        busy=busy,
-        bubble=bubble,
-        peak_in_flight=tuple(peak_in_flight(acts) for acts in schedule),
-    )
+    return timeline(events, schedule)
 
 
 def draw(timeline: Timeline, per_unit: float = 1.0) -> str:
