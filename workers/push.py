@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -21,7 +21,9 @@ from workers.actions import StageAction
 from workers.stats import Finish
 from workers.walk import walk
 
-Key = tuple[int, str, int]  # (step, "F" | "B", micro-batch): what a tensor carries (I's: "B")
+# (step, "F" | "B", micro-batch): what a tensor carries (I's: "B"); with virtual stages the
+# sending one's index follows ("F3": virtual stage 3's activation)
+Key = tuple[int, str, int]
 Send = Callable[[Key, np.ndarray], None]
 
 
@@ -108,7 +110,7 @@ FROM_INBOX = "inbox"  # xs: the micro-batch inputs arrive in the inbox, keyed (s
 
 
 def run_step(
-    worker: StageRunner,
+    worker: StageRunner | Sequence[StageRunner],
     step: int,
     actions: Sequence[StageAction],
     inbox: Inbox,
@@ -123,7 +125,8 @@ def run_step(
     infer: bool = False,
     reduce: Callable[[], object] | None = None,
     arm: Callable[[], object] | None = None,
-) -> Finish | list[np.ndarray]:
+    routes: Mapping[str, Send] | None = None,
+) -> Finish | list[Finish] | list[np.ndarray]:
     """Run one stage's actions of one step, then its `finish`; returns finish's result. With
     `infer`, the forwards are inference forwards (no cache, no loss, no finish) and the result
     is the outputs this stage did not send on (the last stage's), by micro-batch. `reduce`
@@ -137,33 +140,50 @@ def run_step(
     sent on (`sends`: through `send_forward` or `send_backward`, which must have copied or
     serialised the array when they return: the worker reuses its buffers). A forward with
     `labels` also takes `ys[mb]`.
+
+    A device of virtual stages passes its chunks (a sequence of runners, chunk 0 first): each
+    action runs on its `chunk`, a `near` input or output stays in this process (a copy, kept
+    until the chunk that takes it runs), the others are sent through `routes[a.tag_out]` and
+    taken from the inbox under `a.tag_in`; the result is each chunk's `finish`, in order.
     """
     inbox.clear_before(step)
     kept: list[np.ndarray] = []
+    chunks = list(worker) if isinstance(worker, Sequence) else [worker]
     sends = {"F": send_forward, "B": send_backward}  # by what the output carries (I: "B")
+    if routes is not None:  # virtual stages: by the sending virtual stage too ("F3", "B4")
+        sends = {**sends, **routes}
+    near: dict[tuple[str, int], np.ndarray] = {}  # a chunk's output for a chunk of this device
 
     def data(m: int) -> np.ndarray:  # FROM_INBOX: the driver wrote the minibatch into a channel
         return inbox.take((step, "F", m), timeout_s) if isinstance(xs, str) else _part(xs, m)
 
     def give(k: int, a: StageAction, out: Any) -> None:
-        carries = a.carries
-        if a.sends and carries is not None:
-            _send(sends[carries], (step, carries, a.mb), out)
+        if a.near_out:  # the worker reuses its buffers: the next chunk's input is a copy
+            near[a.tag_out, a.mb] = np.array(out)
+        elif a.sends and a.carries is not None:
+            _send(sends.get(a.tag_out), (step, a.tag_out, a.mb), out)
         elif infer:
             kept.append(out)  # a host copy already (StageWorker.infer)
+
+    def take(k: int, a: StageAction) -> Any:
+        if not a.receives:
+            return None
+        if a.near_in:
+            return near.pop((a.tag_in, a.mb))
+        return inbox.take((step, a.tag_in, a.mb), timeout_s)
 
     last_w = max((i for i, a in enumerate(actions) if a.kind in ("B", "W")), default=-1)
 
     def call(i: int, a: StageAction, method: str, *args: Any) -> Any:
         if i == last_w and arm is not None and not infer:
             _act(arm, "the gradient all-reduce")
-        return _act(getattr(worker, method), _what(a, method), *args)
+        return _act(getattr(chunks[a.chunk], method), _what(a, method), *args)
 
     walk(
         enumerate(actions),  # one stage: the action's place stands where a stage's index would
         call,
         data=data,
-        take=lambda k, a: inbox.take((step, a.carries, a.mb), timeout_s) if a.receives else None,
+        take=take,
         give=give,
         labels=lambda m: _part(ys, m),
         scale=scale,
@@ -173,12 +193,15 @@ def run_step(
         return kept
     if reduce is not None:
         _act(reduce, "the gradient all-reduce")
-    return _act(worker.finish, "finish", update)
+    if len(chunks) > 1 or isinstance(worker, Sequence):
+        return [_act(w.finish, "finish", update) for w in chunks]
+    return _act(chunks[0].finish, "finish", update)
 
 
 def _what(a: StageAction, method: str) -> str:
     """An action as failures name it ("forward of micro-batch 3")."""
-    return f"{_NAMES.get(method, method)} of micro-batch {a.mb}"
+    chunk = f" of virtual stage {a.stage}" if a.stage >= 0 else ""
+    return f"{_NAMES.get(method, method)} of micro-batch {a.mb}{chunk}"
 
 
 _NAMES = {

@@ -23,6 +23,8 @@ from graphpart.errors import ConfigError, PlanError
 from graphpart.optim import Optimizer
 from graphpart.params import Params, stage_params
 from graphpart.plan.batching import microbatch_rows, split_batch
+from graphpart.plan.kinds import chunks_for, is_virtual
+from graphpart.plan.kinds import make as make_schedule
 from graphpart.plan.schedule import Action
 from graphpart.plan.stages import Plan
 from workers.stage import WorkerSpec
@@ -61,8 +63,27 @@ def resolve_transport(name: str, stages: int, address: str = "") -> str:
     return name
 
 
+def virtual_transports() -> tuple[str, ...]:
+    """The transports that run schedules with virtual stages (several a worker)."""
+    return tuple(n for n, t in TRANSPORTS.items() if getattr(t, "virtual_stages", False))
+
+
+def check_virtual(schedule: str, transport: str) -> None:
+    """A one-line ConfigError when `transport` cannot run `schedule`'s virtual stages."""
+    if is_virtual(schedule) and transport not in virtual_transports():
+        raise ConfigError(
+            f"transport={transport!r} does not run schedule {schedule!r} (virtual stages, "
+            f"several a worker); use one of {', '.join(virtual_transports())}"
+        )
+
+
 class Engine:
-    """One worker per stage behind a transport; steps, inference and state over all stages."""
+    """One worker per stage behind a transport; steps, inference and state over all stages.
+
+    With a schedule of virtual stages (interleaved, zbv) the plan's stages are the virtual
+    ones, V = devices x `chunks`, and a device's worker holds its `chunks` of them; steps,
+    state, stats and inference still address the V stages (stage s on device `owner[s]`).
+    """
 
     def __init__(
         self,
@@ -73,6 +94,7 @@ class Engine:
         transport: str = "inprocess",
         microbatches: int = 1,
         schedule: str = "1f1b",
+        chunks: int = 0,
         max_rows: int,
         device: str = "cpu",
         recompute: bool = False,
@@ -82,11 +104,20 @@ class Engine:
         step_timeout: float = 0.0,
     ) -> None:
         self.plan = plan
+        self.chunks = chunks_for(schedule, chunks)
+        if plan.k % self.chunks:
+            raise PlanError(
+                f"a plan of {plan.k} stages does not make devices of {self.chunks} chunks; "
+                f"cut it into a multiple of {self.chunks} stages"
+            )
+        self.devices = plan.k // self.chunks
+        self.placement = make_schedule(schedule, self.devices, self.chunks, 1)[0]
         self.reschedule(schedule, microbatches)
         self.chunk = microbatch_rows(max_rows, self.microbatches)  # rows a worker buffer holds
         self.max_rows = max(int(max_rows), 1)
         self._inference: dict[int, StepWiring] = {}
-        name = resolve_transport(transport, plan.k, address)
+        name = resolve_transport(transport, self.devices, address)
+        check_virtual(schedule, name)
         trace = keep_events and not TRANSPORTS[name].in_process  # profiling, in the workers
         specs = [
             WorkerSpec(
@@ -109,7 +140,10 @@ class Engine:
             address=address, num_cpus=num_cpus, step_timeout_s=float(step_timeout)
         )
         try:
-            self.transport.start(specs)
+            if self.chunks > 1:  # a worker a device, holding its chunks
+                self.transport.start(specs, self.placement.owner)  # type: ignore[call-arg]
+            else:
+                self.transport.start(specs)
         except BaseException:
             self.transport.close()
             raise
@@ -119,9 +153,17 @@ class Engine:
         """Use another schedule or micro-batch count from the next step on (same workers).
 
         Workers hold buffers for micro-batches of up to `chunk` rows, so the new count must
-        not make micro-batches larger than the engine was built for.
+        not make micro-batches larger than the engine was built for, nor place the stages on
+        the devices otherwise (a virtual schedule's placement is the workers').
         """
-        self.wiring: StepWiring = wire(kind, self.plan.k, int(microbatches))
+        wiring = wire(kind, self.devices, int(microbatches), self.chunks)
+        placed = make_schedule(kind, self.devices, self.chunks, 1)[0]
+        if placed != self.placement:
+            raise PlanError(
+                f"schedule {kind!r} places the stages as {placed.name!r}, the workers hold "
+                f"them as {self.placement.name!r}; start another engine to change it"
+            )
+        self.wiring: StepWiring = wiring
         self._short_wirings: dict[int, StepWiring] = {}
 
     @property
@@ -160,7 +202,7 @@ class Engine:
         """The wiring for a minibatch of fewer rows than micro-batches (an epoch's short last
         batch): one micro-batch per row, same schedule; the sums are the same mathematics."""
         if n not in self._short_wirings:
-            self._short_wirings[n] = wire(self.wiring.schedule, self.plan.k, n)
+            self._short_wirings[n] = wire(self.wiring.schedule, self.devices, n, self.chunks)
         return self._short_wirings[n]
 
     def value_and_grad(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
@@ -184,7 +226,7 @@ class Engine:
             part = x[start : start + block]
             m = -(-len(part) // chunk)
             if m not in self._inference:
-                self._inference[m] = wire_inference(self.plan.k, m)
+                self._inference[m] = wire_inference(self.devices, m, self.placement)
             xs = [np.ascontiguousarray(part[r]) for r in split_batch(len(part), m)]
             outs += self.transport.run_inference(self._inference[m], xs)
         return np.concatenate(outs) if outs else np.zeros((0, 0))

@@ -13,9 +13,10 @@ import numpy as np
 from graphpart import api
 from graphpart.autodiff import check_batch, check_params
 from graphpart.engines.wiring import StepFeed, StepWiring, drive, wire
-from graphpart.errors import GraphpartError
+from graphpart.errors import GraphpartError, PlanError
 from graphpart.ir.graph import Graph
 from graphpart.plan.batching import microbatch_rows, split_batch
+from graphpart.plan.kinds import chunks_for
 from graphpart.plan.partition import partition
 from graphpart.plan.stages import Plan
 from workers.backends import CpuBackend
@@ -56,6 +57,7 @@ class _Chain:
         data: Mapping[str, np.ndarray],
         microbatches: int,
         schedule: str = "1f1b",
+        chunks: int = 0,
     ) -> tuple[float, dict[str, np.ndarray]]:
         progs = self.progs
         x = data[progs[0].input]
@@ -72,9 +74,14 @@ class _Chain:
                 prog.grads[w] = np.empty_like(buf)  # fresh: handed to the caller as they are
             prog.zero_grad()
 
+        wiring = _wiring(schedule, len(progs), microbatches, chunks)
+
         def call(k: int, method: str, *args: Any) -> Any:
             if method != "finish":
-                return getattr(progs[k], method)(*args)
+                out = getattr(progs[k], method)(*args)
+                # a program's output is a view of its buffer until its next call of the kind;
+                # one stage a device consumes it before, a device's chunks may not
+                return np.array(out) if wiring.virtual and out is not None else out
             s = progs[k].regularize()  # a stage's end of step: its regulariser, once
             progs[k].finish_grads()
             return s, progs[k].loss_sum
@@ -86,7 +93,7 @@ class _Chain:
             update=False,
         )
         try:
-            done = drive(_wiring(schedule, len(progs), microbatches), feed, call)[-len(progs) :]
+            done = drive(wiring, feed, call)[-len(progs) :]
             J = sum(s for s, _ in done)
             grads: dict[str, np.ndarray] = {}
             for (_, loss), prog in zip(done, progs, strict=True):
@@ -99,10 +106,16 @@ class _Chain:
 
 
 @lru_cache(maxsize=64)
-def _wiring(schedule: str, stages: int, microbatches: int) -> StepWiring:
-    """The step a pipeline runs (by default 1F1B: each stage holds at most K micro-batches at
-    once)."""
-    return wire(schedule, stages, microbatches)
+def _wiring(schedule: str, stages: int, microbatches: int, chunks: int = 0) -> StepWiring:
+    """The step a pipeline of `stages` stages runs (by default 1F1B: each stage holds at most
+    K micro-batches at once); with virtual stages, stages / chunks devices of `chunks` each."""
+    v = chunks_for(schedule, chunks)
+    if stages % v:
+        raise PlanError(
+            f"{stages} stages do not make devices of {v} chunks (schedule {schedule!r}); "
+            f"use a multiple of {v} stages"
+        )
+    return wire(schedule, stages // v, microbatches, v)
 
 
 @lru_cache(maxsize=64)
@@ -140,6 +153,7 @@ def value_and_grad(
     microbatches: int = 1,
     executor: str = "fast",
     schedule: str = "1f1b",
+    chunks: int = 0,
 ) -> tuple[float, dict[str, np.ndarray]]:
     """J and dJ/dW for every parameter W of `graph`, on `batch` ({"x": X, "y": labels}).
 
@@ -160,8 +174,10 @@ def value_and_grad(
     micro-batches and each stage's part of the regulariser added once. The results equal the
     reference's to rounding (1e-10 relative in float64, held by the tests). `schedule` (one of
     graphpart.plan.schedule.KINDS) orders each stage's actions as a pipeline would: "zb-h1"
-    and "zb-h2" split each backward into its input-gradient and weight-gradient calls. The
-    reference ignores it (the order changes no value beyond rounding).
+    and "zb-h2" split each backward into its input-gradient and weight-gradient calls;
+    "interleaved" and "zbv" take the plan's stages as virtual stages, `chunks` a device (0:
+    the schedule's own, 2), and run each device's chunks in its order. The reference ignores
+    it (the order changes no value beyond rounding).
 
     `executor="reference"` computes the same with the reference ops instead
     (`graphpart.api.value_and_grad`: reverse-mode autodiff over the IR in NumPy, or its
@@ -196,11 +212,11 @@ def value_and_grad(
         raise GraphpartError("plan= partitions another graph; pass the graph it was made from")
     n = len(data[graph.inputs[0].name])
     split_batch(n, microbatches)  # a bad count is a one-line PlanError before any work
-    _wiring(schedule, plan.k, microbatches)  # and so is a bad schedule name
+    _wiring(schedule, plan.k, microbatches, chunks)  # and so is a bad schedule name
     chain = _chain(plan, params, dtype, microbatch_rows(n, microbatches))
     with chain.lock:
         try:
-            return chain.run(params, data, microbatches, schedule)
+            return chain.run(params, data, microbatches, schedule, chunks)
         except BaseException:  # a program stopped half-way holds a taken slot: start afresh
             with _cache_lock:
                 if _cache.get((plan, dtype)) is chain:

@@ -18,6 +18,7 @@ class InProcess:
 
     name = "inprocess"
     in_process = True
+    virtual_stages = True  # a stage's worker each, called by virtual stage: no device grouping
 
     def __init__(
         self, address: str = "", num_cpus: int | None = None, step_timeout_s: float = 0.0
@@ -25,7 +26,8 @@ class InProcess:
         del address, num_cpus, step_timeout_s  # no Ray, and a step here never hangs unseen
         self.workers: list[StageWorker] = []
 
-    def start(self, specs: Sequence[WorkerSpec]) -> None:
+    def start(self, specs: Sequence[WorkerSpec], owner: Sequence[int] = ()) -> None:
+        del owner  # in one process a device's chunks are its stages' workers, side by side
         self.workers = [s.build() for s in specs]
 
     def call(self, stage: int, method: str, *args: Any) -> Any:
