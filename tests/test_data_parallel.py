@@ -2,18 +2,18 @@
 its rows of every minibatch, gradients summed by a ring all-reduce before each optimizer step.
 
 Contract: in float64, with K = 2 and 3 replicas and both transports ("shm": channels between
-replicas on one node, at K = 2 and 3; "push": Ray deliveries, at K = 3), several Adam steps
-with weight decay give the same J, L, s and parameters (1e-10 relative) as a one-stage Engine
-with K micro-batches on the same batches (split_batch(B, K) is its micro-batch split) and as
-the oracle, and every replica holds bit-identical parameters; each replica's ledger holds one
-"allreduce" workspace of the parameters' bytes and equals the memory model's prediction
-(predict_data_parallel) buffer by buffer; value_and_grad equals the autodiff oracle and leaves
-the parameters alone; checkpoints move both ways between DataParallel and a one-stage Engine;
-a failing replica is named in a one-line StageFailure, and a killed replica too, within
-seconds, never a hang; close() leaves no channel file (/dev/shm/graphpart-*). Without Ray,
-StageWorkers on threads joined by inboxes (reduce_grads over workers/ring.py) equal the same
-Engine, and bad arguments are refused with a ConfigError naming the value (as are CUDA
-replicas on a cluster with fewer GPUs than replicas, instead of waiting for ever).
+replicas on one node, at K = 2 and 3; "push": Ray deliveries, at K = 3), several Adam steps with
+weight decay give the same J, L, s and parameters (1e-10 relative) as a one-stage Engine with K
+micro-batches on the same batches (split_batch(B, K) is its micro-batch split) and as the oracle,
+and every replica holds bit-identical parameters; each replica's ledger holds no all-reduce buffer
+(the ring sums the gradients' own buffer, Program.flat_grads, in place) and equals the memory
+model's prediction (predict_data_parallel) buffer by buffer; value_and_grad equals the autodiff
+oracle and leaves the parameters alone; checkpoints move both ways between DataParallel and a
+one-stage Engine; a failing replica is named in a one-line StageFailure, and a killed replica too,
+within seconds, never a hang; close() leaves no channel file (/dev/shm/graphpart-*). Without Ray,
+StageWorkers on threads joined by inboxes (reduce_grads over workers/ring.py) equal the same Engine,
+and bad arguments are refused with a ConfigError naming the value (as are CUDA replicas on a cluster
+with fewer GPUs than replicas, instead of waiting for ever).
 
 With M micro-batches per replica (gradient accumulation inside each replica: its share cut
 by replica_rows, a share of fewer rows than M run one micro-batch per row), K = 1, 2, 3 and
@@ -129,8 +129,9 @@ def test_workers_joined_by_a_ring_equal_micro_batching(k):
     for w in ws:
         assert max_rel(want, w.get_params()) < 1e-10
         assert np.array_equal(w.get_params()["W1"], ws[0].get_params()["W1"])
-        assert w.ledger.entries["allreduce"].category == "workspace"
-        assert w.ledger.entries["allreduce"].nbytes == sum(v.nbytes for v in p0.values())
+        assert "allreduce" not in w.ledger.entries  # summed in the gradients' own buffer
+        assert w._flat is w.prog.flat_grads
+        assert w.prog.flat_grads.nbytes == sum(v.nbytes for v in p0.values())
         assert w.busy.allreduce > 0.0
 
 
@@ -232,7 +233,8 @@ def test_replicas_train_like_one_stage_with_k_microbatches(ray_session, transpor
             channels=transport == "shm",
         )
         for s in stats:
-            assert s.memory.entries["allreduce"] == ("workspace", param_bytes)
+            assert "allreduce" not in s.memory.entries  # the gradients are the ring's buffer
+            assert s.memory.peak["gradient"] == param_bytes
             # the memory model, buffer by buffer
             want_mem = pred.stages[s.stage] if m == 1 else _replica_memory(k, m, transport == "shm")
             assert dict(s.memory.entries) == want_mem.entries()

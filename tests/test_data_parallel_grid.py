@@ -8,8 +8,8 @@ weight decay give the oracle's J at every step (1e-12) and its parameters (1e-10
 short last minibatch included (every replica's share smaller than M: one micro-batch per
 row); stage k of every replica holds bit-identical parameters; each worker's ledger is, buffer
 by buffer, the memory model's prediction of the layout (predict_data_parallel: its stage at
-ceil(B / R) rows plus an "allreduce" workspace of that stage's parameter bytes and, R > 1, its
-ring channels in and out); close() removes every channel file
+ceil(B / R) rows plus, R > 1, its ring channels in and out; the ring sums the gradients' own
+buffer); close() removes every channel file
 (each replica's chain, each stage's ring, each replica's feed). At R = 2, K = 2 also:
 value_and_grad equals the oracle without updating; the state is replica 0's, one per stage,
 and moves to and from a K-stage Engine; predict equals that Engine's; a killed worker is named

@@ -12,9 +12,9 @@ live forward values. stage_memory_cost(start, stop, k) equals the prediction for
 make_plan builds; partition(graph, K, "memory") minimises the largest predicted stage total
 (brute force over every split), and with budgets that no split fits raises PlanError naming
 the missing amount. predict_data_parallel(plan, K) is, on every one of its K devices, the
-one-device prediction for ceil(B/K) rows as one micro-batch plus the all-reduce's flat gradient
-buffer (workspace, all parameter bytes), so parameters, gradients and optimizer state equal one
-device's and activations are 1/K of them; it refuses a multi-stage plan and K > B.
+one-device prediction for ceil(B/K) rows as one micro-batch (the ring all-reduce sums the
+gradients' own buffer: no buffer of its own), so parameters, gradients and optimizer state equal
+one device's and activations are 1/K of them; it refuses a multi-stage plan and K > B.
 budget_problem is None exactly when every device fits, else one line naming the fullest device,
 what it needs, its non-zero categories and the budget.
 """
@@ -373,7 +373,7 @@ def test_memory_partition_with_budgets():
 # -- data parallelism and budgets ----------------------------------------------------------------
 @pytest.mark.parametrize("opt", ["sgd", "adam"])
 @pytest.mark.parametrize("K,batch", [(2, 64), (4, 64), (3, 64), (4, 6)])
-def test_data_parallel_is_one_device_on_ceil_rows_plus_the_allreduce_buffer(opt, K, batch):
+def test_data_parallel_is_one_device_on_ceil_rows(opt, K, batch):
     g = mlp(SIZES, bias=True)
     plan = partition(g, 1)
     dp = memory.predict_data_parallel(plan, K, Workload(batch=batch, optimizer=opt, momentum=0.0))
@@ -386,8 +386,8 @@ def test_data_parallel_is_one_device_on_ceil_rows_plus_the_allreduce_buffer(opt,
     assert len(dp.stages) == K and [s.index for s in dp.stages] == list(range(K))
     for s in dp.stages:
         assert s.rows == rows and s.in_flight == 1
-        assert s.entries() == {**one.entries(), "allreduce": ("workspace", params)}
-        assert s.total == one.total + params
+        assert s.entries() == one.entries()  # no all-reduce buffer: the gradients are summed
+        assert s.total == one.total
     assert (dp.batch, dp.microbatches, dp.schedule, dp.recompute) == (
         batch,
         1,
@@ -410,7 +410,7 @@ def test_data_parallel_is_one_device_on_ceil_rows_plus_the_allreduce_buffer(opt,
 @pytest.mark.parametrize("K,batch,M", [(2, 64, 4), (3, 64, 2), (4, 6, 4), (2, 7, 8)])
 def test_data_parallel_accumulates_micro_batches_per_replica(K, batch, M):
     """M micro-batches per replica: the one-stage model at ceil(B / K) rows in min(M, rows)
-    micro-batches (activations of one micro-batch), plus the all-reduce buffer."""
+    micro-batches (activations of one micro-batch)."""
     g = mlp(SIZES, bias=True)
     plan = partition(g, 1)
     dp = memory.predict_data_parallel(plan, K, Workload(batch=batch, microbatches=M))
@@ -420,7 +420,7 @@ def test_data_parallel_accumulates_micro_batches_per_replica(K, batch, M):
     assert dp.microbatches == m
     for s in dp.stages:
         assert s.rows == -(-rows // m)
-        assert s.entries() == {**one.entries(), "allreduce": ("workspace", memory.param_bytes(g))}
+        assert s.entries() == one.entries()
     flat = memory.predict_data_parallel(plan, K, Workload(batch=batch)).stages[0]
     for c in ("parameter", "gradient", "optimizer"):
         assert dp.stages[0].bytes[c] == flat.bytes[c]
@@ -431,12 +431,12 @@ def test_data_parallel_accumulates_micro_batches_per_replica(K, batch, M):
     "R,K,M,schedule", [(2, 2, 4, "1f1b"), (3, 2, 2, "zb-h1"), (2, 3, 1, "gpipe")]
 )
 @pytest.mark.parametrize("channels", [False, True])
-def test_replicated_pipelines_are_stage_k_on_a_share_plus_its_allreduce(
+def test_replicated_pipelines_are_stage_k_on_a_share_plus_its_ring_channels(
     R, K, M, schedule, channels
 ):
     """R x K workers: worker (r, k) holds stage k's prediction at ceil(B / R) rows in M
-    micro-batches, plus an all-reduce buffer of stage k's parameters and (channels, R > 1)
-    its two ring channels sized for those; replica-major indices."""
+    micro-batches, plus (channels, R > 1) its two ring channels sized for stage k's
+    parameters; replica-major indices."""
     g = mlp(SIZES, bias=True)
     plan = partition(g, K)
     w = Workload(batch=30, microbatches=M, schedule=schedule)
@@ -451,7 +451,7 @@ def test_replicated_pipelines_are_stage_k_on_a_share_plus_its_allreduce(
     for s in grid.stages:
         k = s.index % K
         grads = memory.param_bytes(plan.stages[k].graph)
-        want = {**base.stages[k].entries(), "allreduce": ("workspace", grads)}
+        want = base.stages[k].entries()
         ring = {n: e for n, e in s.entries().items() if n not in want}
         assert {n: s.entries()[n] for n in want} == want
         assert len(ring) == (2 if channels else 0)

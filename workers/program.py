@@ -47,6 +47,13 @@ from workers.bind import Run, compile_call
 from workers.ledger import Ledger
 
 
+def grad_order(low: Lowered) -> list[str]:
+    """The parameters in the order their gradients become final in a backward: as the
+    lowering's weight-gradient calls write them, then any the calls never write."""
+    names = [c.param for c in low.weight_calls if c.param is not None]
+    return [*dict.fromkeys(names), *(n for n in low.params if n not in names)]
+
+
 def pending_key(root: str) -> tuple[str, str]:
     """A pending slot's key for the cotangent buffer of `root` (values keep their names)."""
     return ("d", root)
@@ -82,11 +89,14 @@ class Program:
         self.dtype = next(iter(dtypes)) if dtypes else np.dtype(np.float64)
 
         self.params: dict[str, Any] = {}
-        self.grads: dict[str, Any] = {}
         for w in low.params:
             self.params[w] = self._alloc(low.param_buffer(w))
             self.bk.from_host(np.asarray(params[w], dtype=self.dtype), self.params[w])
-            self.grads[w] = self._alloc(low.grad_buffer(w), zero=True)
+        # the gradients: views of one buffer, in the order they become final (data parallelism
+        # all-reduces that buffer in place, bucket by bucket: workers/buckets.py)
+        self.grad_order = grad_order(low)
+        self.flat_grads, views = self._alloc_flat([low.grad_buffer(w) for w in self.grad_order])
+        self.grads: dict[str, Any] = {w: views[self.grad_order.index(w)] for w in low.params}
 
         if self.bk.needs_reduction:  # CUDA: the losses' and norms' float64 buffer
             red = BufferSpec("work:reduction", "workspace", (max(self.max_rows, 1024),))
@@ -132,6 +142,18 @@ class Program:
         a = self.bk.zeros(shape, dtype) if zero else self.bk.empty(shape, dtype)
         self.ledger.add(spec.name, spec.category, nbytes(spec.shape, self.max_rows, dtype))
         return a
+
+    def _alloc_flat(self, specs: list[BufferSpec]) -> tuple[Any, list[Any]]:
+        """One zeroed buffer holding `specs` (no batch dimension) end to end, and a view of it
+        for each; every spec is entered in the ledger by its own name and bytes."""
+        sizes = [int(np.prod(s.shape, dtype=np.int64)) for s in specs]
+        flat = self.bk.zeros((sum(sizes),), self.dtype)
+        views, at = [], 0
+        for spec, n in zip(specs, sizes, strict=True):
+            views.append(flat[at : at + n].reshape(tuple(int(d) for d in spec.shape)))
+            self.ledger.add(spec.name, spec.category, nbytes(spec.shape, 0, self.dtype))
+            at += n
+        return flat, views
 
     # -- buffers ------------------------------------------------------------------------------
     def _slot(self, mb: int) -> dict[str, Any]:

@@ -37,16 +37,15 @@ class GradientReduction:
         """Data parallelism: replace this step's gradients by their sum over the `world`
         replicas, bucket by bucket (workers/buckets.py).
 
-        Each bucket's gradients are copied into its part of one flat host buffer (allocated
-        once, ledger entry "allreduce", a workspace of the parameters' bytes), `reduce(part,
-        bucket)` sums that part in place across the replicas (returning the bytes it sent and
-        received, or None), and the sums are copied back. Gradients that got no value this
-        step are zeroed first (`finish_grads`). Without `arm_reduce` every bucket is reduced
-        here, in order; after it (`comm`: its thread) the buckets its backward did not
-        already hand over are, and this waits for them all. Call it between the last backward
-        and `finish`, which adds the regulariser's gradient once, after the sum, identically
-        on every replica. Busy.allreduce gains the buckets' own time, Busy.exposed what the
-        step waited for after its last backward compute (workers/buckets.py's spans).
+        `reduce(part, bucket)` sums each bucket's part of the gradients' one buffer
+        (Program.flat_grads) in place across the replicas (returning the bytes it sent and received,
+        or None); on a GPU the part is staged through a host buffer and copied back. Gradients that
+        got no value this step are zeroed first (`finish_grads`). Without `arm_reduce` every bucket
+        is reduced here, in order; after it (`comm`: its thread) the buckets its backward did not
+        already hand over are, and this waits for them all. Call it between the last backward and
+        `finish`, which adds the regulariser's gradient once, after the sum, identically on every
+        replica. Busy.allreduce gains the buckets' own time, Busy.exposed what the step waited for
+        after its last backward compute (workers/buckets.py's spans).
         """
         prog = self.prog
         armed, self._armed = self._armed, None
@@ -97,14 +96,19 @@ class GradientReduction:
         self._traffic.clear()
 
     def _reduce_bucket(self, b: Bucket, reduce: Reduce) -> None:
-        """One bucket's all-reduce: its gradients into its part of the buffer, summed, back."""
+        """One bucket's all-reduce, in place. On the host the buffer is the gradients' own
+        (Program.flat_grads, laid out as the buckets are); on a device its gradients are
+        copied into the bucket's part of a host buffer, summed, and copied back."""
         bk, grads, flat = self.bk, self.prog.grads, self._flat
         assert flat is not None
-        for p in b.pieces:
-            flat[p.at : p.at + p.hi - p.lo] = bk.to_host(bk.flat(grads[p.name])[p.lo : p.hi])
+        staged = flat is not self.prog.flat_grads
+        if staged:
+            for p in b.pieces:
+                flat[p.at : p.at + p.hi - p.lo] = bk.to_host(bk.flat(grads[p.name])[p.lo : p.hi])
         traffic = reduce(flat[b.start : b.stop], b.index)
-        for p in b.pieces:
-            bk.from_host(flat[p.at : p.at + p.hi - p.lo], bk.flat(grads[p.name])[p.lo : p.hi])
+        if staged:
+            for p in b.pieces:
+                bk.from_host(flat[p.at : p.at + p.hi - p.lo], bk.flat(grads[p.name])[p.lo : p.hi])
         if traffic is not None:
             self._traffic.append((int(traffic[0]), int(traffic[1])))  # atomic: from any thread
 
@@ -119,9 +123,8 @@ class GradientReduction:
         gradients finish them (the lowering's W calls), cut by `bucket_bytes`."""
         if world not in self._bucket_plans:
             prog = self.prog
-            names = [c.param for c in prog.lowered.weight_calls if c.param is not None]
-            order = [*dict.fromkeys(n for n in names), *(n for n in prog.grads if n not in names)]
-            params = [(n, int(prog.grads[n].size), prog.graph.var(n).layer) for n in order]
+            var = prog.graph.var
+            params = [(n, int(prog.grads[n].size), var(n).layer) for n in prog.grad_order]
             self._bucket_plans[world] = plan_buckets(
                 params, prog.dtype.itemsize, world, self.bucket_bytes
             )
@@ -138,8 +141,13 @@ class GradientReduction:
         return self._buckets(world)
 
     def _allreduce_buffer(self) -> np.ndarray:
+        """The buffer the ring sums: the gradients' own where they are host arrays (no copy,
+        no memory of its own), else a host buffer of their bytes (host memory: the device's
+        ledger does not hold it)."""
         if self._flat is None:
-            size = sum(int(g.size) for g in self.prog.grads.values())
-            self._flat = np.zeros(size, self.prog.dtype)
-            self.ledger.add("allreduce", "workspace", self._flat.nbytes)
+            prog = self.prog
+            if isinstance(prog.flat_grads, np.ndarray):
+                self._flat = prog.flat_grads
+            else:
+                self._flat = np.zeros(int(prog.flat_grads.size), prog.dtype)
         return self._flat

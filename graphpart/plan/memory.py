@@ -199,8 +199,9 @@ def predict_data_parallel(
     micro-batches (gradient accumulation in the replica; graphpart.engines.DataParallel),
     without recomputation, so it holds what `predict(plan, Workload(ceil(batch / replicas),
     M))` names (activations and workspace of one micro-batch of ceil(ceil(batch / replicas) /
-    M) rows) plus the flat gradient buffer its worker allocates for the ring
-    all-reduce: Buffer("allreduce", "workspace", all parameter bytes in `dtype`). Returns one
+    M) rows); the ring all-reduce sums the gradients in place (a worker's gradients are one
+    buffer), so it adds no buffer of its own (a GPU worker's host staging buffer is host
+    memory, not the device's). Returns one
     StageMemory per replica (index = replica; all equal) in a MemoryPrediction whose `batch` is
     the whole minibatch, `microbatches` M (per replica) and `schedule` DATA_PARALLEL; its
     `total` is the sum over the replicas. With `channels` (the ring on shared memory, replicas
@@ -209,8 +210,8 @@ def predict_data_parallel(
 
     K > 1 stages (the 2-D layout): worker (r, k) holds what `predict` gives stage k at
     ceil(batch / replicas) rows in M micro-batches with `w`'s schedule and recomputation (with
-    `channels`, the pipeline's and the feed's shared-memory channels), plus an "allreduce"
-    workspace of stage k's parameter bytes and, with `channels` and R > 1, its ring channels
+    `channels`, the pipeline's and the feed's shared-memory channels), plus, with `channels`
+    and R > 1, its ring channels
     in (numbered after the pipeline's) and to the right, `ring_channel_bytes` of those bytes.
     StageMemory index r K + k, replica-major; `schedule` is w's and `replicas` R.
     """
@@ -232,7 +233,7 @@ def predict_data_parallel(
         for r in range(replicas):
             for sm in base.stages:
                 grads = param_bytes(plan.stages[sm.index].graph, dtype)
-                bufs = (*sm.buffers, Buffer("allreduce", "workspace", grads))
+                bufs = sm.buffers
                 if channels and replicas > 1:
                     ring = ring_channel_bytes(grads, replicas, size)
                     n_in = sum(b.name.startswith("channel:in") for b in sm.buffers)
@@ -247,7 +248,7 @@ def predict_data_parallel(
     one = predict(
         plan, replace(w, batch=rows, microbatches=m, schedule="1f1b", recompute=False)
     ).stages[0]
-    bufs = (*one.buffers, Buffer("allreduce", "workspace", param_bytes(plan.graph, dtype)))
+    bufs = one.buffers
     if channels and replicas > 1:
         ring = ring_channel_bytes(param_bytes(plan.graph, dtype), replicas, size)
         bufs += (
