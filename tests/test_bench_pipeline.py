@@ -102,6 +102,9 @@ def test_tiny_run_returns_every_figure(ray_session):
     assert "sgemm on one thread, measured now" in report
     for r in rows:
         assert len(r["compute_vs_matmuls"]) == 2 and all(c > 0 for c in r["compute_vs_matmuls"])
+        # the same with the OS's CPU time of the calls, never above the wall-time figure
+        for cpu, wall in zip(r["compute_cpu_vs_matmuls"], r["compute_vs_matmuls"], strict=True):
+            assert 0 < cpu <= wall * 1.01 + 0.01
         assert all(g > 0 for g in r["sgemm_gflops"])
         assert min(r["matmul_fwd_ms"]) > 0 and min(r["matmul_bwd_ms"]) > 0
     dp = res["data_parallel"]  # graphpart's data parallelism beside the pipelines

@@ -520,7 +520,8 @@ def _split_step(ws, plan, x, y, microbatches, whole):
 def test_backward_is_input_then_weight_gradients_bit_for_bit(k, recompute):
     """B equals I followed (later) by W exactly: the same J and gradients, bit for bit, with
     every micro-batch's W deferred; the slots and pending slots are all given back; the busy
-    clock counts W's seconds apart (`Busy.weight`, within `backward`)."""
+    clock counts W's seconds apart (`Busy.weight`, within `backward`), and the CPU time the OS
+    gave the compute calls (`Busy.compute_cpu`) is positive and at most their wall time."""
     g, params, x, y = problem(n=N)
     plan = partition(g, k, "uniform")
     got = {}
@@ -533,6 +534,9 @@ def test_backward_is_input_then_weight_gradients_bit_for_bit(k, recompute):
             # busy clocks: W's time is part of the backward's, and only split runs have it
             assert (w.busy.weight > 0) == (not whole)
             assert w.busy.weight <= w.busy.backward
+            # the OS's CPU time of the compute calls: positive, never above their wall time
+            wall = w.busy.forward + w.busy.backward
+            assert 0.0 < w.busy.compute_cpu <= wall + 1e-3
     (fin_b, grads_b), (fin_s, grads_s) = got[True], got[False]
     assert fin_b == fin_s
     for a, b in zip(grads_b, grads_s, strict=True):

@@ -138,7 +138,7 @@ class StageWorker(GradientReduction):
     def forward(
         self, mb: int, x: np.ndarray, y: np.ndarray | None = None, scale: float = 1.0
     ) -> np.ndarray | None:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         self.bytes_received += x.nbytes if self.prog.input_grad else 0  # from a neighbour
         with np.errstate(all="ignore"):  # the driver checks J; no warning per overflow
             out = self.prog.forward(mb, x, y, scale)
@@ -146,6 +146,7 @@ class StageWorker(GradientReduction):
             out = self.bk.to_host(out)
             self.bytes_sent += out.nbytes
         self.busy.forward += time.perf_counter() - t
+        self.busy.compute_cpu += time.thread_time() - c
         return out
 
     def backward(
@@ -165,7 +166,7 @@ class StageWorker(GradientReduction):
     ) -> np.ndarray | None:
         """A backward (whole, or its I) of micro-batch `mb`: the received cotangent `g` in,
         the input's cotangent out (a host array), timed and counted."""
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         if g is not None:
             self.bytes_received += g.nbytes
         with np.errstate(all="ignore"):
@@ -175,14 +176,16 @@ class StageWorker(GradientReduction):
             self.bytes_sent += din.nbytes
         self._compute_end = time.perf_counter()
         self.busy.backward += self._compute_end - t
+        self.busy.compute_cpu += time.thread_time() - c
         return din
 
     def backward_weight(self, mb: int, scale: float = 1.0) -> None:
         """The weight-gradient half of `backward` (W) of micro-batch `mb`, after its I."""
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         with np.errstate(all="ignore"):
             self.prog.backward_weight(mb, scale)
         self._compute_end = time.perf_counter()
+        self.busy.compute_cpu += time.thread_time() - c
         dt = self._compute_end - t
         self.busy.backward += dt
         self.busy.weight += dt

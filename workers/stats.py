@@ -29,6 +29,10 @@ class Busy:
     on their own thread while the backward runs) exposed <= allreduce. `reductions` counts
     the all-reduces (steps), so each figure over it is a step's. `total`, the time a step
     kept the stage busy, counts the exposed part only.
+
+    `compute_cpu` is the CPU time the OS charged the calling thread inside the forward and
+    backward calls (CLOCK_THREAD_CPUTIME_ID): their wall time less any time the thread was
+    not running (preempted by another process, or waiting on a page fault's I/O).
     """
 
     forward: float = 0.0
@@ -38,6 +42,7 @@ class Busy:
     allreduce: float = 0.0
     exposed: float = 0.0
     reductions: int = 0
+    compute_cpu: float = 0.0
 
     @property
     def total(self) -> float:

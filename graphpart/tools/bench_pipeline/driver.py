@@ -62,7 +62,9 @@ def add_matmul_costs(
     """Each pipeline row's stages against what their matmuls cost at the one-thread sgemm rate
     measured now at the row's micro-batch shapes: `compute_vs_matmuls` per stage is the stage's
     measured forward + backward per micro-batch over that cost (1.0: nothing but the matmuls,
-    at the BLAS's own rate). Returns the rates by micro-batch rows."""
+    at the BLAS's own rate), and `compute_cpu_vs_matmuls` the same with the calls' CPU time
+    as the OS counted it (their wall time less time the thread was not running). Returns the
+    rates by micro-batch rows."""
     by_rows: dict[tuple[int, tuple[int, ...]], list[dict[str, Any]]] = {}
     for r in rows:
         mb = microbatch_rows(batch, r["microbatches"])
@@ -77,6 +79,11 @@ def add_matmul_costs(
             (f + b) / (m["fwd_ms"] + m["bwd_ms"])
             for f, b, m in zip(r["fwd_ms"], r["bwd_ms"], ms, strict=True)
         ]
+        if "compute_cpu_ms" in r:  # the same, counting the CPU time the OS gave the calls
+            r["compute_cpu_vs_matmuls"] = [
+                c / (m["fwd_ms"] + m["bwd_ms"])
+                for c, m in zip(r["compute_cpu_ms"], ms, strict=True)
+            ]
     return {k[0]: v for k, v in by_rows.items()}
 
 

@@ -112,6 +112,13 @@ def format_report(res: dict[str, Any]) -> str:
                 )
                 + "; stage compute / its matmuls "
                 + " | ".join(f"{c:.2f}" for c in r["compute_vs_matmuls"])
+                + (
+                    " (wall), "
+                    + " | ".join(f"{c:.2f}" for c in r["compute_cpu_vs_matmuls"])
+                    + " (CPU time)"
+                    if "compute_cpu_vs_matmuls" in r
+                    else ""
+                )
             )
     for r in res.get("torch", []):
         lines.append(

@@ -87,6 +87,7 @@ def _time_steps(engine: Any, X: np.ndarray, y: np.ndarray, warmup: int, steps: i
                 "B": a.busy.backward - b.busy.backward,
                 "W": a.busy.weight - b.busy.weight,  # of B: the split backward's W calls
                 "step": a.busy.finish - b.busy.finish,
+                "cpu": a.busy.compute_cpu - b.busy.compute_cpu,  # OS CPU time of F and B
             }
             for a, b in zip(after, before, strict=True)
         ]
@@ -152,6 +153,8 @@ def measure_pipeline(
                         "fwd_ms": [v * 1e3 for v in fwd],
                         "bwd_ms": [v * 1e3 for v in bwd],
                         "finish_ms": [v * 1e3 for v in fin],
+                        # the OS's CPU time of the same calls (thread clock), per micro-batch
+                        "compute_cpu_ms": [b["cpu"] / per * 1e3 for b in r["busy_s"]],
                         "comm_ms": comm_s[name] * 1e3,
                         "call_overhead_ms": [v * 1e3 for v in over],
                         "predicted_kernels_step_s": pred["step_s"],
