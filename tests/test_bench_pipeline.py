@@ -109,6 +109,8 @@ def test_tiny_run_returns_every_figure(ray_session):
         assert min(r["matmul_fwd_ms"]) > 0 and min(r["matmul_bwd_ms"]) > 0
     dp = res["data_parallel"]  # graphpart's data parallelism beside the pipelines
     assert dp["replicas"] == 2 and dp["samples_per_s"] > 0 and dp["sgemm_gflops"] > 0
+    assert len(dp["allreduce_ms"]) == 2 and all(t > 0 for t in dp["allreduce_ms"])
+    assert "all-reduce " in report
     assert all(r["sgemm_gflops"] > 0 for r in res["single"])
     assert "data parallel, 2 replicas" in report and "torch DDP: not measured" in report
     proj = res["projection"]["rows"]

@@ -88,6 +88,7 @@ def _time_steps(engine: Any, X: np.ndarray, y: np.ndarray, warmup: int, steps: i
                 "W": a.busy.weight - b.busy.weight,  # of B: the split backward's W calls
                 "step": a.busy.finish - b.busy.finish,
                 "cpu": a.busy.compute_cpu - b.busy.compute_cpu,  # OS CPU time of F and B
+                "allreduce": a.busy.allreduce - b.busy.allreduce,  # data parallelism's
             }
             for a, b in zip(after, before, strict=True)
         ]
@@ -204,7 +205,8 @@ def measure_data_parallel(
     g, params, X, y, opt = _problem(sizes, batch, dtype)
     with DataParallel(partition(g, 1), params, opt, replicas=replicas, max_rows=batch) as eng:
         r = _time_steps(eng, X, y, warmup, steps)
-    r.pop("busy_s", None)
+    # each replica's all-reduce, its own time a step, over the timed steps
+    r["allreduce_ms"] = [b["allreduce"] / steps * 1e3 for b in r.pop("busy_s")]
     r["sgemm_gflops"] = whole_model_rate(sizes, microbatch_rows(batch, replicas), dtype)
     return {"engine": "data-parallel", "replicas": replicas, **r}
 
