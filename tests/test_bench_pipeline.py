@@ -128,6 +128,18 @@ def test_torch_pipelining_peer_runs_when_torch_is_installed():
 
 
 @pytest.mark.ray
+@pytest.mark.parametrize("schedule", ["interleaved", "zbv"])
+def test_torch_peers_with_virtual_stages_run_when_torch_is_installed(schedule):
+    """torch's ScheduleInterleaved1F1B and ScheduleZBVZeroBubble: two ranks, two stages each
+    (interleaved: 0 and 2 on rank 0; the V: 0 and 3), rank 0's figures."""
+    pytest.importorskip("torch")
+    r = bp.run_torch_pipeline([16, 32, 32, 32, 8], [1, 1, 1, 1], 16, schedule, 4, 1, 2, chunks=2)
+    assert r["ranks"] == 2 and r["samples_per_s"] > 0 and r["steps"] == 2
+    with pytest.raises(ValueError, match="chunks=3: must divide the 4 stages"):
+        bp.run_torch_pipeline([16, 32, 32, 32, 8], [1, 1, 1, 1], 16, schedule, 4, 1, 2, chunks=3)
+
+
+@pytest.mark.ray
 def test_torch_ddp_and_one_process_peers_run_when_torch_is_installed():
     pytest.importorskip("torch")
     d = bp.run_torch_ddp([16, 32, 8], 2, 16, 1, 3)

@@ -7,7 +7,9 @@ Each is set up as torch's own docs and tests set it up, with every advantage it 
 have (measured in docs/benchmarks.md, "The peers"):
 - pipelining: static stage metadata (`PipelineStage(..., input_args=, output_args=)` with the
   micro-batch shapes, so no shape inference runs), `Schedule1F1B` / `ScheduleGPipe` /
-  `ScheduleInterleavedZeroBubble` with one stage a rank (torch's ZB1P, = ZB-H1);
+  `ScheduleInterleavedZeroBubble` with one stage a rank (torch's ZB1P, = ZB-H1), and with
+  virtual stages (`chunks` v a rank) `ScheduleInterleaved1F1B` (rank r holds r, r+K, ...)
+  and `ScheduleZBVZeroBubble` (v = 2, rank r holds r and 2K-1-r);
 - DDP: `gradient_as_bucket_view=True` (no copy between the gradients and the buckets),
   `static_graph=True`, its bucketed all-reduce overlapping backward;
 - one process: the whole model on `threads` threads (no process group);
@@ -32,7 +34,8 @@ from typing import Any
 MODES = ("pipeline", "ddp", "single")
 
 
-TORCH_SCHEDULES = ("1f1b", "gpipe", "zb-h1")  # graphpart's names torch has a class for
+# graphpart's names torch has a class for
+TORCH_SCHEDULES = ("1f1b", "gpipe", "zb-h1", "interleaved", "zbv")
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -54,17 +57,19 @@ def run_peer(
     schedule: str = "1f1b",
     microbatches: int = 1,
     threads: int = 1,
+    chunks: int = 1,
     timeout_s: float = 600.0,
 ) -> dict[str, Any]:
     """Start one process per rank, as `torchrun --nproc-per-node ranks` would (the same
-    environment variables, one thread each); return rank 0's figures."""
+    environment variables, one thread each); return rank 0's figures. A pipeline's `split`
+    gives the layers of each of its ranks x `chunks` (virtual) stages."""
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}; valid: {', '.join(MODES)}")
     args = [
         "--mode", mode, "--sizes", ",".join(map(str, sizes)),
         "--split", ",".join(map(str, split or [len(sizes) - 1])), "--batch", str(batch),
         "--schedule", schedule, "--microbatches", str(microbatches), "--threads", str(threads),
-        "--warmup", str(warmup), "--steps", str(steps),
+        "--warmup", str(warmup), "--steps", str(steps), "--chunks", str(chunks),
     ]  # fmt: skip
     env = {
         **os.environ,
@@ -106,11 +111,15 @@ def run_torch_pipeline(
     warmup: int,
     steps: int,
     timeout_s: float = 600.0,
+    chunks: int = 1,
 ) -> dict[str, Any]:
-    """torch.distributed.pipelining, one process per stage; rank 0's figures."""
+    """torch.distributed.pipelining, one process per device holding `chunks` of the
+    len(split) stages (virtual stages where chunks > 1); rank 0's figures."""
+    if chunks < 1 or len(split) % chunks:
+        raise ValueError(f"chunks={chunks}: must divide the {len(split)} stages of {split}")
     return run_peer(
-        "pipeline", sizes, len(split), batch, warmup, steps, split=split,
-        schedule=schedule, microbatches=microbatches, timeout_s=timeout_s,
+        "pipeline", sizes, len(split) // chunks, batch, warmup, steps, split=split,
+        schedule=schedule, microbatches=microbatches, chunks=chunks, timeout_s=timeout_s,
     )  # fmt: skip
 
 
@@ -160,34 +169,57 @@ def _rank_main(a: argparse.Namespace) -> None:
             PipelineStage,
             Schedule1F1B,
             ScheduleGPipe,
+            ScheduleInterleaved1F1B,
             ScheduleInterleavedZeroBubble,
+            ScheduleZBVZeroBubble,
         )
 
         split = [int(s) for s in a.split.split(",")]
-        first = sum(split[:rank])
-        module = _mlp(sizes, first, split[rank])
+        n_stages = len(split)
+        # the stages this rank holds: one; interleaved r, r+K, ...; the V r and 2K-1-r
+        mine = {
+            "interleaved": [rank + c * world for c in range(a.chunks)],
+            "zbv": [rank, 2 * world - 1 - rank],
+        }.get(a.schedule, [rank])
         mb = -(-a.batch // a.microbatches)
-        # static metadata: the shapes of one micro-batch in and out; a stage that receives
-        # its input needs its gradient (requires_grad) to send one back
-        x_mb = torch.empty(mb, sizes[first], requires_grad=rank > 0)
-        y_mb = torch.empty(mb, sizes[first + split[rank]], requires_grad=True)
-        stage = PipelineStage(
-            module, rank, world, torch.device("cpu"), input_args=(x_mb,), output_args=y_mb
-        )
+        stages, modules = [], []
+        for s in mine:
+            first = sum(split[:s])
+            modules.append(_mlp(sizes, first, split[s]))
+            # static metadata: the shapes of one micro-batch in and out; a stage that
+            # receives its input needs its gradient (requires_grad) to send one back
+            x_mb = torch.empty(mb, sizes[first], requires_grad=s > 0)
+            y_mb = torch.empty(mb, sizes[first + split[s]], requires_grad=True)
+            stages.append(
+                PipelineStage(
+                    modules[-1],
+                    s,
+                    n_stages,
+                    torch.device("cpu"),
+                    input_args=(x_mb,),
+                    output_args=y_mb,
+                )  # fmt: skip
+            )
+        module = nn.ModuleList(modules)
         kinds = {
-            "1f1b": Schedule1F1B,
-            "gpipe": ScheduleGPipe,
+            "1f1b": lambda st, **kw: Schedule1F1B(st[0], **kw),
+            "gpipe": lambda st, **kw: ScheduleGPipe(st[0], **kw),
             # torch's ZB1P (= ZB-H1) with one stage a rank: its interleaved class, v = 1
-            "zb-h1": lambda st, **kw: ScheduleInterleavedZeroBubble([st], **kw),
+            "zb-h1": ScheduleInterleavedZeroBubble,
+            "interleaved": ScheduleInterleaved1F1B,
+            "zbv": ScheduleZBVZeroBubble,
         }
         if a.schedule not in kinds:
             raise SystemExit(f"torch has no {a.schedule} schedule (it has {', '.join(kinds)})")
-        sched = kinds[a.schedule](stage, n_microbatches=a.microbatches, loss_fn=loss)
+        sched = kinds[a.schedule](stages, n_microbatches=a.microbatches, loss_fn=loss)
+        has_first, has_last = 0 in mine, n_stages - 1 in mine
 
         def fwd_bwd() -> None:
-            if rank == 0:
+            if has_first and has_last:  # the V: rank 0 holds the first stage and the last
+                sched.step(x, target=y)
+            elif has_first:
                 sched.step(x)
-            elif rank == world - 1:
+            elif has_last:
                 sched.step(target=y)
             else:
                 sched.step()
@@ -238,6 +270,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ("threads", int),
         ("warmup", int),
         ("steps", int),
+        ("chunks", int),
     ):
         ap.add_argument(f"--{name}", type=typ, required=True)
     for name in ("mode", "sizes", "split", "schedule"):
