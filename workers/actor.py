@@ -37,12 +37,15 @@ def worker_env(threads: int) -> dict[str, str]:
 
 
 class StageActor:
-    """A stage answering one call per action (`call("forward", m, ...)`)."""
+    """A stage answering one call per action (`call("forward", m, ...)`). Given several
+    specs it is a device of virtual stages: one worker a chunk (`workers`, chunk 0 first),
+    `call_chunk(c, ...)` calling chunk c's."""
 
-    def __init__(self, blas_threads: int, spec: WorkerSpec) -> None:
+    def __init__(self, blas_threads: int, spec: WorkerSpec | Sequence[WorkerSpec]) -> None:
         threadpool_limits(int(blas_threads))  # in case BLAS was loaded before the env applied
         self.threads = int(blas_threads)
-        self.worker = spec.build()
+        self.workers = [s.build() for s in (spec if isinstance(spec, Sequence) else [spec])]
+        self.worker = self.workers[0]
 
     def _failure(self, what: str, e: BaseException) -> RuntimeError:
         return RuntimeError(
@@ -58,12 +61,19 @@ class StageActor:
     }
 
     def call(self, method: str, *args: Any) -> Any:
+        return self.call_chunk(0, method, *args)
+
+    def call_chunk(self, chunk: int, method: str, *args: Any) -> Any:
+        """`call` on chunk `chunk`'s worker (a device of virtual stages; 0: the stage's)."""
+        worker = self.workers[chunk]
         try:
-            return getattr(self.worker, method)(*args, **self.SERIALISED_AT_ONCE.get(method, {}))
+            return getattr(worker, method)(*args, **self.SERIALISED_AT_ONCE.get(method, {}))
         except Exception as e:
             what = method
             if method in ("forward", "backward") and args:
                 what = f"{method} of micro-batch {args[0]}"
+            if chunk:
+                what += f" of virtual stage {worker.index}"
             raise self._failure(what, e) from e
 
     def info(self) -> dict[str, Any]:
@@ -88,6 +98,14 @@ class PushStageActor(StageActor):
         self.next: Any = None
         self.send_forward: Send | None = None
         self.send_backward: Send | None = None
+        self.routes: dict[str, Send] | None = None  # virtual stages: by the sender's tag
+        self.peers: list[Any] = []  # the workers to wake when this one fails (beyond prev, next)
+
+    def connect_routes(self, peers: Sequence[Any], routes: dict[str, Any]) -> None:
+        """A device of virtual stages: `routes[tag]` is the actor that takes the tensors sent
+        under `tag` ("F3": virtual stage 3's activations); `peers` every worker it sends to."""
+        self.peers = list(peers)
+        self.routes = {tag: _sender(peer) for tag, peer in routes.items()}
 
     def connect(self, prev: Any, nxt: Any) -> None:
         self.prev, self.next = prev, nxt
@@ -118,7 +136,7 @@ class PushStageActor(StageActor):
         nxt, prev = self.next, self.prev
         try:
             return run_step(
-                self.worker,
+                self.workers if self.routes is not None else self.worker,
                 step,
                 actions,
                 self.inbox,
@@ -130,13 +148,14 @@ class PushStageActor(StageActor):
                 send_forward=self.send_forward,
                 send_backward=self.send_backward,
                 infer=infer,
+                routes=self.routes,
             )
         except NeighbourFailed as e:
             raise RuntimeError(f"stage {self.worker.index} stopped: {e}") from None
         except Exception as e:
             cause = e.cause if isinstance(e, ActionFailed) else e
             err = self._failure(e.what if isinstance(e, ActionFailed) else "run_step", cause)
-            for peer in (prev, nxt):  # wake the neighbours waiting on this stage
+            for peer in {id(p): p for p in (prev, nxt, *self.peers)}.values():  # wake them
                 if peer is not None:
                     peer.abort.options(concurrency_group=INBOX_GROUP).remote(step, str(err))
             raise err from cause
@@ -161,6 +180,41 @@ class ChannelStageActor(PushStageActor):
         if feed is not None:
             self.worker.ledger.add("channel:feed", "boundary", feed.capacity)
         self.outgoing: list[Channel] = []
+
+    def open_device_inbox(
+        self,
+        incoming: Sequence[tuple[int, ChannelName]],
+        own_core: bool = False,
+        feed: ChannelName | None = None,
+    ) -> None:
+        """A device of virtual stages: `open_inbox` with the channels its chunks read, each
+        (chunk, name), counted in that chunk's ledger ("channel:in0", ... a chunk)."""
+        spin = ChannelInbox.SPIN_OWN_CORE if own_core else ChannelInbox.SPIN_SHARED_CORE
+        chans = [*(n for _, n in incoming), *([feed] if feed is not None else [])]
+        self.inbox = ChannelInbox([Channel.create(n) for n in chans], spin)
+        for c, w in enumerate(self.workers):  # mapped here, so counted here (and by the sender)
+            for i, n in enumerate(n for chunk, n in incoming if chunk == c):
+                w.ledger.add(f"channel:in{i}", "boundary", n.capacity)
+        if feed is not None:
+            self.worker.ledger.add("channel:feed", "boundary", feed.capacity)
+        self.outgoing = []
+
+    def connect_device_channels(
+        self,
+        peers: Sequence[Any],
+        routes: dict[str, Any],
+        channels: dict[str, tuple[int, str, ChannelName]],
+    ) -> None:
+        """A device of virtual stages: `connect_routes` (Ray, to devices on other nodes),
+        and `channels[tag] = (chunk, side, name)`: the tensors sent under `tag` go through
+        that channel, counted in the chunk's ledger ("channel:to_prev", "channel:to_next")."""
+        self.connect_routes(peers, routes)
+        assert self.routes is not None
+        for tag, (c, side, name) in channels.items():
+            ch = Channel.attach(name)
+            self.outgoing.append(ch)
+            self.workers[c].ledger.add(f"channel:to_{side}", "boundary", name.capacity)
+            self.routes[tag] = ch.send
 
     def connect_channels(
         self, prev: Any, nxt: Any, to_prev: ChannelName | None, to_next: ChannelName | None

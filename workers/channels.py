@@ -27,7 +27,20 @@ import numpy as np
 from workers.push import Inbox, Key
 
 RECORD = struct.Struct("<qiiiiii")  # step, kind, mb, rows, cols, dtype code, offset / 64
-KINDS = ("F", "B")
+KINDS = ("F", "B")  # a key's kind: "F" or "B", or with the sending virtual stage ("F3", "B4")
+
+
+def kind_code(kind: str) -> int:
+    """A key's kind as the record's int: "F" 0, "B" 1; "F<s>" 2 + 2s, "B<s>" 3 + 2s."""
+    base = KINDS.index(kind[0])
+    return base if len(kind) == 1 else base + 2 + 2 * int(kind[1:])
+
+
+def code_kind(code: int) -> str:
+    """The kind `kind_code` wrote."""
+    return KINDS[code % 2] + ("" if code < 2 else str((code - 2) // 2))
+
+
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 ALIGN = 64
 
@@ -98,7 +111,7 @@ class Channel:
             )
         view = np.frombuffer(self.buf, a.dtype, rows * cols, self._offset).reshape(rows, cols)
         np.copyto(view, a)
-        record = RECORD.pack(step, KINDS.index(kind), mb, rows, cols, dt, self._offset // ALIGN)
+        record = RECORD.pack(step, kind_code(kind), mb, rows, cols, dt, self._offset // ALIGN)
         os.write(self.fd, record)
         self._offset = -(-end // ALIGN) * ALIGN
 
@@ -115,7 +128,7 @@ class Channel:
         for i in range(0, n, RECORD.size):
             step, kind, mb, rows, cols, dt, off = RECORD.unpack_from(data, i)
             view = np.frombuffer(self.buf, DTYPES[dt], rows * cols, off * ALIGN)
-            out.append(((step, KINDS[kind], mb), view.reshape(rows, cols)))
+            out.append(((step, code_kind(kind), mb), view.reshape(rows, cols)))
         return out
 
     def close(self) -> None:

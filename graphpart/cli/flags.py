@@ -9,9 +9,18 @@ from typing import Any
 from graphpart.engines import check_device
 from graphpart.errors import GraphpartError
 from graphpart.ir.ops import ACTIVATIONS, LOSSES
-from graphpart.plan.schedule import KINDS as SCHEDULES
+from graphpart.plan.kinds import SCHEDULES
 from graphpart.run.config import Config
 from graphpart.run.session import DEFAULT_CONFIG, make_config
+
+
+def _positive(text: str) -> int:
+    """An integer of 1 or more (argparse names the flag and the value when it is not)."""
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} is not 1 or more")
+    return n
+
 
 # flag -> (dotted config key, type, help)
 FLAGS: dict[str, tuple[str, Any, str]] = {
@@ -47,6 +56,12 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
         "micro-batches per minibatch (with one stage: gradient accumulation over them)",
     ),
     "--schedule": ("pipeline.schedule", str, " | ".join(SCHEDULES)),
+    "--chunks": (
+        "pipeline.chunks",
+        _positive,
+        "virtual stages a device, for --schedule interleaved (any v >= 1) or zbv (2): the "
+        "model is cut into stages x chunks virtual stages (default: the schedule's own, 2)",
+    ),
     "--strategy": ("pipeline.strategy", str, "uniform | balanced | memory"),
     "--address": (
         "pipeline.address",
@@ -114,8 +129,8 @@ COMMAND_KEYS: dict[str, tuple[str, ...]] = {
     + tuple(
         f"pipeline.{k}"
         for k in (
-            "stages microbatches schedule strategy cost recompute memory_budget data_parallel "
-            "device"
+            "stages microbatches schedule chunks strategy cost recompute memory_budget "
+            "data_parallel device"
         ).split()
     ),
     "graph": (*_MODEL, "pipeline.stages", "pipeline.strategy", "pipeline.cost"),

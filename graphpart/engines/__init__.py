@@ -2,7 +2,14 @@
 
 from graphpart.engines.cluster import describe_cluster, start_ray, stop_ray
 from graphpart.engines.data_parallel import DP_TRANSPORTS, DataParallel
-from graphpart.engines.engine import TRANSPORT_CHOICES, Engine, StepResult, resolve_transport
+from graphpart.engines.engine import (
+    TRANSPORT_CHOICES,
+    Engine,
+    StepResult,
+    check_virtual,
+    resolve_transport,
+    virtual_transports,
+)
 from graphpart.engines.measure import measured_costs
 from graphpart.engines.trainable import Trainable
 from graphpart.engines.transports import TRANSPORTS
@@ -39,7 +46,9 @@ __all__ = [
     "measured_costs",
     "read_hwm",
     "reset_hwm",
+    "check_virtual",
     "resolve_transport",
+    "virtual_transports",
     "start_ray",
     "stop_ray",
     "describe_cluster",

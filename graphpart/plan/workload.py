@@ -12,7 +12,8 @@ from graphpart.plan.batching import microbatch_rows, split_batch
 @dataclass(frozen=True)
 class Workload:
     """What a training step is asked to do, besides the plan: a `batch`-row minibatch in
-    `microbatches` micro-batches under `schedule`, `optimizer` (a name with its `momentum`, or
+    `microbatches` micro-batches under `schedule` (with `chunks` virtual stages a device
+    where it has them), `optimizer` (a name with its `momentum`, or
     an Optimizer), `dtype`, and whether backward recomputes the forward (`recompute`). The
     run's config gives it once (graphpart.run.setup.workload_of); the memory model and the
     search read it."""
@@ -24,6 +25,7 @@ class Workload:
     momentum: float = 0.9
     dtype: Any = "float32"
     recompute: bool = False
+    chunks: int = 0  # virtual stages a device (interleaved, zbv; 0: the schedule's own)
 
     @property
     def slots(self) -> int:

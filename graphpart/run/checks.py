@@ -12,8 +12,8 @@ from graphpart.errors import ConfigError
 from graphpart.ir.ops import ACTIVATIONS, LOSSES
 from graphpart.optim import OPTIMIZERS
 from graphpart.params import DTYPES
+from graphpart.plan.kinds import SCHEDULES
 from graphpart.plan.partition import STRATEGIES
-from graphpart.plan.schedule import KINDS as SCHEDULES
 from graphpart.units import parse_bytes
 
 
@@ -184,6 +184,9 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "pipeline.stages": _positive_int,
     "pipeline.microbatches": _positive_int,
     "pipeline.schedule": _choice(SCHEDULES),
+    "pipeline.chunks": lambda v: (
+        None if v >= 0 else "must be 1 or more chunks a device (0: the schedule's own)"
+    ),
     "pipeline.strategy": _choice(STRATEGIES),
     "pipeline.address": _address,
     "pipeline.device": _choice(DEVICES),

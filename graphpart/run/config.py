@@ -9,8 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from graphpart.engines import DP_TRANSPORTS, resolve_transport
-from graphpart.errors import ConfigError
+from graphpart.engines import DP_TRANSPORTS, check_virtual, resolve_transport
+from graphpart.errors import ConfigError, GraphpartError
+from graphpart.plan.kinds import chunks_for, is_virtual
 from graphpart.run.checks import CHECKS, coerce, fmt, typed
 
 if sys.version_info >= (3, 11):
@@ -72,6 +73,9 @@ class PipelineConfig:
     stages: int = 1
     microbatches: int = 1
     schedule: str = "1f1b"
+    # virtual stages a device (schedules interleaved: any v >= 1, zbv: 2): the model is cut
+    # into stages x chunks virtual stages; 0: the schedule's own (2 for both, else 1)
+    chunks: int = 0
     strategy: str = "balanced"
     address: str = ""
     device: str = "cpu"
@@ -222,9 +226,31 @@ def _split_override(dotted: str) -> tuple[str, str]:
     return section, key
 
 
+def _check_chunks(p: PipelineConfig, transport: str) -> None:
+    """pipeline.chunks against the schedule, and what runs virtual stages."""
+    try:
+        chunks_for(p.schedule, p.chunks)
+    except GraphpartError as e:
+        raise ConfigError(f"pipeline.{e}") from None
+    if not is_virtual(p.schedule):
+        return
+    check_virtual(p.schedule, transport)
+    for key, bad, instead in (
+        ("data_parallel", p.data_parallel > 1, "data_parallel = 1"),
+        ("strategy", p.strategy == "memory", "strategy uniform or balanced"),
+    ):
+        if bad:
+            raise ConfigError(
+                f"pipeline.schedule={p.schedule!r} with pipeline.{key}={getattr(p, key)!r}: "
+                f"virtual stages do not run with it yet; use {instead}, or a schedule of one "
+                "stage a device (gpipe, 1f1b, zb-h1, zb-h2)"
+            )
+
+
 def _check_together(cfg: Config) -> None:
     p, t, d, m = cfg.pipeline, cfg.train, cfg.data, cfg.model
-    resolve_transport(p.transport, p.stages, p.address)
+    transport = resolve_transport(p.transport, p.stages, p.address)
+    _check_chunks(p, transport)
     if p.data_parallel > 1:
         if p.transport not in DP_TRANSPORTS:
             raise ConfigError(

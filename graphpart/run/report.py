@@ -10,6 +10,7 @@ import numpy as np
 from graphpart.engines import Rss, StageStats, describe_blas
 from graphpart.plan import schedule as sch
 from graphpart.plan.batching import microbatch_rows, split_batch
+from graphpart.plan.kinds import is_virtual
 from graphpart.plan.memory import budget_problem
 from graphpart.plan.partition import Plan
 from graphpart.run.checkpoint import RunDir, atomic_write
@@ -23,6 +24,7 @@ from graphpart.run.setup import (
     transport_of,
     uses_ray,
 )
+from graphpart.run.virtual_report import virtual_plan_report
 from graphpart.units import human_bytes, table
 
 
@@ -30,6 +32,8 @@ def plan_report(s: Setup, cfg: Config) -> dict[str, Any]:
     """The plan as a table and as data; memory columns come from the analytic model."""
     plan, p, t = s.plan, cfg.pipeline, cfg.train
     data = plan_dict(plan, cfg)
+    if is_virtual(p.schedule):  # several stages a device: by device and chunk
+        return virtual_plan_report(s, cfg, data)
     B, M, K, R = t.batch_size, p.microbatches, plan.k, p.data_parallel
     share = microbatch_rows(B, R)  # the rows a replica runs (all of them without replicas)
     M = min(M, share)

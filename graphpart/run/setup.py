@@ -6,20 +6,21 @@ import dataclasses
 from dataclasses import dataclass
 
 from graphpart.engines import DataParallel, Engine, Trainable, measured_costs, resolve_transport
-from graphpart.errors import ConfigError
+from graphpart.errors import ConfigError, GraphpartError
 from graphpart.ir import Graph, mlp
 from graphpart.optim import Optimizer, make_optimizer
 from graphpart.params import Params
 from graphpart.plan.batching import microbatch_rows
+from graphpart.plan.kinds import check_layers, chunks_for, is_virtual
 from graphpart.plan.memory import (
     MemoryPrediction,
     Workload,
     budget_problem,
-    predict,
     predict_data_parallel,
     stage_memory_cost,
 )
 from graphpart.plan.partition import Plan, partition
+from graphpart.plan.virtual_memory import predict_schedule
 from graphpart.run.config import Config
 from graphpart.run.data import reader_for
 from graphpart.run.dataset import Dataset, DataShape, DataSpec
@@ -90,7 +91,18 @@ def workload_of(cfg: Config) -> Workload:
         momentum=t.momentum,
         dtype=t.dtype,
         recompute=p.recompute,
+        chunks=p.chunks,
     )
+
+
+def stage_count(cfg: Config, layers: int) -> int:
+    """The stages the plan cuts: pipeline.stages, times the chunks a device under a schedule
+    of virtual stages (checked against the model's `layers`)."""
+    p = cfg.pipeline
+    if not is_virtual(p.schedule):
+        return p.stages
+    check_layers(p.schedule, p.stages, p.chunks, layers)
+    return p.stages * chunks_for(p.schedule, p.chunks)
 
 
 def setup(cfg: Config) -> Setup:
@@ -112,17 +124,21 @@ def setup(cfg: Config) -> Setup:
         weight_decay=m.weight_decay,
     )
     p, w = cfg.pipeline, workload_of(cfg)
+    try:
+        stages = stage_count(cfg, len(graph.layers))
+    except GraphpartError as e:
+        raise ConfigError(f"pipeline.{e}") from None
     if p.strategy == "memory":
         cost = stage_memory_cost(graph, p.stages, w)
         plan = partition(graph, p.stages, "memory", memory_cost=cost)
-    elif p.cost == "measured" and p.strategy == "balanced" and p.stages > 1:
+    elif p.cost == "measured" and p.strategy == "balanced" and stages > 1:
         times = measured_costs(graph, microbatch_rows(w.batch, w.microbatches), w.dtype)
         plan = dataclasses.replace(
-            partition(graph, p.stages, "balanced", layer_costs=times),
+            partition(graph, stages, "balanced", layer_costs=times),
             strategy="balanced (measured layer times)",
         )
     else:
-        plan = partition(graph, p.stages, p.strategy)
+        plan = partition(graph, stages, p.strategy)
     t = cfg.train
     opt = make_optimizer(
         t.optimizer, lr=t.lr, momentum=t.momentum, beta1=t.beta1, beta2=t.beta2, eps=t.eps
@@ -148,7 +164,7 @@ def predicted_memory(s: Setup) -> MemoryPrediction:
     dp = s.config.pipeline.data_parallel
     if dp > 1:
         return predict_data_parallel(s.plan, dp, s.workload, channels=uses_channels(s.config))
-    return predict(s.plan, s.workload, channels=uses_channels(s.config))
+    return predict_schedule(s.plan, s.workload, channels=uses_channels(s.config))
 
 
 def transport_of(cfg: Config) -> str:
@@ -243,6 +259,7 @@ def make_engine(s: Setup, params: Params, keep_events: bool = False) -> Trainabl
         address=p.address,
         microbatches=p.microbatches,
         schedule=p.schedule,
+        chunks=p.chunks,
         max_rows=t.batch_size,
         device=p.device,
         recompute=p.recompute,

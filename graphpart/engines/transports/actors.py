@@ -85,6 +85,7 @@ class RayActors:
         self.info: list[dict[str, Any]] = []
         self.started = False
         self._times: list[float] = []  # the last steps' durations (seconds)
+        self.owner: tuple[int, ...] = ()  # virtual stages: stage -> its device's actor
 
     # -- liveness ---------------------------------------------------------------------------------
     def deadline_s(self) -> float:
@@ -172,28 +173,38 @@ class RayActors:
             return max(self.first_deadline_s, self.step_timeout_s)
         return max(self.deadline_s(), self.min_deadline_s)
 
-    def start(self, specs: Sequence[WorkerSpec]) -> None:
+    def start(self, specs: Sequence[WorkerSpec], owner: Sequence[int] = ()) -> None:
+        """One actor per stage; with `owner` (virtual stages: stage s on device owner[s]),
+        one per device, holding its stages' workers, chunk 0 first."""
         import ray
 
+        self.owner = tuple(owner)
         self.started = start_ray(self.address, self.num_cpus)
         cpus = float(ray.cluster_resources().get("CPU", 1.0))
-        k = len(specs)
+        groups: list[Any] = list(specs)
+        if self.owner:
+            devices = max(self.owner) + 1
+            groups = [
+                tuple(sp for sp, d in zip(specs, self.owner, strict=True) if d == dev)
+                for dev in range(devices)
+            ]
+        k = len(groups)
         threads = max(1, int(cpus // k))
         opts: dict[str, Any] = dict(
             num_cpus=min(1.0, cpus / k),  # share the cores out when stages outnumber them
             runtime_env={"env_vars": bodies.worker_env(threads)},
         )
-        if any(s.device == "cuda" for s in specs):
+        if any(sp.device == "cuda" for sp in specs):
             opts["num_gpus"] = gpus_per_stage(float(ray.cluster_resources().get("GPU", 0.0)), k)
         cls = (
             ray.remote(**self.remote_options)(self.body)
             if self.remote_options
             else (ray.remote(self.body))
         )
-        where = self.nodes_for(len(specs))
+        where = self.nodes_for(k)
         self.actors = [
-            cls.options(**opts, **_on(node)).remote(threads, s)
-            for s, node in zip(specs, where, strict=True)
+            cls.options(**opts, **_on(node)).remote(threads, g)
+            for g, node in zip(groups, where, strict=True)
         ]
         self.info = self.get([a.info.remote() for a in self.actors])
 
@@ -202,6 +213,10 @@ class RayActors:
         return [None] * workers
 
     def call(self, stage: int, method: str, *args: Any) -> Any:
+        if self.owner:  # virtual stages: the stage's chunk on its device's actor
+            d = self.owner[stage]
+            chunk = self.owner[:stage].count(d)
+            return self.actors[d].call_chunk.remote(chunk, method, *args)
         return self.actors[stage].call.remote(method, *args)
 
     def get(self, handles: Sequence[Any], timeout: float | None = None) -> list[Any]:

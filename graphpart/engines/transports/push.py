@@ -29,6 +29,7 @@ class Push(RayActors):
     """One actor per stage, one `run_step` call per stage a step, tensors pushed stage to stage."""
 
     name = "push"
+    virtual_stages = True  # a device's actor runs its chunks (workers/push.py)
     body = bodies.PushStageActor
     remote_options: ClassVar[dict[str, Any]] = {"concurrency_groups": {bodies.INBOX_GROUP: 1}}
     neighbour_wait_s = 600.0  # how long a stage waits for a neighbour's tensor
@@ -39,13 +40,22 @@ class Push(RayActors):
         super().__init__(address, num_cpus, step_timeout_s)
         self.steps = StepCalls(self)
 
-    def start(self, specs: Sequence[WorkerSpec]) -> None:
-        super().start(specs)
+    def start(self, specs: Sequence[WorkerSpec], owner: Sequence[int] = ()) -> None:
+        super().start(specs, owner)
         self._connect(specs)
 
     def _connect(self, specs: Sequence[WorkerSpec]) -> None:
-        """Tell each stage its neighbours (actor handles it sends to)."""
+        """Tell each stage its neighbours (actor handles it sends to); with virtual stages,
+        each device the device that takes each tag it sends (`routes`)."""
         k = len(self.actors)
+        if self.owner:
+            self.get(
+                [
+                    a.connect_routes.remote(*self._routes(d, set()))
+                    for d, a in enumerate(self.actors)
+                ]
+            )
+            return
         self.get(
             [
                 a.connect.remote(
@@ -55,13 +65,42 @@ class Push(RayActors):
             ]
         )
 
+    def _routes(self, device: int, near: set[int]) -> tuple[list[Any], dict[str, Any]]:
+        """Device `device`'s peers and, per tag it sends ("F3": virtual stage 3's
+        activations, "B4": stage 4's cotangents), the actor that takes it; devices in `near`
+        are left out of the tags (a channel carries those)."""
+        owner, peers, routes = self.owner, {}, {}
+        for s in range(len(owner) - 1):  # the boundary between virtual stages s and s + 1
+            a, b = owner[s], owner[s + 1]
+            for src, dst, tag in ((a, b, f"F{s}"), (b, a, f"B{s + 1}")):
+                if src == device and dst != device:
+                    peers[dst] = self.actors[dst]
+                    if dst not in near:
+                        routes[tag] = self.actors[dst]
+        return list(peers.values()), routes
+
+    def _ends(self, wiring: StepWiring) -> tuple[int, int]:
+        """The workers that take the micro-batch inputs and the labels."""
+        if wiring.virtual:
+            return wiring.owner[0], wiring.owner[-1]
+        return 0, wiring.devices - 1
+
+    def _by_stage(self, wiring: StepWiring, results: list[Any]) -> list[Any]:
+        """The workers' results by stage (a device's: one per chunk, in the stages' order)."""
+        if not wiring.virtual:
+            return results
+        out = []
+        for s, d in enumerate(wiring.owner):
+            out.append(results[d][wiring.owner[:s].count(d)])
+        return out
+
     def run_step(self, wiring: StepWiring, feed: StepFeed[np.ndarray]) -> list[Finish]:
-        step, last = self.steps.next(), wiring.k - 1
+        step, (first, last) = self.steps.next(), self._ends(wiring)
         refs = [
             a.run_step.remote(
                 step,
                 wiring.stages[k],
-                self._inputs(feed, step) if k == 0 else None,
+                self._inputs(feed, step) if k == first else None,
                 list(feed.ys) if k == last else None,
                 feed.scale,
                 feed.update,
@@ -69,18 +108,18 @@ class Push(RayActors):
             )
             for k, a in enumerate(self.actors)
         ]
-        return self.steps.collect(refs, step)
+        return self._by_stage(wiring, self.steps.collect(refs, step))
 
     def run_inference(self, wiring: StepWiring, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """One call per stage, as a step: the inputs fed to stage 0 as a step's are, the
         boundary tensors pushed stage to stage, the last stage's outputs returned."""
-        step = self.steps.next()
+        step, (first, last) = self.steps.next(), self._ends(wiring)
         feed = StepFeed(xs=xs, ys=(), scale=1.0, update=False)
         refs = [
             a.run_step.remote(
                 step,
                 wiring.stages[k],
-                self._inputs(feed, step) if k == 0 else None,
+                self._inputs(feed, step) if k == first else None,
                 None,
                 1.0,
                 False,
@@ -89,7 +128,7 @@ class Push(RayActors):
             )
             for k, a in enumerate(self.actors)
         ]
-        return self.steps.collect(refs, step)[-1]
+        return self.steps.collect(refs, step)[last]
 
     def _inputs(self, feed: StepFeed[np.ndarray], step: int) -> Any:
         """What stage 0's run_step gets for the micro-batch inputs (here: the arrays, as Ray

@@ -31,6 +31,7 @@ class Shm(Push):
     """Push, over shared memory between co-located neighbours."""
 
     name = "shm"
+    virtual_stages = True  # a channel a direction for each boundary between two devices
     body = bodies.ChannelStageActor
     close_wait_s = 5.0
 
@@ -44,6 +45,9 @@ class Shm(Push):
         self._feed_dtype = np.dtype(np.float32)
 
     def _connect(self, specs: Sequence[WorkerSpec]) -> None:
+        if self.owner:
+            self._connect_devices(specs)
+            return
         nodes = self.get([a.node.remote() for a in self.actors])
         k = len(self.actors)
         tag = uuid.uuid4().hex[:12]
@@ -79,6 +83,50 @@ class Shm(Push):
             ]
         )
 
+    def _connect_devices(self, specs: Sequence[WorkerSpec]) -> None:
+        """Virtual stages: a channel a direction for each boundary between two devices on one
+        node (interleaved's wrap-around edge included), each counted by its chunks as a
+        stage's are; a device's turn (two of its chunks) has none, other nodes go through Ray."""
+        nodes = self.get([a.node.remote() for a in self.actors])
+        owner, tag = self.owner, uuid.uuid4().hex[:12]
+        chunk = [owner[:s].count(owner[s]) for s in range(len(owner))]
+        incoming: list[list[tuple[int, ChannelName]]] = [[] for _ in self.actors]
+        outgoing: list[dict[str, tuple[int, str, ChannelName]]] = [{} for _ in self.actors]
+        local = set()
+        for s in range(len(owner) - 1):  # F channels into a stage before its B channels
+            a, b = owner[s], owner[s + 1]
+            if a != b and nodes[a] == nodes[b]:
+                local.add((a, b))
+                fwd = ChannelName.new(f"{tag}-{s}f", boundary_bytes(specs[s]))
+                bwd = ChannelName.new(f"{tag}-{s}b", boundary_bytes(specs[s]))
+                self.channels += [fwd, bwd]
+                outgoing[a][f"F{s}"] = (chunk[s], "next", fwd)
+                outgoing[b][f"B{s + 1}"] = (chunk[s + 1], "prev", bwd)
+                incoming[b].append((s + 1, fwd))
+                incoming[a].append((s, bwd))
+        for d in range(len(self.actors)):  # per device: by stage, a stage's F before its B
+            incoming[d] = [(chunk[s], n) for s, n in sorted(incoming[d], key=_stage_first)]
+        feed = None
+        if nodes[owner[0]] == this_node():
+            feed = ChannelName.new(f"{tag}-feed", input_bytes(specs[0]))
+            self.channels.append(feed)
+            self._feed_dtype = params_dtype(specs[0].params)
+        own = own_cores(nodes)
+        self.get(
+            [
+                a.open_device_inbox.remote(incoming[d], own, feed if d == owner[0] else None)
+                for d, a in enumerate(self.actors)
+            ]
+        )
+        self.feed = Channel.attach(feed) if feed is not None else None
+        near = [{b for a, b in local if a == d} | {a for a, b in local if b == d} for d in nodes]
+        self.get(
+            [
+                a.connect_device_channels.remote(*self._routes(d, near[d]), outgoing[d])
+                for d, a in enumerate(self.actors)
+            ]
+        )
+
     def _inputs(self, feed: StepFeed[np.ndarray], step: int) -> Any:
         """Stage 0's micro-batch inputs, written into the feed channel (in the model's dtype)
         rather than put in Ray's object store: FROM_INBOX tells the stage to read them there."""
@@ -95,6 +143,12 @@ class Shm(Push):
         topology.close(self.actors, self.channels, self.close_wait_s)
         self.channels = []
         super().close()
+
+
+def _stage_first(item: tuple[int, ChannelName]) -> tuple[int, bool]:
+    """A stage's channels in the order a stage's are numbered: from the previous (F), then
+    from the next (B)."""
+    return item[0], item[1].data.endswith("b.buf")
 
 
 def boundary_bytes(spec: WorkerSpec) -> int:

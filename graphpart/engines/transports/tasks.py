@@ -25,6 +25,7 @@ class Tasks(RayActors):
     """A task per action, object references between stages."""
 
     name = "tasks"
+    virtual_stages = True  # the driver calls each virtual stage's chunk on its device's actor
 
     def __init__(
         self, address: str = "", num_cpus: int | None = None, step_timeout_s: float = 0.0
