@@ -3,7 +3,9 @@
 A channel made by its reader and attached by its writer carries 2-D float32/float64 arrays
 exactly (values, shape, dtype), announced by a 32-byte record; within a step the writer lays
 tensors one after another, and a new step starts again at the front; a step that would
-overflow the buffer raises ValueError naming the channel. A ChannelInbox hands out what its
+overflow the buffer raises ValueError naming the channel. A key's kind is "F" or "B", or with
+the sending virtual stage ("F3", "B12": several stages' tensors share a channel's inbox), and
+arrives as it was sent. A ChannelInbox hands out what its
 channels announced under the sender's key, wakes when a neighbour is told to fail
 (NeighbourFailed) or something is `put` through Ray, times out naming the missing tensor, and
 leaves no file behind once both ends are closed. A waiting take polls for at most `spin_s`
@@ -20,7 +22,7 @@ import time
 import numpy as np
 import pytest
 
-from workers.channels import Channel, ChannelInbox, ChannelName
+from workers.channels import Channel, ChannelInbox, ChannelName, code_kind, kind_code
 from workers.push import NeighbourFailed
 
 
@@ -52,6 +54,19 @@ def test_arrays_arrive_exactly_and_steps_restart_at_the_front(name):
     writer.close()
     reader.close()
     assert not os.path.exists(name.data) and not os.path.exists(name.fifo)
+
+
+def test_virtual_stage_kinds_round_trip(name):
+    kinds = ["F", "B", "F0", "B0", "F3", "B12"]
+    assert [code_kind(kind_code(k)) for k in kinds] == kinds
+    assert len({kind_code(k) for k in kinds}) == len(kinds)
+    reader, writer = Channel.create(name), Channel.attach(name)
+    a = np.ones((2, 3))
+    for k in kinds:
+        writer.send((7, k, 1), a)
+    assert [key for key, _ in reader.receive()] == [(7, k, 1) for k in kinds]
+    writer.close()
+    reader.close()
 
 
 def test_a_step_larger_than_the_buffer_is_refused(name):

@@ -378,3 +378,20 @@ def test_allreduce_overlap_is_off_by_default_and_takes_a_bool():
     assert on.pipeline.allreduce_overlap is True
     with pytest.raises(ConfigError, match="allreduce_overlap"):
         make_config(None, {"pipeline.allreduce_overlap": "sometimes"})
+
+
+def test_chunks_are_checked_against_the_schedule_and_the_transport():
+    """pipeline.chunks: 0 (the schedule's own) or a count the schedule takes; a schedule of
+    virtual stages needs a transport that runs them, one stage a replica and no memory split."""
+    assert load_config(None, {"pipeline.schedule": "interleaved", "pipeline.chunks": "3"})
+    assert "pipeline.chunks=-1: must be 1 or more" in _error(overrides={"pipeline.chunks": "-1"})
+    msg = _error(overrides={"pipeline.schedule": "zbv", "pipeline.chunks": "3"})
+    assert msg.startswith("pipeline.chunks=3 with schedule 'zbv'") and "chunks=2" in msg
+    assert "runs one stage a device" in _error(overrides={"pipeline.chunks": "2"})
+    msg = _error(overrides={"pipeline.schedule": "zbv", "pipeline.transport": "compiled"})
+    assert "transport='compiled' does not run schedule 'zbv'" in msg and "shm" in msg
+    msg = _error(overrides={"pipeline.schedule": "zbv", "pipeline.strategy": "memory"})
+    assert "pipeline.strategy='memory'" in msg
+    dp = {"pipeline.schedule": "zbv", "pipeline.data_parallel": "2", "pipeline.stages": "2"}
+    msg = _error(overrides=dp)
+    assert "pipeline.data_parallel=2" in msg

@@ -15,6 +15,14 @@ unconsumed outputs followed by each stage's finish. `wire_inference(K, M)` runs 
 micro-batch's forward on every stage in order, routed as a step's forwards but without labels,
 and `drive_inference` chains each micro-batch through the stages' `infer`, returning the last
 stage's outputs by micro-batch.
+
+With virtual stages (`wire(kind, K, M, chunks)`, kind interleaved or zbv) `stages` are the K
+devices' lists, each action naming its chunk and virtual stage s (the placement's), routed as
+stage s of a V-stage pipeline would be; an input or output between two chunks of one device
+(the V's turn) is `near`, every other boundary (interleaved's wrap-around from device K-1 to
+device 0 included) goes to another device under a key naming the sending virtual stage, so
+that no two tensors of a step share a key; `order` respects every dependency between virtual
+stages; `drive` calls each virtual stage (0..V-1) and returns the V finishes.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import pytest
 
 from graphpart.engines.wiring import StepFeed, drive, drive_inference, wire, wire_inference
 from graphpart.plan import schedule as sch
+from graphpart.plan.kinds import make as make_schedule
 
 
 @pytest.mark.parametrize("kind", sch.KINDS)
@@ -158,3 +167,69 @@ def test_drive_inference_chains_each_micro_batch_through_the_stages():
 
     assert drive_inference(w, ["x0", "x1"], call) == ["2(1(0(x0)))", "2(1(0(x1)))"]
     assert {c[1] for c in calls} == {"infer"} and len(calls) == 6
+
+
+@pytest.mark.parametrize(("kind", "v"), [("interleaved", 1), ("interleaved", 3), ("zbv", 2)])
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("m", [1, 2, 5])
+def test_virtual_routing_keys_and_order(kind, v, k, m):
+    w = wire(kind, k, m, v)
+    where, actions = make_schedule(kind, k, v, m)
+    V, owner = k * v, where.owner
+    assert (w.k, w.devices, w.owner, w.virtual) == (V, k, owner, True)
+    sent, taken = [], []
+    for d, acts in enumerate(w.stages):
+        assert [(a.kind, a.mb, a.chunk) for a in acts] == [
+            (a.kind, a.mb, a.chunk) for a in actions[d]
+        ]
+        for a in acts:
+            s = a.stage
+            assert owner[s] == d and where.chunk(s) == a.chunk
+            if a.kind == "F":
+                assert (a.receives, a.sends, a.labels) == (s > 0, s < V - 1, s == V - 1)
+                assert a.near_in == (s > 0 and owner[s - 1] == d)
+                assert a.near_out == (s < V - 1 and owner[s + 1] == d)
+            elif a.kind == "W":
+                assert not (a.receives or a.sends or a.near_in or a.near_out)
+            else:
+                assert (a.receives, a.sends) == (s < V - 1, s > 0)
+                assert a.near_in == (s < V - 1 and owner[s + 1] == d)
+            if a.sends:
+                sent.append((a.tag_out, a.mb))
+            if a.receives:
+                taken.append((a.tag_in, a.mb))
+    assert len(set(sent)) == len(sent) and sorted(sent) == sorted(taken)
+    if kind == "zbv" and k > 0:  # the V's turn: device K-1 passes stage K-1 to stage K in process
+        turn = [a for a in w.stages[k - 1] if a.kind == "F" and a.stage == k - 1]
+        assert all(a.near_out for a in turn)
+    done = {}
+    for d, a in w.order:  # every dependency before its dependant
+        s = a.stage
+        if a.kind == "F" and s > 0:
+            assert ("F", s - 1, a.mb) in done
+        if a.kind in ("B", "I"):
+            assert (
+                (("B", s + 1, a.mb) in done or ("I", s + 1, a.mb) in done)
+                if s < V - 1
+                else (("F", s, a.mb) in done)
+            )
+        if a.kind == "W":
+            assert ("I", s, a.mb) in done
+        done[a.kind, s, a.mb] = d
+
+
+def test_drive_calls_virtual_stages():
+    """ZB-V over 2 devices: drive calls stages 0..3 (not devices) and returns 4 finishes."""
+    w = wire("zbv", 2, 2)
+    calls = []
+
+    def call(stage, method, *args):
+        calls.append((stage, method))
+        return f"{method}{stage}"
+
+    out = drive(w, StepFeed(xs=["x0", "x1"], ys=["y0", "y1"], scale=0.5, update=True), call)
+    assert out[-4:] == ["finish0", "finish1", "finish2", "finish3"]
+    assert {s for s, m in calls if m == "forward"} == {0, 1, 2, 3}
+    inf = wire_inference(2, 3, make_schedule("zbv", 2, 2, 1)[0])
+    got = drive_inference(inf, ["a", "b", "c"], lambda s, method, x: f"{x}>{s}")
+    assert got == ["a>0>1>2>3", "b>0>1>2>3", "c>0>1>2>3"]

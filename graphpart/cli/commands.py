@@ -11,7 +11,8 @@ from pathlib import Path
 from graphpart.cli.flags import check_local_device, cli_overrides, load_cli_config
 from graphpart.errors import GraphpartError
 from graphpart.ir import to_dot, write_graph
-from graphpart.run.config import load_config
+from graphpart.plan.kinds import is_virtual
+from graphpart.run.config import Config, load_config
 from graphpart.run.predictions import check_out, save_predictions
 from graphpart.run.report import plan_report
 from graphpart.run.session import load
@@ -148,9 +149,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )
 
 
+def _one_stage_a_device(cfg: Config, command: str) -> None:
+    """Refuse a schedule of virtual stages in a command that does not model them yet."""
+    if is_virtual(cfg.pipeline.schedule):
+        raise GraphpartError(
+            f"graphpart {command} does not run schedule {cfg.pipeline.schedule!r} (virtual "
+            "stages) yet; `graphpart plan` and `graphpart train` do, or use gpipe, 1f1b, "
+            "zb-h1 or zb-h2 here"
+        )
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     cfg = load_cli_config(args)
     check_local_device(cfg)
+    _one_stage_a_device(cfg, "profile")
     return run_profile(
         cfg,
         steps=args.steps,
@@ -162,4 +174,6 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_hessian(args: argparse.Namespace) -> int:
-    return run_hessian(load_cli_config(args), args)
+    cfg = load_cli_config(args)
+    _one_stage_a_device(cfg, "hessian")
+    return run_hessian(cfg, args)

@@ -64,6 +64,7 @@ class Compiled(Tasks):
     """Tasks for the first step of a shape, a Ray Compiled Graph for the steps after."""
 
     name = "compiled"
+    virtual_stages = False  # its graph binds one actor a stage: virtual stages are refused
     compile_after = 2  # compile on the n-th consecutive step of the same key
     presleep = 0.8  # sleep this fraction of the recent compiled step time before waiting on it
     teardown_timeout_s = 60.0
