@@ -8,7 +8,7 @@ I to its W. The zero-bubble generators live here, beside `make`, so that every s
 GENERATORS (zero_bubble imports this module); graphpart/plan/zero_bubble.py draws their
 pictures and holds the text form and the validator. Schedules with several stages a device
 (interleaved 1F1B, ZB-V) are graphpart/plan/virtual_schedules.py's, apart from GENERATORS
-and KINDS: the executor does not run them yet.
+and KINDS; graphpart/plan/kinds.py names all of them (SCHEDULES).
 """
 
 from __future__ import annotations

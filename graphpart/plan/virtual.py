@@ -17,8 +17,8 @@ device 0, forward of micro-batch 3, chunk 1). `simulate` times a schedule over d
 `Timeline` of graphpart/plan/schedule.py (an event's `stage` is its device, its `action` a
 ChunkAction). This module holds the IR, the placements and the text form; `virtual_sim` the
 simulator and the validator; `virtual_schedules` the generators (`interleaved_1f1b`, `zb_v`,
-in VIRTUAL, apart from `schedule.KINDS`: the executor does not run them yet; docs/schedules.md
-says what it will need).
+in VIRTUAL; graphpart/plan/kinds.py names them beside `schedule.KINDS`, and the executor runs
+them: docs/schedules.md, "Running virtual stages").
 """
 
 from __future__ import annotations

@@ -196,7 +196,7 @@ class VirtualKind:
     build: Callable[[int, int, int], ChunkSchedule]
 
 
-# Apart from schedule.KINDS: the executor runs one stage a worker and cannot run these yet.
+# Apart from schedule.KINDS (one stage a device); graphpart/plan/kinds.py names both.
 VIRTUAL: dict[str, VirtualKind] = {
     "interleaved": VirtualKind("interleaved", _interleaved),
     "zbv": VirtualKind("v", _zb_v),
