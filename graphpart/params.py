@@ -34,7 +34,9 @@ def init_params(graph: Graph, seed: int = 0, dtype: str | np.dtype = "float32") 
         if len(v.shape) == 2:
             fan_out, fan_in = v.shape
             std = np.sqrt(2.0 / fan_in) if act == "relu" else np.sqrt(2.0 / (fan_in + fan_out))
-            out[v.name] = (rng.standard_normal(v.shape) * std).astype(dtype)
+            w = rng.standard_normal(v.shape)
+            w *= std  # in place: one float64 temporary, not two (a worker's start-up peak)
+            out[v.name] = w.astype(dtype)
         else:
             out[v.name] = np.zeros(v.shape, dtype)
     return out

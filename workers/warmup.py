@@ -9,6 +9,7 @@ import numpy as np
 
 from graphpart.ir.graph import BATCH, Graph, Var
 from graphpart.optim import Optimizer
+from graphpart.params import init_params
 from workers.backends import Backend
 from workers.ledger import Ledger
 from workers.program import Program
@@ -23,8 +24,9 @@ def warm_up(
     input_grad: bool,
     rows: int,
 ) -> None:
-    """Compile (or load from cache) every kernel this stage uses, on a 2-wide copy of its
-    graph, then run its products once at their real shapes, so the resident-memory baseline
+    """Compile (or load from cache) every kernel this stage uses, on a 2-wide copy of its graph
+    (whose parameters it draws as a worker given an Init does, so the generator's code is paged
+    in too), then run its products once at their real shapes, so the resident-memory baseline
     taken afterwards holds the process's fixed costs: the compiler's memory, and the BLAS
     library's work buffers, which it maps once and touches as far as a product's shape needs
     (0.5-2 MiB a stage here, kept for the process's life; docs/memory.md)."""
@@ -37,6 +39,7 @@ def warm_up(
         graph.output,
         graph.loss,
     )
+    init_params(small, 0, dtype)  # the generator's code, paged in before the baseline
     prog, x = exercise(small, bk, dtype, output, input_grad, 2)
     prog.regularize()
     w, gr = np.ones(4, dtype), np.ones(4, dtype)
