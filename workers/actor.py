@@ -101,12 +101,6 @@ class PushStageActor(StageActor):
         self.routes: dict[str, Send] | None = None  # virtual stages: by the sender's tag
         self.peers: list[Any] = []  # the workers to wake when this one fails (beyond prev, next)
 
-    def connect_routes(self, peers: Sequence[Any], routes: dict[str, Any]) -> None:
-        """A device of virtual stages: `routes[tag]` is the actor that takes the tensors sent
-        under `tag` ("F3": virtual stage 3's activations); `peers` every worker it sends to."""
-        self.peers = list(peers)
-        self.routes = {tag: _sender(peer) for tag, peer in routes.items()}
-
     def connect(self, prev: Any, nxt: Any) -> None:
         self.prev, self.next = prev, nxt
         self.send_forward = None if nxt is None else _sender(nxt)
@@ -180,41 +174,6 @@ class ChannelStageActor(PushStageActor):
         if feed is not None:
             self.worker.ledger.add("channel:feed", "boundary", feed.capacity)
         self.outgoing: list[Channel] = []
-
-    def open_device_inbox(
-        self,
-        incoming: Sequence[tuple[int, ChannelName]],
-        own_core: bool = False,
-        feed: ChannelName | None = None,
-    ) -> None:
-        """A device of virtual stages: `open_inbox` with the channels its chunks read, each
-        (chunk, name), counted in that chunk's ledger ("channel:in0", ... a chunk)."""
-        spin = ChannelInbox.SPIN_OWN_CORE if own_core else ChannelInbox.SPIN_SHARED_CORE
-        chans = [*(n for _, n in incoming), *([feed] if feed is not None else [])]
-        self.inbox = ChannelInbox([Channel.create(n) for n in chans], spin)
-        for c, w in enumerate(self.workers):  # mapped here, so counted here (and by the sender)
-            for i, n in enumerate(n for chunk, n in incoming if chunk == c):
-                w.ledger.add(f"channel:in{i}", "boundary", n.capacity)
-        if feed is not None:
-            self.worker.ledger.add("channel:feed", "boundary", feed.capacity)
-        self.outgoing = []
-
-    def connect_device_channels(
-        self,
-        peers: Sequence[Any],
-        routes: dict[str, Any],
-        channels: dict[str, tuple[int, str, ChannelName]],
-    ) -> None:
-        """A device of virtual stages: `connect_routes` (Ray, to devices on other nodes),
-        and `channels[tag] = (chunk, side, name)`: the tensors sent under `tag` go through
-        that channel, counted in the chunk's ledger ("channel:to_prev", "channel:to_next")."""
-        self.connect_routes(peers, routes)
-        assert self.routes is not None
-        for tag, (c, side, name) in channels.items():
-            ch = Channel.attach(name)
-            self.outgoing.append(ch)
-            self.workers[c].ledger.add(f"channel:to_{side}", "boundary", name.capacity)
-            self.routes[tag] = ch.send
 
     def connect_channels(
         self, prev: Any, nxt: Any, to_prev: ChannelName | None, to_next: ChannelName | None

@@ -70,6 +70,8 @@ class RayActors:
     name = "ray"
     in_process = False
     body: ClassVar[type[bodies.StageActor]] = bodies.StageActor
+    # a device of virtual stages (`start` with an owner): its chunks' workers, `call_chunk`
+    device_body: ClassVar[type[bodies.StageActor]] = bodies.StageActor
     remote_options: ClassVar[dict[str, Any]] = {}
     exit_wait_s = 3.0  # after ray.kill, how long a stage on this machine may take to exit
     first_deadline_s = 300.0  # ... before three steps have been timed
@@ -130,7 +132,7 @@ class RayActors:
         when it joined a cluster)."""
         if not self.started:
             return []
-        name, out = f"ray::{self.body.__name__}", []
+        name, out = f"ray::{getattr(self, '_body_name', self.body.__name__)}", []
         for p in psutil.Process().children(recursive=True):
             try:
                 if " ".join(p.cmdline()).startswith(name):
@@ -196,11 +198,9 @@ class RayActors:
         )
         if any(sp.device == "cuda" for sp in specs):
             opts["num_gpus"] = gpus_per_stage(float(ray.cluster_resources().get("GPU", 0.0)), k)
-        cls = (
-            ray.remote(**self.remote_options)(self.body)
-            if self.remote_options
-            else (ray.remote(self.body))
-        )
+        body = self.device_body if self.owner else self.body
+        self._body_name = body.__name__
+        cls = ray.remote(**self.remote_options)(body) if self.remote_options else ray.remote(body)
         where = self.nodes_for(k)
         self.actors = [
             cls.options(**opts, **_on(node)).remote(threads, g)

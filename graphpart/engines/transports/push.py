@@ -21,6 +21,7 @@ from graphpart.engines.transports.actors import RayActors
 from graphpart.engines.wiring import StepFeed, StepWiring
 from graphpart.errors import StageFailure
 from workers import actor as bodies
+from workers import device_actor
 from workers.stage import WorkerSpec
 from workers.stats import Finish
 
@@ -31,6 +32,7 @@ class Push(RayActors):
     name = "push"
     virtual_stages = True  # a device's actor runs its chunks (workers/push.py)
     body = bodies.PushStageActor
+    device_body = device_actor.PushDeviceActor
     remote_options: ClassVar[dict[str, Any]] = {"concurrency_groups": {bodies.INBOX_GROUP: 1}}
     neighbour_wait_s = 600.0  # how long a stage waits for a neighbour's tensor
 

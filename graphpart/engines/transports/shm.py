@@ -22,6 +22,7 @@ from graphpart.engines.wiring import StepFeed
 from graphpart.params import params_dtype
 from graphpart.plan.memory import channel_bytes
 from workers import actor as bodies
+from workers import device_actor
 from workers.channels import Channel, ChannelName
 from workers.push import FROM_INBOX
 from workers.stage import WorkerSpec
@@ -33,6 +34,7 @@ class Shm(Push):
     name = "shm"
     virtual_stages = True  # a channel a direction for each boundary between two devices
     body = bodies.ChannelStageActor
+    device_body = device_actor.ChannelDeviceActor
     close_wait_s = 5.0
 
     def __init__(
