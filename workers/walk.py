@@ -33,7 +33,9 @@ def walk(
     `backward_weight(mb, scale)` (no input: what its I kept). Each output goes to `give`.
     Every path that runs a schedule (a driver's `drive`, a stage's or a replica's own step,
     `value_and_grad`'s chain of programs) walks here, so a new action kind is added once: one
-    entry in the table below.
+    entry in the table below. With virtual stages (several a worker) an action names its
+    `chunk` and virtual `stage`: `call` runs it on that chunk's worker (a device's run_step) or
+    on that virtual stage (a driver's), and `take`/`give` key its tensors by the stage.
     """
 
     def forward(k: int, a: StageAction) -> tuple[str, tuple[Any, ...]]:
