@@ -144,6 +144,7 @@ def test_ray_transports_are_bit_identical_to_in_process(ray_session):
         (2, 2, 3, "interleaved", False, ("shm", "push", "tasks")),  # wrap-around, M not % K
         (2, 2, 5, "zbv", True, ("shm",)),  # the V's turn in process, I and W apart
         (2, 3, 1, "interleaved", False, ("shm",)),  # M < K
+        (2, 1, 2, "interleaved", False, ("shm",)),  # one chunk a device: 1F1B, keyed by stage
     ):
         ref, ref_J = _train(k, v, m, schedule, recompute)
         want = ref.get_params()

@@ -140,7 +140,7 @@ class Engine:
             address=address, num_cpus=num_cpus, step_timeout_s=float(step_timeout)
         )
         try:
-            if self.chunks > 1:  # a worker a device, holding its chunks
+            if is_virtual(schedule):  # a worker a device, holding its chunks (1 or more)
                 self.transport.start(specs, self.placement.owner)  # type: ignore[call-arg]
             else:
                 self.transport.start(specs)
