@@ -14,9 +14,9 @@ v = 2, I and W apart), for K in {1, 2, 3, 4} and M in {1, 2, 3, 4, 5, 8} micro-b
   M = 3; the slow lane every schedule, K, v, M and recompute setting);
 - each chunk's worker holds as many activation slots and pending-W slots as its chunk's peak
   in the device's list (virtual_sim.chunk_peaks), and gives them all back;
-- on Ray (`shm`; `push` and `tasks` once), the same training is bit-identical to the
-  in-process one; a transport that does not run virtual stages (`compiled`) is refused in one
-  line naming the ones that do.
+- on Ray (`shm`; `push` and `tasks` once), the same training and then inference through the
+  devices are bit-identical to the in-process ones; a transport that does not run virtual
+  stages (`compiled`) is refused in one line naming the ones that do.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def test_ray_transports_are_bit_identical_to_in_process(ray_session):
         (2, 1, 2, "interleaved", False, ("shm",)),  # one chunk a device: 1F1B, keyed by stage
     ):
         ref, ref_J = _train(k, v, m, schedule, recompute)
-        want = ref.get_params()
+        want, logits = ref.get_params(), ref.predict(PROBLEM[2])
         ref.close()
         for transport in transports:
             eng, got_J = _train(k, v, m, schedule, recompute, transport)
@@ -156,5 +156,6 @@ def test_ray_transports_are_bit_identical_to_in_process(ray_session):
                 got = eng.get_params()
                 for name in want:
                     np.testing.assert_array_equal(got[name], want[name], err_msg=transport)
+                np.testing.assert_array_equal(eng.predict(PROBLEM[2]), logits, err_msg=transport)
             finally:
                 eng.close()
