@@ -226,7 +226,8 @@ class Engine:
             part = x[start : start + block]
             m = -(-len(part) // chunk)
             if m not in self._inference:
-                self._inference[m] = wire_inference(self.devices, m, self.placement)
+                where = self.placement if is_virtual(self.kind) else None
+                self._inference[m] = wire_inference(self.devices, m, where)
             xs = [np.ascontiguousarray(part[r]) for r in split_batch(len(part), m)]
             outs += self.transport.run_inference(self._inference[m], xs)
         return np.concatenate(outs) if outs else np.zeros((0, 0))

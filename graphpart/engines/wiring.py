@@ -154,10 +154,11 @@ def wire_inference(stages: int, microbatches: int, where: Placement | None = Non
         stage 0: F0(data -> send)  F1(data -> send)
         stage 1: F0(recv)          F1(recv)
 
-    With a placement of virtual stages (`where`: `stages` is then its devices), each device
+    With a placement of virtual stages (`where`, one chunk a device or more: `stages` is then
+    its devices; tensors keyed by virtual stage, as a virtual step's), each device
     runs its chunks' forwards chunk by chunk, each chunk's micro-batches in order.
     """
-    if where is not None and where.chunks > 1:
+    if where is not None:
         m = int(microbatches)
         acts = tuple(
             tuple(ChunkAction("F", j, c) for c in range(where.chunks) for j in range(m))
