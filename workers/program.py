@@ -88,15 +88,19 @@ class Program:
         dtypes = {np.asarray(p).dtype for p in params.values()}
         self.dtype = next(iter(dtypes)) if dtypes else np.dtype(np.float64)
 
+        # the gradients: views of one buffer, in the order they become final (data parallelism
+        # all-reduces that buffer in place, bucket by bucket: workers/buckets.py); the ledger
+        # enters each parameter and its gradient in the lowering's order
+        self.grad_order = grad_order(low)
+        self.flat_grads, views = self._flat_views([low.grad_buffer(w) for w in self.grad_order])
         self.params: dict[str, Any] = {}
+        self.grads: dict[str, Any] = {}
         for w in low.params:
             self.params[w] = self._alloc(low.param_buffer(w))
             self.bk.from_host(np.asarray(params[w], dtype=self.dtype), self.params[w])
-        # the gradients: views of one buffer, in the order they become final (data parallelism
-        # all-reduces that buffer in place, bucket by bucket: workers/buckets.py)
-        self.grad_order = grad_order(low)
-        self.flat_grads, views = self._alloc_flat([low.grad_buffer(w) for w in self.grad_order])
-        self.grads: dict[str, Any] = {w: views[self.grad_order.index(w)] for w in low.params}
+            spec = low.grad_buffer(w)
+            self.ledger.add(spec.name, spec.category, nbytes(spec.shape, 0, self.dtype))
+            self.grads[w] = views[self.grad_order.index(w)]
 
         if self.bk.needs_reduction:  # CUDA: the losses' and norms' float64 buffer
             red = BufferSpec("work:reduction", "workspace", (max(self.max_rows, 1024),))
@@ -143,15 +147,14 @@ class Program:
         self.ledger.add(spec.name, spec.category, nbytes(spec.shape, self.max_rows, dtype))
         return a
 
-    def _alloc_flat(self, specs: list[BufferSpec]) -> tuple[Any, list[Any]]:
+    def _flat_views(self, specs: list[BufferSpec]) -> tuple[Any, list[Any]]:
         """One zeroed buffer holding `specs` (no batch dimension) end to end, and a view of it
-        for each; every spec is entered in the ledger by its own name and bytes."""
+        for each (the caller enters them in the ledger)."""
         sizes = [int(np.prod(s.shape, dtype=np.int64)) for s in specs]
         flat = self.bk.zeros((sum(sizes),), self.dtype)
         views, at = [], 0
         for spec, n in zip(specs, sizes, strict=True):
             views.append(flat[at : at + n].reshape(tuple(int(d) for d in spec.shape)))
-            self.ledger.add(spec.name, spec.category, nbytes(spec.shape, 0, self.dtype))
             at += n
         return flat, views
 
