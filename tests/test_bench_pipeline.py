@@ -7,7 +7,8 @@ stage's finish after its last action (GPipe on equal stages: (M + K - 1)(f + b) 
 bubble (K - 1)/(M + K - 1)); a tiny `run` on the test session's Ray returns every figure for
 every engine (tasks, push, compiled), the compiled engine really ran compiled steps, the
 prediction with per-call cost is never below the kernels-only one, and the report prints a
-row per configuration.
+row per configuration. The virtual-stage rows (interleaved 1F1B, ZB-V: 2 devices of 2 chunks)
+have per-virtual-stage times, a measured bubble per device and the virtual simulator's step.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 
 from graphpart.tools import bench_pipeline as bp
 from graphpart.tools.bench_pipeline.rates import stage_matmuls
+from graphpart.tools.bench_pipeline.report import _sched
 
 
 def test_call_overhead_spreads_cpu_beyond_busy_time_over_the_calls():
@@ -118,6 +120,25 @@ def test_tiny_run_returns_every_figure(ray_session):
     assert proj[0]["bubble"] == pytest.approx(0.0) and proj[1]["samples_per_s"] > 0
     # one stage does all the work: the projection is the sum of the measured layer times
     assert proj[0]["step_s"] > 0
+
+
+def test_virtual_stage_rows(ray_session):
+    from graphpart.tools.bench_pipeline.virtual_rows import measure_virtual
+
+    rows = measure_virtual(
+        (16, 32, 32, 32, 8), 16, "float32", ("1f1b", "interleaved", "zbv"), (2, 4), 1, 2, 1e-4
+    )
+    assert [(r["schedule"], r["microbatches"]) for r in rows] == [
+        ("interleaved", 2), ("interleaved", 4), ("zbv", 2), ("zbv", 4),
+    ]  # fmt: skip
+    for r in rows:
+        assert r["stages"] == 2 and r["chunks"] == 2 and r["stage_split"] == [1, 1, 1, 1]
+        assert len(r["fwd_ms"]) == len(r["bwd_ms"]) == len(r["compute_cpu_ms"]) == 4
+        assert min(r["fwd_ms"]) > 0 and min(r["bwd_ms"]) > 0
+        assert r["samples_per_s"] > 0 and r["predicted_step_s"] > 0
+        assert 0.0 <= r["measured_bubble"] < 1.0 and 0.0 <= r["predicted_bubble"] < 1.0
+    # the report names a row's chunks a device
+    assert [_sched(r) for r in rows[::2]] == ["interleaved (v=2)", "zbv (v=2)"]
 
 
 @pytest.mark.ray

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from graphpart.errors import ConfigError
-from graphpart.plan.schedule import KINDS as SCHEDULES
+from graphpart.plan.kinds import SCHEDULES
 from graphpart.tools.bench.cli import (
     OneLineParser,
     add_model_arguments,

@@ -15,6 +15,7 @@ from graphpart.engines import describe_blas, measured_costs, start_ray, stop_ray
 from graphpart.engines.transports import RAY_DEFAULT
 from graphpart.ir import mlp
 from graphpart.plan.batching import microbatch_rows
+from graphpart.plan.kinds import is_virtual
 from graphpart.plan.stages import layer_flops
 from graphpart.tools.bench_pipeline.rates import as_dicts, stage_matmuls
 from graphpart.tools.bench_pipeline.simulator import project
@@ -31,6 +32,7 @@ from graphpart.tools.bench_pipeline.torch_peer import (
     run_torch_single,
 )
 from graphpart.tools.bench_pipeline.transfer import measure_transfer
+from graphpart.tools.bench_pipeline.virtual_rows import measure_virtual
 
 SIZES = (784, 1024, 1024, 1024, 10)
 
@@ -45,7 +47,9 @@ def measure_torch(
         cfg = (tuple(r["stage_split"]), r["schedule"], r["microbatches"])
         if r["stages"] != 2 or cfg in by_cfg or cfg[1] not in TORCH_SCHEDULES:
             continue  # (torch has no ZB-H2: that row has no torch figure)
-        t = run_torch_pipeline(sizes, cfg[0], batch, cfg[1], cfg[2], warmup, steps)
+        t = run_torch_pipeline(
+            sizes, cfg[0], batch, cfg[1], cfg[2], warmup, steps, chunks=r.get("chunks", 1)
+        )
         t.update(schedule=cfg[1], microbatches=cfg[2], stage_split=list(cfg[0]))
         by_cfg[cfg] = t
         out.append(t)
@@ -169,6 +173,12 @@ def run(
             sizes, batch, dtype, microbatches, schedules, warmup, steps, comm,
             transports=sorted(transports, key=lambda n: n == RAY_DEFAULT),
         )  # the default transport last, next to torch's  # fmt: skip
+        if any(is_virtual(k) for k in schedules) and len(sizes) - 1 >= 4:
+            say("bench: virtual stages, 2 devices x their chunks, on shm ...")
+            res["pipeline"] += measure_virtual(
+                sizes, batch, dtype, schedules, microbatches, warmup, steps, comm[RAY_DEFAULT],
+                transport=RAY_DEFAULT,
+            )  # fmt: skip
         if torch:
             say("bench: torch.distributed.pipelining, in its own processes ...")
             res["torch"] = measure_torch(sizes, batch, res["pipeline"], warmup, steps)

@@ -81,7 +81,8 @@ def format_report(res: dict[str, Any]) -> str:
         "measured per-call cost (not for compiled; see call_overhead_s)"
     )
     lines.append(
-        f"  {'engine':9}{'K':>2} {'sched':6}{'M':>3}{'samples/s':>11}{'vs torch':>9}{'vs 1proc':>9}"
+        f"  {'engine':9}{'K':>2} {'sched':14}{'M':>3}{'samples/s':>11}"
+        f"{'vs torch':>9}{'vs 1proc':>9}"
         f"{'step ms':>9}{'kern ms':>9}{'ratio':>7}{'pred ms':>9}{'ratio':>7}"
         f"{'bubble':>8}{'meas.':>7}  F/B ms per mb (stage 0 | stage 1); per-call ms; CPU ms/step: "
         "driver, stages; other processes' cores"
@@ -89,7 +90,7 @@ def format_report(res: dict[str, Any]) -> str:
     for r in res["pipeline"]:
         fb = " | ".join(f"{f:.2f}/{b:.2f}" for f, b in zip(r["fwd_ms"], r["bwd_ms"], strict=True))
         lines.append(
-            f"  {r['engine']:9}{r['stages']:>2} {r['schedule']:6}{r['microbatches']:>3}"
+            f"  {r['engine']:9}{r['stages']:>2} {_sched(r):14}{r['microbatches']:>3}"
             f"{r['samples_per_s']:>11.0f}{_ratio(r.get('vs_torch')):>9}"
             f"{r['speedup_vs_best_single']:>9.2f}{r['step_s_median'] * 1e3:>9.1f}"
             f"{r['predicted_kernels_step_s'] * 1e3:>9.1f}{r['kernels_ratio']:>7.2f}"
@@ -154,6 +155,12 @@ def format_report(res: dict[str, Any]) -> str:
             "configurations"
         )
     return "\n".join(lines)
+
+
+def _sched(r: dict[str, Any]) -> str:
+    """A row's schedule, with its chunks a device where it has virtual stages."""
+    v = r.get("chunks", 1)
+    return r["schedule"] + (f" (v={v})" if v > 1 else "")
 
 
 def _ratio(v: float | None) -> str:
