@@ -140,6 +140,8 @@ def test_bad_arguments_are_refused_before_ray_starts():
     opt = _adam()
     with pytest.raises(ConfigError, match=r"schedule='zigzag'; valid: gpipe, 1f1b"):
         DataParallel(partition(g, 2), p0, opt, replicas=2, schedule="zigzag", max_rows=BATCH)
+    with pytest.raises(ConfigError, match=r"schedule='zbv' \(virtual stages do not run data"):
+        DataParallel(partition(g, 2), p0, opt, replicas=2, schedule="zbv", max_rows=BATCH)
     with pytest.raises(ConfigError, match=r"transport='tasks'.*valid: auto, shm, push"):
         DataParallel(partition(g, 1), p0, opt, replicas=2, transport="tasks", max_rows=BATCH)
     with pytest.raises(ConfigError, match="replicas=0"):

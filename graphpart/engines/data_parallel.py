@@ -48,6 +48,7 @@ from graphpart.errors import ConfigError, PlanError
 from graphpart.optim import Optimizer
 from graphpart.params import Params, params_dtype, stage_params
 from graphpart.plan.batching import microbatch_rows, split_batch
+from graphpart.plan.kinds import is_virtual
 from graphpart.plan.schedule import KINDS
 from graphpart.plan.stages import Plan
 from workers.buckets import DEFAULT_BUCKET_BYTES
@@ -275,7 +276,8 @@ def _check_microbatches(m: Any) -> None:
 
 def _check_schedule(schedule: Any) -> None:
     if schedule not in KINDS:
-        raise ConfigError(f"schedule={schedule!r}; valid: {', '.join(KINDS)}")
+        why = " (virtual stages do not run data parallel yet)" if is_virtual(schedule) else ""
+        raise ConfigError(f"schedule={schedule!r}{why}; valid: {', '.join(KINDS)}")
 
 
 def replica_rows(n: int, replicas: int, microbatches: int) -> list[list[slice]]:
