@@ -304,9 +304,9 @@ def test_synthetic_classification_needs_two_classes():
     "pipeline, want",
     [
         ({"runtime": "auto", "transport": "push"}, "inprocess"),  # one stage ran in process
-        ({"runtime": "auto", "transport": "tasks", "stages": 2}, "tasks"),
+        ({"runtime": "auto", "transport": "shm", "stages": 2}, "shm"),
         ({"runtime": "local", "transport": "push", "stages": 2}, "inprocess"),
-        ({"runtime": "ray", "transport": "compiled"}, "compiled"),
+        ({"runtime": "ray", "transport": "push"}, "push"),
         ({"runtime": "auto", "transport": "push", "address": "auto"}, "push"),
         ({"transport": "auto"}, "auto"),
     ],
@@ -319,6 +319,25 @@ def test_older_runtime_key_is_read_as_the_transport(tmp_path, pipeline, want):
     cfg = load_config(str(path))
     assert cfg.pipeline.transport == want
     assert "runtime" not in cfg.to_dict()["pipeline"]
+
+
+@pytest.mark.parametrize("name", ["tasks", "compiled"])
+def test_removed_transports_are_refused_saying_so(tmp_path, name):
+    """`tasks` and `compiled` were removed (docs/architecture.md): a config, an override or an
+    older file naming one gets one line naming the value, the valid ones and why it went."""
+    from graphpart.engines.transports import REMOVED
+
+    for overrides in (
+        {"pipeline.transport": name},
+        {"pipeline.transport": name, "pipeline.stages": 2},
+    ):
+        msg = _error(overrides=overrides)
+        assert f"pipeline.transport={name!r}" in msg and "auto, inprocess, push, shm" in msg
+        assert f"{name} was removed ({REMOVED[name]})" in msg
+    old = tmp_path / "old.toml"
+    old.write_text(f'[pipeline]\nruntime = "ray"\ntransport = "{name}"\n')
+    with pytest.raises(ConfigError, match=f"{name} was removed"):
+        load_config(str(old))
 
 
 def test_inprocess_transport_with_an_address_is_refused():
@@ -339,7 +358,6 @@ def test_transport_choices_come_from_the_registry():
     ("overrides", "message"),
     [
         ({"pipeline.transport": "inprocess"}, "replicas run on Ray actors; use one of auto, shm"),
-        ({"pipeline.transport": "compiled"}, "use one of auto, shm, push"),
         ({"train.batch_size": 1}, "each replica needs at least one row"),
     ],
 )
@@ -388,8 +406,9 @@ def test_chunks_are_checked_against_the_schedule_and_the_transport():
     msg = _error(overrides={"pipeline.schedule": "zbv", "pipeline.chunks": "3"})
     assert msg.startswith("pipeline.chunks=3 with schedule 'zbv'") and "chunks=2" in msg
     assert "runs one stage a device" in _error(overrides={"pipeline.chunks": "2"})
-    msg = _error(overrides={"pipeline.schedule": "zbv", "pipeline.transport": "compiled"})
-    assert "transport='compiled' does not run schedule 'zbv'" in msg and "shm" in msg
+    for transport in ("inprocess", "push", "shm"):  # every transport runs virtual stages
+        zbv = {"pipeline.schedule": "zbv", "pipeline.transport": transport}
+        assert load_config(None, zbv).pipeline.transport == transport
     msg = _error(overrides={"pipeline.schedule": "zbv", "pipeline.strategy": "memory"})
     assert "pipeline.strategy='memory'" in msg
     dp = {"pipeline.schedule": "zbv", "pipeline.data_parallel": "2", "pipeline.stages": "2"}

@@ -142,7 +142,9 @@ def test_bad_arguments_are_refused_before_ray_starts():
         DataParallel(partition(g, 2), p0, opt, replicas=2, schedule="zigzag", max_rows=BATCH)
     with pytest.raises(ConfigError, match=r"schedule='zbv' \(virtual stages do not run data"):
         DataParallel(partition(g, 2), p0, opt, replicas=2, schedule="zbv", max_rows=BATCH)
-    with pytest.raises(ConfigError, match=r"transport='tasks'.*valid: auto, shm, push"):
+    with pytest.raises(ConfigError, match=r"transport='inprocess'.*valid: auto, shm, push$"):
+        DataParallel(partition(g, 1), p0, opt, replicas=2, transport="inprocess", max_rows=BATCH)
+    with pytest.raises(ConfigError, match=r"transport='tasks'.*valid: auto, shm, push; tasks was"):
         DataParallel(partition(g, 1), p0, opt, replicas=2, transport="tasks", max_rows=BATCH)
     with pytest.raises(ConfigError, match="replicas=0"):
         DataParallel(partition(g, 1), p0, opt, replicas=0, max_rows=BATCH)

@@ -1,7 +1,7 @@
 """Inference over a transport.
 
 Contract: `Engine.predict` gives every row's output in order, the reference forward's, on every
-transport (in process, `tasks`, `push`, `shm`), for any chunk size, micro-batch count and more
+transport (in process, `push`, `shm`), for any chunk size, micro-batch count and more
 rows than one inference step holds (several steps); on `shm` an evaluation goes through the
 stages' channels and does not grow a stage's shared (object-store) resident memory, evaluation
 after evaluation, where a chain of calls with large tensors does. For data parallelism
@@ -46,7 +46,7 @@ def test_predict_in_process_is_the_forward_of_every_row(k, m, chunk):
     assert got.shape == (21, 3) and rel_err(got, want) < 1e-12
 
 
-@pytest.mark.parametrize("transport", ["tasks", "push", "shm"])
+@pytest.mark.parametrize("transport", ["push", "shm"])
 def test_predict_on_ray_is_the_forward_of_every_row(ray_session, transport):
     g, p0, X, y = mlp_problem([6, 5, 7, 4, 3], 21)
     want = forward(g, p0, {"x": X, "y": y})["o"]

@@ -7,8 +7,8 @@ in-flight count and peak (the sum of its chunks'), the predicted bubble, the sch
 with a row of chunks under each device, and the memory table by device; `--json` carries the
 placement, the action lists in text form and the memory. Bad values are refused in one line
 naming the value and what is valid (exit 2): chunks < 1, zbv with chunks != 2, chunks with a
-one-stage schedule, more virtual stages than layers, a transport that does not run virtual
-stages, and commands that do not model them yet (profile). `train --schedule zbv` in process
+one-stage schedule, more virtual stages than layers, a removed transport (`compiled`), and
+commands that do not model them yet (profile). `train --schedule zbv` in process
 trains (a run directory with its summary).
 """
 
@@ -50,7 +50,8 @@ def test_plan_prints_the_virtual_schedule_and_memory(capsys):
         (["--schedule", "interleaved", "--chunks", "4", "--stages", "2"],
          "needs 8 virtual stages, more than the model's 6 layers"),
         (["--schedule", "zbv", "--set", "pipeline.transport=compiled", "--stages", "2"],
-         "transport='compiled' does not run schedule 'zbv'"),
+         "pipeline.transport='compiled': must be one of auto, inprocess, push, shm; compiled was "
+         "removed"),
         (["--schedule", "zbv", "--set", "pipeline.chunks=-2"], "pipeline.chunks=-2: must be"),
     ],
 )  # fmt: skip

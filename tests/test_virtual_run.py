@@ -14,9 +14,9 @@ v = 2, I and W apart), for K in {1, 2, 3, 4} and M in {1, 2, 3, 4, 5, 8} micro-b
   M = 3; the slow lane every schedule, K, v, M and recompute setting);
 - each chunk's worker holds as many activation slots and pending-W slots as its chunk's peak
   in the device's list (virtual_sim.chunk_peaks), and gives them all back;
-- on Ray (`shm`; `push` and `tasks` once), the same training and then inference through the
-  devices are bit-identical to the in-process ones; a transport that does not run virtual
-  stages (`compiled`) is refused in one line naming the ones that do.
+- on Ray (`shm`; `push` once), the same training and then inference through the devices are
+  bit-identical to the in-process ones; a removed transport (`tasks`, `compiled`) is refused
+  in one line naming the ones there are.
 """
 
 from __future__ import annotations
@@ -126,11 +126,13 @@ def test_a_short_minibatch_and_inference():
 
 
 def test_refusals():
-    """A transport without virtual stages, a plan that does not split into the devices, and a
-    change of placement on the same workers are refused in one line."""
+    """A removed transport, a plan that does not split into the devices, and a change of
+    placement on the same workers are refused in one line."""
     g, p0, _, _ = PROBLEM
-    with pytest.raises(ConfigError, match="transport='compiled' does not run schedule 'zbv'"):
-        Engine(partition(g, 4), p0, OPT, schedule="zbv", max_rows=BATCH, transport="compiled")
+    for name in ("tasks", "compiled"):
+        want = f"transport='{name}'; valid: auto, inprocess, push, shm; {name} was removed"
+        with pytest.raises(ConfigError, match=want):
+            Engine(partition(g, 4), p0, OPT, schedule="zbv", max_rows=BATCH, transport=name)
     with pytest.raises(PlanError, match="3 stages does not make devices of 2 chunks"):
         Engine(partition(g, 3), p0, OPT, schedule="zbv", max_rows=BATCH)
     with Engine(partition(g, 4), p0, OPT, schedule="interleaved", max_rows=BATCH) as eng:
@@ -141,7 +143,7 @@ def test_refusals():
 @pytest.mark.ray
 def test_ray_transports_are_bit_identical_to_in_process(ray_session):
     for k, v, m, schedule, recompute, transports in (
-        (2, 2, 3, "interleaved", False, ("shm", "push", "tasks")),  # wrap-around, M not % K
+        (2, 2, 3, "interleaved", False, ("shm", "push")),  # wrap-around, M not % K
         (2, 2, 5, "zbv", True, ("shm",)),  # the V's turn in process, I and W apart
         (2, 3, 1, "interleaved", False, ("shm",)),  # M < K
         (2, 1, 2, "interleaved", False, ("shm",)),  # one chunk a device: 1F1B, keyed by stage

@@ -73,8 +73,7 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
     "--transport": (
         "pipeline.transport",
         str,
-        "auto | inprocess | shm | push | tasks | compiled: what carries the stages' calls and "
-        "tensors",
+        "auto | inprocess | shm | push: what carries the stages' calls and tensors",
     ),
     "--cost": ("pipeline.cost", str, "flops | measured: what the balanced strategy balances"),
     "--data-parallel": (

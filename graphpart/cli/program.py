@@ -75,7 +75,7 @@ def entry() -> None:
     """The `graphpart` program: `main`, then exit with its code. After Ctrl-C the process
     ends at once, inside main's handler (the run closed and its state written): Ray's objects
     still held by the interrupted frames, freed when the handler ends, after ray.shutdown,
-    crashed the process (SIGSEGV, 3 in 20 tries on the compiled transport) after
+    crashed the process (SIGSEGV, 3 in 20 tries on the since-removed compiled transport) after
     "interrupted" was printed."""
     global _exit_at_once
     _exit_at_once = True

@@ -12,7 +12,7 @@ from graphpart.engines.engine import (
 )
 from graphpart.engines.measure import measured_costs
 from graphpart.engines.trainable import Trainable
-from graphpart.engines.transports import TRANSPORTS
+from graphpart.engines.transports import TRANSPORTS, removed_note
 from graphpart.engines.transports.ring import PLACEMENTS as DP_PLACEMENTS
 from workers.backends import DEVICES, check_device
 from workers.channels import Channel, ChannelInbox, ChannelName
@@ -47,6 +47,7 @@ __all__ = [
     "read_hwm",
     "reset_hwm",
     "check_virtual",
+    "removed_note",
     "resolve_transport",
     "virtual_transports",
     "start_ray",

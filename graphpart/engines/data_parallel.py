@@ -42,6 +42,7 @@ import numpy as np
 from graphpart.engines import inference, state
 from graphpart.engines.engine import StepResult
 from graphpart.engines.inference import batch_widths
+from graphpart.engines.transports import removed_note
 from graphpart.engines.transports.ring import Ring
 from graphpart.engines.wiring import StepWiring, wire
 from graphpart.errors import ConfigError, PlanError
@@ -92,7 +93,8 @@ class DataParallel:
         _check_schedule(schedule)
         if transport not in DP_TRANSPORTS:
             raise ConfigError(
-                f"transport={transport!r} for data parallelism; valid: {', '.join(DP_TRANSPORTS)}"
+                f"transport={transport!r} for data parallelism; valid: "
+                f"{', '.join(DP_TRANSPORTS)}{removed_note(transport)}"
             )
         self.plan = plan
         self.replicas = replicas

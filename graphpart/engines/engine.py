@@ -3,7 +3,7 @@
 One training step = every micro-batch's forward and backward as the wiring says (which stage
 runs which action, fed from where), then each stage's `finish` (regulariser gradient and
 optimizer step). The engine decides the step; the transport only moves calls and tensors
-(in process, Ray tasks, stage-to-stage pushes, a compiled graph), so every transport runs the
+(in process, stage-to-stage pushes through Ray, shared-memory channels), so every transport runs the
 same actions in the same per-stage order and gives bit-identical results.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 
 from graphpart.engines import state
 from graphpart.engines.transport import Transport
-from graphpart.engines.transports import RAY_DEFAULT, TRANSPORTS
+from graphpart.engines.transports import RAY_DEFAULT, TRANSPORTS, removed_note
 from graphpart.engines.wiring import StepFeed, StepWiring, wire, wire_inference
 from graphpart.errors import ConfigError, PlanError
 from graphpart.optim import Optimizer
@@ -54,7 +54,9 @@ def resolve_transport(name: str, stages: int, address: str = "") -> str:
     if name == "auto":
         return "inprocess" if stages == 1 and not address else RAY_DEFAULT
     if name not in TRANSPORTS:
-        raise ConfigError(f"transport={name!r}; valid: {', '.join(TRANSPORT_CHOICES)}")
+        raise ConfigError(
+            f"transport={name!r}; valid: {', '.join(TRANSPORT_CHOICES)}{removed_note(name)}"
+        )
     if name == "inprocess" and address:
         raise ConfigError(
             f"pipeline.address={address!r} needs a Ray transport; use one of "

@@ -208,9 +208,9 @@ def drive(w: StepWiring, feed: StepFeed[H], call: Callable[..., H]) -> list[H]:
 
     An action that receives takes its neighbour's output handle; the last stage's backward
     (B or I) takes its own forward's output (None: a dependency, not a value), so that every
-    transport, a compiled graph included, sees the same data dependencies. A W's output
-    (None) is a leaf: the step waits on it like any other. With virtual stages `call` takes
-    the virtual stage (0..V-1), and the V finishes are returned.
+    caller sees the same data dependencies. A W's output (None) is a leaf: the step waits on
+    it like any other. With virtual stages `call` takes the virtual stage (0..V-1), and the V
+    finishes are returned.
     """
     out: dict[str, dict[tuple[int, int], H]] = {"F": {}, "B": {}, "W": {}}
 

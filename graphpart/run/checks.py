@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from graphpart.engines import DEVICES, DP_PLACEMENTS, TRANSPORT_CHOICES
+from graphpart.engines import DEVICES, DP_PLACEMENTS, TRANSPORT_CHOICES, removed_note
 from graphpart.errors import ConfigError
 from graphpart.ir.ops import ACTIVATIONS, LOSSES
 from graphpart.optim import OPTIMIZERS
@@ -190,7 +190,9 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "pipeline.strategy": _choice(STRATEGIES),
     "pipeline.address": _address,
     "pipeline.device": _choice(DEVICES),
-    "pipeline.transport": _choice(TRANSPORT_CHOICES),
+    "pipeline.transport": lambda v: (
+        None if v in TRANSPORT_CHOICES else _choice(TRANSPORT_CHOICES)(v) + removed_note(v)
+    ),
     "pipeline.cost": _choice(("flops", "measured")),
     "pipeline.data_parallel": _positive_int,
     "pipeline.placement": _choice(DP_PLACEMENTS),

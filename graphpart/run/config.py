@@ -81,10 +81,9 @@ class PipelineConfig:
     device: str = "cpu"
     recompute: bool = False
     # what carries the stages' calls and tensors (graphpart.engines.transports): "inprocess"
-    # (every stage in this process), Ray actors with "tasks" (a task per action), "push" (a
-    # call per stage a step, tensors sent stage to stage), "shm" (push over shared memory
-    # between stages on one node) or "compiled" (a Ray Compiled Graph); "auto": inprocess for
-    # one stage without an address, else shm
+    # (every stage in this process), Ray actors with "push" (a call per stage a step, tensors
+    # sent stage to stage) or "shm" (push over shared memory between stages on one node);
+    # "auto": inprocess for one stage without an address, else shm
     transport: str = "auto"
     cost: str = "flops"  # what `balanced` balances: "flops" or "measured" (a short profiling pass)
     # data parallelism: replicas of the whole model (of its pipeline of `stages` stages: R x K

@@ -9,7 +9,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-WARM_STEPS = 3  # a run's first steps (buffers, kernels, a compiled graph): start-up, not steady
+WARM_STEPS = 3  # a run's first steps (buffers, kernels, channels): start-up, not steady
 
 
 @dataclass

@@ -146,9 +146,7 @@ def run(
         say(f"bench: boundary transfers on every transport ({transfer_n} samples each) ...")
         res["transfer"] = t = measure_transfer(transfer_n)
         comm = {
-            "tasks": t["tasks_pipelined_per_item_ms"] / 1e3,
             "push": t["push_hop_ms"] / 1e3,
-            "compiled": t["compiled_round_trip_ms"] / 1e3,
             "shm": t["shm_hop_ms"] / 1e3,
         }
         # each peer runs right after graphpart's figure it is paired with: this machine's

@@ -14,21 +14,11 @@ def format_report(res: dict[str, Any]) -> str:
         f"(a) boundary transfer of {t['shape'][0]}x{t['shape'][1]} float32 "
         f"({t['bytes'] / 2**20:.0f} MiB), median of {t['samples']}:",
         f"  empty actor call                     {t['empty_call_ms']:7.3f} ms",
-        f"  tasks + object refs, round trip      {t['tasks_round_trip_ms']:7.3f} ms "
-        f"(1-float array: {t['tasks_round_trip_small_ms']:.3f} ms)",
-        f"  tasks + object refs, pipelined       {t['tasks_pipelined_per_item_ms']:7.3f} ms"
-        " per item",
         f"  push: actor a calls actor b with it  {t['push_hop_ms']:7.3f} ms "
         f"(driver->a->b->a->driver {t['push_round_trip_ms']:.3f} ms, less an empty call)",
-        f"  compiled graph, driver->a->b->driver {t['compiled_round_trip_ms']:7.3f} ms "
-        f"(1-float array: {t['compiled_round_trip_small_ms']:.3f} ms; "
-        f"1 MiB adds {t['compiled_marginal_ms']:.3f} ms)",
         f"  shm channel, one hop (a -> b -> a / 2) {t['shm_hop_ms']:7.3f} ms",
         f"  target < {t['target_ms']:g} ms for one hop on shm: "
         f"{'met' if t['target_met'] else 'NOT met'}",
-        "  an idle compiled graph keeps its actors busy polling: "
-        + ", ".join(f"{c:.2f}" for c in t["compiled_idle_cpu_cores"])
-        + " cores",
         f"(b) MLP {'-'.join(map(str, m['sizes']))}, batch {m['batch']}, {m['dtype']}, "
         "adam; samples/s from the median step:",
     ]
@@ -78,7 +68,7 @@ def format_report(res: dict[str, Any]) -> str:
         "a stage, 4 stages sharing the cores); (c) "
         "simulator fed this run's stage times (+ transfer as comm, + finish): "
         "'kern' the work inside each call alone, 'pred' that plus each stage's "
-        "measured per-call cost (not for compiled; see call_overhead_s)"
+        "measured per-call cost (see call_overhead_s)"
     )
     lines.append(
         f"  {'engine':9}{'K':>2} {'sched':14}{'M':>3}{'samples/s':>11}"

@@ -38,12 +38,11 @@ def call_overhead_s(
     """Per stage, the CPU seconds its process spends per call outside the stage's own work.
 
     Each stage runs its schedule's actions and `finish` a step (2M + 1 with whole backwards,
-    3M + 1 with split ones), each its own call
-    on the tasks transport (on push one call, plus the tensors it sends and receives). Its CPU
-    time per step (all threads: Ray's argument fetch, result store, task bookkeeping) less its
-    busy time (the work inside the calls), spread over those calls, is what each call costs on
-    top of the work. Valid where a stage waiting for input sleeps (ray, push); not for
-    a compiled graph, whose waiting actors spin and so burn CPU for the whole step.
+    3M + 1 with split ones): on push and shm one call a step, plus the tensors it sends and
+    receives. Its CPU time per step (all threads: Ray's argument fetch, result store, the
+    sends and receives) less its busy time (the work inside the actions), spread over those
+    actions, is what each action costs on top of the work. Valid where a stage waiting for
+    input sleeps (push; shm after a short bounded poll).
     """
     calls = [len(acts) + 1 for acts in sch.make(kind, stages, microbatches)]
     steps = timed["steps"]

@@ -34,12 +34,7 @@ def _problem(sizes: Sequence[int], batch: int, dtype: str, seed: int = 0) -> tup
     return g, params, X, y, opt
 
 
-RAY_TRANSPORTS = (
-    "tasks",
-    "push",
-    "compiled",
-    "shm",
-)  # the ones measured, named as --transport names them
+RAY_TRANSPORTS = ("push", "shm")  # the ones measured, named as --transport names them
 
 
 def _actor_cpu_s(engine: Any) -> list[float]:
@@ -118,8 +113,7 @@ def measure_pipeline(
             for kind in (k for k in schedules if k in sch.KINDS):  # virtual: virtual_rows
                 for m in microbatches:
                     eng.reschedule(kind, m)
-                    # compiled: step 1 ordinary, 2 compiles, 3 is the graph's first (slow) run
-                    r = _time_steps(eng, X, y, warmup + (3 if name == "compiled" else 0), steps)
+                    r = _time_steps(eng, X, y, warmup, steps)
                     per = steps * m
                     fwd = [b["F"] / per for b in r["busy_s"]]
                     bwd = [b["B"] / per for b in r["busy_s"]]
@@ -129,11 +123,7 @@ def measure_pipeline(
                     wgt = [b["W"] / per for b in r["busy_s"]] if split else None
                     igr = [b - w for b, w in zip(bwd, wgt, strict=True)] if wgt else None
                     pred = predict_step(kind, m, fwd, bwd, fin, comm_s[name], igr, wgt)
-                    over = (
-                        call_overhead_s(r, kind, stages, m)
-                        if name != "compiled"
-                        else [0.0] * len(fwd)
-                    )
+                    over = call_overhead_s(r, kind, stages, m)
                     cal = predict_step(
                         kind,
                         m,
@@ -171,10 +161,6 @@ def measure_pipeline(
                         "kernels_ratio": pred["step_s"] / r["step_s_median"],
                         "throughput_ratio": cal["step_s"] / r["step_s_median"],
                     }
-                    if name == "compiled":
-                        tr = eng.transport
-                        row["compiled_steps"] = tr.compiled_steps
-                        row["compile_errors"] = {str(k): v for k, v in tr.compile_errors.items()}
                     row["target_met"] = row["throughput_ratio"] >= TARGET_RATIO
                     rows.append(row)
     return rows

@@ -1,5 +1,4 @@
-"""(a) One boundary transfer between two actors: Ray tasks, a direct push, a compiled graph,
-a shared-memory channel."""
+"""(a) One boundary transfer between two actors: a direct push, a shared-memory channel."""
 
 from __future__ import annotations
 
@@ -19,24 +18,15 @@ TARGET_TRANSFER_MS = 0.5  # one 1 MiB hop on the default transport (shm)
 
 
 class _Peer:
-    """A stage stand-in: holds a 1 MiB boundary buffer, sends it, receives one."""
+    """A stage stand-in: holds a 1 MiB boundary buffer, pushes it, receives one."""
 
     def __init__(self, shape: tuple[int, int]) -> None:
         self.big = np.ones(shape, np.float32)
-        self.small = np.ones((1, 1), np.float32)
 
     def noop(self) -> None:
         return None
 
-    def send(self, i: int, tick: Any = None) -> np.ndarray:
-        self.big[0, 0] = i  # written in place, as a stage writes its boundary buffer
-        return self.big
-
-    def send_small(self, i: int, tick: Any = None) -> np.ndarray:
-        self.small[0, 0] = i
-        return self.small
-
-    def recv(self, a: np.ndarray, tick: Any = None) -> float:
+    def recv(self, a: np.ndarray) -> float:
         return float(a[0, 0])
 
     def relay(self, i: int, other: Any) -> float:
@@ -44,11 +34,8 @@ class _Peer:
         and wait for its answer."""
         import ray
 
-        self.big[0, 0] = i
+        self.big[0, 0] = i  # written in place, as a stage writes its boundary buffer
         return ray.get(other.recv.remote(self.big))
-
-    def cpu_s(self) -> float:
-        return time.process_time()
 
 
 class _ChannelPeer:
@@ -113,23 +100,10 @@ def _median_ms(fn: Callable[[int], Any], n: int, warmup: int = 5) -> float:
     return statistics.median(time_calls(fn, n, warmup)) * 1e3
 
 
-def _idle_cores(actors: list[Any], seconds: float = 1.0) -> list[float]:
-    """Cores each actor's process keeps busy while the driver sleeps `seconds`."""
-    import ray
-
-    c0, t = ray.get([a.cpu_s.remote() for a in actors]), time.perf_counter()
-    time.sleep(seconds)
-    c1 = ray.get([a.cpu_s.remote() for a in actors])
-    wall = time.perf_counter() - t
-    return [(y - x) / wall for x, y in zip(c0, c1, strict=True)]
-
-
 def measure_transfer(n: int = 200, shape: tuple[int, int] = TRANSFER_SHAPE) -> dict[str, Any]:
-    """Medians (ms) of: an empty actor call; actor-to-actor round trips of the boundary array
-    through ordinary tasks (one at a time, and pipelined: per item); the same through a
-    compiled graph (driver -> a -> b -> driver), and the same graph moving a 1-float array."""
+    """Medians (ms) of: an empty actor call; a push of the boundary array from actor a to
+    actor b (a's call to b, less an empty call); one hop on a shared-memory channel."""
     import ray
-    from ray.dag import InputNode
 
     peer = ray.remote(num_cpus=1)(_Peer)
     a, b = peer.remote(shape), peer.remote(shape)
@@ -137,38 +111,8 @@ def measure_transfer(n: int = 200, shape: tuple[int, int] = TRANSFER_SHAPE) -> d
     try:
         ray.get([a.noop.remote(), b.noop.remote()])
         out["empty_call_ms"] = _median_ms(lambda i: ray.get(a.noop.remote()), n)
-        out["tasks_round_trip_ms"] = _median_ms(
-            lambda i: ray.get(b.recv.remote(a.send.remote(i))), n
-        )
-        out["tasks_round_trip_small_ms"] = _median_ms(
-            lambda i: ray.get(b.recv.remote(a.send_small.remote(i))), n
-        )
-        per_item = []
-        for _ in range(5):
-            t = time.perf_counter()
-            ray.get([b.recv.remote(a.send.remote(i)) for i in range(n // 5)])
-            per_item.append((time.perf_counter() - t) / (n // 5))
-        out["tasks_pipelined_per_item_ms"] = statistics.median(per_item) * 1e3
         out["push_round_trip_ms"] = _median_ms(lambda i: ray.get(a.relay.remote(i, b)), n)
         out["push_hop_ms"] = max(0.0, out["push_round_trip_ms"] - out["empty_call_ms"])
-        for name, method in (
-            ("compiled_round_trip_ms", "send"),
-            ("compiled_round_trip_small_ms", "send_small"),
-        ):
-            with InputNode() as inp:  # b reads the input too: teardown then never hangs
-                dag = b.recv.bind(getattr(a, method).bind(inp, inp), inp)
-            cdag = dag.experimental_compile(
-                _buffer_size_bytes=out["bytes"] + (64 << 10), _max_inflight_executions=1
-            )
-            try:
-                out[name] = _median_ms(lambda i, c=cdag: ray.get(c.execute(i)), n, warmup=20)
-                if method == "send":  # waiting actors poll their channels: what idling costs
-                    out["compiled_idle_cpu_cores"] = _idle_cores([a, b])
-            finally:
-                cdag.teardown()
-        out["compiled_marginal_ms"] = (
-            out["compiled_round_trip_ms"] - out["compiled_round_trip_small_ms"]
-        )
     finally:
         for actor in (a, b):
             ray.kill(actor)
