@@ -19,6 +19,7 @@ from workers.buckets import Comm
 from workers.channels import Channel, ChannelInbox, ChannelName
 from workers.push import ActionFailed, Inbox, Key, NeighbourFailed, Send, run_step
 from workers.ring import ring_allreduce, ring_phase
+from workers.serve import serve
 from workers.stage import WorkerSpec
 from workers.stats import Finish
 
@@ -115,6 +116,11 @@ class PushStageActor(StageActor):
 
     def abort(self, step: int, why: str) -> None:
         self.inbox.fail(step, why)
+
+    def serve(self, control: str, reply: str) -> int:
+        """Take calls from the driver's FIFOs instead of Ray until it says stop (workers/serve.py):
+        a step costs neither side a Ray call."""
+        return serve(self, control, reply)
 
     def run_step(
         self,

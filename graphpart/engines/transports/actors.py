@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import psutil
 
 from graphpart.engines.cluster import first_line, start_ray, stop_ray
+from graphpart.engines.transports.serving import Serving
 from graphpart.errors import ConfigError, StageFailure
 from workers import actor as bodies
 from workers.stage import WorkerSpec
@@ -88,6 +89,15 @@ class RayActors:
         self.started = False
         self._times: list[float] = []  # the last steps' durations (seconds)
         self.owner: tuple[int, ...] = ()  # virtual stages: stage -> its device's actor
+        # steps through the workers' FIFOs instead of Ray calls (serving.py), where a
+        # transport sets it up: every worker on this machine
+        self.serving: Serving | None = None
+
+    def quiesce(self) -> None:
+        """Stop the workers' serve loops, if running, so that they take Ray calls again (the
+        next step starts them again). Every call other than a step's goes through here."""
+        if self.serving is not None:
+            self.serving.stop()
 
     # -- liveness ---------------------------------------------------------------------------------
     def deadline_s(self) -> float:
@@ -213,6 +223,7 @@ class RayActors:
         return [None] * workers
 
     def call(self, stage: int, method: str, *args: Any) -> Any:
+        self.quiesce()
         if self.owner:  # virtual stages: the stage's chunk on its device's actor
             d = self.owner[stage]
             chunk = self.owner[:stage].count(d)
@@ -224,6 +235,7 @@ class RayActors:
         process here is stopped, else after `timeout` (default `call_timeout_s()`)."""
         import ray
 
+        self.quiesce()  # a call made straight on an actor waits behind its serve loop
         limit = self.call_timeout_s() if timeout is None else timeout
         end, pending = time.perf_counter() + limit, list(handles)
         while pending:
@@ -292,6 +304,8 @@ class RayActors:
     def close(self) -> None:
         import ray
 
+        if self.serving is not None:
+            self.serving.close()  # the loops end with the workers
         self.kill_actors()
         self.actors = []
         if self.started and ray.is_initialized():

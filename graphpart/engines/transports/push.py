@@ -18,6 +18,7 @@ import numpy as np
 
 from graphpart.engines.cluster import first_line
 from graphpart.engines.transports.actors import RayActors
+from graphpart.engines.transports.serving import Serving
 from graphpart.engines.wiring import StepFeed, StepWiring
 from graphpart.errors import StageFailure
 from workers import actor as bodies
@@ -98,39 +99,45 @@ class Push(RayActors):
 
     def run_step(self, wiring: StepWiring, feed: StepFeed[np.ndarray]) -> list[Finish]:
         step, (first, last) = self.steps.next(), self._ends(wiring)
-        refs = [
-            a.run_step.remote(
-                step,
-                wiring.stages[k],
-                self._inputs(feed, step) if k == first else None,
-                list(feed.ys) if k == last else None,
-                feed.scale,
-                feed.update,
-                self.neighbour_wait_s,
+        calls = [
+            (
+                "run_step",
+                (
+                    step,
+                    wiring.stages[k],
+                    self._inputs(feed, step) if k == first else None,
+                    list(feed.ys) if k == last else None,
+                    feed.scale,
+                    feed.update,
+                    self.neighbour_wait_s,
+                ),
             )
-            for k, a in enumerate(self.actors)
+            for k in range(len(self.actors))
         ]
-        return self._by_stage(wiring, self.steps.collect(refs, step))
+        return self._by_stage(wiring, self.steps.run(calls, step))
 
     def run_inference(self, wiring: StepWiring, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """One call per stage, as a step: the inputs fed to stage 0 as a step's are, the
         boundary tensors pushed stage to stage, the last stage's outputs returned."""
         step, (first, last) = self.steps.next(), self._ends(wiring)
         feed = StepFeed(xs=xs, ys=(), scale=1.0, update=False)
-        refs = [
-            a.run_step.remote(
-                step,
-                wiring.stages[k],
-                self._inputs(feed, step) if k == first else None,
-                None,
-                1.0,
-                False,
-                self.neighbour_wait_s,
-                True,
+        calls = [
+            (
+                "run_step",
+                (
+                    step,
+                    wiring.stages[k],
+                    self._inputs(feed, step) if k == first else None,
+                    None,
+                    1.0,
+                    False,
+                    self.neighbour_wait_s,
+                    True,
+                ),
             )
-            for k, a in enumerate(self.actors)
+            for k in range(len(self.actors))
         ]
-        return self.steps.collect(refs, step)[last]
+        return self.steps.run(calls, step)[last]
 
     def _inputs(self, feed: StepFeed[np.ndarray], step: int) -> Any:
         """What stage 0's run_step gets for the micro-batch inputs (here: the arrays, as Ray
@@ -156,6 +163,73 @@ class StepCalls:
         self.step_id += 1
         return self.step_id
 
+    def run(self, calls: Sequence[tuple[str, tuple[Any, ...]]], step: int) -> list[Any]:
+        """Call calls[k] = (method, args) on actor k and collect the results as `collect`
+        does: through the actors' serve loops where the transport has them (serving.py: no
+        Ray call a step), else as Ray calls."""
+        srv = self.t.serving
+        if srv is None:
+            pairs = zip(self.t.actors, calls, strict=True)
+            refs = [getattr(a, m).remote(*args) for a, (m, args) in pairs]
+            return self.collect(refs, step)
+        srv.start()
+        for k, (m, args) in enumerate(calls):
+            srv.send(k, m, args)
+        return self._collect_served(srv, step)
+
+    def _collect_served(self, srv: Serving, step: int) -> list[Any]:
+        """`collect` for calls sent to serve loops: each answer as it comes; a failure wakes
+        every actor and re-raises the one that started it; a death ends the wait at once; a
+        step past the deadline names the stalled actors. After a failure the loops are
+        stopped (the next step starts them afresh)."""
+        t0, deadline = time.perf_counter(), self.t.deadline_s()
+        n = len(self.t.actors)
+        results: list[Any] = [None] * n
+        pending, causes, stops = set(range(n)), [], []
+
+        def take(ks: Sequence[int]) -> None:
+            for k in ks:
+                status, value = srv.receive(k)
+                pending.discard(k)
+                if status == "ok":
+                    results[k] = value
+                else:
+                    (stops if " stopped: " in value else causes).append(value)
+
+        while pending and not (causes or stops):
+            left = t0 + deadline - time.perf_counter()
+            if left <= 0:
+                self.abort_all(step, "the step was abandoned: a stage stalled")
+                late = sorted(pending)
+                srv.close()
+                raise StageFailure(self._stalled(late, step, deadline, time.perf_counter() - t0))
+            take(srv.ready(pending, min(0.05, left)))
+            for k, e in srv.dead() if pending else []:
+                pending.discard(k)
+                causes.append(self._cause(e))
+        if not (causes or stops):
+            self.t.timed(t0)
+            return results
+        self.abort_all(step, "the step was abandoned after a failure elsewhere")
+        end = time.perf_counter() + self.abort_wait_s
+        while pending and time.perf_counter() < end:
+            take(srv.ready(pending, min(0.05, end - time.perf_counter())))
+            for k, e in srv.dead() if pending else []:
+                pending.discard(k)
+                causes.append(self._cause(e))
+        if pending:
+            stops.append(f"a stage did not stop within {self.abort_wait_s:.0f} s of the failure")
+        srv.close()
+        raise StageFailure((causes or stops or ["a stage failed"])[0])
+
+    def _cause(self, e: BaseException) -> str:
+        """A serve loop's end as a failure's cause: a dead worker named, else its message."""
+        import ray
+
+        if isinstance(e, ray.exceptions.RayActorError):
+            return self.t.died(e)
+        return first_line(e)
+
     def collect(self, refs: list[Any], step: int) -> list[Any]:
         """The stages' results; on a failure, wake every stage of the step and re-raise the
         failure that started it (not a neighbour's "stopped" that followed). A step that does
@@ -169,9 +243,8 @@ class StepCalls:
             ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, left))
             if not ready:
                 self.abort_all(step, "the step was abandoned: a stage stalled")
-                raise StageFailure(
-                    self._stalled(refs, pending, step, deadline, time.perf_counter() - t0)
-                )
+                late = [k for k, r in enumerate(refs) if r in pending]
+                raise StageFailure(self._stalled(late, step, deadline, time.perf_counter() - t0))
             try:
                 ray.get(ready)
             except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError):
@@ -202,9 +275,7 @@ class StepCalls:
             except Exception:  # noqa: BLE001 - that actor is gone
                 pass
 
-    def _stalled(
-        self, refs: list[Any], pending: list[Any], step: int, deadline: float, elapsed: float
-    ) -> str:
+    def _stalled(self, late: list[int], step: int, deadline: float, elapsed: float) -> str:
         """Which stages stopped answering (no reply to a ping on their inbox thread, which
         answers even while a step runs), else which did not finish."""
         import ray
@@ -214,7 +285,6 @@ class StepCalls:
         ]
         ready, _ = ray.wait(pings, num_returns=len(pings), timeout=self.ping_s)
         silent = [k for k, p in enumerate(pings) if p not in ready]
-        late = [k for k, r in enumerate(refs) if r in pending]
         stopped = self.t.stopped()
         who = stopped or silent or late
         what = "stopped answering" if stopped or silent else "did not finish"

@@ -33,6 +33,7 @@ from graphpart.engines.cluster import start_ray
 from graphpart.engines.transports import topology
 from graphpart.engines.transports.actors import RayActors
 from graphpart.engines.transports.push import StepCalls
+from graphpart.engines.transports.serving import Serving
 from graphpart.engines.transports.shm import boundary_bytes, input_bytes, own_cores, this_node
 from graphpart.engines.wiring import StepWiring
 from graphpart.errors import ConfigError
@@ -190,10 +191,13 @@ class Ring(RayActors):
                 a.set_overlap.remote(self.overlap),
             ]
         self.get(calls)
+        if self.use_channels and all(n == this_node() for n in nodes):
+            self.serving = Serving(self.actors)  # steps through the workers' FIFOs
 
     def set_overlap(self, overlap: bool) -> None:
         """Every worker overlaps its all-reduce with its backward from the next step, or not."""
         self.overlap = bool(overlap)
+        self.quiesce()
         self.get([a.set_overlap.remote(self.overlap) for a in self.actors])
 
     def run_replicas(
@@ -209,22 +213,21 @@ class Ring(RayActors):
         accumulating its gradients, then each stage's ring all-reduce and `finish`; every
         worker's Finish, replica-major (stage k of replica r at r * K + k)."""
         step, K = self.steps.next(), self.stages
-        refs = []
+        calls = []
         for r, w in enumerate(wirings):
             first = self._inputs(r, xs[r], step)
             for k in range(K):
-                refs.append(
-                    self.actors[r * K + k].replica_step.remote(
-                        step,
-                        w.stages[k],
-                        first if k == 0 else None,
-                        list(ys[r]) if k == K - 1 else None,
-                        scale,
-                        update,
-                        self.neighbour_wait_s,
-                    )
+                args = (
+                    step,
+                    w.stages[k],
+                    first if k == 0 else None,
+                    list(ys[r]) if k == K - 1 else None,
+                    scale,
+                    update,
+                    self.neighbour_wait_s,
                 )
-        return self.steps.collect(refs, step)
+                calls.append(("replica_step", args))
+        return self.steps.run(calls, step)
 
     def _inputs(self, r: int, xs: Sequence[np.ndarray], step: int) -> Any:
         """Replica r's micro-batch inputs: written into its feed channel (in the model's
@@ -237,6 +240,7 @@ class Ring(RayActors):
         return FROM_INBOX
 
     def close(self) -> None:
+        self.quiesce()
         for f in self.feeds:
             if f is not None:
                 f.close()

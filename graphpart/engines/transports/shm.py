@@ -18,6 +18,7 @@ import numpy as np
 
 from graphpart.engines.transports import topology
 from graphpart.engines.transports.push import Push
+from graphpart.engines.transports.serving import Serving
 from graphpart.engines.wiring import StepFeed
 from graphpart.params import params_dtype
 from graphpart.plan.memory import channel_bytes
@@ -73,6 +74,7 @@ class Shm(Push):
             ]
         )
         self.feed = Channel.attach(feed) if feed is not None else None
+        self._serve_if_local(nodes)
         self.get(
             [
                 a.connect_channels.remote(
@@ -121,6 +123,7 @@ class Shm(Push):
             ]
         )
         self.feed = Channel.attach(feed) if feed is not None else None
+        self._serve_if_local(nodes)
         near = [{b for a, b in local if a == d} | {a for a, b in local if b == d} for d in nodes]
         self.get(
             [
@@ -138,7 +141,13 @@ class Shm(Push):
             self.feed.send((step, "F", m), np.asarray(x, dtype=self._feed_dtype))
         return FROM_INBOX
 
+    def _serve_if_local(self, nodes: Sequence[str]) -> None:
+        """Every worker on this machine: steps go through their FIFOs (serving.py), not Ray."""
+        if all(n == this_node() for n in nodes):
+            self.serving = Serving(self.actors)
+
     def close(self) -> None:
+        self.quiesce()
         if self.feed is not None:
             self.feed.close()
             self.feed = None

@@ -39,14 +39,9 @@ RAY_TRANSPORTS = ("push", "shm")  # the ones measured, named as --transport name
 
 def _actor_cpu_s(engine: Any) -> list[float]:
     """CPU seconds used so far by each stage actor's process (all its threads)."""
-    import ray
-
-    return ray.get(
-        [
-            a.__ray_call__.remote(lambda self: time.process_time())
-            for a in getattr(engine.transport, "actors", [])
-        ]
-    )
+    t = engine.transport
+    actors = getattr(t, "actors", [])
+    return t.get([a.__ray_call__.remote(lambda self: time.process_time()) for a in actors])
 
 
 def _time_steps(engine: Any, X: np.ndarray, y: np.ndarray, warmup: int, steps: int) -> dict:
