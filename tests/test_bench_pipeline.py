@@ -97,6 +97,8 @@ def test_tiny_run_returns_every_figure(ray_session):
         # the same with the OS's CPU time of the calls, never above the wall-time figure
         for cpu, wall in zip(r["compute_cpu_vs_matmuls"], r["compute_vs_matmuls"], strict=True):
             assert 0 < cpu <= wall * 1.01 + 0.01
+        assert all(c > 0 for c in r["compute_vs_cold_matmuls"])
+        assert all(g > 0 for g in r["sgemm_cold_gflops"])
         assert all(g > 0 for g in r["sgemm_gflops"])
         assert min(r["matmul_fwd_ms"]) > 0 and min(r["matmul_bwd_ms"]) > 0
     dp = res["data_parallel"]  # graphpart's data parallelism beside the pipelines
@@ -168,3 +170,5 @@ def test_stage_matmuls_price_each_stage_at_the_measured_rate():
     assert ms[0].bwd_gflop == pytest.approx(flop(8, 16) + 2 * flop(16, 16))  # no dx for layer 1
     assert ms[1].bwd_gflop == pytest.approx(2 * flop(16, 4))
     assert all(m.fwd_ms > 0 and m.bwd_ms > 0 and m.gflops > 0 for m in ms)
+    # the same products timed with operands out of cache: a positive rate too
+    assert all(m.fwd_cold_ms > 0 and m.bwd_cold_ms > 0 and m.cold_gflops > 0 for m in ms)

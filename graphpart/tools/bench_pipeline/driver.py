@@ -67,8 +67,10 @@ def add_matmul_costs(
     measured now at the row's micro-batch shapes: `compute_vs_matmuls` per stage is the stage's
     measured forward + backward per micro-batch over that cost (1.0: nothing but the matmuls,
     at the BLAS's own rate), and `compute_cpu_vs_matmuls` the same with the calls' CPU time
-    as the OS counted it (their wall time less time the thread was not running). Returns the
-    rates by micro-batch rows."""
+    as the OS counted it (their wall time less time the thread was not running), and
+    `compute_vs_cold_matmuls` against the products' cost with operands that are not in the
+    core's cache (rates.py: as a stage meets its weights). Returns the rates by micro-batch
+    rows."""
     by_rows: dict[tuple[int, tuple[int, ...]], list[dict[str, Any]]] = {}
     for r in rows:
         mb = microbatch_rows(batch, r["microbatches"])
@@ -81,6 +83,11 @@ def add_matmul_costs(
         r["sgemm_gflops"] = [m["gflops"] for m in ms]
         r["compute_vs_matmuls"] = [
             (f + b) / (m["fwd_ms"] + m["bwd_ms"])
+            for f, b, m in zip(r["fwd_ms"], r["bwd_ms"], ms, strict=True)
+        ]
+        r["sgemm_cold_gflops"] = [m["cold_gflops"] for m in ms]
+        r["compute_vs_cold_matmuls"] = [  # the matmuls with operands not in the core's cache
+            (f + b) / (m["fwd_cold_ms"] + m["bwd_cold_ms"])
             for f, b, m in zip(r["fwd_ms"], r["bwd_ms"], ms, strict=True)
         ]
         if "compute_cpu_ms" in r:  # the same, counting the CPU time the OS gave the calls

@@ -62,13 +62,13 @@ def product_rate(
 ) -> float:
     """GFLOP/s of one product on one BLAS thread, with the best BLAS at hand: per BLAS the
     median of `repeats` calls after two, the BLAS taking turns call by call. `cold`: each
-    call takes the next of enough copies of the operands to fill COLD_BYTES (at least 4),
-    so none is in the core's cache when its turn comes."""
+    call takes the next of enough copies of the operands to fill COLD_BYTES (4 to 64), so
+    none of a sizeable product's is in the core's cache when its turn comes."""
     sa, sb, sc, gemm_kind = PRODUCTS[kind](rows, n_in, n_out)
     rng = np.random.default_rng(0)
     itemsize = np.dtype(dtype).itemsize
     one = (np.prod(sa) + np.prod(sb) + np.prod(sc)) * itemsize
-    copies = max(4, int(COLD_BYTES // max(one, 1))) if cold else 1
+    copies = min(64, max(4, int(COLD_BYTES // max(one, 1)))) if cold else 1
     ops = [
         (*(rng.standard_normal(s).astype(dtype) for s in (sa, sb)), np.zeros(sc, dtype))
         for _ in range(copies)

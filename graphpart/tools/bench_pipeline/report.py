@@ -111,6 +111,14 @@ def format_report(res: dict[str, Any]) -> str:
                     if "compute_cpu_vs_matmuls" in r
                     else ""
                 )
+                + (
+                    "; with operands out of cache ("
+                    + " | ".join(f"{g:.0f}" for g in r["sgemm_cold_gflops"])
+                    + " GFLOP/s) "
+                    + " | ".join(f"{c:.2f}" for c in r["compute_vs_cold_matmuls"])
+                    if "compute_vs_cold_matmuls" in r
+                    else ""
+                )
             )
     for r in res.get("torch", []):
         lines.append(
