@@ -116,6 +116,7 @@ class StageWorker(GradientReduction):
             input_grad=input_grad,
             name=f"stage {index}",
         )
+        del params  # copied into the program's buffers: freed before the optimizer state
         self.state: dict[str, list[Any]] = {}
         for name in self.prog.params:
             self.state[name] = [
