@@ -17,7 +17,9 @@ compare's projection uses too). With equal stage times the bubble is (K-1)/(M+K-
 per-micro-batch fixed cost. comm/step: 2 B x width x itemsize over every boundary, 2 (K-1)/K of
 the parameter bytes for a ring all-reduce. config() gives the keys that reproduce a candidate;
 to_dict is JSON; table is one row per candidate. A 5-layer model on 4 devices searches in well
-under a second.
+under a second. Virtual-stage candidates (interleaved with 2 or 3 chunks a device, zbv with 2)
+are K devices of v chunks over the V = K v stages cut "balanced" where V <= layers, with
+predict_virtual's memory per device and the virtual-stage simulator's time.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from graphpart.plan import schedule as sch
 from graphpart.plan.auto import Rates, search
 from graphpart.plan.memory import Workload
 from graphpart.plan.partition import partition
+from graphpart.plan.virtual_memory import predict_virtual
 from graphpart.units import human_bytes
 
 SIZES = [64, 256, 256, 256, 10]  # balanced enough: 2 stages split 2+2
@@ -65,8 +68,11 @@ def test_enumerates_every_kind_once(graph, roomy):
     ms = [m for m in (1, 2, 4, 8, 16, 32) if m <= BATCH]
     assert kinds.count("single") == 2  # recompute off, on
     assert kinds.count("accumulate") == 2 * (len(ms) - 1)
-    # K 2..4, M, schedule, recompute
-    assert kinds.count("pipeline") == 3 * len(ms) * len(sch.KINDS) * 2
+    # K 2..4, M, schedule, recompute; and virtual stages: the 4 layers as 2 devices of 2
+    # chunks, interleaved and zbv (3 chunks, or 3 devices, would need 6 layers)
+    virtual = [c for c in roomy if c.chunks > 1]
+    assert kinds.count("pipeline") == 3 * len(ms) * len(sch.KINDS) * 2 + 2 * len(ms) * 2
+    assert len(virtual) == 2 * len(ms) * 2
     # K 2..4, each with M = 1 and every choice up to its rows floor(B / K)
     assert kinds.count("data-parallel") == sum(
         1 + sum(1 < m <= BATCH // k for m in ms) for k in (2, 3, 4)
@@ -81,6 +87,21 @@ def test_enumerates_every_kind_once(graph, roomy):
         want = {"data-parallel": c.replicas, "2-d": c.replicas * c.stages}.get(c.kind, c.stages)
         assert c.devices == want
         assert sum(c.split) == len(graph.layers)
+
+
+def test_virtual_candidates_are_devices_of_chunks_with_their_memory(graph, roomy):
+    """A virtual-stage candidate: K devices holding v chunks each of the V = K v stages cut
+    "balanced"; its memory is predict_virtual's (per device); its config reproduces it
+    (pipeline.stages = devices, pipeline.chunks); its time the virtual-stage simulator's."""
+    for kind in ("interleaved", "zbv"):
+        c = _find(roomy, kind="pipeline", schedule=kind, microbatches=4, recompute=False)
+        assert (c.devices, c.stages, c.chunks, c.split) == (2, 2, 2, (1, 1, 1, 1))
+        w = Workload(batch=BATCH, microbatches=4, schedule=kind, chunks=2)
+        pred = predict_virtual(partition(graph, 4, "balanced"), w, channels=True)
+        assert c.peak_bytes == tuple(d.total for d in pred.stages)
+        assert c.config()["pipeline.chunks"] == 2 and c.config()["pipeline.stages"] == 2
+        assert c.step_s > 0 and 0.0 <= c.bubble < 1.0
+        assert f"{kind} v=2" in auto.table([c])
 
 
 def test_single_candidate_memory_is_memory_predict(graph, roomy):

@@ -51,6 +51,8 @@ from graphpart.ir.graph import Graph
 from graphpart.plan import schedule as sch
 from graphpart.plan import timing
 from graphpart.plan.candidates import KINDS, TIE, Candidate, Rates, rank, table, to_dict
+from graphpart.plan.kinds import chunks_for
+from graphpart.plan.kinds import make as make_schedule
 from graphpart.plan.memory import (
     MemoryPrediction,
     Workload,
@@ -61,6 +63,8 @@ from graphpart.plan.memory import (
 )
 from graphpart.plan.partition import partition
 from graphpart.plan.stages import Plan
+from graphpart.plan.virtual_memory import predict_virtual
+from graphpart.plan.virtual_schedules import pipeline_step as virtual_step
 
 __all__ = ["KINDS", "TIE", "Candidate", "Rates", "rank", "search", "step_time", "table", "to_dict"]
 
@@ -98,6 +102,34 @@ def step_time(
     return timing.pipeline_step(
         w.schedule, w.microbatches, fwd, bwd, finish, comm, capacity, igrad, wgrad
     )
+
+
+def _virtual_time(
+    plan: Plan, devices: int, w: Workload, rates: Rates, capacity: float | None = None
+) -> tuple[float, sch.Timeline]:
+    """Predicted seconds of one step of `plan`'s V stages on `devices` devices as w.schedule
+    places them (interleaved, zbv: graphpart.plan.virtual_schedules.pipeline_step), each
+    virtual stage timed as `step_time` times a stage, each device's update after its last
+    action; where the devices outnumber `capacity`, the step is stretched by devices /
+    capacity (the virtual-stage simulator does not share cores itself)."""
+    rows, dtype = w.batch / w.microbatches, w.dtype
+    act = rates.per_action_s
+    rate = rates.flops_at(rows)
+    redo = [st.flops_fwd * rows / rate if w.recompute else 0.0 for st in plan.stages]
+    fwd = [st.flops_fwd * rows / rate + act for st in plan.stages]
+    bwd = [st.flops_bwd * rows / rate + act + r for st, r in zip(plan.stages, redo, strict=True)]
+    wgrad = [st.flops_wgrad * rows / rate + act for st in plan.stages]
+    igrad = [b - g + act for b, g in zip(bwd, wgrad, strict=True)]
+    itemsize = np.dtype(dtype).itemsize
+    width = max((st.output_width for st in plan.stages), default=0)
+    comm = rates.transfer_s(rows * width * itemsize)
+    v = chunks_for(w.schedule, w.chunks)
+    where, _ = make_schedule(w.schedule, devices, v, 1)
+    finish = [0.0] * devices
+    for s, st in enumerate(plan.stages):
+        finish[where.owner[s]] += _update_s(param_bytes(st.graph, dtype), w.slots, rates)
+    step, tl = virtual_step(w.schedule, v, w.microbatches, fwd, bwd, finish, comm, igrad, wgrad)
+    return step / timing.share(devices, capacity), tl
 
 
 def _grid_time(
@@ -196,7 +228,10 @@ def search(
     from `microbatch_choices`, recompute off/on); pipelines of K = 2..min(devices, layers)
     stages split by graphpart.plan.partition's "balanced" strategy, each M in
     `microbatch_choices` (M <= batch), every schedule of graphpart.plan.schedule.KINDS,
-    recompute off/on; data parallelism with K = 2..min(devices, batch) replicas, each M of
+    recompute off/on; virtual stages, K = 2..devices devices of v chunks (interleaved v = 2
+    and 3, zbv v = 2) where K v <= layers, each M, recompute off/on (memory:
+    graphpart.plan.virtual_memory; time: `_virtual_time`); data parallelism with K =
+    2..min(devices, batch) replicas, each M of
     `microbatch_choices` up to floor(batch / K) per replica (and 1). Memory comes from
     graphpart.plan.memory and is checked against `budget` bytes per device (None: no budget);
     time from `step_time` (see the assumptions at the top of this module) on a machine of
@@ -252,6 +287,25 @@ def search(
                             comm=comm,
                         )
                     )
+
+    # virtual stages: K devices of v chunks each (interleaved v = 2 or 3, zbv 2), V = K v
+    # stages cut "balanced", at most one layer a stage
+    for k in range(2, devices + 1):
+        for kind, v in (("interleaved", 2), ("interleaved", 3), ("zbv", 2)):
+            if k * v > n_layers:
+                continue
+            plan = partition(graph, k * v, "balanced")
+            comm = sum(2 * batch * st.output_width * dt.itemsize for st in plan.stages[:-1])
+            for m in (m for m in choices if m <= batch):
+                for recompute in (False, True):
+                    wm = replace(base, microbatches=m, schedule=kind, chunks=v, recompute=recompute)
+                    pred = predict_virtual(plan, wm, channels=True)
+                    step, tl = _virtual_time(plan, k, wm, rates, capacity)
+                    c = _candidate(
+                        "pipeline", pred, plan, budget, replicas=1, step_s=step,
+                        bubble=tl.bubble, comm=comm,
+                    )  # fmt: skip
+                    out.append(replace(c, devices=k, stages=k, chunks=v))
 
     p = param_bytes(graph, dt)
     for k in range(2, min(devices, batch) + 1):

@@ -114,6 +114,7 @@ class Candidate:
     memory: MemoryPrediction = field(compare=False, hash=False, repr=False)
     rank: int = 0  # 1 = best; tied candidates share one (set by `rank`)
     tied: bool = False  # another candidate has the same rank
+    chunks: int = 1  # virtual stages a device (interleaved, zbv): `stages` devices x chunks
 
     @property
     def rank_label(self) -> str:
@@ -126,13 +127,16 @@ class Candidate:
 
     def config(self) -> dict[str, Any]:
         """The config keys that reproduce this setup (graphpart.run.config)."""
-        return {
+        keys = {
             "pipeline.stages": self.stages,
             "pipeline.microbatches": self.microbatches,
             "pipeline.schedule": self.schedule,
             "pipeline.recompute": self.recompute,
             "pipeline.data_parallel": self.replicas,
         }
+        if self.chunks > 1:
+            keys["pipeline.chunks"] = self.chunks
+        return keys
 
 
 def _order_key(c: Candidate) -> tuple:
@@ -188,6 +192,13 @@ def _peaks(values: Sequence[int]) -> str:
     return f"{nums} {unit}"
 
 
+def _schedule(c: Candidate) -> str:
+    """A pipeline's schedule, with its chunks a device where it has virtual stages."""
+    if c.kind != "pipeline":
+        return "-"
+    return c.schedule + (f" v={c.chunks}" if c.chunks > 1 else "")
+
+
 def _fit(c: Candidate) -> str:
     return "yes" if c.fits else f"no: dev {c.worst_device} needs {human_bytes(c.max_peak)}"
 
@@ -217,7 +228,9 @@ def table(candidates: Sequence[Candidate], limit: int | None = 10) -> str:
             c.kind,
             c.stages,
             c.microbatches,
-            c.schedule if c.kind == "pipeline" else "-",
+            (c.schedule + (f" v={c.chunks}" if c.chunks > 1 else ""))
+            if c.kind == "pipeline"
+            else "-",
             "yes" if c.recompute else "no",
             c.replicas,
             "+".join(str(s) for s in c.split),

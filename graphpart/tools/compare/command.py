@@ -85,7 +85,8 @@ def run_compare(
         if shape is not None:  # h: plan --auto's best 2-D setup instead of the fixed rule's
             strategies = [st for st in strategies if st.key != GRID_KEY]
             strategies.append(grid_strategy(cfg, shape))
-        best = next((x for x in c.auto if x.fits), None)
+        # the best fitting setup of one stage a device: compare's projection simulates those
+        best = next((x for x in c.auto if x.fits and x.chunks == 1), None)
         if best is not None:
             c.auto_pick = best
             strategies.append(_auto(cfg, best))
