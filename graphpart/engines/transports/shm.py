@@ -1,8 +1,10 @@
 """Transport `shm`: push, with boundary tensors between neighbours on one node carried by
 shared-memory channels instead of Ray calls.
 
-Ray still places, starts and supervises the stage actors, carries the driver's one call per
-stage a step (its inputs and results) and the traffic between neighbours on different nodes.
+Ray still places, starts and supervises the stage actors and carries the traffic between
+neighbours on different nodes, and the driver's one call per stage a step where a stage is on
+another node; with every stage on the driver's machine a step's calls go through the stages'
+serve loops instead (serving.py: two FIFOs a stage, no Ray call).
 Between two neighbours on the same node each direction gets a channel (workers/channels.py):
 a buffer preallocated for a whole minibatch of boundary tensors and a FIFO announcing each
 one, so a hop costs a memcpy and a system call, and a waiting stage sleeps in select().
