@@ -83,6 +83,18 @@ def step_time(
     graphpart.plan.timing.pipeline_step (the model compare's projection uses), on a machine
     that runs `capacity` devices at full speed at once (None: a core per device).
     """
+    fwd, bwd, igrad, wgrad, comm = _stage_times(plan, w, rates)
+    finish = [_update_s(param_bytes(st.graph, w.dtype), w.slots, rates) for st in plan.stages]
+    return timing.pipeline_step(
+        w.schedule, w.microbatches, fwd, bwd, finish, comm, capacity, igrad, wgrad
+    )
+
+
+def _stage_times(
+    plan: Plan, w: Workload, rates: Rates
+) -> tuple[list[float], list[float], list[float], list[float], float]:
+    """Each stage's seconds a micro-batch (forward, backward, and the backward's I and W
+    apart) and a hop between stages, for `step_time` and `_virtual_time`."""
     rows, dtype = w.batch / w.microbatches, w.dtype
     act = rates.per_action_s
     rate = rates.flops_at(rows)
@@ -98,10 +110,7 @@ def step_time(
     itemsize = np.dtype(dtype).itemsize
     width = max((st.output_width for st in plan.stages), default=0)
     comm = rates.transfer_s(rows * width * itemsize) if plan.k > 1 else 0.0
-    finish = [_update_s(param_bytes(st.graph, dtype), w.slots, rates) for st in plan.stages]
-    return timing.pipeline_step(
-        w.schedule, w.microbatches, fwd, bwd, finish, comm, capacity, igrad, wgrad
-    )
+    return fwd, bwd, igrad, wgrad, comm
 
 
 def _virtual_time(
@@ -112,22 +121,12 @@ def _virtual_time(
     virtual stage timed as `step_time` times a stage, each device's update after its last
     action; where the devices outnumber `capacity`, the step is stretched by devices /
     capacity (the virtual-stage simulator does not share cores itself)."""
-    rows, dtype = w.batch / w.microbatches, w.dtype
-    act = rates.per_action_s
-    rate = rates.flops_at(rows)
-    redo = [st.flops_fwd * rows / rate if w.recompute else 0.0 for st in plan.stages]
-    fwd = [st.flops_fwd * rows / rate + act for st in plan.stages]
-    bwd = [st.flops_bwd * rows / rate + act + r for st, r in zip(plan.stages, redo, strict=True)]
-    wgrad = [st.flops_wgrad * rows / rate + act for st in plan.stages]
-    igrad = [b - g + act for b, g in zip(bwd, wgrad, strict=True)]
-    itemsize = np.dtype(dtype).itemsize
-    width = max((st.output_width for st in plan.stages), default=0)
-    comm = rates.transfer_s(rows * width * itemsize)
+    fwd, bwd, igrad, wgrad, comm = _stage_times(plan, w, rates)
     v = chunks_for(w.schedule, w.chunks)
     where, _ = make_schedule(w.schedule, devices, v, 1)
     finish = [0.0] * devices
     for s, st in enumerate(plan.stages):
-        finish[where.owner[s]] += _update_s(param_bytes(st.graph, dtype), w.slots, rates)
+        finish[where.owner[s]] += _update_s(param_bytes(st.graph, w.dtype), w.slots, rates)
     step, tl = virtual_step(w.schedule, v, w.microbatches, fwd, bwd, finish, comm, igrad, wgrad)
     return step / timing.share(devices, capacity), tl
 

@@ -44,6 +44,20 @@ def _actor_cpu_s(engine: Any) -> list[float]:
     return t.get([a.__ray_call__.remote(lambda self: time.process_time()) for a in actors])
 
 
+def microbatch_times(
+    busy: Sequence[dict[str, float]], per: int
+) -> tuple[list[float], list[float], list[float] | None, list[float] | None]:
+    """Per stage, the seconds of one micro-batch's forward and backward over `per` of them
+    (busy seconds by kind, as `_time_steps` gives them), and a split backward's I and W
+    measured apart (None, None where every backward ran whole: no W time)."""
+    fwd = [b["F"] / per for b in busy]
+    bwd = [b["B"] / per for b in busy]
+    wgt = [b["W"] / per for b in busy]
+    if not any(w > 0 for w in wgt):
+        return fwd, bwd, None, None
+    return fwd, bwd, [b - w for b, w in zip(bwd, wgt, strict=True)], wgt
+
+
 def _time_steps(engine: Any, X: np.ndarray, y: np.ndarray, warmup: int, steps: int) -> dict:
     """Median/mean step time of `steps` steps after `warmup`; stage busy time, and CPU time of
     the driver and of each stage process, over the timed window."""
@@ -110,13 +124,8 @@ def measure_pipeline(
                     eng.reschedule(kind, m)
                     r = _time_steps(eng, X, y, warmup, steps)
                     per = steps * m
-                    fwd = [b["F"] / per for b in r["busy_s"]]
-                    bwd = [b["B"] / per for b in r["busy_s"]]
+                    fwd, bwd, igr, wgt = microbatch_times(r["busy_s"], per)
                     fin = [b["step"] / steps for b in r["busy_s"]]
-                    # a split schedule's I and W, measured apart (None: B runs whole)
-                    split = "I" in {a.kind for acts in sch.make(kind, stages, m) for a in acts}
-                    wgt = [b["W"] / per for b in r["busy_s"]] if split else None
-                    igr = [b - w for b, w in zip(bwd, wgt, strict=True)] if wgt else None
                     pred = predict_step(kind, m, fwd, bwd, fin, comm_s[name], igr, wgt)
                     over = call_overhead_s(r, kind, stages, m)
                     cal = predict_step(

@@ -10,7 +10,12 @@ from graphpart.engines import Engine
 from graphpart.plan.kinds import chunks_for, is_virtual
 from graphpart.plan.partition import partition
 from graphpart.plan.virtual_schedules import pipeline_step
-from graphpart.tools.bench_pipeline.throughput import TARGET_RATIO, _problem, _time_steps
+from graphpart.tools.bench_pipeline.throughput import (
+    TARGET_RATIO,
+    _problem,
+    _time_steps,
+    microbatch_times,
+)
 
 
 def measure_virtual(
@@ -46,19 +51,13 @@ def measure_virtual(
                 eng.reschedule(kind, m)
                 r = _time_steps(eng, X, y, warmup, steps)
                 per = steps * m
-                fwd = [b["F"] / per for b in r["busy_s"]]
-                bwd = [b["B"] / per for b in r["busy_s"]]
-                wgt = [b["W"] / per for b in r["busy_s"]]
-                split = any(w > 0 for w in wgt)
+                fwd, bwd, igr, wgt = microbatch_times(r["busy_s"], per)
                 fin = [0.0] * devices
                 busy = [0.0] * devices
                 for s, b in enumerate(r["busy_s"]):
                     fin[owner[s]] += b["step"] / steps
                     busy[owner[s]] += b["F"] + b["B"] + b["step"]
-                igr = [b - w for b, w in zip(bwd, wgt, strict=True)] if split else None
-                pred, tl = pipeline_step(
-                    kind, v, m, fwd, bwd, fin, comm_s, igr, wgt if split else None
-                )
+                pred, tl = pipeline_step(kind, v, m, fwd, bwd, fin, comm_s, igr, wgt)
                 row = {
                     "engine": transport,
                     "stages": devices,
