@@ -97,7 +97,9 @@ def test_run_profile_json_is_exact(tmp_path, capsys):
 
 @pytest.mark.slow  # in process, but a second or more: the slow lane
 def test_measure_matches_prediction_and_resident_growth():
-    """A model whose state is >= 200 MB: RSS growth within 25% of the predicted total."""
+    """A model whose state is >= 200 MB, two stages in process: RSS growth over the first
+    worker's baseline (after its warm-up, as a Ray worker takes its own) within 5% of the
+    predicted total."""
     cfg = Config.from_dict(
         {
             "model": {"hidden": [3072, 3072], "bias": True, "weight_decay": 0.0},
@@ -122,7 +124,7 @@ def test_measure_matches_prediction_and_resident_growth():
     for st, sp in zip(m.stats, pred.stages, strict=True):
         assert st.memory.peak == sp.bytes
     (row,) = m.rss
-    assert row["growth"] == pytest.approx(pred.total, rel=0.25)
+    assert row["growth"] == pytest.approx(pred.total, rel=0.05), row["growth"] / pred.total
 
 
 def test_spans_and_trace_from_events():

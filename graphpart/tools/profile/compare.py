@@ -86,7 +86,8 @@ def rss_table(m: Measurement, pred: MemoryPrediction) -> str:
             ]
         )
     note = (
-        "baseline: this process after a JIT warm-up, before the engine allocated anything"
+        "baseline: this process after its stage worker's JIT warm-up, before it allocated "
+        "anything, as a Ray worker's"
         if m.runtime == "local"
         else "baseline: each stage worker after its JIT warm-up, before it allocated anything"
     )

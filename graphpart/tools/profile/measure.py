@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +90,28 @@ def _warm_up(s: Any) -> None:
         e.predict(x)
 
 
+def _in_process_row(pid: int, workers: list[int], stats: Sequence[StageStats]) -> dict[str, Any]:
+    """The resident row of in-process workers, all in process `pid`, taken as a Ray worker
+    takes its own: the baseline after the (first) worker's warm-up, so the BLAS library's
+    buffers at the stage's shapes are in it as they are in a Ray worker's, and the peak the
+    kernel's high-water mark (each worker resets it at its baseline, with the earlier ones'
+    arrays already resident)."""
+    first = min(stats, key=lambda st: st.rss.baseline).rss
+    peak = max(st.rss.peak for st in stats)
+    now = max(stats, key=lambda st: st.rss.current).rss.parts_now
+    return {
+        "pid": pid,
+        "stages": workers,
+        "baseline": int(first.baseline),
+        "peak": int(peak),
+        "growth": int(peak - first.baseline),
+        "peak_from": stats[0].rss.peak_from,
+        "parts_growth": {
+            k: now[k] - first.parts_baseline[k] for k in now if k in first.parts_baseline
+        },
+    }
+
+
 def measure(
     s: Any,
     steps: int = 3,
@@ -118,7 +141,6 @@ def measure(
         sampler = RssSampler([os.getpid()]).__enter__()  # baseline: before the engine exists
     replicas = max(1, cfg.pipeline.data_parallel)
     workers = s.plan.k * replicas  # stages, replicas, or R replicas of K stages (2-D)
-    groups = {os.getpid(): list(range(workers))}
     engine = None
     step_s: list[float] = []
     try:
@@ -165,21 +187,8 @@ def measure(
                     },
                 }
             )
-    if sampler is not None:
-        for pid, stages in groups.items():
-            samples = sampler.samples.get(pid)
-            if samples:
-                base = samples[0][1]
-                rss_rows.append(
-                    {
-                        "pid": pid,
-                        "stages": stages,
-                        "baseline": int(base),
-                        "peak": int(sampler.peak[pid]),
-                        "growth": int(sampler.peak[pid] - base),
-                        "peak_from": "VmHWM" if sampler.hwm[pid] else "samples",
-                    }
-                )
+    if sampler is not None:  # in process: the workers' figures of this one process
+        rss_rows.append(_in_process_row(os.getpid(), list(range(workers)), stats))
     return Measurement(
         "ray" if ray_run else "local",
         stats,
