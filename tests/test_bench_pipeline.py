@@ -4,7 +4,9 @@ Contract: `call_overhead_s` spreads a stage's CPU time beyond its busy time over
 (its schedule's actions and finish: 2M + 1 with whole backwards, 3M + 1 split) and never goes
 negative; `predict_step` is the schedule simulator's makespan plus each
 stage's finish after its last action (GPipe on equal stages: (M + K - 1)(f + b) + finish,
-bubble (K - 1)/(M + K - 1)); a tiny `run` on the test session's Ray returns every figure for
+bubble (K - 1)/(M + K - 1)); the measured bubble is the stages' idle share by wall clock
+(blocked on a neighbour's tensor, or no step call running), never above the share outside the
+actions' work; a tiny `run` on the test session's Ray returns every figure for
 every engine (push, shm), the prediction with per-call cost is never below the kernels-only
 one, and the report prints a row per configuration. The virtual-stage rows (interleaved 1F1B,
 ZB-V: 2 devices of 2 chunks) have per-virtual-stage times, a measured bubble per device and the
@@ -22,6 +24,7 @@ import pytest
 from graphpart.tools import bench_pipeline as bp
 from graphpart.tools.bench_pipeline.rates import stage_matmuls
 from graphpart.tools.bench_pipeline.report import _sched
+from graphpart.tools.bench_pipeline.throughput import idle_share
 
 
 def test_call_overhead_spreads_cpu_beyond_busy_time_over_the_calls():
@@ -47,6 +50,12 @@ def test_predict_step_gpipe_equal_stages(k, m):
     assert pred["makespan_s"] == pytest.approx((m + k - 1) * (f + b))
     assert pred["step_s"] == pytest.approx((m + k - 1) * (f + b) + fin)
     assert pred["bubble"] == pytest.approx((k - 1) / (m + k - 1))
+
+
+def test_idle_share_is_waits_and_time_outside_the_step_call():
+    busy = [{"wait": 0.1, "span": 0.9}, {"wait": 0.0, "span": 1.0}]
+    assert idle_share(busy, 1.0) == pytest.approx((0.1 + 0.1 + 0.0) / 2)
+    assert idle_share([{"wait": 0.0, "span": 2.0}], 2.0) == 0.0
 
 
 def test_tiny_run_returns_every_figure(ray_session):
@@ -79,6 +88,10 @@ def test_tiny_run_returns_every_figure(ray_session):
         assert r["predicted_step_s"] >= r["predicted_kernels_step_s"] > 0
         assert 0.0 <= r["predicted_bubble"] < 1.0
         assert 0.0 <= r["measured_bubble"] < 1.0  # the stages' idle share of the mean step
+        # idle (blocked, or no step call running) is a part of the time outside the work
+        assert r["measured_bubble"] <= r["not_computing"] + 1e-9
+        for b in r["busy_s"]:
+            assert 0 <= b["wait"] < b["span"] <= r["steps"] * r["step_s_mean"] * 1.01
         assert len(r["call_overhead_ms"]) == 2
         # this row's own CPU beyond its busy time, over its own 2M + 1 actions a step
         assert r["call_overhead_ms"] == pytest.approx(
@@ -130,6 +143,7 @@ def test_virtual_stage_rows(ray_session):
         assert min(r["fwd_ms"]) > 0 and min(r["bwd_ms"]) > 0
         assert r["samples_per_s"] > 0 and r["predicted_step_s"] > 0
         assert 0.0 <= r["measured_bubble"] < 1.0 and 0.0 <= r["predicted_bubble"] < 1.0
+        assert r["measured_bubble"] <= r["not_computing"] + 1e-9
     # the report names a row's chunks a device
     assert [_sched(r) for r in rows[::2]] == ["interleaved (v=2)", "zbv (v=2)"]
 

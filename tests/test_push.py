@@ -49,13 +49,18 @@ def _workers(plan, params, opt):
     ]
 
 
-def _step(ws, inboxes, kind, m, x, y, step, update=True, timeout_s=30.0, infer=False):
-    """Every stage's run_step on its own thread; returns the results (or raised errors)."""
+def _step(ws, inboxes, kind, m, x, y, step, update=True, timeout_s=30.0, infer=False, delay_s=0.0):
+    """Every stage's run_step on its own thread; returns the results (or raised errors).
+    `delay_s`: each forward send sleeps that long first (a slow link)."""
     k = len(ws)
     w = wire_inference(k, m) if infer else wire(kind, k, m)
     parts = [x[r] for r in split_batch(len(x), m)]
     labels = [y[r] for r in split_batch(len(x), m)]
     out: list = [None] * k
+
+    def forward_to(i, key, a):
+        time.sleep(delay_s)
+        inboxes[i + 1].put(key, a.copy())
 
     def run(i):
         try:
@@ -68,14 +73,13 @@ def _step(ws, inboxes, kind, m, x, y, step, update=True, timeout_s=30.0, infer=F
                 ys=labels if i == k - 1 else None,
                 scale=1.0 / len(x),
                 update=update,
-                send_forward=None
-                if i == k - 1
-                else (lambda key, a, i=i: inboxes[i + 1].put(key, a.copy())),
+                send_forward=None if i == k - 1 else (lambda key, a, i=i: forward_to(i, key, a)),
                 send_backward=None
                 if i == 0
                 else (lambda key, a, i=i: inboxes[i - 1].put(key, a.copy())),
                 timeout_s=timeout_s,
                 infer=infer,
+                busy=ws[i].busy,
             )
         except Exception as e:  # noqa: BLE001 - returned for the test to inspect
             out[i] = e
@@ -133,6 +137,23 @@ def test_pushed_steps_update_like_the_reference_optimizer():
 
 
 @pytest.mark.slow  # in process, but a second or more: the slow lane
+def test_wait_and_span_are_the_steps_wall_clocks():
+    """A stage's `busy.wait` holds the wall time its actions were blocked on a neighbour's
+    tensor (here: a forward link slowed by 50 ms a send), `busy.span` the step call's whole
+    wall time, which holds the wait and the work."""
+    g, params, x, y = _problem()
+    plan = partition(g, 2, "uniform")
+    ws = _workers(plan, params, SGD(lr=0.1))
+    out = _step(ws, [Inbox(), Inbox()], "1f1b", 2, x, y, step=0, delay_s=0.05)
+    assert not any(isinstance(r, Exception) for r in out), out
+    first, last = ws[0].busy, ws[1].busy
+    assert last.wait >= 2 * 0.05  # both micro-batches' activations came late
+    for b in (first, last):
+        assert b.wait < b.span
+        assert b.forward + b.backward + b.finish + b.wait <= b.span
+    assert first.span >= 2 * 0.05  # the sends (its own calls) are inside its step
+
+
 def test_failure_names_the_action_and_neighbours_stop_when_told():
     g, params, x, y = _problem(2)
     plan = partition(g, 2, "uniform")

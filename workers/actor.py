@@ -149,6 +149,7 @@ class PushStageActor(StageActor):
                 send_backward=self.send_backward,
                 infer=infer,
                 routes=self.routes,
+                busy=self.worker.busy,
             )
         except NeighbourFailed as e:
             raise RuntimeError(f"stage {self.worker.index} stopped: {e}") from None
@@ -308,6 +309,7 @@ class ReplicaActor(ChannelStageActor):
                 timeout_s=timeout_s,
                 reduce=lambda: self._reduce(reduce_on, comm),
                 arm=None if comm is None else lambda: self._arm(reduce_on, comm),
+                busy=w.busy,
             )
         except NeighbourFailed as e:
             self._stop_comm(step, str(e))

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from workers.actions import StageAction
-from workers.stats import Finish
+from workers.stats import Busy, Finish
 from workers.walk import walk
 
 # (step, "F" | "B", micro-batch): what a tensor carries (I's: "B"); with virtual stages the
@@ -126,6 +126,7 @@ def run_step(
     reduce: Callable[[], object] | None = None,
     arm: Callable[[], object] | None = None,
     routes: Mapping[str, Send] | None = None,
+    busy: Busy | None = None,
 ) -> Finish | list[Finish] | list[np.ndarray]:
     """Run one stage's actions of one step, then its `finish`; returns finish's result. With
     `infer`, the forwards are inference forwards (no cache, no loss, no finish) and the result
@@ -145,7 +146,12 @@ def run_step(
     action runs on its `chunk`, a `near` input or output stays in this process (a copy, kept
     until the chunk that takes it runs), the others are sent through `routes[a.tag_out]` and
     taken from the inbox under `a.tag_in`; the result is each chunk's `finish`, in order.
+
+    `busy` (a stage's, or its device's first chunk's) gets the step's wall time blocked on
+    neighbours' tensors (`wait`) and its whole wall time (`span`).
     """
+    t0 = time.perf_counter()
+    waited = 0.0
     inbox.clear_before(step)
     kept: list[np.ndarray] = []
     chunks = list(worker) if isinstance(worker, Sequence) else [worker]
@@ -168,9 +174,14 @@ def run_step(
     def take(k: int, a: StageAction) -> Any:
         if not a.receives:
             return None
+        nonlocal waited
         if a.near_in:
             return near.pop((a.tag_in, a.mb))
-        return inbox.take((step, a.tag_in, a.mb), timeout_s)
+        t = time.perf_counter()
+        try:
+            return inbox.take((step, a.tag_in, a.mb), timeout_s)
+        finally:
+            waited += time.perf_counter() - t
 
     last_w = max((i for i, a in enumerate(actions) if a.kind in ("B", "W")), default=-1)
 
@@ -194,8 +205,13 @@ def run_step(
     if reduce is not None:
         _act(reduce, "the gradient all-reduce")
     if len(chunks) > 1 or isinstance(worker, Sequence):
-        return [_act(w.finish, "finish", update) for w in chunks]
-    return _act(chunks[0].finish, "finish", update)
+        out: Finish | list[Finish] = [_act(w.finish, "finish", update) for w in chunks]
+    else:
+        out = _act(chunks[0].finish, "finish", update)
+    if busy is not None:
+        busy.wait += waited
+        busy.span += time.perf_counter() - t0
+    return out
 
 
 def _what(a: StageAction, method: str) -> str:

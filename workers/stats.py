@@ -30,6 +30,14 @@ class Busy:
     the all-reduces (steps), so each figure over it is a step's. `total`, the time a step
     kept the stage busy, counts the exposed part only.
 
+    `wait` is the wall time a step's actions spent blocked on a neighbour's tensor (the
+    inbox's take: the pipeline's fill, drain and stalls), and `span` the wall time of the
+    stage's whole step call, from its first action to its `finish`'s end, so that a step of
+    `s` seconds splits, per stage, into the actions' work, `wait`, `s - span` (the stage had no
+    step to run: before the driver's call reached it, after it returned) and the rest of
+    `span` (each action's own cost: sends, dispatch). Both are kept by `run_step` (push, shm
+    and the data-parallel ring), not by the in-process engine.
+
     `compute_cpu` is the CPU time the OS charged the calling thread inside the forward and
     backward calls (CLOCK_THREAD_CPUTIME_ID): their wall time less any time the thread was
     not running (preempted by another process, or waiting on a page fault's I/O).
@@ -43,6 +51,8 @@ class Busy:
     exposed: float = 0.0
     reductions: int = 0
     compute_cpu: float = 0.0
+    wait: float = 0.0
+    span: float = 0.0
 
     @property
     def total(self) -> float:

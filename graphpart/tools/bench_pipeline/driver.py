@@ -159,6 +159,8 @@ def run(
         # each peer runs right after graphpart's figure it is paired with: this machine's
         # speed drifts over minutes, so figures taken far apart do not pair
         torch = with_torch and importlib.util.find_spec("torch") is not None
+        if not torch:
+            res["torch_skipped"] = "--no-torch" if not with_torch else "torch is not installed"
         say("bench: one process ...")
         res["single"] = measure_single(sizes, batch, dtype, warmup, steps)
         if torch:

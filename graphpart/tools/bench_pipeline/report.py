@@ -68,14 +68,16 @@ def format_report(res: dict[str, Any]) -> str:
         "a stage, 4 stages sharing the cores); (c) "
         "simulator fed this run's stage times (+ transfer as comm, + finish): "
         "'kern' the work inside each call alone, 'pred' that plus each stage's "
-        "measured per-call cost (see call_overhead_s)"
+        "measured per-call cost (see call_overhead_s); 'bubble' the simulator's idle share, "
+        "'meas.' the stages' measured one (wall clocks: blocked on a neighbour's tensor, or "
+        "no step call running), 'nowork' the share not inside an action's work"
     )
     lines.append(
         f"  {'engine':9}{'K':>2} {'sched':14}{'M':>3}{'samples/s':>11}"
         f"{'vs torch':>9}{'vs 1proc':>9}"
         f"{'step ms':>9}{'kern ms':>9}{'ratio':>7}{'pred ms':>9}{'ratio':>7}"
-        f"{'bubble':>8}{'meas.':>7}  F/B ms per mb (stage 0 | stage 1); per-call ms; CPU ms/step: "
-        "driver, stages; other processes' cores"
+        f"{'bubble':>8}{'meas.':>7}{'nowork':>7}  F/B ms per mb (stage 0 | stage 1); per-call ms; "
+        "CPU ms/step: driver, stages; other processes' cores"
     )
     for r in res["pipeline"]:
         fb = " | ".join(f"{f:.2f}/{b:.2f}" for f, b in zip(r["fwd_ms"], r["bwd_ms"], strict=True))
@@ -85,7 +87,8 @@ def format_report(res: dict[str, Any]) -> str:
             f"{r['speedup_vs_best_single']:>9.2f}{r['step_s_median'] * 1e3:>9.1f}"
             f"{r['predicted_kernels_step_s'] * 1e3:>9.1f}{r['kernels_ratio']:>7.2f}"
             f"{r['predicted_step_s'] * 1e3:>9.1f}{r['throughput_ratio']:>7.2f}"
-            f"{r['predicted_bubble']:>8.1%}{r.get('measured_bubble', float('nan')):>7.1%}  {fb}; "
+            f"{r['predicted_bubble']:>8.1%}{r.get('measured_bubble', float('nan')):>7.1%}"
+            f"{r.get('not_computing', float('nan')):>7.1%}  {fb}; "
             + "/".join(f"{c:.2f}" for c in r["call_overhead_ms"])
             + f"; {r['driver_cpu_ms_per_step']:.0f}, "
             + "/".join(f"{c:.0f}" for c in r["stage_cpu_ms_per_step"])
@@ -128,7 +131,8 @@ def format_report(res: dict[str, Any]) -> str:
             f"({r['step_s_median'] * 1e3:.1f} ms/step)"
         )
     if "torch" not in res:
-        lines.append("  torch.distributed.pipelining: not measured (torch is not installed)")
+        why = res.get("torch_skipped", "torch is not installed")
+        lines.append(f"  torch.distributed.pipelining: not measured ({why})")
     pr = res["projection"]
     lines.append(
         "(d) projection, a core per stage (simulator fed per-layer times measured on one core "

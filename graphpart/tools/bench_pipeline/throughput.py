@@ -58,6 +58,14 @@ def microbatch_times(
     return fwd, bwd, [b - w for b, w in zip(bwd, wgt, strict=True)], wgt
 
 
+def idle_share(busy: Sequence[dict[str, float]], wall_s: float) -> float:
+    """The stages' mean idle share of `wall_s` seconds of steps (busy seconds by kind, as
+    `_time_steps` gives them): blocked on a neighbour's tensor (`wait`), or with no step call
+    running (`wall_s - span`). What is left of a step is work: the actions', `finish`'s, and
+    each call's own cost (sends, dispatch), which the simulator counts as work too."""
+    return sum(b["wait"] + max(0.0, wall_s - b["span"]) for b in busy) / (len(busy) * wall_s)
+
+
 def _time_steps(engine: Any, X: np.ndarray, y: np.ndarray, warmup: int, steps: int) -> dict:
     """Median/mean step time of `steps` steps after `warmup`; stage busy time, and CPU time of
     the driver and of each stage process, over the timed window."""
@@ -93,6 +101,8 @@ def _time_steps(engine: Any, X: np.ndarray, y: np.ndarray, warmup: int, steps: i
                 "step": a.busy.finish - b.busy.finish,
                 "cpu": a.busy.compute_cpu - b.busy.compute_cpu,  # OS CPU time of F and B
                 "allreduce": a.busy.allreduce - b.busy.allreduce,  # data parallelism's
+                "wait": a.busy.wait - b.busy.wait,  # blocked on a neighbour's tensor
+                "span": a.busy.span - b.busy.span,  # inside the stage's step calls
             }
             for a, b in zip(after, before, strict=True)
         ]
@@ -155,8 +165,11 @@ def measure_pipeline(
                         "predicted_kernels_step_s": pred["step_s"],
                         "predicted_step_s": cal["step_s"],
                         "predicted_bubble": cal["bubble"],
-                        # measured: the stages' idle share of the mean step, 1 - busy / (K step)
-                        "measured_bubble": max(
+                        # measured (wall clocks): the stages' idle share of the timed steps,
+                        # blocked on a neighbour's tensor or outside the step call
+                        "measured_bubble": idle_share(r["busy_s"], steps * r["step_s_mean"]),
+                        # the share not inside an action's work (idle + each call's own cost)
+                        "not_computing": max(
                             0.0,
                             1.0
                             - sum(b["F"] + b["B"] + b["step"] for b in r["busy_s"])

@@ -14,6 +14,7 @@ from graphpart.tools.bench_pipeline.throughput import (
     TARGET_RATIO,
     _problem,
     _time_steps,
+    idle_share,
     microbatch_times,
 )
 
@@ -33,8 +34,9 @@ def measure_virtual(
     """Each virtual schedule of `kinds` (others are skipped) at each M on `devices` devices,
     the model cut into devices x chunks virtual stages ("balanced"). A row has the pipeline
     rows' fields: per virtual stage, forward and backward ms per micro-batch (`fwd_ms`,
-    `bwd_ms`, in virtual-stage order, as `stage_split`); per device, the measured bubble (1 -
-    its busy time over the mean step); and the simulator's step fed those times and the hop
+    `bwd_ms`, in virtual-stage order, as `stage_split`); per device, the measured bubble (its
+    idle share, `idle_share`) and the share it was not inside an action's work; and the
+    simulator's step fed those times and the hop
     (`predicted_step_s`: the work inside the calls only, no per-call cost: none is
     calibrated for a device holding several stages)."""
     g, params, X, y, opt = _problem(sizes, batch, dtype)
@@ -54,9 +56,12 @@ def measure_virtual(
                 fwd, bwd, igr, wgt = microbatch_times(r["busy_s"], per)
                 fin = [0.0] * devices
                 busy = [0.0] * devices
+                clocks = [{"wait": 0.0, "span": 0.0} for _ in range(devices)]  # per device
                 for s, b in enumerate(r["busy_s"]):
                     fin[owner[s]] += b["step"] / steps
                     busy[owner[s]] += b["F"] + b["B"] + b["step"]
+                    for k in clocks[owner[s]]:  # a device's step call: on its first chunk
+                        clocks[owner[s]][k] += b[k]
                 pred, tl = pipeline_step(kind, v, m, fwd, bwd, fin, comm_s, igr, wgt)
                 row = {
                     "engine": transport,
@@ -75,7 +80,8 @@ def measure_virtual(
                     "predicted_kernels_step_s": pred,
                     "predicted_step_s": pred,
                     "predicted_bubble": tl.bubble,
-                    "measured_bubble": max(
+                    "measured_bubble": idle_share(clocks, steps * r["step_s_mean"]),
+                    "not_computing": max(
                         0.0, 1.0 - sum(busy) / (devices * steps * r["step_s_mean"])
                     ),
                     "kernels_ratio": pred / r["step_s_median"],
