@@ -4,6 +4,8 @@ makes one Python call and the kernel's per call, with no per-operand dispatch.""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import lru_cache
+from types import CodeType
 from typing import Any
 
 from graphpart.ir.lower import KernelCall
@@ -46,5 +48,11 @@ def compile_call(call: KernelCall, kernel: Kernel, pending: Mapping[str, Any]) -
         lines.append(f"    p.fresh[{call.param!r}] = False")
     lines.append("    return out")
     scope: dict[str, Any] = {"kernel": kernel}
-    exec("\n".join(lines), scope)  # noqa: S102 - literals only: value names and numbers, repr'd
+    exec(_code("\n".join(lines)), scope)  # noqa: S102 - literals only: names and numbers, repr'd
     return scope["run"]
+
+
+@lru_cache(maxsize=4096)
+def _code(source: str) -> CodeType:
+    """The compiled module of a call's source (workers build the same calls many times)."""
+    return compile(source, "<bound call>", "exec")
