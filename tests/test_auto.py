@@ -19,7 +19,9 @@ the parameter bytes for a ring all-reduce. config() gives the keys that reproduc
 to_dict is JSON; table is one row per candidate. A 5-layer model on 4 devices searches in well
 under a second. Virtual-stage candidates (interleaved with 2 or 3 chunks a device, zbv with 2)
 are K devices of v chunks over the V = K v stages cut "balanced" where V <= layers, with
-predict_virtual's memory per device and the virtual-stage simulator's time.
+predict_virtual's memory per device and the virtual-stage simulator's time. With measured
+layer times (Rates.layers) an action is its layers' seconds at its rows and an update their
+measured update; a ring all-reduce is 2 (R - 1) hops and 4.5 copies of each chunk a step.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -35,6 +38,7 @@ from graphpart.ir import mlp
 from graphpart.plan import auto, memory
 from graphpart.plan import schedule as sch
 from graphpart.plan.auto import Rates, search
+from graphpart.plan.layer_times import LayerTimes
 from graphpart.plan.memory import Workload
 from graphpart.plan.partition import partition
 from graphpart.plan.virtual_memory import predict_virtual
@@ -459,7 +463,7 @@ def test_data_parallel_time_is_compute_on_ceil_rows_plus_a_ring(graph):
         want = (
             (st.flops_fwd + st.flops_bwd) * rows / RATES.flops_per_s
             + 2 * RATES.hop_s
-            + 2 * (K - 1) * (RATES.hop_s + p / K / RATES.copy_bytes_per_s)
+            + (K - 1) * (2 * RATES.hop_s + 4.5 * p / K / RATES.copy_bytes_per_s)
             + 7 * p / RATES.copy_bytes_per_s
         )
         assert dp.step_s == pytest.approx(want, rel=1e-9)
@@ -540,6 +544,47 @@ def test_two_d_is_replicated_pipelines_with_their_memory_and_ring(graph):
     pred = memory.predict_data_parallel(plan, 2, w, channels=True)
     assert c.peak_bytes == tuple(s.total for s in pred.stages) and c.devices == 4
     pipe, _ = auto.step_time(plan, Workload(batch=BATCH // 2, microbatches=4), rates=RATES)
-    ring = max(2 * RATES.transfer_s(memory.param_bytes(st.graph) / 2) for st in plan.stages)
+    ring = max(RATES.ring_s(memory.param_bytes(st.graph), 2) for st in plan.stages)
     assert c.step_s == pytest.approx(pipe + ring, rel=1e-12)
     assert c.config()["pipeline.data_parallel"] == 2 and c.config()["pipeline.stages"] == 2
+
+
+def test_measured_layer_times_replace_flops_and_the_streamed_update(graph):
+    """With `Rates.layers`, an action's time is its stage's layers' measured seconds at the
+    micro-batch's rows (plus the per-action cost), and an update the layers' measured
+    update: one device runs F, then I + W, then its update; a data-parallel replica the
+    same on its share of the rows, then the ring."""
+    ids = tuple(graph.layers)
+    n = len(ids)
+    lt = LayerTimes(
+        ids,
+        (16, 32, 64),
+        tuple(tuple((r * 1e-4, r * 2e-4, r * 3e-4) for _ in ids) for r in (16, 32, 64)),
+        tuple(1e-3 for _ in ids),
+    )
+    rates = replace(RATES, layers=lt)
+    one = partition(graph, 1)
+    step, _ = auto.step_time(one, Workload(batch=64), rates=rates)
+    assert step == pytest.approx(n * 64 * 6e-4 + 2 * RATES.hop_s + n * 1e-3, rel=1e-12)
+    two = partition(graph, 2, "balanced")
+    fwd, bwd, igrad, wgrad, _ = auto._stage_times(two, Workload(batch=64, microbatches=2), rates)
+    for st, f, b, i, w in zip(two.stages, fwd, bwd, igrad, wgrad, strict=True):
+        k = len(st.layers)
+        assert f == pytest.approx(k * 32e-4 + RATES.hop_s)
+        assert i == pytest.approx(k * 64e-4 + RATES.hop_s)
+        assert w == pytest.approx(k * 96e-4 + RATES.hop_s)
+        assert b == pytest.approx(k * 160e-4 + RATES.hop_s)
+    p = memory.param_bytes(graph)
+    dp = auto._data_parallel_time(one, 2, Workload(batch=64), rates)
+    assert dp == pytest.approx(
+        n * 32 * 6e-4 + 2 * RATES.hop_s + RATES.ring_s(p, 2) + n * 1e-3, rel=1e-12
+    )
+
+
+def test_ring_all_reduce_counts_hops_and_copies():
+    """R - 1 reduce-scatter and R - 1 all-gather steps of nbytes / R: a hop each, and 4.5
+    copies of the chunk a step (send, add; send, take); one replica has no ring."""
+    r = Rates(flops_per_s=1.0, copy_bytes_per_s=1e9, hop_s=1e-4)
+    assert r.ring_s(4e9, 1) == 0.0
+    assert r.ring_s(4e9, 2) == pytest.approx(2e-4 + 4.5 * 2.0)
+    assert r.ring_s(4e9, 4) == pytest.approx(3 * (2e-4 + 4.5 * 1.0))

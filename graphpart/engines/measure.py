@@ -1,14 +1,17 @@
-"""Per-layer costs measured with the real kernels, in this process (for `--cost measured`)."""
+"""Per-layer costs measured with the real kernels, in this process (--cost measured, --auto)."""
 
 from __future__ import annotations
 
+import statistics
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
 from graphpart.ir.graph import Graph
-from graphpart.optim import SGD
+from graphpart.optim import SGD, Optimizer
 from graphpart.params import init_params
+from graphpart.plan.layer_times import LayerTimes
 from graphpart.plan.stages import make_plan
 from workers.stage import StageWorker
 
@@ -16,49 +19,88 @@ from workers.stage import StageWorker
 def measured_costs(
     graph: Graph, batch: int, dtype: str = "float32", repeats: int = 5, seed: int = 0
 ) -> list[float]:
-    """Seconds per forward + backward of each layer, measured with the real kernels.
+    """Seconds per forward + backward of each layer at `batch` rows, measured with the real
+    kernels (`layer_times`: the median of `repeats`), so the figure includes exactly what a
+    stage worker does for that layer: its matmuls, fused elementwise kernels and copies."""
+    lt = layer_times(graph, (batch,), dtype, repeats=repeats, seed=seed)
+    return [sum(t) for t in lt.seconds[0]]
 
-    Each layer runs as its own one-layer stage in this process on random data of the right
-    shape (the median of `repeats` after one warm-up), so the figure includes exactly what a
-    stage worker does for that layer: its matmuls, fused elementwise kernels and copies.
-    """
+
+def layer_times(
+    graph: Graph,
+    rows: Sequence[int],
+    dtype: str = "float32",
+    optimizer: Optimizer | None = None,
+    repeats: int = 3,
+    seed: int = 0,
+) -> LayerTimes:
+    """Each layer's forward, input gradient and weight gradient of one micro-batch at each of
+    `rows`, and its update (`optimizer`'s step; SGD if None), each the median of `repeats`
+    after one untimed pass.
+
+    Every layer runs as its own one-layer stage worker in this process, and a pass runs them
+    as a step of the whole model does: the forwards in order, each taking the previous one's
+    output, then each backward's I and W in reverse, each taking the next one's input
+    cotangent; so what a layer reads is where a step leaves it (its input just written, its
+    weights out of cache since its last action)."""
     plan = make_plan(graph, [1] * len(graph.layers))
     params = init_params(graph, seed, dtype)
     rng = np.random.default_rng(seed)
-    out = []
-    for st in plan.stages:
-        w = StageWorker(
+    top = max(rows)
+    workers = [
+        StageWorker(
             st.graph,
             {p: params[p] for p in st.params},
-            SGD(lr=1e-3),
+            optimizer if optimizer is not None else SGD(lr=1e-3),
             output=st.output,
             input_grad=st.index > 0,
-            max_rows=batch,
+            max_rows=top,
             index=st.index,
             keep_events=False,
         )
-        x = rng.standard_normal(st.graph.var(st.input).concrete_shape(batch)).astype(dtype)
-        y = None
-        if st.is_last:
-            lab = st.graph.labels[0]
-            q = st.graph.var("o").shape[-1]
-            y = (
-                rng.integers(0, q, batch)
-                if lab.shape == ("B",)
-                else rng.standard_normal((batch, q)).astype(dtype)
-            )
-        g = (
-            None
-            if st.is_last
-            else rng.standard_normal(st.graph.var(st.output).concrete_shape(batch)).astype(dtype)
-        )
-        times = []
-        for i in range(repeats + 1):
-            t = time.perf_counter()
-            w.forward(0, x, y, 1.0 / batch)
-            w.backward(0, g, 1.0 / batch)
-            if i:
-                times.append(time.perf_counter() - t)
-        w.zero_grad()
-        out.append(float(np.median(times)))
-    return out
+        for st in plan.stages
+    ]
+    first, last = plan.stages[0], plan.stages[-1]
+    x0 = rng.standard_normal(first.graph.var(first.input).concrete_shape(top)).astype(dtype)
+    loss = next(o for o in last.graph.ops if o.output == last.graph.loss)
+    q = last.graph.var(loss.inputs[0]).shape[-1]  # the prediction's width
+    y0 = (
+        rng.integers(0, q, top)
+        if last.graph.labels[0].shape == ("B",)
+        else rng.standard_normal((top, q)).astype(dtype)
+    )
+    seconds = []
+    for n in rows:
+        timed: list[list[list[float]]] = [[[], [], []] for _ in workers]
+        for rep in range(repeats + 1):
+            x: np.ndarray | None = x0[:n]
+            for w, t in zip(workers, timed, strict=True):  # each layer's output the next's input
+                t0 = time.perf_counter()
+                x = w.forward(0, x, y0[:n] if w is workers[-1] else None, 1.0 / n)
+                if rep:
+                    t[0].append(time.perf_counter() - t0)
+            g = None  # each layer's input cotangent the previous layer's
+            for w, t in reversed(list(zip(workers, timed, strict=True))):
+                t0 = time.perf_counter()
+                g = w.backward_input(0, g, 1.0 / n)
+                t1 = time.perf_counter()
+                w.backward_weight(0, 1.0 / n)
+                if rep:
+                    t[1].append(t1 - t0)
+                    t[2].append(time.perf_counter() - t1)
+        seconds.append(tuple(tuple(statistics.median(k) for k in t) for t in timed))
+    update = []
+    for w in workers:
+        ups = []
+        for rep in range(repeats + 1):
+            t0 = time.perf_counter()
+            w.finish(update=True)
+            if rep:
+                ups.append(time.perf_counter() - t0)
+        update.append(statistics.median(ups))
+    return LayerTimes(
+        tuple(graph.layers),
+        tuple(rows),
+        tuple(seconds),
+        tuple(update),  # type: ignore[arg-type]
+    )

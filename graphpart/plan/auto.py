@@ -13,7 +13,11 @@
 # - compute runs at `Rates.flops_per_s`: an action's time is its FLOPs (graphpart.plan.stages:
 #   Stage.flops_fwd / flops_bwd per sample, times its rows) over that rate, plus a fixed
 #   `Rates.action_s` per forward or backward action (dispatch, kernel launches); recompute adds
-#   one forward to every backward;
+#   one forward to every backward. Where the rates carry `layers` (plan --auto measures them:
+#   each layer's F, I and W run by a stage worker at several micro-batch sizes), an action's
+#   time is its layers' measured seconds at its rows instead (the kernels' real speed at those
+#   shapes: operands out of cache, elementwise work, the first layer's missing I), and an
+#   update's the layers' measured update;
 # - a transfer costs `hop_s + bytes / copy_bytes_per_s` (linear), and a pipeline's hops all
 #   take the time of its widest boundary (the simulator takes one delay for every hop);
 # - the optimizer update streams its buffers once: (3 + 2 x state slots) x parameter bytes
@@ -21,7 +25,8 @@
 #   `copy_bytes_per_s`; each device updates its own parameters when its last backward ends;
 # - data parallel: every replica runs ceil(B / K) rows as M micro-batches (gradient
 #   accumulation in the replica: 2 M actions), then a ring all-reduce of the gradients,
-#   2 (K - 1) messages of P / K bytes, each one hop. The search tries each M of
+#   2 (K - 1) messages of P / K bytes, each one hop, with the adds and copies of
+#   workers/ring.py (Rates.ring_s: 4.5 copies of a chunk per ring step). The search tries each M of
 #   `microbatch_choices` up to a replica's rows floor(B / K).
 #
 # Deliberate departures from the obvious:
@@ -62,7 +67,7 @@ from graphpart.plan.memory import (
     predict_data_parallel,
 )
 from graphpart.plan.partition import partition
-from graphpart.plan.stages import Plan
+from graphpart.plan.stages import Plan, Stage
 from graphpart.plan.virtual_memory import predict_virtual
 from graphpart.plan.virtual_schedules import pipeline_step as virtual_step
 
@@ -72,6 +77,13 @@ __all__ = ["KINDS", "TIE", "Candidate", "Rates", "rank", "search", "step_time", 
 # -- time --------------------------------------------------------------------------------------
 def _update_s(nbytes: int, slots: int, rates: Rates) -> float:
     return (3 + 2 * slots) * nbytes / rates.copy_bytes_per_s
+
+
+def _finish_s(st: Stage, w: Workload, rates: Rates) -> float:
+    """A stage's update once a step: its layers' measured updates, or its buffers streamed."""
+    if rates.layers is not None:
+        return rates.layers.update_s(st.layers)
+    return _update_s(param_bytes(st.graph, w.dtype), w.slots, rates)
 
 
 def step_time(
@@ -84,7 +96,7 @@ def step_time(
     that runs `capacity` devices at full speed at once (None: a core per device).
     """
     fwd, bwd, igrad, wgrad, comm = _stage_times(plan, w, rates)
-    finish = [_update_s(param_bytes(st.graph, w.dtype), w.slots, rates) for st in plan.stages]
+    finish = [_finish_s(st, w, rates) for st in plan.stages]
     return timing.pipeline_step(
         w.schedule, w.microbatches, fwd, bwd, finish, comm, capacity, igrad, wgrad
     )
@@ -97,16 +109,19 @@ def _stage_times(
     apart) and a hop between stages, for `step_time` and `_virtual_time`."""
     rows, dtype = w.batch / w.microbatches, w.dtype
     act = rates.per_action_s
-    rate = rates.flops_at(rows)
-    fwd = [st.flops_fwd * rows / rate + act for st in plan.stages]
-    redo = [f - act if w.recompute else 0.0 for f in fwd]  # a recomputed forward, in I or B
-    bwd = [st.flops_bwd * rows / rate + act + r for st, r in zip(plan.stages, redo, strict=True)]
-    # a split backward: W the weight gradients' FLOPs, I the rest (and the recomputation)
-    wgrad = [st.flops_wgrad * rows / rate + act for st in plan.stages]
-    igrad = [
-        (st.flops_bwd - st.flops_wgrad) * rows / rate + act + r
-        for st, r in zip(plan.stages, redo, strict=True)
-    ]
+    if rates.layers is not None:  # measured: each action's layers at these rows
+        lt = rates.layers
+        f0, i0, w0 = ([lt.action_s(k, st.layers, rows) for st in plan.stages] for k in "FIW")
+    else:  # FLOPs over the matmul rate; W the weight gradients' FLOPs, I the rest
+        rate = rates.flops_at(rows)
+        f0 = [st.flops_fwd * rows / rate for st in plan.stages]
+        w0 = [st.flops_wgrad * rows / rate for st in plan.stages]
+        i0 = [(st.flops_bwd - st.flops_wgrad) * rows / rate for st in plan.stages]
+    fwd = [f + act for f in f0]
+    redo = f0 if w.recompute else [0.0] * plan.k  # a recomputed forward, in I or B
+    bwd = [i + wg + act + r for i, wg, r in zip(i0, w0, redo, strict=True)]
+    wgrad = [wg + act for wg in w0]  # a split backward: W, and I with the recomputation
+    igrad = [i + act + r for i, r in zip(i0, redo, strict=True)]
     itemsize = np.dtype(dtype).itemsize
     width = max((st.output_width for st in plan.stages), default=0)
     comm = rates.transfer_s(rows * width * itemsize) if plan.k > 1 else 0.0
@@ -126,7 +141,7 @@ def _virtual_time(
     where, _ = make_schedule(w.schedule, devices, v, 1)
     finish = [0.0] * devices
     for s, st in enumerate(plan.stages):
-        finish[where.owner[s]] += _update_s(param_bytes(st.graph, w.dtype), w.slots, rates)
+        finish[where.owner[s]] += _finish_s(st, w, rates)
     step, tl = virtual_step(w.schedule, v, w.microbatches, fwd, bwd, finish, comm, igrad, wgrad)
     return step / timing.share(devices, capacity), tl
 
@@ -142,10 +157,7 @@ def _grid_time(
     wr = replace(w, batch=share, microbatches=min(w.microbatches, share))
     cap = None if capacity is None else capacity / replicas
     step, tl = step_time(plan, wr, rates=rates, capacity=cap)
-    ring = max(
-        2 * (replicas - 1) * rates.transfer_s(param_bytes(st.graph, w.dtype) / replicas)
-        for st in plan.stages
-    )
+    ring = max(rates.ring_s(param_bytes(st.graph, w.dtype), replicas) for st in plan.stages)
     return step + ring, tl
 
 
@@ -158,11 +170,14 @@ def _data_parallel_time(
     (st,) = plan.stages
     share = -(-w.batch // replicas)
     m = min(max(1, w.microbatches), share)
-    rate = rates.flops_at(share / m)
-    compute = (st.flops_fwd + st.flops_bwd) * share / rate + 2 * m * rates.per_action_s
+    if rates.layers is not None:
+        work = m * sum(rates.layers.action_s(k, st.layers, share / m) for k in "FIW")
+    else:
+        work = (st.flops_fwd + st.flops_bwd) * share / rates.flops_at(share / m)
+    compute = work + 2 * m * rates.per_action_s
     p = param_bytes(plan.graph, w.dtype)
-    ring = 2 * (replicas - 1) * rates.transfer_s(p / replicas)
-    return timing.replicas_step(compute, ring, _update_s(p, w.slots, rates), replicas, capacity)
+    ring = rates.ring_s(p, replicas)
+    return timing.replicas_step(compute, ring, _finish_s(st, w, rates), replicas, capacity)
 
 
 # -- the search --------------------------------------------------------------------------------

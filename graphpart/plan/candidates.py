@@ -10,11 +10,13 @@ from typing import Any
 import numpy as np
 
 from graphpart.errors import PlanError
+from graphpart.plan.layer_times import LayerTimes
 from graphpart.plan.memory import MemoryPrediction
 from graphpart.units import human_bytes
 from graphpart.units import table as text_table
 
 KINDS = ("single", "accumulate", "pipeline", "data-parallel", "2-d")
+RING_COPIES = 4.5  # a ring step's copies of its chunk: send 1 + add 1.5, then send 1 + take 1
 TIE = 0.03  # predicted steps this close (relative) are a tie: within the rates' run-to-run noise
 
 
@@ -36,7 +38,10 @@ class Rates:
     latency of one boundary transfer or one all-reduce message. action_s: fixed cost of one
     forward or backward action on a device (None: hop_s). by_rows: (rows, FLOP/s) pairs
     measured at several micro-batch sizes (a matmul with few rows runs far below the peak);
-    where given, `flops_at(rows)` interpolates them and the time model uses it.
+    where given, `flops_at(rows)` interpolates them and the time model uses it. layers: each
+    layer's F, I, W and update seconds measured with the real kernels (LayerTimes); where
+    given, the time model reads an action's and an update's time from them instead of FLOPs
+    over the matmul rate and bytes over the copy rate.
     """
 
     flops_per_s: float
@@ -44,6 +49,7 @@ class Rates:
     hop_s: float
     action_s: float | None = None
     by_rows: tuple[tuple[int, float], ...] = ()
+    layers: LayerTimes | None = None
 
     def __post_init__(self) -> None:
         _finite("flops_per_s", self.flops_per_s, positive=True)
@@ -77,6 +83,14 @@ class Rates:
     def transfer_s(self, nbytes: float) -> float:
         """One message of `nbytes`: the hop latency plus the bytes at the copy bandwidth."""
         return self.hop_s + nbytes / self.copy_bytes_per_s
+
+    def ring_s(self, nbytes: float, replicas: int) -> float:
+        """A ring all-reduce of `nbytes` over `replicas` (workers/ring.py): 2 (R - 1)
+        messages of nbytes / R, each a hop and a copy into the channel; the reduce-scatter's
+        R - 1 adds (read two, write one: 1.5 copies each) and the all-gather's R - 1 copies
+        out of the channel. So (R - 1) (2 hop + 4.5 nbytes / R / copy bandwidth)."""
+        r = max(1, int(replicas))
+        return (r - 1) * (2 * self.hop_s + RING_COPIES * nbytes / r / self.copy_bytes_per_s)
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,11 @@ def search_config(
     """plan --auto's candidates for `cfg`'s training settings, with rates measured here with
     `threads` threads per device, on `cores` cores (default: this machine's) that the devices
     share where they outnumber them."""
-    rates = measure_rates(threads, cfg.train.dtype)
+    w = workload_of(cfg)
+    rates = measure_rates(threads, cfg.train.dtype, graph=graph, workload=w, devices=devices)
     found = search(
         graph,
-        workload_of(cfg),
+        w,
         devices=devices,
         budget=budget_of(cfg),
         rates=rates,

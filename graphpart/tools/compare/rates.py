@@ -1,4 +1,4 @@
-"""This machine's rates for `plan --auto`: matmul FLOP/s of one device, memcpy, one hop."""
+"""This machine's rates for `plan --auto`: each layer's kernels, matmul FLOP/s, memcpy, a hop."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from graphpart.engines.measure import layer_times
+from graphpart.ir.graph import Graph
+from graphpart.optim import Optimizer, make_optimizer
 from graphpart.plan.auto import Rates
+from graphpart.plan.workload import Workload
 from graphpart.tools.compare.project import hop_seconds
 
 ROWS = (4, 16, 64, 256, 1024)  # micro-batch sizes the matmul rate is measured at
@@ -26,10 +30,41 @@ def matmul_rate(rows: int, threads: int, dtype: str, seconds: float, n: int = 10
         return 2 * rows * n * n * count / (time.perf_counter() - t0)
 
 
-def measure_rates(threads: int, dtype: str = "float32", seconds: float = 0.08) -> Rates:
+def layer_rows(batch: int, devices: int, most_microbatches: int = 32) -> tuple[int, ...]:
+    """The micro-batch sizes to time each layer at: `batch`, and the powers of two below it
+    down to the fewest rows the search gives a micro-batch (a replica's share of `devices`
+    in `most_microbatches`); between them the time model interpolates."""
+    low = max(1, batch // (max(1, devices) * most_microbatches))
+    rows, r = {batch}, 1
+    while r < batch:
+        if r * 2 > low:
+            rows.add(r)
+        r *= 2
+    return tuple(sorted(rows))
+
+
+def measure_rates(
+    threads: int,
+    dtype: str = "float32",
+    seconds: float = 0.08,
+    graph: Graph | None = None,
+    workload: Workload | None = None,
+    devices: int = 1,
+) -> Rates:
     """The matmul rate with `threads` BLAS threads at several micro-batch sizes (few rows run
     far below the peak), copy bandwidth (16 MiB), and a 1 MiB shared-memory hop's time less
-    its copy (its fixed latency)."""
+    its copy (its fixed latency); with a `graph` and its `workload`, also each layer's F, I, W
+    and update run by stage workers here with `threads` threads (`layer_times`, at the
+    `layer_rows` of the workload's batch on `devices`), which the time model then reads."""
+    layers = None
+    if graph is not None and workload is not None:
+        opt = workload.optimizer
+        if not isinstance(opt, Optimizer):
+            opt = make_optimizer(opt, lr=1e-3, momentum=workload.momentum)
+        with threadpool_limits(threads):
+            layers = layer_times(
+                graph, layer_rows(workload.batch, devices), str(workload.dtype), opt
+            )
     by_rows = tuple((r, matmul_rate(r, threads, dtype, seconds)) for r in ROWS)
     flops = max(f for _, f in by_rows)
     src = np.ones(4 * 2**20, np.float32)
@@ -42,6 +77,7 @@ def measure_rates(threads: int, dtype: str = "float32", seconds: float = 0.08) -
         copy_bytes_per_s=copy,
         hop_s=max(0.0, hop - 2**20 / copy),
         by_rows=by_rows,
+        layers=layers,
     )
 
 

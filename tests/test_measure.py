@@ -1,0 +1,30 @@
+"""graphpart.engines.measure: each layer's kernels timed by stage workers in this process.
+
+Contract: `layer_times` returns, for the graph's layers (by number) at each requested row
+count, a forward, input-gradient and weight-gradient time and an update per layer, all
+positive where the layer does that work (the model's first layer computes no input
+gradient, but its call still costs something); `measured_costs` is one figure per layer, the
+forward plus the backward at the batch's rows.
+"""
+
+from __future__ import annotations
+
+from graphpart.engines.measure import layer_times, measured_costs
+from graphpart.ir import mlp
+from graphpart.optim import make_optimizer
+
+
+def test_layer_times_cover_every_layer_at_every_row_count():
+    g = mlp([12, 16, 16, 3], activation="relu", bias=True, loss="cross_entropy")
+    lt = layer_times(g, (1, 4, 8), "float32", make_optimizer("adam", lr=1e-3), repeats=1)
+    assert lt.ids == tuple(g.layers) and lt.rows == (1, 4, 8)
+    assert all(len(per) == len(g.layers) for per in lt.seconds)
+    assert all(v > 0 for per in lt.seconds for t in per for v in t)
+    assert all(u > 0 for u in lt.update)
+    assert lt.action_s("B", lt.ids, 8) > 0
+
+
+def test_measured_costs_one_per_layer():
+    g = mlp([12, 16, 16, 3], activation="relu", bias=True, loss="mse")
+    costs = measured_costs(g, 8, "float64", repeats=1)
+    assert len(costs) == len(g.layers) and all(c > 0 for c in costs)
