@@ -90,6 +90,8 @@ def test_tiny_run_returns_every_figure(ray_session):
         assert 0.0 <= r["measured_bubble"] < 1.0  # the stages' idle share of the mean step
         # idle (blocked, or no step call running) is a part of the time outside the work
         assert r["measured_bubble"] <= r["not_computing"] + 1e-9
+        # a fresh engine a configuration: each stage's resident peak over its baseline
+        assert len(r["resident_growth"]) == 2 and all(v >= 0 for v in r["resident_growth"])
         for b in r["busy_s"]:
             assert 0 <= b["wait"] < b["span"] <= r["steps"] * r["step_s_mean"] * 1.01
         assert len(r["call_overhead_ms"]) == 2
@@ -144,6 +146,7 @@ def test_virtual_stage_rows(ray_session):
         assert r["samples_per_s"] > 0 and r["predicted_step_s"] > 0
         assert 0.0 <= r["measured_bubble"] < 1.0 and 0.0 <= r["predicted_bubble"] < 1.0
         assert r["measured_bubble"] <= r["not_computing"] + 1e-9
+        assert len(r["resident_growth"]) == 2  # a device's, its chunks in one process
     # the report names a row's chunks a device
     assert [_sched(r) for r in rows[::2]] == ["interleaved (v=2)", "zbv (v=2)"]
 
@@ -153,6 +156,8 @@ def test_torch_pipelining_peer_runs_when_torch_is_installed():
     pytest.importorskip("torch")
     r = bp.run_torch_pipeline([16, 32, 32, 8], [2, 1], 16, "1f1b", 2, 1, 3)
     assert r["samples_per_s"] > 0 and r["step_s_median"] > 0 and r["steps"] == 3
+    # each rank's resident peak over its baseline, as the OS counts it
+    assert len(r["resident_growth"]) == 2 and all(v >= 0 for v in r["resident_growth"])
 
 
 @pytest.mark.ray
@@ -172,6 +177,7 @@ def test_torch_ddp_and_one_process_peers_run_when_torch_is_installed():
     pytest.importorskip("torch")
     d = bp.run_torch_ddp([16, 32, 8], 2, 16, 1, 3)
     assert d["mode"] == "ddp" and d["ranks"] == 2 and d["samples_per_s"] > 0
+    assert len(d["resident_growth"]) == 2
     one = bp.run_torch_single([16, 32, 8], 1, 16, 1, 3)
     assert one["mode"] == "single" and one["ranks"] == 1 and one["step_s_median"] > 0
 

@@ -59,6 +59,7 @@ def format_report(res: dict[str, Any]) -> str:
             + (
                 f"; torch DDP (gloo, {tp['ranks']} processes) {tp['samples_per_s']:.0f} "
                 f"samples/s ({tp['step_s_median'] * 1e3:.1f} ms/step): {d['vs_torch']:.2f}x torch"
+                + _growths(tp.get("resident_growth"), d.get("resident_growth"))
                 if tp
                 else "; torch DDP: not measured"
             )
@@ -128,7 +129,7 @@ def format_report(res: dict[str, Any]) -> str:
             f"  torch.distributed.pipelining {r['torch']} (2 processes, gloo, static shapes, "
             f"fused Adam), {r['schedule']} "
             f"M={r['microbatches']}: {r['samples_per_s']:.0f} samples/s "
-            f"({r['step_s_median'] * 1e3:.1f} ms/step)"
+            f"({r['step_s_median'] * 1e3:.1f} ms/step)" + _memory_pair(r, res["pipeline"])
         )
     if "torch" not in res:
         why = res.get("torch_skipped", "torch is not installed")
@@ -167,3 +168,27 @@ def _sched(r: dict[str, Any]) -> str:
 
 def _ratio(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}"
+
+
+def _memory_pair(t: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """Each rank's resident peak over its baseline (the OS's), torch's beside graphpart's for
+    the same schedule and M on the default transport (the last row of it measured)."""
+    ours = [
+        r for r in rows
+        if (r["schedule"], r["microbatches"], r["stages"]) == (t["schedule"], t["microbatches"], 2)
+        and "resident_growth" in r
+    ]  # fmt: skip
+    return _growths(t.get("resident_growth"), ours[-1]["resident_growth"] if ours else None)
+
+
+def _growths(torch: list[int] | None, ours: list[int] | None) -> str:
+    if not torch or not ours:
+        return ""
+    mib = 2.0**20
+    return (
+        "; peak resident growth a device: torch "
+        + " | ".join(f"{v / mib:.1f}" for v in torch)
+        + " MiB, graphpart "
+        + " | ".join(f"{v / mib:.1f}" for v in ours)
+        + " MiB"
+    )

@@ -93,6 +93,8 @@ def _time_steps(engine: Any, X: np.ndarray, y: np.ndarray, warmup: int, steps: i
         out["idle_share"] = max(0.0, 1.0 - (mach1 - mach0) / (wall * (os.cpu_count() or 1)))
     if before is not None:
         after = engine.stats()
+        # each worker's resident peak over its baseline (the OS's high-water mark), so far
+        out["resident_growth"] = [a.rss.peak - a.rss.baseline for a in after]
         out["busy_s"] = [
             {
                 "F": a.busy.forward - b.busy.forward,
@@ -128,10 +130,13 @@ def measure_pipeline(
     plan = partition(g, stages, "balanced")
     rows = []
     for name in transports:
-        with Engine(plan, params, opt, transport=name, max_rows=batch, keep_events=False) as eng:
-            for kind in (k for k in schedules if k in sch.KINDS):  # virtual: virtual_rows
-                for m in microbatches:
-                    eng.reschedule(kind, m)
+        for kind in (k for k in schedules if k in sch.KINDS):  # virtual: virtual_rows
+            for m in microbatches:
+                # a fresh engine a configuration: its workers' memory is this schedule's alone
+                with Engine(
+                    plan, params, opt, transport=name, max_rows=batch, keep_events=False,
+                    schedule=kind, microbatches=m,
+                ) as eng:  # fmt: skip
                     r = _time_steps(eng, X, y, warmup, steps)
                     per = steps * m
                     fwd, bwd, igr, wgt = microbatch_times(r["busy_s"], per)
@@ -194,6 +199,7 @@ def measure_single(
             eng = Engine(partition(g, 1), params, opt, max_rows=batch, keep_events=False)
             r = _time_steps(eng, X, y, warmup, steps)
             r.pop("busy_s", None)
+            r.pop("resident_growth", None)  # in process: this process holds the bench too
             r["stage_cpu_ms_per_step"] = [r["driver_cpu_ms_per_step"]]
             r["sgemm_gflops"] = whole_model_rate(sizes, batch, dtype)
             out.append({"engine": "local", "threads": threads, **r})

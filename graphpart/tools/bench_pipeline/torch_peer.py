@@ -31,6 +31,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from workers.hwm import read_hwm, reset_hwm
+
 MODES = ("pipeline", "ddp", "single")
 
 
@@ -148,6 +150,25 @@ def _mlp(sizes: Sequence[int], first: int, count: int) -> Any:
     return nn.Sequential(*layers)
 
 
+def _baseline(shapes: Sequence[tuple[int, int]], rows: int) -> int:
+    """Run this rank's layers once at their real shapes (a forward and a backward of a
+    throwaway copy each, then freed), as graphpart's workers run their products before their
+    baseline, so the BLAS's work buffers are in both baselines; then reset the kernel's
+    high-water mark (workers/hwm.py) and return the resident bytes now."""
+    import gc
+
+    import torch
+
+    for n_in, n_out in shapes:
+        x = torch.randn(rows, n_in, requires_grad=True)
+        layer = torch.nn.Linear(n_in, n_out)
+        layer(x).sum().backward()
+        del x, layer
+    gc.collect()
+    reset_hwm()
+    return read_hwm() or 0
+
+
 def _rank_main(a: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
@@ -182,6 +203,8 @@ def _rank_main(a: argparse.Namespace) -> None:
             "zbv": [rank, 2 * world - 1 - rank],
         }.get(a.schedule, [rank])
         mb = -(-a.batch // a.microbatches)
+        held = [i for s in mine for i in range(sum(split[:s]), sum(split[: s + 1]))]
+        base = _baseline([(sizes[i], sizes[i + 1]) for i in held], mb)
         stages, modules = [], []
         for s in mine:
             first = sum(split[:s])
@@ -225,6 +248,7 @@ def _rank_main(a: argparse.Namespace) -> None:
                 sched.step()
 
     elif single:
+        base = _baseline(list(zip(sizes[:-1], sizes[1:], strict=True)), a.batch)
         module = _mlp(sizes, 0, len(sizes) - 1)
 
         def fwd_bwd() -> None:
@@ -233,6 +257,7 @@ def _rank_main(a: argparse.Namespace) -> None:
     else:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
+        base = _baseline(list(zip(sizes[:-1], sizes[1:], strict=True)), -(-a.batch // world))
         module = DDP(
             _mlp(sizes, 0, len(sizes) - 1), gradient_as_bucket_view=True, static_graph=True
         )
@@ -253,13 +278,18 @@ def _rank_main(a: argparse.Namespace) -> None:
             dist.barrier()
         if i >= a.warmup:
             times.append(time.perf_counter() - t)
+    mine = (read_hwm() or 0) - base  # this rank's peak over its baseline, as the OS saw it
+    growth = [mine]
     if not single:
+        growth = [0] * world
+        dist.all_gather_object(growth, mine)
         dist.destroy_process_group()
     if rank == 0:
         times.sort()
         med = times[len(times) // 2]
         print(json.dumps({"step_s_median": med, "samples_per_s": a.batch / med, "mode": a.mode,
-                  "ranks": world, "torch": torch.__version__, "steps": a.steps}))  # fmt: skip
+                  "ranks": world, "torch": torch.__version__, "steps": a.steps,
+                  "resident_growth": growth}))  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -44,14 +44,19 @@ def measure_virtual(
     for kind in (k for k in kinds if is_virtual(k)):
         v = chunks_for(kind)
         plan = partition(g, devices * v, "balanced")
-        with Engine(
-            plan, params, opt, transport=transport, max_rows=batch, keep_events=False,
-            schedule=kind, chunks=v,
-        ) as eng:  # fmt: skip
-            owner = eng.placement.owner
-            for m in microbatches:
-                eng.reschedule(kind, m)
+        for m in microbatches:  # a fresh engine a configuration, as measure_pipeline
+            with Engine(
+                plan, params, opt, transport=transport, max_rows=batch, keep_events=False,
+                schedule=kind, chunks=v, microbatches=m,
+            ) as eng:  # fmt: skip
+                owner = eng.placement.owner
                 r = _time_steps(eng, X, y, warmup, steps)
+                # a device's chunks share its process: its peak over its first chunk's baseline
+                rss = [st.rss for st in eng.stats()]
+                held = [[x for s, x in enumerate(rss) if owner[s] == d] for d in range(devices)]
+                r["resident_growth"] = [
+                    max(x.peak for x in rs) - min(x.baseline for x in rs) for rs in held
+                ]
                 per = steps * m
                 fwd, bwd, igr, wgt = microbatch_times(r["busy_s"], per)
                 fin = [0.0] * devices
