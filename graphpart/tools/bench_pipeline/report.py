@@ -129,7 +129,9 @@ def format_report(res: dict[str, Any]) -> str:
             f"  torch.distributed.pipelining {r['torch']} (2 processes, gloo, static shapes, "
             f"fused Adam), {r['schedule']} "
             f"M={r['microbatches']}: {r['samples_per_s']:.0f} samples/s "
-            f"({r['step_s_median'] * 1e3:.1f} ms/step)" + _memory_pair(r, res["pipeline"])
+            f"({r['step_s_median'] * 1e3:.1f} ms/step)"
+            + _memory_pair(r, res["pipeline"])
+            + "".join(f"; {p}" for p in r.get("exit_problems", []))
         )
     if "torch" not in res:
         why = res.get("torch_skipped", "torch is not installed")

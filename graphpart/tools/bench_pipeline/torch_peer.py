@@ -90,18 +90,27 @@ def run_peer(
         )
         for r in range(ranks)
     ]
-    outs = []
+    done = []
     try:
         for p in procs:
             out, err = p.communicate(timeout=timeout_s)
-            if p.returncode != 0:
-                raise RuntimeError(f"torch {mode} rank failed: {err.strip().splitlines()[-1:]}")
-            outs.append(out)
+            done.append((p.returncode, out, err))
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    return json.loads(outs[0].strip().splitlines()[-1])
+    lines = done[0][1].strip().splitlines()
+    failed = [(r, code, err) for r, (code, _, err) in enumerate(done) if code != 0]
+    if not lines or not lines[-1].startswith("{"):
+        why = "; ".join(f"rank {r}: {err.strip().splitlines()[-1:]}" for r, _, err in failed)
+        raise RuntimeError(f"torch {mode} rank failed: {why or 'no figures printed'}")
+    res = json.loads(lines[-1])
+    if failed:  # rank 0 printed after every rank's steps and the gather: a failure on exit
+        res["exit_problems"] = [
+            f"rank {r} exited with {code} after the figures: {err.strip().splitlines()[-1:]}"
+            for r, code, err in failed
+        ]
+    return res
 
 
 def run_torch_pipeline(
