@@ -24,6 +24,7 @@ import pytest
 from graphpart.errors import ConfigError
 from graphpart.plan.memory import CATEGORIES, Workload, predict
 from graphpart.run.config import Config, load_config
+from graphpart.run.setup import predicted_memory
 from graphpart.run.train import setup
 from graphpart.tools import profile
 from graphpart.tools.profile.compare import traced_rows
@@ -272,4 +273,33 @@ def test_run_profile_of_a_2d_run(ray_session, tmp_path, capsys):
     assert {r["pid"] for r in res["rss"]} == {st["pid"] for st in res["comparison"]}
     assert all(r["growth"] > 0 and r["parts_growth"] for r in res["rss"])
     assert [r["ratio"] for r in res["traced"]] == [1.0] * 4
+    assert len(res["files"]["png"]) == 4
+
+
+@pytest.mark.parametrize("schedule", ["zbv", "interleaved"])
+def test_run_profile_of_virtual_stages(ray_session, tmp_path, capsys, schedule):
+    """profile --schedule zbv (or interleaved) --stages 2: four virtual stages on two devices;
+    each virtual stage's ledger equal to its chunk's prediction category by category; one
+    resident row a device process, holding its two chunks, measured against the sum of their
+    predictions (predict_virtual's device total); its traced arrays equal to its two ledgers."""
+    cfg = Config.from_dict(
+        {
+            "model": {"hidden": [24, 16, 16], "bias": True, "weight_decay": 1e-4},
+            "data": {"source": "digits"},
+            "train": {"batch_size": 32, "optimizer": "adam"},
+            "pipeline": {"stages": 2, "microbatches": 4, "schedule": schedule, "runtime": "ray"},
+        }
+    )
+    assert profile.run_profile(cfg, steps=2, out=tmp_path, as_json=True) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert len(res["comparison"]) == 4
+    for st in res["comparison"]:
+        assert all(v["predicted"] == v["measured"] for v in st["categories"].values()), st
+    rows = res["rss"]
+    assert len(rows) == 2 and sorted(len(r["stages"]) for r in rows) == [2, 2]
+    device = predicted_memory(setup(cfg))
+    assert sorted(sum(res["comparison"][k]["categories"]["total"]["predicted"] for k in r["stages"])
+                  for r in rows) == sorted(st.total for st in device.stages)  # fmt: skip
+    assert all(r["growth"] > 0 for r in rows)
+    assert [r["ratio"] for r in res["traced"]] == [1.0, 1.0]
     assert len(res["files"]["png"]) == 4

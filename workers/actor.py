@@ -45,7 +45,11 @@ class StageActor:
     def __init__(self, blas_threads: int, spec: WorkerSpec | Sequence[WorkerSpec]) -> None:
         threadpool_limits(int(blas_threads))  # in case BLAS was loaded before the env applied
         self.threads = int(blas_threads)
-        self.workers = [s.build() for s in (spec if isinstance(spec, Sequence) else [spec])]
+        specs = list(spec) if isinstance(spec, Sequence) else [spec]
+        if len(specs) > 1:  # every chunk's warm-up before the first chunk's baseline
+            for s in specs:
+                s.warm()
+        self.workers = [s.build() for s in specs]
         self.worker = self.workers[0]
 
     def _failure(self, what: str, e: BaseException) -> RuntimeError:

@@ -48,6 +48,17 @@ class WorkerSpec:
     trace_allocations: bool = False  # tracemalloc in the worker's process (workers/traced.py)
     bucket_bytes: int = DEFAULT_BUCKET_BYTES  # data parallelism: all-reduce buckets (buckets.py)
 
+    def warm(self) -> None:
+        """This stage's warm-up (workers/warmup.py) ahead of building it, so that a device of
+        virtual stages has run every chunk's before its first chunk takes its baseline (a
+        later chunk's kernels and BLAS shapes would otherwise count as that device's growth);
+        the build's own warm-up then finds all of it done."""
+        if self.device == "cpu":
+            dtype, bk = params_dtype(self.params), get_backend(self.device)
+            warm_up(
+                self.graph, bk, self.optimizer, dtype, self.output, self.input_grad, self.max_rows
+            )
+
     def build(self) -> StageWorker:
         return StageWorker(
             self.graph,

@@ -162,7 +162,6 @@ def _one_stage_a_device(cfg: Config, command: str) -> None:
 def cmd_profile(args: argparse.Namespace) -> int:
     cfg = load_cli_config(args)
     check_local_device(cfg)
-    _one_stage_a_device(cfg, "profile")
     return run_profile(
         cfg,
         steps=args.steps,

@@ -31,7 +31,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from workers.hwm import read_hwm, reset_hwm
+from graphpart.engines import read_hwm, reset_hwm
 
 MODES = ("pipeline", "ddp", "single")
 

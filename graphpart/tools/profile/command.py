@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from graphpart.engines import start_ray, stop_ray
 from graphpart.errors import ConfigError
+from graphpart.plan.kinds import is_virtual
 from graphpart.plan.memory import predict_inference, training_vs_inference
+from graphpart.plan.virtual_memory import chunk_memory
 from graphpart.run.report import human_bytes
-from graphpart.run.setup import predicted_memory, setup, uses_ray
+from graphpart.run.setup import predicted_memory, setup, uses_channels, uses_ray
 from graphpart.tools.profile.compare import (
     compare,
     comparison_table,
@@ -100,6 +103,9 @@ def run_profile(
     s = setup(cfg)
     t, p = cfg.train, cfg.pipeline
     pred = predicted_memory(s)  # per stage, or per replica with pipeline.data_parallel
+    if is_virtual(p.schedule):  # per worker: each virtual stage's own buffers (a device
+        # holds the sum of its chunks': its process's row in the resident table)
+        pred = replace(pred, stages=chunk_memory(s.plan, s.workload, channels=uses_channels(cfg)))
     batches = step_batches(s.dataset, t.batch_size, t.seed, steps)
     started = False
     if uses_ray(cfg):  # keep one Ray session for both measured runs

@@ -135,26 +135,33 @@ def _allocated_ratio(g: dict[str, int], expect: int) -> str:
 
 
 def traced_rows(m: Measurement) -> list[dict[str, Any]]:
-    """Per worker that traced its allocations (Ray workers, when profiling): NumPy's arrays
-    alive at the end as tracemalloc counted them, against the ledger's bytes of the same
-    arrays (its entries less the shared-memory channels, which are mapped, not allocated)."""
-    out = []
+    """Per process that traced its allocations (Ray workers, when profiling; a device's
+    virtual stages share one): NumPy's arrays alive at the end as tracemalloc counted them,
+    against the ledgers' bytes of the same arrays (their entries less the shared-memory
+    channels, which are mapped, not allocated)."""
+    by_pid: dict[int, list[Any]] = {}
     for st in m.stats:
-        if st.traced is None:
-            continue
+        if st.traced is not None:
+            by_pid.setdefault(st.pid, []).append(st)
+    out = []
+    for pid, held in by_pid.items():
         ledger = sum(
-            n for name, (_, n) in st.memory.entries.items() if not name.startswith("channel:")
+            n
+            for st in held
+            for name, (_, n) in st.memory.entries.items()
+            if not name.startswith("channel:")
         )
+        first = held[0].traced  # the process's tracer, started at its first worker's baseline
         out.append(
             {
-                "stage": st.stage,
-                "worker": m.name(st.stage),
-                "pid": st.pid,
-                "arrays": st.traced.arrays,
+                "stage": held[0].stage,
+                "worker": _workers(m, [st.stage for st in held]),
+                "pid": pid,
+                "arrays": first.arrays,
                 "ledger_arrays": ledger,
-                "ratio": st.traced.arrays / ledger if ledger else None,
-                "traced_peak": st.traced.peak,
-                "tracer_overhead": st.traced.overhead,
+                "ratio": first.arrays / ledger if ledger else None,
+                "traced_peak": first.peak,
+                "tracer_overhead": first.overhead,
             }
         )
     return out

@@ -90,12 +90,12 @@ def _warm_up(s: Any) -> None:
         e.predict(x)
 
 
-def _in_process_row(pid: int, workers: list[int], stats: Sequence[StageStats]) -> dict[str, Any]:
-    """The resident row of in-process workers, all in process `pid`, taken as a Ray worker
-    takes its own: the baseline after the (first) worker's warm-up, so the BLAS library's
-    buffers at the stage's shapes are in it as they are in a Ray worker's, and the peak the
-    kernel's high-water mark (each worker resets it at its baseline, with the earlier ones'
-    arrays already resident)."""
+def _process_row(pid: int, workers: list[int], stats: Sequence[StageStats]) -> dict[str, Any]:
+    """The resident row of the workers process `pid` runs (one stage; a device's virtual
+    stages; every stage in process), from the workers' own figures: the baseline after the
+    first worker's warm-up (so the BLAS library's buffers at the stages' shapes are in it, in
+    process too, as in a Ray worker's), the peak the kernel's high-water mark (each worker
+    resets it at its baseline, with the earlier ones' arrays already resident)."""
     first = min(stats, key=lambda st: st.rss.baseline).rss
     peak = max(st.rss.peak for st in stats)
     now = max(stats, key=lambda st: st.rss.current).rss.parts_now
@@ -169,26 +169,15 @@ def measure(
         if engine is not None:
             engine.close()
     rss_rows = []
-    if ray_run and sample_rss:  # the workers' own figures
+    if ray_run and sample_rss:  # the workers' own figures, a row a process (a device's chunks)
+        by_pid: dict[int, list[StageStats]] = {}
         for st in stats:
-            r = st.rss
-            rss_rows.append(
-                {
-                    "pid": st.pid,
-                    "stages": [st.stage],
-                    "baseline": r.baseline,
-                    "peak": r.peak,
-                    "growth": r.peak - r.baseline,
-                    "peak_from": "worker " + r.peak_from,
-                    "parts_growth": {
-                        k: r.parts_now[k] - r.parts_baseline[k]
-                        for k in r.parts_now
-                        if k in r.parts_baseline
-                    },
-                }
-            )
+            by_pid.setdefault(st.pid, []).append(st)
+        for pid, held in by_pid.items():
+            row = _process_row(pid, [st.stage for st in held], held)
+            rss_rows.append({**row, "peak_from": "worker " + row["peak_from"]})
     if sampler is not None:  # in process: the workers' figures of this one process
-        rss_rows.append(_in_process_row(os.getpid(), list(range(workers)), stats))
+        rss_rows.append(_process_row(os.getpid(), list(range(workers)), stats))
     return Measurement(
         "ray" if ray_run else "local",
         stats,
