@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 
@@ -84,6 +84,27 @@ class Rss:
     parts_baseline: Mapping[str, int] = field(default_factory=dict)  # workers.hwm.RSS_PARTS
     parts_now: Mapping[str, int] = field(default_factory=dict)
 
+    @property
+    def growth(self) -> int:
+        return self.peak - self.baseline
+
+    @classmethod
+    def of_process(cls, rss: Sequence[Rss]) -> Rss:
+        """One process's figures from the workers it runs (a device's virtual stages; every
+        stage in process), each of which took its own: the baseline (and its parts) of the
+        first worker to take one, the process's peak and latest reading."""
+        first = min(rss, key=lambda r: r.baseline)
+        last = max(rss, key=lambda r: r.current)
+        return cls(
+            baseline=first.baseline,
+            peak=max(r.peak for r in rss),
+            current=last.current,
+            hwm=last.hwm,
+            peak_from=first.peak_from,
+            parts_baseline=first.parts_baseline,
+            parts_now=last.parts_now,
+        )
+
 
 @dataclass(frozen=True)
 class DeviceMemory:
@@ -122,3 +143,11 @@ class StageStats:
     rss: Rss
     device_memory: DeviceMemory | None = None
     traced: Traced | None = None  # when profiling (keep_events)
+
+
+def by_process(stats: Sequence[StageStats]) -> dict[int, list[StageStats]]:
+    """Workers' stats grouped by the process that runs them, in order of their first worker."""
+    out: dict[int, list[StageStats]] = {}
+    for st in stats:
+        out.setdefault(st.pid, []).append(st)
+    return out

@@ -21,7 +21,7 @@ from workers.hwm import read_hwm, reset_hwm
 from workers.kernels.blas import describe as describe_blas
 from workers.kernels.blas import providers as blas_providers
 from workers.ledger import Ledger
-from workers.stats import Rss, StageStats
+from workers.stats import Rss, StageStats, by_process
 
 __all__ = [
     "Channel",
@@ -41,6 +41,7 @@ __all__ = [
     "Ledger",
     "Rss",
     "StageStats",
+    "by_process",
     "StepResult",
     "Trainable",
     "measured_costs",

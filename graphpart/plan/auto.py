@@ -170,11 +170,9 @@ def _data_parallel_time(
     (st,) = plan.stages
     share = -(-w.batch // replicas)
     m = min(max(1, w.microbatches), share)
-    if rates.layers is not None:
-        work = m * sum(rates.layers.action_s(k, st.layers, share / m) for k in "FIW")
-    else:
-        work = (st.flops_fwd + st.flops_bwd) * share / rates.flops_at(share / m)
-    compute = work + 2 * m * rates.per_action_s
+    wr = replace(w, batch=share, microbatches=m, recompute=False)
+    (fwd,), (bwd,), *_ = _stage_times(plan, wr, rates)  # a micro-batch of share / m rows
+    compute = m * (fwd + bwd)
     p = param_bytes(plan.graph, w.dtype)
     ring = rates.ring_s(p, replicas)
     return timing.replicas_step(compute, ring, _finish_s(st, w, rates), replicas, capacity)

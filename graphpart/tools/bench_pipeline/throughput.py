@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from graphpart.engines import DataParallel, Engine
+from graphpart.engines import DataParallel, Engine, Rss, by_process
 from graphpart.ir import mlp
 from graphpart.optim import make_optimizer
 from graphpart.params import Init
@@ -97,8 +97,11 @@ def _time_steps(engine: Any, X: np.ndarray, y: np.ndarray, warmup: int, steps: i
         out["idle_share"] = max(0.0, 1.0 - (mach1 - mach0) / (wall * (os.cpu_count() or 1)))
     if before is not None:
         after = engine.stats()
-        # each worker's resident peak over its baseline (the OS's high-water mark), so far
-        out["resident_growth"] = [a.rss.peak - a.rss.baseline for a in after]
+        # each worker process's resident peak over its baseline (the OS's high-water mark),
+        # so far: a stage's, a replica's, or a device's with its virtual stages
+        out["resident_growth"] = [
+            Rss.of_process([a.rss for a in held]).growth for held in by_process(after).values()
+        ]
         out["busy_s"] = [
             {
                 "F": a.busy.forward - b.busy.forward,

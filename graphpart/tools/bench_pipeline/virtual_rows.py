@@ -50,13 +50,7 @@ def measure_virtual(
                 schedule=kind, chunks=v, microbatches=m,
             ) as eng:  # fmt: skip
                 owner = eng.placement.owner
-                r = _time_steps(eng, X, y, warmup, steps)
-                # a device's chunks share its process: its peak over its first chunk's baseline
-                rss = [st.rss for st in eng.stats()]
-                held = [[x for s, x in enumerate(rss) if owner[s] == d] for d in range(devices)]
-                r["resident_growth"] = [
-                    max(x.peak for x in rs) - min(x.baseline for x in rs) for rs in held
-                ]
+                r = _time_steps(eng, X, y, warmup, steps)  # resident growth: a device's
                 per = steps * m
                 fwd, bwd, igr, wgt = microbatch_times(r["busy_s"], per)
                 fin = [0.0] * devices

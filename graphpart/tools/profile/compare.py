@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from graphpart.engines import by_process
 from graphpart.plan.memory import CATEGORIES, MemoryPrediction
 from graphpart.run.report import human_bytes, table
 from graphpart.tools.profile.measure import Measurement
@@ -139,12 +140,8 @@ def traced_rows(m: Measurement) -> list[dict[str, Any]]:
     virtual stages share one): NumPy's arrays alive at the end as tracemalloc counted them,
     against the ledgers' bytes of the same arrays (their entries less the shared-memory
     channels, which are mapped, not allocated)."""
-    by_pid: dict[int, list[Any]] = {}
-    for st in m.stats:
-        if st.traced is not None:
-            by_pid.setdefault(st.pid, []).append(st)
     out = []
-    for pid, held in by_pid.items():
+    for pid, held in by_process([st for st in m.stats if st.traced is not None]).items():
         ledger = sum(
             n
             for st in held

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from graphpart.engines import Engine, StageStats
+from graphpart.engines import Engine, Rss, StageStats, by_process
 from graphpart.errors import ConfigError
 from graphpart.ir import mlp
 from graphpart.params import Init, init_params
@@ -92,22 +92,20 @@ def _warm_up(s: Any) -> None:
 
 def _process_row(pid: int, workers: list[int], stats: Sequence[StageStats]) -> dict[str, Any]:
     """The resident row of the workers process `pid` runs (one stage; a device's virtual
-    stages; every stage in process), from the workers' own figures: the baseline after the
-    first worker's warm-up (so the BLAS library's buffers at the stages' shapes are in it, in
-    process too, as in a Ray worker's), the peak the kernel's high-water mark (each worker
-    resets it at its baseline, with the earlier ones' arrays already resident)."""
-    first = min(stats, key=lambda st: st.rss.baseline).rss
-    peak = max(st.rss.peak for st in stats)
-    now = max(stats, key=lambda st: st.rss.current).rss.parts_now
+    stages; every stage in process), from the workers' own figures (Rss.of_process): the
+    baseline after the first worker's warm-up (so the BLAS library's buffers at the stages'
+    shapes are in it, in process too, as in a Ray worker's), the peak the kernel's high-water
+    mark (each worker resets it at its baseline, with the earlier ones' arrays resident)."""
+    r = Rss.of_process([st.rss for st in stats])
     return {
         "pid": pid,
         "stages": workers,
-        "baseline": int(first.baseline),
-        "peak": int(peak),
-        "growth": int(peak - first.baseline),
-        "peak_from": stats[0].rss.peak_from,
+        "baseline": int(r.baseline),
+        "peak": int(r.peak),
+        "growth": int(r.growth),
+        "peak_from": r.peak_from,
         "parts_growth": {
-            k: now[k] - first.parts_baseline[k] for k in now if k in first.parts_baseline
+            k: r.parts_now[k] - r.parts_baseline[k] for k in r.parts_now if k in r.parts_baseline
         },
     }
 
@@ -170,10 +168,7 @@ def measure(
             engine.close()
     rss_rows = []
     if ray_run and sample_rss:  # the workers' own figures, a row a process (a device's chunks)
-        by_pid: dict[int, list[StageStats]] = {}
-        for st in stats:
-            by_pid.setdefault(st.pid, []).append(st)
-        for pid, held in by_pid.items():
+        for pid, held in by_process(stats).items():
             row = _process_row(pid, [st.stage for st in held], held)
             rss_rows.append({**row, "peak_from": "worker " + row["peak_from"]})
     if sampler is not None:  # in process: the workers' figures of this one process
