@@ -46,10 +46,10 @@ class StageActor:
         threadpool_limits(int(blas_threads))  # in case BLAS was loaded before the env applied
         self.threads = int(blas_threads)
         specs = list(spec) if isinstance(spec, Sequence) else [spec]
-        if len(specs) > 1:  # every chunk's warm-up before the first chunk's baseline
-            for s in specs:
-                s.warm()
-        self.workers = [s.build() for s in specs]
+        ahead = len(specs) > 1  # every chunk's warm-up before the first chunk's baseline
+        for s in specs if ahead else ():
+            s.warm()
+        self.workers = [s.build(warm=not ahead) for s in specs]
         self.worker = self.workers[0]
 
     def _failure(self, what: str, e: BaseException) -> RuntimeError:

@@ -52,14 +52,15 @@ class WorkerSpec:
         """This stage's warm-up (workers/warmup.py) ahead of building it, so that a device of
         virtual stages has run every chunk's before its first chunk takes its baseline (a
         later chunk's kernels and BLAS shapes would otherwise count as that device's growth);
-        the build's own warm-up then finds all of it done."""
+        then `build(warm=False)`."""
         if self.device == "cpu":
             dtype, bk = params_dtype(self.params), get_backend(self.device)
             warm_up(
                 self.graph, bk, self.optimizer, dtype, self.output, self.input_grad, self.max_rows
             )
 
-    def build(self) -> StageWorker:
+    def build(self, warm: bool = True) -> StageWorker:
+        """The worker; `warm=False` where `warm()` already ran in this process."""
         return StageWorker(
             self.graph,
             self.params,
@@ -73,6 +74,7 @@ class WorkerSpec:
             keep_events=self.keep_events,
             trace_allocations=self.trace_allocations,
             bucket_bytes=self.bucket_bytes,
+            warm=warm,
         )
 
 
@@ -98,12 +100,13 @@ class StageWorker(GradientReduction):
         keep_events: bool = True,
         trace_allocations: bool = False,
         bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+        warm: bool = True,
     ) -> None:
         self.index = index
         self.opt = optimizer
         self.ledger = Ledger(keep_events=keep_events)
         self.bk = get_backend(device)
-        if device == "cpu":
+        if warm and device == "cpu":  # (False: WorkerSpec.warm ran it already)
             dtype = params_dtype(params)
             warm_up(graph, self.bk, optimizer, dtype, output, input_grad, max_rows)
         alloc.settle(fixed_threshold=True)  # freed memory leaves the resident set from here on
