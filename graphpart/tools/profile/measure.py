@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from collections.abc import Sequence
@@ -136,6 +137,9 @@ def measure(
     sampler: RssSampler | None = None
     if sample_rss and not ray_run:
         _warm_up(s)
+        # garbage this process left before (cycles of large arrays) freed now, not during
+        # the run, where it would cut the growth measured from the workers' baselines
+        gc.collect()
         sampler = RssSampler([os.getpid()]).__enter__()  # baseline: before the engine exists
     replicas = max(1, cfg.pipeline.data_parallel)
     workers = s.plan.k * replicas  # stages, replicas, or R replicas of K stages (2-D)
