@@ -187,10 +187,6 @@ class ChannelInbox(Inbox):
         super().fail(step, why)
         os.write(self._wake_w, b"f")
 
-    def has(self, key: Key) -> bool:
-        self._collect(self.channels)
-        return super().has(key)
-
     def take(self, key: Key, timeout_s: float, spin: bool = True) -> object:
         """Wait for `key`'s value, polling the channels `spin_s` first where `spin` (not while
         this worker's own backward computes on the core: an all-reduce thread's wait)."""

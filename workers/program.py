@@ -137,7 +137,6 @@ class Program:
         self.free_pending: list[int] = []
         self.pending_of: dict[int, int] = {}  # micro-batch -> its pending slot, from I to W
         self._joined: dict[int, dict[Any, Any]] = {}  # micro-batch -> its slot and pending slot
-        self._wnext: dict[int, int] = {}  # micro-batch -> its W's next piece, once one ran
 
     # -- construction -------------------------------------------------------------------------
     def _alloc(self, spec: BufferSpec, zero: bool = False, dtype: Any = None) -> Any:
@@ -292,42 +291,21 @@ class Program:
         self.ledger.mark("I_end", str(mb))
         return din
 
-    def backward_weight(
-        self, mb: int, scale: float = 1.0, part: tuple[int, int] | None = None
-    ) -> None:
+    def backward_weight(self, mb: int, scale: float = 1.0) -> None:
         """W of micro-batch `mb` (after its `backward_input`): its weight gradients, added to
-        this step's; frees its slot and pending slot. `part=(p, n)` runs only the p-th of n
-        runs of its calls, in order (graphpart/fill.py: W in pieces between other actions);
-        the last frees. (`scale` is not read: the call takes it so that, as every action, it
-        reads the step's input.)"""
+        this step's; frees its slot and pending slot. (`scale` is not read: the call takes
+        it so that, as every action, it reads the step's input.)"""
         if mb not in self.pending_of:
             raise RuntimeError(
                 f"{self.name}: weight gradient of micro-batch {mb} before its input gradient"
             )
-        p, parts = (0, 1) if part is None else part
-        if self._wnext.get(mb, 0) != p or not 0 <= p < parts:
-            raise RuntimeError(
-                f"{self.name}: weight gradient piece {p} of {parts} of micro-batch {mb} out of "
-                f"order; piece {self._wnext.get(mb, 0)} comes next"
-            )
-        if p == 0:
-            self.ledger.mark("W", str(mb))
-        lo, hi = p * len(self._wcal) // parts, (p + 1) * len(self._wcal) // parts
-        slot, n = self._joined[mb], self.rows_of[mb]
-        _run_calls(self, self._wcal[lo:hi], self._wcal_done[lo:hi], slot, n, scale)
-        if p + 1 < parts:
-            self._wnext[mb] = p + 1
-            return
-        self._wnext.pop(mb, None)
-        del self._joined[mb]
+        self.ledger.mark("W", str(mb))
+        slot = self._joined.pop(mb)
+        n = self.rows_of[mb]
+        _run_calls(self, self._wcal, self._wcal_done, slot, n, scale)
         self.free_pending.append(self.pending_of.pop(mb))
         self._release(mb)
         self.ledger.mark("W_end", str(mb))
-
-    @property
-    def weight_calls(self) -> int:
-        """How many kernel calls a W runs: the most pieces it can run in."""
-        return len(self._wcal)
 
     def _backward_slot(self, mb: int, what: str) -> dict[str, Any]:
         if mb not in self.slot_of:

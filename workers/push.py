@@ -44,12 +44,7 @@ class StageRunner(Protocol):
         self, mb: int, g: np.ndarray | None = None, scale: float = 1.0
     ) -> np.ndarray | None: ...
 
-    def backward_weight(
-        self, mb: int, scale: float = 1.0, part: tuple[int, int] | None = None
-    ) -> None: ...
-
-    @property
-    def weight_calls(self) -> int: ...
+    def backward_weight(self, mb: int, scale: float = 1.0) -> None: ...
 
     def infer(self, x: np.ndarray) -> np.ndarray: ...
 
@@ -78,11 +73,6 @@ class Inbox:
         with self._cv:
             self._items[key] = value
             self._cv.notify_all()
-
-    def has(self, key: Key) -> bool:
-        """Whether `key`'s value has arrived (take would not wait)."""
-        with self._cv:
-            return key in self._items
 
     def fail(self, step: int, why: str) -> None:
         """Wake every wait of `step` with NeighbourFailed(why) (the first reason is kept)."""
@@ -137,7 +127,6 @@ def run_step(
     arm: Callable[[], object] | None = None,
     routes: Mapping[str, Send] | None = None,
     busy: Busy | None = None,
-    fill: bool = True,
 ) -> Finish | list[Finish] | list[np.ndarray]:
     """Run one stage's actions of one step, then its `finish`; returns finish's result. With
     `infer`, the forwards are inference forwards (no cache, no loss, no finish) and the result
@@ -159,8 +148,7 @@ def run_step(
     taken from the inbox under `a.tag_in`; the result is each chunk's `finish`, in order.
 
     `busy` (a stage's, or its device's first chunk's) gets the step's wall time blocked on
-    neighbours' tensors (`wait`) and its whole wall time (`span`). With `fill`, one stage's
-    W's fill its waits, in pieces of one kernel call (graphpart/fill.py; workers/walk.py).
+    neighbours' tensors (`wait`) and its whole wall time (`span`).
     """
     t0 = time.perf_counter()
     waited = 0.0
@@ -196,19 +184,11 @@ def run_step(
             waited += time.perf_counter() - t
 
     last_w = max((i for i, a in enumerate(actions) if a.kind in ("B", "W")), default=-1)
-    armed = arm is None or infer
 
     def call(i: int, a: StageAction, method: str, *args: Any) -> Any:
-        nonlocal armed
-        if i == last_w and not armed:
-            armed = True
-            _act(arm, "the gradient all-reduce")  # type: ignore[arg-type]
+        if i == last_w and arm is not None and not infer:
+            _act(arm, "the gradient all-reduce")
         return _act(getattr(chunks[a.chunk], method), _what(a, method), *args)
-
-    def ready(i: int, a: StageAction) -> bool:  # would its input be taken without waiting?
-        if a.near_in or not (a.receives or (a.kind == "F" and isinstance(xs, str))):
-            return True
-        return inbox.has((step, a.tag_in if a.receives else "F", a.mb))
 
     walk(
         enumerate(actions),  # one stage: the action's place stands where a stage's index would
@@ -219,8 +199,6 @@ def run_step(
         labels=lambda m: _part(ys, m),
         scale=scale,
         infer=infer,
-        ready=ready if fill and len(chunks) == 1 and not infer else None,
-        pieces=chunks[0].weight_calls if fill and len(chunks) == 1 else 1,
     )
     if infer:
         return kept

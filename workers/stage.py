@@ -194,24 +194,16 @@ class StageWorker(GradientReduction):
         self.busy.compute_cpu += time.thread_time() - c
         return din
 
-    def backward_weight(
-        self, mb: int, scale: float = 1.0, part: tuple[int, int] | None = None
-    ) -> None:
-        """The weight-gradient half of `backward` (W) of micro-batch `mb`, after its I (`part`:
-        one piece of it, Program.backward_weight)."""
+    def backward_weight(self, mb: int, scale: float = 1.0) -> None:
+        """The weight-gradient half of `backward` (W) of micro-batch `mb`, after its I."""
         t, c = time.perf_counter(), time.thread_time()
         with np.errstate(all="ignore"):
-            self.prog.backward_weight(mb, scale, part)
+            self.prog.backward_weight(mb, scale)
         self._compute_end = time.perf_counter()
         self.busy.compute_cpu += time.thread_time() - c
         dt = self._compute_end - t
         self.busy.backward += dt
         self.busy.weight += dt
-
-    @property
-    def weight_calls(self) -> int:
-        """The most pieces a W runs in: its kernel calls."""
-        return self.prog.weight_calls
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         """Inference forward of up to max_rows rows (no cache, no loss); a host array copy."""

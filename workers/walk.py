@@ -5,13 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from graphpart.fill import Fill
 from workers.actions import StageAction
 
 Call = Callable[..., Any]  # call(stage, action, method, *args): one stage method's call
 Take = Callable[[int, StageAction], Any]  # (stage, action) -> its input from a neighbour or itself
 Give = Callable[[int, StageAction, Any], None]  # (stage, action, output): sent, kept or dropped
-Ready = Callable[[int, StageAction], bool]  # (stage, action) -> its input is here (or needs none)
 
 
 def walk(
@@ -24,8 +22,6 @@ def walk(
     labels: Callable[[int], Any] = lambda mb: None,
     scale: Any = 1.0,
     infer: bool = False,
-    ready: Ready | None = None,
-    pieces: int = 1,
 ) -> None:
     """Run each (stage, action) in turn through `call(stage, action, method, *args)`.
 
@@ -40,11 +36,6 @@ def walk(
     entry in the table below. With virtual stages (several a worker) an action names its
     `chunk` and virtual `stage`: `call` runs it on that chunk's worker (a device's run_step) or
     on that virtual stage (a driver's), and `take`/`give` key its tensors by the stage.
-
-    With `ready` (one stage's list that has W's), the W's fill the waits (graphpart/fill.py):
-    each runs in up to `pieces` calls `backward_weight(mb, scale, (p, pieces))`, wherever the
-    next F, I or B is not `ready` or may not run yet; the F's, I's and B's keep the list's
-    order, and so do the W's and their pieces.
     """
 
     def forward(k: int, a: StageAction) -> tuple[str, tuple[Any, ...]]:
@@ -62,25 +53,9 @@ def walk(
         "I": backward("backward_input"),
         "W": lambda k, a: ("backward_weight", (a.mb, scale)),
     }
-
-    def run(k: int, a: StageAction) -> None:
+    for k, a in actions:
         how = table.get(a.kind)
         if how is None:
             raise ValueError(f"action {a}: kind {a.kind!r} has no stage method")
         method, args = how(k, a)
         give(k, a, call(k, a, method, *args))
-
-    listed = list(actions)
-    if ready is None or not any(a.kind == "W" for _, a in listed):
-        for k, a in listed:
-            run(k, a)
-        return
-    fill = Fill([a.kind for _, a in listed], [a.mb for _, a in listed], pieces)
-    while (move := fill.next(lambda i: ready(*listed[i]))) is not None:
-        i, piece = move
-        k, a = listed[i]
-        if piece is None:
-            run(k, a)
-        else:
-            call(k, a, "backward_weight", a.mb, scale, (piece, pieces))
-        fill.ran(move)
