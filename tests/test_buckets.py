@@ -1,4 +1,4 @@
-"""Gradient buckets and the all-reduce thread (workers/buckets.py), and Program's grad_hook.
+"""Gradient buckets and their all-reduce's progress (workers/buckets.py), and Program's grad_hook.
 
 Contract: plan_buckets lays the parameters end to end in the order given (the order the
 backward finishes them) and cuts the buffer into contiguous buckets, each cut at or below a
@@ -6,17 +6,17 @@ layer's end (a layer's weight and bias stay in one bucket but for a tail of fewe
 world x 64 bytes) and at a multiple of world x 64 bytes, a bucket closing once it holds
 `bucket_bytes` (every layer at 0, one bucket when larger than the buffer); so every bucket's
 ring messages together fit the one ring channel the memory model sizes for the whole buffer.
-Ready hands out buckets in order, each once all its parameters are final. Comm runs jobs in
-order on one thread, skips a step's later jobs after a failure and raises it from drain; the
-spans it reports make exposed_time <= own_time when everything was handed over before the
-compute's end. Program.grad_hook is told each parameter once per backward (B, or W), after
+Ready hands out buckets in order, each once all its parameters are final. Progress runs the
+buckets' steps in order on the caller's thread, each as far as its messages have come at a
+poll, skips a step's later buckets after a failure and raises it from drain; the spans it
+reports make exposed_time <= own_time when everything was handed over before the compute's
+end. Program.grad_hook is told each parameter once per backward (B, or W), after
 its gradient's last write, and a hooked B (the graph's order) gives the plain B's gradients
 bit for bit.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
@@ -24,7 +24,7 @@ import pytest
 from conftest import mlp_problem
 
 from graphpart.plan.memory import ring_channel_bytes
-from workers.buckets import Comm, Ready, Span, exposed_time, own_time, plan_buckets
+from workers.buckets import Progress, Ready, Span, exposed_time, own_time, plan_buckets
 from workers.program import Program
 from workers.ring import ring_chunks
 
@@ -106,45 +106,74 @@ def test_ready_hands_out_buckets_in_order_once_final():
     assert [b.index for b in r.rest()] == [0, 1, 2]
 
 
-def test_comm_runs_jobs_in_order_and_raises_the_first_failure():
-    """Jobs run in submission order on one thread (not the caller's); after a failure the
-    step's later jobs are skipped; drain raises the failure, and the next round starts clean."""
-    comm = Comm()
-    seen: list[tuple[int, str]] = []
-    for i in range(3):
-        comm.submit(lambda i=i: seen.append((i, threading.current_thread().name)))
-    spans = comm.drain(5)
-    assert [i for i, _ in seen] == [0, 1, 2] and {t for _, t in seen} == {"allreduce"}
-    assert len(spans) == 3 and all(s.end >= s.start for s in spans)
+def _steps(log: list, name: str, keys: list, fail: bool = False):
+    """A bucket's steps: waits for `keys` in turn, logging what it got; returns 8 bytes."""
 
-    def boom() -> None:
-        raise ValueError("chunk lost")
+    def run():
+        if fail:
+            raise ValueError("chunk lost")
+        for k in keys:
+            a = yield k
+            log.append((name, k, float(a[0])))
+        return 8
 
-    comm.submit(boom)
-    comm.submit(lambda: seen.append((9, "")))
+    return run
+
+
+def test_progress_runs_buckets_in_order_as_far_as_messages_came():
+    """A bucket advances at `poll` only as far as its messages have arrived, the next one
+    starts only once the one before ended; `drain` waits for the rest; traffic counted."""
+    box: dict = {}
+    log: list = []
+    p = Progress(lambda k: k in box, lambda k: box.pop(k))
+    p.submit(_steps(log, "b0", ["x", "y"]))
+    p.submit(_steps(log, "b1", ["z"]))
+    p.poll()
+    assert log == []
+    box["z"] = np.ones(1)  # b1's message first: b1 waits for b0
+    box["x"] = np.full(1, 2.0)
+    p.poll()
+    assert log == [("b0", "x", 2.0)]
+    box["y"] = np.full(1, 3.0)
+    spans = p.drain()
+    assert log == [("b0", "x", 2.0), ("b0", "y", 3.0), ("b1", "z", 1.0)]
+    assert len(spans) == 2 and spans[0].end <= spans[1].start + 1e-9
+    assert (p.sent, p.received) == (16, 24)
+
+
+def test_progress_skips_after_a_failure_and_raises_it_from_drain():
+    """After a failing bucket the step's later ones are skipped; drain raises the failure;
+    the next step starts clean; abandon drops a step's buckets unfinished."""
+    box: dict = {"a": np.ones(1)}
+    log: list = []
+    p = Progress(lambda k: k in box, lambda k: box.pop(k))
+    p.submit(_steps(log, "b0", [], fail=True))
+    p.submit(_steps(log, "b1", ["a"]))
     with pytest.raises(ValueError, match="chunk lost"):
-        comm.drain(5)
-    assert seen[-1][0] == 2
-    comm.submit(lambda: seen.append((3, "")))
-    assert len(comm.drain(5)) == 1 and seen[-1][0] == 3
-    comm.close()
+        p.drain()
+    assert log == []
+    p.submit(_steps(log, "b2", ["a"]))
+    assert len(p.drain()) == 1 and log == [("b2", "a", 1.0)]
+    p.submit(_steps(log, "b3", ["never"]))
+    p.abandon()
+    assert p.drain() == []
 
 
 def test_exposed_is_what_outlasts_the_compute():
     """exposed_time: from the compute's end to the last span's end, 0 if all ended before;
-    own_time: the spans' lengths; with every job handed over before the compute ended, the
-    thread's spans cover that stretch, so exposed <= own."""
+    own_time: the spans' lengths; with every bucket handed over before the compute ended,
+    the spans cover that stretch, so exposed <= own."""
     spans = [Span(1.0, 2.0), Span(2.0, 3.5)]
     assert own_time(spans) == 2.5
     assert exposed_time(spans, 3.0) == 0.5
     assert exposed_time(spans, 4.0) == 0.0
-    comm = Comm()
-    for _ in range(3):
-        comm.submit(lambda: time.sleep(0.01))
+    box: dict = {}
+    p = Progress(lambda k: k in box, lambda k: (time.sleep(0.01), np.ones(1))[1])
+    for b in range(3):
+        p.submit(_steps([], f"b{b}", [b]))
     compute_end = time.perf_counter()
-    spans = comm.drain(5)
+    spans = p.drain()
     assert 0.0 < exposed_time(spans, compute_end) <= own_time(spans)
-    comm.close()
 
 
 @pytest.mark.parametrize("split", [False, True])

@@ -386,14 +386,14 @@ def test_memory_budgets_that_parse(budget):
     assert load_config(None, {"pipeline.memory_budget": budget}).pipeline.memory_budget == budget
 
 
-def test_allreduce_overlap_is_off_by_default_and_takes_a_bool():
-    """pipeline.allreduce_overlap: false unless set; --allreduce-overlap true turns it on; a
+def test_allreduce_overlap_is_on_by_default_and_takes_a_bool():
+    """pipeline.allreduce_overlap: true unless set; --allreduce-overlap false turns it off; a
     non-boolean is a one-line error naming it."""
     from graphpart.run.session import make_config
 
-    assert make_config(None).pipeline.allreduce_overlap is False
-    on = make_config(None, {"pipeline.allreduce_overlap": "true", "pipeline.data_parallel": 2})
-    assert on.pipeline.allreduce_overlap is True
+    assert make_config(None).pipeline.allreduce_overlap is True
+    off = make_config(None, {"pipeline.allreduce_overlap": "false", "pipeline.data_parallel": 2})
+    assert off.pipeline.allreduce_overlap is False
     with pytest.raises(ConfigError, match="allreduce_overlap"):
         make_config(None, {"pipeline.allreduce_overlap": "sometimes"})
 

@@ -41,8 +41,9 @@ from graphpart.optim import make_optimizer
 from graphpart.plan.batching import split_batch
 from graphpart.plan.memory import StageMemory, Workload, predict, predict_data_parallel
 from graphpart.plan.partition import partition
+from workers.buckets import Progress
 from workers.push import Inbox
-from workers.ring import ring_allreduce
+from workers.ring import ring_steps
 from workers.stage import StageWorker
 
 SIZES = [6, 5, 7, 4, 3]
@@ -102,19 +103,11 @@ def test_workers_joined_by_a_ring_equal_micro_batching(k):
                 w.forward(0, xb[rows[r]], yb[rows[r]], 1.0 / len(xb))
                 w.backward(0, None, 1.0 / len(xb))
                 w.reduce_grads(
-                    lambda flat, b: (
-                        ring_allreduce(
-                            flat,
-                            r,
-                            k,
-                            step,
-                            lambda key, a: right.put(key, a.copy()),
-                            lambda key: inboxes[r].take(key, 10.0),
-                            b * (k - 1),
-                        ),
-                        0,
+                    lambda flat, b: ring_steps(
+                        flat, r, k, step, lambda key, a: right.put(key, a.copy()), b * (k - 1)
                     ),
                     k,
+                    Progress(inboxes[r].has, lambda key: inboxes[r].take(key, 10.0)),
                 )
                 w.finish(True)
             except BaseException as e:  # noqa: BLE001 - reported below

@@ -1,6 +1,7 @@
 """The all-reduce overlapping the backward (issue 24 item 3): each worker all-reduces its
-gradient buckets (workers/buckets.py) on a thread of its own as soon as the step's last
-weight-gradient action has written them, while that action goes on with the earlier layers.
+gradient buckets (workers/buckets.py) as soon as the step's last weight-gradient action has
+written them, advancing them between that action's kernel calls while it goes on with the
+earlier layers.
 
 Contract: without Ray (StageWorkers on threads, rings of inboxes), for R = 2, 3 replicas and
 M = 1, 2 micro-batches per replica, whole backwards (B) or split ones (I then W), several Adam
@@ -9,7 +10,7 @@ backward, and the oracle's to 1e-10 (float64); both report per step the all-redu
 (Busy.allreduce) and the exposed part (Busy.exposed): exposed <= own with overlap, exposed ==
 own (within bookkeeping) without. A failure inside one bucket's all-reduce is raised by that
 worker's reduce_grads, and its peers, woken as the actor wakes them, raise NeighbourFailed at
-once (no hang). With Ray, DataParallel(overlap=True) and overlap=False (the default) give
+once (no hang). With Ray, DataParallel(overlap=True) (the default) and overlap=False give
 bit-identical parameters equal to the oracle at R = 2, K = 1 and R = 2, K = 2, both report
 exposed and own all-reduce times per worker, and a replica failing inside a bucket's
 all-reduce is named in a one-line StageFailure.
@@ -29,9 +30,9 @@ from graphpart.errors import StageFailure
 from graphpart.optim import make_optimizer
 from graphpart.plan.batching import split_batch
 from graphpart.plan.partition import partition
-from workers.buckets import Comm
+from workers.buckets import Progress
 from workers.push import Inbox, NeighbourFailed
-from workers.ring import ring_allreduce
+from workers.ring import ring_steps
 from workers.stage import StageWorker
 
 SIZES = [6, 5, 7, 4, 3]
@@ -43,24 +44,21 @@ def _adam():
 
 
 def _ring(r: int, world: int, step: int, inboxes: list[Inbox], fail_bucket: int = -1):
-    """Rank r's bucket all-reduce over a ring of inboxes (`fail_bucket`: raise there)."""
+    """Rank r's bucket all-reduce steps over a ring of inboxes (`fail_bucket`: raise there)."""
     right = inboxes[(r + 1) % world]
 
-    def reduce(flat: np.ndarray, b: int) -> tuple[int, int]:
+    def reduce(flat: np.ndarray, b: int):
         if b == fail_bucket:
             raise ValueError(f"bucket {b} lost")
-        sent = ring_allreduce(
-            flat,
-            r,
-            world,
-            step,
-            lambda key, a: right.put(key, a.copy()),
-            lambda key: inboxes[r].take(key, 10.0),
-            b * (world - 1),
+        return ring_steps(
+            flat, r, world, step, lambda key, a: right.put(key, a.copy()), b * (world - 1)
         )
-        return sent, 0
 
     return reduce
+
+
+def _progress(inbox: Inbox):
+    return Recording(inbox.has, lambda key: inbox.take(key, 10.0))
 
 
 def _train(R: int, M: int, overlap: bool, split: bool, seed: int = 3):
@@ -72,8 +70,8 @@ def _train(R: int, M: int, overlap: bool, split: bool, seed: int = 3):
         )
         for r in range(R)
     ]
-    comms = [Recording() for _ in range(R)]
     inboxes = [Inbox() for _ in range(R)]
+    comms = [_progress(ib) for ib in inboxes]
     early = [0] * R  # buckets handed over before the backward's end
     for step in range(1, STEPS + 1):
         xb, yb = X[(step - 1) * BATCH : step * BATCH], y[(step - 1) * BATCH : step * BATCH]
@@ -99,8 +97,8 @@ def _train(R: int, M: int, overlap: bool, split: bool, seed: int = 3):
                     else:
                         w.backward(m, None, 1.0 / BATCH)
                 early[r] += sum(t < w._compute_end for t in comms[r].handed)
+                w.reduce_grads(reduce, R, comms[r])
                 comms[r].handed.clear()
-                w.reduce_grads(reduce, R, comms[r] if overlap else None)
                 w.finish(True)
             except BaseException as e:  # noqa: BLE001 - reported below
                 errors.append(e)
@@ -111,16 +109,14 @@ def _train(R: int, M: int, overlap: bool, split: bool, seed: int = 3):
         for t in threads:
             t.join(30)
         assert not errors, errors
-    for c in comms:
-        c.close()
     return ws, early, (g, p0, X, y)
 
 
-class Recording(Comm):
-    """A Comm that notes when each bucket was handed to it."""
+class Recording(Progress):
+    """A Progress that notes when each bucket was handed to it."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
         self.handed: list[float] = []
 
     def submit(self, job) -> None:
@@ -132,7 +128,7 @@ class Recording(Comm):
 def test_overlap_is_bit_identical_and_equals_the_oracle(R, M, split):
     """Overlapped and after-the-backward all-reduces of the same buckets give bit-identical
     parameters on every replica, the oracle's to 1e-10; with overlap every bucket is handed to
-    the thread before the backward's last call returns; exposed <= own time with overlap,
+    Progress before the backward's last call returns; exposed <= own time with overlap,
     exposed ~ own without; one all-reduce counted a step."""
     on, early, (g, p0, X, y) = _train(R, M, overlap=True, split=split)
     off, none, _ = _train(R, M, overlap=False, split=split)
@@ -155,15 +151,16 @@ def test_overlap_is_bit_identical_and_equals_the_oracle(R, M, split):
 
 def test_a_failed_bucket_is_raised_and_wakes_the_ring():
     """Replica 1 fails in bucket 1's all-reduce: its reduce_grads raises that error; replica 0,
-    waiting in its thread for bucket 1's chunk, is woken by the abort (the actor's inbox.fail)
-    and raises NeighbourFailed within a second; its thread is free for the next step."""
+    waiting in its drain for bucket 1's chunk, is woken by the abort (the actor's inbox.fail)
+    and raises NeighbourFailed within a second; its Progress is free for the next step."""
     R, step = 2, 1
     g, p0, X, y = mlp_problem(SIZES, BATCH, seed=4)
     ws = [
         StageWorker(g, p0, _adam(), output=None, input_grad=False, max_rows=BATCH, bucket_bytes=0)
         for _ in range(R)
     ]
-    comms, inboxes = [Comm() for _ in range(R)], [Inbox() for _ in range(R)]
+    inboxes = [Inbox() for _ in range(R)]
+    comms = [_progress(ib) for ib in inboxes]
     raised: dict[int, BaseException] = {}
 
     def run(r: int) -> None:
@@ -189,10 +186,14 @@ def test_a_failed_bucket_is_raised_and_wakes_the_ring():
     assert time.monotonic() - t0 < 5
     assert isinstance(raised[1], ValueError) and "bucket 1 lost" in str(raised[1])
     assert isinstance(raised[0], NeighbourFailed) and "bucket 1 lost" in str(raised[0])
-    comms[0].submit(lambda: None)
-    assert len(comms[0].drain(5)) == 1
-    for c in comms:
-        c.close()
+    comms[0].abandon()
+
+    def nothing():
+        return 0
+        yield  # a generator: a bucket with no message to wait for
+
+    comms[0].submit(nothing)
+    assert len(comms[0].drain()) == 1
 
 
 # -- with Ray ---------------------------------------------------------------------------------

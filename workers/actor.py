@@ -15,10 +15,10 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from workers import alloc
 from workers.actions import StageAction
-from workers.buckets import Comm
+from workers.buckets import Progress
 from workers.channels import Channel, ChannelInbox, ChannelName
 from workers.push import ActionFailed, Inbox, Key, NeighbourFailed, Send, run_step
-from workers.ring import ring_allreduce, ring_phase
+from workers.ring import ring_phase, ring_steps
 from workers.serve import serve
 from workers.stage import WorkerSpec
 from workers.stats import Finish
@@ -234,8 +234,6 @@ class ReplicaActor(ChannelStageActor):
         self.right: Any = None
         self.send_right: Send | None = None
         self.overlap = True  # all-reduce each bucket while the backward runs (set_overlap)
-        self._comm: Comm | None = None  # the all-reduce thread, started at the first overlap
-        self._computing = False  # the backward still runs beside the all-reduce thread
 
     def set_overlap(self, overlap: bool) -> None:
         """Overlap the all-reduce with the backward (buckets on a thread of their own, as soon
@@ -293,11 +291,14 @@ class ReplicaActor(ChannelStageActor):
         run_step takes them, given to the first and last stage), the all-reduce of the
         gradients with the same stage of the other replicas, `finish`."""
         w = self.worker
+        progress = Progress(self.inbox.has, self._ring_take(step, timeout_s))
 
-        def reduce_on(flat: Any, bucket: int) -> tuple[int, int]:
-            return self._allreduce(flat, step, timeout_s, bucket)
+        def reduce_on(flat: Any, bucket: int) -> Any:
+            return ring_steps(
+                flat, self.rank, self.world, step, self._send_right, bucket * (self.world - 1)
+            )
 
-        comm = self._comm_thread() if self.overlap and self.world > 1 else None
+        overlap = self.overlap and self.world > 1
         try:
             return run_step(  # type: ignore[return-value]
                 w,
@@ -311,18 +312,20 @@ class ReplicaActor(ChannelStageActor):
                 send_forward=self.send_forward,
                 send_backward=self.send_backward,
                 timeout_s=timeout_s,
-                reduce=lambda: self._reduce(reduce_on, comm),
-                arm=None if comm is None else lambda: self._arm(reduce_on, comm),
+                reduce=lambda: w.reduce_grads(reduce_on, self.world, progress),
+                arm=(lambda: w.arm_reduce(reduce_on, self.world, progress)) if overlap else None,
                 busy=w.busy,
             )
         except NeighbourFailed as e:
-            self._stop_comm(step, str(e))
+            progress.abandon()
+            w.disarm_reduce()
             w.zero_grad()  # the half-reduced gradients must not leak into a later step
             raise RuntimeError(f"{self.who} stopped: {e}") from None
         except Exception as e:
             cause = e.cause if isinstance(e, ActionFailed) else e
             err = self._failure(e.what if isinstance(e, ActionFailed) else "replica_step", cause)
-            self._stop_comm(step, str(err))
+            progress.abandon()
+            w.disarm_reduce()
             w.zero_grad()
             # wake the neighbours waiting on this worker: in the ring and in the pipeline
             for peer in (self.left, self.right, self.prev, self.next):
@@ -330,56 +333,15 @@ class ReplicaActor(ChannelStageActor):
                     peer.abort.options(concurrency_group=INBOX_GROUP).remote(step, str(err))
             raise err from cause
 
-    def _arm(self, reduce_on: Any, comm: Comm) -> None:
-        self._computing = True  # the all-reduce thread's waits sleep at once, not poll
-        self.worker.arm_reduce(reduce_on, self.world, comm)
-
-    def _reduce(self, reduce_on: Any, comm: Comm | None) -> None:
-        self._computing = False
-        self.worker.reduce_grads(reduce_on, self.world, comm)
-
-    def close_channels(self) -> None:
-        """Close the channels, and end the all-reduce thread (a later step starts another)."""
-        if self._comm is not None:
-            self._comm.close()
-            self._comm = None
-        super().close_channels()
-
-    def _comm_thread(self) -> Comm:
-        if self._comm is None:
-            self._comm = Comm()
-        return self._comm
-
-    def _stop_comm(self, step: int, why: str) -> None:
-        """A failed step: wake this worker's own bucket all-reduces still waiting for a chunk,
-        and wait until its thread has left them (it must not touch the gradients of a later
-        step)."""
-        self._computing = False
-        self.worker.disarm_reduce()
-        if self._comm is None:
-            return
-        self.inbox.fail(step, why)
-        try:
-            self._comm.drain(self.stop_wait_s)
-        except Exception:  # noqa: BLE001, S110 - the step failed already; this is its echo
-            pass
-        self.worker.disarm_reduce()
-
-    stop_wait_s = 30.0  # how long a failed step waits for its all-reduce thread to let go
-
-    def _allreduce(
-        self, flat: Any, step: int, timeout_s: float, bucket: int = 0
-    ) -> tuple[int, int]:
-        """The ring all-reduce of `flat`, bucket `bucket` of the step's gradients (its phases
-        after the earlier buckets': their keys never meet); (bytes sent, bytes received)."""
-        received = 0
+    def _ring_take(self, step: int, timeout_s: float) -> Any:
+        """How a bucket's ring waits for its left neighbour's message: a timeout names the
+        replica, the bucket and the phase."""
         left = (self.rank - 1) % self.world
         phases = self.world - 1
 
         def take(key: Key) -> Any:
-            nonlocal received
             try:
-                a = self.inbox.take(key, timeout_s, spin=not self._computing)
+                return self.inbox.take(key, timeout_s)
             except TimeoutError:
                 what = "reduce-scatter" if key[1] == "F" else "all-gather"
                 stage = f", stage {self.stage}," if self.stages > 1 else ""
@@ -388,16 +350,13 @@ class ReplicaActor(ChannelStageActor):
                     f"replica {left}{stage} sent no {what} chunk of bucket {b}, phase {phase} "
                     f"in {timeout_s:.0f} s"
                 ) from None
-            received += a.nbytes
-            return a
 
-        def send(key: Key, a: Any) -> None:
-            if self.send_right is None:
-                raise RuntimeError(f"{self.who} is not connected to a ring")
-            self.send_right(key, a)
+        return take
 
-        sent = ring_allreduce(flat, self.rank, self.world, step, send, take, bucket * phases)
-        return sent, received
+    def _send_right(self, key: Key, a: Any) -> None:
+        if self.send_right is None:
+            raise RuntimeError(f"{self.who} is not connected to a ring")
+        self.send_right(key, a)
 
 
 def _sender(peer: Any) -> Any:

@@ -1,5 +1,5 @@
-"""Gradient buckets for a data-parallel all-reduce, and the thread that reduces them while the
-backward still runs (no Ray).
+"""Gradient buckets for a data-parallel all-reduce, reduced while the backward still runs (no
+Ray, no thread).
 
 A stage's gradients are laid into its flat all-reduce buffer in the order the backward makes
 them final (its weight-gradient calls run the layers last to first), and the buffer is cut
@@ -14,18 +14,23 @@ ring chunks of whole 64-byte lines, so all the buckets' messages take no more of
 channel than one all-reduce of the whole buffer does (the capacity the memory model counts),
 and the few elements of a layer left past the cut go with the next bucket.
 
-`Comm` is one thread per worker that runs a step's bucket all-reduces in order; a bucket is
-handed to it only once its gradients are final, and the optimizer step waits for all of them
-(`Comm.drain`), so the thread never touches a buffer the compute thread still writes.
+`Progress` runs a step's bucket all-reduces in order on the compute thread, between its
+kernel calls; a bucket is handed to it only once its gradients are final, and the optimizer
+step waits for all of them (`Progress.drain`).
 """
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
+
+import numpy as np
+
+from workers.push import Key
+
+Steps = Generator[Key, np.ndarray, int]  # a bucket's ring (workers/ring.ring_steps)
 
 ALIGN = 64  # workers/channels.ALIGN: where a channel lays each message
 DEFAULT_BUCKET_BYTES = 1 << 20  # DDP's first bucket (its later ones: 25 MiB); see docs
@@ -123,68 +128,102 @@ class Ready:
 
 @dataclass(frozen=True)
 class Span:
-    """One bucket's all-reduce on the communication thread: when it could start (handed over
-    and the thread free) and when it ended (perf_counter seconds)."""
+    """One bucket's all-reduce: when it could start (handed over, and the bucket before it
+    done) and when it ended (perf_counter seconds)."""
 
     start: float
     end: float
 
 
-class Comm:
-    """A worker's communication thread: runs jobs one at a time, in the order submitted. After
-    a job fails, the step's later jobs are skipped; `drain` waits for the step's jobs and
-    raises the first failure."""
+class Progress:
+    """A step's bucket all-reduces, run on the compute thread itself: each bucket's ring
+    (workers/ring.ring_steps) goes as far as its left neighbour's messages have come whenever
+    `poll` is called (between the backward's kernel calls), and `drain` finishes them. No
+    thread: on a core a replica, a second thread took the core from the backward and the
+    all-reduce took twice as long (docs/benchmarks.md); polled, the only wait the overlap
+    hides is the one for the other replicas, and their messages are summed at once.
 
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], object], float] | None] = (
-            queue.SimpleQueue()
-        )
-        self._cv = threading.Condition()
-        self._pending = 0
+    Buckets run one at a time, in the order submitted (every replica's ring takes them in the
+    same order; a bucket's messages follow the earlier ones' in its channel). After a failure
+    the step's later buckets are skipped; `drain` raises the first failure.
+    """
+
+    def __init__(self, arrived: Callable[[Key], bool], take: Callable[[Key], np.ndarray]) -> None:
+        self._arrived, self._take = arrived, take
+        self._queue: deque[tuple[Callable[[], Steps], float]] = deque()
+        self._run: Steps | None = None
+        self._key: Key | None = None
+        self._start = self._free_at = 0.0
         self._error: BaseException | None = None
-        self._free_at = 0.0  # when the thread finished its last job
         self.spans: list[Span] = []
-        self._thread = threading.Thread(target=self._run, name="allreduce", daemon=True)
-        self._thread.start()
+        self.sent = self.received = 0
 
-    def submit(self, job: Callable[[], object]) -> None:
-        with self._cv:
-            self._pending += 1
-        self._jobs.put((job, time.perf_counter()))
+    def submit(self, ring: Callable[[], Steps]) -> None:
+        """Queue a bucket (`ring()` makes its steps, sending as far as it can), and poll."""
+        self._queue.append((ring, time.perf_counter()))
+        self.poll()
 
-    def _run(self) -> None:
-        while (item := self._jobs.get()) is not None:
-            job, handed = item
-            with self._cv:
-                start, skip = max(handed, self._free_at), self._error is not None
-            try:
-                if not skip:
-                    job()
-            except BaseException as e:  # noqa: BLE001 - handed to drain
-                with self._cv:
-                    self._error = self._error or e
-            end = time.perf_counter()
-            with self._cv:
-                self._free_at = end
-                if not skip:
-                    self.spans.append(Span(start, end))
-                self._pending -= 1
-                self._cv.notify_all()
+    def poll(self) -> None:
+        """Advance the buckets as far as what has arrived allows, without waiting."""
+        self._advance(wait=False)
 
-    def drain(self, timeout_s: float | None = None) -> list[Span]:
-        """Wait until every submitted job ran; the spans of this round's jobs (and forget
-        them); raise the first failure among them."""
-        with self._cv:
-            if not self._cv.wait_for(lambda: self._pending == 0, timeout_s):
-                raise TimeoutError(f"the all-reduce thread did not finish in {timeout_s} s")
-            spans, err = self.spans, self._error
-            self.spans, self._error = [], None
+    def drain(self) -> list[Span]:
+        """Finish every bucket (waiting for the neighbours' messages); the spans of this step's
+        buckets (and forget them); raise the step's first failure."""
+        self._advance(wait=True)
+        spans, err = self.spans, self._error
+        self.spans, self._error, self._queue = [], None, deque()
         if err is not None:
             raise err
         return spans
 
-    def close(self) -> None:
-        self._jobs.put(None)
+    def abandon(self) -> None:
+        """A failed step: drop its buckets unfinished."""
+        if self._run is not None:
+            self._run.close()
+        self._run, self._key, self._queue, self.spans, self._error = None, None, deque(), [], None
+
+    def _advance(self, wait: bool) -> None:
+        while self._error is None:
+            if self._run is None:
+                if not self._queue:
+                    return
+                ring, handed = self._queue.popleft()
+                self._start = max(handed, self._free_at)
+                self._guard(lambda ring=ring: self._begin(ring()))
+                continue
+            key = self._key
+            assert key is not None
+            if not wait and not self._arrived(key):
+                return
+            self._guard(lambda key=key: self._resume(self._take(key)))
+
+    def _guard(self, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except BaseException as e:  # noqa: BLE001 - raised by drain
+            self._error = e
+            if self._run is not None:
+                self._run.close()
+            self._run, self._key = None, None
+
+    def _begin(self, run: Steps) -> None:
+        self._run = run
+        self._step(None)
+
+    def _resume(self, a: np.ndarray) -> None:
+        self.received += a.nbytes
+        self._step(a)
+
+    def _step(self, value: np.ndarray | None) -> None:
+        assert self._run is not None
+        try:
+            self._key = self._run.send(value)  # type: ignore[arg-type]
+        except StopIteration as end:
+            self.sent += int(end.value or 0)
+            self._run, self._key = None, None
+            self._free_at = time.perf_counter()
+            self.spans.append(Span(self._start, self._free_at))
 
 
 def own_time(spans: Sequence[Span]) -> float:

@@ -177,7 +177,7 @@ class ChannelInbox(Inbox):
         self.spin_s = spin_s
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
-        self._reading = threading.Lock()  # a data-parallel worker's all-reduce thread takes too
+        self._reading = threading.Lock()  # one reader of the channels at a time
 
     def put(self, key: Key, value: object) -> None:
         super().put(key, value)
@@ -187,11 +187,14 @@ class ChannelInbox(Inbox):
         super().fail(step, why)
         os.write(self._wake_w, b"f")
 
-    def take(self, key: Key, timeout_s: float, spin: bool = True) -> object:
-        """Wait for `key`'s value, polling the channels `spin_s` first where `spin` (not while
-        this worker's own backward computes on the core: an all-reduce thread's wait)."""
+    def has(self, key: Key) -> bool:
+        self._collect(self.channels)
+        return super().has(key)
+
+    def take(self, key: Key, timeout_s: float) -> object:
+        """Wait for `key`'s value, polling the channels `spin_s` first."""
         deadline = time.monotonic() + timeout_s
-        spin_until = time.perf_counter() + (self.spin_s if spin else 0.0)
+        spin_until = time.perf_counter() + self.spin_s
         while time.perf_counter() < spin_until:  # poll briefly before sleeping: see spin_s
             self._collect(self.channels)
             try:

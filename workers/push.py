@@ -74,14 +74,19 @@ class Inbox:
             self._items[key] = value
             self._cv.notify_all()
 
+    def has(self, key: Key) -> bool:
+        """Whether `key`'s value has arrived (take would not wait)."""
+        with self._cv:
+            return key in self._items
+
     def fail(self, step: int, why: str) -> None:
         """Wake every wait of `step` with NeighbourFailed(why) (the first reason is kept)."""
         with self._cv:
             self._failed.setdefault(step, why)
             self._cv.notify_all()
 
-    def take(self, key: Key, timeout_s: float, spin: bool = True) -> Any:
-        """Wait for `key`'s value (`spin`: a ChannelInbox's, whether to poll before sleeping)."""
+    def take(self, key: Key, timeout_s: float) -> Any:
+        """Wait for `key`'s value."""
         deadline = time.monotonic() + timeout_s
         with self._cv:
             while key not in self._items:

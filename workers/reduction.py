@@ -3,17 +3,17 @@ by bucket, after the backward or overlapping it (workers/buckets.py)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import numpy as np
 
-from workers.buckets import Bucket, Comm, Ready, Span, exposed_time, own_time, plan_buckets
+from workers.buckets import Bucket, Progress, Ready, Steps, exposed_time, own_time, plan_buckets
 
-# (a bucket's part of the flat all-reduce buffer, the bucket's index) -> (bytes sent, received)
-Reduce = Callable[[np.ndarray, int], "tuple[int, int] | None"]
+# (a bucket's part of the flat all-reduce buffer, the bucket's index) -> its ring's steps
+# (workers/ring.ring_steps: the keys it waits for; it returns the bytes it sent)
+Reduce = Callable[[np.ndarray, int], Steps]
 
 
 class GradientReduction:
@@ -29,54 +29,45 @@ class GradientReduction:
     bytes_received: int
     _armed: Ready | None
     _flat: np.ndarray | None
-    _traffic: list[tuple[int, int]]
     _bucket_plans: dict[int, tuple[Bucket, ...]]
     _compute_end: float
 
-    def reduce_grads(self, reduce: Reduce, world: int = 1, comm: Comm | None = None) -> None:
+    def reduce_grads(self, reduce: Reduce, world: int, progress: Progress) -> None:
         """Data parallelism: replace this step's gradients by their sum over the `world`
         replicas, bucket by bucket (workers/buckets.py).
 
-        `reduce(part, bucket)` sums each bucket's part of the gradients' one buffer
-        (Program.flat_grads) in place across the replicas (returning the bytes it sent and received,
-        or None); on a GPU the part is staged through a host buffer and copied back. Gradients that
-        got no value this step are zeroed first (`finish_grads`). Without `arm_reduce` every bucket
-        is reduced here, in order; after it (`comm`: its thread) the buckets its backward did not
-        already hand over are, and this waits for them all. Call it between the last backward and
-        `finish`, which adds the regulariser's gradient once, after the sum, identically on every
-        replica. Busy.allreduce gains the buckets' own time, Busy.exposed what the step waited for
-        after its last backward compute (workers/buckets.py's spans).
+        `reduce(part, bucket)` gives the steps that sum each bucket's part of the gradients'
+        one buffer (Program.flat_grads) in place across the replicas; on a GPU the part is
+        staged through a host buffer and copied back. Gradients that got no value this step
+        are zeroed first (`finish_grads`). The buckets `arm_reduce` did not already hand to
+        `progress` are handed over here, in order, and this waits for them all. Call it
+        between the last backward and `finish`, which adds the regulariser's gradient once,
+        after the sum, identically on every replica. Busy.allreduce gains the buckets' own
+        time, Busy.exposed what the step waited for after its last backward compute
+        (workers/buckets.py's spans).
         """
         prog = self.prog
         armed, self._armed = self._armed, None
         prog.grad_hook = None
         self._allreduce_buffer()
-        if armed is None or comm is None:
-            prog.finish_grads()
-            ready = Ready(self._buckets(world))
-            t = time.perf_counter()
-            spans = []
-            for b in ready.rest():
-                self._reduce_bucket(b, reduce)
-                spans.append(Span(t, time.perf_counter()))
-                t = spans[-1].end
-        else:
-            prog.finish_grads()  # only parameters no bucket was handed over for are fresh
-            for b in armed.rest():
-                comm.submit(partial(self._reduce_bucket, b, reduce))
-            spans = comm.drain()
-        self._count_traffic()
+        prog.finish_grads()  # only parameters no bucket was handed over for are fresh
+        for b in (armed or Ready(self._buckets(world))).rest():
+            progress.submit(partial(self._bucket_steps, b, reduce))
+        spans = progress.drain()
+        self.bytes_sent += progress.sent
+        self.bytes_received += progress.received
+        progress.sent = progress.received = 0
         self.busy.allreduce += own_time(spans)
         self.busy.exposed += exposed_time(spans, self._compute_end)
         self.busy.reductions += 1
 
-    def arm_reduce(self, reduce: Reduce, world: int, comm: Comm) -> None:
+    def arm_reduce(self, reduce: Reduce, world: int, progress: Progress) -> None:
         """Overlap: call right before this step's last weight-gradient action (the last B or W
         of the step's actions; after it every gradient is final). Each bucket is handed to
-        `comm`'s thread as soon as that action has written its gradients, in bucket order,
-        while the action goes on with the earlier layers; `reduce_grads(reduce, world, comm)`
-        then waits for them. On CUDA nothing is armed (the thread would need the device's
-        context): reduce_grads reduces every bucket itself."""
+        `progress` as soon as that action has written its gradients, in bucket order, and
+        the buckets under way advance after each of its kernel calls that finishes a
+        gradient, while the action goes on with the earlier layers; `reduce_grads` then
+        finishes them. On CUDA nothing is armed: reduce_grads reduces every bucket."""
         if self.bk.name != "cpu":
             return
         ready = Ready(self._buckets(world))
@@ -84,7 +75,8 @@ class GradientReduction:
 
         def final(name: str) -> None:
             for b in ready.final(name):
-                comm.submit(partial(self._reduce_bucket, b, reduce))
+                progress.submit(partial(self._bucket_steps, b, reduce))
+            progress.poll()
 
         self._armed = ready
         self.prog.grad_hook = final
@@ -93,9 +85,8 @@ class GradientReduction:
         """Forget an armed all-reduce (a failed step)."""
         self._armed = None
         self.prog.grad_hook = None
-        self._traffic.clear()
 
-    def _reduce_bucket(self, b: Bucket, reduce: Reduce) -> None:
+    def _bucket_steps(self, b: Bucket, reduce: Reduce) -> Steps:
         """One bucket's all-reduce, in place. On the host the buffer is the gradients' own
         (Program.flat_grads, laid out as the buckets are); on a device its gradients are
         copied into the bucket's part of a host buffer, summed, and copied back."""
@@ -105,18 +96,11 @@ class GradientReduction:
         if staged:
             for p in b.pieces:
                 flat[p.at : p.at + p.hi - p.lo] = bk.to_host(bk.flat(grads[p.name])[p.lo : p.hi])
-        traffic = reduce(flat[b.start : b.stop], b.index)
+        sent = yield from reduce(flat[b.start : b.stop], b.index)
         if staged:
             for p in b.pieces:
                 bk.from_host(flat[p.at : p.at + p.hi - p.lo], bk.flat(grads[p.name])[p.lo : p.hi])
-        if traffic is not None:
-            self._traffic.append((int(traffic[0]), int(traffic[1])))  # atomic: from any thread
-
-    def _count_traffic(self) -> None:
-        while self._traffic:
-            sent, received = self._traffic.pop()
-            self.bytes_sent += sent
-            self.bytes_received += received
+        return sent
 
     def _buckets(self, world: int) -> tuple[Bucket, ...]:
         """The stage's buckets in a ring of `world`: parameters in the order the weight

@@ -35,7 +35,7 @@ serialised it when it returns, since the buffer changes afterwards.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 
 import numpy as np
 
@@ -80,43 +80,67 @@ def ring_allreduce(
     `first_phase`, so that several buffers of one step (the buckets of workers/buckets.py:
     bucket b from b (world - 1)) never share a key.
     """
+    return drive(ring_steps(buf, rank, world, step, send, first_phase), take)
+
+
+def ring_steps(
+    buf: np.ndarray,
+    rank: int,
+    world: int,
+    step: int,
+    send: Callable[[Key, np.ndarray], None],
+    first_phase: int = 0,
+) -> Generator[Key, np.ndarray, int]:
+    """`ring_allreduce` as steps: yields the key of each message it needs from the left
+    neighbour and goes on with the array sent in, so that its caller decides when to wait
+    (workers/buckets.Progress runs it between kernel calls); returns the bytes sent."""
     if buf.ndim != 1 or not buf.flags.c_contiguous:
         raise ValueError(f"ring_allreduce needs a contiguous 1-D buffer, got shape {buf.shape}")
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} outside a ring of {world}")
-    if world == 1:
-        return 0
+    return _steps(buf, rank, world, step, send, first_phase)
+
+
+def _steps(
+    buf: np.ndarray,
+    rank: int,
+    world: int,
+    step: int,
+    send: Callable[[Key, np.ndarray], None],
+    first_phase: int,
+) -> Generator[Key, np.ndarray, int]:
     chunks = ring_chunks(buf.size, world)
     sent = 0
-
-    def put(kind: str, phase: int, c: int) -> None:
-        nonlocal sent
-        part = buf[chunks[c]]
-        if part.size:
-            send(ring_key(step, kind, first_phase + phase), part.reshape(1, -1))
-            sent += part.nbytes
-
-    def got(kind: str, phase: int, c: int) -> np.ndarray | None:
-        part = buf[chunks[c]]
-        if not part.size:
-            return None
-        a = np.asarray(take(ring_key(step, kind, first_phase + phase)))
-        if a.size != part.size:
-            raise ValueError(
-                f"all-reduce phase {kind}{phase}: got {a.size} values for a chunk of {part.size}"
+    for kind in (REDUCE_SCATTER, ALL_GATHER):
+        for i in range(world - 1):
+            out, c = (
+                (rank - i, rank - i - 1) if kind == REDUCE_SCATTER else (rank + 1 - i, rank - i)
             )
-        return a.reshape(-1)
-
-    for i in range(world - 1):  # reduce-scatter
-        put(REDUCE_SCATTER, i, (rank - i) % world)
-        c = (rank - i - 1) % world
-        a = got(REDUCE_SCATTER, i, c)
-        if a is not None:
-            buf[chunks[c]] += a
-    for i in range(world - 1):  # all-gather
-        put(ALL_GATHER, i, (rank + 1 - i) % world)
-        c = (rank - i) % world
-        a = got(ALL_GATHER, i, c)
-        if a is not None:
-            buf[chunks[c]] = a
+            part = buf[chunks[out % world]]
+            key = ring_key(step, kind, first_phase + i)
+            if part.size:
+                send(key, part.reshape(1, -1))
+                sent += part.nbytes
+            mine = buf[chunks[c % world]]
+            if not mine.size:
+                continue
+            a = np.asarray((yield key)).reshape(-1)
+            if a.size != mine.size:
+                raise ValueError(
+                    f"all-reduce phase {kind}{i}: got {a.size} values for a chunk of {mine.size}"
+                )
+            if kind == REDUCE_SCATTER:
+                mine += a
+            else:
+                mine[:] = a
     return sent
+
+
+def drive(steps: Generator[Key, np.ndarray, int], take: Callable[[Key], np.ndarray]) -> int:
+    """Run `steps` to its end, `take`-ing each message it needs; its result."""
+    try:
+        key = next(steps)
+        while True:
+            key = steps.send(take(key))
+    except StopIteration as end:
+        return end.value

@@ -145,7 +145,6 @@ class StageWorker(GradientReduction):
         self.bucket_bytes = int(bucket_bytes)
         self._bucket_plans: dict[int, tuple[Bucket, ...]] = {}  # by ring size
         self._armed: Ready | None = None  # an overlapped all-reduce under way (arm_reduce)
-        self._traffic: list[tuple[int, int]] = []  # the buckets' (sent, received), any thread
         self._compute_end = 0.0  # when the last backward or W call ended (perf_counter)
         self.pid = os.getpid()
 

@@ -26,7 +26,7 @@ class Busy:
     the part the step waited for after its last backward compute (from the end of that
     compute to the end of the last bucket). Without overlap the buckets run after the
     backward, so exposed equals allreduce (and a little bookkeeping); with it (the buckets
-    on their own thread while the backward runs) exposed <= allreduce. `reductions` counts
+    advanced between the backward's kernel calls) exposed <= allreduce. `reductions` counts
     the all-reduces (steps), so each figure over it is a step's. `total`, the time a step
     kept the stage busy, counts the exposed part only.
 

@@ -87,7 +87,7 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
         "pipeline.allreduce_overlap",
         str,
         "true | false: with --data-parallel, all-reduce each gradient bucket while the "
-        "backward still runs (on a thread: worth it where a replica has a spare core)",
+        "backward still runs (the default), or after it",
     ),
     "--placement": (
         "pipeline.placement",

@@ -18,12 +18,10 @@ Results equal a one-stage pipeline with R x M micro-batches, and the oracle, up 
 of the floating-point sums.
 
 The all-reduce runs in buckets of `bucket_bytes` (workers/buckets.py, reverse layer order) and,
-with `overlap`, each bucket starts on the worker's all-reduce thread as soon as its gradients
-are final, while the backward of the earlier layers still runs; overlap=False (the default, or
-`set_overlap(False)`) reduces the same buckets after the backward: bit-identical results.
-Off by default because the thread needs a core of its own: with one core a replica (this
-2-core machine, R = 2) it slowed the all-reduce 2x and the step by 0.97-1.36x in three paired
-rounds (docs/benchmarks.md), hiding only 20% of the exposed time.
+with `overlap` (the default), each bucket starts as soon as its gradients are final and
+advances between the kernel calls of the backward of the earlier layers, on the worker's own
+thread; overlap=False (or `set_overlap(False)`) reduces the same buckets after the backward:
+bit-identical results.
 Each worker's Busy reports the all-reduce's own time and the part of it the step waited for
 (`allreduce`, `exposed`).
 
@@ -83,7 +81,7 @@ class DataParallel:
         address: str = "",
         num_cpus: int | None = None,
         step_timeout: float = 0.0,
-        overlap: bool = False,
+        overlap: bool = True,
         bucket_bytes: int = DEFAULT_BUCKET_BYTES,
         placement: str = "pipeline",
     ) -> None:

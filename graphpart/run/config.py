@@ -91,9 +91,9 @@ class PipelineConfig:
     # by a ring all-reduce per stage every step (graphpart.engines.DataParallel)
     data_parallel: int = 1
     # data parallelism: all-reduce each gradient bucket (reverse layer order, workers/buckets.py)
-    # while the backward still runs, on a thread that wants a core of its own (false, the
-    # default: the same buckets after the backward, bit-identical results)
-    allreduce_overlap: bool = False
+    # while the backward still runs, advanced between its kernel calls (true, the default;
+    # false: the same buckets after the backward, bit-identical results)
+    allreduce_overlap: bool = True
     # on a Ray cluster of several nodes, what shares a node: "pipeline" (a replica's stages;
     # the replicas across nodes) or "replicas" (stage k of every replica)
     placement: str = "pipeline"
