@@ -110,6 +110,7 @@ def _time_steps(engine: Any, X: np.ndarray, y: np.ndarray, warmup: int, steps: i
                 "step": a.busy.finish - b.busy.finish,
                 "cpu": a.busy.compute_cpu - b.busy.compute_cpu,  # OS CPU time of F and B
                 "allreduce": a.busy.allreduce - b.busy.allreduce,  # data parallelism's
+                "exposed": a.busy.exposed - b.busy.exposed,  # of it, after the backward
                 "wait": a.busy.wait - b.busy.wait,  # blocked on a neighbour's tensor
                 "span": a.busy.span - b.busy.span,  # inside the stage's step calls
             }
@@ -221,8 +222,11 @@ def measure_data_parallel(
     g, params, X, y, opt = _problem(sizes, batch, dtype)
     with DataParallel(partition(g, 1), params, opt, replicas=replicas, max_rows=batch) as eng:
         r = _time_steps(eng, X, y, warmup, steps)
-    # each replica's all-reduce, its own time a step, over the timed steps
-    r["allreduce_ms"] = [b["allreduce"] / steps * 1e3 for b in r.pop("busy_s")]
+    # each replica's all-reduce a step, over the timed steps: its own time, and the part the
+    # step waited for after the backward (the rest overlapped it)
+    busy = r.pop("busy_s")
+    r["allreduce_ms"] = [b["allreduce"] / steps * 1e3 for b in busy]
+    r["exposed_ms"] = [b["exposed"] / steps * 1e3 for b in busy]
     r["sgemm_gflops"] = whole_model_rate(sizes, microbatch_rows(batch, replicas), dtype)
     return {"engine": "data-parallel", "replicas": replicas, **r}
 
