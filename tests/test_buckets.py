@@ -10,9 +10,9 @@ Ready hands out buckets in order, each once all its parameters are final. Progre
 buckets' steps in order on the caller's thread, each as far as its messages have come at a
 poll, skips a step's later buckets after a failure and raises it from drain; the spans it
 reports make exposed_time <= own_time when everything was handed over before the compute's
-end. Program.grad_hook is told each parameter once per backward (B, or W), after
-its gradient's last write, and a hooked B (the graph's order) gives the plain B's gradients
-bit for bit.
+end. Program.grad_hook is told after each call of a backward (B, or W) the parameters
+whose gradient it wrote for the last time, each once, and a hooked B (the graph's order)
+gives the plain B's gradients bit for bit.
 """
 
 from __future__ import annotations
@@ -178,13 +178,20 @@ def test_exposed_is_what_outlasts_the_compute():
 
 @pytest.mark.parametrize("split", [False, True])
 def test_grad_hook_fires_once_per_parameter_after_its_last_write(split):
-    """Program.grad_hook is called with every parameter once per backward (B, or W after I),
-    in the order of the weight-gradient calls (last layer first), and the gradient it is told
-    about already holds its final value for that backward."""
+    """Program.grad_hook is called after every call of a backward (B, or W after I) with the
+    parameters that call finished: every parameter once, in the order of the weight-gradient
+    calls (last layer first), its gradient already final for that backward."""
     g, p0, X, y = mlp_problem([5, 4, 3, 2], 4)
     prog = Program(g, p0, _numpy(), 4)
     seen: dict[str, np.ndarray] = {}
-    prog.grad_hook = lambda name: seen.setdefault(name, prog.grads[name].copy())
+    calls: list[tuple[str, ...]] = []
+
+    def hook(names: tuple[str, ...]) -> None:
+        calls.append(names)
+        for name in names:
+            seen.setdefault(name, prog.grads[name].copy())
+
+    prog.grad_hook = hook
     prog.forward(0, X, y, 0.25)
     if split:
         prog.backward_input(0, None, 0.25)
@@ -193,6 +200,7 @@ def test_grad_hook_fires_once_per_parameter_after_its_last_write(split):
     else:
         prog.backward(0, None, 0.25)
     assert list(seen) == ["b3", "W3", "b2", "W2", "b1", "W1"]
+    assert len(calls) == (6 if split else 11)  # after every call: B's I calls finish nothing
     for name, v in seen.items():
         assert np.array_equal(v, prog.grads[name])
     plain = Program(g, p0, _numpy(), 4)  # no hook: B runs I then W

@@ -128,9 +128,10 @@ class Program:
         self._nat = [self._bind(c) for c in natural]
         self._nat_done = _finals(natural)
         self._wcal_done = _finals(low.weight_calls)
-        # called with a parameter's name once a backward (B or W) wrote its gradient for the
-        # last time (data parallelism: that bucket's all-reduce may start); None: no calls
-        self.grad_hook: Callable[[str], None] | None = None
+        # called after each call of a backward (B or W) with the parameters whose gradient it
+        # wrote for the last time, often none (data parallelism: the buckets they complete
+        # may start, and those under way advance); None: no calls
+        self.grad_hook: Callable[[tuple[str, ...]], None] | None = None
         self._per_step = [self._bind(c) for c in low.per_step]
         self._sends = input_grad and low.root(low.input) in low.roots
         self.pending: list[dict[Any, Any]] = []  # pending slots (allocated at first need)
@@ -377,7 +378,8 @@ def _finals(calls: tuple[KernelCall, ...]) -> list[tuple[str, ...]]:
 def _run_calls(
     p: Program, calls: list[Run], done: list[tuple[str, ...]], slot: dict, n: int, sc: float
 ) -> None:
-    """Run a backward's calls; with a grad_hook, tell it each gradient the calls finished."""
+    """Run a backward's calls; with a grad_hook, tell it after each call the gradients that
+    call finished."""
     hook = p.grad_hook
     if hook is None:
         for run in calls:
@@ -385,8 +387,7 @@ def _run_calls(
         return
     for run, names in zip(calls, done, strict=True):
         run(p, slot, n, sc)
-        for name in names:
-            hook(name)
+        hook(names)
 
 
 def _cotangent_roots(low: Lowered) -> list[tuple[str, str]]:

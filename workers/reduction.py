@@ -65,17 +65,18 @@ class GradientReduction:
         """Overlap: call right before this step's last weight-gradient action (the last B or W
         of the step's actions; after it every gradient is final). Each bucket is handed to
         `progress` as soon as that action has written its gradients, in bucket order, and
-        the buckets under way advance after each of its kernel calls that finishes a
-        gradient, while the action goes on with the earlier layers; `reduce_grads` then
+        the buckets under way advance after each of its kernel calls, while the action goes
+        on with the earlier layers; `reduce_grads` then
         finishes them. On CUDA nothing is armed: reduce_grads reduces every bucket."""
         if self.bk.name != "cpu":
             return
         ready = Ready(self._buckets(world))
         self._allreduce_buffer()
 
-        def final(name: str) -> None:
-            for b in ready.final(name):
-                progress.submit(partial(self._bucket_steps, b, reduce))
+        def final(names: tuple[str, ...]) -> None:
+            for name in names:
+                for b in ready.final(name):
+                    progress.submit(partial(self._bucket_steps, b, reduce))
             progress.poll()
 
         self._armed = ready
