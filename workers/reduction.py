@@ -60,8 +60,6 @@ class GradientReduction:
         self.busy.allreduce += own_time(spans)
         self.busy.exposed += exposed_time(spans, self._compute_end)
         self.busy.reductions += 1
-        end = max((s.end for s in spans), default=self._compute_end)
-        self.busy.mark_reduce(self._compute_end, end)
 
     def arm_reduce(self, reduce: Reduce, world: int, progress: Progress) -> None:
         """Overlap: call right before this step's last weight-gradient action (the last B or W

@@ -28,10 +28,7 @@ class Busy:
     backward, so exposed equals allreduce (and a little bookkeeping); with it (the buckets
     advanced between the backward's kernel calls) exposed <= allreduce. `reductions` counts
     the all-reduces (steps), so each figure over it is a step's. `total`, the time a step
-    kept the stage busy, counts the exposed part only. `reduce_marks` holds, for each of the
-    last MARKS steps, when the backward's compute ended and when the all-reduce did
-    (perf_counter: one clock for every process of a node): what `exposed_beyond_compute`
-    reads across replicas, since a replica's `exposed` also holds its wait for a slower one.
+    kept the stage busy, counts the exposed part only.
 
     `wait` is the wall time a step's actions spent blocked on a neighbour's tensor (the
     inbox's take: the pipeline's fill, drain and stalls), and `span` the wall time of the
@@ -56,30 +53,10 @@ class Busy:
     compute_cpu: float = 0.0
     wait: float = 0.0
     span: float = 0.0
-    reduce_marks: list[tuple[float, float]] = field(default_factory=list)
-
-    MARKS = 4096  # steps whose reduce_marks are kept
 
     @property
     def total(self) -> float:
         return self.forward + self.backward + self.finish + self.exposed  # weight is in backward
-
-    def mark_reduce(self, compute_end: float, end: float) -> None:
-        """A step's all-reduce: its backward's compute ended at `compute_end`, it at `end`."""
-        self.reduce_marks.append((compute_end, end))
-        del self.reduce_marks[: -self.MARKS]
-
-
-def exposed_beyond_compute(marks: Sequence[Sequence[tuple[float, float]]]) -> list[float]:
-    """Per step, the seconds the replicas' all-reduce outlasted the last of their backwards
-    (each replica's `reduce_marks` over the same steps, one list a replica): the step's own
-    exposed communication. A replica's `exposed` counts from its own compute's end, so it
-    also holds its wait for a slower replica's backward, load imbalance rather than
-    communication; this does not."""
-    return [
-        max(0.0, max(e for _, e in step) - max(c for c, _ in step))
-        for step in zip(*marks, strict=True)
-    ]
 
 
 @dataclass(frozen=True)

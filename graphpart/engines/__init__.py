@@ -21,7 +21,7 @@ from workers.hwm import read_hwm, reset_hwm
 from workers.kernels.blas import describe as describe_blas
 from workers.kernels.blas import providers as blas_providers
 from workers.ledger import Ledger
-from workers.stats import Rss, StageStats, by_process, exposed_beyond_compute
+from workers.stats import Rss, StageStats, by_process
 
 __all__ = [
     "Channel",
@@ -42,7 +42,6 @@ __all__ = [
     "Rss",
     "StageStats",
     "by_process",
-    "exposed_beyond_compute",
     "StepResult",
     "Trainable",
     "measured_costs",

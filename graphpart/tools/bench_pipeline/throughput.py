@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from graphpart.engines import DataParallel, Engine, Rss, by_process, exposed_beyond_compute
+from graphpart.engines import DataParallel, Engine, Rss, by_process
 from graphpart.ir import mlp
 from graphpart.optim import make_optimizer
 from graphpart.params import Init
@@ -113,9 +113,6 @@ def _time_steps(engine: Any, X: np.ndarray, y: np.ndarray, warmup: int, steps: i
                 "exposed": a.busy.exposed - b.busy.exposed,  # of it, after the backward
                 "wait": a.busy.wait - b.busy.wait,  # blocked on a neighbour's tensor
                 "span": a.busy.span - b.busy.span,  # inside the stage's step calls
-                "marks": a.busy.reduce_marks[-steps:]
-                if a.busy.reductions > b.busy.reductions
-                else [],
             }
             for a, b in zip(after, before, strict=True)
         ]
@@ -230,9 +227,6 @@ def measure_data_parallel(
     busy = r.pop("busy_s")
     r["allreduce_ms"] = [b["allreduce"] / steps * 1e3 for b in busy]
     r["exposed_ms"] = [b["exposed"] / steps * 1e3 for b in busy]
-    # the step's exposed communication: the all-reduce's end past the slowest backward's
-    beyond = exposed_beyond_compute([b["marks"] for b in busy])
-    r["exposed_beyond_compute_ms"] = statistics.fmean(beyond) * 1e3 if beyond else 0.0
     r["sgemm_gflops"] = whole_model_rate(sizes, microbatch_rows(batch, replicas), dtype)
     return {"engine": "data-parallel", "replicas": replicas, **r}
 
