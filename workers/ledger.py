@@ -46,11 +46,6 @@ class Ledger:
         self.peak_total = max(self.peak_total, self.total)
         self.mark("alloc", name)
 
-    def remove(self, name: str) -> None:
-        e = self.entries.pop(name)
-        self.current[e.category] -= e.nbytes
-        self.mark("free", name)
-
     def __contains__(self, name: str) -> bool:
         return name in self.entries
 

@@ -113,10 +113,6 @@ class DeviceMemory:
     free: int
     total: int
 
-    @property
-    def used(self) -> int:
-        return self.total - self.free
-
 
 @dataclass(frozen=True)
 class Traced:

@@ -242,9 +242,7 @@ def table(candidates: Sequence[Candidate], limit: int | None = 10) -> str:
             c.kind,
             c.stages,
             c.microbatches,
-            (c.schedule + (f" v={c.chunks}" if c.chunks > 1 else ""))
-            if c.kind == "pipeline"
-            else "-",
+            _schedule(c),
             "yes" if c.recompute else "no",
             c.replicas,
             "+".join(str(s) for s in c.split),
