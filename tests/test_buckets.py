@@ -215,3 +215,18 @@ def _numpy():
     from workers.backends import get_backend
 
     return get_backend("cpu")
+
+
+def test_a_failure_while_polled_is_raised_by_drain_not_by_poll():
+    """A channel that fails while a poll checks it (inside the backward) is kept: poll
+    returns, drain raises it, and the step's traffic is not carried into the next."""
+
+    def broken(key):
+        raise OSError("channel closed")
+
+    p = Progress(broken, lambda k: np.ones(1))
+    p.submit(_steps([], "b0", ["x"]))
+    p.poll()
+    with pytest.raises(OSError, match="channel closed"):
+        p.drain()
+    assert (p.sent, p.received) == (0, 0)

@@ -151,7 +151,8 @@ def test_overlap_is_bit_identical_and_equals_the_oracle(R, M, split):
 
 def test_a_failed_bucket_is_raised_and_wakes_the_ring():
     """Replica 1 fails in bucket 1's all-reduce: its reduce_grads raises that error; replica 0,
-    waiting in its drain for bucket 1's chunk, is woken by the abort (the actor's inbox.fail)
+    waiting in its drain for bucket 1's chunk, is woken by the abort (inbox.fail, which
+    the failing actor calls on its peers)
     and raises NeighbourFailed within a second; its Progress is free for the next step."""
     R, step = 2, 1
     g, p0, X, y = mlp_problem(SIZES, BATCH, seed=4)

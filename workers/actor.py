@@ -236,8 +236,9 @@ class ReplicaActor(ChannelStageActor):
         self.overlap = True  # all-reduce each bucket while the backward runs (set_overlap)
 
     def set_overlap(self, overlap: bool) -> None:
-        """Overlap the all-reduce with the backward (buckets on a thread of their own, as soon
-        as final), or run the buckets after the backward (the same sums in the same order)."""
+        """Overlap the all-reduce with the backward (each bucket started as soon as final and
+        advanced between the backward's kernel calls), or run the buckets after the backward
+        (the same sums in the same order)."""
         self.overlap = bool(overlap)
 
     @property

@@ -174,6 +174,7 @@ class Progress:
         spans, err = self.spans, self._error
         self.spans, self._error, self._queue = [], None, deque()
         if err is not None:
+            self.sent = self.received = 0  # the failed step's traffic is not the next one's
             raise err
         return spans
 
@@ -182,6 +183,7 @@ class Progress:
         if self._run is not None:
             self._run.close()
         self._run, self._key, self._queue, self.spans, self._error = None, None, deque(), [], None
+        self.sent = self.received = 0
 
     def _advance(self, wait: bool) -> None:
         while self._error is None:
@@ -191,21 +193,30 @@ class Progress:
                 ring, handed = self._queue.popleft()
                 self._start = max(handed, self._free_at)
                 self._guard(lambda ring=ring: self._begin(ring()))
-                continue
-            key = self._key
-            assert key is not None
-            if not wait and not self._arrived(key):
+            elif not self._guard(lambda: self._next(wait)):
                 return
-            self._guard(lambda key=key: self._resume(self._take(key)))
 
-    def _guard(self, fn: Callable[[], None]) -> None:
+    def _next(self, wait: bool) -> bool:
+        """Give the bucket under way its next message if it has come (`wait`: wait for it);
+        whether it did."""
+        key = self._key
+        assert key is not None
+        if not wait and not self._arrived(key):
+            return False
+        self._resume(self._take(key))
+        return True
+
+    def _guard(self, fn: Callable[[], bool | None]) -> bool:
+        """Run `fn`; a failure is kept for `drain` and ends the step's buckets. False only
+        where `fn` said it could not go on."""
         try:
-            fn()
-        except BaseException as e:  # noqa: BLE001 - raised by drain
+            return fn() is not False
+        except Exception as e:  # noqa: BLE001 - raised by drain
             self._error = e
             if self._run is not None:
                 self._run.close()
             self._run, self._key = None, None
+            return True
 
     def _begin(self, run: Steps) -> None:
         self._run = run

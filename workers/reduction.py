@@ -3,6 +3,7 @@ by bucket, after the backward or overlapping it (workers/buckets.py)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -31,6 +32,9 @@ class GradientReduction:
     _flat: np.ndarray | None
     _bucket_plans: dict[int, tuple[Bucket, ...]]
     _compute_end: float
+    _polled: float
+    _polled_cpu: float
+    _last_poll: float
 
     def reduce_grads(self, reduce: Reduce, world: int, progress: Progress) -> None:
         """Data parallelism: replace this step's gradients by their sum over the `world`
@@ -74,10 +78,14 @@ class GradientReduction:
         self._allreduce_buffer()
 
         def final(names: tuple[str, ...]) -> None:
+            t, c = time.perf_counter(), time.thread_time()
             for name in names:
                 for b in ready.final(name):
                     progress.submit(partial(self._bucket_steps, b, reduce))
             progress.poll()
+            self._last_poll = time.perf_counter() - t
+            self._polled += self._last_poll
+            self._polled_cpu += time.thread_time() - c
 
         self._armed = ready
         self.prog.grad_hook = final

@@ -146,6 +146,8 @@ class StageWorker(GradientReduction):
         self._bucket_plans: dict[int, tuple[Bucket, ...]] = {}  # by ring size
         self._armed: Ready | None = None  # an overlapped all-reduce under way (arm_reduce)
         self._compute_end = 0.0  # when the last backward or W call ended (perf_counter)
+        self._polled = self._polled_cpu = 0.0  # seconds the buckets advanced in the backward
+        self._last_poll = 0.0  # the length of the last advance
         self.pid = os.getpid()
 
     # -- one micro-batch ------------------------------------------------------------------------
@@ -180,29 +182,40 @@ class StageWorker(GradientReduction):
     ) -> np.ndarray | None:
         """A backward (whole, or its I) of micro-batch `mb`: the received cotangent `g` in,
         the input's cotangent out (a host array), timed and counted."""
-        t, c = time.perf_counter(), time.thread_time()
         if g is not None:
             self.bytes_received += g.nbytes
-        with np.errstate(all="ignore"):
+
+        def call() -> np.ndarray | None:
             din = run(mb, g, scale)
+            return None if din is None else self.bk.to_host(din)
+
+        din = self._timed(call)
         if din is not None:
-            din = self.bk.to_host(din)
             self.bytes_sent += din.nbytes
-        self._compute_end = time.perf_counter()
-        self.busy.backward += self._compute_end - t
-        self.busy.compute_cpu += time.thread_time() - c
         return din
 
     def backward_weight(self, mb: int, scale: float = 1.0) -> None:
         """The weight-gradient half of `backward` (W) of micro-batch `mb`, after its I."""
+        self.busy.weight += self._timed(lambda: self.prog.backward_weight(mb, scale), weight=True)
+
+    def _timed(self, call: Callable[[], Any], weight: bool = False) -> Any:
+        """Run a backward call (B, I or W); the busy clocks get its compute: its wall and CPU
+        time less what the all-reduce's buckets took inside it, between its kernel calls
+        (`Busy.polled`: the overlap's work, workers/reduction.py). With `weight`, returns the
+        compute's seconds instead of the call's result."""
         t, c = time.perf_counter(), time.thread_time()
+        p, pc = self._polled, self._polled_cpu
         with np.errstate(all="ignore"):
-            self.prog.backward_weight(mb, scale)
-        self._compute_end = time.perf_counter()
-        self.busy.compute_cpu += time.thread_time() - c
-        dt = self._compute_end - t
+            out = call()
+        end = time.perf_counter()
+        polled, polled_cpu = self._polled - p, self._polled_cpu - pc
+        # the compute ended before the buckets' last advance, if the call ended with one
+        self._compute_end = end - self._last_poll if polled else end
+        dt = end - t - polled
         self.busy.backward += dt
-        self.busy.weight += dt
+        self.busy.compute_cpu += time.thread_time() - c - polled_cpu
+        self.busy.polled += polled
+        return dt if weight else out
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         """Inference forward of up to max_rows rows (no cache, no loss); a host array copy."""

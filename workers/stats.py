@@ -26,7 +26,9 @@ class Busy:
     the part the step waited for after its last backward compute (from the end of that
     compute to the end of the last bucket). Without overlap the buckets run after the
     backward, so exposed equals allreduce (and a little bookkeeping); with it (the buckets
-    advanced between the backward's kernel calls) exposed <= allreduce. `reductions` counts
+    advanced between the backward's kernel calls) exposed <= allreduce, and `polled` is the
+    work the buckets took inside the backward's calls (copies, sums, the channels' reads),
+    which `backward` and `compute_cpu` leave out. `reductions` counts
     the all-reduces (steps), so each figure over it is a step's. `total`, the time a step
     kept the stage busy, counts the exposed part only.
 
@@ -49,6 +51,7 @@ class Busy:
     finish: float = 0.0
     allreduce: float = 0.0
     exposed: float = 0.0
+    polled: float = 0.0
     reductions: int = 0
     compute_cpu: float = 0.0
     wait: float = 0.0
@@ -56,7 +59,8 @@ class Busy:
 
     @property
     def total(self) -> float:
-        return self.forward + self.backward + self.finish + self.exposed  # weight is in backward
+        # weight is in backward; polled (inside the backward's calls) is not
+        return self.forward + self.backward + self.finish + self.polled + self.exposed
 
 
 @dataclass(frozen=True)

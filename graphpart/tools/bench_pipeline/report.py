@@ -56,7 +56,8 @@ def format_report(res: dict[str, Any]) -> str:
             f"{d['samples_per_s']:8.0f} samples/s ({d['step_s_median'] * 1e3:.1f} ms/step; "
             f"sgemm on one thread at a replica's shapes {d['sgemm_gflops']:.0f} GFLOP/s; "
             f"all-reduce {' | '.join(f'{t:.1f}' for t in d.get('allreduce_ms', []))} ms/step, "
-            f"exposed {' | '.join(f'{t:.1f}' for t in d.get('exposed_ms', []))})"
+            f"exposed {' | '.join(f'{t:.1f}' for t in d.get('exposed_ms', []))}, "
+            f"inside the backward {' | '.join(f'{t:.1f}' for t in d.get('polled_ms', []))})"
             + (
                 f"; torch DDP (gloo, {tp['ranks']} processes) {tp['samples_per_s']:.0f} "
                 f"samples/s ({tp['step_s_median'] * 1e3:.1f} ms/step): {d['vs_torch']:.2f}x torch"

@@ -111,6 +111,7 @@ def _time_steps(engine: Any, X: np.ndarray, y: np.ndarray, warmup: int, steps: i
                 "cpu": a.busy.compute_cpu - b.busy.compute_cpu,  # OS CPU time of F and B
                 "allreduce": a.busy.allreduce - b.busy.allreduce,  # data parallelism's
                 "exposed": a.busy.exposed - b.busy.exposed,  # of it, after the backward
+                "polled": a.busy.polled - b.busy.polled,  # its work inside the backward
                 "wait": a.busy.wait - b.busy.wait,  # blocked on a neighbour's tensor
                 "span": a.busy.span - b.busy.span,  # inside the stage's step calls
             }
@@ -227,6 +228,7 @@ def measure_data_parallel(
     busy = r.pop("busy_s")
     r["allreduce_ms"] = [b["allreduce"] / steps * 1e3 for b in busy]
     r["exposed_ms"] = [b["exposed"] / steps * 1e3 for b in busy]
+    r["polled_ms"] = [b["polled"] / steps * 1e3 for b in busy]
     r["sgemm_gflops"] = whole_model_rate(sizes, microbatch_rows(batch, replicas), dtype)
     return {"engine": "data-parallel", "replicas": replicas, **r}
 
