@@ -43,6 +43,7 @@ from graphpart.engines.inference import batch_widths
 from graphpart.engines.transports import removed_note
 from graphpart.engines.transports.ring import Ring
 from graphpart.engines.wiring import StepWiring, wire
+from graphpart.engines.workers import Workers
 from graphpart.errors import ConfigError, PlanError
 from graphpart.optim import Optimizer
 from graphpart.params import Params, params_dtype, stage_params
@@ -52,14 +53,13 @@ from graphpart.plan.schedule import KINDS
 from graphpart.plan.stages import Plan
 from workers.buckets import DEFAULT_BUCKET_BYTES
 from workers.stage import WorkerSpec
-from workers.stats import StageStats
 
 # what carries the all-reduce (and a replicated pipeline's boundary tensors): "shm" channels
 # between workers on one node (Ray between nodes), or "push": always Ray; "auto" is "shm"
 DP_TRANSPORTS = ("auto", "shm", "push")
 
 
-class DataParallel:
+class DataParallel(Workers):
     """R replicas of a plan (of one or more stages), each on its share of every minibatch."""
 
     kind = "data-parallel"
@@ -209,7 +209,9 @@ class DataParallel:
         """J and the (all-reduced) gradients of one minibatch, without updating."""
         r = self.step(x, y, update=False)
         grads: dict[str, np.ndarray] = {}
-        for g in self._get([self.transport.call(k, "get_grads") for k in range(self.plan.k)]):
+        for g in self.transport.get(
+            [self.transport.call(k, "get_grads") for k in range(self.plan.k)]
+        ):
             grads.update(g)  # replica 0's stages
         self._all("zero_grad")
         return r.J, grads
@@ -224,13 +226,10 @@ class DataParallel:
         return inference.predict(self.transport, x, rows, chains, self.replicas * k + 1)
 
     # -- state ----------------------------------------------------------------------------------
-    def _get(self, handles: Sequence[Any]) -> list[Any]:
-        return self.transport.get(handles)
-
-    def _all(self, method: str, *args: Any) -> list[Any]:
-        """`method` on every worker, replica-major (stage k of replica r at r * K + k)."""
-        n = self.replicas * self.plan.k
-        return self._get([self.transport.call(i, method, *args) for i in range(n)])
+    @property
+    def n_workers(self) -> int:
+        """Replica-major: stage k of replica r is worker r * K + k."""
+        return self.replicas * self.plan.k
 
     def get_params(self) -> dict[str, np.ndarray]:
         """Replica 0's parameters, every stage's, by name."""
@@ -250,23 +249,6 @@ class DataParallel:
             self.transport,
             {r * k + st: per_stage[st] for r in range(self.replicas) for st in range(k)},
         )
-
-    def stats(self) -> list[StageStats]:
-        """One StageStats per worker, replica-major (`stage` is the worker's index r * K + k:
-        the replica's, with one stage)."""
-        return self._all("stats")
-
-    def events(self) -> list[list]:
-        return self._all("events")
-
-    def close(self) -> None:
-        self.transport.close()
-
-    def __enter__(self) -> DataParallel:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 def _check_microbatches(m: Any) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -19,6 +18,7 @@ from graphpart.engines import state
 from graphpart.engines.transport import Transport
 from graphpart.engines.transports import RAY_DEFAULT, TRANSPORTS, removed_note
 from graphpart.engines.wiring import StepFeed, StepWiring, wire, wire_inference
+from graphpart.engines.workers import Workers
 from graphpart.errors import ConfigError, PlanError
 from graphpart.optim import Optimizer
 from graphpart.params import Params, stage_params
@@ -28,7 +28,7 @@ from graphpart.plan.kinds import make as make_schedule
 from graphpart.plan.schedule import Action
 from graphpart.plan.stages import Plan
 from workers.stage import WorkerSpec
-from workers.stats import Finish, StageStats
+from workers.stats import Finish
 
 TRANSPORT_CHOICES = ("auto", *TRANSPORTS)
 
@@ -79,7 +79,7 @@ def check_virtual(schedule: str, transport: str) -> None:
         )
 
 
-class Engine:
+class Engine(Workers):
     """One worker per stage behind a transport; steps, inference and state over all stages.
 
     With a schedule of virtual stages (interleaved, zbv) the plan's stages are the virtual
@@ -235,10 +235,9 @@ class Engine:
         return np.concatenate(outs) if outs else np.zeros((0, 0))
 
     # -- state ----------------------------------------------------------------------------------
-    def _all(self, method: str, *args: Any) -> list[Any]:
-        return self.transport.get(
-            [self.transport.call(k, method, *args) for k in range(self.plan.k)]
-        )
+    @property
+    def n_workers(self) -> int:
+        return self.plan.k
 
     def get_params(self) -> dict[str, np.ndarray]:
         """Every stage's parameters, by name (engines/state.py)."""
@@ -251,18 +250,3 @@ class Engine:
 
     def set_state(self, states: Sequence[Mapping]) -> None:
         state.scatter(self.transport, dict(enumerate(states)))
-
-    def stats(self) -> list[StageStats]:
-        return self._all("stats")
-
-    def events(self) -> list[list]:
-        return self._all("events")
-
-    def close(self) -> None:
-        self.transport.close()
-
-    def __enter__(self) -> Engine:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
