@@ -135,10 +135,10 @@ def test_progress_runs_buckets_in_order_as_far_as_messages_came():
     p.poll()
     assert log == [("b0", "x", 2.0)]
     box["y"] = np.full(1, 3.0)
-    spans = p.drain()
+    done = p.drain()
     assert log == [("b0", "x", 2.0), ("b0", "y", 3.0), ("b1", "z", 1.0)]
-    assert len(spans) == 2 and spans[0].end <= spans[1].start + 1e-9
-    assert (p.sent, p.received) == (16, 24)
+    assert len(done.spans) == 2 and done.spans[0].end <= done.spans[1].start + 1e-9
+    assert (done.sent, done.received) == (16, 24)
 
 
 def test_progress_skips_after_a_failure_and_raises_it_from_drain():
@@ -153,10 +153,10 @@ def test_progress_skips_after_a_failure_and_raises_it_from_drain():
         p.drain()
     assert log == []
     p.submit(_steps(log, "b2", ["a"]))
-    assert len(p.drain()) == 1 and log == [("b2", "a", 1.0)]
+    assert len(p.drain().spans) == 1 and log == [("b2", "a", 1.0)]
     p.submit(_steps(log, "b3", ["never"]))
     p.abandon()
-    assert p.drain() == []
+    assert p.drain().spans == []
 
 
 def test_exposed_is_what_outlasts_the_compute():
@@ -172,7 +172,7 @@ def test_exposed_is_what_outlasts_the_compute():
     for b in range(3):
         p.submit(_steps([], f"b{b}", [b]))
     compute_end = time.perf_counter()
-    spans = p.drain()
+    spans = p.drain().spans
     assert 0.0 < exposed_time(spans, compute_end) <= own_time(spans)
 
 
@@ -229,4 +229,5 @@ def test_a_failure_while_polled_is_raised_by_drain_not_by_poll():
     p.poll()
     with pytest.raises(OSError, match="channel closed"):
         p.drain()
-    assert (p.sent, p.received) == (0, 0)
+    after = p.drain()  # the next step's round starts from nothing
+    assert (after.spans, after.sent, after.received) == ([], 0, 0)

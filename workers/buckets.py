@@ -135,6 +135,15 @@ class Span:
     end: float
 
 
+@dataclass(frozen=True)
+class Round:
+    """A step's buckets, all-reduced: their spans, and the bytes sent and received."""
+
+    spans: list[Span]
+    sent: int
+    received: int
+
+
 class Progress:
     """A step's bucket all-reduces, run on the compute thread itself: each bucket's ring
     (workers/ring.ring_steps) goes as far as its left neighbour's messages have come whenever
@@ -156,7 +165,7 @@ class Progress:
         self._start = self._free_at = 0.0
         self._error: BaseException | None = None
         self.spans: list[Span] = []
-        self.sent = self.received = 0
+        self._sent = self._received = 0
 
     def submit(self, ring: Callable[[], Steps]) -> None:
         """Queue a bucket (`ring()` makes its steps, sending as far as it can), and poll."""
@@ -167,23 +176,22 @@ class Progress:
         """Advance the buckets as far as what has arrived allows, without waiting."""
         self._advance(wait=False)
 
-    def drain(self) -> list[Span]:
-        """Finish every bucket (waiting for the neighbours' messages); the spans of this step's
-        buckets (and forget them); raise the step's first failure."""
+    def drain(self) -> Round:
+        """Finish every bucket (waiting for the neighbours' messages); this step's round (and
+        forget it, so the next step starts from nothing); raise the step's first failure."""
         self._advance(wait=True)
-        spans, err = self.spans, self._error
-        self.spans, self._error, self._queue = [], None, deque()
+        done, err = Round(self.spans, self._sent, self._received), self._error
+        self.abandon()
         if err is not None:
-            self.sent = self.received = 0  # the failed step's traffic is not the next one's
             raise err
-        return spans
+        return done
 
     def abandon(self) -> None:
         """A failed step: drop its buckets unfinished."""
         if self._run is not None:
             self._run.close()
         self._run, self._key, self._queue, self.spans, self._error = None, None, deque(), [], None
-        self.sent = self.received = 0
+        self._sent = self._received = 0
 
     def _advance(self, wait: bool) -> None:
         while self._error is None:
@@ -223,7 +231,7 @@ class Progress:
         self._step(None)
 
     def _resume(self, a: np.ndarray) -> None:
-        self.received += a.nbytes
+        self._received += a.nbytes
         self._step(a)
 
     def _step(self, value: np.ndarray | None) -> None:
@@ -231,7 +239,7 @@ class Progress:
         try:
             self._key = self._run.send(value)  # type: ignore[arg-type]
         except StopIteration as end:
-            self.sent += int(end.value or 0)
+            self._sent += int(end.value or 0)
             self._run, self._key = None, None
             self._free_at = time.perf_counter()
             self.spans.append(Span(self._start, self._free_at))

@@ -57,12 +57,11 @@ class GradientReduction:
         prog.finish_grads()  # only parameters no bucket was handed over for are fresh
         for b in (armed or Ready(self._buckets(world))).rest():
             progress.submit(partial(self._bucket_steps, b, reduce))
-        spans = progress.drain()
-        self.bytes_sent += progress.sent
-        self.bytes_received += progress.received
-        progress.sent = progress.received = 0
-        self.busy.allreduce += own_time(spans)
-        self.busy.exposed += exposed_time(spans, self._compute_end)
+        done = progress.drain()
+        self.bytes_sent += done.sent
+        self.bytes_received += done.received
+        self.busy.allreduce += own_time(done.spans)
+        self.busy.exposed += exposed_time(done.spans, self._compute_end)
         self.busy.reductions += 1
 
     def arm_reduce(self, reduce: Reduce, world: int, progress: Progress) -> None:
@@ -70,8 +69,8 @@ class GradientReduction:
         of the step's actions; after it every gradient is final). Each bucket is handed to
         `progress` as soon as that action has written its gradients, in bucket order, and
         the buckets under way advance after each of its kernel calls, while the action goes
-        on with the earlier layers; `reduce_grads` then
-        finishes them. On CUDA nothing is armed: reduce_grads reduces every bucket."""
+        on with the earlier layers; `reduce_grads` then finishes them. On CUDA nothing is
+        armed: reduce_grads reduces every bucket."""
         if self.bk.name != "cpu":
             return
         ready = Ready(self._buckets(world))

@@ -189,20 +189,20 @@ class StageWorker(GradientReduction):
             din = run(mb, g, scale)
             return None if din is None else self.bk.to_host(din)
 
-        din = self._timed(call)
+        din, _ = self._timed(call)
         if din is not None:
             self.bytes_sent += din.nbytes
         return din
 
     def backward_weight(self, mb: int, scale: float = 1.0) -> None:
         """The weight-gradient half of `backward` (W) of micro-batch `mb`, after its I."""
-        self.busy.weight += self._timed(lambda: self.prog.backward_weight(mb, scale), weight=True)
+        _, dt = self._timed(lambda: self.prog.backward_weight(mb, scale))
+        self.busy.weight += dt
 
-    def _timed(self, call: Callable[[], Any], weight: bool = False) -> Any:
-        """Run a backward call (B, I or W); the busy clocks get its compute: its wall and CPU
-        time less what the all-reduce's buckets took inside it, between its kernel calls
-        (`Busy.polled`: the overlap's work, workers/reduction.py). With `weight`, returns the
-        compute's seconds instead of the call's result."""
+    def _timed(self, call: Callable[[], Any]) -> tuple[Any, float]:
+        """Run a backward call (B, I or W); its result and its compute's seconds, which the
+        busy clocks get: its wall and CPU time less what the all-reduce's buckets took inside
+        it, between its kernel calls (`Busy.polled`: the overlap's work, workers/reduction.py)."""
         t, c = time.perf_counter(), time.thread_time()
         p, pc = self._polled, self._polled_cpu
         with np.errstate(all="ignore"):
@@ -215,7 +215,7 @@ class StageWorker(GradientReduction):
         self.busy.backward += dt
         self.busy.compute_cpu += time.thread_time() - c - polled_cpu
         self.busy.polled += polled
-        return dt if weight else out
+        return out, dt
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         """Inference forward of up to max_rows rows (no cache, no loss); a host array copy."""
