@@ -36,13 +36,15 @@ def layer_times(
 ) -> LayerTimes:
     """Each layer's forward, input gradient and weight gradient of one micro-batch at each of
     `rows`, and its update (`optimizer`'s step; SGD if None), each the median of `repeats`
-    after one untimed pass.
+    after one untimed pass (the update's over the passes at every size).
 
     Every layer runs as its own one-layer stage worker in this process, and a pass runs them
     as a step of the whole model does: the forwards in order, each taking the previous one's
     output, then each backward's I and W in reverse, each taking the next one's input
-    cotangent; so what a layer reads is where a step leaves it (its input just written, its
-    weights out of cache since its last action)."""
+    cotangent, then every layer's update in order; so what a layer reads is where a step
+    leaves it (its input just written, its weights and optimizer state out of cache since its
+    last action). An update timed back to back with itself, its buffers still in cache, ran
+    in 3.2 ms where a step's took 4.8-5.9 ms (MLP 784-1024-1024-1024-10, Adam)."""
     plan = make_plan(graph, [1] * len(graph.layers))
     params = init_params(graph, seed, dtype)
     rng = np.random.default_rng(seed)
@@ -70,6 +72,7 @@ def layer_times(
         else rng.standard_normal((top, q)).astype(dtype)
     )
     seconds = []
+    ups: list[list[float]] = [[] for _ in workers]
     for n in rows:
         timed: list[list[list[float]]] = [[[], [], []] for _ in workers]
         for rep in range(repeats + 1):
@@ -88,19 +91,15 @@ def layer_times(
                 if rep:
                     t[1].append(t1 - t0)
                     t[2].append(time.perf_counter() - t1)
+            for w, u in zip(workers, ups, strict=True):
+                t0 = time.perf_counter()
+                w.finish(update=True)
+                if rep:
+                    u.append(time.perf_counter() - t0)
         seconds.append(tuple(tuple(statistics.median(k) for k in t) for t in timed))
-    update = []
-    for w in workers:
-        ups = []
-        for rep in range(repeats + 1):
-            t0 = time.perf_counter()
-            w.finish(update=True)
-            if rep:
-                ups.append(time.perf_counter() - t0)
-        update.append(statistics.median(ups))
     return LayerTimes(
         tuple(graph.layers),
         tuple(rows),
         tuple(seconds),
-        tuple(update),  # type: ignore[arg-type]
+        tuple(statistics.median(u) for u in ups),
     )
