@@ -208,7 +208,9 @@ def test_replicas_train_like_one_stage_with_k_microbatches(ray_session, transpor
         assert dp.share == -(-BATCH // k)  # rows of a replica's share: ceil(B / K)
         assert dp.chunk == -(-dp.share // m)  # rows its micro-batch buffers hold
         if transport == "shm":
-            assert len(_existing(files)) == 2 * k  # one channel (2 files) per replica
+            assert (
+                len(_existing(files)) == 4 * k
+            )  # a ring and a feed channel (2 files each) per replica
         for (xb, yb), want_J, oracle_J in zip(_batches(X, y), want_Js, oracle_Js, strict=True):
             r = dp.step(xb, yb)
             assert rel_err(r.J, want_J.J) < 1e-12 and rel_err(r.J, oracle_J) < 1e-12

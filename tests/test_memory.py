@@ -523,6 +523,9 @@ def test_shm_channel_buffers_are_counted_per_neighbour():
     dp = memory.predict_data_parallel(one, 2, Workload(batch=10), channels=True).stages[0]
     ring = memory.ring_channel_bytes(memory.param_bytes(g, "float32"), 2, 4)
     assert dp.entries()["channel:in0"] == dp.entries()["channel:to_right"] == ("boundary", ring)
+    # and the driver's feed of its share's inputs: 5 rows of the input's width, a minibatch wide
+    feed = memory.channel_bytes(g.inputs[0].shape[-1], 5, 4)
+    assert dp.entries()["channel:feed"] == ("boundary", feed)
     # what a step sends: 2 (N - 1) chunks of ceil(n / N) elements, plus 64 bytes a message for
     # 2 N messages (a margin): 10 float32 by 2 replicas: 2 chunks of 5; 11: of 6; 12 by 3: 4 of 4
     assert memory.ring_channel_bytes(40, 2, 4) == 2 * 5 * 4 + 256

@@ -205,8 +205,8 @@ def predict_data_parallel(
     StageMemory per replica (index = replica; all equal) in a MemoryPrediction whose `batch` is
     the whole minibatch, `microbatches` M (per replica) and `schedule` DATA_PARALLEL; its
     `total` is the sum over the replicas. With `channels` (the ring on shared memory, replicas
-    on one node) each replica also maps the channel from its left neighbour and the one to its
-    right (`ring_channel_bytes` each).
+    on one node, R > 1) each replica also maps the channel from its left neighbour and the one
+    to its right (`ring_channel_bytes` each) and the driver's feed of its micro-batch inputs.
 
     K > 1 stages (the 2-D layout): worker (r, k) holds what `predict` gives stage k at
     ceil(batch / replicas) rows in M micro-batches with `w`'s schedule and recomputation (with
@@ -249,9 +249,9 @@ def predict_data_parallel(
         plan, replace(w, batch=rows, microbatches=m, schedule="1f1b", recompute=False)
     ).stages[0]
     bufs = one.buffers
-    if channels and replicas > 1:
+    if channels and replicas > 1:  # the driver's feed, the ring from the left and to the right
         ring = ring_channel_bytes(param_bytes(plan.graph, dtype), replicas, size)
-        bufs += (
+        bufs += channel_buffers(plan, 0, rows, dtype) + (
             Buffer("channel:in0", "boundary", ring),
             Buffer("channel:to_right", "boundary", ring),
         )

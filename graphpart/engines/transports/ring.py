@@ -148,7 +148,7 @@ class Ring(RayActors):
         links = topology.link(nodes, edges, channels if self.use_channels else _none)
         self.local_pairs, self.channels = links.local, list(links.names)
         feeds: list[ChannelName | None] = [None] * R
-        if self.use_channels and K > 1:  # the driver feeds each stage 0, as on `shm`
+        if self.use_channels and (K > 1 or R > 1):  # the driver feeds each stage 0, as on `shm`
             here = this_node()
             self._feed_dtype = params_dtype(specs[0].params)
             for r in range(R):
