@@ -8,13 +8,16 @@ bubble (K - 1)/(M + K - 1)); the measured bubble is the stages' idle share by wa
 (blocked on a neighbour's tensor, or no step call running), never above the share outside the
 actions' work; a tiny `run` on the test session's Ray returns every figure for
 every engine (push, shm), the prediction with per-call cost is never below the kernels-only
-one, and the report prints a row per configuration. The virtual-stage rows (interleaved 1F1B,
+one, and the report prints a row per configuration; each configuration is followed at once by
+the sgemm rate at its shapes and (default transport) its torch peer, whose figure every row of
+that configuration is paired with. The virtual-stage rows (interleaved 1F1B,
 ZB-V: 2 devices of 2 chunks) have per-virtual-stage times, a measured bubble per device and the
 virtual simulator's step.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import re
@@ -149,6 +152,47 @@ def test_virtual_stage_rows(ray_session):
         assert len(r["resident_growth"]) == 2  # a device's, its chunks in one process
     # the report names a row's chunks a device
     assert [_sched(r) for r in rows[::2]] == ["interleaved (v=2)", "zbv (v=2)"]
+
+
+def test_each_configuration_is_followed_by_its_rate_and_its_torch_peer(ray_session, monkeypatch):
+    """Right after each pipeline configuration (before the next starts): the sgemm rate at its
+    shapes, then, on the default transport, its torch peer; every K=2 row of the same config
+    (either transport) gets its ratio to that peer. Torch itself is stood in for: the pairing
+    is what is tested (the peers' own runs: the torch tests below)."""
+    from graphpart.tools.bench_pipeline import driver
+
+    log: list[tuple[str, str, int]] = []
+    real_costs = driver.add_matmul_costs
+
+    def costs(sizes, batch, dtype, rows):
+        log.extend(("rate", r["schedule"], r["microbatches"]) for r in rows)
+        return real_costs(sizes, batch, dtype, rows)
+
+    def peer(sizes, batch, row, warmup, steps):
+        log.append(("torch", row["schedule"], row["microbatches"]))
+        keys = ("stage_split", "schedule", "microbatches")
+        return {"samples_per_s": 100.0, **{k: row[k] for k in keys}}
+
+    spec = importlib.util.find_spec
+    monkeypatch.setattr(driver, "add_matmul_costs", costs)
+    monkeypatch.setattr(driver, "torch_peer", peer)
+    monkeypatch.setattr(driver, "measure_torch_single", lambda *a: [])
+    monkeypatch.setattr(driver, "run_torch_ddp", lambda *a: {"samples_per_s": 1.0})
+    monkeypatch.setattr(
+        driver.importlib.util, "find_spec", lambda n, *a: object() if n == "torch" else spec(n, *a)
+    )
+    res = bp.run(
+        sizes=(16, 32, 32, 8), batch=16, microbatches=(1, 2), schedules=("1f1b",), warmup=1,
+        steps=2, transfer_n=10, four_stages=False, data_parallel=0, transports=("push", "shm"),
+    )  # fmt: skip
+    # push first, each config then its rate; shm last, each config then its rate and its peer
+    assert log == [
+        ("rate", "1f1b", 1), ("rate", "1f1b", 2),
+        ("rate", "1f1b", 1), ("torch", "1f1b", 1), ("rate", "1f1b", 2), ("torch", "1f1b", 2),
+    ]  # fmt: skip
+    assert [r["engine"] for r in res["pipeline"]] == ["push", "push", "shm", "shm"]
+    for r in res["pipeline"]:
+        assert r["vs_torch"] == pytest.approx(r["samples_per_s"] / 100.0)
 
 
 @pytest.mark.ray

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,27 +37,30 @@ from graphpart.tools.bench_pipeline.virtual_rows import measure_virtual
 SIZES = (784, 1024, 1024, 1024, 10)
 
 
-def measure_torch(
-    sizes: Sequence[int], batch: int, rows: list[dict[str, Any]], warmup: int, steps: int
-) -> list[dict[str, Any]]:
-    """torch.distributed.pipelining on the same model, split, schedules and M as the K=2 rows
-    (its own processes); each K=2 graphpart row gets its samples/s ratio to torch's."""
-    out, by_cfg = [], {}
+def _config(row: Mapping[str, Any]) -> tuple[tuple[int, ...], str, int]:
+    return tuple(row["stage_split"]), row["schedule"], row["microbatches"]
+
+
+def torch_peer(
+    sizes: Sequence[int], batch: int, row: Mapping[str, Any], warmup: int, steps: int
+) -> dict[str, Any] | None:
+    """torch.distributed.pipelining on a K=2 row's model, split, schedule and M, in its own
+    processes; None where the row is not K=2 or torch has no such schedule (ZB-H2)."""
+    split, kind, m = _config(row)
+    if row["stages"] != 2 or kind not in TORCH_SCHEDULES:
+        return None
+    t = run_torch_pipeline(sizes, split, batch, kind, m, warmup, steps, chunks=row.get("chunks", 1))
+    t.update(schedule=kind, microbatches=m, stage_split=list(split))
+    return t
+
+
+def pair_with_torch(rows: list[dict[str, Any]], peers: Sequence[dict[str, Any]]) -> None:
+    """Each K=2 row's samples/s over its torch peer's (the same split, schedule and M)."""
+    by_cfg = {_config(t): t for t in peers}
     for r in rows:
-        cfg = (tuple(r["stage_split"]), r["schedule"], r["microbatches"])
-        if r["stages"] != 2 or cfg in by_cfg or cfg[1] not in TORCH_SCHEDULES:
-            continue  # (torch has no ZB-H2: that row has no torch figure)
-        t = run_torch_pipeline(
-            sizes, cfg[0], batch, cfg[1], cfg[2], warmup, steps, chunks=r.get("chunks", 1)
-        )
-        t.update(schedule=cfg[1], microbatches=cfg[2], stage_split=list(cfg[0]))
-        by_cfg[cfg] = t
-        out.append(t)
-    for r in rows:
-        t = by_cfg.get((tuple(r["stage_split"]), r["schedule"], r["microbatches"]))
+        t = by_cfg.get(_config(r))
         if t is not None and r["stages"] == 2:
             r["vs_torch"] = r["samples_per_s"] / t["samples_per_s"]
-    return out
 
 
 def add_matmul_costs(
@@ -175,31 +178,48 @@ def run(
                 say("bench: torch DistributedDataParallel ...")
                 res["torch_ddp"] = run_torch_ddp(sizes, d["replicas"], batch, warmup, steps)
                 d["vs_torch"] = d["samples_per_s"] / res["torch_ddp"]["samples_per_s"]
-        say(f"bench: K=2 pipelines: M in {list(microbatches)}, schedules {list(schedules)} ...")
+        # Right after each configuration (its workers gone): the one-thread sgemm rate at its
+        # stages' shapes, then, on the default transport, its torch.distributed.pipelining peer
+        # in its own processes. Taken a minute apart, as an earlier version did (all of
+        # graphpart's configurations, then all of torch's, then the rates), a pair's two
+        # figures met different machines: this one's speed drifts by up to 1.4x in a minute.
+        res["matmuls"], peers = {}, []
+
+        def paired(row: dict[str, Any]) -> None:
+            res["matmuls"].update(add_matmul_costs(sizes, batch, dtype, [row]))
+            if torch and row["engine"] == RAY_DEFAULT:
+                t = torch_peer(sizes, batch, row, warmup, steps)
+                if t is not None:
+                    peers.append(t)
+
+        say(
+            f"bench: K=2 pipelines: M in {list(microbatches)}, schedules {list(schedules)}, "
+            "each followed by the sgemm rate at its shapes"
+            + (" and torch.distributed.pipelining's peer (its own processes)" if torch else "")
+            + " ..."
+        )
         res["pipeline"] = measure_pipeline(
             sizes, batch, dtype, microbatches, schedules, warmup, steps, comm,
-            transports=sorted(transports, key=lambda n: n == RAY_DEFAULT),
+            transports=sorted(transports, key=lambda n: n == RAY_DEFAULT), after=paired,
         )  # the default transport last, next to torch's  # fmt: skip
         if any(is_virtual(k) for k in schedules) and len(sizes) - 1 >= 4:
-            say("bench: virtual stages, 2 devices x their chunks, on shm ...")
+            say("bench: virtual stages, 2 devices x their chunks, on shm, paired as above ...")
             res["pipeline"] += measure_virtual(
                 sizes, batch, dtype, schedules, microbatches, warmup, steps, comm[RAY_DEFAULT],
-                transport=RAY_DEFAULT,
+                transport=RAY_DEFAULT, after=paired,
             )  # fmt: skip
         if torch:
-            say("bench: torch.distributed.pipelining, in its own processes ...")
-            res["torch"] = measure_torch(sizes, batch, res["pipeline"], warmup, steps)
+            res["torch"] = peers
+            pair_with_torch(res["pipeline"], peers)
         if four_stages and len(sizes) - 1 >= 4:  # K=4 on the default transport
             say("bench: K=4 pipelines ...")
             res["pipeline"] += measure_pipeline(
                 sizes, batch, dtype, [m for m in microbatches if m >= 4] or [4], ["1f1b"],
-                warmup, steps, comm, stages=4, transports=[RAY_DEFAULT],
+                warmup, steps, comm, stages=4, transports=[RAY_DEFAULT], after=paired,
             )  # fmt: skip
         best1 = max(r["samples_per_s"] for r in res["single"])
         for r in res["pipeline"]:
             r["speedup_vs_best_single"] = r["samples_per_s"] / best1
-        say("bench: one-thread sgemm at each stage's shapes ...")
-        res["matmuls"] = add_matmul_costs(sizes, batch, dtype, res["pipeline"])
         with threadpool_limits(1):  # the projection's premise: one BLAS thread a stage
             layer_s = measured_costs(mlp(list(sizes), bias=True), microbatch_rows(batch, 8), dtype)
         share = [f / (f + b) for f, b in layer_flops(mlp(list(sizes), bias=True)).values()]

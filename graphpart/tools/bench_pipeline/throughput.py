@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -131,10 +131,12 @@ def measure_pipeline(
     comm_s: dict[str, float],
     stages: int = 2,
     transports: Sequence[str] = RAY_TRANSPORTS,
+    after: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """A K-stage pipeline on each Ray transport, each (schedule, M) measured and compared
     with the simulator fed the stage times measured in the same window: the work inside each
-    call alone ('kernels'), and that plus each stage's per-call cost."""
+    call alone ('kernels'), and that plus each stage's per-call cost. `after(row)` runs right
+    after each configuration, its workers gone (the driver times its peer and rates there)."""
     g, params, X, y, opt = _problem(sizes, batch, dtype)
     plan = partition(g, stages, "balanced")
     rows = []
@@ -194,6 +196,8 @@ def measure_pipeline(
                     }
                     row["target_met"] = row["throughput_ratio"] >= TARGET_RATIO
                     rows.append(row)
+                if after is not None:
+                    after(row)
     return rows
 
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from graphpart.engines import Engine
@@ -30,6 +30,7 @@ def measure_virtual(
     comm_s: float,
     devices: int = 2,
     transport: str = "shm",
+    after: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Each virtual schedule of `kinds` (others are skipped) at each M on `devices` devices,
     the model cut into devices x chunks virtual stages ("balanced"). A row has the pipeline
@@ -38,7 +39,7 @@ def measure_virtual(
     idle share, `idle_share`) and the share it was not inside an action's work; and the
     simulator's step fed those times and the hop
     (`predicted_step_s`: the work inside the calls only, no per-call cost: none is
-    calibrated for a device holding several stages)."""
+    calibrated for a device holding several stages). `after(row)` as measure_pipeline's."""
     g, params, X, y, opt = _problem(sizes, batch, dtype)
     rows = []
     for kind in (k for k in kinds if is_virtual(k)):
@@ -88,4 +89,6 @@ def measure_virtual(
                 }
                 row["target_met"] = row["throughput_ratio"] >= TARGET_RATIO
                 rows.append(row)
+            if after is not None:
+                after(row)
     return rows
