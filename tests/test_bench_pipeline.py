@@ -156,8 +156,9 @@ def test_virtual_stage_rows(ray_session):
 
 def test_each_configuration_is_followed_by_its_rate_and_its_torch_peer(ray_session, monkeypatch):
     """Right after each pipeline configuration (before the next starts): the sgemm rate at its
-    shapes, then, on the default transport, its torch peer; every K=2 row of the same config
-    (either transport) gets its ratio to that peer. Torch itself is stood in for: the pairing
+    shapes, then, on the default transport, its torch peer twice and itself again (A B B A,
+    each side its better block); every K=2 row of the same config (either transport) gets its
+    ratio to that peer. Torch itself is stood in for: the pairing
     is what is tested (the peers' own runs: the torch tests below)."""
     from graphpart.tools.bench_pipeline import driver
 
@@ -171,12 +172,13 @@ def test_each_configuration_is_followed_by_its_rate_and_its_torch_peer(ray_sessi
     def peer(sizes, batch, row, warmup, steps):
         log.append(("torch", row["schedule"], row["microbatches"]))
         keys = ("stage_split", "schedule", "microbatches")
-        return {"samples_per_s": 100.0, **{k: row[k] for k in keys}}
+        return {"samples_per_s": 100.0, "step_s_median": 0.16, **{k: row[k] for k in keys}}
 
     spec = importlib.util.find_spec
     monkeypatch.setattr(driver, "add_matmul_costs", costs)
     monkeypatch.setattr(driver, "torch_peer", peer)
-    monkeypatch.setattr(driver, "measure_torch_single", lambda *a: [])
+    one = {"samples_per_s": 50.0, "step_s_median": 0.3}
+    monkeypatch.setattr(driver, "measure_torch_single", lambda s, b, rows, *a: [one for _ in rows])
     monkeypatch.setattr(driver, "run_torch_ddp", lambda *a: {"samples_per_s": 1.0})
     monkeypatch.setattr(
         driver.importlib.util, "find_spec", lambda n, *a: object() if n == "torch" else spec(n, *a)
@@ -185,14 +187,23 @@ def test_each_configuration_is_followed_by_its_rate_and_its_torch_peer(ray_sessi
         sizes=(16, 32, 32, 8), batch=16, microbatches=(1, 2), schedules=("1f1b",), warmup=1,
         steps=2, transfer_n=10, four_stages=False, data_parallel=0, transports=("push", "shm"),
     )  # fmt: skip
-    # push first, each config then its rate; shm last, each config then its rate and its peer
-    assert log == [
-        ("rate", "1f1b", 1), ("rate", "1f1b", 2),
-        ("rate", "1f1b", 1), ("torch", "1f1b", 1), ("rate", "1f1b", 2), ("torch", "1f1b", 2),
-    ]  # fmt: skip
+    # push first, each config then its rate; shm last, each config then its rate, its peer
+    # twice and itself again (A B B A), the rate taken again where that second block is kept
+    want = [("rate", "1f1b", 1), ("rate", "1f1b", 2)]
+    for r in res["pipeline"][2:]:
+        m = r["microbatches"]
+        want += [("rate", "1f1b", m), ("torch", "1f1b", m), ("torch", "1f1b", m)]
+        a1, a2 = r["block_step_ms"]
+        if a2 < a1:
+            want.append(("rate", "1f1b", m))
+        assert r["step_s_median"] * 1e3 == pytest.approx(min(a1, a2))  # the better block
+    assert log == want
     assert [r["engine"] for r in res["pipeline"]] == ["push", "push", "shm", "shm"]
     for r in res["pipeline"]:
         assert r["vs_torch"] == pytest.approx(r["samples_per_s"] / 100.0)
+    for r in res["single"]:  # one process: its better block of two, against the peer's
+        assert len(r["block_step_ms"]) == 2
+        assert r["vs_torch"] == pytest.approx(r["samples_per_s"] / 50.0)
 
 
 @pytest.mark.ray

@@ -22,6 +22,11 @@ def format_report(res: dict[str, Any]) -> str:
         f"(b) MLP {'-'.join(map(str, m['sizes']))}, batch {m['batch']}, {m['dtype']}, "
         "adam; samples/s from the median step:",
     ]
+    if "torch_skipped" not in res:
+        lines.append(
+            "  each pair with a torch peer ran graphpart, the peer, the peer, graphpart (A B B A),"
+            " back to back; each side's figure is its better block of the two"
+        )
     mm = res.get("matmuls", {})
     if mm:
         lines.append(
