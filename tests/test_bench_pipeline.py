@@ -197,6 +197,7 @@ def test_each_configuration_is_followed_by_its_rate_and_its_torch_peer(ray_sessi
         if a2 < a1:
             want.append(("rate", "1f1b", m))
         assert r["step_s_median"] * 1e3 == pytest.approx(min(a1, a2))  # the better block
+        assert r["other_block"]["step_s_median"] * 1e3 == pytest.approx(max(a1, a2))
     assert log == want
     assert [r["engine"] for r in res["pipeline"]] == ["push", "push", "shm", "shm"]
     for r in res["pipeline"]:

@@ -101,13 +101,21 @@ def add_matmul_costs(
     return {k[0]: v for k, v in by_rows.items()}
 
 
+KEPT_OF_OTHER = ("step_s_median", "allreduce_ms", "exposed_ms", "polled_ms", "measured_bubble")
+
+
 def better(a: Any, b: Any) -> Any:
     """Of two blocks of the same figure (a row, or a list of rows), the one whose median step
-    was shorter, row by row, with both blocks' medians beside it (`block_step_ms`)."""
+    was shorter, row by row, with both blocks' medians beside it (`block_step_ms`) and the
+    other block's own figures of KEPT_OF_OTHER (`other_block`)."""
     if isinstance(a, list):
         return [better(x, y) for x, y in zip(a, b, strict=True)]
-    best = a if a["step_s_median"] <= b["step_s_median"] else b
-    return {**best, "block_step_ms": [r["step_s_median"] * 1e3 for r in (a, b)]}
+    best, other = (a, b) if a["step_s_median"] <= b["step_s_median"] else (b, a)
+    return {
+        **best,
+        "block_step_ms": [r["step_s_median"] * 1e3 for r in (a, b)],
+        "other_block": {k: other[k] for k in KEPT_OF_OTHER if k in other},
+    }
 
 
 def measure_torch_single(sizes: Sequence[int], batch: int, rows: list[dict[str, Any]],
@@ -223,12 +231,10 @@ def run(
             peers.append(better(t, torch_peer(sizes, batch, row, warmup, steps)))
             again = measure_again(row)
             if again["step_s_median"] < row["step_s_median"]:  # its rate was taken after A1
-                again["block_step_ms"] = [row["step_s_median"] * 1e3, again["step_s_median"] * 1e3]
                 res["matmuls"].update(add_matmul_costs(sizes, batch, dtype, [again]))
-                row.clear()
-                row.update(again)
-            else:
-                row["block_step_ms"] = [row["step_s_median"] * 1e3, again["step_s_median"] * 1e3]
+            kept = better(row, again)
+            row.clear()
+            row.update(kept)
 
         def measure_again(row: dict[str, Any]) -> dict[str, Any]:
             """The row's configuration once more, on a fresh engine (the pair's second A)."""
