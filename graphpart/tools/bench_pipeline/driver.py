@@ -185,7 +185,7 @@ def run(
         # each side keeps its better block of the two: a drift over the four falls on both
         # sides alike, and a burst of host contention (this machine's vCPUs lose a third of
         # their speed for a second at times: a replica's CPU time a step 49.5 ms in one block
-        # against 31-34 in the others) costs one block of one side, not the pair.
+        # against 28-34 in the others) costs one block of one side, not the pair.
         say("bench: one process" + (", then torch in one process, twice each" if torch else ""))
         res["single"] = measure_single(sizes, batch, dtype, warmup, steps)
         if torch:
