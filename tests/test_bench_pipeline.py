@@ -184,13 +184,13 @@ def test_each_configuration_is_followed_by_its_rate_and_its_torch_peer(ray_sessi
         driver.importlib.util, "find_spec", lambda n, *a: object() if n == "torch" else spec(n, *a)
     )
     res = bp.run(
-        sizes=(16, 32, 32, 8), batch=16, microbatches=(1, 2), schedules=("1f1b",), warmup=1,
+        sizes=(16, 32, 32, 8), batch=16, microbatches=(2,), schedules=("1f1b",), warmup=1,
         steps=2, transfer_n=10, four_stages=False, data_parallel=0, transports=("push", "shm"),
     )  # fmt: skip
     # push first, each config then its rate; shm last, each config then its rate, its peer
     # twice and itself again (A B B A), the rate taken again where that second block is kept
-    want = [("rate", "1f1b", 1), ("rate", "1f1b", 2)]
-    for r in res["pipeline"][2:]:
+    want = [("rate", "1f1b", 2)]
+    for r in res["pipeline"][1:]:
         m = r["microbatches"]
         want += [("rate", "1f1b", m), ("torch", "1f1b", m), ("torch", "1f1b", m)]
         a1, a2 = r["block_step_ms"]
@@ -199,7 +199,7 @@ def test_each_configuration_is_followed_by_its_rate_and_its_torch_peer(ray_sessi
         assert r["step_s_median"] * 1e3 == pytest.approx(min(a1, a2))  # the better block
         assert r["other_block"]["step_s_median"] * 1e3 == pytest.approx(max(a1, a2))
     assert log == want
-    assert [r["engine"] for r in res["pipeline"]] == ["push", "push", "shm", "shm"]
+    assert [r["engine"] for r in res["pipeline"]] == ["push", "shm"]
     for r in res["pipeline"]:
         assert r["vs_torch"] == pytest.approx(r["samples_per_s"] / 100.0)
     for r in res["single"]:  # one process: its better block of two, against the peer's
