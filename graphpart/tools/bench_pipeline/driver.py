@@ -58,8 +58,8 @@ def pair_with_torch(rows: list[dict[str, Any]], peers: Sequence[dict[str, Any]])
     """Each K=2 row's samples/s over its torch peer's (the same split, schedule and M)."""
     by_cfg = {_config(t): t for t in peers}
     for r in rows:
-        t = by_cfg.get(_config(r))
-        if t is not None and r["stages"] == 2:
+        t = by_cfg.get(_config(r))  # the split's length tells K=2 from K=4
+        if t is not None:
             r["vs_torch"] = r["samples_per_s"] / t["samples_per_s"]
 
 
@@ -101,6 +101,11 @@ def add_matmul_costs(
     return {k[0]: v for k, v in by_rows.items()}
 
 
+def _second_faster(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether block b's median step was shorter than block a's (a tie keeps a)."""
+    return b["step_s_median"] < a["step_s_median"]
+
+
 KEPT_OF_OTHER = ("step_s_median", "allreduce_ms", "exposed_ms", "polled_ms", "measured_bubble")
 
 
@@ -110,7 +115,7 @@ def better(a: Any, b: Any) -> Any:
     other block's own figures of KEPT_OF_OTHER (`other_block`)."""
     if isinstance(a, list):
         return [better(x, y) for x, y in zip(a, b, strict=True)]
-    best, other = (a, b) if a["step_s_median"] <= b["step_s_median"] else (b, a)
+    best, other = (b, a) if _second_faster(a, b) else (a, b)
     return {
         **best,
         "block_step_ms": [r["step_s_median"] * 1e3 for r in (a, b)],
@@ -230,7 +235,7 @@ def run(
                 return
             peers.append(better(t, torch_peer(sizes, batch, row, warmup, steps)))
             again = measure_again(row)
-            if again["step_s_median"] < row["step_s_median"]:  # its rate was taken after A1
+            if _second_faster(row, again):  # kept: its rate, taken right after it too
                 res["matmuls"].update(add_matmul_costs(sizes, batch, dtype, [again]))
             kept = better(row, again)
             row.clear()
