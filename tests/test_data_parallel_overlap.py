@@ -72,7 +72,7 @@ def _train(R: int, M: int, overlap: bool, split: bool, seed: int = 3):
     ]
     inboxes = [Inbox() for _ in range(R)]
     comms = [_progress(ib) for ib in inboxes]
-    early = [0] * R  # buckets handed over before the backward's end
+    early = [0] * R  # buckets handed over before the backward's last call returned
     for step in range(1, STEPS + 1):
         xb, yb = X[(step - 1) * BATCH : step * BATCH], y[(step - 1) * BATCH : step * BATCH]
         errors: list[BaseException] = []
@@ -96,7 +96,8 @@ def _train(R: int, M: int, overlap: bool, split: bool, seed: int = 3):
                         w.backward_weight(m, 1.0 / BATCH)
                     else:
                         w.backward(m, None, 1.0 / BATCH)
-                early[r] += sum(t < w._compute_end for t in comms[r].handed)
+                returned = time.perf_counter()  # the backward's last call has returned
+                early[r] += sum(t < returned for t in comms[r].handed)
                 w.reduce_grads(reduce, R, comms[r])
                 comms[r].handed.clear()
                 w.finish(True)
