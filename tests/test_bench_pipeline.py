@@ -123,7 +123,11 @@ def test_tiny_run_returns_every_figure(ray_session):
     dp = res["data_parallel"]  # graphpart's data parallelism beside the pipelines
     assert dp["replicas"] == 2 and dp["samples_per_s"] > 0 and dp["sgemm_gflops"] > 0
     assert len(dp["allreduce_ms"]) == 2 and all(t > 0 for t in dp["allreduce_ms"])
-    assert "all-reduce " in report
+    # the communication after the last replica's backward: within the replicas' waits
+    assert 0 <= dp["critical_exposed_ms"] <= sum(dp["exposed_ms"]) + 1e-9
+    assert 0 < dp["critical_own_ms"] <= sum(dp["allreduce_ms"]) + 1e-9
+    assert dp["replica_wait_ms"] >= 0
+    assert "all-reduce " in report and "after the last replica's backward" in report
     assert all(r["sgemm_gflops"] > 0 for r in res["single"])
     assert "data parallel, 2 replicas" in report and "torch DDP: not measured" in report
     proj = res["projection"]["rows"]

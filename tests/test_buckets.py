@@ -10,9 +10,10 @@ Ready hands out buckets in order, each once all its parameters are final. Progre
 buckets' steps in order on the caller's thread, each as far as its messages have come at a
 poll, skips a step's later buckets after a failure and raises it from drain; the spans it
 reports make exposed_time <= own_time when everything was handed over before the compute's
-end. Program.grad_hook is told after each call of a backward (B, or W) the parameters
-whose gradient it wrote for the last time, each once, and a hooked B (the graph's order)
-gives the plain B's gradients bit for bit.
+end; critical_path sets the replicas' marks side by side, a step's exposed communication
+counted from its latest compute end. Program.grad_hook is told after each call of a backward
+(B, or W) the parameters whose gradient it wrote for the last time, each once, and a hooked B
+(the graph's order) gives the plain B's gradients bit for bit.
 """
 
 from __future__ import annotations
@@ -24,9 +25,18 @@ import pytest
 from conftest import mlp_problem
 
 from graphpart.plan.memory import ring_channel_bytes
-from workers.buckets import Progress, Ready, Span, exposed_time, own_time, plan_buckets
+from workers.buckets import (
+    Progress,
+    Ready,
+    Span,
+    critical_path,
+    exposed_time,
+    own_time,
+    plan_buckets,
+)
 from workers.program import Program
 from workers.ring import ring_chunks
+from workers.stats import ReduceMark
 
 LAYERS = [("W4", 40, 4), ("b4", 10, 4), ("W3", 300, 3), ("b3", 30, 3), ("W2", 90, 2)]
 
@@ -174,6 +184,24 @@ def test_exposed_is_what_outlasts_the_compute():
     compute_end = time.perf_counter()
     spans = p.drain().spans
     assert 0.0 < exposed_time(spans, compute_end) <= own_time(spans)
+
+
+def test_critical_path_splits_a_replicas_wait_from_the_communication_after_the_last():
+    """critical_path: per step, the communication after the latest compute end (on the
+    replica that had it, with its own time) and the wait from the first compute end to the
+    last; the replica that ends last may change from step to step; marks of different lengths
+    are refused, naming them."""
+    r0 = [ReduceMark(10.0, 13.0, 2.5), ReduceMark(20.0, 21.0, 1.5)]
+    r1 = [ReduceMark(12.0, 13.2, 1.0), ReduceMark(19.0, 21.25, 2.0)]
+    c = critical_path([r0, r1])
+    assert c.steps == 2
+    assert c.exposed == pytest.approx(1.2 + 1.25)  # 13.2 - 12, then 21.25 - 20
+    assert c.own == pytest.approx(1.0 + 1.5)  # replica 1's, then replica 0's
+    assert c.wait == pytest.approx(2.0 + 1.0)
+    # a step whose buckets all ended before the last compute end exposed nothing
+    assert critical_path([[ReduceMark(5.0, 4.0, 1.0)], [ReduceMark(3.0, 4.0, 1.0)]]).exposed == 0
+    with pytest.raises(ValueError, match=r"different steps: \[1, 2\]"):
+        critical_path([r0, r0[:1]])
 
 
 @pytest.mark.parametrize("split", [False, True])

@@ -30,7 +30,7 @@ from graphpart.errors import StageFailure
 from graphpart.optim import make_optimizer
 from graphpart.plan.batching import split_batch
 from graphpart.plan.partition import partition
-from workers.buckets import Progress
+from workers.buckets import Progress, critical_path
 from workers.push import Inbox, NeighbourFailed
 from workers.ring import ring_steps
 from workers.stage import StageWorker
@@ -145,6 +145,13 @@ def test_overlap_is_bit_identical_and_equals_the_oracle(R, M, split):
     for w in on:
         assert w.busy.reductions == STEPS
         assert 0.0 <= w.busy.exposed <= w.busy.allreduce
+        # a mark a step, whose own times add up to Busy.allreduce
+        marks = w.stats().reduce_marks
+        assert len(marks) == STEPS and all(m.compute_end <= m.end for m in marks)
+        assert sum(m.own for m in marks) == pytest.approx(w.busy.allreduce)
+    crit = critical_path([w.stats().reduce_marks for w in on])
+    # after the last compute, at most what the replicas waited for together
+    assert crit.steps == STEPS and 0.0 <= crit.exposed <= sum(w.busy.exposed for w in on)
     for w in off:
         assert w.busy.reductions == STEPS
         assert w.busy.allreduce <= w.busy.exposed <= w.busy.allreduce + 0.05

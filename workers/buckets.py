@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from workers.push import Key
+from workers.stats import ReduceMark
 
 Steps = Generator[Key, np.ndarray, int]  # a bucket's ring (workers/ring.ring_steps)
 
@@ -254,3 +255,33 @@ def exposed_time(spans: Sequence[Span], compute_end: float) -> float:
     """What the step waited for after its last backward compute: from `compute_end` to the
     end of the last bucket (0 when every bucket was done before)."""
     return max(0.0, max((s.end for s in spans), default=compute_end) - compute_end)
+
+
+@dataclass(frozen=True)
+class CriticalPath:
+    """Steps of data parallelism on the replicas' clocks side by side (seconds, summed over the
+    steps): `exposed`, the communication after the last replica's backward compute ended,
+    which no replica could hide; `own`, the all-reduce's own time on that replica; `wait`,
+    the time from the first replica's compute end to the last's (the faster replicas' wait
+    for the slowest, which a replica's own `Busy.exposed` also counts)."""
+
+    exposed: float
+    own: float
+    wait: float
+    steps: int
+
+
+def critical_path(marks: Sequence[Sequence[ReduceMark]]) -> CriticalPath:
+    """The replicas' ReduceMarks (each replica's in step order, the same steps) set side by
+    side, step by step: a step's exposed communication counts from the latest compute end,
+    on the replica that had it."""
+    steps = {len(m) for m in marks}
+    if len(steps) != 1:
+        raise ValueError(f"replicas' marks cover different steps: {sorted(steps)}")
+    exposed = own = wait = 0.0
+    for step in zip(*marks, strict=True):
+        last = max(step, key=lambda m: m.compute_end)
+        exposed += max(0.0, max(m.end for m in step) - last.compute_end)
+        own += last.own
+        wait += last.compute_end - min(m.compute_end for m in step)
+    return CriticalPath(exposed, own, wait, steps.pop())

@@ -4,6 +4,7 @@ by bucket, after the backward or overlapping it (workers/buckets.py)."""
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -11,6 +12,9 @@ from typing import Any
 import numpy as np
 
 from workers.buckets import Bucket, Progress, Ready, Steps, exposed_time, own_time, plan_buckets
+from workers.stats import ReduceMark
+
+MARKS_KEPT = 1024  # steps whose ReduceMark a worker keeps (StageStats.reduce_marks)
 
 # (a bucket's part of the flat all-reduce buffer, the bucket's index) -> its ring's steps
 # (workers/ring.ring_steps: the keys it waits for; it returns the bytes it sent)
@@ -35,6 +39,7 @@ class GradientReduction:
     _polled: float
     _polled_cpu: float
     _last_poll: float
+    reduce_marks: deque[ReduceMark]
 
     def reduce_grads(self, reduce: Reduce, world: int, progress: Progress) -> None:
         """Data parallelism: replace this step's gradients by their sum over the `world`
@@ -48,7 +53,9 @@ class GradientReduction:
         between the last backward and `finish`, which adds the regulariser's gradient once,
         after the sum, identically on every replica. Busy.allreduce gains the buckets' own
         time, Busy.exposed what the step waited for after its last backward compute
-        (workers/buckets.py's spans).
+        (workers/buckets.py's spans), and `reduce_marks` the step's ReduceMark, which the
+        replicas' marks set side by side split into the wait for the slowest replica and the
+        communication after it (workers/buckets.critical_path).
         """
         prog = self.prog
         armed, self._armed = self._armed, None
@@ -60,9 +67,12 @@ class GradientReduction:
         done = progress.drain()
         self.bytes_sent += done.sent
         self.bytes_received += done.received
-        self.busy.allreduce += own_time(done.spans)
+        own = own_time(done.spans)
+        self.busy.allreduce += own
         self.busy.exposed += exposed_time(done.spans, self._compute_end)
         self.busy.reductions += 1
+        end = max((s.end for s in done.spans), default=self._compute_end)
+        self.reduce_marks.append(ReduceMark(self._compute_end, end, own))
 
     def arm_reduce(self, reduce: Reduce, world: int, progress: Progress) -> None:
         """Overlap: call right before this step's last weight-gradient action (the last B or W

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -25,8 +26,8 @@ from workers.buckets import (
 from workers.hwm import read_hwm, read_rss_parts, reset_hwm
 from workers.ledger import Ledger
 from workers.program import Program
-from workers.reduction import GradientReduction
-from workers.stats import Busy, DeviceMemory, Finish, Rss, StageStats
+from workers.reduction import MARKS_KEPT, GradientReduction
+from workers.stats import Busy, DeviceMemory, Finish, ReduceMark, Rss, StageStats
 from workers.warmup import warm_up
 
 
@@ -148,6 +149,7 @@ class StageWorker(GradientReduction):
         self._compute_end = 0.0  # when the last backward or W call ended (perf_counter)
         self._polled = self._polled_cpu = 0.0  # seconds the buckets advanced in the backward
         self._last_poll = 0.0  # the length of the last advance
+        self.reduce_marks: deque[ReduceMark] = deque(maxlen=MARKS_KEPT)
         self.pid = os.getpid()
 
     # -- one micro-batch ------------------------------------------------------------------------
@@ -343,6 +345,7 @@ class StageWorker(GradientReduction):
             rss=self.rss(),
             device_memory=self._device_memory(),
             traced=traced.read(),
+            reduce_marks=tuple(self.reduce_marks),
         )
 
     def _device_memory(self) -> DeviceMemory | None:

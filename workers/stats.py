@@ -64,6 +64,17 @@ class Busy:
 
 
 @dataclass(frozen=True)
+class ReduceMark:
+    """One step's all-reduce on one replica (perf_counter seconds: system-wide on Linux, so
+    the replicas of one machine compare): when its last backward compute ended, when its last
+    bucket ended, and the buckets' own time (`Busy.allreduce`'s part of that step)."""
+
+    compute_end: float
+    end: float
+    own: float
+
+
+@dataclass(frozen=True)
 class LedgerSnapshot:
     """Bytes a worker holds by category: now, at the peak, and every entry by name."""
 
@@ -143,6 +154,7 @@ class StageStats:
     rss: Rss
     device_memory: DeviceMemory | None = None
     traced: Traced | None = None  # when profiling (keep_events)
+    reduce_marks: tuple[ReduceMark, ...] = ()  # data parallelism: the last steps' all-reduces
 
 
 def by_process(stats: Sequence[StageStats]) -> dict[int, list[StageStats]]:

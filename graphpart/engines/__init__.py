@@ -15,6 +15,7 @@ from graphpart.engines.trainable import Trainable
 from graphpart.engines.transports import TRANSPORTS, removed_note
 from graphpart.engines.transports.ring import PLACEMENTS as DP_PLACEMENTS
 from workers.backends import DEVICES, check_device
+from workers.buckets import critical_path
 from workers.channels import Channel, ChannelInbox, ChannelName
 from workers.channels import unlink as unlink_channel
 from workers.hwm import read_hwm, reset_hwm
@@ -25,6 +26,7 @@ from workers.stats import Rss, StageStats, by_process
 
 __all__ = [
     "Channel",
+    "critical_path",
     "blas_providers",
     "describe_blas",
     "ChannelInbox",

@@ -106,7 +106,16 @@ def _second_faster(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return b["step_s_median"] < a["step_s_median"]
 
 
-KEPT_OF_OTHER = ("step_s_median", "allreduce_ms", "exposed_ms", "polled_ms", "measured_bubble")
+KEPT_OF_OTHER = (
+    "step_s_median",
+    "allreduce_ms",
+    "exposed_ms",
+    "polled_ms",
+    "critical_exposed_ms",
+    "critical_own_ms",
+    "replica_wait_ms",
+    "measured_bubble",
+)
 
 
 def better(a: Any, b: Any) -> Any:

@@ -62,7 +62,13 @@ def format_report(res: dict[str, Any]) -> str:
             f"sgemm on one thread at a replica's shapes {d['sgemm_gflops']:.0f} GFLOP/s; "
             f"all-reduce {' | '.join(f'{t:.1f}' for t in d.get('allreduce_ms', []))} ms/step, "
             f"exposed {' | '.join(f'{t:.1f}' for t in d.get('exposed_ms', []))}, "
-            f"inside the backward {' | '.join(f'{t:.1f}' for t in d.get('polled_ms', []))})"
+            f"inside the backward {' | '.join(f'{t:.1f}' for t in d.get('polled_ms', []))}"
+            + (
+                f"; after the last replica's backward {d['critical_exposed_ms']:.1f} of its "
+                f"{d['critical_own_ms']:.1f}, the others' wait for it {d['replica_wait_ms']:.1f})"
+                if "critical_exposed_ms" in d
+                else ")"
+            )
             + (
                 f"; torch DDP (gloo, {tp['ranks']} processes) {tp['samples_per_s']:.0f} "
                 f"samples/s ({tp['step_s_median'] * 1e3:.1f} ms/step): {d['vs_torch']:.2f}x torch"

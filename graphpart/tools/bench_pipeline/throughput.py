@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from graphpart.engines import DataParallel, Engine, Rss, by_process
+from graphpart.engines import DataParallel, Engine, Rss, by_process, critical_path
 from graphpart.ir import mlp
 from graphpart.optim import make_optimizer
 from graphpart.params import Init
@@ -117,6 +117,12 @@ def _time_steps(engine: Any, X: np.ndarray, y: np.ndarray, warmup: int, steps: i
             }
             for a, b in zip(after, before, strict=True)
         ]
+        # data parallelism: each worker's all-reduce of every timed step (workers/stats.py)
+        timed = [a.busy.reductions - b.busy.reductions for a, b in zip(after, before, strict=True)]
+        if any(timed):
+            out["reduce_marks"] = [
+                a.reduce_marks[len(a.reduce_marks) - n :] for a, n in zip(after, timed, strict=True)
+            ]
     return out
 
 
@@ -233,6 +239,12 @@ def measure_data_parallel(
     r["allreduce_ms"] = [b["allreduce"] / steps * 1e3 for b in busy]
     r["exposed_ms"] = [b["exposed"] / steps * 1e3 for b in busy]
     r["polled_ms"] = [b["polled"] / steps * 1e3 for b in busy]
+    # the same steps on the replicas' clocks side by side: the communication after the last
+    # replica's backward (what no overlap on it hid), and the others' wait for that replica
+    crit = critical_path(r.pop("reduce_marks"))
+    r["critical_exposed_ms"] = crit.exposed / crit.steps * 1e3
+    r["critical_own_ms"] = crit.own / crit.steps * 1e3
+    r["replica_wait_ms"] = crit.wait / crit.steps * 1e3
     r["sgemm_gflops"] = whole_model_rate(sizes, microbatch_rows(batch, replicas), dtype)
     return {"engine": "data-parallel", "replicas": replicas, **r}
 
