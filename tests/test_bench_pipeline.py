@@ -12,7 +12,10 @@ one, and the report prints a row per configuration; each configuration is follow
 the sgemm rate at its shapes and (default transport) its torch peer, whose figure every row of
 that configuration is paired with. The virtual-stage rows (interleaved 1F1B,
 ZB-V: 2 devices of 2 chunks) have per-virtual-stage times, a measured bubble per device and the
-virtual simulator's step.
+virtual simulator's step. The data-parallel row has, overlap on and (same workers) off, each
+replica's all-reduce figures and the replicas' critical path (the communication after the
+last replica's backward, within what the replicas waited for), and the share of the
+unhidden all-reduce the overlap left exposed.
 """
 
 from __future__ import annotations
@@ -127,7 +130,13 @@ def test_tiny_run_returns_every_figure(ray_session):
     assert 0 <= dp["critical_exposed_ms"] <= sum(dp["exposed_ms"]) + 1e-9
     assert 0 < dp["critical_own_ms"] <= sum(dp["allreduce_ms"]) + 1e-9
     assert dp["replica_wait_ms"] >= 0
-    assert "all-reduce " in report and "after the last replica's backward" in report
+    # the same workers with the all-reduce after the backward: all of it after the last one
+    off = dp["overlap_off"]
+    assert off["step_s_median"] > 0 and off["critical_exposed_ms"] > 0
+    assert dp["exposed_of_unhidden"] == pytest.approx(
+        dp["critical_exposed_ms"] / off["critical_exposed_ms"]
+    )
+    assert "all-reduce " in report and "left exposed" in report
     assert all(r["sgemm_gflops"] > 0 for r in res["single"])
     assert "data parallel, 2 replicas" in report and "torch DDP: not measured" in report
     proj = res["projection"]["rows"]

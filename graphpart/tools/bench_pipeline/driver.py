@@ -114,6 +114,8 @@ KEPT_OF_OTHER = (
     "critical_exposed_ms",
     "critical_own_ms",
     "replica_wait_ms",
+    "overlap_off",
+    "exposed_of_unhidden",
     "measured_bubble",
 )
 

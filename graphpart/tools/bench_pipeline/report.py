@@ -65,8 +65,11 @@ def format_report(res: dict[str, Any]) -> str:
             f"inside the backward {' | '.join(f'{t:.1f}' for t in d.get('polled_ms', []))}"
             + (
                 f"; after the last replica's backward {d['critical_exposed_ms']:.1f} of its "
-                f"{d['critical_own_ms']:.1f}, the others' wait for it {d['replica_wait_ms']:.1f})"
-                if "critical_exposed_ms" in d
+                f"{d['critical_own_ms']:.1f}, the others' wait for it {d['replica_wait_ms']:.1f}; "
+                f"overlap off: {d['overlap_off']['step_s_median'] * 1e3:.1f} ms/step, "
+                f"{d['overlap_off']['critical_exposed_ms']:.1f} after the last backward, so "
+                f"{d['exposed_of_unhidden']:.0%} of it left exposed)"
+                if "overlap_off" in d
                 else ")"
             )
             + (

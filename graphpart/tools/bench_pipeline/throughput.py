@@ -229,24 +229,47 @@ def measure_data_parallel(
     sizes: Sequence[int], batch: int, dtype: str, replicas: int, warmup: int, steps: int
 ) -> dict[str, Any]:
     """`replicas` whole-model replicas on Ray, each on batch/replicas rows, gradients
-    ring-all-reduced over shared-memory channels every step (graphpart's data parallelism)."""
+    ring-all-reduced over shared-memory channels every step (graphpart's data parallelism),
+    with the all-reduce overlapping the backward (the default), then, on the same workers,
+    after it (`overlap_off`): what the overlap left exposed against what the all-reduce
+    costs a step when nothing hides it (`exposed_of_unhidden`)."""
     g, params, X, y, opt = _problem(sizes, batch, dtype)
     with DataParallel(partition(g, 1), params, opt, replicas=replicas, max_rows=batch) as eng:
-        r = _time_steps(eng, X, y, warmup, steps)
-    # each replica's all-reduce a step, over the timed steps: its own time, and the part the
-    # step waited for after the backward (the rest overlapped it)
+        r = _allreduce_figures(_time_steps(eng, X, y, warmup, steps), steps)
+        eng.set_overlap(False)
+        off = _allreduce_figures(_time_steps(eng, X, y, warmup, steps), steps)
+    r["overlap_off"] = {k: off[k] for k in ALLREDUCE_FIGURES}
+    r["exposed_of_unhidden"] = r["critical_exposed_ms"] / max(off["critical_exposed_ms"], 1e-9)
+    r["sgemm_gflops"] = whole_model_rate(sizes, microbatch_rows(batch, replicas), dtype)
+    return {"engine": "data-parallel", "replicas": replicas, **r}
+
+
+ALLREDUCE_FIGURES = (
+    "step_s_median",
+    "allreduce_ms",
+    "exposed_ms",
+    "polled_ms",
+    "critical_exposed_ms",
+    "critical_own_ms",
+    "replica_wait_ms",
+)
+
+
+def _allreduce_figures(r: dict[str, Any], steps: int) -> dict[str, Any]:
+    """A data-parallel run's timed steps (`_time_steps`) with its all-reduce's figures a step:
+    each replica's own time, the part it waited for after its backward, its work inside the
+    backward; and, the replicas' clocks side by side, the communication after the last
+    replica's backward (what no overlap hid), that replica's own time, and the others' wait
+    for it."""
     busy = r.pop("busy_s")
     r["allreduce_ms"] = [b["allreduce"] / steps * 1e3 for b in busy]
     r["exposed_ms"] = [b["exposed"] / steps * 1e3 for b in busy]
     r["polled_ms"] = [b["polled"] / steps * 1e3 for b in busy]
-    # the same steps on the replicas' clocks side by side: the communication after the last
-    # replica's backward (what no overlap on it hid), and the others' wait for that replica
     crit = critical_path(r.pop("reduce_marks"))
     r["critical_exposed_ms"] = crit.exposed / crit.steps * 1e3
     r["critical_own_ms"] = crit.own / crit.steps * 1e3
     r["replica_wait_ms"] = crit.wait / crit.steps * 1e3
-    r["sgemm_gflops"] = whole_model_rate(sizes, microbatch_rows(batch, replicas), dtype)
-    return {"engine": "data-parallel", "replicas": replicas, **r}
+    return r
 
 
 def whole_model_rate(sizes: Sequence[int], rows: int, dtype: str) -> float:
