@@ -22,10 +22,11 @@ import time
 
 import numpy as np
 import pytest
-from conftest import mlp_problem
+from conftest import max_rel, mlp_problem
 
 from graphpart.plan.memory import ring_channel_bytes
 from workers.buckets import (
+    Piece,
     Progress,
     Ready,
     Span,
@@ -34,6 +35,7 @@ from workers.buckets import (
     own_time,
     plan_buckets,
 )
+from workers.finals import Final
 from workers.program import Program
 from workers.ring import ring_chunks
 from workers.stats import ReduceMark
@@ -212,11 +214,12 @@ def test_grad_hook_fires_once_per_parameter_after_its_last_write(split):
     g, p0, X, y = mlp_problem([5, 4, 3, 2], 4)
     prog = Program(g, p0, _numpy(), 4)
     seen: dict[str, np.ndarray] = {}
-    calls: list[tuple[str, ...]] = []
+    calls: list[tuple[Final, ...]] = []
 
-    def hook(names: tuple[str, ...]) -> None:
-        calls.append(names)
-        for name in names:
+    def hook(done: tuple[Final, ...]) -> None:
+        calls.append(done)
+        for name, upto in done:
+            assert upto == prog.grads[name].size  # no gradient in row blocks here
             seen.setdefault(name, prog.grads[name].copy())
 
     prog.grad_hook = hook
@@ -237,6 +240,51 @@ def test_grad_hook_fires_once_per_parameter_after_its_last_write(split):
     for name in seen:  # the hooked B's other order: the same gradients, bit for bit
         assert np.array_equal(plain.grads[name], prog.grads[name])
     prog.grad_hook = None
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_the_last_weight_gradient_in_row_blocks_is_final_block_by_block(split):
+    """With split_bytes, the backward's last weight gradient (W1) runs in row blocks of at
+    least that many bytes: the hook hears, after each block, that W1 is final up to its end
+    (those rows already hold their final values), then W1 whole once; the gradients equal
+    the unsplit program's to 1e-14; block_ends gives the blocks' ends; buckets planned with
+    them close there, and Ready hands each out once its rows are final."""
+    g, p0, X, y = mlp_problem([5, 8, 3, 2], 4)  # W1 8 x 5 float64: 320 bytes
+    prog = Program(g, p0, _numpy(), 4, split_bytes=100)  # 3 blocks: rows 0-3, 3-6, 6-8
+    assert prog.block_ends == {"W1": (15, 30)}
+    heard: list[tuple[int, np.ndarray]] = []
+
+    def hook(done: tuple[Final, ...]) -> None:
+        heard.extend(
+            (upto, prog.grads[name].ravel()[:upto].copy()) for name, upto in done if name == "W1"
+        )
+
+    prog.grad_hook = hook
+    prog.forward(0, X, y, 0.25)
+    if split:
+        prog.backward_input(0, None, 0.25)
+        prog.backward_weight(0, 0.25)
+    else:
+        prog.backward(0, None, 0.25)
+    assert [u for u, _ in heard] == [15, 30, 40]
+    for upto, rows in heard:  # final when told
+        assert np.array_equal(rows, prog.grads["W1"].ravel()[:upto])
+    plain = Program(g, p0, _numpy(), 4)
+    plain.forward(0, X, y, 0.25)
+    plain.backward(0, None, 0.25)
+    assert max_rel(plain.get_grads(), prog.get_grads()) < 1e-14
+    params = [(n, int(prog.grads[n].size), g.var(n).layer) for n in prog.grad_order]
+    # the buffer: b3 W3 b2 W2 (0-35), b1 (35-43), W1 (43-83), its blocks ending at 58 and 73;
+    # cuts move down to whole lines of 8 elements
+    bs = plan_buckets(params, 8, 1, 100, prog.block_ends)
+    assert [b.stop for b in bs] == [32, 56, 72, 83]
+    assert bs[1].pieces[-1] == Piece("W1", 0, 13, 43)
+    r = Ready(bs)
+    assert [b.index for n in ("b3", "W3", "b2", "W2") for b in r.final(n)] == [0]
+    assert r.final("b1") == [] and r.final("W1", 12) == []
+    assert [b.index for b in r.final("W1", 15)] == [1]
+    assert [b.index for b in r.final("W1", 30)] == [2]
+    assert [b.index for b in r.final("W1")] == [3]
 
 
 def _numpy():

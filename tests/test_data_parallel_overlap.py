@@ -61,12 +61,20 @@ def _progress(inbox: Inbox):
     return Recording(inbox.has, lambda key: inbox.take(key, 10.0))
 
 
-def _train(R: int, M: int, overlap: bool, split: bool, seed: int = 3):
+def _train(R: int, M: int, overlap: bool, split: bool, seed: int = 3, bucket_bytes: int = 0):
     """Train R threaded replicas STEPS steps; their workers."""
     g, p0, X, y = mlp_problem(SIZES, BATCH * STEPS, seed=seed, weight_decay=0.05)
     ws = [
         StageWorker(
-            g, p0, _adam(), output=None, input_grad=False, max_rows=BATCH, index=r, bucket_bytes=0
+            g,
+            p0,
+            _adam(),
+            output=None,
+            input_grad=False,
+            max_rows=BATCH,
+            index=r,
+            bucket_bytes=bucket_bytes,
+            replicated=True,
         )
         for r in range(R)
     ]
@@ -123,6 +131,27 @@ class Recording(Progress):
     def submit(self, job) -> None:
         self.handed.append(time.perf_counter())
         super().submit(job)
+
+
+@pytest.mark.parametrize(("R", "M", "split"), [(2, 1, False), (3, 2, True), (2, 2, False)])
+def test_the_first_layers_weight_gradient_in_row_blocks(R, M, split):
+    """A replica (replicated=True) with buckets of 80 bytes computes its last weight gradient
+    (W1, 240 bytes) in 3 row blocks, and its buckets close inside W1 as its blocks end: with
+    overlap the buckets of its first blocks are handed over before the backward's last call
+    returns; on and off bit-identical, the oracle's to 1e-10."""
+    on, early, (g, p0, X, y) = _train(R, M, overlap=True, split=split, bucket_bytes=80)
+    off, none, _ = _train(R, M, overlap=False, split=split, bucket_bytes=80)
+    assert on[0].prog.block_ends == {"W1": (12, 24)}
+    bs = on[0].buckets(R)
+    w1 = [b.index for b in bs if "W1" in b.params]
+    assert len(w1) >= 2  # W1's rows in more than one bucket
+    assert early == [len(bs) * STEPS] * R and none == [0] * R
+    _, want = oracle_training(g, p0, X, y, _adam(), BATCH)
+    for a, b in zip(on, off, strict=True):
+        pa, pb = a.get_params(), b.get_params()
+        assert all(np.array_equal(pa[k], pb[k]) for k in pa)
+        assert all(np.array_equal(pa[k], on[0].get_params()[k]) for k in pa)
+        assert max_rel(want, pa) < 1e-10
 
 
 @pytest.mark.parametrize(("R", "M", "split"), [(2, 1, False), (3, 2, True)])

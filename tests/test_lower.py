@@ -17,7 +17,10 @@ workers/program.py enters it in its ledger, with the same category and bytes, an
 order it allocates them when micro-batches run one at a time, with B or with I and W apart
 (then `pending` pending slots, and the shared dz buffers only where B runs). The activation
 codes are the registry's (graphpart.ir.ops.ACT_CODE) and the kernels' constants; CATEGORIES
-is the one declaration the ledger and the memory model use.
+is the one declaration the ledger and the memory model use. split_last_weight(k) runs the last
+weight-gradient call (a call declaring `splits`) as k calls over contiguous row blocks of its
+gradient, only the last clearing its freshness, with everything else (and the buffers) as
+before; row_blocks refuses a count outside 1..rows, naming it.
 """
 
 from __future__ import annotations
@@ -335,3 +338,24 @@ def test_optimizer_buffers_are_named_per_slot():
     opt = [b.name for b in specs if b.category == "optimizer"]
     assert opt == ["opt[0]:W1", "opt[1]:W1", "opt[0]:b1", "opt[1]:b1"]
     assert low.optimizer_buffer(1, "W1").nbytes(ROWS, "float32") == 2 * 3 * 4
+
+
+def test_split_last_weight_runs_the_first_layers_weight_gradient_in_row_blocks():
+    g = mlp([6, 7, 4, 3])
+    low = whole(g)
+    split = low.split_last_weight(3)
+    assert low.split_last_weight(1) is low
+    last, *_ = [c for c in low.weight_calls if c.param == "W1"]
+    blocks = [c for c in split.weight_calls if c.param == "W1"]
+    assert [c.rows for c in blocks] == [(0, 3), (3, 5), (5, 7)]  # W1 is 7 x 6
+    assert [c.last for c in blocks] == [False, False, True]
+    assert all(replace(c, rows=None, last=True) == last for c in blocks)
+    assert last.splits == (0,)  # matmul_tn(d_out, in0, d_in1, beta): d_out's columns
+    assert split.weight_calls[: -len(blocks)] == low.weight_calls[:-1]
+    assert split.input_calls == low.input_calls
+    bufs = dict(in_flight=2, optimizer_slots=2)
+    assert split.buffers(**bufs) == low.buffers(**bufs)
+    with pytest.raises(ValueError, match="8 row blocks of 7 rows"):
+        lw.row_blocks(7, 8)
+    with pytest.raises(ValueError, match="0 row blocks"):
+        lw.row_blocks(7, 0)

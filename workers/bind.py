@@ -35,16 +35,27 @@ def compile_call(call: KernelCall, kernel: Kernel, pending: Mapping[str, Any]) -
     from _OPERAND (names and constants as literals), so a step costs one Python call and the
     kernel's, with no per-operand dispatch; a written parameter gradient is no longer fresh.
     A cotangent named in `pending` is read from the slot under its key (a pending slot joined
-    to the micro-batch's). The program is an argument, not captured: a Program and its calls
-    form no reference cycle (a dropped Program is freed at once)."""
-    args = ", ".join(
-        _PENDING.format(key=pending[o.name])
-        if o.kind == "grad" and o.name in pending
-        else _OPERAND[o.kind].format(name=o.name, const=o.const)
-        for o in call.operands
-    )
-    lines = ["def run(p, slot, n, sc):", f"    out = kernel({args})"]
-    if call.param is not None:
+    to the micro-batch's). A call of a row block [a, b) (KernelCall.rows) writes those rows
+    of its gradient from its `splits` operands' columns [a, b); only the last block's marks the
+    gradient written, so every block reads the same beta. The program is an argument, not
+    captured: a Program and its calls form no reference cycle (a dropped Program is freed at
+    once)."""
+    parts = []
+    for i, o in enumerate(call.operands):
+        arg = (
+            _PENDING.format(key=pending[o.name])
+            if o.kind == "grad" and o.name in pending
+            else _OPERAND[o.kind].format(name=o.name, const=o.const)
+        )
+        if call.rows is not None:  # a row block of the written gradient
+            a, b = call.rows
+            if i in call.splits:
+                arg += f"[:, {a}:{b}]"
+            elif o.kind == "param_grad" and o.name == call.param:
+                arg += f"[{a}:{b}]"
+        parts.append(arg)
+    lines = ["def run(p, slot, n, sc):", f"    out = kernel({', '.join(parts)})"]
+    if call.param is not None and call.last:
         lines.append(f"    p.fresh[{call.param!r}] = False")
     lines.append("    return out")
     scope: dict[str, Any] = {"kernel": kernel}

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,20 +67,27 @@ def plan_buckets(
     itemsize: int,
     world: int,
     bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+    block_ends: Mapping[str, Sequence[int]] | None = None,
 ) -> tuple[Bucket, ...]:
     """The buckets of a buffer holding `params` ((name, elements, layer), in the order their
-    gradients become final) end to end."""
+    gradients become final) end to end. A gradient written in row blocks (`block_ends`: its
+    elements at each block's end but the last, workers/finals.py) may also close a bucket at
+    each block's end, as at a layer's."""
     line = max(int(world), 1) * max(ALIGN // int(itemsize), 1)  # elements of world x 64 bytes
+    blocks = block_ends or {}
     offsets, at = [], 0
     for _, size, _ in params:
         offsets.append(at)
         at += int(size)
     total = at
+    ends = []  # where a bucket may close: inside a gradient written in blocks, a layer's end
+    for i, (name, size, layer) in enumerate(params):
+        ends += [offsets[i] + int(e) for e in blocks.get(name, ())]
+        if i + 1 == len(params) or params[i + 1][2] != layer:
+            ends.append(offsets[i] + int(size))
     cuts, last = [0], 0
-    for i, (_, size, layer) in enumerate(params):
-        end = offsets[i] + int(size)
-        layer_ends = i + 1 == len(params) or params[i + 1][2] != layer
-        if not layer_ends or end == total:
+    for end in ends:
+        if end == total:
             continue
         cut = end // line * line
         if cut > last and (end - last) * itemsize >= bucket_bytes:
@@ -104,13 +111,14 @@ class Ready:
 
     def __init__(self, buckets: Sequence[Bucket]) -> None:
         self.buckets = tuple(buckets)
-        self._missing = [set(b.params) for b in self.buckets]
+        self._missing = [set(b.pieces) for b in self.buckets]
         self._next = 0
 
-    def final(self, name: str) -> list[Bucket]:
-        """Parameter `name`'s gradient is final: the buckets that may start now."""
+    def final(self, name: str, upto: int | None = None) -> list[Bucket]:
+        """Parameter `name`'s gradient is final (in its first `upto` elements, flattened;
+        None: all of it): the buckets that may start now."""
         for m in self._missing[self._next :]:
-            m.discard(name)
+            m.difference_update([p for p in m if p.name == name and (upto is None or p.hi <= upto)])
         return self._take()
 
     def rest(self) -> list[Bucket]:

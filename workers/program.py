@@ -44,14 +44,8 @@ from graphpart.ir.graph import BATCH, Graph
 from graphpart.ir.lower import BufferSpec, KernelCall, Lowered, lower, nbytes
 from workers.backends import Backend
 from workers.bind import Run, compile_call
+from workers.finals import Final, block_ends, finals, grad_order, row_blocks_of
 from workers.ledger import Ledger
-
-
-def grad_order(low: Lowered) -> list[str]:
-    """The parameters in the order their gradients become final in a backward: as the
-    lowering's weight-gradient calls write them, then any the calls never write."""
-    names = [c.param for c in low.weight_calls if c.param is not None]
-    return [*dict.fromkeys(names), *(n for n in low.params if n not in names)]
 
 
 def pending_key(root: str) -> tuple[str, str]:
@@ -73,9 +67,15 @@ class Program:
         recompute: bool = False,
         input_grad: bool = False,
         name: str = "",
+        split_bytes: int = 0,
     ) -> None:
         self.graph = graph
-        self.lowered = low = lower(graph, output=output, input_grad=input_grad, recompute=recompute)
+        low = lower(graph, output=output, input_grad=input_grad, recompute=recompute)
+        dtypes = {np.asarray(p).dtype for p in params.values()}
+        self.dtype = next(iter(dtypes)) if dtypes else np.dtype(np.float64)
+        # data parallelism: the last weight gradient in row blocks of >= split_bytes, each
+        # all-reduced while the next computes (Lowered.split_last_weight)
+        self.lowered = low = low.split_last_weight(row_blocks_of(low, split_bytes, self.dtype))
         self.bk = backend
         self.max_rows = int(max_rows)
         self.ledger = ledger if ledger is not None else Ledger(keep_events=False)
@@ -85,8 +85,6 @@ class Program:
         self.labels = list(low.labels)
         self.output = output  # boundary value sent to the next stage; None on the last stage
         self.input_grad = input_grad  # send dJ/d(input) back (every stage but the first)
-        dtypes = {np.asarray(p).dtype for p in params.values()}
-        self.dtype = next(iter(dtypes)) if dtypes else np.dtype(np.float64)
 
         # the gradients: views of one buffer, in the order they become final (data parallelism
         # all-reduces that buffer in place, bucket by bucket: workers/buckets.py); the ledger
@@ -126,12 +124,15 @@ class Program:
         # with a grad_hook, B runs the calls in the graph's order (each layer's W beside its I)
         natural = tuple(c for s in reversed(low.steps) for c in s.backward)
         self._nat = [self._bind(c) for c in natural]
-        self._nat_done = _finals(natural)
-        self._wcal_done = _finals(low.weight_calls)
-        # called after each call of a backward (B or W) with the parameters whose gradient it
-        # wrote for the last time, often none (data parallelism: the buckets they complete
-        # may start, and those under way advance); None: no calls
-        self.grad_hook: Callable[[tuple[str, ...]], None] | None = None
+        self._nat_done = finals(low, natural)
+        self._wcal_done = finals(low, low.weight_calls)
+        # called after each call of a backward (B or W) with the gradients it wrote for the
+        # last time, as far as it did (Final), often none (data parallelism: the buckets they
+        # complete may start, and those under way advance); None: no calls
+        self.grad_hook: Callable[[tuple[Final, ...]], None] | None = None
+        # where a gradient written in row blocks is final block by block: its elements at each
+        # block's end but the last (the all-reduce's buckets may close there)
+        self.block_ends: dict[str, tuple[int, ...]] = block_ends(low)
         self._per_step = [self._bind(c) for c in low.per_step]
         self._sends = input_grad and low.root(low.input) in low.roots
         self.pending: list[dict[Any, Any]] = []  # pending slots (allocated at first need)
@@ -369,14 +370,8 @@ class Program:
             self.bk.from_host(np.asarray(v, dtype=self.dtype), self.params[k])
 
 
-def _finals(calls: tuple[KernelCall, ...]) -> list[tuple[str, ...]]:
-    """Per call, the parameters whose gradient no later call of `calls` writes."""
-    last = {c.param: i for i, c in enumerate(calls) if c.param is not None}
-    return [tuple(p for p, i in last.items() if i == j) for j in range(len(calls))]
-
-
 def _run_calls(
-    p: Program, calls: list[Run], done: list[tuple[str, ...]], slot: dict, n: int, sc: float
+    p: Program, calls: list[Run], done: list[tuple[Final, ...]], slot: dict, n: int, sc: float
 ) -> None:
     """Run a backward's calls; with a grad_hook, tell it after each call the gradients that
     call finished."""

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from workers.buckets import Bucket, Progress, Ready, Steps, exposed_time, own_time, plan_buckets
+from workers.finals import Final
 from workers.stats import ReduceMark
 
 MARKS_KEPT = 1024  # steps whose ReduceMark a worker keeps (StageStats.reduce_marks)
@@ -86,10 +87,10 @@ class GradientReduction:
         ready = Ready(self._buckets(world))
         self._allreduce_buffer()
 
-        def final(names: tuple[str, ...]) -> None:
+        def final(done: tuple[Final, ...]) -> None:
             t, c = time.perf_counter(), time.thread_time()
-            for name in names:
-                for b in ready.final(name):
+            for name, upto in done:
+                for b in ready.final(name, upto):
                     progress.submit(partial(self._bucket_steps, b, reduce))
             progress.poll()
             self._last_poll = time.perf_counter() - t
@@ -128,7 +129,7 @@ class GradientReduction:
             var = prog.graph.var
             params = [(n, int(prog.grads[n].size), var(n).layer) for n in prog.grad_order]
             self._bucket_plans[world] = plan_buckets(
-                params, prog.dtype.itemsize, world, self.bucket_bytes
+                params, prog.dtype.itemsize, world, self.bucket_bytes, prog.block_ends
             )
         return self._bucket_plans[world]
 

@@ -48,6 +48,7 @@ class WorkerSpec:
     batch_rows: int = 0  # rows of the largest minibatch the engine was built for (0: max_rows)
     trace_allocations: bool = False  # tracemalloc in the worker's process (workers/traced.py)
     bucket_bytes: int = DEFAULT_BUCKET_BYTES  # data parallelism: all-reduce buckets (buckets.py)
+    replicated: bool = False  # a data-parallel replica: its last weight gradient in row blocks
 
     def warm(self) -> None:
         """This stage's warm-up (workers/warmup.py) ahead of building it, so that a device of
@@ -75,6 +76,7 @@ class WorkerSpec:
             keep_events=self.keep_events,
             trace_allocations=self.trace_allocations,
             bucket_bytes=self.bucket_bytes,
+            replicated=self.replicated,
             warm=warm,
         )
 
@@ -101,6 +103,7 @@ class StageWorker(GradientReduction):
         keep_events: bool = True,
         trace_allocations: bool = False,
         bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+        replicated: bool = False,
         warm: bool = True,
     ) -> None:
         self.index = index
@@ -130,6 +133,9 @@ class StageWorker(GradientReduction):
             recompute=recompute,
             input_grad=input_grad,
             name=f"stage {index}",
+            # a replica's last weight gradient in row blocks of a bucket each, all-reduced
+            # block by block during its backward (the overlap runs on the host's kernels)
+            split_bytes=bucket_bytes if replicated and device == "cpu" else 0,
         )
         del params  # copied into the program's buffers: freed before the optimizer state
         self.state: dict[str, list[Any]] = {}

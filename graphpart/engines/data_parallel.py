@@ -119,6 +119,7 @@ class DataParallel(Workers):
                 trace_allocations=keep_events,  # profiling, in the workers
                 batch_rows=self.share,
                 bucket_bytes=int(bucket_bytes),
+                replicated=self.replicas > 1,
             )
             for r in range(self.replicas)
             for st in plan.stages

@@ -25,6 +25,9 @@ class Call:
 
     key: str
     args: tuple[str, ...]
+    # a weight-gradient call that can run in row blocks of the gradient it writes: the roles
+    # sliced on their last axis with each block (dW[a:b] = dz[:, a:b]^T x for a matmul)
+    splits: tuple[str, ...] = ()
 
     def writes(self) -> str | None:
         """The cotangent role the call writes (its last "d_..." argument), if any."""

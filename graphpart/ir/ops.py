@@ -125,7 +125,7 @@ register(
         tangent_saves=("in0", "in1"),
         kernels=Kernels(
             forward=Call("matmul_nt", ("in0", "in1", "out")),
-            weight_grads=(Call("matmul_tn", ("d_out", "in0", "d_in1", "beta")),),
+            weight_grads=(Call("matmul_tn", ("d_out", "in0", "d_in1", "beta"), ("d_out",)),),
             input_grads=(Call("matmul_nn", ("d_out", "in1", "d_in0")),),
         ),
     )

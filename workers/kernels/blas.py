@@ -110,15 +110,13 @@ class Mkl:
         self.version = version.value.decode(errors="replace").strip()
 
     def takes(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> bool:
-        """Whether these operands are a layout cblas takes without copies: C-contiguous 2-D
-        arrays of one float dtype."""
+        """Whether these operands are a layout cblas takes without copies: 2-D row-major
+        arrays of one float dtype, each row contiguous (a column block of a C-contiguous
+        array is one: its leading dimension is the whole row's)."""
         return (
             out.dtype.char in self._fn
             and a.dtype == out.dtype == b.dtype
-            and a.ndim == b.ndim == out.ndim == 2
-            and a.flags.c_contiguous
-            and b.flags.c_contiguous
-            and out.flags.c_contiguous
+            and all(_ld(x) is not None for x in (a, b, out))
         )
 
     def gemm(self, kind: str, a: np.ndarray, b: np.ndarray, out: np.ndarray, beta: float) -> None:
@@ -146,13 +144,27 @@ class Mkl:
             k,
             1.0,
             a.ctypes.data,
-            a.shape[1],
+            _ld(a),
             b.ctypes.data,
-            b.shape[1],
+            _ld(b),
             beta,
             out.ctypes.data,
-            n,
+            _ld(out),
         )
+
+
+def _ld(x: np.ndarray) -> int | None:
+    """The leading dimension (elements from a row to the next) of a 2-D row-major array whose
+    rows are contiguous; None for any other layout."""
+    if x.ndim != 2:
+        return None
+    if x.flags.c_contiguous:
+        return max(int(x.shape[1]), 1)
+    item = x.itemsize
+    row, col = x.strides
+    if col != item or row % item or row < x.shape[1] * item:
+        return None
+    return row // item
 
 
 _SEQUENTIAL = 1  # MKL_THREADING_SEQUENTIAL
