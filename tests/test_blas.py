@@ -3,8 +3,10 @@
 `gemm(kind, a, b, out, beta)` writes op(a) @ op(b) + beta * out into `out` for the three kinds
 of an MLP layer ("nt": a b^T, "nn": a b, "tn": a^T b) through either provider, agreeing with
 NumPy to rounding in float32 and float64, for odd shapes, empty ones, and operands that are not
-C-contiguous (which MKL hands to OpenBLAS). `GRAPHPART_BLAS` must be auto, openblas or mkl; a
-bad value is an error naming it and the valid ones. With `auto` and MKL installed, a product on
+C-contiguous: a column block, whose rows are contiguous, MKL takes as it is (OpenBLAS's path
+hands it to MKL where it would need a temporary); any other layout goes to OpenBLAS.
+`GRAPHPART_BLAS` must be auto, openblas or mkl; a bad value is an error naming it and the
+valid ones. With `auto` and MKL installed, a product on
 one thread is timed once per machine with both providers and the pick is stored in the cache
 file, which a second asking (or another process) reads instead of timing again; a damaged
 file is timed again, never trusted; with threads, or without MKL, OpenBLAS runs every product.
@@ -83,6 +85,15 @@ def test_views_and_empty_products(provider, cache, monkeypatch):
     out4 = np.empty((4, 5))
     blas.gemm("nt", rows, b, out4)
     np.testing.assert_allclose(out4, rows @ b.T, rtol=1e-12)
+    # a column block (rows contiguous, the whole row's stride): a row block of a weight
+    # gradient, accumulated in place (beta 1) with no temporary where MKL is there
+    dz, x = rng.standard_normal((16, 9)), rng.standard_normal((16, 7))
+    grad = rng.standard_normal((9, 7))
+    want = grad.copy()
+    want[3:7] += dz[:, 3:7].T @ x
+    assert blas._ld(dz[:, 3:7]) == 9 and blas._ld(dz[:, ::2]) is None
+    blas.gemm("tn", dz[:, 3:7], x, grad[3:7], 1.0)
+    np.testing.assert_allclose(grad, want, rtol=1e-12)
     empty = np.ones((3, 4))
     blas.gemm("tn", np.empty((0, 3)), np.empty((0, 4)), empty, 1.0)  # k = 0: out *= beta
     np.testing.assert_array_equal(empty, np.ones((3, 4)))

@@ -77,6 +77,9 @@ def _openblas(kind: str, a: np.ndarray, b: np.ndarray, out: np.ndarray, beta: fl
         return
     gemm = _GEMM.get(out.dtype.char)
     if kind != "tn" or gemm is None or not (a.flags.c_contiguous and b.flags.c_contiguous):
+        if _MKL is not None and _MKL.takes(a, b, out):  # a row-strided block: no temporary
+            _MKL.gemm(kind, a, b, out, beta)
+            return
         out *= beta
         out += a_ @ b_  # not a BLAS type or layout: the plain way
         return
