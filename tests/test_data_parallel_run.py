@@ -6,11 +6,13 @@ replica's share of a minibatch is refused in one line naming the values; `graphp
 --data-parallel 2 --microbatches 4` builds DataParallel with 2 replicas of 4 micro-batches each
 and trains to the parameters of the same run on one process without micro-batches (float64,
 1e-10), an epoch's short last minibatch (3 rows: shares of 2 and 1 rows, fewer than M) included,
-and its run directory records both settings.
+and its run directory records both settings; its summary.json sets the replicas' all-reduces
+side by side (a step's communication after the last replica's backward, and the wait for it).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +92,10 @@ def test_train_with_replicas_accumulating_micro_batches_equals_one_process(
     assert max_rel(_params(runs / "one"), _params(runs / "dp")) < 1e-10
     recorded = load_config(str(runs / "dp" / "config.toml"), {}).pipeline
     assert (recorded.data_parallel, recorded.microbatches) == (2, 4)
+    # summary.json sets the replicas' all-reduces side by side, a step's mean; none on one
+    (path,) = json.loads((runs / "dp" / "summary.json").read_text())["allreduce_critical_path"]
+    assert path["stage"] == 0 and path["steps"] == 8  # 80 rows in minibatches of 11
+    assert path["exposed_s"] >= 0 and path["own_s"] > 0 and path["wait_s"] >= 0
+    assert (
+        json.loads((runs / "one" / "summary.json").read_text())["allreduce_critical_path"] is None
+    )

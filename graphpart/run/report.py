@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from graphpart.engines import Rss, StageStats, describe_blas
+from graphpart.engines import Rss, StageStats, critical_path, describe_blas
 from graphpart.plan import schedule as sch
 from graphpart.plan.batching import microbatch_rows, split_batch
 from graphpart.plan.kinds import is_virtual
@@ -175,7 +175,32 @@ def run_summary(
         "transport": transport_of(cfg),
         "blas": describe_blas(),  # as this machine decides (workers on other nodes decide there)
         "stage_stats": [stage_summary(x) for x in stats],
+        "allreduce_critical_path": allreduce_path(stats, p.stages),
     }
+
+
+def allreduce_path(stats: list[StageStats], stages: int) -> list[dict[str, Any]] | None:
+    """Data parallelism: per stage, its replicas' last steps' all-reduces set side by side
+    (engines.critical_path, over the steps every replica still keeps): a step's mean
+    communication after the last replica's backward, that replica's own all-reduce time, and
+    the others' wait for it. None without data parallelism (or marks that do not line up)."""
+    out = []
+    for k in range(stages):
+        marks = [x.reduce_marks for x in stats if x.stage % stages == k]
+        n = min((len(m) for m in marks), default=0)
+        if len(marks) < 2 or n == 0:
+            return None
+        c = critical_path([m[len(m) - n :] for m in marks])
+        out.append(
+            {
+                "stage": k,
+                "steps": c.steps,
+                "exposed_s": round(c.exposed / c.steps, 6),
+                "own_s": round(c.own / c.steps, 6),
+                "wait_s": round(c.wait / c.steps, 6),
+            }
+        )
+    return out
 
 
 def stage_summary(st: StageStats) -> dict[str, Any]:
