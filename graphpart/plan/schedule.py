@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from graphpart.errors import PlanError
+from graphpart.plan.sweep import Key, sweep, waits_for
 
 ACTION_KINDS = ("F", "B", "I", "W")
 
@@ -183,6 +184,31 @@ def per_stage(
     return values
 
 
+def action_times(
+    n: int,
+    fwd: float | Sequence[float],
+    bwd: float | Sequence[float],
+    igrad: float | Sequence[float] | None,
+    wgrad: float | Sequence[float] | None,
+    unit: str = "stage",
+) -> dict[str, list[float]]:
+    """Each action kind's seconds on each of `n` units, checked (`per_stage`): I and W half a
+    B each where not given."""
+    b = per_stage("bwd", bwd, n, unit)
+    half = [v / 2 for v in b]
+    return {
+        "F": per_stage("fwd", fwd, n, unit),
+        "B": b,
+        "I": half if igrad is None else per_stage("igrad", igrad, n, unit),
+        "W": half if wgrad is None else per_stage("wgrad", wgrad, n, unit),
+    }
+
+
+def check_comm(comm: float) -> None:
+    if not math.isfinite(comm) or comm < 0:
+        raise PlanError(f"comm={comm} is invalid; use a finite number >= 0")
+
+
 def simulate(
     schedule: Sequence[Sequence[Action]],
     fwd: float | Sequence[float],
@@ -202,16 +228,8 @@ def simulate(
     stages = len(schedule)
     if stages < 1:
         raise PlanError("schedule has 0 stages; give at least one action list")
-    b = per_stage("bwd", bwd, stages)
-    half = [v / 2 for v in b]
-    times = {
-        "F": per_stage("fwd", fwd, stages),
-        "B": b,
-        "I": half if igrad is None else per_stage("igrad", igrad, stages),
-        "W": half if wgrad is None else per_stage("wgrad", wgrad, stages),
-    }
-    if not math.isfinite(comm) or comm < 0:
-        raise PlanError(f"comm={comm} is invalid; use a finite number >= 0")
+    times = action_times(stages, fwd, bwd, igrad, wgrad)
+    check_comm(comm)
     for k, actions in enumerate(schedule):
         seen: set[Action] = set()
         for action in actions:
@@ -219,50 +237,22 @@ def simulate(
                 raise PlanError(f"stage {k} runs {action} twice; each action must appear once")
             seen.add(action)
 
-    done: dict[tuple[int, Action], float] = {}  # (stage, action) -> end time
-    split = [{a.mb for a in actions if a.kind == "I"} for actions in schedule]
-    free = [0.0] * stages
-    pos = [0] * stages
-    events: list[Event] = []
+    rows = [[(a.kind, k, a.mb) for a in actions] for k, actions in enumerate(schedule)]
+    split = {(k, a.mb) for k, actions in enumerate(schedule) for a in actions if a.kind == "I"}
 
-    def dependency(k: int, action: Action) -> tuple[int, Action, float] | None:
-        """The (stage, action, delay) that must end before `action` may start on stage k."""
-        m = action.mb
-        if action.kind == "F":
-            return None if k == 0 else (k - 1, action, comm)
-        if action.kind == "W":
-            return (k, Action("I", m), 0.0)
-        if k == stages - 1:
-            return (k, Action("F", m), 0.0)
-        kind = "I" if m in split[k + 1] else "B"  # the gradient comes from its I, or its B
-        return (k + 1, Action(kind, m), comm)
+    def dependency(key: Key) -> tuple[Key, float] | None:
+        return waits_for(key, stages - 1, split, lambda a, b: comm)
 
-    progress = True
-    while progress:
-        progress = False
-        for k in range(stages):
-            while pos[k] < len(schedule[k]):
-                action = schedule[k][pos[k]]
-                dep = dependency(k, action)
-                ready = 0.0
-                if dep is not None:
-                    if (dep[0], dep[1]) not in done:
-                        break
-                    ready = done[dep[0], dep[1]] + dep[2]
-                start = max(free[k], ready)
-                end = start + times[action.kind][k]
-                done[k, action] = free[k] = end
-                events.append(Event(k, action, start, end))
-                pos[k] += 1
-                progress = True
-
+    ran, pos = sweep(rows, lambda key: times[key[0]][key[1]], dependency)
+    events = [Event(k, schedule[k][i], start, end) for k, i, start, end in ran]
     stuck = []
     for k in range(stages):
         if pos[k] < len(schedule[k]):
             action = schedule[k][pos[k]]
-            dep = dependency(k, action)
+            dep = dependency(rows[k][pos[k]])
             assert dep is not None  # only stage 0's forwards have no dependency, and never block
-            dep_k, dep_action, _ = dep
+            (kind, dep_k, m), _ = dep
+            dep_action = Action(kind, m)
             never = "" if dep_action in schedule[dep_k] else f", which stage {dep_k} never runs"
             stuck.append(
                 f"schedule deadlocks: stage {k} is stuck at {action} "

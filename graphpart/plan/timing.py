@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 from graphpart.errors import PlanError
 from graphpart.plan import schedule as sch
+from graphpart.plan.sweep import Key, waits_for
 
 __all__ = ["capacity_of", "pipeline_step", "replicas_step"]
 
@@ -91,12 +92,9 @@ def _shared(
     """The simulator's rules with processor sharing: advance to the next end or arrival."""
     k = len(schedule)
     sch.simulate(schedule, fwd, bwd, hop_s, igrad, wgrad)  # validates inputs and the schedule
-    half = [b / 2 for b in bwd]  # the simulator's default split: I and W each half a backward
-    i_s = half if igrad is None else [float(v) for v in igrad]
-    w_s = half if wgrad is None else [float(v) for v in wgrad]
-    times = {"F": fwd, "B": bwd, "I": i_s, "W": w_s}
-    split = [{a.mb for a in acts if a.kind == "I"} for acts in schedule]  # I instead of B
-    done: dict[tuple[int, sch.Action], float] = {}
+    times = sch.action_times(k, fwd, bwd, igrad, wgrad)
+    split = {(s, a.mb) for s, acts in enumerate(schedule) for a in acts if a.kind == "I"}
+    done: dict[Key, float] = {}
     pos = [0] * k
     job: list[list | None] = [None] * k  # [action or None (finish), work left, start]
     finished = [False] * k
@@ -107,19 +105,11 @@ def _shared(
     def ready_at(s: int) -> float | None:
         """When stage s's next action may start (None: its input is not yet produced)."""
         action = schedule[s][pos[s]]
-        if action.kind == "F":
-            dep = None if s == 0 else (s - 1, action, hop_s)
-        elif action.kind == "W":
-            dep = (s, sch.Action("I", action.mb), 0.0)
-        elif s == k - 1:
-            dep = (s, sch.Action("F", action.mb), 0.0)
-        else:  # the gradient comes from the next stage's I, or its B
-            kind = "I" if action.mb in split[s + 1] else "B"
-            dep = (s + 1, sch.Action(kind, action.mb), hop_s)
+        dep = waits_for((action.kind, s, action.mb), k - 1, split, lambda a, b: hop_s)
         if dep is None:
             return 0.0
-        end = done.get((dep[0], dep[1]))
-        return None if end is None else end + dep[2]
+        end = done.get(dep[0])
+        return None if end is None else end + dep[1]
 
     while not all(finished):
         arrivals = []
@@ -156,7 +146,7 @@ def _shared(
                 finished[s] = True
                 step = max(step, t)
                 continue
-            done[s, action] = t
+            done[action.kind, s, action.mb] = t
             events.append(sch.Event(s, action, start, t))
             pos[s] += 1
 

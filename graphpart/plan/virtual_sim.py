@@ -7,12 +7,8 @@ import math
 from collections.abc import Sequence
 
 from graphpart.errors import PlanError
-from graphpart.plan.schedule import (
-    Event,
-    Timeline,
-    per_stage,
-    timeline,
-)
+from graphpart.plan.schedule import Event, Timeline, action_times, check_comm, timeline
+from graphpart.plan.sweep import Key, sweep, waits_for
 from graphpart.plan.virtual import (
     ChunkAction,
     Placement,
@@ -44,20 +40,12 @@ def simulate(
     if len(schedule) != K:
         raise PlanError(f"schedule has {len(schedule)} devices, its placement {K}")
     V = where.stages
-    b = per_stage("bwd", bwd, V, "virtual stage")
-    half = [x / 2 for x in b]
-    times = {
-        "F": per_stage("fwd", fwd, V, "virtual stage"),
-        "B": b,
-        "I": half if igrad is None else per_stage("igrad", igrad, V, "virtual stage"),
-        "W": half if wgrad is None else per_stage("wgrad", wgrad, V, "virtual stage"),
-    }
-    if not math.isfinite(comm) or comm < 0:
-        raise PlanError(f"comm={comm} is invalid; use a finite number >= 0")
+    times = action_times(V, fwd, bwd, igrad, wgrad, "virtual stage")
+    check_comm(comm)
     held = [where.stages_of(d) for d in range(K)]
-    key: list[list[tuple[str, int, int]]] = []  # per device: (kind, virtual stage, mb)
+    rows: list[list[Key]] = []  # per device: (kind, virtual stage, mb)
     for d, acts in enumerate(schedule):
-        seen: set[tuple[str, int, int]] = set()
+        seen: set[Key] = set()
         for a in acts:
             if not 0 <= a.chunk < len(held[d]):
                 raise PlanError(
@@ -67,51 +55,23 @@ def simulate(
             if k in seen:
                 raise PlanError(f"device {d} runs {format_action(d, a)} twice")
             seen.add(k)
-        key.append([(a.kind, held[d][a.chunk], a.mb) for a in acts])
-    split = {(s, m) for keys in key for kind, s, m in keys if kind == "I"}
-    planned = {k for keys in key for k in keys}
+        rows.append([(a.kind, held[d][a.chunk], a.mb) for a in acts])
+    split = {(s, m) for keys in rows for kind, s, m in keys if kind == "I"}
+    planned = {k for keys in rows for k in keys}
 
-    def dependency(kind: str, s: int, m: int) -> tuple[tuple[str, int, int], float] | None:
-        """The (kind, virtual stage, mb) that must end first, and the delay after it."""
-        if kind == "F":
-            return None if s == 0 else (("F", s - 1, m), _hop(s - 1, s))
-        if kind == "W":
-            return ("I", s, m), 0.0
-        if s == V - 1:
-            return ("F", s, m), 0.0
-        return ("I" if (s + 1, m) in split else "B", s + 1, m), _hop(s + 1, s)
+    def dependency(key: Key) -> tuple[Key, float] | None:
+        return waits_for(key, V - 1, split, _hop)
 
     def _hop(a: int, b_: int) -> float:
         return 0.0 if where.owner[a] == where.owner[b_] else comm
 
-    done: dict[tuple[str, int, int], float] = {}
-    free = [0.0] * K
-    pos = [0] * K
-    events: list[Event] = []
-    progress = True
-    while progress:
-        progress = False
-        for d in range(K):
-            while pos[d] < len(key[d]):
-                kind, s, m = key[d][pos[d]]
-                dep = dependency(kind, s, m)
-                ready = 0.0
-                if dep is not None:
-                    if dep[0] not in done:
-                        break
-                    ready = done[dep[0]] + dep[1]
-                start = max(free[d], ready)
-                end = start + times[kind][s]
-                done[kind, s, m] = free[d] = end
-                events.append(Event(d, schedule[d][pos[d]], start, end))
-                pos[d] += 1
-                progress = True
-
+    ran, pos = sweep(rows, lambda k: times[k[0]][k[1]], dependency)
+    events = [Event(d, schedule[d][i], start, end) for d, i, start, end in ran]
     stuck = []
     for d in range(K):
-        if pos[d] < len(key[d]):
-            kind, s, m = key[d][pos[d]]
-            dep = dependency(kind, s, m)
+        if pos[d] < len(rows[d]):
+            s = rows[d][pos[d]][1]
+            dep = dependency(rows[d][pos[d]])
             assert dep is not None  # virtual stage 0's forwards wait for nothing
             dk, ds, dm = dep[0]
             other = ChunkAction(dk, dm, where.chunk(ds))
