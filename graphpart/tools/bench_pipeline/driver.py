@@ -20,6 +20,7 @@ from graphpart.plan.stages import layer_flops
 from graphpart.tools.bench_pipeline.rates import as_dicts, stage_matmuls
 from graphpart.tools.bench_pipeline.simulator import project
 from graphpart.tools.bench_pipeline.throughput import (
+    ALLREDUCE_FIGURES,
     RAY_TRANSPORTS,
     measure_data_parallel,
     measure_pipeline,
@@ -106,18 +107,7 @@ def _second_faster(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return b["step_s_median"] < a["step_s_median"]
 
 
-KEPT_OF_OTHER = (
-    "step_s_median",
-    "allreduce_ms",
-    "exposed_ms",
-    "polled_ms",
-    "critical_exposed_ms",
-    "critical_own_ms",
-    "replica_wait_ms",
-    "overlap_off",
-    "exposed_of_unhidden",
-    "measured_bubble",
-)
+KEPT_OF_OTHER = (*ALLREDUCE_FIGURES, "overlap_off", "exposed_of_unhidden", "measured_bubble")
 
 
 def better(a: Any, b: Any) -> Any:
