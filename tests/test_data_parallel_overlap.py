@@ -176,7 +176,7 @@ def test_overlap_is_bit_identical_and_equals_the_oracle(R, M, split):
         assert 0.0 <= w.busy.exposed <= w.busy.allreduce
         # a mark a step, whose own times add up to Busy.allreduce
         marks = w.stats().reduce_marks
-        assert len(marks) == STEPS and all(m.compute_end <= m.end for m in marks)
+        assert len(marks) == STEPS
         assert sum(m.own for m in marks) == pytest.approx(w.busy.allreduce)
     crit = critical_path([w.stats().reduce_marks for w in on])
     # after the last compute, at most what the replicas waited for together

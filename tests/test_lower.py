@@ -17,10 +17,12 @@ workers/program.py enters it in its ledger, with the same category and bytes, an
 order it allocates them when micro-batches run one at a time, with B or with I and W apart
 (then `pending` pending slots, and the shared dz buffers only where B runs). The activation
 codes are the registry's (graphpart.ir.ops.ACT_CODE) and the kernels' constants; CATEGORIES
-is the one declaration the ledger and the memory model use. split_last_weight(k) runs the last
+is the one declaration the ledger and the memory model use. split_last_weight(low, k)
+(graphpart/ir/split.py) runs the last
 weight-gradient call (a call declaring `splits`) as k calls over contiguous row blocks of its
 gradient, only the last clearing its freshness, with everything else (and the buffers) as
-before; row_blocks refuses a count outside 1..rows, naming it.
+before (a split lowering it leaves as it is); row_blocks refuses a count outside 1..rows,
+naming it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from graphpart.ir import BATCH, Graph, Op, Var, mlp
 from graphpart.ir import lower as lw
 from graphpart.ir.calls import Kernels
 from graphpart.ir.ops import ACT_CODE, REGISTRY
+from graphpart.ir.split import row_blocks, split_last_weight
 from graphpart.plan import memory
 from graphpart.plan.partition import partition
 from workers import ledger as wledger
@@ -343,8 +346,9 @@ def test_optimizer_buffers_are_named_per_slot():
 def test_split_last_weight_runs_the_first_layers_weight_gradient_in_row_blocks():
     g = mlp([6, 7, 4, 3])
     low = whole(g)
-    split = low.split_last_weight(3)
-    assert low.split_last_weight(1) is low
+    split = split_last_weight(low, 3)
+    assert split_last_weight(low, 1) is low
+    assert split_last_weight(split, 2) is split  # split already
     last, *_ = [c for c in low.weight_calls if c.param == "W1"]
     blocks = [c for c in split.weight_calls if c.param == "W1"]
     assert [c.rows for c in blocks] == [(0, 3), (3, 5), (5, 7)]  # W1 is 7 x 6
@@ -356,6 +360,6 @@ def test_split_last_weight_runs_the_first_layers_weight_gradient_in_row_blocks()
     bufs = dict(in_flight=2, optimizer_slots=2)
     assert split.buffers(**bufs) == low.buffers(**bufs)
     with pytest.raises(ValueError, match="8 row blocks of 7 rows"):
-        lw.row_blocks(7, 8)
+        row_blocks(7, 8)
     with pytest.raises(ValueError, match="0 row blocks"):
-        lw.row_blocks(7, 0)
+        row_blocks(7, 0)

@@ -6,7 +6,9 @@ them final (its weight-gradient calls run the layers last to first), and the buf
 into buckets there: a bucket closes at the end of the first layer (weight and bias together)
 that brings it to `bucket_bytes`, so the last layers' gradients form the first bucket, which
 can be summed across the replicas while the earlier layers' weight gradients still compute,
-as torch DDP's buckets are. `bucket_bytes` <= 0 makes a bucket of every layer.
+as torch DDP's buckets are. `bucket_bytes` <= 0 makes a bucket of every layer. A gradient
+computed in row blocks (a replica's first layer's, graphpart/ir/split.py) may also close a
+bucket at each block's end, so its first blocks are summed while the next computes.
 
 A cut is moved down to a multiple of `world` x 64 bytes of the buffer (the channels' message
 alignment, workers/channels.ALIGN): every bucket but the last then cuts into `world` equal
@@ -50,7 +52,7 @@ class Piece:
 @dataclass(frozen=True)
 class Bucket:
     """Elements [start, stop) of the flat buffer, made of `pieces` of the parameters'
-    gradients; final once every parameter it holds a piece of is."""
+    gradients; final once every piece's elements are (Ready)."""
 
     index: int
     start: int
@@ -284,6 +286,8 @@ def critical_path(marks: Sequence[Sequence[ReduceMark]]) -> CriticalPath:
     side, step by step: a step's exposed communication counts from the latest compute end,
     on the replica that had it."""
     steps = {len(m) for m in marks}
+    if not marks:
+        raise ValueError("critical_path needs the marks of at least one replica")
     if len(steps) != 1:
         raise ValueError(f"replicas' marks cover different steps: {sorted(steps)}")
     exposed = own = wait = 0.0

@@ -42,6 +42,7 @@ import numpy as np
 
 from graphpart.ir.graph import BATCH, Graph
 from graphpart.ir.lower import BufferSpec, KernelCall, Lowered, lower, nbytes
+from graphpart.ir.split import split_last_weight
 from workers.backends import Backend
 from workers.bind import Run, compile_call
 from workers.finals import Final, block_ends, finals, grad_order, row_blocks_of
@@ -74,8 +75,8 @@ class Program:
         dtypes = {np.asarray(p).dtype for p in params.values()}
         self.dtype = next(iter(dtypes)) if dtypes else np.dtype(np.float64)
         # data parallelism: the last weight gradient in row blocks of >= split_bytes, each
-        # all-reduced while the next computes (Lowered.split_last_weight)
-        self.lowered = low = low.split_last_weight(row_blocks_of(low, split_bytes, self.dtype))
+        # all-reduced while the next computes (graphpart/ir/split.py)
+        self.lowered = low = split_last_weight(low, row_blocks_of(low, split_bytes, self.dtype))
         self.bk = backend
         self.max_rows = int(max_rows)
         self.ledger = ledger if ledger is not None else Ledger(keep_events=False)

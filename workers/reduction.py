@@ -135,7 +135,8 @@ class GradientReduction:
 
     def set_bucket_bytes(self, bucket_bytes: int) -> None:
         """Cut the gradients into buckets of `bucket_bytes` from the next all-reduce on (every
-        replica of a ring must use the same)."""
+        replica of a ring must use the same). A gradient's row blocks stay as the program was
+        built with (a bucket may still close at their ends)."""
         self.bucket_bytes = int(bucket_bytes)
         self._bucket_plans = {}
 

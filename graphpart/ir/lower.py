@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, Literal
@@ -110,18 +110,6 @@ def _bind(
             operands.append(_operand(graph, ops, role, each))
     splits = tuple(i for i, role in enumerate(call.args) if role in call.splits)
     return KernelCall(call.key, tuple(operands), param, weight, splits)
-
-
-def row_blocks(rows: int, blocks: int) -> tuple[tuple[int, int], ...]:
-    """[0, rows) in `blocks` contiguous blocks, the first ones a row longer where it does not
-    divide (numpy.array_split's rule)."""
-    if not 1 <= blocks <= rows:
-        raise ValueError(f"{blocks} row blocks of {rows} rows: need 1 <= blocks <= {rows}")
-    q, r = divmod(rows, blocks)
-    ends = [0]
-    for i in range(blocks):
-        ends.append(ends[-1] + q + (i < r))
-    return tuple(zip(ends[:-1], ends[1:], strict=True))
 
 
 @dataclass(frozen=True)
@@ -322,29 +310,6 @@ class Lowered:
         held per micro-batch from its I to its W when W is deferred."""
         names = (n for c in self.weight_calls for n in c.values() if n not in self.saved)
         return tuple(dict.fromkeys(names))
-
-    def split_last_weight(self, blocks: int) -> Lowered:
-        """The same lowering with the backward's last weight-gradient call (the stage's first
-        layer's, which nothing follows) run as `blocks` calls, one a row block of its
-        gradient, in row order: data parallelism all-reduces each block's rows while the next
-        computes (workers/buckets.py). The same buffers; unchanged where that call declares
-        no `splits` or `blocks` is 1."""
-        last = self.weight_calls[-1] if self.weight_calls else None
-        if blocks == 1 or last is None or not last.splits or last.param is None:
-            return self
-        rows = int(self.graph.var(last.param).shape[0])
-        parts = row_blocks(rows, blocks)
-        split = tuple(
-            replace(last, rows=ab, last=i == len(parts) - 1) for i, ab in enumerate(parts)
-        )
-        steps = tuple(
-            replace(
-                s,
-                backward=tuple(c2 for c in s.backward for c2 in (split if c is last else (c,))),
-            )
-            for s in self.steps
-        )
-        return replace(self, steps=steps)
 
     def is_label(self, name: str) -> bool:
         v = self.graph.var(name)

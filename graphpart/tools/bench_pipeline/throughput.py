@@ -119,6 +119,10 @@ def _time_steps(engine: Any, X: np.ndarray, y: np.ndarray, warmup: int, steps: i
         ]
         # data parallelism: each worker's all-reduce of every timed step (workers/stats.py)
         timed = [a.busy.reductions - b.busy.reductions for a, b in zip(after, before, strict=True)]
+        if any(n > len(a.reduce_marks) for a, n in zip(after, timed, strict=True)):
+            raise ValueError(
+                f"timed {max(timed)} all-reduces, more than a worker keeps the marks of"
+            )
         if any(timed):
             out["reduce_marks"] = [
                 a.reduce_marks[len(a.reduce_marks) - n :] for a, n in zip(after, timed, strict=True)
