@@ -3,8 +3,9 @@
 `gemm(kind, a, b, out, beta)` writes op(a) @ op(b) + beta * out into `out` for the three kinds
 of an MLP layer ("nt": a b^T, "nn": a b, "tn": a^T b) through either provider, agreeing with
 NumPy to rounding in float32 and float64, for odd shapes, empty ones, and operands that are not
-C-contiguous: a column block, whose rows are contiguous, MKL takes as it is (OpenBLAS's path
-hands it to MKL where it would need a temporary); any other layout goes to OpenBLAS.
+C-contiguous: a column block, whose rows are contiguous, both take as it is (MKL's cblas, and
+NumPy's OpenBLAS through its own cblas where SciPy's gemm would copy it); any other layout goes
+to OpenBLAS.
 `GRAPHPART_BLAS` must be auto, openblas or mkl; a bad value is an error naming it and the
 valid ones. With `auto` and MKL installed, a product on
 one thread is timed once per machine with both providers and the pick is stored in the cache
@@ -86,7 +87,8 @@ def test_views_and_empty_products(provider, cache, monkeypatch):
     blas.gemm("nt", rows, b, out4)
     np.testing.assert_allclose(out4, rows @ b.T, rtol=1e-12)
     # a column block (rows contiguous, the whole row's stride): a row block of a weight
-    # gradient, accumulated in place (beta 1) with no temporary where MKL is there
+    # gradient, accumulated in place (beta 1) with no temporary, on either provider
+    assert blas._CBLAS is not None  # NumPy's OpenBLAS, through its cblas
     dz, x = rng.standard_normal((16, 9)), rng.standard_normal((16, 7))
     grad = rng.standard_normal((9, 7))
     want = grad.copy()

@@ -77,8 +77,8 @@ def _openblas(kind: str, a: np.ndarray, b: np.ndarray, out: np.ndarray, beta: fl
         return
     gemm = _GEMM.get(out.dtype.char)
     if kind != "tn" or gemm is None or not (a.flags.c_contiguous and b.flags.c_contiguous):
-        if _MKL is not None and _MKL.takes(a, b, out):  # a row-strided block: no temporary
-            _MKL.gemm(kind, a, b, out, beta)
+        if _CBLAS is not None and _CBLAS.takes(a, b, out):  # a row-strided block: no temporary
+            _CBLAS.gemm(kind, a, b, out, beta)
             return
         out *= beta
         out += a_ @ b_  # not a BLAS type or layout: the plain way
@@ -88,29 +88,21 @@ def _openblas(kind: str, a: np.ndarray, b: np.ndarray, out: np.ndarray, beta: fl
     gemm(1.0, b.T, a.T, beta=beta, c=out.T, trans_b=1, overwrite_c=1)
 
 
-class Mkl:
-    """cblas_sgemm / cblas_dgemm of MKL's single dynamic library (libmkl_rt), through ctypes."""
+class Cblas:
+    """A library's cblas_sgemm / cblas_dgemm (`names`: their symbols; `index`: its integer
+    type, 64-bit for an ILP64 build) through ctypes: row-major products whose operands have
+    contiguous rows and any leading dimension, with beta, in place."""
 
     _ROW_MAJOR, _NO_TRANS, _TRANS_ = 101, 111, 112
 
-    def __init__(self, lib: ctypes.CDLL, path: str, sequential: bool) -> None:
-        self.path = path
-        p, i = ctypes.c_void_p, ctypes.c_int
-        if sequential:  # before any other MKL call: no OpenMP runtime is loaded at all
-            lib.MKL_Set_Threading_Layer.argtypes = [i]
-            lib.MKL_Set_Threading_Layer(_SEQUENTIAL)
+    def __init__(self, lib: ctypes.CDLL, names: tuple[str, str], index: type = ctypes.c_int):
+        p, e, i = ctypes.c_void_p, ctypes.c_int, index
         self._fn = {}
-        for char, name, scalar in (
-            ("f", "cblas_sgemm", ctypes.c_float),
-            ("d", "cblas_dgemm", ctypes.c_double),
-        ):
+        for char, name, scalar in zip("fd", names, (ctypes.c_float, ctypes.c_double), strict=True):
             fn = getattr(lib, name)
-            fn.argtypes = [i, i, i, i, i, i, scalar, p, i, p, i, scalar, p, i]
+            fn.argtypes = [e, e, e, i, i, i, scalar, p, i, p, i, scalar, p, i]
             fn.restype = None
             self._fn[char] = fn
-        version = ctypes.create_string_buffer(256)
-        lib.MKL_Get_Version_String(version, 256)
-        self.version = version.value.decode(errors="replace").strip()
 
     def takes(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> bool:
         """Whether these operands are a layout cblas takes without copies: 2-D row-major
@@ -156,6 +148,20 @@ class Mkl:
         )
 
 
+class Mkl(Cblas):
+    """cblas_sgemm / cblas_dgemm of MKL's single dynamic library (libmkl_rt), through ctypes."""
+
+    def __init__(self, lib: ctypes.CDLL, path: str, sequential: bool) -> None:
+        self.path = path
+        if sequential:  # before any other MKL call: no OpenMP runtime is loaded at all
+            lib.MKL_Set_Threading_Layer.argtypes = [ctypes.c_int]
+            lib.MKL_Set_Threading_Layer(_SEQUENTIAL)
+        super().__init__(lib, ("cblas_sgemm", "cblas_dgemm"))
+        version = ctypes.create_string_buffer(256)
+        lib.MKL_Get_Version_String(version, 256)
+        self.version = version.value.decode(errors="replace").strip()
+
+
 def _ld(x: np.ndarray) -> int | None:
     """The leading dimension (elements from a row to the next) of a 2-D row-major array whose
     rows are contiguous; None for any other layout."""
@@ -168,6 +174,29 @@ def _ld(x: np.ndarray) -> int | None:
     if col != item or row % item or row < x.shape[1] * item:
         return None
     return row // item
+
+
+def _numpy_cblas() -> Cblas | None:
+    """The cblas of the OpenBLAS NumPy runs its products on (its wheels build it ILP64, with
+    prefixed symbols), for the row-strided operands SciPy's gemm would copy; None where it
+    cannot be found."""
+    import numpy.linalg  # noqa: F401 - loads NumPy's BLAS
+
+    for lib in ThreadpoolController().select(internal_api="openblas").lib_controllers:
+        with contextlib.suppress(OSError):
+            dll = ctypes.CDLL(lib.filepath)
+            for pre, post, index in (
+                ("scipy_", "64_", ctypes.c_int64),
+                ("", "64_", ctypes.c_int64),
+                ("", "", ctypes.c_int),
+            ):
+                names = (f"{pre}cblas_sgemm{post}", f"{pre}cblas_dgemm{post}")
+                if all(hasattr(dll, n) for n in names):
+                    return Cblas(dll, names, index)
+    return None
+
+
+_CBLAS = _numpy_cblas()
 
 
 _SEQUENTIAL = 1  # MKL_THREADING_SEQUENTIAL
