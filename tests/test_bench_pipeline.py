@@ -136,7 +136,9 @@ def test_tiny_run_returns_every_figure(ray_session):
     assert dp["exposed_of_unhidden"] == pytest.approx(
         dp["critical_exposed_ms"] / off["critical_exposed_ms"]
     )
-    assert "all-reduce " in report and "left exposed" in report
+    assert dp["comm_of_unhidden"] == pytest.approx(dp["critical_comm_ms"] / off["critical_comm_ms"])
+    assert dp["critical_comm_ms"] >= dp["critical_exposed_ms"]  # and the work inside the backward
+    assert "all-reduce " in report and "on the critical path" in report
     assert all(r["sgemm_gflops"] > 0 for r in res["single"])
     assert "data parallel, 2 replicas" in report and "torch DDP: not measured" in report
     proj = res["projection"]["rows"]

@@ -190,13 +190,14 @@ def test_exposed_is_what_outlasts_the_compute():
 
 def test_critical_path_splits_a_replicas_wait_from_the_communication_after_the_last():
     """critical_path: per step, the communication after the latest compute end (on the
-    replica that had it, with its own time) and the wait from the first compute end to the
-    last; the replica that ends last may change from step to step; marks of different lengths
-    are refused, naming them."""
-    r0 = [ReduceMark(10.0, 13.0, 2.5), ReduceMark(20.0, 21.0, 1.5)]
-    r1 = [ReduceMark(12.0, 13.2, 1.0), ReduceMark(19.0, 21.25, 2.0)]
+    replica that had it, with its own time and its work inside the backward) and the wait
+    from the first compute end to the last; the replica that ends last may change from step
+    to step; marks of different lengths are refused, naming them."""
+    r0 = [ReduceMark(10.0, 13.0, 2.5, 0.25), ReduceMark(20.0, 21.0, 1.5, 0.5)]
+    r1 = [ReduceMark(12.0, 13.2, 1.0, 0.75), ReduceMark(19.0, 21.25, 2.0, 0.125)]
     c = critical_path([r0, r1])
     assert c.steps == 2
+    assert c.polled == pytest.approx(0.75 + 0.5)  # the last replica's work in its backward
     assert c.exposed == pytest.approx(1.2 + 1.25)  # 13.2 - 12, then 21.25 - 20
     assert c.own == pytest.approx(1.0 + 1.5)  # replica 1's, then replica 0's
     assert c.wait == pytest.approx(2.0 + 1.0)

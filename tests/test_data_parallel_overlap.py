@@ -178,6 +178,8 @@ def test_overlap_is_bit_identical_and_equals_the_oracle(R, M, split):
         marks = w.stats().reduce_marks
         assert len(marks) == STEPS
         assert sum(m.own for m in marks) == pytest.approx(w.busy.allreduce)
+        assert sum(m.polled for m in marks) == pytest.approx(w.busy.polled)
+    assert all(m.polled == 0 for w in off for m in w.stats().reduce_marks)
     crit = critical_path([w.stats().reduce_marks for w in on])
     # after the last compute, at most what the replicas waited for together
     assert crit.steps == STEPS and 0.0 <= crit.exposed <= sum(w.busy.exposed for w in on)

@@ -96,6 +96,7 @@ def test_train_with_replicas_accumulating_micro_batches_equals_one_process(
     (path,) = json.loads((runs / "dp" / "summary.json").read_text())["allreduce_critical_path"]
     assert path["stage"] == 0 and path["steps"] == 8  # 80 rows in minibatches of 11
     assert path["exposed_s"] >= 0 and path["own_s"] > 0 and path["wait_s"] >= 0
+    assert path["polled_s"] >= 0
     assert (
         json.loads((runs / "one" / "summary.json").read_text())["allreduce_critical_path"] is None
     )

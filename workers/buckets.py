@@ -271,14 +271,18 @@ def exposed_time(spans: Sequence[Span], compute_end: float) -> float:
 class CriticalPath:
     """Steps of data parallelism on the replicas' clocks side by side (seconds, summed over the
     steps): `exposed`, the communication after the last replica's backward compute ended,
-    which no replica could hide; `own`, the all-reduce's own time on that replica; `wait`,
-    the time from the first replica's compute end to the last's (the faster replicas' wait
-    for the slowest, which a replica's own `Busy.exposed` also counts)."""
+    which no replica could hide; `polled`, that replica's all-reduce work inside its
+    backward's calls, which delayed that end (on a core a replica, copies and sums take the
+    core wherever they run: `exposed + polled` is the communication the step carried);
+    `own`, the all-reduce's own time on that replica; `wait`, the time from the first
+    replica's compute end to the last's (the faster replicas' wait for the slowest, which a
+    replica's own `Busy.exposed` also counts)."""
 
     exposed: float
     own: float
     wait: float
     steps: int
+    polled: float = 0.0
 
 
 def critical_path(marks: Sequence[Sequence[ReduceMark]]) -> CriticalPath:
@@ -290,10 +294,11 @@ def critical_path(marks: Sequence[Sequence[ReduceMark]]) -> CriticalPath:
         raise ValueError("critical_path needs the marks of at least one replica")
     if len(steps) != 1:
         raise ValueError(f"replicas' marks cover different steps: {sorted(steps)}")
-    exposed = own = wait = 0.0
+    exposed = own = wait = polled = 0.0
     for step in zip(*marks, strict=True):
         last = max(step, key=lambda m: m.compute_end)
         exposed += max(0.0, max(m.end for m in step) - last.compute_end)
         own += last.own
+        polled += last.polled
         wait += last.compute_end - min(m.compute_end for m in step)
-    return CriticalPath(exposed, own, wait, steps.pop())
+    return CriticalPath(exposed, own, wait, steps.pop(), polled)

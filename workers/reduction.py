@@ -40,6 +40,7 @@ class GradientReduction:
     _polled: float
     _polled_cpu: float
     _last_poll: float
+    _polled_at_arm: float
     reduce_marks: deque[ReduceMark]
 
     def reduce_grads(self, reduce: Reduce, world: int, progress: Progress) -> None:
@@ -73,7 +74,8 @@ class GradientReduction:
         self.busy.exposed += exposed_time(done.spans, self._compute_end)
         self.busy.reductions += 1
         end = max((s.end for s in done.spans), default=self._compute_end)
-        self.reduce_marks.append(ReduceMark(self._compute_end, end, own))
+        polled = self._polled - self._polled_at_arm if armed is not None else 0.0
+        self.reduce_marks.append(ReduceMark(self._compute_end, end, own, polled))
 
     def arm_reduce(self, reduce: Reduce, world: int, progress: Progress) -> None:
         """Overlap: call right before this step's last weight-gradient action (the last B or W
@@ -98,6 +100,7 @@ class GradientReduction:
             self._polled_cpu += time.thread_time() - c
 
         self._armed = ready
+        self._polled_at_arm = self._polled
         self.prog.grad_hook = final
 
     def disarm_reduce(self) -> None:

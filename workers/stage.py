@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -155,6 +156,7 @@ class StageWorker(GradientReduction):
         self._compute_end = 0.0  # when the last backward or W call ended (perf_counter)
         self._polled = self._polled_cpu = 0.0  # seconds the buckets advanced in the backward
         self._last_poll = 0.0  # the length of the last advance
+        self._polled_at_arm = 0.0  # _polled when this step's all-reduce was armed
         self.reduce_marks: deque[ReduceMark] = deque(maxlen=MARKS_KEPT)
         self.pid = os.getpid()
 
@@ -352,6 +354,7 @@ class StageWorker(GradientReduction):
             device_memory=self._device_memory(),
             traced=traced.read(),
             reduce_marks=tuple(self.reduce_marks),
+            node=platform.node(),
         )
 
     def _device_memory(self) -> DeviceMemory | None:

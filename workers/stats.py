@@ -67,11 +67,13 @@ class Busy:
 class ReduceMark:
     """One step's all-reduce on one replica (perf_counter seconds: system-wide on Linux, so
     the replicas of one machine compare): when its last backward compute ended, when its last
-    bucket ended, and the buckets' own time (`Busy.allreduce`'s part of that step)."""
+    bucket ended, the buckets' own time (`Busy.allreduce`'s part of that step), and their
+    work inside the backward's calls (`Busy.polled`'s: it delayed the compute's end)."""
 
     compute_end: float
     end: float
     own: float
+    polled: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,7 @@ class StageStats:
     device_memory: DeviceMemory | None = None
     traced: Traced | None = None  # when profiling (keep_events)
     reduce_marks: tuple[ReduceMark, ...] = ()  # data parallelism: the last steps' all-reduces
+    node: str = ""  # the machine the worker runs on (its clocks compare with its node's only)
 
 
 def by_process(stats: Sequence[StageStats]) -> dict[int, list[StageStats]]:

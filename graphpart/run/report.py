@@ -182,13 +182,15 @@ def run_summary(
 def allreduce_path(stats: list[StageStats], stages: int) -> list[dict[str, Any]] | None:
     """Data parallelism: per stage, its replicas' last steps' all-reduces set side by side
     (engines.critical_path, over the steps every replica still keeps): a step's mean
-    communication after the last replica's backward, that replica's own all-reduce time, and
-    the others' wait for it. None without data parallelism (or marks that do not line up)."""
+    communication after the last replica's backward, that replica's work inside its backward
+    and own all-reduce time, and the others' wait for it. None without data parallelism, or
+    where a stage's replicas run on several machines (their clocks do not compare)."""
     out = []
     for k in range(stages):
-        marks = [x.reduce_marks for x in stats if x.stage % stages == k]
+        held = [x for x in stats if x.stage % stages == k]
+        marks = [x.reduce_marks for x in held]
         n = min((len(m) for m in marks), default=0)
-        if len(marks) < 2 or n == 0:
+        if len(marks) < 2 or n == 0 or len({x.node for x in held}) > 1:
             return None
         c = critical_path([m[len(m) - n :] for m in marks])
         out.append(
@@ -196,6 +198,7 @@ def allreduce_path(stats: list[StageStats], stages: int) -> list[dict[str, Any]]
                 "stage": k,
                 "steps": c.steps,
                 "exposed_s": round(c.exposed / c.steps, 6),
+                "polled_s": round(c.polled / c.steps, 6),
                 "own_s": round(c.own / c.steps, 6),
                 "wait_s": round(c.wait / c.steps, 6),
             }

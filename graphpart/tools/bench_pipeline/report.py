@@ -64,11 +64,13 @@ def format_report(res: dict[str, Any]) -> str:
             f"exposed {' | '.join(f'{t:.1f}' for t in d.get('exposed_ms', []))}, "
             f"inside the backward {' | '.join(f'{t:.1f}' for t in d.get('polled_ms', []))}"
             + (
-                f"; after the last replica's backward {d['critical_exposed_ms']:.1f} of its "
-                f"{d['critical_own_ms']:.1f}, the others' wait for it {d['replica_wait_ms']:.1f}; "
-                f"overlap off: {d['overlap_off']['step_s_median'] * 1e3:.1f} ms/step, "
-                f"{d['overlap_off']['critical_exposed_ms']:.1f} after the last backward, so "
-                f"{d['exposed_of_unhidden']:.0%} of it left exposed)"
+                f"; on the critical path {d['critical_comm_ms']:.1f} ms of it "
+                f"({d['critical_exposed_ms']:.1f} after the last replica's backward, the rest "
+                f"inside it), the others' wait for it {d['replica_wait_ms']:.1f}; overlap off: "
+                f"{d['overlap_off']['step_s_median'] * 1e3:.1f} ms/step, "
+                f"{d['overlap_off']['critical_comm_ms']:.1f} on the critical path: with the "
+                f"overlap {d['comm_of_unhidden']:.0%} of it, {d['exposed_of_unhidden']:.0%} "
+                "after the backward)"
                 if "overlap_off" in d
                 else ")"
             )

@@ -230,20 +230,31 @@ def measure_single(
 
 
 def measure_data_parallel(
-    sizes: Sequence[int], batch: int, dtype: str, replicas: int, warmup: int, steps: int
+    sizes: Sequence[int],
+    batch: int,
+    dtype: str,
+    replicas: int,
+    warmup: int,
+    steps: int,
+    off_first: bool = False,
 ) -> dict[str, Any]:
     """`replicas` whole-model replicas on Ray, each on batch/replicas rows, gradients
     ring-all-reduced over shared-memory channels every step (graphpart's data parallelism),
-    with the all-reduce overlapping the backward (the default), then, on the same workers,
-    after it (`overlap_off`): what the overlap left exposed against what the all-reduce
-    costs a step when nothing hides it (`exposed_of_unhidden`)."""
+    with the all-reduce overlapping the backward (the default) and, on the same workers,
+    after it (`overlap_off`; timed first where `off_first`, so that a pair of calls takes
+    the two in both orders): the communication the step carried on its critical path with
+    the overlap against without it (`comm_of_unhidden`), and of it the part after the last
+    backward (`exposed_of_unhidden`)."""
     g, params, X, y, opt = _problem(sizes, batch, dtype)
     with DataParallel(partition(g, 1), params, opt, replicas=replicas, max_rows=batch) as eng:
-        r = _allreduce_figures(_time_steps(eng, X, y, warmup, steps), steps)
-        eng.set_overlap(False)
-        off = _allreduce_figures(_time_steps(eng, X, y, warmup, steps), steps)
+        timed = {}
+        for overlap in (False, True) if off_first else (True, False):
+            eng.set_overlap(overlap)
+            timed[overlap] = _allreduce_figures(_time_steps(eng, X, y, warmup, steps), steps)
+    r, off = timed[True], timed[False]
     r["overlap_off"] = {k: off[k] for k in ALLREDUCE_FIGURES}
     r["exposed_of_unhidden"] = r["critical_exposed_ms"] / max(off["critical_exposed_ms"], 1e-9)
+    r["comm_of_unhidden"] = r["critical_comm_ms"] / max(off["critical_comm_ms"], 1e-9)
     r["sgemm_gflops"] = whole_model_rate(sizes, microbatch_rows(batch, replicas), dtype)
     return {"engine": "data-parallel", "replicas": replicas, **r}
 
@@ -255,6 +266,7 @@ ALLREDUCE_FIGURES = (
     "polled_ms",
     "critical_exposed_ms",
     "critical_own_ms",
+    "critical_comm_ms",
     "replica_wait_ms",
 )
 
@@ -263,8 +275,9 @@ def _allreduce_figures(r: dict[str, Any], steps: int) -> dict[str, Any]:
     """A data-parallel run's timed steps (`_time_steps`) with its all-reduce's figures a step:
     each replica's own time, the part it waited for after its backward, its work inside the
     backward; and, the replicas' clocks side by side, the communication after the last
-    replica's backward (what no overlap hid), that replica's own time, and the others' wait
-    for it."""
+    replica's backward, that and its work inside the backward (which delayed the backward's
+    end: on a core a replica the copies and sums take the core wherever they run), that
+    replica's own time, and the others' wait for it."""
     busy = r.pop("busy_s")
     r["allreduce_ms"] = [b["allreduce"] / steps * 1e3 for b in busy]
     r["exposed_ms"] = [b["exposed"] / steps * 1e3 for b in busy]
@@ -272,6 +285,8 @@ def _allreduce_figures(r: dict[str, Any], steps: int) -> dict[str, Any]:
     crit = critical_path(r.pop("reduce_marks"))
     r["critical_exposed_ms"] = crit.exposed / crit.steps * 1e3
     r["critical_own_ms"] = crit.own / crit.steps * 1e3
+    # what the step carried: after the last backward, and inside it (its calls' work)
+    r["critical_comm_ms"] = (crit.exposed + crit.polled) / crit.steps * 1e3
     r["replica_wait_ms"] = crit.wait / crit.steps * 1e3
     return r
 
