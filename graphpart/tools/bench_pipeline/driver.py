@@ -107,7 +107,13 @@ def _second_faster(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return b["step_s_median"] < a["step_s_median"]
 
 
-KEPT_OF_OTHER = (*ALLREDUCE_FIGURES, "overlap_off", "exposed_of_unhidden", "measured_bubble")
+KEPT_OF_OTHER = (
+    *ALLREDUCE_FIGURES,
+    "overlap_off",
+    "exposed_of_unhidden",
+    "comm_of_unhidden",
+    "measured_bubble",
+)
 
 
 def better(a: Any, b: Any) -> Any:
