@@ -8,7 +8,7 @@ import sys
 import traceback
 
 from graphpart.cli.parser import bench_argv, build_parser
-from graphpart.errors import Diverged, GraphpartError, Terminated
+from graphpart.errors import Diverged, GraphpartError
 from graphpart.run import sigterm
 
 
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"graphpart: error: {_one_line(str(e))}", file=sys.stderr)
         return 1 if isinstance(e, Diverged) else 2  # divergence: the run's fault, not input
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated): the run says what it kept
-        code = 143 if isinstance(e, Terminated) else 130
+        code = 143 if sigterm.terminated(e) else 130
         print("graphpart: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
         if _exit_at_once:  # the program (not a caller of main): see entry()
             sys.stdout.flush()

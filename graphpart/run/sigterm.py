@@ -9,10 +9,20 @@ from types import FrameType
 from graphpart.errors import Terminated
 
 _installed = False
+_received = False
 
 
 def _raise(signum: int, frame: FrameType | None) -> None:
+    global _received
+    _received = True
     raise Terminated()
+
+
+def terminated(e: BaseException) -> bool:
+    """Whether the interrupt `e` comes from SIGTERM: a Terminated, or any KeyboardInterrupt
+    once SIGTERM came (Ray's blocking calls turn an exception the handler raised inside them
+    into a plain KeyboardInterrupt)."""
+    return isinstance(e, Terminated) or (_received and isinstance(e, KeyboardInterrupt))
 
 
 def install() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from graphpart.errors import StageFailure, Terminated
+from graphpart.run import sigterm
 from graphpart.run.checkpoint import RunDir
 from graphpart.run.config import Config, dump_toml
 from graphpart.run.metrics import resume_row
@@ -77,10 +78,10 @@ def train(
         return Trainer(s, run, ck, log=log, progress=progress, on_epoch=on_epoch).fit()
     # every way a run ends is written to summary.json (as far as the disk lets)
     except KeyboardInterrupt as e:
-        how = "by SIGTERM" if isinstance(e, Terminated) else "by Ctrl-C"
-        msg = f"stopped {how}; " + resume_advice(run)
+        term = sigterm.terminated(e)
+        msg = f"stopped {'by SIGTERM' if term else 'by Ctrl-C'}; " + resume_advice(run)
         _try_status(run, "interrupted", msg)
-        raise type(e)(msg) from None
+        raise (Terminated if term else KeyboardInterrupt)(msg) from None
     except StageFailure as e:
         msg = f"{e}; " + resume_advice(run)
         _try_status(run, "failed", msg)
