@@ -2,8 +2,8 @@
 
 Contract: the handler raises Terminated (a KeyboardInterrupt); `terminated(e)` says whether an
 interrupt comes from SIGTERM: a Terminated always, a plain KeyboardInterrupt only once the
-handler has run (Ray's blocking calls turn the Terminated raised inside them into a plain
-KeyboardInterrupt, and the run must still exit 143 and say SIGTERM), never another exception.
+handler has run (a SIGTERM inside a Ray call can come out of it as a plain KeyboardInterrupt,
+and the run must still exit 143 and say SIGTERM), never another exception.
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ def _raise(signum: int, frame: FrameType | None) -> None:
 
 def terminated(e: BaseException) -> bool:
     """Whether the interrupt `e` comes from SIGTERM: a Terminated, or any KeyboardInterrupt
-    once SIGTERM came (Ray's blocking calls turn an exception the handler raised inside them
-    into a plain KeyboardInterrupt)."""
+    once SIGTERM came (a SIGTERM inside a Ray call can come out of it as a plain
+    KeyboardInterrupt, not the handler's Terminated)."""
     return isinstance(e, Terminated) or (_received and isinstance(e, KeyboardInterrupt))
 
 
