@@ -30,12 +30,12 @@ def row_blocks_of(low: Lowered, split_bytes: int, dtype: np.dtype) -> int:
 
 def block_ends(low: Lowered) -> dict[str, tuple[int, ...]]:
     """Where a gradient written in row blocks is final block by block: its elements at each
-    block's end but the last."""
+    block's end but the last (the partial Finals of a backward's weight calls)."""
     out: dict[str, list[int]] = {}
-    for c in low.weight_calls:
-        if c.rows is not None and c.param is not None and not c.last:
-            row = int(np.prod(low.graph.var(c.param).shape[1:], dtype=np.int64))
-            out.setdefault(c.param, []).append(c.rows[1] * row)
+    for done in finals(low, low.weight_calls):
+        for name, upto in done:
+            if upto < _size(low, name):
+                out.setdefault(name, []).append(upto)
     return {k: tuple(v) for k, v in out.items()}
 
 
@@ -54,11 +54,11 @@ def finals(low: Lowered, calls: tuple[KernelCall, ...]) -> list[tuple[Final, ...
     for j, c in enumerate(calls):
         done = [Final(p, _size(low, p)) for p, i in last.items() if i == j]
         if c.rows is not None and c.param is not None and not c.last and j < last[c.param]:
-            row = int(np.prod(low.graph.var(c.param).shape[1:], dtype=np.int64))
-            done.append(Final(c.param, c.rows[1] * row))
+            done.append(Final(c.param, c.rows[1] * _size(low, c.param, first=1)))
         out.append(tuple(done))
     return out
 
 
-def _size(low: Lowered, name: str) -> int:
-    return int(np.prod(low.graph.var(name).shape, dtype=np.int64))
+def _size(low: Lowered, name: str, first: int = 0) -> int:
+    """Elements of parameter `name` (from its axis `first` on: 1 gives a row's)."""
+    return int(np.prod(low.graph.var(name).shape[first:], dtype=np.int64))

@@ -240,8 +240,11 @@ def simulate(
     rows = [[(a.kind, k, a.mb) for a in actions] for k, actions in enumerate(schedule)]
     split = {(k, a.mb) for k, actions in enumerate(schedule) for a in actions if a.kind == "I"}
 
+    def hop(a: int, b: int) -> float:
+        return comm
+
     def dependency(key: Key) -> tuple[Key, float] | None:
-        return waits_for(key, stages - 1, split, lambda a, b: comm)
+        return waits_for(key, stages - 1, split, hop)
 
     ran, pos = sweep(rows, lambda key: times[key[0]][key[1]], dependency)
     events = [Event(k, schedule[k][i], start, end) for k, i, start, end in ran]

@@ -102,10 +102,13 @@ def _shared(
     step = 0.0
     t = 0.0
 
+    def hop(a: int, b: int) -> float:
+        return hop_s
+
     def ready_at(s: int) -> float | None:
         """When stage s's next action may start (None: its input is not yet produced)."""
         action = schedule[s][pos[s]]
-        dep = waits_for((action.kind, s, action.mb), k - 1, split, lambda a, b: hop_s)
+        dep = waits_for((action.kind, s, action.mb), k - 1, split, hop)
         if dep is None:
             return 0.0
         end = done.get(dep[0])
