@@ -179,7 +179,9 @@ def test_data_parallel_replicas_hold_the_whole_state_and_1_over_k_activations(gr
         assert len(set(dp.peak_bytes)) == 1
         for c in ("parameter", "gradient", "optimizer"):
             assert dp.worst_bytes[c] == single.worst_bytes[c]
-        assert dp.worst_bytes["activation"] * K == single.worst_bytes["activation"]
+        # 1/K of each activation's data; each buffer still takes its alignment slack
+        gap = dp.worst_bytes["activation"] * K - single.worst_bytes["activation"]
+        assert 0 <= gap <= 128 * K * len(graph.vars)
         p = memory.param_bytes(graph)
         # no all-reduce buffer (the ring sums the gradients in place): a share's workspace
         assert dp.worst_bytes["workspace"] * K >= single.worst_bytes["workspace"]

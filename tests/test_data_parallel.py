@@ -37,6 +37,7 @@ from graphpart.autodiff import value_and_grad
 from graphpart.engines import DataParallel, Engine
 from graphpart.engines.data_parallel import replica_rows
 from graphpart.errors import ConfigError, PlanError, StageFailure
+from graphpart.ir.lower import ALIGN, allocated
 from graphpart.optim import make_optimizer
 from graphpart.plan.batching import split_batch
 from graphpart.plan.memory import StageMemory, Workload, predict, predict_data_parallel
@@ -124,7 +125,9 @@ def test_workers_joined_by_a_ring_equal_micro_batching(k):
         assert np.array_equal(w.get_params()["W1"], ws[0].get_params()["W1"])
         assert "allreduce" not in w.ledger.entries  # summed in the gradients' own buffer
         assert w._flat is w.prog.flat_grads
-        assert w.prog.flat_grads.nbytes == sum(v.nbytes for v in p0.values())
+        # the gradients end to end, each on a 64-byte line: what their ledger entries add up to
+        assert w.prog.flat_grads.nbytes == sum(allocated(v.nbytes) for v in p0.values()) - ALIGN
+        assert all(v.ctypes.data % ALIGN == 0 for v in w.prog.grads.values())
         assert w.busy.allreduce > 0.0
 
 
@@ -223,7 +226,7 @@ def test_replicas_train_like_one_stage_with_k_microbatches(ray_session, transpor
         stats = dp.stats()
         assert [s.stage for s in stats] == list(range(k))
         assert len({s.pid for s in stats}) == k
-        param_bytes = sum(v.nbytes for v in p0.values())
+        param_bytes = sum(allocated(v.nbytes) for v in p0.values())  # each 64-byte aligned
         # the ring's shared-memory channels on shm
         pred = predict_data_parallel(
             partition(g, 1),

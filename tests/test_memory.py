@@ -30,6 +30,7 @@ import pytest
 from graphpart.engines import Engine
 from graphpart.errors import PlanError
 from graphpart.ir import mlp
+from graphpart.ir.lower import allocated, nbytes
 from graphpart.ir.ops import ACTIVATIONS, LOSSES
 from graphpart.optim import SGD, Adam
 from graphpart.params import init_params
@@ -188,14 +189,15 @@ def test_categories_follow_the_rules():
         plan, Workload(batch=BATCH, microbatches=4, schedule="gpipe", optimizer="adam")
     )
     for st, sp in zip(plan.stages, pred.stages, strict=True):
-        pbytes = st.param_count() * 4
+        pbytes = sum(allocated(nbytes(v.shape, 1, "float32")) for v in st.graph.params)  # aligned
+        assert pbytes - st.param_count() * 4 <= 128 * len(st.graph.params)
         assert sp.bytes["parameter"] == sp.bytes["gradient"] == pbytes
         assert sp.bytes["optimizer"] == 2 * pbytes
         assert sp.in_flight == 4 and sp.rows == BATCH // 4
         assert sp.bytes["activation"] % sp.in_flight == 0
     first, last = pred.stages
-    assert first.bytes["boundary"] == 4 * 4 * SIZES[2]  # received dJ/dh2 only
-    assert last.bytes["boundary"] == 4 * 4 * SIZES[2]  # sent dJ/dh2 only
+    assert first.bytes["boundary"] == allocated(4 * 4 * SIZES[2])  # received dJ/dh2 only
+    assert last.bytes["boundary"] == allocated(4 * 4 * SIZES[2])  # sent dJ/dh2 only
     sgd = memory.predict(
         plan, Workload(batch=BATCH, microbatches=4, schedule="gpipe", optimizer="sgd", momentum=0.0)
     )
@@ -381,7 +383,7 @@ def test_data_parallel_is_one_device_on_ceil_rows(opt, K, batch):
     one = memory.predict(
         plan, Workload(batch=rows, microbatches=1, schedule="1f1b", optimizer=opt, momentum=0.0)
     ).stages[0]
-    params = memory.param_bytes(g)
+    params = sum(allocated(nbytes(v.shape, 1, "float32")) for v in g.params)
     assert params == one.bytes["parameter"]
     assert len(dp.stages) == K and [s.index for s in dp.stages] == list(range(K))
     for s in dp.stages:
@@ -401,8 +403,10 @@ def test_data_parallel_is_one_device_on_ceil_rows(opt, K, batch):
     ).stages[0]
     for c in ("parameter", "gradient", "optimizer"):
         assert dp.stages[0].bytes[c] == full.bytes[c]
-    if batch % K == 0:
-        assert dp.stages[0].bytes["activation"] * K == full.bytes["activation"]
+    if batch % K == 0:  # 1/K of each buffer's data; each still takes its alignment slack
+        acts = sum(c == "activation" for c, _ in full.entries().values())
+        gap = dp.stages[0].bytes["activation"] * K - full.bytes["activation"]
+        assert 0 <= gap <= 128 * K * acts
     assert "replica 0" in dp.table() and f"over {K} data-parallel replicas" in dp.table()
     assert dp.to_dict()["stages"][K - 1]["total"] == dp.stages[0].total
 
@@ -450,7 +454,7 @@ def test_replicated_pipelines_are_stage_k_on_a_share_plus_its_ring_channels(
     )
     for s in grid.stages:
         k = s.index % K
-        grads = memory.param_bytes(plan.stages[k].graph)
+        grads = memory.grad_buffer_bytes(plan.stages[k].graph)
         want = base.stages[k].entries()
         ring = {n: e for n, e in s.entries().items() if n not in want}
         assert {n: s.entries()[n] for n in want} == want
@@ -521,7 +525,7 @@ def test_shm_channel_buffers_are_counted_per_neighbour():
         assert sm.total == bare.total + sum(w.values())
     one = partition(g, 1)
     dp = memory.predict_data_parallel(one, 2, Workload(batch=10), channels=True).stages[0]
-    ring = memory.ring_channel_bytes(memory.param_bytes(g, "float32"), 2, 4)
+    ring = memory.ring_channel_bytes(memory.grad_buffer_bytes(g, "float32"), 2, 4)
     assert dp.entries()["channel:in0"] == dp.entries()["channel:to_right"] == ("boundary", ring)
     # and the driver's feed of its share's inputs: 5 rows of the input's width, a minibatch wide
     feed = memory.channel_bytes(g.inputs[0].shape[-1], 5, 4)

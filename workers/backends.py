@@ -8,6 +8,7 @@ kernels up there once, when it is built; it only talks to the `Backend` protocol
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -15,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from graphpart.errors import ConfigError
+from graphpart.ir.lower import ALIGN, allocated
 from workers.kernels import cpu as kcpu
 
 Array = Any  # a NumPy array on the CPU backend, a numba.cuda device array on CUDA
@@ -62,14 +64,14 @@ class CpuBackend:
     sgd_update = staticmethod(kcpu.sgd_update)
     adam_update = staticmethod(kcpu.adam_update)
 
-    # arrays
+    # arrays: each on a 64-byte boundary, its allocation graphpart.ir.lower.allocated's bytes
     def empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-        a = np.empty(shape, dtype)
+        a = host_array(shape, dtype)
         a.reshape(-1)[:: max(1, 4096 // a.itemsize)] = 0  # touch every page once: allocate now
         return a
 
     def zeros(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-        return np.zeros(shape, dtype)
+        return host_array(shape, dtype, zero=True)
 
     def from_host(self, a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         if out is None:
@@ -82,6 +84,16 @@ class CpuBackend:
 
     def flat(self, a: np.ndarray) -> np.ndarray:
         return a.reshape(-1)
+
+
+def host_array(shape: tuple[int, ...], dtype: Any, zero: bool = False) -> np.ndarray:
+    """A host array of `shape` starting on an ALIGN-byte boundary: a view of a byte buffer of
+    `allocated` bytes (zeroed with `zero`), which NumPy reports to tracemalloc."""
+    dtype = np.dtype(dtype)
+    size = math.prod(shape) * dtype.itemsize
+    raw = (np.zeros if zero else np.empty)(allocated(size), np.uint8)
+    skip = -raw.ctypes.data % ALIGN
+    return raw[skip : skip + size].view(dtype).reshape(shape)
 
 
 class CudaBackend:
@@ -120,11 +132,18 @@ class CudaBackend:
     def reduction(self, array: Array | None) -> None:
         self._red.array = array
 
+    # arrays: as the host's, each an allocation of graphpart.ir.lower.allocated's bytes (the
+    # device's own allocations start on a 256-byte boundary)
     def empty(self, shape: tuple[int, ...], dtype: Any) -> Array:
-        return self.cuda.device_array(shape, dtype)
+        dtype = np.dtype(dtype)
+        n = math.prod(shape)
+        whole = self.cuda.device_array(allocated(n * dtype.itemsize) // dtype.itemsize, dtype)
+        return whole[:n].reshape(shape)
 
     def zeros(self, shape: tuple[int, ...], dtype: Any) -> Array:
-        return self.cuda.to_device(np.zeros(shape, dtype))
+        a = self.empty(shape, dtype)
+        a.copy_to_device(np.zeros(shape, dtype))
+        return a
 
     def from_host(self, a: np.ndarray, out: Array | None = None) -> Array:
         a = np.ascontiguousarray(a)

@@ -70,23 +70,26 @@ def plan_buckets(
     world: int,
     bucket_bytes: int = DEFAULT_BUCKET_BYTES,
     block_ends: Mapping[str, Sequence[int]] | None = None,
+    strides: Sequence[int] | None = None,
 ) -> tuple[Bucket, ...]:
     """The buckets of a buffer holding `params` ((name, elements, layer), in the order their
-    gradients become final) end to end. A gradient written in row blocks (`block_ends`: its
-    elements at each block's end but the last, workers/finals.py) may also close a bucket at
-    each block's end, as at a layer's."""
+    gradients become final) end to end, each `strides` elements after the one before (None:
+    its elements; Program.grad_spans: aligned, with zeros between, which the buckets cover).
+    A gradient written in row blocks (`block_ends`: its elements at each block's end but the
+    last, workers/finals.py) may also close a bucket at each block's end, as at a layer's."""
     line = max(int(world), 1) * max(ALIGN // int(itemsize), 1)  # elements of world x 64 bytes
     blocks = block_ends or {}
+    steps = [int(p[1]) for p in params] if strides is None else [int(s) for s in strides]
     offsets, at = [], 0
-    for _, size, _ in params:
+    for step in steps:
         offsets.append(at)
-        at += int(size)
+        at += step
     total = at
     ends = []  # where a bucket may close: inside a gradient written in blocks, a layer's end
-    for i, (name, size, layer) in enumerate(params):
+    for i, (name, _, layer) in enumerate(params):
         ends += [offsets[i] + int(e) for e in blocks.get(name, ())]
         if i + 1 == len(params) or params[i + 1][2] != layer:
-            ends.append(offsets[i] + int(size))
+            ends.append(offsets[i] + steps[i])
     cuts, last = [0], 0
     for end in ends:
         if end == total:

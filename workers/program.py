@@ -41,7 +41,15 @@ from typing import Any
 import numpy as np
 
 from graphpart.ir.graph import BATCH, Graph
-from graphpart.ir.lower import BufferSpec, KernelCall, Lowered, lower, nbytes
+from graphpart.ir.lower import (
+    BufferSpec,
+    KernelCall,
+    Lowered,
+    allocated,
+    flat_elements,
+    lower,
+    nbytes,
+)
 from graphpart.ir.split import split_last_weight
 from workers.backends import Backend
 from workers.bind import Run, compile_call
@@ -98,7 +106,7 @@ class Program:
             self.params[w] = self._alloc(low.param_buffer(w))
             self.bk.from_host(np.asarray(params[w], dtype=self.dtype), self.params[w])
             spec = low.grad_buffer(w)
-            self.ledger.add(spec.name, spec.category, nbytes(spec.shape, 0, self.dtype))
+            self.ledger.add(spec.name, spec.category, spec.nbytes(0, self.dtype))
             self.grads[w] = views[self.grad_order.index(w)]
 
         if self.bk.needs_reduction:  # CUDA: the losses' and norms' float64 buffer
@@ -147,18 +155,25 @@ class Program:
         shape = tuple(self.max_rows if d == BATCH else int(d) for d in spec.shape)
         dtype = spec.dtype(self.dtype) if dtype is None else np.dtype(dtype)
         a = self.bk.zeros(shape, dtype) if zero else self.bk.empty(shape, dtype)
-        self.ledger.add(spec.name, spec.category, nbytes(spec.shape, self.max_rows, dtype))
+        size = allocated(nbytes(spec.shape, self.max_rows, dtype))
+        self.ledger.add(spec.name, spec.category, size)
         return a
 
     def _flat_views(self, specs: list[BufferSpec]) -> tuple[Any, list[Any]]:
-        """One zeroed buffer holding `specs` (no batch dimension) end to end, and a view of it
-        for each (the caller enters them in the ledger)."""
+        """One zeroed buffer holding `specs` (no batch dimension) end to end, each at its
+        aligned allocation's stride (so each starts on a 64-byte boundary, and the buffer takes
+        the bytes their ledger entries add up to), and a view of it for each (the caller enters
+        them in the ledger). `grad_spans`: each view's stride in elements, the last one's to
+        the buffer's end (the gaps are zeros, summed with the rest by an all-reduce)."""
         sizes = [int(np.prod(s.shape, dtype=np.int64)) for s in specs]
-        flat = self.bk.zeros((sum(sizes),), self.dtype)
-        views, at = [], 0
+        item = self.dtype.itemsize
+        flat = self.bk.zeros((flat_elements([n * item for n in sizes], item),), self.dtype)
+        views, at, self.grad_spans = [], 0, []
         for spec, n in zip(specs, sizes, strict=True):
             views.append(flat[at : at + n].reshape(tuple(int(d) for d in spec.shape)))
-            at += n
+            stride = min(allocated(n * item) // item, int(flat.size) - at)
+            self.grad_spans.append(stride)
+            at += stride
         return flat, views
 
     # -- buffers ------------------------------------------------------------------------------

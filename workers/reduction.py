@@ -132,7 +132,12 @@ class GradientReduction:
             var = prog.graph.var
             params = [(n, int(prog.grads[n].size), var(n).layer) for n in prog.grad_order]
             self._bucket_plans[world] = plan_buckets(
-                params, prog.dtype.itemsize, world, self.bucket_bytes, prog.block_ends
+                params,
+                prog.dtype.itemsize,
+                world,
+                self.bucket_bytes,
+                prog.block_ends,
+                prog.grad_spans,
             )
         return self._bucket_plans[world]
 

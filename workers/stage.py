@@ -171,8 +171,9 @@ class StageWorker(GradientReduction):
         if out is not None:
             out = self.bk.to_host(out)
             self.bytes_sent += out.nbytes
+        cpu = time.thread_time() - c  # read first: the CPU window lies inside the wall's
         self.busy.forward += time.perf_counter() - t
-        self.busy.compute_cpu += time.thread_time() - c
+        self.busy.compute_cpu += cpu
         return out
 
     def backward(
@@ -217,13 +218,14 @@ class StageWorker(GradientReduction):
         p, pc = self._polled, self._polled_cpu
         with np.errstate(all="ignore"):
             out = call()
+        cpu = time.thread_time() - c  # read first: the CPU window lies inside the wall's
         end = time.perf_counter()
         polled, polled_cpu = self._polled - p, self._polled_cpu - pc
         # the compute ended before the buckets' last advance, if the call ended with one
         self._compute_end = end - self._last_poll if polled else end
         dt = end - t - polled
         self.busy.backward += dt
-        self.busy.compute_cpu += time.thread_time() - c - polled_cpu
+        self.busy.compute_cpu += cpu - polled_cpu
         self.busy.polled += polled
         return out, dt
 

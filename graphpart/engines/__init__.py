@@ -14,7 +14,7 @@ from graphpart.engines.measure import measured_costs
 from graphpart.engines.trainable import Trainable
 from graphpart.engines.transports import TRANSPORTS, removed_note
 from graphpart.engines.transports.ring import PLACEMENTS as DP_PLACEMENTS
-from workers.backends import DEVICES, check_device
+from workers.backends import DEVICES, check_device, host_array
 from workers.buckets import critical_path
 from workers.channels import Channel, ChannelInbox, ChannelName
 from workers.channels import unlink as unlink_channel
@@ -27,6 +27,7 @@ from workers.stats import Rss, StageStats, by_process
 __all__ = [
     "Channel",
     "critical_path",
+    "host_array",
     "blas_providers",
     "describe_blas",
     "ChannelInbox",

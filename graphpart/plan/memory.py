@@ -10,7 +10,7 @@ import numpy as np
 
 from graphpart.errors import PlanError
 from graphpart.ir.graph import BATCH, Graph
-from graphpart.ir.lower import CATEGORIES, LABEL_DTYPE, lower, nbytes
+from graphpart.ir.lower import CATEGORIES, LABEL_DTYPE, flat_elements, lower, nbytes
 from graphpart.ir.lower import saved_values as lower_saved_values
 from graphpart.ir.ops import get
 from graphpart.plan import schedule as sch
@@ -188,6 +188,13 @@ def param_bytes(graph: Graph, dtype: Any = "float32") -> int:
     return sum(nbytes(v.shape, 1, dtype) for v in graph.params)
 
 
+def grad_buffer_bytes(graph: Graph, dtype: Any = "float32") -> int:
+    """Bytes of the one buffer a worker holds `graph`'s gradients in, each aligned
+    (graphpart.ir.lower.flat_elements): what its all-reduce sums."""
+    size = np.dtype(dtype).itemsize
+    return flat_elements([nbytes(v.shape, 1, dtype) for v in graph.params], size) * size
+
+
 def predict_data_parallel(
     plan: Plan, replicas: int, w: Workload, *, channels: bool = False
 ) -> MemoryPrediction:
@@ -232,7 +239,7 @@ def predict_data_parallel(
         stages = []
         for r in range(replicas):
             for sm in base.stages:
-                grads = param_bytes(plan.stages[sm.index].graph, dtype)
+                grads = grad_buffer_bytes(plan.stages[sm.index].graph, dtype)
                 bufs = sm.buffers
                 if channels and replicas > 1:
                     ring = ring_channel_bytes(grads, replicas, size)
@@ -250,7 +257,7 @@ def predict_data_parallel(
     ).stages[0]
     bufs = one.buffers
     if channels and replicas > 1:  # the driver's feed, the ring from the left and to the right
-        ring = ring_channel_bytes(param_bytes(plan.graph, dtype), replicas, size)
+        ring = ring_channel_bytes(grad_buffer_bytes(plan.graph, dtype), replicas, size)
         bufs += channel_buffers(plan, 0, rows, dtype) + (
             Buffer("channel:in0", "boundary", ring),
             Buffer("channel:to_right", "boundary", ring),

@@ -265,9 +265,9 @@ def grid_edges(replicas: int, stages: int) -> tuple[list[tuple[int, int]], set[i
 def ring_channel_bytes(spec: WorkerSpec, world: int) -> int:
     """Bytes one worker sends its right neighbour in a step (graphpart.plan.memory's
     ring_channel_bytes of its stage's gradients, which the memory model counts)."""
-    size = sum(int(np.prod(v.concrete_shape(1), dtype=np.int64)) for v in spec.graph.params)
-    itemsize = params_dtype(spec.params).itemsize
-    return memory.ring_channel_bytes(size * itemsize, world, itemsize)
+    dtype = params_dtype(spec.params)
+    grads = memory.grad_buffer_bytes(spec.graph, dtype)
+    return memory.ring_channel_bytes(grads, world, dtype.itemsize)
 
 
 def _none(e: int, a: int, b: int) -> list[tuple[int, int, str, int]]:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from graphpart.engines import blas_providers
+from graphpart.engines import blas_providers, host_array
 
 # the three products of a layer y = x W^T (W: out x in), as the CPU backend calls them:
 # (a's shape, b's shape, out's shape, the gemm kind)
@@ -69,10 +69,10 @@ def product_rate(
     itemsize = np.dtype(dtype).itemsize
     one = (np.prod(sa) + np.prod(sb) + np.prod(sc)) * itemsize
     copies = min(64, max(4, int(COLD_BYTES // max(one, 1)))) if cold else 1
-    ops = [
-        (*(rng.standard_normal(s).astype(dtype) for s in (sa, sb)), np.zeros(sc, dtype))
-        for _ in range(copies)
-    ]
+    ops = [tuple(host_array(s, dtype, zero=True) for s in (sa, sb, sc)) for _ in range(copies)]
+    for a, b, _ in ops:  # on 64-byte boundaries, as a stage's buffers: the BLAS's best layout
+        a[:] = rng.standard_normal(sa)
+        b[:] = rng.standard_normal(sb)
     gemms = blas_providers()
     times: dict[str, list[float]] = {name: [] for name in gemms}
     with threadpool_limits(1):
