@@ -1,12 +1,12 @@
 """The pipeline benchmark measures what it says and feeds the simulator consistently.
 
-Contract: `call_overhead_s` spreads a stage's CPU time beyond its busy time over its calls
-(its schedule's actions and finish: 2M + 1 with whole backwards, 3M + 1 split) and never goes
-negative; `predict_step` is the schedule simulator's makespan plus each
-stage's finish after its last action (GPipe on equal stages: (M + K - 1)(f + b) + finish,
-bubble (K - 1)/(M + K - 1)); the measured bubble is the stages' idle share by wall clock
-(blocked on a neighbour's tensor, or no step call running), never above the share outside the
-actions' work; a tiny `run` on the test session's Ray returns every figure for
+Contract: `call_overhead_s` spreads a stage's CPU time beyond its busy time and its polling
+while it waited (`wait_cpu`) over its calls (its schedule's actions and finish: 2M + 1 with
+whole backwards, 3M + 1 split) and never goes negative; `predict_step` is the schedule
+simulator's makespan plus each stage's finish after its last action (GPipe on equal stages:
+(M + K - 1)(f + b) + finish, bubble (K - 1)/(M + K - 1)); the measured bubble is the stages' idle
+share by wall clock (blocked on a neighbour's tensor, or no step call running), never above the
+share outside the actions' work; a tiny `run` on the test session's Ray returns every figure for
 every engine (push, shm), the prediction with per-call cost is never below the kernels-only
 one, and the report prints a row per configuration; each configuration is followed at once by
 the sgemm rate at its shapes and (default transport) its torch peer, whose figure every row of
@@ -47,6 +47,8 @@ def test_call_overhead_spreads_cpu_beyond_busy_time_over_the_calls():
     assert over[1] == 0.0
     split = bp.call_overhead_s(timed, "zb-h1", 2, microbatches=3)  # 10 calls a step
     assert split[0] == pytest.approx((30.0 - 26.0) / 1e3 / 10)
+    timed["busy_s"][0]["wait_cpu"] = 0.012  # 3 ms a step polling for tensors: not a call's cost
+    assert bp.call_overhead_s(timed, "1f1b", 2, microbatches=3)[0] == pytest.approx(1e-3 / 7)
 
 
 @pytest.mark.parametrize("k,m", [(2, 1), (2, 4), (3, 2), (4, 8)])

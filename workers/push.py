@@ -156,7 +156,7 @@ def run_step(
     neighbours' tensors (`wait`) and its whole wall time (`span`).
     """
     t0 = time.perf_counter()
-    waited = 0.0
+    waited = waited_cpu = 0.0
     inbox.clear_before(step)
     kept: list[np.ndarray] = []
     chunks = list(worker) if isinstance(worker, Sequence) else [worker]
@@ -179,13 +179,14 @@ def run_step(
     def take(k: int, a: StageAction) -> Any:
         if not a.receives:
             return None
-        nonlocal waited
+        nonlocal waited, waited_cpu
         if a.near_in:
             return near.pop((a.tag_in, a.mb))
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         try:
             return inbox.take((step, a.tag_in, a.mb), timeout_s)
         finally:
+            waited_cpu += time.thread_time() - c
             waited += time.perf_counter() - t
 
     last_w = max((i for i, a in enumerate(actions) if a.kind in ("B", "W")), default=-1)
@@ -215,6 +216,7 @@ def run_step(
         out = _act(chunks[0].finish, "finish", update)
     if busy is not None:
         busy.wait += waited
+        busy.wait_cpu += waited_cpu
         busy.span += time.perf_counter() - t0
     return out
 

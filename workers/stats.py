@@ -40,6 +40,10 @@ class Busy:
     `span` (each action's own cost: sends, dispatch). Both are kept by `run_step` (push, shm
     and the data-parallel ring), not by the in-process engine.
 
+    `wait_cpu` is the CPU time the thread spent inside those waits: an inbox polls its
+    channels for a while before it sleeps (workers/channels.ChannelInbox.spin_s), so a stage
+    that waits often burns CPU that is idleness, not work.
+
     `compute_cpu` is the CPU time the OS charged the calling thread inside the forward and
     backward calls (CLOCK_THREAD_CPUTIME_ID): their wall time less any time the thread was
     not running (preempted by another process, or waiting on a page fault's I/O).
@@ -55,6 +59,7 @@ class Busy:
     reductions: int = 0
     compute_cpu: float = 0.0
     wait: float = 0.0
+    wait_cpu: float = 0.0
     span: float = 0.0
 
     @property

@@ -40,14 +40,16 @@ def call_overhead_s(
     Each stage runs its schedule's actions and `finish` a step (2M + 1 with whole backwards,
     3M + 1 with split ones): on push and shm one call a step, plus the tensors it sends and
     receives. Its CPU time per step (all threads: Ray's argument fetch, result store, the
-    sends and receives) less its busy time (the work inside the actions), spread over those
-    actions, is what each action costs on top of the work. Valid where a stage waiting for
-    input sleeps (push; shm after a short bounded poll).
+    sends and receives) less its busy time (the work inside the actions) and less the CPU
+    time it spent polling for a neighbour's tensor before sleeping (`wait_cpu`: idleness that
+    burns CPU; a stage that waited at every action polled up to 5 ms each time, which counted
+    as work put the simulator's bubble 10-15 points under the measured one), spread over
+    those actions, is what each action costs on top of the work.
     """
     calls = [len(acts) + 1 for acts in sch.make(kind, stages, microbatches)]
     steps = timed["steps"]
     return [
-        max(0.0, cpu_ms / 1e3 - (b["F"] + b["B"] + b["step"]) / steps) / n
+        max(0.0, cpu_ms / 1e3 - (b["F"] + b["B"] + b["step"] + b.get("wait_cpu", 0.0)) / steps) / n
         for cpu_ms, b, n in zip(timed["stage_cpu_ms_per_step"], timed["busy_s"], calls, strict=True)
     ]
 

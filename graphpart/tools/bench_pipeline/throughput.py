@@ -113,6 +113,7 @@ def _time_steps(engine: Any, X: np.ndarray, y: np.ndarray, warmup: int, steps: i
                 "exposed": a.busy.exposed - b.busy.exposed,  # of it, after the backward
                 "polled": a.busy.polled - b.busy.polled,  # its work inside the backward
                 "wait": a.busy.wait - b.busy.wait,  # blocked on a neighbour's tensor
+                "wait_cpu": a.busy.wait_cpu - b.busy.wait_cpu,  # of it, polling: CPU time
                 "span": a.busy.span - b.busy.span,  # inside the stage's step calls
             }
             for a, b in zip(after, before, strict=True)
