@@ -37,7 +37,7 @@ from graphpart.autodiff import value_and_grad
 from graphpart.engines import DataParallel, Engine
 from graphpart.engines.data_parallel import replica_rows
 from graphpart.errors import ConfigError, PlanError, StageFailure
-from graphpart.ir.lower import ALIGN, allocated
+from graphpart.ir.sizes import ALIGN, allocated
 from graphpart.optim import make_optimizer
 from graphpart.plan.batching import split_batch
 from graphpart.plan.memory import StageMemory, Workload, predict, predict_data_parallel

@@ -344,19 +344,6 @@ def test_optimizer_buffers_are_named_per_slot():
     assert low.optimizer_buffer(1, "W1").nbytes(ROWS, "float32") == 64 + 64
 
 
-def test_an_aligned_allocation_is_its_data_in_whole_lines_plus_one():
-    """`allocated`: the data rounded up to ALIGN bytes, plus ALIGN to move its start onto a
-    line; `flat_elements`: buffers end to end at those strides, less the last one's slack, so
-    that allocated as one buffer it takes exactly their sum."""
-    assert lw.ALIGN == 64
-    assert [lw.allocated(n) for n in (0, 1, 64, 65, 4096)] == [64, 128, 128, 192, 4160]
-    sizes = [40, 4096, 4]  # bytes
-    n = lw.flat_elements(sizes, 4)
-    assert n * 4 == (128 + 4160 + 128) - 64
-    assert lw.allocated(n * 4) == sum(lw.allocated(b) for b in sizes)
-    assert lw.flat_elements([], 8) == 0
-
-
 def test_split_last_weight_runs_the_first_layers_weight_gradient_in_row_blocks():
     g = mlp([6, 7, 4, 3])
     low = whole(g)

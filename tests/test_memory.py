@@ -30,8 +30,8 @@ import pytest
 from graphpart.engines import Engine
 from graphpart.errors import PlanError
 from graphpart.ir import mlp
-from graphpart.ir.lower import allocated, nbytes
 from graphpart.ir.ops import ACTIVATIONS, LOSSES
+from graphpart.ir.sizes import allocated, nbytes
 from graphpart.optim import SGD, Adam
 from graphpart.params import init_params
 from graphpart.plan import memory

@@ -22,8 +22,8 @@ import pytest
 from conftest import mlp_problem, rel_err
 
 from graphpart.autodiff import forward, value_and_grad
-from graphpart.ir.lower import allocated
 from graphpart.ir.ops import ACTIVATIONS, LOSSES
+from graphpart.ir.sizes import allocated
 from graphpart.optim import SGD, Adam, init_state, reference_step
 from graphpart.plan.partition import partition, split_batch
 from workers.stage import StageWorker

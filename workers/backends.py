@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from graphpart.errors import ConfigError
-from graphpart.ir.lower import ALIGN, allocated
+from graphpart.ir.sizes import ALIGN, allocated
 from workers.kernels import cpu as kcpu
 
 Array = Any  # a NumPy array on the CPU backend, a numba.cuda device array on CUDA

@@ -41,15 +41,8 @@ from typing import Any
 import numpy as np
 
 from graphpart.ir.graph import BATCH, Graph
-from graphpart.ir.lower import (
-    BufferSpec,
-    KernelCall,
-    Lowered,
-    allocated,
-    flat_elements,
-    lower,
-    nbytes,
-)
+from graphpart.ir.lower import BufferSpec, KernelCall, Lowered, lower
+from graphpart.ir.sizes import allocated, flat_elements, nbytes
 from graphpart.ir.split import split_last_weight
 from workers.backends import Backend
 from workers.bind import Run, compile_call
@@ -160,11 +153,10 @@ class Program:
         return a
 
     def _flat_views(self, specs: list[BufferSpec]) -> tuple[Any, list[Any]]:
-        """One zeroed buffer holding `specs` (no batch dimension) end to end, each at its
-        aligned allocation's stride (so each starts on a 64-byte boundary, and the buffer takes
-        the bytes their ledger entries add up to), and a view of it for each (the caller enters
-        them in the ledger). `grad_spans`: each view's stride in elements, the last one's to
-        the buffer's end (the gaps are zeros, summed with the rest by an all-reduce)."""
+        """One zeroed buffer holding `specs` (no batch dimension) end to end at their aligned
+        allocations' strides (each on a 64-byte line; the buffer takes what their ledger
+        entries add up to, which the caller enters), and a view of it for each; `grad_spans`:
+        each view's stride in elements (the gaps hold zeros, which an all-reduce sums too)."""
         sizes = [int(np.prod(s.shape, dtype=np.int64)) for s in specs]
         item = self.dtype.itemsize
         flat = self.bk.zeros((flat_elements([n * item for n in sizes], item),), self.dtype)

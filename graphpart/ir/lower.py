@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from types import MappingProxyType
@@ -15,6 +14,7 @@ from graphpart.errors import GraphError
 from graphpart.ir.calls import Call
 from graphpart.ir.graph import BATCH, Graph, Op, Shape
 from graphpart.ir.ops import get
+from graphpart.ir.sizes import allocated, nbytes
 
 # The memory categories every buffer belongs to: the ledger's, the memory model's, the reports'.
 CATEGORIES: tuple[str, ...] = (
@@ -34,31 +34,6 @@ LABEL_DTYPE = np.dtype(np.int64)  # class labels (B,) are int64; mse targets tak
 OperandKind = Literal[
     "value", "param", "grad", "param_grad", "const", "scale", "beta", "accumulate"
 ]
-
-
-def nbytes(shape: Shape, rows: int, dtype: Any) -> int:
-    """Bytes of an array of `shape` with the batch dimension set to `rows`."""
-    return math.prod(rows if d == BATCH else int(d) for d in shape) * np.dtype(dtype).itemsize
-
-
-# Every buffer a worker allocates starts on a 64-byte boundary (a cache line; what MKL and
-# OpenBLAS load fastest, and torch's own allocator's alignment): its allocation is its data
-# rounded up to 64 bytes, plus 64 of slack to move the start onto the boundary. One
-# parameter's gradient at 8 bytes past a line (a 10-wide bias before it in the one gradient
-# buffer) made its gemm 1.3-1.4x slower on this project's AMD EPYC host.
-ALIGN = 64
-
-
-def allocated(data_bytes: int) -> int:
-    """Bytes an aligned buffer of `data_bytes` takes: the data rounded up to ALIGN, plus ALIGN."""
-    return -(-int(data_bytes) // ALIGN) * ALIGN + ALIGN
-
-
-def flat_elements(data_bytes: Sequence[int], itemsize: int) -> int:
-    """Elements of one buffer that holds aligned buffers of `data_bytes` end to end (each at
-    its `allocated` stride; the parameters' gradients): allocated as one such buffer itself,
-    it takes exactly the sum of their allocations."""
-    return max(sum(allocated(b) for b in data_bytes) - ALIGN, 0) // int(itemsize)
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,10 @@ import numpy as np
 
 from graphpart.errors import PlanError
 from graphpart.ir.graph import BATCH, Graph
-from graphpart.ir.lower import CATEGORIES, LABEL_DTYPE, flat_elements, lower, nbytes
+from graphpart.ir.lower import CATEGORIES, LABEL_DTYPE, lower
 from graphpart.ir.lower import saved_values as lower_saved_values
 from graphpart.ir.ops import get
+from graphpart.ir.sizes import flat_elements, nbytes
 from graphpart.plan import schedule as sch
 from graphpart.plan.batching import microbatch_rows
 from graphpart.plan.prediction import DATA_PARALLEL, Buffer, MemoryPrediction, StageMemory

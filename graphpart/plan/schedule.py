@@ -288,8 +288,7 @@ def timeline(events: Sequence[Event], schedule: Sequence[Sequence[Action]]) -> T
 
 # -- the zero-bubble schedules (pictures and rules: graphpart/plan/zero_bubble.py) --------------
 def zb_h1(stages: int, microbatches: int) -> Schedule:
-    """ZB-H1: at most K micro-batches in flight on any stage (1F1B's peak, stage 0's), W
-    filling the bubbles."""
+    """ZB-H1: at most K micro-batches in flight a stage (1F1B's peak), W filling bubbles."""
     return [list(a) for a in _listed(stages, microbatches, (stages,) * stages)]
 
 
@@ -298,8 +297,7 @@ def zb_h2(stages: int, microbatches: int) -> Schedule:
     return [list(a) for a in _listed(stages, microbatches, (2 * stages - 1,) * stages)]
 
 
-# The times a zero-bubble schedule may meet: I and W over F. Measured here, a micro-batch's W
-# ran 0.65-0.9 of its F and I 1.0-1.3 (W has no elementwise work, and its gemm the best shape).
+# The times a zero-bubble schedule may meet, I and W over F (measured: W 0.65-0.9, I 1.0-1.3).
 ROBUST_I = (0.8, 1.0, 1.2, 1.5)
 ROBUST_W = (0.5, 0.6, 0.75, 0.9, 1.0, 1.2)
 PLACED_W = (1.0, 0.9, 0.75, 0.5)  # the W/F ratios a schedule is placed at, tried in turn
@@ -309,15 +307,10 @@ PLACED_W = (1.0, 0.9, 0.75, 0.5)  # the W/F ratios a schedule is placed at, trie
 def _listed(
     stages: int, microbatches: int, limit: tuple[int, ...]
 ) -> tuple[tuple[Action, ...], ...]:
-    """The zero-bubble schedule under `limit`, kept (the planner asks for the same often).
-
-    List scheduling places actions for the times it is given, and an order placed for equal
-    F, I and W leaves a bubble wherever they differ: at K=2, M=8 with W at 0.75 of F, the order
-    placed at unit times idles 11% of the step, the order placed at those times 5%; over the
-    ratios of ROBUST_I x ROBUST_W its worst is 21% (twice 1F1B's), the other's 8%. So the order
-    is the one, of those placed at F = I = 1 and W = each of PLACED_W, whose simulated bubble
-    is smallest on average over those ratios (the first such: unit times where they tie). The
-    W's of a stage stay in micro-batch order, so the gradients' sums are the same whichever."""
+    """The zero-bubble schedule under `limit`, kept (the planner asks for the same often): of
+    the orders list scheduling places at F = I = 1 and W = each of PLACED_W, the first whose
+    simulated bubble is smallest on average over ROBUST_I x ROBUST_W (docs/schedules.md: an
+    order placed for equal times idles wherever they differ). A stage's W's stay in order."""
     best: tuple[float, Schedule] | None = None
     for w in PLACED_W:
         sched = list_schedule(stages, microbatches, limit, wgrad=w)
