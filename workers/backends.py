@@ -64,7 +64,7 @@ class CpuBackend:
     sgd_update = staticmethod(kcpu.sgd_update)
     adam_update = staticmethod(kcpu.adam_update)
 
-    # arrays: each on a 64-byte boundary, its allocation graphpart.ir.lower.allocated's bytes
+    # arrays: each on a 64-byte boundary, its allocation graphpart.ir.sizes.allocated's bytes
     def empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         a = host_array(shape, dtype)
         a.reshape(-1)[:: max(1, 4096 // a.itemsize)] = 0  # touch every page once: allocate now
@@ -132,7 +132,7 @@ class CudaBackend:
     def reduction(self, array: Array | None) -> None:
         self._red.array = array
 
-    # arrays: as the host's, each an allocation of graphpart.ir.lower.allocated's bytes (the
+    # arrays: as the host's, each an allocation of graphpart.ir.sizes.allocated's bytes (the
     # device's own allocations start on a 256-byte boundary)
     def empty(self, shape: tuple[int, ...], dtype: Any) -> Array:
         dtype = np.dtype(dtype)

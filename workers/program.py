@@ -35,6 +35,7 @@ this module allocates those buffers lazily, in the order it first needs them:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -42,7 +43,7 @@ import numpy as np
 
 from graphpart.ir.graph import BATCH, Graph
 from graphpart.ir.lower import BufferSpec, KernelCall, Lowered, lower
-from graphpart.ir.sizes import allocated, flat_elements, nbytes
+from graphpart.ir.sizes import flat_elements, nbytes
 from graphpart.ir.split import split_last_weight
 from workers.backends import Backend
 from workers.bind import Run, compile_call
@@ -92,7 +93,8 @@ class Program:
         # all-reduces that buffer in place, bucket by bucket: workers/buckets.py); the ledger
         # enters each parameter and its gradient in the lowering's order
         self.grad_order = grad_order(low)
-        self.flat_grads, views = self._flat_views([low.grad_buffer(w) for w in self.grad_order])
+        specs = [low.grad_buffer(w) for w in self.grad_order]
+        self.flat_grads, views, self.grad_spans = self._flat_views(specs)
         self.params: dict[str, Any] = {}
         self.grads: dict[str, Any] = {}
         for w in low.params:
@@ -148,25 +150,24 @@ class Program:
         shape = tuple(self.max_rows if d == BATCH else int(d) for d in spec.shape)
         dtype = spec.dtype(self.dtype) if dtype is None else np.dtype(dtype)
         a = self.bk.zeros(shape, dtype) if zero else self.bk.empty(shape, dtype)
-        size = allocated(nbytes(spec.shape, self.max_rows, dtype))
-        self.ledger.add(spec.name, spec.category, size)
+        self.ledger.add(spec.name, spec.category, spec.nbytes(self.max_rows, dtype))
         return a
 
-    def _flat_views(self, specs: list[BufferSpec]) -> tuple[Any, list[Any]]:
+    def _flat_views(self, specs: list[BufferSpec]) -> tuple[Any, list[Any], list[int]]:
         """One zeroed buffer holding `specs` (no batch dimension) end to end at their aligned
-        allocations' strides (each on a 64-byte line; the buffer takes what their ledger
-        entries add up to, which the caller enters), and a view of it for each; `grad_spans`:
-        each view's stride in elements (the gaps hold zeros, which an all-reduce sums too)."""
-        sizes = [int(np.prod(s.shape, dtype=np.int64)) for s in specs]
+        allocations' strides (each on a line; it takes what their ledger entries, the caller's,
+        add up to), a view of it for each, and each one's stride in elements (the last one's to
+        the end; the gaps hold zeros, which an all-reduce sums too)."""
         item = self.dtype.itemsize
-        flat = self.bk.zeros((flat_elements([n * item for n in sizes], item),), self.dtype)
-        views, at, self.grad_spans = [], 0, []
-        for spec, n in zip(specs, sizes, strict=True):
-            views.append(flat[at : at + n].reshape(tuple(int(d) for d in spec.shape)))
-            stride = min(allocated(n * item) // item, int(flat.size) - at)
-            self.grad_spans.append(stride)
-            at += stride
-        return flat, views
+        data = [nbytes(s.shape, 0, self.dtype) for s in specs]
+        flat = self.bk.zeros((flat_elements(data, item),), self.dtype)
+        views, strides, at = [], [], 0
+        for spec in specs:
+            shape = tuple(int(d) for d in spec.shape)
+            views.append(flat[at : at + math.prod(shape)].reshape(shape))
+            strides.append(min(spec.nbytes(0, self.dtype) // item, int(flat.size) - at))
+            at += strides[-1]
+        return flat, views, strides
 
     # -- buffers ------------------------------------------------------------------------------
     def _slot(self, mb: int) -> dict[str, Any]:

@@ -191,7 +191,7 @@ def param_bytes(graph: Graph, dtype: Any = "float32") -> int:
 
 def grad_buffer_bytes(graph: Graph, dtype: Any = "float32") -> int:
     """Bytes of the one buffer a worker holds `graph`'s gradients in, each aligned
-    (graphpart.ir.lower.flat_elements): what its all-reduce sums."""
+    (graphpart.ir.sizes.flat_elements): what its all-reduce sums."""
     size = np.dtype(dtype).itemsize
     return flat_elements([nbytes(v.shape, 1, dtype) for v in graph.params], size) * size
 
