@@ -21,7 +21,8 @@ under a second. Virtual-stage candidates (interleaved with 2 or 3 chunks a devic
 are K devices of v chunks over the V = K v stages cut "balanced" where V <= layers, with
 predict_virtual's memory per device and the virtual-stage simulator's time. With measured
 layer times (Rates.layers) an action is its layers' seconds at its rows and an update their
-measured update; a ring all-reduce is 2 (R - 1) hops and 4.5 copies of each chunk a step.
+measured update; a ring all-reduce is 2 (R - 1) hops and 4.5 copies of each chunk a step. A
+setup on n devices is timed at the rates measured with n devices busy (Rates.busy).
 """
 
 from __future__ import annotations
@@ -590,3 +591,25 @@ def test_ring_all_reduce_counts_hops_and_copies():
     assert r.ring_s(4e9, 1) == 0.0
     assert r.ring_s(4e9, 2) == pytest.approx(2e-4 + 4.5 * 2.0)
     assert r.ring_s(4e9, 4) == pytest.approx(3 * (2e-4 + 4.5 * 1.0))
+
+
+def test_setups_on_several_devices_are_timed_at_the_rates_measured_together(graph):
+    """`Rates.busy(n)` is `together[n - 2]` for n devices (the last measured for more, the
+    rates themselves for one); search times a setup on n devices at `busy(n)`: slower
+    together-rates slow the pipelines and the replicas, never the one-device setups."""
+    slow = replace(RATES, flops_per_s=RATES.flops_per_s / 2, copy_bytes_per_s=1e9)
+    rates = replace(RATES, together=(slow,))
+    assert rates.busy(1) is rates and rates.busy(2) is slow and rates.busy(5) is slow
+    assert RATES.busy(3) is RATES
+    alone = search(graph, Workload(batch=BATCH), devices=2, budget=None, rates=RATES)
+    both = search(graph, Workload(batch=BATCH), devices=2, budget=None, rates=rates)
+    key = lambda c: (c.kind, c.stages, c.microbatches, c.schedule, c.recompute, c.chunks)  # noqa: E731
+    before = {key(c): c.step_s for c in alone}
+    assert before.keys() == {key(c) for c in both}
+    for c in both:
+        if c.devices == 1:
+            assert c.step_s == before[key(c)]
+        else:
+            assert c.step_s > before[key(c)], key(c)
+    with pytest.raises(PlanError, match="together"):
+        replace(RATES, together=(rates,))  # the together-rates have none of their own

@@ -67,6 +67,7 @@ def _plan_auto(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[lis
     return out[header + 2].split(), shlex.split(best[0].removeprefix("best: "))
 
 
+@pytest.mark.ray  # plan --auto on 2 devices times its rates in 2 processes at once
 def test_printed_command_reproduces_the_first_row(config_file, capsys):
     """The printed words are `graphpart train` and options the real parser takes; as `plan`
     they give the first row's K, M and schedule (recompute and replicas through the config),

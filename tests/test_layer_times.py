@@ -4,7 +4,7 @@ Contract: an action over some layers is the sum of theirs; between two measured 
 time is linear in rows, below the first it is the first's, beyond the last it follows the
 last two (never below zero); B is I + W; `update_s` sums the layers' updates; layers are named
 by the graph's layer numbers, and a record that is malformed or asked for a layer it did not
-time says what is wrong.
+time says what is wrong. `slowest` of several processes' records keeps each time's largest.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from graphpart.errors import PlanError
-from graphpart.plan.layer_times import LayerTimes
+from graphpart.plan.layer_times import LayerTimes, slowest
 
 LT = LayerTimes(
     ids=(1, 2),
@@ -63,3 +63,25 @@ def test_bad_times_and_unknown_layers_and_kinds_are_named():
         LT.action_s("F", (3,), 4)
     with pytest.raises(PlanError, match="action kind 'X'"):
         LT.action_s("X", (1,), 4)
+
+
+def test_slowest_takes_each_time_s_largest():
+    """Of several processes' records of the same layers and rows, `slowest` keeps each F, I,
+    W and update at its largest (a step waits for its slowest device); records of other
+    layers or rows are refused."""
+    other = LayerTimes(
+        ids=(1, 2),
+        rows=(2, 4, 8),
+        seconds=tuple(tuple((f + 1.0, 0.5, w - 1.0) for f, _, w in per) for per in LT.seconds),
+        update=(0.25, 0.75),
+    )
+    got = slowest([LT, other])
+    for per, a, b in zip(got.seconds, LT.seconds, other.seconds, strict=True):
+        for t, ta, tb in zip(per, a, b, strict=True):
+            assert t == tuple(max(x, y) for x, y in zip(ta, tb, strict=True))
+    assert got.update == (0.5, 0.75)
+    assert slowest([LT]) == LT
+    with pytest.raises(PlanError, match="rows"):
+        slowest([LT, LayerTimes(ids=(1, 2), rows=(2,), seconds=(LT.seconds[0],), update=(0, 0))])
+    with pytest.raises(PlanError, match="no LayerTimes"):
+        slowest([])

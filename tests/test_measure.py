@@ -28,3 +28,12 @@ def test_measured_costs_one_per_layer():
     g = mlp([12, 16, 16, 3], activation="relu", bias=True, loss="mse")
     costs = measured_costs(g, 8, "float64", repeats=1)
     assert len(costs) == len(g.layers) and all(c > 0 for c in costs)
+
+
+def test_layer_times_sync_before_each_phase():
+    """With `sync`, layer_times calls it before each pass's forwards, backwards and updates:
+    three times a pass, (repeats + 1) passes at each row count."""
+    g = mlp([12, 16, 3], activation="relu", bias=True, loss="cross_entropy")
+    calls: list[int] = []
+    layer_times(g, (1, 4), "float32", repeats=2, sync=lambda: calls.append(1))
+    assert len(calls) == 3 * (2 + 1) * 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -33,6 +33,7 @@ def layer_times(
     optimizer: Optimizer | None = None,
     repeats: int = 3,
     seed: int = 0,
+    sync: Callable[[], object] | None = None,
 ) -> LayerTimes:
     """Each layer's forward, input gradient and weight gradient of one micro-batch at each of
     `rows`, and its update (`optimizer`'s step; SGD if None), each the median of `repeats`
@@ -44,7 +45,12 @@ def layer_times(
     cotangent, then every layer's update in order; so what a layer reads is where a step
     leaves it (its input just written, its weights and optimizer state out of cache since its
     last action). An update timed back to back with itself, its buffers still in cache, ran
-    in 3.2 ms where a step's took 4.8-5.9 ms (MLP 784-1024-1024-1024-10, Adam)."""
+    in 3.2 ms where a step's took 4.8-5.9 ms (MLP 784-1024-1024-1024-10, Adam).
+
+    `sync` (a barrier's wait), where given, is called before each pass's forwards, its
+    backwards and its updates: processes timing at once then run each phase in step, as
+    data-parallel replicas do (their updates all start when the all-reduce ends)."""
+    wait = sync if sync is not None else (lambda: None)
     plan = make_plan(graph, [1] * len(graph.layers))
     params = init_params(graph, seed, dtype)
     rng = np.random.default_rng(seed)
@@ -77,12 +83,14 @@ def layer_times(
         timed: list[list[list[float]]] = [[[], [], []] for _ in workers]
         for rep in range(repeats + 1):
             x: np.ndarray | None = x0[:n]
+            wait()
             for w, t in zip(workers, timed, strict=True):  # each layer's output the next's input
                 t0 = time.perf_counter()
                 x = w.forward(0, x, y0[:n] if w is workers[-1] else None, 1.0 / n)
                 if rep:
                     t[0].append(time.perf_counter() - t0)
             g = None  # each layer's input cotangent the previous layer's
+            wait()
             for w, t in reversed(list(zip(workers, timed, strict=True))):
                 t0 = time.perf_counter()
                 g = w.backward_input(0, g, 1.0 / n)
@@ -91,6 +99,7 @@ def layer_times(
                 if rep:
                     t[1].append(t1 - t0)
                     t[2].append(time.perf_counter() - t1)
+            wait()
             for w, u in zip(workers, ups, strict=True):
                 t0 = time.perf_counter()
                 w.finish(update=True)

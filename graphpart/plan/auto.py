@@ -27,7 +27,10 @@
 #   accumulation in the replica: 2 M actions), then a ring all-reduce of the gradients,
 #   2 (K - 1) messages of P / K bytes, each one hop, with the adds and copies of
 #   workers/ring.py (Rates.ring_s: 4.5 copies of a chunk per ring step). The search tries each M of
-#   `microbatch_choices` up to a replica's rows floor(B / K).
+#   `microbatch_choices` up to a replica's rows floor(B / K);
+# - a setup on n devices is timed at the rates measured with n devices busy at once
+#   (`Rates.busy`, where plan --auto measured them): each device's caches and memory bus are
+#   shared with the others', and each time is the slowest device's (a step waits for it).
 #
 # Deliberate departures from the obvious:
 # - A one-stage run (single device, or accumulation over M micro-batches) is simulated as a
@@ -286,7 +289,7 @@ def search(
                     wm = replace(base, microbatches=m, schedule=kind, recompute=recompute)
                     # on Ray's default transport: shared-memory channels
                     pred = predict(plan, wm, channels=True)
-                    step, tl = step_time(plan, wm, rates=rates, capacity=capacity)
+                    step, tl = step_time(plan, wm, rates=rates.busy(k), capacity=capacity)
                     out.append(
                         _candidate(
                             "pipeline",
@@ -312,7 +315,7 @@ def search(
                 for recompute in (False, True):
                     wm = replace(base, microbatches=m, schedule=kind, chunks=v, recompute=recompute)
                     pred = predict_virtual(plan, wm, channels=True)
-                    step, tl = _virtual_time(plan, k, wm, rates, capacity)
+                    step, tl = _virtual_time(plan, k, wm, rates.busy(k), capacity)
                     c = _candidate(
                         "pipeline", pred, plan, budget, replicas=1, step_s=step,
                         bubble=tl.bubble, comm=comm,
@@ -324,7 +327,7 @@ def search(
         for m in [1, *(m for m in choices if 1 < m <= batch // k)]:  # M per replica
             wd = replace(base, microbatches=m, schedule="1f1b", recompute=False)
             pred = predict_data_parallel(one, k, wd, channels=True)
-            step = _data_parallel_time(one, k, wd, rates, capacity)
+            step = _data_parallel_time(one, k, wd, rates.busy(k), capacity)
             out.append(
                 _candidate(
                     "data-parallel",
@@ -350,7 +353,7 @@ def search(
                     for recompute in (False, True):
                         wm = replace(base, microbatches=m, schedule=kind, recompute=recompute)
                         pred = predict_data_parallel(plan, r, wm, channels=True)
-                        step, tl = _grid_time(plan, r, wm, rates, capacity)
+                        step, tl = _grid_time(plan, r, wm, rates.busy(r * k), capacity)
                         out.append(
                             _candidate(
                                 "2-d",

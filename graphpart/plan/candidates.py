@@ -41,7 +41,11 @@ class Rates:
     where given, `flops_at(rows)` interpolates them and the time model uses it. layers: each
     layer's F, I, W and update seconds measured with the real kernels (LayerTimes); where
     given, the time model reads an action's and an update's time from them instead of FLOPs
-    over the matmul rate and bytes over the copy rate.
+    over the matmul rate and bytes over the copy rate. together: the same rates measured with
+    2, 3, ... devices busy at once (`together[n - 2]` for n), as the devices of a pipeline or
+    of data parallelism run: they share the caches and the memory bus, and a copy or an
+    update that streams its buffers alone at one rate runs at another beside a second device
+    streaming its own; `busy(n)` picks the rates for a setup on n devices.
     """
 
     flops_per_s: float
@@ -50,6 +54,7 @@ class Rates:
     action_s: float | None = None
     by_rows: tuple[tuple[int, float], ...] = ()
     layers: LayerTimes | None = None
+    together: tuple[Rates, ...] = ()
 
     def __post_init__(self) -> None:
         _finite("flops_per_s", self.flops_per_s, positive=True)
@@ -61,6 +66,16 @@ class Rates:
             _finite(f"by_rows rate at {rows} rows", rate, positive=True)
             if rows < 1:
                 raise PlanError(f"by_rows: rows={rows!r} must be a positive integer")
+        for n, r in enumerate(self.together, start=2):
+            if not isinstance(r, Rates) or r.together:
+                raise PlanError(f"Rates.together[{n - 2}] (for {n} devices): want Rates of its own")
+
+    def busy(self, devices: int) -> Rates:
+        """The rates for a setup on `devices` devices busy at once: `together`'s for that
+        many (its last where more devices than were measured), these rates for one."""
+        if devices <= 1 or not self.together:
+            return self
+        return self.together[min(devices, len(self.together) + 1) - 2]
 
     @property
     def per_action_s(self) -> float:

@@ -81,3 +81,27 @@ class LayerTimes:
         i = next((i for i in range(1, len(xs)) if rows <= xs[i]), len(xs) - 1)
         x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
         return max(0.0, y0 + (y1 - y0) * (rows - x0) / (x1 - x0))
+
+
+def slowest(times: Sequence[LayerTimes]) -> LayerTimes:
+    """Of several processes' LayerTimes of the same layers at the same rows, each time the
+    largest: devices that compute at once wait for the slowest of them (a data-parallel
+    step ends with its slowest replica, a pipeline's stage with its slowest neighbour)."""
+    if not times:
+        raise PlanError("slowest: no LayerTimes given")
+    first = times[0]
+    for t in times[1:]:
+        if (t.ids, t.rows) != (first.ids, first.rows):
+            raise PlanError(
+                f"slowest: layers {list(t.ids)} at rows {list(t.rows)} against layers "
+                f"{list(first.ids)} at rows {list(first.rows)}"
+            )
+    seconds = tuple(
+        tuple(
+            tuple(max(t.seconds[r][i][k] for t in times) for k in range(len(KINDS)))
+            for i in range(len(first.ids))
+        )
+        for r in range(len(first.rows))
+    )
+    update = tuple(max(t.update[i] for t in times) for i in range(len(first.ids)))
+    return LayerTimes(first.ids, first.rows, seconds, update)

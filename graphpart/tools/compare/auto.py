@@ -29,17 +29,16 @@ def search_config(
 ) -> tuple[list[Candidate], Rates]:
     """plan --auto's candidates for `cfg`'s training settings, with rates measured here with
     `threads` threads per device, on `cores` cores (default: this machine's) that the devices
-    share where they outnumber them."""
+    share where they outnumber them. The rates are measured alone and with every device
+    that has cores of its own busy at once (up to min(devices, cores / threads) processes)."""
     w = workload_of(cfg)
-    rates = measure_rates(threads, cfg.train.dtype, graph=graph, workload=w, devices=devices)
+    cores = machine_cores() if cores is None else cores
+    at_once = max(1, min(devices, cores // max(1, threads)))
+    rates = measure_rates(
+        threads, cfg.train.dtype, graph=graph, workload=w, devices=devices, together=at_once
+    )
     found = search(
-        graph,
-        w,
-        devices=devices,
-        budget=budget_of(cfg),
-        rates=rates,
-        cores=machine_cores() if cores is None else cores,
-        threads=threads,
+        graph, w, devices=devices, budget=budget_of(cfg), rates=rates, cores=cores, threads=threads
     )
     return found, rates
 
@@ -77,6 +76,13 @@ def train_command(cfg: Config, best: Candidate, config_path: str | None = None) 
         if base.get(key) != v:
             words += ["--set", f"{key}={_cli_value(v)}"]
     return " ".join(shlex.quote(w) for w in words)
+
+
+def _rates_dict(rates: Rates) -> dict[str, Any]:
+    """The measured rates as plan --auto --json gives them: alone, and `together` with 2, 3,
+    ... devices busy at once."""
+    own = {k: getattr(rates, k) for k in ("flops_per_s", "copy_bytes_per_s", "hop_s")}
+    return {**own, "together": [_rates_dict(r) for r in rates.together]}
 
 
 def sharing_note(devices: int, cores: int, threads: int) -> str | None:
@@ -119,11 +125,7 @@ def run_auto(
                     "cores": cores,
                     "threads_per_device": threads,
                     "memory_budget": budget,
-                    "rates": {
-                        "flops_per_s": rates.flops_per_s,
-                        "copy_bytes_per_s": rates.copy_bytes_per_s,
-                        "hop_s": rates.hop_s,
-                    },
+                    "rates": _rates_dict(rates),
                     "candidates": [to_dict(c) for c in found],
                     "best_command": command,
                 }
@@ -133,9 +135,13 @@ def run_auto(
     print(
         f"plan --auto: {len(found)} setups considered for {devices} device(s), budget "
         f"{human_bytes(budget) if budget is not None else 'none'}, batch {t.batch_size}; "
-        f"{len(fitting)} fit. Rates measured here: {rates.flops_per_s / 1e9:.1f} GFLOP/s per "
-        f"device ({threads} core(s)), copy {rates.copy_bytes_per_s / 1e9:.1f} GB/s, hop "
-        f"latency {rates.hop_s * 1e3:.3f} ms"
+        f"{len(fitting)} fit. Rates measured here ({threads} core(s) a device): "
+        + "; ".join(
+            f"{n} busy at once: {r.flops_per_s / 1e9:.1f} GFLOP/s, copy "
+            f"{r.copy_bytes_per_s / 1e9:.1f} GB/s"
+            for n, r in enumerate((rates, *rates.together), start=1)
+        )
+        + f"; hop latency {rates.hop_s * 1e3:.3f} ms"
     )
     note = sharing_note(devices, cores, threads)
     if note:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -11,7 +13,9 @@ from graphpart.engines.measure import layer_times
 from graphpart.ir.graph import Graph
 from graphpart.optim import Optimizer, make_optimizer
 from graphpart.plan.auto import Rates
+from graphpart.plan.layer_times import slowest as slowest_layers
 from graphpart.plan.workload import Workload
+from graphpart.tools.compare.at_once import at_once
 from graphpart.tools.compare.project import hop_seconds
 
 ROWS = (4, 16, 64, 256, 1024)  # micro-batch sizes the matmul rate is measured at
@@ -50,12 +54,54 @@ def measure_rates(
     graph: Graph | None = None,
     workload: Workload | None = None,
     devices: int = 1,
+    together: int = 1,
 ) -> Rates:
     """The matmul rate with `threads` BLAS threads at several micro-batch sizes (few rows run
     far below the peak), copy bandwidth (16 MiB), and a 1 MiB shared-memory hop's time less
     its copy (its fixed latency); with a `graph` and its `workload`, also each layer's F, I, W
     and update run by stage workers here with `threads` threads (`layer_times`, at the
-    `layer_rows` of the workload's batch on `devices`), which the time model then reads."""
+    `layer_rows` of the workload's batch on `devices`), which the time model then reads.
+
+    With `together` > 1, the same rates (all but the hop) are measured again by n processes
+    at once for n = 2 .. together, each phase started at a barrier (Rates.together): what a
+    device does while the others do the same. Of the n measurements, each figure is the
+    slowest (`slowest`)."""
+    rates = _measure(threads, dtype, seconds, graph, workload, devices, None)
+    hop = max(0.0, hop_seconds(2**20) - 2**20 / rates.copy_bytes_per_s)
+    shared = tuple(
+        replace(slowest(_measure_at_once(n, threads, dtype, seconds, graph, workload, devices)),
+                hop_s=hop)
+        for n in range(2, together + 1)
+    )  # fmt: skip
+    return replace(rates, hop_s=hop, together=shared)
+
+
+def slowest(rates: Sequence[Rates]) -> Rates:
+    """Of rates measured at once by several processes: the lowest rate and the longest time of
+    each figure (a step waits for its slowest device)."""
+    first = rates[0]
+    return Rates(
+        flops_per_s=min(r.flops_per_s for r in rates),
+        copy_bytes_per_s=min(r.copy_bytes_per_s for r in rates),
+        hop_s=max(r.hop_s for r in rates),
+        by_rows=tuple(
+            (rows, min(dict(r.by_rows)[rows] for r in rates)) for rows, _ in first.by_rows
+        ),
+        layers=None if first.layers is None else slowest_layers([r.layers for r in rates]),
+    )
+
+
+def _measure(
+    threads: int,
+    dtype: str,
+    seconds: float,
+    graph: Graph | None,
+    workload: Workload | None,
+    devices: int,
+    sync: Callable[[], object] | None = None,
+) -> Rates:
+    """The rates but the hop (0), in this process; `sync` called before each timed phase."""
+    wait = sync if sync is not None else (lambda: None)
     layers = None
     if graph is not None and workload is not None:
         opt = workload.optimizer
@@ -63,22 +109,40 @@ def measure_rates(
             opt = make_optimizer(opt, lr=1e-3, momentum=workload.momentum)
         with threadpool_limits(threads):
             layers = layer_times(
-                graph, layer_rows(workload.batch, devices), str(workload.dtype), opt
+                graph, layer_rows(workload.batch, devices), str(workload.dtype), opt, sync=sync
             )
-    by_rows = tuple((r, matmul_rate(r, threads, dtype, seconds)) for r in ROWS)
-    flops = max(f for _, f in by_rows)
+    by_rows = []
+    for r in ROWS:
+        wait()
+        by_rows.append((r, matmul_rate(r, threads, dtype, seconds)))
     src = np.ones(4 * 2**20, np.float32)
     dst = np.empty_like(src)
-    best = min(_timed(lambda: np.copyto(dst, src)) for _ in range(5))
-    copy = src.nbytes / best
-    hop = hop_seconds(2**20)
+    np.copyto(dst, src)
+    copies = []
+    for _ in range(5):
+        wait()
+        copies.append(_timed(lambda: np.copyto(dst, src)))
     return Rates(
-        flops_per_s=flops,
-        copy_bytes_per_s=copy,
-        hop_s=max(0.0, hop - 2**20 / copy),
-        by_rows=by_rows,
+        flops_per_s=max(f for _, f in by_rows),
+        copy_bytes_per_s=src.nbytes / min(copies),
+        hop_s=0.0,
+        by_rows=tuple(by_rows),
         layers=layers,
     )
+
+
+def _measure_at_once(
+    n: int,
+    threads: int,
+    dtype: str,
+    seconds: float,
+    graph: Graph | None,
+    workload: Workload | None,
+    devices: int,
+) -> list[Rates]:
+    """`_measure` in `n` fresh processes at once, each phase started in step (`at_once`)."""
+    args = (threads, dtype, seconds, graph, workload, devices)
+    return at_once(n, f"{__name__}:_measure", args)
 
 
 def _timed(fn: object) -> float:

@@ -1,0 +1,46 @@
+"""graphpart.tools.compare.rates: this machine's rates for plan --auto, alone and together.
+
+Contract: `measure_rates` gives positive matmul, copy and per-layer rates measured in this
+process, and with `together=n` the same measured again by 2 .. n processes at once
+(`Rates.together`, one Rates per count, with the hop measured alone); `slowest` of several
+processes' rates keeps each figure's slowest: the lowest rate, the longest time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from graphpart.ir import mlp
+from graphpart.plan.auto import Rates
+from graphpart.plan.layer_times import LayerTimes
+from graphpart.plan.workload import Workload
+from graphpart.tools.compare.rates import measure_rates, slowest
+
+LT = LayerTimes((1,), (2, 4), (((1.0, 0.0, 2.0),), ((2.0, 0.0, 4.0),)), (0.5,))
+
+
+def test_slowest_keeps_each_figures_slowest():
+    a = Rates(flops_per_s=4e9, copy_bytes_per_s=1e9, hop_s=1e-4, by_rows=((4, 1e9), (8, 3e9)))
+    b = Rates(flops_per_s=3e9, copy_bytes_per_s=2e9, hop_s=2e-4, by_rows=((4, 2e9), (8, 2e9)))
+    a, b = replace(a, layers=LT), replace(b, layers=replace(LT, update=(0.75,)))
+    got = slowest([a, b])
+    assert (got.flops_per_s, got.copy_bytes_per_s, got.hop_s) == (3e9, 1e9, 2e-4)
+    assert got.by_rows == ((4, 1e9), (8, 2e9))
+    assert got.layers is not None and got.layers.update == (0.75,)
+    assert got.layers.seconds == LT.seconds
+
+
+@pytest.mark.ray  # starts other processes
+def test_rates_alone_and_two_processes_at_once():
+    g = mlp([12, 16, 3], activation="relu", bias=True, loss="cross_entropy")
+    w = Workload(batch=8, optimizer="adam")
+    r = measure_rates(1, seconds=0.01, graph=g, workload=w, devices=2, together=2)
+    assert len(r.together) == 1
+    for x in (r, r.together[0]):
+        assert x.flops_per_s > 0 and x.copy_bytes_per_s > 0 and x.layers is not None
+        assert x.layers.ids == tuple(g.layers) and all(u > 0 for u in x.layers.update)
+        assert dict(x.by_rows).keys() == dict(r.by_rows).keys()
+    assert r.together[0].hop_s == r.hop_s and r.busy(2) is r.together[0]
+    assert measure_rates(1, seconds=0.01, together=1).together == ()
