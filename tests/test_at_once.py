@@ -1,11 +1,12 @@
 """graphpart.tools.compare.at_once: one measurement in n fresh processes at once, in step.
 
 Contract: `at_once(n, "module:function", args)` runs function(*args, sync=...) in n new
-Python processes and returns their results in order; a call of `sync` returns in every
-process only when all n have called it as often (so the k-th phase starts in all of them
-after every one has ended phase k - 1); a process that raises fails the whole with a
-RuntimeError naming its error, and so does one that dies; n < 1 is refused. Its processes do
-not import the caller's main script (a spawned multiprocessing child would).
+Python processes and returns their results by rank; `sync` knows its process's rank of the
+world; a call of it returns in every process only when all n have called it as often (so the
+k-th phase starts in all of them after every one has ended phase k - 1); a process that
+raises fails the whole with a RuntimeError naming its error, and so does one that dies;
+n < 1 is refused. Its processes do not import the caller's main script (a spawned
+multiprocessing child would).
 """
 
 from __future__ import annotations
@@ -23,15 +24,15 @@ pytestmark = pytest.mark.ray  # starts other processes
 HERE = str(Path(__file__).parent)
 
 
-def phases(k: int, *, sync) -> tuple[int, list[tuple[float, float]]]:
-    """`k` phases: each process's clock before and after each sync, and its pid."""
+def phases(k: int, *, sync) -> tuple[int, int, int, list[tuple[float, float]]]:
+    """`k` phases: each process's clock before and after each sync; its pid, rank, world."""
     marks = []
     for i in range(k):
         time.sleep(0.01 * (os.getpid() % 5) + 0.002 * i)  # processes reach the sync apart
         before = time.time()
         sync()
         marks.append((before, time.time()))
-    return os.getpid(), marks
+    return os.getpid(), sync.rank, sync.world, marks
 
 
 def fails(*, sync) -> None:
@@ -50,9 +51,11 @@ def _importable(monkeypatch):
 
 def test_processes_run_each_phase_in_step():
     got = at_once(3, "test_at_once:phases", (4,))
-    assert len({pid for pid, _ in got}) == 3 and os.getpid() not in {pid for pid, _ in got}
+    pids = {pid for pid, *_ in got}
+    assert len(pids) == 3 and os.getpid() not in pids
+    assert [(rank, world) for _, rank, world, _ in got] == [(0, 3), (1, 3), (2, 3)]
     for k in range(4):
-        assert max(m[k][0] for _, m in got) <= min(m[k][1] for _, m in got)
+        assert max(m[k][0] for *_, m in got) <= min(m[k][1] for *_, m in got)
 
 
 def test_a_failing_process_fails_the_whole_with_its_error():

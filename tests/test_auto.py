@@ -591,6 +591,9 @@ def test_ring_all_reduce_counts_hops_and_copies():
     assert r.ring_s(4e9, 1) == 0.0
     assert r.ring_s(4e9, 2) == pytest.approx(2e-4 + 4.5 * 2.0)
     assert r.ring_s(4e9, 4) == pytest.approx(3 * (2e-4 + 4.5 * 1.0))
+    assert replace(r, ring_copies=2.0).ring_s(4e9, 2) == pytest.approx(2e-4 + 2.0 * 2.0)
+    with pytest.raises(PlanError, match="ring_copies"):
+        replace(r, ring_copies=-1.0)
 
 
 def test_setups_on_several_devices_are_timed_at_the_rates_measured_together(graph):

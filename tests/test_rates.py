@@ -3,7 +3,10 @@
 Contract: `measure_rates` gives positive matmul, copy and per-layer rates measured in this
 process, and with `together=n` the same measured again by 2 .. n processes at once
 (`Rates.together`, one Rates per count, with the hop measured alone); `slowest` of several
-processes' rates keeps each figure's slowest: the lowest rate, the longest time.
+processes' rates keeps each figure's slowest: the lowest rate, the longest time. Where a graph
+is given, each together-rates also carry `ring_copies` from a ring all-reduce of its gradients'
+bytes timed over n processes (`ring_seconds`, the real channels and ring arithmetic), such that
+`Rates.ring_s` gives that ring's time back.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ import pytest
 from graphpart.ir import mlp
 from graphpart.plan.auto import Rates
 from graphpart.plan.layer_times import LayerTimes
+from graphpart.plan.memory import param_bytes
 from graphpart.plan.workload import Workload
-from graphpart.tools.compare.rates import measure_rates, slowest
+from graphpart.tools.compare.rates import measure_rates, ring_copies, ring_seconds, slowest
 
 LT = LayerTimes((1,), (2, 4), (((1.0, 0.0, 2.0),), ((2.0, 0.0, 4.0),)), (0.5,))
 
@@ -43,4 +47,18 @@ def test_rates_alone_and_two_processes_at_once():
         assert x.layers.ids == tuple(g.layers) and all(u > 0 for u in x.layers.update)
         assert dict(x.by_rows).keys() == dict(r.by_rows).keys()
     assert r.together[0].hop_s == r.hop_s and r.busy(2) is r.together[0]
+    assert r.together[0].ring_s(param_bytes(g), 2) > 0
     assert measure_rates(1, seconds=0.01, together=1).together == ()
+
+
+def test_ring_copies_give_the_measured_ring_back():
+    r = Rates(flops_per_s=1.0, copy_bytes_per_s=2e9, hop_s=1e-4)
+    for n, nbytes, seconds in ((2, 1e7, 0.01), (3, 3e8, 0.5), (4, 4e6, 2e-3)):
+        c = ring_copies(r, n, int(nbytes), seconds)
+        assert replace(r, ring_copies=c).ring_s(nbytes, n) == pytest.approx(seconds)
+    assert ring_copies(r, 2, 10**6, 1e-5) == 0.0  # faster than its hops: no copies
+
+
+@pytest.mark.ray  # starts other processes
+def test_a_ring_over_processes_takes_time():
+    assert 0 < ring_seconds(2, 2**20, repeats=2) < 10

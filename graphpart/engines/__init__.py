@@ -22,6 +22,7 @@ from workers.hwm import read_hwm, reset_hwm
 from workers.kernels.blas import describe as describe_blas
 from workers.kernels.blas import providers as blas_providers
 from workers.ledger import Ledger
+from workers.ring import ring_allreduce
 from workers.stats import Rss, StageStats, by_process
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "check_device",
     "Engine",
     "Ledger",
+    "ring_allreduce",
     "Rss",
     "StageStats",
     "by_process",

@@ -25,11 +25,11 @@ _WAIT, _DONE, _FAIL = b"w", b"r", b"x"
 
 def at_once(n: int, target: str, args: Sequence[Any], timeout_s: float = 600.0) -> list[Any]:
     """`module:function(*args, sync=...)` run in `n` processes at once, in step: each call of
-    `sync` in one process returns when every process has called it as often. Returns each
-    process's result; a process that fails (or dies) fails the whole with its error."""
+    `sync` (a `Barrier`, which also says the process's `rank` of `world`) in one process
+    returns when every process has called it as often. Returns each process's result, by
+    rank; a process that fails (or dies) fails the whole with its error."""
     if n < 1:
         raise ValueError(f"at_once: n={n}; want >= 1")
-    payload = base64.b64encode(pickle.dumps((target, tuple(args)))) + b"\n"
     logs = [tempfile.TemporaryFile() for _ in range(n)]
     procs = [
         subprocess.Popen(
@@ -42,8 +42,8 @@ def at_once(n: int, target: str, args: Sequence[Any], timeout_s: float = 600.0) 
     ]
     deadline = time.monotonic() + timeout_s
     try:
-        for p in procs:
-            _put(p.stdin, payload)
+        for rank, p in enumerate(procs):
+            _put(p.stdin, base64.b64encode(pickle.dumps((target, tuple(args), rank, n))) + b"\n")
         while True:
             lines = [_line(p, deadline, n) for p in procs]
             kinds = {line[:1] for line in lines}
@@ -93,21 +93,29 @@ def _failure(lines: list[bytes], procs: list[subprocess.Popen[bytes]], logs: lis
     return "the processes fell out of step"
 
 
+class Barrier:
+    """What an `at_once` process calls to wait until all have: process `rank` of `world`."""
+
+    def __init__(self, rank: int, world: int, proto: IO[bytes], inp: IO[bytes]) -> None:
+        self.rank, self.world = rank, world
+        self._proto, self._inp = proto, inp
+
+    def __call__(self) -> None:
+        _put(self._proto, _WAIT + b"\n")
+        if not self._inp.read(1):
+            raise SystemExit(1)  # the parent gave up
+
+
 def _child() -> None:
     """A process of `at_once`: the call's arguments on stdin, a line per sync and the result
     on the protocol pipe (this process's stdout, which prints no longer reach)."""
     proto = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     inp = sys.stdin.buffer
-    target, args = pickle.loads(base64.b64decode(inp.readline()))
-
-    def sync() -> None:
-        _put(proto, _WAIT + b"\n")
-        if not inp.read(1):
-            raise SystemExit(1)  # the parent gave up
-
+    target, args, rank, world = pickle.loads(base64.b64decode(inp.readline()))
     try:
         module, name = target.split(":")
+        sync = Barrier(rank, world, proto, inp)
         result = getattr(importlib.import_module(module), name)(*args, sync=sync)
         _put(proto, _DONE + b" " + base64.b64encode(pickle.dumps(result)) + b"\n")
     except Exception as e:

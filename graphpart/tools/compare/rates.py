@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import statistics
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from graphpart.engines import Channel, ChannelInbox, ChannelName, ring_allreduce, unlink_channel
 from graphpart.engines.measure import layer_times
 from graphpart.ir.graph import Graph
 from graphpart.optim import Optimizer, make_optimizer
 from graphpart.plan.auto import Rates
 from graphpart.plan.layer_times import slowest as slowest_layers
+from graphpart.plan.memory import param_bytes
 from graphpart.plan.workload import Workload
-from graphpart.tools.compare.at_once import at_once
+from graphpart.tools.compare.at_once import Barrier, at_once
 from graphpart.tools.compare.project import hop_seconds
 
 ROWS = (4, 16, 64, 256, 1024)  # micro-batch sizes the matmul rate is measured at
@@ -68,12 +72,24 @@ def measure_rates(
     slowest (`slowest`)."""
     rates = _measure(threads, dtype, seconds, graph, workload, devices, None)
     hop = max(0.0, hop_seconds(2**20) - 2**20 / rates.copy_bytes_per_s)
-    shared = tuple(
-        replace(slowest(_measure_at_once(n, threads, dtype, seconds, graph, workload, devices)),
-                hop_s=hop)
-        for n in range(2, together + 1)
-    )  # fmt: skip
-    return replace(rates, hop_s=hop, together=shared)
+    shared = []
+    for n in range(2, together + 1):
+        r = replace(
+            slowest(_measure_at_once(n, threads, dtype, seconds, graph, workload, devices)),
+            hop_s=hop,
+        )
+        if graph is not None:  # the gradients' ring, as data-parallel replicas run it
+            nbytes = param_bytes(graph, np.dtype(dtype))
+            r = replace(r, ring_copies=ring_copies(r, n, nbytes, ring_seconds(n, nbytes)))
+        shared.append(r)
+    return replace(rates, hop_s=hop, together=tuple(shared))
+
+
+def ring_copies(rates: Rates, n: int, nbytes: int, seconds: float) -> float:
+    """The copies of its chunk a ring step took, from a ring all-reduce of `nbytes` over `n`
+    that took `seconds`: what `Rates.ring_s` then gives back for that ring (0 or more)."""
+    per_step = seconds / (2 * (n - 1)) - rates.hop_s
+    return max(0.0, per_step * 2 * rates.copy_bytes_per_s * n / nbytes)
 
 
 def slowest(rates: Sequence[Rates]) -> Rates:
@@ -129,6 +145,44 @@ def _measure(
         by_rows=tuple(by_rows),
         layers=layers,
     )
+
+
+def ring_seconds(n: int, nbytes: int, repeats: int = 5) -> float:
+    """Seconds of a ring all-reduce of `nbytes` of float32 over `n` processes at once, through
+    shared-memory channels and workers/ring.py's arithmetic, as data-parallel replicas run it:
+    the slowest process's median of `repeats` (after one untimed)."""
+    token = uuid.uuid4().hex[:10]
+    return max(at_once(n, f"{__name__}:_ring", (token, int(nbytes), int(repeats))))
+
+
+def _ring(token: str, nbytes: int, repeats: int, *, sync: Barrier) -> float:
+    """One process of `ring_seconds`: rank sync.rank of sync.world in the ring."""
+    r, n = sync.rank, sync.world
+    buf = np.ones(max(1, nbytes // 4), np.float32)
+
+    def name(rank: int) -> ChannelName:  # a step's messages: under 2 buffers
+        return ChannelName.new(f"ring-{token}-{rank}", 2 * buf.nbytes + 4096)
+
+    reader = Channel.create(name(r))
+    inbox = ChannelInbox([reader])
+    writer = None
+    times = []
+    try:
+        sync()  # every process's channel exists
+        writer = Channel.attach(name((r + 1) % n))
+        for step in range(repeats + 1):
+            sync()
+            t = time.perf_counter()
+            ring_allreduce(buf, r, n, step, writer.send, lambda k: inbox.take(k, 60.0))
+            if step:
+                times.append(time.perf_counter() - t)
+        sync()  # nobody closes a channel that another still reads
+    finally:
+        if writer is not None:
+            writer.close()
+        inbox.close()
+        unlink_channel(name(r))
+    return statistics.median(times)
 
 
 def _measure_at_once(
