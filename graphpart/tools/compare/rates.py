@@ -69,7 +69,8 @@ def measure_rates(
     With `together` > 1, the same rates (all but the hop) are measured again by n processes
     at once for n = 2 .. together, each phase started at a barrier (Rates.together): what a
     device does while the others do the same. Of the n measurements, each figure is the
-    slowest (`slowest`)."""
+    slowest (`slowest`). With a `graph`, each of those also carries the `ring_copies` of a
+    ring all-reduce of its parameters' bytes over the n processes (`ring_seconds`)."""
     rates = _measure(threads, dtype, seconds, graph, workload, devices, None)
     hop = max(0.0, hop_seconds(2**20) - 2**20 / rates.copy_bytes_per_s)
     shared = []
