@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--auto",
         action="store_true",
         help="search stages, micro-batches, schedule, recomputation and data parallelism for "
-        "--devices under --memory-budget; print the best setups (memory model + simulator)",
+        "--devices under --memory-budget; print the best setups (memory model + simulator, "
+        "timed at rates measured here: alone, and with the devices busy at once)",
     )
     p.add_argument("--devices", type=int, default=2, help="devices for --auto (default: 2)")
     p.add_argument(
