@@ -6,7 +6,7 @@ import statistics
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -71,14 +71,12 @@ def measure_rates(
     device does while the others do the same. Of the n measurements, each figure is the
     slowest (`slowest`). With a `graph`, each of those also carries the `ring_copies` of a
     ring all-reduce of its parameters' bytes over the n processes (`ring_seconds`)."""
-    rates = _measure(threads, dtype, seconds, graph, workload, devices, None)
+    probe = Probe(threads, dtype, seconds, graph, workload, devices)
+    rates = _measure(probe)
     hop = max(0.0, hop_seconds(2**20) - 2**20 / rates.copy_bytes_per_s)
     shared = []
-    for n in range(2, together + 1):
-        r = replace(
-            slowest(_measure_at_once(n, threads, dtype, seconds, graph, workload, devices)),
-            hop_s=hop,
-        )
+    for n in range(2, together + 1):  # n fresh processes, each phase started in step
+        r = replace(slowest(at_once(n, f"{__name__}:_measure", (probe,))), hop_s=hop)
         if graph is not None:  # the gradients' ring, as data-parallel replicas run it
             nbytes = param_bytes(graph, np.dtype(dtype))
             r = replace(r, ring_copies=ring_copies(r, n, nbytes, ring_seconds(n, nbytes)))
@@ -108,16 +106,21 @@ def slowest(rates: Sequence[Rates]) -> Rates:
     )
 
 
-def _measure(
-    threads: int,
-    dtype: str,
-    seconds: float,
-    graph: Graph | None,
-    workload: Workload | None,
-    devices: int,
-    sync: Callable[[], object] | None = None,
-) -> Rates:
+@dataclass(frozen=True)
+class Probe:
+    """What `measure_rates` times (its arguments of the same names)."""
+
+    threads: int
+    dtype: str
+    seconds: float
+    graph: Graph | None
+    workload: Workload | None
+    devices: int
+
+
+def _measure(p: Probe, sync: Callable[[], object] | None = None) -> Rates:
     """The rates but the hop (0), in this process; `sync` called before each timed phase."""
+    threads, dtype, seconds, graph, workload = p.threads, p.dtype, p.seconds, p.graph, p.workload
     wait = sync if sync is not None else (lambda: None)
     layers = None
     if graph is not None and workload is not None:
@@ -126,7 +129,7 @@ def _measure(
             opt = make_optimizer(opt, lr=1e-3, momentum=workload.momentum)
         with threadpool_limits(threads):
             layers = layer_times(
-                graph, layer_rows(workload.batch, devices), str(workload.dtype), opt, sync=sync
+                graph, layer_rows(workload.batch, p.devices), str(workload.dtype), opt, sync=sync
             )
     by_rows = []
     for r in ROWS:
@@ -184,20 +187,6 @@ def _ring(token: str, nbytes: int, repeats: int, *, sync: Barrier) -> float:
         inbox.close()
         unlink_channel(name(r))
     return statistics.median(times)
-
-
-def _measure_at_once(
-    n: int,
-    threads: int,
-    dtype: str,
-    seconds: float,
-    graph: Graph | None,
-    workload: Workload | None,
-    devices: int,
-) -> list[Rates]:
-    """`_measure` in `n` fresh processes at once, each phase started in step (`at_once`)."""
-    args = (threads, dtype, seconds, graph, workload, devices)
-    return at_once(n, f"{__name__}:_measure", args)
 
 
 def _timed(fn: object) -> float:
