@@ -5,8 +5,9 @@ process, and with `together=n` the same measured again by 2 .. n processes at on
 (`Rates.together`, one Rates per count, with the hop measured alone); `slowest` of several
 processes' rates keeps each figure's slowest: the lowest rate, the longest time. Where a graph
 is given, each together-rates also carry `ring_copies` from a ring all-reduce of its gradients'
-bytes timed over n processes (`ring_seconds`, the real channels and ring arithmetic), such that
-`Rates.ring_s` gives that ring's time back.
+bytes and a ring message's latency `ring_hop_s` from a small ring, timed over n processes
+(`ring_seconds`, the real channels and ring arithmetic), such that `Rates.ring_s` gives the
+big ring's time back.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def test_rates_alone_and_two_processes_at_once():
         assert x.layers.ids == tuple(g.layers) and all(u > 0 for u in x.layers.update)
         assert dict(x.by_rows).keys() == dict(r.by_rows).keys()
     assert r.together[0].hop_s == r.hop_s and r.busy(2) is r.together[0]
-    assert r.together[0].ring_s(param_bytes(g), 2) > 0
+    assert r.together[0].ring_s(param_bytes(g), 2) > 0 and r.together[0].ring_hop_s is not None
     assert measure_rates(1, seconds=0.01, together=1).together == ()
 
 
@@ -57,8 +58,12 @@ def test_ring_copies_give_the_measured_ring_back():
         c = ring_copies(r, n, int(nbytes), seconds)
         assert replace(r, ring_copies=c).ring_s(nbytes, n) == pytest.approx(seconds)
     assert ring_copies(r, 2, 10**6, 1e-5) == 0.0  # faster than its hops: no copies
+    fast = replace(r, ring_hop_s=1e-6)  # a ring message's own latency, where measured
+    c = ring_copies(fast, 2, 10**6, 1e-3)
+    assert replace(fast, ring_copies=c).ring_s(10**6, 2) == pytest.approx(1e-3)
 
 
 @pytest.mark.ray  # starts other processes
 def test_a_ring_over_processes_takes_time():
-    assert 0 < ring_seconds(2, 2**20, repeats=2) < 10
+    small, big = ring_seconds(2, (8192, 2**22), repeats=2)
+    assert 0 < small < big < 10

@@ -41,9 +41,10 @@ class Rates:
     where given, `flops_at(rows)` interpolates them and the time model uses it. layers: each
     layer's F, I, W and update seconds measured with the real kernels (LayerTimes); where
     given, the time model reads an action's and an update's time from them instead of FLOPs
-    over the matmul rate and bytes over the copy rate. ring_copies: what a ring step moves, in
-    copies of its chunk at the copy rate (`ring_s`; plan --auto measures it where devices run
-    together). together: the same rates measured with
+    over the matmul rate and bytes over the copy rate. ring_copies and ring_hop_s: what a
+    ring step costs (`ring_s`), in copies of its chunk at the copy rate and a fixed latency
+    (None: hop_s); plan --auto measures both where devices run together, from rings of two
+    sizes. together: the same rates measured with
     2, 3, ... devices busy at once (`together[n - 2]` for n), as the devices of a pipeline or
     of data parallelism run: they share the caches and the memory bus, and a copy or an
     update that streams its buffers alone at one rate runs at another beside a second device
@@ -58,12 +59,15 @@ class Rates:
     layers: LayerTimes | None = None
     together: tuple[Rates, ...] = ()
     ring_copies: float = RING_COPIES
+    ring_hop_s: float | None = None
 
     def __post_init__(self) -> None:
         _finite("flops_per_s", self.flops_per_s, positive=True)
         _finite("copy_bytes_per_s", self.copy_bytes_per_s, positive=True, inf_ok=True)
         _finite("hop_s", self.hop_s, positive=False)
         _finite("ring_copies", self.ring_copies, positive=False)
+        if self.ring_hop_s is not None:
+            _finite("ring_hop_s", self.ring_hop_s, positive=False)
         if self.action_s is not None:
             _finite("action_s", self.action_s, positive=False)
         for rows, rate in self.by_rows:
@@ -108,10 +112,11 @@ class Rates:
         messages of nbytes / R, each a hop and a copy into the channel; the reduce-scatter's
         R - 1 adds (read two, write one: 1.5 copies each) and the all-gather's R - 1 copies
         out of the channel. So (R - 1) (2 hop + 4.5 nbytes / R / copy bandwidth), with
-        `ring_copies` for the 4.5 where a ring was measured."""
+        `ring_hop_s` for the hop and `ring_copies` for the 4.5 where a ring was measured."""
         r = max(1, int(replicas))
+        hop = self.hop_s if self.ring_hop_s is None else self.ring_hop_s
         copies = self.ring_copies * nbytes / r / self.copy_bytes_per_s
-        return (r - 1) * (2 * self.hop_s + copies)
+        return (r - 1) * (2 * hop + copies)
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,7 @@ def train_command(cfg: Config, best: Candidate, config_path: str | None = None) 
 def _rates_dict(rates: Rates) -> dict[str, Any]:
     """The measured rates as plan --auto --json gives them: alone, and `together` with 2, 3,
     ... devices busy at once."""
-    keys = ("flops_per_s", "copy_bytes_per_s", "hop_s", "ring_copies")
+    keys = ("flops_per_s", "copy_bytes_per_s", "hop_s", "ring_copies", "ring_hop_s")
     own = {k: getattr(rates, k) for k in keys}
     return {**own, "together": [_rates_dict(r) for r in rates.together]}
 
@@ -140,7 +140,12 @@ def run_auto(
         + "; ".join(
             f"{n} busy at once: {r.flops_per_s / 1e9:.1f} GFLOP/s, copy "
             f"{r.copy_bytes_per_s / 1e9:.1f} GB/s"
-            + (f", a ring step {r.ring_copies:.1f} copies of its chunk" if n > 1 else "")
+            + (
+                f", a ring step {r.ring_copies:.1f} copies of its chunk and "
+                f"{(r.ring_hop_s or r.hop_s) * 1e3:.3f} ms"
+                if n > 1
+                else ""
+            )
             for n, r in enumerate((rates, *rates.together), start=1)
         )
         + f"; hop latency {rates.hop_s * 1e3:.3f} ms"

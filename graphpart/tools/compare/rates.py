@@ -23,6 +23,7 @@ from graphpart.tools.compare.at_once import Barrier, at_once
 from graphpart.tools.compare.project import hop_seconds
 
 ROWS = (4, 16, 64, 256, 1024)  # micro-batch sizes the matmul rate is measured at
+RING_SMALL = 4096  # bytes a chunk of the ring that times a ring message's latency
 
 
 def matmul_rate(rows: int, threads: int, dtype: str, seconds: float, n: int = 1024) -> float:
@@ -69,8 +70,9 @@ def measure_rates(
     With `together` > 1, the same rates (all but the hop) are measured again by n processes
     at once for n = 2 .. together, each phase started at a barrier (Rates.together): what a
     device does while the others do the same. Of the n measurements, each figure is the
-    slowest (`slowest`). With a `graph`, each of those also carries the `ring_copies` of a
-    ring all-reduce of its parameters' bytes over the n processes (`ring_seconds`)."""
+    slowest (`slowest`). With a `graph`, each of those also carries what a ring all-reduce
+    over the n processes costs (`ring_seconds`): `ring_hop_s`, a ring message's latency from a
+    ring of RING_SMALL bytes a chunk, and `ring_copies`, from a ring of the parameters' bytes."""
     probe = Probe(threads, dtype, seconds, graph, workload, devices)
     rates = _measure(probe)
     hop = max(0.0, hop_seconds(2**20) - 2**20 / rates.copy_bytes_per_s)
@@ -79,7 +81,9 @@ def measure_rates(
         r = replace(slowest(at_once(n, f"{__name__}:_measure", (probe,))), hop_s=hop)
         if graph is not None:  # the gradients' ring, as data-parallel replicas run it
             nbytes = param_bytes(graph, np.dtype(dtype))
-            r = replace(r, ring_copies=ring_copies(r, n, nbytes, ring_seconds(n, nbytes)))
+            small, big = ring_seconds(n, (RING_SMALL * n, nbytes))
+            r = replace(r, ring_hop_s=small / (2 * (n - 1)))
+            r = replace(r, ring_copies=ring_copies(r, n, nbytes, big))
         shared.append(r)
     return replace(rates, hop_s=hop, together=tuple(shared))
 
@@ -87,7 +91,8 @@ def measure_rates(
 def ring_copies(rates: Rates, n: int, nbytes: int, seconds: float) -> float:
     """The copies of its chunk a ring step took, from a ring all-reduce of `nbytes` over `n`
     that took `seconds`: what `Rates.ring_s` then gives back for that ring (0 or more)."""
-    per_step = seconds / (2 * (n - 1)) - rates.hop_s
+    hop = rates.hop_s if rates.ring_hop_s is None else rates.ring_hop_s
+    per_step = seconds / (2 * (n - 1)) - hop
     return max(0.0, per_step * 2 * rates.copy_bytes_per_s * n / nbytes)
 
 
@@ -151,42 +156,47 @@ def _measure(p: Probe, sync: Callable[[], object] | None = None) -> Rates:
     )
 
 
-def ring_seconds(n: int, nbytes: int, repeats: int = 5) -> float:
-    """Seconds of a ring all-reduce of `nbytes` of float32 over `n` processes at once, through
-    shared-memory channels and workers/ring.py's arithmetic, as data-parallel replicas run it:
-    the slowest process's median of `repeats` (after one untimed)."""
+def ring_seconds(n: int, sizes: Sequence[int], repeats: int = 5) -> list[float]:
+    """Seconds of a ring all-reduce of each of `sizes` bytes of float32 over `n` processes at
+    once, through shared-memory channels and workers/ring.py's arithmetic, as data-parallel
+    replicas run it: the slowest process's median of `repeats` (after one untimed), by size."""
     token = uuid.uuid4().hex[:10]
-    return max(at_once(n, f"{__name__}:_ring", (token, int(nbytes), int(repeats))))
+    got = at_once(n, f"{__name__}:_ring", (token, [int(b) for b in sizes], int(repeats)))
+    return [max(t[i] for t in got) for i in range(len(sizes))]
 
 
-def _ring(token: str, nbytes: int, repeats: int, *, sync: Barrier) -> float:
+def _ring(token: str, sizes: list[int], repeats: int, *, sync: Barrier) -> list[float]:
     """One process of `ring_seconds`: rank sync.rank of sync.world in the ring."""
     r, n = sync.rank, sync.world
-    buf = np.ones(max(1, nbytes // 4), np.float32)
+    most = max(1, max(sizes) // 4)
 
     def name(rank: int) -> ChannelName:  # a step's messages: under 2 buffers
-        return ChannelName.new(f"ring-{token}-{rank}", 2 * buf.nbytes + 4096)
+        return ChannelName.new(f"ring-{token}-{rank}", 8 * most + 4096)
 
     reader = Channel.create(name(r))
     inbox = ChannelInbox([reader])
     writer = None
-    times = []
+    out, step = [], 0
     try:
         sync()  # every process's channel exists
         writer = Channel.attach(name((r + 1) % n))
-        for step in range(repeats + 1):
-            sync()
-            t = time.perf_counter()
-            ring_allreduce(buf, r, n, step, writer.send, lambda k: inbox.take(k, 60.0))
-            if step:
-                times.append(time.perf_counter() - t)
+        for nbytes in sizes:
+            buf, times = np.ones(max(1, nbytes // 4), np.float32), []
+            for i in range(repeats + 1):
+                sync()
+                t = time.perf_counter()
+                ring_allreduce(buf, r, n, step, writer.send, lambda k: inbox.take(k, 60.0))
+                step += 1
+                if i:
+                    times.append(time.perf_counter() - t)
+            out.append(statistics.median(times))
         sync()  # nobody closes a channel that another still reads
     finally:
         if writer is not None:
             writer.close()
         inbox.close()
         unlink_channel(name(r))
-    return statistics.median(times)
+    return out
 
 
 def _timed(fn: object) -> float:
