@@ -597,12 +597,16 @@ def test_ring_all_reduce_counts_hops_and_copies():
 
 
 def test_setups_on_several_devices_are_timed_at_the_rates_measured_together(graph):
-    """`Rates.busy(n)` is `together[n - 2]` for n devices (the last measured for more, the
-    rates themselves for one); search times a setup on n devices at `busy(n)`: slower
+    """`Rates.busy(n)` is the rates measured with the fewest devices busy at or above n (the
+    most measured for more, the rates themselves for one); search times a setup on n devices
+    at `busy(n)`: slower
     together-rates slow the pipelines and the replicas, never the one-device setups."""
     slow = replace(RATES, flops_per_s=RATES.flops_per_s / 2, copy_bytes_per_s=1e9)
-    rates = replace(RATES, together=(slow,))
+    rates = replace(RATES, together=((2, slow),))
     assert rates.busy(1) is rates and rates.busy(2) is slow and rates.busy(5) is slow
+    four = replace(slow, flops_per_s=1e9)
+    more = replace(RATES, together=((2, slow), (4, four)))
+    assert [more.busy(n) for n in (2, 3, 4, 9)] == [slow, four, four, four]
     assert RATES.busy(3) is RATES
     alone = search(graph, Workload(batch=BATCH), devices=2, budget=None, rates=RATES)
     both = search(graph, Workload(batch=BATCH), devices=2, budget=None, rates=rates)
@@ -615,4 +619,6 @@ def test_setups_on_several_devices_are_timed_at_the_rates_measured_together(grap
         else:
             assert c.step_s > before[key(c)], key(c)
     with pytest.raises(PlanError, match="together"):
-        replace(RATES, together=(rates,))  # the together-rates have none of their own
+        replace(RATES, together=((2, rates),))  # the together-rates have none of their own
+    with pytest.raises(PlanError, match="increasing counts"):
+        replace(RATES, together=((4, slow), (2, slow)))

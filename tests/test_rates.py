@@ -2,7 +2,8 @@
 
 Contract: `measure_rates` gives positive matmul, copy and per-layer rates measured in this
 process, and with `together=n` the same measured again by 2 .. n processes at once
-(`Rates.together`, one Rates per count, with the hop measured alone); `slowest` of several
+(`Rates.together`, one Rates per count of `counts`: 2, 4, 8, ... and n; the hop measured
+alone); `slowest` of several
 processes' rates keeps each figure's slowest: the lowest rate, the longest time. Where a graph
 is given, each together-rates also carry `ring_copies` from a ring all-reduce of its gradients'
 bytes and a ring message's latency `ring_hop_s` from a small ring, timed over n processes
@@ -21,7 +22,13 @@ from graphpart.plan.auto import Rates
 from graphpart.plan.layer_times import LayerTimes
 from graphpart.plan.memory import param_bytes
 from graphpart.plan.workload import Workload
-from graphpart.tools.compare.rates import measure_rates, ring_copies, ring_seconds, slowest
+from graphpart.tools.compare.rates import (
+    counts,
+    measure_rates,
+    ring_copies,
+    ring_seconds,
+    slowest,
+)
 
 LT = LayerTimes((1,), (2, 4), (((1.0, 0.0, 2.0),), ((2.0, 0.0, 4.0),)), (0.5,))
 
@@ -42,14 +49,20 @@ def test_rates_alone_and_two_processes_at_once():
     g = mlp([12, 16, 3], activation="relu", bias=True, loss="cross_entropy")
     w = Workload(batch=8, optimizer="adam")
     r = measure_rates(1, seconds=0.01, graph=g, workload=w, devices=2, together=2)
-    assert len(r.together) == 1
-    for x in (r, r.together[0]):
+    assert [n for n, _ in r.together] == [2]
+    ((_, two),) = r.together
+    for x in (r, two):
         assert x.flops_per_s > 0 and x.copy_bytes_per_s > 0 and x.layers is not None
         assert x.layers.ids == tuple(g.layers) and all(u > 0 for u in x.layers.update)
         assert dict(x.by_rows).keys() == dict(r.by_rows).keys()
-    assert r.together[0].hop_s == r.hop_s and r.busy(2) is r.together[0]
-    assert r.together[0].ring_s(param_bytes(g), 2) > 0 and r.together[0].ring_hop_s is not None
+    assert two.hop_s == r.hop_s and r.busy(2) is two
+    assert two.ring_s(param_bytes(g), 2) > 0 and two.ring_hop_s is not None
     assert measure_rates(1, seconds=0.01, together=1).together == ()
+
+
+def test_counts_are_powers_of_two_and_the_most():
+    assert counts(1) == [] and counts(2) == [2] and counts(3) == [2, 3]
+    assert counts(8) == [2, 4, 8] and counts(12) == [2, 4, 8, 12]
 
 
 def test_ring_copies_give_the_measured_ring_back():
@@ -67,3 +80,17 @@ def test_ring_copies_give_the_measured_ring_back():
 def test_a_ring_over_processes_takes_time():
     small, big = ring_seconds(2, (8192, 2**22), repeats=2)
     assert 0 < small < big < 10
+
+
+def test_a_ring_that_cannot_run_keeps_the_models_copies(monkeypatch):
+    """Where the ring cannot be timed (a full /dev/shm, say), the rates keep the model's
+    copies and latency, with a warning: the search still runs."""
+    from graphpart.tools.compare import rates as mod
+
+    def fail(n, sizes):
+        raise RuntimeError("a process exited with -7: Bus error")
+
+    monkeypatch.setattr(mod, "ring_seconds", fail)
+    r = Rates(flops_per_s=1.0, copy_bytes_per_s=1e9, hop_s=1e-4)
+    with pytest.warns(UserWarning, match="Bus error"):
+        assert mod._with_ring(r, 2, 10**6) == r

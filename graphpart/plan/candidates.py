@@ -44,11 +44,11 @@ class Rates:
     over the matmul rate and bytes over the copy rate. ring_copies and ring_hop_s: what a
     ring step costs (`ring_s`), in copies of its chunk at the copy rate and a fixed latency
     (None: hop_s); plan --auto measures both where devices run together, from rings of two
-    sizes. together: the same rates measured with
-    2, 3, ... devices busy at once (`together[n - 2]` for n), as the devices of a pipeline or
-    of data parallelism run: they share the caches and the memory bus, and a copy or an
-    update that streams its buffers alone at one rate runs at another beside a second device
-    streaming its own; `busy(n)` picks the rates for a setup on n devices.
+    sizes. together: (n, the same rates measured with n devices busy at once) pairs, n >= 2
+    increasing (plan --auto measures n = 2, 4, 8, ... and the most it can), as the devices of
+    a pipeline or of data parallelism run: they share the caches and the memory bus, and a
+    copy or an update that streams its buffers alone at one rate runs at another beside a
+    second device streaming its own; `busy(n)` picks the rates for a setup on n devices.
     """
 
     flops_per_s: float
@@ -57,7 +57,7 @@ class Rates:
     action_s: float | None = None
     by_rows: tuple[tuple[int, float], ...] = ()
     layers: LayerTimes | None = None
-    together: tuple[Rates, ...] = ()
+    together: tuple[tuple[int, Rates], ...] = ()
     ring_copies: float = RING_COPIES
     ring_hop_s: float | None = None
 
@@ -74,16 +74,19 @@ class Rates:
             _finite(f"by_rows rate at {rows} rows", rate, positive=True)
             if rows < 1:
                 raise PlanError(f"by_rows: rows={rows!r} must be a positive integer")
-        for n, r in enumerate(self.together, start=2):
+        counts = [n for n, _ in self.together]
+        if counts != sorted(set(counts)) or any(n < 2 for n in counts):
+            raise PlanError(f"Rates.together for {counts} devices: want increasing counts >= 2")
+        for n, r in self.together:
             if not isinstance(r, Rates) or r.together:
-                raise PlanError(f"Rates.together[{n - 2}] (for {n} devices): want Rates of its own")
+                raise PlanError(f"Rates.together for {n} devices: want Rates of its own")
 
     def busy(self, devices: int) -> Rates:
         """The rates for a setup on `devices` devices busy at once: `together`'s for that
         many (its last where more devices than were measured), these rates for one."""
         if devices <= 1 or not self.together:
             return self
-        return self.together[min(devices, len(self.together) + 1) - 2]
+        return next((r for n, r in self.together if n >= devices), self.together[-1][1])
 
     @property
     def per_action_s(self) -> float:

@@ -83,7 +83,7 @@ def _rates_dict(rates: Rates) -> dict[str, Any]:
     ... devices busy at once."""
     keys = ("flops_per_s", "copy_bytes_per_s", "hop_s", "ring_copies", "ring_hop_s")
     own = {k: getattr(rates, k) for k in keys}
-    return {**own, "together": [_rates_dict(r) for r in rates.together]}
+    return {**own, "together": [{"devices": n, **_rates_dict(r)} for n, r in rates.together]}
 
 
 def sharing_note(devices: int, cores: int, threads: int) -> str | None:
@@ -146,7 +146,7 @@ def run_auto(
                 if n > 1
                 else ""
             )
-            for n, r in enumerate((rates, *rates.together), start=1)
+            for n, r in ((1, rates), *rates.together)
         )
         + f"; hop latency {rates.hop_s * 1e3:.3f} ms"
     )

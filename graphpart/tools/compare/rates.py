@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -24,6 +25,7 @@ from graphpart.tools.compare.project import hop_seconds
 
 ROWS = (4, 16, 64, 256, 1024)  # micro-batch sizes the matmul rate is measured at
 RING_SMALL = 4096  # bytes a chunk of the ring that times a ring message's latency
+RING_MOST = 64 * 2**20  # the largest ring timed: its copies a byte hold for larger ones
 
 
 def matmul_rate(rows: int, threads: int, dtype: str, seconds: float, n: int = 1024) -> float:
@@ -68,7 +70,8 @@ def measure_rates(
     `layer_rows` of the workload's batch on `devices`), which the time model then reads.
 
     With `together` > 1, the same rates (all but the hop) are measured again by n processes
-    at once for n = 2 .. together, each phase started at a barrier (Rates.together): what a
+    at once for n = 2, 4, 8, ... and `together` (`counts`), each phase started at a barrier
+    (Rates.together): what a
     device does while the others do the same. Of the n measurements, each figure is the
     slowest (`slowest`). With a `graph`, each of those also carries what a ring all-reduce
     over the n processes costs (`ring_seconds`): `ring_hop_s`, a ring message's latency from a
@@ -77,15 +80,37 @@ def measure_rates(
     rates = _measure(probe)
     hop = max(0.0, hop_seconds(2**20) - 2**20 / rates.copy_bytes_per_s)
     shared = []
-    for n in range(2, together + 1):  # n fresh processes, each phase started in step
+    for n in counts(together):  # n fresh processes, each phase started in step
         r = replace(slowest(at_once(n, f"{__name__}:_measure", (probe,))), hop_s=hop)
         if graph is not None:  # the gradients' ring, as data-parallel replicas run it
-            nbytes = param_bytes(graph, np.dtype(dtype))
-            small, big = ring_seconds(n, (RING_SMALL * n, nbytes))
-            r = replace(r, ring_hop_s=small / (2 * (n - 1)))
-            r = replace(r, ring_copies=ring_copies(r, n, nbytes, big))
-        shared.append(r)
+            r = _with_ring(r, n, min(param_bytes(graph, np.dtype(dtype)), RING_MOST))
+        shared.append((n, r))
     return replace(rates, hop_s=hop, together=tuple(shared))
+
+
+def _with_ring(rates: Rates, n: int, nbytes: int) -> Rates:
+    """`rates` with the ring's latency and copies timed over `n` processes (a ring of
+    RING_SMALL bytes a chunk, one of `nbytes`); unchanged, with a warning, where the
+    machine cannot run the ring (a full /dev/shm, say)."""
+    try:
+        small, big = ring_seconds(n, (RING_SMALL * n, nbytes))
+    except (RuntimeError, TimeoutError, OSError) as e:
+        warnings.warn(
+            f"the ring all-reduce was not timed ({e}); the model's copies kept", stacklevel=2
+        )
+        return rates
+    r = replace(rates, ring_hop_s=small / (2 * (n - 1)))
+    return replace(r, ring_copies=ring_copies(r, n, nbytes, big))
+
+
+def counts(most: int) -> list[int]:
+    """The device counts the rates are measured together at: 2, 4, 8, ... below `most`, and
+    `most` (none below 2): a handful of measurements however many devices there are."""
+    out, n = [], 2
+    while n < most:
+        out.append(n)
+        n *= 2
+    return [*out, most] if most >= 2 else []
 
 
 def ring_copies(rates: Rates, n: int, nbytes: int, seconds: float) -> float:
@@ -161,8 +186,16 @@ def ring_seconds(n: int, sizes: Sequence[int], repeats: int = 5) -> list[float]:
     once, through shared-memory channels and workers/ring.py's arithmetic, as data-parallel
     replicas run it: the slowest process's median of `repeats` (after one untimed), by size."""
     token = uuid.uuid4().hex[:10]
-    got = at_once(n, f"{__name__}:_ring", (token, [int(b) for b in sizes], int(repeats)))
+    try:
+        got = at_once(n, f"{__name__}:_ring", (token, [int(b) for b in sizes], int(repeats)))
+    finally:  # a process killed before its own `finally` leaves its channel's files
+        for rank in range(n):
+            unlink_channel(_ring_channel(token, rank, 0))
     return [max(t[i] for t in got) for i in range(len(sizes))]
+
+
+def _ring_channel(token: str, rank: int, capacity: int) -> ChannelName:
+    return ChannelName.new(f"ring-{token}-{rank}", capacity)
 
 
 def _ring(token: str, sizes: list[int], repeats: int, *, sync: Barrier) -> list[float]:
@@ -171,7 +204,7 @@ def _ring(token: str, sizes: list[int], repeats: int, *, sync: Barrier) -> list[
     most = max(1, max(sizes) // 4)
 
     def name(rank: int) -> ChannelName:  # a step's messages: under 2 buffers
-        return ChannelName.new(f"ring-{token}-{rank}", 8 * most + 4096)
+        return _ring_channel(token, rank, 8 * most + 4096)
 
     reader = Channel.create(name(r))
     inbox = ChannelInbox([reader])
