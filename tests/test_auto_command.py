@@ -3,7 +3,8 @@ the setup ranked first, of the model plan --auto searched (the config file, ever
 command line changed, --memory-budget included, and the candidate's pipeline keys), with every
 word shell-quoted. Checked through the real CLI entry point (graphpart.cli.main): the printed
 words, parsed by `graphpart plan`, give the first row's stages, micro-batches, schedule and
-the same config; run by `graphpart train --epochs 1` (Ray), they train that setup.
+the same config; run by `graphpart train --epochs 1` (Ray), they train that setup. --json
+gives the rates measured alone and, by device count, together.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from graphpart.plan.auto import Rates, search
 from graphpart.plan.memory import Workload
 from graphpart.run.session import make_config
 from graphpart.run.train import setup
-from graphpart.tools.compare.auto import train_command, train_overrides
+from graphpart.tools.compare.auto import rates_json, train_command, train_overrides
 
 TOML = """
 [model]
@@ -144,3 +145,23 @@ def test_printed_command_trains_the_best_setup(config_file, capsys, tmp_path, ra
     p = cfg.pipeline
     assert (p.stages, p.microbatches, p.schedule) == (int(row[2]), int(row[3]), row[4])
     assert (p.memory_budget, cfg.train.batch_size, cfg.model.hidden) == (budget, 32, (40,) * 3)
+
+
+def test_json_gives_the_rates_alone_and_together():
+    """--json's `rates`: the figures measured alone and, under `together`, each count of
+    devices measured busy at once with its own figures and its ring's."""
+    two = Rates(flops_per_s=4e10, copy_bytes_per_s=2e9, hop_s=50e-6, ring_copies=3.0,
+                ring_hop_s=3e-5)  # fmt: skip
+    got = json.loads(json.dumps(rates_json(Rates(5e10, 5e9, 50e-6, together=((2, two),)))))
+    assert (got["flops_per_s"], got["copy_bytes_per_s"], got["hop_s"]) == (5e10, 5e9, 50e-6)
+    assert got["ring_copies"] == 4.5 and got["ring_hop_s"] is None
+    (t,) = got["together"]
+    assert t == {
+        "devices": 2,
+        "flops_per_s": 4e10,
+        "copy_bytes_per_s": 2e9,
+        "hop_s": 50e-6,
+        "ring_copies": 3.0,
+        "ring_hop_s": 3e-5,
+        "together": [],
+    }

@@ -78,12 +78,12 @@ def train_command(cfg: Config, best: Candidate, config_path: str | None = None) 
     return " ".join(shlex.quote(w) for w in words)
 
 
-def _rates_dict(rates: Rates) -> dict[str, Any]:
+def rates_json(rates: Rates) -> dict[str, Any]:
     """The measured rates as plan --auto --json gives them: alone, and `together` with 2, 3,
     ... devices busy at once."""
     keys = ("flops_per_s", "copy_bytes_per_s", "hop_s", "ring_copies", "ring_hop_s")
     own = {k: getattr(rates, k) for k in keys}
-    return {**own, "together": [{"devices": n, **_rates_dict(r)} for n, r in rates.together]}
+    return {**own, "together": [{"devices": n, **rates_json(r)} for n, r in rates.together]}
 
 
 def sharing_note(devices: int, cores: int, threads: int) -> str | None:
@@ -126,7 +126,7 @@ def run_auto(
                     "cores": cores,
                     "threads_per_device": threads,
                     "memory_budget": budget,
-                    "rates": _rates_dict(rates),
+                    "rates": rates_json(rates),
                     "candidates": [to_dict(c) for c in found],
                     "best_command": command,
                 }
