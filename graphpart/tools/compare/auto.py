@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import sys
 from typing import Any
 
 from graphpart.ir import Graph
@@ -115,6 +116,14 @@ def run_auto(
     budget = budget_of(cfg)
     cores = machine_cores()
     threads = max(1, cores // max(1, devices))
+    busy = max(1, min(devices, cores // threads))
+    print(
+        "plan --auto: timing this machine's kernels, copies and ring"
+        + (f", alone and with up to {busy} devices busy at once" if busy > 1 else "")
+        + " (seconds) ...",
+        file=sys.stderr,
+        flush=True,
+    )
     found, rates = search_config(s.graph, cfg, devices, threads, cores)
     fitting = [c for c in found if c.fits]
     command = train_command(cfg, fitting[0], config_path) if fitting else None
