@@ -68,18 +68,20 @@ def mode() -> str:
 
 
 def _openblas(kind: str, a: np.ndarray, b: np.ndarray, out: np.ndarray, beta: float) -> None:
-    """out = op(a) @ op(b) + beta out through NumPy (SciPy's gemm where beta is not 0)."""
+    """out = op(a) @ op(b) + beta out through NumPy: np.matmul, or where beta is not 0 its
+    own OpenBLAS's cblas (SciPy's gemm only where that cannot be found: SciPy's is a second
+    OpenBLAS, whose thread pool spins beside NumPy's on the same cores)."""
     ta, tb = _TRANS[kind]
     a_ = a.T if ta else a
     b_ = b.T if tb else b
     if beta == 0.0:
         np.matmul(a_, b_, out=out)
         return
+    if _CBLAS is not None and _CBLAS.takes(a, b, out):  # NumPy's own OpenBLAS, in place
+        _CBLAS.gemm(kind, a, b, out, beta)
+        return
     gemm = _GEMM.get(out.dtype.char)
     if kind != "tn" or gemm is None or not (a.flags.c_contiguous and b.flags.c_contiguous):
-        if _CBLAS is not None and _CBLAS.takes(a, b, out):  # a row-strided block: no temporary
-            _CBLAS.gemm(kind, a, b, out, beta)
-            return
         out *= beta
         out += a_ @ b_  # not a BLAS type or layout: the plain way
         return
