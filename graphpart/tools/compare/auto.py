@@ -34,9 +34,9 @@ def search_config(
     that has cores of its own busy at once (up to min(devices, cores / threads) processes)."""
     w = workload_of(cfg)
     cores = machine_cores() if cores is None else cores
-    at_once = max(1, min(devices, cores // max(1, threads)))
+    together = busy_at_once(devices, cores, threads)
     rates = measure_rates(
-        threads, cfg.train.dtype, graph=graph, workload=w, devices=devices, together=at_once
+        threads, cfg.train.dtype, graph=graph, workload=w, devices=devices, together=together
     )
     found = search(
         graph, w, devices=devices, budget=budget_of(cfg), rates=rates, cores=cores, threads=threads
@@ -79,6 +79,11 @@ def train_command(cfg: Config, best: Candidate, config_path: str | None = None) 
     return " ".join(shlex.quote(w) for w in words)
 
 
+def busy_at_once(devices: int, cores: int, threads: int) -> int:
+    """How many of `devices` can compute at once, each on `threads` of `cores` cores."""
+    return max(1, min(devices, cores // max(1, threads)))
+
+
 def rates_json(rates: Rates) -> dict[str, Any]:
     """The measured rates as plan --auto --json gives them: alone, and `together` with 2, 3,
     ... devices busy at once."""
@@ -116,7 +121,7 @@ def run_auto(
     budget = budget_of(cfg)
     cores = machine_cores()
     threads = max(1, cores // max(1, devices))
-    busy = max(1, min(devices, cores // threads))
+    busy = busy_at_once(devices, cores, threads)
     print(
         "plan --auto: timing this machine's kernels, copies and ring"
         + (f", alone and with up to {busy} devices busy at once" if busy > 1 else "")
@@ -151,7 +156,7 @@ def run_auto(
             f"{r.copy_bytes_per_s / 1e9:.1f} GB/s"
             + (
                 f", a ring step {r.ring_copies:.1f} copies of its chunk and "
-                f"{(r.ring_hop_s or r.hop_s) * 1e3:.3f} ms"
+                f"{(r.hop_s if r.ring_hop_s is None else r.ring_hop_s) * 1e3:.3f} ms"
                 if n > 1
                 else ""
             )

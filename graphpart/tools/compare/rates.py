@@ -71,11 +71,11 @@ def measure_rates(
 
     With `together` > 1, the same rates (all but the hop) are measured again by n processes
     at once for n = 2, 4, 8, ... and `together` (`counts`), each phase started at a barrier
-    (Rates.together): what a
-    device does while the others do the same. Of the n measurements, each figure is the
-    slowest (`slowest`). With a `graph`, each of those also carries what a ring all-reduce
-    over the n processes costs (`ring_seconds`): `ring_hop_s`, a ring message's latency from a
-    ring of RING_SMALL bytes a chunk, and `ring_copies`, from a ring of the parameters' bytes."""
+    (Rates.together): what a device does while the others do the same. Of the n
+    measurements, each figure is the slowest (`slowest`). With a `graph`, each of those also
+    carries what a ring all-reduce over the n processes costs (`ring_seconds`): `ring_hop_s`,
+    a ring message's latency from a ring of RING_SMALL bytes a chunk, and `ring_copies`, from
+    a ring of the parameters' bytes."""
     probe = Probe(threads, dtype, seconds, graph, workload, devices)
     rates = _measure(probe)
     hop = max(0.0, hop_seconds(2**20) - 2**20 / rates.copy_bytes_per_s)
@@ -94,7 +94,7 @@ def _with_ring(rates: Rates, n: int, nbytes: int) -> Rates:
     machine cannot run the ring (a full /dev/shm, say)."""
     try:
         small, big = ring_seconds(n, (RING_SMALL * n, nbytes))
-    except (RuntimeError, TimeoutError, OSError) as e:
+    except (RuntimeError, OSError) as e:  # TimeoutError is an OSError
         warnings.warn(
             f"the ring all-reduce was not timed ({e}); the model's copies kept", stacklevel=2
         )
