@@ -596,6 +596,19 @@ def test_ring_all_reduce_counts_hops_and_copies():
         replace(r, ring_copies=-1.0)
 
 
+def test_a_measured_ring_latency_is_the_hop_and_the_action_cost():
+    """Without a ring measured, a transfer is `hop_s` (a hop less one copy) plus one copy and
+    an action costs `hop_s`; with `ring_hop_s` (a message's latency between busy processes)
+    a transfer is that latency plus two copies and an action costs it; `action_s` wins."""
+    r = Rates(flops_per_s=1.0, copy_bytes_per_s=1e9, hop_s=2e-4)
+    assert r.transfer_s(1e6) == pytest.approx(2e-4 + 1e-3)
+    assert r.per_action_s == pytest.approx(2e-4)
+    ring = replace(r, ring_hop_s=3e-5)
+    assert ring.transfer_s(1e6) == pytest.approx(3e-5 + 2e-3)
+    assert ring.per_action_s == pytest.approx(3e-5)
+    assert replace(ring, action_s=1e-5).per_action_s == pytest.approx(1e-5)
+
+
 def test_setups_on_several_devices_are_timed_at_the_rates_measured_together(graph):
     """`Rates.busy(n)` is the rates measured with the fewest devices busy at or above n (the
     most measured for more, the rates themselves for one); search times a setup on n devices

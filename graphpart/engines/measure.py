@@ -31,13 +31,14 @@ def layer_times(
     rows: Sequence[int],
     dtype: str = "float32",
     optimizer: Optimizer | None = None,
-    repeats: int = 3,
+    repeats: int = 5,
     seed: int = 0,
     sync: Callable[[], object] | None = None,
 ) -> LayerTimes:
     """Each layer's forward, input gradient and weight gradient of one micro-batch at each of
     `rows`, and its update (`optimizer`'s step; SGD if None), each the median of `repeats`
-    after one untimed pass (the update's over the passes at every size).
+    after one untimed round (the update's over the passes at every size); a round is a pass
+    at each row count in turn.
 
     Every layer runs as its own one-layer stage worker in this process, and a pass runs them
     as a step of the whole model does: the forwards in order, each taking the previous one's
@@ -77,21 +78,22 @@ def layer_times(
         if last.graph.labels[0].shape == ("B",)
         else rng.standard_normal((top, q)).astype(dtype)
     )
-    seconds = []
     ups: list[list[float]] = [[] for _ in workers]
-    for n in rows:
-        timed: list[list[list[float]]] = [[[], [], []] for _ in workers]
-        for rep in range(repeats + 1):
+    # by row count, layer, kind (F, I, W): a pass at every row count a round, so that a
+    # burst of other work on the machine slows one round of each, not every pass of one
+    timed = [[[[], [], []] for _ in workers] for _ in rows]
+    for rep in range(repeats + 1):
+        for n, by_layer in zip(rows, timed, strict=True):
             x: np.ndarray | None = x0[:n]
             wait()
-            for w, t in zip(workers, timed, strict=True):  # each layer's output the next's input
+            for w, t in zip(workers, by_layer, strict=True):  # each output the next's input
                 t0 = time.perf_counter()
                 x = w.forward(0, x, y0[:n] if w is workers[-1] else None, 1.0 / n)
                 if rep:
                     t[0].append(time.perf_counter() - t0)
             g = None  # each layer's input cotangent the previous layer's
             wait()
-            for w, t in reversed(list(zip(workers, timed, strict=True))):
+            for w, t in reversed(list(zip(workers, by_layer, strict=True))):
                 t0 = time.perf_counter()
                 g = w.backward_input(0, g, 1.0 / n)
                 t1 = time.perf_counter()
@@ -105,7 +107,9 @@ def layer_times(
                 w.finish(update=True)
                 if rep:
                     u.append(time.perf_counter() - t0)
-        seconds.append(tuple(tuple(statistics.median(k) for k in t) for t in timed))
+    seconds = [
+        tuple(tuple(statistics.median(k) for k in t) for t in by_layer) for by_layer in timed
+    ]
     return LayerTimes(
         tuple(graph.layers),
         tuple(rows),

@@ -18,8 +18,10 @@
 #   time is its layers' measured seconds at its rows instead (the kernels' real speed at those
 #   shapes: operands out of cache, elementwise work, the first layer's missing I), and an
 #   update's the layers' measured update;
-# - a transfer costs `hop_s + bytes / copy_bytes_per_s` (linear), and a pipeline's hops all
-#   take the time of its widest boundary (the simulator takes one delay for every hop);
+# - a transfer costs `hop_s + bytes / copy_bytes_per_s` (linear; where the rates measured a
+#   ring message's latency between busy processes, that latency plus two copies:
+#   `Rates.transfer_s`), and a pipeline's hops all take the time of its widest boundary (the
+#   simulator takes one delay for every hop);
 # - the optimizer update streams its buffers once: (3 + 2 x state slots) x parameter bytes
 #   (read weight and gradient, write weight; read and write each state slot) over
 #   `copy_bytes_per_s`; each device updates its own parameters when its last backward ends;
@@ -41,8 +43,11 @@
 #   the same however it is split); memory uses the largest, ceil(B / M) rows, which is what
 #   the buffers hold. Data parallel uses ceil(B / K): the step waits for the largest replica.
 # - The fixed cost per action (`Rates.action_s`) is what makes accumulation slower than one
-#   device at equal FLOPs; it defaults to `hop_s`, the same order of magnitude (one call
-#   through the worker), so the three measured rates suffice.
+#   device at equal FLOPs; it defaults to a ring message's measured latency where the
+#   devices' rates carry one (`Rates.per_action_s`: an action's own cost in a run, its
+#   receive and send, is that order, 0.03-0.06 ms here), else to `hop_s` (a thread's start
+#   and wake included: 0.2-0.7 ms here, which predicted pipelines of 8 micro-batches 10-15%
+#   slow).
 # - Data-parallel candidates do not recompute (the data-parallel engine has no such option).
 
 from __future__ import annotations

@@ -36,7 +36,8 @@ class Rates:
     flops_per_s: sustained matmul rate of one device. copy_bytes_per_s: memcpy bandwidth
     between devices (also the optimizer update's streaming rate; inf: free). hop_s: fixed
     latency of one boundary transfer or one all-reduce message. action_s: fixed cost of one
-    forward or backward action on a device (None: hop_s). by_rows: (rows, FLOP/s) pairs
+    forward or backward action on a device (None: ring_hop_s where measured, else hop_s).
+    by_rows: (rows, FLOP/s) pairs
     measured at several micro-batch sizes (a matmul with few rows runs far below the peak);
     where given, `flops_at(rows)` interpolates them and the time model uses it. layers: each
     layer's F, I, W and update seconds measured with the real kernels (LayerTimes); where
@@ -44,7 +45,9 @@ class Rates:
     over the matmul rate and bytes over the copy rate. ring_copies and ring_hop_s: what a
     ring step costs (`ring_s`), in copies of its chunk at the copy rate and a fixed latency
     (None: hop_s); plan --auto measures both where devices run together, from rings of two
-    sizes. together: (n, the same rates measured with n devices busy at once) pairs, n >= 2
+    sizes. Where ring_hop_s is measured it is also a pipeline hop's latency and an action's
+    fixed cost (`transfer_s`, `per_action_s`): the same shared-memory message between two
+    busy processes. together: (n, the same rates measured with n devices busy at once) pairs, n >= 2
     increasing (plan --auto measures n = 2, 4, 8, ... and the most it can), as the devices of
     a pipeline or of data parallelism run: they share the caches and the memory bus, and a
     copy or an update that streams its buffers alone at one rate runs at another beside a
@@ -90,7 +93,11 @@ class Rates:
 
     @property
     def per_action_s(self) -> float:
-        return self.hop_s if self.action_s is None else float(self.action_s)
+        """An action's fixed cost: `action_s`, else a message's latency between busy
+        processes (`ring_hop_s`, where measured), else `hop_s`."""
+        if self.action_s is not None:
+            return float(self.action_s)
+        return self.hop_s if self.ring_hop_s is None else self.ring_hop_s
 
     def flops_at(self, rows: float) -> float:
         """The matmul rate at `rows` rows per micro-batch: interpolated in log(rows) between
@@ -107,7 +114,11 @@ class Rates:
         return pts[-1][1]
 
     def transfer_s(self, nbytes: float) -> float:
-        """One message of `nbytes`: the hop latency plus the bytes at the copy bandwidth."""
+        """One message of `nbytes`: the hop latency plus the bytes at the copy bandwidth.
+        Where `ring_hop_s` is measured: that latency plus two copies (into the channel, out
+        of it); `hop_s` is a whole hop's time less one copy, so it holds the other."""
+        if self.ring_hop_s is not None:
+            return self.ring_hop_s + 2 * nbytes / self.copy_bytes_per_s
         return self.hop_s + nbytes / self.copy_bytes_per_s
 
     def ring_s(self, nbytes: float, replicas: int) -> float:
