@@ -550,6 +550,10 @@ def test_two_d_is_replicated_pipelines_with_their_memory_and_ring(graph):
     ring = max(RATES.ring_s(memory.param_bytes(st.graph), 2) for st in plan.stages)
     assert c.step_s == pytest.approx(pipe + ring, rel=1e-12)
     assert c.config()["pipeline.data_parallel"] == 2 and c.config()["pipeline.stages"] == 2
+    zb = _find(cands, kind="2-d", replicas=2, stages=2, microbatches=4, schedule="zb-h1",
+               recompute=False)  # fmt: skip
+    rows = auto.table([c, zb]).splitlines()[2:]  # the table names each one's schedule
+    assert " 1f1b " in rows[0] and " zb-h1 " in rows[1]
 
 
 def test_measured_layer_times_replace_flops_and_the_streamed_update(graph):

@@ -247,8 +247,9 @@ def _peaks(values: Sequence[int]) -> str:
 
 
 def _schedule(c: Candidate) -> str:
-    """A pipeline's schedule, with its chunks a device where it has virtual stages."""
-    if c.kind != "pipeline":
+    """A pipeline's schedule (a 2-D setup's replicas' too), with its chunks a device where
+    it has virtual stages."""
+    if c.kind not in ("pipeline", "2-d"):
         return "-"
     return c.schedule + (f" v={c.chunks}" if c.chunks > 1 else "")
 
