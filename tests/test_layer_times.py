@@ -5,6 +5,8 @@ time is linear in rows, below the first it is the first's, beyond the last it fo
 last two (never below zero); B is I + W; `update_s` sums the layers' updates; layers are named
 by the graph's layer numbers, and a record that is malformed or asked for a layer it did not
 time says what is wrong. `slowest` of several processes' records keeps each time's largest.
+With `warm` times (a step's later micro-batches) an action over a step of M micro-batches
+costs the first's time and M - 1 warm ones, on average.
 """
 
 from __future__ import annotations
@@ -85,3 +87,17 @@ def test_slowest_takes_each_time_s_largest():
         slowest([LT, LayerTimes(ids=(1, 2), rows=(2,), seconds=(LT.seconds[0],), update=(0, 0))])
     with pytest.raises(PlanError, match="no LayerTimes"):
         slowest([])
+
+
+def test_a_step_of_several_microbatches_averages_the_first_and_the_warm_ones():
+    warm = tuple(tuple(tuple(v / 2 for v in t) for t in per) for per in LT.seconds)
+    lt = LayerTimes(LT.ids, LT.rows, LT.seconds, LT.update, warm)
+    assert lt.action_s("F", (1, 2), 4) == LT.action_s("F", (1, 2), 4)  # one micro-batch
+    assert lt.action_s("F", (2,), 4, microbatches=4) == pytest.approx((5.0 + 3 * 2.5) / 4)
+    assert lt.action_s("B", (2,), 2, 2) == pytest.approx((2.0 + 1.0) / 2)  # I + W: 2, then 1
+    assert LT.action_s("F", (2,), 4, microbatches=4) == 5.0  # no warm times: the first's
+    both = slowest([lt, LayerTimes(LT.ids, LT.rows, LT.seconds, LT.update, LT.seconds)])
+    assert both.warm == LT.seconds
+    assert slowest([lt, LT]).warm is None  # not measured by every process: not kept
+    with pytest.raises(PlanError, match="warm: 1 rows of times for 3 row counts"):
+        LayerTimes(LT.ids, LT.rows, LT.seconds, LT.update, warm[:1])

@@ -20,6 +20,7 @@ def test_layer_times_cover_every_layer_at_every_row_count():
     assert lt.ids == tuple(g.layers) and lt.rows == (1, 4, 8)
     assert all(len(per) == len(g.layers) for per in lt.seconds)
     assert all(v > 0 for per in lt.seconds for t in per for v in t)
+    assert lt.warm is not None and all(v > 0 for per in lt.warm for t in per for v in t)
     assert all(u > 0 for u in lt.update)
     assert lt.action_s("B", lt.ids, 8) > 0
 
@@ -31,9 +32,9 @@ def test_measured_costs_one_per_layer():
 
 
 def test_layer_times_sync_before_each_phase():
-    """With `sync`, layer_times calls it before each pass's forwards, backwards and updates:
-    three times a pass, (repeats + 1) passes at each row count."""
+    """With `sync`, layer_times calls it before each pass's forwards and backwards and each
+    step's updates: five times a step of two passes, (repeats + 1) steps at each row count."""
     g = mlp([12, 16, 3], activation="relu", bias=True, loss="cross_entropy")
     calls: list[int] = []
     layer_times(g, (1, 4), "float32", repeats=2, sync=lambda: calls.append(1))
-    assert len(calls) == 3 * (2 + 1) * 2
+    assert len(calls) == 5 * (2 + 1) * 2

@@ -37,8 +37,10 @@ def layer_times(
 ) -> LayerTimes:
     """Each layer's forward, input gradient and weight gradient of one micro-batch at each of
     `rows`, and its update (`optimizer`'s step; SGD if None), each the median of `repeats`
-    after one untimed round (the update's over the passes at every size); a round is a pass
-    at each row count in turn.
+    after one untimed round (the update's over the steps at every size). A round is a step
+    of two micro-batches at each row count in turn: the first micro-batch's times are
+    LayerTimes.seconds, the second's (its weight gradient added to the first's)
+    LayerTimes.warm.
 
     Every layer runs as its own one-layer stage worker in this process, and a pass runs them
     as a step of the whole model does: the forwards in order, each taking the previous one's
@@ -48,9 +50,10 @@ def layer_times(
     last action). An update timed back to back with itself, its buffers still in cache, ran
     in 3.2 ms where a step's took 4.8-5.9 ms (MLP 784-1024-1024-1024-10, Adam).
 
-    `sync` (a barrier's wait), where given, is called before each pass's forwards, its
-    backwards and its updates: processes timing at once then run each phase in step, as
-    data-parallel replicas do (their updates all start when the all-reduce ends)."""
+    `sync` (a barrier's wait), where given, is called before each pass's forwards and its
+    backwards, and before each step's updates: processes timing at once then run each phase
+    in step, as data-parallel replicas do (their updates all start when the all-reduce
+    ends)."""
     wait = sync if sync is not None else (lambda: None)
     plan = make_plan(graph, [1] * len(graph.layers))
     params = init_params(graph, seed, dtype)
@@ -79,40 +82,40 @@ def layer_times(
         else rng.standard_normal((top, q)).astype(dtype)
     )
     ups: list[list[float]] = [[] for _ in workers]
-    # by row count, layer, kind (F, I, W): a pass at every row count a round, so that a
-    # burst of other work on the machine slows one round of each, not every pass of one
-    timed = [[[[], [], []] for _ in workers] for _ in rows]
+    # by pass (a step's first micro-batch, a later one), row count, layer, kind (F, I, W): a
+    # round is a step of two micro-batches at every row count, so that a burst of other
+    # work on the machine slows one round of each, not every pass of one
+    timed = [[[[[], [], []] for _ in workers] for _ in rows] for _ in range(2)]
     for rep in range(repeats + 1):
-        for n, by_layer in zip(rows, timed, strict=True):
-            x: np.ndarray | None = x0[:n]
-            wait()
-            for w, t in zip(workers, by_layer, strict=True):  # each output the next's input
-                t0 = time.perf_counter()
-                x = w.forward(0, x, y0[:n] if w is workers[-1] else None, 1.0 / n)
-                if rep:
-                    t[0].append(time.perf_counter() - t0)
-            g = None  # each layer's input cotangent the previous layer's
-            wait()
-            for w, t in reversed(list(zip(workers, by_layer, strict=True))):
-                t0 = time.perf_counter()
-                g = w.backward_input(0, g, 1.0 / n)
-                t1 = time.perf_counter()
-                w.backward_weight(0, 1.0 / n)
-                if rep:
-                    t[1].append(t1 - t0)
-                    t[2].append(time.perf_counter() - t1)
+        for r, n in enumerate(rows):
+            for by_layer in (timed[0][r], timed[1][r]):
+                x: np.ndarray | None = x0[:n]
+                wait()
+                for w, t in zip(workers, by_layer, strict=True):  # each output the next's input
+                    t0 = time.perf_counter()
+                    x = w.forward(0, x, y0[:n] if w is workers[-1] else None, 1.0 / n)
+                    if rep:
+                        t[0].append(time.perf_counter() - t0)
+                g = None  # each layer's input cotangent the previous layer's
+                wait()
+                for w, t in reversed(list(zip(workers, by_layer, strict=True))):
+                    t0 = time.perf_counter()
+                    g = w.backward_input(0, g, 1.0 / n)
+                    t1 = time.perf_counter()
+                    w.backward_weight(0, 1.0 / n)
+                    if rep:
+                        t[1].append(t1 - t0)
+                        t[2].append(time.perf_counter() - t1)
             wait()
             for w, u in zip(workers, ups, strict=True):
                 t0 = time.perf_counter()
                 w.finish(update=True)
                 if rep:
                     u.append(time.perf_counter() - t0)
-    seconds = [
-        tuple(tuple(statistics.median(k) for k in t) for t in by_layer) for by_layer in timed
-    ]
+    first, later = (
+        tuple(tuple(tuple(statistics.median(k) for k in t) for t in by_layer) for by_layer in p)
+        for p in timed
+    )
     return LayerTimes(
-        tuple(graph.layers),
-        tuple(rows),
-        tuple(seconds),
-        tuple(statistics.median(u) for u in ups),
+        tuple(graph.layers), tuple(rows), first, tuple(statistics.median(u) for u in ups), later
     )

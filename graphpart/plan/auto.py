@@ -16,8 +16,10 @@
 #   one forward to every backward. Where the rates carry `layers` (plan --auto measures them:
 #   each layer's F, I and W run by a stage worker at several micro-batch sizes), an action's
 #   time is its layers' measured seconds at its rows instead (the kernels' real speed at those
-#   shapes: operands out of cache, elementwise work, the first layer's missing I), and an
-#   update's the layers' measured update;
+#   shapes: operands out of cache, elementwise work, the first layer's missing I), averaged
+#   over the step's M micro-batches (the first meets its weights where the update left them,
+#   the later ones where the previous micro-batch did: `LayerTimes.warm`), and an update's
+#   the layers' measured update;
 # - a transfer costs `hop_s + bytes / copy_bytes_per_s` (linear; where the rates measured a
 #   ring message's latency between busy processes, that latency plus two copies:
 #   `Rates.transfer_s`), and a pipeline's hops all take the time of its widest boundary (the
@@ -119,7 +121,8 @@ def _stage_times(
     act = rates.per_action_s
     if rates.layers is not None:  # measured: each action's layers at these rows
         lt = rates.layers
-        f0, i0, w0 = ([lt.action_s(k, st.layers, rows) for st in plan.stages] for k in "FIW")
+        m = w.microbatches  # a step's first micro-batch and its later ones (LayerTimes.warm)
+        f0, i0, w0 = ([lt.action_s(k, st.layers, rows, m) for st in plan.stages] for k in "FIW")
     else:  # FLOPs over the matmul rate; W the weight gradients' FLOPs, I the rest
         rate = rates.flops_at(rows)
         f0 = [st.flops_fwd * rows / rate for st in plan.stages]
