@@ -37,21 +37,21 @@ class Rates:
     between devices (also the optimizer update's streaming rate; inf: free). hop_s: fixed
     latency of one boundary transfer or one all-reduce message. action_s: fixed cost of one
     forward or backward action on a device (None: ring_hop_s where measured, else hop_s).
-    by_rows: (rows, FLOP/s) pairs
-    measured at several micro-batch sizes (a matmul with few rows runs far below the peak);
-    where given, `flops_at(rows)` interpolates them and the time model uses it. layers: each
-    layer's F, I, W and update seconds measured with the real kernels (LayerTimes); where
-    given, the time model reads an action's and an update's time from them instead of FLOPs
-    over the matmul rate and bytes over the copy rate. ring_copies and ring_hop_s: what a
-    ring step costs (`ring_s`), in copies of its chunk at the copy rate and a fixed latency
-    (None: hop_s); plan --auto measures both where devices run together, from rings of two
-    sizes. Where ring_hop_s is measured it is also a pipeline hop's latency and an action's
-    fixed cost (`transfer_s`, `per_action_s`): the same shared-memory message between two
-    busy processes. together: (n, the same rates measured with n devices busy at once) pairs, n >= 2
-    increasing (plan --auto measures n = 2, 4, 8, ... and the most it can), as the devices of
-    a pipeline or of data parallelism run: they share the caches and the memory bus, and a
-    copy or an update that streams its buffers alone at one rate runs at another beside a
-    second device streaming its own; `busy(n)` picks the rates for a setup on n devices.
+    by_rows: (rows, FLOP/s) pairs measured at several micro-batch sizes (a matmul with few
+    rows runs far below the peak); where given, `flops_at(rows)` interpolates them and the
+    time model uses it. layers: each layer's F, I, W and update seconds measured with the
+    real kernels (LayerTimes); where given, the time model reads an action's and an update's
+    time from them instead of FLOPs over the matmul rate and bytes over the copy rate.
+    ring_copies and ring_hop_s: what a ring step costs (`ring_s`), in copies of its chunk at
+    the copy rate and a fixed latency (None: hop_s); plan --auto measures both where devices
+    run together, from rings of two sizes. Where ring_hop_s is measured it is also a
+    pipeline hop's latency and an action's fixed cost (`transfer_s`, `per_action_s`): the
+    same shared-memory message between two busy processes. together: (n, the same rates
+    measured with n devices busy at once) pairs, n >= 2 increasing (plan --auto measures
+    n = 2, 4, 8, ... and the most it can), as the devices of a pipeline or of data
+    parallelism run: they share the caches and the memory bus, and a copy or an update that
+    streams its buffers alone at one rate runs at another beside a second device streaming
+    its own; `busy(n)` picks the rates for a setup on n devices.
     """
 
     flops_per_s: float
