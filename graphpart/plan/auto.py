@@ -48,8 +48,8 @@
 #   device at equal FLOPs; it defaults to a ring message's measured latency where the
 #   devices' rates carry one (`Rates.per_action_s`: an action's own cost in a run, its
 #   receive and send, is that order, 0.03-0.06 ms here), else to `hop_s` (a thread's start
-#   and wake included: 0.2-0.7 ms here, which predicted pipelines of 8 micro-batches 10-15%
-#   slow).
+#   and wake included: 0.2-0.7 ms here, which predicted pipelines of many micro-batches
+#   too slow: docs/compare.md).
 # - Data-parallel candidates do not recompute (the data-parallel engine has no such option).
 
 from __future__ import annotations
