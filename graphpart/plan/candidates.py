@@ -92,12 +92,15 @@ class Rates:
         return next((r for n, r in self.together if n >= devices), self.together[-1][1])
 
     @property
-    def per_action_s(self) -> float:
-        """An action's fixed cost: `action_s`, else a message's latency between busy
-        processes (`ring_hop_s`, where measured), else `hop_s`."""
-        if self.action_s is not None:
-            return float(self.action_s)
+    def message_s(self) -> float:
+        """A shared-memory message's latency: `ring_hop_s` (measured between busy
+        processes) where measured, else `hop_s`."""
         return self.hop_s if self.ring_hop_s is None else self.ring_hop_s
+
+    @property
+    def per_action_s(self) -> float:
+        """An action's fixed cost: `action_s`, else `message_s`."""
+        return self.message_s if self.action_s is None else float(self.action_s)
 
     def flops_at(self, rows: float) -> float:
         """The matmul rate at `rows` rows per micro-batch: interpolated in log(rows) between
@@ -128,9 +131,8 @@ class Rates:
         out of the channel. So (R - 1) (2 hop + 4.5 nbytes / R / copy bandwidth), with
         `ring_hop_s` for the hop and `ring_copies` for the 4.5 where a ring was measured."""
         r = max(1, int(replicas))
-        hop = self.hop_s if self.ring_hop_s is None else self.ring_hop_s
         copies = self.ring_copies * nbytes / r / self.copy_bytes_per_s
-        return (r - 1) * (2 * hop + copies)
+        return (r - 1) * (2 * self.message_s + copies)
 
 
 @dataclass(frozen=True)

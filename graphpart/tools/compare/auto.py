@@ -156,7 +156,7 @@ def run_auto(
             f"{r.copy_bytes_per_s / 1e9:.1f} GB/s"
             + (
                 f", a ring step {r.ring_copies:.1f} copies of its chunk and "
-                f"{(r.hop_s if r.ring_hop_s is None else r.ring_hop_s) * 1e3:.3f} ms"
+                f"{r.message_s * 1e3:.3f} ms"
                 if n > 1
                 else ""
             )

@@ -116,8 +116,7 @@ def counts(most: int) -> list[int]:
 def ring_copies(rates: Rates, n: int, nbytes: int, seconds: float) -> float:
     """The copies of its chunk a ring step took, from a ring all-reduce of `nbytes` over `n`
     that took `seconds`: what `Rates.ring_s` then gives back for that ring (0 or more)."""
-    hop = rates.hop_s if rates.ring_hop_s is None else rates.ring_hop_s
-    per_step = seconds / (2 * (n - 1)) - hop
+    per_step = seconds / (2 * (n - 1)) - rates.message_s
     return max(0.0, per_step * 2 * rates.copy_bytes_per_s * n / nbytes)
 
 
