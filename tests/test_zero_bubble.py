@@ -77,7 +77,14 @@ def test_zb_h1_at_two_stages_is_at_or_near_the_lower_bound(m):
             for w0, w1 in ((0.7, 0.7), (0.87, 0.87), (1.0, 0.7), (1.0, 1.0)):
                 for hop in (0.0, 0.01):
                     f, i, w = (1.0, f1), (i0, i1), (w0, w1)
-                    t = simulate(s, list(f), [a + b for a, b in zip(i, w)], hop, list(i), list(w))
+                    t = simulate(
+                        s,
+                        list(f),
+                        [a + b for a, b in zip(i, w, strict=True)],
+                        hop,
+                        list(i),
+                        list(w),
+                    )
                     bound = _k2_bound(f, i, w, hop, m)
                     assert t.makespan >= bound - 1e-9  # it is a bound
                     worst = max(worst, t.makespan / bound)
