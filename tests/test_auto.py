@@ -22,7 +22,8 @@ are K devices of v chunks over the V = K v stages cut "balanced" where V <= laye
 predict_virtual's memory per device and the virtual-stage simulator's time. With measured
 layer times (Rates.layers) an action is its layers' seconds at its rows and an update their
 measured update; a ring all-reduce is 2 (R - 1) hops and 4.5 copies of each chunk a step. A
-setup on n devices is timed at the rates measured with n devices busy (Rates.busy).
+setup on n devices is timed at the rates measured with n devices busy (Rates.busy), and pays
+the driver's call to its workers (Rates.call_s) once a step; a one-device setup does not.
 """
 
 from __future__ import annotations
@@ -521,6 +522,8 @@ def test_bad_arguments_are_plan_errors(graph):
         dict(hop_s=math.inf),
         dict(hop_s=-1e-6),
         dict(action_s=-1.0),
+        dict(call_s=-1e-3),
+        dict(call_s=math.nan),
     ):
         with pytest.raises(PlanError, match="Rates\\."):
             Rates(**(dict(flops_per_s=1e9, copy_bytes_per_s=1e9, hop_s=0.0) | bad))
@@ -639,3 +642,25 @@ def test_setups_on_several_devices_are_timed_at_the_rates_measured_together(grap
         replace(RATES, together=((2, rates),))  # the together-rates have none of their own
     with pytest.raises(PlanError, match="increasing counts"):
         replace(RATES, together=((4, slow), (2, slow)))
+
+
+def test_a_step_on_several_devices_pays_the_drivers_call_once(graph):
+    """Rates.call_s is added once to every setup on more than one device (its Ray workers'
+    calls and replies), to none on one device (run in process)."""
+    call = 1.5e-3
+    alone = search(graph, Workload(batch=BATCH), devices=3, budget=None, rates=RATES)
+    called = search(
+        graph, Workload(batch=BATCH), devices=3, budget=None, rates=replace(RATES, call_s=call)
+    )
+
+    def key(c):
+        return (c.kind, c.stages, c.replicas, c.microbatches, c.schedule, c.recompute, c.chunks)
+
+    before = {key(c): c.step_s for c in alone}
+    assert before.keys() == {key(c) for c in called}
+    kinds = set()
+    for c in called:
+        extra = call if c.devices > 1 else 0.0
+        assert c.step_s == pytest.approx(before[key(c)] + extra, rel=1e-12), key(c)
+        kinds.add((c.kind, c.devices > 1))
+    assert {("single", False), ("pipeline", True), ("data-parallel", True)} <= kinds

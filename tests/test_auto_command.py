@@ -68,8 +68,8 @@ def _plan_auto(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[lis
     return out[header + 2].split(), shlex.split(best[0].removeprefix("best: "))
 
 
-@pytest.mark.ray  # plan --auto on 2 devices times its rates in 2 processes at once
-def test_printed_command_reproduces_the_first_row(config_file, capsys):
+@pytest.mark.ray  # plan --auto on 2 devices: 2 processes at once, and Ray's calls
+def test_printed_command_reproduces_the_first_row(config_file, capsys, ray_session):
     """The printed words are `graphpart train` and options the real parser takes; as `plan`
     they give the first row's K, M and schedule (recompute and replicas through the config),
     the plan command's flags and budget, and the split plan --auto predicted."""
@@ -163,5 +163,6 @@ def test_json_gives_the_rates_alone_and_together():
         "hop_s": 50e-6,
         "ring_copies": 3.0,
         "ring_hop_s": 3e-5,
+        "call_s": 0.0,
         "together": [],
     }

@@ -322,8 +322,7 @@ def test_compare_bad_flags(capsys, tmp_path, argv, needle):
     assert needle in _err(capsys, ["compare", "--run-dir", str(tmp_path), *argv])
 
 
-@pytest.mark.slow  # in process, but a second or more: the slow lane
-def test_plan_auto(capsys):
+def test_plan_auto(capsys, ray_session):  # it times Ray's calls: on the session's Ray
     assert main(["plan", "--auto", "--devices", "2", "--memory-budget", "300KiB"]) == 0
     out = capsys.readouterr().out
     assert "setups considered for 2 device(s), budget 300.00 KiB" in out

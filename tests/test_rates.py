@@ -8,7 +8,8 @@ processes' rates keeps each figure's slowest: the lowest rate, the longest time.
 is given, each together-rates also carry `ring_copies` from a ring all-reduce of its gradients'
 bytes and a ring message's latency `ring_hop_s` from a small ring, timed over n processes
 (`ring_seconds`, the real channels and ring arithmetic), such that `Rates.ring_s` gives the
-big ring's time back.
+big ring's time back. With `calls`, `Rates.call_s` is the driver's call to `devices` Ray actors
+and their replies (graphpart.engines.call_seconds, on the Ray already running); 0 without.
 """
 
 from __future__ import annotations
@@ -94,3 +95,11 @@ def test_a_ring_that_cannot_run_keeps_the_models_copies(monkeypatch):
     r = Rates(flops_per_s=1.0, copy_bytes_per_s=1e9, hop_s=1e-4)
     with pytest.warns(UserWarning, match="Bus error"):
         assert mod._with_ring(r, 2, 10**6) == r
+
+
+@pytest.mark.ray
+def test_calls_time_the_drivers_call_to_the_workers(ray_session):
+    r = measure_rates(1, seconds=0.01, devices=2, calls=True)
+    assert 0 < r.call_s < 0.5 and r.together == ()
+    assert ray_session.is_initialized()  # the session's Ray, used and left running
+    assert measure_rates(1, seconds=0.01, devices=2).call_s == 0.0

@@ -1,6 +1,6 @@
 """Engines: one step driver over a schedule, and the transports that move its calls and tensors."""
 
-from graphpart.engines.cluster import describe_cluster, start_ray, stop_ray
+from graphpart.engines.cluster import call_seconds, describe_cluster, start_ray, stop_ray
 from graphpart.engines.data_parallel import DP_TRANSPORTS, DataParallel
 from graphpart.engines.engine import (
     TRANSPORT_CHOICES,
@@ -58,5 +58,6 @@ __all__ = [
     "virtual_transports",
     "start_ray",
     "stop_ray",
+    "call_seconds",
     "describe_cluster",
 ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import atexit
 import os
+import statistics
+import time
 from typing import Any
 
 from graphpart.engines.join import join
@@ -151,6 +153,39 @@ def describe_cluster() -> str:
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     cpus = ray.cluster_resources().get("CPU", 0)
     return f"Ray cluster at {ctx.gcs_address}: {len(nodes)} node(s), {cpus:g} CPU(s)"
+
+
+class _Echo:
+    """An actor that answers at once: what a call through Ray costs by itself."""
+
+    def ping(self) -> None:
+        return None
+
+
+def call_seconds(workers: int, repeats: int = 30, num_cpus: int | None = None) -> float:
+    """Seconds of the driver's call to `workers` Ray actors at once and their replies, the
+    median of `repeats` (after one untimed): the fixed cost an engine's step pays for its
+    one call to each worker. Uses the Ray this process is connected to, else starts a local
+    one (`num_cpus`) and stops it afterwards."""
+    import ray
+
+    started = start_ray(num_cpus=num_cpus)
+    actors: list[Any] = []
+    try:
+        echo = ray.remote(num_cpus=0)(_Echo)
+        actors = [echo.remote() for _ in range(max(1, int(workers)))]
+        times = []
+        for i in range(int(repeats) + 1):
+            t = time.perf_counter()
+            ray.get([a.ping.remote() for a in actors])
+            if i:
+                times.append(time.perf_counter() - t)
+        return statistics.median(times)
+    finally:
+        for a in actors:
+            ray.kill(a)
+        if started:
+            stop_ray()
 
 
 def first_line(e: BaseException) -> str:

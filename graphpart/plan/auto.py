@@ -32,6 +32,9 @@
 #   2 (K - 1) messages of P / K bytes, each one hop, with the adds and copies of
 #   workers/ring.py (Rates.ring_s: 4.5 copies of a chunk per ring step). The search tries each M of
 #   `microbatch_choices` up to a replica's rows floor(B / K);
+# - a setup on more than one device also pays, once a step, the driver's call to its workers
+#   and their replies (`Rates.call_s`: plan --auto times Ray's actor calls to as many workers
+#   at once); one device runs in process and makes none;
 # - a setup on n devices is timed at the rates measured with n devices busy at once
 #   (`Rates.busy`, where plan --auto measured them): each device's caches and memory bus are
 #   shared with the others', and each time is the slowest device's (a step waits for it).
@@ -206,10 +209,15 @@ def _candidate(
     step_s: float,
     bubble: float,
     comm: int,
+    call_s: float = 0.0,
 ) -> Candidate:
+    """The Candidate of a setup predicted to take `step_s` a step on its devices, plus
+    `call_s` (the driver's call to its workers, Rates.call_s) where it runs on more than one."""
     worst = max(pred.stages, key=lambda s: (s.total, -s.index))
     problem = None if budget is None else budget_problem(pred, budget)
     devices = {"data-parallel": replicas, "2-d": replicas * plan.k}.get(kind, plan.k)
+    if devices > 1:
+        step_s += call_s
     return Candidate(
         kind=kind,
         devices=devices,
@@ -308,6 +316,7 @@ def search(
                             step_s=step,
                             bubble=tl.bubble,
                             comm=comm,
+                            call_s=rates.call_s,
                         )
                     )
 
@@ -326,7 +335,7 @@ def search(
                     step, tl = _virtual_time(plan, k, wm, rates.busy(k), capacity)
                     c = _candidate(
                         "pipeline", pred, plan, budget, replicas=1, step_s=step,
-                        bubble=tl.bubble, comm=comm,
+                        bubble=tl.bubble, comm=comm, call_s=rates.call_s,
                     )  # fmt: skip
                     out.append(replace(c, devices=k, stages=k, chunks=v))
 
@@ -346,6 +355,7 @@ def search(
                     step_s=step,
                     bubble=0.0,
                     comm=round(2 * (k - 1) / k * p),
+                    call_s=rates.call_s,
                 )
             )
 
@@ -372,6 +382,7 @@ def search(
                                 step_s=step,
                                 bubble=tl.bubble,
                                 comm=comm,
+                                call_s=rates.call_s,
                             )
                         )
 

@@ -51,7 +51,10 @@ class Rates:
     n = 2, 4, 8, ... and the most it can), as the devices of a pipeline or of data
     parallelism run: they share the caches and the memory bus, and a copy or an update that
     streams its buffers alone at one rate runs at another beside a second device streaming
-    its own; `busy(n)` picks the rates for a setup on n devices.
+    its own; `busy(n)` picks the rates for a setup on n devices. call_s: the driver's call
+    to a multi-process run's workers and their replies, once a step (Ray's actor calls:
+    plan --auto times them; 0 where not measured), which a setup on one device, run in
+    process, does not make.
     """
 
     flops_per_s: float
@@ -63,9 +66,11 @@ class Rates:
     together: tuple[tuple[int, Rates], ...] = ()
     ring_copies: float = RING_COPIES
     ring_hop_s: float | None = None
+    call_s: float = 0.0
 
     def __post_init__(self) -> None:
         _finite("flops_per_s", self.flops_per_s, positive=True)
+        _finite("call_s", self.call_s, positive=False)
         _finite("copy_bytes_per_s", self.copy_bytes_per_s, positive=True, inf_ok=True)
         _finite("hop_s", self.hop_s, positive=False)
         _finite("ring_copies", self.ring_copies, positive=False)

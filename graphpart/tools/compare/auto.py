@@ -36,7 +36,13 @@ def search_config(
     cores = machine_cores() if cores is None else cores
     together = busy_at_once(devices, cores, threads)
     rates = measure_rates(
-        threads, cfg.train.dtype, graph=graph, workload=w, devices=devices, together=together
+        threads,
+        cfg.train.dtype,
+        graph=graph,
+        workload=w,
+        devices=devices,
+        together=together,
+        calls=devices > 1,
     )
     found = search(
         graph, w, devices=devices, budget=budget_of(cfg), rates=rates, cores=cores, threads=threads
@@ -87,7 +93,7 @@ def busy_at_once(devices: int, cores: int, threads: int) -> int:
 def rates_json(rates: Rates) -> dict[str, Any]:
     """The measured rates as plan --auto --json gives them: alone, and `together` with 2, 3,
     ... devices busy at once."""
-    keys = ("flops_per_s", "copy_bytes_per_s", "hop_s", "ring_copies", "ring_hop_s")
+    keys = ("flops_per_s", "copy_bytes_per_s", "hop_s", "ring_copies", "ring_hop_s", "call_s")
     own = {k: getattr(rates, k) for k in keys}
     return {**own, "together": [{"devices": n, **rates_json(r)} for n, r in rates.together]}
 
@@ -125,6 +131,7 @@ def run_auto(
     print(
         "plan --auto: timing this machine's kernels, copies and ring"
         + (f", alone and with up to {busy} devices busy at once" if busy > 1 else "")
+        + (", and Ray's call to the workers" if devices > 1 else "")
         + " (seconds) ...",
         file=sys.stderr,
         flush=True,
@@ -163,6 +170,11 @@ def run_auto(
             for n, r in ((1, rates), *rates.together)
         )
         + f"; hop latency {rates.hop_s * 1e3:.3f} ms"
+        + (
+            f"; the driver's call to {devices} workers {rates.call_s * 1e3:.2f} ms a step"
+            if devices > 1
+            else ""
+        )
     )
     note = sharing_note(devices, cores, threads)
     if note:

@@ -12,7 +12,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from graphpart.engines import Channel, ChannelInbox, ChannelName, ring_allreduce, unlink_channel
+from graphpart.engines import (
+    Channel,
+    ChannelInbox,
+    ChannelName,
+    call_seconds,
+    ring_allreduce,
+    unlink_channel,
+)
 from graphpart.engines.measure import layer_times
 from graphpart.ir.graph import Graph
 from graphpart.optim import Optimizer, make_optimizer
@@ -62,6 +69,7 @@ def measure_rates(
     workload: Workload | None = None,
     devices: int = 1,
     together: int = 1,
+    calls: bool = False,
 ) -> Rates:
     """The matmul rate with `threads` BLAS threads at several micro-batch sizes (few rows run
     far below the peak), copy bandwidth (16 MiB), and a 1 MiB shared-memory hop's time less
@@ -75,7 +83,10 @@ def measure_rates(
     measurements, each figure is the slowest (`slowest`). With a `graph`, each of those also
     carries what a ring all-reduce over the n processes costs (`ring_seconds`): `ring_hop_s`,
     a ring message's latency from a ring of RING_SMALL bytes a chunk, and `ring_copies`, from
-    a ring of the parameters' bytes."""
+    a ring of the parameters' bytes. With `calls`, last (its processes would disturb the
+    rest), the driver's call to `devices` Ray actors and their replies (`Rates.call_s`,
+    graphpart.engines.call_seconds), on the Ray this process is connected to or a local
+    one it starts and stops."""
     probe = Probe(threads, dtype, seconds, graph, workload, devices)
     rates = _measure(probe)
     hop = max(0.0, hop_seconds(2**20) - 2**20 / rates.copy_bytes_per_s)
@@ -85,7 +96,8 @@ def measure_rates(
         if graph is not None:  # the gradients' ring, as data-parallel replicas run it
             r = _with_ring(r, n, min(param_bytes(graph, np.dtype(dtype)), RING_MOST))
         shared.append((n, r))
-    return replace(rates, hop_s=hop, together=tuple(shared))
+    call = call_seconds(devices) if calls else 0.0
+    return replace(rates, hop_s=hop, together=tuple(shared), call_s=call)
 
 
 def _with_ring(rates: Rates, n: int, nbytes: int) -> Rates:
