@@ -4,12 +4,15 @@ Contract: `layer_times` returns, for the graph's layers (by number) at each requ
 count, a forward, input-gradient and weight-gradient time and an update per layer, all
 positive where the layer does that work (the model's first layer computes no input
 gradient, but its call still costs something); `measured_costs` is one figure per layer, the
-forward plus the backward at the batch's rows.
+forward plus the backward at the batch's rows. `replica_buckets` gives the bytes of the buckets
+a data-parallel replica of the whole graph all-reduces its gradients in: together every
+parameter's gradient (each on a 64-byte line), every one but the last at least the default
+bucket size, one bucket for a single replica's small model.
 """
 
 from __future__ import annotations
 
-from graphpart.engines.measure import layer_times, measured_costs
+from graphpart.engines.measure import layer_times, measured_costs, replica_buckets
 from graphpart.ir import mlp
 from graphpart.optim import make_optimizer
 
@@ -38,3 +41,16 @@ def test_layer_times_sync_before_each_phase():
     calls: list[int] = []
     layer_times(g, (1, 4), "float32", repeats=2, sync=lambda: calls.append(1))
     assert len(calls) == 5 * (2 + 1) * 2
+
+
+def test_replica_buckets_hold_every_gradient_cut_at_the_bucket_size():
+    from graphpart.plan.memory import param_bytes
+    from workers.buckets import DEFAULT_BUCKET_BYTES
+
+    g = mlp([784, 1024, 1024, 1024, 10], activation="relu", bias=True, loss="cross_entropy")
+    got = replica_buckets(g, "float32", 2)
+    p = param_bytes(g, "float32")
+    assert p <= sum(got) <= p + 64 * 2 * len(g.layers)
+    assert len(got) > 3 and all(b >= DEFAULT_BUCKET_BYTES for b in got[:-1])
+    small = mlp([4, 8, 3], activation="relu", bias=True, loss="cross_entropy")
+    assert len(replica_buckets(small, "float64", 2)) == 1

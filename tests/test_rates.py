@@ -7,9 +7,11 @@ alone); `slowest` of several
 processes' rates keeps each figure's slowest: the lowest rate, the longest time. Where a graph
 is given, each together-rates also carry `ring_copies` from a ring all-reduce of its gradients'
 bytes and a ring message's latency `ring_hop_s` from a small ring, timed over n processes
-(`ring_seconds`, the real channels and ring arithmetic), such that `Rates.ring_s` gives the
-big ring's time back. With `calls`, `Rates.call_s` is the driver's call to `devices` Ray actors
-and their replies (graphpart.engines.call_seconds, on the Ray already running); 0 without.
+(`ring_seconds`, the real channels and ring arithmetic: the gradients in the buckets a
+replica all-reduces them in, a ring each, one round), such that `Rates.ring_s` gives the
+round's time back for the gradients' bytes. With `calls`, `Rates.call_s` is the driver's call
+to `devices` Ray actors and their replies (graphpart.engines.call_seconds, on the Ray already
+running); 0 without.
 """
 
 from __future__ import annotations
@@ -79,8 +81,8 @@ def test_ring_copies_give_the_measured_ring_back():
 
 @pytest.mark.ray  # starts other processes
 def test_a_ring_over_processes_takes_time():
-    small, big = ring_seconds(2, (8192, 2**22), repeats=2)
-    assert 0 < small < big < 10
+    small, big, buckets = ring_seconds(2, (8192, 2**22, (2**21, 2**20, 2**20)), repeats=2)
+    assert 0 < small < big < 10 and 0 < buckets < 10  # a round of three buckets' rings
 
 
 def test_a_ring_that_cannot_run_keeps_the_models_copies(monkeypatch):
@@ -94,7 +96,7 @@ def test_a_ring_that_cannot_run_keeps_the_models_copies(monkeypatch):
     monkeypatch.setattr(mod, "ring_seconds", fail)
     r = Rates(flops_per_s=1.0, copy_bytes_per_s=1e9, hop_s=1e-4)
     with pytest.warns(UserWarning, match="Bus error"):
-        assert mod._with_ring(r, 2, 10**6) == r
+        assert mod._with_ring(r, 2, (10**6,)) == r
 
 
 @pytest.mark.ray

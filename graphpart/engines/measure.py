@@ -16,6 +16,28 @@ from graphpart.plan.stages import make_plan
 from workers.stage import StageWorker
 
 
+def replica_buckets(graph: Graph, dtype: str, replicas: int) -> tuple[int, ...]:
+    """Bytes of each bucket a data-parallel replica of the whole `graph` all-reduces its
+    gradients in, in a ring of `replicas`, in order: the buckets its worker plans
+    (workers/buckets.py: cut at layer ends, and the first layer's weight gradient in row
+    blocks), at the default bucket size, as `DataParallel` runs them."""
+    (st,) = make_plan(graph, [len(graph.layers)]).stages
+    params = init_params(graph, 0, dtype)
+    worker = StageWorker(
+        st.graph,
+        {p: params[p] for p in st.params},
+        SGD(lr=1e-3),
+        output=st.output,
+        input_grad=False,
+        max_rows=1,
+        index=0,
+        keep_events=False,
+        replicated=replicas > 1,
+    )
+    itemsize = np.dtype(dtype).itemsize
+    return tuple((b.stop - b.start) * itemsize for b in worker.buckets(replicas))
+
+
 def measured_costs(
     graph: Graph, batch: int, dtype: str = "float32", repeats: int = 5, seed: int = 0
 ) -> list[float]:

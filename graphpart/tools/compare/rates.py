@@ -20,12 +20,11 @@ from graphpart.engines import (
     ring_allreduce,
     unlink_channel,
 )
-from graphpart.engines.measure import layer_times
+from graphpart.engines.measure import layer_times, replica_buckets
 from graphpart.ir.graph import Graph
 from graphpart.optim import Optimizer, make_optimizer
 from graphpart.plan.auto import Rates
 from graphpart.plan.layer_times import slowest as slowest_layers
-from graphpart.plan.memory import param_bytes
 from graphpart.plan.workload import Workload
 from graphpart.tools.compare.at_once import Barrier, at_once
 from graphpart.tools.compare.project import hop_seconds
@@ -94,18 +93,33 @@ def measure_rates(
     for n in counts(together):  # n fresh processes, each phase started in step
         r = replace(slowest(at_once(n, f"{__name__}:_measure", (probe,))), hop_s=hop)
         if graph is not None:  # the gradients' ring, as data-parallel replicas run it
-            r = _with_ring(r, n, min(param_bytes(graph, np.dtype(dtype)), RING_MOST))
+            r = _with_ring(r, n, _capped(replica_buckets(graph, dtype, n)))
         shared.append((n, r))
     call = call_seconds(devices) if calls else 0.0
     return replace(rates, hop_s=hop, together=tuple(shared), call_s=call)
 
 
-def _with_ring(rates: Rates, n: int, nbytes: int) -> Rates:
-    """`rates` with the ring's latency and copies timed over `n` processes (a ring of
-    RING_SMALL bytes a chunk, one of `nbytes`); unchanged, with a warning, where the
-    machine cannot run the ring (a full /dev/shm, say)."""
+def _capped(buckets: Sequence[int]) -> tuple[int, ...]:
+    """The leading buckets up to RING_MOST bytes in all (at least one): a round timed of
+    them holds its copies a byte for a larger model's."""
+    out, total = [], 0
+    for b in buckets:
+        if out and total + b > RING_MOST:
+            break
+        out.append(int(b))
+        total += int(b)
+    return tuple(out)
+
+
+def _with_ring(rates: Rates, n: int, buckets: tuple[int, ...]) -> Rates:
+    """`rates` with the ring's latency and copies timed over `n` processes: a ring of
+    RING_SMALL bytes a chunk, and a round of the gradients' `buckets` (bytes), a ring each
+    one after another as a data-parallel replica runs them, whose copies a byte (the
+    buckets' own latencies included) `ring_copies` keeps; unchanged, with a warning, where
+    the machine cannot run the ring (a full /dev/shm, say)."""
+    nbytes = sum(buckets)
     try:
-        small, big = ring_seconds(n, (RING_SMALL * n, nbytes))
+        small, big = ring_seconds(n, (RING_SMALL * n, buckets))
     except (RuntimeError, OSError) as e:  # TimeoutError is an OSError
         warnings.warn(
             f"the ring all-reduce was not timed ({e}); the model's copies kept", stacklevel=2
@@ -192,13 +206,19 @@ def _measure(p: Probe, sync: Callable[[], object] | None = None) -> Rates:
     )
 
 
-def ring_seconds(n: int, sizes: Sequence[int], repeats: int = 5) -> list[float]:
+Size = int | tuple[int, ...]  # one ring's bytes, or a round of buckets' rings (one step)
+
+
+def ring_seconds(n: int, sizes: Sequence[Size], repeats: int = 5) -> list[float]:
     """Seconds of a ring all-reduce of each of `sizes` bytes of float32 over `n` processes at
     once, through shared-memory channels and workers/ring.py's arithmetic, as data-parallel
-    replicas run it: the slowest process's median of `repeats` (after one untimed), by size."""
+    replicas run it: the slowest process's median of `repeats` (after one untimed), by size.
+    A tuple of sizes is one round: the buckets of one buffer, a ring each, one after another
+    in one step, as a replica all-reduces its gradients (workers/buckets.py)."""
     token = uuid.uuid4().hex[:10]
+    rounds = [tuple(int(b) for b in s) if isinstance(s, tuple) else (int(s),) for s in sizes]
     try:
-        got = at_once(n, f"{__name__}:_ring", (token, [int(b) for b in sizes], int(repeats)))
+        got = at_once(n, f"{__name__}:_ring", (token, rounds, int(repeats)))
     finally:  # a process killed before its own `finally` leaves its channel's files
         for rank in range(n):
             unlink_channel(_ring_channel(token, rank, 0))
@@ -209,13 +229,14 @@ def _ring_channel(token: str, rank: int, capacity: int) -> ChannelName:
     return ChannelName.new(f"ring-{token}-{rank}", capacity)
 
 
-def _ring(token: str, sizes: list[int], repeats: int, *, sync: Barrier) -> list[float]:
+def _ring(token: str, rounds: list[tuple[int, ...]], repeats: int, *, sync: Barrier) -> list[float]:
     """One process of `ring_seconds`: rank sync.rank of sync.world in the ring."""
     r, n = sync.rank, sync.world
-    most = max(1, max(sizes) // 4)
+    most = max(1, max(sum(b) for b in rounds) // 4)
+    pad = 64 * 2 * n * max(len(b) for b in rounds)  # each message on a 64-byte line
 
     def name(rank: int) -> ChannelName:  # a step's messages: under 2 buffers
-        return _ring_channel(token, rank, 8 * most + 4096)
+        return _ring_channel(token, rank, 8 * most + pad + 4096)
 
     reader = Channel.create(name(r))
     inbox = ChannelInbox([reader])
@@ -224,12 +245,20 @@ def _ring(token: str, sizes: list[int], repeats: int, *, sync: Barrier) -> list[
     try:
         sync()  # every process's channel exists
         writer = Channel.attach(name((r + 1) % n))
-        for nbytes in sizes:
-            buf, times = np.ones(max(1, nbytes // 4), np.float32), []
+
+        def take(key: tuple[int, str, int]) -> np.ndarray:
+            return inbox.take(key, 60.0)  # type: ignore[return-value]
+
+        for buckets in rounds:
+            lengths = [max(1, b // 4) for b in buckets]
+            buf, times = np.ones(sum(lengths), np.float32), []
+            ends = np.cumsum([0, *lengths])
             for i in range(repeats + 1):
                 sync()
                 t = time.perf_counter()
-                ring_allreduce(buf, r, n, step, writer.send, lambda k: inbox.take(k, 60.0))
+                for j in range(len(lengths)):  # bucket j's messages from phase j (n - 1)
+                    part = buf[ends[j] : ends[j + 1]]
+                    ring_allreduce(part, r, n, step, writer.send, take, j * (n - 1))
                 step += 1
                 if i:
                     times.append(time.perf_counter() - t)
