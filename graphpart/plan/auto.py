@@ -30,7 +30,9 @@
 # - data parallel: every replica runs ceil(B / K) rows as M micro-batches (gradient
 #   accumulation in the replica: 2 M actions), then a ring all-reduce of the gradients,
 #   2 (K - 1) messages of P / K bytes, each one hop, with the adds and copies of
-#   workers/ring.py (Rates.ring_s: 4.5 copies of a chunk per ring step). The search tries each M of
+#   workers/ring.py (Rates.ring_s: 4.5 copies of a chunk per ring step, or the copies a byte
+#   plan --auto measured in a round of the buckets a replica cuts its gradients in, their
+#   own latencies included). The search tries each M of
 #   `microbatch_choices` up to a replica's rows floor(B / K);
 # - a setup on more than one device also pays, once a step, the driver's call to its workers
 #   and their replies (`Rates.call_s`: plan --auto times Ray's actor calls to as many workers
