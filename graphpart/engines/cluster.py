@@ -162,14 +162,16 @@ class _Echo:
         return None
 
 
-def call_seconds(workers: int, repeats: int = 30, num_cpus: int | None = None) -> float:
+def call_seconds(
+    workers: int, repeats: int = 30, num_cpus: int | None = None, address: str = ""
+) -> float:
     """Seconds of the driver's call to `workers` Ray actors at once and their replies, the
     median of `repeats` (after one untimed): the fixed cost an engine's step pays for its
-    one call to each worker. Uses the Ray this process is connected to, else starts a local
-    one (`num_cpus`) and stops it afterwards."""
+    one call to each worker. Uses the Ray this process is connected to, else joins
+    `address` or starts a local one (`num_cpus`), and leaves it afterwards."""
     import ray
 
-    started = start_ray(num_cpus=num_cpus)
+    started = start_ray(address, num_cpus=num_cpus)
     actors: list[Any] = []
     try:
         echo = ray.remote(num_cpus=0)(_Echo)

@@ -31,7 +31,9 @@ def search_config(
     """plan --auto's candidates for `cfg`'s training settings, with rates measured here with
     `threads` threads per device, on `cores` cores (default: this machine's) that the devices
     share where they outnumber them. The rates are measured alone and with every device
-    that has cores of its own busy at once (up to min(devices, cores / threads) processes)."""
+    that has cores of its own busy at once (up to min(devices, cores / threads) processes),
+    and on more than one device the driver's call to the workers, on the Ray of `cfg`'s
+    pipeline.address (a local one where it is empty)."""
     w = workload_of(cfg)
     cores = machine_cores() if cores is None else cores
     together = busy_at_once(devices, cores, threads)
@@ -43,6 +45,7 @@ def search_config(
         devices=devices,
         together=together,
         calls=devices > 1,
+        address=cfg.pipeline.address,
     )
     found = search(
         graph, w, devices=devices, budget=budget_of(cfg), rates=rates, cores=cores, threads=threads

@@ -69,6 +69,7 @@ def measure_rates(
     devices: int = 1,
     together: int = 1,
     calls: bool = False,
+    address: str = "",
 ) -> Rates:
     """The matmul rate with `threads` BLAS threads at several micro-batch sizes (few rows run
     far below the peak), copy bandwidth (16 MiB), and a 1 MiB shared-memory hop's time less
@@ -84,8 +85,8 @@ def measure_rates(
     a ring message's latency from a ring of RING_SMALL bytes a chunk, and `ring_copies`, from
     a ring of the parameters' bytes. With `calls`, last (its processes would disturb the
     rest), the driver's call to `devices` Ray actors and their replies (`Rates.call_s`,
-    graphpart.engines.call_seconds), on the Ray this process is connected to or a local
-    one it starts and stops."""
+    graphpart.engines.call_seconds), on the Ray this process is connected to, else the
+    cluster at `address` or a local one it starts, and leaves afterwards."""
     probe = Probe(threads, dtype, seconds, graph, workload, devices)
     rates = _measure(probe)
     hop = max(0.0, hop_seconds(2**20) - 2**20 / rates.copy_bytes_per_s)
@@ -95,7 +96,7 @@ def measure_rates(
         if graph is not None:  # the gradients' ring, as data-parallel replicas run it
             r = _with_ring(r, n, _capped(replica_buckets(graph, dtype, n)))
         shared.append((n, r))
-    call = call_seconds(devices) if calls else 0.0
+    call = call_seconds(devices, address=address) if calls else 0.0
     return replace(rates, hop_s=hop, together=tuple(shared), call_s=call)
 
 
