@@ -11,7 +11,7 @@ bytes and a ring message's latency `ring_hop_s` from a small ring, timed over n 
 replica all-reduces them in, a ring each, one round), such that `Rates.ring_s` gives the
 round's time back for the gradients' bytes. With `calls`, `Rates.call_s` is the driver's call
 to `devices` Ray actors and their replies (graphpart.engines.call_seconds, on the Ray already
-running); 0 without.
+running); 0 without, and 0 with a warning naming why where no Ray can be started or joined.
 """
 
 from __future__ import annotations
@@ -105,3 +105,16 @@ def test_calls_time_the_drivers_call_to_the_workers(ray_session):
     assert 0 < r.call_s < 0.5 and r.together == ()
     assert ray_session.is_initialized()  # the session's Ray, used and left running
     assert measure_rates(1, seconds=0.01, devices=2).call_s == 0.0
+
+
+def test_a_ray_that_cannot_start_leaves_the_call_out(monkeypatch):
+    """Where no Ray can be started or joined, the rates keep call_s 0, with a warning that
+    names why: the search still runs."""
+    from graphpart.tools.compare import rates as mod
+
+    def fail(devices, address=""):
+        raise ConnectionError(f"could not join {address}")
+
+    monkeypatch.setattr(mod, "call_seconds", fail)
+    with pytest.warns(UserWarning, match="could not join 10.0.0.9:6379"):
+        assert mod._call_s(2, "10.0.0.9:6379") == 0.0

@@ -96,7 +96,7 @@ def measure_rates(
         if graph is not None:  # the gradients' ring, as data-parallel replicas run it
             r = _with_ring(r, n, _capped(replica_buckets(graph, dtype, n)))
         shared.append((n, r))
-    call = call_seconds(devices, address=address) if calls else 0.0
+    call = _call_s(devices, address) if calls else 0.0
     return replace(rates, hop_s=hop, together=tuple(shared), call_s=call)
 
 
@@ -110,6 +110,17 @@ def _capped(buckets: Sequence[int]) -> tuple[int, ...]:
         out.append(int(b))
         total += int(b)
     return tuple(out)
+
+
+def _call_s(devices: int, address: str) -> float:
+    """The driver's call to `devices` Ray workers (`call_seconds`); 0, with a warning naming
+    why, where no Ray can be started or joined here: the search still runs."""
+    try:
+        return call_seconds(devices, address=address)
+    except Exception as e:  # Ray's start and join errors have no common base class
+        why = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+        warnings.warn(f"Ray's call was not timed ({why}); the model leaves it out", stacklevel=2)
+        return 0.0
 
 
 def _with_ring(rates: Rates, n: int, buckets: tuple[int, ...]) -> Rates:
