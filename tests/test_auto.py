@@ -561,9 +561,11 @@ def test_two_d_is_replicated_pipelines_with_their_memory_and_ring(graph):
 
 def test_measured_layer_times_replace_flops_and_the_streamed_update(graph):
     """With `Rates.layers`, an action's time is its stage's layers' measured seconds at the
-    micro-batch's rows (plus the per-action cost), and an update the layers' measured
-    update: one device runs F, then I + W, then its update; a data-parallel replica the
-    same on its share of the rows, then the ring."""
+    micro-batch's rows (plus, on a stage of a pipeline, the per-action cost: a message from
+    another process), and an update the layers' measured update: one device runs F, then
+    I + W, then its update, with no per-action cost (calls in its own process, which the
+    layer times were measured through); a data-parallel replica the same on its share of
+    the rows, then the ring; an explicit `Rates.action_s` is charged everywhere."""
     ids = tuple(graph.layers)
     n = len(ids)
     lt = LayerTimes(
@@ -575,7 +577,10 @@ def test_measured_layer_times_replace_flops_and_the_streamed_update(graph):
     rates = replace(RATES, layers=lt)
     one = partition(graph, 1)
     step, _ = auto.step_time(one, Workload(batch=64), rates=rates)
-    assert step == pytest.approx(n * 64 * 6e-4 + 2 * RATES.hop_s + n * 1e-3, rel=1e-12)
+    assert step == pytest.approx(n * 64 * 6e-4 + n * 1e-3, rel=1e-12)
+    fixed = replace(rates, action_s=2e-4)
+    step, _ = auto.step_time(one, Workload(batch=64), rates=fixed)
+    assert step == pytest.approx(n * 64 * 6e-4 + 2 * 2e-4 + n * 1e-3, rel=1e-12)
     two = partition(graph, 2, "balanced")
     fwd, bwd, igrad, wgrad, _ = auto._stage_times(two, Workload(batch=64, microbatches=2), rates)
     for st, f, b, i, w in zip(two.stages, fwd, bwd, igrad, wgrad, strict=True):
@@ -586,9 +591,7 @@ def test_measured_layer_times_replace_flops_and_the_streamed_update(graph):
         assert b == pytest.approx(k * 160e-4 + RATES.hop_s)
     p = memory.param_bytes(graph)
     dp = auto._data_parallel_time(one, 2, Workload(batch=64), rates)
-    assert dp == pytest.approx(
-        n * 32 * 6e-4 + 2 * RATES.hop_s + RATES.ring_s(p, 2) + n * 1e-3, rel=1e-12
-    )
+    assert dp == pytest.approx(n * 32 * 6e-4 + RATES.ring_s(p, 2) + n * 1e-3, rel=1e-12)
 
 
 def test_ring_all_reduce_counts_hops_and_copies():

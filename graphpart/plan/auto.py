@@ -54,7 +54,10 @@
 #   devices' rates carry one (`Rates.per_action_s`: an action's own cost in a run, its
 #   receive and send, is that order, 0.03-0.06 ms here), else to `hop_s` (a thread's start
 #   and wake included: 0.2-0.7 ms here, which predicted pipelines of many micro-batches
-#   too slow: docs/compare.md).
+#   too slow: docs/compare.md). A one-stage setup (one device, accumulation, a data-parallel
+#   replica) with measured layer times pays none: its actions are calls in the worker's
+#   own process, with no message between them, and the layer times were measured through
+#   the same calls (hop_s there predicted a small model's step 6x too slow).
 # - Data-parallel candidates do not recompute (the data-parallel engine has no such option).
 
 from __future__ import annotations
@@ -124,6 +127,8 @@ def _stage_times(
     apart) and a hop between stages, for `step_time` and `_virtual_time`."""
     rows, dtype = w.batch / w.microbatches, w.dtype
     act = rates.per_action_s
+    if plan.k == 1 and rates.layers is not None and rates.action_s is None:
+        act = 0.0  # calls in the worker's own process: the measured layer times hold them
     if rates.layers is not None:  # measured: each action's layers at these rows
         lt = rates.layers
         m = w.microbatches  # a step's first micro-batch and its later ones (LayerTimes.warm)
