@@ -23,7 +23,8 @@ predict_virtual's memory per device and the virtual-stage simulator's time. With
 layer times (Rates.layers) an action is its layers' seconds at its rows and an update their
 measured update; a ring all-reduce is 2 (R - 1) hops and 4.5 copies of each chunk a step. A
 setup on n devices is timed at the rates measured with n devices busy (Rates.busy), and pays
-the driver's call to its workers (Rates.call_s) once a step; a one-device setup does not.
+the driver's call to its workers (Rates.call_s) once a step; a one-device setup does not, and
+is timed at the rates measured with every core's threads (Rates.whole) where given.
 """
 
 from __future__ import annotations
@@ -667,3 +668,24 @@ def test_a_step_on_several_devices_pays_the_drivers_call_once(graph):
         assert c.step_s == pytest.approx(before[key(c)] + extra, rel=1e-12), key(c)
         kinds.add((c.kind, c.devices > 1))
     assert {("single", False), ("pipeline", True), ("data-parallel", True)} <= kinds
+
+
+def test_a_one_device_setup_is_timed_at_every_cores_rates(graph):
+    """Rates.whole (measured with every core's threads, as a one-device run in process uses
+    them) times the one-device setups, and only them; it holds no rates of its own."""
+    fast = replace(RATES, flops_per_s=2 * RATES.flops_per_s)
+    w = Workload(batch=BATCH)
+    alone = search(graph, w, devices=2, budget=None, rates=RATES, cores=2, threads=1)
+    both = search(graph, w, devices=2, budget=None, rates=replace(RATES, whole=fast))
+    solo = search(graph, w, devices=1, budget=None, rates=fast)
+
+    def key(c):
+        return (c.kind, c.stages, c.replicas, c.microbatches, c.schedule, c.recompute, c.chunks)
+
+    before, whole = {key(c): c.step_s for c in alone}, {key(c): c.step_s for c in solo}
+    for c in both:
+        want = whole[key(c)] if c.devices == 1 else before[key(c)]
+        assert c.step_s == pytest.approx(want, rel=1e-12), key(c)
+    assert replace(RATES, whole=fast).one_device is fast and RATES.one_device is RATES
+    with pytest.raises(PlanError, match="Rates.whole"):
+        replace(RATES, whole=replace(fast, whole=fast))

@@ -154,7 +154,9 @@ def test_json_gives_the_rates_alone_and_together():
                 ring_hop_s=3e-5)  # fmt: skip
     got = json.loads(json.dumps(rates_json(Rates(5e10, 5e9, 50e-6, together=((2, two),)))))
     assert (got["flops_per_s"], got["copy_bytes_per_s"], got["hop_s"]) == (5e10, 5e9, 50e-6)
-    assert got["ring_copies"] == 4.5 and got["ring_hop_s"] is None
+    assert got["ring_copies"] == 4.5 and got["ring_hop_s"] is None and "whole" not in got
+    full = rates_json(Rates(5e10, 5e9, 50e-6, whole=Rates(9e10, 5e9, 50e-6)))
+    assert full["whole"]["flops_per_s"] == 9e10 and full["whole"]["together"] == []
     (t,) = got["together"]
     assert t == {
         "devices": 2,

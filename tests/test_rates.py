@@ -12,6 +12,8 @@ replica all-reduces them in, a ring each, one round), such that `Rates.ring_s` g
 round's time back for the gradients' bytes. With `calls`, `Rates.call_s` is the driver's call
 to `devices` Ray actors and their replies (graphpart.engines.call_seconds, on the Ray already
 running); 0 without, and 0 with a warning naming why where no Ray can be started or joined.
+With `whole_threads`, `Rates.whole` holds the same rates with that many threads (a one-device
+run in process on every core), where they differ from a device's.
 """
 
 from __future__ import annotations
@@ -118,3 +120,12 @@ def test_a_ray_that_cannot_start_leaves_the_call_out(monkeypatch):
     monkeypatch.setattr(mod, "call_seconds", fail)
     with pytest.warns(UserWarning, match="could not join 10.0.0.9:6379"):
         assert mod._call_s(2, "10.0.0.9:6379") == 0.0
+
+
+def test_whole_threads_measure_a_one_device_run_on_every_core():
+    g = mlp([12, 16, 3], activation="relu", bias=True, loss="cross_entropy")
+    w = Workload(batch=8, optimizer="adam")
+    r = measure_rates(1, seconds=0.01, graph=g, workload=w, whole_threads=2)
+    assert r.whole is not None and r.whole.layers is not None and r.whole.hop_s == r.hop_s
+    assert r.whole.flops_per_s > 0 and r.one_device is r.whole
+    assert measure_rates(1, seconds=0.01, whole_threads=1).whole is None  # the same threads

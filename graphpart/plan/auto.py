@@ -37,6 +37,9 @@
 # - a setup on more than one device also pays, once a step, the driver's call to its workers
 #   and their replies (`Rates.call_s`: plan --auto times Ray's actor calls to as many workers
 #   at once); one device runs in process and makes none;
+# - a one-device setup runs in process on every core's BLAS threads (as `graphpart train` on
+#   one device does): where plan --auto measured rates that way (`Rates.whole`), it is timed
+#   at them, not at one device's share of the cores;
 # - a setup on n devices is timed at the rates measured with n devices busy at once
 #   (`Rates.busy`, where plan --auto measured them): each device's caches and memory bus are
 #   shared with the others', and each time is the slowest device's (a step waits for it).
@@ -292,10 +295,11 @@ def search(
     out: list[Candidate] = []
 
     one = partition(graph, 1, "balanced")
+    solo, cap = rates.one_device, None if rates.whole is not None else capacity
     for m in [1, *(m for m in choices if 1 < m <= batch)]:
         for recompute in (False, True):
             wm = replace(base, microbatches=m, schedule="1f1b", recompute=recompute)
-            step, _ = step_time(one, wm, rates=rates, capacity=capacity)
+            step, _ = step_time(one, wm, rates=solo, capacity=cap)
             kind = "single" if m == 1 else "accumulate"
             out.append(
                 _candidate(

@@ -54,7 +54,9 @@ class Rates:
     its own; `busy(n)` picks the rates for a setup on n devices. call_s: the driver's call
     to a multi-process run's workers and their replies, once a step (Ray's actor calls:
     plan --auto times them; 0 where not measured), which a setup on one device, run in
-    process, does not make.
+    process, does not make. whole: the same rates measured with every core's threads, as a
+    one-device run in process uses them (`graphpart train` on one device does), where
+    they differ from a device's; a one-device setup is timed at them.
     """
 
     flops_per_s: float
@@ -67,6 +69,7 @@ class Rates:
     ring_copies: float = RING_COPIES
     ring_hop_s: float | None = None
     call_s: float = 0.0
+    whole: Rates | None = None
 
     def __post_init__(self) -> None:
         _finite("flops_per_s", self.flops_per_s, positive=True)
@@ -88,6 +91,15 @@ class Rates:
         for n, r in self.together:
             if not isinstance(r, Rates) or r.together:
                 raise PlanError(f"Rates.together for {n} devices: want Rates of its own")
+        if self.whole is not None and (
+            not isinstance(self.whole, Rates) or self.whole.together or self.whole.whole
+        ):
+            raise PlanError("Rates.whole: want Rates of its own (no together, no whole)")
+
+    @property
+    def one_device(self) -> Rates:
+        """The rates a one-device setup runs at: `whole` where measured, else these."""
+        return self if self.whole is None else self.whole
 
     def busy(self, devices: int) -> Rates:
         """The rates for a setup on `devices` devices busy at once: `together`'s for that

@@ -46,6 +46,7 @@ def search_config(
         together=together,
         calls=devices > 1,
         address=cfg.pipeline.address,
+        whole_threads=cores,
     )
     found = search(
         graph, w, devices=devices, budget=budget_of(cfg), rates=rates, cores=cores, threads=threads
@@ -98,7 +99,12 @@ def rates_json(rates: Rates) -> dict[str, Any]:
     ... devices busy at once."""
     keys = ("flops_per_s", "copy_bytes_per_s", "hop_s", "ring_copies", "ring_hop_s", "call_s")
     own = {k: getattr(rates, k) for k in keys}
-    return {**own, "together": [{"devices": n, **rates_json(r)} for n, r in rates.together]}
+    whole = {} if rates.whole is None else {"whole": rates_json(rates.whole)}
+    return {
+        **own,
+        **whole,
+        "together": [{"devices": n, **rates_json(r)} for n, r in rates.together],
+    }
 
 
 def sharing_note(devices: int, cores: int, threads: int) -> str | None:
@@ -171,6 +177,11 @@ def run_auto(
                 else ""
             )
             for n, r in ((1, rates), *rates.together)
+        )
+        + (
+            f"; one device on all {cores} cores: {rates.whole.flops_per_s / 1e9:.1f} GFLOP/s"
+            if rates.whole is not None
+            else ""
         )
         + f"; hop latency {rates.hop_s * 1e3:.3f} ms"
         + (

@@ -70,6 +70,7 @@ def measure_rates(
     together: int = 1,
     calls: bool = False,
     address: str = "",
+    whole_threads: int | None = None,
 ) -> Rates:
     """The matmul rate with `threads` BLAS threads at several micro-batch sizes (few rows run
     far below the peak), copy bandwidth (16 MiB), and a 1 MiB shared-memory hop's time less
@@ -86,9 +87,13 @@ def measure_rates(
     a ring of the parameters' bytes. With `calls`, last (its processes would disturb the
     rest), the driver's call to `devices` Ray actors and their replies (`Rates.call_s`,
     graphpart.engines.call_seconds), on the Ray this process is connected to, else the
-    cluster at `address` or a local one it starts, and leaves afterwards."""
+    cluster at `address` or a local one it starts, and leaves afterwards. With
+    `whole_threads` other than `threads`, the same rates again with that many threads in this
+    process (`Rates.whole`): what a one-device run in process, on every core, meets."""
     probe = Probe(threads, dtype, seconds, graph, workload, devices)
     rates = _measure(probe)
+    if whole_threads is not None and whole_threads != threads:
+        rates = replace(rates, whole=_measure(replace(probe, threads=int(whole_threads))))
     hop = max(0.0, hop_seconds(2**20) - 2**20 / rates.copy_bytes_per_s)
     shared = []
     for n in counts(together):  # n fresh processes, each phase started in step
@@ -97,7 +102,8 @@ def measure_rates(
             r = _with_ring(r, n, _capped(replica_buckets(graph, dtype, n)))
         shared.append((n, r))
     call = _call_s(devices, address) if calls else 0.0
-    return replace(rates, hop_s=hop, together=tuple(shared), call_s=call)
+    whole = None if rates.whole is None else replace(rates.whole, hop_s=hop)
+    return replace(rates, hop_s=hop, together=tuple(shared), call_s=call, whole=whole)
 
 
 def _capped(buckets: Sequence[int]) -> tuple[int, ...]:
