@@ -295,7 +295,8 @@ def search(
     out: list[Candidate] = []
 
     one = partition(graph, 1, "balanced")
-    solo, cap = rates.one_device, None if rates.whole is not None else capacity
+    solo = rates.one_device  # on every core where measured so: then it shares none
+    cap = None if rates.whole is not None else capacity
     for m in [1, *(m for m in choices if 1 < m <= batch)]:
         for recompute in (False, True):
             wm = replace(base, microbatches=m, schedule="1f1b", recompute=recompute)
