@@ -652,10 +652,11 @@ def test_a_step_on_several_devices_pays_the_drivers_call_once(graph):
     """Rates.call_s is added once to every setup on more than one device (its Ray workers'
     calls and replies), to none on one device (run in process)."""
     call = 1.5e-3
-    alone = search(graph, Workload(batch=BATCH), devices=3, budget=None, rates=RATES)
-    called = search(
-        graph, Workload(batch=BATCH), devices=3, budget=None, rates=replace(RATES, call_s=call)
-    )
+    few = (1, 2)  # micro-batch choices: every kind, in a fraction of the search's time
+    alone = search(graph, Workload(batch=BATCH), devices=3, budget=None, rates=RATES,
+                   microbatch_choices=few)  # fmt: skip
+    called = search(graph, Workload(batch=BATCH), devices=3, budget=None,
+                    rates=replace(RATES, call_s=call), microbatch_choices=few)  # fmt: skip
 
     def key(c):
         return (c.kind, c.stages, c.replicas, c.microbatches, c.schedule, c.recompute, c.chunks)
@@ -675,9 +676,12 @@ def test_a_one_device_setup_is_timed_at_every_cores_rates(graph):
     them) times the one-device setups, and only them; it holds no rates of its own."""
     fast = replace(RATES, flops_per_s=2 * RATES.flops_per_s)
     w = Workload(batch=BATCH)
-    alone = search(graph, w, devices=2, budget=None, rates=RATES, cores=2, threads=1)
-    both = search(graph, w, devices=2, budget=None, rates=replace(RATES, whole=fast))
-    solo = search(graph, w, devices=1, budget=None, rates=fast)
+    few = (1, 2)
+    alone = search(graph, w, devices=2, budget=None, rates=RATES, cores=2, threads=1,
+                   microbatch_choices=few)  # fmt: skip
+    both = search(graph, w, devices=2, budget=None, rates=replace(RATES, whole=fast),
+                  microbatch_choices=few)  # fmt: skip
+    solo = search(graph, w, devices=1, budget=None, rates=fast, microbatch_choices=few)
 
     def key(c):
         return (c.kind, c.stages, c.replicas, c.microbatches, c.schedule, c.recompute, c.chunks)
