@@ -19,6 +19,7 @@ from graphpart.tools.bench.cli import (
 )
 from graphpart.tools.bench_pipeline.driver import SIZES, run
 from graphpart.tools.bench_pipeline.report import format_report
+from graphpart.tools.bench_pipeline.rounds import round_kinds
 from graphpart.tools.bench_pipeline.throughput import RAY_TRANSPORTS
 
 
@@ -60,6 +61,13 @@ def add_pipeline_arguments(ap: argparse.ArgumentParser) -> None:
         default=2,
         help="replicas of graphpart's data parallelism beside torch DDP (0 or 1: skip)",
     )
+    ap.add_argument(
+        "--rounds",
+        type=int_at_least(0),
+        default=0,
+        help="also run the schedules in turns on the same workers this many rounds an M (the "
+        "first schedule the baseline of each round's bubble ratio; 0: skip)",
+    )
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -72,6 +80,8 @@ def run_pipeline(a: argparse.Namespace) -> int:
             f"argument --microbatches: M={too_many[0]} exceeds --batch {a.batch}; each "
             f"micro-batch needs at least one row (see {prog} --help)"
         )
+    if a.rounds:
+        round_kinds(a.schedules)  # a ConfigError before any run, naming the schedules
     res = run(
         a.sizes,
         a.batch,
@@ -86,6 +96,7 @@ def run_pipeline(a: argparse.Namespace) -> int:
         data_parallel=a.data_parallel,
         progress=_say,
         transports=a.transports,
+        rounds=a.rounds,
     )
     print(json.dumps(res, indent=1) if a.json else format_report(res))
     return 0

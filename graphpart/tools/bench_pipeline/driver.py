@@ -18,6 +18,7 @@ from graphpart.plan.batching import microbatch_rows
 from graphpart.plan.kinds import is_virtual
 from graphpart.plan.stages import layer_flops
 from graphpart.tools.bench_pipeline.rates import as_dicts, stage_matmuls
+from graphpart.tools.bench_pipeline.rounds import measure_rounds
 from graphpart.tools.bench_pipeline.simulator import project
 from graphpart.tools.bench_pipeline.throughput import (
     ALLREDUCE_FIGURES,
@@ -156,9 +157,11 @@ def run(
     data_parallel: int = 2,
     progress: Callable[[str], None] | None = None,
     transports: Sequence[str] = RAY_TRANSPORTS,
+    rounds: int = 0,
 ) -> dict[str, Any]:
     """Measure (a) transfers, (b) one process and the K=2 pipelines, (c) the simulator's
-    predictions, in one Ray session (a new local one on 2 CPUs, or the one already started)."""
+    predictions, (e) with `rounds`, the schedules in turns on the same workers, in one Ray
+    session (a new local one on 2 CPUs, or the one already started)."""
     import ray
 
     started = start_ray(num_cpus=2)
@@ -289,6 +292,12 @@ def run(
             res["pipeline"] += measure_pipeline(
                 sizes, batch, dtype, [m for m in microbatches if m >= 4] or [4], ["1f1b"],
                 warmup, steps, comm, stages=4, transports=[RAY_DEFAULT], after=paired,
+            )  # fmt: skip
+        if rounds:
+            say(f"bench: the schedules in turns on the same workers, {rounds} rounds an M ...")
+            res["rounds"] = measure_rounds(
+                sizes, batch, dtype, microbatches, schedules, rounds, 1, max(1, steps // 4),
+                comm[RAY_DEFAULT], transport=RAY_DEFAULT,
             )  # fmt: skip
         best1 = max(r["samples_per_s"] for r in res["single"])
         for r in res["pipeline"]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from graphpart.tools.bench_pipeline.rounds import format_rounds
+
 
 def format_report(res: dict[str, Any]) -> str:
     t, m, mach = res["transfer"], res["model"], res["machine"]
@@ -165,6 +167,7 @@ def format_report(res: dict[str, Any]) -> str:
             f"  K={r['stages']} split {r['split']}: {r['samples_per_s']:.0f} samples/s "
             f"({r['step_s'] * 1e3:.1f} ms/step, bubble {r['bubble']:.0%})"
         )
+    lines += format_rounds(res.get("rounds", []))
     met = sum(res["targets"]["throughput_within_10pct_of_simulator"].values())
     total = len(res["targets"]["throughput_within_10pct_of_simulator"])
     lines.append(

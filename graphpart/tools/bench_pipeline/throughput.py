@@ -131,6 +131,42 @@ def _time_steps(engine: Any, X: np.ndarray, y: np.ndarray, warmup: int, steps: i
     return out
 
 
+def simulated(timed: dict[str, Any], kind: str, m: int, stages: int, comm_s: float) -> dict:
+    """A K-stage row's figures from its timed steps (`_time_steps`'s): the stage times per
+    micro-batch (ms), the simulator's step fed them (the work alone, and with each stage's
+    per-call cost), its bubble, and the measured one (wall clocks: the stages' idle share of
+    the timed steps, blocked on a neighbour's tensor or outside the step call)."""
+    steps = timed["steps"]
+    fwd, bwd, igr, wgt = microbatch_times(timed["busy_s"], steps * m)
+    fin = [b["step"] / steps for b in timed["busy_s"]]
+    pred = predict_step(kind, m, fwd, bwd, fin, comm_s, igr, wgt)
+    over = call_overhead_s(timed, kind, stages, m)
+
+    def plus(xs: Sequence[float] | None) -> list[float] | None:
+        return None if xs is None else [x + o for x, o in zip(xs, over, strict=True)]
+
+    cal = predict_step(kind, m, plus(fwd), plus(bwd), plus(fin), comm_s, plus(igr), plus(wgt))
+    split = (
+        {}
+        if igr is None or wgt is None
+        else {  # a split backward's I and W apart
+            "igrad_ms": [v * 1e3 for v in igr],
+            "wgrad_ms": [v * 1e3 for v in wgt],
+        }
+    )
+    return {
+        "fwd_ms": [v * 1e3 for v in fwd],
+        "bwd_ms": [v * 1e3 for v in bwd],
+        **split,
+        "finish_ms": [v * 1e3 for v in fin],
+        "call_overhead_ms": [v * 1e3 for v in over],
+        "predicted_kernels_step_s": pred["step_s"],
+        "predicted_step_s": cal["step_s"],
+        "predicted_bubble": cal["bubble"],
+        "measured_bubble": idle_share(timed["busy_s"], steps * timed["step_s_mean"]),
+    }
+
+
 def measure_pipeline(
     sizes: Sequence[int],
     batch: int,
@@ -160,21 +196,7 @@ def measure_pipeline(
                     schedule=kind, microbatches=m,
                 ) as eng:  # fmt: skip
                     r = _time_steps(eng, X, y, warmup, steps)
-                    per = steps * m
-                    fwd, bwd, igr, wgt = microbatch_times(r["busy_s"], per)
-                    fin = [b["step"] / steps for b in r["busy_s"]]
-                    pred = predict_step(kind, m, fwd, bwd, fin, comm_s[name], igr, wgt)
-                    over = call_overhead_s(r, kind, stages, m)
-                    cal = predict_step(
-                        kind,
-                        m,
-                        [f + o for f, o in zip(fwd, over, strict=True)],
-                        [b + o for b, o in zip(bwd, over, strict=True)],
-                        [f + o for f, o in zip(fin, over, strict=True)],
-                        comm_s[name],
-                        None if igr is None else [i + o for i, o in zip(igr, over, strict=True)],
-                        None if wgt is None else [w + o for w, o in zip(wgt, over, strict=True)],
-                    )
+                    sim = simulated(r, kind, m, stages, comm_s[name])
                     row = {
                         "engine": name,
                         "stages": stages,
@@ -182,19 +204,10 @@ def measure_pipeline(
                         "microbatches": m,
                         "stage_split": plan.sizes(),
                         **r,
-                        "fwd_ms": [v * 1e3 for v in fwd],
-                        "bwd_ms": [v * 1e3 for v in bwd],
-                        "finish_ms": [v * 1e3 for v in fin],
+                        **sim,
                         # the OS's CPU time of the same calls (thread clock), per micro-batch
-                        "compute_cpu_ms": [b["cpu"] / per * 1e3 for b in r["busy_s"]],
+                        "compute_cpu_ms": [b["cpu"] / (steps * m) * 1e3 for b in r["busy_s"]],
                         "comm_ms": comm_s[name] * 1e3,
-                        "call_overhead_ms": [v * 1e3 for v in over],
-                        "predicted_kernels_step_s": pred["step_s"],
-                        "predicted_step_s": cal["step_s"],
-                        "predicted_bubble": cal["bubble"],
-                        # measured (wall clocks): the stages' idle share of the timed steps,
-                        # blocked on a neighbour's tensor or outside the step call
-                        "measured_bubble": idle_share(r["busy_s"], steps * r["step_s_mean"]),
                         # the share not inside an action's work (idle + each call's own cost)
                         "not_computing": max(
                             0.0,
@@ -202,8 +215,8 @@ def measure_pipeline(
                             - sum(b["F"] + b["B"] + b["step"] for b in r["busy_s"])
                             / (stages * steps * r["step_s_mean"]),
                         ),
-                        "kernels_ratio": pred["step_s"] / r["step_s_median"],
-                        "throughput_ratio": cal["step_s"] / r["step_s_median"],
+                        "kernels_ratio": sim["predicted_kernels_step_s"] / r["step_s_median"],
+                        "throughput_ratio": sim["predicted_step_s"] / r["step_s_median"],
                     }
                     row["target_met"] = row["throughput_ratio"] >= TARGET_RATIO
                     rows.append(row)
