@@ -131,7 +131,9 @@ def _time_steps(engine: Any, X: np.ndarray, y: np.ndarray, warmup: int, steps: i
     return out
 
 
-def simulated(timed: dict[str, Any], kind: str, m: int, stages: int, comm_s: float) -> dict:
+def simulated(
+    timed: dict[str, Any], kind: str, m: int, stages: int, comm_s: float
+) -> dict[str, Any]:
     """A K-stage row's figures from its timed steps (`_time_steps`'s): the stage times per
     micro-batch (ms), the simulator's step fed them (the work alone, and with each stage's
     per-call cost), its bubble, and the measured one (wall clocks: the stages' idle share of
