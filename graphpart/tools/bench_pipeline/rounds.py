@@ -114,8 +114,8 @@ def summarise(
             times = [*s["fwd_ms"], *s["igrad_ms"], *s["wgrad_ms"]]
             s["fiw_spread"] = max(times) / min(times) - 1.0  # the slowest over the fastest
         if kind != base:
-            ratios = [r[kind]["measured_bubble"] / r[base]["measured_bubble"] for r in per_round]
-            sims = [r[kind]["predicted_bubble"] / r[base]["predicted_bubble"] for r in per_round]
+            ratios = [_over(r[kind], r[base], "measured_bubble") for r in per_round]
+            sims = [_over(r[kind], r[base], "predicted_bubble") for r in per_round]
             s["ratio"] = ratios
             s["ratio_median"] = statistics.median(ratios)
             s["predicted_ratio"] = sims
@@ -123,6 +123,11 @@ def summarise(
             s["rounds_at_most_half"] = sum(x <= HALF for x in ratios)
         row["schedules"][kind] = s
     return row
+
+
+def _over(a: dict[str, Any], b: dict[str, Any], key: str) -> float:
+    """a's figure over b's; NaN where b's is 0 (a baseline with no bubble has no ratio)."""
+    return a[key] / b[key] if b[key] > 0 else float("nan")
 
 
 def _medians(got: Sequence[dict[str, Any]], key: str) -> list[float]:
