@@ -15,7 +15,9 @@ ZB-V: 2 devices of 2 chunks) have per-virtual-stage times, a measured bubble per
 virtual simulator's step. The data-parallel row has, overlap on and (same workers) off, each
 replica's all-reduce figures and the replicas' critical path (the communication after the
 last replica's backward, within what the replicas waited for), and the share of the
-unhidden all-reduce the overlap left exposed.
+unhidden all-reduce the overlap left exposed. With `rounds`, `run` adds the schedules in
+turns on one engine an M, and the report section (e) (tests/test_bench_pipeline_rounds.py
+holds their contract).
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ def test_tiny_run_returns_every_figure(ray_session):
         steps=3,
         transfer_n=10,
         with_torch=False,
+        rounds=1,
     )
     t = res["transfer"]
     for key in (
@@ -113,6 +116,10 @@ def test_tiny_run_returns_every_figure(ray_session):
         assert len(re.findall(rf"^  {engine} +2 (1f1b|gpipe) +[12] ", report, re.M)) == 4
     assert "shm hop under 0.5 ms:" in report
     assert "torch.distributed.pipelining: not measured" in report
+    # --rounds: the two schedules in turns on one engine an M, each M's ratio to 1F1B's
+    assert [r["microbatches"] for r in res["rounds"]] == [1, 2]
+    assert all(len(r["schedules"]["gpipe"]["ratio"]) == 1 for r in res["rounds"])
+    assert "(e) schedules in turns on the same workers" in report
     # the one-thread sgemm rate at each stage's shapes, beside every pipeline row
     assert "sgemm on one thread, measured now" in report
     for r in rows:
